@@ -1,0 +1,1 @@
+"""Integer DSP kernels (Cython) and their bit-exact NumPy golden models. No I/O, no policy."""
