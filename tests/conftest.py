@@ -1,0 +1,35 @@
+"""Shared test helpers.
+
+A test that needs a system component (sshd, socat, espeak-ng, ...) may skip on a laptop that lacks it, but
+under CI=true a missing component is a failure: CI installs everything, so a skip there would hide a defect.
+"""
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip (laptop) or fail (CI) when a needed system component is missing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI must provide {what}; install it in .ci/run")
+    pytest.skip(f"needs {what}")
+
+
+def require_program(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    require(path is not None, f"the program {name!r}")
+    return path
+
+
+def require_module(name: str):
+    try:
+        return __import__(name)
+    except ImportError:
+        require(False, f"the Python package {name!r}")
