@@ -1,0 +1,178 @@
+"""Device side: send telemetry frames without ever blocking the caller (the audio thread).
+
+Each call packs one message, stamps it with the device clock and puts it on a bounded queue; a writer thread
+numbers the frames and writes them to the port. When the queue is full the message is dropped and counted;
+the running total goes out in every HEALTH message, so the host sees device-side loss separately from loss
+on the line (which shows as gaps in the sequence numbers).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import BinaryIO, Iterable
+
+from edge.telemetry.protocol import (DELIMITER, MAX_PAYLOAD, Detection, Health, Hello, Labels, Log, LogLevel,
+                                     Message, encode_frame, truncate_utf8)
+
+_STOP = object()
+_BATCH = 64  # frames per write: one syscall for a burst instead of one per frame
+
+
+def device_ms() -> int:
+    """The device timestamp: milliseconds of the monotonic clock (since boot on Linux), modulo 2**32."""
+    return int(time.monotonic() * 1000) & 0xFFFFFFFF
+
+
+def label_frames(labels: Iterable[str]) -> list[Labels]:
+    """Split label names into as few LABELS messages as fit the maximum payload."""
+    messages, first, names, size = [], 0, [], 3
+    for index, name in enumerate(labels):
+        item = 1 + len(truncate_utf8(name, 255))
+        if names and (size + item > MAX_PAYLOAD or len(names) == 255):
+            messages.append(Labels(first, tuple(names)))
+            first, names, size = index, [], 3
+        names.append(truncate_utf8(name, 255).decode("utf-8"))
+        size += item
+    if names:
+        messages.append(Labels(first, tuple(names)))
+    return messages
+
+
+class TelemetryEmitter:
+    """Queue telemetry for a serial port. All sending methods return at once: True if queued, False if dropped."""
+
+    def __init__(self, port: str | None = None, baud: int = 115200, *, device_id: str, queue_size: int = 256,
+                 stream: BinaryIO | None = None, close_stream: bool | None = None):
+        if stream is None:
+            if port is None:
+                raise ValueError("give the serial port to write to (or an open stream)")
+            import serial  # pyserial; imported here so tests and replays need no serial port
+
+            # write_timeout: a port nobody drains (a pty without a reader) must not wedge the writer forever.
+            stream = serial.Serial(port, baud, write_timeout=1.0)
+            close_stream = True if close_stream is None else close_stream
+        self.device_id = device_id
+        self._stream = stream
+        self._close_stream = bool(close_stream)
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._dropped = 0
+        self._dropped_lock = threading.Lock()
+        self._seq = 0
+        self._hello: tuple[Message, ...] | None = None
+        self._closed = False
+        self._writer = threading.Thread(target=self._write_loop, name="telemetry-writer", daemon=True)
+        self._writer.start()
+
+    @classmethod
+    def from_stream(cls, stream: BinaryIO, *, device_id: str, queue_size: int = 256,
+                    close_stream: bool = False) -> "TelemetryEmitter":
+        """Write to an already open serial object or binary file (not closed by close() unless asked)."""
+        return cls(device_id=device_id, queue_size=queue_size, stream=stream, close_stream=close_stream)
+
+    # ------------------------------------------------------------ what the device reports
+
+    def hello(self, basilar_version: str, bundle_id: str, labels: Iterable[str], sample_rate: int) -> bool:
+        labels = list(labels)
+        hello = Hello(self.device_id, basilar_version, bundle_id, int(sample_rate), len(labels))
+        self._hello = (hello, *label_frames(labels))
+        return self._put(self._hello)
+
+    def resend_hello(self) -> bool:
+        """Send the last HELLO (and its labels) again, e.g. when a host asks; False if there was none."""
+        return self._put(self._hello) if self._hello else False
+
+    def detection(self, label_id: int, score: float, start_s: float, end_s: float) -> bool:
+        return self._put((Detection.from_seconds(label_id, score, start_s, end_s),))
+
+    def health(self, uptime_s: float, realtime_factor: float, cpu_load: float, audio_overruns: int) -> bool:
+        """realtime_factor: processing time / audio time; cpu_load: fraction of one core (1.0 = one full core)."""
+        return self._put((Health.from_values(uptime_s, realtime_factor, cpu_load, audio_overruns, self._dropped),))
+
+    def log(self, text: str, level: int = LogLevel.INFO) -> bool:
+        return self._put((Log(int(level), text),))
+
+    def send(self, message: Message) -> bool:
+        """Queue any protocol message (replies to the host, e.g. upload acknowledgements)."""
+        return self._put((message,))
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped so far: queue full, a failed write, or sent after close()."""
+        return self._dropped
+
+    # ------------------------------------------------------------ plumbing
+
+    def _count_dropped(self, n: int) -> None:
+        with self._dropped_lock:
+            self._dropped += n
+
+    def _put(self, messages: tuple[Message, ...]) -> bool:
+        if self._closed:
+            self._count_dropped(len(messages))
+            return False
+        try:
+            self._queue.put_nowait((device_ms(), messages))
+            return True
+        except queue.Full:
+            self._count_dropped(len(messages))
+            return False
+
+    def _write_loop(self) -> None:
+        need_sync = True  # a leading delimiter ends whatever partial frame the receiver may be holding
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            batch = []
+            while True:
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+                if len(batch) >= _BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if not batch:
+                continue
+            wire = bytearray(DELIMITER if need_sync else b"")
+            count = 0
+            for stamp, messages in batch:
+                for message in messages:
+                    wire += encode_frame(message, self._seq, stamp)
+                    self._seq = (self._seq + 1) & 0xFFFF
+                    count += 1
+            try:
+                self._stream.write(wire)
+                if not hasattr(self._stream, "in_waiting"):  # a plain file buffers; a serial port does not
+                    self._stream.flush()
+                need_sync = False
+            except Exception:  # noqa: BLE001 - a vanished or stuck port must not kill the writer
+                self._count_dropped(count)
+                need_sync = True
+                time.sleep(0.05)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Send what is queued (waiting at most `timeout` seconds), then stop the writer."""
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + timeout
+        try:
+            self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Full:
+            pass  # the writer is stuck on the port; closing the stream below ends it
+        self._writer.join(max(0.0, deadline - time.monotonic()))
+        if self._close_stream:
+            try:
+                self._stream.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
