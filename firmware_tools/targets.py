@@ -1,0 +1,181 @@
+"""Deploy targets: where a bundle goes.
+
+A target is written as a URL:
+
+    ssh://[user@]host[:port]/path/to/root     the device root is an absolute path
+    ssh://[user@]host[:port]/~/path           ... or a path relative to the login's home directory
+    serial:///dev/ttyUSB0[?baud=921600]       a device reached only by a cable
+
+An inventory file lists many targets, one per line, each optionally preceded by a name shown in reports:
+
+    # name        target
+    kitchen-pi    ssh://pi@10.0.0.21/opt/basilar
+    ssh://pi@10.0.0.22:2222/opt/basilar
+    bench-board   serial:///dev/ttyUSB0?baud=921600
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import click
+
+DEFAULT_SSH_PORT = 22
+DEFAULT_BAUD = 921600
+
+_EXAMPLES = "ssh://pi@10.0.0.21/opt/basilar or serial:///dev/ttyUSB0?baud=921600"
+
+
+class TargetError(click.ClickException):
+    """A target or inventory that cannot be understood; the message says what is wrong and how to write it."""
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    host: str
+    root: str  # absolute, or relative to the login's home directory
+    user: str | None = None
+    port: int = DEFAULT_SSH_PORT
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.url
+
+    @property
+    def url(self) -> str:
+        user = f"{self.user}@" if self.user else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = f":{self.port}" if self.port != DEFAULT_SSH_PORT else ""
+        root = self.root if self.root.startswith("/") else f"/~/{self.root}"
+        return f"ssh://{user}{host}{port}{root}"
+
+
+@dataclass(frozen=True)
+class SerialTarget:
+    port: str
+    baud: int = DEFAULT_BAUD
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.url
+
+    @property
+    def url(self) -> str:
+        return f"serial://{self.port}?baud={self.baud}"
+
+
+Target = SshTarget | SerialTarget
+
+
+def parse_target(text: str, name: str | None = None) -> Target:
+    """Parse one target URL; raise TargetError naming the problem."""
+    text = text.strip()
+    if "://" not in text:
+        raise TargetError(f"target {text!r} is not a URL; write it as {_EXAMPLES}")
+    parts = urlsplit(text)
+    if parts.scheme == "ssh":
+        return _parse_ssh(text, parts, name)
+    if parts.scheme == "serial":
+        return _parse_serial(text, parts, name)
+    raise TargetError(f"target {text!r} has the scheme {parts.scheme!r}; use ssh:// or serial://, e.g. {_EXAMPLES}")
+
+
+def _parse_ssh(text, parts, name) -> SshTarget:
+    if parts.password is not None:
+        raise TargetError(f"target {text!r} holds a password; passwords are not accepted on the command line: "
+                          "use an SSH key (ssh-copy-id) or an ssh-agent")
+    if not parts.hostname:
+        raise TargetError(f"target {text!r} names no host; write ssh://user@host/path/to/root")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port is None:
+        port = DEFAULT_SSH_PORT
+    elif not 1 <= port <= 65535:
+        raise TargetError(f"target {text!r} has an invalid port; it must be a number from 1 to 65535")
+    if parts.query or parts.fragment:
+        raise TargetError(f"target {text!r}: ssh targets take no '?' or '#' part")
+    path = unquote(parts.path)
+    if path in ("", "/"):
+        raise TargetError(f"target {text!r} names no device root; add the path that holds releases/ and current, "
+                          "e.g. ssh://pi@host/opt/basilar")
+    if path == "/~" or path.startswith("/~/"):
+        root = path[3:].strip("/")
+        if not root:
+            raise TargetError(f"target {text!r}: give a folder under the home directory, e.g. ssh://pi@host/~/basilar")
+    else:
+        root = path.rstrip("/")
+    if "\0" in root or "\n" in root:
+        raise TargetError(f"target {text!r}: the device root contains a control character")
+    user = unquote(parts.username) if parts.username else None
+    return SshTarget(host=parts.hostname, root=root, user=user, port=port, name=name)
+
+
+def _parse_serial(text, parts, name) -> SerialTarget:
+    if parts.netloc:
+        raise TargetError(f"target {text!r}: a serial target has three slashes and the device path, "
+                          "e.g. serial:///dev/ttyUSB0?baud=921600")
+    port = unquote(parts.path)
+    if not port or port == "/":
+        raise TargetError(f"target {text!r} names no serial device; e.g. serial:///dev/ttyUSB0")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"baud"})
+    if unknown:
+        raise TargetError(f"target {text!r}: unknown option(s) {', '.join(unknown)}; only ?baud=N is understood")
+    baud = DEFAULT_BAUD
+    if "baud" in query:
+        value = query["baud"][-1]
+        if not value.isdigit() or int(value) <= 0:
+            raise TargetError(f"target {text!r}: baud must be a positive whole number, e.g. ?baud=921600")
+        baud = int(value)
+    return SerialTarget(port=port, baud=baud, name=name)
+
+
+def read_inventory(path: str | Path) -> list[Target]:
+    """Read an inventory file: one `[name] target` per line; '#' starts a comment."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TargetError(f"cannot read the inventory {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise TargetError(f"the inventory {path} is not UTF-8 text; list one target per line") from None
+    targets = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = line.split()
+        if len(fields) == 1:
+            name, url = None, fields[0]
+        elif len(fields) == 2:
+            name, url = fields
+        else:
+            raise TargetError(f"{path}:{number}: expected '[name] target', found {len(fields)} words: {line!r}")
+        try:
+            targets.append(parse_target(url, name))
+        except TargetError as exc:
+            raise TargetError(f"{path}:{number}: {exc.message}") from None
+    if not targets:
+        raise TargetError(f"the inventory {path} lists no targets; write one per line, e.g. {_EXAMPLES}")
+    return targets
+
+
+def collect_targets(urls: tuple[str, ...] | list[str], inventory: str | Path | None = None) -> list[Target]:
+    """All targets from the command line and an inventory, without duplicates (first occurrence wins)."""
+    targets = [parse_target(url) for url in urls]
+    if inventory is not None:
+        targets += read_inventory(inventory)
+    if not targets:
+        raise TargetError(f"no targets given; name at least one ({_EXAMPLES}) or pass --inventory FILE")
+    unique, seen = [], set()
+    for target in targets:
+        key = target.url
+        if key not in seen:
+            seen.add(key)
+            unique.append(target)
+    return unique

@@ -1,0 +1,80 @@
+import pytest
+
+from firmware_tools.targets import (SerialTarget, SshTarget, TargetError, collect_targets, parse_target,
+                                    read_inventory)
+
+
+def test_ssh_target_with_user_port_and_root():
+    target = parse_target("ssh://pi@10.0.0.21:2222/opt/basilar")
+    assert target == SshTarget(host="10.0.0.21", root="/opt/basilar", user="pi", port=2222)
+    assert target.url == "ssh://pi@10.0.0.21:2222/opt/basilar"
+
+
+def test_ssh_target_defaults_and_home_relative_root():
+    target = parse_target("ssh://device.local/~/basilar/")
+    assert (target.user, target.port, target.root) == (None, 22, "basilar")
+    assert target.url == "ssh://device.local/~/basilar"
+
+
+def test_ssh_target_ipv6():
+    target = parse_target("ssh://pi@[fe80::1]:22/srv/b")
+    assert (target.host, target.port, target.url) == ("fe80::1", 22, "ssh://pi@[fe80::1]/srv/b")
+
+
+def test_serial_target_with_and_without_baud():
+    assert parse_target("serial:///dev/ttyUSB0?baud=115200") == SerialTarget(port="/dev/ttyUSB0", baud=115200)
+    assert parse_target("serial:///dev/ttyACM1") == SerialTarget(port="/dev/ttyACM1", baud=921600)
+
+
+@pytest.mark.parametrize("text, complaint", [
+    ("pi@host:/opt/basilar", "not a URL"),
+    ("http://host/opt", "scheme 'http'"),
+    ("ssh://pi:secret@host/opt", "password"),
+    ("ssh://pi@host", "no device root"),
+    ("ssh://pi@host/", "no device root"),
+    ("ssh://pi@host:99999/opt", "invalid port"),
+    ("ssh://pi@host:0/opt", "invalid port"),
+    ("ssh://pi@host:ssh/opt", "invalid port"),
+    ("ssh:///opt", "no host"),
+    ("ssh://pi@host/~/", "under the home directory"),
+    ("serial://dev/ttyUSB0", "three slashes"),
+    ("serial:///dev/ttyUSB0?baud=fast", "positive whole number"),
+    ("serial:///dev/ttyUSB0?speed=9600", "unknown option"),
+    ("serial://", "names no serial device"),
+])
+def test_bad_targets_are_explained(text, complaint):
+    with pytest.raises(TargetError, match=complaint):
+        parse_target(text)
+
+
+def test_inventory_with_names_comments_and_duplicates(tmp_path):
+    inventory = tmp_path / "devices.txt"
+    inventory.write_text("# fleet\n"
+                         "kitchen  ssh://pi@10.0.0.21/opt/basilar   # the one by the door\n"
+                         "\n"
+                         "ssh://pi@10.0.0.22:2222/opt/basilar\n"
+                         "bench serial:///dev/ttyUSB0?baud=921600\n")
+    targets = read_inventory(inventory)
+    assert [t.label for t in targets] == ["kitchen", "ssh://pi@10.0.0.22:2222/opt/basilar", "bench"]
+    both = collect_targets(["ssh://pi@10.0.0.21/opt/basilar"], inventory)
+    assert len(both) == 3  # the command-line target and the inventory's kitchen are the same device
+
+
+def test_inventory_errors_name_the_line(tmp_path):
+    inventory = tmp_path / "devices.txt"
+    inventory.write_text("ok ssh://pi@h/opt\nbroken ftp://h/x\n")
+    with pytest.raises(TargetError, match=r"devices.txt:2: .*scheme 'ftp'"):
+        read_inventory(inventory)
+    inventory.write_text("a b c\n")
+    with pytest.raises(TargetError, match=r":1: expected '\[name\] target'"):
+        read_inventory(inventory)
+    inventory.write_text("# nothing\n")
+    with pytest.raises(TargetError, match="lists no targets"):
+        read_inventory(inventory)
+    with pytest.raises(TargetError, match="cannot read the inventory"):
+        read_inventory(tmp_path / "missing.txt")
+
+
+def test_no_targets_at_all():
+    with pytest.raises(TargetError, match="no targets given"):
+        collect_targets([])
