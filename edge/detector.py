@@ -1,0 +1,215 @@
+"""Turn the model's per-hop label posteriors into discrete detections.
+
+The model emits, every hop, one posterior per label (background excluded). The labels are mutually exclusive
+classes (one word at a time), so the detector runs a single event state machine over all of them:
+
+1. Smoothing: each label's posterior is averaged over the last `smoothing_ms` (causal moving average).
+2. Onset: an event opens on the first hop where some label's smoothed score reaches that label's threshold, unless
+   the previous event ended less than `refractory_ms` ago.
+3. Hysteresis: the event stays open while the best label's smoothed score stays at or above
+   `threshold * release_ratio` (relative to that label's own threshold), so a dip mid-word does not split it.
+   An event longer than `max_duration_ms` is closed anyway, so a sustained sound still gets reported.
+4. Decision: when the event closes, it is reported with the label whose peak smoothed score rose furthest above
+   its own threshold, and that peak as the score; events shorter than `min_duration_ms` are dropped.
+
+Times are seconds of audio from the start of the stream: hop i covers [i * hop, (i + 1) * hop).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+# Defaults used when a bundle's manifest leaves a key out.
+DEFAULTS = {
+    "smoothing_ms": 100.0,
+    "threshold": 0.6,
+    "release_ratio": 0.5,
+    "refractory_ms": 500.0,
+    "min_duration_ms": 30.0,
+    "max_duration_ms": 3000.0,
+}
+
+
+class DetectorSettingsError(ValueError):
+    """Detector settings that cannot work; the message names the setting and the valid range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    label: str
+    score: float  # peak smoothed posterior of `label` during the event, 0..1
+    start_s: float  # seconds from stream start
+    end_s: float
+    timestamp: float | None = None  # wall-clock Unix time when it was detected (live sources only)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"label": self.label, "score": round(self.score, 4),
+               "start_s": round(self.start_s, 3), "end_s": round(self.end_s, 3)}
+        if self.timestamp is not None:
+            out["timestamp"] = round(self.timestamp, 3)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorSettings:
+    hop_ms: float
+    smoothing_ms: float = DEFAULTS["smoothing_ms"]
+    threshold: float = DEFAULTS["threshold"]
+    thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)  # per-label, override `threshold`
+    release_ratio: float = DEFAULTS["release_ratio"]
+    refractory_ms: float = DEFAULTS["refractory_ms"]
+    min_duration_ms: float = DEFAULTS["min_duration_ms"]
+    max_duration_ms: float = DEFAULTS["max_duration_ms"]
+
+    def __post_init__(self):
+        object.__setattr__(self, "thresholds", dict(self.thresholds))
+        self.validate()
+
+    @classmethod
+    def from_manifest(cls, detector: Mapping[str, Any] | None, *, hop_ms: float,
+                      **overrides: Any) -> DetectorSettings:
+        """Settings from a bundle manifest's "detector" object, then `overrides` (None means "keep").
+
+        `overrides["thresholds"]` is merged into the manifest's per-label thresholds. Unknown manifest keys are
+        ignored so that newer bundles still load.
+        """
+        detector = dict(detector or {})
+        fields = {f.name for f in dataclasses.fields(cls)} - {"hop_ms"}
+        values = {k: v for k, v in detector.items() if k in fields}
+        try:
+            settings = cls(hop_ms=hop_ms, **values)
+        except (TypeError, ValueError) as err:
+            raise DetectorSettingsError(f"the bundle's detector settings are invalid: {err}; "
+                                        f"rebuild the bundle or override the setting on the command line") from err
+        return settings.with_overrides(**overrides)
+
+    def with_overrides(self, **overrides: Any) -> DetectorSettings:
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if "thresholds" in changes:
+            changes["thresholds"] = {**self.thresholds, **changes["thresholds"]}
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        def number(name):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise DetectorSettingsError(f"{name}={value!r}: must be a finite number")
+            return value
+
+        if number("hop_ms") <= 0:
+            raise DetectorSettingsError(f"hop_ms={self.hop_ms}: must be positive")
+        for name in ("smoothing_ms", "refractory_ms", "min_duration_ms"):
+            if number(name) < 0:
+                raise DetectorSettingsError(f"{name}={getattr(self, name)}: must be 0 or more milliseconds")
+        if number("max_duration_ms") <= self.min_duration_ms:
+            raise DetectorSettingsError(f"max_duration_ms={self.max_duration_ms}: must exceed "
+                                        f"min_duration_ms={self.min_duration_ms}")
+        if not 0 < number("release_ratio") <= 1:
+            raise DetectorSettingsError(f"release_ratio={self.release_ratio}: must be in (0, 1]; the event ends "
+                                        "when the score falls below threshold * release_ratio")
+        for label, value in [("threshold", self.threshold), *self.thresholds.items()]:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                what = "threshold" if label == "threshold" else f"threshold for label {label!r}"
+                raise DetectorSettingsError(f"{what}={value!r}: must be a number in (0, 1]")
+
+    def threshold_for(self, label: str) -> float:
+        return float(self.thresholds.get(label, self.threshold))
+
+    def frames(self, ms: float) -> int:
+        """A duration in whole hops (rounded)."""
+        return int(round(ms / self.hop_ms))
+
+
+class Detector:
+    """Streaming detector: feed posteriors in chunks of any size; the detections do not depend on the chunking."""
+
+    def __init__(self, settings: DetectorSettings, labels: Sequence[str]):
+        unknown = sorted(set(settings.thresholds) - set(labels))
+        if unknown:
+            raise DetectorSettingsError(f"threshold given for unknown label(s) {', '.join(map(repr, unknown))}; "
+                                        f"this bundle's labels are {', '.join(map(repr, labels))}")
+        self.settings = settings
+        self.labels = list(labels)
+        self._hop_s = settings.hop_ms / 1000.0
+        self._smooth_frames = max(1, settings.frames(settings.smoothing_ms))
+        self._refractory_frames = settings.frames(settings.refractory_ms)
+        self._min_frames = settings.frames(settings.min_duration_ms)
+        self._max_frames = max(1, settings.frames(settings.max_duration_ms))
+        self._thresholds = np.array([settings.threshold_for(label) for label in self.labels], dtype=np.float64)
+        self.reset()
+
+    def reset(self, at_frame: int = 0) -> None:
+        """Forget the stream; `at_frame` continues the stream clock (a new bundle swapped in mid-stream)."""
+        # The last (smooth_frames - 1) posteriors, zero before the stream starts.
+        self._history = np.zeros((self._smooth_frames - 1, len(self.labels)), dtype=np.float64)
+        self._frame = at_frame  # index of the next hop
+        self._open = False
+        self._onset = 0
+        self._peaks = np.zeros(len(self.labels), dtype=np.float64)  # per-label peak smoothed score, open event
+        self._quiet_from = at_frame  # first hop at which a new event may open (refractory)
+
+    @property
+    def frames_seen(self) -> int:
+        return self._frame
+
+    def update(self, posteriors: np.ndarray) -> list[Detection]:
+        """Feed (frames, labels) posteriors for the next hops; returns the events that closed in them."""
+        posteriors = np.asarray(posteriors, dtype=np.float64)
+        if posteriors.ndim == 1:
+            posteriors = posteriors[None, :]
+        if posteriors.ndim != 2 or posteriors.shape[1] != len(self.labels):
+            raise ValueError(f"posteriors must have shape (frames, {len(self.labels)}), got {posteriors.shape}")
+        if len(posteriors) == 0:
+            return []
+        smoothed = self._smooth(posteriors)
+        best = (smoothed / self._thresholds).max(axis=1).tolist()  # each hop's best score / its label's threshold
+
+        release = self.settings.release_ratio
+        events: list[Detection] = []
+        segment_from = 0  # first row of the open event inside this chunk
+        for i, ratio in enumerate(best):
+            hop = self._frame + i
+            if self._open:
+                if ratio < release or hop - self._onset >= self._max_frames:
+                    self._peaks = np.maximum(self._peaks, smoothed[segment_from:i].max(axis=0, initial=0.0))
+                    event = self._close(hop)
+                    if event:
+                        events.append(event)
+            if not self._open and ratio >= 1.0 and hop >= self._quiet_from:
+                self._open, self._onset, segment_from = True, hop, i
+                self._peaks[:] = 0.0
+        if self._open:
+            self._peaks = np.maximum(self._peaks, smoothed[segment_from:].max(axis=0))
+        self._frame += len(posteriors)
+        return events
+
+    def flush(self) -> list[Detection]:
+        """End of stream (or shutdown): report the event still open, if it is long enough."""
+        if not self._open:
+            return []
+        event = self._close(self._frame)
+        return [event] if event else []
+
+    def _smooth(self, posteriors: np.ndarray) -> np.ndarray:
+        n = self._smooth_frames
+        if n == 1:
+            return posteriors
+        joined = np.concatenate([self._history, posteriors])
+        self._history = joined[len(joined) - (n - 1):].copy()
+        # Each window is summed on its own (not by differencing a cumulative sum), so the result is the same
+        # bit for bit however the stream is chunked.
+        windows = np.lib.stride_tricks.sliding_window_view(joined, n, axis=0)
+        return windows.sum(axis=-1) / n
+
+    def _close(self, end_hop: int) -> Detection | None:
+        self._open = False
+        if end_hop - self._onset < max(1, self._min_frames):
+            return None
+        self._quiet_from = end_hop + self._refractory_frames
+        best = int(np.argmax(self._peaks / self._thresholds))
+        return Detection(label=self.labels[best], score=float(self._peaks[best]),
+                         start_s=self._onset * self._hop_s, end_s=end_hop * self._hop_s)
