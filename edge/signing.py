@@ -1,0 +1,171 @@
+"""Bundle signatures: Ed25519 over the bytes of manifest.json (PyNaCl, the `signing` extra).
+
+The manifest lists every file of the bundle with its SHA-256, and loading a bundle checks those hashes, so a
+signature over manifest.json covers the whole bundle. The signature lives in `signature.json` beside the manifest
+(not listed in it, so signing does not change the bundle id).
+
+Key files are one line of text, like OpenSSH's:
+
+    private key (mode 0600):  basilar-ed25519-private <base64 of the 32-byte seed>
+    public key  (*.pub):      basilar-ed25519 <base64 of the 32-byte public key> [comment]
+
+A device trusts the public keys in `<root>/trusted_keys/*.pub`. When that folder holds none, bundles need no
+signature; when it holds any, a bundle must be signed by one of them.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from pathlib import Path
+
+PUBLIC_TAG = "basilar-ed25519"
+PRIVATE_TAG = "basilar-ed25519-private"
+SIGNATURE_FILE = "signature.json"
+SIGNED_FILE = "manifest.json"
+SIGNATURE_FORMAT = 1
+
+
+class SignatureError(Exception):
+    """A bundle's signature is missing, broken or not from a trusted key; or a key file is unreadable."""
+
+
+def _nacl_signing():
+    try:
+        import nacl.exceptions
+        import nacl.signing
+    except ImportError:
+        raise SignatureError("bundle signatures need PyNaCl; install it with: pip install 'basilar[signing]'") \
+            from None
+    return nacl.signing, nacl.exceptions
+
+
+def key_id(public_key: bytes) -> str:
+    """A short, stable name for a public key: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+def _decode_key_line(path: Path, tag: str) -> tuple[bytes, str]:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SignatureError(f"cannot read the key file {path}: {exc}") from None
+    fields = text.split(None, 2)
+    if len(fields) < 2 or fields[0] != tag:
+        raise SignatureError(f"{path} is not a {tag} key file (expected '{tag} <base64>'); "
+                             "make keys with: basilar bundle keygen")
+    try:
+        raw = base64.b64decode(fields[1], validate=True)
+    except binascii.Error:
+        raise SignatureError(f"{path}: the key is not valid base64") from None
+    if len(raw) != 32:
+        raise SignatureError(f"{path}: an Ed25519 key has 32 bytes, this one has {len(raw)}")
+    return raw, fields[2] if len(fields) > 2 else ""
+
+
+def read_public_key(path: str | Path) -> bytes:
+    return _decode_key_line(Path(path), PUBLIC_TAG)[0]
+
+
+def read_private_key(path: str | Path) -> bytes:
+    """The 32-byte seed of a private key file."""
+    return _decode_key_line(Path(path), PRIVATE_TAG)[0]
+
+
+def generate_keypair(private_path: str | Path, comment: str = "") -> tuple[Path, Path]:
+    """Write a new private key (mode 0600) and `<private_path>.pub`; refuse to overwrite either."""
+    signing, _ = _nacl_signing()
+    private_path = Path(private_path)
+    public_path = private_path.with_name(private_path.name + ".pub")
+    for path in (private_path, public_path):
+        if path.exists():
+            raise SignatureError(f"{path} already exists; choose another name or remove it first")
+    key = signing.SigningKey.generate()
+    seed = base64.b64encode(bytes(key)).decode()
+    public = base64.b64encode(bytes(key.verify_key)).decode()
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{PRIVATE_TAG} {seed}\n")
+    public_path.write_text(f"{PUBLIC_TAG} {public} {comment}".rstrip() + "\n")
+    return private_path, public_path
+
+
+def sign_bundle_dir(bundle_dir: str | Path, private_key_path: str | Path) -> str:
+    """Write `signature.json` into a bundle directory; return the signing key's id."""
+    signing, _ = _nacl_signing()
+    bundle_dir = Path(bundle_dir)
+    manifest = bundle_dir / SIGNED_FILE
+    if not manifest.is_file():
+        raise SignatureError(f"{bundle_dir} has no {SIGNED_FILE}; is it a bundle directory?")
+    key = signing.SigningKey(read_private_key(private_key_path))
+    public = bytes(key.verify_key)
+    signature = key.sign(manifest.read_bytes()).signature
+    document = {
+        "format": SIGNATURE_FORMAT,
+        "algorithm": "ed25519",
+        "signed_file": SIGNED_FILE,
+        "key_id": key_id(public),
+        "public_key": base64.b64encode(public).decode(),
+        "signature": base64.b64encode(signature).decode(),
+    }
+    tmp = bundle_dir / f".{SIGNATURE_FILE}.tmp"
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(tmp, bundle_dir / SIGNATURE_FILE)
+    return document["key_id"]
+
+
+def trusted_public_keys(trusted_keys_dir: str | Path | None) -> dict[str, bytes]:
+    """The public keys a device trusts, by key id; empty when the folder is absent or holds no `*.pub`."""
+    if trusted_keys_dir is None:
+        return {}
+    folder = Path(trusted_keys_dir)
+    if not folder.is_dir():
+        return {}
+    keys = {}
+    for path in sorted(folder.glob("*.pub")):
+        raw = read_public_key(path)  # a broken key file is an error, never a silently open door
+        keys[key_id(raw)] = raw
+    return keys
+
+
+def check_bundle_signature(bundle_dir: str | Path, trusted_keys_dir: str | Path | None) -> str | None:
+    """Enforce the device's signature policy on a bundle directory.
+
+    Returns the id of the trusted key that signed the bundle, or None when the device trusts no keys (then any
+    bundle is accepted). Raises SignatureError saying why a bundle is refused.
+    """
+    trusted = trusted_public_keys(trusted_keys_dir)
+    if not trusted:
+        return None
+    bundle_dir = Path(bundle_dir)
+    signature_path = bundle_dir / SIGNATURE_FILE
+    where = f"the device trusts {len(trusted)} key(s) in {trusted_keys_dir}"
+    if not signature_path.is_file():
+        raise SignatureError(f"the bundle is not signed and {where}; sign it with: "
+                             "basilar bundle sign BUNDLE --key PRIVATE_KEY")
+    try:
+        document = json.loads(signature_path.read_text(encoding="utf-8"))
+        if document.get("algorithm") != "ed25519" or document.get("signed_file") != SIGNED_FILE:
+            raise ValueError("unsupported algorithm or signed file")
+        public = base64.b64decode(document["public_key"], validate=True)
+        signature = base64.b64decode(document["signature"], validate=True)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        raise SignatureError(f"{signature_path} is malformed ({exc}); sign the bundle again") from None
+    signer = key_id(public)
+    if trusted.get(signer) != public:
+        raise SignatureError(f"the bundle is signed by key {signer}, which is not trusted: {where} "
+                             f"({', '.join(sorted(trusted))}); sign it with a trusted key or add its .pub file there")
+    signing, exceptions = _nacl_signing()
+    manifest = bundle_dir / SIGNED_FILE
+    try:
+        manifest_bytes = manifest.read_bytes()
+    except OSError as exc:
+        raise SignatureError(f"cannot read {manifest}: {exc.strerror or exc}") from None
+    try:
+        signing.VerifyKey(public).verify(manifest_bytes, signature)
+    except (exceptions.BadSignatureError, ValueError):
+        raise SignatureError(f"the signature does not match {SIGNED_FILE}: the bundle was changed after it was "
+                             f"signed by key {signer} (tampered); rebuild and sign it again") from None
+    return signer

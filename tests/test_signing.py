@@ -1,0 +1,109 @@
+"""Ed25519 bundle signatures: keys, signing, and the device's policy (edge.signing)."""
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.conftest import require_module
+
+require_module("nacl")
+
+from edge.signing import (SignatureError, check_bundle_signature, generate_keypair, key_id,  # noqa: E402
+                          read_public_key, sign_bundle_dir, trusted_public_keys)
+
+
+def _bundle_dir(path, threshold=0.5):
+    """Only manifest.json matters to the signature (the manifest's file hashes are load_bundle's job)."""
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps({"schema_version": 1, "labels": ["yes", "no"],
+                                                    "detector": {"threshold": threshold}}, indent=2))
+    return path
+
+
+@pytest.fixture
+def keys(tmp_path):
+    trusted = tmp_path / "trusted_keys"
+    trusted.mkdir()
+    private, public = generate_keypair(tmp_path / "release-key", comment="release team")
+    shutil.copy(public, trusted / "release.pub")
+    other_private, _ = generate_keypair(tmp_path / "other-key")
+    return private, other_private, trusted
+
+
+def test_key_files_format_and_permissions(tmp_path):
+    private, public = generate_keypair(tmp_path / "k", comment="ci signer")
+    assert public.name == "k.pub"
+    assert oct(private.stat().st_mode & 0o777) == "0o600"
+    assert private.read_text().startswith("basilar-ed25519-private ")
+    fields = public.read_text().split()
+    assert fields[0] == "basilar-ed25519" and fields[2:] == ["ci", "signer"]
+    assert len(key_id(read_public_key(public))) == 16
+    with pytest.raises(SignatureError, match="already exists"):
+        generate_keypair(tmp_path / "k")
+
+
+def test_no_trusted_keys_means_no_policy(tmp_path):
+    bundle = _bundle_dir(tmp_path / "b")
+    assert check_bundle_signature(bundle, tmp_path / "absent") is None
+    (tmp_path / "empty").mkdir()
+    assert check_bundle_signature(bundle, tmp_path / "empty") is None
+    assert check_bundle_signature(bundle, None) is None
+
+
+def test_signed_bundle_is_accepted(tmp_path, keys):
+    private, _, trusted = keys
+    bundle = _bundle_dir(tmp_path / "b")
+    signer = sign_bundle_dir(bundle, private)
+    assert check_bundle_signature(bundle, trusted) == signer
+    assert json.loads((bundle / "signature.json").read_text())["key_id"] == signer
+
+
+def test_unsigned_bundle_is_refused(tmp_path, keys):
+    bundle = _bundle_dir(tmp_path / "b")
+    with pytest.raises(SignatureError, match="not signed .* trusts 1 key"):
+        check_bundle_signature(bundle, keys[2])
+
+
+def test_tampered_manifest_is_refused(tmp_path, keys):
+    private, _, trusted = keys
+    bundle = _bundle_dir(tmp_path / "b")
+    sign_bundle_dir(bundle, private)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["detector"]["threshold"] = 0.01  # fire on anything
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    with pytest.raises(SignatureError, match="changed after it was signed"):
+        check_bundle_signature(bundle, trusted)
+
+
+def test_signature_from_untrusted_key_is_refused(tmp_path, keys):
+    _, other_private, trusted = keys
+    bundle = _bundle_dir(tmp_path / "b")
+    sign_bundle_dir(bundle, other_private)
+    with pytest.raises(SignatureError, match="not trusted"):
+        check_bundle_signature(bundle, trusted)
+
+
+def test_signature_copied_from_another_bundle_is_refused(tmp_path, keys):
+    private, _, trusted = keys
+    good = _bundle_dir(tmp_path / "good")
+    sign_bundle_dir(good, private)
+    evil = _bundle_dir(tmp_path / "evil", threshold=0.01)
+    shutil.copy(good / "signature.json", evil / "signature.json")
+    with pytest.raises(SignatureError, match="changed after it was signed"):
+        check_bundle_signature(evil, trusted)
+
+
+def test_malformed_signature_and_key_files(tmp_path, keys):
+    private, _, trusted = keys
+    bundle = _bundle_dir(tmp_path / "b")
+    (bundle / "signature.json").write_text("{not json")
+    with pytest.raises(SignatureError, match="malformed"):
+        check_bundle_signature(bundle, trusted)
+    (trusted / "broken.pub").write_text("ssh-ed25519 AAAA\n")
+    with pytest.raises(SignatureError, match="broken.pub is not a basilar-ed25519 key file"):
+        trusted_public_keys(trusted)
+    os.unlink(trusted / "broken.pub")
+    (trusted / "short.pub").write_text("basilar-ed25519 AAAA\n")
+    with pytest.raises(SignatureError, match="32 bytes"):
+        trusted_public_keys(trusted)
