@@ -1,0 +1,373 @@
+"""Audio sources: each yields int16 mono chunks at the bundle's sample rate, whatever the input looks like.
+
+- `FileSource`: any file libsndfile reads (WAV, FLAC, OGG, ...), any rate, width and channel count; downmixed to
+  mono and resampled with soxr. `realtime=True` paces it like a live source.
+- `PcmSource`: raw little-endian PCM on a byte stream (standard input), e.g. `arecord -f S16_LE -r 16000 -c 1`.
+- `MicSource`: a live input through PortAudio (the optional `sounddevice` package). PortAudio calls back on its
+  own thread; a bounded queue hands the blocks to the processing thread. When the queue is full a block is
+  dropped and counted as an overrun, so falling behind is always visible.
+
+`open_source(spec, ...)` picks one from the command line's AUDIO argument: a path, `-`, or `mic[:DEVICE]`.
+Every problem is a `SourceError` whose message names the input, what is wrong and what to do.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import select
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import soundfile
+import soxr
+
+DEFAULT_CHUNK_MS = 100
+PCM_FORMATS = {"S16_LE": ("<i2", 2.0**15), "S32_LE": ("<i4", 2.0**31), "FLOAT_LE": ("<f4", 1.0)}
+
+
+class SourceError(Exception):
+    """The audio input cannot be read; the message says which input, what is wrong and how to fix it."""
+
+
+class StopFlag:
+    """Set from a signal handler to end a stream between chunks.
+
+    A signal handler may only flip a flag (it must not take locks), so waits poll it in short slices.
+    """
+
+    def __init__(self):
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep up to `seconds`, returning early once the flag is set."""
+        end = time.monotonic() + seconds
+        while not self._set:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.05))
+
+
+def to_int16(samples: np.ndarray) -> np.ndarray:
+    """Float samples (full scale 1.0) to int16, rounded and clipped."""
+    return np.clip(np.rint(samples * 32768.0), -32768, 32767).astype(np.int16)
+
+
+class MonoResampler:
+    """Downmix float blocks (frames, channels) to mono and resample them, carrying filter state between blocks."""
+
+    def __init__(self, in_rate: int, out_rate: int):
+        self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32") if in_rate != out_rate else None
+
+    def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+        mono = np.ascontiguousarray(mono, dtype=np.float32)
+        if self._stream is not None:
+            mono = self._stream.resample_chunk(mono, last=last)
+        return to_int16(mono)
+
+
+class Pacer:
+    """Holds chunks back until their audio would have been recorded, so a file plays like a live source."""
+
+    def __init__(self, sample_rate: int, stop: StopFlag, clock: Callable[[], float] = time.monotonic):
+        self._rate, self._stop, self._clock = sample_rate, stop, clock
+        self._start: float | None = None
+        self._samples = 0
+
+    def wait_for(self, samples: int) -> None:
+        if self._start is None:
+            self._start = self._clock()
+        self._samples += samples
+        due = self._start + self._samples / self._rate
+        delay = due - self._clock()
+        if delay > 0:
+            self._stop.sleep(delay)
+
+
+class AudioSource:
+    """Base: `chunks()` yields int16 mono arrays at `sample_rate` until the input ends or `stop` is set."""
+
+    live = False  # live sources get wall-clock timestamps on their detections
+    overruns = 0  # audio blocks lost because processing fell behind (live sources)
+
+    def __init__(self, name: str, sample_rate: int, stop: StopFlag | None):
+        self.name = name
+        self.sample_rate = sample_rate
+        self.stop = stop or StopFlag()
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class FileSource(AudioSource):
+    def __init__(self, path: str | os.PathLike, sample_rate: int, *, chunk_ms: float = DEFAULT_CHUNK_MS,
+                 realtime: bool = False, stop: StopFlag | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        path = Path(path)
+        super().__init__(str(path), sample_rate, stop)
+        if not path.exists():
+            raise SourceError(f"audio file not found: {path}; check the path (use '-' for raw PCM on standard "
+                              "input or 'mic' for the microphone)")
+        if not path.is_file():
+            raise SourceError(f"{path} is not a file; give an audio file such as a WAV or FLAC")
+        try:
+            self._file = soundfile.SoundFile(str(path))
+        except (soundfile.SoundFileError, RuntimeError, OSError) as err:
+            raise SourceError(f"cannot read {path} as audio ({_libsndfile_reason(err)}); use a WAV, FLAC or OGG "
+                              f"file, or convert it first, e.g. `sox INPUT -r {sample_rate} -c 1 -b 16 OUT.wav`") from err
+        self.file_rate = self._file.samplerate
+        self.file_channels = self._file.channels
+        self.file_format = f"{self._file.format}/{self._file.subtype}"
+        self._block = max(1, round(self.file_rate * chunk_ms / 1000))
+        self._pacer = Pacer(sample_rate, self.stop, clock) if realtime else None
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        resample = MonoResampler(self.file_rate, self.sample_rate)
+        while not self.stop.is_set():
+            try:
+                block = self._file.read(self._block, dtype="float32", always_2d=True)
+            except (soundfile.SoundFileError, RuntimeError) as err:
+                seconds = self._file.tell() / self.file_rate if not self._file.closed else 0.0
+                raise SourceError(f"{self.name} is corrupt: reading failed after about {seconds:.2f} s "
+                                  f"({_libsndfile_reason(err)}); the audio before that point was processed. "
+                                  "Re-record or re-encode the file") from err
+            last = len(block) < self._block
+            chunk = resample(block, last=last)
+            if len(chunk):
+                if self._pacer:
+                    self._pacer.wait_for(len(chunk))
+                yield chunk
+            if last:
+                return
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class PcmSource(AudioSource):
+    """Raw interleaved little-endian PCM from a byte stream (standard input by default)."""
+
+    live = True
+
+    def __init__(self, sample_rate: int, *, pcm_format: str = "S16_LE", rate: int | None = None,
+                 channels: int = 1, stream: BinaryIO | None = None, chunk_ms: float = DEFAULT_CHUNK_MS,
+                 stop: StopFlag | None = None):
+        super().__init__("standard input", sample_rate, stop)
+        fmt = pcm_format.upper()
+        if fmt not in PCM_FORMATS:
+            raise SourceError(f"PCM format {pcm_format!r} is not supported; use one of {', '.join(PCM_FORMATS)}")
+        if channels < 1:
+            raise SourceError(f"--channels {channels}: must be 1 or more")
+        self.rate = rate or sample_rate
+        if self.rate < 1000:
+            raise SourceError(f"--rate {self.rate}: must be the input's sample rate in Hz (e.g. 16000)")
+        self.channels = channels
+        self._dtype = np.dtype(PCM_FORMATS[fmt][0])
+        self._scale = PCM_FORMATS[fmt][1]
+        self._frame_bytes = self._dtype.itemsize * channels
+        self._chunk_bytes = max(1, round(self.rate * chunk_ms / 1000)) * self._frame_bytes
+        self._stream = stream if stream is not None else sys.stdin.buffer
+
+    def _read(self, size: int) -> bytes:
+        """Up to `size` bytes; b"" at end of input. Waits in short slices so a stop request is seen."""
+        try:
+            fd = self._stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return self._stream.read(size)
+        while not self.stop.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                return os.read(fd, size)
+        return b""
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        resample = MonoResampler(self.rate, self.sample_rate)
+        pending = b""
+        while not self.stop.is_set():
+            data = self._read(self._chunk_bytes - len(pending))
+            pending += data
+            if data and len(pending) < self._chunk_bytes:
+                continue  # a pipe hands over less than asked for; fill the chunk first
+            whole = len(pending) - len(pending) % self._frame_bytes
+            samples = np.frombuffer(pending[:whole], dtype=self._dtype).reshape(-1, self.channels)
+            chunk = resample(samples.astype(np.float32) / np.float32(self._scale), last=not data)
+            pending = pending[whole:]
+            if len(chunk):
+                yield chunk
+            if not data:
+                if pending and not self.stop.is_set():
+                    raise SourceError(f"standard input ended in the middle of a sample frame ({len(pending)} "
+                                      f"stray bytes; one frame is {self._frame_bytes} bytes); check --format "
+                                      "and --channels against the producer")
+                return
+
+
+class MicSource(AudioSource):
+    """A live input through PortAudio. `device` is an index, a (part of a) name, or None for the default."""
+
+    live = True
+
+    def __init__(self, device: str | int | None, sample_rate: int, *, chunk_ms: float = DEFAULT_CHUNK_MS,
+                 queue_ms: float = 5000, stop: StopFlag | None = None, silence_timeout_s: float = 2.0,
+                 stream_factory: Callable | None = None):
+        super().__init__(f"microphone {device!r}" if device is not None else "the default microphone",
+                         sample_rate, stop)
+        self.overruns = 0
+        self.dropped_samples = 0
+        self._timeout = silence_timeout_s
+        self._finished = False
+        sd = None if stream_factory else import_sounddevice()
+        if sd is not None:
+            info = _find_input(sd, device)
+            self.name = f"microphone {info['name']!r}"
+            device, self.rate = info["index"], _pick_rate(sd, info["index"], sample_rate, info)
+            stream_factory = sd.InputStream
+        else:
+            self.rate = sample_rate
+        self._block = max(1, round(self.rate * chunk_ms / 1000))
+        self._queue: queue.Queue = queue.Queue(maxsize=max(2, round(queue_ms / chunk_ms)))
+        try:
+            self._stream = stream_factory(device=device, samplerate=self.rate, channels=1, dtype="int16",
+                                          blocksize=self._block, callback=self._on_audio,
+                                          finished_callback=self._on_finished)
+        except Exception as err:  # PortAudio reports every failure as its own error type
+            raise SourceError(f"cannot open {self.name} at {self.rate} Hz ({err}); list inputs with "
+                              "`basilar devices`") from err
+
+    def _on_audio(self, indata, frames, time_info, status) -> None:
+        """PortAudio's thread: hand a copy of the block over; never block here."""
+        if status and getattr(status, "input_overflow", False):
+            self.overruns += 1  # PortAudio itself lost input
+        try:
+            self._queue.put_nowait(indata.copy())
+        except queue.Full:
+            self.overruns += 1
+            self.dropped_samples += frames
+
+    def _on_finished(self) -> None:
+        self._finished = True
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        resample = MonoResampler(self.rate, self.sample_rate)
+        self._stream.start()
+        waited = 0.0
+        while not self.stop.is_set():
+            try:
+                block = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                waited += 0.05
+                if self._finished or not self._stream.active:
+                    raise SourceError(f"{self.name} stopped delivering audio (unplugged, or taken by another "
+                                      "program?); check `basilar devices` and restart") from None
+                if waited >= self._timeout:
+                    raise SourceError(f"no audio from {self.name} for {self._timeout:g} s (device gone or "
+                                      "stalled?); check `basilar devices` and restart") from None
+                continue
+            waited = 0.0
+            yield resample(block.astype(np.float32) / np.float32(32768.0))
+
+    def close(self) -> None:
+        try:
+            self._stream.stop()
+            self._stream.close()
+        except Exception:  # the device may already be gone; nothing more to release
+            pass
+
+
+def import_sounddevice():
+    """The optional PortAudio binding, or a SourceError saying how to install it."""
+    try:
+        import sounddevice
+    except ImportError as err:
+        raise SourceError("microphone input needs the sounddevice package: pip install 'basilar[mic]'") from err
+    except OSError as err:
+        raise SourceError(f"microphone input needs the PortAudio library ({err}): "
+                          "sudo apt install libportaudio2") from err
+    return sounddevice
+
+
+def list_inputs(sd) -> list[dict]:
+    """Every device with input channels: index, name, channels, default rate, whether it is the default."""
+    try:
+        default = sd.default.device[0]
+        devices = sd.query_devices()
+    except Exception as err:
+        raise SourceError(f"cannot list audio devices ({err})") from err
+    return [{"index": i, "name": d["name"], "channels": d["max_input_channels"],
+             "default_samplerate": d["default_samplerate"], "default": i == default}
+            for i, d in enumerate(devices) if d["max_input_channels"] > 0]
+
+
+def _find_input(sd, device: str | int | None) -> dict:
+    inputs = list_inputs(sd)
+    if not inputs:
+        raise SourceError("no audio input devices found; plug in a microphone (and check the user is in the "
+                          "'audio' group)")
+    if device is None:
+        matches = [d for d in inputs if d["default"]] or inputs[:1]
+    elif isinstance(device, int) or str(device).isdigit():
+        matches = [d for d in inputs if d["index"] == int(device)]
+    else:
+        exact = [d for d in inputs if d["name"] == device]
+        matches = exact or [d for d in inputs if str(device).lower() in d["name"].lower()]
+    if len(matches) != 1:
+        names = "; ".join(f"{d['index']}: {d['name']}" for d in inputs)
+        problem = "no input device matches" if not matches else "more than one input device matches"
+        raise SourceError(f"{problem} {device!r}; inputs are: {names} (give the index, e.g. mic:{inputs[0]['index']})")
+    return matches[0]
+
+
+def _pick_rate(sd, index: int, wanted: int, info: dict) -> int:
+    """The bundle's rate when the device supports it, else the device's own rate (we resample)."""
+    try:
+        sd.check_input_settings(device=index, samplerate=wanted, channels=1, dtype="int16")
+        return wanted
+    except Exception:
+        return int(info["default_samplerate"])
+
+
+def _libsndfile_reason(err: Exception) -> str:
+    text = str(err)
+    reason = text.split(": ", 1)[1] if text.startswith("Error opening") and ": " in text else text
+    return reason.strip().rstrip(".")
+
+
+def parse_mic_spec(spec: str) -> tuple[bool, str | int | None]:
+    """`mic` -> (True, None); `mic:2` -> (True, 2); `mic:USB` -> (True, "USB"); anything else -> (False, None)."""
+    if spec != "mic" and not spec.startswith("mic:"):
+        return False, None
+    device = spec[4:] or None
+    return True, int(device) if device and device.isdigit() else device
+
+
+def open_source(spec: str, sample_rate: int, *, chunk_ms: float = DEFAULT_CHUNK_MS, realtime: bool = False,
+                pcm_format: str = "S16_LE", pcm_rate: int | None = None, pcm_channels: int = 1,
+                stop: StopFlag | None = None) -> AudioSource:
+    """The source named by the AUDIO argument: a file path, `-` (raw PCM on stdin) or `mic[:DEVICE]`."""
+    if spec == "-":
+        return PcmSource(sample_rate, pcm_format=pcm_format, rate=pcm_rate, channels=pcm_channels,
+                         chunk_ms=chunk_ms, stop=stop)
+    is_mic, device = parse_mic_spec(spec)
+    if is_mic:
+        return MicSource(device, sample_rate, chunk_ms=chunk_ms, stop=stop)
+    return FileSource(spec, sample_rate, chunk_ms=chunk_ms, realtime=realtime, stop=stop)

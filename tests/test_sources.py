@@ -1,0 +1,372 @@
+"""Audio sources: real files of many rates/widths/channel counts, corrupt and wrong files, raw PCM, microphones."""
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+import soundfile
+
+from edge.sources import FileSource, MicSource, PcmSource, SourceError, StopFlag, open_source, parse_mic_spec
+from tests.conftest import REPO, require
+
+RATE = 16000
+
+
+def sine(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return amplitude * np.sin(2 * np.pi * freq * t)
+
+
+def read_all(source) -> np.ndarray:
+    chunks = list(source.chunks())
+    assert all(c.dtype == np.int16 and c.ndim == 1 for c in chunks)
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+
+
+def peak_freq(x: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return np.argmax(spectrum) * rate / len(x)
+
+
+def test_a_16k_mono_int16_file_comes_back_sample_for_sample_in_100ms_chunks(tmp_path):
+    samples = np.random.default_rng(1).integers(-32768, 32767, size=RATE * 2 + 123, dtype=np.int16)
+    path = tmp_path / "same.wav"
+    soundfile.write(path, samples, RATE, subtype="PCM_16")
+    with FileSource(path, RATE) as source:
+        chunks = list(source.chunks())
+    assert [len(c) for c in chunks[:-1]] == [1600] * (len(chunks) - 1)
+    np.testing.assert_array_equal(np.concatenate(chunks), samples)
+
+
+@pytest.mark.parametrize("rate, subtype, channels, ext", [
+    (8000, "PCM_16", 1, "wav"),
+    (44100, "PCM_24", 2, "wav"),
+    (48000, "FLOAT", 4, "wav"),
+    (22050, "PCM_U8", 1, "wav"),
+    (32000, "PCM_32", 3, "wav"),
+    (11025, "PCM_16", 2, "flac"),
+    (16000, "PCM_24", 1, "flac"),
+    (24000, "VORBIS", 2, "ogg"),
+])
+def test_files_of_any_rate_width_and_channel_count_become_16k_mono(tmp_path, rate, subtype, channels, ext):
+    tone = sine(440.0, 1.0, rate, amplitude=0.5)
+    path = tmp_path / f"tone.{ext}"
+    soundfile.write(path, np.repeat(tone[:, None], channels, axis=1), rate, subtype=subtype)
+    source = FileSource(path, RATE)
+    assert (source.file_rate, source.file_channels) == (rate, channels)
+    out = read_all(source)
+    assert abs(len(out) - RATE) <= 2  # one second at 16 kHz, whatever the input rate
+    assert abs(peak_freq(out[1000:-1000], RATE) - 440.0) < 2.0
+    rms = np.sqrt(np.mean((out[1000:-1000] / 32768.0) ** 2))
+    assert rms == pytest.approx(0.5 / np.sqrt(2), rel=0.03)  # identical channels downmix to the same level
+
+
+def test_downmix_averages_the_channels(tmp_path):
+    tone = sine(300.0, 0.5, RATE)
+    path = tmp_path / "opposite.wav"
+    soundfile.write(path, np.stack([tone, -tone, 0.5 * tone, -0.5 * tone], axis=1), RATE, subtype="FLOAT")
+    assert np.abs(read_all(FileSource(path, RATE))).max() <= 1  # the channels cancel
+
+
+def test_resampling_keeps_filter_state_across_chunks(tmp_path):
+    """A chunked stream must resample like the whole file at once (no clicks at chunk boundaries)."""
+    import soxr
+    tone = sine(1000.0, 1.0, 8000)
+    path = tmp_path / "tone8k.wav"
+    soundfile.write(path, tone, 8000, subtype="FLOAT")
+    whole = soxr.resample(tone.astype(np.float32), 8000, RATE)
+    out = read_all(FileSource(path, RATE, chunk_ms=37)) / 32768.0
+    assert len(out) == len(whole)
+    assert np.max(np.abs(out - whole)) < 1e-3
+
+
+def test_a_missing_file_names_the_path_and_the_alternatives(tmp_path):
+    with pytest.raises(SourceError, match=r"audio file not found: .*nope\.wav.*'-'.*'mic'"):
+        FileSource(tmp_path / "nope.wav", RATE)
+
+
+def test_a_directory_is_refused(tmp_path):
+    with pytest.raises(SourceError, match="is not a file"):
+        FileSource(tmp_path, RATE)
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("empty.wav", b"", "Format not recognised"),
+    ("text.wav", b"this is not audio at all\n" * 40, "Format not recognised"),
+    ("headless.wav", b"RIFF\x24\x00\x00\x00WAVEfmt ", ""),
+    ("image.flac", b"\x89PNG\r\n\x1a\n" + bytes(200), "Format not recognised"),
+])
+def test_unreadable_and_wrong_format_files_give_a_clear_error(tmp_path, name, content, reason):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(SourceError) as err:
+        FileSource(path, RATE)
+    message = str(err.value)
+    assert f"cannot read {path} as audio" in message and reason in message
+    assert "sox INPUT -r 16000 -c 1 -b 16 OUT.wav" in message  # and how to fix it
+
+
+def test_a_wav_with_a_mangled_header_is_refused(tmp_path):
+    path = tmp_path / "mangled.wav"
+    soundfile.write(path, sine(440, 0.5, RATE), RATE, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    data[20:22] = b"\x63\x00"  # format tag 99: no such codec
+    path.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match="cannot read .* as audio"):
+        FileSource(path, RATE)
+
+
+def test_a_file_corrupt_mid_way_yields_the_audio_before_the_damage_then_fails(tmp_path):
+    samples = (sine(440, 4.0, RATE) * 0.8 * 32767).astype(np.int16)
+    path = tmp_path / "damaged.flac"
+    soundfile.write(path, samples, RATE)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4000] = bytes(4000)
+    path.write_bytes(bytes(data))
+    got = []
+    with pytest.raises(SourceError) as err:
+        for chunk in FileSource(path, RATE).chunks():
+            got.append(chunk)
+    assert "is corrupt" in str(err.value) and "audio before that point was processed" in str(err.value)
+    received = np.concatenate(got)
+    assert RATE <= len(received) < len(samples)  # at least the first second came through, intact
+    np.testing.assert_array_equal(received[:RATE], samples[:RATE])
+
+
+class FakeClock:
+    """Time that moves only when the pacer sleeps: deterministic pacing checks."""
+
+    def __init__(self):
+        self.now = 100.0
+        self.sleeps = []
+
+    def __call__(self):
+        return self.now
+
+
+class ClockedStop(StopFlag):
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+
+    def sleep(self, seconds):
+        self.clock.sleeps.append(seconds)
+        self.clock.now += seconds
+
+
+def test_realtime_pacing_releases_each_chunk_when_its_audio_would_have_been_recorded(tmp_path):
+    path = tmp_path / "two_seconds.wav"
+    soundfile.write(path, sine(440, 2.0, RATE), RATE, subtype="PCM_16")
+    clock = FakeClock()
+    source = FileSource(path, RATE, realtime=True, stop=ClockedStop(clock), clock=clock)
+    released = []
+    for chunk in source.chunks():
+        released.append(clock.now - 100.0)
+    assert released == pytest.approx([0.1 * (i + 1) for i in range(20)])
+    assert sum(clock.sleeps) == pytest.approx(2.0)
+
+
+def test_without_realtime_a_file_is_read_as_fast_as_possible(tmp_path):
+    path = tmp_path / "fast.wav"
+    soundfile.write(path, sine(440, 2.0, RATE), RATE, subtype="PCM_16")
+    clock = FakeClock()
+    assert len(read_all(FileSource(path, RATE, stop=ClockedStop(clock), clock=clock))) == 2 * RATE
+    assert clock.sleeps == []
+
+
+def test_setting_the_stop_flag_ends_a_file_stream_between_chunks(tmp_path):
+    path = tmp_path / "long.wav"
+    soundfile.write(path, sine(440, 5.0, RATE), RATE, subtype="PCM_16")
+    stop = StopFlag()
+    got = 0
+    for chunk in FileSource(path, RATE, stop=stop).chunks():
+        got += len(chunk)
+        if got >= RATE:
+            stop.set()
+    assert got == RATE
+
+
+@pytest.mark.parametrize("fmt, dtype, scale", [("S16_LE", "<i2", 32768), ("S32_LE", "<i4", 2**31),
+                                               ("FLOAT_LE", "<f4", 1.0)])
+def test_raw_pcm_formats_on_a_byte_stream(fmt, dtype, scale):
+    tone = sine(500.0, 1.0, RATE, amplitude=0.25)
+    raw = np.round(tone * scale).astype(dtype) if dtype != "<f4" else tone.astype(dtype)
+    out = read_all(PcmSource(RATE, pcm_format=fmt, stream=io.BytesIO(raw.tobytes())))
+    np.testing.assert_allclose(out / 32768.0, tone, atol=1.5 / 32768)
+
+
+def test_raw_pcm_through_a_real_pipe_with_resampling_and_downmix():
+    rate = 8000
+    tone = sine(700.0, 1.5, rate, amplitude=0.3)
+    stereo = np.round(np.stack([tone, tone], axis=1) * 32767).astype("<i2")
+    read_end, write_end = os.pipe()
+
+    def producer():  # like arecord: small writes at irregular sizes
+        data = stereo.tobytes()
+        with os.fdopen(write_end, "wb") as pipe:
+            for start in range(0, len(data), 777):
+                pipe.write(data[start:start + 777])
+                pipe.flush()
+
+    threading.Thread(target=producer).start()
+    with os.fdopen(read_end, "rb") as stream:
+        out = read_all(PcmSource(RATE, pcm_format="S16_LE", rate=rate, channels=2, stream=stream))
+    assert abs(len(out) - 1.5 * RATE) <= 2
+    assert abs(peak_freq(out, RATE) - 700.0) < 2.0
+
+
+def test_raw_pcm_ending_mid_frame_is_an_error_after_the_whole_frames():
+    raw = np.arange(3200, dtype="<i2").tobytes() + b"\x01"
+    got = []
+    with pytest.raises(SourceError, match="middle of a sample frame.*1 stray bytes.*--format"):
+        for chunk in PcmSource(RATE, stream=io.BytesIO(raw)).chunks():
+            got.append(chunk)
+    np.testing.assert_array_equal(np.concatenate(got), np.arange(3200, dtype=np.int16))
+
+
+def test_raw_pcm_options_are_checked():
+    with pytest.raises(SourceError, match="'MP3' is not supported; use one of S16_LE, S32_LE, FLOAT_LE"):
+        PcmSource(RATE, pcm_format="MP3", stream=io.BytesIO())
+    with pytest.raises(SourceError, match="--channels 0"):
+        PcmSource(RATE, channels=0, stream=io.BytesIO())
+
+
+def test_open_source_picks_by_argument(tmp_path):
+    path = tmp_path / "a.wav"
+    soundfile.write(path, sine(440, 0.2, RATE), RATE)
+    assert isinstance(open_source(str(path), RATE), FileSource)
+    assert isinstance(open_source("-", RATE), PcmSource)
+    assert parse_mic_spec("mic") == (True, None)
+    assert parse_mic_spec("mic:2") == (True, 2)
+    assert parse_mic_spec("mic:USB Audio") == (True, "USB Audio")
+    assert parse_mic_spec("microphone.wav") == (False, None)
+
+
+class ScriptedStream:
+    """Stands in for a PortAudio stream: the test plays the driver thread by calling the callback itself."""
+
+    def __init__(self, *, device, samplerate, channels, dtype, blocksize, callback, finished_callback):
+        self.samplerate, self.blocksize = samplerate, blocksize
+        self.callback, self.finished_callback = callback, finished_callback
+        self.active = False
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+    def close(self):
+        pass
+
+    def deliver(self, block: np.ndarray):
+        self.callback(block.reshape(-1, 1), len(block), None, None)
+
+    def unplug(self):
+        self.active = False
+        self.finished_callback()
+
+
+def test_microphone_blocks_pass_through_a_bounded_queue_and_overruns_are_counted():
+    streams = []
+    source = MicSource(None, RATE, queue_ms=300, stream_factory=lambda **kw: streams.append(ScriptedStream(**kw))
+                       or streams[-1])
+    stream = streams[0]
+    assert stream.blocksize == 1600
+    blocks = [np.full(1600, i, dtype=np.int16) for i in range(5)]
+    for block in blocks:  # the queue holds 3 blocks; the last two are lost and counted
+        stream.deliver(block)
+    assert (source.overruns, source.dropped_samples) == (2, 3200)
+    chunks = source.chunks()
+    for i in range(3):
+        np.testing.assert_array_equal(next(chunks), blocks[i])
+    source.stop.set()
+    assert list(chunks) == []
+
+
+def test_a_microphone_that_disappears_mid_stream_is_a_clear_error():
+    streams = []
+    source = MicSource("USB", RATE, stream_factory=lambda **kw: streams.append(ScriptedStream(**kw)) or streams[-1])
+    chunks = source.chunks()
+    streams[0].deliver(np.ones(1600, dtype=np.int16))
+    assert len(next(chunks)) == 1600
+    streams[0].unplug()
+    with pytest.raises(SourceError, match="microphone 'USB' stopped delivering audio.*basilar devices"):
+        next(chunks)
+
+
+def test_a_microphone_that_goes_silent_is_a_clear_error():
+    streams = []
+    source = MicSource(None, RATE, silence_timeout_s=0.2,
+                       stream_factory=lambda **kw: streams.append(ScriptedStream(**kw)) or streams[-1])
+    with pytest.raises(SourceError, match="no audio from the default microphone for 0.2 s"):
+        next(source.chunks())
+
+
+ALSA_FILE_DEVICE = """\
+pcm.basilar_test_mic {{
+    type file
+    slave.pcm "null"
+    file "/dev/null"
+    infile "{infile}"
+    format "raw"
+}}
+"""
+
+
+def alsa_test_device(tmp_path, samples: np.ndarray) -> dict:
+    """An ALSA capture device that plays `samples` (raw S16_LE): a real PortAudio input without sound hardware.
+
+    It has no clock (ALSA's null plugin), so it delivers audio far faster than real time.
+    """
+    try:
+        import sounddevice  # noqa: F401
+    except ImportError:
+        require(False, "the Python package 'sounddevice' (pip install '.[mic]')")
+    except OSError:
+        require(False, "the libportaudio2 system package")
+    infile = tmp_path / "mic.raw"
+    samples.astype("<i2").tofile(infile)
+    (tmp_path / "device.conf").write_text(ALSA_FILE_DEVICE.format(infile=infile))
+    (tmp_path / "alsa.conf").write_text(f"</usr/share/alsa/alsa.conf>\n<{tmp_path / 'device.conf'}>\n")
+    require(os.path.exists("/usr/share/alsa/alsa.conf"), "ALSA's configuration (libasound2-data)")
+    return {**os.environ, "ALSA_CONFIG_PATH": str(tmp_path / "alsa.conf"), "PYTHONPATH": str(REPO)}
+
+
+def test_a_real_portaudio_input_delivers_its_audio_and_reports_overruns(tmp_path):
+    samples = (sine(440, 1.0, RATE) * 20000).astype(np.int16)
+    env = alsa_test_device(tmp_path, samples)
+    script = textwrap.dedent("""
+        import json, time
+        import numpy as np
+        from edge.sources import MicSource
+        source = MicSource("basilar_test_mic", 16000, queue_ms=500)
+        chunks = source.chunks()
+        first = next(chunks)
+        time.sleep(0.5)  # fall behind: the device has no clock and keeps delivering
+        print(json.dumps({"name": source.name, "rate": source.rate, "first": first[:1600].tolist(),
+                          "overruns": source.overruns}))
+        source.close()
+    """)
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["name"] == "microphone 'basilar_test_mic'" and report["rate"] == RATE
+    np.testing.assert_array_equal(report["first"], samples[:1600])
+    assert report["overruns"] > 0
+
+
+def test_an_unknown_microphone_lists_the_inputs(tmp_path):
+    env = alsa_test_device(tmp_path, np.zeros(1600, np.int16))
+    script = ("from edge.sources import MicSource\n"
+              "try:\n    MicSource('no such mic', 16000)\nexcept Exception as err:\n    print(err)\n")
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert "no input device matches 'no such mic'; inputs are: 0: basilar_test_mic" in result.stdout
