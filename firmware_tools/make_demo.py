@@ -1,0 +1,183 @@
+"""Build the demo recording that `basilar run` plays out of the box, and its expected detections.
+
+    python3 -m firmware_tools.make_demo [--fsdd ../shared/data/fsdd/recordings] [--out edge/demo]
+
+A stream like a device hears it: spoken digits from all four FSDD speakers (8 kHz, resampled to 16 kHz), with
+quiet stretches, noise bursts and ordinary speech that is not a digit (synthesized with espeak-ng) between them,
+over a low background hiss. Writes demo.wav (16 kHz mono int16), demo_truth.csv (label,start_s,end_s: where
+each digit was placed) and ATTRIBUTION.md. Seeded, so a rebuild gives the same layout.
+"""
+from __future__ import annotations
+
+import csv
+import subprocess
+import tempfile
+from pathlib import Path
+
+import click
+import numpy as np
+import soundfile
+import soxr
+
+RATE = 16000
+SPEAKERS = ("jackson", "nicolas", "theo", "yweweler")
+# Everyday phrases with no digit words and no near-homophones of them (to, for, ate, won, oh, ...).
+PHRASES = (
+    ("please open the window", "en-us", 160, 50),
+    ("the weather is lovely this morning", "en-gb", 150, 40),
+    ("where did you put my keys", "en-us+f3", 170, 60),
+    ("turn the lights off in the kitchen", "en-gb-x-rp", 145, 35),
+    ("good evening, how was your day", "en-us+m3", 155, 55),
+    ("the quick brown fox jumps over the lazy dog", "en-029", 175, 45),
+)
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
+
+
+def rms_normalise(clip: np.ndarray, dbfs: float) -> np.ndarray:
+    rms = np.sqrt(np.mean(clip**2)) + 1e-12
+    return clip * (10 ** (dbfs / 20) / rms)
+
+
+def load_digit(path: Path) -> np.ndarray:
+    clip, rate = soundfile.read(path, dtype="float32")
+    if clip.ndim > 1:
+        clip = clip.mean(axis=1)
+    return soxr.resample(clip, rate, RATE)
+
+
+def espeak(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "speech.wav"
+        try:
+            subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(out), text],
+                           check=True, capture_output=True, timeout=60)
+        except FileNotFoundError as err:
+            raise click.ClickException("espeak-ng is needed to synthesize the non-digit speech: "
+                                       "sudo apt install espeak-ng") from err
+        except subprocess.CalledProcessError as err:
+            raise click.ClickException(f"espeak-ng failed for voice {voice!r}: {err.stderr.decode().strip()}")
+        clip, rate = soundfile.read(out, dtype="float32")
+    return soxr.resample(clip, rate, RATE)
+
+
+def noise_burst(rng: np.random.Generator, seconds: float, colour: str) -> np.ndarray:
+    white = rng.standard_normal(int(seconds * RATE)).astype(np.float32)
+    if colour == "brown":  # a leaky integrator turns white noise into a low rumble
+        from scipy.signal import lfilter
+        white = lfilter([1.0], [1.0, -0.995], white).astype(np.float32)
+    ramp = np.minimum(1.0, np.minimum(np.arange(len(white)), np.arange(len(white))[::-1]) / (0.05 * RATE))
+    return white * ramp
+
+
+def build(fsdd: Path, seed: int = 2024):
+    """The demo as (float samples, truth rows, digit files used, phrases used)."""
+    rng = np.random.default_rng(seed)
+    # Every digit twice, from all four speakers (five digits each), at takes chosen at random.
+    digits = [d for d in range(10) for _ in range(2)]
+    rng.shuffle(digits)
+    items = []
+    for i, digit in enumerate(digits):
+        speaker = SPEAKERS[i % len(SPEAKERS)]
+        path = fsdd / f"{digit}_{speaker}_{int(rng.integers(0, 50))}.wav"
+        if not path.exists():
+            raise click.ClickException(f"FSDD recording {path} not found; pass --fsdd with the folder holding "
+                                       "{digit}_{speaker}_{take}.wav files")
+        items.append(("digit", str(digit), path))
+    items += [("speech", text, (voice, speed, pitch)) for text, voice, speed, pitch in PHRASES]
+    items += [("noise", "white", 0.8), ("noise", "brown", 1.2)]
+    order = rng.permutation(len(items))
+
+    pieces, truth, used_files = [], [], []
+    cursor = 1.0  # seconds; the stream opens with a quiet second
+    for index in order:
+        kind, name, extra = items[index]
+        if kind == "digit":
+            clip = rms_normalise(load_digit(extra), -24 + rng.uniform(-4, 4))
+            truth.append((name, cursor, cursor + len(clip) / RATE))
+            used_files.append(extra.name)
+        elif kind == "speech":
+            clip = rms_normalise(espeak(name, *extra), -24 + rng.uniform(-4, 4))
+        else:
+            clip = rms_normalise(noise_burst(rng, extra, name), -30)
+        pieces.append((cursor, clip))
+        cursor += len(clip) / RATE + rng.uniform(0.9, 1.4)
+    total = int((cursor + 0.5) * RATE)
+    audio = (rng.standard_normal(total) * 10 ** (-58 / 20)).astype(np.float32)  # background hiss, -58 dBFS
+    for start, clip in pieces:
+        first = int(round(start * RATE))
+        audio[first:first + len(clip)] += clip
+    peak = np.max(np.abs(audio))
+    if peak > 0.99:
+        audio *= 0.99 / peak
+    return audio, truth, used_files, PHRASES
+
+
+ATTRIBUTION = """\
+# Demo recording: attribution and license
+
+`demo.wav` is a derivative of the **Free Spoken Digit Dataset** (FSDD) by Zohar Jackson and contributors
+(https://github.com/Jakobovski/free-spoken-digit-dataset, git commit 26eb9aaf76e81b692f806f9140c2d2777410d7a1),
+licensed under Creative Commons Attribution-ShareAlike 4.0 International (CC BY-SA 4.0,
+https://creativecommons.org/licenses/by-sa/4.0/).
+
+The demo is therefore also licensed under **CC BY-SA 4.0**. Changes made: the recordings listed below were resampled
+from 8 kHz to 16 kHz, set to a common level (+-4 dB), and placed in one stream with pauses, noise bursts, a
+background hiss and synthetic non-digit speech between them. `demo_truth.csv` gives where each digit was placed.
+
+Built by `python3 -m firmware_tools.make_demo` (seed {seed}).
+
+## FSDD recordings used ({count}, from all four speakers)
+{files}
+
+## Synthetic speech (espeak-ng {espeak_version}), not digits
+{phrases}
+"""
+
+
+def espeak_version() -> str:
+    try:
+        out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown version"
+    words = out.split()
+    return words[words.index("NG") + 2].rstrip(":") if "NG" in words else out.strip()
+
+
+def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024) -> tuple[Path, Path]:
+    audio, truth, used, phrases = build(fsdd, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wav, csv_path = out_dir / "demo.wav", out_dir / "demo_truth.csv"
+    soundfile.write(wav, np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16), RATE,
+                    subtype="PCM_16")
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "start_s", "end_s"])
+        for label, start, end in truth:
+            writer.writerow([label, f"{start:.3f}", f"{end:.3f}"])
+    (out_dir / "ATTRIBUTION.md").write_text(ATTRIBUTION.format(
+        seed=seed, count=len(used), files="\n".join(f"- `{name}`" for name in used),
+        espeak_version=espeak_version(),
+        phrases="\n".join(f"- \"{text}\" (voice {voice}, {speed} words/min, pitch {pitch})"
+                          for text, voice, speed, pitch in phrases)))
+    return wav, csv_path
+
+
+@click.command()
+@click.option("--fsdd", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_FSDD, show_default=True,
+              help="Folder of FSDD recordings {digit}_{speaker}_{take}.wav.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=REPO / "edge" / "demo",
+              show_default=True, help="Where to write demo.wav, demo_truth.csv and ATTRIBUTION.md.")
+@click.option("--seed", type=int, default=2024, show_default=True)
+def main(fsdd: Path, out_dir: Path, seed: int):
+    """Build the demo recording and its expected detections."""
+    if not fsdd.is_dir():
+        raise click.ClickException(f"FSDD folder {fsdd} not found; pass --fsdd")
+    wav, csv_path = write_demo(fsdd, out_dir, seed)
+    info = soundfile.info(wav)
+    rows = sum(1 for _ in csv_path.open()) - 1
+    click.echo(f"wrote {wav} ({info.duration:.1f} s, {info.samplerate} Hz) and {csv_path} ({rows} digits)")
+
+
+if __name__ == "__main__":
+    main()
