@@ -1,0 +1,347 @@
+"""The device's release store: installed bundles and the one that is active.
+
+Layout under the device root:
+
+    releases/<bundle-id>/   one complete, verified bundle each (the id is the SHA-256 of its manifest.json)
+    current -> releases/<id>   the active bundle; `basilar run` loads it
+    previous -> releases/<id>  the one active before, for rollback
+    incoming/               uploads in progress (temporary names)
+    .staging/               archives being extracted and checked
+    trusted_keys/*.pub      when present, only bundles signed by one of these keys are installed
+
+Why it is safe to interrupt: a release appears under releases/ only by renaming a fully extracted, synced and
+checked directory, and `current` changes only by renaming a new symlink over the old one. A crash at any moment
+leaves `current` pointing at a complete bundle (or absent, before the first activation); leftovers in incoming/
+and .staging/ are swept by later installs and prunes. Mutating operations hold an exclusive lock on `<root>/.lock`,
+so the SSH and serial paths cannot interleave.
+
+Also a small command line for deploy tools driving a device over SSH: `python3 -m edge.releases --help`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_ID = re.compile(r"^[0-9a-f]{64}$")
+_KEEP = object()  # "leave the previous link as activate() would set it"
+INCOMING_MAX_AGE_S = 3600  # an upload untouched this long was abandoned
+
+
+class ReleaseError(Exception):
+    """A release operation was refused; the message says why and what to do."""
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_id(bundle_id: str) -> str:
+    if not isinstance(bundle_id, str) or not _ID.match(bundle_id):
+        raise ReleaseError(f"{bundle_id!r} is not a bundle id (64 lowercase hex digits: the SHA-256 of manifest.json)")
+    return bundle_id
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush every file and folder under path, so a rename that publishes them never outruns their contents."""
+    for folder, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))
+
+
+class ReleaseStore:
+    def __init__(self, root: str | Path, trusted_keys_dir: str | Path | None = None):
+        self.root = Path(root)
+        self.releases_dir = self.root / "releases"
+        self.incoming_dir = self.root / "incoming"
+        self.staging_dir = self.root / ".staging"
+        self.trusted_keys_dir = Path(trusted_keys_dir) if trusted_keys_dir else self.root / "trusted_keys"
+        self._current_link = self.root / "current"
+        self._previous_link = self.root / "previous"
+
+    # --- reading -------------------------------------------------------------------------------------------------
+
+    def _linked_id(self, link: Path) -> str | None:
+        try:
+            target = os.readlink(link)
+        except (FileNotFoundError, OSError):
+            return None
+        name = Path(target).name
+        if _ID.match(name) and (self.releases_dir / name).is_dir():
+            return name
+        return None
+
+    def current(self) -> str | None:
+        """The id of the active bundle, or None before the first activation."""
+        return self._linked_id(self._current_link)
+
+    def current_path(self) -> Path | None:
+        """The directory of the active bundle, resolved (so a switch while it is being loaded cannot mix two
+        bundles), or None."""
+        bundle_id = self.current()
+        return self.releases_dir.resolve() / bundle_id if bundle_id else None
+
+    def previous(self) -> str | None:
+        return self._linked_id(self._previous_link)
+
+    def releases(self) -> list[str]:
+        """Installed bundle ids, oldest first (by the time each was installed or last activated)."""
+        if not self.releases_dir.is_dir():
+            return []
+        found = []
+        for entry in os.scandir(self.releases_dir):
+            if _ID.match(entry.name) and entry.is_dir(follow_symlinks=False):
+                found.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name))
+        return [name for _, name in sorted(found)]
+
+    def has(self, bundle_id: str) -> bool:
+        return bool(_ID.match(bundle_id or "")) and (self.releases_dir / bundle_id).is_dir()
+
+    def path_of(self, bundle_id: str) -> Path:
+        return self.releases_dir / _check_id(bundle_id)
+
+    # --- changing ------------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def install(self, archive_path: str | Path, expected_sha256: str | None = None) -> str:
+        """Verify, extract and check a bundle archive, and add it under releases/; return its bundle id.
+
+        Never touches `current`. Installing a bundle that is already there only refreshes its age.
+        """
+        from edge import bundle as bundles  # imported here: reading the store must not need the bundle loader
+
+        archive_path = Path(archive_path)
+        with self._locked():
+            try:
+                actual = file_sha256(archive_path)
+            except OSError as exc:
+                raise ReleaseError(f"cannot read the archive {archive_path}: {exc.strerror or exc}") from None
+            if expected_sha256 is not None and actual != expected_sha256.lower():
+                raise ReleaseError(f"the archive's SHA-256 is {actual}, expected {expected_sha256.lower()}: the "
+                                   "upload is corrupted or incomplete; deploy again")
+            self._sweep_staging()
+            self.staging_dir.mkdir(parents=True, exist_ok=True)
+            self.releases_dir.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix="install-", dir=self.staging_dir))
+            try:
+                unpacked = stage / "bundle"
+                try:
+                    bundles.extract_archive(archive_path, unpacked)
+                    bundle_id = bundles.bundle_id(unpacked)
+                    bundles.load_bundle(unpacked)
+                except bundles.BundleError as exc:
+                    raise ReleaseError(f"the bundle is invalid: {exc}") from None
+                self._check_signature(unpacked)
+                release = self.releases_dir / bundle_id
+                if release.is_dir():
+                    os.utime(release)
+                    return bundle_id
+                _fsync_tree(unpacked)
+                os.rename(unpacked, release)
+                _fsync_dir(self.releases_dir)
+                os.utime(release)
+                return bundle_id
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+
+    def _check_signature(self, bundle_dir: Path) -> None:
+        from edge.signing import SignatureError, check_bundle_signature
+
+        try:
+            check_bundle_signature(bundle_dir, self.trusted_keys_dir)
+        except SignatureError as exc:
+            raise ReleaseError(f"refused by the device's signature policy: {exc}") from None
+
+    def _switch(self, link: Path, bundle_id: str | None) -> None:
+        """Point link at a release, or remove it, atomically: a new symlink renamed over the old one."""
+        if bundle_id is None:
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+        else:
+            tmp = self.root / f".{link.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+            os.symlink(f"releases/{bundle_id}", tmp)
+            os.replace(tmp, link)
+        _fsync_dir(self.root)
+
+    def activate(self, bundle_id: str, *, previous=_KEEP) -> str | None:
+        """Make an installed bundle the active one; return the id that was active before (None if none).
+
+        `previous` defaults to the bundle active before; deploy tools restoring a failed switch pass the old
+        value so that a later rollback goes where the user expects.
+        """
+        _check_id(bundle_id)
+        with self._locked():
+            if not self.has(bundle_id):
+                raise ReleaseError(f"bundle {bundle_id} is not installed under {self.releases_dir}; install it first")
+            old = self.current()
+            if previous is _KEEP:
+                if old is not None and old != bundle_id:
+                    self._switch(self._previous_link, old)
+            else:
+                self._switch(self._previous_link, previous and _check_id(previous))
+            if old != bundle_id:
+                self._switch(self._current_link, bundle_id)
+            os.utime(self.releases_dir / bundle_id)
+            return old
+
+    def deactivate(self, *, previous=_KEEP) -> str | None:
+        """Remove `current` (used only to undo a failed first deployment); return the id that was active."""
+        with self._locked():
+            old = self.current()
+            if previous is not _KEEP:
+                self._switch(self._previous_link, previous)
+            self._switch(self._current_link, None)
+            return old
+
+    def rollback(self) -> str:
+        """Switch back to the previous bundle (the one it replaces becomes `previous`); return the new current id."""
+        target = self.previous()
+        if target is None:
+            raise ReleaseError(f"no previous release under {self.root} to roll back to")
+        self.activate(target)
+        return target
+
+    def prune(self, keep: int) -> list[str]:
+        """Remove all but the `keep` most recent releases, never the current or the previous one; return removed ids.
+
+        Also sweeps abandoned uploads and extraction leftovers.
+        """
+        if keep < 1:
+            raise ReleaseError(f"keep must be at least 1, not {keep}")
+        with self._locked():
+            ordered = self.releases()
+            protected = {self.current(), self.previous()} | set(ordered[-keep:])
+            removed = [bundle_id for bundle_id in ordered if bundle_id not in protected]
+            if removed:
+                self.staging_dir.mkdir(parents=True, exist_ok=True)
+            for bundle_id in removed:
+                # Rename first, so a half-deleted release is never visible under releases/.
+                doomed = Path(tempfile.mkdtemp(prefix="remove-", dir=self.staging_dir))
+                os.rename(self.releases_dir / bundle_id, doomed / bundle_id)
+                shutil.rmtree(doomed, ignore_errors=True)
+            self._sweep_staging()
+            self._sweep_incoming()
+            return removed
+
+    def _sweep_staging(self) -> None:
+        # Called with the lock held: nothing else is extracting, so whatever is here was abandoned.
+        if self.staging_dir.is_dir():
+            for entry in self.staging_dir.iterdir():
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _sweep_incoming(self) -> None:
+        if not self.incoming_dir.is_dir():
+            return
+        cutoff = time.time() - INCOMING_MAX_AGE_S
+        for entry in self.incoming_dir.iterdir():
+            with contextlib.suppress(OSError):
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+
+    def status(self) -> dict:
+        from edge.signing import SignatureError, trusted_public_keys
+
+        try:
+            trusted = sorted(trusted_public_keys(self.trusted_keys_dir))
+        except SignatureError as exc:
+            trusted = [f"error: {exc}"]
+        return {
+            "root": str(self.root),
+            "current": self.current(),
+            "previous": self.previous(),
+            "releases": self.releases(),
+            "trusted_keys": trusted,
+        }
+
+
+# --- command line (what deploy tools run on the device over SSH) -------------------------------------------------
+
+def _optional_id(text: str) -> str | None:
+    return None if text in ("", "-", "none") else _check_id(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m edge.releases",
+                                     description="Manage the bundle releases under a basilar device root. "
+                                                 "Every command prints one JSON object.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("status", help="active bundle, previous one, releases kept, trusted keys").add_argument("root")
+    install = commands.add_parser("install", help="verify and add a bundle archive (does not activate it)")
+    install.add_argument("root")
+    install.add_argument("archive")
+    install.add_argument("--sha256", help="refuse the archive unless its SHA-256 is this")
+    install.add_argument("--remove-archive", action="store_true", help="delete the archive afterwards (an upload)")
+    activate = commands.add_parser("activate", help="switch current to an installed bundle")
+    activate.add_argument("root")
+    activate.add_argument("bundle_id", type=_optional_id, help="'-' removes current")
+    activate.add_argument("--previous", type=_optional_id, default=_KEEP, help="set previous to this id ('-': none)")
+    commands.add_parser("rollback", help="switch back to the previous bundle").add_argument("root")
+    prune = commands.add_parser("prune", help="remove old releases")
+    prune.add_argument("root")
+    prune.add_argument("--keep", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    store = ReleaseStore(args.root)
+    try:
+        if args.command == "status":
+            result = store.status()
+        elif args.command == "install":
+            try:
+                result = {"bundle_id": store.install(args.archive, args.sha256)}
+            finally:
+                if args.remove_archive:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(args.archive)
+        elif args.command == "activate":
+            if args.bundle_id is None:
+                result = {"previous": store.deactivate(previous=args.previous)}
+            else:
+                result = {"previous": store.activate(args.bundle_id, previous=args.previous)}
+        elif args.command == "rollback":
+            result = {"current": store.rollback()}
+        else:
+            result = {"removed": store.prune(args.keep)}
+    except ReleaseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
