@@ -1,0 +1,96 @@
+"""Front-end configuration in physical units, and its stable hash.
+
+A bundle records the hash of the configuration its model was trained with; the device refuses to pair the
+model with frames made any other way. The hash covers every field and FRONTEND_ALGORITHM, so a change to the
+integer algorithm itself also invalidates old bundles.
+"""
+import dataclasses
+import hashlib
+import json
+import math
+
+# Bump when the integer pipeline changes in a way that changes frames for the same configuration.
+FRONTEND_ALGORITHM = "basilar-gammatone-int-v1"
+
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 48000
+MIN_CHANNELS, MAX_CHANNELS = 8, 128
+
+
+class FrontendConfigError(ValueError):
+    """A configuration the front end cannot run; the message says which field and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontendConfig:
+    sample_rate: int = 16000  # Hz
+    channels: int = 32  # gammatone channels, equally spaced on the ERB-rate scale
+    f_low: float = 100.0  # Hz, centre frequency of the lowest channel
+    f_high: float = 7000.0  # Hz, upper end of the ERB-rate span (the top channel sits one step below)
+    hop_ms: float = 10.0  # one frame per hop
+    window_ms: float = 20.0  # envelope integration window; a whole number of hops
+    release_db_per_s: float = 10.0  # level normaliser: how fast the reference level falls after a peak
+    floor_dbfs: float = -70.0  # level normaliser: the reference never falls below this level
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def fail(msg):
+            raise FrontendConfigError(msg)
+
+        if not isinstance(self.sample_rate, int) or not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:
+            fail(f"sample_rate={self.sample_rate!r}: use an integer rate from {MIN_SAMPLE_RATE} to "
+                 f"{MAX_SAMPLE_RATE} Hz (resample the audio to it first)")
+        if not isinstance(self.channels, int) or not MIN_CHANNELS <= self.channels <= MAX_CHANNELS:
+            fail(f"channels={self.channels!r}: use {MIN_CHANNELS} to {MAX_CHANNELS} channels")
+        for name in ("f_low", "f_high", "hop_ms", "window_ms", "release_db_per_s", "floor_dbfs"):
+            if not math.isfinite(getattr(self, name)):
+                fail(f"{name}={getattr(self, name)!r}: must be a finite number")
+        nyquist = self.sample_rate / 2
+        if not 20.0 <= self.f_low < self.f_high:
+            fail(f"f_low={self.f_low} Hz: must be at least 20 Hz and below f_high={self.f_high} Hz")
+        if self.f_high >= nyquist:
+            fail(f"f_high={self.f_high} Hz is at or above Nyquist ({nyquist:g} Hz for sample_rate="
+                 f"{self.sample_rate}): lower f_high or raise sample_rate")
+        hop = self.sample_rate * self.hop_ms / 1000
+        if self.hop_ms <= 0 or abs(hop - round(hop)) > 1e-9 or round(hop) < 1:
+            fail(f"hop_ms={self.hop_ms}: must give a whole number of samples at {self.sample_rate} Hz "
+                 f"(got {hop:g}); 10 ms works for every rate that is a multiple of 100 Hz")
+        hops = self.window_ms / self.hop_ms
+        if hops < 1 or abs(hops - round(hops)) > 1e-9 or round(hops) > 16:
+            fail(f"window_ms={self.window_ms}: must be 1 to 16 whole hops of hop_ms={self.hop_ms}")
+        if self.release_db_per_s <= 0:
+            fail(f"release_db_per_s={self.release_db_per_s}: must be positive")
+        if not -120 <= self.floor_dbfs <= -10:
+            fail(f"floor_dbfs={self.floor_dbfs}: use a level from -120 to -10 dBFS")
+
+    @property
+    def hop_samples(self) -> int:
+        return round(self.sample_rate * self.hop_ms / 1000)
+
+    @property
+    def window_hops(self) -> int:
+        return round(self.window_ms / self.hop_ms)
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.sample_rate / self.hop_samples
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FrontendConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise FrontendConfigError(f"unknown front-end field(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    def hash(self) -> str:
+        """Hex SHA-256 of the canonical configuration and the algorithm version."""
+        canonical = {"algorithm": FRONTEND_ALGORITHM}
+        for k, v in self.to_dict().items():
+            canonical[k] = float(v) if isinstance(v, float) else v
+        blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()

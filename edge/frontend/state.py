@@ -1,0 +1,36 @@
+"""Streaming state of the integer front end: everything that changes sample by sample, preallocated once."""
+import dataclasses
+
+import numpy as np
+
+from edge.frontend.design import FrontendCoeffs
+
+HOP_FILL, RING_INDEX, REFERENCE = 0, 1, 2  # slots of FrontendState.counters
+
+
+@dataclasses.dataclass
+class FrontendState:
+    filter: np.ndarray  # int32 (12, C): per section its last two outputs (ping-pong) and error residue
+    filter_io: np.ndarray  # int32 (2,): previous input sample (shifted), ping-pong parity
+    last_output: np.ndarray  # int32 (C,): the filter output of the latest sample (work row, not state)
+    hop_sum: np.ndarray  # int64 (C,): rectified sum over the hop so far
+    ring: np.ndarray  # int64 (window_hops, C): the last hop sums
+    counters: np.ndarray  # int64 (4,): samples into the hop, ring index, normaliser reference (Q16 log2)
+
+    @classmethod
+    def initial(cls, coeffs: FrontendCoeffs) -> "FrontendState":
+        channels = coeffs.filterbank.b1.size
+        frames = coeffs.frames
+        state = cls(
+            filter=np.zeros((12, channels), np.int32),
+            filter_io=np.zeros(2, np.int32),
+            last_output=np.zeros(channels, np.int32),
+            hop_sum=np.zeros(channels, np.int64),
+            ring=np.zeros((frames.window_hops, channels), np.int64),
+            counters=np.zeros(4, np.int64),
+        )
+        state.counters[REFERENCE] = frames.floor_log
+        return state
+
+    def copy(self) -> "FrontendState":
+        return FrontendState(**{f.name: getattr(self, f.name).copy() for f in dataclasses.fields(self)})
