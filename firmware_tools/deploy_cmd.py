@@ -1,0 +1,140 @@
+"""`basilar deploy` and `basilar status`: put a bundle on devices, and see what they run."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import click
+
+from firmware_tools.targets import collect_targets
+
+_SSH_DEFAULTS = dict(restart="systemctl restart basilar", service="systemctl is-active basilar")
+
+
+def _ssh_options(command):
+    """Options shared by deploy and status: how to reach and trust devices over SSH."""
+    options = [
+        click.option("--inventory", type=click.Path(dir_okay=False), help="File listing targets, one per line "
+                     "('[name] URL'; # starts a comment)."),
+        click.option("--known-hosts", type=click.Path(dir_okay=False), default=None,
+                     help="Host keys to trust [default: ~/.ssh/known_hosts]."),
+        click.option("--accept-new-host-keys", is_flag=True, help="Trust the key of a device seen for the first "
+                     "time and add it to the known hosts (ssh's accept-new). A changed key is always refused."),
+        click.option("-i", "--identity", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Private key to log in with [default: ssh-agent and ~/.ssh/id_*, as ssh]."),
+        click.option("--device-python", default="python3", show_default=True, metavar="CMD",
+                     help="How to run the device's Python that has basilar installed, e.g. "
+                          "/opt/basilar/venv/bin/python."),
+        click.option("--connect-timeout", type=click.FloatRange(min=1), default=20.0, show_default=True,
+                     metavar="SECONDS"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _targets(target_urls, inventory):
+    return collect_targets(list(target_urls), inventory)
+
+
+@click.command()
+@click.argument("bundle")
+@click.argument("targets", nargs=-1)
+@_ssh_options
+@click.option("--parallel", type=click.IntRange(min=1), default=4, show_default=True,
+              help="How many devices to deploy to at once.")
+@click.option("--dry-run", is_flag=True, help="Connect and report what would happen; change nothing.")
+@click.option("--keep", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Releases to keep on each device (the current and previous ones are always kept).")
+@click.option("--restart-command", default=_SSH_DEFAULTS["restart"], show_default=True, metavar="CMD",
+              help="Shell command on the device that restarts the service; an empty string skips it.")
+@click.option("--health-command", default=None, metavar="CMD",
+              help="Shell command on the device that must succeed after the restart "
+                   "[default: basilar bundle verify ROOT/current].")
+def deploy(bundle, targets, inventory, known_hosts, accept_new_host_keys, identity, device_python,
+           connect_timeout, parallel, dry_run, keep, restart_command, health_command):
+    """Install BUNDLE on every TARGET and make it the active one.
+
+    BUNDLE is a bundle directory, a .tar.gz archive of one, or `default`. A TARGET is
+    ssh://user@host[:port]/path/to/root or serial:///dev/ttyX?baud=921600. A device that fails its restart or health
+    check is switched back to the bundle it ran before. The exit status is 0 only if every device succeeded.
+    """
+    from firmware_tools.deploy_ssh import SshOptions
+    from firmware_tools.fleet import BundleNotUsable, deploy_fleet, format_table, prepare_bundle, short_id
+
+    chosen = _targets(targets, inventory)
+    options = SshOptions(known_hosts=Path(known_hosts) if known_hosts else None,
+                         accept_new_host_keys=accept_new_host_keys, identity=identity, device_python=device_python,
+                         restart_command=restart_command, health_command=health_command, keep=keep,
+                         connect_timeout=connect_timeout)
+    with tempfile.TemporaryDirectory(prefix="basilar-deploy-") as workdir:
+        try:
+            local = prepare_bundle(bundle, Path(workdir))
+        except BundleNotUsable as exc:
+            raise click.ClickException(f"cannot deploy {exc}") from None
+        click.echo(f"bundle {local.bundle_id} ({local.size} bytes) to {len(chosen)} device(s)"
+                   + (" [dry run]" if dry_run else ""), err=True)
+        bars = _progress_bars(chosen, local.size)
+        try:
+            results = deploy_fleet(local, chosen, options, parallel=parallel, dry_run=dry_run,
+                                   progress_for=lambda index, _target: bars[index])
+        finally:
+            for bar in bars:
+                bar.close()
+    rows = [[r.target.label, short_id(r.active), r.outcome, r.reason] for r in results]
+    click.echo(format_table(["DEVICE", "ACTIVE", "RESULT", "DETAIL"], rows))
+    failed = sum(not r.ok for r in results)
+    if failed:
+        raise click.ClickException(f"{failed} of {len(results)} device(s) failed; see DETAIL above")
+
+
+class _Bar:
+    """A tqdm bar per device, fed (bytes sent, total) by the transports."""
+
+    def __init__(self, label: str, total: int, position: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=label, position=position, unit="B", unit_scale=True, leave=True,
+                        disable=None, dynamic_ncols=True)
+
+    def __call__(self, sent: int, total: int) -> None:
+        self.bar.total = total
+        self.bar.update(max(0, sent - self.bar.n))
+
+    def close(self):
+        self.bar.close()
+
+
+def _progress_bars(targets, total):
+    return [_Bar(target.label, total, position) for position, target in enumerate(targets)]
+
+
+@click.command()
+@click.argument("targets", nargs=-1)
+@_ssh_options
+@click.option("--service-command", default=_SSH_DEFAULTS["service"], show_default=True, metavar="CMD",
+              help="Shell command on the device that succeeds when the service runs; an empty string skips it.")
+@click.option("--parallel", type=click.IntRange(min=1), default=8, show_default=True)
+def status(targets, inventory, known_hosts, accept_new_host_keys, identity, device_python, connect_timeout,
+           service_command, parallel):
+    """Show each TARGET's active bundle, the releases it keeps and whether its service runs."""
+    from firmware_tools.deploy_ssh import SshOptions
+    from firmware_tools.fleet import format_table, short_id, status_fleet
+
+    chosen = _targets(targets, inventory)
+    options = SshOptions(known_hosts=Path(known_hosts) if known_hosts else None,
+                         accept_new_host_keys=accept_new_host_keys, identity=identity, device_python=device_python,
+                         service_command=service_command, connect_timeout=connect_timeout)
+    results = status_fleet(chosen, options, parallel=parallel)
+    rows = []
+    for s in results:
+        if s.ok:
+            kept = ",".join(short_id(r) for r in reversed(s.releases)) or "-"
+            signed = f"signed only ({len(s.trusted_keys)} key(s))" if s.trusted_keys else ""
+            rows.append([s.target.label, short_id(s.current), kept, s.service, signed])
+        else:
+            rows.append([s.target.label, "?", "?", "?", s.reason])
+    click.echo(format_table(["DEVICE", "ACTIVE", "RELEASES (newest first)", "SERVICE", "DETAIL"], rows))
+    unreachable = sum(not s.ok for s in results)
+    if unreachable:
+        raise click.ClickException(f"{unreachable} of {len(results)} device(s) could not be queried")

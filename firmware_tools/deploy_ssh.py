@@ -1,0 +1,323 @@
+"""Deploy a bundle to devices over SSH (asyncssh), many at once.
+
+Why asyncssh rather than paramiko: one event loop drives every connection, so `--parallel N` is real concurrency
+without a thread per device; it reads OpenSSH's known_hosts (hashed entries included), ~/.ssh/config, the default
+keys and ssh-agent as ssh does; and its SFTP client pipelines writes, which matters on slow links.
+
+On the device the work is done by `python3 -m edge.releases` (the same release store that the serial path and
+`basilar run` use), so checks and atomic switches are identical whichever way a bundle arrives:
+
+  1. status: which bundle is current; a bundle already active needs nothing, one already installed no upload;
+  2. upload to `<root>/incoming/<id>.<random>.part` over SFTP;
+  3. install: the device checks the archive's SHA-256, extracts it safely, verifies the bundle and its signature
+     (when the device trusts keys), and renames it into releases/ (the upload is deleted either way);
+  4. activate: `current` is switched by renaming a new symlink;
+  5. restart the service, then the health check; if either fails, switch back, restart the old bundle and report;
+  6. prune old releases (never the current or the previous one).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import asyncssh
+
+from firmware_tools.targets import SshTarget
+
+Progress = Callable[[int, int], None]  # (bytes sent, total bytes)
+
+
+@dataclass
+class SshOptions:
+    known_hosts: Path | None = None  # None: ~/.ssh/known_hosts, as ssh
+    accept_new_host_keys: bool = False  # like ssh's StrictHostKeyChecking=accept-new
+    identity: Path | None = None  # None: ssh-agent and the default keys in ~/.ssh
+    device_python: str = "python3"  # a shell command prefix that runs the device's Python with basilar
+    restart_command: str = "systemctl restart basilar"  # "" skips the restart
+    health_command: str | None = None  # None: basilar bundle verify <root>/current
+    service_command: str = "systemctl is-active basilar"
+    keep: int = 3
+    connect_timeout: float = 20.0
+    command_timeout: float = 300.0
+    block_size: int = 64 * 1024
+
+    def known_hosts_path(self) -> Path:
+        return Path(self.known_hosts or Path("~/.ssh/known_hosts")).expanduser()
+
+
+@dataclass
+class LocalBundle:
+    """A bundle archive ready to upload."""
+    archive: Path
+    bundle_id: str
+    sha256: str
+    size: int
+
+
+@dataclass
+class DeployResult:
+    target: object
+    ok: bool
+    outcome: str  # installed, switched, unchanged, would install, would switch, rolled back, failed
+    active: str | None = None  # the bundle id the device runs now, as far as we know
+    reason: str = ""
+    uploaded_bytes: int = 0
+
+
+@dataclass
+class DeviceStatus:
+    target: object
+    ok: bool
+    current: str | None = None
+    previous: str | None = None
+    releases: list[str] = field(default_factory=list)
+    trusted_keys: list[str] = field(default_factory=list)
+    service: str = ""
+    reason: str = ""
+
+
+class DeployError(Exception):
+    """One device's deployment step failed; the message is shown in the summary."""
+
+
+# --- connecting ------------------------------------------------------------------------------------------------
+
+class _HostKeyPolicy(asyncssh.SSHClient):
+    """Decides on host keys that are not in known_hosts: accept them only for hosts known_hosts has never seen,
+    and only when the user asked for it (ssh's accept-new). A changed key is always refused."""
+
+    def __init__(self, known: asyncssh.SSHKnownHosts, accept_new: bool):
+        self.known = known
+        self.accept_new = accept_new
+        self.problem = ""
+        self.accepted_key: asyncssh.SSHKey | None = None
+
+    def validate_host_public_key(self, host, addr, port, key):
+        host_keys, ca_keys, *_ = self.known.match(host, addr, port)
+        if host_keys or ca_keys:
+            self.problem = "changed"
+            return False
+        if not self.accept_new:
+            self.problem = "unknown"
+            return False
+        self.accepted_key = key
+        return True
+
+
+def _host_pattern(target: SshTarget) -> str:
+    """How known_hosts names a host (OpenSSH writes non-default ports as [host]:port)."""
+    return target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+
+
+def _remember_host_key(path: Path, target: SshTarget, key: asyncssh.SSHKey) -> None:
+    """Append a newly accepted host key to known_hosts (no await inside: parallel deploys cannot interleave)."""
+    pattern = _host_pattern(target)
+    key_text = " ".join(key.export_public_key("openssh").decode().split()[:2])
+    line = f"{pattern} {key_text}\n"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    existing = path.read_text() if path.exists() else ""
+    if line not in existing.splitlines(keepends=True):
+        with open(path, "a") as f:
+            if existing and not existing.endswith("\n"):
+                f.write("\n")
+            f.write(line)
+
+
+async def connect(target: SshTarget, options: SshOptions) -> asyncssh.SSHClientConnection:
+    known_hosts_path = options.known_hosts_path()
+    try:
+        known = asyncssh.read_known_hosts(str(known_hosts_path)) if known_hosts_path.exists() \
+            else asyncssh.import_known_hosts("")
+    except (OSError, ValueError) as exc:
+        raise DeployError(f"cannot read {known_hosts_path}: {exc}") from None
+    policy = _HostKeyPolicy(known, options.accept_new_host_keys)
+    kwargs = {}
+    if target.user:
+        kwargs["username"] = target.user
+    if options.identity:
+        kwargs["client_keys"] = [str(Path(options.identity).expanduser())]
+    address = f"{target.host}:{target.port}"
+    try:
+        conn, _ = await asyncssh.create_connection(
+            lambda: policy, target.host, target.port, known_hosts=known,
+            connect_timeout=options.connect_timeout, **kwargs)
+    except asyncssh.HostKeyNotVerifiable:
+        if policy.problem == "changed":
+            raise DeployError(f"the host key of {address} differs from the one in {known_hosts_path}: the device "
+                              "was reinstalled or someone is in between; check, then remove the old entry with "
+                              f"ssh-keygen -R '{_host_pattern(target)}' -f {known_hosts_path}") from None
+        raise DeployError(f"the host key of {address} is not in {known_hosts_path}; check it and add it "
+                          f"(ssh-keyscan -p {target.port} {target.host} >> {known_hosts_path}), or pass "
+                          "--accept-new-host-keys to trust a device seen for the first time") from None
+    except asyncssh.PermissionDenied:
+        raise DeployError(f"authentication to {target.user + '@' if target.user else ''}{address} failed: put your "
+                          "public key in the device's ~/.ssh/authorized_keys (ssh-copy-id), load it into ssh-agent, "
+                          "or pass --identity FILE") from None
+    except asyncssh.KeyImportError as exc:
+        raise DeployError(f"cannot load the identity {options.identity}: {exc}; a passphrase-protected key must "
+                          "be loaded into ssh-agent instead") from None
+    except (OSError, asyncio.TimeoutError, asyncssh.Error) as exc:
+        raise DeployError(f"cannot connect to {address}: {_describe(exc)}") from None
+    if policy.accepted_key is not None:
+        _remember_host_key(known_hosts_path, target, policy.accepted_key)
+    return conn
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, asyncssh.Error):
+        return exc.reason or type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
+
+
+# --- running things on the device ------------------------------------------------------------------------------
+
+def _tail(text: str, limit: int = 300) -> str:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else ""
+    return last if len(last) <= limit else "..." + last[-limit:]
+
+
+async def _shell(conn, command: str, timeout: float) -> asyncssh.SSHCompletedProcess:
+    try:
+        return await conn.run(command, check=False, timeout=timeout)
+    except asyncssh.TimeoutError:
+        raise DeployError(f"`{command}` did not finish within {timeout:g} s") from None
+
+
+async def _releases(conn, options: SshOptions, *args: str) -> dict:
+    command = f"{options.device_python} -m edge.releases " + " ".join(shlex.quote(a) for a in args)
+    result = await _shell(conn, command, options.command_timeout)
+    if result.exit_status != 0:
+        why = _tail(result.stderr) or _tail(result.stdout) or f"exit status {result.exit_status}"
+        if "No module named" in why or result.exit_status == 127:
+            why += (f" (the device cannot run `{options.device_python} -m edge.releases`: install basilar there, "
+                    "or pass --device-python with the Python that has it)")
+        raise DeployError(why.removeprefix("error: "))
+    try:
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise DeployError(f"unexpected answer from the device: {_tail(result.stdout)!r}") from None
+
+
+def health_command(options: SshOptions, root: str) -> str:
+    if options.health_command is not None:
+        return options.health_command
+    return f"basilar bundle verify {shlex.quote(root + '/current')}"
+
+
+async def _check(conn, what: str, command: str, timeout: float) -> str | None:
+    """Run a restart or health command; return why it failed, or None."""
+    if not command.strip():
+        return None
+    result = await _shell(conn, command, timeout)
+    if result.exit_status == 0:
+        return None
+    detail = _tail(result.stderr) or _tail(result.stdout)
+    return f"{what} failed (exit status {result.exit_status})" + (f": {detail}" if detail else "")
+
+
+async def _upload(conn, bundle: LocalBundle, remote_path: str, progress: Progress | None, block_size: int) -> None:
+    def report(_src, _dst, sent, total):
+        if progress:
+            progress(sent, total)
+
+    incoming = str(Path(remote_path).parent)
+    async with conn.start_sftp_client() as sftp:
+        await sftp.makedirs(incoming, exist_ok=True)
+        # Earlier attempts at this bundle that were cut off leave their partial uploads here: drop them.
+        for name in await sftp.listdir(incoming):
+            if name.startswith(bundle.bundle_id + ".") and name.endswith(".part"):
+                await sftp.remove(f"{incoming}/{name}")
+        await sftp.put(str(bundle.archive), remote_path, block_size=block_size, progress_handler=report)
+
+
+# --- one device ------------------------------------------------------------------------------------------------
+
+async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions, *,
+                     progress: Progress | None = None, dry_run: bool = False) -> DeployResult:
+    stage = "connecting"
+    active = None
+    switched = False
+    try:
+        async with await connect(target, options) as conn:
+            stage = "reading the device's releases"
+            status = await _releases(conn, options, "status", target.root)
+            active, previous = status.get("current"), status.get("previous")
+            have = bundle.bundle_id in status.get("releases", [])
+            if active == bundle.bundle_id:
+                if progress:
+                    progress(bundle.size, bundle.size)
+                return DeployResult(target, True, "unchanged", active, "already active")
+            if dry_run:
+                if have:
+                    return DeployResult(target, True, "would switch", active, "installed already; no upload")
+                return DeployResult(target, True, "would install", active, f"would upload {bundle.size} bytes")
+
+            uploaded = 0
+            if not have:
+                stage = "uploading"
+                part = f"{target.root}/incoming/{bundle.bundle_id}.{secrets.token_hex(4)}.part"
+                await _upload(conn, bundle, part, progress, options.block_size)
+                uploaded = bundle.size
+                stage = "installing on the device"
+                await _releases(conn, options, "install", target.root, part, "--sha256", bundle.sha256,
+                                "--remove-archive")
+            elif progress:
+                progress(bundle.size, bundle.size)
+
+            stage = "switching current"
+            await _releases(conn, options, "activate", target.root, bundle.bundle_id)
+            switched = True
+            stage = "restarting and checking the service"
+            failure = await _check(conn, "restart", options.restart_command, options.command_timeout)
+            if failure is None:
+                failure = await _check(conn, "health check", health_command(options, target.root),
+                                       options.command_timeout)
+            if failure is not None:
+                stage = "switching back"
+                await _releases(conn, options, "activate", target.root, active or "-", "--previous", previous or "-")
+                switched = False
+                again = await _check(conn, "restart of the old bundle", options.restart_command,
+                                     options.command_timeout)
+                back = f"switched back to {active[:12]}" if active else "removed current (there was no older bundle)"
+                reason = f"{failure}; {back}" + (f"; {again}" if again else "")
+                return DeployResult(target, False, "rolled back", active, reason, uploaded)
+
+            stage = "pruning old releases"
+            await _releases(conn, options, "prune", target.root, "--keep", str(options.keep))
+            return DeployResult(target, True, "installed" if uploaded else "switched", bundle.bundle_id, "", uploaded)
+    except DeployError as exc:
+        reason = str(exc) if stage == "connecting" else f"{stage}: {exc}"
+    except (OSError, asyncssh.Error) as exc:
+        reason = f"{stage}: {_describe(exc)}"
+    if switched:
+        reason += f"; the device may now run {bundle.bundle_id[:12]} unchecked: see basilar status"
+        active = None
+    return DeployResult(target, False, "failed", active, reason)
+
+
+async def status_ssh(target: SshTarget, options: SshOptions) -> DeviceStatus:
+    try:
+        async with await connect(target, options) as conn:
+            status = await _releases(conn, options, "status", target.root)
+            service = "not checked"
+            if options.service_command.strip():
+                result = await _shell(conn, options.service_command, options.command_timeout)
+                answer = _tail(result.stdout) or _tail(result.stderr)
+                service = answer if result.exit_status == 0 else f"not running ({answer or result.exit_status})"
+    except DeployError as exc:
+        return DeviceStatus(target, False, reason=str(exc))
+    except (OSError, asyncssh.Error) as exc:
+        return DeviceStatus(target, False, reason=_describe(exc))
+    return DeviceStatus(target, True, status.get("current"), status.get("previous"), status.get("releases", []),
+                        status.get("trusted_keys", []), service)

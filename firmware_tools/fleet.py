@@ -1,0 +1,110 @@
+"""Deploy to, or query, many devices at once: prepares the bundle archive, runs each target's transport with a
+concurrency limit, and formats the summary table. The click commands in deploy_cmd.py are a thin layer on this."""
+from __future__ import annotations
+
+import asyncio
+import importlib
+from pathlib import Path
+from typing import Callable
+
+from edge.releases import file_sha256
+from firmware_tools.deploy_ssh import (DeployResult, DeviceStatus, LocalBundle, Progress, SshOptions, deploy_ssh,
+                                       status_ssh)
+from firmware_tools.targets import SerialTarget, SshTarget, Target
+
+
+class BundleNotUsable(Exception):
+    """The bundle to deploy is missing or invalid; nothing was sent anywhere."""
+
+
+def prepare_bundle(spec: str, workdir: Path) -> LocalBundle:
+    """Check the bundle here first (a broken bundle never leaves this machine) and give an archive to upload.
+
+    spec: a bundle directory, a `.tar.gz` archive of one, or `default`.
+    """
+    from edge.bundle import BundleError, load_bundle, pack_bundle
+
+    try:
+        bundle = load_bundle(spec)
+    except BundleError as exc:
+        raise BundleNotUsable(f"{spec}: {exc}") from None
+    source = Path(spec)
+    if spec != "default" and source.is_file():
+        archive = source  # already an archive: upload exactly these bytes
+    else:
+        archive = Path(workdir) / f"{bundle.id}.tar.gz"
+        pack_bundle(bundle.path, archive)
+    return LocalBundle(archive=archive, bundle_id=bundle.id, sha256=file_sha256(archive),
+                       size=archive.stat().st_size)
+
+
+def _deploy_serial(target: SerialTarget, bundle: LocalBundle, progress: Progress | None,
+                   dry_run: bool) -> DeployResult:
+    if dry_run:
+        return DeployResult(target, True, "would install", None, f"would upload {bundle.size} bytes over serial")
+    try:
+        serial_deploy = importlib.import_module("firmware_tools.serial_deploy")
+    except ModuleNotFoundError as exc:
+        if exc.name != "firmware_tools.serial_deploy":
+            raise
+        return DeployResult(target, False, "failed", None,
+                            "this installation has no serial deploy (firmware_tools.serial_deploy is missing)")
+    try:
+        done = serial_deploy.deploy_serial(bundle.archive, target.port, target.baud, progress=progress)
+    except Exception as exc:  # the serial transport's errors are reported per device, never abort the fleet
+        return DeployResult(target, False, "failed", None, str(exc) or type(exc).__name__)
+    if not done.uploaded:
+        return DeployResult(target, True, "unchanged", done.bundle_id, done.message)
+    detail = f"resumed at byte {done.resumed_from}" if done.resumed_from else ""
+    return DeployResult(target, True, "installed", done.bundle_id, detail, done.total_bytes - done.resumed_from)
+
+
+async def _deploy_all(bundle, targets, options, parallel, dry_run, progress_for):
+    limit = asyncio.Semaphore(max(1, parallel))
+
+    async def one(index: int, target: Target) -> DeployResult:
+        async with limit:
+            progress = progress_for(index, target) if progress_for else None
+            if isinstance(target, SshTarget):
+                return await deploy_ssh(target, bundle, options, progress=progress, dry_run=dry_run)
+            return await asyncio.to_thread(_deploy_serial, target, bundle, progress, dry_run)
+
+    return await asyncio.gather(*(one(i, t) for i, t in enumerate(targets)))
+
+
+def deploy_fleet(bundle: LocalBundle, targets: list[Target], options: SshOptions, *, parallel: int = 4,
+                 dry_run: bool = False,
+                 progress_for: Callable[[int, Target], Progress] | None = None) -> list[DeployResult]:
+    """Deploy one bundle to every target, at most `parallel` at a time; one result per target, in order."""
+    return asyncio.run(_deploy_all(bundle, targets, options, parallel, dry_run, progress_for))
+
+
+async def _status_all(targets, options, parallel):
+    limit = asyncio.Semaphore(max(1, parallel))
+
+    async def one(target: Target) -> DeviceStatus:
+        async with limit:
+            if isinstance(target, SshTarget):
+                return await status_ssh(target, options)
+            return DeviceStatus(target, False, reason="status over a serial line is not supported; "
+                                                      "use basilar telemetry on that port")
+
+    return await asyncio.gather(*(one(t) for t in targets))
+
+
+def status_fleet(targets: list[Target], options: SshOptions, *, parallel: int = 8) -> list[DeviceStatus]:
+    return asyncio.run(_status_all(targets, options, parallel))
+
+
+def short_id(bundle_id: str | None) -> str:
+    return bundle_id[:12] if bundle_id else "-"
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain text table; the last column is left unpadded since it holds free text."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = []
+    for row in [headers, *rows]:
+        cells = [str(cell).ljust(width) for cell, width in zip(row[:-1], widths)] + [str(row[-1])]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
