@@ -12,7 +12,7 @@ import threading
 import time
 from typing import BinaryIO, Iterable
 
-from edge.telemetry.protocol import (DELIMITER, MAX_PAYLOAD, Detection, Health, Hello, Labels, Log, LogLevel,
+from edge.telemetry.protocol import (MAX_PAYLOAD, Detection, Health, Hello, Labels, Log, LogLevel,
                                      Message, encode_frame, truncate_utf8)
 
 _STOP = object()
@@ -39,6 +39,16 @@ def label_frames(labels: Iterable[str]) -> list[Labels]:
     return messages
 
 
+def _buffers_writes(stream) -> bool:
+    """A file needs flush() after each write; a pyserial port must not get one (it waits for the line to drain,
+    with no timeout)."""
+    try:
+        import serial
+    except ImportError:
+        return True
+    return not isinstance(stream, serial.SerialBase)
+
+
 class TelemetryEmitter:
     """Queue telemetry for a serial port. All sending methods return at once: True if queued, False if dropped."""
 
@@ -54,6 +64,7 @@ class TelemetryEmitter:
             close_stream = True if close_stream is None else close_stream
         self.device_id = device_id
         self._stream = stream
+        self._flush = _buffers_writes(stream)
         self._close_stream = bool(close_stream)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._dropped = 0
@@ -119,7 +130,6 @@ class TelemetryEmitter:
             return False
 
     def _write_loop(self) -> None:
-        need_sync = True  # a leading delimiter ends whatever partial frame the receiver may be holding
         stopping = False
         while not stopping:
             item = self._queue.get()
@@ -137,7 +147,7 @@ class TelemetryEmitter:
                     break
             if not batch:
                 continue
-            wire = bytearray(DELIMITER if need_sync else b"")
+            wire = bytearray()
             count = 0
             for stamp, messages in batch:
                 for message in messages:
@@ -146,12 +156,10 @@ class TelemetryEmitter:
                     count += 1
             try:
                 self._stream.write(wire)
-                if not hasattr(self._stream, "in_waiting"):  # a plain file buffers; a serial port does not
+                if self._flush:
                     self._stream.flush()
-                need_sync = False
             except Exception:  # noqa: BLE001 - a vanished or stuck port must not kill the writer
                 self._count_dropped(count)
-                need_sync = True
                 time.sleep(0.05)
 
     def close(self, timeout: float = 2.0) -> None:

@@ -1,6 +1,6 @@
 """The basilar serial telemetry protocol, version 1 (specified in docs/telemetry-protocol.md).
 
-A frame on the wire is COBS(header + payload + crc32) followed by one 0x00 delimiter byte:
+A frame on the wire is COBS(header + payload + crc32) between two 0x00 delimiter bytes:
 
     header  = version u8 | type u8 | seq u16 | device_ms u32        (little-endian, 8 bytes)
     crc32   = CRC-32 (zlib) of header + payload, u32 little-endian
@@ -379,6 +379,26 @@ class Frame:
     payload: bytes = field(repr=False, default=b"")
 
 
+def message_fields(message: Message) -> dict:
+    """A message's fields as JSON-friendly values (bytes as lowercase hex, tuples as lists)."""
+    out = {}
+    for name in message.__dataclass_fields__:
+        value = getattr(message, name)
+        out[name] = value.hex() if isinstance(value, bytes) else list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def message_from_fields(type_name: str, fields: dict) -> Message:
+    """The inverse of message_fields, given the message type's name (e.g. "DETECTION")."""
+    cls = MESSAGE_CLASSES[MsgType[type_name]]
+    values = {}
+    for name, spec in cls.__dataclass_fields__.items():
+        value = fields[name]
+        values[name] = bytes.fromhex(value) if spec.type == "bytes" else tuple(value) if isinstance(value, list) \
+            else value
+    return cls(**values)
+
+
 # ---------------------------------------------------------------- encoding
 
 
@@ -388,11 +408,14 @@ def crc32(data: bytes) -> int:
 
 
 def encode_raw(msg_type: int, seq: int, device_ms: int, payload: bytes) -> bytes:
-    """Wire bytes for one frame with an already packed payload (COBS-encoded, 0x00-terminated)."""
+    """Wire bytes for one frame with an already packed payload: 0x00, COBS(header + payload + CRC), 0x00.
+
+    The leading delimiter ends any garbage or partial frame the receiver holds, so noise before a frame can
+    never take that frame with it; the receiver ignores the empty frame between two delimiters."""
     if len(payload) > MAX_PAYLOAD:
         raise ProtocolError(f"payload of {len(payload)} bytes exceeds the maximum of {MAX_PAYLOAD}")
     body = HEADER.pack(PROTOCOL_VERSION, msg_type, seq % SEQ_MODULO, device_ms % DEVICE_MS_MODULO) + payload
-    return cobs.encode(body + CRC.pack(crc32(body))) + DELIMITER
+    return DELIMITER + cobs.encode(body + CRC.pack(crc32(body))) + DELIMITER
 
 
 def encode_frame(message: Message, seq: int, device_ms: int) -> bytes:
@@ -503,9 +526,9 @@ class StreamDecoder:
 
 
 def decode_one(wire: bytes) -> Frame:
-    """Decode exactly one frame (with or without its trailing delimiter); raises ProtocolError otherwise."""
+    """Decode exactly one frame (with or without its delimiters); raises ProtocolError otherwise."""
     decoder = StreamDecoder()
-    frames = decoder.feed(bytes(wire).rstrip(b"\x00") + DELIMITER)
+    frames = decoder.feed(DELIMITER + bytes(wire).strip(b"\x00") + DELIMITER)
     if len(frames) != 1 or decoder.stats.bad_frames or decoder.stats.malformed:
         raise ProtocolError(f"not exactly one valid frame: {decoder.stats}")
     return frames[0]

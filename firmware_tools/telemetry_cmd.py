@@ -1,0 +1,69 @@
+"""`basilar telemetry`: read a device's serial telemetry (or replay a raw capture of it)."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from firmware_tools.telemetry_reader import (LinesTable, LiveTable, TelemetryReader, TelemetrySession,
+                                             open_output_file, open_sink, replay, stdout_is_terminal)
+
+
+@click.command()
+@click.argument("port", required=False)
+@click.option("--baud", type=click.IntRange(min=1), default=115200, show_default=True, help="Line speed.")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table", show_default=True,
+              help="table: a live view for people; jsonl/csv: one record per line for machines.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Also append every record to FILE, flushed as it "
+              "arrives (CSV if --format csv, else JSONL).")
+@click.option("--replay", "replay_path", type=click.Path(dir_okay=False),
+              help="Decode a raw capture file instead of reading a port.")
+@click.option("--capture", type=click.Path(dir_okay=False), help="Append the raw bytes from the port to FILE "
+              "(for --replay later).")
+@click.option("--wait", is_flag=True, help="If PORT does not exist yet, wait for it instead of failing.")
+@click.option("--passive", is_flag=True, help="Never write to the port (by default the reader asks the device "
+              "for its HELLO on connecting).")
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many records.")
+@click.option("--duration", type=click.FloatRange(min=0), help="Stop after this many seconds.")
+def telemetry(port, baud, fmt, output, replay_path, capture, wait, passive, count, duration):
+    """Show the telemetry a device sends over PORT (e.g. /dev/ttyUSB0): detections, health and logs.
+
+    Corrupted frames are skipped and counted, lost frames show as sequence gaps, and a port that vanishes
+    (cable pulled, device rebooting) is waited for and reopened. A summary goes to stderr at the end.
+    """
+    if replay_path and port:
+        raise click.UsageError("give either PORT or --replay FILE, not both")
+    if not replay_path and not port:
+        raise click.UsageError("give the serial PORT to read (e.g. /dev/ttyUSB0) or --replay FILE")
+
+    session = TelemetrySession()
+    sinks = []
+    out_file = None
+    if output:
+        out_file, file_sink = open_output_file(output, "csv" if fmt == "csv" else "jsonl")
+        sinks.append(file_sink)
+    if fmt == "table":
+        live = stdout_is_terminal() and not replay_path
+        sinks.append(LiveTable(sys.stdout, session, port or replay_path) if live else LinesTable(sys.stdout))
+    else:
+        sinks.append(open_sink(fmt, sys.stdout))
+
+    def emit(record):
+        for sink in sinks:
+            sink.write(record)
+
+    try:
+        if replay_path:
+            replay(replay_path, emit, session)
+        else:
+            reader = TelemetryReader(port, baud, emit=emit, session=session, capture=capture, wait=wait,
+                                     request_hello=not passive)
+            reader.run(max_records=count, duration=duration)
+    except KeyboardInterrupt:
+        pass  # stopping a live view is normal; everything received is already written
+    finally:
+        for sink in sinks:
+            sink.close()
+        if out_file:
+            out_file.close()
+        click.echo(f"telemetry: {session.summary()}", err=True)

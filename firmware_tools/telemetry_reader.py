@@ -1,0 +1,428 @@
+"""Host side of the serial telemetry link: decode, check sequence numbers, survive a vanishing port, and write
+records for people (a live table) and machines (JSONL, CSV).
+
+`TelemetrySession` is the pure part (bytes in, records out, counters kept) shared by the live reader, the
+replay of a raw capture and the benchmarks; `TelemetryReader` adds the port: open, read, reconnect.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Iterable, TextIO
+
+import click
+
+from edge.telemetry.protocol import (DEVICE_MS_MODULO, SEQ_MODULO, Detection, Frame, Health, Hello, Labels, Log,
+                                     LogLevel, MsgType, RequestHello, StreamDecoder, encode_frame)
+
+Record = dict
+RESTART_BACKSTEP_MS = 1000  # device clock going back more than this means the device restarted
+
+CSV_FIELDS = ["host_time", "type", "seq", "device_ms", "label_id", "label", "score", "start_s", "end_s",
+              "uptime_s", "realtime_factor", "cpu_load", "audio_overruns", "dropped_telemetry", "device_id",
+              "basilar_version", "bundle_id", "sample_rate", "label_count", "level", "text", "lost", "event"]
+
+
+class TelemetryError(click.ClickException):
+    """A port that cannot be used or a file that cannot be read; the message says what to do."""
+
+
+def host_time() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# ------------------------------------------------------------------------------------------ decoding session
+
+
+class SequenceTracker:
+    """Counts frames lost on the line from gaps in the 16-bit sequence numbers.
+
+    A HELLO with sequence 0 (the device opened its link), a device clock that went backwards, or a sequence
+    that went backwards (a gap of half the sequence space or more) starts a new session instead of a gap.
+    """
+
+    def __init__(self):
+        self.expected: int | None = None
+        self.last_ms: int | None = None
+        self.lost = 0
+        self.restarts = 0
+
+    def observe(self, frame: Frame) -> tuple[int, bool]:
+        """Return (frames lost just before this one, whether the device restarted)."""
+        restarted = False
+        gap = 0
+        if self.expected is not None:
+            gap = (frame.seq - self.expected) % SEQ_MODULO
+            backstep = (self.last_ms - frame.device_ms) % DEVICE_MS_MODULO
+            clock_went_back = RESTART_BACKSTEP_MS < backstep < DEVICE_MS_MODULO // 2
+            if (frame.type == MsgType.HELLO and frame.seq == 0 and gap) or clock_went_back \
+                    or gap >= SEQ_MODULO // 2:
+                restarted, gap = True, 0
+                self.restarts += 1
+        self.expected = (frame.seq + 1) % SEQ_MODULO
+        self.last_ms = frame.device_ms
+        self.lost += gap
+        return gap, restarted
+
+
+@dataclass
+class DeviceInfo:
+    device_id: str = ""
+    basilar_version: str = ""
+    bundle_id: str = ""
+    sample_rate: int = 0
+    labels: list | None = None
+
+
+class TelemetrySession:
+    """Bytes from the line in, records out; keeps the device description, the label names and all counters."""
+
+    def __init__(self):
+        self.decoder = StreamDecoder()
+        self.sequence = SequenceTracker()
+        self.device = DeviceInfo()
+        self.reconnects = 0
+        self.last_health: Record | None = None
+
+    def feed(self, data: bytes, when: str | None = None) -> list[Record]:
+        records = []
+        for frame in self.decoder.feed(data):
+            lost, restarted = self.sequence.observe(frame)
+            if restarted:
+                records.append({"host_time": when, "type": "link", "event": "device_restart",
+                                "text": "the device restarted its link (sequence and clock start over)"})
+            if lost:
+                records.append({"host_time": when, "type": "gap", "lost": lost,
+                                "text": f"{lost} frame(s) lost before seq {frame.seq}"})
+            record = self._record(frame, when)
+            if record is not None:
+                records.append(record)
+        return records
+
+    def _record(self, frame: Frame, when: str | None) -> Record | None:
+        message = frame.message
+        base = {"host_time": when, "seq": frame.seq, "device_ms": frame.device_ms}
+        if isinstance(message, Detection):
+            labels = self.device.labels or []
+            label = labels[message.label_id] if message.label_id < len(labels) else None
+            return {**base, "type": "detection", "label_id": message.label_id,
+                    "label": label if label is not None else f"#{message.label_id}",
+                    "score": round(message.score, 4), "start_s": message.start_ms / 1000,
+                    "end_s": message.end_ms / 1000}
+        if isinstance(message, Health):
+            self.last_health = {**base, "type": "health", "uptime_s": message.uptime_s,
+                                "realtime_factor": message.realtime_factor, "cpu_load": message.cpu_load,
+                                "audio_overruns": message.audio_overruns,
+                                "dropped_telemetry": message.dropped_telemetry}
+            return self.last_health
+        if isinstance(message, Hello):
+            self.device = DeviceInfo(message.device_id, message.basilar_version, message.bundle_id,
+                                     message.sample_rate, [None] * message.label_count)
+            return {**base, "type": "hello", "device_id": message.device_id,
+                    "basilar_version": message.basilar_version, "bundle_id": message.bundle_id,
+                    "sample_rate": message.sample_rate, "label_count": message.label_count}
+        if isinstance(message, Labels):
+            labels = self.device.labels if self.device.labels is not None else []
+            end = message.first_index + len(message.names)
+            if len(labels) < end:
+                labels.extend([None] * (end - len(labels)))
+            labels[message.first_index:end] = message.names
+            self.device.labels = labels
+            return None  # folded into the detections' label names
+        if isinstance(message, Log):
+            try:
+                level = LogLevel(message.level).name.lower()
+            except ValueError:
+                level = str(message.level)
+            return {**base, "type": "log", "level": level, "text": message.text}
+        return None  # unknown types (counted by the decoder) and upload replies are not telemetry
+
+    def link_event(self, event: str, text: str) -> Record:
+        if event == "reconnected":
+            self.reconnects += 1
+        return {"host_time": host_time(), "type": "link", "event": event, "text": text}
+
+    def counters(self) -> dict:
+        s = self.decoder.stats
+        return {"frames": s.frames + s.unknown_types + s.malformed, "lost_frames": self.sequence.lost,
+                "crc_errors": s.crc_errors, "framing_errors": s.framing_errors, "unknown_types": s.unknown_types,
+                "malformed": s.malformed, "bad_version": s.bad_version, "device_restarts": self.sequence.restarts,
+                "reconnects": self.reconnects, "bytes": s.bytes}
+
+    def summary(self) -> str:
+        c = self.counters()
+        return (f"{c['frames']} frames ({c['bytes']} bytes), {c['lost_frames']} lost (sequence gaps), "
+                f"{c['crc_errors']} CRC errors, {c['framing_errors']} framing errors, "
+                f"{c['unknown_types']} of unknown type skipped, {c['malformed']} malformed, "
+                f"{c['bad_version']} of another protocol version, {c['device_restarts']} device restarts, "
+                f"{c['reconnects']} reconnects")
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+
+class JsonlSink:
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def write(self, record: Record) -> None:
+        self.stream.write(json.dumps({k: v for k, v in record.items() if v is not None}, ensure_ascii=False))
+        self.stream.write("\n")
+        self.stream.flush()  # a crash or Ctrl-C loses nothing already received
+
+    def close(self) -> None:
+        pass
+
+
+class CsvSink:
+    def __init__(self, stream: TextIO, header: bool = True):
+        self.stream = stream
+        self.writer = csv.DictWriter(stream, CSV_FIELDS, extrasaction="ignore", restval="")
+        if header:
+            self.writer.writeheader()
+            stream.flush()
+
+    def write(self, record: Record) -> None:
+        self.writer.writerow(record)
+        self.stream.flush()
+
+    def close(self) -> None:
+        pass
+
+
+def describe(record: Record) -> str:
+    """The interesting fields of one record, for people."""
+    kind = record["type"]
+    if kind == "detection":
+        return (f"{record['label']:<16} score {record['score']:.3f}  audio {record['start_s']:.2f}-"
+                f"{record['end_s']:.2f} s")
+    if kind == "health":
+        return (f"uptime {record['uptime_s']} s  rtf {record['realtime_factor']:.3f}  cpu "
+                f"{record['cpu_load'] * 100:.1f}%  overruns {record['audio_overruns']}  "
+                f"dropped {record['dropped_telemetry']}")
+    if kind == "hello":
+        return (f"device {record['device_id']}  basilar {record['basilar_version']}  bundle "
+                f"{record['bundle_id'][:16]}  {record['sample_rate']} Hz  {record['label_count']} labels")
+    if kind == "log":
+        return f"[{record['level']}] {record['text']}"
+    return record.get("text", "")
+
+
+class LinesTable:
+    """The table format when stdout is not a terminal: one aligned line per record."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        stream.write(f"{'host time':<29} {'type':<9} {'seq':>5}  details\n")
+
+    def write(self, record: Record) -> None:
+        seq = record.get("seq")
+        self.stream.write(f"{record.get('host_time') or '-':<29} {record['type']:<9} "
+                          f"{'' if seq is None else seq:>5}  {describe(record)}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        pass
+
+
+class LiveTable:
+    """The table format on a terminal: a screen of recent detections, the latest health and the link counters,
+    redrawn at most a few times a second."""
+
+    def __init__(self, stream: TextIO, session: TelemetrySession, title: str, recent: int = 12):
+        self.stream, self.session, self.title = stream, session, title
+        self.detections: deque = deque(maxlen=recent)
+        self.events: deque = deque(maxlen=4)
+        self.status = "connecting"
+        self._drawn = 0.0
+
+    def write(self, record: Record) -> None:
+        if record["type"] == "detection":
+            self.detections.append(record)
+        elif record["type"] in ("link", "gap", "log"):
+            self.events.append(record)
+            if record["type"] == "link":
+                self.status = record["event"]
+        self.refresh()
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._drawn < 0.25:
+            return
+        self._drawn = now
+        s, c = self.session, self.session.counters()
+        lines = [f"basilar telemetry  {self.title}  [{self.status}]"]
+        if s.device.device_id:
+            lines.append(f"device {s.device.device_id}  basilar {s.device.basilar_version}  bundle "
+                         f"{s.device.bundle_id[:16]}  {s.device.sample_rate} Hz")
+        lines.append("health  " + (describe(s.last_health) if s.last_health else "(none yet)"))
+        lines.append(f"link    frames {c['frames']}  lost {c['lost_frames']}  crc errors {c['crc_errors']}  "
+                     f"framing errors {c['framing_errors']}  unknown {c['unknown_types']}  "
+                     f"reconnects {c['reconnects']}  restarts {c['device_restarts']}")
+        lines.append("")
+        lines.append(f"{'host time':<29} {'label':<16} {'score':>6} {'start s':>9} {'end s':>9}")
+        for d in reversed(self.detections):
+            lines.append(f"{d['host_time'] or '-':<29} {d['label']:<16} {d['score']:>6.3f} {d['start_s']:>9.2f} "
+                         f"{d['end_s']:>9.2f}")
+        if self.events:
+            lines.append("")
+            lines += [f"{e['host_time'] or '-':<29} {e['type']:<5} {describe(e)}" for e in self.events]
+        self.stream.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.refresh(force=True)
+
+
+def open_sink(fmt: str, stream: TextIO, header: bool = True):
+    if fmt == "jsonl":
+        return JsonlSink(stream)
+    if fmt == "csv":
+        return CsvSink(stream, header=header)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def open_output_file(path: str, fmt: str):
+    """Append records to a file (JSONL unless fmt is csv); a CSV header is written only into an empty file."""
+    try:
+        stream = open(path, "a", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise TelemetryError(f"cannot open the output file {path}: {exc.strerror or exc}") from None
+    return stream, open_sink(fmt, stream, header=stream.tell() == 0)
+
+
+# ------------------------------------------------------------------------------------------ the port
+
+
+def open_port(port: str, baud: int):
+    """Open a serial port for reading; raise TelemetryError saying what is wrong and what to do."""
+    import serial
+
+    try:
+        return serial.Serial(port, baud, timeout=0.1)
+    except ValueError as exc:
+        raise TelemetryError(f"cannot use baud rate {baud} on {port}: {exc}; pick a standard rate such as "
+                             "115200 or 921600") from None
+    except serial.SerialException as exc:
+        cause = exc.args[0] if exc.args else exc
+        if isinstance(exc.__context__, PermissionError) or getattr(exc, "errno", None) == 13:
+            raise TelemetryError(f"no permission to open {port}: add yourself to the 'dialout' group "
+                                 "(sudo usermod -aG dialout $USER, then log in again)") from None
+        if not os.path.exists(port):
+            raise TelemetryError(f"serial port {port} does not exist: check the name (ls /dev/serial/by-id/) or "
+                                 "pass --wait to wait until the device is plugged in") from None
+        raise TelemetryError(f"cannot open serial port {port}: {cause}") from None
+
+
+class TelemetryReader:
+    """Reads a port until stopped, reconnecting whenever it vanishes, and hands records to `emit`."""
+
+    def __init__(self, port: str, baud: int = 115200, *, emit: Callable[[Record], None],
+                 session: TelemetrySession | None = None, capture: str | None = None, wait: bool = False,
+                 request_hello: bool = True, retry_interval: float = 0.5, say: Callable[[str], None] | None = None):
+        self.port, self.baud, self.emit = port, baud, emit
+        self.session = session or TelemetrySession()
+        self.capture = open(capture, "ab") if capture else None
+        self.wait, self.request_hello, self.retry_interval = wait, request_hello, retry_interval
+        self.say = say or (lambda text: click.echo(f"telemetry: {text}", err=True))
+        self.stop_event = threading.Event()
+        self._host_seq = 0
+        self.records = 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _connect(self, first: bool):
+        """Open the port; on the first attempt without --wait, a missing port is an error."""
+        announced = False
+        while not self.stop_event.is_set():
+            try:
+                return open_port(self.port, self.baud)
+            except TelemetryError as exc:
+                if first and not self.wait:
+                    raise
+                if not announced:
+                    self.say(f"waiting for {self.port} ({exc.message.split(':')[0]})")
+                    announced = True
+            self.stop_event.wait(self.retry_interval)
+        return None
+
+    def _ask_hello(self, ser) -> None:
+        if not self.request_hello:
+            return
+        try:
+            ser.write(b"\x00" + encode_frame(RequestHello(), self._host_seq, 0))
+            self._host_seq += 1
+        except Exception:  # noqa: BLE001 - a device that cannot take input still sends telemetry
+            pass
+
+    def _deliver(self, records: Iterable[Record], max_records: int | None) -> None:
+        for record in records:
+            self.emit(record)
+            self.records += 1
+            if max_records is not None and self.records >= max_records:
+                self.stop_event.set()
+
+    def run(self, *, max_records: int | None = None, duration: float | None = None) -> TelemetrySession:
+        import serial
+
+        deadline = None if duration is None else time.monotonic() + duration
+        ser = self._connect(first=True)
+        if ser is not None:
+            self._deliver([self.session.link_event("connected", f"reading {self.port} at {self.baud} baud")],
+                          max_records)
+            self._ask_hello(ser)
+        try:
+            while ser is not None and not self.stop_event.is_set():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                try:
+                    data = ser.read(ser.in_waiting or 1)
+                except (serial.SerialException, OSError) as exc:
+                    ser.close()
+                    reason = str(exc).split(":")[0] or type(exc).__name__
+                    self.say(f"{self.port} lost ({reason}); waiting for it to come back")
+                    self._deliver([self.session.link_event("lost", f"{self.port} lost: {reason}")], max_records)
+                    ser = self._connect(first=False)
+                    if ser is not None:
+                        self.say(f"reconnected to {self.port}")
+                        self._deliver([self.session.link_event("reconnected", f"{self.port} is back")],
+                                      max_records)
+                        self._ask_hello(ser)
+                    continue
+                if data:
+                    if self.capture:
+                        self.capture.write(data)
+                        self.capture.flush()
+                    self._deliver(self.session.feed(data, host_time()), max_records)
+        finally:
+            if ser is not None:
+                ser.close()
+            if self.capture:
+                self.capture.close()
+        return self.session
+
+
+def replay(path: str, emit: Callable[[Record], None], session: TelemetrySession | None = None,
+           block: int = 65536) -> TelemetrySession:
+    """Decode a raw capture (the bytes as they came off the line) and emit its records."""
+    session = session or TelemetrySession()
+    try:
+        with open(path, "rb") as f:
+            for data in iter(lambda: f.read(block), b""):
+                for record in session.feed(data):
+                    emit(record)
+    except OSError as exc:
+        raise TelemetryError(f"cannot read the capture {path}: {exc.strerror or exc}") from None
+    return session
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()

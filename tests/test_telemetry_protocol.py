@@ -1,0 +1,317 @@
+"""The telemetry protocol without a port: the document's test vectors, the decoder's robustness (hypothesis),
+the emitter's never-blocking queue, the host session's bookkeeping and the replay command."""
+import io
+import json
+import re
+import threading
+import time
+
+import pytest
+from click.testing import CliRunner
+from cobs import cobs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge.telemetry.emitter import TelemetryEmitter, label_frames
+from edge.telemetry.protocol import (MAX_ENCODED, MAX_PAYLOAD, Detection, Health, Hello, Labels, Log, MsgType,
+                                     ProtocolError, RequestHello, StreamDecoder, UploadAck, UploadBegin,
+                                     UploadChunk, UploadEnd, UploadResult, crc32, decode_one, encode_frame,
+                                     encode_raw, message_fields, message_from_fields)
+from firmware_tools.cli import main as cli
+from firmware_tools.telemetry_reader import SequenceTracker, TelemetrySession
+from tests.conftest import REPO
+
+DOC = (REPO / "docs" / "telemetry-protocol.md").read_text(encoding="utf-8")
+GOOD = re.findall(r"```text\nraw:  ([0-9a-f ]+)\nwire: ([0-9a-f ]+)\n```\s*```json\n(.+?)\n```", DOC)
+STREAMS = re.findall(r"```text\nstream: ([0-9a-f ]+)\n```\s*```json\n(.+?)\n```", DOC)
+COUNTERS = ("frames", "crc_errors", "framing_errors", "malformed", "unknown_types", "bad_version")
+
+
+def test_document_has_vectors_for_every_message_type():
+    assert {json.loads(meaning)["type"] for _, _, meaning in GOOD} == {t.name for t in MsgType}
+    assert len(STREAMS) >= 6
+
+
+@pytest.mark.parametrize("raw, wire, meaning", GOOD, ids=[json.loads(m)["type"] for _, _, m in GOOD])
+def test_document_vector_decodes_and_encodes(raw, wire, meaning):
+    raw, wire, meaning = bytes.fromhex(raw), bytes.fromhex(wire), json.loads(meaning)
+    assert wire[0] == 0 and wire[-1] == 0 and 0 not in wire[1:-1]
+    assert cobs.decode(wire[1:-1]) == raw
+    frame = decode_one(wire)
+    assert {"type": MsgType(frame.type).name, "seq": frame.seq, "device_ms": frame.device_ms,
+            **message_fields(frame.message)} == meaning
+    fields = {k: v for k, v in meaning.items() if k not in ("type", "seq", "device_ms")}
+    message = message_from_fields(meaning["type"], fields)
+    assert encode_frame(message, meaning["seq"], meaning["device_ms"]) == wire
+
+
+@pytest.mark.parametrize("stream, expected", STREAMS)
+def test_document_reject_vector(stream, expected):
+    expected = json.loads(expected)
+    decoder = StreamDecoder()
+    frames = decoder.feed(bytes.fromhex(stream))
+    counts = {name: getattr(decoder.stats, name) for name in COUNTERS}
+    assert counts == {name: expected["counts"].get(name, 0) for name in COUNTERS}
+    assert [{"type": f.type, "seq": f.seq, "device_ms": f.device_ms} for f in frames] == expected["frames"]
+
+
+def test_crc_is_the_documented_crc32():
+    assert crc32(b"123456789") == 0xCBF43926
+    assert "0xCBF43926" in DOC
+
+
+# ------------------------------------------------------------------------------ round trips (hypothesis)
+
+text = st.text(max_size=40)
+u16, u32 = st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF)
+messages = st.one_of(
+    st.builds(Hello, text, text, text, u32, u16),
+    st.builds(Labels, u16, st.lists(st.text(max_size=20), max_size=20).map(tuple)),
+    st.builds(Detection, u16, u16, u32, u32),
+    st.builds(Health, u32, u32, u16, u32, u32),
+    st.builds(Log, st.integers(0, 3), st.text(max_size=300)),
+    st.just(RequestHello()),
+    st.builds(UploadBegin, u32, st.binary(min_size=32, max_size=32), st.integers(0, 1)),
+    st.builds(UploadChunk, u32, st.binary(min_size=1, max_size=1020)),
+    st.builds(UploadEnd, st.binary(min_size=32, max_size=32)),
+    st.builds(UploadAck, st.integers(0, 6), u32, u32),
+    st.builds(UploadResult, st.integers(0, 6), st.text(max_size=64), st.text(max_size=200)),
+)
+
+
+@given(messages, u16, u32)
+def test_every_message_round_trips(message, seq, stamp):
+    wire = encode_frame(message, seq, stamp)
+    assert len(wire) <= MAX_ENCODED + 2
+    frame = decode_one(wire)
+    assert (frame.type, frame.seq, frame.device_ms, frame.message) == (message.TYPE, seq, stamp, message)
+
+
+def test_encoding_refuses_what_does_not_fit():
+    with pytest.raises(ProtocolError, match="at most 255"):
+        Hello("x" * 300, "", "", 0, 0).pack()
+    with pytest.raises(ProtocolError, match="exceeds the maximum"):
+        encode_raw(0x30, 0, 0, bytes(MAX_PAYLOAD + 1))
+    long_log = encode_frame(Log(1, "é" * 2000), 0, 0)  # truncated at a character boundary, still valid
+    assert decode_one(long_log).message.text == "é" * ((MAX_PAYLOAD - 1) // 2)
+
+
+# ------------------------------------------------------------------------------ decoder robustness
+
+chunked_bytes = st.lists(st.binary(max_size=3000), max_size=12)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(chunked_bytes)
+def test_decoder_never_raises_and_stays_bounded(chunks):
+    decoder = StreamDecoder()
+    for chunk in chunks:
+        decoder.feed(chunk)  # must not raise
+        assert decoder.buffered <= MAX_ENCODED
+    assert decoder.stats.bytes == sum(map(len, chunks))
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=3000), st.integers(0, 200), messages, u16)
+def test_the_next_intact_frame_after_any_garbage_is_recovered(garbage, split, message, seq):
+    """Whatever came before (noise, a truncated frame), a frame sent with its leading delimiter is decoded."""
+    wire = encode_frame(message, seq, 1234)
+    stream = garbage + wire
+    decoder = StreamDecoder()
+    frames = decoder.feed(stream[:split]) + decoder.feed(stream[split:])
+    assert frames and frames[-1].message == message and frames[-1].seq == seq
+
+
+def test_a_line_of_garbage_without_delimiters_costs_one_error_and_bounded_memory():
+    decoder = StreamDecoder()
+    for _ in range(100):
+        decoder.feed(b"\x55" * 1000)
+        assert decoder.buffered <= MAX_ENCODED
+    frames = decoder.feed(encode_frame(Log(1, "after the noise"), 3, 0))
+    assert [f.message.text for f in frames] == ["after the noise"]
+    assert decoder.stats.framing_errors == 1
+
+
+def test_frames_split_anywhere_across_reads_are_reassembled():
+    wire = b"".join(encode_frame(Detection(i % 7, i, i, i + 1), i, i) for i in range(50))
+    decoder = StreamDecoder()
+    frames = []
+    for i in range(0, len(wire), 7):
+        frames += decoder.feed(wire[i:i + 7])
+    assert [f.seq for f in frames] == list(range(50))
+    assert decoder.stats.bad_frames == 0
+
+
+# ------------------------------------------------------------------------------ emitter
+
+
+class StuckPort:
+    """A port whose first write blocks until released, like a pty nobody reads."""
+
+    def __init__(self):
+        self.buffer = io.BytesIO()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, data):
+        self.entered.set()
+        self.release.wait()
+        return self.buffer.write(data)
+
+    def flush(self):
+        pass
+
+
+def decode_all(data: bytes):
+    decoder = StreamDecoder()
+    return decoder.feed(data), decoder.stats
+
+
+def wait_for(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_emitter_never_blocks_and_reports_drops_in_the_next_health():
+    port = StuckPort()
+    emitter = TelemetryEmitter.from_stream(port, device_id="dev", queue_size=4)
+    assert emitter.detection(0, 0.5, 0, 1)
+    assert port.entered.wait(5)  # the writer now hangs in write()
+    results = []
+    caller = threading.Thread(target=lambda: results.extend(
+        emitter.detection(i % 3, 0.9, i, i + 1) for i in range(1, 11)))
+    caller.start()
+    caller.join(5)
+    assert not caller.is_alive(), "a sending call blocked"
+    assert results == [True] * 4 + [False] * 6
+    assert emitter.dropped == 6
+    port.release.set()
+    wait_for(lambda: len(decode_all(port.buffer.getvalue())[0]) == 5)
+    assert emitter.health(10, 0.2, 0.3, 1)
+    emitter.close(timeout=5)
+    frames, stats = decode_all(port.buffer.getvalue())
+    assert [f.seq for f in frames] == [0, 1, 2, 3, 4, 5]  # dropped messages take no sequence number
+    assert frames[-1].message == Health(10, 200, 300, 1, 6)
+    assert stats.bad_frames == 0
+
+
+def test_emitter_close_flushes_everything_and_is_bounded_on_a_stuck_port():
+    out = io.BytesIO()
+    emitter = TelemetryEmitter.from_stream(out, device_id="dev", queue_size=1000)
+    emitter.hello("1.0", "b" * 64, ["a", "b"], 16000)
+    for i in range(500):
+        emitter.detection(i % 2, 0.5, i, i + 1)
+    emitter.close(timeout=5)
+    frames, stats = decode_all(out.getvalue())
+    assert len(frames) == 502 and stats.bad_frames == 0
+    assert not emitter.detection(0, 1, 0, 1) and emitter.dropped == 1  # after close: dropped, not raised
+
+    stuck = StuckPort()
+    emitter = TelemetryEmitter.from_stream(stuck, device_id="dev")
+    emitter.log("x")
+    assert stuck.entered.wait(5)
+    closer = threading.Thread(target=emitter.close, kwargs={"timeout": 0.2})
+    closer.start()
+    closer.join(5)
+    assert not closer.is_alive()
+    stuck.release.set()
+
+
+def test_many_long_labels_are_split_into_frames_and_reassembled():
+    labels = [f"label number {i} " + "x" * (i % 50) for i in range(600)]
+    parts = label_frames(labels)
+    assert len(parts) > 1 and all(len(p.pack()) <= MAX_PAYLOAD for p in parts)
+    out = io.BytesIO()
+    emitter = TelemetryEmitter.from_stream(out, device_id="dev")
+    emitter.hello("1.0", "c" * 64, labels, 16000)
+    emitter.detection(599, 0.75, 1.0, 1.5)
+    emitter.close()
+    session = TelemetrySession()
+    records = session.feed(out.getvalue())
+    assert records[0]["type"] == "hello" and records[0]["label_count"] == 600
+    assert records[-1]["label"] == labels[599] and records[-1]["score"] == 0.75
+
+
+# ------------------------------------------------------------------------------ host bookkeeping
+
+
+def frame(message, seq, stamp=1000):
+    return decode_one(encode_frame(message, seq, stamp))
+
+
+def test_sequence_gaps_wrap_around_and_restarts_are_not_losses():
+    tracker = SequenceTracker()
+    det = Detection(0, 0, 0, 0)
+    assert tracker.observe(frame(det, 65533)) == (0, False)
+    assert tracker.observe(frame(det, 65534)) == (0, False)
+    assert tracker.observe(frame(det, 2)) == (3, False)  # 65535, 0, 1 lost across the wrap
+    assert tracker.observe(frame(Hello("d", "v", "", 0, 0), 0, 1000)) == (0, True)  # device reopened its link
+    assert tracker.observe(frame(det, 1, 1500)) == (0, False)
+    assert tracker.observe(frame(det, 9, 100)) == (0, True)  # clock went back: rebooted, HELLO missed
+    assert tracker.observe(frame(det, 5, 200)) == (0, True)  # sequence went back
+    assert (tracker.lost, tracker.restarts) == (3, 3)
+
+
+def test_session_turns_gaps_into_records_and_counts_unknown_types():
+    wire = (encode_frame(Detection(0, 65535, 0, 250), 0, 10) + encode_raw(0x77, 1, 11, b"future")
+            + encode_frame(Detection(0, 0, 250, 500), 5, 12))
+    session = TelemetrySession()
+    records = session.feed(wire)
+    assert [r["type"] for r in records] == ["detection", "gap", "detection"]
+    assert records[1]["lost"] == 3
+    counters = session.counters()
+    assert counters["unknown_types"] == 1 and counters["lost_frames"] == 3 and counters["frames"] == 3
+
+
+# ------------------------------------------------------------------------------ replay command
+
+
+def capture_with_damage(tmp_path):
+    good = [encode_frame(Hello("dev", "1.0", "d" * 64, 16000, 2), 0, 0),
+            encode_frame(Labels(0, ("yes", "no")), 1, 0)]
+    good += [encode_frame(Detection(i % 2, 60000, i * 100, i * 100 + 50), 2 + i, 100 + i) for i in range(10)]
+    raw = bytearray(cobs.decode(good[5][1:-1]))
+    raw[10] ^= 0x04  # one bit of the score: a CRC error
+    damaged = b"\x00" + cobs.encode(bytes(raw)) + b"\x00"
+    data = b"".join(good[:5]) + damaged + b"\x13\x37" + b"".join(good[6:])  # and noise between frames
+    path = tmp_path / "capture.bin"
+    path.write_bytes(data)
+    return path
+
+
+def test_replay_jsonl_and_csv(tmp_path):
+    capture = capture_with_damage(tmp_path)
+    result = CliRunner().invoke(cli, ["telemetry", "--replay", str(capture), "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["type"] for r in lines].count("detection") == 9
+    gap = next(r for r in lines if r["type"] == "gap")
+    assert gap["lost"] == 1 and gap["text"].endswith("before seq 6")
+    assert [r["label"] for r in lines if r["type"] == "detection"][:2] == ["yes", "no"]
+    assert "1 lost (sequence gaps), 1 CRC errors, 1 framing errors" in result.stderr
+
+    out = tmp_path / "out.csv"
+    for _ in range(2):  # appends; the header only once
+        result = CliRunner().invoke(cli, ["telemetry", "--replay", str(capture), "--format", "csv",
+                                          "--output", str(out)])
+        assert result.exit_code == 0, result.output
+    rows = out.read_text().splitlines()
+    assert rows[0].startswith("host_time,type,seq") and rows.count(rows[0]) == 1
+    assert sum(",detection," in row for row in rows) == 18
+
+
+def test_replay_table_for_people(tmp_path):
+    result = CliRunner().invoke(cli, ["telemetry", "--replay", str(capture_with_damage(tmp_path))])
+    assert result.exit_code == 0
+    assert "detection" in result.stdout and "yes" in result.stdout and "score 0.915" in result.stdout
+
+
+def test_telemetry_command_errors_name_the_problem(tmp_path):
+    result = CliRunner().invoke(cli, ["telemetry"])
+    assert result.exit_code == 2 and "serial PORT" in result.output
+    result = CliRunner().invoke(cli, ["telemetry", "--replay", str(tmp_path / "missing.bin")])
+    assert result.exit_code == 1 and "cannot read the capture" in result.output
+    result = CliRunner().invoke(cli, ["telemetry", str(tmp_path / "ttyNOPE")])
+    assert result.exit_code == 1 and "does not exist" in result.output and "--wait" in result.output
