@@ -1,0 +1,62 @@
+"""`basilar eval-stream BUNDLE AUDIO --truth TRUTH.csv`: how well a bundle detects words in a continuous stream."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from firmware_tools.run_cmd import detector_options, detector_overrides
+from firmware_tools.stream_eval import DEFAULT_TOLERANCE_S
+
+
+@click.command()
+@click.argument("bundle")
+@click.argument("audio", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--truth", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="CSV with the header label,start_s,end_s: where each word really is.")
+@click.option("--tolerance-s", type=click.FloatRange(0, 10), default=DEFAULT_TOLERANCE_S, show_default=True,
+              help="A detection may start this long after its word ended and still count.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@detector_options
+def eval_stream(bundle, audio, truth, tolerance_s, as_json, **detector):
+    """Stream AUDIO through BUNDLE ('default': the shipped one) as `basilar run` does and score the detections.
+
+    A detection is a hit when it has a truth word's label, starts before the word's end + tolerance and ends
+    after the word's start; detections matching no word are false alarms. Latency is the time from the word's
+    end to the detection's end, when it is reported.
+    """
+    from edge.runloop import Pipeline, PipelineError
+    from edge.sources import SourceError
+    from firmware_tools.stream_eval import TruthFileError, detect_file, read_truth, score_stream
+
+    try:
+        words = read_truth(truth)
+        pipeline = Pipeline.from_bundle(bundle, detector_overrides=detector_overrides(**detector))
+        unknown = sorted({w.label for w in words} - set(pipeline.labels))
+        if unknown:
+            raise click.ClickException(f"{truth} has label(s) {', '.join(map(repr, unknown))} that the bundle "
+                                       f"does not know; its labels are {', '.join(map(repr, pipeline.labels))}")
+        detections, duration = detect_file(pipeline, audio)
+    except (TruthFileError, PipelineError, SourceError) as err:
+        raise click.ClickException(str(err)) from err
+    score = score_stream(detections, words, duration, tolerance_s)
+    if as_json:
+        click.echo(json.dumps({"bundle": pipeline.bundle.id, "audio": str(audio), **score.to_dict()}))
+        return
+    report = score.to_dict()
+    click.echo(f"{audio}: {report['duration_s']:.1f} s, {report['words']} words, "
+               f"{report['detections']} detections (bundle {pipeline.bundle.id[:12]})")
+    click.echo(f"  hits          {report['hits']:4d}  ({100 * report['hit_rate']:.1f}%)")
+    click.echo(f"  misses        {report['misses']:4d}")
+    click.echo(f"  false alarms  {report['false_alarms']:4d}  ({report['false_alarms_per_hour']:.1f} per hour; "
+               f"{report['wrong_label']} with the wrong label on a word)")
+    if report["latency"]:
+        lat = report["latency"]
+        click.echo(f"  latency       median {1000 * lat['median_s']:.0f} ms, p90 {1000 * lat['p90_s']:.0f} ms, "
+                   f"max {1000 * lat['max_s']:.0f} ms (word end to detection)")
+    for word in score.misses:
+        click.echo(f"  missed        {word.label!r} at {word.start_s:.2f}-{word.end_s:.2f} s")
+    for event in score.false_alarms:
+        click.echo(f"  false alarm   {event.label!r} at {event.start_s:.2f}-{event.end_s:.2f} s "
+                   f"(score {event.score:.2f})")

@@ -1,0 +1,167 @@
+"""Score a continuous stream's detections against where the words really are.
+
+Matching rule: a detection matches a truth word when it has the word's label, starts before the word's end plus
+`tolerance_s` (1 s: the model may only be sure once the word is over), and ends after the word's start. Each word
+takes at most one detection and each detection serves at most one word; words are matched in time order, each to
+the earliest detection that qualifies. Then:
+
+- hit: a word with a matching detection; miss: a word without one;
+- false alarm: a detection that matches no word. Those that overlap (by the same rule) a word of another label are
+  also counted as `wrong_label`;
+- latency: detection end (when the event closed and was reported) minus the word's end.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edge.detector import Detection
+from edge.sinks import Sink
+
+DEFAULT_TOLERANCE_S = 1.0
+
+
+class TruthFileError(ValueError):
+    """A truth CSV that cannot be read; the message names the file, the line and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TruthWord:
+    label: str
+    start_s: float
+    end_s: float
+
+
+def read_truth(path: str | Path) -> list[TruthWord]:
+    """Rows of `label,start_s,end_s` (with that header), sorted by start time."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TruthFileError(f"truth file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise TruthFileError(f"cannot read truth file {path}: {err}") from None
+    rows = csv.reader(text.splitlines())
+    header = [h.strip() for h in next(rows, [])]
+    if header[:3] != ["label", "start_s", "end_s"]:
+        raise TruthFileError(f"{path}: the first line must be the header 'label,start_s,end_s' (got "
+                             f"{','.join(header)!r})")
+    words = []
+    for line, row in enumerate(rows, start=2):
+        if not row or not "".join(row).strip():
+            continue
+        try:
+            label, start, end = (row[0].strip(), float(row[1]), float(row[2]))
+        except (IndexError, ValueError):
+            raise TruthFileError(f"{path} line {line}: expected label,start_s,end_s with times in seconds, got "
+                                 f"{','.join(row)!r}") from None
+        if not label or not (math.isfinite(start) and math.isfinite(end)) or not 0 <= start <= end:
+            raise TruthFileError(f"{path} line {line}: need a label and 0 <= start_s <= end_s, got "
+                                 f"{','.join(row)!r}")
+        words.append(TruthWord(label, start, end))
+    return sorted(words, key=lambda w: (w.start_s, w.end_s))
+
+
+def _overlaps(detection: Detection, word: TruthWord, tolerance_s: float) -> bool:
+    return detection.start_s < word.end_s + tolerance_s and detection.end_s > word.start_s
+
+
+@dataclasses.dataclass
+class StreamScore:
+    duration_s: float
+    tolerance_s: float
+    hits: list[tuple[TruthWord, Detection]]
+    misses: list[TruthWord]
+    false_alarms: list[Detection]
+    wrong_label: int  # false alarms that overlap a word of another label
+
+    @property
+    def words(self) -> int:
+        return len(self.hits) + len(self.misses)
+
+    @property
+    def hit_rate(self) -> float:
+        return len(self.hits) / self.words if self.words else 0.0
+
+    @property
+    def false_alarms_per_hour(self) -> float:
+        return len(self.false_alarms) * 3600.0 / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def latencies_s(self) -> list[float]:
+        return [detection.end_s - word.end_s for word, detection in self.hits]
+
+    def per_label(self) -> dict[str, dict[str, int]]:
+        table: dict[str, dict[str, int]] = {}
+        for word, _ in self.hits:
+            table.setdefault(word.label, {"hits": 0, "misses": 0})["hits"] += 1
+        for word in self.misses:
+            table.setdefault(word.label, {"hits": 0, "misses": 0})["misses"] += 1
+        return dict(sorted(table.items()))
+
+    def to_dict(self) -> dict:
+        latencies = self.latencies_s
+        latency = ({"mean_s": round(float(np.mean(latencies)), 3), "median_s": round(float(np.median(latencies)), 3),
+                    "p90_s": round(float(np.percentile(latencies, 90)), 3), "max_s": round(max(latencies), 3)}
+                   if latencies else None)
+        return {
+            "duration_s": round(self.duration_s, 3),
+            "words": self.words,
+            "detections": len(self.hits) + len(self.false_alarms),
+            "hits": len(self.hits),
+            "misses": len(self.misses),
+            "hit_rate": round(self.hit_rate, 4),
+            "false_alarms": len(self.false_alarms),
+            "wrong_label": self.wrong_label,
+            "false_alarms_per_hour": round(self.false_alarms_per_hour, 2),
+            "latency": latency,
+            "tolerance_s": self.tolerance_s,
+            "per_label": self.per_label(),
+            "missed": [dataclasses.asdict(w) for w in self.misses],
+            "false_alarm_events": [d.to_dict() for d in self.false_alarms],
+        }
+
+
+def score_stream(detections: Sequence[Detection], truth: Sequence[TruthWord], duration_s: float,
+                 tolerance_s: float = DEFAULT_TOLERANCE_S) -> StreamScore:
+    """Match detections to truth words by the rule in this module's docstring."""
+    pending = sorted(detections, key=lambda d: (d.start_s, d.end_s))
+    used = [False] * len(pending)
+    hits, misses = [], []
+    for word in sorted(truth, key=lambda w: (w.start_s, w.end_s)):
+        for i, detection in enumerate(pending):
+            if not used[i] and detection.label == word.label and _overlaps(detection, word, tolerance_s):
+                used[i] = True
+                hits.append((word, detection))
+                break
+        else:
+            misses.append(word)
+    false_alarms = [d for d, taken in zip(pending, used) if not taken]
+    wrong_label = sum(any(w.label != d.label and _overlaps(d, w, tolerance_s) for w in truth) for d in false_alarms)
+    return StreamScore(duration_s, tolerance_s, hits, misses, false_alarms, wrong_label)
+
+
+class _Collect(Sink):
+    """A sink that keeps the detections."""
+
+    def __init__(self):
+        self.detections: list[Detection] = []
+
+    def detection(self, event: Detection) -> None:
+        self.detections.append(event)
+
+
+def detect_file(pipeline, audio_path: str | Path) -> tuple[list[Detection], float]:
+    """Stream a file through a pipeline exactly as `basilar run` does; returns (detections, audio seconds)."""
+    from edge.runloop import RunLoop
+    from edge.sources import FileSource
+
+    collect = _Collect()
+    with FileSource(audio_path, pipeline.sample_rate) as source:
+        stats = RunLoop(pipeline, source, [collect], health_every_s=0).run()
+    return collect.detections, stats.audio_s

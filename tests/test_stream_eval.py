@@ -1,0 +1,128 @@
+"""Stream evaluation: the matching rule, the truth file, and `basilar eval-stream` on the demo."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edge.detector import Detection
+from firmware_tools.cli import main
+from firmware_tools.stream_eval import TruthFileError, TruthWord, read_truth, score_stream
+from tests.conftest import REPO
+
+DEMO = REPO / "edge" / "demo" / "demo.wav"
+DEMO_TRUTH = REPO / "edge" / "demo" / "demo_truth.csv"
+
+
+def det(label, start, end, score=0.9):
+    return Detection(label, score, start, end)
+
+
+WORDS = [TruthWord("3", 1.0, 1.5), TruthWord("7", 4.0, 4.4), TruthWord("3", 8.0, 8.6)]
+
+
+def test_a_detection_just_after_its_word_is_a_hit_with_its_latency():
+    score = score_stream([det("3", 1.3, 1.75), det("7", 4.3, 4.6), det("3", 8.5, 8.9)], WORDS, duration_s=10)
+    assert (len(score.hits), len(score.misses), len(score.false_alarms)) == (3, 0, 0)
+    assert score.latencies_s == pytest.approx([0.25, 0.2, 0.3])
+    assert score.hit_rate == 1.0
+
+
+def test_the_matching_window_runs_from_word_start_to_word_end_plus_tolerance():
+    word = [TruthWord("3", 1.0, 1.5)]
+    assert len(score_stream([det("3", 2.49, 2.8)], word, 10).hits) == 1  # starts 0.99 s after the word
+    assert len(score_stream([det("3", 2.5, 2.8)], word, 10).hits) == 0  # starts 1.0 s after: too late
+    assert len(score_stream([det("3", 2.5, 2.8)], word, 10, tolerance_s=1.5).hits) == 1
+    assert len(score_stream([det("3", 0.2, 1.01)], word, 10).hits) == 1  # ends inside the word
+    assert len(score_stream([det("3", 0.2, 1.0)], word, 10).hits) == 0  # ends as the word starts
+
+
+def test_a_wrong_label_on_a_word_is_a_miss_and_a_false_alarm():
+    score = score_stream([det("8", 1.2, 1.6)], [TruthWord("3", 1.0, 1.5)], 10)
+    assert [w.label for w in score.misses] == ["3"]
+    assert [d.label for d in score.false_alarms] == ["8"]
+    assert score.wrong_label == 1
+
+
+def test_each_word_takes_one_detection_and_extras_are_false_alarms():
+    doubled = [det("3", 1.2, 1.6), det("3", 1.9, 2.1)]
+    score = score_stream(doubled, [TruthWord("3", 1.0, 1.5)], 3600)
+    assert len(score.hits) == 1 and score.hits[0][1].start_s == 1.2  # the earliest one is the hit
+    assert len(score.false_alarms) == 1 and score.wrong_label == 0
+    assert score.false_alarms_per_hour == pytest.approx(1.0)
+
+
+def test_false_alarms_in_silence_and_per_hour():
+    score = score_stream([det("1", 20.0, 20.3), det("2", 40.0, 40.2)], WORDS, duration_s=60)
+    assert len(score.misses) == 3 and len(score.false_alarms) == 2
+    assert score.false_alarms_per_hour == pytest.approx(120.0)
+    report = score.to_dict()
+    assert report["latency"] is None and report["hit_rate"] == 0.0
+    assert report["per_label"] == {"3": {"hits": 0, "misses": 2}, "7": {"hits": 0, "misses": 1}}
+
+
+def test_report_as_dict():
+    report = score_stream([det("3", 1.3, 1.75), det("9", 6.0, 6.2)], WORDS, duration_s=36).to_dict()
+    assert {k: report[k] for k in ("words", "detections", "hits", "misses", "false_alarms")} == \
+        {"words": 3, "detections": 2, "hits": 1, "misses": 2, "false_alarms": 1}
+    assert report["false_alarms_per_hour"] == 100.0
+    assert report["latency"]["median_s"] == 0.25
+    assert report["false_alarm_events"] == [{"label": "9", "score": 0.9, "start_s": 6.0, "end_s": 6.2}]
+
+
+def test_read_truth(tmp_path):
+    path = tmp_path / "truth.csv"
+    path.write_text("label,start_s,end_s\n7,4.0,4.4\n3, 1.0 ,1.5\n\n")
+    assert read_truth(path) == [TruthWord("3", 1.0, 1.5), TruthWord("7", 4.0, 4.4)]
+    assert len(read_truth(DEMO_TRUTH)) == 20
+
+
+@pytest.mark.parametrize("content, message", [
+    ("start,end\n1,2\n", "first line must be the header 'label,start_s,end_s'"),
+    ("label,start_s,end_s\n3,1.0\n", "line 2: expected label,start_s,end_s"),
+    ("label,start_s,end_s\n3,1.0,1.5\n3,soon,2\n", "line 3: expected label,start_s,end_s"),
+    ("label,start_s,end_s\n3,2.0,1.5\n", "line 2: need a label and 0 <= start_s <= end_s"),
+    ("label,start_s,end_s\n,1.0,1.5\n", "line 2: need a label"),
+])
+def test_bad_truth_files_name_the_line(tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(TruthFileError, match=message):
+        read_truth(path)
+
+
+def test_a_missing_truth_file(tmp_path):
+    with pytest.raises(TruthFileError, match="truth file not found"):
+        read_truth(tmp_path / "none.csv")
+
+
+def test_eval_stream_on_the_demo_with_the_default_bundle():
+    result = CliRunner().invoke(main, ["eval-stream", "default", str(DEMO), "--truth", str(DEMO_TRUTH), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["words"] == 20
+    assert report["hits"] + report["misses"] == 20
+    assert report["detections"] == report["hits"] + report["false_alarms"]
+    assert report["hit_rate"] >= 0.8
+    assert report["false_alarms"] <= 3
+    assert report["duration_s"] == pytest.approx(55.3, abs=0.1)
+    assert 0 < report["latency"]["median_s"] < 1.0
+
+    text = CliRunner().invoke(main, ["eval-stream", "default", str(DEMO), "--truth", str(DEMO_TRUTH)])
+    assert text.exit_code == 0, text.output
+    assert f"hits            {report['hits']:2d}" in text.output
+    assert "false alarms" in text.output and "latency" in text.output
+
+
+def test_eval_stream_refuses_truth_labels_the_bundle_does_not_know(tmp_path):
+    truth = tmp_path / "truth.csv"
+    truth.write_text("label,start_s,end_s\nhello,1.0,1.5\n")
+    result = CliRunner().invoke(main, ["eval-stream", "default", str(DEMO), "--truth", str(truth)])
+    assert result.exit_code == 1
+    assert "label(s) 'hello' that the bundle does not know" in result.output
+
+
+def test_eval_stream_with_a_bad_truth_file_is_a_clear_error(tmp_path):
+    truth = tmp_path / "truth.csv"
+    truth.write_text("word,when\n")
+    result = CliRunner().invoke(main, ["eval-stream", "default", str(DEMO), "--truth", str(truth)])
+    assert result.exit_code == 1 and "header 'label,start_s,end_s'" in result.output
