@@ -1,0 +1,224 @@
+"""The device's main loop: source -> front end -> one model step per frame -> detector -> sinks.
+
+`Pipeline` is everything built from one bundle (front end, step runner, detector); it is the only place that
+touches the bundle, front-end and runner interfaces. `RunLoop` drives a pipeline from an audio source, writes
+every detection to the sinks the moment it closes, reports health periodically, and stops cleanly when its
+StopFlag is set (SIGINT/SIGTERM), flushing the event still open.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from edge.detector import Detection, Detector, DetectorSettings, DetectorSettingsError
+from edge.sinks import Health, Sink
+from edge.sources import AudioSource, StopFlag
+
+
+class PipelineError(Exception):
+    """The bundle cannot run here; the message says what does not match and how to fix it."""
+
+
+class Pipeline:
+    """Front end + streaming step model + detector for one bundle, with state carried across chunks."""
+
+    def __init__(self, bundle: Any, frontend: Any, runner: Any, detector: Detector):
+        self.bundle, self.frontend, self.runner, self.detector = bundle, frontend, runner, detector
+        config = frontend.config if hasattr(frontend, "config") else bundle.frontend_config
+        self.sample_rate = int(config.sample_rate)
+        self.hop_samples = int(config.hop_samples)
+        self.labels = list(bundle.labels)
+        self._frames = np.zeros((64, config.channels), dtype=np.int8)
+        self._posteriors = np.zeros((64, len(self.labels)), dtype=np.float32)
+
+    @classmethod
+    def from_bundle(cls, bundle_ref: Any, *, detector_overrides: Mapping[str, Any] | None = None,
+                    num_threads: int = 1, trusted_keys: Sequence | None = None) -> Pipeline:
+        """Load a bundle (a path, an archive or "default") and build its pipeline.
+
+        load_bundle refuses a bundle whose front-end hash does not match its config under this basilar version
+        (a model trained on other features) or whose model input does not fit the front end.
+        """
+        from edge.bundle import BundleError, load_bundle
+        from edge.frontend import Frontend
+        from edge.runner import RuntimeUnavailable, StepRunner
+
+        try:
+            # The model is checked below, by building the runner that will run it.
+            bundle = load_bundle(bundle_ref, trusted_keys=trusted_keys, check_model=False)
+        except BundleError as err:
+            raise PipelineError(str(err)) from err
+        config = bundle.frontend_config
+        try:
+            settings = DetectorSettings.from_manifest(bundle.manifest.get("detector"), hop_ms=config.hop_ms,
+                                                      **dict(detector_overrides or {}))
+            detector = Detector(settings, bundle.labels)
+        except DetectorSettingsError as err:
+            raise PipelineError(str(err)) from err
+        try:
+            runner = StepRunner(bundle, num_threads=num_threads)
+        except RuntimeUnavailable as err:
+            raise PipelineError(f"{err}; or install basilar's runtime extra: pip install 'basilar[runtime]'") from err
+        except ValueError as err:  # the model does not fit the bundle's front end or labels
+            raise PipelineError(f"bundle {bundle_ref}: {err}") from err
+        return cls(bundle, Frontend(config), runner, detector)
+
+    def process(self, samples: np.ndarray) -> list[Detection]:
+        """Feed int16 samples; returns the detections that closed within them."""
+        count = self.frontend.frames_for(len(samples))
+        if count > len(self._frames):  # buffers grow to the largest chunk seen, then stay
+            self._frames = np.zeros((count, self._frames.shape[1]), dtype=np.int8)
+            self._posteriors = np.zeros((count, len(self.labels)), dtype=np.float32)
+        frames, posteriors = self._frames[:count], self._posteriors[:count]
+        self.frontend.process_into(samples, frames)
+        step = self.runner.step
+        for i in range(count):
+            posteriors[i] = step(frames[i])
+        return self.detector.update(posteriors)
+
+    def flush(self) -> list[Detection]:
+        return self.detector.flush()
+
+    def reset(self) -> None:
+        self.frontend.reset()
+        self.runner.reset()
+        self.detector.reset()
+
+
+@dataclasses.dataclass
+class RunStats:
+    audio_s: float = 0.0  # seconds of audio processed
+    wall_s: float = 0.0  # seconds the run took
+    busy_s: float = 0.0  # seconds spent in front end + model + detector
+    cpu_s: float = 0.0  # process CPU time (user + system)
+    overruns: int = 0
+    detections: int = 0
+
+    def describe(self) -> str:
+        speed = f", {self.audio_s / self.busy_s:.0f}x real time" if self.busy_s > 0 else ""
+        return (f"{self.audio_s:.1f} s of audio in {self.wall_s:.1f} s{speed}, {self.detections} detections, "
+                f"{self.overruns} overruns")
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+class RunLoop:
+    """Drive `pipeline` from `source` into `sinks` until the source ends, fails, or `stop` is set."""
+
+    def __init__(self, pipeline: Pipeline, source: AudioSource, sinks: Sequence[Sink], *,
+                 health_every_s: float = 60.0, stop: StopFlag | None = None):
+        if source.sample_rate != pipeline.sample_rate:
+            raise PipelineError(f"the audio source delivers {source.sample_rate} Hz but the bundle needs "
+                                f"{pipeline.sample_rate} Hz; open the source at the bundle's rate")
+        self.pipeline = pipeline
+        self.source = source
+        self.sinks = list(sinks)
+        self.stop = stop or source.stop
+        self.health_every_s = health_every_s
+        self.stats = RunStats()
+        self._next_pipeline: Pipeline | None = None
+        self._swap_lock = threading.Lock()
+        self._overruns_told = 0
+        self._overruns_told_at = -1e9
+
+    def swap_pipeline(self, pipeline: Pipeline) -> None:
+        """Replace the pipeline (a newly deployed bundle) between two chunks, without reopening the audio input.
+
+        Safe to call from another thread. The new bundle must run at the same sample rate.
+        """
+        if pipeline.sample_rate != self.pipeline.sample_rate:
+            raise PipelineError(f"the new bundle runs at {pipeline.sample_rate} Hz but the audio input is open at "
+                                f"{self.pipeline.sample_rate} Hz; restart `basilar run` to switch rates")
+        with self._swap_lock:
+            self._next_pipeline = pipeline
+
+    def run(self) -> RunStats:
+        """Process the stream; exceptions propagate after every detection made so far has been written."""
+        start_wall, start_cpu = time.monotonic(), _cpu_seconds()
+        report = _Report(start_wall, start_cpu)
+        samples = 0
+        try:
+            for chunk in self.source.chunks():
+                self._take_new_pipeline()
+                began = time.perf_counter()
+                events = self.pipeline.process(chunk)
+                self.stats.busy_s += time.perf_counter() - began
+                samples += len(chunk)
+                self.stats.audio_s = samples / self.pipeline.sample_rate
+                self._emit(events)
+                if time.monotonic() - report.wall >= self.health_every_s > 0:
+                    report = self._report_health(report, start_wall)
+                if self.source.overruns > self._overruns_told:
+                    self._tell_overruns()
+                if self.stop.is_set():
+                    break
+        except BaseException:
+            try:
+                self._emit(self.pipeline.flush())
+            except Exception:  # a broken sink must not hide the original failure
+                pass
+            raise
+        finally:
+            self.stats.wall_s = time.monotonic() - start_wall
+            self.stats.cpu_s = _cpu_seconds() - start_cpu
+            self.stats.overruns = self.source.overruns
+        self._emit(self.pipeline.flush())
+        return self.stats
+
+    def _take_new_pipeline(self) -> None:
+        if self._next_pipeline is None:
+            return
+        with self._swap_lock:
+            new, self._next_pipeline = self._next_pipeline, None
+        self._emit(self.pipeline.flush())
+        # Keep stream time continuous: the new detector starts counting where the old one stopped.
+        new.detector.reset(at_frame=self.pipeline.detector.frames_seen)
+        self.pipeline = new
+        for sink in self.sinks:
+            sink.log(f"switched to bundle {getattr(new.bundle, 'id', '?')[:12]}")
+
+    def _tell_overruns(self) -> None:
+        """Say so when audio was lost, at most every 5 s, so a slow device is never silently deaf."""
+        now = time.monotonic()
+        if now - self._overruns_told_at < 5.0:
+            return
+        self._overruns_told, self._overruns_told_at = self.source.overruns, now
+        for sink in self.sinks:
+            sink.log(f"audio overruns: {self._overruns_told} blocks lost so far (processing fell behind the "
+                     "input; lower the load on this device or use a lighter bundle)")
+
+    def _emit(self, events: list[Detection]) -> None:
+        for event in events:
+            if self.source.live:
+                event = dataclasses.replace(event, timestamp=time.time())
+            self.stats.detections += 1
+            for sink in self.sinks:
+                sink.detection(event)
+
+    def _report_health(self, last: _Report, start_wall: float) -> _Report:
+        now = _Report(time.monotonic(), _cpu_seconds(), self.stats.audio_s, self.stats.busy_s)
+        audio = now.audio_s - last.audio_s
+        health = Health(uptime_s=now.wall - start_wall, audio_s=self.stats.audio_s,
+                        realtime_factor=(now.busy_s - last.busy_s) / audio if audio > 0 else 0.0,
+                        cpu_load=(now.cpu - last.cpu) / max(now.wall - last.wall, 1e-9),
+                        overruns=self.source.overruns, detections=self.stats.detections)
+        for sink in self.sinks:
+            sink.health(health)
+        return now
+
+
+@dataclasses.dataclass
+class _Report:
+    wall: float
+    cpu: float
+    audio_s: float = 0.0
+    busy_s: float = 0.0

@@ -1,0 +1,105 @@
+"""Where detections and health reports go: readable lines, JSON lines, or the serial telemetry link.
+
+Every sink writes each event out (and flushes) as soon as it gets it, so an interrupted or failing run has
+already delivered everything detected before the interruption. Sinks never reach back into the pipeline.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import sys
+from typing import TextIO
+
+from edge.detector import Detection
+
+
+@dataclasses.dataclass(frozen=True)
+class Health:
+    uptime_s: float  # wall-clock seconds since the run started
+    audio_s: float  # seconds of audio processed
+    realtime_factor: float  # processing time / audio time (0.01 = 100x faster than real time)
+    cpu_load: float  # CPU time / wall time, as a fraction of one core
+    overruns: int  # audio blocks lost because processing fell behind
+    detections: int
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
+
+    def describe(self) -> str:
+        speed = f"{1 / self.realtime_factor:.0f}x real time" if self.realtime_factor > 0 else "idle"
+        return (f"health: up {self.uptime_s:.0f} s, {self.audio_s:.1f} s audio, {speed}, "
+                f"CPU {100 * self.cpu_load:.1f}% of one core, {self.overruns} overruns, "
+                f"{self.detections} detections")
+
+
+def iso_time(timestamp: float) -> str:
+    """Unix time as ISO 8601 UTC with milliseconds."""
+    moment = _dt.datetime.fromtimestamp(timestamp, tz=_dt.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Sink:
+    def detection(self, event: Detection) -> None:
+        pass
+
+    def health(self, health: Health) -> None:
+        pass
+
+    def log(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TextSink(Sink):
+    """One readable line per detection on stdout; health and log lines on stderr."""
+
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None):
+        self._out = out or sys.stdout
+        self._err = err or sys.stderr
+
+    def detection(self, event: Detection) -> None:
+        when = f"  at {iso_time(event.timestamp)}" if event.timestamp is not None else ""
+        self._out.write(f"{event.start_s:8.2f} -{event.end_s:8.2f} s  {event.label}  (score {event.score:.2f})"
+                        f"{when}\n")
+        self._out.flush()
+
+    def health(self, health: Health) -> None:
+        self.log(health.describe())
+
+    def log(self, text: str) -> None:
+        self._err.write(f"basilar: {text}\n")
+        self._err.flush()
+
+
+class JsonSink(TextSink):
+    """One JSON object per line per detection on stdout (label, score, start_s, end_s[, timestamp, time])."""
+
+    def detection(self, event: Detection) -> None:
+        record = event.to_dict()
+        if event.timestamp is not None:
+            record["time"] = iso_time(event.timestamp)
+        self._out.write(json.dumps(record) + "\n")
+        self._out.flush()
+
+
+class TelemetrySink(Sink):
+    """Detections and health over the serial telemetry protocol (edge.telemetry); never blocks the audio path."""
+
+    def __init__(self, emitter, labels: list[str]):
+        self._emitter = emitter
+        self._label_ids = {label: i for i, label in enumerate(labels)}
+
+    def detection(self, event: Detection) -> None:
+        self._emitter.detection(self._label_ids[event.label], event.score, event.start_s, event.end_s)
+
+    def health(self, health: Health) -> None:
+        self._emitter.health(health.uptime_s, health.realtime_factor, health.cpu_load, health.overruns)
+
+    def log(self, text: str) -> None:
+        self._emitter.log(text)
+
+    def close(self) -> None:
+        self._emitter.close()

@@ -1,0 +1,149 @@
+"""`basilar bench run`: the whole on-device pipeline (front end + model step + detector) on one core.
+
+Three figures, each against its target:
+- speed: audio streamed in 100 ms chunks as `basilar run` does, in multiples of real time (>= 200x);
+- per-hop time: the same audio fed one hop at a time, as a low-latency live source would, p50 and p99 of the
+  time from a hop's samples to its detector update (p99 <= 1 ms);
+- resident memory: peak RSS of this process with the interpreter and bundle loaded (<= 150 MB).
+Plus where the time goes (front end, model steps, detector) from separate passes over the same audio.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+DEMO = Path(__file__).resolve().parent.parent / "edge" / "demo" / "demo.wav"
+TARGETS = {"speed_x": 200.0, "hop_p99_ms": 1.0, "peak_rss_mb": 150.0}
+
+
+def pin_to_one_core() -> int | None:
+    """Run on a single CPU, as on a busy device; returns it (None where affinity is not supported)."""
+    try:
+        cpu = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpu})
+        return cpu
+    except (AttributeError, OSError):
+        return None
+
+
+def load_audio(path: Path, sample_rate: int, seconds: float) -> np.ndarray:
+    from edge.sources import FileSource
+
+    with FileSource(path, sample_rate) as source:
+        audio = np.concatenate(list(source.chunks()))
+    repeats = int(np.ceil(seconds * sample_rate / len(audio)))
+    return np.tile(audio, repeats)[: int(seconds * sample_rate)]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def measure(pipeline, audio: np.ndarray, chunk_ms: float, hop_seconds: float) -> dict:
+    rate = pipeline.sample_rate
+    chunk = int(rate * chunk_ms / 1000)
+    seconds = len(audio) / rate
+
+    # Speed: the run loop's path, 100 ms chunks.
+    pipeline.reset()
+    detections = 0
+    began = time.perf_counter()
+    for start in range(0, len(audio), chunk):
+        detections += len(pipeline.process(audio[start:start + chunk]))
+    detections += len(pipeline.flush())
+    total = time.perf_counter() - began
+
+    # Per-hop time: one hop per call.
+    pipeline.reset()
+    hop = pipeline.hop_samples
+    hops = audio[: int(hop_seconds * rate) // hop * hop].reshape(-1, hop)
+    per_hop = np.empty(len(hops))
+    for i, samples in enumerate(hops):
+        t0 = time.perf_counter_ns()
+        pipeline.process(samples)
+        per_hop[i] = time.perf_counter_ns() - t0
+
+    # Where the time goes: each stage over the whole audio on its own.
+    pipeline.reset()
+    t0 = time.perf_counter()
+    frames = np.concatenate([pipeline.frontend.process(audio[s:s + chunk]) for s in range(0, len(audio), chunk)])
+    t1 = time.perf_counter()
+    step = pipeline.runner.step
+    posteriors = np.empty((len(frames), len(pipeline.labels)), dtype=np.float32)
+    for i in range(len(frames)):
+        posteriors[i] = step(frames[i])
+    t2 = time.perf_counter()
+    per_chunk = chunk // hop
+    for s in range(0, len(posteriors), per_chunk):
+        pipeline.detector.update(posteriors[s:s + per_chunk])
+    t3 = time.perf_counter()
+
+    return {
+        "audio_s": round(seconds, 1),
+        "chunk_ms": chunk_ms,
+        "detections": detections,
+        "speed_x": round(seconds / total, 1),
+        "hops_timed": len(hops),
+        "hop_p50_ms": round(float(np.percentile(per_hop, 50)) / 1e6, 4),
+        "hop_p99_ms": round(float(np.percentile(per_hop, 99)) / 1e6, 4),
+        "hop_max_ms": round(float(per_hop.max()) / 1e6, 4),
+        "frontend_us_per_hop": round((t1 - t0) / len(frames) * 1e6, 2),
+        "model_step_us": round((t2 - t1) / len(frames) * 1e6, 2),
+        "detector_us_per_hop": round((t3 - t2) / len(frames) * 1e6, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+@click.command("run")
+@click.option("--bundle", default="default", show_default=True, help="Bundle to run ('default': the shipped one).")
+@click.option("--audio", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=DEMO,
+              show_default="the demo recording", help="Speech to stream (looped to --seconds).")
+@click.option("--seconds", type=click.FloatRange(1, 3600), default=300.0, show_default=True,
+              help="Audio to stream for the speed figure.")
+@click.option("--hop-seconds", type=click.FloatRange(1, 3600), default=60.0, show_default=True,
+              help="Audio to feed one hop at a time for the per-hop figures.")
+@click.option("--chunk-ms", type=click.FloatRange(10, 1000), default=100.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--check", is_flag=True, help="Exit non-zero when a target is missed.")
+def bench_run(bundle, audio, seconds, hop_seconds, chunk_ms, as_json, check):
+    """End-to-end speed, per-hop latency and memory of `basilar run` on one core."""
+    from edge.runloop import Pipeline, PipelineError
+    from edge.sources import SourceError
+
+    cpu = pin_to_one_core()
+    try:
+        pipeline = Pipeline.from_bundle(bundle, num_threads=1)
+        samples = load_audio(audio, pipeline.sample_rate, max(seconds, hop_seconds))
+    except (PipelineError, SourceError) as err:
+        raise click.ClickException(str(err)) from err
+    result = measure(pipeline, samples[: int(seconds * pipeline.sample_rate)], chunk_ms,
+                     min(hop_seconds, len(samples) / pipeline.sample_rate))
+    result = {"bundle": pipeline.bundle.id, "cpu": cpu, **result}
+    missed = [name for name, limit in TARGETS.items()
+              if (result[name] < limit if name == "speed_x" else result[name] > limit)]
+    result["targets_met"] = not missed
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        def mark(name):
+            return "ok" if name not in missed else "MISSED"
+
+        click.echo(f"basilar run pipeline, bundle {pipeline.bundle.id[:12]}, one core (cpu {cpu}), "
+                   f"{result['audio_s']:.0f} s of audio in {chunk_ms:g} ms chunks")
+        click.echo(f"  speed          {result['speed_x']:8.1f}x real time   (target >= "
+                   f"{TARGETS['speed_x']:.0f}x)  {mark('speed_x')}")
+        click.echo(f"  per hop        p50 {result['hop_p50_ms']:.3f} ms, p99 {result['hop_p99_ms']:.3f} ms, max "
+                   f"{result['hop_max_ms']:.3f} ms over {result['hops_timed']} hops   (target p99 <= "
+                   f"{TARGETS['hop_p99_ms']:g} ms)  {mark('hop_p99_ms')}")
+        click.echo(f"  peak RSS       {result['peak_rss_mb']:8.1f} MB   (target <= {TARGETS['peak_rss_mb']:.0f} MB)  "
+                   f"{mark('peak_rss_mb')}")
+        click.echo(f"  per hop split  front end {result['frontend_us_per_hop']:.1f} us, model step "
+                   f"{result['model_step_us']:.1f} us, detector {result['detector_us_per_hop']:.1f} us")
+    if check and missed:
+        raise click.ClickException(f"target(s) missed: {', '.join(missed)}")

@@ -1,0 +1,319 @@
+"""`basilar run`, `basilar devices`, `basilar service`: the on-device runtime's commands.
+
+The click layer only parses options and turns errors into messages; the work is in edge.runloop and friends.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import click
+
+from edge.sources import PCM_FORMATS, SourceError, StopFlag
+
+DEFAULT_ROOT = "/opt/basilar"
+
+
+def parse_label_thresholds(pairs: tuple[str, ...]) -> dict[str, float]:
+    thresholds = {}
+    for pair in pairs:
+        label, sep, value = pair.rpartition("=")
+        try:
+            if not sep or not label:
+                raise ValueError
+            thresholds[label] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{pair!r}: write LABEL=VALUE, e.g. --threshold-for 7=0.8",
+                                     param_hint="--threshold-for") from None
+    return thresholds
+
+
+def detector_options(command):
+    """The detector overrides shared by `run` and `eval-stream`; defaults come from the bundle's manifest."""
+    options = [
+        click.option("--threshold", type=float, help="Detection threshold for every label (0..1)."),
+        click.option("--threshold-for", multiple=True, metavar="LABEL=VALUE",
+                     help="Threshold for one label (repeat)."),
+        click.option("--smoothing-ms", type=float, help="Posterior smoothing window."),
+        click.option("--refractory-ms", type=float, help="Quiet time after a detection."),
+        click.option("--release-ratio", type=float, help="Hysteresis: an event ends below threshold x this."),
+        click.option("--min-duration-ms", type=float, help="Shorter events are dropped."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def detector_overrides(threshold, threshold_for, smoothing_ms, refractory_ms, release_ratio,
+                       min_duration_ms) -> dict:
+    return dict(threshold=threshold, thresholds=parse_label_thresholds(threshold_for) or None,
+                smoothing_ms=smoothing_ms, refractory_ms=refractory_ms, release_ratio=release_ratio,
+                min_duration_ms=min_duration_ms)
+
+
+def resolve_bundle(ctx: click.Context, bundle: str, root: Path | None) -> str | Path:
+    """The bundle to load: --bundle, or ROOT/current as `basilar deploy` leaves it."""
+    if root is None:
+        return bundle
+    if ctx.get_parameter_source("bundle") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("give either --bundle or --root, not both")
+    from edge.releases import ReleaseStore
+
+    current = ReleaseStore(root).current_path()
+    if current is None:
+        raise click.ClickException(f"no bundle is active under {root} (no valid {root}/current link); deploy one "
+                                   "with `basilar deploy BUNDLE ssh://...` or run with --bundle")
+    return current
+
+
+class SerialLink:
+    """`--serial`: telemetry out, and (with --root) bundle uploads in, swapped into the running loop."""
+
+    def __init__(self, port: str, baud: int, device_id: str, root: Path | None, on_new_bundle):
+        from edge.telemetry.link import DeviceLink
+
+        receiver = None
+        self.store = None
+        if root is not None:
+            from edge.releases import ReleaseStore
+            from edge.telemetry.upload import UploadReceiver, release_store_installer
+
+            self.store = ReleaseStore(root)
+            receiver = UploadReceiver(self.store.incoming_dir / "serial", release_store_installer(self.store),
+                                      on_new_bundle=on_new_bundle)
+        try:
+            self.link = DeviceLink(port, baud, device_id=device_id, receiver=receiver)
+        except Exception as err:  # pyserial's errors name the port and the reason
+            raise click.ClickException(f"cannot open serial port {port} at {baud} baud ({err}); check the name "
+                                       "(ls /dev/tty*) and that this user may use it (group dialout)") from err
+        self.emitter = self.link.emitter
+
+    def close(self) -> None:
+        self.link.close()
+
+
+@click.command()
+@click.argument("audio", required=False)
+@click.option("--input", "input_", metavar="AUDIO", help="Same as the AUDIO argument.")
+@click.option("--bundle", default="default", show_default=True,
+              help="Bundle directory or .tar.gz archive; 'default' is the shipped spoken-digit bundle.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
+              help="Device root deployed by `basilar deploy`: run ROOT/current (and accept --serial uploads).")
+@click.option("--realtime", is_flag=True, help="Pace a file like a live source instead of as fast as possible.")
+@click.option("--format", "pcm_format", type=click.Choice(list(PCM_FORMATS), case_sensitive=False),
+              default="S16_LE", show_default=True, help="Sample format of raw PCM on standard input.")
+@click.option("--rate", type=click.IntRange(1000, 384000), help="Sample rate of raw PCM on standard input "
+              "[default: the bundle's].")
+@click.option("--channels", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Channels of raw PCM on standard input (downmixed).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line per detection.")
+@detector_options
+@click.option("--serial", metavar="PORT", help="Also send detections and health over this serial port.")
+@click.option("--baud", type=int, default=115200, show_default=True)
+@click.option("--device-id", help="Name sent in the telemetry HELLO [default: the host name].")
+@click.option("--health-every", type=float, default=60.0, show_default=True,
+              help="Seconds between health reports (stderr, serial); 0 for none.")
+@click.option("--threads", type=click.IntRange(1, 16), default=1, show_default=True, help="Interpreter threads.")
+@click.pass_context
+def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, as_json, threshold,
+        threshold_for, smoothing_ms, refractory_ms, release_ratio, min_duration_ms, serial, baud, device_id,
+        health_every, threads):
+    """Listen to AUDIO and print what is heard.
+
+    AUDIO is an audio file (WAV, FLAC, OGG; any rate and channel count), '-' for raw PCM on standard input
+    (e.g. `arecord -f S16_LE -r 16000 -c 1 | basilar run -`), or mic[:DEVICE] for a live input (see
+    `basilar devices`). Stops cleanly on Ctrl-C or SIGTERM.
+    """
+    from edge import __version__
+    from edge.runloop import Pipeline, PipelineError, RunLoop
+    from edge.sinks import JsonSink, TelemetrySink, TextSink
+
+    if audio and input_:
+        raise click.UsageError("give the audio either as AUDIO or with --input, not both")
+    audio = audio or input_
+    if not audio:
+        raise click.UsageError("say what to listen to: a file, '-' for standard input, or mic[:DEVICE]")
+    overrides = detector_overrides(threshold, threshold_for, smoothing_ms, refractory_ms, release_ratio,
+                                   min_duration_ms)
+    bundle_ref = resolve_bundle(ctx, bundle, root)
+    try:
+        pipeline = Pipeline.from_bundle(bundle_ref, detector_overrides=overrides, num_threads=threads)
+    except PipelineError as err:
+        raise click.ClickException(str(err)) from err
+
+    stop = StopFlag()
+    try:
+        source = _open_source(audio, pipeline.sample_rate, realtime, pcm_format, rate, channels, stop)
+    except SourceError as err:
+        raise click.ClickException(str(err)) from err
+
+    sink = JsonSink() if as_json else TextSink()
+    sinks = [sink]
+    loop = None
+    link = None
+    if serial:
+        def on_new_bundle(bundle_id: str) -> None:  # the serial link's thread, after an upload is installed
+            new = Pipeline.from_bundle(link.store.path_of(bundle_id), detector_overrides=overrides,
+                                       num_threads=threads)
+            loop.swap_pipeline(new)
+            link.emitter.hello(__version__, new.bundle.id, new.labels, new.sample_rate)
+
+        link = SerialLink(serial, baud, device_id or socket.gethostname(), root, on_new_bundle)
+        link.emitter.hello(__version__, pipeline.bundle.id, pipeline.labels, pipeline.sample_rate)
+        sinks.append(TelemetrySink(link.emitter, pipeline.labels))
+
+    loop = RunLoop(pipeline, source, sinks, health_every_s=health_every, stop=stop)
+    stopped_by = _install_stop_handlers(stop)
+    try:
+        stats = loop.run()
+    except BrokenPipeError:
+        _silence_stdout()  # whoever read our output has gone (e.g. `| head`); nothing left to tell
+        return
+    except (SourceError, PipelineError) as err:
+        raise click.ClickException(f"{err} (stopped after {loop.stats.audio_s:.1f} s of audio; "
+                                   f"{loop.stats.detections} detections were written)") from err
+    except Exception as err:  # an interpreter or front-end failure mid-stream
+        raise click.ClickException(f"processing failed after {loop.stats.audio_s:.1f} s of audio "
+                                   f"({type(err).__name__}: {err}); {loop.stats.detections} detections were "
+                                   "written before it") from err
+    finally:
+        source.close()
+        for extra in sinks[1:]:
+            extra.close()
+        if link is not None:
+            link.close()
+    how = f"stopped by {stopped_by[0]}" if stopped_by else "done"
+    sink.log(f"{how}: {stats.describe()}")
+
+
+def _open_source(audio, sample_rate, realtime, pcm_format, rate, channels, stop):
+    from edge.sources import open_source
+
+    return open_source(audio, sample_rate, realtime=realtime, pcm_format=pcm_format, pcm_rate=rate,
+                       pcm_channels=channels, stop=stop)
+
+
+def _install_stop_handlers(stop: StopFlag) -> list[str]:
+    """SIGINT/SIGTERM ask the loop to stop after the current chunk; a second Ctrl-C interrupts at once."""
+    stopped_by: list[str] = []
+
+    def handle(signum, frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        stopped_by.append(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+    return stopped_by
+
+
+def _silence_stdout() -> None:
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per input device.")
+def devices(as_json):
+    """List the audio inputs `basilar run mic:DEVICE` can use."""
+    from edge.sources import import_sounddevice, list_inputs
+
+    try:
+        inputs = list_inputs(import_sounddevice())
+    except SourceError as err:
+        raise click.ClickException(str(err)) from err
+    if as_json:
+        for device in inputs:
+            click.echo(json.dumps(device))
+        return
+    if not inputs:
+        click.echo("no audio inputs found (plug in a microphone; is this user in the 'audio' group?)")
+        return
+    for d in inputs:
+        mark = "*" if d["default"] else " "
+        click.echo(f"{mark} {d['index']:3d}  {d['name']}  ({d['channels']} ch, {d['default_samplerate']:.0f} Hz)")
+    click.echo("use: basilar run mic:INDEX   (* = default input)")
+
+
+UNIT_TEMPLATE = """\
+# basilar: listen on boot, report detections, restart on failure.
+# Install: sudo cp basilar.service /etc/systemd/system/ && sudo systemctl daemon-reload
+#          sudo systemctl enable --now basilar
+# Logs:    journalctl -u basilar -f
+[Unit]
+Description=basilar machine hearing ({audio})
+After=sound.target
+Wants=sound.target
+# Keep retrying however often it fails: a device in the field has nobody to restart it.
+StartLimitIntervalSec=0
+
+[Service]
+Type=simple
+User={user}
+SupplementaryGroups=audio dialout
+ExecStart={exec_start}
+Restart=on-failure
+RestartSec=2
+# SIGTERM makes basilar flush pending detections and exit 0.
+KillSignal=SIGTERM
+TimeoutStopSec=10
+StandardOutput=journal
+StandardError=journal
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+# Serial deploys install bundles under the device root.
+ReadWritePaths={root}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def unit_text(*, executable: str, root: str, audio: str, user: str, serial: str | None, baud: int,
+              as_json: bool) -> str:
+    args = [executable, "run", "--root", root]
+    if as_json:
+        args.append("--json")
+    if serial:
+        args += ["--serial", serial, "--baud", str(baud)]
+    args.append(audio)
+    return UNIT_TEMPLATE.format(audio=audio, user=user, root=root, exec_start=shlex.join(args))
+
+
+@click.command()
+@click.option("--output", "-o", default="-", show_default=True, help="Where to write the unit ('-': stdout).")
+@click.option("--exec", "executable", help="Path of the basilar program [default: the one on PATH].")
+@click.option("--root", default=DEFAULT_ROOT, show_default=True, help="Device root that `basilar deploy` fills.")
+@click.option("--input", "audio", default="mic", show_default=True, help="What to listen to (as for `run`).")
+@click.option("--user", default="basilar", show_default=True, help="User the service runs as.")
+@click.option("--serial", metavar="PORT", help="Send telemetry over this serial port.")
+@click.option("--baud", type=int, default=115200, show_default=True)
+@click.option("--json/--text", "as_json", default=True, show_default=True, help="Detections in the journal as "
+              "JSON lines or text.")
+def service(output, executable, root, audio, user, serial, baud, as_json):
+    """Write a systemd unit that runs `basilar run` on boot and restarts it on failure."""
+    executable = executable or shutil.which("basilar") or "/usr/local/bin/basilar"
+    if not Path(executable).is_absolute():
+        raise click.BadParameter(f"{executable!r}: systemd needs an absolute path", param_hint="--exec")
+    text = unit_text(executable=executable, root=root, audio=audio, user=user, serial=serial, baud=baud,
+                     as_json=as_json)
+    if output == "-":
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(output).write_text(text)
+    except OSError as err:
+        raise click.ClickException(f"cannot write {output}: {err.strerror} (write it to a file you may write, "
+                                   "then copy it with sudo)") from err
+    click.echo(f"wrote {output}; install it with: sudo cp {output} /etc/systemd/system/basilar.service && "
+               "sudo systemctl daemon-reload && sudo systemctl enable --now basilar", err=True)
