@@ -17,6 +17,7 @@ import click
 from edge.sources import PCM_FORMATS, SourceError, StopFlag
 
 DEFAULT_ROOT = "/opt/basilar"
+DEMO_RECORDING = Path(__file__).resolve().parent.parent / "edge" / "demo" / "demo.wav"
 
 
 def parse_label_thresholds(pairs: tuple[str, ...]) -> dict[str, float]:
@@ -127,7 +128,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
 
     AUDIO is an audio file (WAV, FLAC, OGG; any rate and channel count), '-' for raw PCM on standard input
     (e.g. `arecord -f S16_LE -r 16000 -c 1 | basilar run -`), or mic[:DEVICE] for a live input (see
-    `basilar devices`). Stops cleanly on Ctrl-C or SIGTERM.
+    `basilar devices`). The word `demo` plays the shipped demo recording. Stops cleanly on Ctrl-C or SIGTERM.
     """
     from edge import __version__
     from edge.runloop import Pipeline, PipelineError, RunLoop
@@ -138,6 +139,8 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
     audio = audio or input_
     if not audio:
         raise click.UsageError("say what to listen to: a file, '-' for standard input, or mic[:DEVICE]")
+    if audio == "demo" and not Path(audio).exists():
+        audio = str(DEMO_RECORDING)
     overrides = detector_overrides(threshold, threshold_for, smoothing_ms, refractory_ms, release_ratio,
                                    min_duration_ms)
     bundle_ref = resolve_bundle(ctx, bundle, root)
@@ -168,7 +171,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
         sinks.append(TelemetrySink(link.emitter, pipeline.labels))
 
     loop = RunLoop(pipeline, source, sinks, health_every_s=health_every, stop=stop)
-    stopped_by = _install_stop_handlers(stop)
+    stopped_by, restore_handlers = _install_stop_handlers(stop)
     try:
         stats = loop.run()
     except BrokenPipeError:
@@ -182,6 +185,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
                                    f"({type(err).__name__}: {err}); {loop.stats.detections} detections were "
                                    "written before it") from err
     finally:
+        restore_handlers()
         source.close()
         for extra in sinks[1:]:
             extra.close()
@@ -198,9 +202,13 @@ def _open_source(audio, sample_rate, realtime, pcm_format, rate, channels, stop)
                        pcm_channels=channels, stop=stop)
 
 
-def _install_stop_handlers(stop: StopFlag) -> list[str]:
-    """SIGINT/SIGTERM ask the loop to stop after the current chunk; a second Ctrl-C interrupts at once."""
+def _install_stop_handlers(stop: StopFlag):
+    """SIGINT/SIGTERM ask the loop to stop after the current chunk; a second Ctrl-C interrupts at once.
+
+    Returns (the names of the signals received, a function that puts the previous handlers back).
+    """
     stopped_by: list[str] = []
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
 
     def handle(signum, frame):
         if stop.is_set() and signum == signal.SIGINT:
@@ -208,9 +216,9 @@ def _install_stop_handlers(stop: StopFlag) -> list[str]:
         stop.set()
         stopped_by.append(signal.Signals(signum).name)
 
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
-    return stopped_by
+    for signum in previous:
+        signal.signal(signum, handle)
+    return stopped_by, lambda: [signal.signal(signum, old) for signum, old in previous.items()]
 
 
 def _silence_stdout() -> None:
@@ -269,7 +277,7 @@ StandardOutput=journal
 StandardError=journal
 NoNewPrivileges=yes
 ProtectSystem=strict
-ProtectHome=yes
+ProtectHome=read-only
 PrivateTmp=yes
 # Serial deploys install bundles under the device root.
 ReadWritePaths={root}
