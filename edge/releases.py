@@ -162,11 +162,15 @@ class ReleaseStore:
                 unpacked = stage / "bundle"
                 try:
                     bundles.extract_archive(archive_path, unpacked)
+                except bundles.BundleError as exc:
+                    raise ReleaseError(f"the bundle is invalid: {exc}") from None
+                # The signature first: an untrusted model file is never handed to the interpreter.
+                self._check_signature(unpacked)
+                try:
                     bundle_id = bundles.bundle_id(unpacked)
                     bundles.load_bundle(unpacked)
                 except bundles.BundleError as exc:
                     raise ReleaseError(f"the bundle is invalid: {exc}") from None
-                self._check_signature(unpacked)
                 release = self.releases_dir / bundle_id
                 if release.is_dir():
                     os.utime(release)
