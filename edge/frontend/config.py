@@ -90,7 +90,9 @@ class FrontendConfig:
     def hash(self) -> str:
         """Hex SHA-256 of the canonical configuration and the algorithm version."""
         canonical = {"algorithm": FRONTEND_ALGORITHM}
-        for k, v in self.to_dict().items():
-            canonical[k] = float(v) if isinstance(v, float) else v
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            # f_low=100 and f_low=100.0 are the same configuration: float fields always hash as floats.
+            canonical[field.name] = float(value) if field.type in (float, "float") else value
         blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()

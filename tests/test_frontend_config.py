@@ -1,0 +1,120 @@
+"""FrontendConfig validation, its stable hash, and the errors the front end gives for bad audio."""
+import dataclasses
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from edge.frontend import FRONTEND_ALGORITHM, Frontend, FrontendConfig, FrontendConfigError
+
+# The hash a bundle records for the default configuration. If this changes, every bundle trained with the default
+# front end is refused by devices: change it only together with FRONTEND_ALGORITHM, on purpose.
+DEFAULT_HASH = "82c2a55bc304d591f58886ce44ce2b0d57087591ab5123ffb2c929ec5ac8074e"
+
+
+def test_default_config_hash_is_stable():
+    assert FrontendConfig().hash() == DEFAULT_HASH
+
+
+def test_hash_is_sha256_of_the_canonical_json_of_fields_and_algorithm():
+    config = FrontendConfig()
+    canonical = {"algorithm": FRONTEND_ALGORITHM, **{k: v for k, v in dataclasses.asdict(config).items()}}
+    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
+    assert config.hash() == hashlib.sha256(blob).hexdigest()
+
+
+# One valid change per field, so a field left out of the hash is caught.
+CHANGES = {
+    "sample_rate": 22050 * 2,  # 44100 Hz: 441 samples per hop
+    "channels": 33,
+    "f_low": 101.0,
+    "f_high": 6999.0,
+    "hop_ms": 20.0,
+    "window_ms": 30.0,
+    "release_db_per_s": 11.0,
+    "floor_dbfs": -69.0,
+}
+
+
+def test_every_field_is_covered_by_the_table_of_changes():
+    assert set(CHANGES) == {f.name for f in dataclasses.fields(FrontendConfig)}
+
+
+@pytest.mark.parametrize("field", list(CHANGES))
+def test_hash_changes_when_any_field_changes(field):
+    changed = dataclasses.replace(FrontendConfig(), **{field: CHANGES[field]})
+    assert changed.hash() != DEFAULT_HASH
+    assert len(changed.hash()) == 64 and int(changed.hash(), 16) >= 0
+
+
+def test_hash_depends_on_values_not_on_how_they_were_written():
+    assert FrontendConfig(f_low=100, f_high=7000, hop_ms=10).hash() == DEFAULT_HASH
+    round_trip = FrontendConfig.from_dict(json.loads(json.dumps(FrontendConfig(channels=64).to_dict())))
+    assert round_trip == FrontendConfig(channels=64) and round_trip.hash() == FrontendConfig(channels=64).hash()
+
+
+def test_config_is_immutable():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        FrontendConfig().channels = 64
+
+
+def test_derived_sizes():
+    config = FrontendConfig(sample_rate=48000, hop_ms=5.0, window_ms=25.0)
+    assert (config.hop_samples, config.window_hops, config.frames_per_second) == (240, 5, 200.0)
+
+
+@pytest.mark.parametrize("fields, names_the_fix", [
+    ({"f_high": 8000.0}, "at or above Nyquist.*lower f_high or raise sample_rate"),
+    ({"sample_rate": 8000, "f_high": 4100.0}, "at or above Nyquist"),
+    ({"channels": 4}, "channels=4: use 8 to 128"),
+    ({"channels": 200}, "use 8 to 128"),
+    ({"sample_rate": 22050}, "hop_ms=10.0: must give a whole number of samples.*220.5"),
+    ({"hop_ms": 0.0}, "hop_ms"),
+    ({"window_ms": 15.0}, "window_ms=15.0: must be 1 to 16 whole hops"),
+    ({"sample_rate": 96000}, "integer rate from 8000 to 48000 Hz.*resample"),
+    ({"sample_rate": 16000.0}, "integer rate"),
+    ({"f_low": 10.0}, "f_low=10.0 Hz: must be at least 20 Hz"),
+    ({"f_low": 7000.0}, "below f_high"),
+    ({"f_low": float("nan")}, "f_low=nan: must be a finite number"),
+    ({"release_db_per_s": 0.0}, "release_db_per_s"),
+    ({"floor_dbfs": 0.0}, "floor_dbfs"),
+])
+def test_bad_configs_name_the_field_and_the_fix(fields, names_the_fix):
+    with pytest.raises(FrontendConfigError, match=names_the_fix):
+        FrontendConfig(**fields)
+
+
+def test_config_errors_are_value_errors_and_unknown_fields_are_named():
+    assert issubclass(FrontendConfigError, ValueError)
+    with pytest.raises(FrontendConfigError, match=r"unknown front-end field\(s\) \['hop'\]"):
+        FrontendConfig.from_dict({"hop": 10})
+
+
+@pytest.mark.parametrize("samples, names_the_fix", [
+    (np.zeros(160, np.float32), "must be int16, got float32: convert with np.clip"),
+    (np.zeros(160, np.int32), "must be int16, got int32"),
+    ([0, 1, 2], "must be int16, got int64"),
+    (np.zeros((160, 2), np.int16), r"1-D mono audio, got shape \(160, 2\): downmix"),
+    (np.array([0.0, np.nan, 0.1]), "NaN or infinity: clean the audio"),
+    (np.array([np.inf], np.float32), "NaN or infinity"),
+])
+@pytest.mark.parametrize("method", ["process", "filterbank"])
+def test_bad_audio_is_refused_with_the_fix(method, samples, names_the_fix):
+    frontend = Frontend()
+    with pytest.raises(ValueError, match=names_the_fix):
+        getattr(frontend, method)(samples)
+
+
+def test_a_refused_chunk_leaves_the_stream_untouched():
+    x = np.random.default_rng(1).integers(-32768, 32768, 800).astype(np.int16)
+    frontend = Frontend()
+    first = frontend.process(x[:400])
+    with pytest.raises(ValueError):
+        frontend.process(x[400:].astype(np.float32))
+    np.testing.assert_array_equal(np.concatenate([first, frontend.process(x[400:])]), Frontend().process(x))
+
+
+def test_non_contiguous_int16_is_accepted():
+    x = np.random.default_rng(2).integers(-32768, 32768, 1600).astype(np.int16)
+    np.testing.assert_array_equal(Frontend().process(x[::2]), Frontend().process(x[::2].copy()))
