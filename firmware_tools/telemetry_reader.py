@@ -334,6 +334,9 @@ class TelemetryReader:
         self.say = say or (lambda text: click.echo(f"telemetry: {text}", err=True))
         self.stop_event = threading.Event()
         self._host_seq = 0
+        self._hello_seen = False
+        self._asks: list[float] = []
+        self._connected_at = 0.0
         self.records = 0
 
     def stop(self) -> None:
@@ -354,9 +357,26 @@ class TelemetryReader:
             self.stop_event.wait(self.retry_interval)
         return None
 
+    HELLO_RETRIES = (1.0, 2.0, 4.0, 8.0)  # seconds after connecting to ask again while no HELLO has come
+
     def _ask_hello(self, ser) -> None:
+        """Ask the device for its HELLO; repeated a few times (see _maybe_ask_again) because a device that
+        opens its port after us has discarded the first request."""
         if not self.request_hello:
             return
+        self._hello_seen = False
+        self._asks = list(self.HELLO_RETRIES)
+        self._connected_at = time.monotonic()
+        self._send_request(ser)
+
+    def _maybe_ask_again(self, ser) -> None:
+        if not self.request_hello or self._hello_seen or not self._asks:
+            return
+        if time.monotonic() - self._connected_at >= self._asks[0]:
+            self._asks.pop(0)
+            self._send_request(ser)
+
+    def _send_request(self, ser) -> None:
         try:
             ser.write(b"\x00" + encode_frame(RequestHello(), self._host_seq, 0))
             self._host_seq += 1
@@ -401,7 +421,10 @@ class TelemetryReader:
                     if self.capture:
                         self.capture.write(data)
                         self.capture.flush()
-                    self._deliver(self.session.feed(data, host_time()), max_records)
+                    records = self.session.feed(data, host_time())
+                    self._hello_seen = self._hello_seen or any(r["type"] == "hello" for r in records)
+                    self._deliver(records, max_records)
+                self._maybe_ask_again(ser)
         finally:
             if ser is not None:
                 ser.close()

@@ -1,0 +1,118 @@
+"""A standalone device agent on a serial port: announces the active bundle, reports health, and accepts bundle
+uploads into a device root (releases/, current). `basilar run --serial` does the same with audio running;
+this is the agent for a device that is only being provisioned, and the device end in the serial tests.
+
+    python3 -m edge.telemetry.agent /dev/ttyGS0 --root /opt/basilar [--baud 921600]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from edge import __version__
+from edge.telemetry.link import DeviceLink
+from edge.telemetry.protocol import LogLevel
+from edge.telemetry.upload import UploadReceiver, release_store_installer
+
+log = logging.getLogger(__name__)
+
+
+def bundle_description(store) -> tuple[str, list[str], int, str | None]:
+    """(bundle id, labels, sample rate, problem) of the active bundle; empty values before the first deploy."""
+    bundle_id = store.current()
+    if bundle_id is None:
+        return "", [], 0, None
+    try:
+        from edge.bundle import load_bundle
+
+        bundle = load_bundle(store.current_path())
+        return bundle.id, list(bundle.labels), int(bundle.frontend_config.sample_rate), None
+    except Exception as exc:  # noqa: BLE001 - the agent must keep serving uploads even with a broken bundle
+        return bundle_id, [], 0, f"the active bundle {bundle_id[:12]} cannot be loaded: {exc}"
+
+
+class DeviceAgent:
+    """A DeviceLink with a release store behind it and a health report every `health_interval` seconds."""
+
+    def __init__(self, port: str | None, root: str | Path, *, baud: int = 115200, device_id: str | None = None,
+                 health_interval: float = 5.0, keep: int = 3, stream=None, on_new_bundle=None):
+        from edge.releases import ReleaseStore
+
+        self.store = ReleaseStore(root)
+        self.health_interval = health_interval
+        self._on_new_bundle = on_new_bundle
+        receiver = UploadReceiver(self.store.incoming_dir / "serial", release_store_installer(self.store, keep),
+                                  on_new_bundle=self._bundle_changed)
+        self.link = DeviceLink(port, baud, device_id=device_id or socket.gethostname(), receiver=receiver,
+                               stream=stream)
+        self._started = time.monotonic()
+        self._stop = threading.Event()
+        self.announce()
+
+    def announce(self) -> None:
+        bundle_id, labels, sample_rate, problem = bundle_description(self.store)
+        self.link.emitter.hello(__version__, bundle_id, labels, sample_rate)
+        if problem:
+            self.link.emitter.log(problem, LogLevel.ERROR)
+
+    def _bundle_changed(self, bundle_id: str) -> None:
+        if self._on_new_bundle is not None:
+            self._on_new_bundle(bundle_id)
+        self.link.emitter.log(f"bundle {bundle_id} installed and active")
+        self.announce()
+
+    def run(self) -> None:
+        """Report health until stop() is called."""
+        cpu_then, wall_then = time.process_time(), time.monotonic()
+        while not self._stop.wait(self.health_interval):
+            cpu_now, wall_now = time.process_time(), time.monotonic()
+            cpu_load = (cpu_now - cpu_then) / max(wall_now - wall_then, 1e-6)
+            cpu_then, wall_then = cpu_now, wall_now
+            self.link.emitter.health(wall_now - self._started, 0.0, cpu_load, 0)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self.stop()
+        self.link.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m edge.telemetry.agent", description=__doc__.split("\n\n")[0])
+    parser.add_argument("port", help="the device's serial port, e.g. /dev/ttyGS0 or /dev/ttyAMA0")
+    parser.add_argument("--root", required=True, help="the device root holding releases/ and current")
+    parser.add_argument("--baud", type=int, default=115200)
+    parser.add_argument("--device-id", help="name sent in HELLO (default: the host name)")
+    parser.add_argument("--health-interval", type=float, default=5.0, help="seconds between HEALTH reports")
+    parser.add_argument("--keep", type=int, default=3, help="releases kept after an upload")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not os.path.exists(args.port):
+        print(f"error: serial port {args.port} does not exist; check the name (ls /dev/tty*)", file=sys.stderr)
+        return 2
+    try:
+        agent = DeviceAgent(args.port, args.root, baud=args.baud, device_id=args.device_id,
+                            health_interval=args.health_interval, keep=args.keep)
+    except Exception as exc:  # noqa: BLE001 - the port could not be opened
+        print(f"error: cannot start the agent on {args.port}: {exc}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    try:
+        agent.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        agent.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

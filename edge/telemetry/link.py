@@ -1,0 +1,150 @@
+"""The device end of the serial link: one port, telemetry out (the emitter's writer thread) and commands in
+(a reader thread that answers REQUEST_HELLO and feeds uploads to an UploadReceiver).
+
+The port is reopened by path if it fails (a USB gadget port that goes away while the host is unplugged);
+meanwhile telemetry is dropped and counted, never queued without bound.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import BinaryIO
+
+from edge.telemetry.emitter import TelemetryEmitter
+from edge.telemetry.protocol import (MsgType, RequestHello, StreamDecoder, UploadBegin, UploadChunk, UploadEnd,
+                                     UploadResult, UploadStatus)
+from edge.telemetry.upload import UploadReceiver
+
+log = logging.getLogger(__name__)
+
+
+class _Port:
+    """A serial port shared by the writer and reader threads that reopens itself after an error."""
+
+    def __init__(self, path: str, baud: int, retry_interval: float = 0.5):
+        self.path, self.baud, self.retry_interval = path, baud, retry_interval
+        self._lock = threading.Lock()
+        self._serial = self._open()
+
+    def _open(self):
+        import serial
+
+        return serial.Serial(self.path, self.baud, timeout=0.1, write_timeout=1.0)
+
+    def _broken(self, ser) -> None:
+        with self._lock:
+            if self._serial is ser and ser is not None:
+                try:
+                    ser.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                self._serial = None
+
+    def write(self, data: bytes) -> int:
+        ser = self._serial
+        if ser is None:
+            raise OSError(f"{self.path} is not open")
+        try:
+            return ser.write(data)
+        except Exception:
+            self._broken(ser)
+            raise
+
+    def flush(self) -> None:
+        pass  # writes go straight to the driver; draining it could block without a timeout
+
+    def read(self) -> bytes:
+        """Whatever is available (waiting up to 0.1 s); reopens a failed port, returning b"" meanwhile."""
+        ser = self._serial
+        if ser is None:
+            time.sleep(self.retry_interval)
+            try:
+                ser = self._open()
+            except Exception:  # noqa: BLE001 - still gone; try again later
+                return b""
+            with self._lock:
+                self._serial = ser
+            log.info("serial port %s reopened", self.path)
+            return b""
+        try:
+            return ser.read(ser.in_waiting or 1)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("serial port %s failed (%s); reopening", self.path, exc)
+            self._broken(ser)
+            return b""
+
+    def close(self) -> None:
+        self._broken(self._serial)
+
+
+class DeviceLink:
+    """Owns the device's serial port: `emitter` sends telemetry; host commands are answered in a thread.
+
+    receiver: an UploadReceiver to accept bundle uploads (None: uploads are refused with a clear message).
+    stream: an already open object with read(n)/write(b) to use instead of opening `port` (tests, pipes).
+    Telemetry keeps flowing while an upload is installed: installing runs in the reader thread, not the writer.
+    """
+
+    def __init__(self, port: str | None = None, baud: int = 115200, *, device_id: str,
+                 receiver: UploadReceiver | None = None, queue_size: int = 256, stream: BinaryIO | None = None):
+        self.receiver = receiver
+        if stream is None:
+            self._port = _Port(port, baud)
+            self._read = self._port.read
+        else:
+            self._port = stream
+            self._read = lambda: stream.read(4096)
+        self.emitter = TelemetryEmitter.from_stream(self._port, device_id=device_id, queue_size=queue_size)
+        self._decoder = StreamDecoder()
+        self.host_seen = threading.Event()  # set once a valid frame arrived from the host: someone is listening
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read_loop, name="telemetry-reader", daemon=True)
+        self._reader.start()
+
+    @property
+    def host_frames_rejected(self) -> int:
+        s = self._decoder.stats
+        return s.crc_errors + s.framing_errors + s.malformed + s.unknown_types + s.bad_version
+
+    def _read_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._read()
+            except Exception as exc:  # noqa: BLE001 - a stream passed in may fail; keep the emitter going
+                log.warning("telemetry link read failed: %s", exc)
+                time.sleep(0.1)
+                continue
+            for frame in self._decoder.feed(data) if data else ():
+                self.host_seen.set()
+                try:
+                    self._dispatch(frame.message)
+                except Exception:  # noqa: BLE001 - one bad command must not end the link
+                    log.exception("telemetry link: handling %r failed", frame.message)
+
+    def _dispatch(self, message) -> None:
+        if isinstance(message, RequestHello):
+            self.emitter.resend_hello()
+        elif isinstance(message, (UploadBegin, UploadChunk, UploadEnd)):
+            if self.receiver is None:
+                self.emitter.send(UploadResult(int(UploadStatus.INSTALL_FAILED), "",
+                                               "this device was started without a release store and accepts no "
+                                               "uploads; start it with a device root"))
+                return
+            for reply in self.receiver.handle(message):
+                if not self.emitter.send(reply) and reply.TYPE == MsgType.UPLOAD_RESULT:
+                    log.warning("telemetry link: upload result dropped (queue full); the host will ask again")
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self._reader.join(timeout)
+        self.emitter.close(timeout)
+        if self.receiver is not None:
+            self.receiver.close()
+        self._port.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,185 @@
+"""Device side of a bundle upload over the telemetry link (host side: firmware_tools/serial_deploy.py).
+
+The host announces an archive (size, SHA-256), the device answers where to continue: bytes it already holds
+from an interrupted attempt are kept in `<staging>/<sha256>.part`, so a pulled cable costs only the chunk in
+flight. Chunks must arrive in order; each is written, flushed and acknowledged with the next offset and the
+CRC-32 of everything held so far (the host compares it with its own file before trusting a resume point).
+At the end the device hashes the file, and only an exact SHA-256 match is handed to `install`.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import zlib
+from pathlib import Path
+from typing import Callable
+
+from edge.telemetry.protocol import (FLAG_RESTART, Message, UploadAck, UploadBegin, UploadChunk, UploadEnd,
+                                     UploadResult, UploadStatus)
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_SIZE = 256 * 1024 * 1024
+
+
+def _crc_of_file(path: Path, length: int) -> int:
+    crc, left = 0, length
+    with open(path, "rb") as f:
+        while left > 0:
+            block = f.read(min(left, 1 << 20))
+            if not block:
+                break
+            crc = zlib.crc32(block, crc)
+            left -= len(block)
+    return crc & 0xFFFFFFFF
+
+
+class _Transfer:
+    def __init__(self, path: Path, sha256: bytes, total: int, restart: bool):
+        self.path, self.sha256, self.total = path, sha256, total
+        if restart:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        held = path.stat().st_size if path.exists() else 0
+        if held > total:
+            held = 0  # not a prefix of this archive; start over
+        self.file = open(path, "r+b" if path.exists() else "w+b")
+        self.file.truncate(held)
+        self.offset = held
+        self.crc = _crc_of_file(path, held)
+
+    def append(self, data: bytes) -> None:
+        self.file.seek(self.offset)
+        self.file.write(data)
+        self.file.flush()  # acknowledged bytes are in the kernel; a crash of this process loses none of them
+        self.offset += len(data)
+        self.crc = zlib.crc32(data, self.crc) & 0xFFFFFFFF
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.fsync(self.file.fileno())
+        self.file.close()
+
+    def ack(self, status: UploadStatus = UploadStatus.OK) -> UploadAck:
+        return UploadAck(int(status), self.offset, self.crc)
+
+
+class UploadReceiver:
+    """Consumes UPLOAD_* messages and returns the replies to send.
+
+    install(archive_path, sha256_hex) -> bundle_id puts the verified archive in place (in production: install
+    and activate it in the release store, see `release_store_installer`); on_new_bundle(bundle_id) then tells
+    the run loop to load it. Either may raise to refuse; the message goes back to the host.
+    """
+
+    def __init__(self, staging_dir: str | Path, install: Callable[[Path, str], str], *,
+                 on_new_bundle: Callable[[str], None] | None = None, max_size: int = DEFAULT_MAX_SIZE):
+        self.staging_dir = Path(staging_dir)
+        self.install = install
+        self.on_new_bundle = on_new_bundle
+        self.max_size = max_size
+        self._transfer: _Transfer | None = None
+        self._completed: dict[bytes, str] = {}  # sha256 -> bundle id, so a repeated END/BEGIN is answered again
+
+    def handle(self, message: Message) -> list[Message]:
+        try:
+            if isinstance(message, UploadBegin):
+                return [self._begin(message)]
+            if isinstance(message, UploadChunk):
+                return [self._chunk(message)]
+            if isinstance(message, UploadEnd):
+                return [self._end(message)]
+        except OSError as exc:
+            self._drop_transfer()
+            return [UploadResult(int(UploadStatus.IO_ERROR), "",
+                                 f"the device cannot write its staging file in {self.staging_dir}: "
+                                 f"{exc.strerror or exc}; free some space and deploy again")]
+        return []
+
+    def _begin(self, begin: UploadBegin) -> Message:
+        if begin.sha256 in self._completed:
+            return UploadResult(int(UploadStatus.OK), self._completed[begin.sha256], "already installed")
+        if begin.total_size > self.max_size:
+            return UploadResult(int(UploadStatus.TOO_LARGE), "",
+                                f"the archive is {begin.total_size} bytes; this device accepts at most "
+                                f"{self.max_size}")
+        if self._transfer and self._transfer.sha256 == begin.sha256 and not begin.flags & FLAG_RESTART \
+                and self._transfer.total == begin.total_size:
+            return self._transfer.ack()
+        self._drop_transfer()
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        name = begin.sha256.hex() + ".part"
+        for stale in self.staging_dir.glob("*.part"):  # only one upload at a time: keep disk use bounded
+            if stale.name != name:
+                stale.unlink(missing_ok=True)
+        self._transfer = _Transfer(self.staging_dir / name, begin.sha256, begin.total_size,
+                                   restart=bool(begin.flags & FLAG_RESTART))
+        return self._transfer.ack()
+
+    def _chunk(self, chunk: UploadChunk) -> Message:
+        t = self._transfer
+        if t is None:
+            return UploadAck(int(UploadStatus.NO_TRANSFER), 0, 0)
+        if chunk.offset != t.offset:
+            return t.ack(UploadStatus.OUT_OF_ORDER)
+        if t.offset + len(chunk.data) > t.total:
+            return t.ack(UploadStatus.OUT_OF_ORDER)
+        t.append(chunk.data)
+        return t.ack()
+
+    def _end(self, end: UploadEnd) -> Message:
+        if end.sha256 in self._completed:
+            return UploadResult(int(UploadStatus.OK), self._completed[end.sha256], "already installed")
+        t = self._transfer
+        if t is None or t.sha256 != end.sha256:
+            return UploadAck(int(UploadStatus.NO_TRANSFER), 0, 0)
+        if t.offset != t.total:
+            return t.ack(UploadStatus.OUT_OF_ORDER)
+        t.close()
+        self._transfer = None
+        digest = hashlib.sha256()
+        with open(t.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        expected = t.sha256.hex()
+        if digest.hexdigest() != expected:
+            t.path.unlink(missing_ok=True)
+            return UploadResult(int(UploadStatus.SHA_MISMATCH), "",
+                                f"the received archive hashes to {digest.hexdigest()}, expected {expected}; "
+                                "the partial copy was discarded: deploy again")
+        archive = t.path.with_name(expected + ".tar.gz")
+        os.replace(t.path, archive)
+        try:
+            bundle_id = self.install(archive, expected)
+            if self.on_new_bundle is not None:
+                self.on_new_bundle(bundle_id)
+        except Exception as exc:  # noqa: BLE001 - whatever the installer refuses, the host must hear why
+            log.warning("serial upload %s refused: %s", expected, exc)
+            return UploadResult(int(UploadStatus.INSTALL_FAILED), "", str(exc) or type(exc).__name__)
+        finally:
+            archive.unlink(missing_ok=True)
+        self._completed = {t.sha256: bundle_id}
+        return UploadResult(int(UploadStatus.OK), bundle_id, "installed and active")
+
+    def _drop_transfer(self) -> None:
+        if self._transfer is not None:
+            with contextlib.suppress(OSError):
+                self._transfer.close()
+            self._transfer = None
+
+    def close(self) -> None:
+        self._drop_transfer()
+
+
+def release_store_installer(store, keep: int = 3) -> Callable[[Path, str], str]:
+    """install() for a device root: verify and add the archive to the release store (`edge.releases`), make it
+    current, and keep the `keep` most recent releases."""
+
+    def install(archive: Path, sha256: str) -> str:
+        bundle_id = store.install(archive, sha256)
+        store.activate(bundle_id)
+        store.prune(keep)
+        return bundle_id
+
+    return install

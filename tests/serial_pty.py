@@ -1,0 +1,185 @@
+"""A serial cable made of two real pseudo-terminals, for the telemetry and serial-deploy tests.
+
+The device opens `device_path` (a pty), the host opens `host_path` (a symlink to another pty, like
+/dev/serial/by-id/...), and a relay thread copies bytes between the two masters. The cable can be unplugged
+(the host's pty disappears: its reader gets an I/O error, whatever was in flight is lost) and plugged in
+again (a new pty behind the same host path), and the device-to-host direction can be corrupted byte by byte
+with a seeded generator that records exactly what it did.
+"""
+from __future__ import annotations
+
+import os
+import pty
+import queue
+import random
+import select
+import threading
+import tty
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Corruption:
+    """Flip, drop or insert bytes at `rate` per byte within positions [start, stop) of the stream; the
+    decisions depend only on the bytes' positions, not on how the stream was chunked."""
+
+    rate: float
+    seed: int = 1
+    start: int = 0
+    stop: int = 1 << 62
+    original: bytearray = field(default_factory=bytearray)
+    events: list = field(default_factory=list)  # (position in original, "flip" | "drop" | "insert")
+
+    def __post_init__(self):
+        self._rng = random.Random(self.seed)
+
+    def apply(self, data: bytes) -> bytes:
+        out = bytearray()
+        for byte in data:
+            position = len(self.original)
+            self.original.append(byte)
+            if not self.start <= position < self.stop or self._rng.random() >= self.rate:
+                out.append(byte)
+                continue
+            kind = self._rng.choice(("flip", "drop", "insert"))
+            self.events.append((position, kind))
+            if kind == "flip":
+                out.append(byte ^ (1 << self._rng.randrange(8)))
+            elif kind == "insert":
+                out.append(self._rng.randrange(256))
+                out.append(byte)
+        return bytes(out)
+
+
+def _raw_pty():
+    master, slave = pty.openpty()
+    tty.setraw(slave)  # no echo, no newline translation, before any byte passes
+    os.set_blocking(master, False)
+    return master, slave
+
+
+class PtyCable:
+    def __init__(self, directory: Path, corruption: Corruption | None = None, hold_until_host_speaks: bool = True,
+                 plugged: bool = True):
+        self.corruption = corruption
+        self._dev_master, self._dev_slave = _raw_pty()
+        self.device_path = os.ttyname(self._dev_slave)
+        self.host_path = str(Path(directory) / "ttyHOST")
+        self._host_master = self._host_slave = None
+        self._host_spoke = not hold_until_host_speaks
+        self.to_host = 0  # bytes written towards the host since the start
+        self.to_device = 0
+        self._commands: queue.Queue = queue.Queue()
+        self._to_host_pending = bytearray()
+        self._to_dev_pending = bytearray()
+        self._stop = False
+        if plugged:
+            self._plug()
+        self._thread = threading.Thread(target=self._relay, name="pty-cable", daemon=True)
+        self._thread.start()
+
+    # --------------------------------------------------------------- cable handling (relay thread only)
+
+    def _plug(self) -> None:
+        self._host_master, self._host_slave = _raw_pty()
+        tmp = self.host_path + ".new"
+        os.symlink(os.ttyname(self._host_slave), tmp)
+        os.replace(tmp, self.host_path)
+
+    def _unplug(self) -> None:
+        os.unlink(self.host_path)
+        os.close(self._host_master)
+        os.close(self._host_slave)
+        self._host_master = self._host_slave = None
+        self._to_host_pending.clear()  # in flight when the cable came out: lost
+
+    def _call(self, what: str) -> None:
+        done = threading.Event()
+        self._commands.put((what, done))
+        assert done.wait(10), f"cable relay did not {what}"
+
+    def unplug(self) -> None:
+        self._call("unplug")
+
+    def plug(self) -> None:
+        self._call("plug")
+
+    def _relay(self) -> None:
+        while not self._stop:
+            while not self._commands.empty():
+                what, done = self._commands.get()
+                self._unplug() if what == "unplug" else self._plug()
+                done.set()
+            readers = [self._dev_master] + ([self._host_master] if self._host_master is not None else [])
+            writers = []
+            if self._to_host_pending and self._host_master is not None:
+                writers.append(self._host_master)
+            if self._to_dev_pending:
+                writers.append(self._dev_master)
+            if len(self._to_host_pending) > 65536 or not self._host_spoke:
+                readers.remove(self._dev_master)  # back-pressure: the device's writes wait, as on a real line
+            readable, writable, _ = select.select(readers, writers, [], 0.02)
+            if self._dev_master in readable:
+                data = self._read(self._dev_master)
+                if self._host_master is not None and data:
+                    self._to_host_pending += self.corruption.apply(data) if self.corruption else data
+            if self._host_master is not None and self._host_master in readable:
+                data = self._read(self._host_master)
+                if data:
+                    self._host_spoke = True
+                    self._to_dev_pending += data
+            if self._host_master is not None and self._host_master in writable:
+                self.to_host += self._write(self._host_master, self._to_host_pending)
+            if self._dev_master in writable:
+                self.to_device += self._write(self._dev_master, self._to_dev_pending)
+
+    @staticmethod
+    def _read(fd) -> bytes:
+        try:
+            return os.read(fd, 65536)
+        except (BlockingIOError, OSError):
+            return b""  # EIO: nobody has the slave open right now
+
+    @staticmethod
+    def _write(fd, pending: bytearray) -> int:
+        try:
+            n = os.write(fd, pending)
+        except (BlockingIOError, OSError):
+            return 0
+        del pending[:n]
+        return n
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(5)
+        for fd in (self._dev_master, self._dev_slave, self._host_master, self._host_slave):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        if os.path.lexists(self.host_path):
+            os.unlink(self.host_path)
+
+
+def frames_in(stream: bytes) -> list[tuple[int, int, bytes]]:
+    """(leading delimiter index, trailing delimiter index, encoded bytes) of every frame in a clean stream."""
+    frames, start = [], None
+    for i, byte in enumerate(stream):
+        if byte == 0:
+            if start is not None and i > start + 1:
+                frames.append((start, i, bytes(stream[start + 1:i])))
+            start = i
+    return frames
+
+
+def touched(frame_span: tuple[int, int], events) -> bool:
+    """Whether any corruption event hit a frame, its delimiters, or was inserted inside it."""
+    lead, trail = frame_span
+    for position, kind in events:
+        if kind == "insert" and lead < position <= trail:
+            return True
+        if kind != "insert" and lead <= position <= trail:
+            return True
+    return False

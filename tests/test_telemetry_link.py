@@ -1,0 +1,209 @@
+"""Telemetry over real pseudo-terminals: a device process emits through edge.telemetry.link while the host
+reader (the CLI, or TelemetryReader in a thread) reads; the cable between them corrupts bytes or is unplugged
+and plugged in again."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from edge.telemetry.protocol import decode_one
+from firmware_tools.telemetry_reader import TelemetryReader, TelemetrySession
+from tests.conftest import REPO
+from tests.serial_pty import Corruption, PtyCable, frames_in, touched
+
+DEVICE = r"""
+import sys, time
+from edge.telemetry.link import DeviceLink
+port, count, pace = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+link = DeviceLink(port, 115200, device_id="test-device", queue_size=count + 64)
+link.emitter.hello("test", "ab" * 32, ["speech", "dog", "doorbell"], 16000)
+print("ready", flush=True)
+if not link.host_seen.wait(30):
+    sys.exit("no host on the line")
+for i in range(count):
+    if i % 25 == 24:
+        link.emitter.health(i, 0.25, 0.5, 0)
+    else:
+        link.emitter.detection(i % 3, (i % 100) / 100, i * 0.5, i * 0.5 + 0.25)
+    if pace:
+        time.sleep(pace)
+link.emitter.log("done")
+link.close(timeout=30)
+print("dropped", link.emitter.dropped)
+"""
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def start_device(cable, count, pace=0.0):
+    """The device process, once its port is open (a real device would be up before anyone reads it)."""
+    device = subprocess.Popen([sys.executable, "-c", DEVICE, cable.device_path, str(count), str(pace)], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert device.stdout.readline() == "ready\n", device.stderr.read()
+    return device
+
+
+def finish_device(device):
+    out, err = device.communicate(timeout=60)
+    assert device.returncode == 0, err
+    assert out.strip() == "dropped 0"
+
+
+def wait_for(condition, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def cable_factory(tmp_path):
+    cables = []
+
+    def make(**kwargs):
+        cables.append(PtyCable(tmp_path, **kwargs))
+        return cables[-1]
+
+    yield make
+    for cable in cables:
+        cable.close()
+
+
+class ReaderThread:
+    def __init__(self, port):
+        self.records = []
+        self.frames = []  # every frame the decoder passed on, of any type
+        session = TelemetrySession()
+        feed = session.decoder.feed
+
+        def keep(data):
+            frames = feed(data)
+            self.frames += frames
+            return frames
+
+        session.decoder.feed = keep
+        self.reader = TelemetryReader(port, 115200, emit=self.records.append, session=session,
+                                      retry_interval=0.05, say=lambda text: None)
+        self.thread = threading.Thread(target=self.reader.run, daemon=True)
+        self.thread.start()
+
+    def of_type(self, kind):
+        return [r for r in self.records if r["type"] == kind]
+
+    def stop(self):
+        self.reader.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+def test_device_process_to_cli_over_a_clean_line(cable_factory, tmp_path):
+    cable = cable_factory()
+    device = start_device(cable, 300, pace=0.001)
+    out_file = tmp_path / "records.jsonl"
+    cli = subprocess.Popen([sys.executable, "-m", "firmware_tools.cli", "telemetry", cable.host_path, "--format",
+                            "jsonl", "--output", str(out_file)],
+                           env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finish_device(device)
+    wait_for(lambda: out_file.exists() and '"text": "done"' in out_file.read_text(), what="the final LOG")
+    cli.send_signal(signal.SIGINT)  # Ctrl-C: a normal way to stop a live reader
+    stdout, stderr = cli.communicate(timeout=30)
+    assert cli.returncode == 0, stderr
+    records = [json.loads(line) for line in stdout.splitlines()]
+    assert [json.loads(line) for line in out_file.read_text().splitlines()] == records
+    kinds = [r["type"] for r in records]
+    assert kinds.count("detection") == 288 and kinds.count("health") == 12 and kinds.count("hello") >= 2
+    assert "gap" not in kinds and records[-1] == {**records[-1], "type": "log", "text": "done"}
+    detections = [r for r in records if r["type"] == "detection"]
+    assert [r["label"] for r in detections[:3]] == ["speech", "dog", "doorbell"]
+    assert detections[1]["score"] == 0.01 and detections[1]["start_s"] == 0.5 and detections[1]["end_s"] == 0.75
+    health = next(r for r in records if r["type"] == "health")
+    assert health["realtime_factor"] == 0.25 and health["cpu_load"] == 0.5 and health["dropped_telemetry"] == 0
+    seqs = [r["seq"] for r in records if "seq" in r]
+    assert seqs == sorted(seqs)
+    assert "0 lost (sequence gaps), 0 CRC errors, 0 framing errors" in stderr
+
+
+def test_corrupted_line_every_intact_frame_recovered_every_bad_one_counted(cable_factory):
+    corruption = Corruption(rate=0.01, seed=7, start=300, stop=30_000)  # HELLO and the last frames stay clean
+    cable = cable_factory(corruption=corruption)
+    device = start_device(cable, 1500)
+    reader = ReaderThread(cable.host_path)
+    finish_device(device)
+    wait_for(lambda: reader.of_type("log"), what="the device's final LOG")
+    wait_for(lambda: reader.reader.session.decoder.stats.bytes == cable.to_host, what="all bytes decoded")
+    reader.stop()
+
+    # What the device sent, frame by frame, and which frames the corruption touched.
+    original = bytes(corruption.original)
+    spans = frames_in(original)
+    sent = [decode_one(encoded) for _, _, encoded in spans]
+    assert [f.seq for f in sent] == list(range(len(sent))) and len(sent) > 1500
+    hit = {f.seq for f, (lead, trail, _) in zip(sent, spans) if touched((lead, trail), corruption.events)}
+    assert 100 < len(hit) < len(sent) // 2  # the line really was noisy
+
+    received = {f.seq for f in reader.frames}
+    assert set(range(len(sent))) - hit <= received, "an intact frame was lost"
+    clean = {r["seq"]: r for r in TelemetrySession().feed(original) if "seq" in r}
+    for record in reader.records:  # what arrived is what was sent
+        if "seq" in record:
+            assert {k: v for k, v in record.items() if k not in ("host_time", "label")} == \
+                   {k: v for k, v in clean[record["seq"]].items() if k not in ("host_time", "label")}
+
+    counters = reader.reader.session.counters()
+    missing = sorted(set(range(len(sent))) - received)
+    assert missing and counters["lost_frames"] == len(missing)
+    assert sum(r["lost"] for r in reader.of_type("gap")) == len(missing)
+    # Every run of consecutive lost frames produced at least one counted bad frame, and no more were counted
+    # than the corruption could make (an inserted or flipped-in zero splits a frame into two bad pieces).
+    runs = sum(1 for i, seq in enumerate(missing) if i == 0 or missing[i - 1] != seq - 1)
+    bad = counters["crc_errors"] + counters["framing_errors"]
+    assert runs <= bad <= 2 * len(corruption.events)
+
+
+def test_cable_pulled_and_plugged_back_mid_stream(cable_factory):
+    cable = cable_factory()
+    device = start_device(cable, 800, pace=0.002)
+    reader = ReaderThread(cable.host_path)
+    wait_for(lambda: len(reader.of_type("detection")) >= 100, what="the first detections")
+    cable.unplug()
+    wait_for(lambda: any(r.get("event") == "lost" for r in reader.records), what="the reader to notice")
+    time.sleep(0.2)  # detections emitted meanwhile are lost with the cable
+    cable.plug()
+    wait_for(lambda: any(r.get("event") == "reconnected" for r in reader.records), what="the reconnection")
+    finish_device(device)
+    wait_for(lambda: reader.of_type("log"), what="the device's final LOG")
+    reader.stop()
+
+    events = [r.get("event") for r in reader.of_type("link")]
+    assert events == ["connected", "lost", "reconnected"]
+    after = reader.records[reader.records.index(next(r for r in reader.records if r.get("event") == "reconnected")):]
+    assert sum(r["type"] == "detection" for r in after) > 50
+    assert any(r["type"] == "hello" for r in after)  # the reader asked the device who it is again
+    session = reader.reader.session
+    counters = session.counters()
+    last_seq = reader.of_type("log")[-1]["seq"]
+    assert counters["lost_frames"] > 0
+    assert counters["frames"] + counters["lost_frames"] == last_seq + 1  # every frame arrived or is counted
+    assert sum(r["lost"] for r in reader.of_type("gap")) == counters["lost_frames"]
+    assert counters["reconnects"] == 1 and counters["device_restarts"] == 0
+
+
+def test_reader_waits_for_a_port_that_appears_later(tmp_path, cable_factory):
+    records = []
+    port = str(tmp_path / "ttyHOST")
+    reader = TelemetryReader(port, 115200, emit=records.append, wait=True, retry_interval=0.05,
+                             say=lambda text: None)
+    thread = threading.Thread(target=reader.run, kwargs={"max_records": 2}, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    assert not records  # still waiting, not failed
+    cable = cable_factory(plugged=False)
+    device = start_device(cable, 1)
+    cable.plug()
+    thread.join(30)
+    assert [r["type"] for r in records] == ["link", "hello"]
+    finish_device(device)
