@@ -1,0 +1,228 @@
+"""Bundles: everything a device needs to run one model, and the checks that it all belongs together.
+
+A bundle is a directory holding manifest.json, the int8 TFLite models, and ATTRIBUTION.md (plus an optional
+signature.json, see edge/signing.py). manifest.json lists every other file with its SHA-256, so the SHA-256 of
+manifest.json identifies the whole bundle: that is its id. An archive is a deterministic .tar.gz of the same
+files, with no directory prefix.
+"""
+import atexit
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+from edge.frontend import FrontendConfig, FrontendConfigError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "signature.json"
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default_bundle"
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+MAX_ARCHIVE_MEMBERS = 64
+MAX_ARCHIVE_BYTES = 64 * 1024 * 1024  # unpacked; the default bundle is well under 1 MB
+
+
+class BundleError(Exception):
+    """A bundle that cannot be used; the message says what does not match and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: dict
+    id: str
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest["labels"])
+
+    @property
+    def frontend_config(self) -> FrontendConfig:
+        return FrontendConfig.from_dict(self.manifest["frontend"]["config"])
+
+    @property
+    def step_model_path(self) -> Path:
+        return self.path / self.manifest["models"]["step"]["file"]
+
+    @property
+    def window_model_path(self) -> Path | None:
+        window = self.manifest["models"].get("window")
+        return self.path / window["file"] if window else None
+
+    @property
+    def detector_settings(self) -> dict:
+        return dict(self.manifest.get("detector", {}))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_archive(path: Path) -> bool:
+    return path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES)
+
+
+def resolve(path) -> Path:
+    """'default' -> the shipped bundle; otherwise the path itself, which must exist."""
+    if str(path) == "default":
+        if not (DEFAULT_BUNDLE / MANIFEST).is_file():
+            raise BundleError(f"the default bundle is missing from {DEFAULT_BUNDLE}: reinstall basilar")
+        return DEFAULT_BUNDLE
+    p = Path(path)
+    if not p.exists():
+        raise BundleError(f"no bundle at {p}: pass a bundle directory, a .tar.gz bundle archive, or 'default'")
+    return p
+
+
+def bundle_id(path) -> str:
+    """The bundle's id: the hex SHA-256 of its manifest.json (works on directories and archives)."""
+    p = resolve(path)
+    if is_archive(p):
+        with tarfile.open(p, "r:gz") as tar:
+            try:
+                data = tar.extractfile(MANIFEST).read()
+            except KeyError:
+                raise BundleError(f"{p} has no {MANIFEST}: it is not a basilar bundle archive") from None
+        return hashlib.sha256(data).hexdigest()
+    manifest = p / MANIFEST
+    if not manifest.is_file():
+        raise BundleError(f"{p} has no {MANIFEST}: it is not a basilar bundle directory")
+    return file_sha256(manifest)
+
+
+def extract_archive(archive_path, dest_dir) -> Path:
+    """Unpack a bundle archive into dest_dir safely: regular files only, flat names, bounded size."""
+    archive_path, dest = Path(archive_path), Path(dest_dir)
+    try:
+        tar = tarfile.open(archive_path, "r:gz")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BundleError(f"{archive_path} is not a readable .tar.gz bundle archive ({exc}); "
+                          "re-create it with `basilar bundle pack`") from None
+    with tar:
+        try:
+            members = tar.getmembers()
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise BundleError(f"{archive_path} is truncated or corrupt ({exc}); copy it again") from None
+        if len(members) > MAX_ARCHIVE_MEMBERS:
+            raise BundleError(f"{archive_path} holds {len(members)} entries; a bundle has at most "
+                              f"{MAX_ARCHIVE_MEMBERS}")
+        total = 0
+        for m in members:
+            if not m.isfile():
+                raise BundleError(f"{archive_path}: entry {m.name!r} is not a regular file (links, devices and "
+                                  "folders are refused)")
+            if "/" in m.name or "\\" in m.name or m.name in ("", ".", "..") or m.name.startswith("."):
+                raise BundleError(f"{archive_path}: entry {m.name!r} is not a plain file name; bundle archives "
+                                  "are flat")
+            total += m.size
+            if total > MAX_ARCHIVE_BYTES:
+                raise BundleError(f"{archive_path} unpacks to more than {MAX_ARCHIVE_BYTES} bytes; refused")
+        dest.mkdir(parents=True, exist_ok=True)
+        for m in members:
+            with tar.extractfile(m) as src, open(dest / m.name, "wb") as out:
+                shutil.copyfileobj(src, out)
+    return dest
+
+
+def pack_bundle(bundle_dir, archive_path) -> str:
+    """Write a deterministic .tar.gz of a bundle directory (same files -> same bytes); return the bundle id."""
+    src = Path(bundle_dir)
+    names = sorted(p.name for p in src.iterdir() if p.is_file())
+    if MANIFEST not in names:
+        raise BundleError(f"{src} has no {MANIFEST}: it is not a bundle directory")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in names:
+            data = (src / name).read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    archive_path = Path(archive_path)
+    with open(archive_path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        gz.write(buffer.getvalue())
+    return bundle_id(src)
+
+
+def _unpack_to_temp(archive: Path) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix="basilar-bundle-"))
+    atexit.register(shutil.rmtree, tmp, True)
+    return extract_archive(archive, tmp)
+
+
+def read_manifest(bundle_dir: Path) -> dict:
+    try:
+        manifest = json.loads((bundle_dir / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{bundle_dir} has no {MANIFEST}: it is not a basilar bundle") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{bundle_dir / MANIFEST} is not valid JSON ({exc}); the bundle is damaged") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{bundle_dir / MANIFEST} must hold a JSON object")
+    return manifest
+
+
+def check_manifest(bundle_dir: Path, manifest: dict) -> None:
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(f"bundle schema version {version!r} is not supported (this basilar reads version "
+                          f"{SCHEMA_VERSION}); re-create the bundle with this basilar version or upgrade basilar")
+    for key in ("frontend", "models", "files", "labels", "quantization"):
+        if key not in manifest:
+            raise BundleError(f"{bundle_dir / MANIFEST} lacks {key!r}; the bundle is damaged or not a basilar bundle")
+    for name, expected in manifest["files"].items():
+        path = bundle_dir / name
+        if "/" in name or not path.is_file():
+            raise BundleError(f"bundle file {name!r} listed in the manifest is missing from {bundle_dir}")
+        actual = file_sha256(path)
+        if actual != expected:
+            raise BundleError(f"bundle file {name!r} is corrupt: SHA-256 {actual[:16]}... does not match the "
+                              f"manifest's {expected[:16]}...; copy or deploy the bundle again")
+    try:
+        config = FrontendConfig.from_dict(manifest["frontend"]["config"])
+    except (FrontendConfigError, TypeError, KeyError) as exc:
+        raise BundleError(f"the bundle's front-end config is invalid: {exc}") from None
+    if config.hash() != manifest["frontend"].get("hash"):
+        raise BundleError("the bundle's front-end hash does not match its front-end config under this basilar "
+                          f"version (expected {config.hash()[:16]}..., manifest says "
+                          f"{str(manifest['frontend'].get('hash'))[:16]}...): the model was trained on other "
+                          "features; retrain or convert it with this basilar version")
+    for role in ("step",):
+        if role not in manifest["models"] or manifest["models"][role]["file"] not in manifest["files"]:
+            raise BundleError(f"the manifest names no {role} model listed among its files")
+
+
+def load_bundle(path, *, trusted_keys=None, check_model: bool = True) -> Bundle:
+    """Open and check a bundle (directory, .tar.gz archive, or 'default').
+
+    Checks the schema version, every file's SHA-256, the front-end hash, and (check_model) that the step
+    model's input matches the front-end config. trusted_keys: a folder of trusted public keys; when it holds
+    any, the bundle must carry a valid signature from one of them.
+    """
+    p = resolve(path)
+    bundle_dir = _unpack_to_temp(p) if is_archive(p) else p
+    if not bundle_dir.is_dir():
+        raise BundleError(f"{p} is neither a bundle directory nor a .tar.gz bundle archive")
+    manifest = read_manifest(bundle_dir)
+    check_manifest(bundle_dir, manifest)
+    if trusted_keys is not None:
+        from edge.signing import SignatureError, check_bundle_signature
+
+        try:
+            check_bundle_signature(bundle_dir, trusted_keys)
+        except SignatureError as exc:
+            raise BundleError(str(exc)) from None
+    bundle = Bundle(path=bundle_dir, manifest=manifest, id=file_sha256(bundle_dir / MANIFEST))
+    if check_model:
+        from edge.runner import check_step_model
+
+        check_step_model(bundle)
+    return bundle

@@ -1,0 +1,142 @@
+"""The model runner: one int8 streaming step per front-end frame, with the model's state carried here.
+
+Interpreters, in order of preference: ai-edge-litert (maintained, numpy 2, aarch64 wheels), tflite-runtime (the
+only choice on 32-bit Pi OS; needs numpy<2), tensorflow.lite. A candidate counts as working only once it has
+run an inference on the model: an import alone hides numpy ABI mismatches.
+"""
+import numpy as np
+
+RUNTIMES = (
+    ("ai-edge-litert", "ai_edge_litert.interpreter"),
+    ("tflite-runtime", "tflite_runtime.interpreter"),
+    ("tensorflow", "tensorflow.lite"),
+)
+
+
+class RuntimeUnavailable(RuntimeError):
+    pass
+
+
+def _interpreter_class(module_name: str):
+    import importlib
+
+    module = importlib.import_module(module_name)
+    return module.Interpreter
+
+
+def make_interpreter(model_path, num_threads: int = 1, delegates=None):
+    """An allocated interpreter that has run one inference; returns (interpreter, runtime name)."""
+    failures = []
+    for name, module_name in RUNTIMES:
+        try:
+            cls = _interpreter_class(module_name)
+        except Exception as exc:  # ImportError, or a numpy ABI error raised while importing
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+            continue
+        try:
+            kwargs = {"model_path": str(model_path), "num_threads": num_threads}
+            if delegates:
+                kwargs["experimental_delegates"] = delegates
+            interpreter = cls(**kwargs)
+            interpreter.allocate_tensors()
+            for detail in interpreter.get_input_details():
+                interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+            interpreter.invoke()
+            return interpreter, name
+        except (ValueError, RuntimeError, TypeError, AttributeError, ImportError) as exc:
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+    raise RuntimeUnavailable(
+        "no working TFLite interpreter: " + "; ".join(failures)
+        + ". Install one: pip install ai-edge-litert (64-bit) or tflite-runtime with numpy<2 (32-bit Pi OS)")
+
+
+def _quant(detail) -> tuple[float, int]:
+    scale, zero_point = detail["quantization"]
+    return float(scale), int(zero_point)
+
+
+class StepRunner:
+    """Feeds int8 front-end frames to a bundle's step model one at a time, carrying its state.
+
+    `step(frame)` returns the posterior (0..1) of each of `bundle.labels` for this hop.
+    """
+
+    def __init__(self, bundle, num_threads: int = 1, delegates=None):
+        self.bundle = bundle
+        self.labels = bundle.labels
+        self.interpreter, self.runtime = make_interpreter(bundle.step_model_path, num_threads, delegates)
+        frame, state, scores, new_state = _find_tensors(self.interpreter)
+        channels = bundle.frontend_config.channels
+        if tuple(frame["shape"]) != (1, channels):
+            raise ValueError(f"the step model takes frames of shape {tuple(frame['shape'])}, but the bundle's front "
+                             f"end makes {channels} channels: the model and the front-end config do not belong "
+                             "together; rebuild the bundle")
+        if scores["shape"][-1] < len(self.labels):
+            raise ValueError(f"the step model has {scores['shape'][-1]} outputs for {len(self.labels)} labels")
+        self._frame_index, self._state_index = frame["index"], state["index"]
+        self._scores_index, self._new_state_index = scores["index"], new_state["index"]
+        self._frame_lut = _requantize_table((1.0, 0), _quant(frame))
+        self._state_lut = None if _quant(state) == _quant(new_state) else \
+            _requantize_table(_quant(new_state), _quant(state))
+        self._scores_scale, self._scores_zero = _quant(scores)
+        self._state_zero = np.full(state["shape"], _quant(state)[1], dtype=np.int8)
+        self._n_labels = len(self.labels)
+        self._frame = np.empty((1, channels), dtype=np.int8)
+        self.reset()
+
+    def reset(self) -> None:
+        self._state = self._state_zero.copy()
+
+    def step(self, frame: np.ndarray) -> np.ndarray:
+        if self._frame_lut is None:
+            self._frame[0] = frame
+        else:
+            self._frame[0] = self._frame_lut[frame.astype(np.int16) + 128]
+        it = self.interpreter
+        it.set_tensor(self._frame_index, self._frame)
+        it.set_tensor(self._state_index, self._state)
+        it.invoke()
+        new_state = it.get_tensor(self._new_state_index)
+        self._state = new_state if self._state_lut is None else self._state_lut[new_state.astype(np.int16) + 128]
+        q = it.get_tensor(self._scores_index)[0, :self._n_labels]
+        return (q.astype(np.float32) - self._scores_zero) * self._scores_scale
+
+
+def _requantize_table(source: tuple[float, int], target: tuple[float, int]):
+    """256-entry int8 -> int8 table mapping values quantised with `source` to `target`; None if identical."""
+    if source == target or (abs(source[0] - target[0]) < 1e-9 and source[1] == target[1]):
+        return None
+    values = (np.arange(-128, 128) - source[1]) * source[0]
+    return np.clip(np.round(values / target[0]) + target[1], -128, 127).astype(np.int8)
+
+
+def _find_tensors(interpreter):
+    """The step model's frame and state inputs and its scores and new-state outputs, told apart by rank."""
+    inputs = interpreter.get_input_details()
+    outputs = interpreter.get_output_details()
+    frame = [d for d in inputs if len(d["shape"]) == 2]
+    state = [d for d in inputs if len(d["shape"]) == 3]
+    scores = [d for d in outputs if len(d["shape"]) == 2]
+    new_state = [d for d in outputs if len(d["shape"]) == 3]
+    if not (len(frame) == len(state) == len(scores) == len(new_state) == 1):
+        raise ValueError("not a basilar step model: expected inputs (frame [1, channels], state [1, rows, width]) "
+                         "and outputs (scores [1, classes], new state [1, rows, width])")
+    for d in frame + state + scores + new_state:
+        if d["dtype"] != np.int8:
+            raise ValueError(f"step model tensor {d['name']!r} is {np.dtype(d['dtype']).name}, not int8: convert "
+                             "the model with `basilar convert`")
+    if tuple(state[0]["shape"]) != tuple(new_state[0]["shape"]):
+        raise ValueError("step model state input and output shapes differ")
+    return frame[0], state[0], scores[0], new_state[0]
+
+
+def check_step_model(bundle) -> None:
+    """Raise BundleError unless the bundle's step model loads, matches its front end, and runs."""
+    from edge.bundle import BundleError
+
+    try:
+        StepRunner(bundle).step(np.zeros(bundle.frontend_config.channels, np.int8))
+    except RuntimeUnavailable:
+        raise
+    except ValueError as exc:
+        raise BundleError(str(exc)) from None

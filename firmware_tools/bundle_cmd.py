@@ -1,0 +1,73 @@
+"""`basilar bundle inspect|verify|pack|sign`."""
+import json
+from pathlib import Path
+
+import click
+
+from firmware_tools.cli_errors import fail_on
+from firmware_tools.lazy_group import LazyGroup
+
+
+@click.group(cls=LazyGroup, lazy_commands={"sign": "firmware_tools.signing_cmd:sign",
+                                           "keygen": "firmware_tools.signing_cmd:keygen"})
+def bundle():
+    """Inspect, verify, pack and sign bundles. BUNDLE is a directory, a .tar.gz archive, or 'default'."""
+
+
+@bundle.command()
+@click.argument("bundle_path", metavar="BUNDLE")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+def inspect(bundle_path, as_json):
+    """Show what a bundle holds."""
+    from edge.bundle import load_bundle
+
+    with fail_on():
+        b = load_bundle(bundle_path, check_model=False)
+    m = b.manifest
+    if as_json:
+        click.echo(json.dumps({"id": b.id, **m}, indent=2))
+        return
+    fe = m["frontend"]["config"]
+    spec = m["models"]["step"].get("spec", {})
+    click.echo(f"bundle     {b.id}\nname       {m.get('name')}  (basilar {m.get('basilar_version')}, "
+               f"schema {m['schema_version']})")
+    click.echo(f"labels     {', '.join(b.labels)}")
+    click.echo(f"front end  {fe['sample_rate']} Hz, {fe['channels']} channels, {fe['f_low']:g}-{fe['f_high']:g} Hz, "
+               f"hop {fe['hop_ms']:g} ms; hash {m['frontend']['hash'][:16]}...")
+    click.echo(f"model      {m['models']['step']['file']}: width {spec.get('width')}, dilations "
+               f"{spec.get('dilations')}, receptive field {m['models']['step'].get('receptive_field_frames')} frames")
+    for name, sha in m["files"].items():
+        click.echo(f"file       {name}  {(b.path / name).stat().st_size} bytes  sha256 {sha[:16]}...")
+    click.echo(f"detector   {json.dumps(m.get('detector', {}))}")
+    prov = m.get("provenance", {})
+    if prov:
+        click.echo(f"data       {prov.get('training_data')}\nlicense    {prov.get('license')}")
+
+
+@bundle.command()
+@click.argument("bundle_path", metavar="BUNDLE")
+@click.option("--trusted-keys", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of trusted public keys (*.pub): the bundle must be signed by one of them.")
+def verify(bundle_path, trusted_keys):
+    """Check hashes, schema, front-end match, and run one inference. Exit 0 only when the bundle is usable."""
+    from edge.bundle import load_bundle
+
+    with fail_on():
+        b = load_bundle(bundle_path, trusted_keys=trusted_keys)
+        from edge.runner import StepRunner
+
+        runtime = StepRunner(b).runtime
+    click.echo(f"ok: bundle {b.id[:16]}... ({len(b.labels)} labels) verified; one inference ran on {runtime}")
+
+
+@bundle.command()
+@click.argument("bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+def pack(bundle_dir, archive):
+    """Write a bundle directory as a single .tar.gz archive (deterministic)."""
+    from edge.bundle import load_bundle, pack_bundle
+
+    with fail_on():
+        load_bundle(bundle_dir)
+        bundle_id = pack_bundle(bundle_dir, archive)
+    click.echo(f"{archive}: bundle {bundle_id}")

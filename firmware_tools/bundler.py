@@ -1,0 +1,87 @@
+"""Make bundles: the int8 step model, the manifest that ties it to its front end, and the attribution."""
+import datetime
+import json
+import shutil
+from pathlib import Path
+
+from edge import __version__
+from edge.bundle import MANIFEST, SCHEMA_VERSION, file_sha256, load_bundle
+from edge.frontend import OUTPUT_SCALE_DB, OUTPUT_ZERO_POINT, FrontendConfig
+from firmware_tools.dataset import BACKGROUND
+
+STEP_MODEL = "model_step.tflite"
+ATTRIBUTION = "ATTRIBUTION.md"
+
+DEFAULT_DETECTOR = {
+    "smoothing_ms": 60.0,
+    "threshold": 0.55,
+    "thresholds": {},
+    "release_ratio": 0.5,
+    "refractory_ms": 400.0,
+    "min_duration_ms": 30.0,
+}
+
+FSDD_PROVENANCE = {
+    "training_data": "Free Spoken Digit Dataset (Zohar Jackson and contributors), speakers jackson, nicolas, "
+                     "theo, yweweler; git commit 26eb9aaf76e81b692f806f9140c2d2777410d7a1",
+    "license": "CC BY-SA 4.0",
+    "attribution": "Trained on recordings from the Free Spoken Digit Dataset by Zohar Jackson and contributors, "
+                   "licensed CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/). This model is a "
+                   "derivative work and is shared under the same license.",
+    "synthetic_data": "Extra digits and non-target speech synthesized with espeak-ng; noise synthesized with numpy.",
+}
+
+
+def tflite_quantization(model_path) -> dict:
+    from edge.runner import _find_tensors, _quant, make_interpreter
+
+    interpreter, _ = make_interpreter(model_path)
+    frame, state, scores, new_state = _find_tensors(interpreter)
+    as_dict = lambda d: dict(zip(("scale", "zero_point"), _quant(d)), shape=[int(v) for v in d["shape"]])
+    return {"frame": as_dict(frame), "state": as_dict(state), "new_state": as_dict(new_state),
+            "scores": as_dict(scores)}
+
+
+def attribution_text(provenance: dict) -> str:
+    lines = ["# Attribution", "", provenance.get("attribution", "No attribution recorded."), ""]
+    for key in ("training_data", "license", "synthetic_data"):
+        if key in provenance:
+            lines.append(f"- {key.replace('_', ' ')}: {provenance[key]}")
+    return "\n".join(lines) + "\n"
+
+
+def make_bundle(out_dir, step_model_path, config: FrontendConfig, labels: list[str], *, spec: dict,
+                detector: dict | None = None, provenance: dict | None = None, evaluation: dict | None = None,
+                name: str = "model"):
+    """Write a bundle directory and check it loads; returns the loaded Bundle."""
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    shutil.copyfile(step_model_path, out / STEP_MODEL)
+    provenance = dict(provenance or {})
+    (out / ATTRIBUTION).write_text(attribution_text(provenance))
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "basilar_version": __version__,
+        "created": datetime.date.today().isoformat(),
+        "labels": list(labels),
+        "classes": list(labels) + [BACKGROUND],
+        "frontend": {
+            "config": config.to_dict(),
+            "hash": config.hash(),
+            "output": {"dtype": "int8", "scale_db": OUTPUT_SCALE_DB, "zero_point": OUTPUT_ZERO_POINT,
+                       "meaning": "level re the normaliser's reference; zero_point = as loud as the reference"},
+        },
+        "models": {"step": {"file": STEP_MODEL, "spec": spec,
+                            "receptive_field_frames": 1 + (spec["kernel"] - 1) * sum(spec["dilations"])}},
+        "quantization": tflite_quantization(out / STEP_MODEL),
+        "detector": {**DEFAULT_DETECTOR, **(detector or {})},
+        "provenance": provenance,
+        "files": {STEP_MODEL: file_sha256(out / STEP_MODEL), ATTRIBUTION: file_sha256(out / ATTRIBUTION)},
+    }
+    if evaluation:
+        manifest["evaluation"] = evaluation
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return load_bundle(out)

@@ -1,0 +1,26 @@
+"""Turn expected failures into one-line CLI errors (non-zero exit, no traceback)."""
+import contextlib
+
+import click
+
+
+def expected_errors() -> tuple:
+    """The failures a user can cause and fix: bad files, bad bundles, bad models, missing runtimes."""
+    from edge.bundle import BundleError
+    from edge.frontend import FrontendConfigError
+    from edge.runner import RuntimeUnavailable
+
+    # ConversionError and the others not named here are ValueErrors.
+    return (ValueError, OSError, BundleError, FrontendConfigError, RuntimeUnavailable)
+
+
+@contextlib.contextmanager
+def fail_on(*kinds):
+    """Report `kinds` (default: expected_errors()) as a clean click error with exit code 1."""
+    kinds = kinds or expected_errors()
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except kinds as exc:
+        raise click.ClickException(str(exc) or type(exc).__name__) from None

@@ -1,0 +1,214 @@
+"""Keras window model -> int8 streaming step model (TFLite), with calibration from the real front end.
+
+The TFLite converter can take the whole process down, so `convert_to_int8()` runs the conversion in a child
+process (`python -m firmware_tools.convert_worker`) and turns a crash into a clear error.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from firmware_tools.model import ACTIVATION_MAX, ModelSpec
+
+FORBIDDEN_OPS = ("WHILE", "FLEX", "CUSTOM")
+CALIBRATION_STEPS = 600
+
+
+class ConversionError(ValueError):
+    """The model cannot become a streaming int8 model; the message says why and what to change."""
+
+
+# ---- mapping an arbitrary Keras model onto the family ----
+
+def spec_from_model(model) -> tuple[ModelSpec, dict]:
+    """Read a Keras model as stem -> [causal dilated Conv1D, BN, ReLU6]* -> head; return the spec and the
+    layers by canonical name. Anything else is a ConversionError naming the layer and what to use instead."""
+    import keras
+
+    L = keras.layers
+    seq = [layer for layer in model.layers if not isinstance(layer, (L.InputLayer, L.Dropout))]
+    names = {}
+    i = 0
+    if i < len(seq) and isinstance(seq[i], L.Rescaling):
+        names["input_scale"] = seq[i]
+        i += 1
+    convs = []
+    while i < len(seq):
+        layer = seq[i]
+        if not isinstance(layer, L.Conv1D) or isinstance(layer, (L.Conv1DTranspose,)):
+            raise ConversionError(_unsupported(layer))
+        if layer.groups != 1 or layer.strides[0] != 1:
+            raise ConversionError(f"layer {layer.name!r}: strided or grouped Conv1D cannot stream one frame per "
+                                  "step; use strides=1, groups=1")
+        if layer.kernel_size[0] > 1 and layer.padding != "causal":
+            raise ConversionError(f"layer {layer.name!r} uses padding={layer.padding!r}, which looks at future "
+                                  "frames; use padding='causal'")
+        bn = seq[i + 1] if i + 1 < len(seq) and isinstance(seq[i + 1], L.BatchNormalization) else None
+        i += 2 if bn else 1
+        act = seq[i] if i < len(seq) and isinstance(seq[i], L.ReLU) else None
+        if act is not None:
+            if act.max_value is None or float(act.max_value) != ACTIVATION_MAX:
+                raise ConversionError(f"layer {act.name!r}: use ReLU(max_value={ACTIVATION_MAX:g}) so that the "
+                                      "streaming state has one fixed int8 range")
+            i += 1
+        convs.append((layer, bn, act))
+    if len(convs) < 3:
+        raise ConversionError("expected a 1x1 stem Conv1D, at least one causal dilated Conv1D, and a 1x1 head")
+    stem, *tcn, head = convs
+    if stem[0].kernel_size[0] != 1 or stem[2] is None:
+        raise ConversionError(f"the first Conv1D ({stem[0].name!r}) must be 1x1 and followed by ReLU6")
+    if head[0].kernel_size[0] != 1 or head[1] is not None or head[2] is not None:
+        raise ConversionError(f"the last Conv1D ({head[0].name!r}) must be a plain 1x1 layer with softmax")
+    if _activation_name(head[0]) != "softmax":
+        raise ConversionError(f"the last Conv1D ({head[0].name!r}) must use activation='softmax'")
+    kernels = {c.kernel_size[0] for c, _, _ in tcn}
+    widths = {c.filters for c, _, _ in tcn} | {stem[0].filters}
+    if len(kernels) != 1 or len(widths) != 1 or any(bn is None or act is None for _, bn, act in tcn):
+        raise ConversionError("every temporal layer must have the same kernel size and width and be followed "
+                              "by BatchNormalization and ReLU6")
+    spec = ModelSpec(channels=model.input_shape[-1], classes=head[0].filters, width=widths.pop(),
+                     kernel=kernels.pop(), dilations=tuple(c.dilation_rate[0] for c, _, _ in tcn))
+    names.update({"stem": stem[0], "stem_bn": stem[1], "head": head[0]})
+    for k, (c, bn, _) in enumerate(tcn):
+        names[f"tcn{k}"], names[f"tcn{k}_bn"] = c, bn
+    return spec, names
+
+
+def _activation_name(layer) -> str:
+    act = layer.activation
+    return getattr(act, "__name__", str(act))
+
+
+def _unsupported(layer) -> str:
+    kind = type(layer).__name__
+    hint = {
+        "Conv2D": "a 2-D convolution shares weights across frequency; use Conv1D over time with the bands as "
+                  "channels",
+        "LSTM": "use causal dilated Conv1D layers (the GRU/LSTM variant is not supported by this converter)",
+        "GRU": "use causal dilated Conv1D layers (the GRU/LSTM variant is not supported by this converter)",
+        "Dense": "use a 1x1 Conv1D so the layer applies to every frame",
+        "MaxPooling1D": "pooling over time cannot stream one frame per step; use dilation instead",
+        "Flatten": "flattening time cannot stream; use a 1x1 Conv1D head per frame",
+    }.get(kind, "use the basilar family: 1x1 Conv1D stem, causal dilated Conv1D + BatchNormalization + "
+                "ReLU6 layers, 1x1 Conv1D softmax head")
+    return f"layer {layer.name!r} ({kind}) is not supported in a streaming basilar model: {hint}"
+
+
+def canonical_window_model(model):
+    """A copy of `model` rebuilt with the family's canonical layer names (so the step model can be derived)."""
+    from firmware_tools.model import build_window_model
+
+    spec, layers = spec_from_model(model)
+    canonical = build_window_model(spec)
+    for name, layer in layers.items():
+        canonical.get_layer(name).set_weights(layer.get_weights())
+    if "input_scale" not in layers:
+        raise ConversionError("the model must start with Rescaling(1/64) (frames arrive as raw int8 values); "
+                              "build it with firmware_tools.model.build_window_model")
+    return canonical, spec
+
+
+# ---- calibration ----
+
+def layer_inputs_model(window_model, spec: ModelSpec):
+    """A model giving, for every frame, each temporal layer's input (what the step model keeps as state)."""
+    import keras
+
+    names = ["stem_act"] + [f"tcn{i}_act" for i in range(len(spec.dilations) - 1)]
+    return keras.Model(window_model.input, [window_model.get_layer(n).output for n in names])
+
+
+def representative_samples(window_model, spec: ModelSpec, frame_sequences, count=CALIBRATION_STEPS, seed=0):
+    """(frame, state) pairs as the device sees them while streaming, taken from real front-end frames."""
+    rng = np.random.default_rng(seed)
+    probe = layer_inputs_model(window_model, spec)
+    samples = []
+    per_clip = max(1, count // max(1, len(frame_sequences)))
+    for frames in frame_sequences:
+        acts = probe(frames[None].astype(np.float32), training=False)
+        acts = [np.asarray(a)[0] for a in (acts if isinstance(acts, (list, tuple)) else [acts])]
+        for t in rng.integers(0, len(frames), per_clip):
+            rows = []
+            for d, a in zip(spec.dilations, acts):
+                n = (spec.kernel - 1) * d
+                past = np.zeros((n, spec.width), np.float32)
+                src = a[max(0, t - n):t]
+                if len(src):
+                    past[n - len(src):] = src
+                rows.append(past)
+            samples.append((frames[t].astype(np.float32), np.concatenate(rows)))
+    # Pin the ranges: frames span the whole int8 range, state the whole ReLU6 range.
+    extreme_frame = np.where(np.arange(spec.channels) % 2, 127.0, -128.0).astype(np.float32)
+    extreme_state = np.zeros((spec.state_rows, spec.width), np.float32)
+    extreme_state[::2] = ACTIVATION_MAX
+    samples.append((extreme_frame, extreme_state))
+    return samples
+
+
+# ---- the conversion itself (runs in the worker process) ----
+
+def convert_step_model(step_model, samples) -> bytes:
+    import tensorflow as tf
+
+    def representative():
+        for frame, state in samples:
+            yield {"frame": frame[None], "state": state[None]}
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(step_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def lint_tflite(model_path) -> list[str]:
+    """Problems that make a model unfit for the device: float ops, WHILE loops, select-TF (Flex) ops."""
+    from edge.runner import make_interpreter
+
+    interpreter, _ = make_interpreter(model_path)
+    problems = []
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    for op in interpreter._get_ops_details():
+        name = op["op_name"].upper()
+        if any(bad in name for bad in FORBIDDEN_OPS):
+            problems.append(f"op {op['op_name']} is not allowed on the device (no WHILE loops, no Flex/custom ops)")
+        for index in list(op["inputs"]) + list(op["outputs"]):
+            t = tensors.get(int(index))
+            if t is not None and np.dtype(t["dtype"]).kind == "f":
+                problems.append(f"op {op['op_name']} computes in float ({t['name']}); the model must be int8 "
+                                "throughout")
+                break
+    return problems
+
+
+def convert_to_int8(model_path, calibration_frames, out_path, timeout_s: int = 900) -> dict:
+    """Run the conversion in a child process; returns the worker's report (spec, lint, sizes)."""
+    with tempfile.TemporaryDirectory(prefix="basilar-convert-") as tmp:
+        calib = Path(tmp) / "calibration.npz"
+        np.savez(calib, *calibration_frames)
+        report_path = Path(tmp) / "report.json"
+        cmd = [sys.executable, "-m", "firmware_tools.convert_worker", str(model_path), str(calib), str(out_path),
+               str(report_path)]
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+        except subprocess.TimeoutExpired:
+            raise ConversionError(f"the TFLite converter did not finish in {timeout_s} s") from None
+        if proc.returncode < 0:
+            raise ConversionError(f"the TFLite converter crashed (signal {-proc.returncode}) while converting "
+                                  f"{model_path}; its last output:\n{_tail(proc.stderr)}")
+        report = json.loads(report_path.read_text()) if report_path.exists() else None
+        if proc.returncode != 0 or report is None:
+            message = report.get("error") if report else None
+            raise ConversionError(message or f"conversion of {model_path} failed:\n{_tail(proc.stderr)}")
+        return report
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])

@@ -1,0 +1,65 @@
+"""`basilar convert MODEL --calibration DATA_DIR --out BUNDLE`: Keras model -> int8 streaming bundle."""
+import json
+from pathlib import Path
+
+import click
+
+from firmware_tools.cli_errors import fail_on
+
+
+@click.command()
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.option("--calibration", "calibration_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Labelled WAVs: some calibrate the int8 ranges, the rest measure float vs int8 agreement.")
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
+              help="Bundle directory to write, or a .tar.gz to write a bundle archive.")
+@click.option("--labels", help="Comma-separated labels in model output order (default: from MODEL's "
+              "sidecar written by `basilar train`, else the sorted labels of the calibration data).")
+@click.option("--name", default="model", show_default=True, help="Bundle name recorded in the manifest.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def convert(model, calibration_dir, out_path, labels, name, as_json):
+    """Convert a Keras model of the basilar family into an int8 streaming bundle."""
+    with fail_on():
+        report = run_convert(model, calibration_dir, out_path, labels, name)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        fi = report["float_vs_int8"]
+        click.echo(f"bundle {report['bundle']} (id {report['bundle_id'][:16]}...), step model "
+                   f"{report['model_size_bytes']} bytes")
+        click.echo(f"float vs int8 on {fi['clips']} held-out clips: agreement {fi['agreement'] * 100:.1f}%, "
+                   f"float {fi['float_accuracy'] * 100:.1f}%, int8 {fi['int8_accuracy'] * 100:.1f}%")
+
+
+def run_convert(model, calibration_dir, out_path, labels=None, name="model") -> dict:
+    import tempfile
+
+    import keras
+
+    from edge.bundle import pack_bundle
+    from edge.frontend import FrontendConfig
+    from firmware_tools import dataset, evaluate, pipeline
+    from firmware_tools.training import DEFAULT_FRONTEND, label_order
+
+    clips = dataset.scan_labelled(calibration_dir)
+    sidecar = pipeline.read_sidecar(model) or {}
+    if labels:
+        labels = [s.strip() for s in labels.split(",") if s.strip()]
+    else:
+        labels = sidecar.get("labels") or label_order(clips)
+    config = FrontendConfig.from_dict(sidecar["frontend"]) if "frontend" in sidecar else DEFAULT_FRONTEND
+    clips = [c for c in clips if c.label in labels]
+    if not clips:
+        raise ValueError(f"no calibration clips carry the model's labels {labels}")
+    calibration, rest = pipeline.split_calibration(clips)
+    archive = str(out_path).endswith((".tar.gz", ".tgz"))
+    with tempfile.TemporaryDirectory(prefix="basilar-bundle-") as tmp:
+        bundle_dir = Path(tmp) / "bundle" if archive else Path(out_path)
+        bundle, conversion = pipeline.convert_into_bundle(model, calibration, bundle_dir, config, labels,
+                                                          provenance=sidecar.get("provenance", {}), name=name)
+        window = keras.saving.load_model(model) if str(model).endswith(".keras") else None
+        agreement = evaluate.float_int8_agreement(window, bundle, rest[:300] or calibration) if window else {}
+        bundle_id = pack_bundle(bundle_dir, out_path) if archive else bundle.id
+    return {"bundle": str(out_path), "bundle_id": bundle_id, "model_size_bytes": conversion["size_bytes"],
+            "labels": labels, "float_vs_int8": agreement}

@@ -1,0 +1,260 @@
+"""Training data: labelled clips, synthesized negatives, augmentation, and front-end features.
+
+Every example is a stretch of audio run through the real integer front end (bit-exact with the device), so the
+model trains on exactly the frames it will see. An example is a sequence of SEQ_FRAMES frames with a target per
+frame: the background class before a word, the word's label around its end, and nothing (weight 0) elsewhere.
+"""
+import dataclasses
+import hashlib
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+from edge.frontend import Frontend, FrontendConfig
+
+BACKGROUND = "_background_"
+SEQ_FRAMES = 192  # frames per training example (1.92 s at 10 ms)
+CONTEXT_FRAMES = 64  # the first frames of an example only give the model its past: no loss there
+LABEL_BEFORE_END_S = 0.10  # a word's label is the target from this long before its end ...
+LABEL_AFTER_END_S = 0.40  # ... until this long after it
+EVAL_LEAD_S, EVAL_TAIL_S = 0.2, 0.6  # silence around a clip when a clip is classified (train and eval alike)
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+ESPEAK_VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029"]
+ESPEAK_VARIANTS = ["", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+f1", "+f2", "+f3", "+f4", "+klatt"]
+NON_TARGET_TEXT = [
+    "the weather looks good today", "please open the window", "where did you put the keys",
+    "this is a very quiet room", "turn left at the next corner", "the coffee is still hot",
+    "we should leave before dark", "can you hear the birds outside", "my brother plays the piano",
+    "hello there how are you", "the train was late again", "put the book on the table",
+    "yes of course", "no thank you", "maybe later", "good morning everybody", "let us go home",
+    "the cat is sleeping on the sofa", "bring me a glass of water", "that sounds like a plan",
+    "the meeting starts soon", "listen carefully", "what a beautiful garden", "close the door please",
+    "I like green apples", "the river is very wide", "she reads a lot of books", "help me with this box",
+    "the music is too loud", "we went to the market", "thank you very much", "see you tomorrow",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    path: Path
+    label: str
+    speaker: str
+
+
+def scan_labelled(data_dir) -> list[Clip]:
+    """Audio files labelled by sub-folder name or by a leading `{label}_` in the file name.
+
+    The speaker is the second `_` field of the name when there is one (`7_jackson_12.wav`), else the folder.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder of labelled audio files")
+    clips = []
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() not in AUDIO_SUFFIXES or not path.is_file():
+            continue
+        parts = path.stem.split("_")
+        if path.parent != root:
+            label = path.parent.name
+            speaker = parts[1] if len(parts) >= 3 else path.parent.name
+        elif len(parts) >= 2 and parts[0]:
+            label = parts[0]
+            speaker = parts[1] if len(parts) >= 3 else "unknown"
+        else:
+            continue
+        clips.append(Clip(path, label, speaker))
+    if not clips:
+        raise ValueError(f"no labelled audio in {root}: name files `{{label}}_....wav` or put them in one "
+                         "sub-folder per label")
+    return clips
+
+
+def read_clip(path, sample_rate: int) -> np.ndarray:
+    """A whole audio file as float64 mono in [-1, 1) at sample_rate."""
+    try:
+        data, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, OSError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    mono = data.mean(axis=1)
+    return soxr.resample(mono, rate, sample_rate) if rate != sample_rate else mono
+
+
+def to_int16(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16)
+
+
+# ---- synthesized speech (espeak-ng) ----
+
+def espeak_available() -> bool:
+    return shutil.which("espeak-ng") is not None
+
+
+def espeak(text: str, voice: str, pitch: int, speed: int, sample_rate: int) -> np.ndarray:
+    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
+        subprocess.run(["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed), "-w", tmp.name, text],
+                       check=True, capture_output=True)
+        x = read_clip(tmp.name, sample_rate)
+    return trim_silence(x)
+
+
+def trim_silence(x: np.ndarray, threshold_db: float = -40.0) -> np.ndarray:
+    """Cut leading and trailing samples quieter than threshold_db below the peak (FSDD clips are trimmed too)."""
+    if x.size == 0:
+        return x
+    loud = np.flatnonzero(np.abs(x) > np.abs(x).max() * 10 ** (threshold_db / 20))
+    return x[loud[0]:loud[-1] + 1] if loud.size else x[:0]
+
+
+def synth_digits(sample_rate: int, count: int, seed: int) -> list[tuple[np.ndarray, str]]:
+    """Spoken digits "0".."9" from many espeak-ng voices, pitches and rates: extra speakers to learn from."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        digit = i % 10
+        voice = rng.choice(ESPEAK_VOICES) + rng.choice(ESPEAK_VARIANTS)
+        out.append((espeak(DIGIT_WORDS[digit], voice, rng.randint(15, 85), rng.randint(110, 210), sample_rate),
+                    str(digit)))
+    return out
+
+
+def synth_non_target(sample_rate: int, count: int, seed: int) -> list[np.ndarray]:
+    """Non-target speech: everyday phrases from many voices, for the background class."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        voice = rng.choice(ESPEAK_VOICES) + rng.choice(ESPEAK_VARIANTS)
+        text = rng.choice(NON_TARGET_TEXT)
+        out.append(espeak(text, voice, rng.randint(15, 85), rng.randint(110, 210), sample_rate))
+    return out
+
+
+# ---- noise and augmentation ----
+
+def coloured_noise(rng: np.random.Generator, n: int, colour: str) -> np.ndarray:
+    white = rng.standard_normal(n)
+    if colour == "white":
+        return white
+    spectrum = np.fft.rfft(white)
+    f = np.arange(spectrum.size) + 1.0
+    spectrum /= np.sqrt(f) if colour == "pink" else f
+    x = np.fft.irfft(spectrum, n)
+    return x / (x.std() + 1e-12)
+
+
+def random_tilt(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+    """A random first-order spectral tilt: microphones and voices differ in brightness."""
+    a = rng.uniform(-0.6, 0.6)
+    y = x.copy()
+    y[1:] += a * x[:-1]
+    return y
+
+
+def random_speed(rng: np.random.Generator, x: np.ndarray, spread: float = 0.12) -> np.ndarray:
+    """Resample by a random factor: tempo and vocal-tract length change together."""
+    factor = rng.uniform(1 - spread, 1 + spread)
+    return soxr.resample(x, 1000, round(1000 * factor))
+
+
+def set_peak(x: np.ndarray, peak_dbfs: float) -> np.ndarray:
+    peak = np.abs(x).max()
+    return x * (10 ** (peak_dbfs / 20) / peak) if peak > 0 else x
+
+
+class Augmenter:
+    """Builds labelled example sequences around words, and background-only sequences."""
+
+    def __init__(self, config: FrontendConfig, noise_speech: list[np.ndarray], seed: int):
+        self.config = config
+        self.rate = config.sample_rate
+        self.hop = config.hop_samples
+        self.noise_speech = noise_speech
+        self.rng = np.random.default_rng(seed)
+
+    def background(self, n: int) -> np.ndarray:
+        """n samples of a random background: digital silence, noise, or non-target speech in noise."""
+        rng = self.rng
+        kind = rng.choice(["silence", "noise", "speech"], p=[0.15, 0.35, 0.5])
+        if kind == "silence":
+            return np.zeros(n)
+        level = 10 ** (rng.uniform(-75, -35) / 20)
+        x = coloured_noise(rng, n, rng.choice(["white", "pink", "brown"])) * level
+        if kind == "speech" and self.noise_speech:
+            pos = 0
+            while pos < n:
+                pos += int(rng.uniform(0.0, 0.4) * self.rate)
+                if pos >= n:
+                    break
+                s = set_peak(random_speed(rng, self.noise_speech[rng.integers(len(self.noise_speech))]),
+                             rng.uniform(-40, -3))
+                end = min(n, pos + s.size)
+                x[pos:end] += s[:end - pos]
+                pos = end
+        return x
+
+    def augment_word(self, word: np.ndarray) -> np.ndarray:
+        rng = self.rng
+        if rng.random() < 0.8:
+            word = random_speed(rng, word)
+        if rng.random() < 0.7:
+            word = random_tilt(rng, word)
+        return set_peak(word, rng.uniform(-40, -1))
+
+    def word_example(self, word: np.ndarray, label_index: int, background_index: int):
+        """(frames int8 (SEQ_FRAMES, C), targets int (SEQ_FRAMES,), weights float (SEQ_FRAMES,))."""
+        rng = self.rng
+        word = self.augment_word(word)
+        word_frames = int(np.ceil(word.size / self.hop))
+        clean = rng.random() < 0.3  # the clip-evaluation condition: digital silence around the word
+        end_frame = int(rng.integers(CONTEXT_FRAMES + 40, SEQ_FRAMES - 45))
+        start_frame = end_frame - word_frames
+        warmup = 0 if clean else int(rng.uniform(0, 1.0) * self.rate)
+        total = warmup + SEQ_FRAMES * self.hop
+        audio = np.zeros(total) if clean else self.background(total)
+        start = warmup + start_frame * self.hop
+        if start < 0:  # a very long word: keep its end, drop its beginning
+            word, start = word[-start:], 0
+        if clean:
+            audio[:max(0, start - int(EVAL_LEAD_S * self.rate))] = 0
+        audio[start:start + word.size] += word[:total - start]
+        if not clean and rng.random() < 0.5:
+            audio += coloured_noise(rng, total, "white") * np.abs(word).max() * 10 ** (-rng.uniform(15, 40) / 20)
+        frames = self.frames(audio)[-SEQ_FRAMES:]
+        targets = np.full(SEQ_FRAMES, background_index)
+        weights = np.zeros(SEQ_FRAMES, np.float32)
+        weights[CONTEXT_FRAMES:max(CONTEXT_FRAMES, start_frame)] = 1.0
+        first = end_frame - round(LABEL_BEFORE_END_S * 1000 / self.config.hop_ms)
+        last = end_frame + round(LABEL_AFTER_END_S * 1000 / self.config.hop_ms)
+        targets[first:last] = label_index
+        weights[first:last] = 1.0
+        return frames, targets, weights
+
+    def background_example(self, background_index: int):
+        warmup = int(self.rng.uniform(0, 1.0) * self.rate)
+        audio = self.background(warmup + SEQ_FRAMES * self.hop)
+        frames = self.frames(audio)[-SEQ_FRAMES:]
+        weights = np.zeros(SEQ_FRAMES, np.float32)
+        weights[CONTEXT_FRAMES:] = 1.0
+        return frames, np.full(SEQ_FRAMES, background_index), weights
+
+    def frames(self, audio: np.ndarray) -> np.ndarray:
+        return Frontend(self.config).process(to_int16(audio))
+
+
+def clip_frames(config: FrontendConfig, word: np.ndarray) -> np.ndarray:
+    """The frames a clip is classified from: the word with silence around it, from a fresh front end."""
+    lead = np.zeros(int(EVAL_LEAD_S * config.sample_rate))
+    tail = np.zeros(int(EVAL_TAIL_S * config.sample_rate))
+    return Frontend(config).process(to_int16(np.concatenate([lead, word, tail])))
+
+
+def cache_key(*parts) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]

@@ -1,0 +1,66 @@
+"""Clip evaluation exactly as the device streams: integer front end, then the int8 step model frame by frame.
+
+A clip is played with EVAL_LEAD_S of silence before and EVAL_TAIL_S after it, through a fresh front end and
+model state; its label is the one whose posterior peaks highest while it plays.
+"""
+import numpy as np
+
+from edge.runner import StepRunner
+from firmware_tools import dataset
+
+
+def stream_clip(runner: StepRunner, frames: np.ndarray) -> np.ndarray:
+    """Posteriors (frames, labels) of the step model over a clip's frames, from a fresh state."""
+    runner.reset()
+    return np.array([runner.step(f) for f in frames])
+
+
+def evaluate_bundle(bundle, clips, progress=None) -> dict:
+    """Clip accuracy, per-label recall and confusion of a bundle on labelled clips."""
+    from firmware_tools.training import clip_report
+
+    labels = bundle.labels
+    unknown = sorted({c.label for c in clips} - set(labels))
+    if unknown:
+        raise ValueError(f"clips carry labels the bundle does not know: {unknown}; the bundle's labels are "
+                         f"{labels}")
+    config = bundle.frontend_config
+    runner = StepRunner(bundle)
+    truth, predicted = [], []
+    items = progress(clips) if progress else clips
+    for clip in items:
+        frames = dataset.clip_frames(config, dataset.read_clip(clip.path, config.sample_rate))
+        scores = stream_clip(runner, frames)
+        truth.append(labels.index(clip.label))
+        predicted.append(int(scores.max(axis=0).argmax()))
+    report = clip_report(labels, truth, predicted)
+    report["predicted"] = [labels[p] for p in predicted]
+    return report
+
+
+def float_int8_agreement(window_model, bundle, clips) -> dict:
+    """How often the float window model and the int8 step model pick the same label, and their accuracies."""
+    from firmware_tools.training import classify_frames
+
+    labels = bundle.labels
+    config = bundle.frontend_config
+    frames = [dataset.clip_frames(config, dataset.read_clip(c.path, config.sample_rate)) for c in clips]
+    float_pred = classify_frames(window_model, frames)
+    runner = StepRunner(bundle)
+    int8_pred = np.array([int(stream_clip(runner, f).max(axis=0).argmax()) for f in frames])
+    truth = np.array([labels.index(c.label) for c in clips])
+    return {"clips": int(len(clips)), "agreement": float(np.mean(float_pred == int8_pred)),
+            "float_accuracy": float(np.mean(float_pred == truth)),
+            "int8_accuracy": float(np.mean(int8_pred == truth))}
+
+
+def format_report(report: dict) -> str:
+    labels = report["labels"]
+    lines = [f"clips: {report['clips']}   accuracy: {report['accuracy'] * 100:.1f}%", "", "recall per label:"]
+    lines += [f"  {lab:>12}: {report['recall'][lab] * 100:5.1f}%" for lab in labels]
+    width = max(4, max(len(l) for l in labels) + 1)
+    lines += ["", "confusion (rows: truth, columns: predicted):",
+              " " * width + "".join(f"{l:>{width}}" for l in labels)]
+    for lab, row in zip(labels, report["confusion"]):
+        lines.append(f"{lab:>{width}}" + "".join(f"{v:>{width}}" for v in row))
+    return "\n".join(lines)

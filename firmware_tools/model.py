@@ -1,0 +1,120 @@
+"""The temporal model family: a causal dilated 1-D convolution stack over front-end frames.
+
+Frequency bands are the features; time is the only convolution axis (a sound moved up in frequency is a
+different sound, so nothing is shared across frequency). Dilations 1, 2, 4, ... 32 with kernel 3 give a
+receptive field of 127 frames (1.27 s at 10 ms hops): a memory whose time resolution falls with age.
+
+Two exports share one set of weights:
+  window model: frames (T, channels) -> class posteriors (T, classes), for training and clip evaluation;
+  step model:   one frame + explicit state -> posteriors + new state, for streaming on the device.
+The step model's state is one tensor (rows, width): every layer's input history, stacked. All stored
+activations are ReLU6 outputs, so one int8 scale serves the whole state exactly.
+"""
+import dataclasses
+
+import keras
+import numpy as np
+from keras import layers
+
+INPUT_SCALE = 1 / 64  # frames arrive as raw int8 values (model input quantisation is scale 1, zero point 0)
+ACTIVATION_MAX = 6.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    channels: int  # front-end channels
+    classes: int  # labels + background
+    width: int = 48
+    kernel: int = 3
+    dilations: tuple = (1, 2, 4, 8, 16, 32)
+
+    @property
+    def receptive_field(self) -> int:
+        return 1 + (self.kernel - 1) * sum(self.dilations)
+
+    @property
+    def state_rows(self) -> int:
+        return (self.kernel - 1) * sum(self.dilations)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["dilations"] = list(self.dilations)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        d = dict(d)
+        d["dilations"] = tuple(d["dilations"])
+        return cls(**d)
+
+
+def _activation(name: str | None = None):
+    return layers.ReLU(max_value=ACTIVATION_MAX, name=name)
+
+
+def build_window_model(spec: ModelSpec, frames: int | None = None) -> keras.Model:
+    inp = keras.Input((frames, spec.channels), name="frames")
+    x = layers.Rescaling(INPUT_SCALE, name="input_scale")(inp)
+    x = layers.Conv1D(spec.width, 1, name="stem")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = _activation("stem_act")(x)
+    for i, d in enumerate(spec.dilations):
+        x = layers.Conv1D(spec.width, spec.kernel, dilation_rate=d, padding="causal", name=f"tcn{i}")(x)
+        x = layers.BatchNormalization(name=f"tcn{i}_bn")(x)
+        x = _activation(f"tcn{i}_act")(x)
+    x = layers.Dropout(0.1, name="dropout")(x)
+    out = layers.Conv1D(spec.classes, 1, activation="softmax", name="head")(x)
+    return keras.Model(inp, out, name="basilar_window")
+
+
+def build_step_model(spec: ModelSpec, window_model: keras.Model) -> keras.Model:
+    """The streaming twin of a (trained) window model, sharing its layers' weights.
+
+    Layer i keeps its last (kernel-1)*d inputs; the new frame's output needs the inputs at t, t-d, t-2d,
+    which are picked from the history with a strided slice, then the layer's kernel is applied as a
+    dense map. BatchNorm layers are reused as they are (the converter folds them).
+    """
+    frame = keras.Input((spec.channels,), batch_size=1, name="frame")
+    state = keras.Input((spec.state_rows, spec.width), batch_size=1, name="state")
+    get = window_model.get_layer
+    x = get("input_scale")(frame)
+    x = layers.Reshape((1, spec.channels))(x)
+    x = get("stem")(x)
+    x = get("stem_bn")(x)
+    x = _activation()(x)  # (1, 1, width)
+    new_rows = []
+    offset = 0
+    for i, d in enumerate(spec.dilations):
+        rows = (spec.kernel - 1) * d
+        history = state[:, offset:offset + rows, :]
+        window = layers.Concatenate(axis=1)([history, x])  # (1, rows + 1, width), oldest first
+        new_rows.append(window[:, 1:, :])
+        taps = window[:, ::d, :]  # (1, kernel, width): inputs at t-(k-1)d, ..., t
+        conv = get(f"tcn{i}")
+        x = _dense_conv(spec, conv, i)(taps)
+        x = get(f"tcn{i}_bn")(x)
+        x = _activation()(x)
+        offset += rows
+    new_state = layers.Concatenate(axis=1, name="new_state")(new_rows)
+    scores = get("head")(x)
+    scores = layers.Reshape((spec.classes,), name="scores")(scores)
+    return keras.Model([frame, state], [scores, new_state], name="basilar_step")
+
+
+def _dense_conv(spec: ModelSpec, conv: layers.Conv1D, i: int) -> layers.Conv1D:
+    """A valid, undilated Conv1D over the picked taps with the trained layer's weights."""
+    twin = layers.Conv1D(spec.width, spec.kernel, padding="valid", name=f"tcn{i}_step")
+    twin.build((1, spec.kernel, spec.width))
+    twin.set_weights(conv.get_weights())
+    return twin
+
+
+def stream_float(step_model: keras.Model, spec: ModelSpec, frames: np.ndarray) -> np.ndarray:
+    """Run the float step model frame by frame (for the window/step equivalence check)."""
+    state = np.zeros((1, spec.state_rows, spec.width), np.float32)
+    out = []
+    for f in frames.astype(np.float32):
+        scores, state = step_model([f[None], state], training=False)
+        out.append(np.asarray(scores)[0])
+        state = np.asarray(state)
+    return np.array(out)

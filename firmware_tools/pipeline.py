@@ -1,0 +1,54 @@
+"""Host-side pipeline pieces shared by `basilar train` and `basilar convert`: sidecar metadata, calibration,
+conversion into a bundle, and the float-vs-int8 report."""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edge.frontend import FrontendConfig
+from firmware_tools import bundler, dataset
+from firmware_tools.convert import convert_to_int8
+
+CALIBRATION_CLIPS = 64
+
+
+def sidecar_path(model_path) -> Path:
+    return Path(str(model_path) + ".basilar.json")
+
+
+def write_sidecar(model_path, labels, config: FrontendConfig, provenance: dict) -> None:
+    sidecar_path(model_path).write_text(json.dumps(
+        {"labels": labels, "frontend": config.to_dict(), "provenance": provenance}, indent=2) + "\n")
+
+
+def read_sidecar(model_path) -> dict | None:
+    path = sidecar_path(model_path)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def split_calibration(clips, seed: int = 0):
+    """A few clips of every label to calibrate with; the rest are held out for the agreement report."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(clips))
+    calibration = [clips[i] for i in order[:CALIBRATION_CLIPS]]
+    return calibration, [clips[i] for i in order[CALIBRATION_CLIPS:]]
+
+
+def convert_into_bundle(model_path, calibration_clips, out_dir, config: FrontendConfig, labels, *,
+                        provenance: dict, detector=None, evaluation=None, name="model", work_dir=None):
+    frames = [dataset.clip_frames(config, dataset.read_clip(c.path, config.sample_rate)) for c in calibration_clips]
+    work = Path(work_dir or out_dir).parent
+    step_path = work / f".{Path(out_dir).name}.step.tflite"
+    try:
+        report = convert_to_int8(model_path, frames, step_path)
+        spec = report["spec"]
+        if spec["classes"] != len(labels) + 1:
+            from firmware_tools.convert import ConversionError
+
+            raise ConversionError(f"the model has {spec['classes']} outputs but there are {len(labels)} labels "
+                                  f"(+1 background): {labels}")
+        bundle = bundler.make_bundle(out_dir, step_path, config, labels, spec=spec, detector=detector,
+                                     provenance=provenance, evaluation=evaluation, name=name)
+    finally:
+        step_path.unlink(missing_ok=True)
+    return bundle, report

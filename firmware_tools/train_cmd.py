@@ -1,0 +1,31 @@
+"""`basilar train DATA_DIR`: features, augmentation, training, int8 conversion and a bundle, with a report."""
+import json
+from pathlib import Path
+
+import click
+
+from firmware_tools.cli_errors import fail_on
+
+
+@click.command()
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("basilar-model"), show_default=True,
+              help="Folder for model.keras, the bundle and the reports.")
+@click.option("--holdout", default="auto", show_default=True,
+              help="Speaker to hold out for validation; 'auto' picks the last speaker, 'none' trains on all.")
+@click.option("--loso", is_flag=True, help="Also report leave-one-speaker-out accuracy (one model per speaker).")
+@click.option("--epochs", type=click.IntRange(1, 500), default=30, show_default=True)
+@click.option("--width", type=click.IntRange(8, 256), default=48, show_default=True, help="Channels per layer.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-synth", is_flag=True, help="Do not add espeak-ng voices (digits and non-target speech).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "basilar",
+              show_default=True, help="Where computed features are cached.")
+@click.option("--name", default="model", show_default=True, help="Bundle name recorded in the manifest.")
+def train(data_dir, out_dir, holdout, loso, epochs, width, seed, no_synth, cache_dir, name):
+    """Train a streaming model on labelled WAVs (sub-folder per label, or files named LABEL_...)."""
+    with fail_on():
+        from firmware_tools.training import run_training
+
+        summary = run_training(data_dir, out_dir, holdout=holdout, loso=loso, epochs=epochs, width=width,
+                               seed=seed, synth=not no_synth, cache_dir=cache_dir, name=name, log=click.echo)
+    click.echo(json.dumps(summary, indent=2))

@@ -1,0 +1,215 @@
+"""The training recipe: features from the integer front end, augmentation, a causal TCN, speaker-held-out checks.
+
+Host only (TensorFlow). `train()` is what `basilar train` runs; `leave_one_speaker_out()` gives the
+speaker-independent figures the README reports.
+"""
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge.frontend import FrontendConfig
+from firmware_tools import dataset
+from firmware_tools.dataset import BACKGROUND
+
+DEFAULT_FRONTEND = FrontendConfig(sample_rate=8000, channels=32, f_low=100.0, f_high=3800.0)
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    frontend: FrontendConfig = DEFAULT_FRONTEND
+    width: int = 48
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    copies_per_clip: int = 3  # augmented examples made from each real clip
+    synth_digits: int = 600  # espeak-ng digit clips (only when the labels are the digits 0-9)
+    synth_non_target: int = 300  # espeak-ng non-target phrases for the background class
+    background_examples: int = 2500
+    seed: int = 0
+
+
+def progress(iterable, desc: str, total: int | None = None):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, unit="ex", leave=False)
+
+
+def label_order(clips) -> list[str]:
+    labels = sorted({c.label for c in clips})
+    return sorted(labels, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+
+
+def build_examples(clips, labels, settings: TrainSettings, cache_dir: Path | None):
+    """(frames int8 (N, T, C), targets int32 (N, T), weights float32 (N, T)), cached on disk."""
+    key = dataset.cache_key([(str(c.path), c.path.stat().st_mtime_ns) for c in clips], labels,
+                            settings.frontend.hash(), dataclasses.astuple(settings))
+    cache = cache_dir / f"examples-{key}.npz" if cache_dir else None
+    if cache and cache.exists():
+        with np.load(cache) as z:
+            return z["frames"], z["targets"], z["weights"]
+    cfg = settings.frontend
+    rate = cfg.sample_rate
+    use_espeak = dataset.espeak_available()
+    noise_speech = dataset.synth_non_target(rate, settings.synth_non_target, settings.seed) if use_espeak else []
+    words = [(dataset.read_clip(c.path, rate), c.label) for c in clips]
+    if use_espeak and labels == [str(d) for d in range(10)] and settings.synth_digits:
+        words += dataset.synth_digits(rate, settings.synth_digits, settings.seed + 1)
+    aug = dataset.Augmenter(cfg, noise_speech, settings.seed)
+    background = len(labels)
+    jobs = [(w, labels.index(lab)) for w, lab in words for _ in range(settings.copies_per_clip)]
+    jobs += [(None, background)] * settings.background_examples
+    order = np.random.default_rng(settings.seed).permutation(len(jobs))
+    frames, targets, weights = [], [], []
+    for i in progress(order, "features", len(order)):
+        word, index = jobs[i]
+        f, t, w = aug.word_example(word, index, background) if word is not None else aug.background_example(background)
+        frames.append(f)
+        targets.append(t)
+        weights.append(w)
+    out = np.stack(frames), np.stack(targets).astype(np.int32), np.stack(weights)
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, frames=out[0], targets=out[1], weights=out[2])
+    return out
+
+
+def fit(frames, targets, weights, labels, settings: TrainSettings, verbose: int = 2):
+    import keras
+
+    from firmware_tools.model import ModelSpec, build_window_model
+
+    keras.utils.set_random_seed(settings.seed)
+    spec = ModelSpec(channels=settings.frontend.channels, classes=len(labels) + 1, width=settings.width)
+    model = build_window_model(spec)
+    steps = settings.epochs * int(np.ceil(len(frames) / settings.batch_size))
+    schedule = keras.optimizers.schedules.CosineDecay(settings.learning_rate, steps)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
+                  weighted_metrics=["accuracy"])
+    model.fit(frames.astype(np.float32), targets, sample_weight=weights, batch_size=settings.batch_size,
+              epochs=settings.epochs, verbose=verbose, shuffle=True)
+    return model, spec
+
+
+def classify_frames(window_model, frames_list) -> np.ndarray:
+    """Clip decisions from the float window model: the label whose posterior peaks highest over time."""
+    import keras
+
+    predictions = []
+    for frames in frames_list:
+        scores = np.asarray(window_model(frames[None].astype(np.float32), training=False))[0]
+        predictions.append(int(scores[:, :-1].max(axis=0).argmax()))
+    return np.array(predictions)
+
+
+def clip_report(labels, truth, predicted) -> dict:
+    n = len(labels)
+    confusion = np.zeros((n, n), int)
+    for t, p in zip(truth, predicted):
+        confusion[t, p] += 1
+    recall = {lab: float(confusion[i, i] / max(1, confusion[i].sum())) for i, lab in enumerate(labels)}
+    return {"accuracy": float(np.mean(np.asarray(truth) == np.asarray(predicted))), "clips": int(len(truth)),
+            "recall": recall, "confusion": confusion.tolist(), "labels": labels}
+
+
+def heldout_frames(clips, config: FrontendConfig):
+    return [dataset.clip_frames(config, dataset.read_clip(c.path, config.sample_rate)) for c in clips]
+
+
+def leave_one_speaker_out(data_dir, settings: TrainSettings, cache_dir=None, log=print) -> dict:
+    clips = dataset.scan_labelled(data_dir)
+    labels = label_order(clips)
+    speakers = sorted({c.speaker for c in clips})
+    folds = {}
+    for speaker in speakers:
+        train_clips = [c for c in clips if c.speaker != speaker]
+        test_clips = [c for c in clips if c.speaker == speaker]
+        t0 = time.time()
+        frames, targets, weights = build_examples(train_clips, labels, settings, cache_dir)
+        model, _ = fit(frames, targets, weights, labels, settings, verbose=0)
+        truth = [labels.index(c.label) for c in test_clips]
+        predicted = classify_frames(model, heldout_frames(test_clips, settings.frontend))
+        folds[speaker] = clip_report(labels, truth, predicted)
+        log(f"held out {speaker}: accuracy {folds[speaker]['accuracy']:.3f} ({time.time() - t0:.0f} s)")
+    accuracies = [f["accuracy"] for f in folds.values()]
+    return {"folds": folds, "mean_accuracy": float(np.mean(accuracies)), "settings": _settings_dict(settings)}
+
+
+def _settings_dict(settings: TrainSettings) -> dict:
+    d = dataclasses.asdict(settings)
+    d["frontend"] = settings.frontend.to_dict()
+    return d
+
+
+def run_training(data_dir, out_dir, *, holdout="auto", loso=False, epochs=30, width=48, seed=0, synth=True,
+                 cache_dir=None, name="model", log=print, settings: TrainSettings | None = None) -> dict:
+    """The whole `basilar train`: returns a summary and writes model.keras, bundle/ and report.{json,txt}."""
+    from firmware_tools import bundler, evaluate, pipeline
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = settings or TrainSettings(width=width, epochs=epochs, seed=seed)
+    if not synth:
+        settings = dataclasses.replace(settings, synth_digits=0, synth_non_target=0)
+    clips = dataset.scan_labelled(data_dir)
+    labels = label_order(clips)
+    speakers = sorted({c.speaker for c in clips})
+    if holdout == "auto":
+        holdout = speakers[-1] if len(speakers) > 1 else "none"
+    if holdout != "none" and holdout not in speakers:
+        raise ValueError(f"--holdout {holdout!r} is not among the speakers found: {speakers}")
+    held = [c for c in clips if c.speaker == holdout]
+    train_clips = [c for c in clips if c.speaker != holdout]
+    log(f"{len(clips)} clips, labels {labels}, speakers {speakers}; holding out: {holdout}")
+    summary = {"labels": labels, "speakers": speakers, "holdout": holdout, "settings": _settings_dict(settings)}
+    if loso:
+        summary["leave_one_speaker_out"] = leave_one_speaker_out(data_dir, settings, cache_dir, log=log)
+
+    frames, targets, weights = build_examples(train_clips, labels, settings, cache_dir)
+    log(f"training on {len(frames)} examples of {frames.shape[1]} frames")
+    model, spec = fit(frames, targets, weights, labels, settings, verbose=2)
+    model_path = out / "model.keras"
+    model.save(model_path)
+    is_fsdd = any(c.speaker in ("jackson", "nicolas", "theo", "yweweler") for c in clips)
+    provenance = dict(bundler.FSDD_PROVENANCE) if is_fsdd else {"training_data": str(data_dir)}
+    pipeline.write_sidecar(model_path, labels, settings.frontend, provenance)
+
+    calibration, rest = pipeline.split_calibration(train_clips, seed)
+    check_clips = held or rest[:300]
+    bundle, conversion = pipeline.convert_into_bundle(model_path, calibration, out / "bundle", settings.frontend,
+                                                      labels, provenance=provenance, name=name)
+    agreement = evaluate.float_int8_agreement(model, bundle, check_clips)
+    summary["float_vs_int8"] = {"on": f"held-out speaker {holdout}" if held else "training clips", **agreement}
+    if held:
+        summary["heldout_int8"] = evaluate.evaluate_bundle(bundle, held)
+    summary["model_size_bytes"] = conversion["size_bytes"]
+    summary["bundle"] = str(out / "bundle")
+    (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "report.txt").write_text(format_summary(summary) + "\n")
+    log(format_summary(summary))
+    return {k: summary[k] for k in ("bundle", "holdout", "model_size_bytes", "float_vs_int8")}
+
+
+def format_summary(summary: dict) -> str:
+    from firmware_tools.evaluate import format_report
+
+    lines = [f"labels: {', '.join(summary['labels'])}", f"speakers: {', '.join(summary['speakers'])}"]
+    loso = summary.get("leave_one_speaker_out")
+    if loso:
+        lines.append("leave-one-speaker-out clip accuracy (float): " + ", ".join(
+            f"{s} {f['accuracy'] * 100:.1f}%" for s, f in loso["folds"].items())
+            + f"; mean {loso['mean_accuracy'] * 100:.1f}%")
+    fi = summary.get("float_vs_int8")
+    if fi:
+        lines.append(f"float vs int8 on {fi['on']} ({fi['clips']} clips): agreement {fi['agreement'] * 100:.1f}%, "
+                     f"float {fi['float_accuracy'] * 100:.1f}%, int8 {fi['int8_accuracy'] * 100:.1f}%")
+    if "heldout_int8" in summary:
+        lines += ["", f"int8 bundle on held-out speaker {summary['holdout']}:", format_report(summary["heldout_int8"])]
+    if "model_size_bytes" in summary:
+        lines.append(f"\nstep model: {summary['model_size_bytes']} bytes")
+    return "\n".join(lines)
