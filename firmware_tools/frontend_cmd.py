@@ -1,0 +1,143 @@
+"""`basilar frontend IN.wav`: run the cochlea front end over an audio file, save and picture what it makes."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from edge.frontend import OUTPUT_SCALE_DB, OUTPUT_ZERO_POINT, Frontend, FrontendConfig, FrontendConfigError
+from edge.sources import FileSource, SourceError
+
+DEFAULTS = FrontendConfig()
+HIGHEST_F_HIGH = 7 / 16  # of the sample rate, when the default f_high would reach Nyquist (3500 Hz at 8 kHz)
+
+
+def read_audio(path: str, sample_rate: int) -> tuple[np.ndarray, FileSource]:
+    """The whole file as int16 mono at sample_rate (downmixed, resampled with soxr), and the opened source."""
+    with FileSource(path, sample_rate, chunk_ms=1000) as source:
+        chunks = list(source.chunks())
+    samples = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+    return samples, source
+
+
+def make_config(sample_rate: int, channels: int, f_low: float | None, f_high: float | None) -> FrontendConfig:
+    if f_high is None:
+        f_high = min(DEFAULTS.f_high, HIGHEST_F_HIGH * sample_rate)
+    try:
+        return FrontendConfig(sample_rate=sample_rate, channels=channels, f_high=float(f_high),
+                              f_low=float(DEFAULTS.f_low if f_low is None else f_low))
+    except FrontendConfigError as err:
+        raise click.ClickException(f"front-end settings: {err} (options --sample-rate, --channels, --f-low, "
+                                   "--f-high)") from None
+
+
+def run_stage(config: FrontendConfig, samples: np.ndarray, stage: str, use_reference: bool):
+    """Returns (output array, seconds taken). Frames: int8 (frames, channels); filters: float64 (channels, n)."""
+    frontend = Frontend(config)
+    start = time.perf_counter()
+    if stage == "frames":
+        out = frontend.process(samples)
+    elif use_reference:
+        from edge.frontend import reference
+
+        coefs = reference.erb_filter_coefficients(config.sample_rate, frontend.centre_freqs)
+        out = reference.erb_filterbank(samples / 32768.0, coefs)
+    else:
+        out = frontend.filterbank(samples)
+    return out, time.perf_counter() - start
+
+
+def describe_output(out: np.ndarray, stage: str, use_reference: bool) -> str:
+    if stage == "frames":
+        return (f"{out.shape[0]} frames x {out.shape[1]} channels, int8 ({OUTPUT_SCALE_DB:.3f} dB per step, "
+                f"{OUTPUT_ZERO_POINT} = the normaliser's reference level)")
+    which = "float64 reference" if use_reference else "fixed-point"
+    return (f"{which} filter output, {out.shape[0]} channels x {out.shape[1]} samples, float64 "
+            "(int16 full scale = 1.0)")
+
+
+def save(out: np.ndarray, path: Path) -> None:
+    try:
+        np.save(path, out)
+    except OSError as err:
+        raise click.ClickException(f"cannot write {path} ({err.strerror or err}); pick a writable path") from None
+
+
+def plot(out: np.ndarray, config: FrontendConfig, centre_freqs, stage: str, use_reference: bool, source_name: str,
+         path: Path) -> None:
+    from firmware_tools import cochleagram
+
+    if stage == "frames":
+        levels = cochleagram.frames_to_db(out)
+        title = f"{source_name}: front-end frames, {config.channels} channels, hop {config.hop_ms:g} ms"
+        label = f"dB re the normaliser's reference ({OUTPUT_SCALE_DB:.3f} dB per int8 step)"
+        low, high, codes = (-128 - OUTPUT_ZERO_POINT) * OUTPUT_SCALE_DB, 0.0, True
+    else:
+        levels = cochleagram.filter_output_to_db(out, config.hop_samples)
+        which = "float64 reference" if use_reference else "fixed-point"
+        title = f"{source_name}: {which} gammatone filter output, RMS per {config.hop_ms:g} ms"
+        label = "dB re full-scale sine"
+        low, high, codes = -90.0, 0.0, False
+    try:
+        cochleagram.draw(levels, centre_freqs, config, str(path), title=title, colour_label=label, vmin=low,
+                         vmax=high, int8_codes=codes)
+    except cochleagram.PlotError as err:
+        raise click.ClickException(str(err)) from None
+
+
+@click.command()
+@click.argument("audio", metavar="IN.wav", type=click.Path(exists=True, dir_okay=False))
+@click.option("--channels", type=int, default=DEFAULTS.channels, show_default=True,
+              help="Gammatone channels, equally spaced on the ERB-rate scale.")
+@click.option("--sample-rate", type=int, default=DEFAULTS.sample_rate, show_default=True,
+              help="Rate the audio is resampled to before the front end (Hz).")
+@click.option("--f-low", type=float, default=None, help=f"Lowest centre frequency in Hz  [default: {DEFAULTS.f_low:g}]")
+@click.option("--f-high", type=float, default=None,
+              help=f"Upper end of the channel span in Hz  [default: {DEFAULTS.f_high:g}, or 7/16 of the sample "
+                   "rate if that is lower]")
+@click.option("--stage", type=click.Choice(["frames", "filters"]), default="frames", show_default=True,
+              help="frames: the int8 frames a model takes; filters: the gammatone filter outputs.")
+@click.option("--reference", "use_reference", is_flag=True,
+              help="With --stage filters: use the float64 reference filterbank instead of the fixed-point one.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Save the output as a NumPy .npy file: frames (frames, channels) int8, or filter output "
+                   "(channels, samples) float64.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw a cochleagram PNG (needs matplotlib).")
+def frontend(audio, channels, sample_rate, f_low, f_high, stage, use_reference, out, plot_path):
+    """Run the cochlea front end over IN.wav (any WAV/FLAC/OGG, any rate, width and channel count).
+
+    Prints a summary; --out saves the frames (or the filter output with --stage filters); --plot draws a
+    cochleagram.
+    """
+    if use_reference and stage != "filters":
+        raise click.UsageError("--reference applies to --stage filters (the frames stage is integer-only)")
+    if out is not None and out.suffix != ".npy":
+        raise click.BadParameter(f"{out}: name a .npy file, e.g. {out.with_suffix('.npy')}", param_hint="--out")
+    config = make_config(sample_rate, channels, f_low, f_high)
+    try:
+        samples, source = read_audio(audio, config.sample_rate)
+    except SourceError as err:
+        raise click.ClickException(str(err)) from None
+
+    result, seconds = run_stage(config, samples, stage, use_reference)
+    duration = samples.size / config.sample_rate
+    speed = f"{duration / seconds:,.0f}x real time" if seconds > 0 and duration > 0 else "n/a"
+    resampled = f", resampled to {config.sample_rate} Hz (soxr)" if source.file_rate != config.sample_rate else ""
+    frontend_ = Frontend(config)
+    cf = frontend_.centre_freqs
+    click.echo(f"input      {audio}: {duration:.2f} s, {source.file_rate} Hz, {source.file_channels} channel(s), "
+               f"{source.file_format}{resampled}")
+    click.echo(f"front end  {config.sample_rate} Hz, {config.channels} channels {cf[0]:.0f}-{cf[-1]:.0f} Hz "
+               f"(ERB-spaced), hop {config.hop_ms:g} ms, window {config.window_ms:g} ms")
+    click.echo(f"config     hash {config.hash()}")
+    click.echo(f"output     {describe_output(result, stage, use_reference)}")
+    click.echo(f"time       {seconds:.3f} s ({speed})")
+    if out is not None:
+        save(result, out)
+        click.echo(f"saved      {out}")
+    if plot_path is not None:
+        plot(result, config, cf, stage, use_reference, Path(audio).name, plot_path)
+        click.echo(f"plot       {plot_path}")

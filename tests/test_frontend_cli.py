@@ -1,0 +1,163 @@
+"""`basilar frontend` on real WAV files written by soundfile, through click's CliRunner."""
+import re
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+from click.testing import CliRunner
+
+from edge.frontend import Frontend, FrontendConfig, reference
+from firmware_tools.cli import main
+from tests.conftest import require_module
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["frontend", *map(str, args)])
+
+
+def tone(freq, seconds, rate, amplitude=0.3):
+    return amplitude * np.sin(2 * np.pi * freq * np.arange(int(seconds * rate)) / rate)
+
+
+@pytest.fixture
+def speechlike_16k(tmp_path):
+    """1.5 s of 16 kHz int16 mono: a tone glide in noise, so every channel gets something."""
+    rate = 16000
+    t = np.arange(int(1.5 * rate)) / rate
+    glide = 0.3 * np.sin(2 * np.pi * (200 * t + 1500 * t**2))
+    noise = 0.01 * np.random.default_rng(0).standard_normal(t.size)
+    samples = np.round((glide + noise) * 32767).astype(np.int16)
+    path = tmp_path / "glide.wav"
+    soundfile.write(path, samples, rate, subtype="PCM_16")
+    return path, samples
+
+
+def test_frames_are_saved_and_equal_the_front_end_on_the_same_samples(speechlike_16k, tmp_path):
+    path, samples = speechlike_16k
+    out = tmp_path / "frames.npy"
+    result = run(path, "--out", out)
+    assert result.exit_code == 0, result.output
+    frames = np.load(out)
+    np.testing.assert_array_equal(frames, Frontend(FrontendConfig()).process(samples))
+    assert frames.shape == (150, 32) and frames.dtype == np.int8
+    for text in ("1.50 s, 16000 Hz, 1 channel(s), WAV/PCM_16", f"hash {FrontendConfig().hash()}",
+                 "150 frames x 32 channels, int8", "x real time", f"saved      {out}"):
+        assert text in result.output
+    assert "resampled" not in result.output
+
+
+@pytest.mark.parametrize("rate, subtype, channels", [(44100, "PCM_24", 2), (48000, "FLOAT", 1),
+                                                     (22050, "PCM_32", 3), (8000, "PCM_16", 1)])
+def test_any_common_wav_is_resampled_and_a_tone_lands_in_its_channel(tmp_path, rate, subtype, channels):
+    path = tmp_path / "tone.wav"
+    audio = tone(1000.0, 1.0, rate)
+    soundfile.write(path, np.repeat(audio[:, None], channels, axis=1), rate, subtype=subtype)
+    out = tmp_path / "frames.npy"
+    result = run(path, "--channels", 24, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert f"{rate} Hz, {channels} channel(s), WAV/{subtype}" in result.output
+    assert ("resampled to 16000 Hz (soxr)" in result.output) == (rate != 16000)
+    frames = np.load(out)
+    assert frames.shape == (100, 24)
+    cf = Frontend(FrontendConfig(channels=24)).centre_freqs
+    loudest = np.bincount(frames[10:].argmax(axis=1)).argmax()
+    assert loudest == np.abs(cf - 1000).argmin()
+
+
+def test_sample_rate_channels_and_band_options_shape_the_config(speechlike_16k, tmp_path):
+    path, _ = speechlike_16k
+    out = tmp_path / "frames.npy"
+    result = run(path, "--sample-rate", 8000, "--channels", 16, "--f-low", 150, "--out", out)
+    assert result.exit_code == 0, result.output
+    # At 8 kHz the default 7 kHz top would pass Nyquist: it drops to 7/16 of the rate.
+    config = FrontendConfig(sample_rate=8000, channels=16, f_low=150.0, f_high=3500.0)
+    assert f"hash {config.hash()}" in result.output and "8000 Hz, 16 channels 150-" in result.output
+    assert np.load(out).shape == (150, 16)
+
+
+def test_filter_stage_saves_the_fixed_point_filter_output(speechlike_16k, tmp_path):
+    path, samples = speechlike_16k
+    out = tmp_path / "filters.npy"
+    result = run(path, "--stage", "filters", "--channels", 8, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "fixed-point filter output, 8 channels x 24000 samples, float64" in result.output
+    np.testing.assert_array_equal(np.load(out), Frontend(FrontendConfig(channels=8)).filterbank(samples))
+
+
+def test_reference_flag_saves_the_float_reference_which_agrees_with_the_fixed_point(speechlike_16k, tmp_path):
+    path, samples = speechlike_16k
+    short = tmp_path / "short.wav"
+    soundfile.write(short, samples[:4000], 16000, subtype="PCM_16")
+    fixed_out, ref_out = tmp_path / "fixed.npy", tmp_path / "ref.npy"
+    assert run(short, "--stage", "filters", "--channels", 8, "--out", fixed_out).exit_code == 0
+    result = run(short, "--stage", "filters", "--reference", "--channels", 8, "--out", ref_out)
+    assert result.exit_code == 0, result.output
+    assert "float64 reference filter output" in result.output
+    fixed, ref = np.load(fixed_out), np.load(ref_out)
+    coefs = reference.erb_filter_coefficients(16000, Frontend(FrontendConfig(channels=8)).centre_freqs)
+    np.testing.assert_array_equal(ref, reference.erb_filterbank(samples[:4000] / 32768.0, coefs))
+    snr = 10 * np.log10((ref**2).sum(axis=1) / ((fixed - ref) ** 2).sum(axis=1))
+    assert snr.min() > 80
+
+
+@pytest.mark.parametrize("stage", ["frames", "filters"])
+def test_plot_writes_a_cochleagram_png(speechlike_16k, tmp_path, stage):
+    require_module("matplotlib")
+    import matplotlib.image
+
+    path, _ = speechlike_16k
+    png = tmp_path / "cochleagram.png"
+    result = run(path, "--stage", stage, "--plot", png)
+    assert result.exit_code == 0, result.output
+    assert f"plot       {png}" in result.output
+    image = matplotlib.image.imread(png)
+    assert image.shape[0] >= 400 and image.shape[1] >= 800
+    assert image[..., :3].std() > 0.1  # a picture, not a blank canvas
+
+
+def test_plot_without_matplotlib_is_a_clear_error_and_the_frames_are_still_saved(speechlike_16k, tmp_path,
+                                                                                  monkeypatch):
+    path, _ = speechlike_16k
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib...` fail
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    out = tmp_path / "frames.npy"
+    result = run(path, "--out", out, "--plot", tmp_path / "c.png")
+    assert result.exit_code == 1
+    assert "--plot needs matplotlib: pip install 'basilar[host]'" in result.output
+    assert np.load(out).shape == (150, 32)
+
+
+def corrupt_wav(tmp_path):
+    path = tmp_path / "corrupt.wav"
+    path.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(200)))
+    return path
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda p: [p / "missing.wav"], "missing.wav' does not exist"),
+    (lambda p: [corrupt_wav(p)], "cannot read"),
+    (lambda p: [p], "is a directory"),
+    (lambda p: [p / "glide.wav", "--reference"], "--reference applies to --stage filters"),
+    (lambda p: [p / "glide.wav", "--out", p / "frames.txt"], "name a .npy file"),
+    (lambda p: [p / "glide.wav", "--out", p / "no" / "such" / "dir.npy"], "cannot write"),
+    (lambda p: [p / "glide.wav", "--channels", 4], "channels=4: use 8 to 128 channels"),
+    (lambda p: [p / "glide.wav", "--f-high", 9000], "at or above Nyquist.*--f-high"),
+    (lambda p: [p / "glide.wav", "--sample-rate", 96000], "integer rate from 8000 to 48000"),
+    (lambda p: [p / "glide.wav", "--stage", "spectrum"], "Invalid value for '--stage'"),
+])
+def test_bad_input_is_a_clear_error_without_a_traceback(speechlike_16k, tmp_path, make_args, message):
+    result = run(*make_args(tmp_path))
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    assert re.search(message, result.output), result.output
+
+
+def test_too_short_to_plot(tmp_path):
+    require_module("matplotlib")
+    path = tmp_path / "blip.wav"
+    soundfile.write(path, np.zeros(50, np.int16), 16000, subtype="PCM_16")
+    result = run(path, "--plot", tmp_path / "c.png")
+    assert result.exit_code == 1 and "shorter than one 10 ms hop" in result.output
+    assert "0 frames x 32 channels" in result.output
