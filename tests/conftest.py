@@ -33,3 +33,21 @@ def require_module(name: str):
         return __import__(name)
     except ImportError:
         require(False, f"the Python package {name!r}")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A real bundle (random weights, real int8 TFLite conversion) for tests that need any valid bundle."""
+    require_module("tensorflow")
+    from tests.bundles import build_tiny_bundle
+
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_v2(tmp_path_factory) -> Path:
+    """Another real bundle, different from tiny_bundle (other weights, so another id)."""
+    require_module("tensorflow")
+    from tests.bundles import build_tiny_bundle
+
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny_v2", seed=2)

@@ -1,0 +1,143 @@
+"""Bundles: loading checks, archives (deterministic and safe), and clear errors for every mismatch."""
+import io
+import json
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+
+from edge.bundle import BundleError, bundle_id, extract_archive, load_bundle, pack_bundle
+from edge.frontend import FrontendConfig
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path):
+    dest = tmp_path / "b"
+    shutil.copytree(tiny_bundle, dest)
+    return dest
+
+
+def rewrite_manifest(bundle_dir, change):
+    path = bundle_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_tiny_bundle_loads_and_runs(tiny_bundle):
+    b = load_bundle(tiny_bundle)
+    assert b.labels == [str(d) for d in range(10)]
+    assert b.id == bundle_id(tiny_bundle)
+    assert b.frontend_config.sample_rate == 8000
+    assert b.manifest["quantization"]["frame"]["scale"] == pytest.approx(1.0)
+    assert b.manifest["quantization"]["frame"]["zero_point"] == 0
+    assert "CC BY-SA 4.0" in (tiny_bundle / "ATTRIBUTION.md").read_text()
+
+
+def test_archive_round_trip_is_deterministic(tiny_bundle, tmp_path):
+    a, b = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
+    assert pack_bundle(tiny_bundle, a) == pack_bundle(tiny_bundle, b) == load_bundle(tiny_bundle).id
+    assert a.read_bytes() == b.read_bytes()
+    assert load_bundle(a).id == load_bundle(tiny_bundle).id
+    assert bundle_id(a) == bundle_id(tiny_bundle)
+
+
+def test_corrupt_model_file_is_named(bundle_copy):
+    model = bundle_copy / "model_step.tflite"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="model_step.tflite.*corrupt"):
+        load_bundle(bundle_copy)
+
+
+def test_missing_file_is_named(bundle_copy):
+    (bundle_copy / "ATTRIBUTION.md").unlink()
+    with pytest.raises(BundleError, match="ATTRIBUTION.md.*missing"):
+        load_bundle(bundle_copy)
+
+
+def test_schema_version_mismatch(bundle_copy):
+    rewrite_manifest(bundle_copy, lambda m: m.update(schema_version=99))
+    with pytest.raises(BundleError, match="schema version 99"):
+        load_bundle(bundle_copy)
+
+
+def test_frontend_hash_mismatch(bundle_copy):
+    def other_frontend(m):
+        m["frontend"]["config"]["f_low"] = 150.0  # hash left as it was
+
+    rewrite_manifest(bundle_copy, other_frontend)
+    with pytest.raises(BundleError, match="front-end hash does not match"):
+        load_bundle(bundle_copy)
+
+
+def test_model_input_must_match_frontend_channels(bundle_copy):
+    def more_channels(m):
+        cfg = FrontendConfig.from_dict({**m["frontend"]["config"], "channels": 40})
+        m["frontend"]["config"], m["frontend"]["hash"] = cfg.to_dict(), cfg.hash()
+
+    rewrite_manifest(bundle_copy, more_channels)
+    with pytest.raises(BundleError, match="40 channels"):
+        load_bundle(bundle_copy)
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(BundleError, match="no bundle at"):
+        load_bundle(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="not a basilar bundle"):
+        load_bundle(tmp_path / "empty")
+    (tmp_path / "junk.tar.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(BundleError, match="not a readable .tar.gz"):
+        load_bundle(tmp_path / "junk.tar.gz")
+
+
+def _archive(tmp_path, add):
+    path = tmp_path / "evil.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        add(tar)
+    return path
+
+
+def _file(tar, name, data=b"x"):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("name", ["../escape.txt", "/etc/passwd", "sub/dir.txt", ".hidden"])
+def test_archive_paths_outside_are_refused(tmp_path, name):
+    archive = _archive(tmp_path, lambda tar: _file(tar, name))
+    with pytest.raises(BundleError, match="not a plain file name"):
+        extract_archive(archive, tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_archive_links_are_refused(tmp_path):
+    def add(tar):
+        link = tarfile.TarInfo("manifest.json")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+
+    with pytest.raises(BundleError, match="not a regular file"):
+        extract_archive(_archive(tmp_path, add), tmp_path / "out")
+
+
+def test_archive_size_limit(tmp_path, monkeypatch):
+    import edge.bundle
+
+    monkeypatch.setattr(edge.bundle, "MAX_ARCHIVE_BYTES", 1000)
+    archive = _archive(tmp_path, lambda tar: _file(tar, "big.bin", b"\0" * 5000))
+    with pytest.raises(BundleError, match="more than 1000 bytes"):
+        extract_archive(archive, tmp_path / "out")
+
+
+def test_truncated_archive(tiny_bundle, tmp_path):
+    good = tmp_path / "good.tar.gz"
+    pack_bundle(tiny_bundle, good)
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(BundleError, match="truncated or corrupt|not a readable"):
+        load_bundle(cut)
