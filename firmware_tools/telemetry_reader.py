@@ -385,10 +385,13 @@ class TelemetryReader:
 
     def _deliver(self, records: Iterable[Record], max_records: int | None) -> None:
         for record in records:
-            self.emit(record)
-            self.records += 1
             if max_records is not None and self.records >= max_records:
                 self.stop_event.set()
+                return
+            self.emit(record)
+            self.records += 1
+        if max_records is not None and self.records >= max_records:
+            self.stop_event.set()
 
     def run(self, *, max_records: int | None = None, duration: float | None = None) -> TelemetrySession:
         import serial

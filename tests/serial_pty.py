@@ -11,45 +11,12 @@ from __future__ import annotations
 import os
 import pty
 import queue
-import random
 import select
 import threading
 import tty
-from dataclasses import dataclass, field
 from pathlib import Path
 
-
-@dataclass
-class Corruption:
-    """Flip, drop or insert bytes at `rate` per byte within positions [start, stop) of the stream; the
-    decisions depend only on the bytes' positions, not on how the stream was chunked."""
-
-    rate: float
-    seed: int = 1
-    start: int = 0
-    stop: int = 1 << 62
-    original: bytearray = field(default_factory=bytearray)
-    events: list = field(default_factory=list)  # (position in original, "flip" | "drop" | "insert")
-
-    def __post_init__(self):
-        self._rng = random.Random(self.seed)
-
-    def apply(self, data: bytes) -> bytes:
-        out = bytearray()
-        for byte in data:
-            position = len(self.original)
-            self.original.append(byte)
-            if not self.start <= position < self.stop or self._rng.random() >= self.rate:
-                out.append(byte)
-                continue
-            kind = self._rng.choice(("flip", "drop", "insert"))
-            self.events.append((position, kind))
-            if kind == "flip":
-                out.append(byte ^ (1 << self._rng.randrange(8)))
-            elif kind == "insert":
-                out.append(self._rng.randrange(256))
-                out.append(byte)
-        return bytes(out)
+from firmware_tools.line_noise import Corruption, frames_in, touched  # noqa: F401 - re-exported for the tests
 
 
 def _raw_pty():
@@ -161,25 +128,3 @@ class PtyCable:
                     pass
         if os.path.lexists(self.host_path):
             os.unlink(self.host_path)
-
-
-def frames_in(stream: bytes) -> list[tuple[int, int, bytes]]:
-    """(leading delimiter index, trailing delimiter index, encoded bytes) of every frame in a clean stream."""
-    frames, start = [], None
-    for i, byte in enumerate(stream):
-        if byte == 0:
-            if start is not None and i > start + 1:
-                frames.append((start, i, bytes(stream[start + 1:i])))
-            start = i
-    return frames
-
-
-def touched(frame_span: tuple[int, int], events) -> bool:
-    """Whether any corruption event hit a frame, its delimiters, or was inserted inside it."""
-    lead, trail = frame_span
-    for position, kind in events:
-        if kind == "insert" and lead < position <= trail:
-            return True
-        if kind != "insert" and lead <= position <= trail:
-            return True
-    return False
