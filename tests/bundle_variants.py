@@ -26,8 +26,10 @@ def tamper_manifest(bundle_dir: Path) -> None:
     manifest.write_text(json.dumps(data, indent=2))
 
 
-def tamper_file(bundle_dir: Path, name: str = "model_step.tflite") -> None:
-    """Flip one byte of a file listed in the manifest."""
+def tamper_file(bundle_dir: Path, name: str | None = None) -> None:
+    """Flip one byte of a file listed in the manifest (by default the step model)."""
+    if name is None:
+        name = json.loads((bundle_dir / "manifest.json").read_text())["models"]["step"]["file"]
     path = bundle_dir / name
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF

@@ -107,3 +107,40 @@ def test_malformed_signature_and_key_files(tmp_path, keys):
     (trusted / "short.pub").write_text("basilar-ed25519 AAAA\n")
     with pytest.raises(SignatureError, match="32 bytes"):
         trusted_public_keys(trusted)
+
+
+def test_keygen_and_sign_commands_on_a_directory_and_an_archive(tmp_path, tiny_bundle):
+    from click.testing import CliRunner
+
+    from edge.bundle import bundle_id, extract_archive, load_bundle, pack_bundle
+    from firmware_tools.signing_cmd import keygen, sign
+    from tests.bundle_variants import tamper_file, variant
+
+    runner = CliRunner()
+    made = runner.invoke(keygen, [str(tmp_path / "release-key"), "--comment", "release team"])
+    assert made.exit_code == 0, made.output
+    trusted = tmp_path / "trusted_keys"
+    trusted.mkdir()
+    shutil.copy(tmp_path / "release-key.pub", trusted / "release.pub")
+    again = runner.invoke(keygen, [str(tmp_path / "release-key")])
+    assert again.exit_code == 1 and "already exists" in again.output
+
+    directory = variant(tiny_bundle, tmp_path / "bundle", 1)
+    before = bundle_id(directory)
+    signed = runner.invoke(sign, [str(directory), "--key", str(tmp_path / "release-key")])
+    assert signed.exit_code == 0, signed.output
+    assert bundle_id(directory) == before  # the signature is not part of the manifest
+    assert load_bundle(directory, trusted_keys=trusted).id == before
+
+    archive = tmp_path / "unsigned.tar.gz"
+    pack_bundle(variant(tiny_bundle, tmp_path / "other", 2), archive)
+    signed = runner.invoke(sign, [str(archive), "--key", str(tmp_path / "release-key")])
+    assert signed.exit_code == 0, signed.output
+    unpacked = extract_archive(archive, tmp_path / "unpacked")
+    assert (unpacked / "signature.json").is_file()
+    assert check_bundle_signature(unpacked, trusted) is not None
+
+    broken = variant(tiny_bundle, tmp_path / "broken", 3)
+    tamper_file(broken)
+    refused = runner.invoke(sign, [str(broken), "--key", str(tmp_path / "release-key")])
+    assert refused.exit_code == 1 and "cannot sign" in refused.output and not (broken / "signature.json").exists()

@@ -1,0 +1,293 @@
+"""`basilar deploy` / `basilar status` over SSH against a real OpenSSH sshd on 127.0.0.1 (tests/sshd.py).
+
+The "device" is a temporary root on this machine; its side runs `python -m edge.releases` from this repo.
+"""
+import dataclasses
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import asyncssh
+import pytest
+from click.testing import CliRunner
+
+from edge.bundle import load_bundle, pack_bundle
+from edge.releases import ReleaseStore, file_sha256
+from firmware_tools import deploy_ssh
+from firmware_tools.cli import main as cli
+from firmware_tools.deploy_ssh import LocalBundle, SshOptions
+from firmware_tools.fleet import deploy_fleet
+from firmware_tools.targets import parse_target
+from tests.bundle_variants import variant
+from tests.conftest import REPO, require_module
+from tests.sshd import start_sshd
+
+require_module("asyncssh")
+
+PYTHONPATH = os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p)
+DEVICE_PYTHON = f"env PYTHONPATH={shlex.quote(PYTHONPATH)} {shlex.quote(sys.executable)}"
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_agent(monkeypatch):
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)  # only the throwaway key may log in
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, tiny_bundle):
+    """Three distinct valid bundles, as LocalBundle archives ready to upload."""
+    where = tmp_path_factory.mktemp("bundles")
+    made = []
+    for n in range(1, 4):
+        directory = variant(tiny_bundle, where / f"v{n}", n)
+        archive = where / f"v{n}.tar.gz"
+        bundle_id = pack_bundle(directory, archive)
+        made.append(LocalBundle(archive, bundle_id, file_sha256(archive), archive.stat().st_size))
+    return made
+
+
+@pytest.fixture
+def device(tmp_path, sshd):
+    """A device root, its target URL, and SSH options that trust the test server."""
+    root = tmp_path / "device"
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(sshd.known_hosts_line())
+    options = SshOptions(known_hosts=known_hosts, identity=sshd.client_key, device_python=DEVICE_PYTHON,
+                         restart_command=f"echo restarted >> {root}/restarts.log",
+                         health_command=f"test -f {root}/current/manifest.json",
+                         service_command="echo active", keep=2)
+    return root, parse_target(sshd.url(root)), options
+
+
+def _restarts(root: Path) -> int:
+    log = root / "restarts.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def _deploy(bundle, target, options, **kwargs):
+    [result] = deploy_fleet(bundle, [target], options, **kwargs)
+    return result
+
+
+def _assert_intact(root: Path, bundle_id: str):
+    """`current` is the given bundle, complete and valid; nothing half-made is lying in reach."""
+    store = ReleaseStore(root)
+    assert store.current() == bundle_id
+    assert load_bundle(root / "current").id == bundle_id
+    assert not any(store.staging_dir.iterdir()) if store.staging_dir.exists() else True
+    assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_first_deploy_redeploy_upgrade_and_switch_back(device, bundles):
+    root, target, options = device
+    v1, v2 = bundles[0], bundles[1]
+
+    first = _deploy(v1, target, options)
+    assert (first.ok, first.outcome, first.active, first.uploaded_bytes) == (True, "installed", v1.bundle_id, v1.size)
+    _assert_intact(root, v1.bundle_id)
+    assert _restarts(root) == 1
+    assert list((root / "incoming").iterdir()) == []
+
+    again = _deploy(v1, target, options)
+    assert (again.ok, again.outcome, again.uploaded_bytes) == (True, "unchanged", 0)
+    assert _restarts(root) == 1  # nothing changed, nothing restarted
+
+    upgrade = _deploy(v2, target, options)
+    assert (upgrade.ok, upgrade.outcome, upgrade.active) == (True, "installed", v2.bundle_id)
+    _assert_intact(root, v2.bundle_id)
+    assert ReleaseStore(root).previous() == v1.bundle_id
+
+    back = _deploy(v1, target, options)  # the device still has it: a switch, no upload
+    assert (back.ok, back.outcome, back.uploaded_bytes) == (True, "switched", 0)
+    _assert_intact(root, v1.bundle_id)
+    assert _restarts(root) == 3
+
+
+def test_failing_health_check_rolls_back(device, bundles):
+    root, target, options = device
+    v1, v2 = bundles[0], bundles[1]
+    assert _deploy(v1, target, options).ok
+
+    # The real health check of the default, run through the CLI on the "device", passes for a good bundle ...
+    verify = f"{DEVICE_PYTHON} -m firmware_tools.cli bundle verify {root}/current"
+    assert _deploy(v2, target, dataclasses.replace(options, health_command=verify)).ok
+    # ... and a service that does not come back makes the deploy switch back and restart the old bundle.
+    failing = dataclasses.replace(options, health_command="echo 'model did not load' >&2; exit 3")
+    result = _deploy(bundles[2], target, failing)
+    assert (result.ok, result.outcome, result.active) == (False, "rolled back", v2.bundle_id)
+    assert "health check failed (exit status 3): model did not load" in result.reason
+    _assert_intact(root, v2.bundle_id)
+    assert ReleaseStore(root).previous() == v1.bundle_id  # a later rollback still goes where it went before
+    assert _restarts(root) == 4  # v1, v2, the failed one, and the old one again
+
+
+def test_failed_first_deploy_leaves_no_current(device, bundles):
+    root, target, options = device
+    result = _deploy(bundles[0], target, dataclasses.replace(options, restart_command="exit 1"))
+    assert (result.ok, result.outcome, result.active) == (False, "rolled back", None)
+    assert "restart failed" in result.reason and "removed current" in result.reason
+    assert not (root / "current").exists() and not (root / "current").is_symlink()
+
+
+def test_unknown_host_key_is_refused_unless_accepted(device, bundles, sshd, tmp_path):
+    root, target, options = device
+    options.known_hosts.write_text("")
+    refused = _deploy(bundles[0], target, options)
+    assert not refused.ok and "is not in" in refused.reason and "--accept-new-host-keys" in refused.reason
+    assert not root.exists()  # refused before anything was done
+
+    accepted = _deploy(bundles[0], target, dataclasses.replace(options, accept_new_host_keys=True))
+    assert accepted.ok
+    assert options.known_hosts.read_text() == sshd.known_hosts_line()
+    assert _deploy(bundles[0], target, options).ok  # now known, no option needed
+
+    impostor_key = " ".join(Path(f"{sshd.client_key}.pub").read_text().split()[:2])
+    options.known_hosts.write_text(f"[{sshd.host}]:{sshd.port} {impostor_key}\n")
+    changed = _deploy(bundles[1], target, dataclasses.replace(options, accept_new_host_keys=True))
+    assert not changed.ok and "differs" in changed.reason
+    _assert_intact(root, bundles[0].bundle_id)
+
+
+def test_wrong_identity_is_refused(device, bundles, tmp_path):
+    root, target, options = device
+    stranger = tmp_path / "stranger"
+    stranger.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+    result = _deploy(bundles[0], target, dataclasses.replace(options, identity=stranger))
+    assert not result.ok and "authentication" in result.reason and "--identity" in result.reason
+
+
+def test_corrupted_upload_is_rejected(device, bundles, monkeypatch, tmp_path):
+    root, target, options = device
+    v1, v2 = bundles[0], bundles[1]
+    assert _deploy(v1, target, options).ok
+
+    real_upload = deploy_ssh._upload
+    damaged = tmp_path / "damaged.tar.gz"
+    data = bytearray(v2.archive.read_bytes())
+    data[len(data) // 3] ^= 0x40  # one bit flipped on the way
+    damaged.write_bytes(bytes(data))
+
+    async def upload_damaged(conn, bundle, remote_path, progress, block_size):
+        await real_upload(conn, dataclasses.replace(bundle, archive=damaged), remote_path, progress, block_size)
+
+    monkeypatch.setattr(deploy_ssh, "_upload", upload_damaged)
+    result = _deploy(v2, target, options)
+    assert (result.ok, result.outcome, result.active) == (False, "failed", v1.bundle_id)
+    assert "installing on the device" in result.reason and "corrupted or incomplete" in result.reason
+    _assert_intact(root, v1.bundle_id)
+    assert ReleaseStore(root).releases() == [v1.bundle_id]
+    assert list((root / "incoming").iterdir()) == []  # the bad upload was deleted
+
+
+def test_connection_killed_mid_upload_then_next_deploy_completes(device, bundles, sshd):
+    root, target, options = device
+    v1, v2 = bundles[0], bundles[1]
+    assert _deploy(v1, target, options).ok
+
+    cut = []
+
+    def pull_the_cable(sent, total):
+        if not cut and 0 < sent < total:
+            cut.append((sent, total, sshd.kill_connections()))
+
+    slow = dataclasses.replace(options, block_size=512)
+    result = _deploy(v2, target, slow, progress_for=lambda _i, _t: pull_the_cable)
+    assert cut and cut[0][2] > 0, "the upload finished before the connection could be cut"
+    assert (result.ok, result.outcome) == (False, "failed")
+    assert result.reason.startswith("uploading:")
+    _assert_intact(root, v1.bundle_id)
+    assert ReleaseStore(root).releases() == [v1.bundle_id]
+
+    done = _deploy(v2, target, options)
+    assert (done.ok, done.outcome) == (True, "installed")
+    _assert_intact(root, v2.bundle_id)
+    assert list((root / "incoming").iterdir()) == []  # the cut-off partial upload was cleared too
+
+
+def test_signed_only_device(device, bundles, tmp_path):
+    require_module("nacl")
+    from edge.signing import generate_keypair, sign_bundle_dir
+
+    root, target, options = device
+    private, public = generate_keypair(tmp_path / "release-key")
+    (root / "trusted_keys").mkdir(parents=True)
+    shutil.copy(public, root / "trusted_keys" / "release.pub")
+
+    unsigned = _deploy(bundles[0], target, options)
+    assert not unsigned.ok and "not signed" in unsigned.reason
+    assert ReleaseStore(root).releases() == []
+
+    signed_dir = tmp_path / "signed"
+    shutil.copytree(load_bundle(bundles[0].archive).path, signed_dir)
+    sign_bundle_dir(signed_dir, private)
+    archive = tmp_path / "signed.tar.gz"
+    bundle_id = pack_bundle(signed_dir, archive)
+    signed = LocalBundle(archive, bundle_id, file_sha256(archive), archive.stat().st_size)
+    assert _deploy(signed, target, options).ok
+    _assert_intact(root, bundle_id)
+
+
+def test_cli_deploys_many_devices_and_reports(sshd, tmp_path, bundles):
+    roots = [tmp_path / "dev-a", tmp_path / "dev-b"]
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(sshd.known_hosts_line())
+    inventory = tmp_path / "fleet.txt"
+    with socket_closed_port() as dead_port:
+        inventory.write_text(f"alpha {sshd.url(roots[0])}\n"
+                             f"bravo {sshd.url(roots[1])}\n"
+                             f"gone  ssh://{sshd.user}@127.0.0.1:{dead_port}/srv/basilar\n")
+        common = ["--known-hosts", str(known_hosts), "-i", str(sshd.client_key), "--device-python", DEVICE_PYTHON]
+        bundle_dir = load_bundle(bundles[0].archive).path
+        result = CliRunner().invoke(cli, ["deploy", str(bundle_dir), "--inventory", str(inventory), "--parallel", "2",
+                                          "--restart-command", "", "--health-command", "true", *common])
+    assert result.exit_code == 1, result.output
+    table = {line.split()[0]: line for line in result.stdout.splitlines()}
+    short = bundles[0].bundle_id[:12]
+    assert table["alpha"].split()[1:3] == [short, "installed"]
+    assert table["bravo"].split()[1:3] == [short, "installed"]
+    assert "failed" in table["gone"] and "cannot connect" in table["gone"]
+    assert "1 of 3 device(s) failed" in result.output
+    for root in roots:
+        _assert_intact(root, bundles[0].bundle_id)
+
+    status = CliRunner().invoke(cli, ["status", sshd.url(roots[0]), sshd.url(roots[1]), *common,
+                                      "--service-command", "echo inactive; exit 3"])
+    assert status.exit_code == 0, status.output
+    lines = status.stdout.splitlines()
+    assert lines[0].split()[:2] == ["DEVICE", "ACTIVE"]
+    assert all(short in line and "not running (inactive)" in line for line in lines[1:]) and len(lines) == 3
+
+    dry = CliRunner().invoke(cli, ["deploy", str(bundles[1].archive), sshd.url(roots[0]), "--dry-run", *common])
+    assert dry.exit_code == 0, dry.output
+    assert "would install" in dry.stdout
+    assert ReleaseStore(roots[0]).releases() == [bundles[0].bundle_id]
+
+
+def test_cli_refuses_bad_input_clearly(tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(cli, ["deploy", str(tmp_path / "nope"), "ssh://pi@127.0.0.1/opt/basilar"])
+    assert missing.exit_code != 0 and "cannot deploy" in missing.output and "Traceback" not in missing.output
+    bad_target = runner.invoke(cli, ["status", "pi@host:/opt"])
+    assert bad_target.exit_code != 0 and "not a URL" in bad_target.output
+
+
+class socket_closed_port:
+    """A loopback port on which nothing listens (bound then closed)."""
+
+    def __enter__(self):
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,184 @@
+"""The device's release store (edge.releases): install, activate, rollback, prune, signature policy."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from edge.bundle import pack_bundle
+from edge.releases import ReleaseError, ReleaseStore, file_sha256, main
+from tests.bundle_variants import tamper_file, tamper_manifest, variant
+from tests.conftest import REPO, require_module
+
+
+@pytest.fixture
+def bundles(tmp_path, tiny_bundle):
+    """Four distinct valid bundle dirs and their archives."""
+    made = []
+    for n in range(1, 5):
+        directory = variant(tiny_bundle, tmp_path / f"bundle{n}", n)
+        archive = tmp_path / f"bundle{n}.tar.gz"
+        bundle_id = pack_bundle(directory, archive)
+        made.append((directory, archive, bundle_id))
+    return made
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ReleaseStore(tmp_path / "device")
+
+
+def _leftovers(store):
+    staging = list(store.staging_dir.iterdir()) if store.staging_dir.exists() else []
+    temp_links = [p for p in store.root.iterdir() if p.name.endswith(".tmp")]
+    return staging + temp_links
+
+
+def test_install_verifies_and_adds_without_activating(store, bundles):
+    _, archive, bundle_id = bundles[0]
+    assert store.install(archive, file_sha256(archive)) == bundle_id
+    assert store.releases() == [bundle_id] and store.has(bundle_id)
+    assert store.current() is None and store.current_path() is None
+    assert (store.path_of(bundle_id) / "manifest.json").is_file()
+    assert _leftovers(store) == []
+    # the same archive again: nothing new
+    assert store.install(archive) == bundle_id
+    assert store.releases() == [bundle_id]
+
+
+def test_corrupted_archive_is_refused_and_leaves_nothing(store, bundles):
+    _, archive, bundle_id = bundles[0]
+    expected = file_sha256(archive)
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    archive.write_bytes(bytes(data))
+    with pytest.raises(ReleaseError, match="SHA-256 .* corrupted or incomplete"):
+        store.install(archive, expected)
+    assert store.releases() == [] and _leftovers(store) == []
+
+
+def test_invalid_bundle_is_refused(store, bundles, tmp_path):
+    directory = variant(bundles[0][0], tmp_path / "broken", 9)
+    tamper_file(directory)
+    pack_bundle(directory, tmp_path / "broken.tar.gz")
+    with pytest.raises(ReleaseError, match="the bundle is invalid"):
+        store.install(tmp_path / "broken.tar.gz")
+    (tmp_path / "junk.tar.gz").write_bytes(b"this is not a gzip file")
+    with pytest.raises(ReleaseError, match="the bundle is invalid"):
+        store.install(tmp_path / "junk.tar.gz")
+    assert store.releases() == [] and _leftovers(store) == []
+
+
+def test_activate_upgrade_and_rollback(store, bundles):
+    ids = [store.install(archive) for _, archive, _ in bundles[:2]]
+    assert store.activate(ids[0]) is None
+    link = store.root / "current"
+    assert link.is_symlink() and os.readlink(link) == f"releases/{ids[0]}"
+    assert store.current_path() == (store.releases_dir / ids[0]).resolve()
+    assert store.activate(ids[1]) == ids[0]
+    assert (store.current(), store.previous()) == (ids[1], ids[0])
+    assert store.activate(ids[1]) == ids[1]  # already active: nothing changes
+    assert store.previous() == ids[0]
+    assert store.rollback() == ids[0]
+    assert (store.current(), store.previous()) == (ids[0], ids[1])
+    assert _leftovers(store) == []
+
+
+def test_restoring_after_a_failed_switch_keeps_previous_meaningful(store, bundles):
+    ids = [store.install(archive) for _, archive, _ in bundles[:3]]
+    store.activate(ids[0])
+    store.activate(ids[1])  # previous = 0
+    old, old_previous = store.current(), store.previous()
+    store.activate(ids[2])  # the new one fails its health check ...
+    store.activate(old, previous=old_previous)  # ... and the deploy tool switches back
+    assert (store.current(), store.previous()) == (ids[1], ids[0])
+    store.deactivate(previous=None)
+    assert store.current() is None and store.previous() is None
+
+
+def test_activate_unknown_bundle_is_refused(store):
+    with pytest.raises(ReleaseError, match="not installed"):
+        store.activate("a" * 64)
+    with pytest.raises(ReleaseError, match="not a bundle id"):
+        store.activate("../../etc")
+    with pytest.raises(ReleaseError, match="no previous release"):
+        store.rollback()
+
+
+def test_prune_keeps_current_previous_and_newest(store, bundles):
+    ids = [store.install(archive) for _, archive, _ in bundles]
+    store.activate(ids[0])
+    store.activate(ids[1])
+    # oldest to newest after the activations: 2, 3, 0, 1; make 3 the newest
+    os.utime(store.path_of(ids[3]), (4e9, 4e9))
+    assert store.prune(keep=1) == [ids[2]]
+    assert sorted(store.releases()) == sorted([ids[0], ids[1], ids[3]])
+    with pytest.raises(ReleaseError, match="at least 1"):
+        store.prune(keep=0)
+
+
+def test_leftovers_of_an_interrupted_install_are_swept(store, bundles):
+    _, archive, bundle_id = bundles[0]
+    store.install(archive)
+    (store.staging_dir / "install-crashed" / "bundle").mkdir(parents=True)
+    store.incoming_dir.mkdir()
+    stale = store.incoming_dir / "abc.part"
+    stale.write_bytes(b"half an upload")
+    os.utime(stale, (0, 0))
+    fresh = store.incoming_dir / "def.part"
+    fresh.write_bytes(b"an upload in progress")
+    store.prune(keep=3)
+    assert list(store.staging_dir.iterdir()) == []
+    assert not stale.exists() and fresh.exists()
+
+
+def test_signature_policy(store, bundles, tmp_path):
+    require_module("nacl")
+    from edge.signing import generate_keypair, sign_bundle_dir
+
+    private, public = generate_keypair(tmp_path / "key")
+    store.trusted_keys_dir.mkdir(parents=True)
+    shutil.copy(public, store.trusted_keys_dir / "release.pub")
+
+    unsigned_dir, unsigned_archive, _ = bundles[0]
+    with pytest.raises(ReleaseError, match="signature policy: the bundle is not signed"):
+        store.install(unsigned_archive)
+
+    signed_dir = variant(unsigned_dir, tmp_path / "signed", 7)
+    sign_bundle_dir(signed_dir, private)
+    bundle_id = pack_bundle(signed_dir, tmp_path / "signed.tar.gz")
+    assert store.install(tmp_path / "signed.tar.gz") == bundle_id
+
+    tampered_dir = variant(unsigned_dir, tmp_path / "tampered", 8)
+    sign_bundle_dir(tampered_dir, private)
+    tamper_manifest(tampered_dir)
+    pack_bundle(tampered_dir, tmp_path / "tampered.tar.gz")
+    with pytest.raises(ReleaseError, match="changed after it was signed"):
+        store.install(tmp_path / "tampered.tar.gz")
+    assert store.releases() == [bundle_id]
+
+
+def test_command_line_prints_json(store, bundles, capsys):
+    _, archive, bundle_id = bundles[0]
+    upload = store.root / "incoming" / "upload.part"
+    upload.parent.mkdir(parents=True)
+    shutil.copy(archive, upload)
+    assert main(["install", str(store.root), str(upload), "--sha256", file_sha256(archive), "--remove-archive"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"bundle_id": bundle_id}
+    assert not upload.exists()
+    assert main(["activate", str(store.root), bundle_id]) == 0
+    assert json.loads(capsys.readouterr().out) == {"previous": None}
+    assert main(["status", str(store.root)]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["current"], status["releases"]) == (bundle_id, [bundle_id])
+    assert main(["rollback", str(store.root)]) == 1
+    assert "no previous release" in capsys.readouterr().err
+
+
+def test_command_line_runs_as_a_module(store):
+    result = subprocess.run([sys.executable, "-m", "edge.releases", "status", str(store.root)], cwd=REPO,
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["current"] is None
