@@ -17,19 +17,19 @@ class RuntimeUnavailable(RuntimeError):
     pass
 
 
-def _interpreter_class(module_name: str):
+def make_interpreter(model_path, num_threads: int = 1, delegates=None, without_default_delegates=False):
+    """An allocated interpreter that has run one inference; returns (interpreter, runtime name).
+
+    without_default_delegates: plain built-in kernels only (no XNNPACK), so the op list shows the model's own
+    graph (used by the converter's lint).
+    """
     import importlib
 
-    module = importlib.import_module(module_name)
-    return module.Interpreter
-
-
-def make_interpreter(model_path, num_threads: int = 1, delegates=None):
-    """An allocated interpreter that has run one inference; returns (interpreter, runtime name)."""
     failures = []
     for name, module_name in RUNTIMES:
         try:
-            cls = _interpreter_class(module_name)
+            module = importlib.import_module(module_name)
+            cls = module.Interpreter
         except Exception as exc:  # ImportError, or a numpy ABI error raised while importing
             failures.append(f"{name}: {type(exc).__name__}: {exc}")
             continue
@@ -37,6 +37,8 @@ def make_interpreter(model_path, num_threads: int = 1, delegates=None):
             kwargs = {"model_path": str(model_path), "num_threads": num_threads}
             if delegates:
                 kwargs["experimental_delegates"] = delegates
+            if without_default_delegates:
+                kwargs["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
             interpreter = cls(**kwargs)
             interpreter.allocate_tensors()
             for detail in interpreter.get_input_details():

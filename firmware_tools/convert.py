@@ -171,7 +171,7 @@ def lint_tflite(model_path) -> list[str]:
     """Problems that make a model unfit for the device: float ops, WHILE loops, select-TF (Flex) ops."""
     from edge.runner import make_interpreter
 
-    interpreter, _ = make_interpreter(model_path)
+    interpreter, _ = make_interpreter(model_path, without_default_delegates=True)
     problems = []
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     for op in interpreter._get_ops_details():

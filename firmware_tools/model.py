@@ -71,8 +71,7 @@ def build_step_model(spec: ModelSpec, window_model: keras.Model) -> keras.Model:
     """The streaming twin of a (trained) window model, sharing its layers' weights.
 
     Layer i keeps its last (kernel-1)*d inputs; the new frame's output needs the inputs at t, t-d, t-2d,
-    which are picked from the history with a strided slice, then the layer's kernel is applied as a
-    dense map. BatchNorm layers are reused as they are (the converter folds them).
+    which are picked from the history, then the layer's kernel is applied as a valid convolution. BatchNorm layers are reused as they are (the converter folds them).
     """
     frame = keras.Input((spec.channels,), batch_size=1, name="frame")
     state = keras.Input((spec.state_rows, spec.width), batch_size=1, name="state")
@@ -89,7 +88,9 @@ def build_step_model(spec: ModelSpec, window_model: keras.Model) -> keras.Model:
         history = state[:, offset:offset + rows, :]
         window = layers.Concatenate(axis=1)([history, x])  # (1, rows + 1, width), oldest first
         new_rows.append(window[:, 1:, :])
-        taps = window[:, ::d, :]  # (1, kernel, width): inputs at t-(k-1)d, ..., t
+        # (1, kernel, width): the inputs at t-(k-1)d, ..., t-d, t, picked one by one (a strided slice here
+        # makes the TFLite quantiser fall back to float for some dilations)
+        taps = layers.Concatenate(axis=1)([window[:, j * d:j * d + 1, :] for j in range(spec.kernel)])
         conv = get(f"tcn{i}")
         x = _dense_conv(spec, conv, i)(taps)
         x = get(f"tcn{i}_bn")(x)

@@ -18,14 +18,23 @@ from firmware_tools.cli_errors import fail_on
 @click.option("--width", type=click.IntRange(8, 256), default=48, show_default=True, help="Channels per layer.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-synth", is_flag=True, help="Do not add espeak-ng voices (digits and non-target speech).")
+@click.option("--copies", type=click.IntRange(1, 50), default=3, show_default=True,
+              help="Augmented examples made from each clip.")
+@click.option("--background-examples", type=click.IntRange(0, 10**6), default=2500, show_default=True,
+              help="Examples of background only (noise, silence, non-target speech).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "basilar",
               show_default=True, help="Where computed features are cached.")
 @click.option("--name", default="model", show_default=True, help="Bundle name recorded in the manifest.")
-def train(data_dir, out_dir, holdout, loso, epochs, width, seed, no_synth, cache_dir, name):
+def train(data_dir, out_dir, holdout, loso, epochs, width, seed, no_synth, copies, background_examples, cache_dir,
+          name):
     """Train a streaming model on labelled WAVs (sub-folder per label, or files named LABEL_...)."""
     with fail_on():
-        from firmware_tools.training import run_training
+        from firmware_tools.training import TrainSettings, run_training
 
-        summary = run_training(data_dir, out_dir, holdout=holdout, loso=loso, epochs=epochs, width=width,
-                               seed=seed, synth=not no_synth, cache_dir=cache_dir, name=name, log=click.echo)
+        settings = TrainSettings(width=width, epochs=epochs, seed=seed, copies_per_clip=copies,
+                                 background_examples=background_examples)
+        if no_synth:
+            settings.synth_digits = settings.synth_non_target = 0
+        summary = run_training(data_dir, out_dir, holdout=holdout, loso=loso, settings=settings,
+                               cache_dir=cache_dir, name=name, log=click.echo)
     click.echo(json.dumps(summary, indent=2))

@@ -146,16 +146,15 @@ def _settings_dict(settings: TrainSettings) -> dict:
     return d
 
 
-def run_training(data_dir, out_dir, *, holdout="auto", loso=False, epochs=30, width=48, seed=0, synth=True,
-                 cache_dir=None, name="model", log=print, settings: TrainSettings | None = None) -> dict:
+def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=None, name="model", log=print,
+                 settings: TrainSettings | None = None) -> dict:
     """The whole `basilar train`: returns a summary and writes model.keras, bundle/ and report.{json,txt}."""
     from firmware_tools import bundler, evaluate, pipeline
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = settings or TrainSettings(width=width, epochs=epochs, seed=seed)
-    if not synth:
-        settings = dataclasses.replace(settings, synth_digits=0, synth_non_target=0)
+    settings = settings or TrainSettings()
+    seed = settings.seed
     clips = dataset.scan_labelled(data_dir)
     labels = label_order(clips)
     speakers = sorted({c.speaker for c in clips})

@@ -1,0 +1,148 @@
+"""The model family, its two exports, and conversion to a streaming int8 model (real TensorFlow, real TFLite)."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.bundles import FSDD_CLIPS
+from tests.conftest import require_module
+
+tf = require_module("tensorflow")
+keras = require_module("keras")
+
+from edge.bundle import load_bundle  # noqa: E402
+from edge.runner import StepRunner  # noqa: E402
+from firmware_tools import convert, dataset  # noqa: E402
+from firmware_tools.model import ModelSpec, build_step_model, build_window_model, stream_float  # noqa: E402
+from firmware_tools.training import DEFAULT_FRONTEND  # noqa: E402
+
+
+def clip_frames(n=3):
+    clips = dataset.scan_labelled(FSDD_CLIPS)[:n]
+    return [dataset.clip_frames(DEFAULT_FRONTEND, dataset.read_clip(c.path, 8000)) for c in clips]
+
+
+def randomised_model(spec, seed=0):
+    """A window model with random weights and non-trivial BatchNorm statistics."""
+    keras.utils.set_random_seed(seed)
+    model = build_window_model(spec)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([gamma * rng.uniform(0.5, 2, gamma.shape), rng.normal(0, 0.5, beta.shape),
+                               rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2, var.shape)])
+    return model
+
+
+def test_receptive_field_reaches_a_second():
+    spec = ModelSpec(channels=32, classes=11)
+    assert spec.receptive_field >= 100  # frames of 10 ms
+
+
+def test_step_model_equals_window_model_in_float():
+    spec = ModelSpec(channels=32, classes=11, width=16)
+    window = randomised_model(spec)
+    step = build_step_model(spec, window)
+    frames = clip_frames(1)[0]
+    expected = np.asarray(window(frames[None].astype(np.float32), training=False))[0]
+    streamed = stream_float(step, spec, frames)
+    np.testing.assert_allclose(streamed, expected, atol=1e-5)
+
+
+def test_window_model_is_causal():
+    spec = ModelSpec(channels=32, classes=11, width=8)
+    window = randomised_model(spec)
+    frames = clip_frames(1)[0].astype(np.float32)
+    changed = frames.copy()
+    changed[60:] = 0
+    a = np.asarray(window(frames[None], training=False))[0]
+    b = np.asarray(window(changed[None], training=False))[0]
+    np.testing.assert_allclose(a[:60], b[:60], atol=1e-6)
+    assert not np.allclose(a[60:], b[60:])
+
+
+def test_int8_step_model_tracks_float_window_model(tmp_path):
+    spec = ModelSpec(channels=32, classes=11, width=16, dilations=(1, 2, 4, 8))
+    window = randomised_model(spec, seed=3)
+    model_path = tmp_path / "model.keras"
+    window.save(model_path)
+    from firmware_tools import pipeline
+
+    clips = dataset.scan_labelled(FSDD_CLIPS)
+    bundle, report = pipeline.convert_into_bundle(model_path, clips[:16], tmp_path / "bundle", DEFAULT_FRONTEND,
+                                                  [str(d) for d in range(10)], provenance={})
+    assert report["size_bytes"] < 100_000
+    runner = StepRunner(load_bundle(bundle.path))
+    for frames in clip_frames(3):
+        expected = np.asarray(window(frames[None].astype(np.float32), training=False))[0, :, :10]
+        runner.reset()
+        got = np.array([runner.step(f) for f in frames])
+        # int8 scores are quantised in steps of 1/256; allow a few steps of accumulated error.
+        assert np.abs(got - expected).max() < 0.06
+        assert np.abs(got - expected).mean() < 0.01
+
+
+@pytest.mark.parametrize("bad_layer, message", [
+    (lambda: keras.layers.LSTM(8, return_sequences=True), "LSTM"),
+    (lambda: keras.layers.Conv1D(8, 3, padding="same"), "padding='same'"),
+    (lambda: keras.layers.Dense(8), "Dense"),
+])
+def test_unsupported_layers_are_named(bad_layer, message):
+    inp = keras.Input((None, 32))
+    x = keras.layers.Rescaling(1 / 64)(inp)
+    x = keras.layers.Conv1D(8, 1)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU(max_value=6.0)(x)
+    x = bad_layer()(x)
+    out = keras.layers.Conv1D(11, 1, activation="softmax")(x)
+    with pytest.raises(convert.ConversionError, match=message):
+        convert.spec_from_model(keras.Model(inp, out))
+
+
+def test_any_model_with_matching_layers_converts_by_mapping():
+    """Layer names need not match the family's: the structure is what counts."""
+    inp = keras.Input((None, 32))
+    x = keras.layers.Rescaling(1 / 64, name="scale_me")(inp)
+    x = keras.layers.Conv1D(8, 1, name="first")(x)
+    x = keras.layers.BatchNormalization(name="n0")(x)
+    x = keras.layers.ReLU(max_value=6.0, name="r0")(x)
+    for d in (1, 2):
+        x = keras.layers.Conv1D(8, 3, dilation_rate=d, padding="causal", name=f"c{d}")(x)
+        x = keras.layers.BatchNormalization(name=f"n{d}")(x)
+        x = keras.layers.ReLU(max_value=6.0, name=f"r{d}")(x)
+    out = keras.layers.Conv1D(11, 1, activation="softmax", name="out")(x)
+    custom = keras.Model(inp, out)
+    canonical, spec = convert.canonical_window_model(custom)
+    assert spec.dilations == (1, 2) and spec.width == 8
+    frames = clip_frames(1)[0][None].astype(np.float32)
+    np.testing.assert_allclose(np.asarray(canonical(frames)), np.asarray(custom(frames)), atol=1e-6)
+
+
+def test_lint_rejects_float_models(tmp_path):
+    inp = keras.Input((32,), batch_size=1)
+    model = keras.Model(inp, keras.layers.Dense(4)(inp))
+    path = tmp_path / "float.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    problems = convert.lint_tflite(path)
+    assert any("float" in p for p in problems)
+
+
+def test_converter_crash_becomes_a_clear_error(tmp_path, monkeypatch):
+    """A converter that dies by a signal (as the TF converter can) is reported, not propagated."""
+    crasher = tmp_path / "crash.py"
+    crasher.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    wrapper = tmp_path / "python-that-crashes"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {crasher}\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(wrapper))
+    with pytest.raises(convert.ConversionError, match="crashed \\(signal 11\\)"):
+        convert.convert_to_int8(tmp_path / "m.keras", clip_frames(1), tmp_path / "out.tflite")
+
+
+def test_unloadable_model_is_a_clear_error(tmp_path):
+    bogus = tmp_path / "bogus.keras"
+    bogus.write_bytes(b"not a keras file")
+    with pytest.raises(convert.ConversionError, match="cannot load"):
+        convert.convert_to_int8(bogus, clip_frames(1), tmp_path / "out.tflite")
