@@ -16,10 +16,13 @@ the report gives the MAC rate that implies, and MACs per clock cycle where the c
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import platform
 import time
+from collections.abc import Callable
 
 import click
 import numpy as np
@@ -33,6 +36,7 @@ MACS_PER_CHANNEL_SAMPLE = 16
 SAMPLE_RATE = 16000
 TIMING_LEVEL_DBFS = -20.0
 ACCURACY_LEVELS_DBFS = (-40.0, -6.0)
+NOT_INSTALLED = "not installed: pip install 'basilar[bench]'"
 CMSIS_POST_SHIFT = 2  # Q31 coefficients hold coef / 4: the pole terms reach 2
 
 
@@ -42,16 +46,30 @@ def white_noise(dbfs: float, n: int, seed: int) -> np.ndarray:
     return np.clip(np.round(x), -32768, 32767).astype(np.int16)
 
 
-def best_of(repeats: int, run, prepare=None) -> float:
-    """Shortest wall time of `run()` over `repeats` tries; `prepare()` (untimed) runs before each."""
-    best = float("inf")
+@dataclasses.dataclass
+class Contender:
+    """One implementation under test. `run()` is timed; `prepare()` runs untimed before each try; `outputs()`
+    (untimed, after the race) gives its filter output per channel in the reference's units, for the SNR check."""
+
+    name: str
+    channels: int
+    run: Callable[[], object]
+    prepare: Callable[[], object] = lambda: None
+    outputs: Callable[[], list] | None = None
+    missing: str | None = None  # why it cannot run here
+    best: float = math.inf
+
+
+def race(contenders: list[Contender], repeats: int) -> None:
+    """Best wall time of each contender. The tries go round-robin, so a burst of load on a shared machine hits
+    every implementation alike instead of one of them."""
     for _ in range(repeats):
-        if prepare:
-            prepare()
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
+        for c in contenders:
+            if c.missing is None:
+                c.prepare()
+                start = time.perf_counter()
+                c.run()
+                c.best = min(c.best, time.perf_counter() - start)
 
 
 def snr_db(test: np.ndarray, ref: np.ndarray) -> float:
@@ -87,32 +105,33 @@ def machine() -> dict:
     return info
 
 
-def entry(name: str, channels: int, seconds: float | None, audio_seconds: float, **extra) -> dict:
-    if seconds is None:
-        return {"name": name, "channels": channels, "available": False, **extra}
-    return {"name": name, "channels": channels, "available": True, "seconds": seconds,
-            "x_realtime": audio_seconds / seconds,
-            "ns_per_channel_sample": seconds / (audio_seconds * SAMPLE_RATE * channels) * 1e9, **extra}
+def entry(c: Contender, audio_seconds: float, **extra) -> dict:
+    if c.missing is not None:
+        return {"name": c.name, "channels": c.channels, "available": False, "note": c.missing}
+    return {"name": c.name, "channels": c.channels, "available": True, "seconds": c.best,
+            "x_realtime": audio_seconds / c.best,
+            "ns_per_channel_sample": c.best / (audio_seconds * SAMPLE_RATE * c.channels) * 1e9, **extra}
 
 
-def time_ours(config: FrontendConfig, x: np.ndarray, repeats: int, float_out: list) -> tuple[dict, dict]:
-    audio_seconds = x.size / SAMPLE_RATE
+def ours(config: FrontendConfig, x: np.ndarray) -> list[Contender]:
     frontend = Frontend(config)
-    whole = best_of(repeats, lambda: frontend.process(x), frontend.reset)
     coef = frontend.coeffs.filterbank.coef
     out = np.empty((x.size, config.channels), np.int32)
-    state = {}
+    state = FrontendState.initial(frontend.coeffs)
 
-    def fresh_state():
-        s = FrontendState.initial(frontend.coeffs)
-        state["filter"], state["io"] = s.filter, s.filter_io
+    def at_rest():
+        state.filter[:] = 0
+        state.filter_io[:] = 0
 
-    filters = best_of(repeats, lambda: gammatone.cascade(coef, state["filter"], state["io"], x, out), fresh_state)
     scale = float(1 << (15 + INPUT_SHIFT))
-    agreement = min(snr_db(out[:, c] / scale, float_out[c]) for c in range(config.channels))
-    return (entry("basilar front end (int16 -> int8 frames)", config.channels, whole, audio_seconds),
-            entry("basilar filter stage (Cython cascade)", config.channels, filters, audio_seconds,
-                  snr_vs_float64_db=agreement))
+    return [
+        Contender("basilar front end (int16 -> int8 frames)", config.channels, lambda: frontend.process(x),
+                  prepare=frontend.reset),
+        # Each try starts from rest, so `out` holds the filter output from rest afterwards.
+        Contender("basilar filter stage (Cython cascade)", config.channels,
+                  lambda: gammatone.cascade(coef, state.filter, state.filter_io, x, out), prepare=at_rest,
+                  outputs=lambda: list(out.T / scale)),
+    ]
 
 
 def reference_sos(config: FrontendConfig) -> list[np.ndarray]:
@@ -128,15 +147,14 @@ def reference_sos(config: FrontendConfig) -> list[np.ndarray]:
     return sos
 
 
-def time_scipy(config: FrontendConfig, x: np.ndarray, repeats: int) -> tuple[dict, list]:
-    """scipy.signal.sosfilt per channel; also returns its outputs, the float64 yardstick for the others."""
+def scipy_sosfilt(config: FrontendConfig, x: np.ndarray) -> Contender:
+    """The float64 reference through scipy, one channel at a time; its output is the yardstick for the SNRs."""
     from scipy import signal
 
     sos = reference_sos(config)
     xf = x / 32768.0
-    seconds = best_of(repeats, lambda: [signal.sosfilt(s, xf) for s in sos])
-    outputs = [signal.sosfilt(s, xf) for s in sos]
-    return entry("scipy.signal.sosfilt float64 (per channel)", config.channels, seconds, x.size / SAMPLE_RATE), outputs
+    filter_all = lambda: [signal.sosfilt(s, xf) for s in sos]  # noqa: E731
+    return Contender("scipy.signal.sosfilt float64 (per channel)", config.channels, filter_all, outputs=filter_all)
 
 
 def cmsis_channel(cmsisdsp, fb, channel: int):
@@ -150,28 +168,27 @@ def cmsis_channel(cmsisdsp, fb, channel: int):
     return instance
 
 
-def time_cmsis(config: FrontendConfig, x: np.ndarray, repeats: int, float_out: list) -> dict:
+def cmsis_biquads(config: FrontendConfig, x: np.ndarray) -> Contender:
     name = "cmsisdsp arm_biquad_cascade_df1_q31 (per channel)"
     try:
         import cmsisdsp
     except ImportError:
-        return entry(name, config.channels, None, 0, note="not installed: pip install 'basilar[bench]'")
+        return Contender(name, config.channels, lambda: None, missing=NOT_INSTALLED)
     fb = Frontend(config).coeffs.filterbank
     xq = x.astype(np.int32) << INPUT_SHIFT  # the same headroom as ours
     instances = [cmsis_channel(cmsisdsp, fb, c) for c in range(config.channels)]
-    seconds = best_of(repeats, lambda: [cmsisdsp.arm_biquad_cascade_df1_q31(i, xq) for i in instances])
     scale = float(1 << (15 + INPUT_SHIFT))
-    agreement = min(snr_db(cmsisdsp.arm_biquad_cascade_df1_q31(cmsis_channel(cmsisdsp, fb, c), xq) / scale,
-                           float_out[c]) for c in range(config.channels))
-    return entry(name, config.channels, seconds, x.size / SAMPLE_RATE, snr_vs_float64_db=agreement)
+    return Contender(name, config.channels, lambda: [cmsisdsp.arm_biquad_cascade_df1_q31(i, xq) for i in instances],
+                     outputs=lambda: [cmsisdsp.arm_biquad_cascade_df1_q31(cmsis_channel(cmsisdsp, fb, c), xq) / scale
+                                      for c in range(config.channels)])
 
 
-def time_micro_frontend(x: np.ndarray, repeats: int) -> dict:
+def micro_frontend(x: np.ndarray) -> Contender:
     name = "pymicro_features (TFLite-Micro FFT front end)"
     try:
         from pymicro_features import MicroFrontend
     except ImportError:
-        return entry(name, 40, None, 0, note="not installed: pip install 'basilar[bench]'")
+        return Contender(name, 40, lambda: None, missing=NOT_INSTALLED)
     audio = x.tobytes()
     step = 2 * SAMPLE_RATE // 100  # it takes 10 ms (160 samples) per call
 
@@ -181,24 +198,33 @@ def time_micro_frontend(x: np.ndarray, repeats: int) -> dict:
         while pos + step <= len(audio):
             pos += 2 * frontend.process_samples(audio[pos:pos + step]).samples_read
 
-    return entry(name, 40, best_of(repeats, run), x.size / SAMPLE_RATE)
+    return Contender(name, 40, run)
 
 
 def run_speed(seconds: float, repeats: int, channel_counts: list[int]) -> dict:
     x = white_noise(TIMING_LEVEL_DBFS, int(seconds * SAMPLE_RATE), seed=1)
-    results, speedups = [], []
+    groups = []
     for channels in channel_counts:
         config = FrontendConfig(sample_rate=SAMPLE_RATE, channels=channels)
-        scipy_entry, float_out = time_scipy(config, x, repeats)
-        whole, filters = time_ours(config, x, repeats, float_out)
-        cmsis = time_cmsis(config, x, repeats, float_out)
-        results += [whole, filters, scipy_entry, cmsis]
-        for other in (scipy_entry, cmsis):
-            if other["available"]:
-                speedups.append({"channels": channels, "over": other["name"],
-                                 "front_end": other["seconds"] / whole["seconds"],
-                                 "filter_stage": other["seconds"] / filters["seconds"]})
-    results.append(time_micro_frontend(x, repeats))
+        groups.append([*ours(config, x), scipy_sosfilt(config, x), cmsis_biquads(config, x)])
+    micro = micro_frontend(x)
+    race([c for group in groups for c in group] + [micro], repeats)
+
+    audio_seconds = x.size / SAMPLE_RATE
+    results, speedups = [], []
+    for whole, filters, scipy_run, cmsis in groups:
+        yardstick = scipy_run.outputs()
+        for c in (whole, filters, scipy_run, cmsis):
+            extra = {}
+            if c.outputs is not None and c is not scipy_run and c.missing is None:
+                extra["snr_vs_float64_db"] = min(snr_db(y, ref) for y, ref in zip(c.outputs(), yardstick))
+            results.append(entry(c, audio_seconds, **extra))
+        for other in (scipy_run, cmsis):
+            if other.missing is None:
+                speedups.append({"channels": whole.channels, "over": other.name,
+                                 "front_end": other.best / whole.best, "filter_stage": other.best / filters.best})
+        del yardstick
+    results.append(entry(micro, audio_seconds))
     return {"results": results, "speedups": speedups}
 
 
