@@ -290,7 +290,7 @@ def format_report(report: dict) -> str:
                 lines.append(f"  {row['channels']:>3} ch at {level['dbfs']:>5.0f} dBFS: min {level['snr_min_db']:6.1f} dB"
                              f" ({level['worst_channel_hz']:.0f} Hz), median {level['snr_median_db']:6.1f} dB")
             lines.append(f"  {row['channels']:>3} ch full scale: the worst input reaches "
-                         f"{100 * row['headroom_used']:.0f}% of the int32 signal limit (proven, no overflow)")
+                         f"{100 * row['headroom_used']:.0f}% of the 2^30 signal bound (proven: no overflow)")
     return "\n".join(lines)
 
 
