@@ -13,6 +13,7 @@ import pty
 import queue
 import select
 import threading
+import time
 import tty
 from pathlib import Path
 
@@ -28,8 +29,12 @@ def _raw_pty():
 
 class PtyCable:
     def __init__(self, directory: Path, corruption: Corruption | None = None, hold_until_host_speaks: bool = True,
-                 plugged: bool = True):
+                 plugged: bool = True, baud: int | None = None, corruption_to_device: Corruption | None = None):
+        """baud: pace each direction like a UART at this rate (8N1), instead of as fast as the pty goes."""
         self.corruption = corruption
+        self.corruption_to_device = corruption_to_device
+        self._bytes_per_s = baud / 10 if baud else None
+        self._busy_until = {"host": 0.0, "device": 0.0}
         self._dev_master, self._dev_slave = _raw_pty()
         self.device_path = os.ttyname(self._dev_slave)
         self.host_path = str(Path(directory) / "ttyHOST")
@@ -59,7 +64,8 @@ class PtyCable:
         os.close(self._host_master)
         os.close(self._host_slave)
         self._host_master = self._host_slave = None
-        self._to_host_pending.clear()  # in flight when the cable came out: lost
+        self._to_host_pending.clear()  # in flight when the cable came out: lost, both ways
+        self._to_dev_pending.clear()
 
     def _call(self, what: str) -> None:
         done = threading.Event()
@@ -80,13 +86,14 @@ class PtyCable:
                 done.set()
             readers = [self._dev_master] + ([self._host_master] if self._host_master is not None else [])
             writers = []
-            if self._to_host_pending and self._host_master is not None:
+            if self._to_host_pending and self._host_master is not None and self._allowance("host"):
                 writers.append(self._host_master)
-            if self._to_dev_pending:
+            if self._to_dev_pending and self._allowance("device"):
                 writers.append(self._dev_master)
             if len(self._to_host_pending) > 65536 or not self._host_spoke:
                 readers.remove(self._dev_master)  # back-pressure: the device's writes wait, as on a real line
-            readable, writable, _ = select.select(readers, writers, [], 0.02)
+            waiting = self._to_dev_pending or (self._to_host_pending and self._host_master is not None)
+            readable, writable, _ = select.select(readers, writers, [], 0.005 if waiting else 0.02)
             if self._dev_master in readable:
                 data = self._read(self._dev_master)
                 if self._host_master is not None and data:
@@ -95,11 +102,12 @@ class PtyCable:
                 data = self._read(self._host_master)
                 if data:
                     self._host_spoke = True
-                    self._to_dev_pending += data
+                    self._to_dev_pending += (self.corruption_to_device.apply(data) if self.corruption_to_device
+                                             else data)
             if self._host_master is not None and self._host_master in writable:
-                self.to_host += self._write(self._host_master, self._to_host_pending)
+                self.to_host += self._write(self._host_master, self._to_host_pending, "host")
             if self._dev_master in writable:
-                self.to_device += self._write(self._dev_master, self._to_dev_pending)
+                self.to_device += self._write(self._dev_master, self._to_dev_pending, "device")
 
     @staticmethod
     def _read(fd) -> bytes:
@@ -108,13 +116,25 @@ class PtyCable:
         except (BlockingIOError, OSError):
             return b""  # EIO: nobody has the slave open right now
 
-    @staticmethod
-    def _write(fd, pending: bytearray) -> int:
+    def _allowance(self, direction: str) -> int:
+        """Bytes the line may take now: a UART at the configured rate is busy for 10 bits per byte."""
+        if self._bytes_per_s is None:
+            return 1 << 30
+        ahead = max(0.0, self._busy_until[direction] - time.monotonic())
+        return max(0, int((0.02 - ahead) * self._bytes_per_s))  # at most 20 ms of line time queued
+
+    def _write(self, fd, pending: bytearray, direction: str) -> int:
+        allowance = self._allowance(direction)
+        if allowance <= 0:
+            return 0
         try:
-            n = os.write(fd, pending)
+            n = os.write(fd, pending[:allowance])
         except (BlockingIOError, OSError):
             return 0
         del pending[:n]
+        if self._bytes_per_s is not None:
+            start = max(self._busy_until[direction], time.monotonic())
+            self._busy_until[direction] = start + n / self._bytes_per_s
         return n
 
     def close(self) -> None:

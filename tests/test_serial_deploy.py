@@ -1,0 +1,258 @@
+"""Deploying bundles over the serial telemetry link: the device agent (a real process with a release store)
+on one pseudo-terminal, deploy_serial on the other, a cable between them paced like a UART that can be pulled
+mid-upload or made noisy. Also the device's upload rules on their own."""
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edge.bundle import pack_bundle
+from edge.releases import ReleaseStore
+from edge.telemetry.protocol import (FLAG_RESTART, Health, Hello, UploadAck, UploadBegin, UploadChunk, UploadEnd,
+                                     UploadResult, UploadStatus)
+from edge.telemetry.upload import UploadReceiver
+from firmware_tools.cli import main as cli
+from firmware_tools.serial_deploy import SerialDeployError, deploy_serial
+from tests.bundle_variants import variant
+from tests.conftest import REPO
+from tests.serial_pty import Corruption, PtyCable
+
+BAUD = 115200
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory, tiny_bundle):
+    """Two different real bundle archives: (path, bundle id) each."""
+    where = tmp_path_factory.mktemp("serial-archives")
+    out = []
+    for n in (1, 2):
+        archive = where / f"v{n}.tar.gz"
+        out.append((archive, pack_bundle(variant(tiny_bundle, where / f"v{n}", n), archive)))
+    return out
+
+
+def wait_until_stable(value, quiet=0.3, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    last, since = value(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, "never settled"
+        time.sleep(0.05)
+        now = value()
+        if now != last:
+            last, since = now, time.monotonic()
+
+
+class Device:
+    """The standalone device agent in its own process, behind a pty cable."""
+
+    def __init__(self, directory: Path, **cable_options):
+        self.root = directory / "device-root"
+        self.cable = PtyCable(directory, baud=BAUD, **cable_options)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edge.telemetry.agent", self.cable.device_path, "--root", str(self.root),
+             "--baud", str(BAUD), "--device-id", "bench-pi", "--health-interval", "0.05"],
+            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.store = ReleaseStore(self.root)
+
+    def staged(self) -> list[Path]:
+        return sorted((self.root / "incoming" / "serial").glob("*.part"))
+
+    def close(self) -> str:
+        self.process.send_signal(signal.SIGTERM)
+        _, err = self.process.communicate(timeout=30)
+        self.cable.close()
+        return err
+
+
+@pytest.fixture
+def device(tmp_path):
+    made = []
+
+    def make(**cable_options):
+        made.append(Device(tmp_path, **cable_options))
+        return made[-1]
+
+    yield make
+    for d in made:
+        err = d.close()
+        assert "Traceback" not in err, err
+
+
+def test_deploy_then_redeploy_uploads_nothing(device, archives):
+    (v1, id1), _ = archives
+    dev = device()
+    uploading = threading.Event()
+    during = []
+
+    def progress(done, total):
+        (uploading.set if done < total else uploading.clear)()
+
+    def on_telemetry(frame):
+        if uploading.is_set() and isinstance(frame.message, Health):
+            during.append(frame)
+
+    result = deploy_serial(v1, dev.cable.host_path, BAUD, progress=progress, on_telemetry=on_telemetry)
+    assert result.uploaded and result.bundle_id == id1 and result.previous_bundle_id == ""
+    assert result.resumed_from == 0 and result.bytes_sent >= result.total_bytes == v1.stat().st_size
+    assert dev.store.current() == id1 and dev.staged() == []
+    assert len(during) >= 3  # the device kept reporting health while the bundle was coming in
+
+    again = deploy_serial(v1, dev.cable.host_path, BAUD)
+    assert not again.uploaded and again.bytes_sent == 0 and again.bundle_id == id1
+    assert "already active" in again.message
+
+
+def test_pulled_cable_mid_upload_leaves_the_old_bundle_then_resumes(device, archives):
+    (v1, id1), (v2, id2) = archives
+    dev = device()
+    deploy_serial(v1, dev.cable.host_path, BAUD)
+    total = v2.stat().st_size
+
+    def pull_at_half(done, _total):
+        if done > total // 2 and os.path.lexists(dev.cable.host_path):
+            dev.cable.unplug()
+
+    with pytest.raises(SerialDeployError, match="run the deploy again to resume"):
+        deploy_serial(v2, dev.cable.host_path, BAUD, progress=pull_at_half)
+    assert dev.store.current() == id1  # still the old bundle, nothing half-switched
+    wait_until_stable(lambda: [p.stat().st_size for p in dev.staged()])  # the device has taken what arrived
+    partial = dev.staged()
+    assert len(partial) == 1 and partial[0].name == hashlib.sha256(v2.read_bytes()).hexdigest() + ".part"
+    held = partial[0].stat().st_size
+    assert total // 2 < held < total
+
+    dev.cable.plug()
+    result = deploy_serial(v2, dev.cable.host_path, BAUD)
+    assert result.uploaded and result.bundle_id == id2 and result.previous_bundle_id == id1
+    assert result.resumed_from == held and result.bytes_sent < total  # only the missing part went over
+    assert dev.store.current() == id2 and dev.store.previous() == id1 and dev.staged() == []
+
+
+def test_noisy_line_upload_still_lands_intact(device, archives):
+    (v1, id1), _ = archives
+    # 0.1% of the bytes towards the device (chunks) and towards the host (acks, telemetry) are damaged: a
+    # 512-byte chunk gets through only 60% of the time, so the host must also shrink its chunks.
+    dev = device(corruption=Corruption(rate=0.001, seed=3), corruption_to_device=Corruption(rate=0.001, seed=4))
+    result = deploy_serial(v1, dev.cable.host_path, BAUD)
+    assert result.bundle_id == id1 and dev.store.current() == id1
+    assert result.bytes_sent > result.total_bytes  # some chunks had to be sent again
+    assert dev.cable.corruption_to_device.events and dev.cable.corruption.events
+
+
+def test_device_refuses_an_archive_that_is_not_a_bundle(device, archives, tmp_path):
+    (v1, id1), _ = archives
+    dev = device()
+    deploy_serial(v1, dev.cable.host_path, BAUD)
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(os.urandom(3000))
+    with pytest.raises(SerialDeployError, match=r"refused the bundle \(install failed\).*not a readable"):
+        deploy_serial(junk, dev.cable.host_path, BAUD)
+    assert dev.store.current() == id1 and dev.staged() == []
+
+
+def test_nobody_answering_is_a_clear_error(tmp_path, archives):
+    (v1, _), _ = archives
+    cable = PtyCable(tmp_path, hold_until_host_speaks=False)
+    try:
+        with pytest.raises(SerialDeployError, match="no basilar device answered .* check the cable and the baud"):
+            deploy_serial(v1, cable.host_path, BAUD, hello_timeout=1.0)
+    finally:
+        cable.close()
+    with pytest.raises(SerialDeployError, match="cannot open serial port"):
+        deploy_serial(v1, str(tmp_path / "ttyNOPE"), BAUD)
+
+
+def test_basilar_deploy_to_a_serial_target(device, archives):
+    (v1, id1), _ = archives
+    dev = device()
+    result = CliRunner().invoke(cli, ["deploy", str(v1), f"serial://{dev.cable.host_path}?baud={BAUD}"])
+    assert result.exit_code == 0, result.output
+    assert id1[:12] in result.output and dev.store.current() == id1
+
+
+# ------------------------------------------------------------------------------ the device's rules alone
+
+
+class Installed:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, archive: Path, sha256: str) -> str:
+        self.calls.append((archive.read_bytes(), sha256))
+        return "b" * 64
+
+
+def begin(data, flags=0):
+    return UploadBegin(len(data), hashlib.sha256(data).digest(), flags)
+
+
+def test_receiver_resumes_checks_order_and_verifies(tmp_path):
+    data = os.urandom(5000)
+    install = Installed()
+    receiver = UploadReceiver(tmp_path, install)
+    assert receiver.handle(begin(data)) == [UploadAck(0, 0, 0)]
+    assert receiver.handle(UploadChunk(0, data[:1000])) == [UploadAck(0, 1000, zlib.crc32(data[:1000]))]
+    assert receiver.handle(UploadChunk(2000, data[2000:3000]))[0].status == UploadStatus.OUT_OF_ORDER
+    receiver.close()  # the device restarts: what it acknowledged is on disk
+
+    receiver = UploadReceiver(tmp_path, install)
+    assert receiver.handle(UploadChunk(1000, data[1000:2000])) == [UploadAck(UploadStatus.NO_TRANSFER, 0, 0)]
+    assert receiver.handle(begin(data)) == [UploadAck(0, 1000, zlib.crc32(data[:1000]))]
+    ack = receiver.handle(UploadChunk(1000, data[1000:]))[0]
+    assert ack == UploadAck(0, 5000, zlib.crc32(data))
+    result = receiver.handle(UploadEnd(hashlib.sha256(data).digest()))[0]
+    assert result == UploadResult(0, "b" * 64, "installed and active")
+    assert install.calls == [(data, hashlib.sha256(data).hexdigest())] and list(tmp_path.iterdir()) == []
+    # the host repeating END or BEGIN (its answer was lost) gets the same answer, and nothing is installed twice
+    assert receiver.handle(UploadEnd(hashlib.sha256(data).digest()))[0].bundle_id == "b" * 64
+    assert receiver.handle(begin(data))[0].message == "already installed" and len(install.calls) == 1
+
+
+def test_receiver_discards_what_does_not_hash_right(tmp_path):
+    data = os.urandom(3000)
+    claimed = UploadBegin(len(data), hashlib.sha256(b"something else").digest())
+    install = Installed()
+    receiver = UploadReceiver(tmp_path, install)
+    receiver.handle(claimed)
+    receiver.handle(UploadChunk(0, data))
+    result = receiver.handle(UploadEnd(claimed.sha256))[0]
+    assert result.status == UploadStatus.SHA_MISMATCH and "deploy again" in result.message
+    assert install.calls == [] and list(tmp_path.iterdir()) == []
+
+
+def test_receiver_restart_flag_size_limit_and_install_failure(tmp_path):
+    data = os.urandom(2000)
+    receiver = UploadReceiver(tmp_path, Installed(), max_size=1500)
+    result = receiver.handle(begin(data))[0]
+    assert result.status == UploadStatus.TOO_LARGE and "at most 1500" in result.message
+
+    def refuse(archive, sha256):
+        raise RuntimeError("the bundle is invalid: manifest.json is missing")
+
+    receiver = UploadReceiver(tmp_path, refuse)
+    receiver.handle(begin(data))
+    receiver.handle(UploadChunk(0, data[:500]))
+    assert receiver.handle(begin(data, FLAG_RESTART)) == [UploadAck(0, 0, 0)]  # the partial copy is dropped
+    receiver.handle(UploadChunk(0, data))
+    result = receiver.handle(UploadEnd(hashlib.sha256(data).digest()))[0]
+    assert result.status == UploadStatus.INSTALL_FAILED and "manifest.json is missing" in result.message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_new_upload_replaces_an_abandoned_one(tmp_path):
+    old, new = os.urandom(800), os.urandom(900)
+    receiver = UploadReceiver(tmp_path, Installed())
+    receiver.handle(begin(old))
+    receiver.handle(UploadChunk(0, old[:400]))
+    receiver.handle(begin(new))
+    assert [p.name for p in tmp_path.iterdir()] == [hashlib.sha256(new).hexdigest() + ".part"]
+
