@@ -17,7 +17,10 @@ from firmware_tools.cli_errors import fail_on
 @click.option("--epochs", type=click.IntRange(1, 500), default=30, show_default=True)
 @click.option("--width", type=click.IntRange(8, 256), default=48, show_default=True, help="Channels per layer.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--no-synth", is_flag=True, help="Do not add espeak-ng voices (digits and non-target speech).")
+@click.option("--synth-digits", type=click.IntRange(0, 100_000), default=600, show_default=True,
+              help="Digit clips spoken by espeak-ng voices (only when the labels are 0-9).")
+@click.option("--synth-speech", type=click.IntRange(0, 100_000), default=300, show_default=True,
+              help="Non-target phrases spoken by espeak-ng voices, for the background class.")
 @click.option("--copies", type=click.IntRange(1, 50), default=3, show_default=True,
               help="Augmented examples made from each clip.")
 @click.option("--background-examples", type=click.IntRange(0, 10**6), default=2500, show_default=True,
@@ -25,16 +28,15 @@ from firmware_tools.cli_errors import fail_on
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "basilar",
               show_default=True, help="Where computed features are cached.")
 @click.option("--name", default="model", show_default=True, help="Bundle name recorded in the manifest.")
-def train(data_dir, out_dir, holdout, loso, epochs, width, seed, no_synth, copies, background_examples, cache_dir,
+def train(data_dir, out_dir, holdout, loso, epochs, width, seed, synth_digits, synth_speech, copies, background_examples, cache_dir,
           name):
     """Train a streaming model on labelled WAVs (sub-folder per label, or files named LABEL_...)."""
     with fail_on():
         from firmware_tools.training import TrainSettings, run_training
 
         settings = TrainSettings(width=width, epochs=epochs, seed=seed, copies_per_clip=copies,
-                                 background_examples=background_examples)
-        if no_synth:
-            settings.synth_digits = settings.synth_non_target = 0
+                                 background_examples=background_examples, synth_digits=synth_digits,
+                                 synth_non_target=synth_speech)
         summary = run_training(data_dir, out_dir, holdout=holdout, loso=loso, settings=settings,
                                cache_dir=cache_dir, name=name, log=click.echo)
     click.echo(json.dumps(summary, indent=2))

@@ -1,0 +1,45 @@
+"""The interpreter shim and the step runner, with a real TFLite interpreter running a real model."""
+import numpy as np
+import pytest
+
+import edge.runner as runner_module
+from edge.bundle import load_bundle
+from edge.frontend import Frontend
+from edge.runner import RuntimeUnavailable, StepRunner, make_interpreter
+from tests.bundles import FSDD_CLIPS
+
+
+def test_a_real_runtime_runs_an_inference(tiny_bundle):
+    interpreter, name = make_interpreter(load_bundle(tiny_bundle).step_model_path)
+    assert name in {"ai-edge-litert", "tflite-runtime", "tensorflow"}
+    out = interpreter.get_output_details()[0]
+    assert interpreter.get_tensor(out["index"]).dtype == np.int8
+
+
+def test_falls_back_past_a_broken_runtime(tiny_bundle, monkeypatch):
+    monkeypatch.setattr(runner_module, "RUNTIMES",
+                        (("broken", "basilar_no_such_runtime.interpreter"),) + runner_module.RUNTIMES)
+    _, name = make_interpreter(load_bundle(tiny_bundle).step_model_path)
+    assert name != "broken"
+
+
+def test_no_runtime_is_a_clear_error(tiny_bundle, monkeypatch):
+    monkeypatch.setattr(runner_module, "RUNTIMES", (("broken", "basilar_no_such_runtime.interpreter"),))
+    with pytest.raises(RuntimeUnavailable, match="pip install ai-edge-litert"):
+        make_interpreter(load_bundle(tiny_bundle).step_model_path)
+
+
+def test_step_runner_streams_posteriors(tiny_bundle):
+    from firmware_tools import dataset
+
+    bundle = load_bundle(tiny_bundle)
+    runner = StepRunner(bundle)
+    clip = dataset.read_clip(next(FSDD_CLIPS.glob("3_*.wav")), bundle.frontend_config.sample_rate)
+    frames = Frontend(bundle.frontend_config).process(dataset.to_int16(clip))
+    first = np.array([runner.step(f) for f in frames])
+    assert first.shape == (len(frames), 10)
+    assert np.all((first >= 0) & (first <= 1))
+    runner.reset()
+    again = np.array([runner.step(f) for f in frames])
+    np.testing.assert_array_equal(first, again)  # reset really starts over, and inference is deterministic
+    assert not np.allclose(first[0], first[-1])  # the state carries: outputs move as the clip goes by

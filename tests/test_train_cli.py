@@ -1,0 +1,71 @@
+"""`basilar train`, `convert`, `eval` and `bundle` end to end on real clips (tiny settings, so it stays fast)."""
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from edge.bundle import load_bundle
+from firmware_tools.cli import main
+from tests.bundles import FSDD_CLIPS
+from tests.conftest import require_module, require_program
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    require_module("tensorflow")
+    require_program("espeak-ng")
+    out = tmp_path_factory.mktemp("train") / "out"
+    result = CliRunner().invoke(main, [
+        "train", str(FSDD_CLIPS), "--out", str(out), "--epochs", "2", "--width", "8", "--copies", "1",
+        "--background-examples", "40", "--synth-digits", "20", "--synth-speech", "10", "--holdout", "theo", "--cache-dir", str(out.parent / "cache")])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_writes_model_bundle_and_report(trained):
+    assert (trained / "model.keras").is_file()
+    report = json.loads((trained / "report.json").read_text())
+    assert report["holdout"] == "theo"
+    assert report["heldout_int8"]["clips"] == 10
+    assert set(report["heldout_int8"]["recall"]) == {str(d) for d in range(10)}
+    assert 0 <= report["float_vs_int8"]["agreement"] <= 1
+    bundle = load_bundle(trained / "bundle")
+    assert bundle.labels == [str(d) for d in range(10)]
+    assert "CC BY-SA 4.0" in (trained / "bundle" / "ATTRIBUTION.md").read_text()
+    assert "leave" not in (trained / "report.txt").read_text()  # no --loso, no LOSO section
+
+
+def test_convert_to_archive_and_eval(trained, tmp_path):
+    archive = tmp_path / "model.tar.gz"
+    result = CliRunner().invoke(main, ["convert", str(trained / "model.keras"), "--calibration", str(FSDD_CLIPS),
+                                       "--out", str(archive), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    assert report["labels"] == [str(d) for d in range(10)]
+    assert load_bundle(archive).id == report["bundle_id"]
+    result = CliRunner().invoke(main, ["eval", str(archive), str(FSDD_CLIPS), "--json"])
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads(result.output.strip().splitlines()[-1])
+    assert evaluation["clips"] == 40 and 0 <= evaluation["accuracy"] <= 1
+
+
+def test_bundle_inspect_and_verify(trained, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["bundle", "inspect", str(trained / "bundle")])
+    assert result.exit_code == 0 and "labels     0, 1, 2" in result.output
+    result = runner.invoke(main, ["bundle", "verify", str(trained / "bundle")])
+    assert result.exit_code == 0 and "one inference ran" in result.output
+    broken = tmp_path / "broken"
+    shutil.copytree(trained / "bundle", broken)
+    (broken / "model_step.tflite").write_bytes(b"garbage")
+    result = runner.invoke(main, ["bundle", "verify", str(broken)])
+    assert result.exit_code == 1 and "corrupt" in result.output
+
+
+def test_train_on_a_missing_folder_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "nope")])
+    assert result.exit_code != 0 and "does not exist" in result.output
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "no labelled audio" in result.output
