@@ -126,8 +126,7 @@ def frontend(audio, channels, sample_rate, f_low, f_high, stage, use_reference, 
     duration = samples.size / config.sample_rate
     speed = f"{duration / seconds:,.0f}x real time" if seconds > 0 and duration > 0 else "n/a"
     resampled = f", resampled to {config.sample_rate} Hz (soxr)" if source.file_rate != config.sample_rate else ""
-    frontend_ = Frontend(config)
-    cf = frontend_.centre_freqs
+    cf = Frontend(config).centre_freqs  # the design is cached: no second filter design
     click.echo(f"input      {audio}: {duration:.2f} s, {source.file_rate} Hz, {source.file_channels} channel(s), "
                f"{source.file_format}{resampled}")
     click.echo(f"front end  {config.sample_rate} Hz, {config.channels} channels {cf[0]:.0f}-{cf[-1]:.0f} Hz "
