@@ -164,27 +164,28 @@ def bench_telemetry(frames, block, baud, seconds, utilization, error_rate, seed,
     decoder = bench_decoder(frames, block, repeats=3)
     line = bench_line(baud, seconds, utilization)
     noise = bench_corruption(min(frames, 50_000), error_rate, seed)
-    report = {"cpu": pinned, "decoder": decoder, "line": line, "corruption": noise}
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
     d, ln, n = decoder, line, noise
-    click.echo(f"basilar bench telemetry ({pinned})")
-    click.echo(f"decoder     {d['decoder']['mb_per_s']:.1f} MB/s, {d['decoder']['frames_per_s']:,.0f} frames/s "
-               f"(frames to messages); with records for output {d['session']['mb_per_s']:.1f} MB/s "
-               f"[{d['frames']} frames, {d['bytes']} bytes, {d['block']}-byte reads; target >= 1 MB/s]")
-    click.echo(f"line        {ln['baud']} baud, {ln['offered_bytes_per_s']:.0f} B/s for {ln['seconds']:.0f} s over "
-               f"a pty: {ln['frames_received']}/{ln['frames_sent']} frames received, {ln['lost_frames']} lost, "
-               f"{ln['dropped_on_device']} dropped on the device, {ln['crc_errors'] + ln['framing_errors']} "
-               f"bad; reader CPU {ln['reader_cpu_percent']:.1f}% [target: zero loss]")
-    click.echo(f"corruption  {n['byte_error_rate']:.1%} of {n['bytes']} bytes ({n['corruption_events']} events) "
-               f"touched {n['frames_touched']} of {n['frames']} frames: {n['intact_recovered']}/"
-               f"{n['intact_frames']} untouched frames recovered, {n['touched_but_recovered']} touched ones "
-               f"too, {n['wrong_frames_accepted']} wrong frames accepted; {n['lost_frames_counted']}/"
-               f"{n['lost_frames']} lost frames counted, {n['crc_errors']} CRC + {n['framing_errors']} framing "
-               f"errors [target: all untouched recovered]")
     ok = (d["decoder"]["mb_per_s"] >= 1 and ln["lost_frames"] == 0 and ln["frames_received"] == ln["frames_sent"]
           and n["intact_recovered"] == n["intact_frames"] and n["wrong_frames_accepted"] == 0)
-    click.echo("all targets met" if ok else "TARGETS MISSED")
+    report = {"cpu": pinned, "decoder": decoder, "line": line, "corruption": noise, "targets_met": ok}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(f"basilar bench telemetry ({pinned})")
+        click.echo(f"decoder     {d['decoder']['mb_per_s']:.1f} MB/s, {d['decoder']['frames_per_s']:,.0f} frames/s "
+                   f"(frames to messages); with records for output {d['session']['mb_per_s']:.1f} MB/s "
+                   f"[{d['frames']} frames, {d['bytes']} bytes, {d['block']}-byte reads; target >= 1 MB/s]")
+        click.echo(f"line        {ln['baud']} baud, {ln['offered_bytes_per_s']:.0f} B/s for {ln['seconds']:.0f} s "
+                   f"over a pty: {ln['frames_received']}/{ln['frames_sent']} frames received, {ln['lost_frames']} "
+                   f"lost, {ln['dropped_on_device']} dropped on the device, "
+                   f"{ln['crc_errors'] + ln['framing_errors']} bad; reader CPU {ln['reader_cpu_percent']:.1f}% "
+                   "[target: zero loss]")
+        click.echo(f"corruption  {n['byte_error_rate']:.1%} of {n['bytes']} bytes ({n['corruption_events']} events) "
+                   f"touched {n['frames_touched']} of {n['frames']} frames: {n['intact_recovered']}/"
+                   f"{n['intact_frames']} untouched frames recovered, {n['touched_but_recovered']} touched ones "
+                   f"too, {n['wrong_frames_accepted']} wrong frames accepted; {n['lost_frames_counted']}/"
+                   f"{n['lost_frames']} lost frames counted, {n['crc_errors']} CRC + {n['framing_errors']} "
+                   "framing errors [target: all untouched recovered]")
+        click.echo("all targets met" if ok else "TARGETS MISSED")
     if not ok:
         sys.exit(1)

@@ -17,7 +17,7 @@ import time
 import tty
 from pathlib import Path
 
-from firmware_tools.line_noise import Corruption, frames_in, touched  # noqa: F401 - re-exported for the tests
+from firmware_tools.line_noise import Corruption
 
 
 def _raw_pty():

@@ -16,14 +16,15 @@ from click.testing import CliRunner
 
 from edge.bundle import pack_bundle
 from edge.releases import ReleaseStore
-from edge.telemetry.protocol import (FLAG_RESTART, Health, Hello, UploadAck, UploadBegin, UploadChunk, UploadEnd,
+from edge.telemetry.protocol import (FLAG_RESTART, Health, UploadAck, UploadBegin, UploadChunk, UploadEnd,
                                      UploadResult, UploadStatus)
 from edge.telemetry.upload import UploadReceiver
 from firmware_tools.cli import main as cli
+from firmware_tools.line_noise import Corruption
 from firmware_tools.serial_deploy import SerialDeployError, deploy_serial
 from tests.bundle_variants import variant
 from tests.conftest import REPO
-from tests.serial_pty import Corruption, PtyCable
+from tests.serial_pty import PtyCable
 
 BAUD = 115200
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}

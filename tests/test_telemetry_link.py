@@ -3,18 +3,22 @@ reader (the CLI, or TelemetryReader in a thread) reads; the cable between them c
 and plugged in again."""
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
 import threading
 import time
+import tty
 
 import pytest
 
 from edge.telemetry.protocol import decode_one
+from firmware_tools.line_noise import Corruption, frames_in, touched
 from firmware_tools.telemetry_reader import TelemetryReader, TelemetrySession
 from tests.conftest import REPO
-from tests.serial_pty import Corruption, PtyCable, frames_in, touched
+from tests.serial_pty import PtyCable
 
 DEVICE = r"""
 import sys, time
@@ -103,9 +107,9 @@ class ReaderThread:
 def test_device_process_to_cli_over_a_clean_line(cable_factory, tmp_path):
     cable = cable_factory()
     device = start_device(cable, 300, pace=0.001)
-    out_file = tmp_path / "records.jsonl"
+    out_file, capture = tmp_path / "records.jsonl", tmp_path / "raw.bin"
     cli = subprocess.Popen([sys.executable, "-m", "firmware_tools.cli", "telemetry", cable.host_path, "--format",
-                            "jsonl", "--output", str(out_file)],
+                            "jsonl", "--output", str(out_file), "--capture", str(capture)],
                            env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     finish_device(device)
     wait_for(lambda: out_file.exists() and '"text": "done"' in out_file.read_text(), what="the final LOG")
@@ -125,6 +129,11 @@ def test_device_process_to_cli_over_a_clean_line(cable_factory, tmp_path):
     seqs = [r["seq"] for r in records if "seq" in r]
     assert seqs == sorted(seqs)
     assert "0 lost (sequence gaps), 0 CRC errors, 0 framing errors" in stderr
+    # the raw capture replays to the same records
+    replayed = subprocess.run([sys.executable, "-m", "firmware_tools.cli", "telemetry", "--replay", str(capture),
+                               "--format", "jsonl"], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert [json.loads(line) for line in replayed.stdout.splitlines()] == \
+           [{k: v for k, v in r.items() if k != "host_time"} for r in records if r["type"] != "link"]
 
 
 def test_corrupted_line_every_intact_frame_recovered_every_bad_one_counted(cable_factory):
@@ -207,3 +216,64 @@ def test_reader_waits_for_a_port_that_appears_later(tmp_path, cable_factory):
     thread.join(30)
     assert [r["type"] for r in records] == ["link", "hello"]
     finish_device(device)
+
+
+def test_emitter_and_device_link_open_ports_by_name_and_the_link_reopens_its_port(tmp_path):
+    """The device side opening a port itself, and getting it back after it vanished (a USB gadget port)."""
+    from edge.telemetry.emitter import TelemetryEmitter
+    from edge.telemetry.link import DeviceLink
+    from edge.telemetry.protocol import Log, StreamDecoder
+
+    def new_pty():
+        master, slave = pty.openpty()
+        tty.setraw(slave)
+        link = tmp_path / "ttyGS0"
+        tmp = tmp_path / "ttyGS0.new"
+        os.symlink(os.ttyname(slave), tmp)
+        os.replace(tmp, link)
+        return master, slave, str(link)
+
+    def read_logs(master, want, timeout=20.0):
+        decoder, texts, deadline = StreamDecoder(), [], time.monotonic() + timeout
+        while len(texts) < want:
+            assert time.monotonic() < deadline, f"only got {texts}"
+            if select.select([master], [], [], 0.1)[0]:
+                texts += [f.message.text for f in decoder.feed(os.read(master, 4096)) if isinstance(f.message, Log)]
+        return texts
+
+    master, slave, path = new_pty()
+    emitter = TelemetryEmitter(path, 115200, device_id="dev")
+    emitter.log("one")
+    assert read_logs(master, 1) == ["one"]
+    emitter.close()
+
+    link = DeviceLink(path, 115200, device_id="dev")
+    link.emitter.log("before")
+    assert read_logs(master, 1) == ["before"]
+    os.close(master)
+    os.close(slave)  # the port is gone: reads fail, sends are dropped and counted
+    os.unlink(path)
+    wait_for(lambda: link._port._serial is None, what="the link to notice")  # noqa: SLF001
+    link.emitter.log("lost")
+    wait_for(lambda: link.emitter.dropped >= 1, what="the drop to be counted")
+    master, slave, path = new_pty()  # the port is back under the same name
+    wait_for(lambda: link._port._serial is not None, what="the link to reopen")  # noqa: SLF001
+    link.emitter.log("after")
+    assert read_logs(master, 1) == ["after"]
+    link.close()
+    os.close(master)
+    os.close(slave)
+
+
+def test_bench_telemetry_runs_and_meets_its_correctness_targets():
+    """Speed is for the bench to report; here only that it runs and that nothing is lost or mis-decoded."""
+    run = subprocess.run([sys.executable, "-m", "firmware_tools.cli", "bench", "telemetry", "--frames", "3000",
+                          "--seconds", "0.5", "--json"], env=ENV, cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    report = json.loads(run.stdout)
+    assert run.returncode == (0 if report["targets_met"] else 1), run.stderr
+    line, noise = report["line"], report["corruption"]
+    assert line["frames_sent"] == line["frames_received"] > 0 and line["lost_frames"] == 0
+    assert noise["intact_recovered"] == noise["intact_frames"] > 0 and noise["wrong_frames_accepted"] == 0
+    assert noise["lost_frames_counted"] == noise["lost_frames"] > 0
+    assert report["decoder"]["decoder"]["mb_per_s"] > 0

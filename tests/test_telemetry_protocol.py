@@ -18,7 +18,7 @@ from edge.telemetry.protocol import (MAX_ENCODED, MAX_PAYLOAD, Detection, Health
                                      UploadChunk, UploadEnd, UploadResult, crc32, decode_one, encode_frame,
                                      encode_raw, message_fields, message_from_fields)
 from firmware_tools.cli import main as cli
-from firmware_tools.telemetry_reader import SequenceTracker, TelemetrySession
+from firmware_tools.telemetry_reader import LiveTable, SequenceTracker, TelemetrySession
 from tests.conftest import REPO
 
 DOC = (REPO / "docs" / "telemetry-protocol.md").read_text(encoding="utf-8")
@@ -315,3 +315,21 @@ def test_telemetry_command_errors_name_the_problem(tmp_path):
     assert result.exit_code == 1 and "cannot read the capture" in result.output
     result = CliRunner().invoke(cli, ["telemetry", str(tmp_path / "ttyNOPE")])
     assert result.exit_code == 1 and "does not exist" in result.output and "--wait" in result.output
+
+
+def test_live_table_shows_device_health_counters_and_recent_detections():
+    out = io.StringIO()
+    session = TelemetrySession()
+    table = LiveTable(out, session, "/dev/ttyUSB0", recent=3)
+    wire = (encode_frame(Hello("kitchen", "1.2", "e" * 64, 16000, 2), 0, 0)
+            + encode_frame(Labels(0, ("yes", "no")), 1, 0) + encode_frame(Health(60, 210, 330, 0, 0), 2, 10)
+            + b"".join(encode_frame(Detection(i % 2, 52428, i * 1000, i * 1000 + 400), 3 + i, 20) for i in range(5))
+            + encode_frame(Detection(1, 65535, 9000, 9400), 10, 30))  # two frames lost before this one
+    for record in session.feed(wire, "2026-01-01T00:00:00.000+00:00"):
+        table.write(record)
+    table.close()
+    screen = out.getvalue().rsplit("\x1b[H\x1b[2J", 1)[1]  # the last redraw
+    assert "device kitchen  basilar 1.2" in screen and "uptime 60 s  rtf 0.210  cpu 33.0%" in screen
+    assert "frames 9  lost 2" in screen and "2 frame(s) lost before seq 10" in screen
+    rows = [line for line in screen.splitlines() if line.startswith("2026-01-01") and " gap " not in line]
+    assert [row.split()[1:3] for row in rows] == [["no", "1.000"], ["yes", "0.800"], ["no", "0.800"]]
