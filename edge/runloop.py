@@ -128,6 +128,7 @@ class RunLoop:
         self._next_pipeline: Pipeline | None = None
         self._swap_lock = threading.Lock()
         self._overruns_told = 0
+        self._samples = 0  # audio samples processed
         self._overruns_told_at = -1e9
 
     def swap_pipeline(self, pipeline: Pipeline) -> None:
@@ -145,15 +146,16 @@ class RunLoop:
         """Process the stream; exceptions propagate after every detection made so far has been written."""
         start_wall, start_cpu = time.monotonic(), _cpu_seconds()
         report = _Report(start_wall, start_cpu)
-        samples = 0
+        self._samples = 0
+        self._announce_bundle()
         try:
             for chunk in self.source.chunks():
                 self._take_new_pipeline()
                 began = time.perf_counter()
                 events = self.pipeline.process(chunk)
                 self.stats.busy_s += time.perf_counter() - began
-                samples += len(chunk)
-                self.stats.audio_s = samples / self.pipeline.sample_rate
+                self._samples += len(chunk)
+                self.stats.audio_s = self._samples / self.pipeline.sample_rate
                 self._emit(events)
                 if time.monotonic() - report.wall >= self.health_every_s > 0:
                     report = self._report_health(report, start_wall)
@@ -180,11 +182,17 @@ class RunLoop:
         with self._swap_lock:
             new, self._next_pipeline = self._next_pipeline, None
         self._emit(self.pipeline.flush())
-        # Keep stream time continuous: the new detector starts counting where the old one stopped.
-        new.detector.reset(at_frame=self.pipeline.detector.frames_seen)
+        # Keep stream time continuous: the new detector's clock starts at the audio processed so far (to within
+        # a hop: the old front end's partial hop is dropped with it).
+        new.detector.reset(at_frame=round(self._samples / new.hop_samples))
         self.pipeline = new
+        self._announce_bundle()
         for sink in self.sinks:
-            sink.log(f"switched to bundle {getattr(new.bundle, 'id', '?')[:12]}")
+            sink.log(f"switched to bundle {new.bundle.id[:12]} without stopping the audio input")
+
+    def _announce_bundle(self) -> None:
+        for sink in self.sinks:
+            sink.bundle(self.pipeline.bundle.id, self.pipeline.labels, self.pipeline.sample_rate)
 
     def _tell_overruns(self) -> None:
         """Say so when audio was lost, at most every 5 s, so a slow device is never silently deaf."""

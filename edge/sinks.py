@@ -40,6 +40,9 @@ def iso_time(timestamp: float) -> str:
 
 
 class Sink:
+    def bundle(self, bundle_id: str, labels: list[str], sample_rate: int) -> None:
+        """The bundle whose detections follow: at the start, and again when a new one is swapped in."""
+
     def detection(self, event: Detection) -> None:
         pass
 
@@ -88,9 +91,15 @@ class JsonSink(TextSink):
 class TelemetrySink(Sink):
     """Detections and health over the serial telemetry protocol (edge.telemetry); never blocks the audio path."""
 
-    def __init__(self, emitter, labels: list[str]):
+    def __init__(self, emitter, basilar_version: str):
         self._emitter = emitter
+        self._version = basilar_version
+        self._label_ids: dict[str, int] = {}
+
+    def bundle(self, bundle_id: str, labels: list[str], sample_rate: int) -> None:
+        # HELLO tells the host the label names that DETECTION messages refer to by index.
         self._label_ids = {label: i for i, label in enumerate(labels)}
+        self._emitter.hello(self._version, bundle_id, labels, sample_rate)
 
     def detection(self, event: Detection) -> None:
         self._emitter.detection(self._label_ids[event.label], event.score, event.start_s, event.end_s)

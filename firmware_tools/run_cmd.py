@@ -108,8 +108,8 @@ class SerialLink:
 @click.option("--realtime", is_flag=True, help="Pace a file like a live source instead of as fast as possible.")
 @click.option("--format", "pcm_format", type=click.Choice(list(PCM_FORMATS), case_sensitive=False),
               default="S16_LE", show_default=True, help="Sample format of raw PCM on standard input.")
-@click.option("--rate", type=click.IntRange(1000, 384000), help="Sample rate of raw PCM on standard input "
-              "[default: the bundle's].")
+@click.option("--rate", type=click.IntRange(1000, 384000), default=16000, show_default=True,
+              help="Sample rate of raw PCM on standard input (resampled to the bundle's).")
 @click.option("--channels", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Channels of raw PCM on standard input (downmixed).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line per detection.")
@@ -156,21 +156,27 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
         raise click.ClickException(str(err)) from err
 
     sink = JsonSink() if as_json else TextSink()
-    sinks = [sink]
-    loop = None
+    loop = RunLoop(pipeline, source, [sink], health_every_s=health_every, stop=stop)
     link = None
     if serial:
-        def on_new_bundle(bundle_id: str) -> None:  # the serial link's thread, after an upload is installed
-            new = Pipeline.from_bundle(link.store.path_of(bundle_id), detector_overrides=overrides,
-                                       num_threads=threads)
-            loop.swap_pipeline(new)
-            link.emitter.hello(__version__, new.bundle.id, new.labels, new.sample_rate)
+        def on_new_bundle(bundle_id: str) -> None:
+            """The serial link's thread, after an upload was installed and made current: load it and hand it
+            to the loop, which switches between two chunks. Raising refuses the upload with this message."""
+            try:
+                loop.swap_pipeline(Pipeline.from_bundle(link.store.path_of(bundle_id),
+                                                        detector_overrides=overrides, num_threads=threads))
+            except PipelineError as err:
+                link.store.rollback()  # `current` goes back to the bundle that is running, for the next start
+                raise RuntimeError(f"the new bundle cannot run on this device ({err}); the device keeps running "
+                                   f"{loop.pipeline.bundle.id[:12]}") from err
 
-        link = SerialLink(serial, baud, device_id or socket.gethostname(), root, on_new_bundle)
-        link.emitter.hello(__version__, pipeline.bundle.id, pipeline.labels, pipeline.sample_rate)
-        sinks.append(TelemetrySink(link.emitter, pipeline.labels))
+        try:
+            link = SerialLink(serial, baud, device_id or socket.gethostname(), root, on_new_bundle)
+        except click.ClickException:
+            source.close()
+            raise
+        loop.sinks.append(TelemetrySink(link.emitter, __version__))
 
-    loop = RunLoop(pipeline, source, sinks, health_every_s=health_every, stop=stop)
     stopped_by, restore_handlers = _install_stop_handlers(stop)
     try:
         stats = loop.run()
@@ -187,10 +193,8 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
     finally:
         restore_handlers()
         source.close()
-        for extra in sinks[1:]:
-            extra.close()
         if link is not None:
-            link.close()
+            link.close()  # sends what is queued, then stops the link's threads
     how = f"stopped by {stopped_by[0]}" if stopped_by else "done"
     sink.log(f"{how}: {stats.describe()}")
 

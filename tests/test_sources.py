@@ -336,7 +336,8 @@ def alsa_test_device(tmp_path, samples: np.ndarray) -> dict:
     (tmp_path / "device.conf").write_text(ALSA_FILE_DEVICE.format(infile=infile))
     (tmp_path / "alsa.conf").write_text(f"</usr/share/alsa/alsa.conf>\n<{tmp_path / 'device.conf'}>\n")
     require(os.path.exists("/usr/share/alsa/alsa.conf"), "ALSA's configuration (libasound2-data)")
-    return {**os.environ, "ALSA_CONFIG_PATH": str(tmp_path / "alsa.conf"), "PYTHONPATH": str(REPO)}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "ALSA_CONFIG_PATH": str(tmp_path / "alsa.conf"), "PYTHONPATH": path}
 
 
 def test_a_real_portaudio_input_delivers_its_audio_and_reports_overruns(tmp_path):

@@ -1,0 +1,393 @@
+"""`basilar run` end to end with the shipped default bundle: the demo, JSON, stdin PCM, shutdown, bad input,
+serial telemetry, a device root, the microphone path, and the systemd unit."""
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+
+from edge.detector import Detection
+from edge.runloop import Pipeline, RunLoop
+from edge.sinks import Sink
+from edge.sources import FileSource, StopFlag
+from firmware_tools.stream_eval import read_truth, score_stream
+from tests.conftest import REPO, require, require_program
+from tests.test_sources import alsa_test_device
+
+DEMO = REPO / "edge" / "demo" / "demo.wav"
+TRUTH = read_truth(REPO / "edge" / "demo" / "demo_truth.csv")
+DEMO_SECONDS = soundfile.info(DEMO).duration
+TEXT_LINE = re.compile(r"^\s*(?P<start>\d+\.\d+) -\s*(?P<end>\d+\.\d+) s  (?P<label>\S+)  \(score (?P<score>[\d.]+)\)")
+
+
+def repo_env(**extra) -> dict:
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def basilar(*args, input=None, timeout=120, env=None):
+    return subprocess.run([sys.executable, "-m", "firmware_tools.cli", *map(str, args)], cwd=REPO, input=input,
+                          capture_output=True, timeout=timeout, env=env or repo_env())
+
+
+def parse_text(stdout: bytes) -> list[Detection]:
+    found = []
+    for line in stdout.decode().splitlines():
+        match = TEXT_LINE.match(line)
+        assert match, f"unexpected output line {line!r}"
+        found.append(Detection(match["label"], float(match["score"]), float(match["start"]), float(match["end"])))
+    return found
+
+
+def parse_json(stdout: bytes) -> list[dict]:
+    return [json.loads(line) for line in stdout.decode().splitlines()]
+
+
+class Collect(Sink):
+    def __init__(self):
+        self.events = []
+
+    def detection(self, event):
+        self.events.append(event)
+
+
+@pytest.fixture(scope="module")
+def demo_detections() -> list[Detection]:
+    """The default bundle's detections on the demo, streamed in-process exactly as `basilar run` does."""
+    collect = Collect()
+    pipeline = Pipeline.from_bundle("default")
+    with FileSource(DEMO, pipeline.sample_rate) as source:
+        RunLoop(pipeline, source, [collect], health_every_s=0).run()
+    return collect.events
+
+
+def assert_matches_truth(detections, min_hit_rate=0.8, max_false_alarms=3):
+    score = score_stream(detections, TRUTH, DEMO_SECONDS)
+    assert score.hit_rate >= min_hit_rate, score.to_dict()
+    assert len(score.false_alarms) <= max_false_alarms, score.to_dict()
+
+
+def test_run_on_the_demo_prints_detections_that_match_the_truth(demo_detections):
+    result = basilar("run", DEMO)
+    assert result.returncode == 0, result.stderr.decode()
+    printed = parse_text(result.stdout)
+    assert_matches_truth(printed)
+    assert [(d.label, d.start_s, d.end_s) for d in printed] == \
+        [(d.label, round(d.start_s, 2), round(d.end_s, 2)) for d in demo_detections]
+    assert f"done: {DEMO_SECONDS:.1f} s of audio" in result.stderr.decode()
+    assert "Traceback" not in result.stderr.decode()
+
+
+def test_json_output_has_one_object_per_detection(demo_detections):
+    result = basilar("run", "--json", DEMO)
+    assert result.returncode == 0, result.stderr.decode()
+    records = parse_json(result.stdout)
+    assert [(r["label"], r["start_s"], r["end_s"]) for r in records] == \
+        [(d.label, round(d.start_s, 3), round(d.end_s, 3)) for d in demo_detections]
+    assert all(0 < r["score"] <= 1 and "timestamp" not in r for r in records)  # a file has no wall clock
+
+
+def test_raw_pcm_on_stdin_in_other_formats_rates_and_channels(demo_detections):
+    audio, rate = soundfile.read(DEMO, dtype="float32")
+    s16 = np.round(audio * 32767).astype("<i2").tobytes()
+    result = basilar("run", "--json", "-", input=s16)
+    assert result.returncode == 0, result.stderr.decode()
+    records = parse_json(result.stdout)
+    assert [(r["label"], r["start_s"]) for r in records] == [(d.label, round(d.start_s, 3)) for d in demo_detections]
+    assert all(abs(r["timestamp"] - time.time()) < 120 and r["time"].endswith("Z") for r in records)  # live
+
+    stereo48k = soxr.resample(audio, rate, 48000)
+    s32 = np.round(np.stack([stereo48k, stereo48k], axis=1) * (2**31 - 1)).astype("<i4").tobytes()
+    result = basilar("run", "--format", "S32_LE", "--rate", 48000, "--channels", 2, "-", input=s32)
+    assert result.returncode == 0, result.stderr.decode()
+    assert_matches_truth(parse_text(result.stdout))
+
+
+def test_sigterm_stops_a_realtime_run_cleanly_with_exit_code_0():
+    process = subprocess.Popen([sys.executable, "-m", "firmware_tools.cli", "run", "--realtime", "--json",
+                                "--health-every", "0.5", str(DEMO)], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=repo_env())
+    try:
+        # Let it run paced for a while (its first health report comes after 0.5 s), then stop it.
+        err = b""
+        deadline = time.monotonic() + 60
+        while err.count(b"health: up") < 4 and time.monotonic() < deadline:
+            if select.select([process.stderr], [], [], 1)[0]:
+                err += os.read(process.stderr.fileno(), 4096)
+        process.send_signal(signal.SIGTERM)
+        out, rest = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    stderr = (err + rest).decode()
+    assert process.returncode == 0, stderr
+    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    seconds = float(re.search(r"stopped by SIGTERM: ([\d.]+) s of audio", stderr).group(1))
+    assert 1.5 < seconds < DEMO_SECONDS / 2  # it stopped early, paced like a live source
+    assert all(record["end_s"] <= seconds for record in parse_json(out))
+
+
+def test_stopping_mid_word_flushes_the_open_event(demo_detections):
+    """The event still open at shutdown is written, with the shutdown time as its end."""
+    first = demo_detections[0]
+    stop_at = (int(first.start_s * 10) + 1) / 10  # the first 100 ms chunk boundary inside the event
+    require(stop_at < first.end_s - 0.05, "a first detection longer than one chunk")
+
+    class StopAfter(FileSource):
+        def chunks(self):
+            sent = 0
+            for chunk in super().chunks():
+                sent += len(chunk)
+                if sent >= stop_at * self.sample_rate:
+                    self.stop.set()
+                yield chunk
+
+    collect = Collect()
+    stop = StopFlag()
+    pipeline = Pipeline.from_bundle("default")
+    with StopAfter(DEMO, pipeline.sample_rate, stop=stop) as source:
+        RunLoop(pipeline, source, [collect], health_every_s=0, stop=stop).run()
+    assert [(e.label, e.start_s, e.end_s) for e in collect.events] == \
+        [(first.label, first.start_s, pytest.approx(stop_at))]
+
+
+def test_a_corrupt_file_fails_clearly_after_writing_the_detections_before_the_damage(tmp_path, demo_detections):
+    samples, rate = soundfile.read(DEMO, dtype="int16")
+    damaged = tmp_path / "damaged.flac"
+    soundfile.write(damaged, samples, rate)
+    data = bytearray(damaged.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 3000] = bytes(3000)
+    damaged.write_bytes(bytes(data))
+
+    result = basilar("run", damaged)
+    assert result.returncode == 1
+    stderr = result.stderr.decode()
+    assert "is corrupt" in stderr and "Traceback" not in stderr
+    failed_at = float(re.search(r"stopped after ([\d.]+) s of audio", stderr).group(1))
+    assert 10 < failed_at < DEMO_SECONDS - 10
+    printed = parse_text(result.stdout)
+    before = [d for d in demo_detections if d.end_s <= failed_at - 0.2]
+    assert len(before) >= 5
+    assert [(d.label, d.start_s) for d in printed[:len(before)]] == [(d.label, round(d.start_s, 2)) for d in before]
+    assert f"{len(printed)} detections were written" in stderr
+
+
+def copy_default_bundle(tmp_path, edit):
+    from edge.bundle import DEFAULT_BUNDLE
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    edit(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["frontend"].update(hash="0" * 64),
+    lambda m: m["frontend"]["config"].update(sample_rate=8000, f_high=3500.0),
+], ids=["front-end hash", "sample rate"])
+def test_a_bundle_that_does_not_match_the_front_end_is_refused(tmp_path, edit):
+    bundle = copy_default_bundle(tmp_path, edit)
+    result = basilar("run", "--bundle", bundle, DEMO)
+    assert result.returncode == 1
+    stderr = result.stderr.decode()
+    assert "front-end hash does not match" in stderr and "Traceback" not in stderr
+    assert result.stdout == b""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "missing.wav"], "audio file not found: missing.wav"),
+    (["run", "--threshold-for", "seven=0.5", str(DEMO)], "threshold given for unknown label(s) 'seven'"),
+    (["run", "--threshold-for", "7", str(DEMO)], "write LABEL=VALUE"),
+    (["run", "--threshold", "1.5", str(DEMO)], "threshold=1.5: must be a number in (0, 1]"),
+    (["run", "--bundle", "no/such/bundle", str(DEMO)], "no bundle at no/such/bundle"),
+    (["run", "--bundle", "default", "--root", "/tmp", str(DEMO)], "either --bundle or --root"),
+    (["run"], "say what to listen to"),
+    (["run", "--serial", "/dev/no-such-tty", str(DEMO)], "cannot open serial port /dev/no-such-tty"),
+])
+def test_bad_input_is_a_clear_error_with_a_non_zero_exit(args, message):
+    result = basilar(*args)
+    assert result.returncode != 0
+    stderr = result.stderr.decode()
+    assert message in stderr and "Traceback" not in stderr
+
+
+def test_run_from_a_device_root_uses_its_current_bundle(tmp_path, demo_detections):
+    from edge.bundle import DEFAULT_BUNDLE, pack_bundle
+    from edge.releases import ReleaseStore
+
+    root = tmp_path / "device"
+    result = basilar("run", "--root", root, DEMO)
+    assert result.returncode == 1 and "no bundle is active under" in result.stderr.decode()
+
+    store = ReleaseStore(root)
+    bundle_id = pack_bundle(DEFAULT_BUNDLE, tmp_path / "default.tar.gz")
+    store.activate(store.install(tmp_path / "default.tar.gz", None))
+    assert store.current() == bundle_id
+    result = basilar("run", "--root", root, "--json", DEMO)
+    assert result.returncode == 0, result.stderr.decode()
+    assert len(parse_json(result.stdout)) == len(demo_detections)
+
+
+def test_serial_telemetry_carries_hello_and_every_detection(tmp_path, demo_detections):
+    from edge.telemetry.protocol import Detection as WireDetection
+    from edge.telemetry.protocol import Hello, StreamDecoder
+
+    master, slave = os.openpty()
+    received = bytearray()
+    done = threading.Event()
+
+    def drain():
+        while not done.is_set():
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    received.extend(os.read(master, 65536))
+                except OSError:
+                    return
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        result = basilar("run", "--serial", os.ttyname(slave), "--baud", 115200, "--device-id", "test-pi", DEMO)
+        time.sleep(0.3)
+    finally:
+        done.set()
+        reader.join()
+        os.close(master)
+        os.close(slave)
+    assert result.returncode == 0, result.stderr.decode()
+    messages = [frame.message for frame in StreamDecoder().feed(bytes(received))]
+    hello = [m for m in messages if isinstance(m, Hello)]
+    assert hello and hello[0].device_id == "test-pi"
+    assert hello[0].sample_rate == Pipeline.from_bundle("default").sample_rate
+    wire = [m for m in messages if isinstance(m, WireDetection)]
+    assert [(m.label_id, m.start_ms) for m in wire] == \
+        [(int(d.label), round(d.start_s * 1000)) for d in demo_detections]
+
+
+def test_microphone_run_reports_overruns_and_stops_cleanly(tmp_path):
+    """A real PortAudio input (an ALSA device with no clock, so it overwhelms any consumer)."""
+    env = alsa_test_device(tmp_path, np.zeros(16000, np.int16))
+    devices = basilar("devices", env=env)
+    assert devices.returncode == 0 and "basilar_test_mic" in devices.stdout.decode()
+
+    process = subprocess.Popen([sys.executable, "-m", "firmware_tools.cli", "run", "mic:basilar_test_mic"],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        err = b""
+        while b"audio overruns" not in err and time.monotonic() < deadline:
+            if select.select([process.stderr], [], [], 1)[0]:
+                err += os.read(process.stderr.fileno(), 4096)
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    stderr = (err + rest).decode()
+    assert "audio overruns:" in stderr and "processing fell behind" in stderr
+    assert process.returncode == 0 and "stopped by SIGINT" in stderr
+    overruns = int(re.search(r"(\d+) overruns$", stderr.strip()).group(1))
+    assert overruns > 0
+
+
+def test_service_writes_the_documented_systemd_unit(tmp_path):
+    result = basilar("service", "--exec", "/usr/local/bin/basilar")
+    assert result.returncode == 0
+    assert result.stdout.decode() == (REPO / "docs" / "basilar.service").read_text()
+    unit = result.stdout.decode()
+    assert "ExecStart=/usr/local/bin/basilar run --root /opt/basilar --json mic" in unit
+    assert "Restart=on-failure" in unit and "WantedBy=multi-user.target" in unit
+
+    path = tmp_path / "basilar.service"
+    result = basilar("service", "--exec", sys.executable, "--user", "root", "--serial", "/dev/ttyAMA0",
+                     "--input", "mic:USB Audio", "-o", path)
+    assert result.returncode == 0
+    assert "--serial /dev/ttyAMA0 --baud 115200 'mic:USB Audio'" in path.read_text()
+    analyze = require_program("systemd-analyze")
+    check = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+
+
+def test_service_needs_an_absolute_program_path():
+    result = basilar("service", "--exec", "basilar")
+    assert result.returncode == 2 and "absolute path" in result.stderr.decode()
+
+
+def test_a_bundle_deployed_over_the_serial_link_is_swapped_in_without_stopping_audio(tmp_path, tiny_bundle,
+                                                                                     tiny_bundle_v2):
+    """`basilar run --serial --root` receives an upload from `deploy_serial` and switches bundles mid-stream."""
+    from edge.bundle import bundle_id, pack_bundle
+    from edge.releases import ReleaseStore
+    from firmware_tools.serial_deploy import deploy_serial
+    from tests.serial_pty import PtyCable
+
+    root = tmp_path / "device"
+    store = ReleaseStore(root)
+    pack_bundle(tiny_bundle, tmp_path / "v1.tar.gz")
+    store.activate(store.install(tmp_path / "v1.tar.gz", None))
+    new_id = pack_bundle(tiny_bundle_v2, tmp_path / "v2.tar.gz")
+    cable = PtyCable(tmp_path)
+    process = subprocess.Popen([sys.executable, "-m", "firmware_tools.cli", "run", "--root", str(root), "--serial",
+                                cable.device_path, "--realtime", str(DEMO)], cwd=REPO, env=repo_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        result = deploy_serial(tmp_path / "v2.tar.gz", cable.host_path, 115200, hello_timeout=30)
+        assert result.uploaded and result.bundle_id == new_id == bundle_id(tiny_bundle_v2)
+        err = b""
+        deadline = time.monotonic() + 30
+        while b"switched to bundle" not in err and time.monotonic() < deadline:
+            if select.select([process.stderr], [], [], 1)[0]:
+                err += os.read(process.stderr.fileno(), 4096)
+        assert process.poll() is None  # still listening
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=20)
+    finally:
+        process.kill()
+        cable.close()
+    stderr = (err + rest).decode()
+    assert f"switched to bundle {new_id[:12]} without stopping the audio input" in stderr
+    assert process.returncode == 0 and "stopped by SIGTERM" in stderr
+    assert store.current() == new_id
+
+
+def test_swapping_the_pipeline_keeps_the_stream_clock(tiny_bundle, tiny_bundle_v2):
+    first, second = Pipeline.from_bundle(tiny_bundle), Pipeline.from_bundle(tiny_bundle_v2)
+    logs = []
+
+    class Log(Sink):
+        def __init__(self):
+            self.bundles = []
+
+        def bundle(self, bundle_id, labels, sample_rate):
+            self.bundles.append(bundle_id)
+
+        def log(self, text):
+            logs.append(text)
+
+    class SwapAfterOneSecond(FileSource):
+        def chunks(self):
+            for i, chunk in enumerate(super().chunks()):
+                if i == 10:
+                    loop.swap_pipeline(second)
+                yield chunk
+
+    sink = Log()
+    with SwapAfterOneSecond(DEMO, first.sample_rate) as source:
+        loop = RunLoop(first, source, [sink], health_every_s=0)
+        stats = loop.run()
+    assert loop.pipeline is second
+    assert sink.bundles == [first.bundle.id, second.bundle.id]
+    assert any("switched to bundle" in line for line in logs)
+    hops = round(stats.audio_s * first.sample_rate) // first.hop_samples
+    assert abs(second.detector.frames_seen - hops) <= 1  # the new detector's clock carried on from the old one's
