@@ -127,8 +127,8 @@ class RunLoop:
         self.stats = RunStats()
         self._next_pipeline: Pipeline | None = None
         self._swap_lock = threading.Lock()
-        self._overruns_told = 0
         self._samples = 0  # audio samples processed
+        self._overruns_told = 0
         self._overruns_told_at = -1e9
 
     def swap_pipeline(self, pipeline: Pipeline) -> None:
