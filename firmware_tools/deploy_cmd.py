@@ -47,10 +47,11 @@ def _targets(target_urls, inventory):
 @click.option("--keep", type=click.IntRange(min=1), default=3, show_default=True,
               help="Releases to keep on each device (the current and previous ones are always kept).")
 @click.option("--restart-command", default=_SSH_DEFAULTS["restart"], show_default=True, metavar="CMD",
-              help="Shell command on the device that restarts the service; an empty string skips it.")
+              help="Shell command on the device that restarts the service; an empty string skips it. "
+                   "{root} stands for the device root.")
 @click.option("--health-command", default=None, metavar="CMD",
-              help="Shell command on the device that must succeed after the restart "
-                   "[default: basilar bundle verify ROOT/current].")
+              help="Shell command on the device that must succeed after the restart; {root} stands for the device "
+                   "root [default: basilar bundle verify {root}/current].")
 def deploy(bundle, targets, inventory, known_hosts, accept_new_host_keys, identity, device_python,
            connect_timeout, parallel, dry_run, keep, restart_command, health_command):
     """Install BUNDLE on every TARGET and make it the active one.
@@ -113,7 +114,8 @@ def _progress_bars(targets, total):
 @click.argument("targets", nargs=-1)
 @_ssh_options
 @click.option("--service-command", default=_SSH_DEFAULTS["service"], show_default=True, metavar="CMD",
-              help="Shell command on the device that succeeds when the service runs; an empty string skips it.")
+              help="Shell command on the device that succeeds when the service runs; an empty string skips it. "
+                   "{root} stands for the device root.")
 @click.option("--parallel", type=click.IntRange(min=1), default=8, show_default=True)
 def status(targets, inventory, known_hosts, accept_new_host_keys, identity, device_python, connect_timeout,
            service_command, parallel):

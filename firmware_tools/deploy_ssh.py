@@ -41,11 +41,13 @@ class SshOptions:
     device_python: str = "python3"  # a shell command prefix that runs the device's Python with basilar
     restart_command: str = "systemctl restart basilar"  # "" skips the restart
     health_command: str | None = None  # None: basilar bundle verify <root>/current
+    # In these three commands, {root} stands for the device root (shell-quoted).
     service_command: str = "systemctl is-active basilar"
     keep: int = 3
     connect_timeout: float = 20.0
     command_timeout: float = 300.0
-    block_size: int = 64 * 1024
+    block_size: int = 64 * 1024  # SFTP write size
+    upload_requests: int = 16  # SFTP writes in flight at once (pipelining hides the link's latency)
 
     def known_hosts_path(self) -> Path:
         return Path(self.known_hosts or Path("~/.ssh/known_hosts")).expanduser()
@@ -209,9 +211,14 @@ async def _releases(conn, options: SshOptions, *args: str) -> dict:
         raise DeployError(f"unexpected answer from the device: {_tail(result.stdout)!r}") from None
 
 
+def device_command(template: str, root: str) -> str:
+    """A restart, health or service command for one device: `{root}` stands for its root, shell-quoted."""
+    return template.replace("{root}", shlex.quote(root))
+
+
 def health_command(options: SshOptions, root: str) -> str:
     if options.health_command is not None:
-        return options.health_command
+        return device_command(options.health_command, root)
     return f"basilar bundle verify {shlex.quote(root + '/current')}"
 
 
@@ -223,10 +230,13 @@ async def _check(conn, what: str, command: str, timeout: float) -> str | None:
     if result.exit_status == 0:
         return None
     detail = _tail(result.stderr) or _tail(result.stdout)
+    if result.exit_status == 127:
+        detail += " (not found on the device: install it there or pass --restart-command/--health-command)"
     return f"{what} failed (exit status {result.exit_status})" + (f": {detail}" if detail else "")
 
 
-async def _upload(conn, bundle: LocalBundle, remote_path: str, progress: Progress | None, block_size: int) -> None:
+async def _upload(conn, bundle: LocalBundle, remote_path: str, progress: Progress | None,
+                  options: SshOptions) -> None:
     def report(_src, _dst, sent, total):
         if progress:
             progress(sent, total)
@@ -238,7 +248,10 @@ async def _upload(conn, bundle: LocalBundle, remote_path: str, progress: Progres
         for name in await sftp.listdir(incoming):
             if name.startswith(bundle.bundle_id + ".") and name.endswith(".part"):
                 await sftp.remove(f"{incoming}/{name}")
-        await sftp.put(str(bundle.archive), remote_path, block_size=block_size, progress_handler=report)
+        # put() may return normally if the link drops after the last write was acknowledged; that is fine,
+        # because the device checks the SHA-256 of what it received before installing anything.
+        await sftp.put(str(bundle.archive), remote_path, block_size=options.block_size,
+                       max_requests=options.upload_requests, progress_handler=report)
 
 
 # --- one device ------------------------------------------------------------------------------------------------
@@ -267,7 +280,7 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
             if not have:
                 stage = "uploading"
                 part = f"{target.root}/incoming/{bundle.bundle_id}.{secrets.token_hex(4)}.part"
-                await _upload(conn, bundle, part, progress, options.block_size)
+                await _upload(conn, bundle, part, progress, options)
                 uploaded = bundle.size
                 stage = "installing on the device"
                 await _releases(conn, options, "install", target.root, part, "--sha256", bundle.sha256,
@@ -279,7 +292,8 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
             await _releases(conn, options, "activate", target.root, bundle.bundle_id)
             switched = True
             stage = "restarting and checking the service"
-            failure = await _check(conn, "restart", options.restart_command, options.command_timeout)
+            restart = device_command(options.restart_command, target.root)
+            failure = await _check(conn, "restart", restart, options.command_timeout)
             if failure is None:
                 failure = await _check(conn, "health check", health_command(options, target.root),
                                        options.command_timeout)
@@ -287,8 +301,7 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
                 stage = "switching back"
                 await _releases(conn, options, "activate", target.root, active or "-", "--previous", previous or "-")
                 switched = False
-                again = await _check(conn, "restart of the old bundle", options.restart_command,
-                                     options.command_timeout)
+                again = await _check(conn, "restart of the old bundle", restart, options.command_timeout)
                 back = f"switched back to {active[:12]}" if active else "removed current (there was no older bundle)"
                 reason = f"{failure}; {back}" + (f"; {again}" if again else "")
                 return DeployResult(target, False, "rolled back", active, reason, uploaded)
@@ -312,7 +325,8 @@ async def status_ssh(target: SshTarget, options: SshOptions) -> DeviceStatus:
             status = await _releases(conn, options, "status", target.root)
             service = "not checked"
             if options.service_command.strip():
-                result = await _shell(conn, options.service_command, options.command_timeout)
+                result = await _shell(conn, device_command(options.service_command, target.root),
+                                      options.command_timeout)
                 answer = _tail(result.stdout) or _tail(result.stderr)
                 service = answer if result.exit_status == 0 else f"not running ({answer or result.exit_status})"
     except DeployError as exc:

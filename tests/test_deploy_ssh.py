@@ -28,6 +28,8 @@ require_module("asyncssh")
 
 PYTHONPATH = os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p)
 DEVICE_PYTHON = f"env PYTHONPATH={shlex.quote(PYTHONPATH)} {shlex.quote(sys.executable)}"
+# The default health check (`basilar bundle verify {root}/current`) without needing `basilar` on PATH.
+VERIFY_ON_DEVICE = f"{DEVICE_PYTHON} -m firmware_tools.cli bundle verify {{root}}/current"
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +64,8 @@ def device(tmp_path, sshd):
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(sshd.known_hosts_line())
     options = SshOptions(known_hosts=known_hosts, identity=sshd.client_key, device_python=DEVICE_PYTHON,
-                         restart_command=f"echo restarted >> {root}/restarts.log",
-                         health_command=f"test -f {root}/current/manifest.json",
+                         restart_command="echo restarted >> {root}/restarts.log",
+                         health_command="test -f {root}/current/manifest.json",
                          service_command="echo active", keep=2)
     return root, parse_target(sshd.url(root)), options
 
@@ -118,8 +120,7 @@ def test_failing_health_check_rolls_back(device, bundles):
     assert _deploy(v1, target, options).ok
 
     # The real health check of the default, run through the CLI on the "device", passes for a good bundle ...
-    verify = f"{DEVICE_PYTHON} -m firmware_tools.cli bundle verify {root}/current"
-    assert _deploy(v2, target, dataclasses.replace(options, health_command=verify)).ok
+    assert _deploy(v2, target, dataclasses.replace(options, health_command=VERIFY_ON_DEVICE)).ok
     # ... and a service that does not come back makes the deploy switch back and restart the old bundle.
     failing = dataclasses.replace(options, health_command="echo 'model did not load' >&2; exit 3")
     result = _deploy(bundles[2], target, failing)
@@ -176,8 +177,8 @@ def test_corrupted_upload_is_rejected(device, bundles, monkeypatch, tmp_path):
     data[len(data) // 3] ^= 0x40  # one bit flipped on the way
     damaged.write_bytes(bytes(data))
 
-    async def upload_damaged(conn, bundle, remote_path, progress, block_size):
-        await real_upload(conn, dataclasses.replace(bundle, archive=damaged), remote_path, progress, block_size)
+    async def upload_damaged(conn, bundle, remote_path, progress, options):
+        await real_upload(conn, dataclasses.replace(bundle, archive=damaged), remote_path, progress, options)
 
     monkeypatch.setattr(deploy_ssh, "_upload", upload_damaged)
     result = _deploy(v2, target, options)
@@ -197,14 +198,17 @@ def test_connection_killed_mid_upload_then_next_deploy_completes(device, bundles
 
     def pull_the_cable(sent, total):
         if not cut and 0 < sent < total:
-            cut.append((sent, total, sshd.kill_connections()))
+            cut.append(sshd.kill_connections())
 
-    slow = dataclasses.replace(options, block_size=512)
+    # One small write in flight at a time, so the device has received only part of the archive when the cut comes.
+    slow = dataclasses.replace(options, block_size=512, upload_requests=1)
     result = _deploy(v2, target, slow, progress_for=lambda _i, _t: pull_the_cable)
-    assert cut and cut[0][2] > 0, "the upload finished before the connection could be cut"
+    assert cut and cut[0] > 0, "the upload finished before the connection could be cut"
     assert (result.ok, result.outcome) == (False, "failed")
     assert result.reason.startswith("uploading:")
-    _assert_intact(root, v1.bundle_id)
+    [partial] = (root / "incoming").iterdir()
+    assert partial.stat().st_size < v2.size  # really cut mid-upload: half a file lies in incoming/ ...
+    _assert_intact(root, v1.bundle_id)  # ... and none of it is reachable
     assert ReleaseStore(root).releases() == [v1.bundle_id]
 
     done = _deploy(v2, target, options)
@@ -248,7 +252,7 @@ def test_cli_deploys_many_devices_and_reports(sshd, tmp_path, bundles):
         common = ["--known-hosts", str(known_hosts), "-i", str(sshd.client_key), "--device-python", DEVICE_PYTHON]
         bundle_dir = load_bundle(bundles[0].archive).path
         result = CliRunner().invoke(cli, ["deploy", str(bundle_dir), "--inventory", str(inventory), "--parallel", "2",
-                                          "--restart-command", "", "--health-command", "true", *common])
+                                          "--restart-command", "", "--health-command", VERIFY_ON_DEVICE, *common])
     assert result.exit_code == 1, result.output
     table = {line.split()[0]: line for line in result.stdout.splitlines()}
     short = bundles[0].bundle_id[:12]
