@@ -41,10 +41,10 @@ def _targets(target_urls, inventory):
 @click.argument("bundle")
 @click.argument("targets", nargs=-1)
 @_ssh_options
-@click.option("--parallel", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--parallel", type=click.IntRange(min=1), default=4, show_default=True, metavar="N",
               help="How many devices to deploy to at once.")
 @click.option("--dry-run", is_flag=True, help="Connect and report what would happen; change nothing.")
-@click.option("--keep", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--keep", type=click.IntRange(min=1), default=3, show_default=True, metavar="N",
               help="Releases to keep on each device (the current and previous ones are always kept).")
 @click.option("--restart-command", default=_SSH_DEFAULTS["restart"], show_default=True, metavar="CMD",
               help="Shell command on the device that restarts the service; an empty string skips it. "
@@ -116,7 +116,7 @@ def _progress_bars(targets, total):
 @click.option("--service-command", default=_SSH_DEFAULTS["service"], show_default=True, metavar="CMD",
               help="Shell command on the device that succeeds when the service runs; an empty string skips it. "
                    "{root} stands for the device root.")
-@click.option("--parallel", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--parallel", type=click.IntRange(min=1), default=8, show_default=True, metavar="N")
 def status(targets, inventory, known_hosts, accept_new_host_keys, identity, device_python, connect_timeout,
            service_command, parallel):
     """Show each TARGET's active bundle, the releases it keeps and whether its service runs."""
