@@ -31,8 +31,8 @@ def process(const int32_t[:, ::1] coef, Py_ssize_t hop_samples, Py_ssize_t windo
     if coef.shape[0] != 10 or filter_state.shape[0] != 12 or filter_state.shape[1] != channels \
             or filter_io.shape[0] != 2:
         raise ValueError("coef must be (10, channels), filter_state (12, channels) and filter_io (2,)")
-    if last_output.shape[0] != channels:
-        raise ValueError("last_output must be (channels,)")
+    if last_output.shape[0] != 2 * channels:
+        raise ValueError("last_output must be (2 * channels,)")
     if ring.shape[0] != window_hops or ring.shape[1] != channels or hop_sum.shape[0] != channels:
         raise ValueError("ring must be (window_hops, channels) and hop_sum (channels,)")
     if n == 0:

@@ -7,14 +7,14 @@ For each section, with int32 signals and Q30 int32 coefficients:
     y[n] = acc >> 30                                                 (floor)
     e[n] = acc - (y[n] << 30)                                        (0 <= e < 2^30, error feedback)
 
-Section 1's input is the int16 sample shifted left by 12. The design proves |y| < 2^30, so nothing saturates.
+Section 1's input is the int16 sample shifted left by 14. The design proves |y| < 2^30, so nothing saturates.
 coef (10, C): rows a0[0..3], a1[0..3], b1, b2.
 state (12, C): rows P[0..3], Q[0..3] (each section's last two outputs, ping-pong), err[0..3].
 io (2,): [previous input sample (shifted), parity]; parity 0 means P holds y[n-1], 1 means Q does.
 """
 import numpy as np
 
-INPUT_SHIFT = 12
+INPUT_SHIFT = 14
 COEF_SHIFT = 30
 MASK = (1 << COEF_SHIFT) - 1
 

@@ -50,13 +50,12 @@ def test_every_channel_is_within_80_db_snr_of_the_float_reference(config_name, d
     assert snr.min() >= 80.0, f"channel {worst} ({Frontend(config).centre_freqs[worst]:.0f} Hz): {snr[worst]:.1f} dB"
 
 
-def test_at_48_khz_the_lowest_channels_stay_near_80_db():
+def test_at_48_khz_the_lowest_channels_keep_80_db():
     """At 48 kHz a 100 Hz channel's poles sit 3x closer to z = 1 than at 16 kHz, and rounding noise grows with
-    that: its SNR at -40 dBFS measures 79-81 dB (1 s of noise), the other channels 85-120 dB."""
+    that: it is the hardest case (about 91 dB at -40 dBFS; the other channels 95-120 dB)."""
     config = FrontendConfig(sample_rate=48000, channels=32, f_high=20000.0)
     snr = snr_db(*fixed_and_reference(config, white_noise(-40.0, 24000)))
-    assert snr.min() >= 76.0
-    assert np.all(snr[Frontend(config).centre_freqs >= 300] >= 85.0)
+    assert snr.min() >= 80.0
 
 
 def section_peaks(config: FrontendConfig, x: np.ndarray) -> np.ndarray:

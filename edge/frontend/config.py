@@ -10,7 +10,7 @@ import json
 import math
 
 # Bump when the integer pipeline changes in a way that changes frames for the same configuration.
-FRONTEND_ALGORITHM = "basilar-gammatone-int-v1"
+FRONTEND_ALGORITHM = "basilar-gammatone-int-v2"
 
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 48000
 MIN_CHANNELS, MAX_CHANNELS = 8, 128

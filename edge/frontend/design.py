@@ -5,8 +5,7 @@ cython_kernels/ only ever see the integers below.
 
 Integer formats
 ---------------
-Filter signals   int32, input int16 shifted left by INPUT_SHIFT (12): full scale 2^15 -> 2^27, leaving
-                 4 bits of headroom. `check_headroom` proves from each channel's impulse response (its l1 norm)
+Filter signals   int32, input int16 shifted left by INPUT_SHIFT (14): full scale 2^15 -> 2^29. `check_headroom` proves from each channel's impulse response (its l1 norm)
                  that no signal can exceed 2^30 for any int16 input, so the kernels never saturate.
 Coefficients     int32 in Q30 (COEF_SHIFT): every section is (a0 + a1 z^-1) / (1 + b1 z^-1 + b2 z^-2).
                  Slaney's gain is spread over the four sections so that each has unity gain at its centre
@@ -33,7 +32,7 @@ import numpy as np
 from edge.frontend import reference
 from edge.frontend.config import FrontendConfig, FrontendConfigError
 
-INPUT_SHIFT = 12
+INPUT_SHIFT = 14
 COEF_SHIFT = 30
 SIGNAL_LIMIT = 2**30  # proven bound on every filter signal (see check_headroom)
 LOG_FRAC_BITS = 16

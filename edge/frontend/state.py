@@ -12,7 +12,7 @@ HOP_FILL, RING_INDEX, REFERENCE = 0, 1, 2  # slots of FrontendState.counters
 class FrontendState:
     filter: np.ndarray  # int32 (12, C): per section its last two outputs (ping-pong) and error residue
     filter_io: np.ndarray  # int32 (2,): previous input sample (shifted), ping-pong parity
-    last_output: np.ndarray  # int32 (C,): the filter output of the latest sample (work row, not state)
+    last_output: np.ndarray  # int32 (2 * C,): the filter outputs of the latest two samples (work rows)
     hop_sum: np.ndarray  # int64 (C,): rectified sum over the hop so far
     ring: np.ndarray  # int64 (window_hops, C): the last hop sums
     counters: np.ndarray  # int64 (4,): samples into the hop, ring index, normaliser reference (Q16 log2)
@@ -24,7 +24,7 @@ class FrontendState:
         state = cls(
             filter=np.zeros((12, channels), np.int32),
             filter_io=np.zeros(2, np.int32),
-            last_output=np.zeros(channels, np.int32),
+            last_output=np.zeros(2 * channels, np.int32),
             hop_sum=np.zeros(channels, np.int64),
             ring=np.zeros((frames.window_hops, channels), np.int64),
             counters=np.zeros(4, np.int64),
