@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -32,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from edge.bundle import file_sha256
+
 _ID = re.compile(r"^[0-9a-f]{64}$")
 _KEEP = object()  # "leave the previous link as activate() would set it"
 INCOMING_MAX_AGE_S = 3600  # an upload untouched this long was abandoned
@@ -39,14 +40,6 @@ INCOMING_MAX_AGE_S = 3600  # an upload untouched this long was abandoned
 
 class ReleaseError(Exception):
     """A release operation was refused; the message says why and what to do."""
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_id(bundle_id: str) -> str:

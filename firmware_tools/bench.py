@@ -1,4 +1,6 @@
 """`basilar bench ...`: the benchmarks behind every speed and memory figure in the README."""
+import os
+
 import click
 
 from firmware_tools.lazy_group import LazyGroup
@@ -14,3 +16,17 @@ BENCHMARKS = {
 @click.group(cls=LazyGroup, lazy_commands=BENCHMARKS)
 def bench():
     """Measure speed and memory on this machine (one core)."""
+
+
+def pin_to_one_cpu(cpu: int | None = None) -> int | None:
+    """Pin this process to one CPU (default: the last one it may use), as on a busy device; returns it, or None
+    where the OS cannot pin."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    cpu = allowed[-1] if cpu is None else cpu
+    if cpu not in allowed:
+        raise click.BadParameter(f"CPU {cpu} is not available to this process; choose one of {allowed}",
+                                 param_hint="--cpu")
+    os.sched_setaffinity(0, {cpu})
+    return cpu

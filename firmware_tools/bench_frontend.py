@@ -28,6 +28,7 @@ import click
 import numpy as np
 
 from cython_kernels import gammatone
+from firmware_tools.bench import pin_to_one_cpu
 from edge.frontend import Frontend, FrontendConfig, reference
 from edge.frontend.design import INPUT_SHIFT, SIGNAL_LIMIT, impulse_response_l1
 from edge.frontend.state import FrontendState
@@ -74,19 +75,6 @@ def race(contenders: list[Contender], repeats: int) -> None:
 
 def snr_db(test: np.ndarray, ref: np.ndarray) -> float:
     return float(10 * np.log10((ref**2).sum() / max(((test - ref) ** 2).sum(), 1e-300)))
-
-
-def pin_to_one_cpu(cpu: int | None) -> int | None:
-    """Pin this process to one CPU (default: the last one it may use). None where the OS cannot."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    allowed = sorted(os.sched_getaffinity(0))
-    cpu = allowed[-1] if cpu is None else cpu
-    if cpu not in allowed:
-        raise click.BadParameter(f"CPU {cpu} is not available to this process; choose one of {allowed}",
-                                 param_hint="--cpu")
-    os.sched_setaffinity(0, {cpu})
-    return cpu
 
 
 def machine() -> dict:

@@ -1,21 +1,12 @@
 """`basilar bench model`: size and per-step latency of a bundle's int8 step model on one core."""
 import json
-import os
 import time
 
 import click
 import numpy as np
 
+from firmware_tools.bench import pin_to_one_cpu
 from firmware_tools.cli_errors import fail_on
-
-
-def pin_one_core() -> int | None:
-    try:
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        return cpu
-    except (AttributeError, OSError):
-        return None
 
 
 def time_steps(runner, frames: np.ndarray, repeats: int) -> np.ndarray:
@@ -41,7 +32,7 @@ def bench_model(bundle_path, steps, as_json):
 
     with fail_on():
         bundle = load_bundle(bundle_path)
-        cpu = pin_one_core()
+        cpu = pin_to_one_cpu()
         runner = StepRunner(bundle, num_threads=1)
         rng = np.random.default_rng(0)
         noise = (rng.standard_normal(bundle.frontend_config.sample_rate * 2) * 3000).astype(np.int16)

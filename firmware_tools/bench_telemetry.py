@@ -20,6 +20,7 @@ import tty
 import click
 
 from edge.telemetry.protocol import Detection, Health, StreamDecoder, decode_one, encode_frame
+from firmware_tools.bench import pin_to_one_cpu
 from firmware_tools.line_noise import Corruption, frames_in, touched
 from firmware_tools.telemetry_reader import SequenceTracker, TelemetryReader, TelemetrySession
 
@@ -35,15 +36,6 @@ def typical_traffic(frames: int, seed_ms: int = 0) -> bytes:
             message = Detection(i % 12, (i * 7919) % 65536, i * 100, i * 100 + 480)
         out += encode_frame(message, i, seed_ms + i * 7)
     return bytes(out)
-
-
-def pin_to_one_core() -> str:
-    try:
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        return f"pinned to CPU {cpu}"
-    except (AttributeError, OSError):
-        return "not pinned (no sched_setaffinity here)"
 
 
 def bench_decoder(frames: int, block: int, repeats: int) -> dict:
@@ -160,7 +152,8 @@ def bench_corruption(frames: int, rate: float, seed: int) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def bench_telemetry(frames, block, baud, seconds, utilization, error_rate, seed, as_json):
     """Decoder speed, zero loss at a baud rate over a pty, and recovery under random byte corruption."""
-    pinned = pin_to_one_core()
+    cpu = pin_to_one_cpu()
+    pinned = f"pinned to CPU {cpu}" if cpu is not None else "not pinned (no sched_setaffinity here)"
     decoder = bench_decoder(frames, block, repeats=3)
     line = bench_line(baud, seconds, utilization)
     noise = bench_corruption(min(frames, 50_000), error_rate, seed)
