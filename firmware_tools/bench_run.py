@@ -20,18 +20,10 @@ from pathlib import Path
 import click
 import numpy as np
 
+from firmware_tools.bench import pin_to_one_cpu
+
 DEMO = Path(__file__).resolve().parent.parent / "edge" / "demo" / "demo.wav"
 TARGETS = {"speed_x": 200.0, "hop_p99_ms": 1.0, "peak_rss_mb": 150.0}
-
-
-def pin_to_one_core() -> int | None:
-    """Run on a single CPU, as on a busy device; returns it (None where affinity is not supported)."""
-    try:
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        return cpu
-    except (AttributeError, OSError):
-        return None
 
 
 def load_audio(path: Path, sample_rate: int, seconds: float) -> np.ndarray:
@@ -121,7 +113,7 @@ def bench_run(bundle, audio, seconds, hop_seconds, chunk_ms, as_json, check):
     from edge.runloop import Pipeline, PipelineError
     from edge.sources import SourceError
 
-    cpu = pin_to_one_core()
+    cpu = pin_to_one_cpu()
     try:
         pipeline = Pipeline.from_bundle(bundle, num_threads=1)
         samples = load_audio(audio, pipeline.sample_rate, max(seconds, hop_seconds))
