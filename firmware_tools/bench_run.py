@@ -12,7 +12,6 @@ Plus where the time goes (front end, model steps, detector) from separate passes
 from __future__ import annotations
 
 import json
-import os
 import resource
 import time
 from pathlib import Path
