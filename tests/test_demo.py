@@ -1,0 +1,52 @@
+"""The shipped demo recording, its truth file and attribution, and the script that builds them."""
+import csv
+import re
+
+import numpy as np
+import soundfile
+
+from firmware_tools.make_demo import DEFAULT_FSDD, SPEAKERS, write_demo
+from tests.conftest import REPO, require, require_program
+
+DEMO_DIR = REPO / "edge" / "demo"
+
+
+def truth_rows(path):
+    with open(path, newline="") as f:
+        return [(r["label"], float(r["start_s"]), float(r["end_s"])) for r in csv.DictReader(f)]
+
+
+def check_demo(directory):
+    info = soundfile.info(directory / "demo.wav")
+    assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+    assert 30 <= info.duration <= 60
+    rows = truth_rows(directory / "demo_truth.csv")
+    assert sorted(label for label, _, _ in rows) == sorted(str(d) for d in range(10) for _ in range(2))
+    audio, rate = soundfile.read(directory / "demo.wav", dtype="float32")
+    ends = [0.0]
+    for label, start, end in rows:
+        assert start >= ends[-1] + 0.5 and end - start > 0.1  # in order, apart, real words
+        ends.append(end)
+        word = audio[int(start * rate):int(end * rate)]
+        gap = audio[int((start - 0.45) * rate):int((start - 0.05) * rate)]
+        assert np.sqrt(np.mean(word**2)) > 4 * np.sqrt(np.mean(gap**2))  # the digit is where the truth says
+    assert ends[-1] < info.duration
+    attribution = (directory / "ATTRIBUTION.md").read_text()
+    assert "Zohar Jackson and contributors" in attribution and "CC BY-SA 4.0" in attribution
+    used = re.findall(r"`(\d)_([a-z]+)_\d+\.wav`", attribution)
+    assert sorted(d for d, _ in used) == sorted(label for label, _, _ in rows)
+    assert {speaker for _, speaker in used} == set(SPEAKERS)
+
+
+def test_the_committed_demo_is_consistent():
+    check_demo(DEMO_DIR)
+
+
+def test_make_demo_builds_a_demo_like_the_committed_one(tmp_path):
+    require(DEFAULT_FSDD.is_dir(), f"the FSDD recordings at {DEFAULT_FSDD}")
+    require_program("espeak-ng")
+    write_demo(DEFAULT_FSDD, tmp_path)
+    check_demo(tmp_path)
+    # The digits are placed by a seeded layout: the same recordings in the same order.
+    assert [label for label, _, _ in truth_rows(tmp_path / "demo_truth.csv")] == \
+        [label for label, _, _ in truth_rows(DEMO_DIR / "demo_truth.csv")]
