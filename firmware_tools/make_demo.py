@@ -70,22 +70,27 @@ def noise_burst(rng: np.random.Generator, seconds: float, colour: str) -> np.nda
     return white * ramp
 
 
-def build(fsdd: Path, seed: int = 2024):
-    """The demo as (float samples, truth rows, digit files used, phrases used)."""
+def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2):
+    """The demo as (float samples, truth rows, digit files used, phrases used).
+
+    Every digit `repeats` times, the speakers taking turns, at takes chosen at random; the non-digit phrases
+    and noise bursts `repeats // 2` times each (at least once). With one held-out speaker this makes a
+    speaker-independent test stream for `basilar eval-stream`.
+    """
     rng = np.random.default_rng(seed)
-    # Every digit twice, from all four speakers (five digits each), at takes chosen at random.
-    digits = [d for d in range(10) for _ in range(2)]
+    digits = [d for d in range(10) for _ in range(repeats)]
     rng.shuffle(digits)
     items = []
     for i, digit in enumerate(digits):
-        speaker = SPEAKERS[i % len(SPEAKERS)]
+        speaker = speakers[i % len(speakers)]
         path = fsdd / f"{digit}_{speaker}_{int(rng.integers(0, 50))}.wav"
         if not path.exists():
             raise click.ClickException(f"FSDD recording {path} not found; pass --fsdd with the folder holding "
                                        "{digit}_{speaker}_{take}.wav files")
         items.append(("digit", str(digit), path))
-    items += [("speech", text, (voice, speed, pitch)) for text, voice, speed, pitch in PHRASES]
-    items += [("noise", "white", 0.8), ("noise", "brown", 1.2)]
+    for _ in range(max(1, repeats // 2)):
+        items += [("speech", text, (voice, speed, pitch)) for text, voice, speed, pitch in PHRASES]
+        items += [("noise", "white", 0.8), ("noise", "brown", 1.2)]
     order = rng.permutation(len(items))
 
     pieces, truth, used_files = [], [], []
@@ -127,7 +132,7 @@ background hiss and synthetic non-digit speech between them. `demo_truth.csv` gi
 
 Built by `python3 -m firmware_tools.make_demo` (seed {seed}).
 
-## FSDD recordings used ({count}, from all four speakers)
+## FSDD recordings used ({count}, from {speakers})
 {files}
 
 ## Synthetic speech (espeak-ng {espeak_version}), not digits
@@ -144,8 +149,8 @@ def espeak_version() -> str:
     return words[words.index("NG") + 2].rstrip(":") if "NG" in words else out.strip()
 
 
-def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024) -> tuple[Path, Path]:
-    audio, truth, used, phrases = build(fsdd, seed)
+def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2):
+    audio, truth, used, phrases = build(fsdd, seed, speakers, repeats)
     out_dir.mkdir(parents=True, exist_ok=True)
     wav, csv_path = out_dir / "demo.wav", out_dir / "demo_truth.csv"
     soundfile.write(wav, np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16), RATE,
@@ -156,7 +161,7 @@ def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024) -> tuple[Path, Path]
         for label, start, end in truth:
             writer.writerow([label, f"{start:.3f}", f"{end:.3f}"])
     (out_dir / "ATTRIBUTION.md").write_text(ATTRIBUTION.format(
-        seed=seed, count=len(used), files="\n".join(f"- `{name}`" for name in used),
+        seed=seed, count=len(used), speakers=", ".join(sorted(set(speakers))), files="\n".join(f"- `{name}`" for name in used),
         espeak_version=espeak_version(),
         phrases="\n".join(f"- \"{text}\" (voice {voice}, {speed} words/min, pitch {pitch})"
                           for text, voice, speed, pitch in phrases)))
@@ -169,11 +174,15 @@ def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024) -> tuple[Path, Path]
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=REPO / "edge" / "demo",
               show_default=True, help="Where to write demo.wav, demo_truth.csv and ATTRIBUTION.md.")
 @click.option("--seed", type=int, default=2024, show_default=True)
-def main(fsdd: Path, out_dir: Path, seed: int):
+@click.option("--speakers", default=",".join(SPEAKERS), show_default=True,
+              help="Comma-separated FSDD speakers whose digits go in (one held-out speaker makes a test stream).")
+@click.option("--repeats", type=click.IntRange(1, 50), default=2, show_default=True, help="Times each digit occurs.")
+def main(fsdd: Path, out_dir: Path, seed: int, speakers: str, repeats: int):
     """Build the demo recording and its expected detections."""
     if not fsdd.is_dir():
         raise click.ClickException(f"FSDD folder {fsdd} not found; pass --fsdd")
-    wav, csv_path = write_demo(fsdd, out_dir, seed)
+    names = tuple(s.strip() for s in speakers.split(",") if s.strip())
+    wav, csv_path = write_demo(fsdd, out_dir, seed, names, repeats)
     info = soundfile.info(wav)
     rows = sum(1 for _ in csv_path.open()) - 1
     click.echo(f"wrote {wav} ({info.duration:.1f} s, {info.samplerate} Hz) and {csv_path} ({rows} digits)")
