@@ -23,7 +23,7 @@ BACKGROUND = "_background_"
 SEQ_FRAMES = 192  # frames per training example (1.92 s at 10 ms)
 CONTEXT_FRAMES = 64  # the first frames of an example only give the model its past: no loss there
 LABEL_BEFORE_END_S = 0.10  # a word's label is the target from this long before its end ...
-LABEL_AFTER_END_S = 0.40  # ... until this long after it
+LABEL_AFTER_END_S = 0.30  # ... until this long after it
 EVAL_LEAD_S, EVAL_TAIL_S = 0.2, 0.6  # silence around a clip when a clip is classified (train and eval alike)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -180,25 +180,44 @@ class Augmenter:
         self.rng = np.random.default_rng(seed)
 
     def background(self, n: int) -> np.ndarray:
-        """n samples of a random background: digital silence, noise, or non-target speech in noise."""
+        """n samples of a random background: digital silence or steady noise, with non-target speech and/or
+        noise bursts (sudden broadband sounds are what a level-normalised front end most easily mistakes for
+        fricatives)."""
         rng = self.rng
-        kind = rng.choice(["silence", "noise", "speech"], p=[0.15, 0.35, 0.5])
+        kind = rng.choice(["silence", "noise", "speech", "bursts", "speech+bursts"], p=[0.1, 0.2, 0.4, 0.15, 0.15])
         if kind == "silence":
             return np.zeros(n)
         level = 10 ** (rng.uniform(-75, -35) / 20)
         x = coloured_noise(rng, n, rng.choice(["white", "pink", "brown"])) * level
-        if kind == "speech" and self.noise_speech:
-            pos = 0
-            while pos < n:
-                pos += int(rng.uniform(0.0, 0.4) * self.rate)
-                if pos >= n:
-                    break
-                s = set_peak(random_speed(rng, self.noise_speech[rng.integers(len(self.noise_speech))]),
-                             rng.uniform(-40, -3))
-                end = min(n, pos + s.size)
-                x[pos:end] += s[:end - pos]
-                pos = end
+        if "speech" in kind and self.noise_speech:
+            self._scatter(x, lambda: set_peak(
+                random_speed(rng, self.noise_speech[rng.integers(len(self.noise_speech))]), rng.uniform(-40, -3)))
+        if "bursts" in kind:
+            self._scatter(x, self.noise_burst)
         return x
+
+    def noise_burst(self) -> np.ndarray:
+        rng = self.rng
+        n = int(rng.uniform(0.1, 1.5) * self.rate)
+        burst = coloured_noise(rng, n, rng.choice(["white", "pink", "brown"]))
+        ramp = min(n // 2, int(rng.uniform(0.002, 0.05) * self.rate))
+        if ramp:
+            envelope = np.linspace(0, 1, ramp)
+            burst[:ramp] *= envelope
+            burst[-ramp:] *= envelope[::-1]
+        return set_peak(burst, rng.uniform(-45, -3))
+
+    def _scatter(self, x: np.ndarray, make) -> None:
+        """Add sounds from make() into x one after another, with random gaps."""
+        pos = 0
+        while True:
+            pos += int(self.rng.uniform(0.0, 0.6) * self.rate)
+            if pos >= x.size:
+                return
+            sound = make()
+            end = min(x.size, pos + sound.size)
+            x[pos:end] += sound[:end - pos]
+            pos = end
 
     def augment_word(self, word: np.ndarray) -> np.ndarray:
         rng = self.rng
@@ -208,13 +227,17 @@ class Augmenter:
             word = random_tilt(rng, word)
         return set_peak(word, rng.uniform(-40, -1))
 
-    def word_example(self, word: np.ndarray, label_index: int, background_index: int):
-        """(frames int8 (SEQ_FRAMES, C), targets int (SEQ_FRAMES,), weights float (SEQ_FRAMES,))."""
+    def word_example(self, word: np.ndarray, label_index: int, background_index: int, previous=None):
+        """(frames int8 (SEQ_FRAMES, C), targets int (SEQ_FRAMES,), weights float (SEQ_FRAMES,)).
+
+        previous: an optional (audio, label_index) word placed 0.3-1.2 s before this one, as in a stream of
+        words, so the model learns that an earlier word in its memory does not change what it hears now.
+        """
         rng = self.rng
         word = self.augment_word(word)
         word_frames = int(np.ceil(word.size / self.hop))
         clean = rng.random() < 0.3  # the clip-evaluation condition: digital silence around the word
-        end_frame = int(rng.integers(CONTEXT_FRAMES + 40, SEQ_FRAMES - 45))
+        end_frame = int(rng.integers(CONTEXT_FRAMES + 40, SEQ_FRAMES - 35))
         start_frame = end_frame - word_frames
         warmup = 0 if clean else int(rng.uniform(0, 1.0) * self.rate)
         total = warmup + SEQ_FRAMES * self.hop
@@ -225,17 +248,31 @@ class Augmenter:
         if clean:
             audio[:max(0, start - int(EVAL_LEAD_S * self.rate))] = 0
         audio[start:start + word.size] += word[:total - start]
-        if not clean and rng.random() < 0.5:
-            audio += coloured_noise(rng, total, "white") * np.abs(word).max() * 10 ** (-rng.uniform(15, 40) / 20)
-        frames = self.frames(audio)[-SEQ_FRAMES:]
         targets = np.full(SEQ_FRAMES, background_index)
         weights = np.zeros(SEQ_FRAMES, np.float32)
         weights[CONTEXT_FRAMES:max(CONTEXT_FRAMES, start_frame)] = 1.0
-        first = end_frame - round(LABEL_BEFORE_END_S * 1000 / self.config.hop_ms)
-        last = end_frame + round(LABEL_AFTER_END_S * 1000 / self.config.hop_ms)
-        targets[first:last] = label_index
-        weights[first:last] = 1.0
+        if previous is not None and not clean:
+            prev = self.augment_word(previous[0])
+            prev_end = start - int(rng.uniform(0.3, 1.2) * self.rate)
+            prev_start = prev_end - prev.size
+            if prev_start >= 0:
+                audio[prev_start:prev_end] += prev
+                self._label(targets, weights, (prev_start - warmup) // self.hop, (prev_end - warmup) // self.hop,
+                            previous[1], limit=max(0, start_frame))
+        if not clean and rng.random() < 0.5:
+            audio += coloured_noise(rng, total, "white") * np.abs(word).max() * 10 ** (-rng.uniform(15, 40) / 20)
+        frames = self.frames(audio)[-SEQ_FRAMES:]
+        self._label(targets, weights, start_frame, end_frame, label_index, limit=SEQ_FRAMES)
         return frames, targets, weights
+
+    def _label(self, targets, weights, start_frame: int, end_frame: int, label_index: int, limit: int) -> None:
+        """A word's frames carry no loss until shortly before its end; then its label until just after it."""
+        first = end_frame - round(LABEL_BEFORE_END_S * 1000 / self.config.hop_ms)
+        last = min(limit, end_frame + round(LABEL_AFTER_END_S * 1000 / self.config.hop_ms))
+        weights[max(0, start_frame):max(0, first)] = 0.0
+        if last > max(first, CONTEXT_FRAMES):
+            targets[max(first, CONTEXT_FRAMES):last] = label_index
+            weights[max(first, CONTEXT_FRAMES):last] = 1.0
 
     def background_example(self, background_index: int):
         warmup = int(self.rng.uniform(0, 1.0) * self.rate)

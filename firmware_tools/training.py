@@ -28,7 +28,8 @@ class TrainSettings:
     copies_per_clip: int = 3  # augmented examples made from each real clip
     synth_digits: int = 600  # espeak-ng digit clips (only when the labels are the digits 0-9)
     synth_non_target: int = 300  # espeak-ng non-target phrases for the background class
-    background_examples: int = 2500
+    background_examples: int = 4000
+    previous_word_probability: float = 0.5  # how often another word precedes the labelled one, as in a stream
     seed: int = 0
 
 
@@ -66,9 +67,17 @@ def build_examples(clips, labels, settings: TrainSettings, cache_dir: Path | Non
     jobs += [(None, background)] * settings.background_examples
     order = np.random.default_rng(settings.seed).permutation(len(jobs))
     frames, targets, weights = [], [], []
+    pick = np.random.default_rng(settings.seed + 2)
     for i in progress(order, "features", len(order)):
         word, index = jobs[i]
-        f, t, w = aug.word_example(word, index, background) if word is not None else aug.background_example(background)
+        if word is None:
+            f, t, w = aug.background_example(background)
+        else:
+            previous = None
+            if pick.random() < settings.previous_word_probability:
+                other, other_label = words[pick.integers(len(words))]
+                previous = (other, labels.index(other_label))
+            f, t, w = aug.word_example(word, index, background, previous)
         frames.append(f)
         targets.append(t)
         weights.append(w)
