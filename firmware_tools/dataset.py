@@ -7,7 +7,6 @@ frame: the background class before a word, the word's label around its end, and 
 import dataclasses
 import hashlib
 import random
-import re
 import shutil
 import subprocess
 import tempfile
@@ -20,6 +19,7 @@ import soxr
 from edge.frontend import Frontend, FrontendConfig
 
 BACKGROUND = "_background_"
+RECIPE = 2  # bump when example generation changes, so cached features are rebuilt
 SEQ_FRAMES = 192  # frames per training example (1.92 s at 10 ms)
 CONTEXT_FRAMES = 64  # the first frames of an example only give the model its past: no loss there
 LABEL_BEFORE_END_S = 0.10  # a word's label is the target from this long before its end ...

@@ -201,7 +201,6 @@ class _Upload:
             self.progress(self.acked, len(self.data))
 
     def run(self) -> UploadResult:
-        total = len(self.data)
         reply = self._begin()
         first = True
         while True:

@@ -1,11 +1,10 @@
 """The training recipe: features from the integer front end, augmentation, a causal TCN, speaker-held-out checks.
 
-Host only (TensorFlow). `train()` is what `basilar train` runs; `leave_one_speaker_out()` gives the
+Host only (TensorFlow). `run_training()` is what `basilar train` runs; `leave_one_speaker_out()` gives the
 speaker-independent figures the README reports.
 """
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import numpy as np
 
 from edge.frontend import FrontendConfig
 from firmware_tools import dataset
-from firmware_tools.dataset import BACKGROUND
 
 DEFAULT_FRONTEND = FrontendConfig(sample_rate=8000, channels=32, f_low=100.0, f_high=3800.0)
 
@@ -48,7 +46,7 @@ def label_order(clips) -> list[str]:
 
 def build_examples(clips, labels, settings: TrainSettings, cache_dir: Path | None):
     """(frames int8 (N, T, C), targets int32 (N, T), weights float32 (N, T)), cached on disk."""
-    key = dataset.cache_key([(str(c.path), c.path.stat().st_mtime_ns) for c in clips], labels,
+    key = dataset.cache_key(dataset.RECIPE, [(str(c.path), c.path.stat().st_mtime_ns) for c in clips], labels,
                             settings.frontend.hash(), dataclasses.astuple(settings))
     cache = cache_dir / f"examples-{key}.npz" if cache_dir else None
     if cache and cache.exists():
@@ -107,8 +105,6 @@ def fit(frames, targets, weights, labels, settings: TrainSettings, verbose: int 
 
 def classify_frames(window_model, frames_list) -> np.ndarray:
     """Clip decisions from the float window model: the label whose posterior peaks highest over time."""
-    import keras
-
     predictions = []
     for frames in frames_list:
         scores = np.asarray(window_model(frames[None].astype(np.float32), training=False))[0]

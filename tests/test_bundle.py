@@ -4,7 +4,6 @@ import json
 import shutil
 import tarfile
 
-import numpy as np
 import pytest
 
 from edge.bundle import BundleError, bundle_id, extract_archive, load_bundle, pack_bundle

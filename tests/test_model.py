@@ -1,6 +1,5 @@
 """The model family, its two exports, and conversion to a streaming int8 model (real TensorFlow, real TFLite)."""
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

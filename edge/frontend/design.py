@@ -92,7 +92,6 @@ def design_filterbank(config: FrontendConfig) -> FilterbankCoeffs:
     fs = config.sample_rate
     cf = r.erb_space(config.f_low, config.f_high, config.channels)
     table = r.erb_filter_coefficients(fs, cf)
-    one = 1 << COEF_SHIFT
     a0 = np.empty((SECTIONS, cf.size))
     a1 = np.empty((SECTIONS, cf.size))
     for ch in range(cf.size):
