@@ -17,11 +17,16 @@ from firmware_tools.cli_errors import fail_on
 @click.option("--labels", help="Comma-separated labels in model output order (default: from MODEL's "
               "sidecar written by `basilar train`, else the sorted labels of the calibration data).")
 @click.option("--name", default="model", show_default=True, help="Bundle name recorded in the manifest.")
+@click.option("--threshold", type=click.FloatRange(0, 1), help="The bundle's default detection threshold.")
+@click.option("--smoothing-ms", type=click.FloatRange(0, 2000), help="The bundle's default posterior smoothing.")
+@click.option("--refractory-ms", type=click.FloatRange(0, 10000), help="The bundle's default refractory time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def convert(model, calibration_dir, out_path, labels, name, as_json):
+def convert(model, calibration_dir, out_path, labels, name, threshold, smoothing_ms, refractory_ms, as_json):
     """Convert a Keras model of the basilar family into an int8 streaming bundle."""
+    detector = {k: v for k, v in (("threshold", threshold), ("smoothing_ms", smoothing_ms),
+                                  ("refractory_ms", refractory_ms)) if v is not None}
     with fail_on():
-        report = run_convert(model, calibration_dir, out_path, labels, name)
+        report = run_convert(model, calibration_dir, out_path, labels, name, detector)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -32,7 +37,7 @@ def convert(model, calibration_dir, out_path, labels, name, as_json):
                    f"float {fi['float_accuracy'] * 100:.1f}%, int8 {fi['int8_accuracy'] * 100:.1f}%")
 
 
-def run_convert(model, calibration_dir, out_path, labels=None, name="model") -> dict:
+def run_convert(model, calibration_dir, out_path, labels=None, name="model", detector=None) -> dict:
     import tempfile
 
     import keras
@@ -57,7 +62,8 @@ def run_convert(model, calibration_dir, out_path, labels=None, name="model") -> 
     with tempfile.TemporaryDirectory(prefix="basilar-bundle-") as tmp:
         bundle_dir = Path(tmp) / "bundle" if archive else Path(out_path)
         bundle, conversion = pipeline.convert_into_bundle(model, calibration, bundle_dir, config, labels,
-                                                          provenance=sidecar.get("provenance", {}), name=name)
+                                                          provenance=sidecar.get("provenance", {}), name=name,
+                                                          detector=detector)
         window = keras.saving.load_model(model) if str(model).endswith(".keras") else None
         agreement = evaluate.float_int8_agreement(window, bundle, rest[:300] or calibration) if window else {}
         bundle_id = pack_bundle(bundle_dir, out_path) if archive else bundle.id

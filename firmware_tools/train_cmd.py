@@ -19,11 +19,11 @@ from firmware_tools.cli_errors import fail_on
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--synth-digits", type=click.IntRange(0, 100_000), default=600, show_default=True,
               help="Digit clips spoken by espeak-ng voices (only when the labels are 0-9).")
-@click.option("--synth-speech", type=click.IntRange(0, 100_000), default=300, show_default=True,
+@click.option("--synth-speech", type=click.IntRange(0, 100_000), default=800, show_default=True,
               help="Non-target phrases spoken by espeak-ng voices, for the background class.")
 @click.option("--copies", type=click.IntRange(1, 50), default=3, show_default=True,
               help="Augmented examples made from each clip.")
-@click.option("--background-examples", type=click.IntRange(0, 10**6), default=2500, show_default=True,
+@click.option("--background-examples", type=click.IntRange(0, 10**6), default=5000, show_default=True,
               help="Examples of background only (noise, silence, non-target speech).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "basilar",
               show_default=True, help="Where computed features are cached.")

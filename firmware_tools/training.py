@@ -25,8 +25,8 @@ class TrainSettings:
     learning_rate: float = 3e-3
     copies_per_clip: int = 3  # augmented examples made from each real clip
     synth_digits: int = 600  # espeak-ng digit clips (only when the labels are the digits 0-9)
-    synth_non_target: int = 300  # espeak-ng non-target phrases for the background class
-    background_examples: int = 4000
+    synth_non_target: int = 800  # espeak-ng non-target speech for the background class
+    background_examples: int = 5000
     previous_word_probability: float = 0.5  # how often another word precedes the labelled one, as in a stream
     seed: int = 0
 
