@@ -25,7 +25,7 @@ class ConversionError(ValueError):
 # ---- mapping an arbitrary Keras model onto the family ----
 
 def spec_from_model(model) -> tuple[ModelSpec, dict]:
-    """Read a Keras model as stem -> [causal dilated Conv1D, BN, ReLU6]* -> head; return the spec and the
+    """Read a Keras model as stem -> [causal dilated Conv1D, BN, clipped ReLU]* -> head; return the spec and the
     layers by canonical name. Anything else is a ConversionError naming the layer and what to use instead."""
     import keras
 
@@ -60,7 +60,7 @@ def spec_from_model(model) -> tuple[ModelSpec, dict]:
         raise ConversionError("expected a 1x1 stem Conv1D, at least one causal dilated Conv1D, and a 1x1 head")
     stem, *tcn, head = convs
     if stem[0].kernel_size[0] != 1 or stem[2] is None:
-        raise ConversionError(f"the first Conv1D ({stem[0].name!r}) must be 1x1 and followed by ReLU6")
+        raise ConversionError(f"the first Conv1D ({stem[0].name!r}) must be 1x1 and followed by clipped ReLU")
     if head[0].kernel_size[0] != 1 or head[1] is not None or head[2] is not None:
         raise ConversionError(f"the last Conv1D ({head[0].name!r}) must be a plain 1x1 layer with softmax")
     if _activation_name(head[0]) != "softmax":
@@ -69,7 +69,7 @@ def spec_from_model(model) -> tuple[ModelSpec, dict]:
     widths = {c.filters for c, _, _ in tcn} | {stem[0].filters}
     if len(kernels) != 1 or len(widths) != 1 or any(bn is None or act is None for _, bn, act in tcn):
         raise ConversionError("every temporal layer must have the same kernel size and width and be followed "
-                              "by BatchNormalization and ReLU6")
+                              "by BatchNormalization and clipped ReLU")
     spec = ModelSpec(channels=model.input_shape[-1], classes=head[0].filters, width=widths.pop(),
                      kernel=kernels.pop(), dilations=tuple(c.dilation_rate[0] for c, _, _ in tcn))
     names.update({"stem": stem[0], "stem_bn": stem[1], "head": head[0]})
@@ -94,7 +94,7 @@ def _unsupported(layer) -> str:
         "MaxPooling1D": "pooling over time cannot stream one frame per step; use dilation instead",
         "Flatten": "flattening time cannot stream; use a 1x1 Conv1D head per frame",
     }.get(kind, "use the basilar family: 1x1 Conv1D stem, causal dilated Conv1D + BatchNormalization + "
-                "ReLU6 layers, 1x1 Conv1D softmax head")
+                "clipped ReLU layers, 1x1 Conv1D softmax head")
     return f"layer {layer.name!r} ({kind}) is not supported in a streaming basilar model: {hint}"
 
 
@@ -141,7 +141,7 @@ def representative_samples(window_model, spec: ModelSpec, frame_sequences, count
                     past[n - len(src):] = src
                 rows.append(past)
             samples.append((frames[t].astype(np.float32), np.concatenate(rows)))
-    # Pin the ranges: frames span the whole int8 range, state the whole ReLU6 range.
+    # Pin the ranges: frames span the whole int8 range, state the whole clipped ReLU range.
     extreme_frame = np.where(np.arange(spec.channels) % 2, 127.0, -128.0).astype(np.float32)
     extreme_state = np.zeros((spec.state_rows, spec.width), np.float32)
     extreme_state[::2] = ACTIVATION_MAX

@@ -93,7 +93,7 @@ def test_unsupported_layers_are_named(bad_layer, message):
     x = keras.layers.Rescaling(1 / 64)(inp)
     x = keras.layers.Conv1D(8, 1)(x)
     x = keras.layers.BatchNormalization()(x)
-    x = keras.layers.ReLU(max_value=6.0)(x)
+    x = keras.layers.ReLU(max_value=3.0)(x)
     x = bad_layer()(x)
     out = keras.layers.Conv1D(11, 1, activation="softmax")(x)
     with pytest.raises(convert.ConversionError, match=message):
@@ -106,11 +106,11 @@ def test_any_model_with_matching_layers_converts_by_mapping():
     x = keras.layers.Rescaling(1 / 64, name="scale_me")(inp)
     x = keras.layers.Conv1D(8, 1, name="first")(x)
     x = keras.layers.BatchNormalization(name="n0")(x)
-    x = keras.layers.ReLU(max_value=6.0, name="r0")(x)
+    x = keras.layers.ReLU(max_value=3.0, name="r0")(x)
     for d in (1, 2):
         x = keras.layers.Conv1D(8, 3, dilation_rate=d, padding="causal", name=f"c{d}")(x)
         x = keras.layers.BatchNormalization(name=f"n{d}")(x)
-        x = keras.layers.ReLU(max_value=6.0, name=f"r{d}")(x)
+        x = keras.layers.ReLU(max_value=3.0, name=f"r{d}")(x)
     out = keras.layers.Conv1D(11, 1, activation="softmax", name="out")(x)
     custom = keras.Model(inp, out)
     canonical, spec = convert.canonical_window_model(custom)
