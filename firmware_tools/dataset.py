@@ -19,11 +19,12 @@ import soxr
 from edge.frontend import Frontend, FrontendConfig
 
 BACKGROUND = "_background_"
-RECIPE = 3  # bump when example generation changes, so cached features are rebuilt
+RECIPE = 4  # bump when example generation changes, so cached features are rebuilt
 SEQ_FRAMES = 192  # frames per training example (1.92 s at 10 ms)
 CONTEXT_FRAMES = 64  # the first frames of an example only give the model its past: no loss there
 LABEL_BEFORE_END_S = 0.10  # a word's label is the target from this long before its end ...
 LABEL_AFTER_END_S = 0.30  # ... until this long after it
+AFTER_WORD_GAP_S = 0.20  # then no loss for this long, then background
 EVAL_LEAD_S, EVAL_TAIL_S = 0.2, 0.6  # silence around a clip when a clip is classified (train and eval alike)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -262,8 +263,16 @@ class Augmenter:
         rng = self.rng
         word = self.augment_word(word)
         word_frames = int(np.ceil(word.size / self.hop))
-        clean = rng.random() < 0.3  # the clip-evaluation condition: digital silence around the word
-        end_frame = int(rng.integers(CONTEXT_FRAMES + 40, SEQ_FRAMES - 35))
+        lead_frames = round(EVAL_LEAD_S * 1000 / self.config.hop_ms) + int(rng.integers(0, 10))
+        tail_frames = round(LABEL_AFTER_END_S * 1000 / self.config.hop_ms)
+        # The clip-evaluation condition, which is also how every stream begins: front end and model start from
+        # rest a moment before the word, in digital silence; every frame then counts, the first ones too.
+        from_rest = rng.random() < 0.3 and lead_frames + word_frames + tail_frames <= SEQ_FRAMES
+        clean = from_rest or rng.random() < 0.1  # digital silence around the word
+        if from_rest:
+            end_frame = lead_frames + word_frames
+        else:
+            end_frame = int(rng.integers(CONTEXT_FRAMES + 40, SEQ_FRAMES - 35))
         start_frame = end_frame - word_frames
         warmup = 0 if clean else int(rng.uniform(0, 1.0) * self.rate)
         total = warmup + SEQ_FRAMES * self.hop
@@ -276,7 +285,8 @@ class Augmenter:
         audio[start:start + word.size] += word[:total - start]
         targets = np.full(SEQ_FRAMES, background_index)
         weights = np.zeros(SEQ_FRAMES, np.float32)
-        weights[CONTEXT_FRAMES:max(CONTEXT_FRAMES, start_frame)] = 1.0
+        first_scored = 0 if from_rest else CONTEXT_FRAMES
+        weights[first_scored:max(first_scored, start_frame)] = 1.0
         if previous is not None and not clean:
             prev = self.augment_word(previous[0])
             prev_end = start - int(rng.uniform(0.3, 1.2) * self.rate)
@@ -288,24 +298,29 @@ class Augmenter:
         if not clean and rng.random() < 0.5:
             audio += coloured_noise(rng, total, "white") * np.abs(word).max() * 10 ** (-rng.uniform(15, 40) / 20)
         frames = self.frames(audio)[-SEQ_FRAMES:]
-        self._label(targets, weights, start_frame, end_frame, label_index, limit=SEQ_FRAMES)
+        self._label(targets, weights, start_frame, end_frame, label_index, limit=SEQ_FRAMES,
+                    first_scored=first_scored)
+        # Once the word is well over, nothing is there any more: background again.
+        weights[end_frame + tail_frames + round(AFTER_WORD_GAP_S * 1000 / self.config.hop_ms):] = 1.0
         return frames, targets, weights
 
-    def _label(self, targets, weights, start_frame: int, end_frame: int, label_index: int, limit: int) -> None:
+    def _label(self, targets, weights, start_frame: int, end_frame: int, label_index: int, limit: int,
+               first_scored: int = CONTEXT_FRAMES) -> None:
         """A word's frames carry no loss until shortly before its end; then its label until just after it."""
-        first = end_frame - round(LABEL_BEFORE_END_S * 1000 / self.config.hop_ms)
+        first = max(first_scored, end_frame - round(LABEL_BEFORE_END_S * 1000 / self.config.hop_ms))
         last = min(limit, end_frame + round(LABEL_AFTER_END_S * 1000 / self.config.hop_ms))
         weights[max(0, start_frame):max(0, first)] = 0.0
-        if last > max(first, CONTEXT_FRAMES):
-            targets[max(first, CONTEXT_FRAMES):last] = label_index
-            weights[max(first, CONTEXT_FRAMES):last] = 1.0
+        if last > first:
+            targets[first:last] = label_index
+            weights[first:last] = 1.0
 
     def background_example(self, background_index: int):
-        warmup = int(self.rng.uniform(0, 1.0) * self.rate)
+        from_rest = self.rng.random() < 0.3  # scored from the first frame, as when a stream begins
+        warmup = 0 if from_rest else int(self.rng.uniform(0, 1.0) * self.rate)
         audio = self.background(warmup + SEQ_FRAMES * self.hop)
         frames = self.frames(audio)[-SEQ_FRAMES:]
         weights = np.zeros(SEQ_FRAMES, np.float32)
-        weights[CONTEXT_FRAMES:] = 1.0
+        weights[0 if from_rest else CONTEXT_FRAMES:] = 1.0
         return frames, np.full(SEQ_FRAMES, background_index), weights
 
     def frames(self, audio: np.ndarray) -> np.ndarray:
