@@ -1,7 +1,7 @@
 """Clip evaluation exactly as the device streams: integer front end, then the int8 step model frame by frame.
 
 A clip is played with EVAL_LEAD_S of silence before and EVAL_TAIL_S after it, through a fresh front end and
-model state; its label is the one whose posterior peaks highest while it plays.
+model state; its label is the one with the most posterior mass while it plays (training.clip_decision).
 """
 import numpy as np
 
@@ -17,7 +17,7 @@ def stream_clip(runner: StepRunner, frames: np.ndarray) -> np.ndarray:
 
 def evaluate_bundle(bundle, clips, progress=None) -> dict:
     """Clip accuracy, per-label recall and confusion of a bundle on labelled clips."""
-    from firmware_tools.training import clip_report
+    from firmware_tools.training import clip_decision, clip_report
 
     labels = bundle.labels
     unknown = sorted({c.label for c in clips} - set(labels))
@@ -32,7 +32,7 @@ def evaluate_bundle(bundle, clips, progress=None) -> dict:
         frames = dataset.clip_frames(config, dataset.read_clip(clip.path, config.sample_rate))
         scores = stream_clip(runner, frames)
         truth.append(labels.index(clip.label))
-        predicted.append(int(scores.max(axis=0).argmax()))
+        predicted.append(clip_decision(scores))
     report = clip_report(labels, truth, predicted)
     report["predicted"] = [labels[p] for p in predicted]
     return report
@@ -40,14 +40,14 @@ def evaluate_bundle(bundle, clips, progress=None) -> dict:
 
 def float_int8_agreement(window_model, bundle, clips) -> dict:
     """How often the float window model and the int8 step model pick the same label, and their accuracies."""
-    from firmware_tools.training import classify_frames
+    from firmware_tools.training import classify_frames, clip_decision
 
     labels = bundle.labels
     config = bundle.frontend_config
     frames = [dataset.clip_frames(config, dataset.read_clip(c.path, config.sample_rate)) for c in clips]
     float_pred = classify_frames(window_model, frames)
     runner = StepRunner(bundle)
-    int8_pred = np.array([int(stream_clip(runner, f).max(axis=0).argmax()) for f in frames])
+    int8_pred = np.array([clip_decision(stream_clip(runner, f)) for f in frames])
     truth = np.array([labels.index(c.label) for c in clips])
     return {"clips": int(len(clips)), "agreement": float(np.mean(float_pred == int8_pred)),
             "float_accuracy": float(np.mean(float_pred == truth)),

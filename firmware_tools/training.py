@@ -103,12 +103,21 @@ def fit(frames, targets, weights, labels, settings: TrainSettings, verbose: int 
     return model, spec
 
 
+def clip_decision(posteriors: np.ndarray) -> int:
+    """The label of a clip from per-frame posteriors (frames, labels): the one with the most posterior mass.
+
+    The total over the clip, not the peak: int8 posteriors saturate at 255/256, so two labels that both peak
+    near 1 tie in int8 where float still tells them apart; the total keeps float and int8 decisions together.
+    """
+    return int(posteriors.sum(axis=0).argmax())
+
+
 def classify_frames(window_model, frames_list) -> np.ndarray:
-    """Clip decisions from the float window model: the label whose posterior peaks highest over time."""
+    """Clip decisions from the float window model (background column dropped)."""
     predictions = []
     for frames in frames_list:
         scores = np.asarray(window_model(frames[None].astype(np.float32), training=False))[0]
-        predictions.append(int(scores[:, :-1].max(axis=0).argmax()))
+        predictions.append(clip_decision(scores[:, :-1]))
     return np.array(predictions)
 
 
