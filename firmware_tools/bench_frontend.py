@@ -130,15 +130,8 @@ def per_channel(filter_one, channels) -> None:
 
 def reference_sos(config: FrontendConfig) -> list[np.ndarray]:
     """Each channel of the float64 reference as four scipy second-order sections."""
-    r = reference
-    coefs = r.erb_filter_coefficients(config.sample_rate, Frontend(config).centre_freqs)
-    sos = []
-    for row in coefs:
-        sections = np.array([[row[r.A0], row[a1], row[r.A2], row[r.B0], row[r.B1], row[r.B2]]
-                             for a1 in (r.A11, r.A12, r.A13, r.A14)])
-        sections[0, :3] /= row[r.GAIN]
-        sos.append(sections)
-    return sos
+    coefs = reference.erb_filter_coefficients(config.sample_rate, Frontend(config).centre_freqs)
+    return list(reference.second_order_sections(coefs))
 
 
 def scipy_sosfilt(config: FrontendConfig, x: np.ndarray) -> Contender:

@@ -15,7 +15,7 @@ from edge.frontend.design import (
     FrontendCoeffs,
     design,
 )
-from edge.frontend.state import FrontendState
+from edge.frontend.state import HOP_FILL, FrontendState
 
 __all__ = [
     "FRONTEND_ALGORITHM",
@@ -58,8 +58,6 @@ class Frontend:
 
     def frames_for(self, n_samples: int) -> int:
         """How many frames the next `process` call of n_samples will return."""
-        from edge.frontend.state import HOP_FILL
-
         return (int(self.state.counters[HOP_FILL]) + n_samples) // self.coeffs.frames.hop_samples
 
     def process(self, samples) -> np.ndarray:

@@ -75,6 +75,18 @@ def erb_filter_coefficients(fs: float, centre_freqs) -> np.ndarray:
     return np.column_stack([t * ones, a11, a12, a13, a14, 0 * ones, ones, b1, b2, gain])
 
 
+def second_order_sections(coefficients) -> np.ndarray:
+    """Each channel's cascade as four sections (b0, b1, b2, a0, a1, a2), scipy's `sos` layout: float64
+    (channels, 4, 6), the 1/gain folded into the first section."""
+    c = np.atleast_2d(np.asarray(coefficients, dtype=np.float64))
+    sos = np.empty((c.shape[0], 4, 6))
+    for k, a1_col in enumerate((A11, A12, A13, A14)):
+        scale = 1.0 / c[:, GAIN] if k == 0 else np.ones(c.shape[0])
+        sos[:, k, 0:3] = np.stack([c[:, A0] * scale, c[:, a1_col] * scale, c[:, A2] * scale], axis=1)
+        sos[:, k, 3:6] = c[:, [B0, B1, B2]]
+    return sos
+
+
 def erb_filterbank(x, coefficients) -> np.ndarray:
     """Filter x (1-D float) through every channel; returns float64 (channels, samples).
 
@@ -84,13 +96,11 @@ def erb_filterbank(x, coefficients) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 1:
         raise ValueError(f"x must be 1-D, got shape {x.shape}")
-    c = np.atleast_2d(np.asarray(coefficients, dtype=np.float64))
-    signal = np.broadcast_to(x, (c.shape[0], x.size))
-    for k, a1_col in enumerate((A11, A12, A13, A14)):
-        scale = 1.0 / c[:, GAIN] if k == 0 else np.ones(c.shape[0])
-        num = np.stack([c[:, A0] * scale, c[:, a1_col] * scale, c[:, A2] * scale], axis=1) / c[:, [B0]]
-        den = c[:, [B1, B2]] / c[:, [B0]]
-        signal = _second_order_sections(signal, num, den)
+    sos = second_order_sections(coefficients)
+    signal = np.broadcast_to(x, (sos.shape[0], x.size))
+    for k in range(4):
+        a0 = sos[:, k, 3:4]
+        signal = _second_order_sections(signal, sos[:, k, 0:3] / a0, sos[:, k, 4:6] / a0)
     return np.ascontiguousarray(signal)
 
 
