@@ -15,11 +15,14 @@ from firmware_tools.stream_eval import DEFAULT_TOLERANCE_S
 @click.argument("audio", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--truth", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="CSV with the header label,start_s,end_s: where each word really is.")
+@click.option("--non-target", type=click.Path(dir_okay=False, path_type=Path),
+              help="CSV kind,start_s,end_s of the other sounds in AUDIO (kind 'speech' for non-target speech): "
+                   "adds false alarms per minute of non-target speech. make_demo writes one.")
 @click.option("--tolerance-s", type=click.FloatRange(0, 10), default=DEFAULT_TOLERANCE_S, show_default=True,
               help="A detection may start this long after its word ended and still count.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @detector_options
-def eval_stream(bundle, audio, truth, tolerance_s, as_json, **detector):
+def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detector):
     """Stream AUDIO through BUNDLE ('default': the shipped one) as `basilar run` does and score the detections.
 
     A detection is a hit when it has a truth word's label, starts before the word's end + tolerance and ends
@@ -28,10 +31,11 @@ def eval_stream(bundle, audio, truth, tolerance_s, as_json, **detector):
     """
     from edge.runloop import Pipeline, PipelineError
     from edge.sources import SourceError
-    from firmware_tools.stream_eval import TruthFileError, detect_file, read_truth, score_stream
+    from firmware_tools.stream_eval import NON_TARGET_HEADER, TruthFileError, detect_file, read_truth, score_stream
 
     try:
         words = read_truth(truth)
+        others = read_truth(non_target, header=NON_TARGET_HEADER) if non_target else []
         pipeline = Pipeline.from_bundle(bundle, detector_overrides=detector_overrides(**detector))
         unknown = sorted({w.label for w in words} - set(pipeline.labels))
         if unknown:
@@ -40,7 +44,7 @@ def eval_stream(bundle, audio, truth, tolerance_s, as_json, **detector):
         detections, duration = detect_file(pipeline, audio)
     except (TruthFileError, PipelineError, SourceError) as err:
         raise click.ClickException(str(err)) from err
-    score = score_stream(detections, words, duration, tolerance_s)
+    score = score_stream(detections, words, duration, tolerance_s, others)
     if as_json:
         click.echo(json.dumps({"bundle": pipeline.bundle.id, "audio": str(audio), **score.to_dict()}))
         return
@@ -51,6 +55,10 @@ def eval_stream(bundle, audio, truth, tolerance_s, as_json, **detector):
     click.echo(f"  misses        {report['misses']:4d}")
     click.echo(f"  false alarms  {report['false_alarms']:4d}  ({report['false_alarms_per_hour']:.1f} per hour; "
                f"{report['wrong_label']} with the wrong label on a word)")
+    if others:
+        per_minute = report["false_alarms_per_speech_minute"]
+        click.echo(f"  in speech     {report['false_alarms_in_speech']:4d}  (in {report['non_target_speech_s']:.1f} s of "
+                   f"non-target speech: {'-' if per_minute is None else f'{per_minute:.2f}'} per minute)")
     if report["latency"]:
         lat = report["latency"]
         click.echo(f"  latency       median {1000 * lat['median_s']:.0f} ms, p90 {1000 * lat['p90_s']:.0f} ms, "

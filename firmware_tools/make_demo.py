@@ -5,7 +5,9 @@
 A stream like a device hears it: spoken digits from all four FSDD speakers (8 kHz, resampled to 16 kHz), with
 quiet stretches, noise bursts and ordinary speech that is not a digit (synthesized with espeak-ng) between them,
 over a low background hiss. Writes demo.wav (16 kHz mono int16), demo_truth.csv (label,start_s,end_s: where
-each digit was placed) and ATTRIBUTION.md. Seeded, so a rebuild gives the same layout.
+each digit was placed), demo_non_target.csv (kind,start_s,end_s: where the non-digit speech and the noise bursts
+are, for false alarms per minute of non-target speech) and ATTRIBUTION.md. Seeded, so a rebuild gives the same
+layout.
 """
 from __future__ import annotations
 
@@ -30,6 +32,23 @@ PHRASES = (
     ("good evening, how was your day", "en-us+m3", 155, 55),
     ("the quick brown fox jumps over the lazy dog", "en-029", 175, 45),
 )
+# More non-digit speech for longer test streams (`--phrases`); none of it is in the training recipe's texts.
+MORE_PHRASES = (
+    "the library closes early on sundays", "could you pass the salt", "my phone battery is almost empty",
+    "the garden needs water after this hot week", "she painted the fence blue", "the bus stops near the bakery",
+    "let me check the calendar", "he forgot his umbrella again", "the soup needs a little more pepper",
+    "our neighbours have a friendly dog", "the printer is out of paper", "what time does the film start",
+    "the children are playing in the park", "I would like a cup of tea", "the mountain road is closed",
+    "please speak a little louder", "the shop on the corner sells fresh bread", "we planted tomatoes in spring",
+    "the lift is broken so take the stairs", "her sister lives by the sea", "the kettle is boiling",
+    "this jacket is warm enough in winter", "the station was crowded this evening", "do you know the way home",
+    "the cake smells wonderful", "turn down the radio please", "a storm is coming from the west",
+    "the keys are in the blue bowl", "he always walks the dog after dinner", "the apples in the basket are ripe",
+    "let us meet at the cafe", "the ceiling light flickers", "my uncle fixes old bicycles",
+    "the lake was calm and quiet", "remember the back door key", "the baby is finally asleep",
+)
+MORE_VOICES = (("en-us", 150, 50), ("en-gb+m2", 165, 40), ("en-gb-scotland+f2", 140, 60), ("en-029+m5", 175, 35),
+               ("en-us+f4", 185, 70), ("en-gb-x-rp+m7", 130, 45), ("en-gb-x-gbclan", 160, 55))
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
 
@@ -70,12 +89,19 @@ def noise_burst(rng: np.random.Generator, seconds: float, colour: str) -> np.nda
     return white * ramp
 
 
-def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2):
-    """The demo as (float samples, truth rows, digit files used, phrases used).
+def speech_phrases(count: int) -> list[tuple[str, str, int, int]]:
+    """The first `count` non-digit phrases, with voices: PHRASES, then MORE_PHRASES, then round again."""
+    more = [(text, *MORE_VOICES[i % len(MORE_VOICES)]) for i, text in enumerate(MORE_PHRASES)]
+    every = list(PHRASES) + more
+    return [every[i % len(every)] for i in range(count)]
+
+
+def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phrases: int | None = None):
+    """The demo as (float samples, truth rows, non-target rows, digit files used, phrases used).
 
     Every digit `repeats` times, the speakers taking turns, at takes chosen at random; the non-digit phrases
-    and noise bursts `repeats // 2` times each (at least once). With one held-out speaker this makes a
-    speaker-independent test stream for `basilar eval-stream`.
+    and noise bursts `repeats // 2` times each (at least once), or `phrases` phrases from a longer list. With one
+    held-out speaker this makes a    speaker-independent test stream for `basilar eval-stream`.
     """
     rng = np.random.default_rng(seed)
     digits = [d for d in range(10) for _ in range(repeats)]
@@ -88,12 +114,13 @@ def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2):
             raise click.ClickException(f"FSDD recording {path} not found; pass --fsdd with the folder holding "
                                        "{digit}_{speaker}_{take}.wav files")
         items.append(("digit", str(digit), path))
-    for _ in range(max(1, repeats // 2)):
-        items += [("speech", text, (voice, speed, pitch)) for text, voice, speed, pitch in PHRASES]
-        items += [("noise", "white", 0.8), ("noise", "brown", 1.2)]
+    rounds = max(1, repeats // 2)
+    spoken = speech_phrases(len(PHRASES) * rounds if phrases is None else phrases)
+    items += [("speech", text, (voice, speed, pitch)) for text, voice, speed, pitch in spoken]
+    items += [("noise", "white", 0.8), ("noise", "brown", 1.2)] * rounds
     order = rng.permutation(len(items))
 
-    pieces, truth, used_files = [], [], []
+    pieces, truth, non_target, used_files = [], [], [], []
     cursor = 1.0  # seconds; the stream opens with a quiet second
     for index in order:
         kind, name, extra = items[index]
@@ -103,8 +130,10 @@ def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2):
             used_files.append(extra.name)
         elif kind == "speech":
             clip = rms_normalise(espeak(name, *extra), -24 + rng.uniform(-4, 4))
+            non_target.append(("speech", cursor, cursor + len(clip) / RATE))
         else:
             clip = rms_normalise(noise_burst(rng, extra, name), -30)
+            non_target.append(("noise", cursor, cursor + len(clip) / RATE))
         pieces.append((cursor, clip))
         cursor += len(clip) / RATE + rng.uniform(0.9, 1.4)
     total = int((cursor + 0.5) * RATE)
@@ -115,7 +144,7 @@ def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2):
     peak = np.max(np.abs(audio))
     if peak > 0.99:
         audio *= 0.99 / peak
-    return audio, truth, used_files, PHRASES
+    return audio, truth, non_target, used_files, sorted(set(spoken), key=spoken.index)
 
 
 ATTRIBUTION = """\
@@ -149,17 +178,23 @@ def espeak_version() -> str:
     return words[words.index("NG") + 2].rstrip(":") if "NG" in words else out.strip()
 
 
-def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2):
-    audio, truth, used, phrases = build(fsdd, seed, speakers, repeats)
+def write_rows(path: Path, header, rows) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for name, start, end in rows:
+            writer.writerow([name, f"{start:.3f}", f"{end:.3f}"])
+
+
+def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2,
+               phrases: int | None = None):
+    audio, truth, non_target, used, phrases = build(fsdd, seed, speakers, repeats, phrases)
     out_dir.mkdir(parents=True, exist_ok=True)
     wav, csv_path = out_dir / "demo.wav", out_dir / "demo_truth.csv"
     soundfile.write(wav, np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16), RATE,
                     subtype="PCM_16")
-    with csv_path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["label", "start_s", "end_s"])
-        for label, start, end in truth:
-            writer.writerow([label, f"{start:.3f}", f"{end:.3f}"])
+    write_rows(csv_path, ("label", "start_s", "end_s"), truth)
+    write_rows(out_dir / "demo_non_target.csv", ("kind", "start_s", "end_s"), non_target)
     (out_dir / "ATTRIBUTION.md").write_text(ATTRIBUTION.format(
         seed=seed, count=len(used), speakers=", ".join(sorted(set(speakers))), files="\n".join(f"- `{name}`" for name in used),
         espeak_version=espeak_version(),
@@ -177,12 +212,14 @@ def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024, speakers=SPEAKERS, r
 @click.option("--speakers", default=",".join(SPEAKERS), show_default=True,
               help="Comma-separated FSDD speakers whose digits go in (one held-out speaker makes a test stream).")
 @click.option("--repeats", type=click.IntRange(1, 50), default=2, show_default=True, help="Times each digit occurs.")
-def main(fsdd: Path, out_dir: Path, seed: int, speakers: str, repeats: int):
+@click.option("--phrases", type=click.IntRange(0, 500), default=None,
+              help="Non-digit phrases in the stream [default: 6 per two repeats].")
+def main(fsdd: Path, out_dir: Path, seed: int, speakers: str, repeats: int, phrases: int | None):
     """Build the demo recording and its expected detections."""
     if not fsdd.is_dir():
         raise click.ClickException(f"FSDD folder {fsdd} not found; pass --fsdd")
     names = tuple(s.strip() for s in speakers.split(",") if s.strip())
-    wav, csv_path = write_demo(fsdd, out_dir, seed, names, repeats)
+    wav, csv_path = write_demo(fsdd, out_dir, seed, names, repeats, phrases)
     info = soundfile.info(wav)
     rows = sum(1 for _ in csv_path.open()) - 1
     click.echo(f"wrote {wav} ({info.duration:.1f} s, {info.samplerate} Hz) and {csv_path} ({rows} digits)")

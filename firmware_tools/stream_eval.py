@@ -9,6 +9,10 @@ the earliest detection that qualifies. Then:
 - false alarm: a detection that matches no word. Those that overlap (by the same rule) a word of another label are
   also counted as `wrong_label`;
 - latency: detection end (when the event closed and was reported) minus the word's end.
+
+Optionally, the stretches of other sound in the stream (rows `kind,start_s,end_s` in the same CSV format, kind
+`speech` for non-target speech, anything else for other sounds): false alarms that overlap a `speech` stretch by
+the same rule are counted per minute of non-target speech, the measure a keyword spotter is usually held to.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from edge.detector import Detection
 from edge.sinks import Sink
 
 DEFAULT_TOLERANCE_S = 1.0
+SPEECH = "speech"  # the kind of a non-target stretch that is speech
 
 
 class TruthFileError(ValueError):
@@ -37,8 +42,12 @@ class TruthWord:
     end_s: float
 
 
-def read_truth(path: str | Path) -> list[TruthWord]:
-    """Rows of `label,start_s,end_s` (with that header), sorted by start time."""
+TRUTH_HEADER = ("label", "start_s", "end_s")
+NON_TARGET_HEADER = ("kind", "start_s", "end_s")
+
+
+def read_truth(path: str | Path, header: tuple[str, str, str] = TRUTH_HEADER) -> list[TruthWord]:
+    """Rows of `label,start_s,end_s` (with that header; or another first column name), sorted by start time."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -47,10 +56,10 @@ def read_truth(path: str | Path) -> list[TruthWord]:
     except (OSError, UnicodeDecodeError) as err:
         raise TruthFileError(f"cannot read truth file {path}: {err}") from None
     rows = csv.reader(text.splitlines())
-    header = [h.strip() for h in next(rows, [])]
-    if header[:3] != ["label", "start_s", "end_s"]:
-        raise TruthFileError(f"{path}: the first line must be the header 'label,start_s,end_s' (got "
-                             f"{','.join(header)!r})")
+    found = [h.strip() for h in next(rows, [])]
+    names = ",".join(header)
+    if found[:3] != list(header):
+        raise TruthFileError(f"{path}: the first line must be the header '{names}' (got {','.join(found)!r})")
     words = []
     for line, row in enumerate(rows, start=2):
         if not row or not "".join(row).strip():
@@ -58,10 +67,10 @@ def read_truth(path: str | Path) -> list[TruthWord]:
         try:
             label, start, end = (row[0].strip(), float(row[1]), float(row[2]))
         except (IndexError, ValueError):
-            raise TruthFileError(f"{path} line {line}: expected label,start_s,end_s with times in seconds, got "
+            raise TruthFileError(f"{path} line {line}: expected {names} with times in seconds, got "
                                  f"{','.join(row)!r}") from None
         if not label or not (math.isfinite(start) and math.isfinite(end)) or not 0 <= start <= end:
-            raise TruthFileError(f"{path} line {line}: need a label and 0 <= start_s <= end_s, got "
+            raise TruthFileError(f"{path} line {line}: need a {header[0]} and 0 <= start_s <= end_s, got "
                                  f"{','.join(row)!r}")
         words.append(TruthWord(label, start, end))
     return sorted(words, key=lambda w: (w.start_s, w.end_s))
@@ -79,6 +88,16 @@ class StreamScore:
     misses: list[TruthWord]
     false_alarms: list[Detection]
     wrong_label: int  # false alarms that overlap a word of another label
+    non_target: Sequence[TruthWord] = ()  # stretches of other sound; kind "speech" is non-target speech
+
+    @property
+    def speech_s(self) -> float:
+        return sum(s.end_s - s.start_s for s in self.non_target if s.label == SPEECH)
+
+    @property
+    def false_alarms_in_speech(self) -> int:
+        speech = [s for s in self.non_target if s.label == SPEECH]
+        return sum(any(_overlaps(d, s, self.tolerance_s) for s in speech) for d in self.false_alarms)
 
     @property
     def words(self) -> int:
@@ -119,16 +138,25 @@ class StreamScore:
             "false_alarms": len(self.false_alarms),
             "wrong_label": self.wrong_label,
             "false_alarms_per_hour": round(self.false_alarms_per_hour, 2),
+            "off_word_false_alarms": len(self.false_alarms) - self.wrong_label,
             "latency": latency,
             "tolerance_s": self.tolerance_s,
             "per_label": self.per_label(),
             "missed": [dataclasses.asdict(w) for w in self.misses],
             "false_alarm_events": [d.to_dict() for d in self.false_alarms],
+            **self._speech_dict(),
         }
+
+    def _speech_dict(self) -> dict:
+        if not self.non_target:
+            return {}
+        minutes = self.speech_s / 60
+        return {"non_target_speech_s": round(self.speech_s, 3), "false_alarms_in_speech": self.false_alarms_in_speech,
+                "false_alarms_per_speech_minute": round(self.false_alarms_in_speech / minutes, 3) if minutes else None}
 
 
 def score_stream(detections: Sequence[Detection], truth: Sequence[TruthWord], duration_s: float,
-                 tolerance_s: float = DEFAULT_TOLERANCE_S) -> StreamScore:
+                 tolerance_s: float = DEFAULT_TOLERANCE_S, non_target: Sequence[TruthWord] = ()) -> StreamScore:
     """Match detections to truth words by the rule in this module's docstring."""
     pending = sorted(detections, key=lambda d: (d.start_s, d.end_s))
     used = [False] * len(pending)
@@ -143,7 +171,7 @@ def score_stream(detections: Sequence[Detection], truth: Sequence[TruthWord], du
             misses.append(word)
     false_alarms = [d for d, taken in zip(pending, used) if not taken]
     wrong_label = sum(any(w.label != d.label and _overlaps(d, w, tolerance_s) for w in truth) for d in false_alarms)
-    return StreamScore(duration_s, tolerance_s, hits, misses, false_alarms, wrong_label)
+    return StreamScore(duration_s, tolerance_s, hits, misses, false_alarms, wrong_label, list(non_target))
 
 
 class _Collect(Sink):

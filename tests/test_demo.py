@@ -31,6 +31,13 @@ def check_demo(directory):
         gap = audio[int((start - 0.45) * rate):int((start - 0.05) * rate)]
         assert np.sqrt(np.mean(word**2)) > 4 * np.sqrt(np.mean(gap**2))  # the digit is where the truth says
     assert ends[-1] < info.duration
+    others = [(kind, start, end) for kind, start, end in
+              ((r["kind"], float(r["start_s"]), float(r["end_s"]))
+               for r in csv.DictReader(open(directory / "demo_non_target.csv", newline="")))]
+    assert sorted(kind for kind, _, _ in others) == ["noise"] * 2 + ["speech"] * 6
+    for kind, start, end in others:
+        assert not any(start < w_end and end > w_start for _, w_start, w_end in rows)  # never on a digit
+        assert np.sqrt(np.mean(audio[int(start * rate):int(end * rate)] ** 2)) > 0.01  # the sound is there
     attribution = (directory / "ATTRIBUTION.md").read_text()
     assert "Zohar Jackson and contributors" in attribution and "CC BY-SA 4.0" in attribution
     used = re.findall(r"`(\d)_([a-z]+)_\d+\.wav`", attribution)

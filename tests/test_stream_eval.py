@@ -11,6 +11,7 @@ from tests.conftest import REPO
 
 DEMO = REPO / "edge" / "demo" / "demo.wav"
 DEMO_TRUTH = REPO / "edge" / "demo" / "demo_truth.csv"
+DEMO_NON_TARGET = REPO / "edge" / "demo" / "demo_non_target.csv"
 
 
 def det(label, start, end, score=0.9):
@@ -69,6 +70,19 @@ def test_report_as_dict():
     assert report["false_alarm_events"] == [{"label": "9", "score": 0.9, "start_s": 6.0, "end_s": 6.2}]
 
 
+def test_false_alarms_are_counted_per_minute_of_non_target_speech():
+    others = [TruthWord("speech", 10.0, 40.0), TruthWord("noise", 50.0, 52.0), TruthWord("speech", 60.0, 90.0)]
+    detections = [det("3", 1.3, 1.75),  # a hit
+                   det("5", 20.0, 20.4), det("5", 90.5, 90.8),  # in speech (the second within the tolerance)
+                   det("6", 51.0, 51.2), det("2", 95.0, 95.2)]  # on the noise, and in quiet
+    report = score_stream(detections, WORDS, 120, non_target=others).to_dict()
+    assert report["false_alarms"] == 4 and report["off_word_false_alarms"] == 4
+    assert report["non_target_speech_s"] == 60.0
+    assert report["false_alarms_in_speech"] == 2
+    assert report["false_alarms_per_speech_minute"] == 2.0
+    assert "false_alarms_in_speech" not in score_stream(detections, WORDS, 120).to_dict()
+
+
 def test_read_truth(tmp_path):
     path = tmp_path / "truth.csv"
     path.write_text("label,start_s,end_s\n7,4.0,4.4\n3, 1.0 ,1.5\n\n")
@@ -111,6 +125,25 @@ def test_eval_stream_on_the_demo_with_the_default_bundle():
     assert text.exit_code == 0, text.output
     assert f"hits            {report['hits']:2d}" in text.output
     assert "false alarms" in text.output and "latency" in text.output
+
+
+def test_eval_stream_counts_false_alarms_in_the_demos_non_target_speech():
+    args = ["eval-stream", "default", str(DEMO), "--truth", str(DEMO_TRUTH), "--non-target", str(DEMO_NON_TARGET)]
+    report = json.loads(CliRunner().invoke(main, args + ["--json"]).output)
+    assert report["non_target_speech_s"] == pytest.approx(12.7, abs=0.1)  # six phrases
+    speech = [w for w in read_truth(DEMO_NON_TARGET, header=("kind", "start_s", "end_s")) if w.label == "speech"]
+    in_speech = [e for e in report["false_alarm_events"]
+                 if any(e["start_s"] < w.end_s + 1.0 and e["end_s"] > w.start_s for w in speech)]
+    assert report["false_alarms_in_speech"] == len(in_speech) <= report["off_word_false_alarms"]
+    assert report["false_alarms_per_speech_minute"] == pytest.approx(len(in_speech) / (12.715 / 60), abs=0.01)
+    text = CliRunner().invoke(main, args)
+    assert text.exit_code == 0 and "of non-target speech:" in text.output
+
+
+def test_a_non_target_file_with_the_wrong_header_is_a_clear_error():
+    result = CliRunner().invoke(main, ["eval-stream", "default", str(DEMO), "--truth", str(DEMO_TRUTH),
+                                       "--non-target", str(DEMO_TRUTH)])
+    assert result.exit_code == 1 and "header 'kind,start_s,end_s'" in result.output
 
 
 def test_eval_stream_refuses_truth_labels_the_bundle_does_not_know(tmp_path):
