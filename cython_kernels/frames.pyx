@@ -1,10 +1,12 @@
 # cython: language_level=3
 """The whole integer front end for one chunk: gammatone cascade -> half-wave rectified hop sums -> per-frame
-log2, level normaliser and int8 quantiser. The arithmetic is specified in frames_golden.py.
+log2, level normaliser and int8 quantiser, and the optional spectral view. The arithmetic is specified in
+frames_golden.py.
 
 Work is done in blocks that end at hop boundaries; the filter output is rectified and summed as it is made,
 so it is never stored.
 """
+cimport cython
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint64_t
 
 from cython_kernels.gammatone cimport cascade_block
@@ -15,19 +17,24 @@ DEF OUTPUT_SHIFT = 12
 DEF HOP_FILL = 0
 DEF RING_INDEX = 1
 DEF REFERENCE = 2
+DEF NORM_COUNT = 3
 
 
 def process(const int32_t[:, ::1] coef, Py_ssize_t hop_samples, Py_ssize_t window_hops, int64_t full_scale_log, int64_t release_per_frame,
-            int64_t floor_log, const int32_t[::1] log_table,
+            int64_t floor_log, const int32_t[::1] log_table, Py_ssize_t norm_memory, int64_t norm_active_q,
             int32_t[:, ::1] filter_state, int32_t[::1] filter_io, int32_t[::1] last_output,
-            int64_t[::1] hop_sum, int64_t[:, ::1] ring, int64_t[::1] counters,
+            int64_t[::1] hop_sum, int64_t[:, ::1] ring, int64_t[::1] counters, int64_t[::1] shape_mean,
             const int16_t[::1] x, int8_t[:, ::1] out):
-    """Process x (int16); writes one int8 row of out per completed hop and returns how many were written."""
+    """Process x (int16); writes one int8 row of out per completed hop and returns how many were written.
+    A row is the channels' q, followed by their spectral view when norm_memory > 0."""
     cdef Py_ssize_t channels = coef.shape[1]
+    cdef Py_ssize_t features = channels * (2 if norm_memory > 0 else 1)
     cdef Py_ssize_t n = x.shape[0]
     cdef Py_ssize_t expected = (counters[HOP_FILL] + n) // hop_samples
-    if out.shape[0] < expected or out.shape[1] != channels:
-        raise ValueError(f"out must be at least ({expected}, {channels})")
+    if out.shape[0] < expected or out.shape[1] != features:
+        raise ValueError(f"out must be at least ({expected}, {features})")
+    if shape_mean.shape[0] != channels:
+        raise ValueError("shape_mean must be (channels,)")
     if coef.shape[0] != 10 or filter_state.shape[0] != 12 or filter_state.shape[1] != channels \
             or filter_io.shape[0] != 2:
         raise ValueError("coef must be (10, channels), filter_state (12, channels) and filter_io (2,)")
@@ -50,6 +57,9 @@ def process(const int32_t[:, ::1] coef, Py_ssize_t hop_samples, Py_ssize_t windo
             if counters[HOP_FILL] == hop_samples:
                 finish_frame(window_hops, full_scale_log, release_per_frame, floor_log, &log_table[0],
                              &hop_sum[0], &ring[0, 0], &counters[0], channels, &out[frames, 0])
+                if norm_memory > 0:
+                    spectral_view(norm_memory, norm_active_q, &shape_mean[0], &counters[0], channels,
+                                  &out[frames, 0], &out[frames, channels])
                 frames += 1
     return frames
 
@@ -89,3 +99,38 @@ cdef void finish_frame(Py_ssize_t window_hops, int64_t full_scale_log, int64_t r
         if q > 127:
             q = 127
         out[c] = <int8_t>q
+
+
+@cython.cdivision(True)
+cdef inline int64_t floor_div(int64_t a, int64_t b) noexcept nogil:
+    """a // b rounded towards minus infinity (b > 0), as NumPy's // does; C's / truncates towards zero."""
+    cdef int64_t q = a / b
+    if (a % b != 0) and (a < 0):
+        q -= 1
+    return q
+
+
+cdef void spectral_view(Py_ssize_t memory, int64_t active_q, int64_t* mean, int64_t* counters,
+                        Py_ssize_t channels, const int8_t* q, int8_t* out) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef int64_t loudest = -128, n, total = 0, centre, v
+    for c in range(channels):
+        if q[c] > loudest:
+            loudest = q[c]
+    if loudest >= active_q:
+        n = counters[NORM_COUNT] + 1
+        if n > memory:
+            n = memory
+        counters[NORM_COUNT] = n
+        for c in range(channels):
+            mean[c] += floor_div(<int64_t>q[c] * 256 - mean[c], n)
+    for c in range(channels):
+        total += mean[c]
+    centre = floor_div(total, channels)
+    for c in range(channels):
+        v = q[c] - ((mean[c] - centre + 128) >> 8)
+        if v < -128:
+            v = -128
+        if v > 127:
+            v = 127
+        out[c] = <int8_t>v

@@ -34,7 +34,7 @@ class Pipeline:
         self.sample_rate = int(config.sample_rate)
         self.hop_samples = int(config.hop_samples)
         self.labels = list(bundle.labels)
-        self._frames = np.zeros((64, config.channels), dtype=np.int8)
+        self._frames = np.zeros((64, config.features), dtype=np.int8)
         self._posteriors = np.zeros((64, len(self.labels)), dtype=np.float32)
 
     @classmethod

@@ -68,11 +68,11 @@ class StepRunner:
         self.labels = bundle.labels
         self.interpreter, self.runtime = make_interpreter(bundle.step_model_path, num_threads, delegates)
         frame, state, scores, new_state = _find_tensors(self.interpreter)
-        channels = bundle.frontend_config.channels
-        if tuple(frame["shape"]) != (1, channels):
+        features = bundle.frontend_config.features
+        if tuple(frame["shape"]) != (1, features):
             raise ValueError(f"the step model takes frames of shape {tuple(frame['shape'])}, but the bundle's front "
-                             f"end makes {channels} channels: the model and the front-end config do not belong "
-                             "together; rebuild the bundle")
+                             f"end makes {features} values per frame: the model and the front-end config do not "
+                             "belong together; rebuild the bundle")
         if scores["shape"][-1] < len(self.labels):
             raise ValueError(f"the step model has {scores['shape'][-1]} outputs for {len(self.labels)} labels")
         self._frame_index, self._state_index = frame["index"], state["index"]
@@ -83,7 +83,7 @@ class StepRunner:
         self._scores_scale, self._scores_zero = _quant(scores)
         self._state_zero = np.full(state["shape"], _quant(state)[1], dtype=np.int8)
         self._n_labels = len(self.labels)
-        self._frame = np.empty((1, channels), dtype=np.int8)
+        self._frame = np.empty((1, features), dtype=np.int8)
         self.reset()
 
     def reset(self) -> None:
@@ -137,7 +137,7 @@ def check_step_model(bundle) -> None:
     from edge.bundle import BundleError
 
     try:
-        StepRunner(bundle).step(np.zeros(bundle.frontend_config.channels, np.int8))
+        StepRunner(bundle).step(np.zeros(bundle.frontend_config.features, np.int8))
     except RuntimeUnavailable:
         raise
     except ValueError as exc:

@@ -19,7 +19,7 @@ from firmware_tools.cli_errors import fail_on
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--synth-digits", type=click.IntRange(0, 100_000), default=600, show_default=True,
               help="Digit clips spoken by espeak-ng voices (only when the labels are 0-9).")
-@click.option("--synth-speech", type=click.IntRange(0, 100_000), default=800, show_default=True,
+@click.option("--synth-speech", type=click.IntRange(0, 100_000), default=1600, show_default=True,
               help="Non-target phrases spoken by espeak-ng voices, for the background class.")
 @click.option("--copies", type=click.IntRange(1, 50), default=3, show_default=True,
               help="Augmented examples made from each clip.")

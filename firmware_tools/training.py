@@ -13,7 +13,7 @@ import numpy as np
 from edge.frontend import FrontendConfig
 from firmware_tools import dataset
 
-DEFAULT_FRONTEND = FrontendConfig(sample_rate=8000, channels=32, f_low=100.0, f_high=3800.0)
+DEFAULT_FRONTEND = FrontendConfig(sample_rate=8000, channels=32, f_low=100.0, f_high=3800.0, spectral_norm_s=1.28)
 
 
 @dataclasses.dataclass
@@ -25,7 +25,7 @@ class TrainSettings:
     learning_rate: float = 3e-3
     copies_per_clip: int = 3  # augmented examples made from each real clip
     synth_digits: int = 600  # espeak-ng digit clips (only when the labels are the digits 0-9)
-    synth_non_target: int = 800  # espeak-ng non-target speech for the background class
+    synth_non_target: int = 1600  # espeak-ng non-target speech for the background class
     background_examples: int = 5000
     previous_word_probability: float = 0.5  # how often another word precedes the labelled one, as in a stream
     seed: int = 0
@@ -44,10 +44,16 @@ def label_order(clips) -> list[str]:
     return sorted(labels, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
 
 
+def example_settings(settings: TrainSettings) -> tuple:
+    """The settings that shape the examples (and so key their cache); the rest only shape the fit."""
+    return (settings.copies_per_clip, settings.synth_digits, settings.synth_non_target, settings.background_examples,
+            settings.previous_word_probability, settings.seed)
+
+
 def build_examples(clips, labels, settings: TrainSettings, cache_dir: Path | None):
     """(frames int8 (N, T, C), targets int32 (N, T), weights float32 (N, T)), cached on disk."""
     key = dataset.cache_key(dataset.RECIPE, [(str(c.path), c.path.stat().st_mtime_ns) for c in clips], labels,
-                            settings.frontend.hash(), dataclasses.astuple(settings))
+                            settings.frontend.hash(), example_settings(settings))
     cache = cache_dir / f"examples-{key}.npz" if cache_dir else None
     if cache and cache.exists():
         with np.load(cache) as z:
@@ -92,7 +98,7 @@ def fit(frames, targets, weights, labels, settings: TrainSettings, verbose: int 
     from firmware_tools.model import ModelSpec, build_window_model
 
     keras.utils.set_random_seed(settings.seed)
-    spec = ModelSpec(channels=settings.frontend.channels, classes=len(labels) + 1, width=settings.width)
+    spec = ModelSpec(channels=settings.frontend.features, classes=len(labels) + 1, width=settings.width)
     model = build_window_model(spec)
     steps = settings.epochs * int(np.ceil(len(frames) / settings.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(settings.learning_rate, steps)

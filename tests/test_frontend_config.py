@@ -10,7 +10,7 @@ from edge.frontend import FRONTEND_ALGORITHM, Frontend, FrontendConfig, Frontend
 
 # The hash a bundle records for the default configuration. If this changes, every bundle trained with the default
 # front end is refused by devices: change it only together with FRONTEND_ALGORITHM, on purpose.
-DEFAULT_HASH = "333020105929730682435ebe30a2fccf7273cc3c510a10011d30373aad6cf329"
+DEFAULT_HASH = "2035168b7dff2dec92af000bda2edd6ad0192cb03329d92d49de7e2a6763dfb6"
 
 
 def test_default_config_hash_is_stable():
@@ -34,6 +34,7 @@ CHANGES = {
     "window_ms": 30.0,
     "release_db_per_s": 11.0,
     "floor_dbfs": -69.0,
+    "spectral_norm_s": 1.0,
 }
 
 

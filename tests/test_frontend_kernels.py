@@ -22,6 +22,9 @@ CONFIGS = {
     "16k-128ch-50Hz": FrontendConfig(channels=128, f_low=50.0, f_high=7900.0),
     "48k-32ch-5ms": FrontendConfig(sample_rate=48000, channels=32, f_high=20000.0, hop_ms=5.0, window_ms=25.0),
     "48k-128ch": FrontendConfig(sample_rate=48000, channels=128, f_high=20000.0),
+    "8k-32ch-spectral": FrontendConfig(sample_rate=8000, channels=32, f_high=3800.0, spectral_norm_s=1.28),
+    # a 10-frame memory fills within the test signals, so the exponential-average branch runs too
+    "16k-16ch-spectral-short": FrontendConfig(channels=16, spectral_norm_s=0.1),
 }
 
 N = 2500  # samples per signal: several frames at every rate, and the golden model stays quick
@@ -59,7 +62,7 @@ SIGNAL_NAMES = list(signals(16000))
 
 def assert_same_state(golden: FrontendState, ours: FrontendState):
     # last_output is a work row of the kernel (the latest filter output), not state the golden model keeps.
-    for field in ("filter", "filter_io", "hop_sum", "ring", "counters"):
+    for field in ("filter", "filter_io", "hop_sum", "ring", "counters", "shape_mean"):
         np.testing.assert_array_equal(getattr(ours, field), getattr(golden, field), err_msg=field)
 
 
@@ -76,7 +79,7 @@ def test_frames_and_final_state_match_the_golden_model(config_name, signal_name)
     for part in (x[:split], x[split:]):
         expected = frames_golden.process(coeffs.filterbank, coeffs.frames, golden_state, part)
         got = frontend.process(part)
-        assert got.dtype == np.int8 and got.shape == expected.shape == (len(expected), config.channels)
+        assert got.dtype == np.int8 and got.shape == expected.shape == (len(expected), config.features)
         np.testing.assert_array_equal(got, expected)
         assert_same_state(golden_state, frontend.state)
     assert len(expected) > 0
@@ -124,7 +127,7 @@ def odd_sizes(total, rng):
     return sizes
 
 
-@pytest.mark.parametrize("config_name", ["8k-8ch-1hop", "16k-32ch", "48k-32ch-5ms"])
+@pytest.mark.parametrize("config_name", ["8k-8ch-1hop", "16k-32ch", "48k-32ch-5ms", "8k-32ch-spectral"])
 def test_any_chunking_gives_identical_frames_and_state(config_name):
     config = CONFIGS[config_name]
     rng = np.random.default_rng(3)

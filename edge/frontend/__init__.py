@@ -62,16 +62,18 @@ class Frontend:
 
     def process(self, samples) -> np.ndarray:
         x = as_int16_samples(samples)
-        out = np.empty((self.frames_for(x.size), self.config.channels), dtype=np.int8)
+        out = np.empty((self.frames_for(x.size), self.config.features), dtype=np.int8)
         self.process_into(x, out)
         return out
 
     def process_into(self, x: np.ndarray, out: np.ndarray) -> int:
-        """Allocation-free variant: x int16 contiguous, out int8 with room for `frames_for(len(x))` rows."""
+        """Allocation-free variant: x int16 contiguous, out int8 (rows, config.features) with room for
+        `frames_for(len(x))` rows."""
         fb, fr, s = self.coeffs.filterbank, self.coeffs.frames, self.state
         return _frames_kernel.process(
             fb.coef, fr.hop_samples, fr.window_hops, fr.full_scale_log, fr.release_per_frame, fr.floor_log, fr.log_table,
-            s.filter, s.filter_io, s.last_output, s.hop_sum, s.ring, s.counters, x, out)
+            fr.norm_memory_frames, fr.norm_active_q,
+            s.filter, s.filter_io, s.last_output, s.hop_sum, s.ring, s.counters, s.shape_mean, x, out)
 
     def filterbank(self, samples) -> np.ndarray:
         """Fixed-point filter-stage output (before the hair cells) as float64 (channels, samples), in the float

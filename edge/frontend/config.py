@@ -10,7 +10,7 @@ import json
 import math
 
 # Bump when the integer pipeline changes in a way that changes frames for the same configuration.
-FRONTEND_ALGORITHM = "basilar-gammatone-int-v2"
+FRONTEND_ALGORITHM = "basilar-gammatone-int-v3"
 
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 48000
 MIN_CHANNELS, MAX_CHANNELS = 8, 128
@@ -30,6 +30,9 @@ class FrontendConfig:
     window_ms: float = 20.0  # envelope integration window; a whole number of hops
     release_db_per_s: float = 10.0  # level normaliser: how fast the reference level falls after a peak
     floor_dbfs: float = -70.0  # level normaliser: the reference never falls below this level
+    # Spectral view: when > 0, each frame also carries its channels minus the running average spectral shape of
+    # the last this-many seconds of sound (a voice's and a microphone's colour, removed causally); 0 = off.
+    spectral_norm_s: float = 0.0
 
     def __post_init__(self):
         self.validate()
@@ -43,7 +46,7 @@ class FrontendConfig:
                  f"{MAX_SAMPLE_RATE} Hz (resample the audio to it first)")
         if not isinstance(self.channels, int) or not MIN_CHANNELS <= self.channels <= MAX_CHANNELS:
             fail(f"channels={self.channels!r}: use {MIN_CHANNELS} to {MAX_CHANNELS} channels")
-        for name in ("f_low", "f_high", "hop_ms", "window_ms", "release_db_per_s", "floor_dbfs"):
+        for name in ("f_low", "f_high", "hop_ms", "window_ms", "release_db_per_s", "floor_dbfs", "spectral_norm_s"):
             if not math.isfinite(getattr(self, name)):
                 fail(f"{name}={getattr(self, name)!r}: must be a finite number")
         nyquist = self.sample_rate / 2
@@ -63,6 +66,13 @@ class FrontendConfig:
             fail(f"release_db_per_s={self.release_db_per_s}: must be positive")
         if not -120 <= self.floor_dbfs <= -10:
             fail(f"floor_dbfs={self.floor_dbfs}: use a level from -120 to -10 dBFS")
+        if self.spectral_norm_s != 0 and not 0.1 <= self.spectral_norm_s <= 10:
+            fail(f"spectral_norm_s={self.spectral_norm_s}: use 0 (off) or 0.1 to 10 seconds")
+
+    @property
+    def features(self) -> int:
+        """Values per frame: the channels, and as many again when the spectral view is on."""
+        return self.channels * (2 if self.spectral_norm_s else 1)
 
     @property
     def hop_samples(self) -> int:

@@ -22,6 +22,12 @@ Level            relative to a full-scale sine at the channel's centre frequency
 Normaliser       reference R = max(R - release, loudest channel, floor), per frame; fast attack, slow release.
 Output           int8 q = 127 + round((level - R) * 16), clamped at -128. One step is 1/16 of log2, i.e.
                  0.376 dB; q = 127 means "as loud as the reference". See OUTPUT_SCALE_DB, OUTPUT_ZERO_POINT.
+Spectral view    (when spectral_norm_s > 0) a second int8 row: q minus the running average spectral shape.
+                 M[c] (Q8 of q) is the mean of q[c] over the active frames so far (loudest channel within
+                 NORM_ACTIVE_DB of the reference), an exponential average once there are `norm_memory_frames`:
+                 n = min(n + 1, memory); M += floor((256 q - M) / n). The shape is M minus its mean over
+                 channels, so the view keeps loudness and loses only colour: v = clamp(q - round(shape / 256)).
+                 Quiet frames leave M alone, so a pause does not wipe what was learned about the voice.
 """
 import dataclasses
 import functools
@@ -42,6 +48,7 @@ OUTPUT_ZERO_POINT = 127  # q for a channel as loud as the normaliser's reference
 OUTPUT_SCALE_DB = 20 * math.log10(2) / OUTPUT_STEPS_PER_LOG2  # dB per int8 step
 SECTIONS = 4
 DB_PER_LOG2 = 20 * math.log10(2)
+NORM_ACTIVE_DB = 18.0  # spectral view: a frame teaches the average shape when its loudest channel is this close to R
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +77,8 @@ class FrameCoeffs:
     release_per_frame: int  # Q16 log2
     floor_log: int  # Q16 log2, relative to full scale
     log_table: np.ndarray  # int32 (2**LOG_TABLE_BITS + 1,), Q16 log2(1 + i / 2**LOG_TABLE_BITS)
+    norm_memory_frames: int = 0  # spectral view: frames in the average shape's memory; 0 = no spectral view
+    norm_active_q: int = 0  # spectral view: an output q the loudest channel must reach for the frame to count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +172,8 @@ def design_frames(config: FrontendConfig) -> FrameCoeffs:
         release_per_frame=max(1, round(release * one)),
         floor_log=round(config.floor_dbfs / DB_PER_LOG2 * one),
         log_table=np.array(table, dtype=np.int32),
+        norm_memory_frames=round(config.spectral_norm_s * 1000 / config.hop_ms),
+        norm_active_q=OUTPUT_ZERO_POINT - round(NORM_ACTIVE_DB / OUTPUT_SCALE_DB),
     )
 
 

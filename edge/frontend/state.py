@@ -5,7 +5,7 @@ import numpy as np
 
 from edge.frontend.design import FrontendCoeffs
 
-HOP_FILL, RING_INDEX, REFERENCE = 0, 1, 2  # slots of FrontendState.counters
+HOP_FILL, RING_INDEX, REFERENCE, NORM_COUNT = 0, 1, 2, 3  # slots of FrontendState.counters
 
 
 @dataclasses.dataclass
@@ -15,7 +15,9 @@ class FrontendState:
     last_output: np.ndarray  # int32 (2 * C,): the filter outputs of the latest two samples (work rows)
     hop_sum: np.ndarray  # int64 (C,): rectified sum over the hop so far
     ring: np.ndarray  # int64 (window_hops, C): the last hop sums
-    counters: np.ndarray  # int64 (4,): samples into the hop, ring index, normaliser reference (Q16 log2)
+    counters: np.ndarray  # int64 (4,): samples into the hop, ring index, normaliser reference (Q16 log2),
+    #                       active frames counted into the average shape (spectral view)
+    shape_mean: np.ndarray  # int64 (C,): spectral view's average q per channel, Q8
 
     @classmethod
     def initial(cls, coeffs: FrontendCoeffs) -> "FrontendState":
@@ -28,6 +30,7 @@ class FrontendState:
             hop_sum=np.zeros(channels, np.int64),
             ring=np.zeros((frames.window_hops, channels), np.int64),
             counters=np.zeros(4, np.int64),
+            shape_mean=np.zeros(channels, np.int64),
         )
         state.counters[REFERENCE] = frames.floor_log
         return state
