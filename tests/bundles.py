@@ -15,7 +15,7 @@ def build_tiny_bundle(out_dir: Path, seed: int, width: int = 8) -> Path:
 
     labels = [str(d) for d in range(10)]
     keras.utils.set_random_seed(seed)
-    model = build_window_model(ModelSpec(channels=DEFAULT_FRONTEND.channels, classes=11, width=width,
+    model = build_window_model(ModelSpec(channels=DEFAULT_FRONTEND.features, classes=11, width=width,
                                          dilations=(1, 2, 4)))
     work = out_dir.parent / f"{out_dir.name}-work"
     work.mkdir(parents=True, exist_ok=True)

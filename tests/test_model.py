@@ -36,12 +36,12 @@ def randomised_model(spec, seed=0):
 
 
 def test_receptive_field_reaches_a_second():
-    spec = ModelSpec(channels=32, classes=11)
+    spec = ModelSpec(channels=DEFAULT_FRONTEND.features, classes=11)
     assert spec.receptive_field >= 100  # frames of 10 ms
 
 
 def test_step_model_equals_window_model_in_float():
-    spec = ModelSpec(channels=32, classes=11, width=16)
+    spec = ModelSpec(channels=DEFAULT_FRONTEND.features, classes=11, width=16)
     window = randomised_model(spec)
     step = build_step_model(spec, window)
     frames = clip_frames(1)[0]
@@ -51,7 +51,7 @@ def test_step_model_equals_window_model_in_float():
 
 
 def test_window_model_is_causal():
-    spec = ModelSpec(channels=32, classes=11, width=8)
+    spec = ModelSpec(channels=DEFAULT_FRONTEND.features, classes=11, width=8)
     window = randomised_model(spec)
     frames = clip_frames(1)[0].astype(np.float32)
     changed = frames.copy()
@@ -63,7 +63,7 @@ def test_window_model_is_causal():
 
 
 def test_int8_step_model_tracks_float_window_model(tmp_path):
-    spec = ModelSpec(channels=32, classes=11, width=16, dilations=(1, 2, 4, 8))
+    spec = ModelSpec(channels=DEFAULT_FRONTEND.features, classes=11, width=16, dilations=(1, 2, 4, 8))
     window = randomised_model(spec, seed=3)
     model_path = tmp_path / "model.keras"
     window.save(model_path)
@@ -89,7 +89,7 @@ def test_int8_step_model_tracks_float_window_model(tmp_path):
     (lambda: keras.layers.Dense(8), "Dense"),
 ])
 def test_unsupported_layers_are_named(bad_layer, message):
-    inp = keras.Input((None, 32))
+    inp = keras.Input((None, DEFAULT_FRONTEND.features))
     x = keras.layers.Rescaling(1 / 64)(inp)
     x = keras.layers.Conv1D(8, 1)(x)
     x = keras.layers.BatchNormalization()(x)
@@ -102,7 +102,7 @@ def test_unsupported_layers_are_named(bad_layer, message):
 
 def test_any_model_with_matching_layers_converts_by_mapping():
     """Layer names need not match the family's: the structure is what counts."""
-    inp = keras.Input((None, 32))
+    inp = keras.Input((None, DEFAULT_FRONTEND.features))
     x = keras.layers.Rescaling(1 / 64, name="scale_me")(inp)
     x = keras.layers.Conv1D(8, 1, name="first")(x)
     x = keras.layers.BatchNormalization(name="n0")(x)

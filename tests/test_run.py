@@ -104,7 +104,9 @@ def test_raw_pcm_on_stdin_in_other_formats_rates_and_channels(demo_detections):
     result = basilar("run", "--json", "-", input=s16)
     assert result.returncode == 0, result.stderr.decode()
     records = parse_json(result.stdout)
-    assert [(r["label"], r["start_s"]) for r in records] == [(d.label, round(d.start_s, 3)) for d in demo_detections]
+    # float -> int16 here may differ from the file reader by one LSB: a boundary may move by one 10 ms hop
+    assert [r["label"] for r in records] == [d.label for d in demo_detections]
+    assert all(abs(r["start_s"] - d.start_s) <= 0.011 for r, d in zip(records, demo_detections))
     assert all(abs(r["timestamp"] - time.time()) < 120 and r["time"].endswith("Z") for r in records)  # live
 
     stereo48k = soxr.resample(audio, rate, 48000)
