@@ -101,7 +101,7 @@ def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phr
 
     Every digit `repeats` times, the speakers taking turns, at takes chosen at random; the non-digit phrases
     and noise bursts `repeats // 2` times each (at least once), or `phrases` phrases from a longer list. With one
-    held-out speaker this makes a    speaker-independent test stream for `basilar eval-stream`.
+    held-out speaker this makes a speaker-independent test stream for `basilar eval-stream`.
     """
     rng = np.random.default_rng(seed)
     digits = [d for d in range(10) for _ in range(repeats)]

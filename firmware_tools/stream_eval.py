@@ -91,12 +91,16 @@ class StreamScore:
     non_target: Sequence[TruthWord] = ()  # stretches of other sound; kind "speech" is non-target speech
 
     @property
+    def speech(self) -> list[TruthWord]:
+        return [s for s in self.non_target if s.label == SPEECH]
+
+    @property
     def speech_s(self) -> float:
-        return sum(s.end_s - s.start_s for s in self.non_target if s.label == SPEECH)
+        return sum(s.end_s - s.start_s for s in self.speech)
 
     @property
     def false_alarms_in_speech(self) -> int:
-        speech = [s for s in self.non_target if s.label == SPEECH]
+        speech = self.speech
         return sum(any(_overlaps(d, s, self.tolerance_s) for s in speech) for d in self.false_alarms)
 
     @property
@@ -150,9 +154,9 @@ class StreamScore:
     def _speech_dict(self) -> dict:
         if not self.non_target:
             return {}
-        minutes = self.speech_s / 60
-        return {"non_target_speech_s": round(self.speech_s, 3), "false_alarms_in_speech": self.false_alarms_in_speech,
-                "false_alarms_per_speech_minute": round(self.false_alarms_in_speech / minutes, 3) if minutes else None}
+        seconds, in_speech = self.speech_s, self.false_alarms_in_speech
+        return {"non_target_speech_s": round(seconds, 3), "false_alarms_in_speech": in_speech,
+                "false_alarms_per_speech_minute": round(in_speech / (seconds / 60), 3) if seconds else None}
 
 
 def score_stream(detections: Sequence[Detection], truth: Sequence[TruthWord], duration_s: float,

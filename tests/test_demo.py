@@ -6,6 +6,7 @@ import numpy as np
 import soundfile
 
 from firmware_tools.make_demo import DEFAULT_FSDD, SPEAKERS, write_demo
+from firmware_tools.stream_eval import NON_TARGET_HEADER, read_truth
 from tests.conftest import REPO, require, require_program
 
 DEMO_DIR = REPO / "edge" / "demo"
@@ -31,9 +32,8 @@ def check_demo(directory):
         gap = audio[int((start - 0.45) * rate):int((start - 0.05) * rate)]
         assert np.sqrt(np.mean(word**2)) > 4 * np.sqrt(np.mean(gap**2))  # the digit is where the truth says
     assert ends[-1] < info.duration
-    others = [(kind, start, end) for kind, start, end in
-              ((r["kind"], float(r["start_s"]), float(r["end_s"]))
-               for r in csv.DictReader(open(directory / "demo_non_target.csv", newline="")))]
+    others = [(s.label, s.start_s, s.end_s)
+              for s in read_truth(directory / "demo_non_target.csv", header=NON_TARGET_HEADER)]
     assert sorted(kind for kind, _, _ in others) == ["noise"] * 2 + ["speech"] * 6
     for kind, start, end in others:
         assert not any(start < w_end and end > w_start for _, w_start, w_end in rows)  # never on a digit

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from edge.detector import Detection
 from firmware_tools.cli import main
-from firmware_tools.stream_eval import TruthFileError, TruthWord, read_truth, score_stream
+from firmware_tools.stream_eval import NON_TARGET_HEADER, TruthFileError, TruthWord, read_truth, score_stream
 from tests.conftest import REPO
 
 DEMO = REPO / "edge" / "demo" / "demo.wav"
@@ -131,7 +131,7 @@ def test_eval_stream_counts_false_alarms_in_the_demos_non_target_speech():
     args = ["eval-stream", "default", str(DEMO), "--truth", str(DEMO_TRUTH), "--non-target", str(DEMO_NON_TARGET)]
     report = json.loads(CliRunner().invoke(main, args + ["--json"]).output)
     assert report["non_target_speech_s"] == pytest.approx(12.7, abs=0.1)  # six phrases
-    speech = [w for w in read_truth(DEMO_NON_TARGET, header=("kind", "start_s", "end_s")) if w.label == "speech"]
+    speech = [w for w in read_truth(DEMO_NON_TARGET, header=NON_TARGET_HEADER) if w.label == "speech"]
     in_speech = [e for e in report["false_alarm_events"]
                  if any(e["start_s"] < w.end_s + 1.0 and e["end_s"] > w.start_s for w in speech)]
     assert report["false_alarms_in_speech"] == len(in_speech) <= report["off_word_false_alarms"]
