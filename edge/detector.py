@@ -4,13 +4,18 @@ The model emits, every hop, one posterior per label (background excluded). The l
 classes (one word at a time), so the detector runs a single event state machine over all of them:
 
 1. Smoothing: each label's posterior is averaged over the last `smoothing_ms` (causal moving average).
-2. Onset: an event opens on the first hop where some label's smoothed score reaches that label's threshold, unless
-   the previous event ended less than `refractory_ms` ago.
-3. Hysteresis: the event stays open while the best label's smoothed score stays at or above
-   `threshold * release_ratio` (relative to that label's own threshold), so a dip mid-word does not split it.
-   An event longer than `max_duration_ms` is closed anyway, so a sustained sound still gets reported.
-4. Decision: when the event closes, it is reported with the label whose peak smoothed score rose furthest above
-   its own threshold, and that peak as the score; events shorter than `min_duration_ms` are dropped.
+2. Onset: with `trigger="label"`, an event opens on the first hop where some label's smoothed score reaches that
+   label's threshold; with `trigger="word"`, where the smoothed scores of all labels together (how sure the model
+   is that some word is there, whichever) reach `threshold`. Not while the previous event ended less than
+   `refractory_ms` ago.
+3. Hysteresis: the event stays open while that score stays at or above `threshold * release_ratio`, so a dip
+   mid-word does not split it. An event longer than `max_duration_ms` is closed anyway, so a sustained sound still
+   gets reported.
+4. Decision: when the event closes, it is reported with the label whose peak smoothed score rose furthest above its
+   own threshold ("label"), or whose smoothed score summed over the event is largest relative to its threshold
+   ("word": a word the model hesitates between two labels on is still found, and named by where most of the
+   posterior went, as a clip is classified); the score is that label's peak. Events shorter than
+   `min_duration_ms` are dropped.
 
 Times are seconds of audio from the start of the stream: hop i covers [i * hop, (i + 1) * hop).
 """
@@ -31,7 +36,9 @@ DEFAULTS = {
     "refractory_ms": 500.0,
     "min_duration_ms": 30.0,
     "max_duration_ms": 3000.0,
+    "trigger": "label",
 }
+TRIGGERS = ("label", "word")
 
 
 class DetectorSettingsError(ValueError):
@@ -64,6 +71,7 @@ class DetectorSettings:
     refractory_ms: float = DEFAULTS["refractory_ms"]
     min_duration_ms: float = DEFAULTS["min_duration_ms"]
     max_duration_ms: float = DEFAULTS["max_duration_ms"]
+    trigger: str = DEFAULTS["trigger"]
 
     def __post_init__(self):
         object.__setattr__(self, "thresholds", dict(self.thresholds))
@@ -111,6 +119,9 @@ class DetectorSettings:
         if not 0 < number("release_ratio") <= 1:
             raise DetectorSettingsError(f"release_ratio={self.release_ratio}: must be in (0, 1]; the event ends "
                                         "when the score falls below threshold * release_ratio")
+        if self.trigger not in TRIGGERS:
+            raise DetectorSettingsError(f"trigger={self.trigger!r}: must be 'label' (a label's own score opens an "
+                                        "event) or 'word' (all labels' scores together do)")
         for label, value in [("threshold", self.threshold), *self.thresholds.items()]:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
                 what = "threshold" if label == "threshold" else f"threshold for label {label!r}"
@@ -150,6 +161,7 @@ class Detector:
         self._open = False
         self._onset = 0
         self._peaks = np.zeros(len(self.labels), dtype=np.float64)  # per-label peak smoothed score, open event
+        self._mass = np.zeros(len(self.labels), dtype=np.float64)  # per-label summed smoothed score, open event
         self._quiet_from = at_frame  # first hop at which a new event may open (refractory)
 
     @property
@@ -166,7 +178,10 @@ class Detector:
         if len(posteriors) == 0:
             return []
         smoothed = self._smooth(posteriors)
-        best = (smoothed / self._thresholds).max(axis=1).tolist()  # each hop's best score / its label's threshold
+        if self.settings.trigger == "word":
+            best = (smoothed.sum(axis=1) / self.settings.threshold).tolist()  # some word, whichever, / threshold
+        else:
+            best = (smoothed / self._thresholds).max(axis=1).tolist()  # each hop's best score / its threshold
 
         release = self.settings.release_ratio
         events: list[Detection] = []
@@ -182,6 +197,9 @@ class Detector:
             if not self._open and ratio >= 1.0 and hop >= self._quiet_from:
                 self._open, self._onset, segment_from = True, hop, i
                 self._peaks[:] = 0.0
+                self._mass[:] = 0.0
+            if self._open:
+                self._mass += smoothed[i]  # hop by hop, so the sum does not depend on the chunking
         if self._open:
             self._peaks = np.maximum(self._peaks, smoothed[segment_from:].max(axis=0))
         self._frame += len(posteriors)
@@ -210,6 +228,7 @@ class Detector:
         if end_hop - self._onset < max(1, self._min_frames):
             return None
         self._quiet_from = end_hop + self._refractory_frames
-        best = int(np.argmax(self._peaks / self._thresholds))
+        evidence = self._mass if self.settings.trigger == "word" else self._peaks
+        best = int(np.argmax(evidence / self._thresholds))
         return Detection(label=self.labels[best], score=float(self._peaks[best]),
                          start_s=self._onset * self._hop_s, end_s=end_hop * self._hop_s)

@@ -44,6 +44,9 @@ def detector_options(command):
         click.option("--refractory-ms", type=float, help="Quiet time after a detection."),
         click.option("--release-ratio", type=float, help="Hysteresis: an event ends below threshold x this."),
         click.option("--min-duration-ms", type=float, help="Shorter events are dropped."),
+        click.option("--trigger", type=click.Choice(["label", "word"]),
+                     help="What opens an event: one label's score ('label') or all labels' scores together "
+                          "('word', then the label with the most posterior over the event is reported)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -51,10 +54,10 @@ def detector_options(command):
 
 
 def detector_overrides(threshold, threshold_for, smoothing_ms, refractory_ms, release_ratio,
-                       min_duration_ms) -> dict:
+                       min_duration_ms, trigger) -> dict:
     return dict(threshold=threshold, thresholds=parse_label_thresholds(threshold_for) or None,
                 smoothing_ms=smoothing_ms, refractory_ms=refractory_ms, release_ratio=release_ratio,
-                min_duration_ms=min_duration_ms)
+                min_duration_ms=min_duration_ms, trigger=trigger)
 
 
 def resolve_bundle(ctx: click.Context, bundle: str, root: Path | None) -> str | Path:
@@ -122,8 +125,8 @@ class SerialLink:
 @click.option("--threads", type=click.IntRange(1, 16), default=1, show_default=True, help="Interpreter threads.")
 @click.pass_context
 def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, as_json, threshold,
-        threshold_for, smoothing_ms, refractory_ms, release_ratio, min_duration_ms, serial, baud, device_id,
-        health_every, threads):
+        threshold_for, smoothing_ms, refractory_ms, release_ratio, min_duration_ms, trigger, serial, baud,
+        device_id, health_every, threads):
     """Listen to AUDIO and print what is heard.
 
     AUDIO is an audio file (WAV, FLAC, OGG; any rate and channel count), '-' for raw PCM on standard input
@@ -142,7 +145,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
     if audio == "demo" and not Path(audio).exists():
         audio = str(DEMO_RECORDING)
     overrides = detector_overrides(threshold, threshold_for, smoothing_ms, refractory_ms, release_ratio,
-                                   min_duration_ms)
+                                   min_duration_ms, trigger)
     bundle_ref = resolve_bundle(ctx, bundle, root)
     try:
         pipeline = Pipeline.from_bundle(bundle_ref, detector_overrides=overrides, num_threads=threads)

@@ -97,6 +97,23 @@ def test_the_label_furthest_above_its_own_threshold_wins_an_event():
     assert [(e.label, round(e.score, 2)) for e in events] == [("a", 0.7)]
 
 
+def test_word_trigger_finds_a_word_split_between_two_labels_and_names_it_by_mass():
+    # a and b share the word: neither reaches 0.6 alone, together they do. b has more posterior over the event,
+    # though a has the higher peak.
+    split = scores(200, ("a", 50, 60, 0.55), ("a", 60, 90, 0.3), ("b", 50, 60, 0.1), ("b", 60, 90, 0.5))
+    assert run(make(), split) == []
+    events = run(make(trigger="word"), split)
+    assert [(e.label, e.start_s, e.end_s) for e in events] == [("b", pytest.approx(0.5), pytest.approx(0.9))]
+    assert events[0].score == pytest.approx(0.5)  # b's peak
+    # Per-label thresholds weigh the mass: b needing 0.9 hands the word to a.
+    assert [e.label for e in run(make(trigger="word", thresholds={"b": 0.9}), split)] == ["a"]
+
+
+def test_word_trigger_stays_quiet_when_all_labels_together_stay_below_threshold():
+    low = scores(200, ("a", 50, 90, 0.25), ("b", 50, 90, 0.25), ("c", 50, 90, 0.05))  # 0.55 together
+    assert run(make(trigger="word"), low) == []
+
+
 def test_a_sustained_sound_is_reported_at_the_maximum_duration_and_again_after_refractory():
     posteriors = scores(800, ("a", 0, 800, 0.9))
     events = run(make(max_duration_ms=3000, refractory_ms=500), posteriors)
@@ -121,14 +138,15 @@ def test_reset_can_continue_the_stream_clock():
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(1, 599), max_size=12))
-def test_chunking_does_not_change_the_detections(seed, cuts):
+@given(seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(1, 599), max_size=12),
+       trigger=st.sampled_from(["label", "word"]))
+def test_chunking_does_not_change_the_detections(seed, cuts, trigger):
     rng = np.random.default_rng(seed)
     # Noisy posteriors with a few bumps, so that events open and close at many places.
     posteriors = rng.uniform(0, 0.5, size=(600, len(LABELS))).astype(np.float32)
     for start in rng.integers(0, 560, size=6):
         posteriors[start:start + rng.integers(3, 40), rng.integers(0, len(LABELS))] = rng.uniform(0.6, 1.0)
-    config = dict(smoothing_ms=50, refractory_ms=100, min_duration_ms=20, max_duration_ms=300)
+    config = dict(smoothing_ms=50, refractory_ms=100, min_duration_ms=20, max_duration_ms=300, trigger=trigger)
     whole = run(make(**config), posteriors)
     detector = make(**config)
     chunked = []
@@ -158,6 +176,7 @@ def test_settings_from_manifest_with_overrides():
     ({"smoothing_ms": -5}, ["smoothing_ms=-5"]),
     ({"refractory_ms": "soon"}, ["refractory_ms='soon'"]),
     ({"min_duration_ms": 500, "max_duration_ms": 400}, ["max_duration_ms=400", "min_duration_ms=500"]),
+    ({"trigger": "loud"}, ["trigger='loud'", "'label'", "'word'"]),
 ])
 def test_invalid_settings_are_refused_with_the_setting_named(bad, words):
     with pytest.raises(DetectorSettingsError) as err:

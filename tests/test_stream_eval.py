@@ -127,6 +127,19 @@ def test_eval_stream_on_the_demo_with_the_default_bundle():
     assert "false alarms" in text.output and "latency" in text.output
 
 
+def test_both_triggers_run_from_the_command_line_and_differ_on_the_demo():
+    """The option reaches the detector: at a low threshold the two triggers make different events on the demo."""
+    reports = {}
+    for trigger in ("label", "word"):
+        result = CliRunner().invoke(main, ["eval-stream", "default", str(DEMO), "--truth", str(DEMO_TRUTH), "--json",
+                                           "--trigger", trigger, "--threshold", "0.3"])
+        assert result.exit_code == 0, result.output
+        reports[trigger] = json.loads(result.output)
+    assert reports["word"] != reports["label"]
+    bad = CliRunner().invoke(main, ["eval-stream", "default", str(DEMO), "--truth", str(DEMO_TRUTH), "--trigger", "x"])
+    assert bad.exit_code == 2 and "'label'" in bad.output
+
+
 def test_eval_stream_counts_false_alarms_in_the_demos_non_target_speech():
     args = ["eval-stream", "default", str(DEMO), "--truth", str(DEMO_TRUTH), "--non-target", str(DEMO_NON_TARGET)]
     report = json.loads(CliRunner().invoke(main, args + ["--json"]).output)
