@@ -3,8 +3,10 @@
 The TFLite converter can take the whole process down, so `convert_to_int8()` runs the conversion in a child
 process (`python -m firmware_tools.convert_worker`) and turns a crash into a clear error.
 """
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_tools.model import ACTIVATION_MAX, ModelSpec
+from firmware_tools.model import ACTIVATION_MAX, ModelSpec, branch_prefix
 
 FORBIDDEN_OPS = ("WHILE", "FLEX", "CUSTOM")
 CALIBRATION_STEPS = 600
@@ -26,16 +28,44 @@ class ConversionError(ValueError):
 
 def spec_from_model(model) -> tuple[ModelSpec, dict]:
     """Read a Keras model as stem -> [causal dilated Conv1D, BN, clipped ReLU]* -> head; return the spec and the
-    layers by canonical name. Anything else is a ConversionError naming the layer and what to use instead."""
+    layers by canonical name. Anything else is a ConversionError naming the layer and what to use instead.
+
+    A model ending in an Average layer is read as branches named as build_window_model names them."""
     import keras
 
     L = keras.layers
     seq = [layer for layer in model.layers if not isinstance(layer, (L.InputLayer, L.Dropout))]
     names = {}
+    if seq and isinstance(seq[0], L.Rescaling):
+        names["input_scale"] = seq.pop(0)
+    if not any(isinstance(layer, L.Average) for layer in seq):
+        spec, branch_names = _parse_branch(model, seq)
+        return spec, {**names, **branch_names}
+    branches = {}
+    for layer in seq:
+        if isinstance(layer, L.Average):
+            continue
+        match = re.match(r"b(\d+)_", layer.name)
+        branches.setdefault(int(match.group(1)) if match else 0, []).append(layer)
+    if sorted(branches) != list(range(len(branches))):
+        raise ConversionError("a model that averages branches must name branch k's layers `b{k}_...`; build it "
+                              "with firmware_tools.model.build_window_model")
+    specs = []
+    for k in range(len(branches)):
+        spec, branch_names = _parse_branch(model, branches[k])
+        specs.append(spec)
+        names.update({branch_prefix(k) + name: layer for name, layer in branch_names.items()})
+    if len(set(specs)) != 1:
+        raise ConversionError("every branch of an averaged model must have the same width, kernel and dilations")
+    return dataclasses.replace(specs[0], branches=len(specs)), names
+
+
+def _parse_branch(model, seq) -> tuple[ModelSpec, dict]:
+    import keras
+
+    L = keras.layers
+    names = {}
     i = 0
-    if i < len(seq) and isinstance(seq[i], L.Rescaling):
-        names["input_scale"] = seq[i]
-        i += 1
     convs = []
     while i < len(seq):
         layer = seq[i]
@@ -118,7 +148,8 @@ def layer_inputs_model(window_model, spec: ModelSpec):
     """A model giving, for every frame, each temporal layer's input (what the step model keeps as state)."""
     import keras
 
-    names = ["stem_act"] + [f"tcn{i}_act" for i in range(len(spec.dilations) - 1)]
+    names = [branch_prefix(k) + name for k in range(spec.branches)
+             for name in ["stem_act"] + [f"tcn{i}_act" for i in range(len(spec.dilations) - 1)]]
     return keras.Model(window_model.input, [window_model.get_layer(n).output for n in names])
 
 
@@ -133,7 +164,7 @@ def representative_samples(window_model, spec: ModelSpec, frame_sequences, count
         acts = [np.asarray(a)[0] for a in (acts if isinstance(acts, (list, tuple)) else [acts])]
         for t in rng.integers(0, len(frames), per_clip):
             rows = []
-            for d, a in zip(spec.dilations, acts):
+            for d, a in zip(spec.dilations * spec.branches, acts):
                 n = (spec.kernel - 1) * d
                 past = np.zeros((n, spec.width), np.float32)
                 src = a[max(0, t - n):t]
@@ -164,7 +195,26 @@ def convert_step_model(step_model, samples) -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    return converter.convert()
+    return compact_tflite(converter.convert())
+
+
+def compact_tflite(model: bytes) -> bytes:
+    """The same model without the names of its inner tensors.
+
+    The converter names every intermediate tensor after the Keras ops fused into it; those strings are about a
+    quarter of a step model's bytes and nothing reads them (the runner tells the tensors apart by rank). The
+    model's inputs, outputs and signature keep their names."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    flat = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    flat.description = None
+    for subgraph in flat.subgraphs:
+        subgraph.name = None
+        keep = set(subgraph.inputs) | set(subgraph.outputs)
+        for index, tensor in enumerate(subgraph.tensors):
+            if index not in keep:
+                tensor.name = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(flat))
 
 
 def lint_tflite(model_path) -> list[str]:

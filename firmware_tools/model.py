@@ -7,7 +7,11 @@ receptive field of 127 frames (1.27 s at 10 ms hops): a memory whose time resolu
 Two exports share one set of weights:
   window model: frames (T, channels) -> class posteriors (T, classes), for training and clip evaluation;
   step model:   one frame + explicit state -> posteriors + new state, for streaming on the device.
-The step model's state is one tensor (rows, width): every layer's input history, stacked. All stored
+A model may average several such stacks ("branches", each with its own weights, all reading the same frame):
+an ensemble in one network, so one step still runs one interpreter call. Branch k's layers are named with the
+prefix `b{k}_` (none for branch 0), and the averaged posteriors come out of an Average layer.
+
+The step model's state is one tensor (rows, width): every layer's input history, stacked, branch after branch. All stored
 activations are clipped ReLU outputs (0..3), so one int8 scale serves the whole state exactly; clipping at 3
 rather than 6 halves the int8 step (fewer than 1% of activations of a trained model exceed 3).
 """
@@ -28,14 +32,23 @@ class ModelSpec:
     width: int = 48
     kernel: int = 3
     dilations: tuple = (1, 2, 4, 8, 16, 32)
+    branches: int = 1
 
     @property
     def receptive_field(self) -> int:
         return 1 + (self.kernel - 1) * sum(self.dilations)
 
     @property
-    def state_rows(self) -> int:
+    def branch_state_rows(self) -> int:
         return (self.kernel - 1) * sum(self.dilations)
+
+    @property
+    def state_rows(self) -> int:
+        return self.branches * self.branch_state_rows
+
+    @property
+    def single_branch(self) -> "ModelSpec":
+        return dataclasses.replace(self, branches=1)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -53,19 +66,48 @@ def _activation(name: str | None = None):
     return layers.ReLU(max_value=ACTIVATION_MAX, name=name)
 
 
+def branch_prefix(k: int) -> str:
+    return f"b{k}_" if k else ""
+
+
 def build_window_model(spec: ModelSpec, frames: int | None = None) -> keras.Model:
     inp = keras.Input((frames, spec.channels), name="frames")
-    x = layers.Rescaling(INPUT_SCALE, name="input_scale")(inp)
-    x = layers.Conv1D(spec.width, 1, name="stem")(x)
-    x = layers.BatchNormalization(name="stem_bn")(x)
-    x = _activation("stem_act")(x)
-    for i, d in enumerate(spec.dilations):
-        x = layers.Conv1D(spec.width, spec.kernel, dilation_rate=d, padding="causal", name=f"tcn{i}")(x)
-        x = layers.BatchNormalization(name=f"tcn{i}_bn")(x)
-        x = _activation(f"tcn{i}_act")(x)
-    x = layers.Dropout(0.1, name="dropout")(x)
-    out = layers.Conv1D(spec.classes, 1, activation="softmax", name="head")(x)
+    scaled = layers.Rescaling(INPUT_SCALE, name="input_scale")(inp)
+    heads = [_window_branch(spec, scaled, branch_prefix(k)) for k in range(spec.branches)]
+    out = heads[0] if spec.branches == 1 else layers.Average(name="average")(heads)
     return keras.Model(inp, out, name="basilar_window")
+
+
+def _window_branch(spec: ModelSpec, x, p: str):
+    x = layers.Conv1D(spec.width, 1, name=f"{p}stem")(x)
+    x = layers.BatchNormalization(name=f"{p}stem_bn")(x)
+    x = _activation(f"{p}stem_act")(x)
+    for i, d in enumerate(spec.dilations):
+        x = layers.Conv1D(spec.width, spec.kernel, dilation_rate=d, padding="causal", name=f"{p}tcn{i}")(x)
+        x = layers.BatchNormalization(name=f"{p}tcn{i}_bn")(x)
+        x = _activation(f"{p}tcn{i}_act")(x)
+    x = layers.Dropout(0.1, name=f"{p}dropout")(x)
+    return layers.Conv1D(spec.classes, 1, activation="softmax", name=f"{p}head")(x)
+
+
+def merge_branches(models: list[keras.Model], spec: ModelSpec) -> keras.Model:
+    """One window model averaging separately trained single-branch models.
+
+    A branch trained on only the first n features of the frame gets zero stem weights for the rest, which is
+    the same function (the stem is a 1x1 convolution)."""
+    merged = build_window_model(dataclasses.replace(spec, branches=len(models)))
+    for k, model in enumerate(models):
+        p = branch_prefix(k)
+        for layer in model.layers:
+            weights = layer.get_weights()
+            if not weights:
+                continue
+            if layer.name == "stem":
+                kernel = np.zeros((1, spec.channels, spec.width), np.float32)
+                kernel[:, :weights[0].shape[1]] = weights[0]
+                weights = [kernel, *weights[1:]]
+            merged.get_layer(p + layer.name).set_weights(weights)
+    return merged
 
 
 def build_step_model(spec: ModelSpec, window_model: keras.Model) -> keras.Model:
@@ -76,14 +118,27 @@ def build_step_model(spec: ModelSpec, window_model: keras.Model) -> keras.Model:
     """
     frame = keras.Input((spec.channels,), batch_size=1, name="frame")
     state = keras.Input((spec.state_rows, spec.width), batch_size=1, name="state")
-    get = window_model.get_layer
-    x = get("input_scale")(frame)
+    x = window_model.get_layer("input_scale")(frame)
     x = layers.Reshape((1, spec.channels))(x)
-    x = get("stem")(x)
-    x = get("stem_bn")(x)
+    new_rows, heads = [], []
+    for k in range(spec.branches):
+        head, rows = _step_branch(spec, window_model, x, state, k)
+        heads.append(head)
+        new_rows += rows
+    new_state = layers.Concatenate(axis=1, name="new_state")(new_rows)
+    scores = heads[0] if spec.branches == 1 else layers.Average()(heads)
+    scores = layers.Reshape((spec.classes,), name="scores")(scores)
+    return keras.Model([frame, state], [scores, new_state], name="basilar_step")
+
+
+def _step_branch(spec: ModelSpec, window_model: keras.Model, frame, state, k: int):
+    p = branch_prefix(k)
+    get = window_model.get_layer
+    x = get(f"{p}stem")(frame)
+    x = get(f"{p}stem_bn")(x)
     x = _activation()(x)  # (1, 1, width)
     new_rows = []
-    offset = 0
+    offset = k * spec.branch_state_rows
     for i, d in enumerate(spec.dilations):
         rows = (spec.kernel - 1) * d
         history = state[:, offset:offset + rows, :]
@@ -92,20 +147,16 @@ def build_step_model(spec: ModelSpec, window_model: keras.Model) -> keras.Model:
         # (1, kernel, width): the inputs at t-(k-1)d, ..., t-d, t, picked one by one (a strided slice here
         # makes the TFLite quantiser fall back to float for some dilations)
         taps = layers.Concatenate(axis=1)([window[:, j * d:j * d + 1, :] for j in range(spec.kernel)])
-        conv = get(f"tcn{i}")
-        x = _dense_conv(spec, conv, i)(taps)
-        x = get(f"tcn{i}_bn")(x)
+        x = _dense_conv(spec, get(f"{p}tcn{i}"), f"{p}tcn{i}_step")(taps)
+        x = get(f"{p}tcn{i}_bn")(x)
         x = _activation()(x)
         offset += rows
-    new_state = layers.Concatenate(axis=1, name="new_state")(new_rows)
-    scores = get("head")(x)
-    scores = layers.Reshape((spec.classes,), name="scores")(scores)
-    return keras.Model([frame, state], [scores, new_state], name="basilar_step")
+    return get(f"{p}head")(x), new_rows
 
 
-def _dense_conv(spec: ModelSpec, conv: layers.Conv1D, i: int) -> layers.Conv1D:
+def _dense_conv(spec: ModelSpec, conv: layers.Conv1D, name: str) -> layers.Conv1D:
     """A valid, undilated Conv1D over the picked taps with the trained layer's weights."""
-    twin = layers.Conv1D(spec.width, spec.kernel, padding="valid", name=f"tcn{i}_step")
+    twin = layers.Conv1D(spec.width, spec.kernel, padding="valid", name=name)
     twin.build((1, spec.kernel, spec.width))
     twin.set_weights(conv.get_weights())
     return twin

@@ -13,7 +13,8 @@ keras = require_module("keras")
 from edge.bundle import load_bundle  # noqa: E402
 from edge.runner import StepRunner  # noqa: E402
 from firmware_tools import convert, dataset  # noqa: E402
-from firmware_tools.model import ModelSpec, build_step_model, build_window_model, stream_float  # noqa: E402
+from firmware_tools.model import (ModelSpec, build_step_model, build_window_model, merge_branches,  # noqa: E402
+                                  stream_float)
 from firmware_tools.training import DEFAULT_FRONTEND  # noqa: E402
 
 
@@ -62,9 +63,38 @@ def test_window_model_is_causal():
     assert not np.allclose(a[60:], b[60:])
 
 
-def test_int8_step_model_tracks_float_window_model(tmp_path):
+def two_branch_model(spec):
+    """Two separately built models, the second reading only the raw envelopes, merged into one network."""
+    full = randomised_model(spec, seed=1)
+    raw = randomised_model(ModelSpec(**{**spec.to_dict(), "channels": DEFAULT_FRONTEND.channels,
+                                        "dilations": spec.dilations}), seed=2)
+    return full, raw, merge_branches([full, raw], spec)
+
+
+def test_merged_branches_average_their_models():
+    spec = ModelSpec(channels=DEFAULT_FRONTEND.features, classes=11, width=8, dilations=(1, 2, 4))
+    full, raw, merged = two_branch_model(spec)
+    frames = clip_frames(1)[0][None].astype(np.float32)
+    expected = (np.asarray(full(frames)) + np.asarray(raw(frames[..., :DEFAULT_FRONTEND.channels]))) / 2
+    np.testing.assert_allclose(np.asarray(merged(frames)), expected, atol=1e-6)
+    assert not np.allclose(np.asarray(full(frames)), expected, atol=1e-3)  # both branches count
+
+
+def test_two_branch_step_model_equals_window_model_in_float():
+    spec = ModelSpec(channels=DEFAULT_FRONTEND.features, classes=11, width=8, dilations=(1, 2, 4), branches=2)
+    _, _, merged = two_branch_model(spec.single_branch)
+    read_spec, _ = convert.spec_from_model(merged)
+    assert read_spec == spec
+    step = build_step_model(spec, merged)
+    frames = clip_frames(1)[0]
+    expected = np.asarray(merged(frames[None].astype(np.float32), training=False))[0]
+    np.testing.assert_allclose(stream_float(step, spec, frames), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("branches", [1, 2])
+def test_int8_step_model_tracks_float_window_model(tmp_path, branches):
     spec = ModelSpec(channels=DEFAULT_FRONTEND.features, classes=11, width=16, dilations=(1, 2, 4, 8))
-    window = randomised_model(spec, seed=3)
+    window = randomised_model(spec, seed=3) if branches == 1 else two_branch_model(spec)[2]
     model_path = tmp_path / "model.keras"
     window.save(model_path)
     from firmware_tools import pipeline
@@ -145,3 +175,34 @@ def test_unloadable_model_is_a_clear_error(tmp_path):
     bogus.write_bytes(b"not a keras file")
     with pytest.raises(convert.ConversionError, match="cannot load"):
         convert.convert_to_int8(bogus, clip_frames(1), tmp_path / "out.tflite")
+
+
+def test_compacting_keeps_every_output_bit_and_saves_bytes(tmp_path):
+    """compact_tflite drops inner tensor names only: the same int8 outputs for the same inputs, fewer bytes."""
+    spec = ModelSpec(channels=DEFAULT_FRONTEND.features, classes=11, width=8, dilations=(1, 2, 4))
+    window = randomised_model(spec, seed=4)
+    full = tf.lite.TFLiteConverter.from_keras_model(build_step_model(spec, window))
+    samples = convert.representative_samples(window, spec, clip_frames(2))
+    full.optimizations = [tf.lite.Optimize.DEFAULT]
+    full.representative_dataset = lambda: ({"frame": f[None], "state": s[None]} for f, s in samples)
+    full.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    full.inference_input_type = full.inference_output_type = tf.int8
+    original = full.convert()
+    compact = convert.compact_tflite(original)
+    assert len(compact) < 0.9 * len(original)
+    interpreters = [tf.lite.Interpreter(model_content=m) for m in (original, compact)]
+    for it in interpreters:
+        it.allocate_tensors()
+    assert [d["name"] for d in interpreters[1].get_input_details()] == \
+        [d["name"] for d in interpreters[0].get_input_details()]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        feeds = [rng.integers(-128, 128, d["shape"]).astype(np.int8) for d in interpreters[0].get_input_details()]
+        outputs = []
+        for it in interpreters:
+            for d, feed in zip(it.get_input_details(), feeds):
+                it.set_tensor(d["index"], feed)
+            it.invoke()
+            outputs.append([it.get_tensor(d["index"]).copy() for d in it.get_output_details()])
+        for a, b in zip(*outputs):
+            np.testing.assert_array_equal(a, b)
