@@ -91,22 +91,12 @@ def _window_branch(spec: ModelSpec, x, p: str):
 
 
 def merge_branches(models: list[keras.Model], spec: ModelSpec) -> keras.Model:
-    """One window model averaging separately trained single-branch models.
-
-    A branch trained on only the first n features of the frame gets zero stem weights for the rest, which is
-    the same function (the stem is a 1x1 convolution)."""
+    """One window model averaging separately trained single-branch models of `spec`."""
     merged = build_window_model(dataclasses.replace(spec, branches=len(models)))
     for k, model in enumerate(models):
-        p = branch_prefix(k)
         for layer in model.layers:
-            weights = layer.get_weights()
-            if not weights:
-                continue
-            if layer.name == "stem":
-                kernel = np.zeros((1, spec.channels, spec.width), np.float32)
-                kernel[:, :weights[0].shape[1]] = weights[0]
-                weights = [kernel, *weights[1:]]
-            merged.get_layer(p + layer.name).set_weights(weights)
+            if layer.get_weights():
+                merged.get_layer(branch_prefix(k) + layer.name).set_weights(layer.get_weights())
     return merged
 
 

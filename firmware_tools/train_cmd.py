@@ -17,6 +17,8 @@ from firmware_tools.cli_errors import fail_on
 @click.option("--epochs", type=click.IntRange(1, 500), default=30, show_default=True)
 @click.option("--width", type=click.IntRange(8, 256), default=48, show_default=True, help="Channels per layer.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--ensemble", type=click.IntRange(1, 4), default=1, show_default=True,
+              help="Models trained with different seeds and averaged in one network (each step runs them all).")
 @click.option("--synth-digits", type=click.IntRange(0, 100_000), default=600, show_default=True,
               help="Digit clips spoken by espeak-ng voices (only when the labels are 0-9).")
 @click.option("--synth-speech", type=click.IntRange(0, 100_000), default=1600, show_default=True,
@@ -28,15 +30,16 @@ from firmware_tools.cli_errors import fail_on
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "basilar",
               show_default=True, help="Where computed features are cached.")
 @click.option("--name", default="model", show_default=True, help="Bundle name recorded in the manifest.")
-def train(data_dir, out_dir, holdout, loso, epochs, width, seed, synth_digits, synth_speech, copies, background_examples, cache_dir,
-          name):
+def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth_digits, synth_speech, copies,
+          background_examples, cache_dir, name):
     """Train a streaming model on labelled WAVs (sub-folder per label, or files named LABEL_...)."""
     with fail_on():
         from firmware_tools.training import TrainSettings, run_training
 
         settings = TrainSettings(width=width, epochs=epochs, seed=seed, copies_per_clip=copies,
                                  background_examples=background_examples, synth_digits=synth_digits,
-                                 synth_non_target=synth_speech)
+                                 synth_non_target=synth_speech, ensemble=ensemble)
         summary = run_training(data_dir, out_dir, holdout=holdout, loso=loso, settings=settings,
                                cache_dir=cache_dir, name=name, log=click.echo)
     click.echo(json.dumps(summary, indent=2))
+

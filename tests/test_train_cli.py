@@ -18,7 +18,8 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "out"
     result = CliRunner().invoke(main, [
         "train", str(FSDD_CLIPS), "--out", str(out), "--epochs", "2", "--width", "8", "--copies", "1",
-        "--background-examples", "40", "--synth-digits", "20", "--synth-speech", "10", "--holdout", "theo", "--cache-dir", str(out.parent / "cache")])
+        "--background-examples", "40", "--synth-digits", "20", "--synth-speech", "10", "--holdout", "theo", "--ensemble", "2",
+        "--cache-dir", str(out.parent / "cache")])
     assert result.exit_code == 0, result.output
     return out
 
@@ -32,6 +33,7 @@ def test_train_writes_model_bundle_and_report(trained):
     assert 0 <= report["float_vs_int8"]["agreement"] <= 1
     bundle = load_bundle(trained / "bundle")
     assert bundle.labels == [str(d) for d in range(10)]
+    assert bundle.manifest["models"]["step"]["spec"]["branches"] == 2  # --ensemble 2: one network, two models
     assert "CC BY-SA 4.0" in (trained / "bundle" / "ATTRIBUTION.md").read_text()
     assert "leave" not in (trained / "report.txt").read_text()  # no --loso, no LOSO section
 
