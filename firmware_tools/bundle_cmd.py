@@ -34,8 +34,10 @@ def inspect(bundle_path, as_json):
     click.echo(f"labels     {', '.join(b.labels)}")
     click.echo(f"front end  {fe['sample_rate']} Hz, {fe['channels']} channels, {fe['f_low']:g}-{fe['f_high']:g} Hz, "
                f"hop {fe['hop_ms']:g} ms; hash {m['frontend']['hash'][:16]}...")
+    averaged = f", {spec['branches']} models averaged" if spec.get("branches", 1) > 1 else ""
     click.echo(f"model      {m['models']['step']['file']}: width {spec.get('width')}, dilations "
-               f"{spec.get('dilations')}, receptive field {m['models']['step'].get('receptive_field_frames')} frames")
+               f"{spec.get('dilations')}, receptive field {m['models']['step'].get('receptive_field_frames')} frames"
+               f"{averaged}")
     for name, sha in m["files"].items():
         click.echo(f"file       {name}  {(b.path / name).stat().st_size} bytes  sha256 {sha[:16]}...")
     click.echo(f"detector   {json.dumps(m.get('detector', {}))}")

@@ -56,6 +56,7 @@ def test_bundle_inspect_and_verify(trained, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["bundle", "inspect", str(trained / "bundle")])
     assert result.exit_code == 0 and "labels     0, 1, 2" in result.output
+    assert "2 models averaged" in result.output
     result = runner.invoke(main, ["bundle", "verify", str(trained / "bundle")])
     assert result.exit_code == 0 and "one inference ran" in result.output
     broken = tmp_path / "broken"
