@@ -201,8 +201,8 @@ def convert_step_model(step_model, samples) -> bytes:
 def compact_tflite(model: bytes) -> bytes:
     """The same model without the names of its inner tensors.
 
-    The converter names every intermediate tensor after the Keras ops fused into it; those strings are about a
-    quarter of a step model's bytes and nothing reads them (the runner tells the tensors apart by rank). The
+    The converter names every intermediate tensor after the Keras ops fused into it; those strings are a fifth
+    to a quarter of a step model's bytes and nothing reads them (the runner tells the tensors apart by rank). The
     model's inputs, outputs and signature keep their names."""
     from tensorflow.lite.tools import flatbuffer_utils
 

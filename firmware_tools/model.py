@@ -11,9 +11,9 @@ A model may average several such stacks ("branches", each with its own weights, 
 an ensemble in one network, so one step still runs one interpreter call. Branch k's layers are named with the
 prefix `b{k}_` (none for branch 0), and the averaged posteriors come out of an Average layer.
 
-The step model's state is one tensor (rows, width): every layer's input history, stacked, branch after branch. All stored
-activations are clipped ReLU outputs (0..3), so one int8 scale serves the whole state exactly; clipping at 3
-rather than 6 halves the int8 step (fewer than 1% of activations of a trained model exceed 3).
+The step model's state is one tensor (rows, width): every layer's input history, stacked, branch after branch.
+All stored activations are clipped ReLU outputs (0..3), so one int8 scale serves the whole state exactly;
+clipping at 3 rather than 6 halves the int8 step (fewer than 1% of activations of a trained model exceed 3).
 """
 import dataclasses
 

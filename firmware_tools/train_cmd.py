@@ -42,4 +42,3 @@ def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth
         summary = run_training(data_dir, out_dir, holdout=holdout, loso=loso, settings=settings,
                                cache_dir=cache_dir, name=name, log=click.echo)
     click.echo(json.dumps(summary, indent=2))
-
