@@ -22,15 +22,31 @@ def read_audio(path: str, sample_rate: int) -> tuple[np.ndarray, FileSource]:
     return samples, source
 
 
-def make_config(sample_rate: int, channels: int, f_low: float | None, f_high: float | None) -> FrontendConfig:
+def make_config(sample_rate: int, channels: int, f_low: float | None, f_high: float | None,
+                spectral_norm_s: float) -> FrontendConfig:
     if f_high is None:
         f_high = min(DEFAULTS.f_high, HIGHEST_F_HIGH * sample_rate)
     try:
         return FrontendConfig(sample_rate=sample_rate, channels=channels, f_high=float(f_high),
-                              f_low=float(DEFAULTS.f_low if f_low is None else f_low))
+                              f_low=float(DEFAULTS.f_low if f_low is None else f_low),
+                              spectral_norm_s=spectral_norm_s)
     except FrontendConfigError as err:
         raise click.ClickException(f"front-end settings: {err} (options --sample-rate, --channels, --f-low, "
-                                   "--f-high)") from None
+                                   "--f-high, --spectral-norm-s)") from None
+
+
+def bundle_config(ctx: click.Context, bundle: str) -> FrontendConfig:
+    """The front end of a bundle (what its model hears); the options that would shape another are refused."""
+    from edge.bundle import BundleError, load_bundle
+
+    shaping = [name for name in ("channels", "sample_rate", "f_low", "f_high", "spectral_norm_s")
+               if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    if shaping:
+        raise click.UsageError(f"--bundle sets the front end; drop --{shaping[0].replace('_', '-')}")
+    try:
+        return load_bundle(bundle, check_model=False).frontend_config
+    except BundleError as err:
+        raise click.ClickException(str(err)) from None
 
 
 def run_stage(config: FrontendConfig, samples: np.ndarray, stage: str, use_reference: bool):
@@ -49,9 +65,13 @@ def run_stage(config: FrontendConfig, samples: np.ndarray, stage: str, use_refer
     return out, time.perf_counter() - start
 
 
-def describe_output(out: np.ndarray, stage: str, use_reference: bool) -> str:
+def describe_output(out: np.ndarray, config: FrontendConfig, stage: str, use_reference: bool) -> str:
     if stage == "frames":
-        return (f"{out.shape[0]} frames x {out.shape[1]} channels, int8 ({OUTPUT_SCALE_DB:.3f} dB per step, "
+        shape = f"{out.shape[0]} frames x {out.shape[1]} channels"
+        if config.features != config.channels:
+            shape = (f"{out.shape[0]} frames x {out.shape[1]} values ({config.channels} channels, then the same "
+                     "channels less the running average spectral shape)")
+        return (f"{shape}, int8 ({OUTPUT_SCALE_DB:.3f} dB per step, "
                 f"{OUTPUT_ZERO_POINT} = the normaliser's reference level)")
     which = "float64 reference" if use_reference else "fixed-point"
     return (f"{which} filter output, {out.shape[0]} channels x {out.shape[1]} samples, float64 "
@@ -70,7 +90,7 @@ def plot(out: np.ndarray, config: FrontendConfig, centre_freqs, stage: str, use_
     from firmware_tools import cochleagram
 
     if stage == "frames":
-        levels = cochleagram.frames_to_db(out)
+        levels = cochleagram.frames_to_db(out[:, :config.channels])  # the level-normalised channels
         title = f"{source_name}: front-end frames, {config.channels} channels, hop {config.hop_ms:g} ms"
         label = f"dB re the normaliser's reference ({OUTPUT_SCALE_DB:.3f} dB per int8 step)"
         low, high, codes = (-128 - OUTPUT_ZERO_POINT) * OUTPUT_SCALE_DB, 0.0, True
@@ -97,6 +117,11 @@ def plot(out: np.ndarray, config: FrontendConfig, centre_freqs, stage: str, use_
 @click.option("--f-high", type=float, default=None,
               help=f"Upper end of the channel span in Hz  [default: {DEFAULTS.f_high:g}, or 7/16 of the sample "
                    "rate if that is lower]")
+@click.option("--spectral-norm-s", type=float, default=DEFAULTS.spectral_norm_s, show_default=True,
+              help="Add the spectral view (each channel less its running average over this many seconds of "
+                   "sound; 0 for none).")
+@click.option("--bundle", help="Use this bundle's front end ('default': the shipped one), to see what its model "
+                               "hears.")
 @click.option("--stage", type=click.Choice(["frames", "filters"]), default="frames", show_default=True,
               help="frames: the int8 frames a model takes; filters: the gammatone filter outputs.")
 @click.option("--reference", "use_reference", is_flag=True,
@@ -106,7 +131,9 @@ def plot(out: np.ndarray, config: FrontendConfig, centre_freqs, stage: str, use_
                    "(channels, samples) float64.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Draw a cochleagram PNG (needs matplotlib).")
-def frontend(audio, channels, sample_rate, f_low, f_high, stage, use_reference, out, plot_path):
+@click.pass_context
+def frontend(ctx, audio, channels, sample_rate, f_low, f_high, spectral_norm_s, bundle, stage, use_reference, out,
+             plot_path):
     """Run the cochlea front end over IN.wav (any WAV/FLAC/OGG, any rate, width and channel count).
 
     Prints a summary; --out saves the frames (or the filter output with --stage filters); --plot draws a
@@ -116,7 +143,8 @@ def frontend(audio, channels, sample_rate, f_low, f_high, stage, use_reference, 
         raise click.UsageError("--reference applies to --stage filters (the frames stage is integer-only)")
     if out is not None and out.suffix != ".npy":
         raise click.BadParameter(f"{out}: name a .npy file, e.g. {out.with_suffix('.npy')}", param_hint="--out")
-    config = make_config(sample_rate, channels, f_low, f_high)
+    config = bundle_config(ctx, bundle) if bundle else make_config(sample_rate, channels, f_low, f_high,
+                                                                    spectral_norm_s)
     try:
         samples, source = read_audio(audio, config.sample_rate)
     except SourceError as err:
@@ -130,9 +158,10 @@ def frontend(audio, channels, sample_rate, f_low, f_high, stage, use_reference, 
     click.echo(f"input      {audio}: {duration:.2f} s, {source.file_rate} Hz, {source.file_channels} channel(s), "
                f"{source.file_format}{resampled}")
     click.echo(f"front end  {config.sample_rate} Hz, {config.channels} channels {cf[0]:.0f}-{cf[-1]:.0f} Hz "
-               f"(ERB-spaced), hop {config.hop_ms:g} ms, window {config.window_ms:g} ms")
+               f"(ERB-spaced), hop {config.hop_ms:g} ms, window {config.window_ms:g} ms"
+               + (f", spectral view over {config.spectral_norm_s:g} s" if config.spectral_norm_s else ""))
     click.echo(f"config     hash {config.hash()}")
-    click.echo(f"output     {describe_output(result, stage, use_reference)}")
+    click.echo(f"output     {describe_output(result, config, stage, use_reference)}")
     click.echo(f"time       {seconds:.3f} s ({speed})")
     if out is not None:
         save(result, out)

@@ -47,6 +47,29 @@ def test_frames_are_saved_and_equal_the_front_end_on_the_same_samples(speechlike
     assert "resampled" not in result.output
 
 
+def test_spectral_view_and_a_bundles_front_end(speechlike_16k, tmp_path):
+    """--spectral-norm-s adds the spectral view; --bundle takes the bundle's whole front end (the default: 8 kHz,
+    32 channels and the spectral view, so 64 values per frame)."""
+    path, samples = speechlike_16k
+    out = tmp_path / "frames.npy"
+    result = run(path, "--spectral-norm-s", 1.28, "--out", out)
+    assert result.exit_code == 0, result.output
+    config = FrontendConfig(spectral_norm_s=1.28)
+    np.testing.assert_array_equal(np.load(out), Frontend(config).process(samples))
+    assert "150 frames x 64 values (32 channels, then the same channels less" in result.output
+    assert "spectral view over 1.28 s" in result.output and f"hash {config.hash()}" in result.output
+
+    from edge.bundle import load_bundle
+
+    default = load_bundle("default", check_model=False).frontend_config
+    result = run(path, "--bundle", "default", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert f"hash {default.hash()}" in result.output and "resampled to 8000 Hz" in result.output
+    assert np.load(out).shape[1] == default.features == 64
+    refused = run(path, "--bundle", "default", "--channels", 48)
+    assert refused.exit_code == 2 and "--bundle sets the front end; drop --channels" in refused.output
+
+
 @pytest.mark.parametrize("rate, subtype, channels", [(44100, "PCM_24", 2), (48000, "FLOAT", 1),
                                                      (22050, "PCM_32", 3), (8000, "PCM_16", 1)])
 def test_any_common_wav_is_resampled_and_a_tone_lands_in_its_channel(tmp_path, rate, subtype, channels):
@@ -145,6 +168,8 @@ def corrupt_wav(tmp_path):
     (lambda p: [p / "glide.wav", "--f-high", 9000], "at or above Nyquist.*--f-high"),
     (lambda p: [p / "glide.wav", "--sample-rate", 96000], "integer rate from 8000 to 48000"),
     (lambda p: [p / "glide.wav", "--stage", "spectrum"], "Invalid value for '--stage'"),
+    (lambda p: [p / "glide.wav", "--spectral-norm-s", 50], "spectral_norm_s.*--spectral-norm-s"),
+    (lambda p: [p / "glide.wav", "--bundle", p / "nothing"], "no bundle at"),
 ])
 def test_bad_input_is_a_clear_error_without_a_traceback(speechlike_16k, tmp_path, make_args, message):
     result = run(*make_args(tmp_path))
