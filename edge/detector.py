@@ -185,23 +185,19 @@ class Detector:
 
         release = self.settings.release_ratio
         events: list[Detection] = []
-        segment_from = 0  # first row of the open event inside this chunk
         for i, ratio in enumerate(best):
             hop = self._frame + i
-            if self._open:
-                if ratio < release or hop - self._onset >= self._max_frames:
-                    self._peaks = np.maximum(self._peaks, smoothed[segment_from:i].max(axis=0, initial=0.0))
-                    event = self._close(hop)
-                    if event:
-                        events.append(event)
+            if self._open and (ratio < release or hop - self._onset >= self._max_frames):
+                event = self._close(hop)
+                if event:
+                    events.append(event)
             if not self._open and ratio >= 1.0 and hop >= self._quiet_from:
-                self._open, self._onset, segment_from = True, hop, i
+                self._open, self._onset = True, hop
                 self._peaks[:] = 0.0
                 self._mass[:] = 0.0
-            if self._open:
-                self._mass += smoothed[i]  # hop by hop, so the sum does not depend on the chunking
-        if self._open:
-            self._peaks = np.maximum(self._peaks, smoothed[segment_from:].max(axis=0))
+            if self._open:  # hop by hop, so neither depends on the chunking
+                np.maximum(self._peaks, smoothed[i], out=self._peaks)
+                self._mass += smoothed[i]
         self._frame += len(posteriors)
         return events
 

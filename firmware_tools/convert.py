@@ -183,6 +183,11 @@ def representative_samples(window_model, spec: ModelSpec, frame_sequences, count
 # ---- the conversion itself (runs in the worker process) ----
 
 def convert_step_model(step_model, samples) -> bytes:
+    return compact_tflite(quantise_step_model(step_model, samples))
+
+
+def quantise_step_model(step_model, samples) -> bytes:
+    """The TFLite converter's fully int8 model, calibrated on (frame, state) samples."""
     import tensorflow as tf
 
     def representative():
@@ -195,7 +200,7 @@ def convert_step_model(step_model, samples) -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    return compact_tflite(converter.convert())
+    return converter.convert()
 
 
 def compact_tflite(model: bytes) -> bytes:

@@ -67,8 +67,9 @@ def run_stage(config: FrontendConfig, samples: np.ndarray, stage: str, use_refer
 
 def describe_output(out: np.ndarray, config: FrontendConfig, stage: str, use_reference: bool) -> str:
     if stage == "frames":
-        shape = f"{out.shape[0]} frames x {out.shape[1]} channels"
-        if config.features != config.channels:
+        if config.features == config.channels:
+            shape = f"{out.shape[0]} frames x {out.shape[1]} channels"
+        else:
             shape = (f"{out.shape[0]} frames x {out.shape[1]} values ({config.channels} channels, then the same "
                      "channels less the running average spectral shape)")
         return (f"{shape}, int8 ({OUTPUT_SCALE_DB:.3f} dB per step, "

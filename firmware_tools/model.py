@@ -46,10 +46,6 @@ class ModelSpec:
     def state_rows(self) -> int:
         return self.branches * self.branch_state_rows
 
-    @property
-    def single_branch(self) -> "ModelSpec":
-        return dataclasses.replace(self, branches=1)
-
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["dilations"] = list(self.dilations)

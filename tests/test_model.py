@@ -79,9 +79,10 @@ def test_merged_branches_average_their_models():
 
 
 def test_two_branch_step_model_equals_window_model_in_float():
-    spec = ModelSpec(channels=DEFAULT_FRONTEND.features, classes=11, width=8, dilations=(1, 2, 4), branches=2)
-    _, _, merged = two_branch_model(spec.single_branch)
+    one = ModelSpec(channels=DEFAULT_FRONTEND.features, classes=11, width=8, dilations=(1, 2, 4))
+    _, _, merged = two_branch_model(one)
     read_spec, _ = convert.spec_from_model(merged)
+    spec = ModelSpec(channels=DEFAULT_FRONTEND.features, classes=11, width=8, dilations=(1, 2, 4), branches=2)
     assert read_spec == spec
     step = build_step_model(spec, merged)
     frames = clip_frames(1)[0]
@@ -179,13 +180,8 @@ def test_compacting_keeps_every_output_bit_and_saves_bytes(tmp_path):
     """compact_tflite drops inner tensor names only: the same int8 outputs for the same inputs, fewer bytes."""
     spec = ModelSpec(channels=DEFAULT_FRONTEND.features, classes=11, width=8, dilations=(1, 2, 4))
     window = randomised_model(spec, seed=4)
-    full = tf.lite.TFLiteConverter.from_keras_model(build_step_model(spec, window))
     samples = convert.representative_samples(window, spec, clip_frames(2))
-    full.optimizations = [tf.lite.Optimize.DEFAULT]
-    full.representative_dataset = lambda: ({"frame": f[None], "state": s[None]} for f, s in samples)
-    full.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    full.inference_input_type = full.inference_output_type = tf.int8
-    original = full.convert()
+    original = convert.quantise_step_model(build_step_model(spec, window), samples)
     compact = convert.compact_tflite(original)
     assert len(compact) < 0.9 * len(original)
     interpreters = [tf.lite.Interpreter(model_content=m) for m in (original, compact)]

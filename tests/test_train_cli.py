@@ -18,8 +18,8 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "out"
     result = CliRunner().invoke(main, [
         "train", str(FSDD_CLIPS), "--out", str(out), "--epochs", "2", "--width", "8", "--copies", "1",
-        "--background-examples", "40", "--synth-digits", "20", "--synth-speech", "10", "--holdout", "theo", "--ensemble", "2",
-        "--cache-dir", str(out.parent / "cache")])
+        "--background-examples", "40", "--synth-digits", "20", "--synth-speech", "10", "--holdout", "theo",
+        "--ensemble", "2", "--cache-dir", str(out.parent / "cache")])
     assert result.exit_code == 0, result.output
     return out
 
