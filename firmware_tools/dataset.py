@@ -31,6 +31,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ESPEAK_VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029"]
 ESPEAK_VARIANTS = ["", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+f1", "+f2", "+f3", "+f4", "+klatt"]
+FLITE_VOICES = ["kal", "awb", "rms", "slt"]
 NON_TARGET_TEXT = [
     "the weather looks good today", "please open the window", "where did you put the keys",
     "this is a very quiet room", "turn left at the next corner", "the coffee is still hot",
@@ -97,7 +98,7 @@ def to_int16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16)
 
 
-# ---- synthesized speech (espeak-ng) ----
+# ---- synthesized speech (espeak-ng and flite) ----
 
 def espeak_available() -> bool:
     return shutil.which("espeak-ng") is not None
@@ -131,18 +132,53 @@ def synth_digits(sample_rate: int, count: int, seed: int) -> list[tuple[np.ndarr
     return out
 
 
+def flite_available() -> bool:
+    return shutil.which("flite") is not None
+
+
+def flite(text: str, voice: str, f0_hz: float, stretch: float, sample_rate: int) -> np.ndarray:
+    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
+        subprocess.run(["flite", "-voice", voice, "--setf", f"int_f0_target_mean={f0_hz:.0f}", "--setf",
+                        f"duration_stretch={stretch:.2f}", "-t", text, "-o", tmp.name], check=True, capture_output=True)
+        x = read_clip(tmp.name, sample_rate)
+    return trim_silence(x)
+
+
+def synth_digits_flite(sample_rate: int, count: int, seed: int) -> list[tuple[np.ndarray, str]]:
+    """Spoken digits from flite's voices (awb, rms and slt are statistical voices built from recordings of real
+    speakers, nearer to human speech than espeak-ng's formant synthesis), at random pitches and rates."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        digit = i % 10
+        f0 = rng.uniform(85, 250)
+        out.append((flite(DIGIT_WORDS[digit], rng.choice(FLITE_VOICES), f0, rng.uniform(0.75, 1.35), sample_rate),
+                    str(digit)))
+    return out
+
+
+def synth_non_target_flite(sample_rate: int, count: int, seed: int) -> list[np.ndarray]:
+    """Non-target speech in flite's voices, so that those voices are no cue for a digit."""
+    rng = random.Random(seed)
+    return [flite(non_target_text(rng), rng.choice(FLITE_VOICES), rng.uniform(85, 250), rng.uniform(0.75, 1.35),
+                  sample_rate) for _ in range(count)]
+
+
+def non_target_text(rng: random.Random) -> str:
+    """An everyday phrase, or a random string of common words (far more variety of syllables than any phrase
+    list)."""
+    if rng.random() < 0.5:
+        return rng.choice(NON_TARGET_TEXT)
+    return " ".join(rng.choice(NON_TARGET_WORDS) for _ in range(rng.randint(2, 8)))
+
+
 def synth_non_target(sample_rate: int, count: int, seed: int) -> list[np.ndarray]:
-    """Non-target speech from many voices, for the background class: everyday phrases, and random strings of
-    common words (far more variety of syllables than any phrase list)."""
+    """Non-target speech from many espeak-ng voices, for the background class."""
     rng = random.Random(seed)
     out = []
     for _ in range(count):
         voice = rng.choice(ESPEAK_VOICES) + rng.choice(ESPEAK_VARIANTS)
-        if rng.random() < 0.5:
-            text = rng.choice(NON_TARGET_TEXT)
-        else:
-            text = " ".join(rng.choice(NON_TARGET_WORDS) for _ in range(rng.randint(2, 8)))
-        out.append(espeak(text, voice, rng.randint(15, 85), rng.randint(110, 210), sample_rate))
+        out.append(espeak(non_target_text(rng), voice, rng.randint(15, 85), rng.randint(110, 210), sample_rate))
     return out
 
 

@@ -23,6 +23,10 @@ from firmware_tools.cli_errors import fail_on
               help="Digit clips spoken by espeak-ng voices (only when the labels are 0-9).")
 @click.option("--synth-speech", type=click.IntRange(0, 100_000), default=1600, show_default=True,
               help="Non-target phrases spoken by espeak-ng voices, for the background class.")
+@click.option("--flite-digits", type=click.IntRange(0, 100_000), default=1200, show_default=True,
+              help="Digit clips spoken by flite's voices (only when the labels are 0-9).")
+@click.option("--flite-speech", type=click.IntRange(0, 100_000), default=800, show_default=True,
+              help="Non-target phrases spoken by flite's voices, for the background class.")
 @click.option("--copies", type=click.IntRange(1, 50), default=3, show_default=True,
               help="Augmented examples made from each clip.")
 @click.option("--background-examples", type=click.IntRange(0, 10**6), default=5000, show_default=True,
@@ -30,15 +34,16 @@ from firmware_tools.cli_errors import fail_on
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "basilar",
               show_default=True, help="Where computed features are cached.")
 @click.option("--name", default="model", show_default=True, help="Bundle name recorded in the manifest.")
-def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth_digits, synth_speech, copies,
-          background_examples, cache_dir, name):
+def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth_digits, synth_speech, flite_digits,
+          flite_speech, copies, background_examples, cache_dir, name):
     """Train a streaming model on labelled WAVs (sub-folder per label, or files named LABEL_...)."""
     with fail_on():
         from firmware_tools.training import TrainSettings, run_training
 
         settings = TrainSettings(width=width, epochs=epochs, seed=seed, copies_per_clip=copies,
                                  background_examples=background_examples, synth_digits=synth_digits,
-                                 synth_non_target=synth_speech, ensemble=ensemble)
+                                 synth_non_target=synth_speech, flite_digits=flite_digits,
+                                 flite_non_target=flite_speech, ensemble=ensemble)
         summary = run_training(data_dir, out_dir, holdout=holdout, loso=loso, settings=settings,
                                cache_dir=cache_dir, name=name, log=click.echo)
     click.echo(json.dumps(summary, indent=2))

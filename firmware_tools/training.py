@@ -24,8 +24,12 @@ class TrainSettings:
     batch_size: int = 64
     learning_rate: float = 3e-3
     copies_per_clip: int = 3  # augmented examples made from each real clip
-    synth_digits: int = 600  # espeak-ng digit clips (only when the labels are the digits 0-9)
-    synth_non_target: int = 1600  # espeak-ng non-target speech for the background class
+    # Synthesized voices (docs/models.md): digits only when the labels are the digits 0-9; non-target speech
+    # for the background class. Each engine is used where its program is installed.
+    synth_digits: int = 600  # espeak-ng digit clips
+    flite_digits: int = 1200  # flite digit clips
+    synth_non_target: int = 1600  # espeak-ng non-target speech
+    flite_non_target: int = 800  # flite non-target speech
     background_examples: int = 5000
     previous_word_probability: float = 0.5  # how often another word precedes the labelled one, as in a stream
     # Models trained apart (seeds seed, seed+1, ...) and averaged in one network (docs/models.md: not the default,
@@ -49,25 +53,43 @@ def label_order(clips) -> list[str]:
 
 def example_settings(settings: TrainSettings) -> tuple:
     """The settings that shape the examples (and so key their cache); the rest only shape the fit."""
-    return (settings.copies_per_clip, settings.synth_digits, settings.synth_non_target, settings.background_examples,
-            settings.previous_word_probability, settings.seed)
+    return (settings.copies_per_clip, settings.synth_digits, settings.flite_digits, settings.synth_non_target,
+            settings.flite_non_target, settings.background_examples, settings.previous_word_probability, settings.seed)
+
+
+def synth_engines() -> tuple[bool, bool]:
+    return dataset.espeak_available(), dataset.flite_available()
+
+
+def synthesized(labels, settings: TrainSettings):
+    """Synthesized digits (when the labels are the digits) and non-target speech, from each installed engine."""
+    rate, seed = settings.frontend.sample_rate, settings.seed
+    digits = labels == [str(d) for d in range(10)]
+    espeak, flite = synth_engines()
+    words, speech = [], []
+    if espeak:
+        speech += dataset.synth_non_target(rate, settings.synth_non_target, seed)
+    if flite:
+        speech += dataset.synth_non_target_flite(rate, settings.flite_non_target, seed + 4)
+    if digits and espeak:
+        words += dataset.synth_digits(rate, settings.synth_digits, seed + 1)
+    if digits and flite:
+        words += dataset.synth_digits_flite(rate, settings.flite_digits, seed + 3)
+    return words, speech
 
 
 def build_examples(clips, labels, settings: TrainSettings, cache_dir: Path | None):
     """(frames int8 (N, T, C), targets int32 (N, T), weights float32 (N, T)), cached on disk."""
     key = dataset.cache_key(dataset.RECIPE, [(str(c.path), c.path.stat().st_mtime_ns) for c in clips], labels,
-                            settings.frontend.hash(), example_settings(settings))
+                            settings.frontend.hash(), example_settings(settings), synth_engines())
     cache = cache_dir / f"examples-{key}.npz" if cache_dir else None
     if cache and cache.exists():
         with np.load(cache) as z:
             return z["frames"], z["targets"], z["weights"]
     cfg = settings.frontend
-    rate = cfg.sample_rate
-    use_espeak = dataset.espeak_available()
-    noise_speech = dataset.synth_non_target(rate, settings.synth_non_target, settings.seed) if use_espeak else []
-    words = [(dataset.read_clip(c.path, rate), c.label) for c in clips]
-    if use_espeak and labels == [str(d) for d in range(10)] and settings.synth_digits:
-        words += dataset.synth_digits(rate, settings.synth_digits, settings.seed + 1)
+    words = [(dataset.read_clip(c.path, cfg.sample_rate), c.label) for c in clips]
+    synth_words, noise_speech = synthesized(labels, settings)
+    words += synth_words
     aug = dataset.Augmenter(cfg, noise_speech, settings.seed)
     background = len(labels)
     jobs = [(w, labels.index(lab)) for w, lab in words for _ in range(settings.copies_per_clip)]
@@ -199,6 +221,10 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     held = [c for c in clips if c.speaker == holdout]
     train_clips = [c for c in clips if c.speaker != holdout]
     log(f"{len(clips)} clips, labels {labels}, speakers {speakers}; holding out: {holdout}")
+    for program, available in zip(("espeak-ng", "flite"), synth_engines()):
+        if not available:
+            log(f"warning: {program} is not installed, so the recipe's {program} voices are left out and the model "
+                f"will differ from the shipped one; install it with `sudo apt install {program}`")
     summary = {"labels": labels, "speakers": speakers, "holdout": holdout, "settings": _settings_dict(settings)}
     if loso:
         summary["leave_one_speaker_out"] = leave_one_speaker_out(data_dir, settings, cache_dir, log=log)

@@ -15,10 +15,12 @@ from tests.conftest import require_module, require_program
 def trained(tmp_path_factory):
     require_module("tensorflow")
     require_program("espeak-ng")
+    require_program("flite")
     out = tmp_path_factory.mktemp("train") / "out"
     result = CliRunner().invoke(main, [
         "train", str(FSDD_CLIPS), "--out", str(out), "--epochs", "2", "--width", "8", "--copies", "1",
-        "--background-examples", "40", "--synth-digits", "20", "--synth-speech", "10", "--holdout", "theo",
+        "--background-examples", "40", "--synth-digits", "20", "--synth-speech", "10", "--flite-digits", "10",
+        "--flite-speech", "5", "--holdout", "theo",
         "--ensemble", "2", "--cache-dir", str(out.parent / "cache")])
     assert result.exit_code == 0, result.output
     return out
@@ -28,6 +30,7 @@ def test_train_writes_model_bundle_and_report(trained):
     assert (trained / "model.keras").is_file()
     report = json.loads((trained / "report.json").read_text())
     assert report["holdout"] == "theo"
+    assert (report["settings"]["flite_digits"], report["settings"]["flite_non_target"]) == (10, 5)
     assert report["heldout_int8"]["clips"] == 10
     assert set(report["heldout_int8"]["recall"]) == {str(d) for d in range(10)}
     assert 0 <= report["float_vs_int8"]["agreement"] <= 1
