@@ -104,6 +104,26 @@ class ReaderThread:
         assert not self.thread.is_alive()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_cli_ends_cleanly_on_a_signal_even_when_started_with_sigint_ignored(cable_factory, tmp_path, signum):
+    """A background job inherits SIGINT ignored; Ctrl-C and SIGTERM still end the view: records kept, exit 0."""
+    cable = cable_factory()
+    out_file = tmp_path / "records.jsonl"
+    cli = subprocess.Popen([sys.executable, "-m", "firmware_tools.cli", "telemetry", cable.host_path, "--format",
+                            "jsonl", "--output", str(out_file), "--passive"],
+                           env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        wait_for(lambda: out_file.exists() and '"connected"' in out_file.read_text(), what="the connected record")
+        cli.send_signal(signum)
+        stdout, stderr = cli.communicate(timeout=30)
+    finally:
+        cli.kill()
+    assert cli.returncode == 0, stderr
+    assert json.loads(stdout.splitlines()[0])["event"] == "connected"
+    assert "telemetry: " in stderr and "0 CRC errors" in stderr
+
+
 def test_device_process_to_cli_over_a_clean_line(cable_factory, tmp_path):
     cable = cable_factory()
     device = start_device(cable, 300, pace=0.001)
