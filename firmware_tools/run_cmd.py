@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from edge.detector import TRIGGERS
 from edge.sources import PCM_FORMATS, SourceError, StopFlag
 
 DEFAULT_ROOT = "/opt/basilar"
@@ -44,7 +45,7 @@ def detector_options(command):
         click.option("--refractory-ms", type=float, help="Quiet time after a detection."),
         click.option("--release-ratio", type=float, help="Hysteresis: an event ends below threshold x this."),
         click.option("--min-duration-ms", type=float, help="Shorter events are dropped."),
-        click.option("--trigger", type=click.Choice(["label", "word"]),
+        click.option("--trigger", type=click.Choice(TRIGGERS),
                      help="What opens an event: one label's score ('label') or all labels' scores together "
                           "('word', then the label with the most posterior over the event is reported)."),
     ]
