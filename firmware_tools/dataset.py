@@ -345,11 +345,19 @@ class Augmenter:
         return Frontend(self.config).process(to_int16(audio))
 
 
-def clip_frames(config: FrontendConfig, word: np.ndarray) -> np.ndarray:
-    """The frames a clip is classified from: the word with silence around it, from a fresh front end."""
+def clip_frames(config: FrontendConfig, word: np.ndarray, noise_floor_dbfs: float | None = None,
+                seed: int = 0) -> np.ndarray:
+    """The frames a clip is classified from: the word with silence around it, from a fresh front end.
+
+    noise_floor_dbfs: white noise at this RMS level (dB full scale) under the whole clip, seeded by `seed`, in
+    place of digital silence: the steady hiss a live input always has.
+    """
     lead = np.zeros(int(EVAL_LEAD_S * config.sample_rate))
     tail = np.zeros(int(EVAL_TAIL_S * config.sample_rate))
-    return Frontend(config).process(to_int16(np.concatenate([lead, word, tail])))
+    audio = np.concatenate([lead, word, tail])
+    if noise_floor_dbfs is not None:
+        audio = audio + np.random.default_rng(seed).standard_normal(audio.size) * 10 ** (noise_floor_dbfs / 20)
+    return Frontend(config).process(to_int16(audio))
 
 
 def cache_key(*parts) -> str:

@@ -15,8 +15,12 @@ def stream_clip(runner: StepRunner, frames: np.ndarray) -> np.ndarray:
     return np.array([runner.step(f) for f in frames])
 
 
-def evaluate_bundle(bundle, clips, progress=None) -> dict:
-    """Clip accuracy, per-label recall and confusion of a bundle on labelled clips."""
+def evaluate_bundle(bundle, clips, progress=None, noise_floor_dbfs: float | None = None) -> dict:
+    """Clip accuracy, per-label recall and confusion of a bundle on labelled clips.
+
+    noise_floor_dbfs: play each clip over steady white noise at this level instead of digital silence
+    (dataset.clip_frames), seeded by the clip's index so that runs repeat.
+    """
     from firmware_tools.training import clip_decision, clip_report
 
     labels = bundle.labels
@@ -28,13 +32,15 @@ def evaluate_bundle(bundle, clips, progress=None) -> dict:
     runner = StepRunner(bundle)
     truth, predicted = [], []
     items = progress(clips) if progress else clips
-    for clip in items:
-        frames = dataset.clip_frames(config, dataset.read_clip(clip.path, config.sample_rate))
+    for index, clip in enumerate(items):
+        frames = dataset.clip_frames(config, dataset.read_clip(clip.path, config.sample_rate), noise_floor_dbfs,
+                                     seed=index)
         scores = stream_clip(runner, frames)
         truth.append(labels.index(clip.label))
         predicted.append(clip_decision(scores))
     report = clip_report(labels, truth, predicted)
     report["predicted"] = [labels[p] for p in predicted]
+    report["noise_floor_dbfs"] = noise_floor_dbfs
     return report
 
 
@@ -56,7 +62,9 @@ def float_int8_agreement(window_model, bundle, clips) -> dict:
 
 def format_report(report: dict) -> str:
     labels = report["labels"]
-    lines = [f"clips: {report['clips']}   accuracy: {report['accuracy'] * 100:.1f}%", "", "recall per label:"]
+    floor = report.get("noise_floor_dbfs")
+    lines = [f"clips: {report['clips']}   accuracy: {report['accuracy'] * 100:.1f}%"
+             + (f"   (over a {floor:g} dBFS noise floor)" if floor is not None else ""), "", "recall per label:"]
     lines += [f"  {lab:>12}: {report['recall'][lab] * 100:5.1f}%" for lab in labels]
     width = max(4, max(len(l) for l in labels) + 1)
     lines += ["", "confusion (rows: truth, columns: predicted):",

@@ -53,6 +53,12 @@ def test_convert_to_archive_and_eval(trained, tmp_path):
     assert result.exit_code == 0, result.output
     evaluation = json.loads(result.output.strip().splitlines()[-1])
     assert evaluation["clips"] == 40 and 0 <= evaluation["accuracy"] <= 1
+    assert evaluation["noise_floor_dbfs"] is None
+    result = CliRunner().invoke(main, ["eval", str(archive), str(FSDD_CLIPS), "--noise-floor", "-60"])
+    assert result.exit_code == 0, result.output
+    assert "clips: 40" in result.output and "(over a -60 dBFS noise floor)" in result.output
+    result = CliRunner().invoke(main, ["eval", str(archive), str(FSDD_CLIPS), "--noise-floor", "6"])
+    assert result.exit_code == 2 and "--noise-floor" in result.output
 
 
 def test_bundle_inspect_and_verify(trained, tmp_path):
