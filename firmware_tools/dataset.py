@@ -19,13 +19,14 @@ import soxr
 from edge.frontend import Frontend, FrontendConfig
 
 BACKGROUND = "_background_"
-RECIPE = 5  # bump when example generation changes, so cached features are rebuilt
+RECIPE = 6  # bump when example generation changes, so cached features are rebuilt
 SEQ_FRAMES = 192  # frames per training example (1.92 s at 10 ms)
 CONTEXT_FRAMES = 64  # the first frames of an example only give the model its past: no loss there
 LABEL_BEFORE_END_S = 0.10  # a word's label is the target from this long before its end ...
 LABEL_AFTER_END_S = 0.30  # ... until this long after it
 AFTER_WORD_GAP_S = 0.20  # then no loss for this long, then background
 EVAL_LEAD_S, EVAL_TAIL_S = 0.2, 0.6  # silence around a clip when a clip is classified (train and eval alike)
+NOISE_FLOOR_SHARE = 0.5  # of the examples with quiet around the word: a steady noise floor, not digital silence
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -241,6 +242,13 @@ class Augmenter:
             self._scatter(x, self.noise_burst)
         return x
 
+    def noise_floor(self, n: int, word_peak: float) -> np.ndarray:
+        """Steady hiss 30-70 dB below the word's peak: a live input is never digitally silent, and the level
+        normaliser raises the hiss to full scale while nothing else is there (docs/models.md)."""
+        rng = self.rng
+        colour = rng.choice(["white", "pink", "brown"])
+        return coloured_noise(rng, n, colour) * word_peak * 10 ** (-rng.uniform(30, 70) / 20)
+
     def noise_burst(self) -> np.ndarray:
         rng = self.rng
         n = int(rng.uniform(0.1, 1.5) * self.rate)
@@ -284,9 +292,9 @@ class Augmenter:
         lead_frames = round(EVAL_LEAD_S * 1000 / self.config.hop_ms) + int(rng.integers(0, 10))
         tail_frames = round(LABEL_AFTER_END_S * 1000 / self.config.hop_ms)
         # The clip-evaluation condition, which is also how every stream begins: front end and model start from
-        # rest a moment before the word, in digital silence; every frame then counts, the first ones too.
+        # rest a moment before the word, in quiet; every frame then counts, the first ones too.
         from_rest = rng.random() < 0.3 and lead_frames + word_frames + tail_frames <= SEQ_FRAMES
-        clean = from_rest or rng.random() < 0.1  # digital silence around the word
+        clean = from_rest or rng.random() < 0.1  # quiet around the word: digital silence or a noise floor
         if from_rest:
             end_frame = lead_frames + word_frames
         else:
@@ -301,6 +309,8 @@ class Augmenter:
         if clean:
             audio[:max(0, start - int(EVAL_LEAD_S * self.rate))] = 0
         audio[start:start + word.size] += word[:total - start]
+        if clean and rng.random() < NOISE_FLOOR_SHARE:
+            audio += self.noise_floor(total, np.abs(word).max())
         targets = np.full(SEQ_FRAMES, background_index)
         weights = np.zeros(SEQ_FRAMES, np.float32)
         first_scored = 0 if from_rest else CONTEXT_FRAMES

@@ -1,4 +1,5 @@
-"""Synthesized training voices: real espeak-ng and flite runs, labelled and trimmed as the recipe expects."""
+"""Training and evaluation audio: real espeak-ng and flite voices, quiet examples over a noise floor, clips played
+over one."""
 import dataclasses
 
 import numpy as np
@@ -41,3 +42,29 @@ def test_synthesized_digits_only_for_digit_labels():
     assert len(speech) == 3
     words, speech = training.synthesized(["no", "yes"], settings)
     assert words == [] and len(speech) == 3
+
+
+def test_quiet_examples_are_heard_over_a_noise_floor_half_the_time():
+    # Digital silence around a word never reaches a live device; the recipe's quiet examples have hiss half the time.
+    aug = dataset.Augmenter(training.DEFAULT_FRONTEND, [], seed=3)
+    word = np.sin(np.arange(3000) * 0.3) * 0.3
+    floors = []
+    for _ in range(40):
+        floor = aug.noise_floor(8000, word_peak=0.3)
+        level_db = 20 * np.log10(np.sqrt(np.mean(floor**2)) / 0.3)
+        assert -72 < level_db < -28  # 30-70 dB below the word's peak
+        floors.append(level_db)
+    assert np.ptp(floors) > 20  # levels spread over the range, not one level
+    assert dataset.NOISE_FLOOR_SHARE == 0.5
+
+
+def test_clip_frames_over_a_noise_floor_are_seeded_and_differ_from_silence():
+    cfg = training.DEFAULT_FRONTEND
+    word = np.sin(np.arange(4000) * 0.2) * 0.1
+    silent = dataset.clip_frames(cfg, word)
+    hiss = dataset.clip_frames(cfg, word, noise_floor_dbfs=-60, seed=1)
+    assert hiss.shape == silent.shape and hiss.dtype == silent.dtype
+    assert np.array_equal(hiss, dataset.clip_frames(cfg, word, noise_floor_dbfs=-60, seed=1))
+    assert not np.array_equal(hiss, dataset.clip_frames(cfg, word, noise_floor_dbfs=-60, seed=2))
+    lead = int(dataset.EVAL_LEAD_S * 100) - 2  # frames before the word: silence, or hiss the normaliser raises
+    assert silent[:lead].max() == -128 and hiss[:lead].mean() > 0
