@@ -1,5 +1,5 @@
-"""Training and evaluation audio: real espeak-ng and flite voices, quiet examples over a noise floor, clips played
-over one."""
+"""Training and evaluation audio: real espeak-ng and flite voices, and the noise floor under quiet training examples
+and under clips played by `basilar eval --noise-floor`."""
 import dataclasses
 
 import numpy as np
@@ -44,18 +44,23 @@ def test_synthesized_digits_only_for_digit_labels():
     assert words == [] and len(speech) == 3
 
 
-def test_quiet_examples_are_heard_over_a_noise_floor_half_the_time():
-    # Digital silence around a word never reaches a live device; the recipe's quiet examples have hiss half the time.
+def test_noise_floor_levels_lie_30_to_70_db_below_the_word():
     aug = dataset.Augmenter(training.DEFAULT_FRONTEND, [], seed=3)
+    levels = [20 * np.log10(np.sqrt(np.mean(aug.noise_floor(8000, word_peak=0.3) ** 2)) / 0.3) for _ in range(40)]
+    assert all(-72 < level < -28 for level in levels)
+    assert np.ptp(levels) > 20  # spread over the range, not one level
+
+
+def test_some_quiet_examples_keep_digital_silence_and_the_others_get_a_noise_floor(monkeypatch):
     word = np.sin(np.arange(3000) * 0.3) * 0.3
-    floors = []
-    for _ in range(40):
-        floor = aug.noise_floor(8000, word_peak=0.3)
-        level_db = 20 * np.log10(np.sqrt(np.mean(floor**2)) / 0.3)
-        assert -72 < level_db < -28  # 30-70 dB below the word's peak
-        floors.append(level_db)
-    assert np.ptp(floors) > 20  # levels spread over the range, not one level
-    assert dataset.NOISE_FLOOR_SHARE == 0.5
+
+    def silent_starts():  # examples whose first frames are digital silence (the front end's floor, -128)
+        aug = dataset.Augmenter(training.DEFAULT_FRONTEND, [], seed=3)
+        return sum(aug.word_example(word, 0, 10)[0][:5].max() == -128 for _ in range(200))
+
+    with_floor = silent_starts()
+    monkeypatch.setattr(dataset, "NOISE_FLOOR_SHARE", 0.0)
+    assert 0 < with_floor < silent_starts() - 10
 
 
 def test_clip_frames_over_a_noise_floor_are_seeded_and_differ_from_silence():
