@@ -33,8 +33,8 @@ def evaluate_bundle(bundle, clips, progress=None, noise_floor_dbfs: float | None
     truth, predicted = [], []
     items = progress(clips) if progress else clips
     for index, clip in enumerate(items):
-        frames = dataset.clip_frames(config, dataset.read_clip(clip.path, config.sample_rate), noise_floor_dbfs,
-                                     seed=index)
+        frames = dataset.clip_frames(config, dataset.read_clip(clip.path, config.sample_rate),
+                                     noise_floor_dbfs=noise_floor_dbfs, seed=index)
         scores = stream_clip(runner, frames)
         truth.append(labels.index(clip.label))
         predicted.append(clip_decision(scores))

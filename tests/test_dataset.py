@@ -46,7 +46,7 @@ def test_synthesized_digits_only_for_digit_labels():
 
 def test_noise_floor_levels_lie_30_to_70_db_below_the_word():
     aug = dataset.Augmenter(training.DEFAULT_FRONTEND, [], seed=3)
-    levels = [20 * np.log10(np.sqrt(np.mean(aug.noise_floor(8000, word_peak=0.3) ** 2)) / 0.3) for _ in range(40)]
+    levels = [20 * np.log10(np.sqrt(np.mean(aug.noise_floor(RATE, word_peak=0.3) ** 2)) / 0.3) for _ in range(40)]
     assert all(-72 < level < -28 for level in levels)
     assert np.ptp(levels) > 20  # spread over the range, not one level
 
@@ -71,5 +71,5 @@ def test_clip_frames_over_a_noise_floor_are_seeded_and_differ_from_silence():
     assert hiss.shape == silent.shape and hiss.dtype == silent.dtype
     assert np.array_equal(hiss, dataset.clip_frames(cfg, word, noise_floor_dbfs=-60, seed=1))
     assert not np.array_equal(hiss, dataset.clip_frames(cfg, word, noise_floor_dbfs=-60, seed=2))
-    lead = int(dataset.EVAL_LEAD_S * 100) - 2  # frames before the word: silence, or hiss the normaliser raises
+    lead = round(dataset.EVAL_LEAD_S * 1000 / cfg.hop_ms) - 2  # frames before the word: silence, or raised hiss
     assert silent[:lead].max() == -128 and hiss[:lead].mean() > 0
