@@ -28,6 +28,7 @@ AFTER_WORD_GAP_S = 0.20  # then no loss for this long, then background
 EVAL_LEAD_S, EVAL_TAIL_S = 0.2, 0.6  # silence around a clip when a clip is classified (train and eval alike)
 NOISE_FLOOR_SHARE = 0.5  # of the examples with quiet around the word: a steady noise floor, not digital silence
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+NOISE_COLOURS = ("white", "pink", "brown")  # what coloured_noise makes
 
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ESPEAK_VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029"]
@@ -234,7 +235,7 @@ class Augmenter:
         if kind == "silence":
             return np.zeros(n)
         level = 10 ** (rng.uniform(-75, -35) / 20)
-        x = coloured_noise(rng, n, rng.choice(["white", "pink", "brown"])) * level
+        x = coloured_noise(rng, n, rng.choice(NOISE_COLOURS)) * level
         if "speech" in kind and self.noise_speech:
             self._scatter(x, lambda: set_peak(
                 random_speed(rng, self.noise_speech[rng.integers(len(self.noise_speech))]), rng.uniform(-40, -3)))
@@ -246,13 +247,12 @@ class Augmenter:
         """Steady hiss 30-70 dB below the word's peak: a live input is never digitally silent, and the level
         normaliser raises the hiss to full scale while nothing else is there (docs/models.md)."""
         rng = self.rng
-        colour = rng.choice(["white", "pink", "brown"])
-        return coloured_noise(rng, n, colour) * word_peak * 10 ** (-rng.uniform(30, 70) / 20)
+        return coloured_noise(rng, n, rng.choice(NOISE_COLOURS)) * word_peak * 10 ** (-rng.uniform(30, 70) / 20)
 
     def noise_burst(self) -> np.ndarray:
         rng = self.rng
         n = int(rng.uniform(0.1, 1.5) * self.rate)
-        burst = coloured_noise(rng, n, rng.choice(["white", "pink", "brown"]))
+        burst = coloured_noise(rng, n, rng.choice(NOISE_COLOURS))
         ramp = min(n // 2, int(rng.uniform(0.002, 0.05) * self.rate))
         if ramp:
             envelope = np.linspace(0, 1, ramp)
