@@ -16,6 +16,7 @@ import click
 
 from edge.detector import TRIGGERS
 from edge.sources import PCM_FORMATS, SourceError, StopFlag
+from firmware_tools.stop_signals import route_stop_signals
 
 DEFAULT_ROOT = "/opt/basilar"
 DEMO_RECORDING = Path(__file__).resolve().parent.parent / "edge" / "demo" / "demo.wav"
@@ -216,7 +217,6 @@ def _install_stop_handlers(stop: StopFlag):
     Returns (the names of the signals received, a function that puts the previous handlers back).
     """
     stopped_by: list[str] = []
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
 
     def handle(signum, frame):
         if stop.is_set() and signum == signal.SIGINT:
@@ -224,9 +224,7 @@ def _install_stop_handlers(stop: StopFlag):
         stop.set()
         stopped_by.append(signal.Signals(signum).name)
 
-    for signum in previous:
-        signal.signal(signum, handle)
-    return stopped_by, lambda: [signal.signal(signum, old) for signum, old in previous.items()]
+    return stopped_by, route_stop_signals(handle)
 
 
 def _silence_stdout() -> None:

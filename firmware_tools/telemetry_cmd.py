@@ -1,12 +1,11 @@
 """`basilar telemetry`: read a device's serial telemetry (or replay a raw capture of it)."""
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
 
 import click
 
+from firmware_tools.stop_signals import stop_signals_routed_to
 from firmware_tools.telemetry_reader import (LinesTable, LiveTable, TelemetryReader, TelemetrySession,
                                              open_output_file, open_sink, replay, stdout_is_terminal)
 
@@ -60,7 +59,7 @@ def telemetry(port, baud, fmt, output, replay_path, capture, wait, passive, coun
         else:
             reader = TelemetryReader(port, baud, emit=emit, session=session, capture=capture, wait=wait,
                                      request_hello=not passive)
-            with _signals_end_the_view():
+            with stop_signals_routed_to(_end_the_view):
                 reader.run(max_records=count, duration=duration)
     except KeyboardInterrupt:
         pass  # stopping a live view is normal; everything received is already written
@@ -72,18 +71,6 @@ def telemetry(port, baud, fmt, output, replay_path, capture, wait, passive, coun
         click.echo(f"telemetry: {session.summary()}", err=True)
 
 
-@contextlib.contextmanager
-def _signals_end_the_view():
-    """Ctrl-C and SIGTERM (systemd, `timeout`) end a live view cleanly: every record written, the summary printed,
-    exit 0. Installed explicitly because a process started as a background job inherits SIGINT ignored."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    for signum in previous:
-        signal.signal(signum, interrupt)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+def _end_the_view(signum, frame):
+    """Ctrl-C and SIGTERM end a live view cleanly: every record written, the summary printed, exit 0."""
+    raise KeyboardInterrupt
