@@ -140,3 +140,11 @@ def test_truncated_archive(tiny_bundle, tmp_path):
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(BundleError, match="truncated or corrupt|not a readable"):
         load_bundle(cut)
+
+
+def test_the_shipped_bundle_carries_the_detector_that_train_writes():
+    """The shipped detector was re-tuned without retraining (docs/models.md); `basilar train` writes the same."""
+    from edge.bundle import DEFAULT_BUNDLE
+    from firmware_tools.bundler import DEFAULT_DETECTOR
+
+    assert load_bundle(DEFAULT_BUNDLE).manifest["detector"] == DEFAULT_DETECTOR
