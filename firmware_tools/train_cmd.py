@@ -12,7 +12,8 @@ from firmware_tools.cli_errors import fail_on
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("basilar-model"), show_default=True,
               help="Folder for model.keras, the bundle and the reports.")
 @click.option("--holdout", default="auto", show_default=True,
-              help="Speaker to hold out for validation; 'auto' picks the last speaker, 'none' trains on all.")
+              help="Speakers to hold out for validation (names separated by commas); 'auto' picks the last "
+                   "speaker, 'none' trains on all.")
 @click.option("--loso", is_flag=True, help="Also report leave-one-speaker-out accuracy (one model per speaker).")
 @click.option("--epochs", type=click.IntRange(1, 500), default=30, show_default=True)
 @click.option("--width", type=click.IntRange(8, 256), default=48, show_default=True, help="Channels per layer.")

@@ -202,6 +202,24 @@ def _settings_dict(settings: TrainSettings) -> dict:
     return d
 
 
+def holdout_speakers(holdout: str, speakers: list[str]) -> list[str]:
+    """The speakers `--holdout` keeps out of training: 'auto' (the last one), 'none', or names separated by commas
+    (holding out two of four speakers shows what a third training speaker is worth, docs/models.md)."""
+    if holdout == "auto":
+        return speakers[-1:] if len(speakers) > 1 else []
+    if holdout == "none":
+        return []
+    names = [name.strip() for name in holdout.split(",") if name.strip()]
+    unknown = [name for name in names if name not in speakers]
+    if unknown or not names:
+        raise ValueError(f"--holdout {holdout!r}: {', '.join(unknown) or 'no speaker named'} is not among the "
+                         f"speakers found: {', '.join(speakers)}")
+    if len(set(names)) == len(speakers):
+        raise ValueError(f"--holdout {holdout!r} holds out every speaker, which leaves none to train on; "
+                         "name fewer, or use --holdout none to train on all")
+    return sorted(set(names))
+
+
 def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=None, name="model", log=print,
                  settings: TrainSettings | None = None) -> dict:
     """The whole `basilar train`: returns a summary and writes model.keras, bundle/ and report.{json,txt}."""
@@ -214,12 +232,10 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     clips = dataset.scan_labelled(data_dir)
     labels = label_order(clips)
     speakers = sorted({c.speaker for c in clips})
-    if holdout == "auto":
-        holdout = speakers[-1] if len(speakers) > 1 else "none"
-    if holdout != "none" and holdout not in speakers:
-        raise ValueError(f"--holdout {holdout!r} is not among the speakers found: {speakers}")
-    held = [c for c in clips if c.speaker == holdout]
-    train_clips = [c for c in clips if c.speaker != holdout]
+    held_out = holdout_speakers(holdout, speakers)
+    holdout = ",".join(held_out) or "none"
+    held = [c for c in clips if c.speaker in held_out]
+    train_clips = [c for c in clips if c.speaker not in held_out]
     log(f"{len(clips)} clips, labels {labels}, speakers {speakers}; holding out: {holdout}")
     for program, available in zip(("espeak-ng", "flite"), synth_engines()):
         if not available:

@@ -81,3 +81,24 @@ def test_train_on_a_missing_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["train", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "no labelled audio" in result.output
+
+
+def test_holdout_names_one_speaker_several_or_none():
+    from firmware_tools.training import holdout_speakers
+
+    speakers = ["jackson", "nicolas", "theo", "yweweler"]
+    assert holdout_speakers("auto", speakers) == ["yweweler"]
+    assert holdout_speakers("auto", ["theo"]) == []
+    assert holdout_speakers("none", speakers) == []
+    assert holdout_speakers("theo", speakers) == ["theo"]
+    assert holdout_speakers("theo, jackson", speakers) == ["jackson", "theo"]
+    with pytest.raises(ValueError, match="leaves none to train on"):
+        holdout_speakers("jackson,nicolas,theo,yweweler", speakers)
+
+
+def test_train_holding_out_an_unknown_speaker_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["train", str(FSDD_CLIPS), "--out", str(tmp_path / "o"),
+                                       "--holdout", "theo,george"])
+    assert result.exit_code == 1
+    assert "george is not among the speakers found: jackson, nicolas, theo, yweweler" in result.output
+    assert not (tmp_path / "o" / "model.keras").exists()
