@@ -212,8 +212,8 @@ def holdout_speakers(holdout: str, speakers: list[str]) -> list[str]:
     names = [name.strip() for name in holdout.split(",") if name.strip()]
     unknown = [name for name in names if name not in speakers]
     if unknown or not names:
-        raise ValueError(f"--holdout {holdout!r}: {', '.join(unknown) or 'no speaker named'} is not among the "
-                         f"speakers found: {', '.join(speakers)}")
+        what = f"{', '.join(unknown)} is not" if unknown else "names no speaker; name some"
+        raise ValueError(f"--holdout {holdout!r}: {what} among the speakers found: {', '.join(speakers)}")
     if len(set(names)) == len(speakers):
         raise ValueError(f"--holdout {holdout!r} holds out every speaker, which leaves none to train on; "
                          "name fewer, or use --holdout none to train on all")

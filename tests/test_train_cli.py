@@ -94,6 +94,8 @@ def test_holdout_names_one_speaker_several_or_none():
     assert holdout_speakers("theo, jackson", speakers) == ["jackson", "theo"]
     with pytest.raises(ValueError, match="leaves none to train on"):
         holdout_speakers("jackson,nicolas,theo,yweweler", speakers)
+    with pytest.raises(ValueError, match="names no speaker"):
+        holdout_speakers(" , ", speakers)
 
 
 def test_train_holding_out_an_unknown_speaker_is_a_clear_error(tmp_path):
