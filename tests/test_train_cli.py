@@ -2,6 +2,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -20,7 +21,7 @@ def trained(tmp_path_factory):
     result = CliRunner().invoke(main, [
         "train", str(FSDD_CLIPS), "--out", str(out), "--epochs", "2", "--width", "8", "--copies", "1",
         "--background-examples", "40", "--synth-digits", "20", "--synth-speech", "10", "--flite-digits", "10",
-        "--flite-speech", "5", "--holdout", "theo",
+        "--flite-speech", "5", "--holdout", "theo,yweweler",
         "--ensemble", "2", "--cache-dir", str(out.parent / "cache")])
     assert result.exit_code == 0, result.output
     return out
@@ -29,10 +30,18 @@ def trained(tmp_path_factory):
 def test_train_writes_model_bundle_and_report(trained):
     assert (trained / "model.keras").is_file()
     report = json.loads((trained / "report.json").read_text())
-    assert report["holdout"] == "theo"
+    assert report["holdout"] == "theo,yweweler"
     assert (report["settings"]["flite_digits"], report["settings"]["flite_non_target"]) == (10, 5)
-    assert report["heldout_int8"]["clips"] == 10
-    assert set(report["heldout_int8"]["recall"]) == {str(d) for d in range(10)}
+    held = report["heldout_int8"]
+    assert held["clips"] == 20
+    assert set(held["recall"]) == {str(d) for d in range(10)}
+    # each held-out speaker's own figures, and the pooled ones are their sum
+    assert {s: r["clips"] for s, r in held["by_speaker"].items()} == {"theo": 10, "yweweler": 10}
+    theo, yweweler = (np.array(r["confusion"]) for r in held["by_speaker"].values())
+    assert (theo + yweweler).tolist() == held["confusion"]
+    assert theo.sum(axis=1).tolist() == [1] * 10  # one clip of each digit per speaker
+    text = (trained / "report.txt").read_text()
+    assert "int8 bundle on held-out speakers theo,yweweler:" in text and "by speaker: theo " in text
     assert 0 <= report["float_vs_int8"]["agreement"] <= 1
     bundle = load_bundle(trained / "bundle")
     assert bundle.labels == [str(d) for d in range(10)]
