@@ -3,11 +3,11 @@
     python3 -m firmware_tools.make_demo [--fsdd ../shared/data/fsdd/recordings] [--out edge/demo]
 
 A stream like a device hears it: spoken digits from all four FSDD speakers (8 kHz, resampled to 16 kHz), with
-quiet stretches, noise bursts and ordinary speech that is not a digit (synthesized with espeak-ng) between them,
-over a low background hiss. Writes demo.wav (16 kHz mono int16), demo_truth.csv (label,start_s,end_s: where
-each digit was placed), demo_non_target.csv (kind,start_s,end_s: where the non-digit speech and the noise bursts
-are, for false alarms per minute of non-target speech) and ATTRIBUTION.md. Seeded, so a rebuild gives the same
-layout.
+quiet stretches, noise bursts and ordinary speech that is not a digit (synthesized with espeak-ng, or with
+festival's ked voice) between them, over a low background hiss. Writes demo.wav (16 kHz mono int16),
+demo_truth.csv (label,start_s,end_s: where each digit was placed), demo_non_target.csv (kind,start_s,end_s: where
+the non-digit speech and the noise bursts are, for false alarms per minute of non-target speech) and
+ATTRIBUTION.md. Seeded, so a rebuild gives the same layout.
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ MORE_PHRASES = (
     "let us meet at the cafe", "the ceiling light flickers", "my uncle fixes old bicycles",
     "the lake was calm and quiet", "remember the back door key", "the baby is finally asleep",
 )
+FESTIVAL_VOICE = "voice_ked_diphone"
 MORE_VOICES = (("en-us", 150, 50), ("en-gb+m2", 165, 40), ("en-gb-scotland+f2", 140, 60), ("en-029+m5", 175, 35),
                ("en-us+f4", 185, 70), ("en-gb-x-rp+m7", 130, 45), ("en-gb-x-gbclan", 160, 55))
 REPO = Path(__file__).resolve().parent.parent
@@ -80,6 +81,30 @@ def espeak(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
     return soxr.resample(clip, rate, RATE)
 
 
+def festival(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
+    """`text` in festival's ked diphone voice: a real speaker's recorded diphones, and a voice no training recipe
+    hears, so a stream made with it measures false alarms on an unfamiliar voice. The phrase's rate carries over
+    (160 words/min is festival's own pace); voice and pitch are espeak-ng's and are not used."""
+    with tempfile.TemporaryDirectory() as tmp:
+        text_file, out = Path(tmp) / "phrase.txt", Path(tmp) / "speech.wav"
+        text_file.write_text(text)
+        command = ["text2wave", "-eval", f"({FESTIVAL_VOICE})", "-eval",
+                   f"(Parameter.set 'Duration_Stretch {160 / speed:.3f})", str(text_file), "-o", str(out)]
+        try:
+            subprocess.run(command, check=True, capture_output=True, timeout=60)
+        except FileNotFoundError as err:
+            raise click.ClickException("festival is needed for --speech-engine festival: "
+                                       "sudo apt install festival festvox-kdlpc16k") from err
+        except subprocess.CalledProcessError as err:
+            raise click.ClickException(f"festival failed ({err.stderr.decode().strip()[-300:]}); its voice comes "
+                                       "from the festvox-kdlpc16k package: sudo apt install festvox-kdlpc16k")
+        clip, rate = soundfile.read(out, dtype="float32")
+    return soxr.resample(clip, rate, RATE)
+
+
+SPEECH_ENGINES = {"espeak-ng": espeak, "festival": festival}
+
+
 def noise_burst(rng: np.random.Generator, seconds: float, colour: str) -> np.ndarray:
     white = rng.standard_normal(int(seconds * RATE)).astype(np.float32)
     if colour == "brown":  # a leaky integrator turns white noise into a low rumble
@@ -96,13 +121,16 @@ def speech_phrases(count: int) -> list[tuple[str, str, int, int]]:
     return [every[i % len(every)] for i in range(count)]
 
 
-def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phrases: int | None = None):
+def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phrases: int | None = None,
+          speech_engine: str = "espeak-ng"):
     """The demo as (float samples, truth rows, non-target rows, digit files used, phrases used).
 
     Every digit `repeats` times, the speakers taking turns, at takes chosen at random; the non-digit phrases
-    and noise bursts `repeats // 2` times each (at least once), or `phrases` phrases from a longer list. With one
-    held-out speaker this makes a speaker-independent test stream for `basilar eval-stream`.
+    and noise bursts `repeats // 2` times each (at least once), or `phrases` phrases from a longer list, spoken by
+    `speech_engine` (SPEECH_ENGINES). With one held-out speaker this makes a speaker-independent test stream for
+    `basilar eval-stream`.
     """
+    speak = SPEECH_ENGINES[speech_engine]
     rng = np.random.default_rng(seed)
     digits = [d for d in range(10) for _ in range(repeats)]
     rng.shuffle(digits)
@@ -129,7 +157,7 @@ def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phr
             truth.append((name, cursor, cursor + len(clip) / RATE))
             used_files.append(extra.name)
         elif kind == "speech":
-            clip = rms_normalise(espeak(name, *extra), -24 + rng.uniform(-4, 4))
+            clip = rms_normalise(speak(name, *extra), -24 + rng.uniform(-4, 4))
             non_target.append(("speech", cursor, cursor + len(clip) / RATE))
         else:
             clip = rms_normalise(noise_burst(rng, extra, name), -30)
@@ -164,7 +192,7 @@ Built by `python3 -m firmware_tools.make_demo` (seed {seed}).
 ## FSDD recordings used ({count}, from {speakers})
 {files}
 
-## Synthetic speech (espeak-ng {espeak_version}), not digits
+## Synthetic speech ({engine}), not digits
 {phrases}
 """
 
@@ -178,6 +206,12 @@ def espeak_version() -> str:
     return words[words.index("NG") + 2].rstrip(":") if "NG" in words else out.strip()
 
 
+def phrase_line(speech_engine: str, text: str, voice: str, speed: int, pitch: int) -> str:
+    if speech_engine == "espeak-ng":
+        return f"- \"{text}\" (voice {voice}, {speed} words/min, pitch {pitch})"
+    return f"- \"{text}\" ({speed} words/min)"
+
+
 def write_rows(path: Path, header, rows) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -187,8 +221,8 @@ def write_rows(path: Path, header, rows) -> None:
 
 
 def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2,
-               phrases: int | None = None):
-    audio, truth, non_target, used, phrases = build(fsdd, seed, speakers, repeats, phrases)
+               phrases: int | None = None, speech_engine: str = "espeak-ng"):
+    audio, truth, non_target, used, phrases = build(fsdd, seed, speakers, repeats, phrases, speech_engine)
     out_dir.mkdir(parents=True, exist_ok=True)
     wav, csv_path = out_dir / "demo.wav", out_dir / "demo_truth.csv"
     soundfile.write(wav, np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16), RATE,
@@ -197,9 +231,8 @@ def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024, speakers=SPEAKERS, r
     write_rows(out_dir / "demo_non_target.csv", ("kind", "start_s", "end_s"), non_target)
     (out_dir / "ATTRIBUTION.md").write_text(ATTRIBUTION.format(
         seed=seed, count=len(used), speakers=", ".join(sorted(set(speakers))), files="\n".join(f"- `{name}`" for name in used),
-        espeak_version=espeak_version(),
-        phrases="\n".join(f"- \"{text}\" (voice {voice}, {speed} words/min, pitch {pitch})"
-                          for text, voice, speed, pitch in phrases)))
+        engine=f"espeak-ng {espeak_version()}" if speech_engine == "espeak-ng" else f"festival, {FESTIVAL_VOICE}",
+        phrases="\n".join(phrase_line(speech_engine, *phrase) for phrase in phrases)))
     return wav, csv_path
 
 
@@ -214,12 +247,16 @@ def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024, speakers=SPEAKERS, r
 @click.option("--repeats", type=click.IntRange(1, 50), default=2, show_default=True, help="Times each digit occurs.")
 @click.option("--phrases", type=click.IntRange(0, 500), default=None,
               help="Non-digit phrases in the stream [default: 6 per two repeats].")
-def main(fsdd: Path, out_dir: Path, seed: int, speakers: str, repeats: int, phrases: int | None):
+@click.option("--speech-engine", type=click.Choice(sorted(SPEECH_ENGINES)), default="espeak-ng", show_default=True,
+              help="Who speaks the non-digit phrases: espeak-ng's voices, or festival's ked voice, which no "
+                   "training recipe hears (false alarms on an unfamiliar voice).")
+def main(fsdd: Path, out_dir: Path, seed: int, speakers: str, repeats: int, phrases: int | None,
+         speech_engine: str):
     """Build the demo recording and its expected detections."""
     if not fsdd.is_dir():
         raise click.ClickException(f"FSDD folder {fsdd} not found; pass --fsdd")
     names = tuple(s.strip() for s in speakers.split(",") if s.strip())
-    wav, csv_path = write_demo(fsdd, out_dir, seed, names, repeats, phrases)
+    wav, csv_path = write_demo(fsdd, out_dir, seed, names, repeats, phrases, speech_engine)
     info = soundfile.info(wav)
     rows = sum(1 for _ in csv_path.open()) - 1
     click.echo(f"wrote {wav} ({info.duration:.1f} s, {info.samplerate} Hz) and {csv_path} ({rows} digits)")

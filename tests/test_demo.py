@@ -57,3 +57,25 @@ def test_make_demo_builds_a_demo_like_the_committed_one(tmp_path):
     # The digits are placed by a seeded layout: the same recordings in the same order.
     assert [label for label, _, _ in truth_rows(tmp_path / "demo_truth.csv")] == \
         [label for label, _, _ in truth_rows(DEMO_DIR / "demo_truth.csv")]
+
+
+def test_make_demo_speaks_the_phrases_in_festivals_voice(tmp_path):
+    """--speech-engine festival: the same layout of digits, the non-digit phrases in a voice no recipe trains on."""
+    require(DEFAULT_FSDD.is_dir(), f"the FSDD recordings at {DEFAULT_FSDD}")
+    require_program("text2wave")
+    write_demo(DEFAULT_FSDD, tmp_path / "espeak", speakers=("theo",), repeats=1, phrases=2)
+    write_demo(DEFAULT_FSDD, tmp_path / "festival", speakers=("theo",), repeats=1, phrases=2,
+               speech_engine="festival")
+    espeak, festival = (tmp_path / name for name in ("espeak", "festival"))
+    labels = [[label for label, _, _ in truth_rows(d / "demo_truth.csv")] for d in (espeak, festival)]
+    assert labels[0] == labels[1]
+    audio, rate = soundfile.read(festival / "demo.wav", dtype="float32")
+    others = read_truth(festival / "demo_non_target.csv", header=NON_TARGET_HEADER)
+    spoken = [s for s in others if s.label == "speech"]
+    assert len(spoken) == 2
+    for phrase in spoken:
+        assert phrase.end_s - phrase.start_s > 0.8  # a phrase, not a click
+        assert np.sqrt(np.mean(audio[int(phrase.start_s * rate):int(phrase.end_s * rate)] ** 2)) > 0.01
+    attribution = (festival / "ATTRIBUTION.md").read_text()
+    assert "## Synthetic speech (festival, voice_ked_diphone), not digits" in attribution
+    assert "(espeak-ng " in (espeak / "ATTRIBUTION.md").read_text()
