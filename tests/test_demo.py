@@ -2,10 +2,12 @@
 import csv
 import re
 
+import click
 import numpy as np
+import pytest
 import soundfile
 
-from firmware_tools.make_demo import DEFAULT_FSDD, SPEAKERS, write_demo
+from firmware_tools.make_demo import DEFAULT_FSDD, SPEAKERS, festival, write_demo
 from firmware_tools.stream_eval import NON_TARGET_HEADER, read_truth
 from tests.conftest import REPO, require, require_program
 
@@ -79,3 +81,9 @@ def test_make_demo_speaks_the_phrases_in_festivals_voice(tmp_path):
     attribution = (festival / "ATTRIBUTION.md").read_text()
     assert "## Synthetic speech (festival, voice_ked_diphone), not digits" in attribution
     assert "(espeak-ng " in (espeak / "ATTRIBUTION.md").read_text()
+
+
+def test_make_demo_without_festival_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no text2wave anywhere
+    with pytest.raises(click.ClickException, match="sudo apt install festival festvox-kdlpc16k"):
+        festival("the kettle is boiling", "en-us", 160, 50)
