@@ -4,7 +4,7 @@
 
 A stream like a device hears it: spoken digits from all four FSDD speakers (8 kHz, resampled to 16 kHz), with
 quiet stretches, noise bursts and ordinary speech that is not a digit (synthesized with espeak-ng, or with
-festival's ked voice) between them, over a low background hiss. Writes demo.wav (16 kHz mono int16),
+festival's ked voice or others) between them, over a low background hiss. Writes demo.wav (16 kHz mono int16),
 demo_truth.csv (label,start_s,end_s: where each digit was placed), demo_non_target.csv (kind,start_s,end_s: where
 the non-digit speech and the noise bursts are, for false alarms per minute of non-target speech) and
 ATTRIBUTION.md. Seeded, so a rebuild gives the same layout.
@@ -12,8 +12,10 @@ ATTRIBUTION.md. Seeded, so a rebuild gives the same layout.
 from __future__ import annotations
 
 import csv
+import functools
 import subprocess
 import tempfile
+import zlib
 from pathlib import Path
 
 import click
@@ -81,25 +83,34 @@ def espeak(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
     return soxr.resample(clip, rate, RATE)
 
 
-def festival(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
-    """`text` in festival's ked diphone voice: a real speaker's recorded diphones, and a voice no training recipe
-    hears, so a stream made with it measures false alarms on an unfamiliar voice. The phrase's rate carries over
+def festival(text: str, voice: str, speed: int, pitch: int, voices=(FESTIVAL_VOICE,)) -> np.ndarray:
+    """`text` in one of festival's `voices` (by default ked's diphones: a real speaker's, and a voice no training
+    recipe hears, so a stream made with it measures false alarms on an unfamiliar voice). With several voices a
+    checksum of the text picks one, so a phrase always gets the same voice. The phrase's rate carries over
     (160 words/min is festival's own pace); voice and pitch are espeak-ng's and are not used."""
+    festival_voice = festival_voice_for(text, voices)
     with tempfile.TemporaryDirectory() as tmp:
         text_file, out = Path(tmp) / "phrase.txt", Path(tmp) / "speech.wav"
         text_file.write_text(text)
-        command = ["text2wave", "-eval", f"({FESTIVAL_VOICE})", "-eval",
+        command = ["text2wave", "-eval", f"({festival_voice})", "-eval",
                    f"(Parameter.set 'Duration_Stretch {160 / speed:.3f})", str(text_file), "-o", str(out)]
         try:
-            subprocess.run(command, check=True, capture_output=True, timeout=60)
+            result = subprocess.run(command, capture_output=True, timeout=60)
         except FileNotFoundError as err:
             raise click.ClickException("festival is needed for --speech-engine festival: "
                                        "sudo apt install festival festvox-kdlpc16k") from err
-        except subprocess.CalledProcessError as err:
-            raise click.ClickException(f"festival failed ({err.stderr.decode().strip()[-300:]}); its voice comes "
-                                       "from the festvox-kdlpc16k package: sudo apt install festvox-kdlpc16k")
+        # text2wave exits 0 when the voice is unknown; it just writes nothing.
+        if result.returncode != 0 or not out.exists():
+            raise click.ClickException(
+                f"festival could not speak in {festival_voice} ({result.stderr.decode().strip()[-300:]}); "
+                "voice_ked_diphone comes from the festvox-kdlpc16k package (sudo apt install festvox-kdlpc16k), "
+                "other voices from their own festvox-* packages")
         clip, rate = soundfile.read(out, dtype="float32")
     return soxr.resample(clip, rate, RATE)
+
+
+def festival_voice_for(text: str, voices) -> str:
+    return voices[zlib.crc32(text.encode()) % len(voices)]
 
 
 SPEECH_ENGINES = {"espeak-ng": espeak, "festival": festival}
@@ -122,15 +133,17 @@ def speech_phrases(count: int) -> list[tuple[str, str, int, int]]:
 
 
 def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phrases: int | None = None,
-          speech_engine: str = "espeak-ng"):
+          speech_engine: str = "espeak-ng", festival_voices=(FESTIVAL_VOICE,)):
     """The demo as (float samples, truth rows, non-target rows, digit files used, phrases used).
 
     Every digit `repeats` times, the speakers taking turns, at takes chosen at random; the non-digit phrases
     and noise bursts `repeats // 2` times each (at least once), or `phrases` phrases from a longer list, spoken by
-    `speech_engine` (SPEECH_ENGINES). With one held-out speaker this makes a speaker-independent test stream for
-    `basilar eval-stream`.
+    `speech_engine` (SPEECH_ENGINES; festival in `festival_voices`). With one held-out speaker this makes a
+    speaker-independent test stream for `basilar eval-stream`.
     """
     speak = SPEECH_ENGINES[speech_engine]
+    if speak is festival:
+        speak = functools.partial(festival, voices=tuple(festival_voices))
     rng = np.random.default_rng(seed)
     digits = [d for d in range(10) for _ in range(repeats)]
     rng.shuffle(digits)
@@ -206,10 +219,10 @@ def espeak_version() -> str:
     return words[words.index("NG") + 2].rstrip(":") if "NG" in words else out.strip()
 
 
-def phrase_line(speech_engine: str, text: str, voice: str, speed: int, pitch: int) -> str:
+def phrase_line(speech_engine: str, festival_voices, text: str, voice: str, speed: int, pitch: int) -> str:
     if speech_engine == "espeak-ng":
         return f"- \"{text}\" (voice {voice}, {speed} words/min, pitch {pitch})"
-    return f"- \"{text}\" ({speed} words/min)"
+    return f"- \"{text}\" ({festival_voice_for(text, festival_voices)}, {speed} words/min)"
 
 
 def write_rows(path: Path, header, rows) -> None:
@@ -221,8 +234,9 @@ def write_rows(path: Path, header, rows) -> None:
 
 
 def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2,
-               phrases: int | None = None, speech_engine: str = "espeak-ng"):
-    audio, truth, non_target, used, phrases = build(fsdd, seed, speakers, repeats, phrases, speech_engine)
+               phrases: int | None = None, speech_engine: str = "espeak-ng", festival_voices=(FESTIVAL_VOICE,)):
+    audio, truth, non_target, used, phrases = build(fsdd, seed, speakers, repeats, phrases, speech_engine,
+                                                    festival_voices)
     out_dir.mkdir(parents=True, exist_ok=True)
     wav, csv_path = out_dir / "demo.wav", out_dir / "demo_truth.csv"
     soundfile.write(wav, np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16), RATE,
@@ -231,8 +245,9 @@ def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024, speakers=SPEAKERS, r
     write_rows(out_dir / "demo_non_target.csv", ("kind", "start_s", "end_s"), non_target)
     (out_dir / "ATTRIBUTION.md").write_text(ATTRIBUTION.format(
         seed=seed, count=len(used), speakers=", ".join(sorted(set(speakers))), files="\n".join(f"- `{name}`" for name in used),
-        engine=f"espeak-ng {espeak_version()}" if speech_engine == "espeak-ng" else f"festival, {FESTIVAL_VOICE}",
-        phrases="\n".join(phrase_line(speech_engine, *phrase) for phrase in phrases)))
+        engine=f"espeak-ng {espeak_version()}" if speech_engine == "espeak-ng"
+        else f"festival, {', '.join(festival_voices)}",
+        phrases="\n".join(phrase_line(speech_engine, festival_voices, *phrase) for phrase in phrases)))
     return wav, csv_path
 
 
@@ -250,13 +265,16 @@ def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024, speakers=SPEAKERS, r
 @click.option("--speech-engine", type=click.Choice(sorted(SPEECH_ENGINES)), default="espeak-ng", show_default=True,
               help="Who speaks the non-digit phrases: espeak-ng's voices, or festival's ked voice, which no "
                    "training recipe hears (false alarms on an unfamiliar voice).")
+@click.option("--festival-voice", "festival_voices", multiple=True, default=[FESTIVAL_VOICE], show_default=True,
+              help="festival voice for --speech-engine festival; repeat it to share the phrases among several "
+                   "(each phrase's voice is picked by a checksum of its text).")
 def main(fsdd: Path, out_dir: Path, seed: int, speakers: str, repeats: int, phrases: int | None,
-         speech_engine: str):
+         speech_engine: str, festival_voices: tuple[str, ...]):
     """Build the demo recording and its expected detections."""
     if not fsdd.is_dir():
         raise click.ClickException(f"FSDD folder {fsdd} not found; pass --fsdd")
     names = tuple(s.strip() for s in speakers.split(",") if s.strip())
-    wav, csv_path = write_demo(fsdd, out_dir, seed, names, repeats, phrases, speech_engine)
+    wav, csv_path = write_demo(fsdd, out_dir, seed, names, repeats, phrases, speech_engine, festival_voices)
     info = soundfile.info(wav)
     rows = sum(1 for _ in csv_path.open()) - 1
     click.echo(f"wrote {wav} ({info.duration:.1f} s, {info.samplerate} Hz) and {csv_path} ({rows} digits)")

@@ -83,6 +83,33 @@ def test_make_demo_speaks_the_phrases_in_festivals_voice(tmp_path):
     assert "(espeak-ng " in (espeak / "ATTRIBUTION.md").read_text()
 
 
+def test_make_demo_shares_the_phrases_among_festival_voices(tmp_path):
+    """--festival-voice, repeated: each phrase in the voice its text's checksum picks, and the attribution says which."""
+    require(DEFAULT_FSDD.is_dir(), f"the FSDD recordings at {DEFAULT_FSDD}")
+    require_program("text2wave")
+    voices = ("voice_ked_diphone", "voice_pc_diphone")  # pc_diphone: the festvox-itapc16k package
+    write_demo(DEFAULT_FSDD, tmp_path, speakers=("theo",), repeats=1, phrases=5, speech_engine="festival",
+               festival_voices=voices)
+    spoken = [s for s in read_truth(tmp_path / "demo_non_target.csv", header=NON_TARGET_HEADER)
+              if s.label == "speech"]
+    attribution = (tmp_path / "ATTRIBUTION.md").read_text()
+    assert "## Synthetic speech (festival, voice_ked_diphone, voice_pc_diphone), not digits" in attribution
+    lines = re.findall(r'- "(.+)" \((voice_\w+), (\d+) words/min\)', attribution)
+    assert len(lines) == 5 and {voice for _, voice, _ in lines} == set(voices)
+    # Each phrase in the stream is as long as that phrase spoken alone in its voice (the voices' lengths differ).
+    lengths = sorted(s.end_s - s.start_s for s in spoken)
+    alone = sorted(len(festival(text, "", int(speed), 0, voices=(voice,))) / 16000 for text, voice, speed in lines)
+    assert np.allclose(lengths, alone, atol=0.002)  # the CSV keeps milliseconds
+    ked_only = sorted(len(festival(text, "", int(speed), 0)) / 16000 for text, _, speed in lines)
+    assert not np.allclose(lengths, ked_only, atol=0.002)
+
+
+def test_make_demo_names_a_festival_voice_that_is_not_installed(tmp_path):
+    require_program("text2wave")
+    with pytest.raises(click.ClickException, match="could not speak in voice_no_such_voice.*festvox"):
+        festival("the kettle is boiling", "en-us", 160, 50, voices=("voice_no_such_voice",))
+
+
 def test_make_demo_without_festival_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no text2wave anywhere
     with pytest.raises(click.ClickException, match="sudo apt install festival festvox-kdlpc16k"):
