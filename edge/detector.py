@@ -16,6 +16,9 @@ classes (one word at a time), so the detector runs a single event state machine 
    ("word": a word the model hesitates between two labels on is still found, and named by where most of the
    posterior went, as a clip is classified); the score is that label's peak. Events shorter than
    `min_duration_ms` are dropped.
+5. End-pointing (`end_quiet_ms` > 0; edge/endpoint.py): an event is reported only if the input's level fell back
+   to a pause for `end_quiet_ms` in a row while it was open, so a word is heard on its own, not inside running
+   speech. The end of the stream counts as a pause.
 
 Times are seconds of audio from the start of the stream: hop i covers [i * hop, (i + 1) * hop).
 """
@@ -28,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from edge import endpoint
+
 # Defaults used when a bundle's manifest leaves a key out.
 DEFAULTS = {
     "smoothing_ms": 100.0,
@@ -37,6 +42,8 @@ DEFAULTS = {
     "min_duration_ms": 30.0,
     "max_duration_ms": 3000.0,
     "trigger": "label",
+    "end_quiet_ms": 0.0,  # off: bundles from before end-pointing behave as they did
+    "end_quiet_db": 20.0,
 }
 TRIGGERS = ("label", "word")
 
@@ -72,6 +79,8 @@ class DetectorSettings:
     min_duration_ms: float = DEFAULTS["min_duration_ms"]
     max_duration_ms: float = DEFAULTS["max_duration_ms"]
     trigger: str = DEFAULTS["trigger"]
+    end_quiet_ms: float = DEFAULTS["end_quiet_ms"]
+    end_quiet_db: float = DEFAULTS["end_quiet_db"]
 
     def __post_init__(self):
         object.__setattr__(self, "thresholds", dict(self.thresholds))
@@ -113,6 +122,12 @@ class DetectorSettings:
         for name in ("smoothing_ms", "refractory_ms", "min_duration_ms"):
             if number(name) < 0:
                 raise DetectorSettingsError(f"{name}={getattr(self, name)}: must be 0 or more milliseconds")
+        if not 0 <= number("end_quiet_ms") < self.max_duration_ms:
+            raise DetectorSettingsError(f"end_quiet_ms={self.end_quiet_ms}: must be 0 (off) or a pause shorter "
+                                        f"than max_duration_ms={self.max_duration_ms}")
+        if not 0 < number("end_quiet_db") <= 60:
+            raise DetectorSettingsError(f"end_quiet_db={self.end_quiet_db}: must be in (0, 60] dB, how far below "
+                                        "the word a pause must fall")
         if number("max_duration_ms") <= self.min_duration_ms:
             raise DetectorSettingsError(f"max_duration_ms={self.max_duration_ms}: must exceed "
                                         f"min_duration_ms={self.min_duration_ms}")
@@ -151,6 +166,10 @@ class Detector:
         self._min_frames = settings.frames(settings.min_duration_ms)
         self._max_frames = max(1, settings.frames(settings.max_duration_ms))
         self._thresholds = np.array([settings.threshold_for(label) for label in self.labels], dtype=np.float64)
+        self._quiet_hops = settings.frames(settings.end_quiet_ms)
+        self._before_hops = settings.frames(endpoint.BEFORE_S * 1000)
+        self._floor_hops = settings.frames(endpoint.FLOOR_S * 1000)
+        self._keep_levels = max(self._floor_hops, self._before_hops + self._max_frames) + 1
         self.reset()
 
     def reset(self, at_frame: int = 0) -> None:
@@ -163,13 +182,16 @@ class Detector:
         self._peaks = np.zeros(len(self.labels), dtype=np.float64)  # per-label peak smoothed score, open event
         self._mass = np.zeros(len(self.labels), dtype=np.float64)  # per-label summed smoothed score, open event
         self._quiet_from = at_frame  # first hop at which a new event may open (refractory)
+        self._levels = np.zeros(0, dtype=np.float64)  # recent input levels (dBFS), for end-pointing
+        self._levels_from = at_frame  # the hop of self._levels[0]
 
     @property
     def frames_seen(self) -> int:
         return self._frame
 
-    def update(self, posteriors: np.ndarray) -> list[Detection]:
-        """Feed (frames, labels) posteriors for the next hops; returns the events that closed in them."""
+    def update(self, posteriors: np.ndarray, levels: np.ndarray | None = None) -> list[Detection]:
+        """Feed (frames, labels) posteriors for the next hops, and the input's level (dBFS) at each hop
+        (endpoint.HopLevels; needed when `end_quiet_ms` > 0); returns the events that closed in them."""
         posteriors = np.asarray(posteriors, dtype=np.float64)
         if posteriors.ndim == 1:
             posteriors = posteriors[None, :]
@@ -177,6 +199,12 @@ class Detector:
             raise ValueError(f"posteriors must have shape (frames, {len(self.labels)}), got {posteriors.shape}")
         if len(posteriors) == 0:
             return []
+        if self._quiet_hops:
+            if levels is None or len(levels) != len(posteriors):
+                raise ValueError(f"end_quiet_ms={self.settings.end_quiet_ms} needs the input's level at each of the "
+                                 f"{len(posteriors)} hops (edge.endpoint.HopLevels), got "
+                                 f"{'none' if levels is None else len(levels)}; or set end_quiet_ms to 0")
+            self._levels = np.concatenate([self._levels, np.asarray(levels, dtype=np.float64)])
         smoothed = self._smooth(posteriors)
         if self.settings.trigger == "word":
             best = (smoothed.sum(axis=1) / self.settings.threshold).tolist()  # some word, whichever, / threshold
@@ -199,13 +227,16 @@ class Detector:
                 np.maximum(self._peaks, smoothed[i], out=self._peaks)
                 self._mass += smoothed[i]
         self._frame += len(posteriors)
+        if len(self._levels) > self._keep_levels:  # enough for the longest event and the background before it
+            self._levels_from += len(self._levels) - self._keep_levels
+            self._levels = self._levels[-self._keep_levels:]
         return events
 
     def flush(self) -> list[Detection]:
         """End of stream (or shutdown): report the event still open, if it is long enough."""
         if not self._open:
             return []
-        event = self._close(self._frame)
+        event = self._close(self._frame, at_end=True)
         return [event] if event else []
 
     def _smooth(self, posteriors: np.ndarray) -> np.ndarray:
@@ -219,12 +250,22 @@ class Detector:
         windows = np.lib.stride_tricks.sliding_window_view(joined, n, axis=0)
         return windows.sum(axis=-1) / n
 
-    def _close(self, end_hop: int) -> Detection | None:
+    def _close(self, end_hop: int, at_end: bool = False) -> Detection | None:
         self._open = False
         if end_hop - self._onset < max(1, self._min_frames):
             return None
         self._quiet_from = end_hop + self._refractory_frames
+        if self._quiet_hops and not at_end and not self._ended_in_quiet(end_hop):
+            return None  # inside running speech
         evidence = self._mass if self.settings.trigger == "word" else self._peaks
         best = int(np.argmax(evidence / self._thresholds))
         return Detection(label=self.labels[best], score=float(self._peaks[best]),
                          start_s=self._onset * self._hop_s, end_s=end_hop * self._hop_s)
+
+    def _ended_in_quiet(self, end_hop: int) -> bool:
+        def levels(first: int, last: int) -> np.ndarray:  # hops [first, last) that are still kept
+            return self._levels[max(0, first - self._levels_from):max(0, last - self._levels_from)]
+
+        return endpoint.ended_in_quiet(levels(self._onset - self._before_hops, end_hop), levels(self._onset, end_hop),
+                                       levels(end_hop - self._floor_hops, end_hop), self._quiet_hops,
+                                       self.settings.end_quiet_db)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edge.detector import Detection, Detector, DetectorSettings, DetectorSettingsError
+from edge.endpoint import HopLevels
 from edge.sinks import Health, Sink
 from edge.sources import AudioSource, StopFlag
 
@@ -36,6 +37,7 @@ class Pipeline:
         self.labels = list(bundle.labels)
         self._frames = np.zeros((64, config.features), dtype=np.int8)
         self._posteriors = np.zeros((64, len(self.labels)), dtype=np.float32)
+        self.levels = HopLevels(self.hop_samples)  # the input's level at each hop, for the detector's end-pointing
 
     @classmethod
     def from_bundle(cls, bundle_ref: Any, *, detector_overrides: Mapping[str, Any] | None = None,
@@ -80,7 +82,7 @@ class Pipeline:
         step = self.runner.step
         for i in range(count):
             posteriors[i] = step(frames[i])
-        return self.detector.update(posteriors)
+        return self.detector.update(posteriors, self.levels.process(samples))
 
     def flush(self) -> list[Detection]:
         return self.detector.flush()
@@ -88,6 +90,7 @@ class Pipeline:
     def reset(self) -> None:
         self.frontend.reset()
         self.runner.reset()
+        self.levels.reset()
         self.detector.reset()
 
 

@@ -49,6 +49,9 @@ def detector_options(command):
         click.option("--trigger", type=click.Choice(TRIGGERS),
                      help="What opens an event: one label's score ('label') or all labels' scores together "
                           "('word', then the label with the most posterior over the event is reported)."),
+        click.option("--end-quiet-ms", type=float,
+                     help="Report a word only if a pause this long follows it (0: also inside running speech)."),
+        click.option("--end-quiet-db", type=float, help="How far below the word (in dB) that pause must fall."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -56,10 +59,11 @@ def detector_options(command):
 
 
 def detector_overrides(threshold, threshold_for, smoothing_ms, refractory_ms, release_ratio,
-                       min_duration_ms, trigger) -> dict:
+                       min_duration_ms, trigger, end_quiet_ms, end_quiet_db) -> dict:
     return dict(threshold=threshold, thresholds=parse_label_thresholds(threshold_for) or None,
                 smoothing_ms=smoothing_ms, refractory_ms=refractory_ms, release_ratio=release_ratio,
-                min_duration_ms=min_duration_ms, trigger=trigger)
+                min_duration_ms=min_duration_ms, trigger=trigger, end_quiet_ms=end_quiet_ms,
+                end_quiet_db=end_quiet_db)
 
 
 def resolve_bundle(ctx: click.Context, bundle: str, root: Path | None) -> str | Path:
@@ -127,8 +131,8 @@ class SerialLink:
 @click.option("--threads", type=click.IntRange(1, 16), default=1, show_default=True, help="Interpreter threads.")
 @click.pass_context
 def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, as_json, threshold,
-        threshold_for, smoothing_ms, refractory_ms, release_ratio, min_duration_ms, trigger, serial, baud,
-        device_id, health_every, threads):
+        threshold_for, smoothing_ms, refractory_ms, release_ratio, min_duration_ms, trigger, end_quiet_ms,
+        end_quiet_db, serial, baud, device_id, health_every, threads):
     """Listen to AUDIO and print what is heard.
 
     AUDIO is an audio file (WAV, FLAC, OGG; any rate and channel count), '-' for raw PCM on standard input
@@ -147,7 +151,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
     if audio == "demo" and not Path(audio).exists():
         audio = str(DEMO_RECORDING)
     overrides = detector_overrides(threshold, threshold_for, smoothing_ms, refractory_ms, release_ratio,
-                                   min_duration_ms, trigger)
+                                   min_duration_ms, trigger, end_quiet_ms, end_quiet_db)
     bundle_ref = resolve_bundle(ctx, bundle, root)
     try:
         pipeline = Pipeline.from_bundle(bundle_ref, detector_overrides=overrides, num_threads=threads)

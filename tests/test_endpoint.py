@@ -1,0 +1,197 @@
+"""End-pointing: the input level per hop, the pause test, and the detector reporting only words heard on their own."""
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.detector import Detector, DetectorSettings, DetectorSettingsError
+from edge.endpoint import FLOOR_MARGIN_DB, SILENCE_DBFS, HopLevels, ended_in_quiet
+from edge.frontend import Frontend, FrontendConfig
+from edge.runloop import Pipeline
+from tests.conftest import REPO, require_program
+
+LABELS = ["a", "b"]
+CLIPS = REPO / "tests" / "data" / "fsdd"
+
+
+def reference_levels(samples: np.ndarray, hop: int) -> np.ndarray:
+    """Each whole hop's mean square, in dB of full scale, computed directly."""
+    hops = samples[: len(samples) // hop * hop].astype(np.float64).reshape(-1, hop)
+    with np.errstate(divide="ignore"):
+        return np.maximum(10 * np.log10((hops**2).mean(axis=1) / 32768.0**2), SILENCE_DBFS)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(1, 7999), max_size=10))
+def test_hop_levels_match_the_direct_computation_and_the_front_ends_hops_in_any_chunking(seed, cuts):
+    rng = np.random.default_rng(seed)
+    samples = (rng.standard_normal(8000) * rng.uniform(10, 20000)).clip(-32768, 32767).astype(np.int16)
+    samples[1000:1500] = 0  # digital silence has a level too
+    frontend = Frontend(FrontendConfig())
+    hop = frontend.config.hop_samples
+    meter = HopLevels(hop)
+    levels = []
+    for part in np.split(samples, sorted(set(cuts))):
+        got = meter.process(part)
+        assert len(got) == frontend.frames_for(len(part))  # one level per frame, in step with the front end
+        frontend.process(part)
+        levels.append(got)
+    expected = reference_levels(samples, hop)
+    np.testing.assert_allclose(np.concatenate(levels), expected, rtol=0, atol=1e-9)
+    assert np.concatenate(levels)[1000 // hop + 1] == SILENCE_DBFS
+
+
+def test_full_scale_square_wave_is_0_dbfs_and_halving_is_minus_6():
+    square = np.tile(np.array([32767, -32768], dtype=np.int16), 80)
+    assert HopLevels(160).process(square)[0] == pytest.approx(0.0, abs=1e-3)
+    assert HopLevels(160).process((square // 2).astype(np.int16))[0] == pytest.approx(-6.02, abs=0.01)
+
+
+def test_a_pause_is_found_below_the_word_or_near_the_background():
+    word, pause = np.full(40, -24.0), np.full(30, -58.0)
+    levels = np.concatenate([word, pause])
+    event = levels[30:]  # the model fires near the word's end
+    assert ended_in_quiet(levels, event, levels, quiet_hops=10, drop_db=25)
+    assert not ended_in_quiet(levels, event, levels, quiet_hops=31, drop_db=25)  # the pause is too short
+    # Running speech: the level never stays down for 10 hops in a row.
+    speech = np.tile([-22.0, -30.0, -45.0, -28.0, -26.0, -50.0, -50.0, -24.0], 10)
+    assert not ended_in_quiet(speech, speech[30:], speech, quiet_hops=10, drop_db=25)
+    # Steady noise 12 dB under the word: never 25 dB down, but at the background.
+    noisy = np.concatenate([word, np.full(30, -36.0)])
+    assert ended_in_quiet(noisy, noisy[30:], noisy, quiet_hops=10, drop_db=25)
+    # The same sound where the background was a quiet room: -36 dBFS is someone still talking.
+    room = np.full(300, -70.0)
+    assert -70.0 + FLOOR_MARGIN_DB < -36.0 - 25
+    assert not ended_in_quiet(noisy, noisy[30:], room, quiet_hops=10, drop_db=25)
+
+
+def make(**kw) -> Detector:
+    base = dict(hop_ms=10.0, smoothing_ms=0, threshold=0.6, release_ratio=0.5, refractory_ms=0, min_duration_ms=0,
+                end_quiet_ms=100, end_quiet_db=25)
+    return Detector(DetectorSettings(**{**base, **kw}), LABELS)
+
+
+def word_then(after: np.ndarray):
+    """Posteriors with one word ('a', hops 100-150) and input levels: quiet, the word, then `after`."""
+    posteriors = np.full((300, 2), 0.02, dtype=np.float32)
+    posteriors[100:150, 0] = 0.9
+    levels = np.concatenate([np.full(60, -58.0), np.full(60, -24.0), after])
+    return posteriors, levels[:300]
+
+
+def test_the_detector_reports_a_word_followed_by_a_pause_and_not_one_inside_running_speech():
+    pause = np.full(180, -58.0)
+    speech = np.tile([-22.0, -30.0, -26.0, -45.0], 45)
+    for after, expected in ((pause, ["a"]), (speech, [])):
+        posteriors, levels = word_then(after)
+        detector = make()
+        events = detector.update(posteriors, levels) + detector.flush()
+        assert [e.label for e in events] == expected
+    posteriors, levels = word_then(speech)
+    off = make(end_quiet_ms=0)
+    assert [e.label for e in off.update(posteriors, levels) + off.flush()] == ["a"]  # end-pointing off
+
+
+def test_the_end_of_the_stream_counts_as_a_pause():
+    posteriors, levels = word_then(np.tile([-22.0, -30.0], 90))
+    detector = make()
+    assert detector.update(posteriors[:140], levels[:140]) == []
+    assert [e.label for e in detector.flush()] == ["a"]
+
+
+def test_end_pointing_without_levels_is_a_clear_error():
+    with pytest.raises(ValueError, match="end_quiet_ms=100 needs the input's level at each of the 5 hops.*got none"):
+        make().update(np.zeros((5, 2)))
+    with pytest.raises(ValueError, match="got 4"):
+        make().update(np.zeros((5, 2)), np.zeros(4))
+    assert make(end_quiet_ms=0).update(np.zeros((5, 2))) == []
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"end_quiet_ms": -1}, ["end_quiet_ms=-1", "0 (off)"]),
+    ({"end_quiet_ms": 5000}, ["end_quiet_ms=5000", "max_duration_ms=3000"]),
+    ({"end_quiet_db": 0}, ["end_quiet_db=0", "(0, 60]"]),
+    ({"end_quiet_db": 90}, ["end_quiet_db=90"]),
+])
+def test_invalid_end_pointing_settings_are_refused(bad, words):
+    with pytest.raises(DetectorSettingsError) as err:
+        DetectorSettings.from_manifest(bad, hop_ms=10.0)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_bundles_without_end_pointing_keep_it_off():
+    assert DetectorSettings.from_manifest({"threshold": 0.9}, hop_ms=10.0).end_quiet_ms == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(1, 899), max_size=12))
+def test_chunking_does_not_change_end_pointed_detections(seed, cuts):
+    rng = np.random.default_rng(seed)
+    posteriors = rng.uniform(0, 0.3, size=(900, 2)).astype(np.float32)
+    levels = rng.uniform(-60, -20, size=900)
+    for start in rng.integers(0, 850, size=8):
+        posteriors[start:start + rng.integers(5, 40), rng.integers(0, 2)] = rng.uniform(0.6, 1.0)
+        levels[start + 40:start + 40 + rng.integers(0, 30)] = -70.0  # sometimes a pause after it
+    config = dict(smoothing_ms=50, refractory_ms=100, min_duration_ms=20, max_duration_ms=500, trigger="word")
+    whole = make(**config)
+    expected = whole.update(posteriors, levels) + whole.flush()
+    detector, chunked = make(**config), []
+    for part, part_levels in zip(np.split(posteriors, sorted(set(cuts))), np.split(levels, sorted(set(cuts)))):
+        chunked += detector.update(part, part_levels)
+    assert chunked + detector.flush() == expected
+
+
+# Real audio through the shipped bundle: FSDD digits (8 kHz, as the bundle runs) and espeak-ng's speech.
+
+def at_level(audio: np.ndarray, dbfs: float) -> np.ndarray:
+    return audio * (10 ** (dbfs / 20) / np.sqrt(np.mean(audio**2)))
+
+
+def hiss(seconds: float, dbfs: float, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(int(seconds * 8000)) * 10 ** (dbfs / 20)
+
+
+def detect(audio: np.ndarray, **overrides) -> list[tuple[str, float]]:
+    pipeline = Pipeline.from_bundle("default", detector_overrides=overrides)
+    assert pipeline.sample_rate == 8000
+    pcm = np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16)
+    return [(e.label, e.start_s) for e in pipeline.process(pcm) + pipeline.flush()]
+
+
+def digit(name: str) -> np.ndarray:
+    audio, rate = soundfile.read(CLIPS / f"{name}.wav", dtype="float64")
+    assert rate == 8000
+    return at_level(audio, -24)
+
+
+@pytest.fixture(scope="module")
+def running_speech(tmp_path_factory) -> np.ndarray:
+    require_program("espeak-ng")
+    out = tmp_path_factory.mktemp("speech") / "speech.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(out), "where did you put the keys this morning"],
+                   check=True, capture_output=True)
+    audio, rate = soundfile.read(out, dtype="float64")
+    return at_level(soxr.resample(audio, rate, 8000), -24)
+
+
+@pytest.mark.parametrize("name", ["3_jackson_0", "4_nicolas_0", "8_theo_0"])
+def test_a_digit_said_on_its_own_is_reported_and_one_run_into_speech_is_not(name, running_speech):
+    word = digit(name)
+    alone = np.concatenate([hiss(2, -58), word, hiss(1, -58, 1)])
+    run_on = np.concatenate([hiss(2, -58), word, running_speech, hiss(1, -58, 1)])
+    label = name[0]
+    assert [d[0] for d in detect(alone)] == [label]  # the shipped bundle end-points by default
+    assert label not in [d[0] for d in detect(run_on)]
+    assert label in [d[0] for d in detect(run_on, end_quiet_ms=0)]  # what end-pointing removed
+
+
+@pytest.mark.parametrize("name", ["3_jackson_0", "4_nicolas_0", "8_theo_0"])
+def test_in_steady_noise_the_pause_is_the_noise_level(name):
+    quiet = np.concatenate([hiss(2, -58), digit(name), hiss(1, -58, 1)])
+    noisy = quiet + hiss(len(quiet) / 8000, -36, 2)  # 12 dB under the word: never 60 dB down
+    assert [d[0] for d in detect(noisy, end_quiet_db=60)] == [name[0]]
