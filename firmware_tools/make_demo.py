@@ -52,6 +52,8 @@ MORE_PHRASES = (
 FESTIVAL_VOICE = "voice_ked_diphone"
 MORE_VOICES = (("en-us", 150, 50), ("en-gb+m2", 165, 40), ("en-gb-scotland+f2", 140, 60), ("en-029+m5", 175, 35),
                ("en-us+f4", 185, 70), ("en-gb-x-rp+m7", 130, 45), ("en-gb-x-gbclan", 160, 55))
+PAUSES_S = (0.9, 1.4)  # seconds between items
+HISS_DBFS = -58.0  # a quiet room through a microphone
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
 
@@ -133,13 +135,15 @@ def speech_phrases(count: int) -> list[tuple[str, str, int, int]]:
 
 
 def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phrases: int | None = None,
-          speech_engine: str = "espeak-ng", festival_voices=(FESTIVAL_VOICE,)):
+          speech_engine: str = "espeak-ng", festival_voices=(FESTIVAL_VOICE,), pauses=PAUSES_S,
+          hiss_dbfs: float = HISS_DBFS):
     """The demo as (float samples, truth rows, non-target rows, digit files used, phrases used).
 
     Every digit `repeats` times, the speakers taking turns, at takes chosen at random; the non-digit phrases
     and noise bursts `repeats // 2` times each (at least once), or `phrases` phrases from a longer list, spoken by
-    `speech_engine` (SPEECH_ENGINES; festival in `festival_voices`). With one held-out speaker this makes a
-    speaker-independent test stream for `basilar eval-stream`.
+    `speech_engine` (SPEECH_ENGINES; festival in `festival_voices`), with pauses drawn from `pauses` (seconds)
+    between them, over a steady hiss at `hiss_dbfs`. With one held-out speaker this makes a speaker-independent
+    test stream for `basilar eval-stream`.
     """
     speak = SPEECH_ENGINES[speech_engine]
     if speak is festival:
@@ -176,9 +180,9 @@ def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phr
             clip = rms_normalise(noise_burst(rng, extra, name), -30)
             non_target.append(("noise", cursor, cursor + len(clip) / RATE))
         pieces.append((cursor, clip))
-        cursor += len(clip) / RATE + rng.uniform(0.9, 1.4)
+        cursor += len(clip) / RATE + rng.uniform(*pauses)
     total = int((cursor + 0.5) * RATE)
-    audio = (rng.standard_normal(total) * 10 ** (-58 / 20)).astype(np.float32)  # background hiss, -58 dBFS
+    audio = (rng.standard_normal(total) * 10 ** (hiss_dbfs / 20)).astype(np.float32)  # a microphone's hiss
     for start, clip in pieces:
         first = int(round(start * RATE))
         audio[first:first + len(clip)] += clip
@@ -234,9 +238,10 @@ def write_rows(path: Path, header, rows) -> None:
 
 
 def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2,
-               phrases: int | None = None, speech_engine: str = "espeak-ng", festival_voices=(FESTIVAL_VOICE,)):
+               phrases: int | None = None, speech_engine: str = "espeak-ng", festival_voices=(FESTIVAL_VOICE,),
+               pauses=PAUSES_S, hiss_dbfs: float = HISS_DBFS):
     audio, truth, non_target, used, phrases = build(fsdd, seed, speakers, repeats, phrases, speech_engine,
-                                                    festival_voices)
+                                                    festival_voices, pauses, hiss_dbfs)
     out_dir.mkdir(parents=True, exist_ok=True)
     wav, csv_path = out_dir / "demo.wav", out_dir / "demo_truth.csv"
     soundfile.write(wav, np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16), RATE,
@@ -268,13 +273,20 @@ def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024, speakers=SPEAKERS, r
 @click.option("--festival-voice", "festival_voices", multiple=True, default=[FESTIVAL_VOICE], show_default=True,
               help="festival voice for --speech-engine festival; repeat it to share the phrases among several "
                    "(each phrase's voice is picked by a checksum of its text).")
+@click.option("--pause-s", "pauses", type=(click.FloatRange(0, 10), click.FloatRange(0, 10)), default=PAUSES_S,
+              show_default=True, metavar="LO HI", help="Pauses between items, drawn from LO to HI seconds.")
+@click.option("--hiss-dbfs", type=click.FloatRange(-90, -10), default=HISS_DBFS, show_default=True,
+              help="Level of the steady background noise (white) under the whole stream.")
 def main(fsdd: Path, out_dir: Path, seed: int, speakers: str, repeats: int, phrases: int | None,
-         speech_engine: str, festival_voices: tuple[str, ...]):
+         speech_engine: str, festival_voices: tuple[str, ...], pauses: tuple[float, float], hiss_dbfs: float):
     """Build the demo recording and its expected detections."""
+    if pauses[0] > pauses[1]:
+        raise click.BadParameter(f"{pauses[0]} {pauses[1]}: LO must not exceed HI", param_hint="--pause-s")
     if not fsdd.is_dir():
         raise click.ClickException(f"FSDD folder {fsdd} not found; pass --fsdd")
     names = tuple(s.strip() for s in speakers.split(",") if s.strip())
-    wav, csv_path = write_demo(fsdd, out_dir, seed, names, repeats, phrases, speech_engine, festival_voices)
+    wav, csv_path = write_demo(fsdd, out_dir, seed, names, repeats, phrases, speech_engine, festival_voices,
+                               pauses, hiss_dbfs)
     info = soundfile.info(wav)
     rows = sum(1 for _ in csv_path.open()) - 1
     click.echo(f"wrote {wav} ({info.duration:.1f} s, {info.samplerate} Hz) and {csv_path} ({rows} digits)")

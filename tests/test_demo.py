@@ -6,8 +6,10 @@ import click
 import numpy as np
 import pytest
 import soundfile
+from click.testing import CliRunner
 
 from firmware_tools.make_demo import DEFAULT_FSDD, SPEAKERS, festival, write_demo
+from firmware_tools.make_demo import main as make_demo_main
 from firmware_tools.stream_eval import NON_TARGET_HEADER, read_truth
 from tests.conftest import REPO, require, require_program
 
@@ -59,6 +61,27 @@ def test_make_demo_builds_a_demo_like_the_committed_one(tmp_path):
     # The digits are placed by a seeded layout: the same recordings in the same order.
     assert [label for label, _, _ in truth_rows(tmp_path / "demo_truth.csv")] == \
         [label for label, _, _ in truth_rows(DEMO_DIR / "demo_truth.csv")]
+
+
+def test_make_demo_sets_the_pauses_and_the_hiss(tmp_path):
+    """--pause-s and --hiss-dbfs: test streams with short pauses, or in steady noise."""
+    require(DEFAULT_FSDD.is_dir(), f"the FSDD recordings at {DEFAULT_FSDD}")
+    require_program("espeak-ng")
+    write_demo(DEFAULT_FSDD, tmp_path, speakers=("theo",), repeats=1, phrases=2, pauses=(0.2, 0.25), hiss_dbfs=-30)
+    items = sorted([(start, end) for _, start, end in truth_rows(tmp_path / "demo_truth.csv")] +
+                   [(s.start_s, s.end_s) for s in read_truth(tmp_path / "demo_non_target.csv",
+                                                              header=NON_TARGET_HEADER)])
+    gaps = [b[0] - a[1] for a, b in zip(items, items[1:])]
+    assert len(gaps) == 10 + 2 + 2 - 1 and all(0.199 <= gap <= 0.251 for gap in gaps)
+    audio, rate = soundfile.read(tmp_path / "demo.wav", dtype="float64")
+    opening = audio[: int(0.9 * rate)]  # the stream opens with a second of hiss alone
+    assert 20 * np.log10(np.sqrt(np.mean(opening**2))) == pytest.approx(-30, abs=0.3)
+
+
+def test_make_demo_refuses_pauses_given_high_before_low(tmp_path):
+    result = CliRunner().invoke(make_demo_main, ["--pause-s", "1.0", "0.5", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "LO must not exceed HI" in result.output
+    assert not (tmp_path / "demo.wav").exists()
 
 
 def test_make_demo_speaks_the_phrases_in_festivals_voice(tmp_path):
