@@ -38,7 +38,7 @@ class HopLevels:
         count = len(joined) // self.hop_samples
         hops = joined[: count * self.hop_samples].reshape(count, self.hop_samples)
         self._carry = joined[count * self.hop_samples:]
-        energy = np.einsum("ij,ij->i", hops, hops)  # exact: at most 2^30 per sample, 2^38 per 160-sample hop
+        energy = np.einsum("ij,ij->i", hops, hops)  # exact: each square is at most 2^30, a hop's sum far below 2^63
         with np.errstate(divide="ignore"):
             levels = 10.0 * np.log10(energy / self._full_scale)
         return np.maximum(levels, SILENCE_DBFS)
