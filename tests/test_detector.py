@@ -177,6 +177,10 @@ def test_settings_from_manifest_with_overrides():
     ({"refractory_ms": "soon"}, ["refractory_ms='soon'"]),
     ({"min_duration_ms": 500, "max_duration_ms": 400}, ["max_duration_ms=400", "min_duration_ms=500"]),
     ({"trigger": "loud"}, ["trigger='loud'", "'label'", "'word'"]),
+    ({"end_quiet_ms": -1}, ["end_quiet_ms=-1", "0 (off)"]),
+    ({"end_quiet_ms": 5000}, ["end_quiet_ms=5000", "max_duration_ms=3000"]),
+    ({"end_quiet_db": 0}, ["end_quiet_db=0", "(0, 60]"]),
+    ({"end_quiet_db": 90}, ["end_quiet_db=90"]),
 ])
 def test_invalid_settings_are_refused_with_the_setting_named(bad, words):
     with pytest.raises(DetectorSettingsError) as err:
