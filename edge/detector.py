@@ -189,6 +189,11 @@ class Detector:
     def frames_seen(self) -> int:
         return self._frame
 
+    @property
+    def uses_levels(self) -> bool:
+        """Whether `update` needs the input's per-hop levels (end-pointing is on)."""
+        return self._quiet_hops > 0
+
     def update(self, posteriors: np.ndarray, levels: np.ndarray | None = None) -> list[Detection]:
         """Feed (frames, labels) posteriors for the next hops, and the input's level (dBFS) at each hop
         (endpoint.HopLevels; needed when `end_quiet_ms` > 0); returns the events that closed in them."""

@@ -82,7 +82,8 @@ class Pipeline:
         step = self.runner.step
         for i in range(count):
             posteriors[i] = step(frames[i])
-        return self.detector.update(posteriors, self.levels.process(samples))
+        levels = self.levels.process(samples) if self.detector.uses_levels else None  # metered only when used
+        return self.detector.update(posteriors, levels)
 
     def flush(self) -> list[Detection]:
         return self.detector.flush()
