@@ -115,6 +115,16 @@ def test_bundles_without_end_pointing_keep_it_off():
     assert DetectorSettings.from_manifest({"threshold": 0.9}, hop_ms=10.0).end_quiet_ms == 0
 
 
+@pytest.mark.parametrize("end_quiet_ms", [150, 0])
+def test_the_pipeline_meters_the_input_only_when_end_pointing_uses_it(monkeypatch, end_quiet_ms):
+    pipeline = Pipeline.from_bundle("default", detector_overrides={"end_quiet_ms": end_quiet_ms})
+    assert pipeline.detector.uses_levels == (end_quiet_ms > 0)
+    metered, meter = [], pipeline.levels.process
+    monkeypatch.setattr(pipeline.levels, "process", lambda samples: metered.append(len(samples)) or meter(samples))
+    pipeline.process(np.zeros(800, np.int16))
+    assert metered == ([800] if end_quiet_ms else [])
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(1, 899), max_size=12))
 def test_chunking_does_not_change_end_pointed_detections(seed, cuts):
