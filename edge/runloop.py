@@ -82,8 +82,11 @@ class Pipeline:
         step = self.runner.step
         for i in range(count):
             posteriors[i] = step(frames[i])
-        levels = self.levels.process(samples) if self.detector.uses_levels else None  # metered only when used
-        return self.detector.update(posteriors, levels)
+        return self.detector.update(posteriors, self.input_levels(samples))
+
+    def input_levels(self, samples: np.ndarray) -> np.ndarray | None:
+        """The samples' per-hop levels for the detector's end-pointing; None (nothing metered) when it is off."""
+        return self.levels.process(samples) if self.detector.uses_levels else None
 
     def flush(self) -> list[Detection]:
         return self.detector.flush()

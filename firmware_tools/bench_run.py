@@ -73,10 +73,9 @@ def measure(pipeline, audio: np.ndarray, chunk_ms: float, hop_seconds: float) ->
         posteriors[i] = step(frames[i])
     t2 = time.perf_counter()
     per_chunk = chunk // hop
-    metered = pipeline.detector.uses_levels
     for s in range(0, len(posteriors), per_chunk):  # the detector, with the input levels its end-pointing uses
-        levels = pipeline.levels.process(audio[s * hop:(s + per_chunk) * hop]) if metered else None
-        pipeline.detector.update(posteriors[s:s + per_chunk], levels)
+        samples = audio[s * hop:(s + per_chunk) * hop]
+        pipeline.detector.update(posteriors[s:s + per_chunk], pipeline.input_levels(samples))
     t3 = time.perf_counter()
 
     return {
