@@ -250,10 +250,13 @@ class Detector:
             return posteriors
         joined = np.concatenate([self._history, posteriors])
         self._history = joined[len(joined) - (n - 1):].copy()
-        # Each window is summed on its own (not by differencing a cumulative sum), so the result is the same
-        # bit for bit however the stream is chunked.
-        windows = np.lib.stride_tricks.sliding_window_view(joined, n, axis=0)
-        return windows.sum(axis=-1) / n
+        # Each window is summed on its own, oldest hop first (not by differencing a cumulative sum), so the result
+        # is the same bit for bit however the stream is chunked; one add per offset keeps it vectorised over hops.
+        count = len(posteriors)
+        total = joined[:count].copy()
+        for offset in range(1, n):
+            total += joined[offset:offset + count]
+        return total / n
 
     def _close(self, end_hop: int, at_end: bool = False) -> Detection | None:
         self._open = False

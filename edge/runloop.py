@@ -36,7 +36,6 @@ class Pipeline:
         self.hop_samples = int(config.hop_samples)
         self.labels = list(bundle.labels)
         self._frames = np.zeros((64, config.features), dtype=np.int8)
-        self._posteriors = np.zeros((64, len(self.labels)), dtype=np.float32)
         self.levels = HopLevels(self.hop_samples)  # the input's level at each hop, for the detector's end-pointing
 
     @classmethod
@@ -74,15 +73,11 @@ class Pipeline:
     def process(self, samples: np.ndarray) -> list[Detection]:
         """Feed int16 samples; returns the detections that closed within them."""
         count = self.frontend.frames_for(len(samples))
-        if count > len(self._frames):  # buffers grow to the largest chunk seen, then stay
+        if count > len(self._frames):  # the buffer grows to the largest chunk seen, then stays
             self._frames = np.zeros((count, self._frames.shape[1]), dtype=np.int8)
-            self._posteriors = np.zeros((count, len(self.labels)), dtype=np.float32)
-        frames, posteriors = self._frames[:count], self._posteriors[:count]
+        frames = self._frames[:count]
         self.frontend.process_into(samples, frames)
-        step = self.runner.step
-        for i in range(count):
-            posteriors[i] = step(frames[i])
-        return self.detector.update(posteriors, self.input_levels(samples))
+        return self.detector.update(self.runner.run(frames), self.input_levels(samples))
 
     def input_levels(self, samples: np.ndarray) -> np.ndarray | None:
         """The samples' per-hop levels for the detector's end-pointing; None (nothing metered) when it is off."""

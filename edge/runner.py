@@ -83,25 +83,49 @@ class StepRunner:
         self._scores_scale, self._scores_zero = _quant(scores)
         self._state_zero = np.full(state["shape"], _quant(state)[1], dtype=np.int8)
         self._n_labels = len(self.labels)
-        self._frame = np.empty((1, features), dtype=np.int8)
         self.reset()
 
     def reset(self) -> None:
         self._state = self._state_zero.copy()
 
     def step(self, frame: np.ndarray) -> np.ndarray:
-        if self._frame_lut is None:
-            self._frame[0] = frame
-        else:
-            self._frame[0] = self._frame_lut[frame.astype(np.int16) + 128]
+        """The posteriors (labels,) of one frame. `run` steps through many frames for less time per frame."""
+        frame = frame[None] if self._frame_lut is None else self._frame_lut[frame[None].astype(np.int16) + 128]
         it = self.interpreter
-        it.set_tensor(self._frame_index, self._frame)
+        it.set_tensor(self._frame_index, frame.astype(np.int8, copy=False))
         it.set_tensor(self._state_index, self._state)
         it.invoke()
-        new_state = it.get_tensor(self._new_state_index)
-        self._state = new_state if self._state_lut is None else self._state_lut[new_state.astype(np.int16) + 128]
+        self._state = self._state_from_output(it.get_tensor(self._new_state_index))
         q = it.get_tensor(self._scores_index)[0, :self._n_labels]
         return (q.astype(np.float32) - self._scores_zero) * self._scores_scale
+
+    def run(self, frames: np.ndarray) -> np.ndarray:
+        """Posteriors (len(frames), labels) for consecutive int8 frames: one model step each, the state carried.
+
+        The interpreter's int8 scores are kept as they are and turned into posteriors once for all the frames:
+        per frame, only the interpreter calls remain in the loop (they are most of a step's time)."""
+        if self._frame_lut is not None:
+            frames = self._frame_lut[frames.astype(np.int16) + 128]
+        frames = np.ascontiguousarray(frames, dtype=np.int8)
+        scores = np.empty((len(frames), self._n_labels), dtype=np.int8)
+        it = self.interpreter
+        set_tensor, get_tensor, invoke = it.set_tensor, it.get_tensor, it.invoke
+        frame_index, state_index = self._frame_index, self._state_index
+        scores_index, new_state_index, state_from_output = (self._scores_index, self._new_state_index,
+                                                            self._state_from_output)
+        state = self._state
+        for i in range(len(frames)):
+            set_tensor(frame_index, frames[i:i + 1])
+            set_tensor(state_index, state)
+            invoke()
+            state = state_from_output(get_tensor(new_state_index))
+            scores[i] = get_tensor(scores_index)[0, :self._n_labels]
+        self._state = state
+        return (scores.astype(np.float32) - self._scores_zero) * self._scores_scale
+
+    def _state_from_output(self, new_state: np.ndarray) -> np.ndarray:
+        """The new-state output as the next step's state input (requantised if their int8 scales differ)."""
+        return new_state if self._state_lut is None else self._state_lut[new_state.astype(np.int16) + 128]
 
 
 def _requantize_table(source: tuple[float, int], target: tuple[float, int]):

@@ -67,12 +67,10 @@ def measure(pipeline, audio: np.ndarray, chunk_ms: float, hop_seconds: float) ->
     t0 = time.perf_counter()
     frames = np.concatenate([pipeline.frontend.process(audio[s:s + chunk]) for s in range(0, len(audio), chunk)])
     t1 = time.perf_counter()
-    step = pipeline.runner.step
-    posteriors = np.empty((len(frames), len(pipeline.labels)), dtype=np.float32)
-    for i in range(len(frames)):
-        posteriors[i] = step(frames[i])
-    t2 = time.perf_counter()
     per_chunk = chunk // hop
+    posteriors = np.concatenate([pipeline.runner.run(frames[s:s + per_chunk])
+                                 for s in range(0, len(frames), per_chunk)])
+    t2 = time.perf_counter()
     for s in range(0, len(posteriors), per_chunk):  # the detector, with the input levels its end-pointing uses
         samples = audio[s * hop:(s + per_chunk) * hop]
         pipeline.detector.update(posteriors[s:s + per_chunk], pipeline.input_levels(samples))

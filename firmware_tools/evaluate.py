@@ -12,7 +12,7 @@ from firmware_tools import dataset
 def stream_clip(runner: StepRunner, frames: np.ndarray) -> np.ndarray:
     """Posteriors (frames, labels) of the step model over a clip's frames, from a fresh state."""
     runner.reset()
-    return np.array([runner.step(f) for f in frames])
+    return runner.run(frames)
 
 
 def evaluate_bundle(bundle, clips, progress=None, noise_floor_dbfs: float | None = None) -> dict:

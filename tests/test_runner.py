@@ -43,3 +43,22 @@ def test_step_runner_streams_posteriors(tiny_bundle):
     again = np.array([runner.step(f) for f in frames])
     np.testing.assert_array_equal(first, again)  # reset really starts over, and inference is deterministic
     assert not np.allclose(first[0], first[-1])  # the state carries: outputs move as the clip goes by
+
+
+def test_running_many_frames_is_stepping_them_one_by_one(tiny_bundle):
+    """`run` (what the pipeline calls per chunk) gives what `step` gives frame by frame, however it is chunked."""
+    from firmware_tools import dataset
+
+    bundle = load_bundle(tiny_bundle)
+    runner = StepRunner(bundle)
+    clip = dataset.read_clip(next(FSDD_CLIPS.glob("7_*.wav")), bundle.frontend_config.sample_rate)
+    frames = Frontend(bundle.frontend_config).process(dataset.to_int16(clip))
+    one_by_one = np.array([runner.step(f) for f in frames])
+    for cuts in ([len(frames)], [1, 2, 7, 30], [13] * (len(frames) // 13 + 1)):
+        runner.reset()
+        edges = np.minimum(np.cumsum([0, *cuts]), len(frames))
+        chunked = np.concatenate([runner.run(frames[a:b]) for a, b in zip(edges[:-1], edges[1:])]
+                                 + [runner.run(frames[edges[-1]:])])
+        assert chunked.dtype == np.float32
+        np.testing.assert_array_equal(chunked, one_by_one)
+    assert runner.run(frames[:0]).shape == (0, 10)
