@@ -29,13 +29,17 @@ def test_no_runtime_is_a_clear_error(tiny_bundle, monkeypatch):
         make_interpreter(load_bundle(tiny_bundle).step_model_path)
 
 
-def test_step_runner_streams_posteriors(tiny_bundle):
+def _runner_and_frames(bundle_path, digit: str):
+    """A step runner for the bundle, and the front end's frames of a real recording of `digit`."""
     from firmware_tools import dataset
 
-    bundle = load_bundle(tiny_bundle)
-    runner = StepRunner(bundle)
-    clip = dataset.read_clip(next(FSDD_CLIPS.glob("3_*.wav")), bundle.frontend_config.sample_rate)
-    frames = Frontend(bundle.frontend_config).process(dataset.to_int16(clip))
+    bundle = load_bundle(bundle_path)
+    clip = dataset.read_clip(next(FSDD_CLIPS.glob(f"{digit}_*.wav")), bundle.frontend_config.sample_rate)
+    return StepRunner(bundle), Frontend(bundle.frontend_config).process(dataset.to_int16(clip))
+
+
+def test_step_runner_streams_posteriors(tiny_bundle):
+    runner, frames = _runner_and_frames(tiny_bundle, "3")
     first = np.array([runner.step(f) for f in frames])
     assert first.shape == (len(frames), 10)
     assert np.all((first >= 0) & (first <= 1))
@@ -47,12 +51,7 @@ def test_step_runner_streams_posteriors(tiny_bundle):
 
 def test_running_many_frames_is_stepping_them_one_by_one(tiny_bundle):
     """`run` (what the pipeline calls per chunk) gives what `step` gives frame by frame, however it is chunked."""
-    from firmware_tools import dataset
-
-    bundle = load_bundle(tiny_bundle)
-    runner = StepRunner(bundle)
-    clip = dataset.read_clip(next(FSDD_CLIPS.glob("7_*.wav")), bundle.frontend_config.sample_rate)
-    frames = Frontend(bundle.frontend_config).process(dataset.to_int16(clip))
+    runner, frames = _runner_and_frames(tiny_bundle, "7")
     one_by_one = np.array([runner.step(f) for f in frames])
     for cuts in ([len(frames)], [1, 2, 7, 30], [13] * (len(frames) // 13 + 1)):
         runner.reset()
