@@ -19,6 +19,9 @@ classes (one word at a time), so the detector runs a single event state machine 
 5. End-pointing (`end_quiet_ms` > 0; edge/endpoint.py): an event is reported only if the input's level fell back
    to a pause for `end_quiet_ms` in a row while it was open, so a word is heard on its own, not inside running
    speech. The end of the stream counts as a pause.
+6. Word times: with end-pointing, a detection's start and end are where its word is, found in the same levels (it
+   ends where the pause begins, and begins where its sound rose out of the quiet before it); `detected_s` is when
+   the event closed. Without end-pointing, start and end are the event's own hops.
 
 Times are seconds of audio from the start of the stream: hop i covers [i * hop, (i + 1) * hop).
 """
@@ -56,13 +59,16 @@ class DetectorSettingsError(ValueError):
 class Detection:
     label: str
     score: float  # peak smoothed posterior of `label` during the event, 0..1
-    start_s: float  # seconds from stream start
-    end_s: float
+    start_s: float  # where the word began, seconds from stream start
+    end_s: float  # where it ended
     timestamp: float | None = None  # wall-clock Unix time when it was detected (live sources only)
+    detected_s: float | None = None  # when the detector reported it, seconds from stream start
 
     def to_dict(self) -> dict[str, Any]:
         out = {"label": self.label, "score": round(self.score, 4),
                "start_s": round(self.start_s, 3), "end_s": round(self.end_s, 3)}
+        if self.detected_s is not None:
+            out["detected_s"] = round(self.detected_s, 3)
         if self.timestamp is not None:
             out["timestamp"] = round(self.timestamp, 3)
         return out
@@ -184,6 +190,7 @@ class Detector:
         self._quiet_from = at_frame  # first hop at which a new event may open (refractory)
         self._levels = np.zeros(0, dtype=np.float64)  # recent input levels (dBFS), for end-pointing
         self._levels_from = at_frame  # the hop of self._levels[0]
+        self._last_word_end = at_frame  # a word's start is looked for after the last reported word's end
 
     @property
     def frames_seen(self) -> int:
@@ -263,17 +270,27 @@ class Detector:
         if end_hop - self._onset < max(1, self._min_frames):
             return None
         self._quiet_from = end_hop + self._refractory_frames
-        if self._quiet_hops and not at_end and not self._ended_in_quiet(end_hop):
-            return None  # inside running speech
+        start_hop, word_end_hop = self._onset, end_hop
+        if self._quiet_hops:
+            start_hop, pause_hop = self._word_bounds(end_hop)
+            if pause_hop is None and not at_end:
+                return None  # inside running speech
+            word_end_hop = end_hop if pause_hop is None else pause_hop
+            self._last_word_end = word_end_hop
         evidence = self._mass if self.settings.trigger == "word" else self._peaks
         best = int(np.argmax(evidence / self._thresholds))
-        return Detection(label=self.labels[best], score=float(self._peaks[best]),
-                         start_s=self._onset * self._hop_s, end_s=end_hop * self._hop_s)
+        return Detection(label=self.labels[best], score=float(self._peaks[best]), start_s=start_hop * self._hop_s,
+                         end_s=word_end_hop * self._hop_s, detected_s=end_hop * self._hop_s)
 
-    def _ended_in_quiet(self, end_hop: int) -> bool:
+    def _word_bounds(self, end_hop: int) -> tuple[int, int | None]:
+        """From the input's levels: the hop where the word began, and the hop where the pause after it began (None
+        if the event holds no pause: the word ran on into other sound)."""
         def levels(first: int, last: int) -> np.ndarray:  # hops [first, last) that are still kept
             return self._levels[max(0, first - self._levels_from):max(0, last - self._levels_from)]
 
-        return endpoint.ended_in_quiet(levels(self._onset - self._before_hops, end_hop), levels(self._onset, end_hop),
-                                       levels(end_hop - self._floor_hops, end_hop), self._quiet_hops,
-                                       self.settings.end_quiet_db)
+        quiet = endpoint.quiet_level(levels(self._onset - self._before_hops, end_hop),
+                                     levels(end_hop - self._floor_hops, end_hop), self.settings.end_quiet_db)
+        before = levels(max(self._onset - self._before_hops, self._last_word_end), self._onset)
+        start = self._onset - len(before) + endpoint.sound_start(before, quiet)
+        pause = endpoint.pause_start(levels(self._onset, end_hop), quiet, self._quiet_hops)
+        return start, None if pause is None else self._onset + pause

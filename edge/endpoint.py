@@ -8,6 +8,9 @@ A digit said on its own is followed by a pause; a syllable that sounds like one 
 
 where the word peak is the loudest hop from BEFORE_S before the event to its end, and the background the quietest
 hop of the last FLOOR_S (a hiss, or steady noise: in noise a pause never gets `end_quiet_db` below the word).
+The same levels say where the word is: it ends where that pause begins, and begins where the loud stretch before
+the event's onset rose out of the quiet before it (`sound_start`), so a detection carries the word's own times
+rather than those of the model's certainty, which comes near the word's end.
 
 Levels are measured on the input samples, one per hop (the same hops as the front end's frames), in dBFS: the
 sum of squares is exact in int64, so the levels, like the frames, do not depend on how the audio is chunked.
@@ -44,20 +47,29 @@ class HopLevels:
         return np.maximum(levels, SILENCE_DBFS)
 
 
-def ended_in_quiet(word: np.ndarray, event: np.ndarray, background: np.ndarray, quiet_hops: int,
-                   drop_db: float) -> bool:
-    """Whether `event` (its hops' levels) holds `quiet_hops` in a row at or below the quiet level.
+def quiet_level(word: np.ndarray, background: np.ndarray, drop_db: float) -> float:
+    """The level (dBFS) at or below which a hop is quiet: `drop_db` under the word's loudest hop, or within
+    FLOOR_MARGIN_DB of the background (in steady noise a pause never falls `drop_db` under the word)."""
+    return max(float(word.max()) - drop_db, float(background.min()) + FLOOR_MARGIN_DB)
 
-    `word` is the levels from BEFORE_S before the event to its end, `background` the last FLOOR_S up to its end.
-    """
-    if quiet_hops <= 0:
-        return True
-    if len(event) < quiet_hops:
-        return False
-    quiet_level = max(float(word.max()) - drop_db, float(background.min()) + FLOOR_MARGIN_DB)
+
+def pause_start(event: np.ndarray, quiet: float, quiet_hops: int) -> int | None:
+    """The index in `event` (its hops' levels) of the first hop of its first `quiet_hops` quiet hops in a row (where
+    the word ended); None if it has no such pause."""
     run = 0
-    for quiet in (event <= quiet_level).tolist():
-        run = run + 1 if quiet else 0
+    for i, is_quiet in enumerate((event <= quiet).tolist()):
+        run = run + 1 if is_quiet else 0
         if run >= quiet_hops:
-            return True
-    return False
+            return i - quiet_hops + 1
+    return None
+
+
+def sound_start(before: np.ndarray, quiet: float) -> int:
+    """Where the word that the model fired on began: the index in `before` (the levels of the hops up to the event's
+    onset) of the first hop of its last loud stretch. The model fires near a word's end, and may fire only once the
+    pause after it has begun, so the quiet hops just before the onset are passed over. len(before) if none is loud."""
+    loud = np.flatnonzero(before > quiet)
+    if len(loud) == 0:
+        return len(before)
+    quiet_before = np.flatnonzero(before[:loud[-1]] <= quiet)
+    return int(quiet_before[-1]) + 1 if len(quiet_before) else 0

@@ -78,7 +78,8 @@ class TextSink(Sink):
 
 
 class JsonSink(TextSink):
-    """One JSON object per line per detection on stdout (label, score, start_s, end_s[, timestamp, time])."""
+    """One JSON object per line per detection on stdout (label, score, start_s, end_s[, detected_s, timestamp,
+    time])."""
 
     def detection(self, event: Detection) -> None:
         record = event.to_dict()

@@ -8,7 +8,9 @@ the earliest detection that qualifies. Then:
 - hit: a word with a matching detection; miss: a word without one;
 - false alarm: a detection that matches no word. Those that overlap (by the same rule) a word of another label are
   also counted as `wrong_label`;
-- latency: detection end (when the event closed and was reported) minus the word's end.
+- latency: when the detection was reported (its `detected_s`; its end for detections without one) minus the
+  word's end;
+- timing: how far the hits' start and end times are from the word's (absolute errors).
 
 Optionally, the stretches of other sound in the stream (rows `kind,start_s,end_s` in the same CSV format, kind
 `speech` for non-target speech, anything else for other sounds): false alarms that overlap a `speech` stretch by
@@ -117,7 +119,21 @@ class StreamScore:
 
     @property
     def latencies_s(self) -> list[float]:
-        return [detection.end_s - word.end_s for word, detection in self.hits]
+        return [(detection.end_s if detection.detected_s is None else detection.detected_s) - word.end_s
+                for word, detection in self.hits]
+
+    def timing(self) -> dict | None:
+        """How far the hits' start and end times are from the truth's (absolute errors, seconds)."""
+        if not self.hits:
+            return None
+        out = {}
+        for name, errors in (("start", [d.start_s - w.start_s for w, d in self.hits]),
+                             ("end", [d.end_s - w.end_s for w, d in self.hits])):
+            absolute = np.abs(errors)
+            out[f"{name}_error_s"] = {"median": round(float(np.median(absolute)), 3),
+                                      "p90": round(float(np.percentile(absolute, 90)), 3),
+                                      "max": round(float(absolute.max()), 3)}
+        return out
 
     def per_label(self) -> dict[str, dict[str, int]]:
         table: dict[str, dict[str, int]] = {}
@@ -144,6 +160,7 @@ class StreamScore:
             "false_alarms_per_hour": round(self.false_alarms_per_hour, 2),
             "off_word_false_alarms": len(self.false_alarms) - self.wrong_label,
             "latency": latency,
+            "timing": self.timing(),
             "tolerance_s": self.tolerance_s,
             "per_label": self.per_label(),
             "missed": [dataclasses.asdict(w) for w in self.misses],

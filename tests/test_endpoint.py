@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.detector import Detector, DetectorSettings
-from edge.endpoint import FLOOR_MARGIN_DB, SILENCE_DBFS, HopLevels, ended_in_quiet
+from edge.endpoint import FLOOR_MARGIN_DB, SILENCE_DBFS, HopLevels, pause_start, quiet_level, sound_start
 from edge.frontend import Frontend, FrontendConfig
 from edge.runloop import Pipeline
 from tests.conftest import REPO, require_program
@@ -51,11 +51,15 @@ def test_full_scale_square_wave_is_0_dbfs_and_halving_is_minus_6():
     assert HopLevels(160).process((square // 2).astype(np.int16))[0] == pytest.approx(-6.02, abs=0.01)
 
 
+def ended_in_quiet(word, event, background, quiet_hops, drop_db) -> bool:
+    return pause_start(event, quiet_level(word, background, drop_db), quiet_hops) is not None
+
+
 def test_a_pause_is_found_below_the_word_or_near_the_background():
     word, pause = np.full(40, -24.0), np.full(30, -58.0)
     levels = np.concatenate([word, pause])
     event = levels[30:]  # the model fires near the word's end
-    assert ended_in_quiet(levels, event, levels, quiet_hops=10, drop_db=25)
+    assert pause_start(event, quiet_level(levels, levels, 25), quiet_hops=10) == 10  # where the word ended
     assert not ended_in_quiet(levels, event, levels, quiet_hops=31, drop_db=25)  # the pause is too short
     # Running speech: the level never stays down for 10 hops in a row.
     speech = np.tile([-22.0, -30.0, -45.0, -28.0, -26.0, -50.0, -50.0, -24.0], 10)
@@ -67,6 +71,17 @@ def test_a_pause_is_found_below_the_word_or_near_the_background():
     room = np.full(300, -70.0)
     assert -70.0 + FLOOR_MARGIN_DB < -36.0 - 25
     assert not ended_in_quiet(noisy, noisy[30:], room, quiet_hops=10, drop_db=25)
+
+
+def test_a_word_starts_where_its_sound_rose_out_of_the_quiet_before_it():
+    quiet = -50.0
+    before = np.concatenate([np.full(20, -60.0), np.full(5, -30.0), np.full(10, -58.0), np.full(30, -25.0)])
+    assert sound_start(before, quiet) == 35  # the last loud stretch, not the click before the pause
+    # The model may fire once the pause has begun: the quiet hops just before the onset belong to the pause.
+    assert sound_start(np.concatenate([before, np.full(8, -59.0)]), quiet) == 35
+    assert sound_start(np.full(30, -25.0), quiet) == 0  # loud all along: as far back as the levels go
+    assert sound_start(np.full(30, -60.0), quiet) == 30  # nothing loud: the word starts at the onset
+    assert sound_start(np.zeros(0), quiet) == 0
 
 
 def make(**kw) -> Detector:
@@ -94,6 +109,29 @@ def test_the_detector_reports_a_word_followed_by_a_pause_and_not_one_inside_runn
     posteriors, levels = word_then(speech)
     off = make(end_quiet_ms=0)
     assert [e.label for e in off.update(posteriors, levels) + off.flush()] == ["a"]  # end-pointing off
+
+
+def test_a_detection_carries_the_words_own_times_and_when_it_was_reported():
+    posteriors, levels = word_then(np.full(180, -58.0))  # the word's sound: hops 60-120; the model: hops 100-150
+    detector = make()
+    [event] = detector.update(posteriors, levels) + detector.flush()
+    assert (event.start_s, event.end_s, event.detected_s) == pytest.approx((0.60, 1.20, 1.50))
+    off = make(end_quiet_ms=0)  # no levels: the times are those of the model's certainty
+    [event] = off.update(posteriors) + off.flush()
+    assert (event.start_s, event.end_s, event.detected_s) == pytest.approx((1.00, 1.50, 1.50))
+
+
+def test_the_shipped_bundle_times_the_demo_words():
+    """On the real demo recording, each detection's start and end are within 0.15 s of where the word really is,
+    and it is reported about half a second after the word's end."""
+    from firmware_tools.stream_eval import detect_file, read_truth
+
+    detections, _ = detect_file(Pipeline.from_bundle("default"), REPO / "edge" / "demo" / "demo.wav")
+    truth = read_truth(REPO / "edge" / "demo" / "demo_truth.csv")
+    assert [d.label for d in detections] == [w.label for w in truth]
+    for detection, word in zip(detections, truth):
+        assert abs(detection.start_s - word.start_s) <= 0.15 and abs(detection.end_s - word.end_s) <= 0.15
+        assert 0.3 <= detection.detected_s - word.end_s <= 0.8
 
 
 def test_the_end_of_the_stream_counts_as_a_pause():

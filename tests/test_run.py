@@ -140,10 +140,12 @@ def test_sigterm_stops_a_realtime_run_cleanly_with_exit_code_0():
 
 
 def test_stopping_mid_word_flushes_the_open_event(demo_detections):
-    """The event still open at shutdown is written, with the shutdown time as its end."""
+    """The event still open at shutdown is written, reported at the shutdown time."""
     first = demo_detections[0]
-    stop_at = (int(first.start_s * 10) + 1) / 10  # the first 100 ms chunk boundary inside the event
-    require(stop_at < first.end_s - 0.05, "a first detection longer than one chunk")
+    # Halfway between the word's end and the event's close: the model is sure of the word by then (the event opens
+    # near the word's end and closes about half a second later), and the event is still open.
+    stop_at = int((first.end_s + first.detected_s) / 2 * 10) / 10
+    require(stop_at > first.end_s, "a first detection that closes more than a chunk after its word")
 
     class StopAfter(FileSource):
         sent = 0
@@ -161,9 +163,10 @@ def test_stopping_mid_word_flushes_the_open_event(demo_detections):
     with StopAfter(DEMO, pipeline.sample_rate, stop=stop) as source:
         RunLoop(pipeline, source, [collect], health_every_s=0, stop=stop).run()
     stopped_at = source.sent // pipeline.hop_samples * pipeline.hop_samples / pipeline.sample_rate
-    assert stopped_at < first.end_s
-    assert [(e.label, e.start_s, e.end_s) for e in collect.events] == \
+    assert stopped_at < first.detected_s
+    assert [(e.label, e.start_s, e.detected_s) for e in collect.events] == \
         [(first.label, first.start_s, pytest.approx(stopped_at))]
+    assert first.end_s <= collect.events[0].end_s <= stopped_at  # the word's end, or the stream's if no pause yet
 
 
 def test_a_corrupt_file_fails_clearly_after_writing_the_detections_before_the_damage(tmp_path, demo_detections):

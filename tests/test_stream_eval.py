@@ -28,6 +28,17 @@ def test_a_detection_just_after_its_word_is_a_hit_with_its_latency():
     assert score.hit_rate == 1.0
 
 
+def test_latency_runs_to_when_a_detection_was_reported_and_timing_compares_the_word_times():
+    words = [TruthWord("3", 1.0, 1.5), TruthWord("7", 4.0, 4.4)]
+    detections = [Detection("3", 0.9, 1.02, 1.45, detected_s=1.95), Detection("7", 0.9, 4.1, 4.4, detected_s=4.9)]
+    score = score_stream(detections, words, duration_s=10)
+    assert score.latencies_s == pytest.approx([0.45, 0.5])
+    timing = score.to_dict()["timing"]
+    assert timing["start_error_s"] == {"median": 0.06, "p90": 0.092, "max": 0.1}
+    assert timing["end_error_s"] == {"median": 0.025, "p90": 0.045, "max": 0.05}
+    assert score_stream([], words, 10).to_dict()["timing"] is None
+
+
 def test_the_matching_window_runs_from_word_start_to_word_end_plus_tolerance():
     word = [TruthWord("3", 1.0, 1.5)]
     assert len(score_stream([det("3", 2.49, 2.8)], word, 10).hits) == 1  # starts 0.99 s after the word
@@ -120,11 +131,12 @@ def test_eval_stream_on_the_demo_with_the_default_bundle():
     assert report["false_alarms"] <= 3
     assert report["duration_s"] == pytest.approx(55.3, abs=0.1)
     assert 0 < report["latency"]["median_s"] < 1.0
+    assert report["timing"]["start_error_s"]["max"] <= 0.15 and report["timing"]["end_error_s"]["max"] <= 0.15
 
     text = CliRunner().invoke(main, ["eval-stream", "default", str(DEMO), "--truth", str(DEMO_TRUTH)])
     assert text.exit_code == 0, text.output
     assert f"hits            {report['hits']:2d}" in text.output
-    assert "false alarms" in text.output and "latency" in text.output
+    assert "false alarms" in text.output and "latency" in text.output and "word times" in text.output
 
 
 def test_both_triggers_run_from_the_command_line_and_differ_on_the_demo():
