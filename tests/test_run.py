@@ -256,6 +256,7 @@ def test_serial_telemetry_carries_hello_and_every_detection(tmp_path, demo_detec
     master, slave = os.openpty()
     received = bytearray()
     done = threading.Event()
+    last_read = [time.monotonic()]
 
     def drain():
         while not done.is_set():
@@ -264,12 +265,14 @@ def test_serial_telemetry_carries_hello_and_every_detection(tmp_path, demo_detec
                     received.extend(os.read(master, 65536))
                 except OSError:
                     return
+                last_read[0] = time.monotonic()
 
     reader = threading.Thread(target=drain)
     reader.start()
     try:
         result = basilar("run", "--serial", os.ttyname(slave), "--baud", 115200, "--device-id", "test-pi", DEMO)
-        time.sleep(0.3)
+        while time.monotonic() - last_read[0] < 1.0:  # the pty may still hold frames: read until it is quiet
+            time.sleep(0.05)
     finally:
         done.set()
         reader.join()
