@@ -65,8 +65,9 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
                    f"max {1000 * lat['max_s']:.0f} ms (word end to detection)")
     if report["timing"]:
         start, end = report["timing"]["start_error_s"], report["timing"]["end_error_s"]
-        click.echo(f"  word times    start off by median {1000 * start['median']:.0f} ms (p90 {1000 * start['p90']:.0f}), "
-                   f"end by {1000 * end['median']:.0f} ms (p90 {1000 * end['p90']:.0f})")
+        click.echo(f"  word times    start off by median {1000 * start['median']:.0f} ms "
+                   f"(p90 {1000 * start['p90']:.0f}), end by {1000 * end['median']:.0f} ms "
+                   f"(p90 {1000 * end['p90']:.0f})")
     for word in score.misses:
         click.echo(f"  missed        {word.label!r} at {word.start_s:.2f}-{word.end_s:.2f} s")
     for event in score.false_alarms:
