@@ -4,6 +4,11 @@ Interpreters, in order of preference: ai-edge-litert (maintained, numpy 2, aarch
 only choice on 32-bit Pi OS; needs numpy<2), tensorflow.lite. A candidate counts as working only once it has
 run an inference on the model: an import alone hides numpy ABI mismatches.
 """
+import contextlib
+import os
+import sys
+import tempfile
+
 import numpy as np
 
 RUNTIMES = (
@@ -39,17 +44,46 @@ def make_interpreter(model_path, num_threads: int = 1, delegates=None, without_d
                 kwargs["experimental_delegates"] = delegates
             if without_default_delegates:
                 kwargs["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-            interpreter = cls(**kwargs)
-            interpreter.allocate_tensors()
-            for detail in interpreter.get_input_details():
-                interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
-            interpreter.invoke()
+            with _without_delegate_notice():
+                interpreter = cls(**kwargs)
+                interpreter.allocate_tensors()
+                for detail in interpreter.get_input_details():
+                    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+                interpreter.invoke()
             return interpreter, name
         except (ValueError, RuntimeError, TypeError, AttributeError, ImportError) as exc:
             failures.append(f"{name}: {type(exc).__name__}: {exc}")
     raise RuntimeUnavailable(
         "no working TFLite interpreter: " + "; ".join(failures)
         + ". Install one: pip install ai-edge-litert (64-bit) or tflite-runtime with numpy<2 (32-bit Pi OS)")
+
+
+# The runtimes' C++ code prints this to file descriptor 2 whenever it builds an interpreter, and gives Python no
+# switch for it: it would be the first line of every `basilar run`. Every other line it prints is passed on.
+DELEGATE_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+@contextlib.contextmanager
+def _without_delegate_notice():
+    """Hold back what is written to file descriptor 2 inside the block; then pass it on, less DELEGATE_NOTICE."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().splitlines(keepends=True) if line.rstrip() != DELEGATE_NOTICE]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def _quant(detail) -> tuple[float, int]:
@@ -77,9 +111,11 @@ class StepRunner:
             raise ValueError(f"the step model has {scores['shape'][-1]} outputs for {len(self.labels)} labels")
         self._frame_index, self._state_index = frame["index"], state["index"]
         self._scores_index, self._new_state_index = scores["index"], new_state["index"]
+        if not _same_quantization(_quant(state), _quant(new_state)):
+            raise ValueError(f"the step model's new-state output is quantised as {_quant(new_state)} (scale, zero "
+                             f"point) but its state input as {_quant(state)}: the state cannot feed back as it is. "
+                             "Convert the model with `basilar convert`, which gives both the same quantisation")
         self._frame_lut = _requantize_table((1.0, 0), _quant(frame))
-        self._state_lut = None if _quant(state) == _quant(new_state) else \
-            _requantize_table(_quant(new_state), _quant(state))
         self._scores_scale, self._scores_zero = _quant(scores)
         self._state_zero = np.full(state["shape"], _quant(state)[1], dtype=np.int8)
         self._n_labels = len(self.labels)
@@ -95,7 +131,7 @@ class StepRunner:
         it.set_tensor(self._frame_index, frame.astype(np.int8, copy=False))
         it.set_tensor(self._state_index, self._state)
         it.invoke()
-        self._state = self._state_from_output(it.get_tensor(self._new_state_index))
+        self._state = it.get_tensor(self._new_state_index)
         q = it.get_tensor(self._scores_index)[0, :self._n_labels]
         return (q.astype(np.float32) - self._scores_zero) * self._scores_scale
 
@@ -111,26 +147,27 @@ class StepRunner:
         it = self.interpreter
         set_tensor, get_tensor, invoke = it.set_tensor, it.get_tensor, it.invoke
         frame_index, state_index = self._frame_index, self._state_index
-        scores_index, new_state_index, state_from_output = (self._scores_index, self._new_state_index,
-                                                            self._state_from_output)
+        scores_index, new_state_index = self._scores_index, self._new_state_index
         state = self._state
         for i in range(len(frames)):
             set_tensor(frame_index, frames[i:i + 1])
             set_tensor(state_index, state)
             invoke()
-            state = state_from_output(get_tensor(new_state_index))
+            state = get_tensor(new_state_index)
             scores[i] = get_tensor(scores_index)[0, :self._n_labels]
         self._state = state
         return (scores.astype(np.float32) - self._scores_zero) * self._scores_scale
 
-    def _state_from_output(self, new_state: np.ndarray) -> np.ndarray:
-        """The new-state output as the next step's state input (requantised if their int8 scales differ)."""
-        return new_state if self._state_lut is None else self._state_lut[new_state.astype(np.int16) + 128]
+
+def _same_quantization(a: tuple[float, int], b: tuple[float, int]) -> bool:
+    return abs(a[0] - b[0]) < 1e-9 and a[1] == b[1]
 
 
 def _requantize_table(source: tuple[float, int], target: tuple[float, int]):
-    """256-entry int8 -> int8 table mapping values quantised with `source` to `target`; None if identical."""
-    if source == target or (abs(source[0] - target[0]) < 1e-9 and source[1] == target[1]):
+    """256-entry int8 -> int8 table mapping values quantised with `source` to `target`; None if identical.
+
+    For a step model whose frame input is not quantised as the front end's frames (scale 1, zero point 0)."""
+    if _same_quantization(source, target):
         return None
     values = (np.arange(-128, 128) - source[1]) * source[0]
     return np.clip(np.round(values / target[0]) + target[1], -128, 127).astype(np.int8)

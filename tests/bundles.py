@@ -25,3 +25,55 @@ def build_tiny_bundle(out_dir: Path, seed: int, width: int = 8) -> Path:
     pipeline.convert_into_bundle(model_path, clips, out_dir, DEFAULT_FRONTEND, labels,
                                  provenance=FSDD_PROVENANCE, name=f"tiny-{seed}")
     return out_dir
+
+
+def requantized_bundle(base: Path, out_dir: Path, *, frame=None, new_state=None):
+    """A bundle of `base`'s step model with its frame input or its new-state output quantised as (scale, zero point)
+    instead: what another converter might have made. The frame input is simply relabelled (the model then reads
+    each value as that many steps of the new scale); the new-state output gets a QUANTIZE op after the layer that
+    made it, as a converter would add one. Writing the bundle loads it, so this raises whatever loading raises."""
+    import copy
+    import json
+
+    import flatbuffers
+    import numpy as np
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from edge.bundle import load_bundle
+    from firmware_tools.bundler import make_bundle
+
+    original = load_bundle(base)
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(original.step_model_path.read_bytes(), 0))
+    graph = model.subgraphs[0]
+    rank = lambda index: len(graph.tensors[index].shape)
+    if frame is not None:
+        _set_quantization(graph.tensors[next(i for i in graph.inputs if rank(i) == 2)], frame)
+    if new_state is not None:
+        output = next(i for i in graph.outputs if rank(i) == 3)
+        graph.tensors.append(copy.deepcopy(graph.tensors[output]))
+        inner = len(graph.tensors) - 1
+        graph.tensors[inner].name = b"new_state_before_quantize"
+        for op in graph.operators:
+            op.outputs = np.where(np.asarray(op.outputs) == output, inner, op.outputs)
+        code = schema.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.QUANTIZE
+        code.version = 1
+        model.operatorCodes.append(code)
+        quantize = schema.OperatorT()
+        quantize.opcodeIndex, quantize.inputs, quantize.outputs = len(model.operatorCodes) - 1, [inner], [output]
+        graph.operators.append(quantize)
+        _set_quantization(graph.tensors[output], new_state)
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    model_path = out_dir.parent / f"{out_dir.name}.tflite"
+    model_path.write_bytes(bytes(builder.Output()))
+    spec = json.loads((Path(base) / "manifest.json").read_text())["models"]["step"]["spec"]
+    return make_bundle(out_dir, model_path, original.frontend_config, original.labels, spec=spec)
+
+
+def _set_quantization(tensor, scale_and_zero_point):
+    import numpy as np
+
+    scale, zero_point = scale_and_zero_point
+    tensor.quantization.scale = np.array([scale], np.float32)
+    tensor.quantization.zeroPoint = np.array([zero_point], np.int64)

@@ -1,12 +1,14 @@
 """The interpreter shim and the step runner, with a real TFLite interpreter running a real model."""
+import os
+
 import numpy as np
 import pytest
 
 import edge.runner as runner_module
-from edge.bundle import load_bundle
+from edge.bundle import BundleError, load_bundle
 from edge.frontend import Frontend
 from edge.runner import RuntimeUnavailable, StepRunner, make_interpreter
-from tests.bundles import FSDD_CLIPS
+from tests.bundles import FSDD_CLIPS, requantized_bundle
 
 
 def test_a_real_runtime_runs_an_inference(tiny_bundle):
@@ -14,6 +16,12 @@ def test_a_real_runtime_runs_an_inference(tiny_bundle):
     assert name in {"ai-edge-litert", "tflite-runtime", "tensorflow"}
     out = interpreter.get_output_details()[0]
     assert interpreter.get_tensor(out["index"]).dtype == np.int8
+
+
+def test_the_delegate_notice_is_held_back_and_every_other_line_passed_on(capfd):
+    with runner_module._without_delegate_notice():
+        os.write(2, b"before\n" + runner_module.DELEGATE_NOTICE + b"\nWARNING: the runtime's own words\n")
+    assert capfd.readouterr().err == "before\nWARNING: the runtime's own words\n"
 
 
 def test_falls_back_past_a_broken_runtime(tiny_bundle, monkeypatch):
@@ -61,3 +69,24 @@ def test_running_many_frames_is_stepping_them_one_by_one(tiny_bundle):
         assert chunked.dtype == np.float32
         np.testing.assert_array_equal(chunked, one_by_one)
     assert runner.run(frames[:0]).shape == (0, 10)
+
+
+def test_a_frame_input_with_another_scale_gets_the_front_ends_frames_requantised(tiny_bundle, tmp_path):
+    """A step model reading frames at scale 2 gets round(v / 2) for each front-end value v: its posteriors are the
+    original model's on the frames rounded to even values, bit for bit, and far from them without the table."""
+    runner, frames = _runner_and_frames(tiny_bundle, "3")
+    frames = np.minimum(frames, 126)  # 127 / 2 rounds to 64, which the original model's int8 input cannot hold
+    expected = runner.run((2 * np.round(frames / 2)).astype(np.int8))
+    rescaled = StepRunner(requantized_bundle(tiny_bundle, tmp_path / "frame-scale-2", frame=(2.0, 0)))
+    np.testing.assert_array_equal(rescaled.run(frames), expected)
+    rescaled.reset()
+    rescaled._frame_lut = None
+    assert np.abs(rescaled.run(frames) - expected).max() > 0.01
+
+
+def test_a_state_output_quantised_unlike_the_state_input_is_refused(tiny_bundle, tmp_path):
+    with pytest.raises(BundleError, match=r"new-state output is quantised as .* but its state input as .*basilar "
+                                          r"convert"):
+        requantized_bundle(tiny_bundle, tmp_path / "state-scale-2", new_state=(6 / 255, -128))
+    with pytest.raises(BundleError, match="new-state output is quantised"):
+        load_bundle(tmp_path / "state-scale-2")
