@@ -21,7 +21,8 @@ from pathlib import Path
 import click
 import numpy as np
 import soundfile
-import soxr
+
+from firmware_tools import dataset
 
 RATE = 16000
 SPEAKERS = ("jackson", "nicolas", "theo", "yweweler")
@@ -63,11 +64,9 @@ def rms_normalise(clip: np.ndarray, dbfs: float) -> np.ndarray:
     return clip * (10 ** (dbfs / 20) / rms)
 
 
-def load_digit(path: Path) -> np.ndarray:
-    clip, rate = soundfile.read(path, dtype="float32")
-    if clip.ndim > 1:
-        clip = clip.mean(axis=1)
-    return soxr.resample(clip, rate, RATE)
+def read_clip(path: Path) -> np.ndarray:
+    """An audio file as float32 mono at RATE (the same reader and resampler as training's)."""
+    return dataset.read_clip(path, RATE).astype(np.float32)
 
 
 def espeak(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
@@ -81,8 +80,7 @@ def espeak(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
                                        "sudo apt install espeak-ng") from err
         except subprocess.CalledProcessError as err:
             raise click.ClickException(f"espeak-ng failed for voice {voice!r}: {err.stderr.decode().strip()}")
-        clip, rate = soundfile.read(out, dtype="float32")
-    return soxr.resample(clip, rate, RATE)
+        return read_clip(out)
 
 
 def festival(text: str, voice: str, speed: int, pitch: int, voices=(FESTIVAL_VOICE,)) -> np.ndarray:
@@ -107,8 +105,7 @@ def festival(text: str, voice: str, speed: int, pitch: int, voices=(FESTIVAL_VOI
                 f"festival could not speak in {festival_voice} ({result.stderr.decode().strip()[-300:]}); "
                 "voice_ked_diphone comes from the festvox-kdlpc16k package (sudo apt install festvox-kdlpc16k), "
                 "other voices from their own festvox-* packages")
-        clip, rate = soundfile.read(out, dtype="float32")
-    return soxr.resample(clip, rate, RATE)
+        return read_clip(out)
 
 
 def festival_voice_for(text: str, voices) -> str:
@@ -170,7 +167,7 @@ def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phr
     for index in order:
         kind, name, extra = items[index]
         if kind == "digit":
-            clip = rms_normalise(load_digit(extra), -24 + rng.uniform(-4, 4))
+            clip = rms_normalise(read_clip(extra), -24 + rng.uniform(-4, 4))
             truth.append((name, cursor, cursor + len(clip) / RATE))
             used_files.append(extra.name)
         elif kind == "speech":

@@ -117,23 +117,29 @@ def test_raw_pcm_on_stdin_in_other_formats_rates_and_channels(demo_detections):
     assert_matches_truth(parse_text(result.stdout))
 
 
-def test_sigterm_stops_a_realtime_run_cleanly_with_exit_code_0():
-    process = subprocess.Popen([sys.executable, "-m", "firmware_tools.cli", "run", "--realtime", "--json",
-                                "--health-every", "0.5", str(DEMO)], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, env=repo_env())
+def signal_once(args, env, ready, sig):
+    """Start `basilar ARGS`, send it `sig` once its stderr so far satisfies `ready` (or after 60 s), and return
+    its exit code, stdout (bytes) and all of its stderr (text)."""
+    process = subprocess.Popen([sys.executable, "-m", "firmware_tools.cli", *args], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        # Let it run paced for a while (its first health report comes after 0.5 s), then stop it.
         err = b""
         deadline = time.monotonic() + 60
-        while err.count(b"health: up") < 4 and time.monotonic() < deadline:
+        while not ready(err) and time.monotonic() < deadline:
             if select.select([process.stderr], [], [], 1)[0]:
                 err += os.read(process.stderr.fileno(), 4096)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(sig)
         out, rest = process.communicate(timeout=20)
     finally:
         process.kill()
-    stderr = (err + rest).decode()
-    assert process.returncode == 0, stderr
+    return process.returncode, out, (err + rest).decode()
+
+
+def test_sigterm_stops_a_realtime_run_cleanly_with_exit_code_0():
+    # Let it run paced for a while (its first health report comes after 0.5 s), then stop it.
+    returncode, out, stderr = signal_once(["run", "--realtime", "--json", "--health-every", "0.5", str(DEMO)],
+                                          repo_env(), lambda err: err.count(b"health: up") >= 4, signal.SIGTERM)
+    assert returncode == 0, stderr
     assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
     seconds = float(re.search(r"stopped by SIGTERM: ([\d.]+) s of audio", stderr).group(1))
     assert 1.5 < seconds < DEMO_SECONDS / 2  # it stopped early, paced like a live source
@@ -295,21 +301,10 @@ def test_microphone_run_reports_overruns_and_stops_cleanly(tmp_path):
     devices = basilar("devices", env=env)
     assert devices.returncode == 0 and "basilar_test_mic" in devices.stdout.decode()
 
-    process = subprocess.Popen([sys.executable, "-m", "firmware_tools.cli", "run", "mic:basilar_test_mic"],
-                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        err = b""
-        while b"audio overruns" not in err and time.monotonic() < deadline:
-            if select.select([process.stderr], [], [], 1)[0]:
-                err += os.read(process.stderr.fileno(), 4096)
-        process.send_signal(signal.SIGINT)
-        _, rest = process.communicate(timeout=20)
-    finally:
-        process.kill()
-    stderr = (err + rest).decode()
+    returncode, _, stderr = signal_once(["run", "mic:basilar_test_mic"], env,
+                                        lambda err: b"audio overruns" in err, signal.SIGINT)
     assert "audio overruns:" in stderr and "processing fell behind" in stderr
-    assert process.returncode == 0 and "stopped by SIGINT" in stderr
+    assert returncode == 0 and "stopped by SIGINT" in stderr
     overruns = int(re.search(r"(\d+) overruns$", stderr.strip()).group(1))
     assert overruns > 0
 
