@@ -80,6 +80,8 @@ def test_a_frame_input_with_another_scale_gets_the_front_ends_frames_requantised
     rescaled = StepRunner(requantized_bundle(tiny_bundle, tmp_path / "frame-scale-2", frame=(2.0, 0)))
     np.testing.assert_array_equal(rescaled.run(frames), expected)
     rescaled.reset()
+    np.testing.assert_array_equal([rescaled.step(f) for f in frames[:5]], expected[:5])
+    rescaled.reset()
     rescaled._frame_lut = None
     assert np.abs(rescaled.run(frames) - expected).max() > 0.01
 
