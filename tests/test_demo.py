@@ -8,7 +8,7 @@ import pytest
 import soundfile
 from click.testing import CliRunner
 
-from firmware_tools.make_demo import DEFAULT_FSDD, SPEAKERS, festival, write_demo
+from firmware_tools.make_demo import DEFAULT_FSDD, SPEAKERS, espeak_version, festival, write_demo
 from firmware_tools.make_demo import main as make_demo_main
 from firmware_tools.stream_eval import NON_TARGET_HEADER, read_truth
 from tests.conftest import REPO, require, require_program
@@ -61,6 +61,10 @@ def test_make_demo_builds_a_demo_like_the_committed_one(tmp_path):
     # The digits are placed by a seeded layout: the same recordings in the same order.
     assert [label for label, _, _ in truth_rows(tmp_path / "demo_truth.csv")] == \
         [label for label, _, _ in truth_rows(DEMO_DIR / "demo_truth.csv")]
+    # With the espeak-ng release the committed demo was spoken by, it is exactly what make_demo makes.
+    if f"espeak-ng {espeak_version()}" in (DEMO_DIR / "ATTRIBUTION.md").read_text():
+        for name in ("demo.wav", "demo_truth.csv", "demo_non_target.csv", "ATTRIBUTION.md"):
+            assert (tmp_path / name).read_bytes() == (DEMO_DIR / name).read_bytes(), name
 
 
 def test_make_demo_sets_the_pauses_and_the_hiss(tmp_path):
