@@ -8,6 +8,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 
 import numpy as np
 
@@ -63,27 +64,33 @@ def make_interpreter(model_path, num_threads: int = 1, delegates=None, without_d
 DELEGATE_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
 
 
+_redirect_lock = threading.Lock()  # two threads redirecting at once could leave fd 2 pointing at a dead file
+
+
 @contextlib.contextmanager
 def _without_delegate_notice():
-    """Hold back what is written to file descriptor 2 inside the block; then pass it on, less DELEGATE_NOTICE."""
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr at all: nothing to filter
-        yield
-        return
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
+    """Hold back what is written to file descriptor 2 inside the block; then pass it on, less DELEGATE_NOTICE.
+
+    What another thread writes to standard error meanwhile is held back too, and passed on after the block."""
+    with _redirect_lock:
+        sys.stderr.flush()
         try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to filter
             yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            kept = [line for line in held.read().splitlines(keepends=True) if line.rstrip() != DELEGATE_NOTICE]
-            if kept:
-                os.write(2, b"".join(kept))
+            return
+        with tempfile.TemporaryFile() as held:
+            os.dup2(held.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                held.seek(0)
+                kept = [line for line in held.read().splitlines(keepends=True) if line.rstrip() != DELEGATE_NOTICE]
+                if kept:
+                    os.write(2, b"".join(kept))
 
 
 def _quant(detail) -> tuple[float, int]:

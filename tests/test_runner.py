@@ -1,5 +1,6 @@
 """The interpreter shim and the step runner, with a real TFLite interpreter running a real model."""
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -22,6 +23,26 @@ def test_the_delegate_notice_is_held_back_and_every_other_line_passed_on(capfd):
     with runner_module._without_delegate_notice():
         os.write(2, b"before\n" + runner_module.DELEGATE_NOTICE + b"\nWARNING: the runtime's own words\n")
     assert capfd.readouterr().err == "before\nWARNING: the runtime's own words\n"
+
+
+def test_interpreters_built_in_several_threads_at_once_leave_stderr_working(tiny_bundle, capfd):
+    """A bundle swap builds an interpreter in the serial link's thread; the notice filter redirects fd 2 while it
+    does, and however many build at once, standard error must end up where it was."""
+    model = load_bundle(tiny_bundle).step_model_path
+    start_together = threading.Barrier(16)
+
+    def build():
+        start_together.wait()
+        make_interpreter(model)
+
+    threads = [threading.Thread(target=build) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    os.write(2, b"after\n")  # without the lock, fd 2 is often left pointing at one thread's deleted file
+    err = capfd.readouterr().err
+    assert err.endswith("after\n") and "XNNPACK" not in err
 
 
 def test_falls_back_past_a_broken_runtime(tiny_bundle, monkeypatch):
