@@ -126,14 +126,8 @@ class StreamScore:
         """How far the hits' start and end times are from the truth's (absolute errors, seconds)."""
         if not self.hits:
             return None
-        out = {}
-        for name, errors in (("start", [d.start_s - w.start_s for w, d in self.hits]),
-                             ("end", [d.end_s - w.end_s for w, d in self.hits])):
-            absolute = np.abs(errors)
-            out[f"{name}_error_s"] = {"median": round(float(np.median(absolute)), 3),
-                                      "p90": round(float(np.percentile(absolute, 90)), 3),
-                                      "max": round(float(absolute.max()), 3)}
-        return out
+        return {"start_error_s": _spread(np.abs([d.start_s - w.start_s for w, d in self.hits])),
+                "end_error_s": _spread(np.abs([d.end_s - w.end_s for w, d in self.hits]))}
 
     def per_label(self) -> dict[str, dict[str, int]]:
         table: dict[str, dict[str, int]] = {}
@@ -145,8 +139,7 @@ class StreamScore:
 
     def to_dict(self) -> dict:
         latencies = self.latencies_s
-        latency = ({"mean_s": round(float(np.mean(latencies)), 3), "median_s": round(float(np.median(latencies)), 3),
-                    "p90_s": round(float(np.percentile(latencies, 90)), 3), "max_s": round(max(latencies), 3)}
+        latency = ({"mean_s": round(float(np.mean(latencies)), 3), **_spread(latencies, suffix="_s")}
                    if latencies else None)
         return {
             "duration_s": round(self.duration_s, 3),
@@ -214,3 +207,9 @@ def detect_file(pipeline, audio_path: str | Path) -> tuple[list[Detection], floa
     with FileSource(audio_path, pipeline.sample_rate) as source:
         stats = RunLoop(pipeline, source, [collect], health_every_s=0).run()
     return collect.detections, stats.audio_s
+
+
+def _spread(values, suffix: str = "") -> dict[str, float]:
+    """Median, 90th percentile and maximum of `values`, rounded to the millisecond."""
+    return {f"median{suffix}": round(float(np.median(values)), 3),
+            f"p90{suffix}": round(float(np.percentile(values, 90)), 3), f"max{suffix}": round(float(np.max(values)), 3)}
