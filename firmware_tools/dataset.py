@@ -13,19 +13,21 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import scipy.signal
 import soundfile
 import soxr
 
 from edge.frontend import Frontend, FrontendConfig
 
 BACKGROUND = "_background_"
-RECIPE = 6  # bump when example generation changes, so cached features are rebuilt
+RECIPE = 7  # bump when example generation changes, so cached features are rebuilt
 SEQ_FRAMES = 192  # frames per training example (1.92 s at 10 ms)
 CONTEXT_FRAMES = 64  # the first frames of an example only give the model its past: no loss there
 LABEL_BEFORE_END_S = 0.10  # a word's label is the target from this long before its end ...
 LABEL_AFTER_END_S = 0.30  # ... until this long after it
 AFTER_WORD_GAP_S = 0.20  # then no loss for this long, then background
 EVAL_LEAD_S, EVAL_TAIL_S = 0.2, 0.6  # silence around a clip when a clip is classified (train and eval alike)
+ROOM_SHARE = 0.3  # of all examples, words and background alike: heard in a random reverberant room
 NOISE_FLOOR_SHARE = 0.5  # of the examples with quiet around the word: a steady noise floor, not digital silence
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 NOISE_COLOURS = ("white", "pink", "brown")  # what coloured_noise makes
@@ -211,6 +213,21 @@ def random_speed(rng: np.random.Generator, x: np.ndarray, spread: float = 0.12) 
     return soxr.resample(x, 1000, round(1000 * factor))
 
 
+def random_room(rng: np.random.Generator, x: np.ndarray, rate: int) -> np.ndarray:
+    """x heard in a random room: the direct sound, then after 2-20 ms a diffuse tail of exponentially decaying
+    noise (RT60 0.2-1.0 s, highs damped by a random one-pole low-pass), 12 dB quieter to 3 dB louder in all
+    than the direct sound. Same length as x."""
+    rt60 = rng.uniform(0.2, 1.0)
+    n = int(rt60 * rate)
+    tail = rng.standard_normal(n) * 10 ** (-3 * np.arange(n) / (rt60 * rate))  # -60 dB at rt60
+    tail = scipy.signal.lfilter([1.0], [1.0, -rng.uniform(0.0, 0.8)], tail)  # walls and air absorb highs first
+    tail[:int(rng.uniform(0.002, 0.02) * rate)] = 0
+    tail *= np.sqrt(10 ** (-rng.uniform(-3, 12) / 10) / max(np.sum(tail ** 2), 1e-12))
+    tail[0] = 1.0  # the direct sound
+    size = x.size + n
+    return np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(tail, size), size)[:x.size]
+
+
 def set_peak(x: np.ndarray, peak_dbfs: float) -> np.ndarray:
     peak = np.abs(x).max()
     return x * (10 ** (peak_dbfs / 20) / peak) if peak > 0 else x
@@ -323,6 +340,8 @@ class Augmenter:
                 audio[prev_start:prev_end] += prev
                 self._label(targets, weights, (prev_start - warmup) // self.hop, (prev_end - warmup) // self.hop,
                             previous[1], limit=max(0, start_frame))
+        if rng.random() < ROOM_SHARE:  # the room rings on everything it hears; the microphone's own hiss is added after
+            audio = random_room(rng, audio, self.rate)
         if not clean and rng.random() < 0.5:
             audio += coloured_noise(rng, total, "white") * np.abs(word).max() * 10 ** (-rng.uniform(15, 40) / 20)
         frames = self.frames(audio)[-SEQ_FRAMES:]
@@ -346,6 +365,8 @@ class Augmenter:
         from_rest = self.rng.random() < 0.3  # scored from the first frame, as when a stream begins
         warmup = 0 if from_rest else int(self.rng.uniform(0, 1.0) * self.rate)
         audio = self.background(warmup + SEQ_FRAMES * self.hop)
+        if self.rng.random() < ROOM_SHARE:
+            audio = random_room(self.rng, audio, self.rate)
         frames = self.frames(audio)[-SEQ_FRAMES:]
         weights = np.zeros(SEQ_FRAMES, np.float32)
         weights[0 if from_rest else CONTEXT_FRAMES:] = 1.0

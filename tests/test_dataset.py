@@ -1,5 +1,5 @@
-"""Training and evaluation audio: real espeak-ng and flite voices, and the noise floor under quiet training examples
-and under clips played by `basilar eval --noise-floor`."""
+"""Training and evaluation audio: real espeak-ng and flite voices, the rooms around training examples, and the noise
+floor under quiet training examples and under clips played by `basilar eval --noise-floor`."""
 import dataclasses
 
 import numpy as np
@@ -73,3 +73,33 @@ def test_clip_frames_over_a_noise_floor_are_seeded_and_differ_from_silence():
     assert not np.array_equal(hiss, dataset.clip_frames(cfg, word, noise_floor_dbfs=-60, seed=2))
     lead = round(dataset.EVAL_LEAD_S * 1000 / cfg.hop_ms) - 2  # frames before the word: silence, or raised hiss
     assert silent[:lead].max() == -128 and hiss[:lead].mean() > 0
+
+
+def test_a_room_keeps_the_direct_sound_and_adds_a_decaying_tail():
+    rng = np.random.default_rng(4)
+    click = np.zeros(2 * RATE)
+    click[100] = 1.0
+    tenth = RATE // 10
+    for _ in range(30):
+        heard = dataset.random_room(rng, click, RATE)
+        assert heard.shape == click.shape
+        assert np.abs(heard[:100]).max() < 1e-9 and abs(heard[100] - 1.0) < 1e-9
+        assert np.abs(heard[101:116]).max() < 1e-9  # the first reflection comes 2-20 ms after the direct sound
+        tail = heard[101:]
+        assert -12.5 < 10 * np.log10(np.sum(tail ** 2)) < 3.5  # 12 dB quieter to 3 dB louder than the direct sound
+        first, second = np.sum(tail[:tenth] ** 2), np.sum(tail[tenth:2 * tenth] ** 2)
+        assert first > 2 * second  # it dies away: RT60 of at most 1 s is at least 6 dB per 0.1 s
+        assert np.abs(tail[RATE + 100:]).max() < 1e-9  # and is gone after 1 s
+
+
+def test_a_share_of_word_and_background_examples_is_heard_in_a_room(monkeypatch):
+    rooms = []
+    real_room = dataset.random_room
+    monkeypatch.setattr(dataset, "random_room", lambda rng, x, rate: rooms.append(x.size) or real_room(rng, x, rate))
+    aug = dataset.Augmenter(training.DEFAULT_FRONTEND, [], seed=5)
+    word = np.sin(np.arange(3000) * 0.3) * 0.3
+    for _ in range(100):
+        aug.word_example(word, 0, 10)
+        aug.background_example(10)
+    assert 0.2 < len(rooms) / 200 < 0.4  # ROOM_SHARE, 0.3
+    assert min(rooms) >= dataset.SEQ_FRAMES * training.DEFAULT_FRONTEND.hop_samples  # the whole example, not the word
