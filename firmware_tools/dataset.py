@@ -222,7 +222,7 @@ def random_room(rng: np.random.Generator, x: np.ndarray, rate: int) -> np.ndarra
     tail = rng.standard_normal(n) * 10 ** (-3 * np.arange(n) / (rt60 * rate))  # -60 dB at rt60
     tail = scipy.signal.lfilter([1.0], [1.0, -rng.uniform(0.0, 0.8)], tail)  # walls and air absorb highs first
     tail[:int(rng.uniform(0.002, 0.02) * rate)] = 0
-    tail *= np.sqrt(10 ** (-rng.uniform(-3, 12) / 10) / max(np.sum(tail ** 2), 1e-12))
+    tail *= np.sqrt(10 ** (-rng.uniform(-3, 12) / 10) / np.sum(tail ** 2))  # at least 0.18 s of noise: never 0
     tail[0] = 1.0  # the direct sound
     size = x.size + n
     return np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(tail, size), size)[:x.size]
