@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import scipy.signal
 import soundfile
 import soxr
 
@@ -217,10 +216,12 @@ def random_room(rng: np.random.Generator, x: np.ndarray, rate: int) -> np.ndarra
     """x heard in a random room: the direct sound, then after 2-20 ms a diffuse tail of exponentially decaying
     noise (RT60 0.2-1.0 s, highs damped by a random one-pole low-pass), 12 dB quieter to 3 dB louder in all
     than the direct sound. Same length as x."""
+    from scipy.signal import lfilter  # host only (training); `basilar eval` on a device imports this module
+
     rt60 = rng.uniform(0.2, 1.0)
     n = int(rt60 * rate)
     tail = rng.standard_normal(n) * 10 ** (-3 * np.arange(n) / (rt60 * rate))  # -60 dB at rt60
-    tail = scipy.signal.lfilter([1.0], [1.0, -rng.uniform(0.0, 0.8)], tail)  # walls and air absorb highs first
+    tail = lfilter([1.0], [1.0, -rng.uniform(0.0, 0.8)], tail)  # walls and air absorb highs first
     tail[:int(rng.uniform(0.002, 0.02) * rate)] = 0
     tail *= np.sqrt(10 ** (-rng.uniform(-3, 12) / 10) / np.sum(tail ** 2))  # at least 0.18 s of noise: never 0
     tail[0] = 1.0  # the direct sound
