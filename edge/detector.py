@@ -288,9 +288,15 @@ class Detector:
         def levels(first: int, last: int) -> np.ndarray:  # hops [first, last) that are still kept
             return self._levels[max(0, first - self._levels_from):max(0, last - self._levels_from)]
 
-        quiet = endpoint.quiet_level(levels(self._onset - self._before_hops, end_hop),
-                                     levels(end_hop - self._floor_hops, end_hop), self.settings.end_quiet_db)
+        word = levels(self._onset - self._before_hops, end_hop)
+        quiet = endpoint.quiet_level(word, levels(end_hop - self._floor_hops, end_hop), self.settings.end_quiet_db)
         before = levels(max(self._onset - self._before_hops, self._last_word_end), self._onset)
         start = self._onset - len(before) + endpoint.sound_start(before, quiet)
-        pause = endpoint.pause_start(levels(self._onset, end_hop), quiet, self._quiet_hops)
+        event = levels(self._onset, end_hop)
+        pause = endpoint.pause_start(event, quiet, self._quiet_hops)
+        if pause is None:  # no quiet: perhaps a room still ringing with the word
+            tail = endpoint.smoothed(levels(self._onset - endpoint.TAIL_SMOOTH_HOPS + 1, end_hop))
+            tail = tail[len(tail) - len(event):]  # the event's hops, smoothed over the hops before them too
+            tail_top = float(word.max()) - endpoint.TAIL_DROP_DB
+            pause = endpoint.pause_start(event, quiet, self._quiet_hops, tail, tail_top)
         return start, None if pause is None else self._onset + pause

@@ -8,6 +8,12 @@ A digit said on its own is followed by a pause; a syllable that sounds like one 
 
 where the word peak is the loudest hop from BEFORE_S before the event to its end, and the background the quietest
 hop of the last FLOOR_S (a hiss, or steady noise: in noise a pause never gets `end_quiet_db` below the word).
+In a reverberant room the word rings on: its tail may stay 15-25 dB under the word for most of a second. Where an
+event holds no quiet pause, the detector looks for one in which a hop also counts as quiet when it is in such a
+tail: at least TAIL_DROP_DB under the word peak, and never more than TAIL_RISE_DB above the lowest level since the
+pause began (a tail only decays; the next word rises out of it). The tail is judged on levels smoothed over
+TAIL_SMOOTH_HOPS hops, since one hop of a noise-like tail swings by several dB. A quiet pause is looked for first
+because it marks the word's end more closely (a tail starts under the word's own fading end).
 The same levels say where the word is: it ends where that pause begins, and begins where the loud stretch before
 the event's onset rose out of the quiet before it (`sound_start`), so a detection carries the word's own times
 rather than those of the model's certainty, which comes near the word's end.
@@ -22,6 +28,9 @@ import numpy as np
 BEFORE_S = 1.0  # the word: up to a second before the event opens (the model fires near the word's end)
 FLOOR_S = 3.0  # the background: the quietest hop of the last three seconds
 FLOOR_MARGIN_DB = 6.0  # a hop this close to the background counts as quiet
+TAIL_DROP_DB = 18.0  # a room's tail: at least this far under the word ...
+TAIL_RISE_DB = 2.0  # ... and never rising more than this above its lowest level so far
+TAIL_SMOOTH_HOPS = 3  # the tail's level: the mean energy of a hop and the two before it
 SILENCE_DBFS = -120.0  # the level of a hop of zeros (log of 0 is not a number)
 
 
@@ -53,12 +62,32 @@ def quiet_level(word: np.ndarray, background: np.ndarray, drop_db: float) -> flo
     return max(float(word.max()) - drop_db, float(background.min()) + FLOOR_MARGIN_DB)
 
 
-def pause_start(event: np.ndarray, quiet: float, quiet_hops: int) -> int | None:
+def smoothed(levels: np.ndarray, hops: int = TAIL_SMOOTH_HOPS) -> np.ndarray:
+    """Each hop's level over the mean energy of it and the `hops` - 1 hops before it (fewer at the start)."""
+    energy = 10.0 ** (np.asarray(levels, dtype=np.float64) / 10.0)
+    total, count = energy.copy(), np.ones(len(energy))
+    for back in range(1, min(hops, len(energy))):  # summed window by window (no differenced running sum, which
+        total[back:] += energy[:-back]            # would lose a quiet hop after a loud one to rounding)
+        count[back:] += 1
+    return 10.0 * np.log10(total / count)
+
+
+def pause_start(event: np.ndarray, quiet: float, quiet_hops: int, tail: np.ndarray | None = None,
+                tail_top: float = -np.inf) -> int | None:
     """The index in `event` (its hops' levels) of the first hop of its first `quiet_hops` quiet hops in a row (where
-    the word ended); None if it has no such pause."""
-    run = 0
-    for i, is_quiet in enumerate((event <= quiet).tolist()):
-        run = run + 1 if is_quiet else 0
+    the word ended); None if it has no such pause. A hop is quiet if its level is at most `quiet`, or if `tail` (the
+    same hops' smoothed levels) is at most `tail_top` and no more than TAIL_RISE_DB above its lowest value since the
+    pause began: a room's decaying tail."""
+    tail = np.full(len(event), np.inf) if tail is None else tail
+    run, lowest = 0, np.inf
+    for i, (level, tail_level) in enumerate(zip(event.tolist(), tail.tolist())):
+        if level <= quiet or (tail_level <= tail_top and tail_level <= lowest + TAIL_RISE_DB):
+            run += 1
+        elif tail_level <= tail_top:  # under the word, but risen: a new sound, whose own decay may start a pause
+            run, lowest = 1, np.inf
+        else:
+            run, lowest = 0, np.inf
+        lowest = min(lowest, tail_level) if run else np.inf
         if run >= quiet_hops:
             return i - quiet_hops + 1
     return None

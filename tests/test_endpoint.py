@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.detector import Detector, DetectorSettings
-from edge.endpoint import FLOOR_MARGIN_DB, SILENCE_DBFS, HopLevels, pause_start, quiet_level, sound_start
+from edge import endpoint
+from edge.endpoint import (FLOOR_MARGIN_DB, SILENCE_DBFS, TAIL_DROP_DB, HopLevels, pause_start, quiet_level, smoothed,
+                           sound_start)
 from edge.frontend import Frontend, FrontendConfig
 from edge.runloop import Pipeline
 from tests.conftest import REPO, require_program
@@ -71,6 +73,30 @@ def test_a_pause_is_found_below_the_word_or_near_the_background():
     room = np.full(300, -70.0)
     assert -70.0 + FLOOR_MARGIN_DB < -36.0 - 25
     assert not ended_in_quiet(noisy, noisy[30:], room, quiet_hops=10, drop_db=25)
+
+
+def test_smoothed_levels_are_the_mean_energy_of_each_hop_and_the_two_before_it():
+    levels = np.array([-20.0, -50.0, -80.0, -80.0, SILENCE_DBFS])
+    energy = 10 ** (levels / 10)
+    expected = 10 * np.log10([energy[0], energy[:2].mean(), energy[:3].mean(), energy[1:4].mean(), energy[2:5].mean()])
+    np.testing.assert_allclose(smoothed(levels), expected, rtol=0, atol=1e-9)
+    assert smoothed(np.zeros(0)).shape == (0,)
+
+
+def test_a_rooms_decaying_tail_counts_as_a_pause_and_a_new_sound_in_it_does_not():
+    word = np.full(40, -20.0)
+    # A long tail: 20 dB under the word, decaying 5 dB a second, a noise-like +-1.5 dB hop to hop; never 25 dB down.
+    tail = -40.0 - 0.05 * np.arange(60) + np.tile([1.5, -1.5, 0.5, -0.5], 15)
+    levels = np.concatenate([np.full(20, -60.0), word, tail])
+    quiet = quiet_level(levels, np.full(300, -60.0), 25)
+    assert quiet == -45.0 and tail.min() > quiet
+    event, tail_levels, tail_top = levels[50:], smoothed(levels)[50:], word.max() - TAIL_DROP_DB
+    assert pause_start(event, quiet, 15) is None  # no hop is quiet
+    # The word's last hops are smoothed into the tail's first two, so the pause is found from the third on.
+    assert pause_start(event, quiet, 15, tail_levels, tail_top) == 12
+    # Speech as far under the word rises and falls by several dB from hop to hop: no tail.
+    speech = np.concatenate([np.full(20, -60.0), word, -40.0 + np.tile([-4.0, 6.0, 0.0, 4.0, -3.0, 5.0], 10)])
+    assert pause_start(speech[50:], quiet, 15, smoothed(speech)[50:], tail_top) is None
 
 
 def test_a_word_starts_where_its_sound_rose_out_of_the_quiet_before_it():
@@ -230,3 +256,24 @@ def test_in_steady_noise_the_pause_is_the_noise_level(name):
     quiet = np.concatenate([hiss(2, -58), digit(name), hiss(1, -58, 1)])
     noisy = quiet + hiss(len(quiet) / 8000, -36, 2)  # 12 dB under the word: never 60 dB down
     assert [d[0] for d in detect(noisy, end_quiet_db=60)] == [name[0]]
+
+
+def in_a_room(audio: np.ndarray, rt60_s: float, seed: int = 0) -> np.ndarray:
+    """The direct sound plus a tail of exponentially decaying noise as loud as it (a strongly reverberant room)."""
+    n = int(rt60_s * 8000)
+    tail = np.random.default_rng(seed).standard_normal(n) * 10 ** (-3 * np.arange(n) / n)
+    response = tail / np.sqrt(np.sum(tail**2))
+    response[0] += 1.0
+    return np.convolve(audio, response)
+
+
+@pytest.mark.parametrize("name", ["4_nicolas_0", "8_theo_0", "1_yweweler_0"])
+def test_in_a_ringing_room_the_tail_ends_the_word_and_running_speech_still_does_not(name, running_speech,
+                                                                                    monkeypatch):
+    label = name[0]
+    alone = in_a_room(np.concatenate([hiss(2, -58), digit(name), hiss(1.5, -58, 1)]), rt60_s=2.0)
+    run_on = in_a_room(np.concatenate([hiss(2, -58), digit(name), running_speech, hiss(1.5, -58, 1)]), rt60_s=2.0)
+    assert [d[0] for d in detect(alone)] == [label]
+    assert label not in [d[0] for d in detect(run_on)]
+    monkeypatch.setattr(endpoint, "TAIL_DROP_DB", np.inf)  # a pause only where the room has gone quiet:
+    assert detect(alone) == []  # it never does within the event
