@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +34,18 @@ def require_module(name: str):
         return __import__(name)
     except ImportError:
         require(False, f"the Python package {name!r}")
+
+
+def in_a_room(audio: np.ndarray, rate: int, rt60_s: float, seed: int = 0) -> np.ndarray:
+    """`audio` in a strongly reverberant room: the direct sound plus a tail of exponentially decaying noise (-60 dB
+    after `rt60_s`) as loud as it; the same length as `audio` plus the tail."""
+    n = int(rt60_s * rate)
+    tail = np.random.default_rng(seed).standard_normal(n) * 10 ** (-3 * np.arange(n) / n)
+    response = tail / np.sqrt(np.sum(tail**2))
+    response[0] += 1.0
+    size = len(audio) + n - 1
+    fft_size = 1 << (size - 1).bit_length()
+    return np.fft.irfft(np.fft.rfft(audio, fft_size) * np.fft.rfft(response, fft_size), fft_size)[:size]
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from edge.endpoint import (FLOOR_MARGIN_DB, SILENCE_DBFS, TAIL_DROP_DB, HopLevel
                            sound_start)
 from edge.frontend import Frontend, FrontendConfig
 from edge.runloop import Pipeline
-from tests.conftest import REPO, require_program
+from tests.conftest import REPO, in_a_room, require_program
 
 LABELS = ["a", "b"]
 CLIPS = REPO / "tests" / "data" / "fsdd"
@@ -258,21 +258,13 @@ def test_in_steady_noise_the_pause_is_the_noise_level(name):
     assert [d[0] for d in detect(noisy, end_quiet_db=60)] == [name[0]]
 
 
-def in_a_room(audio: np.ndarray, rt60_s: float, seed: int = 0) -> np.ndarray:
-    """The direct sound plus a tail of exponentially decaying noise as loud as it (a strongly reverberant room)."""
-    n = int(rt60_s * 8000)
-    tail = np.random.default_rng(seed).standard_normal(n) * 10 ** (-3 * np.arange(n) / n)
-    response = tail / np.sqrt(np.sum(tail**2))
-    response[0] += 1.0
-    return np.convolve(audio, response)
-
-
 @pytest.mark.parametrize("name", ["4_nicolas_0", "8_theo_0", "1_yweweler_0"])
 def test_in_a_ringing_room_the_tail_ends_the_word_and_running_speech_still_does_not(name, running_speech,
                                                                                     monkeypatch):
     label = name[0]
-    alone = in_a_room(np.concatenate([hiss(2, -58), digit(name), hiss(1.5, -58, 1)]), rt60_s=2.0)
-    run_on = in_a_room(np.concatenate([hiss(2, -58), digit(name), running_speech, hiss(1.5, -58, 1)]), rt60_s=2.0)
+    alone = in_a_room(np.concatenate([hiss(2, -58), digit(name), hiss(1.5, -58, 1)]), 8000, rt60_s=2.0)
+    run_on = in_a_room(np.concatenate([hiss(2, -58), digit(name), running_speech, hiss(1.5, -58, 1)]), 8000,
+                       rt60_s=2.0)
     assert [d[0] for d in detect(alone)] == [label]
     assert label not in [d[0] for d in detect(run_on)]
     monkeypatch.setattr(endpoint, "TAIL_DROP_DB", np.inf)  # a pause only where the room has gone quiet:

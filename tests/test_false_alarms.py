@@ -1,0 +1,55 @@
+"""The issue's false-alarm target, <= 2 per minute of non-digit speech, on a voice no recipe trains on.
+
+A stream of the shipped bundle's own speakers' digits with 60 everyday phrases in festival's ked voice between them
+(about 2 minutes of speech), through the shipped bundle at its detector defaults, dry and in a ringing room. The long
+measurements (28-34 minutes of several such voices, held-out speakers) are in the README and docs/models.md; this
+guards the target against a change to the detector or the bundle.
+"""
+import numpy as np
+import pytest
+import soundfile
+
+from edge.runloop import Pipeline
+from firmware_tools.make_demo import DEFAULT_FSDD, SPEAKERS, write_demo
+from firmware_tools.stream_eval import NON_TARGET_HEADER, detect_file, read_truth, score_stream
+from tests.conftest import in_a_room, require, require_program
+
+TARGET_PER_MINUTE = 2.0
+
+
+@pytest.fixture(scope="module")
+def ked_stream(tmp_path_factory):
+    require(DEFAULT_FSDD.is_dir(), f"the FSDD recordings at {DEFAULT_FSDD}")
+    require_program("text2wave")
+    out = tmp_path_factory.mktemp("ked")
+    write_demo(DEFAULT_FSDD, out, seed=21, speakers=SPEAKERS, repeats=1, phrases=60, speech_engine="festival")
+    return out
+
+
+def score(audio_path, stream_dir, **overrides):
+    pipeline = Pipeline.from_bundle("default", detector_overrides=overrides)
+    detections, seconds = detect_file(pipeline, audio_path)
+    words = read_truth(stream_dir / "demo_truth.csv")
+    speech = read_truth(stream_dir / "demo_non_target.csv", header=NON_TARGET_HEADER)
+    result = score_stream(detections, words, seconds, non_target=speech).to_dict()
+    assert result["non_target_speech_s"] > 100  # the phrases are there: about two minutes of them
+    return result
+
+
+def test_an_unfamiliar_voice_makes_fewer_false_alarms_than_the_target(ked_stream):
+    result = score(ked_stream / "demo.wav", ked_stream)
+    assert result["hits"] == result["words"] == 10
+    assert result["false_alarms_per_speech_minute"] <= TARGET_PER_MINUTE
+    # What keeps it there: without end-pointing the digit-like syllables in running speech are reported.
+    assert score(ked_stream / "demo.wav", ked_stream, end_quiet_ms=0)["false_alarms_per_speech_minute"] > 5
+
+
+def test_in_a_ringing_room_too(ked_stream, tmp_path):
+    audio, rate = soundfile.read(ked_stream / "demo.wav", dtype="float64")
+    wet = in_a_room(audio, rate, rt60_s=1.0)
+    room_wav = tmp_path / "room.wav"
+    soundfile.write(room_wav, wet * (0.9 / max(0.9, np.abs(wet).max())), rate, subtype="PCM_16")
+    result = score(room_wav, ked_stream)
+    assert result["hits"] >= 8
+    assert result["false_alarms_per_speech_minute"] <= TARGET_PER_MINUTE
+    assert score(room_wav, ked_stream, end_quiet_ms=0)["false_alarms_per_speech_minute"] > 5
