@@ -173,6 +173,7 @@ class Detector:
         self._max_frames = max(1, settings.frames(settings.max_duration_ms))
         self._thresholds = np.array([settings.threshold_for(label) for label in self.labels], dtype=np.float64)
         self._quiet_hops = settings.frames(settings.end_quiet_ms)
+        self._sure_quiet_hops = max(1, round(self._quiet_hops * endpoint.SURE_PAUSE_SHARE)) if self._quiet_hops else 0
         self._before_hops = settings.frames(endpoint.BEFORE_S * 1000)
         self._floor_hops = settings.frames(endpoint.FLOOR_S * 1000)
         self._keep_levels = max(self._floor_hops, self._before_hops + self._max_frames) + 1
@@ -293,10 +294,11 @@ class Detector:
         before = levels(max(self._onset - self._before_hops, self._last_word_end), self._onset)
         start = self._onset - len(before) + endpoint.sound_start(before, quiet)
         event = levels(self._onset, end_hop)
-        pause = endpoint.pause_start(event, quiet, self._quiet_hops)
+        hops = self._sure_quiet_hops if self._peaks.max() >= endpoint.SURE_SCORE else self._quiet_hops
+        pause = endpoint.pause_start(event, quiet, hops)
         if pause is None:  # no quiet: perhaps a room still ringing with the word
             tail = endpoint.smoothed(levels(self._onset - endpoint.TAIL_SMOOTH_HOPS + 1, end_hop))
             tail = tail[len(tail) - len(event):]  # the event's hops, smoothed over the hops before them too
             tail_top = float(word.max()) - endpoint.TAIL_DROP_DB
-            pause = endpoint.pause_start(event, quiet, self._quiet_hops, tail, tail_top)
+            pause = endpoint.pause_start(event, quiet, hops, tail, tail_top)
         return start, None if pause is None else self._onset + pause

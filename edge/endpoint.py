@@ -14,6 +14,8 @@ tail: at least TAIL_DROP_DB under the word peak, and never more than TAIL_RISE_D
 pause began (a tail only decays; the next word rises out of it). The tail is judged on levels smoothed over
 TAIL_SMOOTH_HOPS hops, since one hop of a noise-like tail swings by several dB. A quiet pause is looked for first
 because it marks the word's end more closely (a tail starts under the word's own fading end).
+A word the model is all but certain of (SURE_SCORE) needs only SURE_PAUSE_SHARE of that pause: a digit-like
+syllable in running speech seldom scores so high, and a real digit may be followed closely by the next word.
 The same levels say where the word is: it ends where that pause begins, and begins where the loud stretch before
 the event's onset rose out of the quiet before it (`sound_start`), so a detection carries the word's own times
 rather than those of the model's certainty, which comes near the word's end.
@@ -28,6 +30,8 @@ import numpy as np
 BEFORE_S = 1.0  # the word: up to a second before the event opens (the model fires near the word's end)
 FLOOR_S = 3.0  # the background: the quietest hop of the last three seconds
 FLOOR_MARGIN_DB = 6.0  # a hop this close to the background counts as quiet
+SURE_SCORE = 0.99  # a word the model is this sure of (its peak smoothed score) ...
+SURE_PAUSE_SHARE = 2 / 3  # ... needs only this share of the pause (100 of 150 ms): words follow closely in speech
 TAIL_DROP_DB = 18.0  # a room's tail: at least this far under the word ...
 TAIL_RISE_DB = 2.0  # ... and never rising more than this above its lowest level so far
 TAIL_SMOOTH_HOPS = 3  # the tail's level: the mean energy of a hop and the two before it

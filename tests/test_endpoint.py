@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from edge.detector import Detector, DetectorSettings
 from edge import endpoint
-from edge.endpoint import (FLOOR_MARGIN_DB, SILENCE_DBFS, TAIL_DROP_DB, HopLevels, pause_start, quiet_level, smoothed,
-                           sound_start)
+from edge.endpoint import (FLOOR_MARGIN_DB, SILENCE_DBFS, SURE_PAUSE_SHARE, SURE_SCORE, TAIL_DROP_DB, HopLevels,
+                           pause_start, quiet_level, smoothed, sound_start)
 from edge.frontend import Frontend, FrontendConfig
 from edge.runloop import Pipeline
 from tests.conftest import REPO, in_a_room, require_program
@@ -137,6 +137,17 @@ def test_the_detector_reports_a_word_followed_by_a_pause_and_not_one_inside_runn
     assert [e.label for e in off.update(posteriors, levels) + off.flush()] == ["a"]  # end-pointing off
 
 
+def test_a_word_the_model_is_sure_of_needs_a_shorter_pause():
+    """end_quiet_ms=100 is 10 hops; a word scored at SURE_SCORE or more needs SURE_PAUSE_SHARE of them (7)."""
+    short_pause = np.concatenate([np.full(8, -58.0), np.tile([-22.0, -30.0, -26.0, -45.0], 43)])
+    for score, expected in ((0.995, ["a"]), (0.98, [])):
+        posteriors, levels = word_then(short_pause)
+        posteriors[100:150, 0] = score
+        detector = make()
+        assert [e.label for e in detector.update(posteriors, levels) + detector.flush()] == expected
+    assert SURE_SCORE == 0.99 and round(10 * SURE_PAUSE_SHARE) == 7
+
+
 def test_a_detection_carries_the_words_own_times_and_when_it_was_reported():
     posteriors, levels = word_then(np.full(180, -58.0))  # the word's sound: hops 60-120; the model: hops 100-150
     detector = make()
@@ -230,6 +241,12 @@ def digit(name: str) -> np.ndarray:
     return at_level(audio, -24)
 
 
+def without_trailing_quiet(word: np.ndarray) -> np.ndarray:
+    """The clip cut after its last sample within 20 dB of its peak: FSDD clips end with up to 0.1 s of quiet, a pause
+    that a word the model is sure of may end on (edge/endpoint.py, SURE_SCORE)."""
+    return word[:np.flatnonzero(np.abs(word) > 0.1 * np.abs(word).max())[-1] + 1]
+
+
 @pytest.fixture(scope="module")
 def running_speech(tmp_path_factory) -> np.ndarray:
     require_program("espeak-ng")
@@ -244,7 +261,7 @@ def running_speech(tmp_path_factory) -> np.ndarray:
 def test_a_digit_said_on_its_own_is_reported_and_one_run_into_speech_is_not(name, running_speech):
     word = digit(name)
     alone = np.concatenate([hiss(2, -58), word, hiss(1, -58, 1)])
-    run_on = np.concatenate([hiss(2, -58), word, running_speech, hiss(1, -58, 1)])
+    run_on = np.concatenate([hiss(2, -58), without_trailing_quiet(word), running_speech, hiss(1, -58, 1)])
     label = name[0]
     assert [d[0] for d in detect(alone)] == [label]  # the shipped bundle end-points by default
     assert label not in [d[0] for d in detect(run_on)]
