@@ -70,8 +70,9 @@ def smoothed(levels: np.ndarray, hops: int = TAIL_SMOOTH_HOPS) -> np.ndarray:
     """Each hop's level over the mean energy of it and the `hops` - 1 hops before it (fewer at the start)."""
     energy = 10.0 ** (np.asarray(levels, dtype=np.float64) / 10.0)
     total, count = energy.copy(), np.ones(len(energy))
-    for back in range(1, min(hops, len(energy))):  # summed window by window (no differenced running sum, which
-        total[back:] += energy[:-back]            # would lose a quiet hop after a loud one to rounding)
+    # Summed window by window: a differenced running sum would lose a quiet hop after a loud one to rounding.
+    for back in range(1, min(hops, len(energy))):
+        total[back:] += energy[:-back]
         count[back:] += 1
     return 10.0 * np.log10(total / count)
 
