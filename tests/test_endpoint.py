@@ -138,7 +138,8 @@ def test_the_detector_reports_a_word_followed_by_a_pause_and_not_one_inside_runn
 
 
 def test_a_word_the_model_is_sure_of_needs_a_shorter_pause():
-    """end_quiet_ms=100 is 10 hops; a word scored at SURE_SCORE or more needs SURE_PAUSE_SHARE of them (7); the pause here is 8."""
+    """end_quiet_ms=100 is 10 hops; a word scored at SURE_SCORE or more needs SURE_PAUSE_SHARE of them (7). The
+    pause here is 8 hops."""
     short_pause = np.concatenate([np.full(8, -58.0), np.tile([-22.0, -30.0, -26.0, -45.0], 43)])
     for score, expected in ((0.995, ["a"]), (0.98, [])):
         posteriors, levels = word_then(short_pause)
