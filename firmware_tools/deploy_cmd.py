@@ -131,9 +131,10 @@ def status(targets, inventory, known_hosts, accept_new_host_keys, identity, devi
     rows = []
     for s in results:
         if s.ok:
-            kept = ",".join(short_id(r) for r in reversed(s.releases)) or "-"
+            kept = "?" if s.releases is None else ",".join(short_id(r) for r in reversed(s.releases)) or "-"
             signed = f"signed only ({len(s.trusted_keys)} key(s))" if s.trusted_keys else ""
-            rows.append([s.target.label, short_id(s.current), kept, s.service, signed])
+            rows.append([s.target.label, short_id(s.current), kept, s.service,
+                         "; ".join(text for text in (signed, s.note) if text)])
         else:
             rows.append([s.target.label, "?", "?", "?", s.reason])
     click.echo(format_table(["DEVICE", "ACTIVE", "RELEASES (newest first)", "SERVICE", "DETAIL"], rows))

@@ -78,10 +78,11 @@ class DeviceStatus:
     ok: bool
     current: str | None = None
     previous: str | None = None
-    releases: list[str] = field(default_factory=list)
+    releases: list[str] | None = field(default_factory=list)  # None: the transport cannot list them
     trusted_keys: list[str] = field(default_factory=list)
     service: str = ""
-    reason: str = ""
+    reason: str = ""  # why the device could not be queried
+    note: str = ""  # what else a queried device said
 
 
 class DeployError(Exception):

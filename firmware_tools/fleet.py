@@ -38,17 +38,26 @@ def prepare_bundle(spec: str, workdir: Path) -> LocalBundle:
                        size=archive.stat().st_size)
 
 
+_NO_SERIAL = "this installation has no serial deploy (firmware_tools.serial_deploy is missing)"
+
+
+def _serial_deploy_module():
+    """firmware_tools.serial_deploy, or None where this installation lacks it."""
+    try:
+        return importlib.import_module("firmware_tools.serial_deploy")
+    except ModuleNotFoundError as exc:
+        if exc.name != "firmware_tools.serial_deploy":
+            raise
+        return None
+
+
 def _deploy_serial(target: SerialTarget, bundle: LocalBundle, progress: Progress | None,
                    dry_run: bool) -> DeployResult:
     if dry_run:
         return DeployResult(target, True, "would install", None, f"would upload {bundle.size} bytes over serial")
-    try:
-        serial_deploy = importlib.import_module("firmware_tools.serial_deploy")
-    except ModuleNotFoundError as exc:
-        if exc.name != "firmware_tools.serial_deploy":
-            raise
-        return DeployResult(target, False, "failed", None,
-                            "this installation has no serial deploy (firmware_tools.serial_deploy is missing)")
+    serial_deploy = _serial_deploy_module()
+    if serial_deploy is None:
+        return DeployResult(target, False, "failed", None, _NO_SERIAL)
     try:
         done = serial_deploy.deploy_serial(bundle.archive, target.port, target.baud, progress=progress)
     except Exception as exc:  # the serial transport's errors are reported per device, never abort the fleet
@@ -79,6 +88,20 @@ def deploy_fleet(bundle: LocalBundle, targets: list[Target], options: SshOptions
     return asyncio.run(_deploy_all(bundle, targets, options, parallel, dry_run, progress_for))
 
 
+def _status_serial(target: SerialTarget) -> DeviceStatus:
+    """What a device says over its serial line (HELLO): its active bundle and who it is; not its other releases."""
+    serial_deploy = _serial_deploy_module()
+    if serial_deploy is None:
+        return DeviceStatus(target, False, reason=_NO_SERIAL)
+    try:
+        hello = serial_deploy.query_device(target.port, target.baud)
+    except Exception as exc:  # reported per device, like a deploy's errors
+        return DeviceStatus(target, False, reason=str(exc) or type(exc).__name__)
+    return DeviceStatus(target, True, current=hello.bundle_id or None, releases=None, service="answering",
+                        note=f"device {hello.device_id}, basilar {hello.basilar_version}; over serial only the "
+                             "active bundle is known")
+
+
 async def _status_all(targets, options, parallel):
     limit = asyncio.Semaphore(max(1, parallel))
 
@@ -86,8 +109,7 @@ async def _status_all(targets, options, parallel):
         async with limit:
             if isinstance(target, SshTarget):
                 return await status_ssh(target, options)
-            return DeviceStatus(target, False, reason="status over a serial line is not supported; "
-                                                      "use basilar telemetry on that port")
+            return await asyncio.to_thread(_status_serial, target)
 
     return await asyncio.gather(*(one(t) for t in targets))
 

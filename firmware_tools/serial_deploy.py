@@ -60,7 +60,7 @@ class _HostLink:
         except ValueError as exc:
             raise SerialDeployError(f"cannot use baud rate {baud} on {port}: {exc}") from None
         except serial.SerialException as exc:
-            raise SerialDeployError(f"cannot open serial port {port}: {exc.args[0] if exc.args else exc}; "
+            raise SerialDeployError(f"cannot open serial port {port}: {getattr(exc, 'strerror', None) or exc}; "
                                     "check the name (ls /dev/serial/by-id/) and that you are in the dialout "
                                     "group") from None
         self.decoder = StreamDecoder()
@@ -98,6 +98,31 @@ class _HostLink:
             self.serial.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+def _ask_hello(link: _HostLink, timeout: float) -> Hello:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        link.send(RequestHello())
+        hello = link.receive((Hello,), min(1.0, max(0.0, deadline - time.monotonic())))
+        if hello is not None:
+            return hello
+    raise SerialDeployError(f"no basilar device answered on {link.port} at {link.baud} baud within "
+                            f"{timeout:.0f} s: check the cable and the baud rate, and that the device runs "
+                            "`basilar run --serial PORT` or `python3 -m edge.telemetry.agent`")
+
+
+def query_device(port: str, baud: int = 921600, timeout: float = 5.0) -> Hello:
+    """Ask the device on `port` who it is and which bundle it runs (HELLO); nothing on it changes."""
+    import serial
+
+    link = _HostLink(port, baud, None)
+    try:
+        return _ask_hello(link, timeout)
+    except (serial.SerialException, OSError) as exc:
+        raise SerialDeployError(f"the serial link to {port} failed ({exc})") from None
+    finally:
+        link.close()
 
 
 def _archive_bundle_id(path: Path) -> str | None:
@@ -163,15 +188,7 @@ class _Upload:
         self.ack_timeout = max(1.0, 4 * (chunk * window + 64) * 10 / link.baud)
 
     def hello(self, timeout: float) -> Hello:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.link.send(RequestHello())
-            hello = self.link.receive((Hello,), min(1.0, max(0.0, deadline - time.monotonic())))
-            if hello is not None:
-                return hello
-        raise SerialDeployError(f"no basilar device answered on {self.link.port} at {self.link.baud} baud within "
-                                f"{timeout:.0f} s: check the cable and the baud rate, and that the device runs "
-                                "`basilar run --serial PORT` or `python3 -m edge.telemetry.agent`")
+        return _ask_hello(self.link, timeout)
 
     def _begin(self) -> UploadAck | UploadResult:
         """Announce the archive; returns the device's resume point (CRC-checked) or a final result."""

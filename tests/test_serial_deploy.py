@@ -180,6 +180,25 @@ def test_basilar_deploy_to_a_serial_target(device, archives):
     assert id1[:12] in result.output and dev.store.current() == id1
 
 
+def test_basilar_status_over_a_serial_target(device, archives, tmp_path):
+    """The device's HELLO answers `basilar status`: its active bundle and who it is, before and after a deploy;
+    a port nobody can open is reported for that device and the exit status says some could not be queried."""
+    (v1, id1), _ = archives
+    dev = device()
+    target = f"serial://{dev.cable.host_path}?baud={BAUD}"
+    before = CliRunner().invoke(cli, ["status", target])
+    assert before.exit_code == 0, before.output
+    assert "device bench-pi, basilar " in before.output and "answering" in before.output
+    assert id1[:12] not in before.output
+    assert CliRunner().invoke(cli, ["deploy", str(v1), target]).exit_code == 0
+    after = CliRunner().invoke(cli, ["status", target, f"serial://{tmp_path}/ttyNOPE"])
+    assert after.exit_code != 0
+    [row] = [line for line in after.output.splitlines() if dev.cable.host_path in line]
+    assert id1[:12] in row and "?" in row  # the active bundle; its other releases are not known over serial
+    assert "cannot open serial port" in after.output and "No such file or directory" in after.output
+    assert "1 of 2 device(s) could not be queried" in after.output
+
+
 # ------------------------------------------------------------------------------ the device's rules alone
 
 
