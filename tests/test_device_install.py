@@ -2,11 +2,11 @@
 them): each runs in a child Python in which importing any of them fails."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
+
 HOST_ONLY = ("tensorflow", "keras", "scipy", "asyncssh", "nacl", "tqdm", "matplotlib")
 WITHOUT_HOST_PACKAGES = f"""
 import sys
