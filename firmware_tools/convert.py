@@ -159,22 +159,24 @@ def representative_samples(window_model, spec: ModelSpec, frame_sequences, count
     probe = layer_inputs_model(window_model, spec)
     samples = []
     per_clip = max(1, count // max(1, len(frame_sequences)))
+    layers_per_branch = len(spec.dilations)
     for frames in frame_sequences:
         acts = probe(frames[None].astype(np.float32), training=False)
         acts = [np.asarray(a)[0] for a in (acts if isinstance(acts, (list, tuple)) else [acts])]
         for t in rng.integers(0, len(frames), per_clip):
             rows = []
-            for d, a in zip(spec.dilations * spec.branches, acts):
+            for i, d in enumerate(spec.dilations):
                 n = (spec.kernel - 1) * d
-                past = np.zeros((n, spec.width), np.float32)
-                src = a[max(0, t - n):t]
-                if len(src):
-                    past[n - len(src):] = src
+                past = np.zeros((n, spec.branches * spec.width), np.float32)  # branches side by side
+                for k in range(spec.branches):
+                    src = acts[k * layers_per_branch + i][max(0, t - n):t]
+                    if len(src):
+                        past[n - len(src):, k * spec.width:(k + 1) * spec.width] = src
                 rows.append(past)
             samples.append((frames[t].astype(np.float32), np.concatenate(rows)))
     # Pin the ranges: frames span the whole int8 range, state the whole clipped ReLU range.
     extreme_frame = np.where(np.arange(spec.channels) % 2, 127.0, -128.0).astype(np.float32)
-    extreme_state = np.zeros((spec.state_rows, spec.width), np.float32)
+    extreme_state = np.zeros(spec.state_shape, np.float32)
     extreme_state[::2] = ACTIVATION_MAX
     samples.append((extreme_frame, extreme_state))
     return samples

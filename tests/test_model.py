@@ -1,5 +1,8 @@
 """The model family, its two exports, and conversion to a streaming int8 model (real TensorFlow, real TFLite)."""
+import dataclasses
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,6 +113,30 @@ def test_int8_step_model_tracks_float_window_model(tmp_path, branches):
         # int8 scores are quantised in steps of 1/256; allow a few steps of accumulated error.
         assert np.abs(got - expected).max() < 0.06
         assert np.abs(got - expected).mean() < 0.01
+
+
+def step_operations(spec, window) -> list[str]:
+    """The int8 step model's operations, as the interpreter runs them without delegates."""
+    from edge.runner import make_interpreter
+
+    samples = convert.representative_samples(window, spec, clip_frames(1))
+    model = convert.convert_step_model(build_step_model(spec, window), samples)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "step.tflite"
+        path.write_bytes(model)
+        interpreter, _ = make_interpreter(path, without_default_delegates=True)
+        return [op["op_name"] for op in interpreter._get_ops_details()]
+
+
+def test_more_branches_add_no_operations():
+    """Branches run side by side in grouped convolutions: averaging three models takes at most one operation (the
+    MEAN) more than one model, not three times the operations (each has a fixed cost in the interpreter)."""
+    spec = ModelSpec(channels=DEFAULT_FRONTEND.features, classes=11, width=8, dilations=(1, 2, 4))
+    one = step_operations(spec, randomised_model(spec, seed=5))
+    three_spec = dataclasses.replace(spec, branches=3)
+    three = step_operations(three_spec, merge_branches([randomised_model(spec, seed=s) for s in (5, 6, 7)], spec))
+    assert len(three) <= len(one) + 1
+    assert three.count("CONV_2D") == one.count("CONV_2D") == 1 + len(spec.dilations) + 1
 
 
 @pytest.mark.parametrize("bad_layer, message", [
