@@ -89,17 +89,24 @@ def deploy_fleet(bundle: LocalBundle, targets: list[Target], options: SshOptions
 
 
 def _status_serial(target: SerialTarget) -> DeviceStatus:
-    """What a device says over its serial line (HELLO): its active bundle and who it is; not its other releases."""
+    """What a device says over its serial line: its active bundle and who it is (HELLO), and the releases it
+    keeps and the keys it trusts (RELEASES) where it has a release store."""
     serial_deploy = _serial_deploy_module()
     if serial_deploy is None:
         return DeviceStatus(target, False, reason=_NO_SERIAL)
     try:
-        hello = serial_deploy.query_device(target.port, target.baud)
+        hello, releases = serial_deploy.query_device(target.port, target.baud)
     except Exception as exc:  # reported per device, like a deploy's errors
         return DeviceStatus(target, False, reason=str(exc) or type(exc).__name__)
-    return DeviceStatus(target, True, current=hello.bundle_id or None, releases=None, service="answering",
-                        note=f"device {hello.device_id}, basilar {hello.basilar_version}; over serial only the "
-                             "active bundle is known")
+    note = f"device {hello.device_id}, basilar {hello.basilar_version}"
+    if releases is None:
+        return DeviceStatus(target, True, current=hello.bundle_id or None, releases=None, service="answering",
+                            note=note + "; it keeps no release store (or its software predates RELEASES)")
+    if releases.total > len(releases.releases):
+        note += f"; {releases.total - len(releases.releases)} older release(s) not listed"
+    return DeviceStatus(target, True, current=hello.bundle_id or None, previous=releases.previous or None,
+                        releases=list(releases.releases), trusted_keys=list(releases.trusted_keys),
+                        service="answering", note=note)
 
 
 async def _status_all(targets, options, parallel):

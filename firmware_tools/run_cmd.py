@@ -97,7 +97,7 @@ class SerialLink:
             receiver = UploadReceiver(self.store.incoming_dir / "serial", release_store_installer(self.store),
                                       on_new_bundle=on_new_bundle)
         try:
-            self.link = DeviceLink(port, baud, device_id=device_id, receiver=receiver)
+            self.link = DeviceLink(port, baud, device_id=device_id, receiver=receiver, store=self.store)
         except Exception as err:  # pyserial's errors name the port and the reason
             raise click.ClickException(f"cannot open serial port {port} at {baud} baud ({err}); check the name "
                                        "(ls /dev/tty*) and that this user may use it (group dialout)") from err

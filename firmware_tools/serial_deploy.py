@@ -20,15 +20,16 @@ from typing import Callable
 
 import click
 
-from edge.telemetry.protocol import (FLAG_RESTART, MAX_CHUNK, Frame, Hello, RequestHello, StreamDecoder,
-                                     UploadAck, UploadBegin, UploadChunk, UploadEnd, UploadResult, UploadStatus,
-                                     encode_frame)
+from edge.telemetry.protocol import (FLAG_RESTART, MAX_CHUNK, Frame, Hello, Releases, RequestHello,
+                                     StreamDecoder, UploadAck, UploadBegin, UploadChunk, UploadEnd, UploadResult,
+                                     UploadStatus, encode_frame)
 
 DEFAULT_CHUNK = 512
 DEFAULT_WINDOW = 8
 MIN_CHUNK = 64  # chunks shrink down to this on a noisy line, and grow back when it is quiet again
 MAX_SILENT_RETRIES = 5  # consecutive timeouts without progress before giving up
 INSTALL_TIMEOUT_S = 60.0  # the device extracts and checks the bundle before answering
+RELEASES_WAIT_S = 1.0  # RELEASES follows HELLO's labels at once; a device without a release store never sends it
 
 
 class SerialDeployError(click.ClickException):
@@ -112,13 +113,15 @@ def _ask_hello(link: _HostLink, timeout: float) -> Hello:
                             "`basilar run --serial PORT` or `python3 -m edge.telemetry.agent`")
 
 
-def query_device(port: str, baud: int = 921600, timeout: float = 5.0) -> Hello:
-    """Ask the device on `port` who it is and which bundle it runs (HELLO); nothing on it changes."""
+def query_device(port: str, baud: int = 921600, timeout: float = 5.0) -> tuple[Hello, Releases | None]:
+    """Ask the device on `port` who it is, which bundle it runs (HELLO) and which it keeps (RELEASES, None from a
+    device without a release store); nothing on it changes."""
     import serial
 
     link = _HostLink(port, baud, None)
     try:
-        return _ask_hello(link, timeout)
+        hello = _ask_hello(link, timeout)
+        return hello, link.receive((Releases,), RELEASES_WAIT_S)
     except (serial.SerialException, OSError) as exc:
         raise SerialDeployError(f"the serial link to {port} failed ({exc})") from None
     finally:

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, TextIO
 import click
 
 from edge.telemetry.protocol import (DEVICE_MS_MODULO, SEQ_MODULO, Detection, Frame, Health, Hello, Labels, Log,
-                                     LogLevel, MsgType, RequestHello, StreamDecoder, encode_frame)
+                                     LogLevel, MsgType, Releases, RequestHello, StreamDecoder, encode_frame)
 
 Record = dict
 RESTART_BACKSTEP_MS = 1000  # device clock going back more than this means the device restarted
@@ -136,6 +136,9 @@ class TelemetrySession:
             labels[message.first_index:end] = message.names
             self.device.labels = labels
             return None  # folded into the detections' label names
+        if isinstance(message, Releases):
+            return {**base, "type": "releases", "previous": message.previous, "total": message.total,
+                    "releases": list(message.releases), "trusted_keys": list(message.trusted_keys)}
         if isinstance(message, Log):
             try:
                 level = LogLevel(message.level).name.lower()
@@ -210,6 +213,10 @@ def describe(record: Record) -> str:
     if kind == "hello":
         return (f"device {record['device_id']}  basilar {record['basilar_version']}  bundle "
                 f"{record['bundle_id'][:16]}  {record['sample_rate']} Hz  {record['label_count']} labels")
+    if kind == "releases":
+        newest = record["releases"][-1][:16] if record["releases"] else "-"
+        return (f"{record['total']} release(s) kept, newest {newest}  previous {record['previous'][:16] or '-'}  "
+                f"{len(record['trusted_keys'])} trusted key(s)")
     if kind == "log":
         return f"[{record['level']}] {record['text']}"
     return record.get("text", "")

@@ -3,6 +3,7 @@ on one pseudo-terminal, deploy_serial on the other, a cable between them paced l
 mid-upload or made noisy. Also the device's upload rules on their own."""
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from click.testing import CliRunner
 
 from edge.bundle import pack_bundle
 from edge.releases import ReleaseStore
+from edge.signing import generate_keypair
 from edge.telemetry.protocol import (FLAG_RESTART, Health, UploadAck, UploadBegin, UploadChunk, UploadEnd,
                                      UploadResult, UploadStatus)
 from edge.telemetry.upload import UploadReceiver
@@ -181,20 +183,30 @@ def test_basilar_deploy_to_a_serial_target(device, archives):
 
 
 def test_basilar_status_over_a_serial_target(device, archives, tmp_path):
-    """The device's HELLO answers `basilar status`: its active bundle and who it is, before and after a deploy;
-    a port nobody can open is reported for that device and the exit status says some could not be queried."""
-    (v1, id1), _ = archives
+    """HELLO and RELEASES answer `basilar status`: the active bundle, who the device is, the releases it keeps and
+    the keys it trusts, read afresh at each question; a port nobody can open is reported for that device and the
+    exit status says some could not be queried."""
+    (v1, id1), (v2, id2) = archives
     dev = device()
     target = f"serial://{dev.cable.host_path}?baud={BAUD}"
+
+    def row(result):
+        [line] = [line for line in result.output.splitlines() if dev.cable.host_path in line]
+        return line
+
     before = CliRunner().invoke(cli, ["status", target])
     assert before.exit_code == 0, before.output
     assert "device bench-pi, basilar " in before.output and "answering" in before.output
-    assert id1[:12] not in before.output
-    assert CliRunner().invoke(cli, ["deploy", str(v1), target]).exit_code == 0
+    assert row(before).split()[1:3] == ["-", "-"]  # nothing active, nothing kept
+    for archive in (v1, v2):
+        assert CliRunner().invoke(cli, ["deploy", str(archive), target]).exit_code == 0
+    generate_keypair(tmp_path / "release.key")
+    (dev.root / "trusted_keys").mkdir()
+    shutil.copy(tmp_path / "release.key.pub", dev.root / "trusted_keys" / "release.pub")
     after = CliRunner().invoke(cli, ["status", target, f"serial://{tmp_path}/ttyNOPE"])
     assert after.exit_code != 0
-    [row] = [line for line in after.output.splitlines() if dev.cable.host_path in line]
-    assert id1[:12] in row and "?" in row  # the active bundle; its other releases are not known over serial
+    assert row(after).split()[1:3] == [id2[:12], f"{id2[:12]},{id1[:12]}"]  # active; kept, newest first
+    assert "signed only (1 key(s))" in row(after)
     assert "cannot open serial port" in after.output and "No such file or directory" in after.output
     assert "1 of 2 device(s) could not be queried" in after.output
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from edge.telemetry.emitter import TelemetryEmitter, label_frames
 from edge.telemetry.protocol import (MAX_ENCODED, MAX_PAYLOAD, Detection, Health, Hello, Labels, Log, MsgType,
-                                     ProtocolError, RequestHello, StreamDecoder, UploadAck, UploadBegin,
+                                     ProtocolError, Releases, RequestHello, StreamDecoder, UploadAck, UploadBegin,
                                      UploadChunk, UploadEnd, UploadResult, crc32, decode_one, encode_frame,
                                      encode_raw, message_fields, message_from_fields)
 from firmware_tools.cli import main as cli
@@ -67,6 +67,8 @@ u16, u32 = st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF)
 messages = st.one_of(
     st.builds(Hello, text, text, text, u32, u16),
     st.builds(Labels, u16, st.lists(st.text(max_size=20), max_size=20).map(tuple)),
+    st.builds(lambda previous, kept, keys, more: Releases(previous, len(kept) + more, tuple(kept), tuple(keys)),
+              text, st.lists(text, max_size=8), st.lists(text, max_size=4), st.integers(0, 100)),
     st.builds(Detection, u16, u16, u32, u32),
     st.builds(Health, u32, u32, u16, u32, u32),
     st.builds(Log, st.integers(0, 3), st.text(max_size=300)),
@@ -94,6 +96,20 @@ def test_encoding_refuses_what_does_not_fit():
         encode_raw(0x30, 0, 0, bytes(MAX_PAYLOAD + 1))
     long_log = encode_frame(Log(1, "é" * 2000), 0, 0)  # truncated at a character boundary, still valid
     assert decode_one(long_log).message.text == "é" * ((MAX_PAYLOAD - 1) // 2)
+
+
+def test_releases_keep_the_newest_that_fit_one_frame():
+    releases = [f"{i:064x}" for i in range(40)]  # bundle ids are 64 hex digits; 40 of them do not fit
+    message = Releases.fitting(releases[-2], releases, ["a1b2c3d4e5f60718"])
+    assert len(message.pack()) <= MAX_PAYLOAD and message.total == 40
+    assert 10 < len(message.releases) < 40 and list(message.releases) == releases[-len(message.releases):]
+    assert decode_one(encode_frame(message, 0, 0)).message == message
+    record = TelemetrySession().feed(encode_frame(message, 0, 0))[-1]
+    assert record["type"] == "releases" and record["total"] == 40 and record["trusted_keys"] == ["a1b2c3d4e5f60718"]
+    with pytest.raises(ProtocolError, match="fewer releases in all"):
+        Releases.unpack(Releases("", 1, ("a", "b"), ()).pack())
+    with pytest.raises(ProtocolError, match="trailing"):
+        Releases.unpack(Releases("", 1, ("a",), ()).pack() + b"x")
 
 
 # ------------------------------------------------------------------------------ decoder robustness

@@ -51,7 +51,7 @@ class DeviceAgent:
         receiver = UploadReceiver(self.store.incoming_dir / "serial", release_store_installer(self.store, keep),
                                   on_new_bundle=self._bundle_changed)
         self.link = DeviceLink(port, baud, device_id=device_id or socket.gethostname(), receiver=receiver,
-                               stream=stream)
+                               store=self.store, stream=stream)
         self._started = time.monotonic()
         self._stop = threading.Event()
         self.announce()
@@ -59,6 +59,7 @@ class DeviceAgent:
     def announce(self) -> None:
         bundle_id, labels, sample_rate, problem = bundle_description(self.store)
         self.link.emitter.hello(__version__, bundle_id, labels, sample_rate)
+        self.link.send_releases()
         if problem:
             self.link.emitter.log(problem, LogLevel.ERROR)
 

@@ -1,5 +1,6 @@
 """The device end of the serial link: one port, telemetry out (the emitter's writer thread) and commands in
-(a reader thread that answers REQUEST_HELLO and feeds uploads to an UploadReceiver).
+(a reader thread that answers REQUEST_HELLO, with RELEASES where there is a release store, and feeds uploads to
+an UploadReceiver).
 
 The port is reopened by path if it fails (a USB gadget port that goes away while the host is unplugged);
 meanwhile telemetry is dropped and counted, never queued without bound.
@@ -12,8 +13,8 @@ import time
 from typing import BinaryIO
 
 from edge.telemetry.emitter import TelemetryEmitter
-from edge.telemetry.protocol import (MsgType, RequestHello, StreamDecoder, UploadBegin, UploadChunk, UploadEnd,
-                                     UploadResult, UploadStatus)
+from edge.telemetry.protocol import (MsgType, Releases, RequestHello, StreamDecoder, UploadBegin, UploadChunk,
+                                     UploadEnd, UploadResult, UploadStatus, truncate_utf8)
 from edge.telemetry.upload import UploadReceiver
 
 log = logging.getLogger(__name__)
@@ -82,13 +83,16 @@ class DeviceLink:
     """Owns the device's serial port: `emitter` sends telemetry; host commands are answered in a thread.
 
     receiver: an UploadReceiver to accept bundle uploads (None: uploads are refused with a clear message).
+    store: the ReleaseStore to describe in RELEASES after each answered REQUEST_HELLO (None: not sent).
     stream: an already open object with read(n)/write(b) to use instead of opening `port` (tests, pipes).
     Telemetry keeps flowing while an upload is installed: installing runs in the reader thread, not the writer.
     """
 
     def __init__(self, port: str | None = None, baud: int = 115200, *, device_id: str,
-                 receiver: UploadReceiver | None = None, queue_size: int = 256, stream: BinaryIO | None = None):
+                 receiver: UploadReceiver | None = None, store=None, queue_size: int = 256,
+                 stream: BinaryIO | None = None):
         self.receiver = receiver
+        self.store = store
         if stream is None:
             self._port = _Port(port, baud)
             self._read = self._port.read
@@ -125,6 +129,7 @@ class DeviceLink:
     def _dispatch(self, message) -> None:
         if isinstance(message, RequestHello):
             self.emitter.resend_hello()
+            self.send_releases()
         elif isinstance(message, (UploadBegin, UploadChunk, UploadEnd)):
             if self.receiver is None:
                 self.emitter.send(UploadResult(int(UploadStatus.INSTALL_FAILED), "",
@@ -134,6 +139,15 @@ class DeviceLink:
             for reply in self.receiver.handle(message):
                 if not self.emitter.send(reply) and reply.TYPE == MsgType.UPLOAD_RESULT:
                     log.warning("telemetry link: upload result dropped (queue full); the host will ask again")
+
+    def send_releases(self) -> bool:
+        """Describe the release store (read now: a deploy over SSH may have changed it); False without one."""
+        if self.store is None:
+            return False
+        status = self.store.status()
+        # a broken key file shows as an error text in place of an id; a str8 holds 255 bytes
+        keys = [truncate_utf8(k, 255).decode("utf-8") for k in status["trusted_keys"]]
+        return self.emitter.send(Releases.fitting(status["previous"] or "", status["releases"], keys))
 
     def close(self, timeout: float = 2.0) -> None:
         self._stop.set()

@@ -38,6 +38,7 @@ class MsgType(enum.IntEnum):
     HEALTH = 0x03
     LOG = 0x04
     LABELS = 0x05
+    RELEASES = 0x06
     UPLOAD_ACK = 0x21
     UPLOAD_RESULT = 0x22
     # host -> device: 0x40..0x7F
@@ -166,6 +167,55 @@ class Labels:
         if pos != len(payload):
             raise ProtocolError("LABELS payload has trailing bytes")
         return cls(first, tuple(names))
+
+
+_RELEASES_HEAD = struct.Struct("<HBB")
+
+
+@dataclass(frozen=True)
+class Releases:
+    """A device's release store: the bundle a rollback returns to, the bundles it keeps (oldest first; the newest
+    that fit one frame, `total` counts them all) and the ids of the keys it trusts. Follows HELLO's labels on a
+    device that keeps releases."""
+
+    TYPE = MsgType.RELEASES
+    previous: str
+    total: int
+    releases: tuple[str, ...]
+    trusted_keys: tuple[str, ...]
+
+    @classmethod
+    def fitting(cls, previous: str, releases: list[str], trusted_keys: list[str]) -> "Releases":
+        """The message for a store, keeping the newest releases that fit in one payload."""
+        kept = list(releases)
+        while True:
+            message = cls(previous, len(releases), tuple(kept), tuple(trusted_keys))
+            if len(message.pack()) <= MAX_PAYLOAD or not kept:
+                return message
+            kept.pop(0)
+
+    def pack(self) -> bytes:
+        return (_pack_str(self.previous, "previous bundle id")
+                + _RELEASES_HEAD.pack(_clamp(self.total, 0xFFFF), len(self.releases), len(self.trusted_keys))
+                + b"".join(_pack_str(r, "release id") for r in self.releases)
+                + b"".join(_pack_str(k, "key id") for k in self.trusted_keys))
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "Releases":
+        previous, pos = _unpack_str(payload, 0)
+        if len(payload) - pos < _RELEASES_HEAD.size:
+            raise ProtocolError("RELEASES payload too short")
+        total, n_releases, n_keys = _RELEASES_HEAD.unpack_from(payload, pos)
+        pos += _RELEASES_HEAD.size
+        names = []
+        for _ in range(n_releases + n_keys):
+            name, pos = _unpack_str(payload, pos)
+            names.append(name)
+        if pos != len(payload):
+            raise ProtocolError("RELEASES payload has trailing bytes")
+        if total < n_releases:
+            raise ProtocolError("RELEASES counts fewer releases in all than it lists")
+        return cls(previous, total, tuple(names[:n_releases]), tuple(names[n_releases:]))
 
 
 _DETECTION = struct.Struct("<HHII")
@@ -361,10 +411,10 @@ class UploadResult:
         return cls(payload[0], bundle, payload[pos:].decode("utf-8", errors="replace"))
 
 
-MESSAGE_CLASSES = {cls.TYPE: cls for cls in (Hello, Labels, Detection, Health, Log, RequestHello, UploadBegin,
-                                             UploadChunk, UploadEnd, UploadAck, UploadResult)}
-Message = (Hello | Labels | Detection | Health | Log | RequestHello | UploadBegin | UploadChunk | UploadEnd
-           | UploadAck | UploadResult)
+MESSAGE_CLASSES = {cls.TYPE: cls for cls in (Hello, Labels, Releases, Detection, Health, Log, RequestHello,
+                                             UploadBegin, UploadChunk, UploadEnd, UploadAck, UploadResult)}
+Message = (Hello | Labels | Releases | Detection | Health | Log | RequestHello | UploadBegin | UploadChunk
+           | UploadEnd | UploadAck | UploadResult)
 
 
 @dataclass(frozen=True)
