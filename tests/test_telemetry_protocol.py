@@ -18,7 +18,7 @@ from edge.telemetry.protocol import (MAX_ENCODED, MAX_PAYLOAD, Detection, Health
                                      UploadChunk, UploadEnd, UploadResult, crc32, decode_one, encode_frame,
                                      encode_raw, message_fields, message_from_fields)
 from firmware_tools.cli import main as cli
-from firmware_tools.telemetry_reader import LiveTable, SequenceTracker, TelemetrySession
+from firmware_tools.telemetry_reader import LiveTable, SequenceTracker, TelemetrySession, describe
 from tests.conftest import REPO
 
 DOC = (REPO / "docs" / "telemetry-protocol.md").read_text(encoding="utf-8")
@@ -106,6 +106,8 @@ def test_releases_keep_the_newest_that_fit_one_frame():
     assert decode_one(encode_frame(message, 0, 0)).message == message
     record = TelemetrySession().feed(encode_frame(message, 0, 0))[-1]
     assert record["type"] == "releases" and record["total"] == 40 and record["trusted_keys"] == ["a1b2c3d4e5f60718"]
+    assert describe(record) == f"40 release(s) kept, newest {releases[-1][:16]}  previous {releases[-2][:16]}  " \
+                               "1 trusted key(s)"
     with pytest.raises(ProtocolError, match="fewer releases in all"):
         Releases.unpack(Releases("", 1, ("a", "b"), ()).pack())
     with pytest.raises(ProtocolError, match="trailing"):
