@@ -17,6 +17,9 @@ import numpy as np
 from firmware_tools.model import ACTIVATION_MAX, ModelSpec, branch_prefix
 
 FORBIDDEN_OPS = ("WHILE", "FLEX", "CUSTOM")
+# The oldest TFLite runtime a bundle must run on: tflite-runtime 2.5, on 32-bit Pi OS. The converter records in each
+# model the oldest runtime that has all its ops at their versions (grouped convolutions, for one, need 2.9).
+OLDEST_RUNTIME = (2, 5, 0)
 CALIBRATION_STEPS = 600
 
 
@@ -159,24 +162,22 @@ def representative_samples(window_model, spec: ModelSpec, frame_sequences, count
     probe = layer_inputs_model(window_model, spec)
     samples = []
     per_clip = max(1, count // max(1, len(frame_sequences)))
-    layers_per_branch = len(spec.dilations)
     for frames in frame_sequences:
         acts = probe(frames[None].astype(np.float32), training=False)
         acts = [np.asarray(a)[0] for a in (acts if isinstance(acts, (list, tuple)) else [acts])]
         for t in rng.integers(0, len(frames), per_clip):
             rows = []
-            for i, d in enumerate(spec.dilations):
+            for d, a in zip(spec.dilations * spec.branches, acts):
                 n = (spec.kernel - 1) * d
-                past = np.zeros((n, spec.branches * spec.width), np.float32)  # branches side by side
-                for k in range(spec.branches):
-                    src = acts[k * layers_per_branch + i][max(0, t - n):t]
-                    if len(src):
-                        past[n - len(src):, k * spec.width:(k + 1) * spec.width] = src
+                past = np.zeros((n, spec.width), np.float32)
+                src = a[max(0, t - n):t]
+                if len(src):
+                    past[n - len(src):] = src
                 rows.append(past)
             samples.append((frames[t].astype(np.float32), np.concatenate(rows)))
     # Pin the ranges: frames span the whole int8 range, state the whole clipped ReLU range.
     extreme_frame = np.where(np.arange(spec.channels) % 2, 127.0, -128.0).astype(np.float32)
-    extreme_state = np.zeros(spec.state_shape, np.float32)
+    extreme_state = np.zeros((spec.state_rows, spec.width), np.float32)
     extreme_state[::2] = ACTIVATION_MAX
     samples.append((extreme_frame, extreme_state))
     return samples
@@ -224,12 +225,31 @@ def compact_tflite(model: bytes) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(flat))
 
 
+def min_runtime_version(model_path) -> str | None:
+    """The oldest TFLite runtime the converter says can run the model (its `min_runtime_version` metadata)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(model_path))
+    for entry in model.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == "min_runtime_version":
+            return bytes(model.buffers[entry.buffer].data).rstrip(b"\0").decode()
+    return None
+
+
 def lint_tflite(model_path) -> list[str]:
-    """Problems that make a model unfit for the device: float ops, WHILE loops, select-TF (Flex) ops."""
+    """Problems that make a model unfit for the device: float ops, WHILE loops, select-TF (Flex) ops, ops that
+    the oldest supported runtime does not have."""
     from edge.runner import make_interpreter
 
     interpreter, _ = make_interpreter(model_path, without_default_delegates=True)
     problems = []
+    needs = min_runtime_version(model_path)
+    if needs and tuple(int(part) for part in re.findall(r"\d+", needs)[:3]) > OLDEST_RUNTIME:
+        oldest = ".".join(map(str, OLDEST_RUNTIME))
+        problems.append(f"the model needs a TFLite runtime {needs} or newer, but devices with tflite-runtime "
+                        f"{oldest} (32-bit Pi OS) must run it; build it from the layers of "
+                        "firmware_tools.model (no grouped convolutions)")
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     for op in interpreter._get_ops_details():
         name = op["op_name"].upper()

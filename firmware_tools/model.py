@@ -11,8 +11,7 @@ A model may average several such stacks ("branches", each with its own weights, 
 an ensemble in one network, so one step still runs one interpreter call. Branch k's layers are named with the
 prefix `b{k}_` (none for branch 0), and the averaged posteriors come out of an Average layer.
 
-The step model's state is one tensor (rows, branches x width): every layer's input history, stacked, the
-branches side by side.
+The step model's state is one tensor (rows, width): every layer's input history, stacked, branch after branch.
 All stored activations are clipped ReLU outputs (0..3), so one int8 scale serves the whole state exactly;
 clipping at 3 rather than 6 halves the int8 step (fewer than 1% of activations of a trained model exceed 3).
 """
@@ -40,13 +39,12 @@ class ModelSpec:
         return 1 + (self.kernel - 1) * sum(self.dilations)
 
     @property
-    def state_rows(self) -> int:
+    def branch_state_rows(self) -> int:
         return (self.kernel - 1) * sum(self.dilations)
 
     @property
-    def state_shape(self) -> tuple[int, int]:
-        """The step model's state: every layer's input history, stacked; the branches side by side."""
-        return self.state_rows, self.branches * self.width
+    def state_rows(self) -> int:
+        return self.branches * self.branch_state_rows
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -99,66 +97,60 @@ def merge_branches(models: list[keras.Model], spec: ModelSpec) -> keras.Model:
 
 
 def build_step_model(spec: ModelSpec, window_model: keras.Model) -> keras.Model:
-    """The streaming twin of a (trained) window model, with its weights.
+    """The streaming twin of a (trained) window model, sharing its layers' weights.
 
     Layer i keeps its last (kernel-1)*d inputs; the new frame's output needs the inputs at t, t-d, t-2d,
-    which are picked from the history, then the layer's kernel is applied as a valid convolution. The branches
-    run side by side as groups of one convolution per layer (BatchNorm folded in), so a step runs the same
-    operations however many branches it averages: the interpreter's cost per operation, not the arithmetic,
-    is most of a step's time.
+    which are picked from the history, then the layer's kernel is applied as a valid convolution. BatchNorm layers are reused as they are (the converter folds them).
     """
     frame = keras.Input((spec.channels,), batch_size=1, name="frame")
-    state = keras.Input(spec.state_shape, batch_size=1, name="state")
+    state = keras.Input((spec.state_rows, spec.width), batch_size=1, name="state")
     x = window_model.get_layer("input_scale")(frame)
     x = layers.Reshape((1, spec.channels))(x)
-    x = _activation()(_side_by_side(spec, window_model, "stem", groups=1)(x))  # (1, 1, branches * width)
-    new_rows = []
-    offset = 0
-    for i, d in enumerate(spec.dilations):
-        rows = (spec.kernel - 1) * d
-        history = state[:, offset:offset + rows, :]
-        window = layers.Concatenate(axis=1)([history, x])  # (1, rows + 1, branches * width), oldest first
-        new_rows.append(window[:, 1:, :])
-        # (1, kernel, branches * width): the inputs at t-(k-1)d, ..., t-d, t, picked one by one (a strided slice
-        # here makes the TFLite quantiser fall back to float for some dilations)
-        taps = layers.Concatenate(axis=1)([window[:, j * d:j * d + 1, :] for j in range(spec.kernel)])
-        x = _activation()(_side_by_side(spec, window_model, f"tcn{i}", groups=spec.branches)(taps))
-        offset += rows
-    logits = _side_by_side(spec, window_model, "head", groups=spec.branches)(x)  # (1, 1, branches * classes)
-    posteriors = layers.Softmax(axis=-1)(layers.Reshape((spec.branches, spec.classes))(logits))
-    scores = (layers.GlobalAveragePooling1D(name="scores")(posteriors) if spec.branches > 1
-              else layers.Reshape((spec.classes,), name="scores")(posteriors))
+    new_rows, heads = [], []
+    for k in range(spec.branches):
+        head, rows = _step_branch(spec, window_model, x, state, k)
+        heads.append(head)
+        new_rows += rows
     new_state = layers.Concatenate(axis=1, name="new_state")(new_rows)
+    scores = heads[0] if spec.branches == 1 else layers.Average()(heads)
+    scores = layers.Reshape((spec.classes,), name="scores")(scores)
     return keras.Model([frame, state], [scores, new_state], name="basilar_step")
 
 
-def _side_by_side(spec: ModelSpec, window_model: keras.Model, name: str, groups: int) -> layers.Conv1D:
-    """Every branch's layer `name` as one valid Conv1D, its BatchNorm (if any) folded into the weights.
+def _step_branch(spec: ModelSpec, window_model: keras.Model, frame, state, k: int):
+    p = branch_prefix(k)
+    get = window_model.get_layer
+    x = get(f"{p}stem")(frame)
+    x = get(f"{p}stem_bn")(x)
+    x = _activation()(x)  # (1, 1, width)
+    new_rows = []
+    offset = k * spec.branch_state_rows
+    for i, d in enumerate(spec.dilations):
+        rows = (spec.kernel - 1) * d
+        history = state[:, offset:offset + rows, :]
+        window = layers.Concatenate(axis=1)([history, x])  # (1, rows + 1, width), oldest first
+        new_rows.append(window[:, 1:, :])
+        # (1, kernel, width): the inputs at t-(k-1)d, ..., t-d, t, picked one by one (a strided slice here
+        # makes the TFLite quantiser fall back to float for some dilations)
+        taps = layers.Concatenate(axis=1)([window[:, j * d:j * d + 1, :] for j in range(spec.kernel)])
+        x = _dense_conv(spec, get(f"{p}tcn{i}"), f"{p}tcn{i}_step")(taps)
+        x = get(f"{p}tcn{i}_bn")(x)
+        x = _activation()(x)
+        offset += rows
+    return get(f"{p}head")(x), new_rows
 
-    Branch k's output channels come k-th; with groups > 1 group k reads only branch k's channels (the stem has
-    one group: every branch reads the whole frame)."""
-    names = {layer.name for layer in window_model.layers}
-    kernels, biases = [], []
-    for k in range(spec.branches):
-        p = branch_prefix(k)
-        kernel, bias = window_model.get_layer(p + name).get_weights()
-        if p + name + "_bn" in names:
-            bn = window_model.get_layer(p + name + "_bn")
-            gamma, beta, mean, var = bn.get_weights()
-            scale = gamma / np.sqrt(var + bn.epsilon)
-            kernel, bias = kernel * scale, (bias - mean) * scale + beta
-        kernels.append(kernel)
-        biases.append(bias)
-    kernel = np.concatenate(kernels, axis=-1)
-    twin = layers.Conv1D(kernel.shape[-1], kernel.shape[0], groups=groups, padding="valid")
-    twin.build((1, kernel.shape[0], kernel.shape[1] * groups))
-    twin.set_weights([kernel, np.concatenate(biases)])
+
+def _dense_conv(spec: ModelSpec, conv: layers.Conv1D, name: str) -> layers.Conv1D:
+    """A valid, undilated Conv1D over the picked taps with the trained layer's weights."""
+    twin = layers.Conv1D(spec.width, spec.kernel, padding="valid", name=name)
+    twin.build((1, spec.kernel, spec.width))
+    twin.set_weights(conv.get_weights())
     return twin
 
 
 def stream_float(step_model: keras.Model, spec: ModelSpec, frames: np.ndarray) -> np.ndarray:
     """Run the float step model frame by frame (for the window/step equivalence check)."""
-    state = np.zeros((1, *spec.state_shape), np.float32)
+    state = np.zeros((1, spec.state_rows, spec.width), np.float32)
     out = []
     for f in frames.astype(np.float32):
         scores, state = step_model([f[None], state], training=False)

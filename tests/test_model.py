@@ -1,8 +1,5 @@
 """The model family, its two exports, and conversion to a streaming int8 model (real TensorFlow, real TFLite)."""
-import dataclasses
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,30 +112,6 @@ def test_int8_step_model_tracks_float_window_model(tmp_path, branches):
         assert np.abs(got - expected).mean() < 0.01
 
 
-def step_operations(spec, window) -> list[str]:
-    """The int8 step model's operations, as the interpreter runs them without delegates."""
-    from edge.runner import make_interpreter
-
-    samples = convert.representative_samples(window, spec, clip_frames(1))
-    model = convert.convert_step_model(build_step_model(spec, window), samples)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "step.tflite"
-        path.write_bytes(model)
-        interpreter, _ = make_interpreter(path, without_default_delegates=True)
-        return [op["op_name"] for op in interpreter._get_ops_details()]
-
-
-def test_more_branches_add_no_operations():
-    """Branches run side by side in grouped convolutions: averaging three models takes at most one operation (the
-    MEAN) more than one model, not three times the operations (each has a fixed cost in the interpreter)."""
-    spec = ModelSpec(channels=DEFAULT_FRONTEND.features, classes=11, width=8, dilations=(1, 2, 4))
-    one = step_operations(spec, randomised_model(spec, seed=5))
-    three_spec = dataclasses.replace(spec, branches=3)
-    three = step_operations(three_spec, merge_branches([randomised_model(spec, seed=s) for s in (5, 6, 7)], spec))
-    assert len(three) <= len(one) + 1
-    assert three.count("CONV_2D") == one.count("CONV_2D") == 1 + len(spec.dilations) + 1
-
-
 @pytest.mark.parametrize("bad_layer, message", [
     (lambda: keras.layers.LSTM(8, return_sequences=True), "LSTM"),
     (lambda: keras.layers.Conv1D(8, 3, padding="same"), "padding='same'"),
@@ -182,6 +155,30 @@ def test_lint_rejects_float_models(tmp_path):
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     problems = convert.lint_tflite(path)
     assert any("float" in p for p in problems)
+
+
+def test_lint_rejects_models_that_old_runtimes_cannot_run(tmp_path):
+    """A grouped convolution converts to CONV_2D version 6, which TFLite runtimes before 2.9 do not have."""
+    inp = keras.Input((3, 8), batch_size=1)
+    model = keras.Model(inp, keras.layers.Conv1D(8, 3, groups=2)(inp))
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([np.random.default_rng(i).normal(size=(1, 3, 8)).astype(np.float32)]
+                                                for i in range(10))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    path = tmp_path / "grouped.tflite"
+    path.write_bytes(converter.convert())
+    assert convert.min_runtime_version(path) == "2.9.0"
+    assert any("needs a TFLite runtime 2.9.0 or newer" in p for p in convert.lint_tflite(path))
+
+
+def test_the_shipped_step_model_runs_on_the_oldest_supported_runtime():
+    from edge.bundle import load_bundle
+
+    needs = convert.min_runtime_version(load_bundle("default").step_model_path)
+    assert tuple(map(int, needs.split("."))) <= convert.OLDEST_RUNTIME
+    assert convert.lint_tflite(load_bundle("default").step_model_path) == []
 
 
 def test_converter_crash_becomes_a_clear_error(tmp_path, monkeypatch):
