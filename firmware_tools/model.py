@@ -97,10 +97,10 @@ def merge_branches(models: list[keras.Model], spec: ModelSpec) -> keras.Model:
 
 
 def build_step_model(spec: ModelSpec, window_model: keras.Model) -> keras.Model:
-    """The streaming twin of a (trained) window model, sharing its layers' weights.
+    """The streaming twin of a (trained) window model, with its weights.
 
-    Layer i keeps its last (kernel-1)*d inputs; the new frame's output needs the inputs at t, t-d, t-2d,
-    which are picked from the history, then the layer's kernel is applied as a valid convolution. BatchNorm layers are reused as they are (the converter folds them).
+    Layer i keeps its last (kernel-1)*d inputs; with the new frame's input they make a window of (kernel-1)*d + 1
+    rows, over which the layer's kernel, dilated by d and without padding, gives exactly the new frame's output.
     """
     frame = keras.Input((spec.channels,), batch_size=1, name="frame")
     state = keras.Input((spec.state_rows, spec.width), batch_size=1, name="state")
@@ -130,21 +130,23 @@ def _step_branch(spec: ModelSpec, window_model: keras.Model, frame, state, k: in
         history = state[:, offset:offset + rows, :]
         window = layers.Concatenate(axis=1)([history, x])  # (1, rows + 1, width), oldest first
         new_rows.append(window[:, 1:, :])
-        # (1, kernel, width): the inputs at t-(k-1)d, ..., t-d, t, picked one by one (a strided slice here
-        # makes the TFLite quantiser fall back to float for some dilations)
-        taps = layers.Concatenate(axis=1)([window[:, j * d:j * d + 1, :] for j in range(spec.kernel)])
-        x = _dense_conv(spec, get(f"{p}tcn{i}"), f"{p}tcn{i}_step")(taps)
-        x = get(f"{p}tcn{i}_bn")(x)
+        x = _window_conv(spec, get(f"{p}tcn{i}"), get(f"{p}tcn{i}_bn"), d)(window)  # (1, 1, width)
         x = _activation()(x)
         offset += rows
     return get(f"{p}head")(x), new_rows
 
 
-def _dense_conv(spec: ModelSpec, conv: layers.Conv1D, name: str) -> layers.Conv1D:
-    """A valid, undilated Conv1D over the picked taps with the trained layer's weights."""
-    twin = layers.Conv1D(spec.width, spec.kernel, padding="valid", name=name)
-    twin.build((1, spec.kernel, spec.width))
-    twin.set_weights(conv.get_weights())
+def _window_conv(spec: ModelSpec, conv: layers.Conv1D, bn: layers.BatchNormalization, dilation: int):
+    """The trained layer over one window, its BatchNorm folded in: dilated, unpadded, one output row. In TFLite
+    this is one CONV_2D, where picking the kernel's inputs out of the window would take a slice each and a
+    concatenation. (Left to the converter, the BatchNorm after a dilated convolution makes it fall back to float.)
+    """
+    kernel, bias = conv.get_weights()
+    gamma, beta, mean, var = bn.get_weights()
+    scale = gamma / np.sqrt(var + bn.epsilon)
+    twin = layers.Conv1D(spec.width, spec.kernel, dilation_rate=dilation, padding="valid")
+    twin.build((1, (spec.kernel - 1) * dilation + 1, spec.width))
+    twin.set_weights([kernel * scale, (bias - mean) * scale + beta])
     return twin
 
 

@@ -102,6 +102,14 @@ def test_int8_step_model_tracks_float_window_model(tmp_path, branches):
     bundle, report = pipeline.convert_into_bundle(model_path, clips[:16], tmp_path / "bundle", DEFAULT_FRONTEND,
                                                   [str(d) for d in range(10)], provenance={})
     assert report["size_bytes"] < 100_000
+    # Each layer slices its history out of the state and its new history out of the window, and applies its kernel
+    # to the window in one convolution: no slices to pick the kernel's inputs.
+    from edge.runner import make_interpreter
+
+    interpreter, _ = make_interpreter(load_bundle(bundle.path).step_model_path, without_default_delegates=True)
+    ops = [op["op_name"] for op in interpreter._get_ops_details()]
+    assert ops.count("STRIDED_SLICE") == 2 * len(spec.dilations) * branches
+    assert ops.count("CONV_2D") == (len(spec.dilations) + 2) * branches
     runner = StepRunner(load_bundle(bundle.path))
     for frames in clip_frames(3):
         expected = np.asarray(window(frames[None].astype(np.float32), training=False))[0, :, :10]
