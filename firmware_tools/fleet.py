@@ -98,15 +98,16 @@ def _status_serial(target: SerialTarget) -> DeviceStatus:
         hello, releases = serial_deploy.query_device(target.port, target.baud)
     except Exception as exc:  # reported per device, like a deploy's errors
         return DeviceStatus(target, False, reason=str(exc) or type(exc).__name__)
-    note = f"device {hello.device_id}, basilar {hello.basilar_version}"
+    status = DeviceStatus(target, True, current=hello.bundle_id or None, releases=None, service="answering",
+                          note=f"device {hello.device_id}, basilar {hello.basilar_version}")
     if releases is None:
-        return DeviceStatus(target, True, current=hello.bundle_id or None, releases=None, service="answering",
-                            note=note + "; it keeps no release store (or its software predates RELEASES)")
+        status.note += "; it keeps no release store (or its software predates RELEASES)"
+        return status
+    status.previous = releases.previous or None
+    status.releases, status.trusted_keys = list(releases.releases), list(releases.trusted_keys)
     if releases.total > len(releases.releases):
-        note += f"; {releases.total - len(releases.releases)} older release(s) not listed"
-    return DeviceStatus(target, True, current=hello.bundle_id or None, previous=releases.previous or None,
-                        releases=list(releases.releases), trusted_keys=list(releases.trusted_keys),
-                        service="answering", note=note)
+        status.note += f"; {releases.total - len(releases.releases)} older release(s) not listed"
+    return status
 
 
 async def _status_all(targets, options, parallel):

@@ -184,9 +184,9 @@ def test_lint_rejects_models_that_old_runtimes_cannot_run(tmp_path):
 def test_the_shipped_step_model_runs_on_the_oldest_supported_runtime():
     from edge.bundle import load_bundle
 
-    needs = convert.min_runtime_version(load_bundle("default").step_model_path)
-    assert tuple(map(int, needs.split("."))) <= convert.OLDEST_RUNTIME
-    assert convert.lint_tflite(load_bundle("default").step_model_path) == []
+    step_model = load_bundle("default").step_model_path
+    assert tuple(map(int, convert.min_runtime_version(step_model).split("."))) <= convert.OLDEST_RUNTIME
+    assert convert.lint_tflite(step_model) == []
 
 
 def test_converter_crash_becomes_a_clear_error(tmp_path, monkeypatch):
