@@ -4,14 +4,15 @@
 
 A stream like a device hears it: spoken digits from all four FSDD speakers (8 kHz, resampled to 16 kHz), with
 quiet stretches, noise bursts and ordinary speech that is not a digit (synthesized with espeak-ng, or with
-festival's ked voice or others) between them, over a low background hiss. Writes demo.wav (16 kHz mono int16),
-demo_truth.csv (label,start_s,end_s: where each digit was placed), demo_non_target.csv (kind,start_s,end_s: where
-the non-digit speech and the noise bursts are, for false alarms per minute of non-target speech) and
-ATTRIBUTION.md. Seeded, so a rebuild gives the same layout.
+festival's ked voice or others, or recordings of people: `--speech-dir`) between them, over a low background
+hiss. Writes demo.wav (16 kHz mono int16), demo_truth.csv (label,start_s,end_s: where each digit was placed),
+demo_non_target.csv (kind,start_s,end_s: where the non-digit speech and the noise bursts are, for false alarms per
+minute of non-target speech) and ATTRIBUTION.md. Seeded, so a rebuild gives the same layout.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import subprocess
 import tempfile
@@ -115,6 +116,44 @@ def festival_voice_for(text: str, voices) -> str:
 SPEECH_ENGINES = {"espeak-ng": espeak, "festival": festival}
 
 
+@dataclasses.dataclass(frozen=True)
+class Recording:
+    """A recording of someone saying something that is not a digit, and what they say (for the attribution)."""
+    path: Path
+    transcript: str = ""
+
+
+def read_recordings(speech_dir: Path, listing: Path | None = None) -> list[Recording]:
+    """The recordings `listing` names in `speech_dir`, in its order, or every audio file there, sorted by name.
+
+    A listing has one recording a line, `NAME` or `NAME: transcript` (NAME with or without its suffix; blank
+    lines, and lines that start with `;` or `#`, are skipped): so a corpus's own transcript file can serve,
+    once its lines with digits in them are taken out.
+    """
+    if not speech_dir.is_dir():
+        raise click.ClickException(f"--speech-dir {speech_dir} is not a folder of recordings")
+    if listing is None:
+        found = sorted(p for p in speech_dir.iterdir() if p.suffix.lower() in dataset.AUDIO_SUFFIXES)
+        if not found:
+            raise click.ClickException(f"no audio files ({', '.join(dataset.AUDIO_SUFFIXES)}) in {speech_dir}")
+        return [Recording(p) for p in found]
+    recordings = []
+    for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith((";", "#")):
+            continue
+        name, _, transcript = line.partition(":")
+        path = speech_dir / name.strip()
+        if not path.suffix:
+            path = next((path.with_suffix(s) for s in dataset.AUDIO_SUFFIXES if path.with_suffix(s).exists()), path)
+        if not path.is_file():
+            raise click.ClickException(f"{listing} line {number}: no recording {path}; is --speech-dir the folder "
+                                       "the listing was made for?")
+        recordings.append(Recording(path, transcript.strip()))
+    if not recordings:
+        raise click.ClickException(f"{listing} names no recordings")
+    return recordings
+
+
 def noise_burst(rng: np.random.Generator, seconds: float, colour: str) -> np.ndarray:
     white = rng.standard_normal(int(seconds * RATE)).astype(np.float32)
     if colour == "brown":  # a leaky integrator turns white noise into a low rumble
@@ -133,14 +172,15 @@ def speech_phrases(count: int) -> list[tuple[str, str, int, int]]:
 
 def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phrases: int | None = None,
           speech_engine: str = "espeak-ng", festival_voices=(FESTIVAL_VOICE,), pauses=PAUSES_S,
-          hiss_dbfs: float = HISS_DBFS):
+          hiss_dbfs: float = HISS_DBFS, recordings: list[Recording] | None = None):
     """The demo as (float samples, truth rows, non-target rows, digit files used, phrases used).
 
     Every digit `repeats` times, the speakers taking turns, at takes chosen at random; the non-digit phrases
     and noise bursts `repeats // 2` times each (at least once), or `phrases` phrases from a longer list, spoken by
     `speech_engine` (SPEECH_ENGINES; festival in `festival_voices`), with pauses drawn from `pauses` (seconds)
-    between them, over a steady hiss at `hiss_dbfs`. With one held-out speaker this makes a speaker-independent
-    test stream for `basilar eval-stream`.
+    between them, over a steady hiss at `hiss_dbfs`. Given `recordings`, those are the non-digit speech instead
+    of synthesized phrases: each once, or the first `phrases` of them (round again when there are fewer). With
+    one held-out speaker this makes a speaker-independent test stream for `basilar eval-stream`.
     """
     speak = SPEECH_ENGINES[speech_engine]
     if speak is festival:
@@ -157,8 +197,14 @@ def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phr
                                        "{digit}_{speaker}_{take}.wav files")
         items.append(("digit", str(digit), path))
     rounds = max(1, repeats // 2)
-    spoken = speech_phrases(len(PHRASES) * rounds if phrases is None else phrases)
-    items += [("speech", text, (voice, speed, pitch)) for text, voice, speed, pitch in spoken]
+    if recordings:
+        count = len(recordings) if phrases is None else phrases
+        spoken = [recordings[i % len(recordings)] for i in range(count)]
+        items += [("speech", r.transcript, functools.partial(read_clip, r.path)) for r in spoken]
+    else:
+        spoken = speech_phrases(len(PHRASES) * rounds if phrases is None else phrases)
+        items += [("speech", text, functools.partial(speak, text, voice, speed, pitch))
+                  for text, voice, speed, pitch in spoken]
     items += [("noise", "white", 0.8), ("noise", "brown", 1.2)] * rounds
     order = rng.permutation(len(items))
 
@@ -171,7 +217,7 @@ def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phr
             truth.append((name, cursor, cursor + len(clip) / RATE))
             used_files.append(extra.name)
         elif kind == "speech":
-            clip = rms_normalise(speak(name, *extra), -24 + rng.uniform(-4, 4))
+            clip = rms_normalise(extra(), -24 + rng.uniform(-4, 4))
             non_target.append(("speech", cursor, cursor + len(clip) / RATE))
         else:
             clip = rms_normalise(noise_burst(rng, extra, name), -30)
@@ -199,15 +245,14 @@ https://creativecommons.org/licenses/by-sa/4.0/).
 
 The demo is therefore also licensed under **CC BY-SA 4.0**. Changes made: the recordings listed below were resampled
 from 8 kHz to 16 kHz, set to a common level (+-4 dB), and placed in one stream with pauses, noise bursts, a
-background hiss and synthetic non-digit speech between them. `demo_truth.csv` gives where each digit was placed.
+background hiss and {speech_kind} non-digit speech between them. `demo_truth.csv` gives where each digit was placed.
 
 Built by `python3 -m firmware_tools.make_demo` (seed {seed}).
 
 ## FSDD recordings used ({count}, from {speakers})
 {files}
 
-## Synthetic speech ({engine}), not digits
-{phrases}
+{speech_section}
 """
 
 
@@ -236,21 +281,36 @@ def write_rows(path: Path, header, rows) -> None:
 
 def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2,
                phrases: int | None = None, speech_engine: str = "espeak-ng", festival_voices=(FESTIVAL_VOICE,),
-               pauses=PAUSES_S, hiss_dbfs: float = HISS_DBFS):
+               pauses=PAUSES_S, hiss_dbfs: float = HISS_DBFS, recordings: list[Recording] | None = None,
+               speech_credit: str = ""):
     audio, truth, non_target, used, phrases = build(fsdd, seed, speakers, repeats, phrases, speech_engine,
-                                                    festival_voices, pauses, hiss_dbfs)
+                                                    festival_voices, pauses, hiss_dbfs, recordings)
     out_dir.mkdir(parents=True, exist_ok=True)
     wav, csv_path = out_dir / "demo.wav", out_dir / "demo_truth.csv"
     soundfile.write(wav, np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16), RATE,
                     subtype="PCM_16")
     write_rows(csv_path, ("label", "start_s", "end_s"), truth)
     write_rows(out_dir / "demo_non_target.csv", ("kind", "start_s", "end_s"), non_target)
+    if recordings:
+        kind, section = "recorded", recorded_section(phrases, speech_credit)
+    else:
+        kind, section = "synthetic", synthetic_section(speech_engine, festival_voices, phrases)
     (out_dir / "ATTRIBUTION.md").write_text(ATTRIBUTION.format(
         seed=seed, count=len(used), speakers=", ".join(sorted(set(speakers))), files="\n".join(f"- `{name}`" for name in used),
-        engine=f"espeak-ng {espeak_version()}" if speech_engine == "espeak-ng"
-        else f"festival, {', '.join(festival_voices)}",
-        phrases="\n".join(phrase_line(speech_engine, festival_voices, *phrase) for phrase in phrases)))
+        speech_kind=kind, speech_section=section))
     return wav, csv_path
+
+
+def synthetic_section(speech_engine: str, festival_voices, phrases) -> str:
+    engine = (f"espeak-ng {espeak_version()}" if speech_engine == "espeak-ng"
+              else f"festival, {', '.join(festival_voices)}")
+    lines = [phrase_line(speech_engine, festival_voices, *phrase) for phrase in phrases]
+    return "\n".join([f"## Synthetic speech ({engine}), not digits", *lines])
+
+
+def recorded_section(recordings: list[Recording], credit: str) -> str:
+    lines = [f"- `{r.path.name}`" + (f": \"{r.transcript}\"" if r.transcript else "") for r in recordings]
+    return "\n".join(["## Recorded speech, not digits", *([credit, ""] if credit else []), *lines])
 
 
 @click.command()
@@ -274,16 +334,31 @@ def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024, speakers=SPEAKERS, r
               show_default=True, metavar="LO HI", help="Pauses between items, drawn from LO to HI seconds.")
 @click.option("--hiss-dbfs", type=click.FloatRange(-90, -10), default=HISS_DBFS, show_default=True,
               help="Level of the steady background noise (white) under the whole stream.")
+@click.option("--speech-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of recordings of people saying things that are not digits: they are the non-digit "
+                   "speech instead of synthesized phrases (false alarms on real voices). Each once, or the first "
+                   "--phrases.")
+@click.option("--speech-list", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="With --speech-dir: which recordings, one a line, NAME or 'NAME: transcript' [default: all].")
+@click.option("--speech-credit", default="",
+              help="With --speech-dir: who recorded the speech and under what license, for ATTRIBUTION.md.")
 def main(fsdd: Path, out_dir: Path, seed: int, speakers: str, repeats: int, phrases: int | None,
-         speech_engine: str, festival_voices: tuple[str, ...], pauses: tuple[float, float], hiss_dbfs: float):
+         speech_engine: str, festival_voices: tuple[str, ...], pauses: tuple[float, float], hiss_dbfs: float,
+         speech_dir: Path | None, speech_list: Path | None, speech_credit: str):
     """Build the demo recording and its expected detections."""
     if pauses[0] > pauses[1]:
         raise click.BadParameter(f"{pauses[0]} {pauses[1]}: LO must not exceed HI", param_hint="--pause-s")
+    if speech_dir is None and (speech_list or speech_credit):
+        raise click.UsageError("--speech-list and --speech-credit need --speech-dir")
+    if speech_dir is not None and click.get_current_context().get_parameter_source("speech_engine") \
+            is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--speech-dir brings its own speech; leave out --speech-engine")
+    recordings = read_recordings(speech_dir, speech_list) if speech_dir is not None else None
     if not fsdd.is_dir():
         raise click.ClickException(f"FSDD folder {fsdd} not found; pass --fsdd")
     names = tuple(s.strip() for s in speakers.split(",") if s.strip())
     wav, csv_path = write_demo(fsdd, out_dir, seed, names, repeats, phrases, speech_engine, festival_voices,
-                               pauses, hiss_dbfs)
+                               pauses, hiss_dbfs, recordings, speech_credit)
     info = soundfile.info(wav)
     rows = sum(1 for _ in csv_path.open()) - 1
     click.echo(f"wrote {wav} ({info.duration:.1f} s, {info.samplerate} Hz) and {csv_path} ({rows} digits)")

@@ -8,7 +8,8 @@ import pytest
 import soundfile
 from click.testing import CliRunner
 
-from firmware_tools.make_demo import DEFAULT_FSDD, SPEAKERS, espeak_version, festival, write_demo
+from firmware_tools.make_demo import (DEFAULT_FSDD, SPEAKERS, espeak_version, festival, read_recordings,
+                                      write_demo)
 from firmware_tools.make_demo import main as make_demo_main
 from firmware_tools.stream_eval import NON_TARGET_HEADER, read_truth
 from tests.conftest import REPO, require, require_program
@@ -141,3 +142,64 @@ def test_make_demo_without_festival_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no text2wave anywhere
     with pytest.raises(click.ClickException, match="sudo apt install festival festvox-kdlpc16k"):
         festival("the kettle is boiling", "en-us", 160, 50)
+
+
+def recorded_speech(folder, seconds=(0.6, 1.1, 0.8)):
+    """Stand-ins for recordings of people: WAV files at 8 kHz of steady tones, each its own length."""
+    folder.mkdir()
+    for i, length in enumerate(seconds):
+        t = np.arange(int(length * 8000)) / 8000
+        soundfile.write(folder / f"prompt-{i}.wav", 0.3 * np.sin(2 * np.pi * (200 + 100 * i) * t), 8000)
+    return folder
+
+
+def test_make_demo_puts_recordings_of_people_between_the_digits(tmp_path):
+    """--speech-dir/--speech-list: the non-digit speech is the listed recordings, each once, in the listed
+    stretches of the stream, credited in the attribution with their transcripts."""
+    require(DEFAULT_FSDD.is_dir(), f"the FSDD recordings at {DEFAULT_FSDD}")
+    speech = recorded_speech(tmp_path / "speech")
+    listing = tmp_path / "list.txt"
+    listing.write_text("; chosen by hand\nprompt-2: Goodbye.\n\nprompt-0.wav: Please hold.\n")
+    result = CliRunner().invoke(make_demo_main, [
+        "--speakers", "theo", "--repeats", "1", "--out", str(tmp_path / "out"), "--speech-dir", str(speech),
+        "--speech-list", str(listing), "--speech-credit", "Read by A. Person, CC BY-SA 3.0"])
+    assert result.exit_code == 0, result.output
+    spoken = [s for s in read_truth(tmp_path / "out" / "demo_non_target.csv", header=NON_TARGET_HEADER)
+              if s.label == "speech"]
+    assert sorted(round(s.end_s - s.start_s, 2) for s in spoken) == [0.6, 0.8]  # prompt-0 and prompt-2, once each
+    attribution = (tmp_path / "out" / "ATTRIBUTION.md").read_text()
+    assert "background hiss and recorded non-digit speech between them" in attribution
+    assert ("## Recorded speech, not digits\nRead by A. Person, CC BY-SA 3.0\n\n- `prompt-2.wav`: \"Goodbye.\"\n"
+            "- `prompt-0.wav`: \"Please hold.\"") in attribution
+    # Without a listing, every recording in the folder, in name order; --phrases takes the first ones, round again.
+    write_demo(DEFAULT_FSDD, tmp_path / "all", speakers=("theo",), repeats=1, phrases=4,
+               recordings=read_recordings(speech))
+    spoken = [s for s in read_truth(tmp_path / "all" / "demo_non_target.csv", header=NON_TARGET_HEADER)
+              if s.label == "speech"]
+    assert sorted(round(s.end_s - s.start_s, 2) for s in spoken) == [0.6, 0.6, 0.8, 1.1]
+
+
+@pytest.mark.parametrize("listing, args, message", [
+    ("prompt-7: Not there.\n", [], "line 1: no recording .*prompt-7"),
+    ("; only a comment\n", [], "names no recordings"),
+    (None, ["--speech-engine", "festival"], "leave out --speech-engine"),
+])
+def test_make_demo_says_what_is_wrong_with_recorded_speech(tmp_path, listing, args, message):
+    speech = recorded_speech(tmp_path / "speech")
+    options = ["--out", str(tmp_path / "out"), "--speech-dir", str(speech), *args]
+    if listing is not None:
+        (tmp_path / "list.txt").write_text(listing)
+        options += ["--speech-list", str(tmp_path / "list.txt")]
+    result = CliRunner().invoke(make_demo_main, options)
+    assert result.exit_code != 0 and re.search(message, result.output), result.output
+    assert not (tmp_path / "out" / "demo.wav").exists()
+
+
+def test_make_demo_needs_a_folder_for_a_speech_list(tmp_path):
+    (tmp_path / "list.txt").write_text("prompt-0\n")
+    result = CliRunner().invoke(make_demo_main, ["--out", str(tmp_path), "--speech-list", str(tmp_path / "list.txt")])
+    assert result.exit_code == 2 and "need --speech-dir" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(make_demo_main, ["--out", str(tmp_path), "--speech-dir", str(empty)])
+    assert result.exit_code == 1 and "no audio files" in result.output
