@@ -4,7 +4,8 @@ A stream of the shipped bundle's own speakers' digits with 60 everyday phrases i
 (about 2 minutes of speech), through the shipped bundle at its detector defaults, dry and in a ringing room; and the
 same phrases shared among four of festival's non-English voices reading English. The long measurements (28-34
 minutes of such voices, held-out speakers) are in the README and docs/models.md; this guards the target against a
-change to the detector or the bundle.
+change to the detector or the bundle. Last, a real person: 284 recorded telephone prompts that say no number
+(12 minutes), where the shipped bundle does not meet the target (docs/models.md, "A real person's speech").
 """
 from pathlib import Path
 
@@ -13,9 +14,9 @@ import pytest
 import soundfile
 
 from edge.runloop import Pipeline
-from firmware_tools.make_demo import DEFAULT_FSDD, SPEAKERS, write_demo
+from firmware_tools.make_demo import DEFAULT_FSDD, SPEAKERS, read_recordings, write_demo
 from firmware_tools.stream_eval import NON_TARGET_HEADER, detect_file, read_truth, score_stream
-from tests.conftest import in_a_room, require, require_program
+from tests.conftest import REPO, in_a_room, require, require_program
 
 TARGET_PER_MINUTE = 2.0
 # voice -> the Debian package that has it (.ci/run installs them)
@@ -46,6 +47,21 @@ def four_voice_stream(tmp_path_factory):
     out = tmp_path_factory.mktemp("four_voices")
     write_demo(DEFAULT_FSDD, out, seed=22, speakers=SPEAKERS, repeats=1, phrases=60, speech_engine="festival",
                festival_voices=tuple(FOUR_VOICES))
+    return out
+
+
+ALLISON = Path("/usr/share/asterisk/sounds/en_US_f_Allison")  # package asterisk-core-sounds-en-wav
+ALLISON_PROMPTS = REPO / "tests" / "data" / "allison_non_digit_prompts.txt"
+
+
+@pytest.fixture(scope="module")
+def real_speech_stream(tmp_path_factory):
+    require(DEFAULT_FSDD.is_dir(), f"the FSDD recordings at {DEFAULT_FSDD}")
+    require(ALLISON.is_dir(), f"Asterisk's recorded English prompts in {ALLISON} (package asterisk-core-sounds-en-wav)")
+    out = tmp_path_factory.mktemp("allison")
+    write_demo(DEFAULT_FSDD, out, seed=23, speakers=SPEAKERS, repeats=2,
+               recordings=read_recordings(ALLISON, ALLISON_PROMPTS),
+               speech_credit="Allison Smith, Asterisk core sounds (English), CC BY-SA 3.0")
     return out
 
 
@@ -84,3 +100,13 @@ def test_four_more_unfamiliar_voices_too(four_voice_stream):
     assert result["false_alarms_per_speech_minute"] <= TARGET_PER_MINUTE
     no_end_pointing = score(four_voice_stream / "demo.wav", four_voice_stream, end_quiet_ms=0)
     assert no_end_pointing["false_alarms_per_speech_minute"] > 5
+
+
+def test_a_real_persons_speech_makes_no_more_false_alarms_than_measured(real_speech_stream):
+    """Not the target: the shipped bundle makes 3.1 false alarms per minute of this speech (38 in 12.3 min), most of
+    them on prompts of one or two words. A recipe that trained on words said alone met the target here but lost
+    an eighth of a held-out speaker's digits (docs/models.md). This keeps the figure from growing unnoticed."""
+    result = score(real_speech_stream / "demo.wav", real_speech_stream)
+    assert result["non_target_speech_s"] > 700  # 284 prompts, 12.3 minutes
+    assert result["hits"] >= 19 and result["words"] == 20
+    assert result["false_alarms_per_speech_minute"] <= 3.5
