@@ -67,7 +67,10 @@ def rms_normalise(clip: np.ndarray, dbfs: float) -> np.ndarray:
 
 def read_clip(path: Path) -> np.ndarray:
     """An audio file as float32 mono at RATE (the same reader and resampler as training's)."""
-    return dataset.read_clip(path, RATE).astype(np.float32)
+    try:
+        return dataset.read_clip(path, RATE).astype(np.float32)
+    except ValueError as err:  # not audio, or cut short
+        raise click.ClickException(str(err)) from None
 
 
 def espeak(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:

@@ -183,9 +183,12 @@ def test_make_demo_puts_recordings_of_people_between_the_digits(tmp_path):
     ("prompt-7: Not there.\n", [], "line 1: no recording .*prompt-7"),
     ("; only a comment\n", [], "names no recordings"),
     (None, ["--speech-engine", "festival"], "leave out --speech-engine"),
+    ("not-audio.wav\n", [], "cannot read .*not-audio.wav"),
 ])
 def test_make_demo_says_what_is_wrong_with_recorded_speech(tmp_path, listing, args, message):
+    require(DEFAULT_FSDD.is_dir(), f"the FSDD recordings at {DEFAULT_FSDD}")
     speech = recorded_speech(tmp_path / "speech")
+    (speech / "not-audio.wav").write_text("a text file, not a recording")
     options = ["--out", str(tmp_path / "out"), "--speech-dir", str(speech), *args]
     if listing is not None:
         (tmp_path / "list.txt").write_text(listing)
