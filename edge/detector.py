@@ -15,7 +15,8 @@ classes (one word at a time), so the detector runs a single event state machine 
    own threshold ("label"), or whose smoothed score summed over the event is largest relative to its threshold
    ("word": a word the model hesitates between two labels on is still found, and named by where most of the
    posterior went, as a clip is classified); the score is that label's peak. Events shorter than
-   `min_duration_ms` are dropped.
+   `min_duration_ms` are dropped, and so are events whose score stays under `min_score`: the model was sure that
+   some word was there, but not which.
 5. End-pointing (`end_quiet_ms` > 0; edge/endpoint.py): an event is reported only if the input's level fell back
    to a pause for `end_quiet_ms` in a row while it was open, so a word is heard on its own, not inside running
    speech. The end of the stream counts as a pause.
@@ -47,6 +48,7 @@ DEFAULTS = {
     "trigger": "label",
     "end_quiet_ms": 0.0,  # off: bundles from before end-pointing behave as they did
     "end_quiet_db": 20.0,
+    "min_score": 0.0,  # off: bundles from before it behave as they did
 }
 TRIGGERS = ("label", "word")
 
@@ -87,6 +89,7 @@ class DetectorSettings:
     trigger: str = DEFAULTS["trigger"]
     end_quiet_ms: float = DEFAULTS["end_quiet_ms"]
     end_quiet_db: float = DEFAULTS["end_quiet_db"]
+    min_score: float = DEFAULTS["min_score"]
 
     def __post_init__(self):
         object.__setattr__(self, "thresholds", dict(self.thresholds))
@@ -134,6 +137,9 @@ class DetectorSettings:
         if not 0 < number("end_quiet_db") <= 60:
             raise DetectorSettingsError(f"end_quiet_db={self.end_quiet_db}: must be in (0, 60] dB, how far below "
                                         "the word a pause must fall")
+        if not 0 <= number("min_score") <= 1:
+            raise DetectorSettingsError(f"min_score={self.min_score}: must be in [0, 1], the lowest peak score of "
+                                        "the reported label (0: off)")
         if number("max_duration_ms") <= self.min_duration_ms:
             raise DetectorSettingsError(f"max_duration_ms={self.max_duration_ms}: must exceed "
                                         f"min_duration_ms={self.min_duration_ms}")
@@ -280,6 +286,8 @@ class Detector:
             self._last_word_end = word_end_hop
         evidence = self._mass if self.settings.trigger == "word" else self._peaks
         best = int(np.argmax(evidence / self._thresholds))
+        if self._peaks[best] < self.settings.min_score:
+            return None  # sure of a word, not of which: on words that only resemble one
         return Detection(label=self.labels[best], score=float(self._peaks[best]), start_s=start_hop * self._hop_s,
                          end_s=word_end_hop * self._hop_s, detected_s=end_hop * self._hop_s)
 

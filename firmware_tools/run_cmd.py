@@ -52,6 +52,8 @@ def detector_options(command):
         click.option("--end-quiet-ms", type=float,
                      help="Report a word only if a pause this long follows it (0: also inside running speech)."),
         click.option("--end-quiet-db", type=float, help="How far below the word (in dB) that pause must fall."),
+        click.option("--min-score", type=float,
+                     help="Drop a detection whose label's peak score stays under this (0: keep all)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -59,11 +61,11 @@ def detector_options(command):
 
 
 def detector_overrides(threshold, threshold_for, smoothing_ms, refractory_ms, release_ratio,
-                       min_duration_ms, trigger, end_quiet_ms, end_quiet_db) -> dict:
+                       min_duration_ms, trigger, end_quiet_ms, end_quiet_db, min_score) -> dict:
     return dict(threshold=threshold, thresholds=parse_label_thresholds(threshold_for) or None,
                 smoothing_ms=smoothing_ms, refractory_ms=refractory_ms, release_ratio=release_ratio,
                 min_duration_ms=min_duration_ms, trigger=trigger, end_quiet_ms=end_quiet_ms,
-                end_quiet_db=end_quiet_db)
+                end_quiet_db=end_quiet_db, min_score=min_score)
 
 
 def resolve_bundle(ctx: click.Context, bundle: str, root: Path | None) -> str | Path:
@@ -132,7 +134,7 @@ class SerialLink:
 @click.pass_context
 def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, as_json, threshold,
         threshold_for, smoothing_ms, refractory_ms, release_ratio, min_duration_ms, trigger, end_quiet_ms,
-        end_quiet_db, serial, baud, device_id, health_every, threads):
+        end_quiet_db, min_score, serial, baud, device_id, health_every, threads):
     """Listen to AUDIO and print what is heard.
 
     AUDIO is an audio file (WAV, FLAC, OGG; any rate and channel count), '-' for raw PCM on standard input
@@ -151,7 +153,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
     if audio == "demo" and not Path(audio).exists():
         audio = str(DEMO_RECORDING)
     overrides = detector_overrides(threshold, threshold_for, smoothing_ms, refractory_ms, release_ratio,
-                                   min_duration_ms, trigger, end_quiet_ms, end_quiet_db)
+                                   min_duration_ms, trigger, end_quiet_ms, end_quiet_db, min_score)
     bundle_ref = resolve_bundle(ctx, bundle, root)
     try:
         pipeline = Pipeline.from_bundle(bundle_ref, detector_overrides=overrides, num_threads=threads)

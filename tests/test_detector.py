@@ -109,6 +109,26 @@ def test_word_trigger_finds_a_word_split_between_two_labels_and_names_it_by_mass
     assert [e.label for e in run(make(trigger="word", thresholds={"b": 0.9}), split)] == ["a"]
 
 
+def test_min_score_drops_a_word_the_model_cannot_name_and_keeps_one_it_can():
+    # Sure that a word is there (0.9 together), not which: three labels share it, the best peaking at 0.4.
+    unsure = scores(200, ("a", 50, 90, 0.4), ("b", 50, 90, 0.3), ("c", 50, 90, 0.2))
+    sure = scores(200, ("a", 50, 90, 0.75), ("b", 50, 90, 0.2))
+    assert [e.label for e in run(make(trigger="word"), unsure)] == ["a"]  # off by default
+    assert run(make(trigger="word", min_score=0.5), unsure) == []
+    assert [(e.label, e.score) for e in run(make(trigger="word", min_score=0.5), sure)] == [("a", 0.75)]
+    assert [e.label for e in run(make(trigger="word", min_score=0.75), sure)] == ["a"]  # at the floor counts
+
+
+def test_an_event_dropped_by_min_score_still_starts_the_refractory_period():
+    # The same events as without the floor, less the dropped one: a word just after it is not opened anew.
+    word = ("c", 100, 115, 0.9)
+    posteriors = scores(300, ("a", 50, 90, 0.4), ("b", 50, 90, 0.5), word)
+    config = dict(trigger="word", refractory_ms=300, min_score=0.6)
+    assert [e.label for e in run(make(**config), scores(300, word))] == ["c"]  # alone, it is reported
+    assert [e.label for e in run(make(**{**config, "min_score": 0}), posteriors)] == ["b"]
+    assert run(make(**config), posteriors) == []
+
+
 def test_word_trigger_stays_quiet_when_all_labels_together_stay_below_threshold():
     low = scores(200, ("a", 50, 90, 0.25), ("b", 50, 90, 0.25), ("c", 50, 90, 0.05))  # 0.55 together
     assert run(make(trigger="word"), low) == []
@@ -146,7 +166,8 @@ def test_chunking_does_not_change_the_detections(seed, cuts, trigger):
     posteriors = rng.uniform(0, 0.5, size=(600, len(LABELS))).astype(np.float32)
     for start in rng.integers(0, 560, size=6):
         posteriors[start:start + rng.integers(3, 40), rng.integers(0, len(LABELS))] = rng.uniform(0.6, 1.0)
-    config = dict(smoothing_ms=50, refractory_ms=100, min_duration_ms=20, max_duration_ms=300, trigger=trigger)
+    config = dict(smoothing_ms=50, refractory_ms=100, min_duration_ms=20, max_duration_ms=300, trigger=trigger,
+                  min_score=0.7)
     whole = run(make(**config), posteriors)
     detector = make(**config)
     chunked = []
@@ -181,6 +202,8 @@ def test_settings_from_manifest_with_overrides():
     ({"end_quiet_ms": 5000}, ["end_quiet_ms=5000", "max_duration_ms=3000"]),
     ({"end_quiet_db": 0}, ["end_quiet_db=0", "(0, 60]"]),
     ({"end_quiet_db": 90}, ["end_quiet_db=90"]),
+    ({"min_score": -0.1}, ["min_score=-0.1", "[0, 1]"]),
+    ({"min_score": 1.2}, ["min_score=1.2"]),
 ])
 def test_invalid_settings_are_refused_with_the_setting_named(bad, words):
     with pytest.raises(DetectorSettingsError) as err:

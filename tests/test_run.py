@@ -99,6 +99,15 @@ def test_json_output_has_one_object_per_detection(demo_detections):
     assert all(0 < r["score"] <= 1 and "timestamp" not in r for r in records)  # a file has no wall clock
 
 
+def test_min_score_on_the_command_line_keeps_the_detections_that_reach_it(demo_detections):
+    floor = sorted(d.score for d in demo_detections)[len(demo_detections) // 2]  # drops about half of them
+    result = basilar("run", "--json", "--min-score", floor, DEMO)
+    assert result.returncode == 0, result.stderr.decode()
+    kept = [(d.label, round(d.start_s, 3)) for d in demo_detections if d.score >= floor]
+    assert 0 < len(kept) < len(demo_detections)
+    assert [(r["label"], r["start_s"]) for r in parse_json(result.stdout)] == kept
+
+
 def test_raw_pcm_on_stdin_in_other_formats_rates_and_channels(demo_detections):
     audio, rate = soundfile.read(DEMO, dtype="float32")
     s16 = np.round(audio * 32767).astype("<i2").tobytes()
@@ -227,6 +236,7 @@ def test_a_bundle_that_does_not_match_the_front_end_is_refused(tmp_path, edit):
     (["run", "--threshold-for", "seven=0.5", str(DEMO)], "threshold given for unknown label(s) 'seven'"),
     (["run", "--threshold-for", "7", str(DEMO)], "write LABEL=VALUE"),
     (["run", "--threshold", "1.5", str(DEMO)], "threshold=1.5: must be a number in (0, 1]"),
+    (["run", "--min-score", "2", str(DEMO)], "min_score=2.0: must be in [0, 1]"),
     (["run", "--bundle", "no/such/bundle", str(DEMO)], "no bundle at no/such/bundle"),
     (["run", "--bundle", "default", "--root", "/tmp", str(DEMO)], "either --bundle or --root"),
     (["run"], "say what to listen to"),
