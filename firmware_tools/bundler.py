@@ -52,7 +52,7 @@ def tflite_quantization(model_path) -> dict:
 
 def attribution_text(provenance: dict) -> str:
     lines = ["# Attribution", "", provenance.get("attribution", "No attribution recorded."), ""]
-    for key in ("training_data", "license", "synthetic_data"):
+    for key in ("training_data", "license", "synthetic_data", "recorded_speech"):
         if key in provenance:
             lines.append(f"- {key.replace('_', ' ')}: {provenance[key]}")
     return "\n".join(lines) + "\n"

@@ -28,6 +28,13 @@ from firmware_tools.cli_errors import fail_on
               help="Digit clips spoken by flite's voices (only when the labels are 0-9).")
 @click.option("--flite-speech", type=click.IntRange(0, 100_000), default=800, show_default=True,
               help="Non-target phrases spoken by flite's voices, for the background class.")
+@click.option("--speech-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Recordings of people saying no target word, for the background class (with --speech-list: "
+                   "those it names).")
+@click.option("--speech-list", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The recordings in --speech-dir to use: one a line, NAME or NAME: transcript.")
+@click.option("--speech-credit", help="Who recorded the --speech-dir recordings and under what license, for the "
+                                     "bundle's ATTRIBUTION.md.")
 @click.option("--copies", type=click.IntRange(1, 50), default=3, show_default=True,
               help="Augmented examples made from each clip.")
 @click.option("--background-examples", type=click.IntRange(0, 10**6), default=5000, show_default=True,
@@ -36,7 +43,7 @@ from firmware_tools.cli_errors import fail_on
               show_default=True, help="Where computed features are cached.")
 @click.option("--name", default="model", show_default=True, help="Bundle name recorded in the manifest.")
 def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth_digits, synth_speech, flite_digits,
-          flite_speech, copies, background_examples, cache_dir, name):
+          flite_speech, speech_dir, speech_list, speech_credit, copies, background_examples, cache_dir, name):
     """Train a streaming model on labelled WAVs (sub-folder per label, or files named LABEL_...)."""
     with fail_on():
         from firmware_tools.training import TrainSettings, run_training
@@ -44,7 +51,10 @@ def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth
         settings = TrainSettings(width=width, epochs=epochs, seed=seed, copies_per_clip=copies,
                                  background_examples=background_examples, synth_digits=synth_digits,
                                  synth_non_target=synth_speech, flite_digits=flite_digits,
-                                 flite_non_target=flite_speech, ensemble=ensemble)
+                                 flite_non_target=flite_speech, ensemble=ensemble,
+                                 recorded_speech=(str(speech_dir), speech_list and str(speech_list),
+                                                  speech_credit or f"recordings from {speech_dir}")
+                                 if speech_dir else None)
         summary = run_training(data_dir, out_dir, holdout=holdout, loso=loso, settings=settings,
                                cache_dir=cache_dir, name=name, log=click.echo)
     click.echo(json.dumps(summary, indent=2))

@@ -31,6 +31,10 @@ class TrainSettings:
     synth_non_target: int = 1600  # espeak-ng non-target speech
     flite_non_target: int = 800  # flite non-target speech
     background_examples: int = 5000
+    # Recordings of people saying no target word, for the background class beside the synthesized speech:
+    # (folder, listing or None, credit for the bundle's attribution) as make_demo's --speech-dir/--speech-list
+    # read them; None for none.
+    recorded_speech: tuple[str, str | None, str] | None = None
     previous_word_probability: float = 0.5  # how often another word precedes the labelled one, as in a stream
     # Models trained apart (seeds seed, seed+1, ...) and averaged in one network. The shipped bundle is two of
     # width 36 (docs/models.md); the default here stays one of width 48, which trains in half the time.
@@ -54,7 +58,31 @@ def label_order(clips) -> list[str]:
 def example_settings(settings: TrainSettings) -> tuple:
     """The settings that shape the examples (and so key their cache); the rest only shape the fit."""
     return (settings.copies_per_clip, settings.synth_digits, settings.flite_digits, settings.synth_non_target,
-            settings.flite_non_target, settings.background_examples, settings.previous_word_probability, settings.seed)
+            settings.flite_non_target, settings.background_examples, settings.previous_word_probability, settings.seed,
+            *recordings_key(settings))
+
+
+def recordings_key(settings: TrainSettings) -> tuple:
+    """The recordings as the clips key the cache (path, time changed); nothing when there are none, so that the
+    cache of a recipe without them is kept."""
+    if settings.recorded_speech is None:
+        return ()
+    return (tuple((str(p), p.stat().st_mtime_ns) for p in recording_paths(settings)),)
+
+
+def recording_paths(settings: TrainSettings) -> list[Path]:
+    from firmware_tools.make_demo import read_recordings
+
+    folder, listing, _ = settings.recorded_speech
+    return [r.path for r in read_recordings(Path(folder), Path(listing) if listing else None)]
+
+
+def recorded_speech(settings: TrainSettings) -> list[np.ndarray]:
+    """The recordings of non-target speech, silence trimmed, at the front end's rate."""
+    if settings.recorded_speech is None:
+        return []
+    rate = settings.frontend.sample_rate
+    return [dataset.trim_silence(dataset.read_clip(p, rate)) for p in recording_paths(settings)]
 
 
 def synth_engines() -> tuple[bool, bool]:
@@ -89,6 +117,7 @@ def build_examples(clips, labels, settings: TrainSettings, cache_dir: Path | Non
     cfg = settings.frontend
     words = [(dataset.read_clip(c.path, cfg.sample_rate), c.label) for c in clips]
     synth_words, noise_speech = synthesized(labels, settings)
+    noise_speech += recorded_speech(settings)
     words += synth_words
     aug = dataset.Augmenter(cfg, noise_speech, settings.seed)
     background = len(labels)
@@ -262,6 +291,8 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     model.save(model_path)
     is_fsdd = any(c.speaker in ("jackson", "nicolas", "theo", "yweweler") for c in clips)
     provenance = dict(bundler.FSDD_PROVENANCE) if is_fsdd else {"training_data": str(data_dir)}
+    if settings.recorded_speech:
+        provenance["recorded_speech"] = settings.recorded_speech[2]
     pipeline.write_sidecar(model_path, labels, settings.frontend, provenance)
 
     calibration, rest = pipeline.split_calibration(train_clips, seed)

@@ -64,3 +64,17 @@ def tiny_bundle_v2(tmp_path_factory) -> Path:
     from tests.bundles import build_tiny_bundle
 
     return build_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny_v2", seed=2)
+
+
+def recorded_phrases(folder, texts, rate=16000):
+    """Real WAV files of espeak-ng saying `texts`, each padded with half a second of silence on both sides."""
+    import soundfile
+
+    from firmware_tools import dataset
+
+    folder.mkdir()
+    for i, text in enumerate(texts):
+        speech = dataset.espeak(text, "en-us", 50, 160, rate)
+        pad = np.zeros(rate // 2)
+        soundfile.write(folder / f"p{i}.wav", np.concatenate([pad, speech, pad]), rate)
+

@@ -3,9 +3,10 @@ floor under quiet training examples and under clips played by `basilar eval --no
 import dataclasses
 
 import numpy as np
+import pytest
 
 from firmware_tools import dataset, training
-from tests.conftest import require_program
+from tests.conftest import recorded_phrases, require_program
 
 RATE = 8000
 DIGITS = [str(d) for d in range(10)]
@@ -103,3 +104,46 @@ def test_a_share_of_word_and_background_examples_is_heard_in_a_room(monkeypatch)
         aug.background_example(10)
     assert 0.2 < len(rooms) / 200 < 0.4  # ROOM_SHARE, 0.3
     assert min(rooms) >= dataset.SEQ_FRAMES * training.DEFAULT_FRONTEND.hop_samples  # the whole example, not the word
+
+
+def test_recorded_speech_is_read_trimmed_at_the_front_end_rate_and_keys_the_cache(tmp_path):
+    require_program("espeak-ng")
+    recorded_phrases(tmp_path / "rec", ["where did you put the keys", "good morning"])
+    listing = tmp_path / "list.txt"
+    listing.write_text("; a comment\np1: good morning\n")
+    settings = training.TrainSettings(recorded_speech=(str(tmp_path / "rec"), str(listing), "someone, CC0"))
+    [morning] = training.recorded_speech(settings)  # only the one the listing names
+    alone = dataset.read_clip(tmp_path / "rec" / "p1.wav", RATE)
+    assert len(alone) - len(morning) > 0.9 * RATE  # the second of silence is trimmed off
+    everything = dataclasses.replace(settings, recorded_speech=(str(tmp_path / "rec"), None, "someone"))
+    assert len(training.recorded_speech(everything)) == 2  # no listing: every recording in the folder
+    # The recordings shape the examples, so they key the feature cache; the credit does not.
+    keys = {training.example_settings(s)
+            for s in (settings, everything, dataclasses.replace(settings, recorded_speech=None))}
+    assert len(keys) == 3
+    credit = dataclasses.replace(settings, recorded_speech=(str(tmp_path / "rec"), str(listing), "another"))
+    assert training.example_settings(credit) == training.example_settings(settings)
+
+
+def test_a_listing_that_names_a_missing_recording_is_a_clear_error(tmp_path):
+    import click
+
+    require_program("espeak-ng")
+    recorded_phrases(tmp_path / "rec", ["good morning"])
+    listing = tmp_path / "list.txt"
+    listing.write_text("p0\np7: not there\n")
+    settings = dataclasses.replace(training.TrainSettings(), recorded_speech=(str(tmp_path / "rec"), str(listing), ""))
+    with pytest.raises(click.ClickException, match="line 2: no recording .*p7"):
+        training.recorded_speech(settings)
+
+
+def test_the_recorded_speech_listing_names_three_voices_and_no_numbers():
+    from pathlib import Path
+
+    listing = Path(training.__file__).with_name("recorded_non_target_speech.txt").read_text(encoding="utf-8")
+    entries = [line.split(":", 1) for line in listing.splitlines() if line and not line.startswith(";")]
+    assert len(entries) == 750
+    assert {name.split("/")[0] for name, _ in entries} == {"it_IT_m_Carlo", "it_IT_f_Menardi", "ru_RU_f_IvrvoiceRU"}
+    assert not any(char.isdigit() for _, text in entries for char in text)
+    for number_word in ("uno", "due", "tre", "один", "два", "три"):
+        assert not any(number_word in text.lower().split() for _, text in entries)

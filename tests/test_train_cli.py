@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from edge.bundle import load_bundle
 from firmware_tools.cli import main
 from tests.bundles import FSDD_CLIPS
-from tests.conftest import require_module, require_program
+from tests.conftest import recorded_phrases, require_module, require_program
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +18,13 @@ def trained(tmp_path_factory):
     require_program("espeak-ng")
     require_program("flite")
     out = tmp_path_factory.mktemp("train") / "out"
+    recorded_phrases(out.parent / "speech", ["where did you put the keys", "good morning"])
     result = CliRunner().invoke(main, [
         "train", str(FSDD_CLIPS), "--out", str(out), "--epochs", "2", "--width", "8", "--copies", "1",
         "--background-examples", "40", "--synth-digits", "20", "--synth-speech", "10", "--flite-digits", "10",
         "--flite-speech", "5", "--holdout", "theo,yweweler",
-        "--ensemble", "2", "--cache-dir", str(out.parent / "cache")])
+        "--ensemble", "2", "--cache-dir", str(out.parent / "cache"),
+        "--speech-dir", str(out.parent / "speech"), "--speech-credit", "Two phrases recorded by espeak-ng, CC0"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -46,7 +48,9 @@ def test_train_writes_model_bundle_and_report(trained):
     bundle = load_bundle(trained / "bundle")
     assert bundle.labels == [str(d) for d in range(10)]
     assert bundle.manifest["models"]["step"]["spec"]["branches"] == 2  # --ensemble 2: one network, two models
-    assert "CC BY-SA 4.0" in (trained / "bundle" / "ATTRIBUTION.md").read_text()
+    attribution = (trained / "bundle" / "ATTRIBUTION.md").read_text()
+    assert "CC BY-SA 4.0" in attribution
+    assert "- recorded speech: Two phrases recorded by espeak-ng, CC0" in attribution  # --speech-dir's credit
     assert "leave" not in (trained / "report.txt").read_text()  # no --loso, no LOSO section
 
 
