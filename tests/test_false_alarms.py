@@ -50,18 +50,26 @@ def four_voice_stream(tmp_path_factory):
     return out
 
 
-ALLISON = Path("/usr/share/asterisk/sounds/en_US_f_Allison")  # package asterisk-core-sounds-en-wav
-ALLISON_PROMPTS = REPO / "tests" / "data" / "allison_non_digit_prompts.txt"
+# Real people's recorded prompts with no number word (listings in tests/data): (folder, Debian package, listing,
+# credit). No recipe trains on English or French recordings (docs/models.md, "Recorded speech in the background").
+REAL_VOICES = {
+    "allison": (Path("/usr/share/asterisk/sounds/en_US_f_Allison"), "asterisk-core-sounds-en-wav",
+                REPO / "tests" / "data" / "allison_non_digit_prompts.txt",
+                "Allison Smith, Asterisk core sounds (English), CC BY-SA 3.0"),
+    "june": (Path("/usr/share/asterisk/sounds/fr_CA_f_June"), "asterisk-core-sounds-fr-wav",
+             REPO / "tests" / "data" / "june_non_digit_prompts.txt",
+             "June Wallack, Asterisk core sounds (French, Canada), CC BY-SA 3.0"),
+}
 
 
-@pytest.fixture(scope="module")
-def real_speech_stream(tmp_path_factory):
+@pytest.fixture(scope="module", params=sorted(REAL_VOICES))
+def real_speech_stream(request, tmp_path_factory):
+    folder, package, listing, credit = REAL_VOICES[request.param]
     require(DEFAULT_FSDD.is_dir(), f"the FSDD recordings at {DEFAULT_FSDD}")
-    require(ALLISON.is_dir(), f"Asterisk's recorded English prompts in {ALLISON} (package asterisk-core-sounds-en-wav)")
-    out = tmp_path_factory.mktemp("allison")
-    write_demo(DEFAULT_FSDD, out, seed=23, speakers=SPEAKERS, repeats=2,
-               recordings=read_recordings(ALLISON, ALLISON_PROMPTS),
-               speech_credit="Allison Smith, Asterisk core sounds (English), CC BY-SA 3.0")
+    require(folder.is_dir(), f"Asterisk's recorded prompts in {folder} (package {package})")
+    out = tmp_path_factory.mktemp(request.param)
+    write_demo(DEFAULT_FSDD, out, seed=23, speakers=SPEAKERS, repeats=2, recordings=read_recordings(folder, listing),
+               speech_credit=credit)
     return out
 
 
@@ -96,17 +104,17 @@ def test_in_a_ringing_room_too(ked_stream, tmp_path):
 
 def test_four_more_unfamiliar_voices_too(four_voice_stream):
     result = score(four_voice_stream / "demo.wav", four_voice_stream)
-    assert result["hits"] == result["words"] == 10
+    assert result["words"] == 10 and result["hits"] >= 9  # in the longer four-voice streams: 786 of 800
     assert result["false_alarms_per_speech_minute"] <= TARGET_PER_MINUTE
     no_end_pointing = score(four_voice_stream / "demo.wav", four_voice_stream, end_quiet_ms=0)
-    assert no_end_pointing["false_alarms_per_speech_minute"] > 5
+    assert no_end_pointing["false_alarms_per_speech_minute"] > TARGET_PER_MINUTE  # 2.45 (recipe 7's bundle: 6.5)
 
 
-def test_a_real_persons_speech_makes_no_more_false_alarms_than_measured(real_speech_stream):
-    """Not the target: the shipped bundle makes 3.1 false alarms per minute of this speech (38 in 12.3 min), most of
-    them on prompts of one or two words. A recipe that trained on words said alone met the target here but lost
-    an eighth of a held-out speaker's digits (docs/models.md). This keeps the figure from growing unnoticed."""
+def test_a_real_persons_speech_makes_fewer_false_alarms_than_the_target(real_speech_stream):
+    """Allison Smith's English prompts (12.3 min) and June Wallack's French ones (10.5 min), a third of them one or
+    two words said alone: the shipped bundle makes 0.49 and 1.24 false alarms per minute there (recipe 7, without
+    recorded speech in its background class: 3.1 and 4.4)."""
     result = score(real_speech_stream / "demo.wav", real_speech_stream)
-    assert result["non_target_speech_s"] > 700  # 284 prompts, 12.3 minutes
+    assert result["non_target_speech_s"] > 600  # 284 and 262 prompts
     assert result["hits"] >= 19 and result["words"] == 20
-    assert result["false_alarms_per_speech_minute"] <= 3.5
+    assert result["false_alarms_per_speech_minute"] <= TARGET_PER_MINUTE
