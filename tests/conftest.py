@@ -77,4 +77,3 @@ def recorded_phrases(folder, texts, rate=16000):
         speech = dataset.espeak(text, "en-us", 50, 160, rate)
         pad = np.zeros(rate // 2)
         soundfile.write(folder / f"p{i}.wav", np.concatenate([pad, speech, pad]), rate)
-

@@ -132,7 +132,7 @@ def test_a_listing_that_names_a_missing_recording_is_a_clear_error(tmp_path):
     recorded_phrases(tmp_path / "rec", ["good morning"])
     listing = tmp_path / "list.txt"
     listing.write_text("p0\np7: not there\n")
-    settings = dataclasses.replace(training.TrainSettings(), recorded_speech=(str(tmp_path / "rec"), str(listing), ""))
+    settings = training.TrainSettings(recorded_speech=(str(tmp_path / "rec"), str(listing), ""))
     with pytest.raises(click.ClickException, match="line 2: no recording .*p7"):
         training.recorded_speech(settings)
 

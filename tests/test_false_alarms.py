@@ -51,7 +51,7 @@ def four_voice_stream(tmp_path_factory):
 
 
 # Real people's recorded prompts with no number word (listings in tests/data): (folder, Debian package, listing,
-# credit). No recipe trains on English or French recordings (docs/models.md, "Recorded speech in the background").
+# credit). No recipe trains on English or French recordings (docs/models.md, "Recorded speech in the background class").
 REAL_VOICES = {
     "allison": (Path("/usr/share/asterisk/sounds/en_US_f_Allison"), "asterisk-core-sounds-en-wav",
                 REPO / "tests" / "data" / "allison_non_digit_prompts.txt",
@@ -111,8 +111,8 @@ def test_four_more_unfamiliar_voices_too(four_voice_stream):
 
 
 def test_a_real_persons_speech_makes_fewer_false_alarms_than_the_target(real_speech_stream):
-    """Allison Smith's English prompts (12.3 min) and June Wallack's French ones (10.5 min), a third of them one or
-    two words said alone: the shipped bundle makes 0.49 and 1.24 false alarms per minute there (recipe 7, without
+    """Allison Smith's English prompts (12.3 min) and June Wallack's French ones (10.5 min), many of them one or two
+    words said alone: the shipped bundle makes 0.49 and 1.24 false alarms per minute there (recipe 7, without
     recorded speech in its background class: 3.1 and 4.4)."""
     result = score(real_speech_stream / "demo.wav", real_speech_stream)
     assert result["non_target_speech_s"] > 600  # 284 and 262 prompts
