@@ -12,7 +12,6 @@ minute of non-target speech) and ATTRIBUTION.md. Seeded, so a rebuild gives the 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import functools
 import subprocess
 import tempfile
@@ -24,6 +23,7 @@ import numpy as np
 import soundfile
 
 from firmware_tools import dataset
+from firmware_tools.recordings import Recording, RecordingsError, read_recordings
 
 RATE = 16000
 SPEAKERS = ("jackson", "nicolas", "theo", "yweweler")
@@ -117,44 +117,6 @@ def festival_voice_for(text: str, voices) -> str:
 
 
 SPEECH_ENGINES = {"espeak-ng": espeak, "festival": festival}
-
-
-@dataclasses.dataclass(frozen=True)
-class Recording:
-    """A recording of someone saying something that is not a digit, and what they say (for the attribution)."""
-    path: Path
-    transcript: str = ""
-
-
-def read_recordings(speech_dir: Path, listing: Path | None = None) -> list[Recording]:
-    """The recordings `listing` names in `speech_dir`, in its order, or every audio file there, sorted by name.
-
-    A listing has one recording a line, `NAME` or `NAME: transcript` (NAME with or without its suffix; blank
-    lines, and lines that start with `;` or `#`, are skipped): so a corpus's own transcript file can serve,
-    once its lines with digits in them are taken out.
-    """
-    if not speech_dir.is_dir():
-        raise click.ClickException(f"--speech-dir {speech_dir} is not a folder of recordings")
-    if listing is None:
-        found = sorted(p for p in speech_dir.iterdir() if p.suffix.lower() in dataset.AUDIO_SUFFIXES)
-        if not found:
-            raise click.ClickException(f"no audio files ({', '.join(dataset.AUDIO_SUFFIXES)}) in {speech_dir}")
-        return [Recording(p) for p in found]
-    recordings = []
-    for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith((";", "#")):
-            continue
-        name, _, transcript = line.partition(":")
-        path = speech_dir / name.strip()
-        if not path.suffix:
-            path = next((path.with_suffix(s) for s in dataset.AUDIO_SUFFIXES if path.with_suffix(s).exists()), path)
-        if not path.is_file():
-            raise click.ClickException(f"{listing} line {number}: no recording {path}; is --speech-dir the folder "
-                                       "the listing was made for?")
-        recordings.append(Recording(path, transcript.strip()))
-    if not recordings:
-        raise click.ClickException(f"{listing} names no recordings")
-    return recordings
 
 
 def noise_burst(rng: np.random.Generator, seconds: float, colour: str) -> np.ndarray:
@@ -356,7 +318,10 @@ def main(fsdd: Path, out_dir: Path, seed: int, speakers: str, repeats: int, phra
     if speech_dir is not None and click.get_current_context().get_parameter_source("speech_engine") \
             is click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError("--speech-dir brings its own speech; leave out --speech-engine")
-    recordings = read_recordings(speech_dir, speech_list) if speech_dir is not None else None
+    try:
+        recordings = read_recordings(speech_dir, speech_list) if speech_dir is not None else None
+    except RecordingsError as err:
+        raise click.ClickException(str(err)) from None
     if not fsdd.is_dir():
         raise click.ClickException(f"FSDD folder {fsdd} not found; pass --fsdd")
     names = tuple(s.strip() for s in speakers.split(",") if s.strip())

@@ -12,6 +12,7 @@ import numpy as np
 
 from edge.frontend import FrontendConfig
 from firmware_tools import dataset
+from firmware_tools.recordings import read_recordings
 
 DEFAULT_FRONTEND = FrontendConfig(sample_rate=8000, channels=32, f_low=100.0, f_high=3800.0, spectral_norm_s=1.28)
 
@@ -32,8 +33,8 @@ class TrainSettings:
     flite_non_target: int = 800  # flite non-target speech
     background_examples: int = 5000
     # Recordings of people saying no target word, for the background class beside the synthesized speech:
-    # (folder, listing or None, credit for the bundle's attribution) as make_demo's --speech-dir/--speech-list
-    # read them; None for none.
+    # (folder, listing or None, credit for the bundle's attribution) as recordings.read_recordings reads
+    # them; None for none.
     recorded_speech: tuple[str, str | None, str] | None = None
     previous_word_probability: float = 0.5  # how often another word precedes the labelled one, as in a stream
     # Models trained apart (seeds seed, seed+1, ...) and averaged in one network. The shipped bundle is two of
@@ -71,8 +72,6 @@ def recordings_key(settings: TrainSettings) -> tuple:
 
 
 def recording_paths(settings: TrainSettings) -> list[Path]:
-    from firmware_tools.make_demo import read_recordings
-
     folder, listing, _ = settings.recorded_speech
     return [r.path for r in read_recordings(Path(folder), Path(listing) if listing else None)]
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from firmware_tools import dataset, training
+from firmware_tools.recordings import RecordingsError
 from tests.conftest import recorded_phrases, require_program
 
 RATE = 8000
@@ -126,14 +127,12 @@ def test_recorded_speech_is_read_trimmed_at_the_front_end_rate_and_keys_the_cach
 
 
 def test_a_listing_that_names_a_missing_recording_is_a_clear_error(tmp_path):
-    import click
-
     require_program("espeak-ng")
     recorded_phrases(tmp_path / "rec", ["good morning"])
     listing = tmp_path / "list.txt"
     listing.write_text("p0\np7: not there\n")
     settings = training.TrainSettings(recorded_speech=(str(tmp_path / "rec"), str(listing), ""))
-    with pytest.raises(click.ClickException, match="line 2: no recording .*p7"):
+    with pytest.raises(RecordingsError, match="line 2: no recording .*p7"):
         training.recorded_speech(settings)
 
 

@@ -8,9 +8,9 @@ import pytest
 import soundfile
 from click.testing import CliRunner
 
-from firmware_tools.make_demo import (DEFAULT_FSDD, SPEAKERS, espeak_version, festival, read_recordings,
-                                      write_demo)
+from firmware_tools.make_demo import DEFAULT_FSDD, SPEAKERS, espeak_version, festival, write_demo
 from firmware_tools.make_demo import main as make_demo_main
+from firmware_tools.recordings import read_recordings
 from firmware_tools.stream_eval import NON_TARGET_HEADER, read_truth
 from tests.conftest import REPO, require, require_program
 

@@ -14,7 +14,8 @@ import pytest
 import soundfile
 
 from edge.runloop import Pipeline
-from firmware_tools.make_demo import DEFAULT_FSDD, SPEAKERS, read_recordings, write_demo
+from firmware_tools.make_demo import DEFAULT_FSDD, SPEAKERS, write_demo
+from firmware_tools.recordings import read_recordings
 from firmware_tools.stream_eval import NON_TARGET_HEADER, detect_file, read_truth, score_stream
 from tests.conftest import REPO, in_a_room, require, require_program
 

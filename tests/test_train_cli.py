@@ -117,3 +117,15 @@ def test_train_holding_out_an_unknown_speaker_is_a_clear_error(tmp_path):
     assert result.exit_code == 1
     assert "george is not among the speakers found: jackson, nicolas, theo, yweweler" in result.output
     assert not (tmp_path / "o" / "model.keras").exists()
+
+
+def test_train_with_a_listing_that_names_a_missing_recording_is_a_clear_error(tmp_path):
+    require_module("tensorflow")
+    (tmp_path / "speech").mkdir()
+    (tmp_path / "list.txt").write_text("; the listing of another folder\nhello: Hello.\n")
+    result = CliRunner().invoke(main, ["train", str(FSDD_CLIPS), "--out", str(tmp_path / "o"),
+                                       "--speech-dir", str(tmp_path / "speech"), "--speech-list",
+                                       str(tmp_path / "list.txt"), "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 1
+    assert "list.txt line 2: no recording" in result.output and "is --speech-dir the folder" in result.output
+    assert not (tmp_path / "o" / "model.keras").exists()

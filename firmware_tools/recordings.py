@@ -1,0 +1,53 @@
+"""Recordings of people saying something that is not a target word, picked from a folder by a listing.
+
+`make_demo --speech-dir` puts them between the digits of a test stream; `basilar train --speech-dir` puts them in
+the background class.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from firmware_tools import dataset
+
+
+class RecordingsError(ValueError):
+    """A folder or listing of recordings that cannot be used; the message names the file and the line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Recording:
+    """A recording of someone saying something that is not a target word, and what (for the attribution)."""
+    path: Path
+    transcript: str = ""
+
+
+def read_recordings(speech_dir: Path, listing: Path | None = None) -> list[Recording]:
+    """The recordings `listing` names in `speech_dir`, in its order, or every audio file there, sorted by name.
+
+    A listing has one recording a line, `NAME` or `NAME: transcript` (NAME with or without its suffix; blank
+    lines, and lines that start with `;` or `#`, are skipped): so a corpus's own transcript file can serve,
+    once its lines with digits in them are taken out.
+    """
+    if not speech_dir.is_dir():
+        raise RecordingsError(f"--speech-dir {speech_dir} is not a folder of recordings")
+    if listing is None:
+        found = sorted(p for p in speech_dir.iterdir() if p.suffix.lower() in dataset.AUDIO_SUFFIXES)
+        if not found:
+            raise RecordingsError(f"no audio files ({', '.join(dataset.AUDIO_SUFFIXES)}) in {speech_dir}")
+        return [Recording(p) for p in found]
+    recordings = []
+    for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith((";", "#")):
+            continue
+        name, _, transcript = line.partition(":")
+        path = speech_dir / name.strip()
+        if not path.suffix:
+            path = next((path.with_suffix(s) for s in dataset.AUDIO_SUFFIXES if path.with_suffix(s).exists()), path)
+        if not path.is_file():
+            raise RecordingsError(f"{listing} line {number}: no recording {path}; is --speech-dir the folder "
+                                       "the listing was made for?")
+        recordings.append(Recording(path, transcript.strip()))
+    if not recordings:
+        raise RecordingsError(f"{listing} names no recordings")
+    return recordings
