@@ -12,14 +12,16 @@ from firmware_tools.dataset import BACKGROUND
 STEP_MODEL = "model_step.tflite"
 ATTRIBUTION = "ATTRIBUTION.md"
 
-# Tuned on held-out speakers' streams (README, docs/models.md): "word" finds the words the model hesitates on, at
-# threshold 0.95 with 150 ms smoothing. End-pointing (a word counts only when a 150 ms pause, 25 dB below it or near
-# the background, follows it): on four fold bundles (each speaker held out in turn, 1,760 stream words) it found the
-# same words and cut false alarms in the speech of voices the model never heard by 82%.
+# Tuned on held-out speakers' streams (README, docs/models.md): "word" finds the words the model hesitates on, with
+# 150 ms smoothing. End-pointing (a word counts only when a 150 ms pause, 25 dB below it or near the background,
+# follows it): on four fold bundles (each speaker held out in turn, 1,760 stream words) it found the same words and
+# cut false alarms in the speech of voices the model never heard by 82%. Threshold 0.92 for the shipped recipe, whose
+# background class hears recorded speech and whose word scores are lower: its fold bundles find 28 more of those
+# words than at 0.95, with about 1 false alarm per minute in two real people's speech (docs/models.md).
 DEFAULT_DETECTOR = {
     "trigger": "word",
     "smoothing_ms": 150.0,
-    "threshold": 0.95,
+    "threshold": 0.92,
     "thresholds": {},
     "release_ratio": 0.5,
     "refractory_ms": 400.0,

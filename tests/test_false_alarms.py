@@ -4,8 +4,8 @@ A stream of the shipped bundle's own speakers' digits with 60 everyday phrases i
 (about 2 minutes of speech), through the shipped bundle at its detector defaults, dry and in a ringing room; and the
 same phrases shared among four of festival's non-English voices reading English. The long measurements (28-34
 minutes of such voices, held-out speakers) are in the README and docs/models.md; this guards the target against a
-change to the detector or the bundle. Last, a real person: 284 recorded telephone prompts that say no number
-(12 minutes), where the shipped bundle does not meet the target (docs/models.md, "A real person's speech").
+change to the detector or the bundle. Last, two real people: their recorded telephone prompts that say no number
+(12.3 and 10.5 minutes; docs/models.md, "A real person's speech").
 """
 from pathlib import Path
 
@@ -105,16 +105,17 @@ def test_in_a_ringing_room_too(ked_stream, tmp_path):
 
 def test_four_more_unfamiliar_voices_too(four_voice_stream):
     result = score(four_voice_stream / "demo.wav", four_voice_stream)
-    assert result["words"] == 10 and result["hits"] >= 9  # in the longer four-voice streams: 786 of 800
+    assert result["words"] == 10 and result["hits"] >= 9  # in the longer four-voice streams: 787 of 800
     assert result["false_alarms_per_speech_minute"] <= TARGET_PER_MINUTE
     no_end_pointing = score(four_voice_stream / "demo.wav", four_voice_stream, end_quiet_ms=0)
-    assert no_end_pointing["false_alarms_per_speech_minute"] > TARGET_PER_MINUTE  # 2.45 (recipe 7's bundle: 6.5)
+    # 3.7 per minute (at 0.95: 2.45; recipe 7's bundle: 6.5)
+    assert no_end_pointing["false_alarms_per_speech_minute"] > TARGET_PER_MINUTE
 
 
 def test_a_real_persons_speech_makes_fewer_false_alarms_than_the_target(real_speech_stream):
     """Allison Smith's English prompts (12.3 min) and June Wallack's French ones (10.5 min), many of them one or two
-    words said alone: the shipped bundle makes 0.49 and 1.24 false alarms per minute there (recipe 7, without
-    recorded speech in its background class: 3.1 and 4.4)."""
+    words said alone: the shipped bundle makes 0.82 and 1.43 false alarms per minute there at its threshold, 0.92
+    (0.49 and 1.24 at 0.95; recipe 7, without recorded speech in its background class: 3.1 and 4.4 at 0.95)."""
     result = score(real_speech_stream / "demo.wav", real_speech_stream)
     assert result["non_target_speech_s"] > 600  # 284 and 262 prompts
     assert result["hits"] >= 19 and result["words"] == 20
