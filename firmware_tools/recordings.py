@@ -46,7 +46,7 @@ def read_recordings(speech_dir: Path, listing: Path | None = None) -> list[Recor
             path = next((path.with_suffix(s) for s in dataset.AUDIO_SUFFIXES if path.with_suffix(s).exists()), path)
         if not path.is_file():
             raise RecordingsError(f"{listing} line {number}: no recording {path}; is --speech-dir the folder "
-                                       "the listing was made for?")
+                                  "the listing was made for?")
         recordings.append(Recording(path, transcript.strip()))
     if not recordings:
         raise RecordingsError(f"{listing} names no recordings")
