@@ -23,6 +23,7 @@ import numpy as np
 import soundfile
 
 from firmware_tools import dataset
+from firmware_tools.cli_errors import fail_on
 from firmware_tools.recordings import Recording, RecordingsError, read_recordings
 
 RATE = 16000
@@ -318,10 +319,8 @@ def main(fsdd: Path, out_dir: Path, seed: int, speakers: str, repeats: int, phra
     if speech_dir is not None and click.get_current_context().get_parameter_source("speech_engine") \
             is click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError("--speech-dir brings its own speech; leave out --speech-engine")
-    try:
+    with fail_on(RecordingsError):
         recordings = read_recordings(speech_dir, speech_list) if speech_dir is not None else None
-    except RecordingsError as err:
-        raise click.ClickException(str(err)) from None
     if not fsdd.is_dir():
         raise click.ClickException(f"FSDD folder {fsdd} not found; pass --fsdd")
     names = tuple(s.strip() for s in speakers.split(",") if s.strip())
