@@ -101,9 +101,10 @@ class RunStats:
     cpu_s: float = 0.0  # process CPU time (user + system)
     overruns: int = 0
     detections: int = 0
+    runtime: str = ""  # the TFLite interpreter that ran the model: speed depends on it (docs/models.md)
 
     def describe(self) -> str:
-        speed = f", {self.audio_s / self.busy_s:.0f}x real time" if self.busy_s > 0 else ""
+        speed = f", {self.audio_s / self.busy_s:.0f}x real time on {self.runtime}" if self.busy_s > 0 else ""
         return (f"{self.audio_s:.1f} s of audio in {self.wall_s:.1f} s{speed}, {self.detections} detections, "
                 f"{self.overruns} overruns")
 
@@ -126,7 +127,7 @@ class RunLoop:
         self.sinks = list(sinks)
         self.stop = stop or source.stop
         self.health_every_s = health_every_s
-        self.stats = RunStats()
+        self.stats = RunStats(runtime=pipeline.runner.runtime)
         self._next_pipeline: Pipeline | None = None
         self._swap_lock = threading.Lock()
         self._samples = 0  # audio samples processed

@@ -101,13 +101,16 @@ def _quant(detail) -> tuple[float, int]:
 class StepRunner:
     """Feeds int8 front-end frames to a bundle's step model one at a time, carrying its state.
 
-    `step(frame)` returns the posterior (0..1) of each of `bundle.labels` for this hop.
+    `step(frame)` returns the posterior (0..1) of each of `bundle.labels` for this hop. builtin_kernels: TFLite's
+    own int8 kernels only, without XNNPACK: the arithmetic tflite-runtime's x86 wheels use, several times slower
+    (docs/models.md, "Runtimes").
     """
 
-    def __init__(self, bundle, num_threads: int = 1, delegates=None):
+    def __init__(self, bundle, num_threads: int = 1, delegates=None, builtin_kernels: bool = False):
         self.bundle = bundle
         self.labels = bundle.labels
-        self.interpreter, self.runtime = make_interpreter(bundle.step_model_path, num_threads, delegates)
+        self.interpreter, self.runtime = make_interpreter(bundle.step_model_path, num_threads, delegates,
+                                                          without_default_delegates=builtin_kernels)
         frame, state, scores, new_state = _find_tensors(self.interpreter)
         features = bundle.frontend_config.features
         if tuple(frame["shape"]) != (1, features):

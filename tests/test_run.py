@@ -86,6 +86,7 @@ def test_run_on_the_demo_prints_detections_that_match_the_truth(demo_detections)
     assert [(d.label, d.start_s, d.end_s) for d in printed] == \
         [(d.label, round(d.start_s, 2), round(d.end_s, 2)) for d in demo_detections]
     assert f"done: {DEMO_SECONDS:.1f} s of audio" in result.stderr.decode()
+    assert re.search(r"\d+x real time on ai-edge-litert, 20 detections", result.stderr.decode())  # CI's runtime
     assert "Traceback" not in result.stderr.decode()
     assert "XNNPACK" not in result.stderr.decode()  # the runtime's notice is not the first line users see
 
