@@ -17,9 +17,10 @@ import numpy as np
 from firmware_tools.model import ACTIVATION_MAX, ModelSpec, branch_prefix
 
 FORBIDDEN_OPS = ("WHILE", "FLEX", "CUSTOM")
-# The oldest TFLite runtime a bundle must run on: tflite-runtime 2.5, on 32-bit Pi OS. The converter records in each
-# model the oldest runtime that has all its ops at their versions (grouped convolutions, for one, need 2.9).
-OLDEST_RUNTIME = (2, 5, 0)
+# The oldest TFLite runtime a bundle must run on. basilar needs Python 3.10 or newer, and the oldest tflite-runtime
+# PyPI has for any such Python is 2.13 (x86-64, aarch64 and 32-bit Arm; docs/models.md, "Runtimes"). The converter
+# records in each model the oldest runtime that has all its ops at their versions (grouped convolutions need 2.9).
+OLDEST_RUNTIME = (2, 13, 0)
 CALIBRATION_STEPS = 600
 
 
@@ -162,22 +163,24 @@ def representative_samples(window_model, spec: ModelSpec, frame_sequences, count
     probe = layer_inputs_model(window_model, spec)
     samples = []
     per_clip = max(1, count // max(1, len(frame_sequences)))
+    layers_per_branch = len(spec.dilations)
     for frames in frame_sequences:
         acts = probe(frames[None].astype(np.float32), training=False)
         acts = [np.asarray(a)[0] for a in (acts if isinstance(acts, (list, tuple)) else [acts])]
         for t in rng.integers(0, len(frames), per_clip):
             rows = []
-            for d, a in zip(spec.dilations * spec.branches, acts):
+            for i, d in enumerate(spec.dilations):
                 n = (spec.kernel - 1) * d
-                past = np.zeros((n, spec.width), np.float32)
-                src = a[max(0, t - n):t]
-                if len(src):
-                    past[n - len(src):] = src
+                past = np.zeros((n, spec.branches * spec.width), np.float32)  # branches side by side
+                for k in range(spec.branches):
+                    src = acts[k * layers_per_branch + i][max(0, t - n):t]
+                    if len(src):
+                        past[n - len(src):, k * spec.width:(k + 1) * spec.width] = src
                 rows.append(past)
             samples.append((frames[t].astype(np.float32), np.concatenate(rows)))
     # Pin the ranges: frames span the whole int8 range, state the whole clipped ReLU range.
     extreme_frame = np.where(np.arange(spec.channels) % 2, 127.0, -128.0).astype(np.float32)
-    extreme_state = np.zeros((spec.state_rows, spec.width), np.float32)
+    extreme_state = np.zeros(spec.state_shape, np.float32)
     extreme_state[::2] = ACTIVATION_MAX
     samples.append((extreme_frame, extreme_state))
     return samples
@@ -248,8 +251,8 @@ def lint_tflite(model_path) -> list[str]:
     if needs and tuple(int(part) for part in re.findall(r"\d+", needs)[:3]) > OLDEST_RUNTIME:
         oldest = ".".join(map(str, OLDEST_RUNTIME))
         problems.append(f"the model needs a TFLite runtime {needs} or newer, but devices with tflite-runtime "
-                        f"{oldest} (32-bit Pi OS) must run it; build it from the layers of "
-                        "firmware_tools.model (no grouped convolutions)")
+                        f"{oldest} (the oldest for basilar's Pythons) must run it; build it from the layers of "
+                        "firmware_tools.model")
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     for op in interpreter._get_ops_details():
         name = op["op_name"].upper()

@@ -11,8 +11,8 @@ A model may average several such stacks ("branches", each with its own weights, 
 an ensemble in one network, so one step still runs one interpreter call. Branch k's layers are named with the
 prefix `b{k}_` (none for branch 0), and the averaged posteriors come out of an Average layer.
 
-The step model's state is one tensor (rows, width): every layer's input history, stacked, branch after branch.
-All stored activations are clipped ReLU outputs (0..3), so one int8 scale serves the whole state exactly;
+The step model's state is one tensor (rows, branches x width): every layer's input history, stacked, the branches
+side by side. All stored activations are clipped ReLU outputs (0..3), so one int8 scale serves the whole state exactly;
 clipping at 3 rather than 6 halves the int8 step (fewer than 1% of activations of a trained model exceed 3).
 """
 import dataclasses
@@ -43,8 +43,8 @@ class ModelSpec:
         return (self.kernel - 1) * sum(self.dilations)
 
     @property
-    def state_rows(self) -> int:
-        return self.branches * self.branch_state_rows
+    def state_shape(self) -> tuple[int, int]:
+        return self.branch_state_rows, self.branches * self.width
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -101,58 +101,61 @@ def build_step_model(spec: ModelSpec, window_model: keras.Model) -> keras.Model:
 
     Layer i keeps its last (kernel-1)*d inputs; with the new frame's input they make a window of (kernel-1)*d + 1
     rows, over which the layer's kernel, dilated by d and without padding, gives exactly the new frame's output.
+    The branches run side by side as the groups of one convolution per layer, so a step runs the same operations
+    however many branches it averages: the interpreter's cost per operation, not the arithmetic, is most of a
+    step's time (docs/models.md, "The step model").
     """
     frame = keras.Input((spec.channels,), batch_size=1, name="frame")
-    state = keras.Input((spec.state_rows, spec.width), batch_size=1, name="state")
+    state = keras.Input(spec.state_shape, batch_size=1, name="state")
     x = window_model.get_layer("input_scale")(frame)
     x = layers.Reshape((1, spec.channels))(x)
-    new_rows, heads = [], []
-    for k in range(spec.branches):
-        head, rows = _step_branch(spec, window_model, x, state, k)
-        heads.append(head)
-        new_rows += rows
-    new_state = layers.Concatenate(axis=1, name="new_state")(new_rows)
-    scores = heads[0] if spec.branches == 1 else layers.Average()(heads)
-    scores = layers.Reshape((spec.classes,), name="scores")(scores)
-    return keras.Model([frame, state], [scores, new_state], name="basilar_step")
-
-
-def _step_branch(spec: ModelSpec, window_model: keras.Model, frame, state, k: int):
-    p = branch_prefix(k)
-    get = window_model.get_layer
-    x = get(f"{p}stem")(frame)
-    x = get(f"{p}stem_bn")(x)
-    x = _activation()(x)  # (1, 1, width)
+    x = _activation()(_side_by_side(spec, window_model, "stem")(x))  # (1, 1, branches * width)
     new_rows = []
-    offset = k * spec.branch_state_rows
+    offset = 0
     for i, d in enumerate(spec.dilations):
         rows = (spec.kernel - 1) * d
         history = state[:, offset:offset + rows, :]
-        window = layers.Concatenate(axis=1)([history, x])  # (1, rows + 1, width), oldest first
+        window = layers.Concatenate(axis=1)([history, x])  # (1, rows + 1, branches * width), oldest first
         new_rows.append(window[:, 1:, :])
-        x = _window_conv(spec, get(f"{p}tcn{i}"), get(f"{p}tcn{i}_bn"), d)(window)  # (1, 1, width)
-        x = _activation()(x)
+        x = _activation()(_side_by_side(spec, window_model, f"tcn{i}", dilation=d)(window))
         offset += rows
-    return get(f"{p}head")(x), new_rows
+    logits = _side_by_side(spec, window_model, "head")(x)  # (1, 1, branches * classes)
+    posteriors = layers.Softmax(axis=-1)(layers.Reshape((spec.branches, spec.classes))(logits))
+    scores = (layers.GlobalAveragePooling1D(name="scores")(posteriors) if spec.branches > 1
+              else layers.Reshape((spec.classes,), name="scores")(posteriors))
+    new_state = layers.Concatenate(axis=1, name="new_state")(new_rows)
+    return keras.Model([frame, state], [scores, new_state], name="basilar_step")
 
 
-def _window_conv(spec: ModelSpec, conv: layers.Conv1D, bn: layers.BatchNormalization, dilation: int):
-    """The trained layer over one window, its BatchNorm folded in: dilated, unpadded, one output row. In TFLite
-    this is one CONV_2D, where picking the kernel's inputs out of the window would take a slice each and a
-    concatenation. (Left to the converter, the BatchNorm after a dilated convolution makes it fall back to float.)
-    """
-    kernel, bias = conv.get_weights()
-    gamma, beta, mean, var = bn.get_weights()
-    scale = gamma / np.sqrt(var + bn.epsilon)
-    twin = layers.Conv1D(spec.width, spec.kernel, dilation_rate=dilation, padding="valid")
-    twin.build((1, (spec.kernel - 1) * dilation + 1, spec.width))
-    twin.set_weights([kernel * scale, (bias - mean) * scale + beta])
+def _side_by_side(spec: ModelSpec, window_model: keras.Model, name: str, dilation: int = 1) -> layers.Conv1D:
+    """Every branch's layer `name` as one unpadded Conv1D over a window, its BatchNorm (if any) folded in (left
+    to the converter, the BatchNorm after a dilated convolution makes it fall back to float).
+
+    Branch k's output channels come k-th. The stem reads the frame, the same for every branch, so it is one plain
+    convolution; every later layer is grouped, group k reading only branch k's channels."""
+    names = {layer.name for layer in window_model.layers}
+    kernels, biases = [], []
+    for k in range(spec.branches):
+        p = branch_prefix(k)
+        kernel, bias = window_model.get_layer(p + name).get_weights()
+        if p + name + "_bn" in names:
+            bn = window_model.get_layer(p + name + "_bn")
+            gamma, beta, mean, var = bn.get_weights()
+            scale = gamma / np.sqrt(var + bn.epsilon)
+            kernel, bias = kernel * scale, (bias - mean) * scale + beta
+        kernels.append(kernel)
+        biases.append(bias)
+    kernel = np.concatenate(kernels, axis=-1)  # (taps, inputs per group, branches * outputs)
+    groups = 1 if name == "stem" else spec.branches
+    twin = layers.Conv1D(kernel.shape[-1], kernel.shape[0], dilation_rate=dilation, groups=groups, padding="valid")
+    twin.build((1, (kernel.shape[0] - 1) * dilation + 1, kernel.shape[1] * groups))
+    twin.set_weights([kernel, np.concatenate(biases)])
     return twin
 
 
 def stream_float(step_model: keras.Model, spec: ModelSpec, frames: np.ndarray) -> np.ndarray:
     """Run the float step model frame by frame (for the window/step equivalence check)."""
-    state = np.zeros((1, spec.state_rows, spec.width), np.float32)
+    state = np.zeros((1, *spec.state_shape), np.float32)
     out = []
     for f in frames.astype(np.float32):
         scores, state = step_model([f[None], state], training=False)
