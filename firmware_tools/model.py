@@ -109,7 +109,7 @@ def build_step_model(spec: ModelSpec, window_model: keras.Model) -> keras.Model:
     state = keras.Input(spec.state_shape, batch_size=1, name="state")
     x = window_model.get_layer("input_scale")(frame)
     x = layers.Reshape((1, spec.channels))(x)
-    x = _activation()(_side_by_side(spec, window_model, "stem")(x))  # (1, 1, branches * width)
+    x = _activation()(_side_by_side(spec, window_model, "stem", grouped=False)(x))  # (1, 1, branches * width)
     new_rows = []
     offset = 0
     for i, d in enumerate(spec.dilations):
@@ -127,12 +127,13 @@ def build_step_model(spec: ModelSpec, window_model: keras.Model) -> keras.Model:
     return keras.Model([frame, state], [scores, new_state], name="basilar_step")
 
 
-def _side_by_side(spec: ModelSpec, window_model: keras.Model, name: str, dilation: int = 1) -> layers.Conv1D:
+def _side_by_side(spec: ModelSpec, window_model: keras.Model, name: str, dilation: int = 1,
+                  grouped: bool = True) -> layers.Conv1D:
     """Every branch's layer `name` as one unpadded Conv1D over a window, its BatchNorm (if any) folded in (left
     to the converter, the BatchNorm after a dilated convolution makes it fall back to float).
 
-    Branch k's output channels come k-th. The stem reads the frame, the same for every branch, so it is one plain
-    convolution; every later layer is grouped, group k reading only branch k's channels."""
+    Branch k's output channels come k-th. grouped: group k reads only branch k's channels (every layer but the
+    stem, which reads the frame, the same for every branch, and so is one plain convolution)."""
     names = {layer.name for layer in window_model.layers}
     kernels, biases = [], []
     for k in range(spec.branches):
@@ -146,7 +147,7 @@ def _side_by_side(spec: ModelSpec, window_model: keras.Model, name: str, dilatio
         kernels.append(kernel)
         biases.append(bias)
     kernel = np.concatenate(kernels, axis=-1)  # (taps, inputs per group, branches * outputs)
-    groups = 1 if name == "stem" else spec.branches
+    groups = spec.branches if grouped else 1
     twin = layers.Conv1D(kernel.shape[-1], kernel.shape[0], dilation_rate=dilation, groups=groups, padding="valid")
     twin.build((1, (kernel.shape[0] - 1) * dilation + 1, kernel.shape[1] * groups))
     twin.set_weights([kernel, np.concatenate(biases)])
