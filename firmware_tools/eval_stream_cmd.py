@@ -52,7 +52,9 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
     click.echo(f"{audio}: {report['duration_s']:.1f} s, {report['words']} words, "
                f"{report['detections']} detections (bundle {pipeline.bundle.id[:12]})")
     click.echo(f"  hits          {report['hits']:4d}  ({100 * report['hit_rate']:.1f}%)")
-    click.echo(f"  misses        {report['misses']:4d}")
+    named_wrong = report["misses_heard_as_another_label"]
+    click.echo(f"  misses        {report['misses']:4d}  ({named_wrong} heard as another label, "
+               f"{report['misses'] - named_wrong} not detected)")
     click.echo(f"  false alarms  {report['false_alarms']:4d}  ({report['false_alarms_per_hour']:.1f} per hour; "
                f"{report['wrong_label']} with the wrong label on a word)")
     if others:
@@ -69,7 +71,9 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
                    f"(p90 {1000 * start['p90']:.0f}), end by {1000 * end['median']:.0f} ms "
                    f"(p90 {1000 * end['p90']:.0f})")
     for word in score.misses:
-        click.echo(f"  missed        {word.label!r} at {word.start_s:.2f}-{word.end_s:.2f} s")
+        heard = score.heard_as(word)
+        what = "not detected" if heard is None else f"heard as {heard.label!r} (score {heard.score:.2f})"
+        click.echo(f"  missed        {word.label!r} at {word.start_s:.2f}-{word.end_s:.2f} s: {what}")
     for event in score.false_alarms:
         click.echo(f"  false alarm   {event.label!r} at {event.start_s:.2f}-{event.end_s:.2f} s "
                    f"(score {event.score:.2f})")

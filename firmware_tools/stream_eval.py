@@ -8,6 +8,9 @@ the earliest detection that qualifies. Then:
 - hit: a word with a matching detection; miss: a word without one;
 - false alarm: a detection that matches no word. Those that overlap (by the same rule) a word of another label are
   also counted as `wrong_label`;
+- heard as: what a missed word was taken for, the highest-scoring false alarm that overlaps it by the same rule
+  (none: nothing was detected there). It tells a word the model named wrong from one the detector never reported;
+  `confusions` counts them per word label;
 - latency: when the detection was reported (its `detected_s`; its end for detections without one) minus the
   word's end;
 - timing: how far the hits' start and end times are from the word's (absolute errors).
@@ -21,6 +24,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +35,7 @@ from edge.sinks import Sink
 
 DEFAULT_TOLERANCE_S = 1.0
 SPEECH = "speech"  # the kind of a non-target stretch that is speech
+NOTHING = "nothing"  # in `confusions`: a missed word with no detection on it
 
 
 class TruthFileError(ValueError):
@@ -129,6 +134,20 @@ class StreamScore:
         return {"start_error_s": _spread(np.abs([d.start_s - w.start_s for w, d in self.hits])),
                 "end_error_s": _spread(np.abs([d.end_s - w.end_s for w, d in self.hits]))}
 
+    def heard_as(self, word: TruthWord) -> Detection | None:
+        """The highest-scoring false alarm overlapping `word` (a miss: a detection of its own label would be a hit)."""
+        overlapping = [d for d in self.false_alarms if _overlaps(d, word, self.tolerance_s)]
+        return max(overlapping, key=lambda d: d.score) if overlapping else None
+
+    def confusions(self) -> dict[str, dict[str, int]]:
+        """Per missed word's label, what those words were heard as (NOTHING: no detection)."""
+        table: dict[str, Counter] = {}
+        for word in self.misses:
+            heard = self.heard_as(word)
+            table.setdefault(word.label, Counter())[NOTHING if heard is None else heard.label] += 1
+        return {label: dict(sorted(row.items(), key=lambda item: (-item[1], item[0])))
+                for label, row in sorted(table.items())}
+
     def per_label(self) -> dict[str, dict[str, int]]:
         table: dict[str, dict[str, int]] = {}
         for word, _ in self.hits:
@@ -156,10 +175,16 @@ class StreamScore:
             "timing": self.timing(),
             "tolerance_s": self.tolerance_s,
             "per_label": self.per_label(),
-            "missed": [dataclasses.asdict(w) for w in self.misses],
+            "misses_heard_as_another_label": sum(self.heard_as(w) is not None for w in self.misses),
+            "confusions": self.confusions(),
+            "missed": [self._miss_dict(w) for w in self.misses],
             "false_alarm_events": [d.to_dict() for d in self.false_alarms],
             **self._speech_dict(),
         }
+
+    def _miss_dict(self, word: TruthWord) -> dict:
+        heard = self.heard_as(word)
+        return {**dataclasses.asdict(word), "heard_as": None if heard is None else heard.to_dict()}
 
     def _speech_dict(self) -> dict:
         if not self.non_target:

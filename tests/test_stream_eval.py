@@ -55,6 +55,24 @@ def test_a_wrong_label_on_a_word_is_a_miss_and_a_false_alarm():
     assert score.wrong_label == 1
 
 
+def test_a_miss_is_heard_as_the_highest_scoring_false_alarm_on_it_or_nothing():
+    words = [TruthWord("3", 1.0, 1.5), TruthWord("7", 4.0, 4.4), TruthWord("9", 8.0, 8.6), TruthWord("9", 12.0, 12.5)]
+    detections = [det("8", 1.1, 1.5, score=0.93), det("5", 1.2, 1.6, score=0.97),  # two on the "3"
+                  det("7", 4.1, 4.4),  # a hit: not what any miss was heard as
+                  det("5", 9.5, 9.7, score=0.99),  # within the tolerance after the first "9"
+                  det("2", 30.0, 30.2)]  # on no word
+    score = score_stream(detections, words, 40)
+    assert [(w.label, getattr(score.heard_as(w), "label", None)) for w in score.misses] == \
+        [("3", "5"), ("9", "5"), ("9", None)]
+    assert score.confusions() == {"3": {"5": 1}, "9": {"5": 1, "nothing": 1}}
+    report = score.to_dict()
+    assert report["misses_heard_as_another_label"] == 2
+    assert report["missed"][0] == {"label": "3", "start_s": 1.0, "end_s": 1.5,
+                                   "heard_as": {"label": "5", "score": 0.97, "start_s": 1.2, "end_s": 1.6}}
+    assert report["missed"][2]["heard_as"] is None
+    assert score_stream([det("3", 1.2, 1.5)], words[:1], 10).to_dict()["confusions"] == {}
+
+
 def test_each_word_takes_one_detection_and_extras_are_false_alarms():
     doubled = [det("3", 1.2, 1.6), det("3", 1.9, 2.1)]
     score = score_stream(doubled, [TruthWord("3", 1.0, 1.5)], 3600)
@@ -137,6 +155,26 @@ def test_eval_stream_on_the_demo_with_the_default_bundle():
     assert text.exit_code == 0, text.output
     assert f"hits            {report['hits']:2d}" in text.output
     assert "false alarms" in text.output and "latency" in text.output and "word times" in text.output
+    assert f"({report['misses_heard_as_another_label']} heard as another label" in text.output
+
+
+def test_eval_stream_says_what_each_missed_word_was_heard_as(tmp_path):
+    """The demo's truth with every label moved one on: each word is missed and heard as its real label."""
+    rows = DEMO_TRUTH.read_text().splitlines()
+    moved = [rows[0]] + [f"{(int(label) + 1) % 10},{rest}" for label, rest in (r.split(",", 1) for r in rows[1:])]
+    truth = tmp_path / "moved.csv"
+    truth.write_text("\n".join(moved) + "\n")
+    report = json.loads(CliRunner().invoke(main, ["eval-stream", "default", str(DEMO), "--truth", str(truth),
+                                                  "--json"]).output)
+    assert report["hits"] == 0 and report["misses"] == 20
+    real = {(w.start_s, w.end_s): w.label for w in read_truth(DEMO_TRUTH)}
+    heard = [(real[(m["start_s"], m["end_s"])], (m["heard_as"] or {}).get("label")) for m in report["missed"]]
+    assert sum(r == h for r, h in heard) == report["misses_heard_as_another_label"] >= 18
+    assert sum(sum(row.values()) for row in report["confusions"].values()) == 20
+    text = CliRunner().invoke(main, ["eval-stream", "default", str(DEMO), "--truth", str(truth)]).output
+    first = report["missed"][0]
+    assert (f"missed        {first['label']!r} at {first['start_s']:.2f}-{first['end_s']:.2f} s: heard as "
+            f"{first['heard_as']['label']!r}") in text
 
 
 def test_both_triggers_run_from_the_command_line_and_differ_on_the_demo():
