@@ -1,7 +1,8 @@
 """Audio sources: each yields int16 mono chunks at the bundle's sample rate, whatever the input looks like.
 
 - `FileSource`: any file libsndfile reads (WAV, FLAC, OGG, ...), any rate, width and channel count; downmixed to
-  mono and resampled with soxr. `realtime=True` paces it like a live source.
+  mono and resampled with soxr. `realtime=True` paces it like a live source. A WAV file cut short (edge/wav_length.py)
+  is played to its end, then reported.
 - `PcmSource`: raw little-endian PCM on a byte stream (standard input), e.g. `arecord -f S16_LE -r 16000 -c 1`.
 - `MicSource`: a live input through PortAudio (the optional `sounddevice` package). PortAudio calls back on its
   own thread; a bounded queue hands the blocks to the processing thread. When the queue is full a block is
@@ -24,6 +25,8 @@ from typing import BinaryIO
 import numpy as np
 import soundfile
 import soxr
+
+from edge.wav_length import wav_cut_short
 
 DEFAULT_CHUNK_MS = 100
 PCM_FORMATS = {"S16_LE": ("<i2", 2.0**15), "S32_LE": ("<i4", 2.0**31), "FLOAT_LE": ("<f4", 1.0)}
@@ -135,6 +138,7 @@ class FileSource(AudioSource):
         except (soundfile.SoundFileError, RuntimeError, OSError) as err:
             raise SourceError(f"cannot read {path} as audio ({_libsndfile_reason(err)}); use a WAV, FLAC or OGG "
                               f"file, or convert it first, e.g. `sox INPUT -r {sample_rate} -c 1 -b 16 OUT.wav`") from err
+        self._cut_short = wav_cut_short(path)
         self.file_rate = self._file.samplerate
         self.file_channels = self._file.channels
         self.file_format = f"{self._file.format}/{self._file.subtype}"
@@ -158,6 +162,12 @@ class FileSource(AudioSource):
                     self._pacer.wait_for(len(chunk))
                 yield chunk
             if last:
+                if self._cut_short:
+                    declared, present = self._cut_short
+                    raise SourceError(f"{self.name} is cut short: its header declares {declared:.2f} s of audio but "
+                                      f"the file holds {present:.2f} s (an interrupted recording or an incomplete "
+                                      "copy); the audio that is there was processed. Copy the file again, or give "
+                                      f"it a header that fits: `sox {self.name} fixed.wav`")
                 return
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ import soundfile
 import soxr
 
 from edge.frontend import Frontend, FrontendConfig
+from edge.wav_length import wav_cut_short
 
 BACKGROUND = "_background_"
 RECIPE = 7  # bump when example generation changes, so cached features are rebuilt
@@ -93,6 +94,10 @@ def read_clip(path, sample_rate: int) -> np.ndarray:
         data, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, OSError) as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
+    cut = wav_cut_short(path)
+    if cut:
+        raise ValueError(f"{path} is cut short: its header declares {cut.declared_s:.2f} s of audio but the file "
+                         f"holds {cut.present_s:.2f} s; copy it again or leave it out")
     mono = data.mean(axis=1)
     return soxr.resample(mono, rate, sample_rate) if rate != sample_rate else mono
 

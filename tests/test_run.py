@@ -208,6 +208,25 @@ def test_a_corrupt_file_fails_clearly_after_writing_the_detections_before_the_da
     assert f"{len(printed)} detections were written" in stderr
 
 
+def test_a_wav_cut_short_fails_clearly_after_writing_the_detections_of_the_audio_that_is_there(tmp_path,
+                                                                                                demo_detections):
+    data = DEMO.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[:len(data) // 2])  # an interrupted copy: the header still declares the whole demo
+    result = basilar("run", cut)
+    assert result.returncode == 1
+    stderr = result.stderr.decode()
+    assert f"{cut} is cut short: its header declares {DEMO_SECONDS:.2f} s of audio" in stderr
+    assert "Traceback" not in stderr
+    present = float(re.search(r"the file holds ([\d.]+) s", stderr).group(1))
+    assert present == pytest.approx(DEMO_SECONDS / 2, abs=0.01)
+    printed = parse_text(result.stdout)
+    before = [d for d in demo_detections if d.end_s <= present - 0.2]
+    assert len(before) >= 5
+    assert [(d.label, d.start_s) for d in printed[:len(before)]] == [(d.label, round(d.start_s, 2)) for d in before]
+    assert f"{len(printed)} detections were written" in stderr
+
+
 def copy_default_bundle(tmp_path, edit):
     from edge.bundle import DEFAULT_BUNDLE
 

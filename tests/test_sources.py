@@ -12,6 +12,7 @@ import pytest
 import soundfile
 
 from edge.sources import FileSource, MicSource, PcmSource, SourceError, StopFlag, open_source, parse_mic_spec
+from edge.wav_length import wav_cut_short
 from tests.conftest import REPO, require
 
 RATE = 16000
@@ -158,6 +159,69 @@ class ClockedStop(StopFlag):
     def sleep(self, seconds):
         self.clock.sleeps.append(seconds)
         self.clock.now += seconds
+
+
+def cut_wav(tmp_path, seconds: float, keep_s: float, subtype: str = "PCM_16", channels: int = 1):
+    """A WAV file of `seconds` cut after `keep_s` seconds of audio, as an interrupted copy leaves it."""
+    samples = np.tile(sine(440, seconds, RATE, 0.8)[:, None], (1, channels))
+    path = tmp_path / f"cut_{subtype}_{channels}.wav"
+    soundfile.write(path, samples, RATE, subtype=subtype)
+    whole = soundfile.read(path, dtype="int16", always_2d=True)[0]
+    frame_bytes = soundfile.SoundFile(path).channels * {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}[subtype]
+    data = path.read_bytes()
+    path.write_bytes(data[:data.index(b"data") + 8 + int(keep_s * RATE) * frame_bytes])
+    return path, whole
+
+
+@pytest.mark.parametrize("subtype, channels", [("PCM_16", 1), ("PCM_24", 2), ("FLOAT", 1)])
+def test_a_wav_cut_short_yields_the_audio_that_is_there_then_fails(tmp_path, subtype, channels):
+    path, whole = cut_wav(tmp_path, 3.0, 1.25, subtype, channels)
+    assert wav_cut_short(path) == (pytest.approx(3.0), pytest.approx(1.25))
+    got = []
+    with pytest.raises(SourceError) as err:
+        for chunk in FileSource(path, RATE).chunks():
+            got.append(chunk)
+    message = str(err.value)
+    assert f"{path} is cut short: its header declares 3.00 s of audio but the file holds 1.25 s" in message
+    assert "the audio that is there was processed" in message and f"sox {path} fixed.wav" in message
+    received = np.concatenate(got)
+    assert len(received) == int(1.25 * RATE)
+    if subtype == "PCM_16":
+        np.testing.assert_array_equal(received, whole[:len(received), 0])
+
+
+def test_whole_wavs_and_wavs_of_open_length_are_not_cut_short(tmp_path):
+    path = tmp_path / "whole.wav"
+    soundfile.write(path, sine(440, 1.0, RATE), RATE, subtype="PCM_16")
+    assert wav_cut_short(path) is None
+    assert len(read_all(FileSource(path, RATE))) == RATE
+    # A recorder streaming to a pipe (arecord) writes the largest size, or 0, where the length is not known yet.
+    data = path.read_bytes()
+    at = data.index(b"data") + 4
+    for size in (b"\xff\xff\xff\xff", bytes(4)):
+        open_length = tmp_path / "open.wav"
+        open_length.write_bytes(data[:at] + size + data[at + 4:])
+        assert wav_cut_short(open_length) is None
+    # A chunk of odd length before the data chunk is padded; the reader must step over the pad byte.
+    listed = tmp_path / "listed.wav"
+    info = b"LIST" + (5).to_bytes(4, "little") + b"INFOx\0"
+    fmt_end = data.index(b"data")
+    listed.write_bytes(data[:4] + (len(data) - 8 + len(info)).to_bytes(4, "little") + data[8:fmt_end] + info
+                       + data[fmt_end:])
+    assert wav_cut_short(listed) is None and len(read_all(FileSource(listed, RATE))) == RATE
+    listed.write_bytes(listed.read_bytes()[:-RATE])  # and then cut in half
+    assert wav_cut_short(listed) == (pytest.approx(1.0), pytest.approx(0.5))
+    flac = tmp_path / "whole.flac"
+    soundfile.write(flac, sine(440, 1.0, RATE), RATE)
+    assert wav_cut_short(flac) is None  # not a WAV: FLAC's own checks find a damaged file
+
+
+def test_a_wav_cut_short_in_a_training_folder_is_refused(tmp_path):
+    from firmware_tools.dataset import read_clip
+
+    path, _ = cut_wav(tmp_path, 1.0, 0.5)
+    with pytest.raises(ValueError, match="is cut short: its header declares 1.00 s of audio but the file holds 0.50"):
+        read_clip(path, 8000)
 
 
 def test_realtime_pacing_releases_each_chunk_when_its_audio_would_have_been_recorded(tmp_path):
