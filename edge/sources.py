@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import queue
 import select
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -175,7 +176,10 @@ class FileSource(AudioSource):
 
 
 class PcmSource(AudioSource):
-    """Raw interleaved little-endian PCM from a byte stream (standard input by default)."""
+    """Raw interleaved little-endian PCM from a byte stream (standard input by default).
+
+    A stream that starts with a WAV header (arecord writes one unless told `-t raw`; so does `sox ... -t wav -`)
+    is read by its header: its format, rate and channels replace the options, and the header is not played."""
 
     live = True
 
@@ -191,12 +195,64 @@ class PcmSource(AudioSource):
         self.rate = rate or sample_rate
         if self.rate < 1000:
             raise SourceError(f"--rate {self.rate}: must be the input's sample rate in Hz (e.g. 16000)")
-        self.channels = channels
+        self._chunk_ms = chunk_ms
+        self._set_layout(fmt, self.rate, channels)
+        self._stream = stream if stream is not None else sys.stdin.buffer
+
+    def _set_layout(self, fmt: str, rate: int, channels: int) -> None:
+        self.pcm_format, self.rate, self.channels = fmt, rate, channels
         self._dtype = np.dtype(PCM_FORMATS[fmt][0])
         self._scale = PCM_FORMATS[fmt][1]
         self._frame_bytes = self._dtype.itemsize * channels
-        self._chunk_bytes = max(1, round(self.rate * chunk_ms / 1000)) * self._frame_bytes
-        self._stream = stream if stream is not None else sys.stdin.buffer
+        self._chunk_bytes = max(1, round(rate * self._chunk_ms / 1000)) * self._frame_bytes
+
+    def _read_exactly(self, size: int) -> bytes:
+        """`size` bytes, or fewer only at the end of input (or on a stop request)."""
+        data = b""
+        while len(data) < size:
+            more = self._read(size - len(data))
+            if not more:
+                break
+            data += more
+        return data
+
+    def _skip_wav_header(self) -> bytes:
+        """Read a WAV header if the stream starts with one and take its layout; returns the bytes read past it
+        that are audio (all of them when there is no header)."""
+        head = self._read_exactly(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return head
+        layout = None
+        while True:
+            chunk = self._read_exactly(8)
+            if len(chunk) < 8:
+                return self._header_ended()
+            kind, length = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if kind == b"data":
+                if layout is None:
+                    raise SourceError("standard input's WAV header has no format chunk before its audio; send raw "
+                                      "PCM instead (arecord -t raw, sox ... -t raw -)")
+                self._set_layout(*layout)
+                self.name = (f"standard input (WAV: {self.pcm_format}, {self.rate} Hz, {self.channels} "
+                             f"channel{'s' if self.channels > 1 else ''})")
+                return b""
+            padded = length + (length & 1)  # chunks are padded to an even length
+            if kind == b"fmt ":
+                body = self._read_exactly(padded)
+                if len(body) < length:
+                    return self._header_ended()
+                layout = _wav_layout(body)
+                continue
+            while padded > 0:  # another chunk (LIST, fact, ...): skipped a piece at a time
+                piece = self._read_exactly(min(padded, 1 << 16))
+                if not piece:
+                    return self._header_ended()
+                padded -= len(piece)
+
+    def _header_ended(self) -> bytes:
+        if self.stop.is_set():  # stopped while the header was awaited: nothing to play, no error
+            return b""
+        raise SourceError("standard input ended inside its WAV header; check the program that writes it")
 
     def _read(self, size: int) -> bytes:
         """Up to `size` bytes; b"" at end of input. Waits in short slices so a stop request is seen."""
@@ -211,25 +267,49 @@ class PcmSource(AudioSource):
         return b""
 
     def chunks(self) -> Iterator[np.ndarray]:
+        pending = self._skip_wav_header()  # without a header: its first bytes, audio
         resample = MonoResampler(self.rate, self.sample_rate)
-        pending = b""
+        ended = False
         while not self.stop.is_set():
-            data = self._read(self._chunk_bytes - len(pending))
-            pending += data
-            if data and len(pending) < self._chunk_bytes:
-                continue  # a pipe hands over less than asked for; fill the chunk first
+            if len(pending) < self._chunk_bytes:
+                data = self._read(self._chunk_bytes - len(pending))
+                pending += data
+                ended = not data
+                if not ended and len(pending) < self._chunk_bytes:
+                    continue  # a pipe hands over less than asked for; fill the chunk first
             whole = len(pending) - len(pending) % self._frame_bytes
             samples = np.frombuffer(pending[:whole], dtype=self._dtype).reshape(-1, self.channels)
-            chunk = resample(samples.astype(np.float32) / np.float32(self._scale), last=not data)
+            chunk = resample(samples.astype(np.float32) / np.float32(self._scale), last=ended)
             pending = pending[whole:]
             if len(chunk):
                 yield chunk
-            if not data:
+            if ended:
                 if pending and not self.stop.is_set():
                     raise SourceError(f"standard input ended in the middle of a sample frame ({len(pending)} "
                                       f"stray bytes; one frame is {self._frame_bytes} bytes); check --format "
                                       "and --channels against the producer")
                 return
+
+
+# WAV format tags and sample widths that map onto a raw PCM format
+_WAV_FORMATS = {(1, 16): "S16_LE", (1, 32): "S32_LE", (3, 32): "FLOAT_LE"}
+_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+
+
+def _wav_layout(fmt: bytes) -> tuple[str, int, int]:
+    """(PCM format, rate, channels) from a WAV fmt chunk, or a SourceError naming what cannot be read raw."""
+    if len(fmt) < 16:
+        raise SourceError("standard input's WAV header has a format chunk too short to read; send raw PCM instead")
+    tag, channels, rate, _byte_rate, _block_align, bits = struct.unpack_from("<HHIIHH", fmt)
+    if tag == _WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
+        (tag,) = struct.unpack_from("<H", fmt, 24)  # the sub-format GUID starts with the plain tag
+    pcm_format = _WAV_FORMATS.get((tag, bits))
+    if pcm_format is None or channels < 1 or rate < 1000:
+        raise SourceError(f"standard input is a WAV stream of {bits}-bit samples (format tag {tag}), {channels} "
+                          f"channel(s) at {rate} Hz, which basilar does not read from a pipe; send 16- or 32-bit "
+                          "PCM or 32-bit float, e.g. `arecord -f S16_LE -r 16000 -c 1` or `sox IN -t wav -e signed "
+                          "-b 16 -`")
+    return pcm_format, rate, channels
 
 
 class MicSource(AudioSource):

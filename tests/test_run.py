@@ -22,7 +22,7 @@ from edge.sinks import Sink
 from edge.sources import FileSource, StopFlag
 from firmware_tools.stream_eval import read_truth, score_stream
 from tests.conftest import REPO, require, require_program
-from tests.test_sources import alsa_test_device
+from tests.test_sources import alsa_file_device, alsa_test_device
 
 DEMO = REPO / "edge" / "demo" / "demo.wav"
 TRUTH = read_truth(REPO / "edge" / "demo" / "demo_truth.csv")
@@ -125,6 +125,26 @@ def test_raw_pcm_on_stdin_in_other_formats_rates_and_channels(demo_detections):
     result = basilar("run", "--format", "S32_LE", "--rate", 48000, "--channels", 2, "-", input=s32)
     assert result.returncode == 0, result.stderr.decode()
     assert_matches_truth(parse_text(result.stdout))
+
+
+def test_arecord_piped_into_run_as_the_readme_shows_hears_what_the_file_holds(tmp_path, demo_detections):
+    """`arecord -f S16_LE -r 16000 -c 1 | basilar run -` with an ALSA device that plays the demo: arecord's WAV
+    header is read, not played, so the detections are the file's, to the score."""
+    arecord = require_program("arecord")
+    samples, rate = soundfile.read(DEMO, dtype="int16")
+    assert rate == 16000
+    env = alsa_file_device(tmp_path, samples)
+    recorder = subprocess.Popen([arecord, "-q", "-D", "basilar_test_mic", "-f", "S16_LE", "-r", "16000", "-c", "1",
+                                 "-s", str(len(samples))], stdout=subprocess.PIPE, env=env)
+    try:
+        result = subprocess.run([sys.executable, "-m", "firmware_tools.cli", "run", "--json", "-"], cwd=REPO,
+                                stdin=recorder.stdout, capture_output=True, timeout=120, env=env)
+    finally:
+        recorder.kill()
+        recorder.wait()
+    assert result.returncode == 0, result.stderr.decode()
+    heard = [(r["label"], r["score"], r["start_s"], r["end_s"]) for r in parse_json(result.stdout)]
+    assert heard == [(d.label, round(d.score, 4), round(d.start_s, 3), round(d.end_s, 3)) for d in demo_detections]
 
 
 def signal_once(args, env, ready, sig):

@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ import soundfile
 
 from edge.sources import FileSource, MicSource, PcmSource, SourceError, StopFlag, open_source, parse_mic_spec
 from edge.wav_length import wav_cut_short
-from tests.conftest import REPO, require
+from tests.conftest import REPO, require, require_program
 
 RATE = 16000
 
@@ -294,6 +295,62 @@ def test_raw_pcm_ending_mid_frame_is_an_error_after_the_whole_frames():
     np.testing.assert_array_equal(np.concatenate(got), np.arange(3200, dtype=np.int16))
 
 
+@pytest.mark.parametrize("subtype, container, channels, rate", [
+    ("PCM_16", "WAV", 1, 16000), ("PCM_32", "WAV", 2, 44100), ("FLOAT", "WAV", 1, 22050),
+    ("PCM_16", "WAVEX", 2, 48000)])
+def test_a_wav_stream_on_standard_input_is_read_by_its_header(tmp_path, subtype, container, channels, rate):
+    """What `sox IN -t wav -` sends: the header's format, rate and channels replace the options (here all wrong)."""
+    samples = np.tile(sine(440, 1.0, rate)[:, None], (1, channels)) * np.linspace(1.0, 0.5, channels)
+    path = tmp_path / "stream.wav"
+    soundfile.write(path, samples, rate, subtype=subtype, format=container)
+    source = PcmSource(RATE, pcm_format="S32_LE", rate=8000, channels=3, stream=io.BytesIO(path.read_bytes()))
+    got = read_all(source)
+    np.testing.assert_allclose(got, read_all(FileSource(path, RATE)), atol=1)  # the file reader, within an LSB
+    layout = {"PCM_16": "S16_LE", "PCM_32": "S32_LE", "FLOAT": "FLOAT_LE"}[subtype]
+    assert source.name == f"standard input (WAV: {layout}, {rate} Hz, {channels} channel{'s' * (channels > 1)})"
+    assert (source.pcm_format, source.rate, source.channels) == (layout, rate, channels)
+
+
+@pytest.mark.parametrize("subtype, message", [("PCM_24", "a WAV stream of 24-bit samples (format tag 1)"),
+                                              ("ULAW", "a WAV stream of 8-bit samples (format tag 7)")])
+def test_a_wav_stream_in_an_encoding_not_read_from_a_pipe_is_a_clear_error(tmp_path, subtype, message):
+    path = tmp_path / "stream.wav"
+    soundfile.write(path, sine(440, 0.2, RATE), RATE, subtype=subtype)
+    with pytest.raises(SourceError, match=re.escape(message)) as err:
+        read_all(PcmSource(RATE, stream=io.BytesIO(path.read_bytes())))
+    assert "arecord -f S16_LE" in str(err.value)
+
+
+def test_a_broken_wav_header_on_standard_input_is_a_clear_error(tmp_path):
+    path = tmp_path / "stream.wav"
+    soundfile.write(path, sine(440, 0.2, RATE), RATE, subtype="PCM_16")
+    data = path.read_bytes()
+    with pytest.raises(SourceError, match="ended inside its WAV header"):
+        read_all(PcmSource(RATE, stream=io.BytesIO(data[:30])))
+    fmt = data.index(b"fmt ")
+    no_format = data[:fmt] + b"junk" + data[fmt + 4:]  # the format chunk renamed: skipped as unknown
+    with pytest.raises(SourceError, match="no format chunk before its audio"):
+        read_all(PcmSource(RATE, stream=io.BytesIO(no_format)))
+    # Raw PCM that merely starts with the same first bytes of audio is not taken for a header
+    raw = np.frombuffer(b"RIFF" + bytes(28), dtype="<i2")
+    np.testing.assert_array_equal(read_all(PcmSource(RATE, stream=io.BytesIO(raw.tobytes()))), raw)
+
+
+def test_arecord_piped_in_as_the_readme_shows_gives_its_samples_exactly(tmp_path):
+    """`arecord -f S16_LE -r 16000 -c 1 | basilar run -`: arecord writes a WAV header unless told `-t raw`."""
+    arecord = require_program("arecord")
+    samples = (sine(440, 1.0, RATE) * 20000).astype(np.int16)
+    env = alsa_file_device(tmp_path, samples)
+    recorder = subprocess.Popen([arecord, "-q", "-D", "basilar_test_mic", "-f", "S16_LE", "-r", str(RATE), "-c", "1",
+                                 "-s", str(len(samples))], stdout=subprocess.PIPE, env=env)
+    try:
+        got = read_all(PcmSource(RATE, stream=recorder.stdout))
+    finally:
+        recorder.kill()
+        recorder.wait()
+    np.testing.assert_array_equal(got, samples)
+
+
 def test_raw_pcm_options_are_checked():
     with pytest.raises(SourceError, match="'MP3' is not supported; use one of S16_LE, S32_LE, FLOAT_LE"):
         PcmSource(RATE, pcm_format="MP3", stream=io.BytesIO())
@@ -395,6 +452,11 @@ def alsa_test_device(tmp_path, samples: np.ndarray) -> dict:
         require(False, "the Python package 'sounddevice' (pip install '.[mic]')")
     except OSError:
         require(False, "the libportaudio2 system package")
+    return alsa_file_device(tmp_path, samples)
+
+
+def alsa_file_device(tmp_path, samples: np.ndarray) -> dict:
+    """The environment in which ALSA's capture device 'basilar_test_mic' plays `samples` (arecord, PortAudio)."""
     infile = tmp_path / "mic.raw"
     samples.astype("<i2").tofile(infile)
     (tmp_path / "device.conf").write_text(ALSA_FILE_DEVICE.format(infile=infile))
