@@ -21,15 +21,20 @@ def time_steps(runner, frames: np.ndarray, repeats: int) -> np.ndarray:
 
 
 @click.command("bench_model")
-@click.argument("bundle_path", metavar="[BUNDLE]", default="default")
+@click.argument("bundle_arg", metavar="[BUNDLE]", required=False)
+@click.option("--bundle", "bundle_opt", help="Bundle to time ('default', the shipped one, when neither this nor "
+                                            "BUNDLE is given); `bench run` and `run` take it this way too.")
 @click.option("--steps", type=click.IntRange(100, 10_000_000), default=20000, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def bench_model(bundle_path, steps, as_json):
+def bench_model(bundle_arg, bundle_opt, steps, as_json):
     """Time one streaming step of the int8 model (target: <= 20 us on one core)."""
     from edge.bundle import load_bundle
     from edge.frontend import Frontend
     from edge.runner import StepRunner
 
+    if bundle_arg and bundle_opt and bundle_arg != bundle_opt:
+        raise click.UsageError(f"two bundles given ({bundle_arg} and --bundle {bundle_opt}); give one")
+    bundle_path = bundle_opt or bundle_arg or "default"
     with fail_on():
         bundle = load_bundle(bundle_path)
         cpu = pin_to_one_cpu()

@@ -1,0 +1,76 @@
+"""`basilar bench model` and `basilar bench run` work and report what they measured (their figures are not
+checked against the targets here: speed is measured by the commands, never asserted in a unit test)."""
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from edge.bundle import load_bundle
+from firmware_tools import bench_run
+from firmware_tools.cli import main
+from tests.conftest import REPO
+
+DEMO_WORDS = 20  # the demo's digits, all of which the shipped bundle finds (test_run)
+
+
+def bench(*args, timeout=300):
+    """In a process of its own: the commands pin themselves to one core."""
+    return subprocess.run([sys.executable, "-m", "firmware_tools.cli", "bench", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def default_bundle():
+    return load_bundle("default")
+
+
+def test_bench_model_times_the_default_step_model(default_bundle):
+    result = bench("model", "--steps", 300, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["bundle"] == default_bundle.id
+    assert report["model_bytes"] == default_bundle.step_model_path.stat().st_size
+    assert report["runtime"] == "ai-edge-litert" and report["steps"] == 300
+    assert 0 < report["step_us_p50"] <= report["step_us_p99"] and report["step_us_mean"] > 0
+
+    text = bench("model", "--bundle", "default", "--steps", 300)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith(f"step model {report['model_bytes']} bytes on ai-edge-litert, one core")
+
+
+def test_bench_model_bad_bundles_are_clear_errors():
+    missing = bench("model", "no/such/bundle", "--steps", 100)
+    assert missing.returncode == 1 and "no bundle at no/such/bundle" in missing.stderr
+    both = bench("model", "default", "--bundle", "other", "--steps", 100)
+    assert both.returncode == 2 and "two bundles given (default and --bundle other); give one" in both.stderr
+
+
+def test_bench_run_streams_the_demo_and_reports_every_figure(default_bundle):
+    result = bench("run", "--seconds", 55.3, "--hop-seconds", 2, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["bundle"] == default_bundle.id
+    assert report["audio_s"] == 55.3 and report["detections"] == DEMO_WORDS  # it ran the real pipeline
+    assert report["hops_timed"] == 200
+    assert 0 < report["hop_p50_ms"] <= report["hop_p99_ms"] <= report["hop_max_ms"]
+    assert report["speed_x"] > 0 and report["peak_rss_mb"] > 0
+    assert min(report[k] for k in ("frontend_us_per_hop", "model_step_us", "detector_us_per_hop")) > 0
+    met = (report["speed_x"] >= 200 and report["hop_p99_ms"] <= 1 and report["peak_rss_mb"] <= 150)
+    assert report["targets_met"] is met
+
+
+def test_bench_run_check_fails_when_a_target_is_missed(monkeypatch):
+    monkeypatch.setattr(bench_run, "pin_to_one_cpu", lambda: None)  # leave the test process's cores alone
+    monkeypatch.setattr(bench_run, "TARGETS", {**bench_run.TARGETS, "speed_x": 1e12})
+    args = ["bench", "run", "--seconds", 2, "--hop-seconds", 1]
+    missed = CliRunner().invoke(main, [*map(str, args), "--check"])
+    assert missed.exit_code == 1 and "target(s) missed: speed_x" in missed.output
+    assert "speed (CPU)" in missed.output and "MISSED" in missed.output
+    assert CliRunner().invoke(main, list(map(str, args))).exit_code == 0  # without --check: a report only
+
+
+def test_bench_run_with_a_missing_bundle_is_a_clear_error():
+    result = bench("run", "--bundle", "no/such/bundle", "--seconds", 1, "--hop-seconds", 1)
+    assert result.returncode == 1 and "no bundle at no/such/bundle" in result.stderr
