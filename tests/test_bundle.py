@@ -42,6 +42,25 @@ def test_archive_round_trip_is_deterministic(tiny_bundle, tmp_path):
     assert bundle_id(a) == bundle_id(tiny_bundle)
 
 
+def test_bundle_pack_command_writes_the_archive_and_refuses_a_damaged_directory(bundle_copy, tmp_path):
+    from click.testing import CliRunner
+
+    from firmware_tools.cli import main
+
+    archive = tmp_path / "out.tar.gz"
+    packed = CliRunner().invoke(main, ["bundle", "pack", str(bundle_copy), str(archive)])
+    assert packed.exit_code == 0, packed.output
+    assert packed.output.strip() == f"{archive}: bundle {load_bundle(bundle_copy).id}"
+    assert load_bundle(archive).id == load_bundle(bundle_copy).id
+    inspected = CliRunner().invoke(main, ["bundle", "inspect", str(archive), "--json"])
+    assert inspected.exit_code == 0 and json.loads(inspected.output)["name"] == load_bundle(bundle_copy).manifest["name"]
+
+    (bundle_copy / "ATTRIBUTION.md").unlink()
+    refused = CliRunner().invoke(main, ["bundle", "pack", str(bundle_copy), str(tmp_path / "bad.tar.gz")])
+    assert refused.exit_code == 1 and "ATTRIBUTION.md" in refused.output and "missing" in refused.output
+    assert not (tmp_path / "bad.tar.gz").exists()
+
+
 def test_corrupt_model_file_is_named(bundle_copy):
     model = bundle_copy / "model_step.tflite"
     data = bytearray(model.read_bytes())
