@@ -53,7 +53,8 @@ def test_bundle_pack_command_writes_the_archive_and_refuses_a_damaged_directory(
     assert packed.output.strip() == f"{archive}: bundle {load_bundle(bundle_copy).id}"
     assert load_bundle(archive).id == load_bundle(bundle_copy).id
     inspected = CliRunner().invoke(main, ["bundle", "inspect", str(archive), "--json"])
-    assert inspected.exit_code == 0 and json.loads(inspected.output)["name"] == load_bundle(bundle_copy).manifest["name"]
+    assert inspected.exit_code == 0
+    assert json.loads(inspected.output)["name"] == load_bundle(bundle_copy).manifest["name"]
 
     (bundle_copy / "ATTRIBUTION.md").unlink()
     refused = CliRunner().invoke(main, ["bundle", "pack", str(bundle_copy), str(tmp_path / "bad.tar.gz")])
