@@ -1,7 +1,7 @@
 """Audio sources: each yields int16 mono chunks at the bundle's sample rate, whatever the input looks like.
 
 - `FileSource`: any file libsndfile reads (WAV, FLAC, OGG, ...), any rate, width and channel count; downmixed to
-  mono and resampled with soxr. `realtime=True` paces it like a live source. A WAV file cut short (edge/wav_length.py)
+  mono and resampled with soxr. `realtime=True` paces it like a live source. A WAV file cut short (edge/wav_header.py)
   is played to its end, then reported.
 - `PcmSource`: raw little-endian PCM on a byte stream (standard input), e.g. `arecord -f S16_LE -r 16000 -c 1`.
 - `MicSource`: a live input through PortAudio (the optional `sounddevice` package). PortAudio calls back on its
@@ -27,7 +27,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from edge.wav_length import wav_cut_short
+from edge.wav_header import read_to_data, starts_wav, wav_cut_short
 
 DEFAULT_CHUNK_MS = 100
 PCM_FORMATS = {"S16_LE": ("<i2", 2.0**15), "S32_LE": ("<i4", 2.0**31), "FLOAT_LE": ("<f4", 1.0)}
@@ -220,34 +220,19 @@ class PcmSource(AudioSource):
         """Read a WAV header if the stream starts with one and take its layout; returns the bytes read past it
         that are audio (all of them when there is no header)."""
         head = self._read_exactly(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        if not starts_wav(head):
             return head
-        layout = None
-        while True:
-            chunk = self._read_exactly(8)
-            if len(chunk) < 8:
-                return self._header_ended()
-            kind, length = chunk[:4], int.from_bytes(chunk[4:], "little")
-            if kind == b"data":
-                if layout is None:
-                    raise SourceError("standard input's WAV header has no format chunk before its audio; send raw "
-                                      "PCM instead (arecord -t raw, sox ... -t raw -)")
-                self._set_layout(*layout)
-                self.name = (f"standard input (WAV: {self.pcm_format}, {self.rate} Hz, {self.channels} "
-                             f"channel{'s' if self.channels > 1 else ''})")
-                return b""
-            padded = length + (length & 1)  # chunks are padded to an even length
-            if kind == b"fmt ":
-                body = self._read_exactly(padded)
-                if len(body) < length:
-                    return self._header_ended()
-                layout = _wav_layout(body)
-                continue
-            while padded > 0:  # another chunk (LIST, fact, ...): skipped a piece at a time
-                piece = self._read_exactly(min(padded, 1 << 16))
-                if not piece:
-                    return self._header_ended()
-                padded -= len(piece)
+        try:
+            fmt, _ = read_to_data(self._read_exactly)  # the declared length is ignored: a stream runs to its end
+        except EOFError:
+            return self._header_ended()
+        if fmt is None:
+            raise SourceError("standard input's WAV header has no format chunk before its audio; send raw PCM "
+                              "instead (arecord -t raw, sox ... -t raw -)")
+        self._set_layout(*_wav_layout(fmt))
+        self.name = (f"standard input (WAV: {self.pcm_format}, {self.rate} Hz, {self.channels} "
+                     f"channel{'s' if self.channels > 1 else ''})")
+        return b""
 
     def _header_ended(self) -> bytes:
         if self.stop.is_set():  # stopped while the header was awaited: nothing to play, no error

@@ -17,7 +17,7 @@ import soundfile
 import soxr
 
 from edge.frontend import Frontend, FrontendConfig
-from edge.wav_length import wav_cut_short
+from edge.wav_header import wav_cut_short
 
 BACKGROUND = "_background_"
 RECIPE = 7  # bump when example generation changes, so cached features are rebuilt

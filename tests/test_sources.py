@@ -13,7 +13,7 @@ import pytest
 import soundfile
 
 from edge.sources import FileSource, MicSource, PcmSource, SourceError, StopFlag, open_source, parse_mic_spec
-from edge.wav_length import wav_cut_short
+from edge.wav_header import wav_cut_short
 from tests.conftest import REPO, require, require_program
 
 RATE = 16000
