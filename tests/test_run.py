@@ -228,8 +228,7 @@ def test_a_corrupt_file_fails_clearly_after_writing_the_detections_before_the_da
     assert f"{len(printed)} detections were written" in stderr
 
 
-def test_a_wav_cut_short_fails_clearly_after_writing_the_detections_of_the_audio_that_is_there(tmp_path,
-                                                                                                demo_detections):
+def test_a_wav_cut_short_fails_clearly_after_writing_what_its_audio_held(tmp_path, demo_detections):
     data = DEMO.read_bytes()
     cut = tmp_path / "cut.wav"
     cut.write_bytes(data[:len(data) // 2])  # an interrupted copy: the header still declares the whole demo

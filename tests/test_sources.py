@@ -168,7 +168,7 @@ def cut_wav(tmp_path, seconds: float, keep_s: float, subtype: str = "PCM_16", ch
     path = tmp_path / f"cut_{subtype}_{channels}.wav"
     soundfile.write(path, samples, RATE, subtype=subtype)
     whole = soundfile.read(path, dtype="int16", always_2d=True)[0]
-    frame_bytes = soundfile.SoundFile(path).channels * {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}[subtype]
+    frame_bytes = channels * {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}[subtype]
     data = path.read_bytes()
     path.write_bytes(data[:data.index(b"data") + 8 + int(keep_s * RATE) * frame_bytes])
     return path, whole
