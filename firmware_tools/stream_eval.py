@@ -54,10 +54,11 @@ NON_TARGET_HEADER = ("kind", "start_s", "end_s")
 
 
 def read_truth(path: str | Path, header: tuple[str, str, str] = TRUTH_HEADER) -> list[TruthWord]:
-    """Rows of `label,start_s,end_s` (with that header; or another first column name), sorted by start time."""
+    """Rows of `label,start_s,end_s` (with that header; or another first column name), sorted by start time.
+    The columns may come in any order and among others (ignored), as a spreadsheet may write them."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's byte-order mark is not a column name
     except FileNotFoundError:
         raise TruthFileError(f"truth file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -65,14 +66,15 @@ def read_truth(path: str | Path, header: tuple[str, str, str] = TRUTH_HEADER) ->
     rows = csv.reader(text.splitlines())
     found = [h.strip() for h in next(rows, [])]
     names = ",".join(header)
-    if found[:3] != list(header):
+    if not set(header) <= set(found):
         raise TruthFileError(f"{path}: the first line must be the header '{names}' (got {','.join(found)!r})")
+    at = [found.index(name) for name in header]
     words = []
     for line, row in enumerate(rows, start=2):
         if not row or not "".join(row).strip():
             continue
         try:
-            label, start, end = (row[0].strip(), float(row[1]), float(row[2]))
+            label, start, end = (row[at[0]].strip(), float(row[at[1]]), float(row[at[2]]))
         except (IndexError, ValueError):
             raise TruthFileError(f"{path} line {line}: expected {names} with times in seconds, got "
                                  f"{','.join(row)!r}") from None

@@ -117,6 +117,9 @@ def test_read_truth(tmp_path):
     path.write_text("label,start_s,end_s\n7,4.0,4.4\n3, 1.0 ,1.5\n\n")
     assert read_truth(path) == [TruthWord("3", 1.0, 1.5), TruthWord("7", 4.0, 4.4)]
     assert len(read_truth(DEMO_TRUTH)) == 20
+    # As a spreadsheet may save it: a byte-order mark, the columns in another order, and one more
+    path.write_bytes("\ufeffspeaker,end_s,label,start_s\r\nann,4.4,7,4.0\r\nbob,1.5,3,1.0\r\n".encode("utf-8"))
+    assert read_truth(path) == [TruthWord("3", 1.0, 1.5), TruthWord("7", 4.0, 4.4)]
 
 
 @pytest.mark.parametrize("content, message", [
