@@ -44,6 +44,11 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
         detections, duration = detect_file(pipeline, audio)
     except (TruthFileError, PipelineError, SourceError) as err:
         raise click.ClickException(str(err)) from err
+    beyond = [w for w in words if w.start_s >= duration]
+    if beyond:
+        raise click.ClickException(f"{truth} has {len(beyond)} word(s) starting at or after the end of {audio} "
+                                   f"({duration:.2f} s long; the last starts at {beyond[-1].start_s:.2f} s): the truth "
+                                   "file does not belong to this recording")
     score = score_stream(detections, words, duration, tolerance_s, others)
     if as_json:
         click.echo(json.dumps({"bundle": pipeline.bundle.id, "audio": str(audio), **score.to_dict()}))

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import soundfile
 from click.testing import CliRunner
 
 from edge.detector import Detection
@@ -218,6 +219,17 @@ def test_eval_stream_refuses_truth_labels_the_bundle_does_not_know(tmp_path):
     result = CliRunner().invoke(main, ["eval-stream", "default", str(DEMO), "--truth", str(truth)])
     assert result.exit_code == 1
     assert "label(s) 'hello' that the bundle does not know" in result.output
+
+
+def test_a_truth_file_that_runs_past_the_recording_is_refused(tmp_path):
+    samples, rate = soundfile.read(DEMO, dtype="int16")
+    first10 = tmp_path / "first10.wav"
+    soundfile.write(first10, samples[:10 * rate], rate)
+    result = CliRunner().invoke(main, ["eval-stream", "default", str(first10), "--truth", str(DEMO_TRUTH)])
+    after = [w for w in read_truth(DEMO_TRUTH) if w.start_s >= 10.0]
+    assert result.exit_code == 1
+    assert (f"{DEMO_TRUTH} has {len(after)} word(s) starting at or after the end of {first10} (10.00 s long; the "
+            f"last starts at {after[-1].start_s:.2f} s)") in result.output
 
 
 def test_eval_stream_with_a_bad_truth_file_is_a_clear_error(tmp_path):
