@@ -98,6 +98,15 @@ def test_encoding_refuses_what_does_not_fit():
     assert decode_one(long_log).message.text == "é" * ((MAX_PAYLOAD - 1) // 2)
 
 
+def test_a_device_trusting_more_keys_than_a_frame_holds_reports_the_first_that_fit():
+    keys = [f"{i:016x}" for i in range(80)]  # key ids are 16 hex digits
+    message = Releases.fitting("e" * 64, ["f" * 64] * 3, keys)
+    assert len(message.pack()) <= MAX_PAYLOAD and message.total == 3 and message.releases == ()
+    assert 50 < len(message.trusted_keys) < 80 and list(message.trusted_keys) == keys[:len(message.trusted_keys)]
+    assert decode_one(encode_frame(message, 0, 0)).message == message
+    assert Releases.fitting("", [], keys[:5]).trusted_keys == tuple(keys[:5])
+
+
 def test_releases_keep_the_newest_that_fit_one_frame():
     releases = [f"{i:064x}" for i in range(40)]  # bundle ids are 64 hex digits; 40 of them do not fit
     message = Releases.fitting(releases[-2], releases, ["a1b2c3d4e5f60718"])
@@ -235,6 +244,18 @@ def test_emitter_close_flushes_everything_and_is_bounded_on_a_stuck_port():
     closer.join(5)
     assert not closer.is_alive()
     stuck.release.set()
+
+
+def test_a_message_too_big_for_a_frame_is_dropped_and_the_writer_goes_on():
+    out = io.BytesIO()
+    emitter = TelemetryEmitter.from_stream(out, device_id="dev")
+    emitter.detection(0, 0.5, 1.0, 1.5)
+    assert emitter.send(Releases("", 0, (), tuple(f"{i:016x}" for i in range(80))))  # 1,365 bytes: no frame holds it
+    emitter.detection(1, 0.75, 2.0, 2.5)
+    emitter.close()
+    frames, stats = decode_all(out.getvalue())
+    assert [f.message.label_id for f in frames] == [0, 1] and [f.seq for f in frames] == [0, 1]
+    assert stats.bad_frames == 0 and emitter.dropped == 1
 
 
 def test_many_long_labels_are_split_into_frames_and_reassembled():

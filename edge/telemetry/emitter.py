@@ -13,7 +13,7 @@ import time
 from typing import BinaryIO, Iterable
 
 from edge.telemetry.protocol import (MAX_PAYLOAD, Detection, Health, Hello, Labels, Log, LogLevel,
-                                     Message, encode_frame, truncate_utf8)
+                                     Message, ProtocolError, encode_frame, truncate_utf8)
 
 _STOP = object()
 _BATCH = 64  # frames per write: one syscall for a burst instead of one per frame
@@ -151,7 +151,11 @@ class TelemetryEmitter:
             count = 0
             for stamp, messages in batch:
                 for message in messages:
-                    wire += encode_frame(message, self._seq, stamp)
+                    try:
+                        wire += encode_frame(message, self._seq, stamp)
+                    except ProtocolError:  # a message too big for a frame is dropped; the writer goes on
+                        self._count_dropped(1)
+                        continue
                     self._seq = (self._seq + 1) & 0xFFFF
                     count += 1
             try:

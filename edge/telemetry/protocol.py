@@ -175,8 +175,8 @@ _RELEASES_HEAD = struct.Struct("<HBB")
 @dataclass(frozen=True)
 class Releases:
     """A device's release store: the bundle a rollback returns to, the bundles it keeps (oldest first; the newest
-    that fit one frame, `total` counts them all) and the ids of the keys it trusts. Follows HELLO's labels on a
-    device that keeps releases."""
+    that fit one frame, `total` counts them all) and the ids of the keys it trusts (the first ~55, as many as fit
+    one frame with no release). Follows HELLO's labels on a device that keeps releases."""
 
     TYPE = MsgType.RELEASES
     previous: str
@@ -186,13 +186,17 @@ class Releases:
 
     @classmethod
     def fitting(cls, previous: str, releases: list[str], trusted_keys: list[str]) -> "Releases":
-        """The message for a store, keeping the newest releases that fit in one payload."""
-        kept = list(releases)
+        """The message for a store, keeping the newest releases that fit in one payload, and then (with none)
+        the first trusted keys that do."""
+        kept, keys = list(releases), list(trusted_keys)
         while True:
-            message = cls(previous, len(releases), tuple(kept), tuple(trusted_keys))
-            if len(message.pack()) <= MAX_PAYLOAD or not kept:
+            message = cls(previous, len(releases), tuple(kept), tuple(keys))
+            if len(message.pack()) <= MAX_PAYLOAD or not (kept or keys):
                 return message
-            kept.pop(0)
+            if kept:
+                kept.pop(0)
+            else:
+                keys.pop()
 
     def pack(self) -> bytes:
         return (_pack_str(self.previous, "previous bundle id")
