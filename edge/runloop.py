@@ -160,6 +160,8 @@ class RunLoop:
                 self._samples += len(chunk)
                 self.stats.audio_s = self._samples / self.pipeline.sample_rate
                 self._emit(events)
+                if self._samples == len(chunk):  # the first chunk: a WAV stream's rate is known by now
+                    self._tell_low_rate()
                 if time.monotonic() - report.wall >= self.health_every_s > 0:
                     report = self._report_health(report, start_wall)
                 if self.source.overruns > self._overruns_told:
@@ -206,6 +208,15 @@ class RunLoop:
         for sink in self.sinks:
             sink.log(f"audio overruns: {self._overruns_told} blocks lost so far (processing fell behind the "
                      "input; lower the load on this device or use a lighter bundle)")
+
+    def _tell_low_rate(self) -> None:
+        """Upsampling cannot put back the band the input never had, which the model was trained to hear."""
+        rate, needed = self.source.input_rate, self.pipeline.sample_rate
+        if rate and rate < needed:
+            for sink in self.sinks:
+                sink.log(f"warning: {self.source.name} is sampled at {rate} Hz, below the bundle's {needed} Hz: it "
+                         f"is resampled, but holds nothing above {rate // 2} Hz, where the model was trained to "
+                         "hear; expect fewer detections. Record at the bundle's rate if you can")
 
     def _emit(self, events: list[Detection]) -> None:
         for event in events:

@@ -104,6 +104,7 @@ class AudioSource:
 
     live = False  # live sources get wall-clock timestamps on their detections
     overruns = 0  # audio blocks lost because processing fell behind (live sources)
+    input_rate: int | None = None  # the input's own sample rate, before resampling (a WAV stream's: once read)
 
     def __init__(self, name: str, sample_rate: int, stop: StopFlag | None):
         self.name = name
@@ -140,7 +141,7 @@ class FileSource(AudioSource):
             raise SourceError(f"cannot read {path} as audio ({_libsndfile_reason(err)}); use a WAV, FLAC or OGG "
                               f"file, or convert it first, e.g. `sox INPUT -r {sample_rate} -c 1 -b 16 OUT.wav`") from err
         self._cut_short = wav_cut_short(path)
-        self.file_rate = self._file.samplerate
+        self.file_rate = self.input_rate = self._file.samplerate
         self.file_channels = self._file.channels
         self.file_format = f"{self._file.format}/{self._file.subtype}"
         self._block = max(1, round(self.file_rate * chunk_ms / 1000))
@@ -201,6 +202,7 @@ class PcmSource(AudioSource):
 
     def _set_layout(self, fmt: str, rate: int, channels: int) -> None:
         self.pcm_format, self.rate, self.channels = fmt, rate, channels
+        self.input_rate = rate
         self._dtype = np.dtype(PCM_FORMATS[fmt][0])
         self._scale = PCM_FORMATS[fmt][1]
         self._frame_bytes = self._dtype.itemsize * channels
@@ -319,6 +321,7 @@ class MicSource(AudioSource):
             stream_factory = sd.InputStream
         else:
             self.rate = sample_rate
+        self.input_rate = self.rate
         self._block = max(1, round(self.rate * chunk_ms / 1000))
         self._queue: queue.Queue = queue.Queue(maxsize=max(2, round(queue_ms / chunk_ms)))
         try:

@@ -147,6 +147,19 @@ def test_arecord_piped_into_run_as_the_readme_shows_hears_what_the_file_holds(tm
     assert heard == [(d.label, round(d.score, 4), round(d.start_s, 3), round(d.end_s, 3)) for d in demo_detections]
 
 
+def test_audio_sampled_below_the_bundles_rate_is_run_with_a_warning(tmp_path):
+    audio, rate = soundfile.read(DEMO, dtype="float32")
+    low = tmp_path / "low.wav"
+    soundfile.write(low, soxr.resample(audio, rate, 4000), 4000, subtype="PCM_16")
+    warning = "is sampled at 4000 Hz, below the bundle's 8000 Hz: it is resampled, but holds nothing above 2000 Hz"
+    result = basilar("run", low)
+    assert result.returncode == 0 and f"warning: {low} {warning}" in result.stderr.decode()
+    piped = basilar("run", "-", input=low.read_bytes())  # a WAV stream's rate is known once its header is read
+    assert piped.returncode == 0 and f"warning: standard input (WAV: S16_LE, 4000 Hz, 1 channel) {warning}" in \
+        piped.stderr.decode()
+    assert "warning" not in basilar("run", DEMO).stderr.decode()  # 16 kHz for an 8 kHz bundle: nothing missing
+
+
 def signal_once(args, env, ready, sig):
     """Start `basilar ARGS`, send it `sig` once its stderr so far satisfies `ready` (or after 60 s), and return
     its exit code, stdout (bytes) and all of its stderr (text)."""
