@@ -105,6 +105,8 @@ def test_a_device_trusting_more_keys_than_a_frame_holds_reports_the_first_that_f
     assert 50 < len(message.trusted_keys) < 80 and list(message.trusted_keys) == keys[:len(message.trusted_keys)]
     assert decode_one(encode_frame(message, 0, 0)).message == message
     assert Releases.fitting("", [], keys[:5]).trusted_keys == tuple(keys[:5])
+    many = Releases.fitting("", [f"{i:064x}" for i in range(300)], [f"{i:016x}" for i in range(300)])
+    assert len(many.pack()) <= MAX_PAYLOAD and many.total == 300  # more than a one-byte count holds
 
 
 def test_releases_keep_the_newest_that_fit_one_frame():
@@ -251,11 +253,12 @@ def test_a_message_too_big_for_a_frame_is_dropped_and_the_writer_goes_on():
     emitter = TelemetryEmitter.from_stream(out, device_id="dev")
     emitter.detection(0, 0.5, 1.0, 1.5)
     assert emitter.send(Releases("", 0, (), tuple(f"{i:016x}" for i in range(80))))  # 1,365 bytes: no frame holds it
+    assert emitter.send(Releases("", 0, (), tuple(f"{i:02x}" for i in range(256))))  # more than a count byte holds
     emitter.detection(1, 0.75, 2.0, 2.5)
     emitter.close()
     frames, stats = decode_all(out.getvalue())
     assert [f.message.label_id for f in frames] == [0, 1] and [f.seq for f in frames] == [0, 1]
-    assert stats.bad_frames == 0 and emitter.dropped == 1
+    assert stats.bad_frames == 0 and emitter.dropped == 2
 
 
 def test_many_long_labels_are_split_into_frames_and_reassembled():

@@ -8,6 +8,7 @@ on the line (which shows as gaps in the sequence numbers).
 from __future__ import annotations
 
 import queue
+import struct
 import threading
 import time
 from typing import BinaryIO, Iterable
@@ -153,7 +154,7 @@ class TelemetryEmitter:
                 for message in messages:
                     try:
                         wire += encode_frame(message, self._seq, stamp)
-                    except ProtocolError:  # a message too big for a frame is dropped; the writer goes on
+                    except (ProtocolError, struct.error):  # one that cannot be framed is dropped, the rest go on
                         self._count_dropped(1)
                         continue
                     self._seq = (self._seq + 1) & 0xFFFF

@@ -188,7 +188,7 @@ class Releases:
     def fitting(cls, previous: str, releases: list[str], trusted_keys: list[str]) -> "Releases":
         """The message for a store, keeping the newest releases that fit in one payload, and then (with none)
         the first trusted keys that do."""
-        kept, keys = list(releases), list(trusted_keys)
+        kept, keys = list(releases)[-255:], list(trusted_keys)[:255]  # a count is one byte
         while True:
             message = cls(previous, len(releases), tuple(kept), tuple(keys))
             if len(message.pack()) <= MAX_PAYLOAD or not (kept or keys):
