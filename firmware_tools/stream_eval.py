@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -216,13 +217,17 @@ def score_stream(detections: Sequence[Detection], truth: Sequence[TruthWord], du
 
 
 class _Collect(Sink):
-    """A sink that keeps the detections."""
+    """A sink that keeps the detections, and passes the run's warnings (e.g. audio below the bundle's rate) on to
+    standard error as `basilar run` does."""
 
     def __init__(self):
         self.detections: list[Detection] = []
 
     def detection(self, event: Detection) -> None:
         self.detections.append(event)
+
+    def log(self, text: str) -> None:
+        print(f"basilar: {text}", file=sys.stderr, flush=True)
 
 
 def detect_file(pipeline, audio_path: str | Path) -> tuple[list[Detection], float]:

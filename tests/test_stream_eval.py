@@ -1,8 +1,11 @@
 """Stream evaluation: the matching rule, the truth file, and `basilar eval-stream` on the demo."""
 import json
+import subprocess
+import sys
 
 import pytest
 import soundfile
+import soxr
 from click.testing import CliRunner
 
 from edge.detector import Detection
@@ -230,6 +233,17 @@ def test_a_truth_file_that_runs_past_the_recording_is_refused(tmp_path):
     assert result.exit_code == 1
     assert (f"{DEMO_TRUTH} has {len(after)} word(s) starting at or after the end of {first10} (10.00 s long; the "
             f"last starts at {after[-1].start_s:.2f} s)") in result.output
+
+
+def test_eval_stream_warns_about_audio_below_the_bundles_rate(tmp_path):
+    samples, rate = soundfile.read(DEMO, dtype="float32")
+    low = tmp_path / "low.wav"
+    soundfile.write(low, soxr.resample(samples, rate, 4000), 4000, subtype="PCM_16")
+    result = subprocess.run([sys.executable, "-m", "firmware_tools.cli", "eval-stream", "default", str(low),
+                             "--truth", str(DEMO_TRUTH), "--json"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"basilar: warning: {low} is sampled at 4000 Hz, below the bundle's 8000 Hz" in result.stderr
+    assert json.loads(result.stdout)["words"] == 20  # the warning stays out of the JSON
 
 
 def test_eval_stream_with_a_bad_truth_file_is_a_clear_error(tmp_path):
