@@ -44,11 +44,12 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
         detections, duration = detect_file(pipeline, audio)
     except (TruthFileError, PipelineError, SourceError) as err:
         raise click.ClickException(str(err)) from err
-    beyond = [w for w in words if w.start_s >= duration]
-    if beyond:
-        raise click.ClickException(f"{truth} has {len(beyond)} word(s) starting at or after the end of {audio} "
-                                   f"({duration:.2f} s long; the last starts at {beyond[-1].start_s:.2f} s): the truth "
-                                   "file does not belong to this recording")
+    for path, rows, what in ((truth, words, "word(s)"), (non_target, others, "stretch(es)")):
+        beyond = [w for w in rows if w.start_s >= duration]
+        if beyond:
+            raise click.ClickException(f"{path} has {len(beyond)} {what} starting at or after the end of {audio} "
+                                       f"({duration:.2f} s long; the last starts at {beyond[-1].start_s:.2f} s): "
+                                       "the file does not belong to this recording")
     score = score_stream(detections, words, duration, tolerance_s, others)
     if as_json:
         click.echo(json.dumps({"bundle": pipeline.bundle.id, "audio": str(audio), **score.to_dict()}))
@@ -64,8 +65,8 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
                f"{report['wrong_label']} with the wrong label on a word)")
     if others:
         per_minute = report["false_alarms_per_speech_minute"]
-        click.echo(f"  in speech     {report['false_alarms_in_speech']:4d}  (in {report['non_target_speech_s']:.1f} s of "
-                   f"non-target speech: {'-' if per_minute is None else f'{per_minute:.2f}'} per minute)")
+        click.echo(f"  in speech     {report['false_alarms_in_speech']:4d}  (in {report['non_target_speech_s']:.1f} "
+                   f"s of non-target speech: {'-' if per_minute is None else f'{per_minute:.2f}'} per minute)")
     if report["latency"]:
         lat = report["latency"]
         click.echo(f"  latency       median {1000 * lat['median_s']:.0f} ms, p90 {1000 * lat['p90_s']:.0f} ms, "

@@ -233,6 +233,14 @@ def test_a_truth_file_that_runs_past_the_recording_is_refused(tmp_path):
     assert result.exit_code == 1
     assert (f"{DEMO_TRUTH} has {len(after)} word(s) starting at or after the end of {first10} (10.00 s long; the "
             f"last starts at {after[-1].start_s:.2f} s)") in result.output
+    words = tmp_path / "words.csv"  # the truth that fits, with the whole demo's non-target file
+    words.write_text("label,start_s,end_s\n" + "".join(f"{w.label},{w.start_s},{w.end_s}\n"
+                                                      for w in read_truth(DEMO_TRUTH) if w.end_s < 10.0))
+    others = [w for w in read_truth(DEMO_NON_TARGET, header=NON_TARGET_HEADER) if w.start_s >= 10.0]
+    result = CliRunner().invoke(main, ["eval-stream", "default", str(first10), "--truth", str(words),
+                                       "--non-target", str(DEMO_NON_TARGET)])
+    assert result.exit_code == 1 and f"{DEMO_NON_TARGET} has {len(others)} stretch(es) starting at or after" in \
+        result.output
 
 
 def test_eval_stream_warns_about_audio_below_the_bundles_rate(tmp_path):
