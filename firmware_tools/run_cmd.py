@@ -152,6 +152,9 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
         raise click.UsageError("say what to listen to: a file, '-' for standard input, or mic[:DEVICE]")
     if audio == "demo" and not Path(audio).exists():
         audio = str(DEMO_RECORDING)
+    if audio == "-" and sys.stdin.isatty():  # it would wait for audio nobody can type
+        raise click.UsageError("'-' reads audio from standard input, which is a terminal here; pipe it in, e.g. "
+                               "`arecord -f S16_LE -r 16000 -c 1 | basilar run -`, or give a file or 'mic'")
     overrides = detector_overrides(threshold, threshold_for, smoothing_ms, refractory_ms, release_ratio,
                                    min_duration_ms, trigger, end_quiet_ms, end_quiet_db, min_score)
     bundle_ref = resolve_bundle(ctx, bundle, root)

@@ -147,6 +147,19 @@ def test_arecord_piped_into_run_as_the_readme_shows_hears_what_the_file_holds(tm
     assert heard == [(d.label, round(d.score, 4), round(d.start_s, 3), round(d.end_s, 3)) for d in demo_detections]
 
 
+def test_standard_input_that_is_a_terminal_is_refused_at_once():
+    """`basilar run -` typed at a prompt would wait for audio nobody can type: a real pseudo-terminal as stdin."""
+    controller, terminal = os.openpty()
+    try:
+        result = subprocess.run([sys.executable, "-m", "firmware_tools.cli", "run", "-"], cwd=REPO, stdin=terminal,
+                                capture_output=True, timeout=60, env=repo_env())
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert result.returncode == 2
+    assert "standard input, which is a terminal here; pipe it in" in result.stderr.decode()
+
+
 def test_audio_sampled_below_the_bundles_rate_is_run_with_a_warning(tmp_path):
     audio, rate = soundfile.read(DEMO, dtype="float32")
     low = tmp_path / "low.wav"
