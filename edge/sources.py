@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import queue
 import select
-import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from edge.wav_header import read_to_data, starts_wav, wav_cut_short
+from edge.wav_header import parse_format, read_to_data, starts_wav, wav_cut_short
 
 DEFAULT_CHUNK_MS = 100
 PCM_FORMATS = {"S16_LE": ("<i2", 2.0**15), "S32_LE": ("<i4", 2.0**31), "FLOAT_LE": ("<f4", 1.0)}
@@ -104,12 +103,16 @@ class AudioSource:
 
     live = False  # live sources get wall-clock timestamps on their detections
     overruns = 0  # audio blocks lost because processing fell behind (live sources)
-    input_rate: int | None = None  # the input's own sample rate, before resampling (a WAV stream's: once read)
 
     def __init__(self, name: str, sample_rate: int, stop: StopFlag | None):
         self.name = name
         self.sample_rate = sample_rate
         self.stop = stop or StopFlag()
+
+    @property
+    def input_rate(self) -> int | None:
+        """The input's own sample rate, before resampling (a WAV stream's: once its header is read)."""
+        return None
 
     def chunks(self) -> Iterator[np.ndarray]:
         raise NotImplementedError
@@ -141,11 +144,15 @@ class FileSource(AudioSource):
             raise SourceError(f"cannot read {path} as audio ({_libsndfile_reason(err)}); use a WAV, FLAC or OGG "
                               f"file, or convert it first, e.g. `sox INPUT -r {sample_rate} -c 1 -b 16 OUT.wav`") from err
         self._cut_short = wav_cut_short(path)
-        self.file_rate = self.input_rate = self._file.samplerate
+        self.file_rate = self._file.samplerate
         self.file_channels = self._file.channels
         self.file_format = f"{self._file.format}/{self._file.subtype}"
         self._block = max(1, round(self.file_rate * chunk_ms / 1000))
         self._pacer = Pacer(sample_rate, self.stop, clock) if realtime else None
+
+    @property
+    def input_rate(self) -> int:
+        return self.file_rate
 
     def chunks(self) -> Iterator[np.ndarray]:
         resample = MonoResampler(self.file_rate, self.sample_rate)
@@ -200,9 +207,12 @@ class PcmSource(AudioSource):
         self._set_layout(fmt, self.rate, channels)
         self._stream = stream if stream is not None else sys.stdin.buffer
 
+    @property
+    def input_rate(self) -> int:
+        return self.rate
+
     def _set_layout(self, fmt: str, rate: int, channels: int) -> None:
         self.pcm_format, self.rate, self.channels = fmt, rate, channels
-        self.input_rate = rate
         self._dtype = np.dtype(PCM_FORMATS[fmt][0])
         self._scale = PCM_FORMATS[fmt][1]
         self._frame_bytes = self._dtype.itemsize * channels
@@ -280,16 +290,14 @@ class PcmSource(AudioSource):
 
 # WAV format tags and sample widths that map onto a raw PCM format
 _WAV_FORMATS = {(1, 16): "S16_LE", (1, 32): "S32_LE", (3, 32): "FLOAT_LE"}
-_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 
 
 def _wav_layout(fmt: bytes) -> tuple[str, int, int]:
     """(PCM format, rate, channels) from a WAV fmt chunk, or a SourceError naming what cannot be read raw."""
-    if len(fmt) < 16:
+    parsed = parse_format(fmt)
+    if parsed is None:
         raise SourceError("standard input's WAV header has a format chunk too short to read; send raw PCM instead")
-    tag, channels, rate, _byte_rate, _block_align, bits = struct.unpack_from("<HHIIHH", fmt)
-    if tag == _WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
-        (tag,) = struct.unpack_from("<H", fmt, 24)  # the sub-format GUID starts with the plain tag
+    tag, channels, rate, _byte_rate, bits = parsed
     pcm_format = _WAV_FORMATS.get((tag, bits))
     if pcm_format is None or channels < 1 or rate < 1000:
         raise SourceError(f"standard input is a WAV stream of {bits}-bit samples (format tag {tag}), {channels} "
@@ -321,7 +329,6 @@ class MicSource(AudioSource):
             stream_factory = sd.InputStream
         else:
             self.rate = sample_rate
-        self.input_rate = self.rate
         self._block = max(1, round(self.rate * chunk_ms / 1000))
         self._queue: queue.Queue = queue.Queue(maxsize=max(2, round(queue_ms / chunk_ms)))
         try:
@@ -344,6 +351,10 @@ class MicSource(AudioSource):
 
     def _on_finished(self) -> None:
         self._finished = True
+
+    @property
+    def input_rate(self) -> int:
+        return self.rate
 
     def chunks(self) -> Iterator[np.ndarray]:
         resample = MonoResampler(self.rate, self.sample_rate)

@@ -46,6 +46,27 @@ def read_to_data(read: Callable[[int], bytes]) -> tuple[bytes | None, int]:
             padded -= len(piece)
 
 
+class WavFormat(NamedTuple):
+    tag: int  # 1 PCM, 3 float, ... (the sub-format's tag for WAVE_FORMAT_EXTENSIBLE)
+    channels: int
+    rate: int  # samples per second
+    byte_rate: int  # bytes per second
+    bits: int  # per sample
+
+
+_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+
+
+def parse_format(fmt: bytes) -> WavFormat | None:
+    """The fields of a format chunk's body; None when it is too short to hold them."""
+    if len(fmt) < 16:
+        return None
+    tag, channels, rate, byte_rate, _block_align, bits = struct.unpack_from("<HHIIHH", fmt)
+    if tag == _WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
+        (tag,) = struct.unpack_from("<H", fmt, 24)  # the sub-format GUID starts with the plain tag
+    return WavFormat(tag, channels, rate, byte_rate, bits)
+
+
 class CutShort(NamedTuple):
     declared_s: float  # audio the header declares
     present_s: float  # audio the file holds
@@ -63,7 +84,7 @@ def wav_cut_short(path: str | os.PathLike) -> CutShort | None:
         except EOFError:
             return None
         present = size - file.tell()
-        byte_rate = struct.unpack_from("<I", fmt, 8)[0] if fmt and len(fmt) >= 12 else 0  # bytes per second
-        if length in _OPEN_LENGTHS or length <= present or byte_rate == 0:
+        layout = parse_format(fmt) if fmt else None
+        if layout is None or layout.byte_rate == 0 or length in _OPEN_LENGTHS or length <= present:
             return None
-        return CutShort(length / byte_rate, present / byte_rate)
+        return CutShort(length / layout.byte_rate, present / layout.byte_rate)

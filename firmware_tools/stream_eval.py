@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import math
 import sys
 from collections import Counter
@@ -139,6 +140,14 @@ class StreamScore:
 
     def heard_as(self, word: TruthWord) -> Detection | None:
         """The highest-scoring false alarm overlapping `word` (a miss: a detection of its own label would be a hit)."""
+        return self._heard[word] if word in self._heard else self._best_false_alarm_on(word)
+
+    @functools.cached_property
+    def _heard(self) -> dict[TruthWord, Detection | None]:
+        """Each miss's `heard_as`, found once for the report, the confusions and the text lines."""
+        return {word: self._best_false_alarm_on(word) for word in self.misses}
+
+    def _best_false_alarm_on(self, word: TruthWord) -> Detection | None:
         overlapping = [d for d in self.false_alarms if _overlaps(d, word, self.tolerance_s)]
         return max(overlapping, key=lambda d: d.score) if overlapping else None
 
