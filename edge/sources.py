@@ -134,8 +134,7 @@ class FileSource(AudioSource):
         path = Path(path)
         super().__init__(str(path), sample_rate, stop)
         if not path.exists():
-            raise SourceError(f"audio file not found: {path}; check the path (use '-' for raw PCM on standard "
-                              "input or 'mic' for the microphone)")
+            raise SourceError(f"audio file not found: {path}; check the path")
         if not path.is_file():
             raise SourceError(f"{path} is not a file; give an audio file such as a WAV or FLAC")
         try:
@@ -459,4 +458,7 @@ def open_source(spec: str, sample_rate: int, *, chunk_ms: float = DEFAULT_CHUNK_
     is_mic, device = parse_mic_spec(spec)
     if is_mic:
         return MicSource(device, sample_rate, chunk_ms=chunk_ms, stop=stop)
+    if not Path(spec).exists():  # here, unlike where only files are read, the other kinds of AUDIO are an option
+        raise SourceError(f"audio file not found: {spec}; check the path (use '-' for raw PCM on standard input or "
+                          "'mic' for the microphone)")
     return FileSource(spec, sample_rate, chunk_ms=chunk_ms, realtime=realtime, stop=stop)

@@ -307,6 +307,8 @@ def parse_channels(ctx, param, value: str) -> list[int]:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def bench_frontend(seconds, repeats, channels, cpu, accuracy, accuracy_seconds, no_speed, as_json):
     """Time the front end on one core beside scipy, CMSIS-DSP and TFLite-Micro's front end."""
+    if no_speed and not accuracy:
+        raise click.UsageError("--no-speed leaves nothing to measure; add --accuracy")
     pinned = pin_to_one_cpu(cpu)
     info = machine()
     report = {"machine": info, "pinned_cpu": pinned, "sample_rate": SAMPLE_RATE, "audio_seconds": seconds,

@@ -25,10 +25,13 @@ TARGETS = {"speed_x": 200.0, "hop_p99_ms": 1.0, "peak_rss_mb": 150.0}
 
 
 def load_audio(path: Path, sample_rate: int, seconds: float) -> np.ndarray:
-    from edge.sources import FileSource
+    from edge.sources import FileSource, SourceError
 
     with FileSource(path, sample_rate) as source:
-        audio = np.concatenate(list(source.chunks()))
+        chunks = list(source.chunks())
+    if not chunks:
+        raise SourceError(f"{path} holds no audio; give a recording to stream with --audio")
+    audio = np.concatenate(chunks)
     repeats = int(np.ceil(seconds * sample_rate / len(audio)))
     return np.tile(audio, repeats)[: int(seconds * sample_rate)]
 

@@ -140,13 +140,17 @@ def bench_corruption(frames: int, rate: float, seed: int) -> dict:
 
 
 @click.command()
-@click.option("--frames", default=200_000, show_default=True, help="Frames in the decoder throughput test.")
-@click.option("--block", default=4096, show_default=True, help="Bytes per read in the throughput test.")
-@click.option("--baud", default=115200, show_default=True, help="Line rate the paced device traffic fills.")
-@click.option("--seconds", default=5.0, show_default=True, help="Duration of the paced line test.")
-@click.option("--utilization", default=0.9, show_default=True,
+@click.option("--frames", type=click.IntRange(1000, 10**7), default=200_000, show_default=True,
+              help="Frames in the decoder throughput test.")
+@click.option("--block", type=click.IntRange(1, 1 << 20), default=4096, show_default=True,
+              help="Bytes per read in the throughput test.")
+@click.option("--baud", type=click.IntRange(300, 4_000_000), default=115200, show_default=True,
+              help="Line rate the paced device traffic fills.")
+@click.option("--seconds", type=click.FloatRange(0.5, 600), default=5.0, show_default=True,
+              help="Duration of the paced line test.")
+@click.option("--utilization", type=click.FloatRange(0.01, 1.0), default=0.9, show_default=True,
               help="Fraction of the line's capacity the device sends.")
-@click.option("--corruption", "error_rate", default=0.01, show_default=True,
+@click.option("--corruption", "error_rate", type=click.FloatRange(0, 0.2), default=0.01, show_default=True,
               help="Fraction of bytes corrupted in the noise test.")
 @click.option("--seed", default=1, show_default=True, help="Seed of the noise.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")

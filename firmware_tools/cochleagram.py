@@ -78,3 +78,5 @@ def draw(levels_db: np.ndarray, centre_freqs: np.ndarray, config: FrontendConfig
         fig.savefig(path)
     except OSError as err:
         raise PlotError(f"cannot write the plot to {path} ({err.strerror or err}); pick a writable path") from err
+    except ValueError as err:  # matplotlib: a file suffix it has no writer for
+        raise PlotError(f"cannot write the plot to {path} ({err}); end the name in .png, .svg or .pdf") from err

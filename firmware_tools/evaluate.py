@@ -65,7 +65,8 @@ def format_report(report: dict) -> str:
     floor = report.get("noise_floor_dbfs")
     lines = [f"clips: {report['clips']}   accuracy: {report['accuracy'] * 100:.1f}%"
              + (f"   (over a {floor:g} dBFS noise floor)" if floor is not None else ""), "", "recall per label:"]
-    lines += [f"  {lab:>12}: {report['recall'][lab] * 100:5.1f}%" for lab in labels]
+    lines += [f"  {lab:>12}: " + (f"{report['recall'][lab] * 100:5.1f}%" if report["recall"][lab] is not None
+                                  else "  n/a (no clips)") for lab in labels]
     width = max(4, max(len(l) for l in labels) + 1)
     lines += ["", "confusion (rows: truth, columns: predicted):",
               " " * width + "".join(f"{l:>{width}}" for l in labels)]

@@ -319,11 +319,16 @@ def main(fsdd: Path, out_dir: Path, seed: int, speakers: str, repeats: int, phra
     if speech_dir is not None and click.get_current_context().get_parameter_source("speech_engine") \
             is click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError("--speech-dir brings its own speech; leave out --speech-engine")
+    if speech_engine != "festival" and click.get_current_context().get_parameter_source("festival_voices") \
+            is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--festival-voice chooses festival's voices; add --speech-engine festival")
+    names = tuple(s.strip() for s in speakers.split(",") if s.strip())
+    if not names:
+        raise click.BadParameter("names no speaker; e.g. --speakers nicolas", param_hint="--speakers")
     with fail_on(RecordingsError):
         recordings = read_recordings(speech_dir, speech_list) if speech_dir is not None else None
     if not fsdd.is_dir():
         raise click.ClickException(f"FSDD folder {fsdd} not found; pass --fsdd")
-    names = tuple(s.strip() for s in speakers.split(",") if s.strip())
     wav, csv_path = write_demo(fsdd, out_dir, seed, names, repeats, phrases, speech_engine, festival_voices,
                                pauses, hiss_dbfs, recordings, speech_credit)
     info = soundfile.info(wav)

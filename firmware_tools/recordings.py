@@ -36,8 +36,13 @@ def read_recordings(speech_dir: Path, listing: Path | None = None) -> list[Recor
         if not found:
             raise RecordingsError(f"no audio files ({', '.join(dataset.AUDIO_SUFFIXES)}) in {speech_dir}")
         return [Recording(p) for p in found]
+    try:
+        lines = listing.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise RecordingsError(f"{listing} is not UTF-8 text (byte {err.start}); save it as UTF-8, e.g. "
+                              f"`iconv -f latin1 -t utf-8 {listing} > listing.txt`") from err
     recordings = []
-    for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip() or line.lstrip().startswith((";", "#")):
             continue
         name, _, transcript = line.partition(":")

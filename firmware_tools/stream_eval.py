@@ -59,12 +59,13 @@ def read_truth(path: str | Path, header: tuple[str, str, str] = TRUTH_HEADER) ->
     """Rows of `label,start_s,end_s` (with that header; or another first column name), sorted by start time.
     The columns may come in any order and among others (ignored), as a spreadsheet may write them."""
     path = Path(path)
+    what = "non-target file" if header == NON_TARGET_HEADER else "truth file"
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's byte-order mark is not a column name
     except FileNotFoundError:
-        raise TruthFileError(f"truth file not found: {path}") from None
+        raise TruthFileError(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise TruthFileError(f"cannot read truth file {path}: {err}") from None
+        raise TruthFileError(f"cannot read {what} {path}: {err}") from None
     rows = csv.reader(text.splitlines())
     found = [h.strip() for h in next(rows, [])]
     names = ",".join(header)
@@ -113,6 +114,11 @@ class StreamScore:
     def false_alarms_in_speech(self) -> int:
         speech = self.speech
         return sum(any(_overlaps(d, s, self.tolerance_s) for s in speech) for d in self.false_alarms)
+
+    @property
+    def false_alarms_per_speech_minute(self) -> float | None:
+        seconds = self.speech_s
+        return self.false_alarms_in_speech / (seconds / 60) if seconds else None
 
     @property
     def words(self) -> int:
@@ -201,9 +207,9 @@ class StreamScore:
     def _speech_dict(self) -> dict:
         if not self.non_target:
             return {}
-        seconds, in_speech = self.speech_s, self.false_alarms_in_speech
-        return {"non_target_speech_s": round(seconds, 3), "false_alarms_in_speech": in_speech,
-                "false_alarms_per_speech_minute": round(in_speech / (seconds / 60), 3) if seconds else None}
+        per_minute = self.false_alarms_per_speech_minute
+        return {"non_target_speech_s": round(self.speech_s, 3), "false_alarms_in_speech": self.false_alarms_in_speech,
+                "false_alarms_per_speech_minute": None if per_minute is None else round(per_minute, 3)}
 
 
 def score_stream(detections: Sequence[Detection], truth: Sequence[TruthWord], duration_s: float,

@@ -100,7 +100,7 @@ def _parse_ssh(text, parts, name) -> SshTarget:
     if parts.query or parts.fragment:
         raise TargetError(f"target {text!r}: ssh targets take no '?' or '#' part")
     path = unquote(parts.path)
-    if path in ("", "/"):
+    if not path.strip("/"):
         raise TargetError(f"target {text!r} names no device root; add the path that holds releases/ and current, "
                           "e.g. ssh://pi@host/opt/basilar")
     if path == "/~" or path.startswith("/~/"):

@@ -196,7 +196,9 @@ def clip_report(labels, truth, predicted) -> dict:
     confusion = np.zeros((n, n), int)
     for t, p in zip(truth, predicted):
         confusion[t, p] += 1
-    recall = {lab: float(confusion[i, i] / max(1, confusion[i].sum())) for i, lab in enumerate(labels)}
+    # A label with no clips has no recall (None), not 0%.
+    recall = {lab: float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None
+              for i, lab in enumerate(labels)}
     return {"accuracy": float(np.mean(np.asarray(truth) == np.asarray(predicted))), "clips": int(len(truth)),
             "recall": recall, "confusion": confusion.tolist(), "labels": labels}
 

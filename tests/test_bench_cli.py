@@ -95,7 +95,8 @@ def test_text_report_reads_as_a_table():
 
 @pytest.mark.parametrize("args, message", [(["--channels", "4"], "give channel counts from 8 to 128"),
                                            (["--channels", "x"], "give channel counts"),
-                                           (["--cpu", "100000"], "is not available to this process")])
+                                           (["--cpu", "100000"], "is not available to this process"),
+                                           (["--no-speed"], "--no-speed leaves nothing to measure")])
 def test_bad_options_are_clear_errors(args, message):
     if args[0] == "--cpu" and not hasattr(os, "sched_setaffinity"):
         pytest.skip("this OS cannot pin a process to a CPU")

@@ -4,7 +4,9 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import soundfile
 from click.testing import CliRunner
 
 from edge.bundle import load_bundle
@@ -74,3 +76,10 @@ def test_bench_run_check_fails_when_a_target_is_missed(monkeypatch):
 def test_bench_run_with_a_missing_bundle_is_a_clear_error():
     result = bench("run", "--bundle", "no/such/bundle", "--seconds", 1, "--hop-seconds", 1)
     assert result.returncode == 1 and "no bundle at no/such/bundle" in result.stderr
+
+
+def test_bench_run_on_an_empty_recording_is_a_clear_error(tmp_path):
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(0, np.int16), 8000)
+    result = bench("run", "--audio", empty, "--seconds", 1, "--hop-seconds", 1)
+    assert result.returncode == 1 and f"{empty} holds no audio" in result.stderr and "Traceback" not in result.stderr

@@ -89,6 +89,16 @@ def test_make_demo_refuses_pauses_given_high_before_low(tmp_path):
     assert not (tmp_path / "demo.wav").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--speakers", " , "], "names no speaker"),
+    (["--festival-voice", "voice_kal_diphone"], "add --speech-engine festival"),
+])
+def test_make_demo_refuses_options_that_would_be_ignored_or_name_nobody(tmp_path, args, message):
+    result = CliRunner().invoke(make_demo_main, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "demo.wav").exists()
+
+
 def test_make_demo_speaks_the_phrases_in_festivals_voice(tmp_path):
     """--speech-engine festival: the same layout of digits, the non-digit phrases in a voice no recipe trains on."""
     require(DEFAULT_FSDD.is_dir(), f"the FSDD recordings at {DEFAULT_FSDD}")
@@ -184,6 +194,7 @@ def test_make_demo_puts_recordings_of_people_between_the_digits(tmp_path):
     ("; only a comment\n", [], "names no recordings"),
     (None, ["--speech-engine", "festival"], "leave out --speech-engine"),
     ("not-audio.wav\n", [], "cannot read .*not-audio.wav"),
+    ("prompt-0: Caf\u00e9 ferm\u00e9.\n", [], "list.txt is not UTF-8 text .*iconv"),  # a Latin-1 listing
 ])
 def test_make_demo_says_what_is_wrong_with_recorded_speech(tmp_path, listing, args, message):
     require(DEFAULT_FSDD.is_dir(), f"the FSDD recordings at {DEFAULT_FSDD}")
@@ -191,7 +202,7 @@ def test_make_demo_says_what_is_wrong_with_recorded_speech(tmp_path, listing, ar
     (speech / "not-audio.wav").write_text("a text file, not a recording")
     options = ["--out", str(tmp_path / "out"), "--speech-dir", str(speech), *args]
     if listing is not None:
-        (tmp_path / "list.txt").write_text(listing)
+        (tmp_path / "list.txt").write_bytes(listing.encode("latin-1"))
         options += ["--speech-list", str(tmp_path / "list.txt")]
     result = CliRunner().invoke(make_demo_main, options)
     assert result.exit_code != 0 and re.search(message, result.output), result.output

@@ -170,6 +170,7 @@ def corrupt_wav(tmp_path):
     (lambda p: [p / "glide.wav", "--stage", "spectrum"], "Invalid value for '--stage'"),
     (lambda p: [p / "glide.wav", "--spectral-norm-s", 50], "spectral_norm_s.*--spectral-norm-s"),
     (lambda p: [p / "glide.wav", "--bundle", p / "nothing"], "no bundle at"),
+    (lambda p: [p / "glide.wav", "--plot", p / "c.jpgx"], "cannot write the plot .*c.jpgx.*end the name in .png"),
 ])
 def test_bad_input_is_a_clear_error_without_a_traceback(speechlike_16k, tmp_path, make_args, message):
     result = run(*make_args(tmp_path))

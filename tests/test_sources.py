@@ -87,9 +87,11 @@ def test_resampling_keeps_filter_state_across_chunks(tmp_path):
     assert np.max(np.abs(out - whole)) < 1e-3
 
 
-def test_a_missing_file_names_the_path_and_the_alternatives(tmp_path):
+def test_a_missing_file_names_the_path_and_where_run_can_also_listen(tmp_path):
+    with pytest.raises(SourceError, match=r"audio file not found: .*nope\.wav; check the path$"):
+        FileSource(tmp_path / "nope.wav", RATE)  # as eval-stream and bench read files: no other kind of input
     with pytest.raises(SourceError, match=r"audio file not found: .*nope\.wav.*'-'.*'mic'"):
-        FileSource(tmp_path / "nope.wav", RATE)
+        open_source(str(tmp_path / "nope.wav"), RATE)  # AUDIO of `basilar run`
 
 
 def test_a_directory_is_refused(tmp_path):

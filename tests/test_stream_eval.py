@@ -259,3 +259,24 @@ def test_eval_stream_with_a_bad_truth_file_is_a_clear_error(tmp_path):
     truth.write_text("word,when\n")
     result = CliRunner().invoke(main, ["eval-stream", "default", str(DEMO), "--truth", str(truth)])
     assert result.exit_code == 1 and "header 'label,start_s,end_s'" in result.output
+
+
+def test_the_text_report_rounds_each_rate_once():
+    from firmware_tools.eval_stream_cmd import format_report
+
+    speech = [TruthWord("speech", 0.0, 735.96)]  # 10 false alarms in it: 0.8153 per minute
+    alarms = [det("1", 10.0 + 60 * i, 10.5 + 60 * i) for i in range(10)]
+    score = score_stream(alarms, [TruthWord("3", 740.0, 740.5)], 800.0, non_target=speech)
+    assert score.to_dict()["false_alarms_per_speech_minute"] == 0.815  # the JSON keeps three decimals
+    text = format_report(score, "a.wav", "0" * 64)
+    assert "(in 736.0 s of non-target speech: 0.82 per minute)" in text
+    assert "0.0%" in text and "(45.0 per hour;" in text
+
+
+def test_a_non_target_file_that_is_missing_or_empty_is_a_clear_error(tmp_path):
+    args = ["eval-stream", "default", str(DEMO), "--truth", str(DEMO_TRUTH), "--non-target"]
+    result = CliRunner().invoke(main, args + [str(tmp_path / "none.csv")])
+    assert result.exit_code == 1 and f"non-target file not found: {tmp_path / 'none.csv'}" in result.output
+    (tmp_path / "empty.csv").write_text("kind,start_s,end_s\n")
+    result = CliRunner().invoke(main, args + [str(tmp_path / "empty.csv")])
+    assert result.exit_code == 1 and "lists no stretches of other sound" in result.output

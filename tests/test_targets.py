@@ -32,6 +32,8 @@ def test_serial_target_with_and_without_baud():
     ("ssh://pi:secret@host/opt", "password"),
     ("ssh://pi@host", "no device root"),
     ("ssh://pi@host/", "no device root"),
+    ("ssh://pi@host//", "no device root"),
+    ("ssh://pi@host///", "no device root"),
     ("ssh://pi@host:99999/opt", "invalid port"),
     ("ssh://pi@host:0/opt", "invalid port"),
     ("ssh://pi@host:ssh/opt", "invalid port"),

@@ -13,8 +13,10 @@ import time
 import tty
 
 import pytest
+from click.testing import CliRunner
 
 from edge.telemetry.protocol import decode_one
+from firmware_tools.cli import main
 from firmware_tools.line_noise import Corruption, frames_in, touched
 from firmware_tools.telemetry_reader import TelemetryReader, TelemetrySession
 from tests.conftest import REPO
@@ -297,3 +299,10 @@ def test_bench_telemetry_runs_and_meets_its_correctness_targets():
     assert noise["intact_recovered"] == noise["intact_frames"] > 0 and noise["wrong_frames_accepted"] == 0
     assert noise["lost_frames_counted"] == noise["lost_frames"] > 0
     assert report["decoder"]["decoder"]["mb_per_s"] > 0
+
+
+@pytest.mark.parametrize("option, value", [("--frames", "0"), ("--block", "0"), ("--baud", "0"),
+                                           ("--utilization", "0"), ("--corruption", "0.9")])
+def test_bench_telemetry_refuses_settings_it_cannot_measure(option, value):
+    result = CliRunner().invoke(main, ["bench", "telemetry", option, value])
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output

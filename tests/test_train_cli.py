@@ -129,3 +129,24 @@ def test_train_with_a_listing_that_names_a_missing_recording_is_a_clear_error(tm
     assert result.exit_code == 1
     assert "list.txt line 2: no recording" in result.output and "is --speech-dir the folder" in result.output
     assert not (tmp_path / "o" / "model.keras").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--speech-list", "list.txt"), ("--speech-credit", "someone, CC0")])
+def test_train_refuses_a_speech_option_without_the_recordings_it_describes(tmp_path, option, value):
+    (tmp_path / "list.txt").write_text("hello: Hello.\n")
+    if option == "--speech-list":
+        value = str(tmp_path / value)
+    result = CliRunner().invoke(main, ["train", str(FSDD_CLIPS), "--out", str(tmp_path / "o"), option, value])
+    assert result.exit_code == 2 and "give --speech-dir too" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_gives_no_recall_for_a_label_without_clips(tmp_path):
+    for clip in FSDD_CLIPS.glob("1_*.wav"):
+        shutil.copy(clip, tmp_path)
+    result = CliRunner().invoke(main, ["eval", "default", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    recall = json.loads(result.output)["recall"]
+    assert recall["1"] is not None and recall["0"] is None and sum(v is None for v in recall.values()) == 9
+    text = CliRunner().invoke(main, ["eval", "default", str(tmp_path)]).output
+    assert "           0:   n/a (no clips)" in text and "n/a" not in text.split("           1:")[1].splitlines()[0]
