@@ -60,11 +60,20 @@ def attribution_text(provenance: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_destination(out_dir) -> None:
+    """A bundle may replace an earlier bundle, never a folder of other things (it is deleted first)."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+        raise ValueError(f"{out} already exists and is not a basilar bundle (it has no {MANIFEST}); nothing was "
+                         "written: write the bundle to a new folder")
+
+
 def make_bundle(out_dir, step_model_path, config: FrontendConfig, labels: list[str], *, spec: dict,
                 detector: dict | None = None, provenance: dict | None = None, evaluation: dict | None = None,
                 name: str = "model"):
     """Write a bundle directory and check it loads; returns the loaded Bundle."""
     out = Path(out_dir)
+    check_destination(out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)

@@ -44,9 +44,12 @@ def run_convert(model, calibration_dir, out_path, labels=None, name="model", det
 
     from edge.bundle import pack_bundle
     from edge.frontend import FrontendConfig
-    from firmware_tools import dataset, evaluate, pipeline
+    from firmware_tools import bundler, dataset, evaluate, pipeline
     from firmware_tools.training import DEFAULT_FRONTEND, label_order
 
+    archive = str(out_path).endswith((".tar.gz", ".tgz"))
+    if not archive:
+        bundler.check_destination(out_path)  # before the conversion, which takes a while
     clips = dataset.scan_labelled(calibration_dir)
     sidecar = pipeline.read_sidecar(model) or {}
     if labels:
@@ -58,7 +61,6 @@ def run_convert(model, calibration_dir, out_path, labels=None, name="model", det
     if not clips:
         raise ValueError(f"no calibration clips carry the model's labels {labels}")
     calibration, rest = pipeline.split_calibration(clips)
-    archive = str(out_path).endswith((".tar.gz", ".tgz"))
     with tempfile.TemporaryDirectory(prefix="basilar-bundle-") as tmp:
         bundle_dir = Path(tmp) / "bundle" if archive else Path(out_path)
         bundle, conversion = pipeline.convert_into_bundle(model, calibration, bundle_dir, config, labels,

@@ -266,6 +266,7 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     from firmware_tools import bundler, evaluate, pipeline
 
     out = Path(out_dir)
+    bundler.check_destination(out / "bundle")  # now, not after the training
     out.mkdir(parents=True, exist_ok=True)
     settings = settings or TrainSettings()
     seed = settings.seed

@@ -74,6 +74,19 @@ def test_convert_to_archive_and_eval(trained, tmp_path):
     assert result.exit_code == 2 and "--noise-floor" in result.output
 
 
+def test_convert_replaces_an_earlier_bundle_but_never_a_folder_of_other_things(trained, tmp_path):
+    convert = ["convert", str(trained / "model.keras"), "--calibration", str(FSDD_CLIPS), "--out"]
+    shutil.copytree(trained / "bundle", tmp_path / "earlier")
+    result = CliRunner().invoke(main, [*convert, str(tmp_path / "earlier")])
+    assert result.exit_code == 0, result.output
+    load_bundle(tmp_path / "earlier")
+    (tmp_path / "precious" / "sub").mkdir(parents=True)
+    (tmp_path / "precious" / "notes.txt").write_text("keep me")
+    result = CliRunner().invoke(main, [*convert, str(tmp_path / "precious")])
+    assert result.exit_code == 1 and "already exists and is not a basilar bundle" in result.output
+    assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me" and (tmp_path / "precious" / "sub").is_dir()
+
+
 def test_bundle_inspect_and_verify(trained, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["bundle", "inspect", str(trained / "bundle")])
