@@ -198,6 +198,14 @@ def check_manifest(bundle_dir: Path, manifest: dict) -> None:
     for role in ("step",):
         if role not in manifest["models"] or manifest["models"][role]["file"] not in manifest["files"]:
             raise BundleError(f"the manifest names no {role} model listed among its files")
+    # Checked here, at install time too: a device must not make current a bundle it cannot start with.
+    from edge.detector import DetectorSettings, DetectorSettingsError
+
+    try:
+        DetectorSettings.from_manifest(manifest.get("detector"), hop_ms=config.hop_ms)
+    except DetectorSettingsError as exc:
+        raise BundleError(f"the bundle's {exc.args[0].removeprefix('the ')}; the bundle is damaged: rebuild it "
+                          "(`basilar convert` sets the detector defaults)") from None
 
 
 def load_bundle(path, *, trusted_keys=None, check_model: bool = True) -> Bundle:

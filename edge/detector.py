@@ -103,15 +103,18 @@ class DetectorSettings:
         `overrides["thresholds"]` is merged into the manifest's per-label thresholds. Unknown manifest keys are
         ignored so that newer bundles still load.
         """
-        detector = dict(detector or {})
+        if detector is not None and not isinstance(detector, Mapping):
+            raise DetectorSettingsError(f"the bundle's detector settings must be a JSON object, not "
+                                        f"{type(detector).__name__}; rebuild the bundle")
         fields = {f.name for f in dataclasses.fields(cls)} - {"hop_ms"}
-        values = {k: v for k, v in detector.items() if k in fields}
+        values = {k: v for k, v in (detector or {}).items() if k in fields}
+        changes = {k: v for k, v in overrides.items() if v is not None}
         try:
-            settings = cls(hop_ms=hop_ms, **values)
+            if "thresholds" in changes:
+                changes["thresholds"] = {**dict(values.get("thresholds") or {}), **changes["thresholds"]}
+            return cls(hop_ms=hop_ms, **{**values, **changes})
         except (TypeError, ValueError) as err:
-            raise DetectorSettingsError(f"the bundle's detector settings are invalid: {err}; "
-                                        f"rebuild the bundle or override the setting on the command line") from err
-        return settings.with_overrides(**overrides)
+            raise DetectorSettingsError(f"the detector settings are invalid: {err}") from err
 
     def with_overrides(self, **overrides: Any) -> DetectorSettings:
         changes = {k: v for k, v in overrides.items() if v is not None}

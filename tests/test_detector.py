@@ -217,6 +217,42 @@ def test_invalid_command_line_override_is_refused():
         DetectorSettings.from_manifest({}, hop_ms=10.0, threshold=2)
 
 
+def test_an_override_replaces_a_value_before_the_check():
+    settings = DetectorSettings.from_manifest({"threshold": 1.2, "thresholds": {"a": 0}}, hop_ms=10.0,
+                                              threshold=0.9, thresholds={"a": 0.5})
+    assert settings.threshold == 0.9 and settings.thresholds == {"a": 0.5}
+
+
+@pytest.mark.parametrize("detector", ["x", ["threshold", 0.9], 3])
+def test_detector_settings_that_are_not_an_object_are_refused(detector):
+    with pytest.raises(DetectorSettingsError, match="must be a JSON object"):
+        DetectorSettings.from_manifest(detector, hop_ms=10.0)
+
+
+@pytest.mark.parametrize("detector, words", [("x", "must be a JSON object"), ({"threshold": 1.2}, "threshold=1.2")])
+def test_a_bundle_with_broken_detector_settings_is_refused_where_it_is_loaded_and_installed(tmp_path, detector,
+                                                                                            words):
+    """A device must not make current a bundle it cannot start with (a restart loop under systemd)."""
+    import json
+    import shutil
+
+    from edge.bundle import DEFAULT_BUNDLE, BundleError, load_bundle, pack_bundle
+    from edge.releases import ReleaseError, ReleaseStore
+
+    broken = tmp_path / "broken"
+    shutil.copytree(DEFAULT_BUNDLE, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["detector"] = detector
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=f"detector settings .*{words}.*rebuild it"):
+        load_bundle(broken)
+    pack_bundle(broken, tmp_path / "broken.tar.gz")
+    store = ReleaseStore(tmp_path / "device")
+    with pytest.raises(ReleaseError, match=f"the bundle is invalid: .*{words}"):
+        store.install(tmp_path / "broken.tar.gz")
+    assert store.current() is None
+
+
 def test_a_threshold_for_a_label_the_bundle_lacks_is_refused():
     with pytest.raises(DetectorSettingsError, match="'z'.*labels are 'a', 'b', 'c'"):
         Detector(DetectorSettings(hop_ms=10.0, thresholds={"z": 0.5}), LABELS)
