@@ -86,11 +86,12 @@ class Pipeline:
     def flush(self) -> list[Detection]:
         return self.detector.flush()
 
-    def reset(self) -> None:
+    def reset(self, at_frame: int = 0) -> None:
+        """Start from rest, as a stream begins; `at_frame` is where the detector's clock goes on from."""
         self.frontend.reset()
         self.runner.reset()
         self.levels.reset()
-        self.detector.reset()
+        self.detector.reset(at_frame)
 
 
 @dataclasses.dataclass
@@ -131,6 +132,7 @@ class RunLoop:
         self._next_pipeline: Pipeline | None = None
         self._swap_lock = threading.Lock()
         self._samples = 0  # audio samples processed
+        self._lost = 0  # audio samples a live input lost (overruns): stream time runs on over them
         self._overruns_told = 0
         self._overruns_told_at = -1e9
 
@@ -154,6 +156,7 @@ class RunLoop:
         try:
             for chunk in self.source.chunks():
                 self._take_new_pipeline()
+                self._skip_lost_audio(self.source.take_gap())
                 began = time.perf_counter()
                 events = self.pipeline.process(chunk)
                 self.stats.busy_s += time.perf_counter() - began
@@ -189,11 +192,21 @@ class RunLoop:
         self._emit(self.pipeline.flush())
         # Keep stream time continuous: the new detector's clock starts at the audio processed so far (to within
         # a hop: the old front end's partial hop is dropped with it).
-        new.detector.reset(at_frame=round(self._samples / new.hop_samples))
+        new.detector.reset(at_frame=round((self._samples + self._lost) / new.hop_samples))
         self.pipeline = new
         self._announce_bundle()
         for sink in self.sinks:
             sink.log(f"switched to bundle {new.bundle.id[:12]} without stopping the audio input")
+
+    def _skip_lost_audio(self, samples: int) -> None:
+        """After an overrun: a word open across the gap ends there; what follows starts from rest, as a stream
+        does (the model's memory of the audio before the gap would name a word again), and the clock jumps the
+        lost audio, so that every later detection's times (and a serial line's) stay those of the stream."""
+        if samples <= 0:
+            return
+        self._emit(self.pipeline.flush())
+        self._lost += samples
+        self.pipeline.reset(at_frame=round((self._samples + self._lost) / self.pipeline.hop_samples))
 
     def _announce_bundle(self) -> None:
         for sink in self.sinks:

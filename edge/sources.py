@@ -117,6 +117,10 @@ class AudioSource:
     def chunks(self) -> Iterator[np.ndarray]:
         raise NotImplementedError
 
+    def take_gap(self) -> int:
+        """Samples (at `sample_rate`) lost just before the chunk last yielded, so that stream time stays true."""
+        return 0
+
     def close(self) -> None:
         pass
 
@@ -318,6 +322,8 @@ class MicSource(AudioSource):
                          sample_rate, stop)
         self.overruns = 0
         self.dropped_samples = 0
+        self._lost_since_put = 0  # input samples dropped since the last block that made it into the queue
+        self._gap = 0  # input samples lost before the block chunks() yielded last
         self._timeout = silence_timeout_s
         self._finished = False
         sd = None if stream_factory else import_sounddevice()
@@ -343,10 +349,14 @@ class MicSource(AudioSource):
         if status and getattr(status, "input_overflow", False):
             self.overruns += 1  # PortAudio itself lost input
         try:
-            self._queue.put_nowait(indata.copy())
+            # Each block carries the audio lost just before it: the gap sits there in the stream, not where the
+            # processing thread happens to be when the loss is counted.
+            self._queue.put_nowait((indata.copy(), self._lost_since_put))
+            self._lost_since_put = 0
         except queue.Full:
             self.overruns += 1
             self.dropped_samples += frames
+            self._lost_since_put += frames
 
     def _on_finished(self) -> None:
         self._finished = True
@@ -361,7 +371,7 @@ class MicSource(AudioSource):
         waited = 0.0
         while not self.stop.is_set():
             try:
-                block = self._queue.get(timeout=0.05)
+                block, lost = self._queue.get(timeout=0.05)
             except queue.Empty:
                 waited += 0.05
                 if self._finished or not self._stream.active:
@@ -372,7 +382,12 @@ class MicSource(AudioSource):
                                       "stalled?); check `basilar devices` and restart") from None
                 continue
             waited = 0.0
+            self._gap += lost
             yield resample(block.astype(np.float32) / np.float32(32768.0))
+
+    def take_gap(self) -> int:
+        gap, self._gap = self._gap, 0
+        return round(gap * self.sample_rate / self.rate)
 
     def close(self) -> None:
         try:

@@ -409,6 +409,10 @@ def test_microphone_blocks_pass_through_a_bounded_queue_and_overruns_are_counted
     chunks = source.chunks()
     for i in range(3):
         np.testing.assert_array_equal(next(chunks), blocks[i])
+        assert source.take_gap() == 0
+    stream.deliver(blocks[0])  # the next block that gets through: the two lost ones lie just before it
+    np.testing.assert_array_equal(next(chunks), blocks[0])
+    assert source.take_gap() == 3200 and source.take_gap() == 0
     source.stop.set()
     assert list(chunks) == []
 
