@@ -236,6 +236,7 @@ class PcmSource(AudioSource):
         that are audio (all of them when there is no header)."""
         head = self._read_exactly(12)
         if not starts_wav(head):
+            _refuse_other_containers(head)
             return head
         try:
             fmt, _ = read_to_data(self._read_exactly)  # the declared length is ignored: a stream runs to its end
@@ -289,6 +290,20 @@ class PcmSource(AudioSource):
                                       f"stray bytes; one frame is {self._frame_bytes} bytes); check --format "
                                       "and --channels against the producer")
                 return
+
+
+# Files that are not raw PCM, by their first four bytes (a raw stream starts so by chance once in 2^32): played as
+# samples they would be noise, or an AIFF's silence.
+_CONTAINERS = {b"fLaC": "FLAC", b"OggS": "Ogg", b"FORM": "AIFF", b"RIFX": "big-endian WAV", b"RF64": "RF64 WAV",
+               b".snd": "Sun/NeXT audio"}
+
+
+def _refuse_other_containers(head: bytes) -> None:
+    for magic, kind in _CONTAINERS.items():
+        if head.startswith(magic):
+            raise SourceError(f"standard input is a {kind} file, not raw PCM or a WAV stream; give the file's path "
+                              "instead of piping it (`basilar run FILE`), or convert it on the way: "
+                              "`sox FILE -t wav - | basilar run -`")
 
 
 # WAV format tags and sample widths that map onto a raw PCM format

@@ -338,6 +338,14 @@ def test_a_broken_wav_header_on_standard_input_is_a_clear_error(tmp_path):
     np.testing.assert_array_equal(read_all(PcmSource(RATE, stream=io.BytesIO(raw.tobytes()))), raw)
 
 
+@pytest.mark.parametrize("suffix, kind", [(".flac", "FLAC"), (".ogg", "Ogg"), (".aiff", "AIFF")])
+def test_another_audio_file_on_standard_input_is_refused_not_played_as_noise(tmp_path, suffix, kind):
+    path = tmp_path / f"speech{suffix}"
+    soundfile.write(path, sine(440, 0.2, RATE), RATE)
+    with pytest.raises(SourceError, match=f"standard input is a {kind} file, not raw PCM.*basilar run FILE"):
+        read_all(PcmSource(RATE, stream=io.BytesIO(path.read_bytes())))
+
+
 def test_arecord_piped_in_as_the_readme_shows_gives_its_samples_exactly(tmp_path):
     """`arecord -f S16_LE -r 16000 -c 1 | basilar run -`: arecord writes a WAV header unless told `-t raw`."""
     arecord = require_program("arecord")
