@@ -6,7 +6,10 @@ import json
 import numpy as np
 import pytest
 
+from cython_kernels import frames_golden
 from edge.frontend import FRONTEND_ALGORITHM, Frontend, FrontendConfig, FrontendConfigError
+from edge.frontend.design import design
+from edge.frontend.state import FrontendState
 
 # The hash a bundle records for the default configuration. If this changes, every bundle trained with the default
 # front end is refused by devices: change it only together with FRONTEND_ALGORITHM, on purpose.
@@ -79,11 +82,38 @@ def test_derived_sizes():
     ({"f_low": 7000.0}, "below f_high"),
     ({"f_low": float("nan")}, "f_low=nan: must be a finite number"),
     ({"release_db_per_s": 0.0}, "release_db_per_s"),
+    ({"release_db_per_s": 1e20}, "release_db_per_s=1e\\+20: use a release above 0 and at most 10000 dB/s"),
+    ({"release_db_per_s": 8.5e19}, "at most 10000 dB/s"),
+    ({"release_db_per_s": 10001.0}, "at most 10000 dB/s"),
+    ({"hop_ms": 250.0, "window_ms": 250.0, "spectral_norm_s": 0.1},
+     r"spectral_norm_s=0.1: shorter than one hop \(hop_ms=250.0\); use at least 0.25 s or a shorter hop"),
+    ({"hop_ms": 200.0, "window_ms": 200.0, "spectral_norm_s": 0.1}, "spectral_norm_s=0.1: shorter than one hop"),
+    ({"hop_ms": 1000.0, "window_ms": 1000.0, "spectral_norm_s": 0.4}, "spectral_norm_s=0.4: shorter than one hop"),
     ({"floor_dbfs": 0.0}, "floor_dbfs"),
 ])
 def test_bad_configs_name_the_field_and_the_fix(fields, names_the_fix):
     with pytest.raises(FrontendConfigError, match=names_the_fix):
         FrontendConfig(**fields)
+
+
+@pytest.mark.parametrize("fields", [
+    {"hop_ms": 100.0, "window_ms": 100.0, "spectral_norm_s": 0.1},  # the spectral view's memory is one hop
+    {"hop_ms": 250.0, "window_ms": 250.0, "spectral_norm_s": 0.25},
+    {"release_db_per_s": 10000.0},  # the fastest release allowed
+    {"release_db_per_s": 10000.0, "sample_rate": 8000, "channels": 8, "f_high": 3800.0, "hop_ms": 1000.0,
+     "window_ms": 16000.0, "spectral_norm_s": 1.0},  # ...with a 1 s hop: under 2^27 per frame
+])
+def test_configs_at_the_limits_run_bit_exact_with_the_golden_model(fields):
+    config = FrontendConfig(**fields)
+    coeffs = design(config)
+    if config.spectral_norm_s:
+        assert coeffs.frames.norm_memory_frames >= 1
+    x = np.random.default_rng(3).integers(-3000, 3000, 3 * config.hop_samples).astype(np.int16)
+    frontend = Frontend(config)
+    frames = frontend.process(x)
+    assert frames.shape == (3, config.features)
+    expected = frames_golden.process(coeffs.filterbank, coeffs.frames, FrontendState.initial(coeffs), x)
+    np.testing.assert_array_equal(frames, expected)
 
 
 def test_config_errors_are_value_errors_and_unknown_fields_are_named():

@@ -14,6 +14,10 @@ FRONTEND_ALGORITHM = "basilar-gammatone-int-v3"
 
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 48000
 MIN_CHANNELS, MAX_CHANNELS = 8, 128
+# The default releases 10 dB/s; at 10,000 dB/s the reference already falls 100 dB per 10 ms hop, so nothing faster
+# is useful. Unbounded, the release per frame (Q16 log2, int64 in the kernel) overflows; bounded, it stays under
+# 2^27 per second of hop, far from int64 for any hop whose int64 window sums can be held at all.
+MAX_RELEASE_DB_PER_S = 10000.0
 
 
 class FrontendConfigError(ValueError):
@@ -62,12 +66,18 @@ class FrontendConfig:
         hops = self.window_ms / self.hop_ms
         if hops < 1 or abs(hops - round(hops)) > 1e-9 or round(hops) > 16:
             fail(f"window_ms={self.window_ms}: must be 1 to 16 whole hops of hop_ms={self.hop_ms}")
-        if self.release_db_per_s <= 0:
-            fail(f"release_db_per_s={self.release_db_per_s}: must be positive")
+        if not 0 < self.release_db_per_s <= MAX_RELEASE_DB_PER_S:
+            fail(f"release_db_per_s={self.release_db_per_s}: use a release above 0 and at most "
+                 f"{MAX_RELEASE_DB_PER_S:g} dB/s (that already drops the reference 100 dB per 10 ms hop)")
         if not -120 <= self.floor_dbfs <= -10:
             fail(f"floor_dbfs={self.floor_dbfs}: use a level from -120 to -10 dBFS")
         if self.spectral_norm_s != 0 and not 0.1 <= self.spectral_norm_s <= 10:
             fail(f"spectral_norm_s={self.spectral_norm_s}: use 0 (off) or 0.1 to 10 seconds")
+        # The average's memory is spectral_norm_s in whole hops; under one hop it would round to 0 frames and the
+        # view would silently be off while config.features still counted it.
+        if self.spectral_norm_s != 0 and self.spectral_norm_s * 1000 < self.hop_ms * (1 - 1e-9):
+            fail(f"spectral_norm_s={self.spectral_norm_s}: shorter than one hop (hop_ms={self.hop_ms}); use at least "
+                 f"{self.hop_ms / 1000:g} s or a shorter hop")
 
     @property
     def features(self) -> int:

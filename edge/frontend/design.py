@@ -172,6 +172,7 @@ def design_frames(config: FrontendConfig) -> FrameCoeffs:
         release_per_frame=max(1, round(release * one)),
         floor_log=round(config.floor_dbfs / DB_PER_LOG2 * one),
         log_table=np.array(table, dtype=np.int32),
+        # At least 1 when the view is on: validation refuses a spectral_norm_s shorter than one hop.
         norm_memory_frames=round(config.spectral_norm_s * 1000 / config.hop_ms),
         norm_active_q=OUTPUT_ZERO_POINT - round(NORM_ACTIVE_DB / OUTPUT_SCALE_DB),
     )
