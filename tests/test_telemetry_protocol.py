@@ -89,6 +89,14 @@ def test_every_message_round_trips(message, seq, stamp):
     assert (frame.type, frame.seq, frame.device_ms, frame.message) == (message.TYPE, seq, stamp, message)
 
 
+def test_word_times_wrap_after_49_7_days_like_the_device_clock():
+    day = 86400.0
+    late = Detection.from_seconds(3, 0.98, 50 * day + 12.34, 50 * day + 12.61)
+    assert (late.start_ms, late.end_ms) == ((50 * 86_400_000 + 12_340) % 2**32, (50 * 86_400_000 + 12_610) % 2**32)
+    assert late.end_ms - late.start_ms == 270  # not both stuck at the largest u32
+    assert Detection.from_seconds(3, 0.98, -0.01, 0.2).start_ms == 0
+
+
 def test_encoding_refuses_what_does_not_fit():
     with pytest.raises(ProtocolError, match="at most 255"):
         Hello("x" * 300, "", "", 0, 0).pack()

@@ -95,7 +95,9 @@ def _unpack_fixed(fmt: struct.Struct, payload: bytes, name: str) -> tuple:
 
 
 def _ms(seconds: float) -> int:
-    return max(0, min(0xFFFFFFFF, round(seconds * 1000)))
+    """Milliseconds of stream time, u32: wraps after 49.7 days as device_ms does (a service runs that long),
+    rather than sticking at the largest value."""
+    return max(0, round(seconds * 1000)) & 0xFFFFFFFF
 
 
 def _clamp(value: int, limit: int) -> int:
