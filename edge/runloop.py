@@ -143,7 +143,10 @@ class RunLoop:
         """
         if pipeline.sample_rate != self.pipeline.sample_rate:
             raise PipelineError(f"the new bundle runs at {pipeline.sample_rate} Hz but the audio input is open at "
-                                f"{self.pipeline.sample_rate} Hz; restart `basilar run` to switch rates")
+                                f"{self.pipeline.sample_rate} Hz, and a running input cannot change its rate; a "
+                                "bundle at another rate is deployed over SSH (`basilar deploy` restarts the "
+                                "service), or made current on the device (`python3 -m edge.releases activate "
+                                "ROOT ID`) before `basilar run` is restarted")
         with self._swap_lock:
             self._next_pipeline = pipeline
 
@@ -235,9 +238,9 @@ class RunLoop:
         for event in events:
             if self.source.live:
                 event = dataclasses.replace(event, timestamp=time.time())
-            self.stats.detections += 1
             for sink in self.sinks:
                 sink.detection(event)
+            self.stats.detections += 1  # counted once written: an error message quotes it
 
     def _report_health(self, last: _Report, start_wall: float) -> _Report:
         now = _Report(time.monotonic(), _cpu_seconds(), self.stats.audio_s, self.stats.busy_s)

@@ -152,6 +152,9 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
         raise click.UsageError("say what to listen to: a file, '-' for standard input, or mic[:DEVICE]")
     if audio == "demo" and not Path(audio).exists():
         audio = str(DEMO_RECORDING)
+    if audio == "-" and sys.stdin is None:  # started with standard input closed (`<&-`)
+        raise click.UsageError("'-' reads audio from standard input, which is closed here; pipe audio in, or give "
+                               "a file or 'mic'")
     if audio == "-" and sys.stdin.isatty():  # it would wait for audio nobody can type
         raise click.UsageError("'-' reads audio from standard input, which is a terminal here; pipe it in, e.g. "
                                "`arecord -f S16_LE -r 16000 -c 1 | basilar run -`, or give a file or 'mic'")
@@ -182,7 +185,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
             except PipelineError as err:
                 link.store.rollback()  # `current` goes back to the bundle that is running, for the next start
                 raise RuntimeError(f"the new bundle cannot run on this device ({err}); the device keeps running "
-                                   f"{loop.pipeline.bundle.id[:12]}") from err
+                                   f"{loop.pipeline.bundle.id[:12]}, which stays current") from err
 
         try:
             link = SerialLink(serial, baud, device_id or socket.gethostname(), root, on_new_bundle)

@@ -17,7 +17,7 @@ import soundfile
 import soxr
 
 from edge.detector import Detection
-from edge.runloop import Pipeline, RunLoop
+from edge.runloop import Pipeline, PipelineError, RunLoop
 from edge.sinks import Sink
 from edge.sources import FileSource, StopFlag
 from firmware_tools.stream_eval import read_truth, score_stream
@@ -158,6 +158,13 @@ def test_standard_input_that_is_a_terminal_is_refused_at_once():
         os.close(controller)
     assert result.returncode == 2
     assert "standard input, which is a terminal here; pipe it in" in result.stderr.decode()
+
+
+def test_standard_input_that_is_closed_is_refused_at_once():
+    result = subprocess.run(["sh", "-c", f'exec "{sys.executable}" -m firmware_tools.cli run - <&-'], cwd=REPO,
+                            capture_output=True, timeout=60, env=repo_env())
+    assert result.returncode == 2 and "standard input, which is closed here" in result.stderr.decode()
+    assert "Traceback" not in result.stderr.decode()
 
 
 def test_audio_sampled_below_the_bundles_rate_is_run_with_a_warning(tmp_path):
@@ -510,3 +517,22 @@ def test_swapping_the_pipeline_keeps_the_stream_clock(tiny_bundle, tiny_bundle_v
     assert any("switched to bundle" in line for line in logs)
     hops = round(stats.audio_s * first.sample_rate) // first.hop_samples
     assert abs(second.detector.frames_seen - hops) <= 1  # the new detector's clock carried on from the old one's
+
+
+def test_a_bundle_at_another_rate_is_refused_mid_stream_with_the_ways_to_switch(tiny_bundle, tmp_path):
+    import json
+
+    faster = tmp_path / "16k"
+    shutil.copytree(tiny_bundle, faster)
+    manifest = json.loads((faster / "manifest.json").read_text())
+    manifest["frontend"]["config"]["sample_rate"] = 16000
+    from edge.frontend import FrontendConfig
+
+    manifest["frontend"]["hash"] = FrontendConfig.from_dict(manifest["frontend"]["config"]).hash()
+    (faster / "manifest.json").write_text(json.dumps(manifest))
+    running = Pipeline.from_bundle(tiny_bundle)
+    loop = RunLoop(running, FileSource(DEMO, running.sample_rate), [], health_every_s=0)
+    with pytest.raises(PipelineError, match="16000 Hz but the audio input is open at 8000 Hz.*deployed over SSH.*"
+                                            "edge.releases activate"):
+        loop.swap_pipeline(Pipeline.from_bundle(faster))
+    assert loop.pipeline is running
