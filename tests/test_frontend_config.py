@@ -56,6 +56,8 @@ def test_hash_depends_on_values_not_on_how_they_were_written():
     assert FrontendConfig(f_low=100, f_high=7000, hop_ms=10).hash() == DEFAULT_HASH
     round_trip = FrontendConfig.from_dict(json.loads(json.dumps(FrontendConfig(channels=64).to_dict())))
     assert round_trip == FrontendConfig(channels=64) and round_trip.hash() == FrontendConfig(channels=64).hash()
+    off = FrontendConfig(spectral_norm_s=0.0)
+    assert FrontendConfig(spectral_norm_s=-0.0) == off and FrontendConfig(spectral_norm_s=-0.0).hash() == off.hash()
 
 
 def test_config_is_immutable():

@@ -112,7 +112,8 @@ class FrontendConfig:
         canonical = {"algorithm": FRONTEND_ALGORITHM}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            # f_low=100 and f_low=100.0 are the same configuration: float fields always hash as floats.
-            canonical[field.name] = float(value) if field.type in (float, "float") else value
+            # f_low=100 and f_low=100.0 are the same configuration: float fields always hash as floats (and
+            # + 0.0 makes a -0.0, which configures the same, hash as 0.0).
+            canonical[field.name] = float(value) + 0.0 if field.type in (float, "float") else value
         blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
