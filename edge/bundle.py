@@ -14,6 +14,7 @@ import json
 import shutil
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 from edge.frontend import FrontendConfig, FrontendConfigError
@@ -29,6 +30,20 @@ MAX_ARCHIVE_BYTES = 64 * 1024 * 1024  # unpacked; the default bundle is well und
 
 class BundleError(Exception):
     """A bundle that cannot be used; the message says what does not match and what to do."""
+
+
+# What a damaged .tar.gz raises while it is read: a flipped bit (zlib.error: invalid distances set, a bad tar
+# header), a cut file (EOFError, ReadError), a broken gzip header (BadGzipFile, an OSError).
+_DAMAGED = (tarfile.TarError, EOFError, zlib.error, OSError)
+
+
+def _unreadable(archive_path, exc) -> BundleError:
+    return BundleError(f"{archive_path} is not a readable .tar.gz bundle archive ({exc}): it is corrupt or not a "
+                       "bundle; copy it again, or re-create it with `basilar bundle pack`")
+
+
+def _corrupt(archive_path, exc) -> BundleError:
+    return BundleError(f"{archive_path} is truncated or corrupt ({exc or type(exc).__name__}); copy it again")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,11 +102,20 @@ def bundle_id(path) -> str:
     """The bundle's id: the hex SHA-256 of its manifest.json (works on directories and archives)."""
     p = resolve(path)
     if is_archive(p):
-        with tarfile.open(p, "r:gz") as tar:
+        try:
+            tar = tarfile.open(p, "r:gz")
+        except _DAMAGED as exc:
+            raise _unreadable(p, exc) from None
+        with tar:
             try:
-                data = tar.extractfile(MANIFEST).read()
+                member = tar.extractfile(MANIFEST)
+                if member is None:
+                    raise KeyError(MANIFEST)
+                data = member.read()
             except KeyError:
                 raise BundleError(f"{p} has no {MANIFEST}: it is not a basilar bundle archive") from None
+            except _DAMAGED as exc:
+                raise _corrupt(p, exc) from None
         return hashlib.sha256(data).hexdigest()
     manifest = p / MANIFEST
     if not manifest.is_file():
@@ -104,14 +128,13 @@ def extract_archive(archive_path, dest_dir) -> Path:
     archive_path, dest = Path(archive_path), Path(dest_dir)
     try:
         tar = tarfile.open(archive_path, "r:gz")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BundleError(f"{archive_path} is not a readable .tar.gz bundle archive ({exc}); "
-                          "re-create it with `basilar bundle pack`") from None
+    except _DAMAGED as exc:
+        raise _unreadable(archive_path, exc) from None
     with tar:
         try:
             members = tar.getmembers()
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise BundleError(f"{archive_path} is truncated or corrupt ({exc}); copy it again") from None
+        except _DAMAGED as exc:
+            raise _corrupt(archive_path, exc) from None
         if len(members) > MAX_ARCHIVE_MEMBERS:
             raise BundleError(f"{archive_path} holds {len(members)} entries; a bundle has at most "
                               f"{MAX_ARCHIVE_MEMBERS}")
@@ -129,16 +152,35 @@ def extract_archive(archive_path, dest_dir) -> Path:
         dest.mkdir(parents=True, exist_ok=True)
         for m in members:
             with tar.extractfile(m) as src, open(dest / m.name, "wb") as out:
-                shutil.copyfileobj(src, out)
+                while True:
+                    try:
+                        block = src.read(1 << 16)
+                    except _DAMAGED as exc:  # only reading: a full disk while writing is no corrupt archive
+                        raise _corrupt(archive_path, exc) from None
+                    if not block:
+                        break
+                    out.write(block)
     return dest
 
 
 def pack_bundle(bundle_dir, archive_path) -> str:
-    """Write a deterministic .tar.gz of a bundle directory (same files -> same bytes); return the bundle id."""
+    """Write a deterministic .tar.gz of a bundle directory (same files -> same bytes); return the bundle id.
+
+    The archive holds manifest.json, the files it lists and signature.json: exactly what the id and the signature
+    cover. Anything else in the folder (a .DS_Store, an editor's backup) is left out, not refused: it is no part of
+    the bundle, and a device refuses dotfiles and would never check an unlisted file.
+    """
     src = Path(bundle_dir)
-    names = sorted(p.name for p in src.iterdir() if p.is_file())
-    if MANIFEST not in names:
+    if not (src / MANIFEST).is_file():
         raise BundleError(f"{src} has no {MANIFEST}: it is not a bundle directory")
+    listed = read_manifest(src).get("files")
+    if not isinstance(listed, dict):
+        raise BundleError(f"{src / MANIFEST} lacks 'files'; the bundle is damaged or not a basilar bundle")
+    names = sorted({MANIFEST, *listed} | ({SIGNATURE} if (src / SIGNATURE).is_file() else set()))
+    for name in names:
+        if "/" in name or "\\" in name or name.startswith(".") or not (src / name).is_file():
+            raise BundleError(f"bundle file {name!r} listed in the manifest is missing from {src} or is not a "
+                              "plain file name; re-create the bundle")
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in names:
@@ -212,8 +254,8 @@ def load_bundle(path, *, trusted_keys=None, check_model: bool = True) -> Bundle:
     """Open and check a bundle (directory, .tar.gz archive, or 'default').
 
     Checks the schema version, every file's SHA-256, the front-end hash, and (check_model) that the step
-    model's input matches the front-end config. trusted_keys: a folder of trusted public keys; when it holds
-    any, the bundle must carry a valid signature from one of them.
+    model's input matches the front-end config. trusted_keys: a folder of trusted public keys; the bundle must
+    carry a valid signature from one of them (a missing or empty folder is an error).
     """
     p = resolve(path)
     bundle_dir = _unpack_to_temp(p) if is_archive(p) else p
@@ -225,7 +267,8 @@ def load_bundle(path, *, trusted_keys=None, check_model: bool = True) -> Bundle:
         from edge.signing import SignatureError, check_bundle_signature
 
         try:
-            check_bundle_signature(bundle_dir, trusted_keys)
+            # Named by the caller, so the folder must hold keys: a missing one must not pass an unsigned bundle.
+            check_bundle_signature(bundle_dir, trusted_keys, required=True)
         except SignatureError as exc:
             raise BundleError(str(exc)) from None
     bundle = Bundle(path=bundle_dir, manifest=manifest, id=file_sha256(bundle_dir / MANIFEST))

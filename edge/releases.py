@@ -166,6 +166,9 @@ class ReleaseStore:
                     raise ReleaseError(f"the bundle is invalid: {exc}") from None
                 release = self.releases_dir / bundle_id
                 if release.is_dir():
+                    # Same manifest, so the same bundle; but a signed copy of a release installed unsigned (before
+                    # the device trusted keys) must bring its signature along, or activate() keeps refusing it.
+                    self._refresh_signature(unpacked, release)
                     os.utime(release)
                     return bundle_id
                 _fsync_tree(unpacked)
@@ -184,6 +187,22 @@ class ReleaseStore:
         except SignatureError as exc:
             raise ReleaseError(f"refused by the device's signature policy: {exc}") from None
 
+    @staticmethod
+    def _refresh_signature(unpacked: Path, release: Path) -> None:
+        """Give an installed release the signature of a newly installed copy (already checked) when it differs."""
+        from edge.signing import SIGNATURE_FILE
+
+        new, old = unpacked / SIGNATURE_FILE, release / SIGNATURE_FILE
+        if not new.is_file() or (old.is_file() and old.read_bytes() == new.read_bytes()):
+            return
+        tmp = release / f".{SIGNATURE_FILE}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as out:
+            out.write(new.read_bytes())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, old)  # signature.json is not in the manifest: the release stays the same bundle
+        _fsync_dir(release)
+
     def _switch(self, link: Path, bundle_id: str | None) -> None:
         """Point link at a release, or remove it, atomically: a new symlink renamed over the old one."""
         if bundle_id is None:
@@ -201,10 +220,28 @@ class ReleaseStore:
         `previous` defaults to the bundle active before; deploy tools restoring a failed switch pass the old
         value so that a later rollback goes where the user expects.
         """
+        return self._activate(bundle_id, previous, "activate")
+
+    def _activate(self, bundle_id: str, previous, doing: str) -> str | None:
         _check_id(bundle_id)
         with self._locked():
             if not self.has(bundle_id):
                 raise ReleaseError(f"bundle {bundle_id} is not installed under {self.releases_dir}; install it first")
+            # The trust policy decides what runs, not only what is installed: a release kept from before the
+            # device trusted keys must not become active again, not even as a deploy's switch-back (the device then
+            # stays on the new, signed bundle, and the deploy reports why). Checked before either link changes, so
+            # a refusal leaves current (and previous) as they were.
+            release = self.releases_dir / bundle_id
+            try:
+                self._check_signature(release)
+            except ReleaseError as exc:
+                why = str(exc)
+                if not (release / "signature.json").is_file() and "not signed" in why:
+                    # Short enough for a deploy's one-line summary, which keeps only the end of a long message.
+                    why = (f"refused by the device's signature policy: it is not signed (installed before the device "
+                           f"trusted the keys in {self.trusted_keys_dir}); install a signed copy on the device "
+                           f"first: python3 -m edge.releases install {self.root} SIGNED.tar.gz")
+                raise ReleaseError(f"cannot {doing} {bundle_id[:12]}: {why}") from None
             old = self.current()
             if previous is _KEEP:
                 if old is not None and old != bundle_id:
@@ -230,7 +267,10 @@ class ReleaseStore:
         target = self.previous()
         if target is None:
             raise ReleaseError(f"no previous release under {self.root} to roll back to")
-        self.activate(target)
+        # Refused like any activation when the previous release fails the trust policy (say, it was installed
+        # unsigned before keys were added): a rollback is the easiest way to run an old bundle, so it must not
+        # be a way around "only signed bundles run"; the device stays on its current bundle.
+        self._activate(target, _KEEP, "roll back to")
         return target
 
     def prune(self, keep: int) -> list[str]:
@@ -271,12 +311,12 @@ class ReleaseStore:
                     entry.unlink()
 
     def status(self) -> dict:
-        from edge.signing import SignatureError, trusted_public_keys
+        from edge.signing import KEY_ERROR_PREFIX, read_trusted_keys
 
-        try:
-            trusted = sorted(trusted_public_keys(self.trusted_keys_dir))
-        except SignatureError as exc:
-            trusted = [f"error: {exc}"]
+        # Key ids, then one "error: <why>" per broken key file (while there is one, every bundle is refused). One
+        # list, because it is all that the SSH status and the serial RELEASES message carry.
+        keys, problems = read_trusted_keys(self.trusted_keys_dir)
+        trusted = sorted(keys) + [KEY_ERROR_PREFIX + problem for problem in problems]
         return {
             "root": str(self.root),
             "current": self.current(),

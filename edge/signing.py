@@ -116,27 +116,64 @@ def sign_bundle_dir(bundle_dir: str | Path, private_key_path: str | Path) -> str
     return document["key_id"]
 
 
-def trusted_public_keys(trusted_keys_dir: str | Path | None) -> dict[str, bytes]:
-    """The public keys a device trusts, by key id; empty when the folder is absent or holds no `*.pub`."""
-    if trusted_keys_dir is None:
-        return {}
-    folder = Path(trusted_keys_dir)
-    if not folder.is_dir():
-        return {}
-    keys = {}
+KEY_ERROR_PREFIX = "error: "  # marks a broken key file among the key ids `status` reports
+
+
+def read_trusted_keys(trusted_keys_dir: str | Path | None) -> tuple[dict[str, bytes], list[str]]:
+    """The readable public keys in a folder, by key id, and why each other `*.pub` file is unusable (for a status
+    report, which shows both; a check goes through trusted_public_keys, which refuses on any broken file)."""
+    keys, problems = {}, []
+    folder = Path(trusted_keys_dir) if trusted_keys_dir is not None else None
+    if folder is None or not folder.is_dir():
+        return keys, problems
     for path in sorted(folder.glob("*.pub")):
-        raw = read_public_key(path)  # a broken key file is an error, never a silently open door
+        try:
+            raw = read_public_key(path)
+        except SignatureError as exc:
+            problems.append(str(exc))
+            continue
         keys[key_id(raw)] = raw
+    return keys, problems
+
+
+def split_key_entries(entries) -> tuple[list[str], list[str]]:
+    """A device's reported `trusted_keys` as (key ids, problems with key files)."""
+    ids = [e for e in entries if not e.startswith(KEY_ERROR_PREFIX)]
+    return ids, [e[len(KEY_ERROR_PREFIX):] for e in entries if e.startswith(KEY_ERROR_PREFIX)]
+
+
+def trusted_public_keys(trusted_keys_dir: str | Path | None, *, required: bool = False) -> dict[str, bytes]:
+    """The public keys a device trusts, by key id; empty when the folder is absent or holds no `*.pub`.
+
+    required: the caller named the folder to have signatures checked, so a missing or empty folder is an error
+    (passing an unsigned bundle there would look like a successful check).
+    """
+    folder = Path(trusted_keys_dir) if trusted_keys_dir is not None else None
+    if folder is None or not folder.is_dir():
+        if required:
+            what = (f"the trusted keys folder {folder} does not exist" if folder is not None
+                    else "no folder of trusted keys was given")
+            raise SignatureError(f"{what}, so no signature can be checked; pass the folder that holds the "
+                                 "trusted public keys (*.pub, made by: basilar bundle keygen)")
+        return {}
+    keys, problems = read_trusted_keys(folder)
+    if problems:
+        raise SignatureError(problems[0])  # a broken key file is an error, never a silently open door
+    if not keys and required:
+        raise SignatureError(f"{folder} holds no .pub keys, so no signature can be checked; copy the trusted "
+                             "public keys (*.pub, made by: basilar bundle keygen) there")
     return keys
 
 
-def check_bundle_signature(bundle_dir: str | Path, trusted_keys_dir: str | Path | None) -> str | None:
+def check_bundle_signature(bundle_dir: str | Path, trusted_keys_dir: str | Path | None, *,
+                           required: bool = False) -> str | None:
     """Enforce the device's signature policy on a bundle directory.
 
     Returns the id of the trusted key that signed the bundle, or None when the device trusts no keys (then any
-    bundle is accepted). Raises SignatureError saying why a bundle is refused.
+    bundle is accepted; with `required`, a missing or empty folder is refused instead). Raises SignatureError
+    saying why a bundle is refused.
     """
-    trusted = trusted_public_keys(trusted_keys_dir)
+    trusted = trusted_public_keys(trusted_keys_dir, required=required)
     if not trusted:
         return None
     bundle_dir = Path(bundle_dir)

@@ -168,3 +168,92 @@ def test_the_shipped_bundle_carries_the_detector_that_train_writes():
     from firmware_tools.bundler import DEFAULT_DETECTOR
 
     assert load_bundle(DEFAULT_BUNDLE).manifest["detector"] == DEFAULT_DETECTOR
+
+
+def test_pack_leaves_out_files_the_manifest_does_not_list(bundle_copy, tmp_path):
+    """A .DS_Store (or any stray file) is no part of the bundle: the archive holds the manifest, the files it lists
+    and the signature, so the device accepts it (it refuses dotfiles) and nothing unverified reaches it."""
+    from click.testing import CliRunner
+
+    from firmware_tools.cli import main
+
+    (bundle_copy / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (bundle_copy / "notes.txt").write_text("not listed in the manifest")
+    (bundle_copy / "signature.json").write_text("{}")
+    archive = tmp_path / "out.tar.gz"
+    packed = CliRunner().invoke(main, ["bundle", "pack", str(bundle_copy), str(archive)])
+    assert packed.exit_code == 0, packed.output
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    listed = json.loads((bundle_copy / "manifest.json").read_text())["files"]
+    assert names == sorted(["manifest.json", "signature.json", *listed])
+    assert extract_archive(archive, tmp_path / "out").is_dir()  # what the device does first
+    assert load_bundle(archive).id == load_bundle(bundle_copy).id
+    pack_bundle(bundle_copy, tmp_path / "again.tar.gz")
+    (bundle_copy / ".DS_Store").unlink()
+    (bundle_copy / "notes.txt").unlink()
+    pack_bundle(bundle_copy, tmp_path / "clean.tar.gz")
+    assert (tmp_path / "again.tar.gz").read_bytes() == (tmp_path / "clean.tar.gz").read_bytes()
+
+
+def _corruptions(good: bytes):
+    """Every 97th byte with one bit flipped, and cuts at several lengths."""
+    for pos in range(0, len(good), 97):
+        data = bytearray(good)
+        data[pos] ^= 0x10
+        yield bytes(data)
+    for cut in (10, 100, len(good) // 3, len(good) // 2, len(good) - 100):
+        yield good[:cut]
+
+
+def test_corrupt_archives_give_a_clear_error_never_a_traceback(tmp_path):
+    from edge.bundle import DEFAULT_BUNDLE
+
+    good = tmp_path / "good.tar.gz"
+    pack_bundle(DEFAULT_BUNDLE, good)
+    bad = tmp_path / "bad.tar.gz"
+    named = 0
+    for data in _corruptions(good.read_bytes()):
+        bad.write_bytes(data)
+        for attempt in (lambda: extract_archive(bad, tmp_path / "out"), lambda: bundle_id(bad),
+                        lambda: load_bundle(bad, check_model=False)):
+            try:
+                attempt()
+            except BundleError as exc:
+                named += "corrupt" in str(exc) or "not a readable" in str(exc)
+            shutil.rmtree(tmp_path / "out", ignore_errors=True)
+    assert named > 0
+
+
+def test_verify_and_deploy_name_a_corrupt_archive(tmp_path):
+    """A flipped bit in the compressed stream (zlib: invalid distances set) or a cut file."""
+    import zlib
+
+    from click.testing import CliRunner
+
+    from edge.bundle import DEFAULT_BUNDLE
+    from firmware_tools.cli import main
+
+    good = tmp_path / "good.tar.gz"
+    pack_bundle(DEFAULT_BUNDLE, good)
+    bad = tmp_path / "bad.tar.gz"
+    broken = []
+    for data in _corruptions(good.read_bytes()):
+        bad.write_bytes(data)
+        try:
+            with tarfile.open(bad, "r:gz") as tar:
+                for member in tar:
+                    tar.extractfile(member).read()
+        except (zlib.error, EOFError, tarfile.TarError, OSError) as exc:
+            broken.append((data, type(exc).__name__))
+    kinds = {kind for _, kind in broken}
+    assert {"error", "EOFError"} <= kinds, kinds  # zlib.error is named "error"
+    for kind in ("error", "EOFError", "ReadError"):
+        data = next((data for data, k in broken if k == kind), None)
+        if data is None:
+            continue
+        bad.write_bytes(data)
+        for args in (["bundle", "verify", str(bad)], ["deploy", str(bad), "ssh://pi@127.0.0.1/opt/basilar"]):
+            result = CliRunner().invoke(main, args)
+            assert result.exit_code == 1 and "corrupt" in result.output and "copy it again" in result.output, \
+                (kind, args, result.output, result.exception)

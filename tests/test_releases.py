@@ -182,3 +182,89 @@ def test_command_line_runs_as_a_module(store):
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])})
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["current"] is None
+
+
+def _signing_store(store, tmp_path):
+    """Make the store trust a new key; return the private key."""
+    from edge.signing import generate_keypair
+
+    private, public = generate_keypair(tmp_path / "key")
+    store.trusted_keys_dir.mkdir(parents=True)
+    shutil.copy(public, store.trusted_keys_dir / "release.pub")
+    return private
+
+
+def test_activate_and_rollback_refuse_releases_the_trust_policy_refuses(store, bundles, tmp_path, capsys):
+    """Keys added after unsigned releases were installed: those releases can no longer become active, and the
+    device stays on the bundle it runs."""
+    require_module("nacl")
+    from edge.signing import sign_bundle_dir
+
+    ids = [store.install(archive) for _, archive, _ in bundles[:3]]
+    store.activate(ids[0])
+    store.activate(ids[1])  # previous = 0
+    private = _signing_store(store, tmp_path)
+
+    with pytest.raises(ReleaseError, match=f"cannot activate {ids[2][:12]}: .*not signed"):
+        store.activate(ids[2])
+    with pytest.raises(ReleaseError, match=f"cannot roll back to {ids[0][:12]}: .*not signed"):
+        store.rollback()
+    assert main(["activate", str(store.root), ids[0]]) == 1
+    assert "signature policy" in capsys.readouterr().err
+    assert (store.current(), store.previous()) == (ids[1], ids[0])  # checked before anything was switched
+    assert _leftovers(store) == []
+
+    # A signed copy of a release the device holds (same id: the signature is not in the manifest) brings its
+    # signature along, and then it can be activated.
+    signed = shutil.copytree(bundles[2][0], tmp_path / "signed2")
+    sign_bundle_dir(signed, private)
+    assert pack_bundle(signed, tmp_path / "signed2.tar.gz") == ids[2]
+    assert store.install(tmp_path / "signed2.tar.gz") == ids[2]
+    assert (store.path_of(ids[2]) / "signature.json").is_file()
+    assert store.activate(ids[2]) == ids[1]
+    assert store.current() == ids[2]
+
+    (store.trusted_keys_dir / "bad.pub").write_text("garbage\n")  # a broken key file opens no door either
+    with pytest.raises(ReleaseError, match="bad.pub is not a basilar-ed25519 key file"):
+        store.activate(ids[2], previous=ids[1])
+    assert store.previous() == ids[1]
+
+
+def test_status_shows_a_broken_key_file_as_such(store, bundles, tmp_path, capsys):
+    require_module("nacl")
+    from edge.signing import key_id, read_public_key
+
+    _signing_store(store, tmp_path)
+    good = key_id(read_public_key(store.trusted_keys_dir / "release.pub"))
+    (store.trusted_keys_dir / "bad.pub").write_text("garbage\n")
+    assert main(["status", str(store.root)]) == 0
+    keys = json.loads(capsys.readouterr().out)["trusted_keys"]
+    assert keys[0] == good and len(keys) == 2
+    assert keys[1].startswith("error: ") and "bad.pub is not a basilar-ed25519 key file" in keys[1]
+
+
+def test_basilar_status_names_a_broken_key_file_and_counts_only_keys(monkeypatch):
+    from click.testing import CliRunner
+
+    import firmware_tools.fleet
+    from firmware_tools.cli import main as cli
+    from firmware_tools.deploy_ssh import DeviceStatus
+    from firmware_tools.targets import parse_target
+
+    target = parse_target("ssh://pi@10.0.0.21/opt/basilar")
+    answers = {
+        "broken": ["0123456789abcdef", "error: /opt/basilar/trusted_keys/bad.pub is not a basilar-ed25519 key file"],
+        "only broken": ["error: /opt/basilar/trusted_keys/bad.pub is not a basilar-ed25519 key file"],
+        "fine": ["0123456789abcdef"],
+    }
+    for case, keys in answers.items():
+        monkeypatch.setattr(firmware_tools.fleet, "status_fleet", lambda targets, options, parallel, keys=keys: [
+            DeviceStatus(target, True, "a" * 64, None, ["a" * 64], keys, "active")])
+        result = CliRunner().invoke(cli, ["status", "ssh://pi@10.0.0.21/opt/basilar"])
+        assert result.exit_code == 0, result.output
+        if case == "fine":
+            assert "signed only (1 key(s))" in result.output and "broken" not in result.output
+        else:
+            assert "broken key file: /opt/basilar/trusted_keys/bad.pub" in result.output, result.output
+            assert "refuses every bundle" in result.output
+            assert ("signed only (1 key(s))" in result.output) == (case == "broken")

@@ -144,3 +144,38 @@ def test_keygen_and_sign_commands_on_a_directory_and_an_archive(tmp_path, tiny_b
     tamper_file(broken)
     refused = runner.invoke(sign, [str(broken), "--key", str(tmp_path / "release-key")])
     assert refused.exit_code == 1 and "cannot sign" in refused.output and not (broken / "signature.json").exists()
+
+
+def test_a_named_trusted_keys_folder_must_hold_keys(tmp_path):
+    """Naming a folder of trusted keys asks for a signature check: a missing or empty folder is no reason to pass
+    an unsigned bundle (only the device's own optional trusted_keys/ may be absent)."""
+    bundle = _bundle_dir(tmp_path / "b")
+    with pytest.raises(SignatureError, match=f"{tmp_path / 'absent'} does not exist"):
+        check_bundle_signature(bundle, tmp_path / "absent", required=True)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not a key")
+    with pytest.raises(SignatureError, match="holds no .pub keys"):
+        check_bundle_signature(bundle, tmp_path / "empty", required=True)
+
+
+def test_bundle_verify_with_a_missing_or_empty_trusted_keys_folder_fails(tmp_path, tiny_bundle):
+    from click.testing import CliRunner
+
+    from firmware_tools.cli import main
+
+    (tmp_path / "empty").mkdir()
+    for folder, why in ((tmp_path / "absent", f"{tmp_path / 'absent'} does not exist"),
+                        (tmp_path / "empty", "holds no .pub keys")):
+        result = CliRunner().invoke(main, ["bundle", "verify", str(tiny_bundle), "--trusted-keys", str(folder)])
+        assert result.exit_code == 1 and why in result.output and "Traceback" not in result.output, result.output
+
+
+def test_trusted_keys_are_read_one_file_at_a_time(tmp_path, keys):
+    from edge.signing import read_trusted_keys
+
+    _, _, trusted = keys
+    (trusted / "bad.pub").write_text("garbage\n")
+    found, problems = read_trusted_keys(trusted)
+    assert len(found) == 1
+    assert len(problems) == 1 and "bad.pub is not a basilar-ed25519 key file" in problems[0]
+    assert read_trusted_keys(tmp_path / "absent") == ({}, [])
