@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from firmware_tools.targets import collect_targets
+from firmware_tools.targets import SerialTarget, collect_targets
 
 _SSH_DEFAULTS = dict(restart="systemctl restart basilar", service="systemctl is-active basilar")
 
@@ -52,8 +52,12 @@ def _targets(target_urls, inventory):
 @click.option("--health-command", default=None, metavar="CMD",
               help="Shell command on the device that must succeed after the restart; {root} stands for the device "
                    "root [default: basilar bundle verify {root}/current].")
-def deploy(bundle, targets, inventory, known_hosts, accept_new_host_keys, identity, device_python,
-           connect_timeout, parallel, dry_run, keep, restart_command, health_command):
+@click.option("--command-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              metavar="SECONDS", help="How long each command on the device may take; a restart or health check "
+                                      "that takes longer counts as failed, and the device is switched back.")
+@click.pass_context
+def deploy(ctx, bundle, targets, inventory, known_hosts, accept_new_host_keys, identity, device_python,
+           connect_timeout, parallel, dry_run, keep, restart_command, health_command, command_timeout):
     """Install BUNDLE on every TARGET and make it the active one.
 
     BUNDLE is a bundle directory, a .tar.gz archive of one, or `default`. A TARGET is
@@ -64,10 +68,18 @@ def deploy(bundle, targets, inventory, known_hosts, accept_new_host_keys, identi
     from firmware_tools.fleet import BundleNotUsable, deploy_fleet, format_table, prepare_bundle, short_id
 
     chosen = _targets(targets, inventory)
+    # The serial upload protocol cannot carry --keep: the device prunes with its own setting, so refuse rather
+    # than pretend it applies.
+    serial = [t.label for t in chosen if isinstance(t, SerialTarget)]
+    if serial and ctx.get_parameter_source("keep") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError(f"--keep applies to SSH targets only, and {serial[0]} is a serial one: a serial "
+                               "device prunes its releases itself and keeps 3 unless told otherwise on the device (`basilar "
+                               "run --keep N`, or the agent's `python3 -m edge.telemetry.agent --keep N`); leave out "
+                               "--keep, or deploy the serial targets in a separate command")
     options = SshOptions(known_hosts=Path(known_hosts) if known_hosts else None,
                          accept_new_host_keys=accept_new_host_keys, identity=identity, device_python=device_python,
                          restart_command=restart_command, health_command=health_command, keep=keep,
-                         connect_timeout=connect_timeout)
+                         connect_timeout=connect_timeout, command_timeout=command_timeout)
     with tempfile.TemporaryDirectory(prefix="basilar-deploy-") as workdir:
         try:
             local = prepare_bundle(bundle, Path(workdir))
@@ -82,8 +94,13 @@ def deploy(bundle, targets, inventory, known_hosts, accept_new_host_keys, identi
         finally:
             for bar in bars:
                 bar.close()
-    rows = [[r.target.label, short_id(r.active), r.outcome, r.reason] for r in results]
+    rows = [[r.target.label, short_id(r.active), r.outcome,
+             "; ".join(text for text in (r.reason, r.warning and f"warning: {r.warning}") if text)] for r in results]
     click.echo(format_table(["DEVICE", "ACTIVE", "RESULT", "DETAIL"], rows))
+    # A warning (old releases not pruned) does not fail the deploy: the device runs the new bundle, healthy.
+    warned = sum(bool(r.warning) for r in results)
+    if warned:
+        click.echo(f"Warning: {warned} device(s) run the new bundle but need attention; see DETAIL above", err=True)
     failed = sum(not r.ok for r in results)
     if failed:
         raise click.ClickException(f"{failed} of {len(results)} device(s) failed; see DETAIL above")
@@ -121,6 +138,7 @@ def status(targets, inventory, known_hosts, accept_new_host_keys, identity, devi
            service_command, parallel):
     """Show each TARGET's active bundle, the releases it keeps and whether its service runs."""
     from firmware_tools.deploy_ssh import SshOptions
+    from edge.signing import split_key_entries
     from firmware_tools.fleet import format_table, short_id, status_fleet
 
     chosen = _targets(targets, inventory)
@@ -132,9 +150,14 @@ def status(targets, inventory, known_hosts, accept_new_host_keys, identity, devi
     for s in results:
         if s.ok:
             kept = "?" if s.releases is None else ",".join(short_id(r) for r in reversed(s.releases)) or "-"
-            signed = f"signed only ({len(s.trusted_keys)} key(s))" if s.trusted_keys else ""
+            keys, broken = split_key_entries(s.trusted_keys)
+            signed = f"signed only ({len(keys)} key(s))" if keys else ""
+            # A broken key file is not a key: while it is there the device refuses every bundle, so say so.
+            broken = "; ".join(f"broken key file: {why}" for why in broken)
+            if broken:
+                broken += "; the device refuses every bundle until it is fixed or removed"
             rows.append([s.target.label, short_id(s.current), kept, s.service,
-                         "; ".join(text for text in (signed, s.note) if text)])
+                         "; ".join(text for text in (signed, broken, s.note) if text)])
         else:
             rows.append([s.target.label, "?", "?", "?", s.reason])
     click.echo(format_table(["DEVICE", "ACTIVE", "RELEASES (newest first)", "SERVICE", "DETAIL"], rows))

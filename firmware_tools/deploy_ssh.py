@@ -12,8 +12,10 @@ On the device the work is done by `python3 -m edge.releases` (the same release s
   3. install: the device checks the archive's SHA-256, extracts it safely, verifies the bundle and its signature
      (when the device trusts keys), and renames it into releases/ (the upload is deleted either way);
   4. activate: `current` is switched by renaming a new symlink;
-  5. restart the service, then the health check; if either fails, switch back, restart the old bundle and report;
-  6. prune old releases (never the current or the previous one).
+  5. restart the service, then the health check; if either fails or hangs, switch back, restart the old bundle
+     and report;
+  6. prune old releases (never the current or the previous one); a failure here is only a warning, since the
+     new bundle is already active and healthy.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ class SshOptions:
     service_command: str = "systemctl is-active basilar"
     keep: int = 3
     connect_timeout: float = 20.0
-    command_timeout: float = 300.0
+    command_timeout: float = 300.0  # a restart or health check that takes longer counts as failed (rolled back)
     block_size: int = 64 * 1024  # SFTP write size
     upload_requests: int = 16  # SFTP writes in flight at once (pipelining hides the link's latency)
 
@@ -70,6 +72,7 @@ class DeployResult:
     active: str | None = None  # the bundle id the device runs now, as far as we know
     reason: str = ""
     uploaded_bytes: int = 0
+    warning: str = ""  # a succeeded deploy that still needs attention (e.g. old releases not pruned)
 
 
 @dataclass
@@ -227,7 +230,13 @@ async def _check(conn, what: str, command: str, timeout: float) -> str | None:
     """Run a restart or health command; return why it failed, or None."""
     if not command.strip():
         return None
-    result = await _shell(conn, command, timeout)
+    try:
+        result = await conn.run(command, check=False, timeout=timeout)
+    except asyncssh.TimeoutError as exc:
+        # A hung `systemctl restart` is the usual way a bad bundle fails to come up: a failure to roll back.
+        detail = _tail(exc.stderr) or _tail(exc.stdout)
+        return (f"{what} did not finish within {timeout:g} s (--command-timeout)"
+                + (f"; its last output: {detail}" if detail else ""))
     if result.exit_status == 0:
         return None
     detail = _tail(result.stderr) or _tail(result.stdout)
@@ -307,9 +316,15 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
                 reason = f"{failure}; {back}" + (f"; {again}" if again else "")
                 return DeployResult(target, False, "rolled back", active, reason, uploaded)
 
-            stage = "pruning old releases"
-            await _releases(conn, options, "prune", target.root, "--keep", str(options.keep))
-            return DeployResult(target, True, "installed" if uploaded else "switched", bundle.bundle_id, "", uploaded)
+            done = DeployResult(target, True, "installed" if uploaded else "switched", bundle.bundle_id, "", uploaded)
+            # The new bundle is active and healthy now: failing to prune only leaves old releases taking space.
+            try:
+                await _releases(conn, options, "prune", target.root, "--keep", str(options.keep))
+            except DeployError as exc:
+                done.warning = _prune_warning(str(exc), target, options)
+            except (OSError, asyncssh.Error) as exc:
+                done.warning = _prune_warning(_describe(exc), target, options)
+            return done
     except DeployError as exc:
         reason = str(exc) if stage == "connecting" else f"{stage}: {exc}"
     except (OSError, asyncssh.Error) as exc:
@@ -318,6 +333,12 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
         reason += f"; the device may now run {bundle.bundle_id[:12]} unchecked: see basilar status"
         active = None
     return DeployResult(target, False, "failed", active, reason)
+
+
+def _prune_warning(why: str, target: SshTarget, options: SshOptions) -> str:
+    return (f"pruning old releases failed ({why}); they stay on the device until the next deploy prunes them: "
+            f"fix the cause there, or run `{options.device_python} -m edge.releases prune "
+            f"{shlex.quote(target.root)} --keep {options.keep}` on it")
 
 
 async def status_ssh(target: SshTarget, options: SshOptions) -> DeviceStatus:

@@ -53,11 +53,11 @@ def _serial_deploy_module():
 
 def _deploy_serial(target: SerialTarget, bundle: LocalBundle, progress: Progress | None,
                    dry_run: bool) -> DeployResult:
-    if dry_run:
-        return DeployResult(target, True, "would install", None, f"would upload {bundle.size} bytes over serial")
     serial_deploy = _serial_deploy_module()
     if serial_deploy is None:
         return DeployResult(target, False, "failed", None, _NO_SERIAL)
+    if dry_run:
+        return _plan_serial(serial_deploy, target, bundle)
     try:
         done = serial_deploy.deploy_serial(bundle.archive, target.port, target.baud, progress=progress)
     except Exception as exc:  # the serial transport's errors are reported per device, never abort the fleet
@@ -66,6 +66,21 @@ def _deploy_serial(target: SerialTarget, bundle: LocalBundle, progress: Progress
         return DeployResult(target, True, "unchanged", done.bundle_id, done.message)
     detail = f"resumed at byte {done.resumed_from}" if done.resumed_from else ""
     return DeployResult(target, True, "installed", done.bundle_id, detail, done.total_bytes - done.resumed_from)
+
+
+def _plan_serial(serial_deploy, target: SerialTarget, bundle: LocalBundle) -> DeployResult:
+    """A dry run: ask the device what it runs (HELLO, RELEASES), as a deploy does first, and change nothing."""
+    try:
+        hello, releases = serial_deploy.query_device(target.port, target.baud)
+    except Exception as exc:  # an unreachable device fails a dry run as it would fail the deploy
+        return DeployResult(target, False, "failed", None, str(exc) or type(exc).__name__)
+    active = hello.bundle_id or None
+    if active == bundle.bundle_id:
+        return DeployResult(target, True, "unchanged", active, "already active")
+    detail = f"would upload {bundle.size} bytes over serial to device {hello.device_id}"
+    if releases is None:  # `basilar run --serial` without --root sends no RELEASES and takes no uploads
+        detail += "; it keeps no release store (or its software predates RELEASES), so it may refuse the upload"
+    return DeployResult(target, True, "would install", active, detail)
 
 
 async def _deploy_all(bundle, targets, options, parallel, dry_run, progress_for):

@@ -86,7 +86,7 @@ def resolve_bundle(ctx: click.Context, bundle: str, root: Path | None) -> str | 
 class SerialLink:
     """`--serial`: telemetry out, and (with --root) bundle uploads in, swapped into the running loop."""
 
-    def __init__(self, port: str, baud: int, device_id: str, root: Path | None, on_new_bundle):
+    def __init__(self, port: str, baud: int, device_id: str, root: Path | None, on_new_bundle, keep: int = 3):
         from edge.telemetry.link import DeviceLink
 
         receiver = None
@@ -96,7 +96,7 @@ class SerialLink:
             from edge.telemetry.upload import UploadReceiver, release_store_installer
 
             self.store = ReleaseStore(root)
-            receiver = UploadReceiver(self.store.incoming_dir / "serial", release_store_installer(self.store),
+            receiver = UploadReceiver(self.store.incoming_dir / "serial", release_store_installer(self.store, keep),
                                       on_new_bundle=on_new_bundle)
         try:
             self.link = DeviceLink(port, baud, device_id=device_id, receiver=receiver, store=self.store)
@@ -128,13 +128,15 @@ class SerialLink:
 @click.option("--serial", metavar="PORT", help="Also send detections and health over this serial port.")
 @click.option("--baud", type=int, default=115200, show_default=True)
 @click.option("--device-id", help="Name sent in the telemetry HELLO [default: the host name].")
+@click.option("--keep", type=click.IntRange(2, 100), default=3, show_default=True,
+              help="With --root and --serial: releases kept after a bundle is uploaded over the serial link.")
 @click.option("--health-every", type=float, default=60.0, show_default=True,
               help="Seconds between health reports (stderr, serial); 0 for none.")
 @click.option("--threads", type=click.IntRange(1, 16), default=1, show_default=True, help="Interpreter threads.")
 @click.pass_context
 def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, as_json, threshold,
         threshold_for, smoothing_ms, refractory_ms, release_ratio, min_duration_ms, trigger, end_quiet_ms,
-        end_quiet_db, min_score, serial, baud, device_id, health_every, threads):
+        end_quiet_db, min_score, serial, baud, device_id, keep, health_every, threads):
     """Listen to AUDIO and print what is heard.
 
     AUDIO is an audio file (WAV, FLAC, OGG; any rate and channel count), '-' for raw PCM on standard input
@@ -188,7 +190,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
                                    f"{loop.pipeline.bundle.id[:12]}, which stays current") from err
 
         try:
-            link = SerialLink(serial, baud, device_id or socket.gethostname(), root, on_new_bundle)
+            link = SerialLink(serial, baud, device_id or socket.gethostname(), root, on_new_bundle, keep)
         except click.ClickException:
             source.close()
             raise

@@ -39,6 +39,16 @@ def telemetry(port, baud, fmt, output, replay_path, capture, wait, passive, coun
 
     session = TelemetrySession()
     sinks = []
+
+    def emit(record):
+        for sink in sinks:
+            sink.write(record)
+
+    reader = None
+    if not replay_path:
+        # Made first: a capture file that cannot be opened stops the command before the port or any output.
+        reader = TelemetryReader(port, baud, emit=emit, session=session, capture=capture, wait=wait,
+                                 request_hello=not passive)
     out_file = None
     if output:
         out_file, file_sink = open_output_file(output, "csv" if fmt == "csv" else "jsonl")
@@ -49,16 +59,10 @@ def telemetry(port, baud, fmt, output, replay_path, capture, wait, passive, coun
     else:
         sinks.append(open_sink(fmt, sys.stdout))
 
-    def emit(record):
-        for sink in sinks:
-            sink.write(record)
-
     try:
         if replay_path:
-            replay(replay_path, emit, session)
+            replay(replay_path, emit, session, max_records=count)
         else:
-            reader = TelemetryReader(port, baud, emit=emit, session=session, capture=capture, wait=wait,
-                                     request_hello=not passive)
             with stop_signals_routed_to(_end_the_view):
                 reader.run(max_records=count, duration=duration)
     except KeyboardInterrupt:

@@ -214,9 +214,12 @@ def describe(record: Record) -> str:
         return (f"device {record['device_id']}  basilar {record['basilar_version']}  bundle "
                 f"{record['bundle_id'][:16]}  {record['sample_rate']} Hz  {record['label_count']} labels")
     if kind == "releases":
+        from edge.signing import split_key_entries
+
         newest = record["releases"][-1][:16] if record["releases"] else "-"
+        keys, broken = split_key_entries(record["trusted_keys"])
         return (f"{record['total']} release(s) kept, newest {newest}  previous {record['previous'][:16] or '-'}  "
-                f"{len(record['trusted_keys'])} trusted key(s)")
+                f"{len(keys)} trusted key(s)" + "".join(f"  broken key file: {why}" for why in broken))
     if kind == "log":
         return f"[{record['level']}] {record['text']}"
     return record.get("text", "")
@@ -305,6 +308,15 @@ def open_output_file(path: str, fmt: str):
     return stream, open_sink(fmt, stream, header=stream.tell() == 0)
 
 
+def open_capture_file(path: str):
+    """Append raw bytes to a capture file; opened before the port, so a bad path stops the reader at once."""
+    try:
+        return open(path, "ab")
+    except OSError as exc:
+        raise TelemetryError(f"cannot open the capture file {path}: {exc.strerror or exc}; check that its folder "
+                             "exists and is writable") from None
+
+
 # ------------------------------------------------------------------------------------------ the port
 
 
@@ -336,7 +348,7 @@ class TelemetryReader:
                  request_hello: bool = True, retry_interval: float = 0.5, say: Callable[[str], None] | None = None):
         self.port, self.baud, self.emit = port, baud, emit
         self.session = session or TelemetrySession()
-        self.capture = open(capture, "ab") if capture else None
+        self.capture = open_capture_file(capture) if capture else None
         self.wait, self.request_hello, self.retry_interval = wait, request_hello, retry_interval
         self.say = say or (lambda text: click.echo(f"telemetry: {text}", err=True))
         self.stop_event = threading.Event()
@@ -444,14 +456,18 @@ class TelemetryReader:
 
 
 def replay(path: str, emit: Callable[[Record], None], session: TelemetrySession | None = None,
-           block: int = 65536) -> TelemetrySession:
-    """Decode a raw capture (the bytes as they came off the line) and emit its records."""
+           block: int = 65536, max_records: int | None = None) -> TelemetrySession:
+    """Decode a raw capture (the bytes as they came off the line) and emit its records, at most max_records."""
     session = session or TelemetrySession()
+    emitted = 0
     try:
         with open(path, "rb") as f:
             for data in iter(lambda: f.read(block), b""):
                 for record in session.feed(data):
+                    if max_records is not None and emitted >= max_records:
+                        return session
                     emit(record)
+                    emitted += 1
     except OSError as exc:
         raise TelemetryError(f"cannot read the capture {path}: {exc.strerror or exc}") from None
     return session

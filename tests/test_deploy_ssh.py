@@ -139,6 +139,57 @@ def test_failed_first_deploy_leaves_no_current(device, bundles):
     assert not (root / "current").exists() and not (root / "current").is_symlink()
 
 
+@pytest.mark.parametrize("hangs", ["restart", "health check"])
+def test_a_hung_restart_or_health_check_is_rolled_back(device, bundles, sshd, hangs):
+    """A `systemctl restart` that never returns is the usual way a bad bundle fails to come up: after
+    --command-timeout it counts as failed, and the device goes back to the bundle it ran before."""
+    root, target, options = device
+    v1, v2 = bundles[0], bundles[1]
+    assert _deploy(v1, target, options).ok
+    # Only the new bundle hangs; the old one restarts normally once switched back.
+    hang_on_new = f'case "$(readlink {{root}}/current)" in *{v2.bundle_id}) sleep 30;; esac'
+    restart, health = options.restart_command, options.health_command
+    if hangs == "restart":
+        restart += f"; {hang_on_new}"
+    else:
+        health += f" && {hang_on_new}"
+    result = CliRunner().invoke(cli, ["deploy", str(v2.archive), sshd.url(root), "--known-hosts",
+                                      str(options.known_hosts), "-i", str(sshd.client_key), "--device-python",
+                                      DEVICE_PYTHON, "--restart-command", restart, "--health-command", health,
+                                      "--command-timeout", "2"])
+    assert result.exit_code == 1, result.output
+    [row] = [line for line in result.stdout.splitlines() if line.startswith(sshd.url(root))]
+    assert row.split()[1:4] == [v1.bundle_id[:12], "rolled", "back"]
+    assert f"{hangs} did not finish within 2 s" in row and f"switched back to {v1.bundle_id[:12]}" in row
+    _assert_intact(root, v1.bundle_id)
+    assert _restarts(root) == 3  # v1, the hung one, and v1 again
+
+
+def test_failed_prune_after_a_healthy_switch_is_a_warning_not_a_failure(device, bundles, sshd, tmp_path):
+    """Pruning comes after the health check passed: the new bundle runs, so the deploy succeeded (exit 0, what
+    a fleet script wants) with a warning that says why old releases were left and how to remove them."""
+    root, target, options = device
+    v1, v2 = bundles[0], bundles[1]
+    assert _deploy(v1, target, options).ok
+    # The device's release tool fails only at pruning, as on a disk that went bad under releases/.
+    python = tmp_path / "device-python"
+    python.write_text('#!/bin/sh\ncase " $* " in *" prune "*) echo "error: I/O error removing an old release" >&2; '
+                      f'exit 1;; esac\nexec {DEVICE_PYTHON} "$@"\n')
+    python.chmod(0o755)
+    result = CliRunner().invoke(cli, ["deploy", str(v2.archive), sshd.url(root), "--known-hosts",
+                                      str(options.known_hosts), "-i", str(sshd.client_key), "--device-python",
+                                      str(python), "--restart-command", options.restart_command,
+                                      "--health-command", options.health_command])
+    assert result.exit_code == 0, result.output
+    [row] = [line for line in result.stdout.splitlines() if line.startswith(sshd.url(root))]
+    assert row.split()[1:3] == [v2.bundle_id[:12], "installed"]
+    assert "warning: pruning old releases failed (I/O error removing an old release)" in row
+    assert f"-m edge.releases prune {root} --keep 3" in row
+    assert "need attention" in result.stderr and "unchecked" not in result.output
+    _assert_intact(root, v2.bundle_id)
+    assert ReleaseStore(root).previous() == v1.bundle_id
+
+
 def test_unknown_host_key_is_refused_unless_accepted(device, bundles, sshd, tmp_path):
     root, target, options = device
     options.known_hosts.write_text("")

@@ -1,5 +1,6 @@
 """`basilar run` end to end with the shipped default bundle: the demo, JSON, stdin PCM, shutdown, bad input,
 serial telemetry, a device root, the microphone path, and the systemd unit."""
+import hashlib
 import json
 import os
 import re
@@ -485,6 +486,26 @@ def test_a_bundle_deployed_over_the_serial_link_is_swapped_in_without_stopping_a
     assert f"switched to bundle {new_id[:12]} without stopping the audio input" in stderr
     assert process.returncode == 0 and "stopped by SIGTERM" in stderr
     assert store.current() == new_id
+
+
+def test_run_keep_sets_how_many_releases_a_serial_upload_leaves(tmp_path, tiny_bundle):
+    """`basilar run --root R --serial P --keep N`: the releases kept after each bundle uploaded over the link."""
+    from edge.bundle import pack_bundle
+    from firmware_tools.run_cmd import SerialLink
+    from tests.bundle_variants import variant
+
+    controller, device = os.openpty()
+    link = SerialLink(os.ttyname(device), 115200, "test", tmp_path / "root", on_new_bundle=None, keep=2)
+    try:
+        for n in range(1, 4):
+            archive = tmp_path / f"v{n}.tar.gz"
+            newest = pack_bundle(variant(tiny_bundle, tmp_path / f"v{n}", n), archive)
+            link.link.receiver.install(archive, hashlib.sha256(archive.read_bytes()).hexdigest())
+        assert len(link.store.releases()) == 2 and link.store.current() == newest
+    finally:
+        link.close()
+        os.close(device)
+        os.close(controller)
 
 
 def test_swapping_the_pipeline_keeps_the_stream_clock(tiny_bundle, tiny_bundle_v2):

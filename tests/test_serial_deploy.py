@@ -182,6 +182,40 @@ def test_basilar_deploy_to_a_serial_target(device, archives):
     assert id1[:12] in result.output and dev.store.current() == id1
 
 
+def test_dry_run_over_serial_asks_the_device_and_changes_nothing(device, archives, tmp_path):
+    """A dry run reads HELLO and RELEASES as a deploy does first: it reports what the device runs and what would
+    happen, sends no upload, and fails for a port nobody can open, exactly as the deploy would."""
+    (v1, id1), (v2, id2) = archives
+    dev = device()
+    target = f"serial://{dev.cable.host_path}?baud={BAUD}"
+    assert CliRunner().invoke(cli, ["deploy", str(v1), target]).exit_code == 0
+    sent_before = dev.cable.to_device
+
+    dry = CliRunner().invoke(cli, ["deploy", str(v2), target, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    [row] = [line for line in dry.stdout.splitlines() if dev.cable.host_path in line]
+    assert row.split()[1:4] == [id1[:12], "would", "install"] and "to device bench-pi" in row
+    assert 0 < dev.cable.to_device - sent_before < 100  # the device was asked (HELLO), and sent no chunk
+    same = CliRunner().invoke(cli, ["deploy", str(v1), target, "--dry-run"])
+    assert same.exit_code == 0 and "unchanged" in same.stdout and "already active" in same.stdout
+    assert dev.store.current() == id1 and dev.store.releases() == [id1] and dev.staged() == []
+
+    gone = CliRunner().invoke(cli, ["deploy", str(v2), f"serial://{tmp_path}/ttyNOPE", "--dry-run"])
+    assert gone.exit_code == 1 and "failed" in gone.stdout and "cannot open serial port" in gone.stdout
+
+
+def test_keep_is_refused_for_serial_targets(device, archives):
+    """The serial upload cannot carry --keep (the device prunes with its own setting): an explicit --keep is a
+    usage error, before anything is sent, instead of being silently ignored."""
+    (v1, _), _ = archives
+    dev = device()
+    result = CliRunner().invoke(cli, ["deploy", str(v1), f"serial://{dev.cable.host_path}?baud={BAUD}", "--keep",
+                                      "1"])
+    assert result.exit_code == 2, result.output
+    assert "--keep applies to SSH targets only" in result.output and "basilar run --keep N" in result.output
+    assert dev.cable.to_device == 0 and dev.store.current() is None
+
+
 def test_basilar_status_over_a_serial_target(device, archives, tmp_path):
     """HELLO and RELEASES answer `basilar status`: the active bundle, who the device is, the releases it keeps and
     the keys it trusts, read afresh at each question; a port nobody can open is reported for that device and the

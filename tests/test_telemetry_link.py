@@ -158,6 +158,41 @@ def test_device_process_to_cli_over_a_clean_line(cable_factory, tmp_path):
            [{k: v for k, v in r.items() if k != "host_time"} for r in records if r["type"] != "link"]
 
 
+def test_cli_refuses_a_capture_file_it_cannot_open_before_touching_the_port(cable_factory, tmp_path):
+    cable = cable_factory()
+    missing = tmp_path / "no-such-folder" / "raw.bin"
+    cli = subprocess.run([sys.executable, "-m", "firmware_tools.cli", "telemetry", cable.host_path, "--capture",
+                          str(missing), "--format", "jsonl"], env=ENV, cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert cli.returncode == 1 and "Traceback" not in cli.stderr, cli.stderr
+    assert f"cannot open the capture file {missing}: No such file or directory" in cli.stderr
+    assert cli.stdout == "" and cable.to_device == 0  # stopped before any output, and never asked the device
+
+
+def test_replay_stops_after_count_records(tmp_path):
+    """--count applies to a replay as to a live port."""
+    from edge.telemetry.emitter import TelemetryEmitter
+
+    capture = tmp_path / "raw.bin"
+    with open(capture, "wb") as f:  # the device's own emitter, writing the bytes it would put on the line
+        emitter = TelemetryEmitter.from_stream(f, device_id="test-device")
+        emitter.hello("test", "ab" * 32, ["speech", "dog"], 16000)
+        for i in range(10):
+            emitter.detection(i % 2, 0.5, i, i + 0.25)
+        emitter.close()
+
+    def replay(*options):
+        done = subprocess.run([sys.executable, "-m", "firmware_tools.cli", "telemetry", "--replay", str(capture),
+                               "--format", "jsonl", *options], env=ENV, cwd=REPO, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    everything = replay()
+    assert [r["type"] for r in everything] == ["hello"] + ["detection"] * 10
+    assert replay("--count", "3") == everything[:3]
+
+
 def test_corrupted_line_every_intact_frame_recovered_every_bad_one_counted(cable_factory):
     corruption = Corruption(rate=0.01, seed=7, start=300, stop=30_000)  # HELLO and the last frames stay clean
     cable = cable_factory(corruption=corruption)

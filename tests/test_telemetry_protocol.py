@@ -127,6 +127,8 @@ def test_releases_keep_the_newest_that_fit_one_frame():
     assert record["type"] == "releases" and record["total"] == 40 and record["trusted_keys"] == ["a1b2c3d4e5f60718"]
     assert describe(record) == f"40 release(s) kept, newest {releases[-1][:16]}  previous {releases[-2][:16]}  " \
                                "1 trusted key(s)"
+    broken = {**record, "trusted_keys": ["a1b2c3d4e5f60718", "error: bad.pub is not a basilar-ed25519 key file"]}
+    assert describe(broken).endswith("1 trusted key(s)  broken key file: bad.pub is not a basilar-ed25519 key file")
     with pytest.raises(ProtocolError, match="fewer releases in all"):
         Releases.unpack(Releases("", 1, ("a", "b"), ()).pack())
     with pytest.raises(ProtocolError, match="trailing"):
