@@ -42,6 +42,7 @@ def spec_from_model(model) -> tuple[ModelSpec, dict]:
     names = {}
     if seq and isinstance(seq[0], L.Rescaling):
         names["input_scale"] = seq.pop(0)
+        _check_rescaling(names["input_scale"])
     if not any(isinstance(layer, L.Average) for layer in seq):
         spec, branch_names = _parse_branch(model, seq)
         return spec, {**names, **branch_names}
@@ -81,13 +82,22 @@ def _parse_branch(model, seq) -> tuple[ModelSpec, dict]:
         if layer.kernel_size[0] > 1 and layer.padding != "causal":
             raise ConversionError(f"layer {layer.name!r} uses padding={layer.padding!r}, which looks at future "
                                   "frames; use padding='causal'")
+        if not layer.use_bias:
+            raise ConversionError(f"layer {layer.name!r} has no bias; use Conv1D(use_bias=True), as the family does")
         bn = seq[i + 1] if i + 1 < len(seq) and isinstance(seq[i + 1], L.BatchNormalization) else None
+        if bn is not None and not (bn.center and bn.scale):
+            raise ConversionError(f"layer {bn.name!r}: use BatchNormalization(center=True, scale=True), which the "
+                                  "step model folds into the convolution")
         i += 2 if bn else 1
         act = seq[i] if i < len(seq) and isinstance(seq[i], L.ReLU) else None
         if act is not None:
             if act.max_value is None or float(act.max_value) != ACTIVATION_MAX:
                 raise ConversionError(f"layer {act.name!r}: use ReLU(max_value={ACTIVATION_MAX:g}) so that the "
                                       "streaming state has one fixed int8 range")
+            if float(act.negative_slope) != 0 or float(act.threshold) != 0:
+                raise ConversionError(f"layer {act.name!r}: use ReLU(max_value={ACTIVATION_MAX:g}) with no "
+                                      "negative_slope or threshold; the step model clips at 0 and "
+                                      f"{ACTIVATION_MAX:g}")
             i += 1
         convs.append((layer, bn, act))
     if len(convs) < 3:
@@ -99,6 +109,13 @@ def _parse_branch(model, seq) -> tuple[ModelSpec, dict]:
         raise ConversionError(f"the last Conv1D ({head[0].name!r}) must be a plain 1x1 layer with softmax")
     if _activation_name(head[0]) != "softmax":
         raise ConversionError(f"the last Conv1D ({head[0].name!r}) must use activation='softmax'")
+    if stem[1] is None:
+        raise ConversionError(f"the first Conv1D ({stem[0].name!r}) must be followed by BatchNormalization and "
+                              "clipped ReLU")
+    for conv, _, _ in (stem, *tcn):
+        if _activation_name(conv) != "linear":  # the clipped ReLU after BatchNormalization is the activation
+            raise ConversionError(f"layer {conv.name!r} uses activation={_activation_name(conv)!r}; leave it "
+                                  "linear: the family's activation is the clipped ReLU after BatchNormalization")
     kernels = {c.kernel_size[0] for c, _, _ in tcn}
     widths = {c.filters for c, _, _ in tcn} | {stem[0].filters}
     if len(kernels) != 1 or len(widths) != 1 or any(bn is None or act is None for _, bn, act in tcn):
@@ -110,6 +127,15 @@ def _parse_branch(model, seq) -> tuple[ModelSpec, dict]:
     for k, (c, bn, _) in enumerate(tcn):
         names[f"tcn{k}"], names[f"tcn{k}_bn"] = c, bn
     return spec, names
+
+
+def _check_rescaling(layer) -> None:
+    from firmware_tools.model import INPUT_SCALE
+
+    scale, offset = np.ravel(layer.scale), np.ravel(layer.offset)
+    if not (np.allclose(scale, INPUT_SCALE) and np.allclose(offset, 0)):
+        raise ConversionError(f"layer {layer.name!r} is Rescaling(scale={layer.scale}, offset={layer.offset}); the "
+                              "step model takes the int8 frames as Rescaling(1/64) does (scale 1/64, offset 0)")
 
 
 def _activation_name(layer) -> str:

@@ -33,8 +33,9 @@ def convert(model, calibration_dir, out_path, labels, name, threshold, smoothing
         fi = report["float_vs_int8"]
         click.echo(f"bundle {report['bundle']} (id {report['bundle_id'][:16]}...), step model "
                    f"{report['model_size_bytes']} bytes")
-        click.echo(f"float vs int8 on {fi['clips']} held-out clips: agreement {fi['agreement'] * 100:.1f}%, "
-                   f"float {fi['float_accuracy'] * 100:.1f}%, int8 {fi['int8_accuracy'] * 100:.1f}%")
+        if fi:
+            click.echo(f"float vs int8 on {fi['clips']} {fi['on']}: agreement {fi['agreement'] * 100:.1f}%, "
+                       f"float {fi['float_accuracy'] * 100:.1f}%, int8 {fi['int8_accuracy'] * 100:.1f}%")
 
 
 def run_convert(model, calibration_dir, out_path, labels=None, name="model", detector=None) -> dict:
@@ -54,6 +55,10 @@ def run_convert(model, calibration_dir, out_path, labels=None, name="model", det
     sidecar = pipeline.read_sidecar(model) or {}
     if labels:
         labels = [s.strip() for s in labels.split(",") if s.strip()]
+        recorded = sidecar.get("labels")
+        if recorded and labels != recorded:  # each name would be attached to another output of the model
+            raise ValueError(f"--labels {','.join(labels)} differ from the labels {model} was trained with, in its "
+                             f"output order: {','.join(recorded)}; leave out --labels")
     else:
         labels = sidecar.get("labels") or label_order(clips)
     config = FrontendConfig.from_dict(sidecar["frontend"]) if "frontend" in sidecar else DEFAULT_FRONTEND
@@ -67,7 +72,10 @@ def run_convert(model, calibration_dir, out_path, labels=None, name="model", det
                                                           provenance=sidecar.get("provenance", {}), name=name,
                                                           detector=detector)
         window = keras.saving.load_model(model) if str(model).endswith(".keras") else None
-        agreement = evaluate.float_int8_agreement(window, bundle, rest[:300] or calibration) if window else {}
+        agreement = {}
+        if window:  # on clips the int8 ranges were not calibrated on, when there are any (64 or fewer: none)
+            on = "held-out clips" if rest else "calibration clips (too few clips to keep any out)"
+            agreement = {"on": on, **evaluate.float_int8_agreement(window, bundle, rest[:300] or calibration)}
         bundle_id = pack_bundle(bundle_dir, out_path) if archive else bundle.id
     return {"bundle": str(out_path), "bundle_id": bundle_id, "model_size_bytes": conversion["size_bytes"],
             "labels": labels, "float_vs_int8": agreement}

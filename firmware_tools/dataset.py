@@ -60,10 +60,14 @@ class Clip:
     speaker: str
 
 
+UNKNOWN_SPEAKER = "unknown"  # a clip whose name does not say who speaks: always trained on, never held out
+
+
 def scan_labelled(data_dir) -> list[Clip]:
     """Audio files labelled by sub-folder name or by a leading `{label}_` in the file name.
 
-    The speaker is the second `_` field of the name when there is one (`7_jackson_12.wav`), else the folder.
+    In either layout a name `{label}_{speaker}_{take}` (`7_jackson_12.wav`) names the speaker; any other is
+    UNKNOWN_SPEAKER (never the folder: that is the label, and holding it out would hold out a whole class).
     """
     root = Path(data_dir)
     if not root.is_dir():
@@ -75,12 +79,11 @@ def scan_labelled(data_dir) -> list[Clip]:
         parts = path.stem.split("_")
         if path.parent != root:
             label = path.parent.name
-            speaker = parts[1] if len(parts) >= 3 else path.parent.name
         elif len(parts) >= 2 and parts[0]:
             label = parts[0]
-            speaker = parts[1] if len(parts) >= 3 else "unknown"
         else:
             continue
+        speaker = parts[1] if len(parts) >= 3 and parts[1] else UNKNOWN_SPEAKER
         clips.append(Clip(path, label, speaker))
     if not clips:
         raise ValueError(f"no labelled audio in {root}: name files `{{label}}_....wav` or put them in one "
@@ -98,6 +101,8 @@ def read_clip(path, sample_rate: int) -> np.ndarray:
     if cut:
         raise ValueError(f"{path} is cut short: its header declares {cut.declared_s:.2f} s of audio but the file "
                          f"holds {cut.present_s:.2f} s; copy it again or leave it out")
+    if not len(data):
+        raise ValueError(f"{path} holds no audio; record it again or leave it out")
     mono = data.mean(axis=1)
     return soxr.resample(mono, rate, sample_rate) if rate != sample_rate else mono
 

@@ -210,7 +210,10 @@ def heldout_frames(clips, config: FrontendConfig):
 def leave_one_speaker_out(data_dir, settings: TrainSettings, cache_dir=None, log=print) -> dict:
     clips = dataset.scan_labelled(data_dir)
     labels = label_order(clips)
-    speakers = sorted({c.speaker for c in clips})
+    speakers = sorted({c.speaker for c in clips} - {dataset.UNKNOWN_SPEAKER})
+    if len(speakers) < 2:
+        raise ValueError("--loso needs clips of two speakers or more, named LABEL_SPEAKER_TAKE.wav; found "
+                         f"{', '.join(speakers) or 'none'}")
     folds = {}
     for speaker in speakers:
         train_clips = [c for c in clips if c.speaker != speaker]
@@ -245,15 +248,17 @@ def _settings_dict(settings: TrainSettings) -> dict:
 def holdout_speakers(holdout: str, speakers: list[str]) -> list[str]:
     """The speakers `--holdout` keeps out of training: 'auto' (the last one), 'none', or names separated by commas
     (holding out two of four speakers shows what a third training speaker is worth, docs/models.md)."""
+    named = [s for s in speakers if s != dataset.UNKNOWN_SPEAKER]
     if holdout == "auto":
-        return speakers[-1:] if len(speakers) > 1 else []
+        return named[-1:] if len(named) > 1 else []
     if holdout == "none":
         return []
     names = [name.strip() for name in holdout.split(",") if name.strip()]
-    unknown = [name for name in names if name not in speakers]
+    unknown = [name for name in names if name not in named]
     if unknown or not names:
         what = f"{', '.join(unknown)} is not" if unknown else "names no speaker; name some"
-        raise ValueError(f"--holdout {holdout!r}: {what} among the speakers found: {', '.join(speakers)}")
+        raise ValueError(f"--holdout {holdout!r}: {what} among the speakers found: {', '.join(named) or 'none'} "
+                         "(a file named LABEL_SPEAKER_TAKE.wav names its speaker)")
     if len(set(names)) == len(speakers):
         raise ValueError(f"--holdout {holdout!r} holds out every speaker, which leaves none to train on; "
                          "name fewer, or use --holdout none to train on all")
@@ -298,12 +303,15 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     pipeline.write_sidecar(model_path, labels, settings.frontend, provenance)
 
     calibration, rest = pipeline.split_calibration(train_clips, seed)
-    check_clips = held or rest[:300]
+    # The agreement is measured on clips the int8 ranges were not calibrated on, when there are any (a folder of
+    # 64 clips or fewer all goes to calibration: then it is measured on those, and says so).
+    check_clips = held or rest[:300] or calibration
     bundle, conversion = pipeline.convert_into_bundle(model_path, calibration, out / "bundle", settings.frontend,
                                                       labels, provenance=provenance, name=name)
     agreement = evaluate.float_int8_agreement(model, bundle, check_clips)
     held_name = f"held-out speaker{'s' if len(held_out) > 1 else ''} {holdout}"
-    summary["float_vs_int8"] = {"on": held_name if held else "training clips", **agreement}
+    on = held_name if held else "training clips" if rest else "the calibration clips (too few clips to keep any out)"
+    summary["float_vs_int8"] = {"on": on, **agreement}
     if held:
         summary["heldout_int8"] = evaluate.evaluate_bundle(bundle, held)
         summary["heldout_int8"]["by_speaker"] = reports_by_speaker(labels, held, summary["heldout_int8"]["predicted"])

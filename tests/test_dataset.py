@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import soundfile
 
 from firmware_tools import dataset, training
 from firmware_tools.recordings import RecordingsError
@@ -146,3 +147,27 @@ def test_the_recorded_speech_listing_names_three_voices_and_no_numbers():
     assert not any(char.isdigit() for _, text in entries for char in text)
     for number_word in ("uno", "due", "tre", "один", "два", "три"):
         assert not any(number_word in text.lower().split() for _, text in entries)
+
+
+def test_a_label_folder_is_never_taken_for_a_speaker(tmp_path):
+    """`yes/take1.wav` says nothing of who speaks: held out as a "speaker", the folder would be a whole class."""
+    from firmware_tools.training import holdout_speakers
+
+    for label in ("no", "yes"):
+        (tmp_path / label).mkdir()
+        soundfile.write(tmp_path / label / "take1.wav", np.zeros(800), 8000)
+        soundfile.write(tmp_path / label / f"{label}_ann_2.wav", np.zeros(800), 8000)
+    clips = dataset.scan_labelled(tmp_path)
+    assert sorted((c.label, c.speaker) for c in clips) == [("no", "ann"), ("no", "unknown"), ("yes", "ann"),
+                                                           ("yes", "unknown")]
+    speakers = sorted({c.speaker for c in clips})
+    assert holdout_speakers("auto", speakers) == []  # one named speaker: nothing to hold out
+    assert holdout_speakers("auto", ["ann", "bob", "unknown"]) == ["bob"]
+    with pytest.raises(ValueError, match="unknown is not among the speakers found: ann"):
+        holdout_speakers("unknown", speakers)
+
+
+def test_a_clip_with_no_audio_is_named(tmp_path):
+    soundfile.write(tmp_path / "5_jackson_99.wav", np.zeros(0), 8000)
+    with pytest.raises(ValueError, match="5_jackson_99.wav holds no audio"):
+        dataset.read_clip(tmp_path / "5_jackson_99.wav", 8000)

@@ -139,6 +139,36 @@ def test_unsupported_layers_are_named(bad_layer, message):
         convert.spec_from_model(keras.Model(inp, out))
 
 
+def family_like(rescale=1 / 64, conv=None, bn=None, relu=None, stem_bn=True):
+    """The family's layers, with keyword changes to its convolutions, BatchNormalizations or ReLUs."""
+    conv, bn, relu = conv or {}, bn or {}, relu or {}
+    L = keras.layers
+    inp = keras.Input((None, DEFAULT_FRONTEND.features))
+    x = L.Conv1D(8, 1, **conv)(L.Rescaling(rescale)(inp))
+    x = L.ReLU(max_value=3.0, **relu)(L.BatchNormalization(**bn)(x) if stem_bn else x)
+    for d in (1, 2):
+        x = L.Conv1D(8, 3, dilation_rate=d, padding="causal", **conv)(x)
+        x = L.ReLU(max_value=3.0, **relu)(L.BatchNormalization(**bn)(x))
+    return keras.Model(inp, L.Conv1D(11, 1, activation="softmax")(x))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(rescale=1 / 8), "Rescaling\(scale=0.125.*scale 1/64, offset 0"),
+    (dict(conv=dict(activation="tanh")), "activation='tanh'; leave it linear"),
+    (dict(relu=dict(negative_slope=0.3)), "no negative_slope or threshold"),
+    (dict(relu=dict(threshold=1.0)), "no negative_slope or threshold"),
+    (dict(conv=dict(use_bias=False)), "has no bias"),
+    (dict(bn=dict(center=False)), "BatchNormalization\(center=True, scale=True\)"),
+    (dict(stem_bn=False), "must be followed by BatchNormalization"),
+])
+def test_a_model_the_step_model_would_not_reproduce_is_refused_by_name(changes, message):
+    """Only the weights are carried over into the family's own layers: anything else they do must be refused,
+    or the bundle would compute something other than what was trained."""
+    with pytest.raises(convert.ConversionError, match=message):
+        convert.canonical_window_model(family_like(**changes))
+    convert.canonical_window_model(family_like())  # the same builder, unchanged, converts
+
+
 def test_any_model_with_matching_layers_converts_by_mapping():
     """Layer names need not match the family's: the structure is what counts."""
     inp = keras.Input((None, DEFAULT_FRONTEND.features))

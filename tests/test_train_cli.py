@@ -62,6 +62,8 @@ def test_convert_to_archive_and_eval(trained, tmp_path):
     report = json.loads(result.output[result.output.index("{"):])
     assert report["labels"] == [str(d) for d in range(10)]
     assert load_bundle(archive).id == report["bundle_id"]
+    # 40 clips all go to calibration: the agreement is measured on them, and is labelled so (not "held-out")
+    assert report["float_vs_int8"]["on"].startswith("calibration clips") and report["float_vs_int8"]["clips"] == 40
     result = CliRunner().invoke(main, ["eval", str(archive), str(FSDD_CLIPS), "--json"])
     assert result.exit_code == 0, result.output
     evaluation = json.loads(result.output.strip().splitlines()[-1])
@@ -85,6 +87,14 @@ def test_convert_replaces_an_earlier_bundle_but_never_a_folder_of_other_things(t
     result = CliRunner().invoke(main, [*convert, str(tmp_path / "precious")])
     assert result.exit_code == 1 and "already exists and is not a basilar bundle" in result.output
     assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me" and (tmp_path / "precious" / "sub").is_dir()
+
+
+def test_convert_refuses_labels_in_another_order_than_the_model_was_trained_with(trained, tmp_path):
+    reversed_labels = ",".join(str(d) for d in reversed(range(10)))
+    result = CliRunner().invoke(main, ["convert", str(trained / "model.keras"), "--calibration", str(FSDD_CLIPS),
+                                       "--labels", reversed_labels, "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1 and "differ from the labels" in result.output and "0,1,2,3" in result.output
+    assert not (tmp_path / "b").exists()
 
 
 def test_bundle_inspect_and_verify(trained, tmp_path):
