@@ -73,9 +73,9 @@ def deploy(ctx, bundle, targets, inventory, known_hosts, accept_new_host_keys, i
     serial = [t.label for t in chosen if isinstance(t, SerialTarget)]
     if serial and ctx.get_parameter_source("keep") is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError(f"--keep applies to SSH targets only, and {serial[0]} is a serial one: a serial "
-                               "device prunes its releases itself and keeps 3 unless told otherwise on the device (`basilar "
-                               "run --keep N`, or the agent's `python3 -m edge.telemetry.agent --keep N`); leave out "
-                               "--keep, or deploy the serial targets in a separate command")
+                               "device prunes its releases itself and keeps 3 unless told otherwise on the "
+                               "device (`basilar run --keep N`, or the agent's `python3 -m edge.telemetry.agent "
+                               "--keep N`); leave out --keep, or deploy the serial targets in a separate command")
     options = SshOptions(known_hosts=Path(known_hosts) if known_hosts else None,
                          accept_new_host_keys=accept_new_host_keys, identity=identity, device_python=device_python,
                          restart_command=restart_command, health_command=health_command, keep=keep,
