@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from edge.bundle import file_sha256
 
+log = logging.getLogger(__name__)
 _ID = re.compile(r"^[0-9a-f]{64}$")
 _KEEP = object()  # "leave the previous link as activate() would set it"
 INCOMING_MAX_AGE_S = 3600  # an upload untouched this long was abandoned
@@ -169,6 +171,7 @@ class ReleaseStore:
                     # Same manifest, so the same bundle; but a signed copy of a release installed unsigned (before
                     # the device trusted keys) must bring its signature along, or activate() keeps refusing it.
                     self._refresh_signature(unpacked, release)
+                    self._repair(unpacked, release, bundles)
                     os.utime(release)
                     return bundle_id
                 _fsync_tree(unpacked)
@@ -186,6 +189,24 @@ class ReleaseStore:
             check_bundle_signature(bundle_dir, self.trusted_keys_dir)
         except SignatureError as exc:
             raise ReleaseError(f"refused by the device's signature policy: {exc}") from None
+
+    @staticmethod
+    def _repair(unpacked: Path, release: Path, bundles) -> None:
+        """A release damaged on the device's storage (a file that no longer matches its SHA-256) is mended from
+        the checked copy being installed: file by file, each an atomic replace by identical good bytes, so the
+        release (current, maybe) is never less complete than it was."""
+        try:
+            bundles.check_manifest(release, bundles.read_manifest(release))
+            return
+        except bundles.BundleError as exc:
+            log.warning("release %s is damaged (%s); mending it from the copy being installed", release.name, exc)
+        for source in sorted(unpacked.iterdir()):
+            tmp = release / f".{source.name}.{os.getpid()}.tmp"
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as out:
+                os.fsync(out.fileno())
+            os.replace(tmp, release / source.name)
+        _fsync_dir(release)
 
     @staticmethod
     def _refresh_signature(unpacked: Path, release: Path) -> None:
@@ -305,7 +326,7 @@ class ReleaseStore:
         if not self.incoming_dir.is_dir():
             return
         cutoff = time.time() - INCOMING_MAX_AGE_S
-        for entry in self.incoming_dir.iterdir():
+        for entry in self.incoming_dir.rglob("*"):  # serial uploads stage in incoming/serial/
             with contextlib.suppress(OSError):
                 if entry.is_file() and entry.stat().st_mtime < cutoff:
                     entry.unlink()

@@ -96,8 +96,8 @@ class SerialLink:
             from edge.telemetry.upload import UploadReceiver, release_store_installer
 
             self.store = ReleaseStore(root)
-            receiver = UploadReceiver(self.store.incoming_dir / "serial", release_store_installer(self.store, keep),
-                                      on_new_bundle=on_new_bundle)
+            receiver = UploadReceiver(self.store.incoming_dir / "serial",
+                                      release_store_installer(self.store, keep, on_new_bundle=on_new_bundle))
         try:
             self.link = DeviceLink(port, baud, device_id=device_id, receiver=receiver, store=self.store)
         except Exception as err:  # pyserial's errors name the port and the reason
@@ -184,8 +184,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
             try:
                 loop.swap_pipeline(Pipeline.from_bundle(link.store.path_of(bundle_id),
                                                         detector_overrides=overrides, num_threads=threads))
-            except PipelineError as err:
-                link.store.rollback()  # `current` goes back to the bundle that is running, for the next start
+            except PipelineError as err:  # the installer puts `current` back to the bundle that is running
                 raise RuntimeError(f"the new bundle cannot run on this device ({err}); the device keeps running "
                                    f"{loop.pipeline.bundle.id[:12]}, which stays current") from err
 

@@ -322,3 +322,57 @@ def test_a_new_upload_replaces_an_abandoned_one(tmp_path):
     receiver.handle(begin(new))
     assert [p.name for p in tmp_path.iterdir()] == [hashlib.sha256(new).hexdigest() + ".part"]
 
+
+
+def test_an_archive_whose_install_was_cut_short_is_cleared_by_the_next_upload(tmp_path):
+    """The device lost power while installing: the renamed archive would otherwise stay in staging for good."""
+    cut = tmp_path / (hashlib.sha256(b"earlier").hexdigest() + ".tar.gz")
+    cut.write_bytes(os.urandom(700))
+    data = os.urandom(900)
+    UploadReceiver(tmp_path, Installed()).handle(begin(data))
+    assert [p.name for p in tmp_path.iterdir()] == [hashlib.sha256(data).hexdigest() + ".part"]
+
+
+def test_a_refused_upload_leaves_current_previous_and_every_release_as_they_were(tmp_path, archives, tiny_bundle):
+    """`basilar run` refuses a bundle it cannot run: nothing the device could roll back to may be lost for it."""
+    from edge.telemetry.upload import release_store_installer
+
+    store = ReleaseStore(tmp_path / "root")
+    third = tmp_path / "v3.tar.gz"
+    pack_bundle(variant(tiny_bundle, tmp_path / "v3", 3), third)
+    accept = release_store_installer(store, keep=2)
+    first, second = (accept(archive, hashlib.sha256(archive.read_bytes()).hexdigest()) for archive, _ in archives)
+    before = store.current(), store.previous(), store.releases()
+    assert before[:2] == (second, first)
+
+    def refuse(bundle_id):
+        raise RuntimeError("the new bundle runs at 16000 Hz but the audio input is open at 8000 Hz")
+
+    refusing = release_store_installer(store, keep=2, on_new_bundle=refuse)
+    with pytest.raises(RuntimeError, match="16000 Hz"):
+        refusing(third, hashlib.sha256(third.read_bytes()).hexdigest())
+    assert (store.current(), store.previous()) == before[:2] and set(before[2]) <= set(store.releases())
+    assert store.rollback() == first  # the rollback still goes where it went before
+
+
+def test_the_agent_refuses_to_keep_fewer_than_two_releases(tmp_path):
+    from edge.telemetry.agent import main as agent_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        agent_main([str(tmp_path / "port"), "--root", str(tmp_path / "root"), "--keep", "1"])
+    assert exit_info.value.code == 2
+
+
+def test_a_release_damaged_on_the_device_is_mended_by_installing_it_again(tmp_path, archives):
+    from edge.telemetry.agent import bundle_description
+
+    store = ReleaseStore(tmp_path / "root")
+    archive, bundle_id = archives[0]
+    store.activate(store.install(archive))
+    model = next(p for p in store.path_of(bundle_id).iterdir() if p.suffix == ".tflite")
+    good = model.read_bytes()
+    model.write_bytes(good[:100] + bytes([good[100] ^ 0xFF]) + good[101:])
+    described, _, _, problem = bundle_description(store)
+    assert described == "" and "cannot be loaded" in problem and "deploy it again" in problem  # HELLO names none
+    assert store.install(archive) == bundle_id
+    assert model.read_bytes() == good and bundle_description(store)[0] == bundle_id

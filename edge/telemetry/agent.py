@@ -35,7 +35,9 @@ def bundle_description(store) -> tuple[str, list[str], int, str | None]:
         bundle = load_bundle(store.current_path())
         return bundle.id, list(bundle.labels), int(bundle.frontend_config.sample_rate), None
     except Exception as exc:  # noqa: BLE001 - the agent must keep serving uploads even with a broken bundle
-        return bundle_id, [], 0, f"the active bundle {bundle_id[:12]} cannot be loaded: {exc}"
+        # HELLO then names no bundle: a host that saw this one's id would take it for running and upload nothing,
+        # where uploading it again is what mends it (ReleaseStore.install).
+        return "", [], 0, f"the active bundle {bundle_id[:12]} cannot be loaded: {exc}; deploy it again to mend it"
 
 
 class DeviceAgent:
@@ -48,8 +50,8 @@ class DeviceAgent:
         self.store = ReleaseStore(root)
         self.health_interval = health_interval
         self._on_new_bundle = on_new_bundle
-        receiver = UploadReceiver(self.store.incoming_dir / "serial", release_store_installer(self.store, keep),
-                                  on_new_bundle=self._bundle_changed)
+        receiver = UploadReceiver(self.store.incoming_dir / "serial",
+                                  release_store_installer(self.store, keep, on_new_bundle=self._bundle_changed))
         self.link = DeviceLink(port, baud, device_id=device_id or socket.gethostname(), receiver=receiver,
                                store=self.store, stream=stream)
         self._started = time.monotonic()
@@ -86,6 +88,13 @@ class DeviceAgent:
         self.link.close()
 
 
+def _at_least_two(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{value}: keep at least 2 releases (the current and the previous one)")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m edge.telemetry.agent", description=__doc__.split("\n\n")[0])
     parser.add_argument("port", help="the device's serial port, e.g. /dev/ttyGS0 or /dev/ttyAMA0")
@@ -93,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baud", type=int, default=115200)
     parser.add_argument("--device-id", help="name sent in HELLO (default: the host name)")
     parser.add_argument("--health-interval", type=float, default=5.0, help="seconds between HEALTH reports")
-    parser.add_argument("--keep", type=int, default=3, help="releases kept after an upload")
+    parser.add_argument("--keep", type=_at_least_two, default=3, help="releases kept after an upload (2 or more: "
+                        "the current one and the previous one are always kept)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not os.path.exists(args.port):

@@ -69,15 +69,14 @@ class UploadReceiver:
     """Consumes UPLOAD_* messages and returns the replies to send.
 
     install(archive_path, sha256_hex) -> bundle_id puts the verified archive in place (in production: install
-    and activate it in the release store, see `release_store_installer`); on_new_bundle(bundle_id) then tells
-    the run loop to load it. Either may raise to refuse; the message goes back to the host.
+    it in the release store and hand it to the running software, see `release_store_installer`); it may raise
+    to refuse, and the message goes back to the host.
     """
 
     def __init__(self, staging_dir: str | Path, install: Callable[[Path, str], str], *,
-                 on_new_bundle: Callable[[str], None] | None = None, max_size: int = DEFAULT_MAX_SIZE):
+                 max_size: int = DEFAULT_MAX_SIZE):
         self.staging_dir = Path(staging_dir)
         self.install = install
-        self.on_new_bundle = on_new_bundle
         self.max_size = max_size
         self._transfer: _Transfer | None = None
         self._completed: dict[bytes, str] = {}  # sha256 -> bundle id, so a repeated END/BEGIN is answered again
@@ -110,7 +109,9 @@ class UploadReceiver:
         self._drop_transfer()
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         name = begin.sha256.hex() + ".part"
-        for stale in self.staging_dir.glob("*.part"):  # only one upload at a time: keep disk use bounded
+        # Only one upload at a time: keep disk use bounded. A .tar.gz here is an archive whose install was cut
+        # short (the device lost power while installing it); nothing will ever resume from it.
+        for stale in [*self.staging_dir.glob("*.part"), *self.staging_dir.glob("*.tar.gz")]:
             if stale.name != name:
                 stale.unlink(missing_ok=True)
         self._transfer = _Transfer(self.staging_dir / name, begin.sha256, begin.total_size,
@@ -152,8 +153,6 @@ class UploadReceiver:
         os.replace(t.path, archive)
         try:
             bundle_id = self.install(archive, expected)
-            if self.on_new_bundle is not None:
-                self.on_new_bundle(bundle_id)
         except Exception as exc:  # noqa: BLE001 - whatever the installer refuses, the host must hear why
             log.warning("serial upload %s refused: %s", expected, exc)
             return UploadResult(int(UploadStatus.INSTALL_FAILED), "", str(exc) or type(exc).__name__)
@@ -172,14 +171,39 @@ class UploadReceiver:
         self._drop_transfer()
 
 
-def release_store_installer(store, keep: int = 3) -> Callable[[Path, str], str]:
+def release_store_installer(store, keep: int = 3,
+                            on_new_bundle: Callable[[str], None] | None = None) -> Callable[[Path, str], str]:
     """install() for a device root: verify and add the archive to the release store (`edge.releases`), make it
-    current, and keep the `keep` most recent releases."""
+    current, hand it to on_new_bundle(bundle_id) (the running software loads it, or raises to refuse it), and
+    then keep the `keep` most recent releases.
+
+    A refusal puts `current` and `previous` back as they were and prunes nothing, as an SSH deploy's switch-back
+    does: the releases the device could roll back to are all still there."""
 
     def install(archive: Path, sha256: str) -> str:
         bundle_id = store.install(archive, sha256)
+        before = store.current(), store.previous()
         store.activate(bundle_id)
-        store.prune(keep)
+        if on_new_bundle is not None:
+            try:
+                on_new_bundle(bundle_id)
+            except BaseException:
+                _put_back(store, *before)
+                raise
+        try:
+            store.prune(keep)
+        except Exception as exc:  # noqa: BLE001 - the new bundle runs; old releases only take space
+            log.warning("bundle %s is active, but pruning old releases failed: %s", bundle_id[:12], exc)
         return bundle_id
 
     return install
+
+
+def _put_back(store, current: str | None, previous: str | None) -> None:
+    try:
+        if current is None:
+            store.deactivate(previous=previous)
+        else:
+            store.activate(current, previous=previous)
+    except Exception as exc:  # noqa: BLE001 - the refusal itself is what the host must hear
+        log.error("could not put current back to %s after the refusal: %s", current, exc)
