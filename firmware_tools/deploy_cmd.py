@@ -61,7 +61,7 @@ def deploy(ctx, bundle, targets, inventory, known_hosts, accept_new_host_keys, i
     """Install BUNDLE on every TARGET and make it the active one.
 
     BUNDLE is a bundle directory, a .tar.gz archive of one, or `default`. A TARGET is
-    ssh://user@host[:port]/path/to/root or serial:///dev/ttyX?baud=921600. A device that fails its restart or health
+    ssh://user@host[:port]/path/to/root or serial:///dev/ttyX?baud=115200. A device that fails its restart or health
     check is switched back to the bundle it ran before. The exit status is 0 only if every device succeeded.
     """
     from firmware_tools.deploy_ssh import SshOptions

@@ -16,6 +16,7 @@ import click
 
 from edge.detector import TRIGGERS
 from edge.sources import PCM_FORMATS, SourceError, StopFlag
+from edge.telemetry import DEFAULT_BAUD
 from firmware_tools.stop_signals import route_stop_signals
 
 DEFAULT_ROOT = "/opt/basilar"
@@ -126,7 +127,7 @@ class SerialLink:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line per detection.")
 @detector_options
 @click.option("--serial", metavar="PORT", help="Also send detections and health over this serial port.")
-@click.option("--baud", type=int, default=115200, show_default=True)
+@click.option("--baud", type=int, default=DEFAULT_BAUD, show_default=True)
 @click.option("--device-id", help="Name sent in the telemetry HELLO [default: the host name].")
 @click.option("--keep", type=click.IntRange(2, 100), default=3, show_default=True,
               help="With --root and --serial: releases kept after a bundle is uploaded over the serial link.")
@@ -324,7 +325,7 @@ def unit_text(*, executable: str, root: str, audio: str, user: str, serial: str 
 @click.option("--input", "audio", default="mic", show_default=True, help="What to listen to (as for `run`).")
 @click.option("--user", default="basilar", show_default=True, help="User the service runs as.")
 @click.option("--serial", metavar="PORT", help="Send telemetry over this serial port.")
-@click.option("--baud", type=int, default=115200, show_default=True)
+@click.option("--baud", type=int, default=DEFAULT_BAUD, show_default=True)
 @click.option("--json/--text", "as_json", default=True, show_default=True, help="Detections in the journal as "
               "JSON lines or text.")
 def service(output, executable, root, audio, user, serial, baud, as_json):

@@ -1,6 +1,6 @@
 """Host side of deploying a bundle over the serial telemetry link (device side: edge/telemetry/upload.py).
 
-    deploy_serial("bundle.tar.gz", "/dev/ttyUSB0", 921600, progress=lambda done, total: ...)
+    deploy_serial("bundle.tar.gz", "/dev/ttyUSB0", 115200, progress=lambda done, total: ...)
 
 The host asks the device who it is (HELLO), skips the upload if that bundle is already active, announces the
 archive (size + SHA-256), continues from wherever the device says it already is (checking the CRC-32 of that
@@ -20,6 +20,7 @@ from typing import Callable
 
 import click
 
+from edge.telemetry import DEFAULT_BAUD
 from edge.telemetry.protocol import (FLAG_RESTART, MAX_CHUNK, Frame, Hello, Releases, RequestHello,
                                      StreamDecoder, UploadAck, UploadBegin, UploadChunk, UploadEnd, UploadResult,
                                      UploadStatus, encode_frame)
@@ -113,7 +114,7 @@ def _ask_hello(link: _HostLink, timeout: float) -> Hello:
                             "`basilar run --serial PORT` or `python3 -m edge.telemetry.agent`")
 
 
-def query_device(port: str, baud: int = 921600, timeout: float = 5.0) -> tuple[Hello, Releases | None]:
+def query_device(port: str, baud: int = DEFAULT_BAUD, timeout: float = 5.0) -> tuple[Hello, Releases | None]:
     """Ask the device on `port` who it is, which bundle it runs (HELLO) and which it keeps (RELEASES, None from a
     device without a release store); nothing on it changes."""
     import serial
@@ -137,7 +138,7 @@ def _archive_bundle_id(path: Path) -> str | None:
         return None
 
 
-def deploy_serial(archive_path: str | Path, port: str, baud: int = 921600,
+def deploy_serial(archive_path: str | Path, port: str, baud: int = DEFAULT_BAUD,
                   progress: Callable[[int, int], None] | None = None, *, chunk_size: int = DEFAULT_CHUNK,
                   window: int = DEFAULT_WINDOW, on_telemetry: Callable[[Frame], None] | None = None,
                   hello_timeout: float = 5.0) -> SerialDeployResult:
@@ -319,10 +320,10 @@ class _Upload:
 
 
 def parse_serial_url(url: str) -> tuple[str, int]:
-    """`serial:///dev/ttyUSB0?baud=921600` -> ("/dev/ttyUSB0", 921600), via the deploy targets parser."""
+    """`serial:///dev/ttyUSB0?baud=115200` -> ("/dev/ttyUSB0", 115200), via the deploy targets parser."""
     from firmware_tools.targets import SerialTarget, parse_target
 
     target = parse_target(url)
     if not isinstance(target, SerialTarget):
-        raise SerialDeployError(f"{url!r} is not a serial target; write serial:///dev/ttyUSB0?baud=921600")
+        raise SerialDeployError(f"{url!r} is not a serial target; write serial:///dev/ttyUSB0?baud=115200")
     return target.port, target.baud

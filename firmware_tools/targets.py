@@ -4,14 +4,14 @@ A target is written as a URL:
 
     ssh://[user@]host[:port]/path/to/root     the device root is an absolute path
     ssh://[user@]host[:port]/~/path           ... or a path relative to the login's home directory
-    serial:///dev/ttyUSB0[?baud=921600]       a device reached only by a cable
+    serial:///dev/ttyUSB0[?baud=115200]       a device reached only by a cable
 
 An inventory file lists many targets, one per line, each optionally preceded by a name shown in reports:
 
     # name        target
     kitchen-pi    ssh://pi@10.0.0.21/opt/basilar
     ssh://pi@10.0.0.22:2222/opt/basilar
-    bench-board   serial:///dev/ttyUSB0?baud=921600
+    bench-board   serial:///dev/ttyUSB0?baud=115200
 """
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import click
 
-DEFAULT_SSH_PORT = 22
-DEFAULT_BAUD = 921600
+from edge.telemetry import DEFAULT_BAUD  # the device end's default: both ends must agree
 
-_EXAMPLES = "ssh://pi@10.0.0.21/opt/basilar or serial:///dev/ttyUSB0?baud=921600"
+DEFAULT_SSH_PORT = 22
+
+_EXAMPLES = "ssh://pi@10.0.0.21/opt/basilar or serial:///dev/ttyUSB0?baud=115200"
 
 
 class TargetError(click.ClickException):
@@ -118,7 +119,7 @@ def _parse_ssh(text, parts, name) -> SshTarget:
 def _parse_serial(text, parts, name) -> SerialTarget:
     if parts.netloc:
         raise TargetError(f"target {text!r}: a serial target has three slashes and the device path, "
-                          "e.g. serial:///dev/ttyUSB0?baud=921600")
+                          "e.g. serial:///dev/ttyUSB0?baud=115200")
     port = unquote(parts.path)
     if not port or port == "/":
         raise TargetError(f"target {text!r} names no serial device; e.g. serial:///dev/ttyUSB0")
@@ -130,7 +131,7 @@ def _parse_serial(text, parts, name) -> SerialTarget:
     if "baud" in query:
         value = query["baud"][-1]
         if not value.isdigit() or int(value) <= 0:
-            raise TargetError(f"target {text!r}: baud must be a positive whole number, e.g. ?baud=921600")
+            raise TargetError(f"target {text!r}: baud must be a positive whole number, e.g. ?baud=115200")
         baud = int(value)
     return SerialTarget(port=port, baud=baud, name=name)
 

@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from edge.telemetry import DEFAULT_BAUD
 from firmware_tools.stop_signals import stop_signals_routed_to
 from firmware_tools.telemetry_reader import (LinesTable, LiveTable, TelemetryReader, TelemetrySession,
                                              open_output_file, open_sink, replay, stdout_is_terminal)
@@ -12,7 +13,7 @@ from firmware_tools.telemetry_reader import (LinesTable, LiveTable, TelemetryRea
 
 @click.command()
 @click.argument("port", required=False)
-@click.option("--baud", type=click.IntRange(min=1), default=115200, show_default=True, help="Line speed.")
+@click.option("--baud", type=click.IntRange(min=1), default=DEFAULT_BAUD, show_default=True, help="Line speed.")
 @click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table", show_default=True,
               help="table: a live view for people; jsonl/csv: one record per line for machines.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Also append every record to FILE, flushed as it "

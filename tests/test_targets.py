@@ -23,7 +23,7 @@ def test_ssh_target_ipv6():
 
 def test_serial_target_with_and_without_baud():
     assert parse_target("serial:///dev/ttyUSB0?baud=115200") == SerialTarget(port="/dev/ttyUSB0", baud=115200)
-    assert parse_target("serial:///dev/ttyACM1") == SerialTarget(port="/dev/ttyACM1", baud=921600)
+    assert parse_target("serial:///dev/ttyACM1") == SerialTarget(port="/dev/ttyACM1", baud=115200)
 
 
 @pytest.mark.parametrize("text, complaint", [
@@ -80,3 +80,16 @@ def test_inventory_errors_name_the_line(tmp_path):
 def test_no_targets_at_all():
     with pytest.raises(TargetError, match="no targets given"):
         collect_targets([])
+
+
+def test_every_end_of_a_serial_line_has_the_same_default_baud():
+    """A UART has no autobauding: a device run with its defaults and a host deploying, reading or checking status
+    with theirs must be on the same speed."""
+    from edge.telemetry.agent import command_line
+    from firmware_tools.cli import main
+
+    def default(command):
+        return next(p.default for p in main.get_command(None, command).params if p.name == "baud")
+
+    assert {default("run"), default("service"), default("telemetry"), command_line().get_default("baud"),
+            parse_target("serial:///dev/ttyUSB0").baud} == {115200}

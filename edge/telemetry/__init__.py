@@ -1,3 +1,7 @@
 """Serial telemetry: the framed protocol (protocol), the device's non-blocking emitter (emitter), the device end
 of the link that also takes commands from the host (link), bundle uploads over the line (upload) and a
 standalone device agent (agent). The format is specified in docs/telemetry-protocol.md."""
+
+# One default for both ends of a line (basilar run --baud, the agent, serial:// targets, basilar telemetry): a
+# UART has no autobauding, so ends that default differently cannot talk. Every Pi UART and USB adapter does 115200.
+DEFAULT_BAUD = 115200

@@ -2,7 +2,7 @@
 uploads into a device root (releases/, current). `basilar run --serial` does the same with audio running;
 this is the agent for a device that is only being provisioned, and the device end in the serial tests.
 
-    python3 -m edge.telemetry.agent /dev/ttyGS0 --root /opt/basilar [--baud 921600]
+    python3 -m edge.telemetry.agent /dev/ttyGS0 --root /opt/basilar [--baud 115200]
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from edge import __version__
+from edge.telemetry import DEFAULT_BAUD
 from edge.telemetry.link import DeviceLink
 from edge.telemetry.protocol import LogLevel
 from edge.telemetry.upload import UploadReceiver, release_store_installer
@@ -43,7 +44,7 @@ def bundle_description(store) -> tuple[str, list[str], int, str | None]:
 class DeviceAgent:
     """A DeviceLink with a release store behind it and a health report every `health_interval` seconds."""
 
-    def __init__(self, port: str | None, root: str | Path, *, baud: int = 115200, device_id: str | None = None,
+    def __init__(self, port: str | None, root: str | Path, *, baud: int = DEFAULT_BAUD, device_id: str | None = None,
                  health_interval: float = 5.0, keep: int = 3, stream=None, on_new_bundle=None):
         from edge.releases import ReleaseStore
 
@@ -95,16 +96,20 @@ def _at_least_two(text: str) -> int:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
+def command_line() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python3 -m edge.telemetry.agent", description=__doc__.split("\n\n")[0])
     parser.add_argument("port", help="the device's serial port, e.g. /dev/ttyGS0 or /dev/ttyAMA0")
     parser.add_argument("--root", required=True, help="the device root holding releases/ and current")
-    parser.add_argument("--baud", type=int, default=115200)
+    parser.add_argument("--baud", type=int, default=DEFAULT_BAUD)
     parser.add_argument("--device-id", help="name sent in HELLO (default: the host name)")
     parser.add_argument("--health-interval", type=float, default=5.0, help="seconds between HEALTH reports")
     parser.add_argument("--keep", type=_at_least_two, default=3, help="releases kept after an upload (2 or more: "
                         "the current one and the previous one are always kept)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = command_line().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not os.path.exists(args.port):
         print(f"error: serial port {args.port} does not exist; check the name (ls /dev/tty*)", file=sys.stderr)

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import BinaryIO
 
+from edge.telemetry import DEFAULT_BAUD
 from edge.telemetry.emitter import TelemetryEmitter
 from edge.telemetry.protocol import (MsgType, Releases, RequestHello, StreamDecoder, UploadBegin, UploadChunk,
                                      UploadEnd, UploadResult, UploadStatus, truncate_utf8)
@@ -88,7 +89,7 @@ class DeviceLink:
     Telemetry keeps flowing while an upload is installed: installing runs in the reader thread, not the writer.
     """
 
-    def __init__(self, port: str | None = None, baud: int = 115200, *, device_id: str,
+    def __init__(self, port: str | None = None, baud: int = DEFAULT_BAUD, *, device_id: str,
                  receiver: UploadReceiver | None = None, store=None, queue_size: int = 256,
                  stream: BinaryIO | None = None):
         self.receiver = receiver
