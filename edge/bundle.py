@@ -212,6 +212,28 @@ def read_manifest(bundle_dir: Path) -> dict:
     return manifest
 
 
+_JSON_NAMES = {dict: "object", list: "array", str: "string"}
+
+
+def _check_shape(bundle_dir: Path, manifest: dict) -> None:
+    """The manifest's sections have the types the rest of basilar reads them as (a hand-edited manifest may not)."""
+    def part(section, key):
+        return section.get(key) if isinstance(section, dict) else None
+
+    step = part(manifest["models"], "step")
+    shapes = [("files", manifest["files"], dict), ("frontend.config", part(manifest["frontend"], "config"), dict),
+              ("models.step", step, dict), ("models.step.file", part(step, "file"), str),
+              ("labels", manifest["labels"], list)]
+    for where, value, kind in shapes:
+        if not isinstance(value, kind):
+            raise BundleError(f"{bundle_dir / MANIFEST}: {where} must be a JSON {_JSON_NAMES[kind]}, not "
+                              f"{json.dumps(value)[:40]}; the bundle is damaged: rebuild it")
+    if not all(isinstance(v, str) for v in manifest["files"].values()) or \
+            not all(isinstance(label, str) for label in manifest["labels"]):
+        raise BundleError(f"{bundle_dir / MANIFEST}: files must map names to SHA-256 strings and labels must be "
+                          "strings; the bundle is damaged: rebuild it")
+
+
 def check_manifest(bundle_dir: Path, manifest: dict) -> None:
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
@@ -220,6 +242,7 @@ def check_manifest(bundle_dir: Path, manifest: dict) -> None:
     for key in ("frontend", "models", "files", "labels", "quantization"):
         if key not in manifest:
             raise BundleError(f"{bundle_dir / MANIFEST} lacks {key!r}; the bundle is damaged or not a basilar bundle")
+    _check_shape(bundle_dir, manifest)
     for name, expected in manifest["files"].items():
         path = bundle_dir / name
         if "/" in name or not path.is_file():

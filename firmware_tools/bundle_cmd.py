@@ -27,13 +27,13 @@ def inspect(bundle_path, as_json):
     if as_json:
         click.echo(json.dumps({"id": b.id, **m}, indent=2))
         return
-    fe = m["frontend"]["config"]
-    spec = m["models"]["step"].get("spec", {})
+    fe = b.frontend_config  # parsed: a field the manifest leaves out has its default
+    spec = m["models"]["step"].get("spec") or {}
     click.echo(f"bundle     {b.id}\nname       {m.get('name')}  (basilar {m.get('basilar_version')}, "
                f"schema {m['schema_version']})")
     click.echo(f"labels     {', '.join(b.labels)}")
-    click.echo(f"front end  {fe['sample_rate']} Hz, {fe['channels']} channels, {fe['f_low']:g}-{fe['f_high']:g} Hz, "
-               f"hop {fe['hop_ms']:g} ms; hash {m['frontend']['hash'][:16]}...")
+    click.echo(f"front end  {fe.sample_rate} Hz, {fe.channels} channels, {fe.f_low:g}-{fe.f_high:g} Hz, "
+               f"hop {fe.hop_ms:g} ms; hash {m['frontend']['hash'][:16]}...")
     averaged = f", {spec['branches']} models averaged" if spec.get("branches", 1) > 1 else ""
     click.echo(f"model      {m['models']['step']['file']}: width {spec.get('width')}, dilations "
                f"{spec.get('dilations')}, receptive field {m['models']['step'].get('receptive_field_frames')} frames"

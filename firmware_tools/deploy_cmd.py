@@ -11,6 +11,15 @@ from firmware_tools.targets import SerialTarget, collect_targets
 _SSH_DEFAULTS = dict(restart="systemctl restart basilar", service="systemctl is-active basilar")
 
 
+def _need_the_host_extra() -> None:
+    """deploy and status run every transport through one fleet runner, which needs asyncssh (a host extra)."""
+    try:
+        import asyncssh  # noqa: F401
+    except ImportError:
+        raise click.ClickException("`basilar deploy` and `basilar status` run on the host and need its extra "
+                                   "(asyncssh): pip install 'basilar[host]'") from None
+
+
 def _ssh_options(command):
     """Options shared by deploy and status: how to reach and trust devices over SSH."""
     options = [
@@ -64,6 +73,7 @@ def deploy(ctx, bundle, targets, inventory, known_hosts, accept_new_host_keys, i
     ssh://user@host[:port]/path/to/root or serial:///dev/ttyX?baud=115200. A device that fails its restart or health
     check is switched back to the bundle it ran before. The exit status is 0 only if every device succeeded.
     """
+    _need_the_host_extra()
     from firmware_tools.deploy_ssh import SshOptions
     from firmware_tools.fleet import BundleNotUsable, deploy_fleet, format_table, prepare_bundle, short_id
 
@@ -134,17 +144,21 @@ def _progress_bars(targets, total):
               help="Shell command on the device that succeeds when the service runs; an empty string skips it. "
                    "{root} stands for the device root.")
 @click.option("--parallel", type=click.IntRange(min=1), default=8, show_default=True, metavar="N")
+@click.option("--command-timeout", type=click.FloatRange(min=1), default=30.0, show_default=True, metavar="SECONDS",
+              help="How long each command on the device may take before the answer is given up on.")
 def status(targets, inventory, known_hosts, accept_new_host_keys, identity, device_python, connect_timeout,
-           service_command, parallel):
+           service_command, parallel, command_timeout):
     """Show each TARGET's active bundle, the releases it keeps and whether its service runs."""
-    from firmware_tools.deploy_ssh import SshOptions
+    _need_the_host_extra()
     from edge.signing import split_key_entries
+    from firmware_tools.deploy_ssh import SshOptions
     from firmware_tools.fleet import format_table, short_id, status_fleet
 
     chosen = _targets(targets, inventory)
     options = SshOptions(known_hosts=Path(known_hosts) if known_hosts else None,
                          accept_new_host_keys=accept_new_host_keys, identity=identity, device_python=device_python,
-                         service_command=service_command, connect_timeout=connect_timeout)
+                         service_command=service_command, connect_timeout=connect_timeout,
+                         command_timeout=command_timeout)
     results = status_fleet(chosen, options, parallel=parallel)
     rows = []
     for s in results:

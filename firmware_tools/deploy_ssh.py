@@ -347,10 +347,14 @@ async def status_ssh(target: SshTarget, options: SshOptions) -> DeviceStatus:
             status = await _releases(conn, options, "status", target.root)
             service = "not checked"
             if options.service_command.strip():
-                result = await _shell(conn, device_command(options.service_command, target.root),
-                                      options.command_timeout)
-                answer = _tail(result.stdout) or _tail(result.stderr)
-                service = answer if result.exit_status == 0 else f"not running ({answer or result.exit_status})"
+                try:
+                    result = await _shell(conn, device_command(options.service_command, target.root),
+                                          options.command_timeout)
+                except DeployError as exc:  # the releases were read: the device answers, its service check hangs
+                    service = f"unknown ({exc})"
+                else:
+                    answer = _tail(result.stdout) or _tail(result.stderr)
+                    service = answer if result.exit_status == 0 else f"not running ({answer or result.exit_status})"
     except DeployError as exc:
         return DeviceStatus(target, False, reason=str(exc))
     except (OSError, asyncssh.Error) as exc:

@@ -5,6 +5,7 @@ The click layer only parses options and turns errors into messages; the work is 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -318,9 +319,22 @@ def unit_text(*, executable: str, root: str, audio: str, user: str, serial: str 
     return UNIT_TEMPLATE.format(audio=audio, user=user, root=root, exec_start=shlex.join(args))
 
 
+def running_program() -> str:
+    """The `basilar` program this command was started as (a virtual environment's, say), for the unit to run:
+    another one on PATH may be another install, or none."""
+    program = Path(sys.argv[0])
+    if program.name == "basilar" and os.access(program, os.X_OK):
+        return str(program.absolute())
+    found = shutil.which("basilar")
+    if found is None:
+        raise click.UsageError("no `basilar` program found to run; give its absolute path with --exec")
+    return str(Path(found).absolute())
+
+
 @click.command()
 @click.option("--output", "-o", default="-", show_default=True, help="Where to write the unit ('-': stdout).")
-@click.option("--exec", "executable", help="Path of the basilar program [default: the one on PATH].")
+@click.option("--exec", "executable", help="Path of the basilar program [default: the one running this command]"
+                                          ".")
 @click.option("--root", default=DEFAULT_ROOT, show_default=True, help="Device root that `basilar deploy` fills.")
 @click.option("--input", "audio", default="mic", show_default=True, help="What to listen to (as for `run`).")
 @click.option("--user", default="basilar", show_default=True, help="User the service runs as.")
@@ -330,9 +344,11 @@ def unit_text(*, executable: str, root: str, audio: str, user: str, serial: str 
               "JSON lines or text.")
 def service(output, executable, root, audio, user, serial, baud, as_json):
     """Write a systemd unit that runs `basilar run` on boot and restarts it on failure."""
-    executable = executable or shutil.which("basilar") or "/usr/local/bin/basilar"
+    executable = executable or running_program()
     if not Path(executable).is_absolute():
         raise click.BadParameter(f"{executable!r}: systemd needs an absolute path", param_hint="--exec")
+    if not Path(root).is_absolute():  # systemd ignores a relative ReadWritePaths=, and run would resolve it from /
+        raise click.BadParameter(f"{root!r}: systemd needs an absolute path", param_hint="--root")
     text = unit_text(executable=executable, root=root, audio=audio, user=user, serial=serial, baud=baud,
                      as_json=as_json)
     if output == "-":

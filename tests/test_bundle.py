@@ -77,6 +77,34 @@ def test_missing_file_is_named(bundle_copy):
         load_bundle(bundle_copy)
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.update(files=[]), "files must be a JSON object, not \\[\\]"),
+    (lambda m: m.update(labels="0123456789"), "labels must be a JSON array"),
+    (lambda m: m.update(frontend=[]), "frontend.config must be a JSON object"),
+    (lambda m: m["models"].update(step="model_step.tflite"), "models.step must be a JSON object"),
+    (lambda m: m["files"].update({"model_step.tflite": 7}), "files must map names to SHA-256 strings"),
+])
+def test_a_manifest_of_the_wrong_shape_is_named_not_a_traceback(bundle_copy, change, message):
+    rewrite_manifest(bundle_copy, change)
+    with pytest.raises(BundleError, match=f"manifest.json: {message}.*rebuild it"):
+        load_bundle(bundle_copy)
+
+
+def test_inspect_shows_a_bundle_whose_manifest_leaves_out_what_has_a_default(bundle_copy):
+    from click.testing import CliRunner
+
+    from firmware_tools.cli import main
+
+    def sparse(m):
+        m["models"]["step"]["spec"] = None
+        del m["frontend"]["config"]["f_low"]  # the default, so the hash still matches
+
+    rewrite_manifest(bundle_copy, sparse)
+    result = CliRunner().invoke(main, ["bundle", "inspect", str(bundle_copy)])
+    assert result.exit_code == 0, result.output
+    assert "100-" in result.output and "width None" in result.output
+
+
 def test_schema_version_mismatch(bundle_copy):
     rewrite_manifest(bundle_copy, lambda m: m.update(schema_version=99))
     with pytest.raises(BundleError, match="schema version 99"):

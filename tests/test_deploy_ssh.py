@@ -320,6 +320,10 @@ def test_cli_deploys_many_devices_and_reports(sshd, tmp_path, bundles):
     lines = status.stdout.splitlines()
     assert lines[0].split()[:2] == ["DEVICE", "ACTIVE"]
     assert all(short in line and "not running (inactive)" in line for line in lines[1:]) and len(lines) == 3
+    hung = CliRunner().invoke(cli, ["status", sshd.url(roots[0]), *common, "--service-command", "sleep 20",
+                                    "--command-timeout", "2"])
+    assert hung.exit_code == 0, hung.output  # the device answered; only its service check did not
+    assert short in hung.stdout and "unknown (`sleep 20` did not finish within 2 s)" in hung.stdout
 
     dry = CliRunner().invoke(cli, ["deploy", str(bundles[1].archive), sshd.url(roots[0]), "--dry-run", *common])
     assert dry.exit_code == 0, dry.output
@@ -346,3 +350,11 @@ class socket_closed_port:
 
     def __exit__(self, *exc):
         return False
+
+
+@pytest.mark.parametrize("command", [["deploy", "default"], ["status"]])
+def test_without_the_host_extra_deploy_and_status_say_what_to_install(command, monkeypatch):
+    monkeypatch.setitem(sys.modules, "asyncssh", None)  # as on a device installed with the runtime extra only
+    result = CliRunner().invoke(cli, [*command, "serial:///dev/ttyNOPE"])
+    assert result.exit_code == 1 and "pip install 'basilar[host]'" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

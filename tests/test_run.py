@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -449,6 +450,18 @@ def test_service_writes_the_documented_systemd_unit(tmp_path):
 def test_service_needs_an_absolute_program_path():
     result = basilar("service", "--exec", "basilar")
     assert result.returncode == 2 and "absolute path" in result.stderr.decode()
+    result = basilar("service", "--exec", "/usr/local/bin/basilar", "--root", "basilar")
+    assert result.returncode == 2 and "'basilar': systemd needs an absolute path" in result.stderr.decode()
+
+
+def test_service_runs_the_basilar_program_it_was_started_as():
+    """From a virtual environment that is not on PATH, the unit must run that environment's basilar."""
+    program = Path(sys.executable).parent / "basilar"  # where pip put the console script for this Python
+    require(program.is_file(), f"the basilar console script at {program}")
+    result = subprocess.run([str(program), "service"], capture_output=True, timeout=60,
+                            env=repo_env(PATH="/usr/bin:/bin"))
+    assert result.returncode == 0, result.stderr
+    assert f"ExecStart={program} run --root /opt/basilar --json mic" in result.stdout.decode()
 
 
 def test_a_bundle_deployed_over_the_serial_link_is_swapped_in_without_stopping_audio(tmp_path, tiny_bundle,
