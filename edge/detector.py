@@ -104,8 +104,7 @@ class DetectorSettings:
         ignored so that newer bundles still load.
         """
         if detector is not None and not isinstance(detector, Mapping):
-            raise DetectorSettingsError(f"the bundle's detector settings must be a JSON object, not "
-                                        f"{type(detector).__name__}; rebuild the bundle")
+            raise DetectorSettingsError(f"the detector settings must be a JSON object, not {type(detector).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)} - {"hop_ms"}
         values = {k: v for k, v in (detector or {}).items() if k in fields}
         changes = {k: v for k, v in overrides.items() if v is not None}

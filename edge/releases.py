@@ -249,12 +249,14 @@ class ReleaseStore:
             if not self.has(bundle_id):
                 raise ReleaseError(f"bundle {bundle_id} is not installed under {self.releases_dir}; install it first")
             # The trust policy decides what runs, not only what is installed: a release kept from before the
-            # device trusted keys must not become active again, not even as a deploy's switch-back (the device then
-            # stays on the new, signed bundle, and the deploy reports why). Checked before either link changes, so
-            # a refusal leaves current (and previous) as they were.
+            # device trusted keys must not become active again. An explicit `previous` marks the undo of a switch
+            # that just failed (a deploy's switch-back, a refused serial upload): it puts back the bundle that ran
+            # a moment ago, which the policy does not block, or a device could be left on a bundle that fails.
+            # Checked before either link changes, so a refusal leaves current (and previous) as they were.
             release = self.releases_dir / bundle_id
             try:
-                self._check_signature(release)
+                if previous is _KEEP:
+                    self._check_signature(release)
             except ReleaseError as exc:
                 why = str(exc)
                 if not (release / "signature.json").is_file() and "not signed" in why:

@@ -62,6 +62,7 @@ class LocalBundle:
     bundle_id: str
     sha256: str
     size: int
+    signed: bool = False  # carries signature.json
 
 
 @dataclass
@@ -287,7 +288,9 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
                 return DeployResult(target, True, "would install", active, f"would upload {bundle.size} bytes")
 
             uploaded = 0
-            if not have:
+            # A device that trusts keys may hold this release unsigned (installed before the keys): installing the
+            # signed copy is what brings its signature (same id), so it is uploaded although the device has it.
+            if not have or (bundle.signed and status.get("trusted_keys")):
                 stage = "uploading"
                 part = f"{target.root}/incoming/{bundle.bundle_id}.{secrets.token_hex(4)}.part"
                 await _upload(conn, bundle, part, progress, options)

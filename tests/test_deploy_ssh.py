@@ -291,6 +291,28 @@ def test_signed_only_device(device, bundles, tmp_path):
     _assert_intact(root, bundle_id)
 
 
+def test_a_signed_copy_of_a_release_held_unsigned_is_uploaded_and_brings_its_signature(device, bundles, tmp_path):
+    """Keys added after v1 was installed unsigned: deploying the signed v1 must deliver the signature (same id),
+    though the device holds v1 already, or the device would refuse to switch to it for good."""
+    require_module("nacl")
+    from edge.signing import generate_keypair, sign_bundle_dir
+
+    root, target, options = device
+    assert _deploy(bundles[0], target, options).ok and _deploy(bundles[1], target, options).ok
+    private, public = generate_keypair(tmp_path / "key")
+    (root / "trusted_keys").mkdir()
+    shutil.copy(public, root / "trusted_keys" / "k.pub")
+    signed_dir = shutil.copytree(load_bundle(bundles[0].archive).path, tmp_path / "signed")
+    sign_bundle_dir(signed_dir, private)
+    archive = tmp_path / "signed.tar.gz"
+    assert pack_bundle(signed_dir, archive) == bundles[0].bundle_id
+    signed = LocalBundle(archive, bundles[0].bundle_id, file_sha256(archive), archive.stat().st_size, signed=True)
+    result = _deploy(signed, target, options)
+    assert result.ok and result.outcome == "installed" and result.uploaded_bytes == signed.size, result.reason
+    assert ReleaseStore(root).current() == bundles[0].bundle_id
+    assert (ReleaseStore(root).path_of(bundles[0].bundle_id) / "signature.json").is_file()
+
+
 def test_cli_deploys_many_devices_and_reports(sshd, tmp_path, bundles):
     roots = [tmp_path / "dev-a", tmp_path / "dev-b"]
     known_hosts = tmp_path / "known_hosts"

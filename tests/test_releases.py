@@ -224,10 +224,16 @@ def test_activate_and_rollback_refuse_releases_the_trust_policy_refuses(store, b
     assert store.activate(ids[2]) == ids[1]
     assert store.current() == ids[2]
 
+    # Undoing a switch that just failed (an explicit previous, as a deploy's switch-back passes) puts back the
+    # bundle that ran a moment ago, signed or not: the device must not stay on the bundle that failed.
+    store.activate(ids[1], previous=ids[0])
+    assert (store.current(), store.previous()) == (ids[1], ids[0])
+    store.activate(ids[2], previous=ids[1])
+
     (store.trusted_keys_dir / "bad.pub").write_text("garbage\n")  # a broken key file opens no door either
     with pytest.raises(ReleaseError, match="bad.pub is not a basilar-ed25519 key file"):
-        store.activate(ids[2], previous=ids[1])
-    assert store.previous() == ids[1]
+        store.activate(ids[1])
+    assert (store.current(), store.previous()) == (ids[2], ids[1])
 
 
 def test_status_shows_a_broken_key_file_as_such(store, bundles, tmp_path, capsys):

@@ -25,7 +25,7 @@ from firmware_tools.cli import main as cli
 from firmware_tools.line_noise import Corruption
 from firmware_tools.serial_deploy import SerialDeployError, deploy_serial
 from tests.bundle_variants import variant
-from tests.conftest import REPO
+from tests.conftest import REPO, require_module
 from tests.serial_pty import PtyCable
 
 BAUD = 115200
@@ -353,6 +353,45 @@ def test_a_refused_upload_leaves_current_previous_and_every_release_as_they_were
         refusing(third, hashlib.sha256(third.read_bytes()).hexdigest())
     assert (store.current(), store.previous()) == before[:2] and set(before[2]) <= set(store.releases())
     assert store.rollback() == first  # the rollback still goes where it went before
+
+
+def test_a_refusal_puts_back_an_unsigned_bundle_on_a_device_that_now_trusts_keys(tmp_path, archives, tiny_bundle):
+    """The first signed upload after keys were added, refused by the running basilar: what ran before (unsigned)
+    must be current again, as the host is told."""
+    require_module("nacl")
+    from edge.signing import sign_bundle_dir
+    from edge.telemetry.upload import release_store_installer
+
+    store = ReleaseStore(tmp_path / "root")
+    (unsigned, unsigned_id), _ = archives
+    store.activate(store.install(unsigned))
+    private, public = generate_keypair(tmp_path / "key")
+    store.trusted_keys_dir.mkdir()
+    shutil.copy(public, store.trusted_keys_dir / "k.pub")
+    signed_dir = variant(tiny_bundle, tmp_path / "v3", 3)
+    sign_bundle_dir(signed_dir, private)
+    signed = tmp_path / "v3.tar.gz"
+    pack_bundle(signed_dir, signed)
+
+    def refuse(bundle_id):
+        raise RuntimeError("the new bundle cannot run on this device")
+
+    with pytest.raises(RuntimeError):
+        release_store_installer(store, on_new_bundle=refuse)(signed, hashlib.sha256(signed.read_bytes()).hexdigest())
+    assert store.current() == unsigned_id
+
+
+def test_the_store_is_announced_as_it_is_after_pruning(tmp_path, archives, tiny_bundle):
+    from edge.telemetry.upload import release_store_installer
+
+    store = ReleaseStore(tmp_path / "root")
+    seen = []
+    install = release_store_installer(store, keep=2, on_installed=lambda _: seen.append(store.releases()))
+    third = tmp_path / "v3.tar.gz"
+    pack_bundle(variant(tiny_bundle, tmp_path / "v3", 3), third)
+    for archive in (*[a for a, _ in archives], third):
+        install(archive, hashlib.sha256(archive.read_bytes()).hexdigest())
+    assert [len(releases) for releases in seen] == [1, 2, 2]  # RELEASES goes out after the prune, not before
 
 
 def test_the_agent_refuses_to_keep_fewer_than_two_releases(tmp_path):

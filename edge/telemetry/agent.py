@@ -50,9 +50,9 @@ class DeviceAgent:
 
         self.store = ReleaseStore(root)
         self.health_interval = health_interval
-        self._on_new_bundle = on_new_bundle
         receiver = UploadReceiver(self.store.incoming_dir / "serial",
-                                  release_store_installer(self.store, keep, on_new_bundle=self._bundle_changed))
+                                  release_store_installer(self.store, keep, on_new_bundle=on_new_bundle,
+                                                          on_installed=self._bundle_changed))
         self.link = DeviceLink(port, baud, device_id=device_id or socket.gethostname(), receiver=receiver,
                                store=self.store, stream=stream)
         self._started = time.monotonic()
@@ -67,8 +67,6 @@ class DeviceAgent:
             self.link.emitter.log(problem, LogLevel.ERROR)
 
     def _bundle_changed(self, bundle_id: str) -> None:
-        if self._on_new_bundle is not None:
-            self._on_new_bundle(bundle_id)
         self.link.emitter.log(f"bundle {bundle_id} installed and active")
         self.announce()
 

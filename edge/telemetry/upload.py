@@ -171,11 +171,11 @@ class UploadReceiver:
         self._drop_transfer()
 
 
-def release_store_installer(store, keep: int = 3,
-                            on_new_bundle: Callable[[str], None] | None = None) -> Callable[[Path, str], str]:
+def release_store_installer(store, keep: int = 3, on_new_bundle: Callable[[str], None] | None = None,
+                            on_installed: Callable[[str], None] | None = None) -> Callable[[Path, str], str]:
     """install() for a device root: verify and add the archive to the release store (`edge.releases`), make it
-    current, hand it to on_new_bundle(bundle_id) (the running software loads it, or raises to refuse it), and
-    then keep the `keep` most recent releases.
+    current, hand it to on_new_bundle(bundle_id) (the running software loads it, or raises to refuse it), keep
+    the `keep` most recent releases, and then tell on_installed(bundle_id) (which announces the store as it is).
 
     A refusal puts `current` and `previous` back as they were and prunes nothing, as an SSH deploy's switch-back
     does: the releases the device could roll back to are all still there."""
@@ -194,6 +194,8 @@ def release_store_installer(store, keep: int = 3,
             store.prune(keep)
         except Exception as exc:  # noqa: BLE001 - the new bundle runs; old releases only take space
             log.warning("bundle %s is active, but pruning old releases failed: %s", bundle_id[:12], exc)
+        if on_installed is not None:
+            on_installed(bundle_id)
         return bundle_id
 
     return install
@@ -204,6 +206,6 @@ def _put_back(store, current: str | None, previous: str | None) -> None:
         if current is None:
             store.deactivate(previous=previous)
         else:
-            store.activate(current, previous=previous)
+            store.activate(current, previous=previous)  # an explicit previous: an undo, not a new activation
     except Exception as exc:  # noqa: BLE001 - the refusal itself is what the host must hear
         log.error("could not put current back to %s after the refusal: %s", current, exc)
