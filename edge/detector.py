@@ -136,6 +136,9 @@ class DetectorSettings:
         if not 0 <= number("end_quiet_ms") < self.max_duration_ms:
             raise DetectorSettingsError(f"end_quiet_ms={self.end_quiet_ms}: must be 0 (off) or a pause shorter "
                                         f"than max_duration_ms={self.max_duration_ms}")
+        if 0 < self.end_quiet_ms < self.hop_ms:  # it would round to no hop: end-pointing silently off
+            raise DetectorSettingsError(f"end_quiet_ms={self.end_quiet_ms}: a pause of at least one hop "
+                                        f"({self.hop_ms:g} ms), or 0 (off)")
         if not 0 < number("end_quiet_db") <= 60:
             raise DetectorSettingsError(f"end_quiet_db={self.end_quiet_db}: must be in (0, 60] dB, how far below "
                                         "the word a pause must fall")
@@ -220,6 +223,9 @@ class Detector:
             raise ValueError(f"posteriors must have shape (frames, {len(self.labels)}), got {posteriors.shape}")
         if len(posteriors) == 0:
             return []
+        if not np.isfinite(posteriors).all() or posteriors.min() < 0 or posteriors.max() > 1:
+            # A broken model: NaN would hold events open, pass min_score and reach the sinks as invalid JSON.
+            posteriors = np.clip(np.nan_to_num(posteriors, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
         if self._quiet_hops:
             if levels is None or len(levels) != len(posteriors):
                 raise ValueError(f"end_quiet_ms={self.settings.end_quiet_ms} needs the input's level at each of the "
@@ -290,8 +296,11 @@ class Detector:
         best = int(np.argmax(evidence / self._thresholds))
         if self._peaks[best] < self.settings.min_score:
             return None  # sure of a word, not of which: on words that only resemble one
+        # Reported once hop `end_hop` was processed, i.e. after the audio up to its end (at the end of the stream,
+        # end_hop is already the number of hops).
+        detected_hop = end_hop if at_end else end_hop + 1
         return Detection(label=self.labels[best], score=float(self._peaks[best]), start_s=start_hop * self._hop_s,
-                         end_s=word_end_hop * self._hop_s, detected_s=end_hop * self._hop_s)
+                         end_s=word_end_hop * self._hop_s, detected_s=detected_hop * self._hop_s)
 
     def _word_bounds(self, end_hop: int) -> tuple[int, int | None]:
         """From the input's levels: the hop where the word began, and the hop where the pause after it began (None

@@ -212,6 +212,24 @@ def test_invalid_settings_are_refused_with_the_setting_named(bad, words):
         assert word in str(err.value)
 
 
+def test_a_broken_models_nan_or_out_of_range_posteriors_are_not_passed_on():
+    """NaN would hold an event open, pass min_score (NaN < x is False) and reach the sinks as invalid JSON."""
+    detector = Detector(DetectorSettings(hop_ms=10.0, threshold=0.6, smoothing_ms=0, min_score=0.5, refractory_ms=0),
+                        LABELS)
+    posteriors = np.zeros((100, len(LABELS)))
+    posteriors[10:30, 0] = 0.9
+    posteriors[30:35, :] = np.nan
+    posteriors[50:70, 1] = 7.0
+    events = detector.update(posteriors) + detector.flush()
+    assert [(e.label, e.score, round(e.end_s, 2)) for e in events] == [("a", 0.9, 0.3), ("b", 1.0, 0.7)]
+
+
+@pytest.mark.parametrize("end_quiet_ms", [1, 4, 9.9])
+def test_a_pause_shorter_than_a_hop_is_refused_not_rounded_to_nothing(end_quiet_ms):
+    with pytest.raises(DetectorSettingsError, match=f"end_quiet_ms={end_quiet_ms}: a pause of at least one hop"):
+        DetectorSettings(hop_ms=10.0, end_quiet_ms=end_quiet_ms)
+
+
 def test_invalid_command_line_override_is_refused():
     with pytest.raises(DetectorSettingsError, match="threshold=2"):
         DetectorSettings.from_manifest({}, hop_ms=10.0, threshold=2)

@@ -153,10 +153,14 @@ def test_a_detection_carries_the_words_own_times_and_when_it_was_reported():
     posteriors, levels = word_then(np.full(180, -58.0))  # the word's sound: hops 60-120; the model: hops 100-150
     detector = make()
     [event] = detector.update(posteriors, levels) + detector.flush()
-    assert (event.start_s, event.end_s, event.detected_s) == pytest.approx((0.60, 1.20, 1.50))
+    # Reported once hop 150 (the first under the release) was processed: after the audio up to its end, 1.51 s.
+    assert (event.start_s, event.end_s, event.detected_s) == pytest.approx((0.60, 1.20, 1.51))
     off = make(end_quiet_ms=0)  # no levels: the times are those of the model's certainty
     [event] = off.update(posteriors) + off.flush()
-    assert (event.start_s, event.end_s, event.detected_s) == pytest.approx((1.00, 1.50, 1.50))
+    assert (event.start_s, event.end_s, event.detected_s) == pytest.approx((1.00, 1.50, 1.51))
+    open_at_end = make(end_quiet_ms=0)  # flushed at the end of the stream: reported when the audio ran out
+    [event] = open_at_end.update(posteriors[:140]) + open_at_end.flush()
+    assert event.detected_s == pytest.approx(1.40)
 
 
 def test_the_shipped_bundle_times_the_demo_words():
