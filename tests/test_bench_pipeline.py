@@ -37,9 +37,23 @@ def test_bench_model_times_the_default_step_model(default_bundle):
     assert report["runtime"] == "ai-edge-litert" and report["steps"] == 300
     assert 0 < report["step_us_p50"] <= report["step_us_p99"] and report["step_us_mean"] > 0
 
+    assert report["step_us_wall_mean"] > 0
+    met = report["step_us_mean"] <= 20 and report["model_bytes"] <= 100_000
+    assert report["targets_met"] is met
+
     text = bench("model", "--bundle", "default", "--steps", 300)
-    assert text.returncode == 0, text.stderr
+    assert text.returncode == 0, text.stderr  # without --check: a report only, whatever this host's speed
     assert text.stdout.startswith(f"step model {report['model_bytes']} bytes on ai-edge-litert, one core")
+    assert "targets: mean step <= 20 us, model <= 100,000 bytes: " in text.stdout
+
+
+def test_bench_model_check_fails_when_a_target_is_missed(monkeypatch):
+    from firmware_tools import bench_model
+
+    monkeypatch.setattr(bench_model, "pin_to_one_cpu", lambda: None)  # leave the test process's cores alone
+    monkeypatch.setattr(bench_model, "TARGETS", {"step_us_mean": 1e9, "model_bytes": 1000})
+    missed = CliRunner().invoke(main, ["bench", "model", "--steps", "300", "--check"])
+    assert missed.exit_code == 1 and "target(s) missed: model_bytes" in missed.output and "MISSED" in missed.output
 
 
 def test_bench_model_bad_bundles_are_clear_errors():
@@ -61,6 +75,20 @@ def test_bench_run_streams_the_demo_and_reports_every_figure(default_bundle):
     assert min(report[k] for k in ("frontend_us_per_hop", "model_step_us", "detector_us_per_hop")) > 0
     met = (report["speed_x"] >= 200 and report["hop_p99_ms"] <= 1 and report["peak_rss_mb"] <= 150)
     assert report["targets_met"] is met
+
+
+def test_the_recording_is_looped_without_copies_of_it():
+    recording = np.arange(1000, dtype=np.int16)
+    for total, size in ((3500, 160), (999, 800), (2000, 1000), (10, 4000)):
+        played = np.concatenate(list(bench_run.looped(recording, total, size)))
+        np.testing.assert_array_equal(played, np.tile(recording, 4)[:total])
+
+
+def test_bench_run_memory_is_the_pipelines_not_the_benchmarks_and_hops_are_as_many_as_asked():
+    short, long, hops = (json.loads(bench("run", "--seconds", s, "--hop-seconds", h, "--json").stdout)
+                         for s, h in ((20, 1), (600, 1), (2, 5)))
+    assert long["peak_rss_mb"] - short["peak_rss_mb"] < 3  # 30x the audio, the same memory
+    assert hops["hops_timed"] == 500  # --hop-seconds longer than --seconds is fed in full
 
 
 def test_bench_run_check_fails_when_a_target_is_missed(monkeypatch):
