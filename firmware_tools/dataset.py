@@ -125,12 +125,16 @@ def espeak(text: str, voice: str, pitch: int, speed: int, sample_rate: int) -> n
     return trim_silence(x)
 
 
+def sounding_span(x: np.ndarray, threshold_db: float = -40.0) -> tuple[int, int]:
+    """[first, end) of the samples louder than threshold_db below the peak: a clip without its silent ends."""
+    loud = np.flatnonzero(np.abs(x) > np.abs(x).max() * 10 ** (threshold_db / 20)) if x.size else x[:0]
+    return (int(loud[0]), int(loud[-1]) + 1) if loud.size else (0, 0)
+
+
 def trim_silence(x: np.ndarray, threshold_db: float = -40.0) -> np.ndarray:
     """Cut leading and trailing samples quieter than threshold_db below the peak (FSDD clips are trimmed too)."""
-    if x.size == 0:
-        return x
-    loud = np.flatnonzero(np.abs(x) > np.abs(x).max() * 10 ** (threshold_db / 20))
-    return x[loud[0]:loud[-1] + 1] if loud.size else x[:0]
+    first, end = sounding_span(x, threshold_db)
+    return x[first:end]
 
 
 def synth_digits(sample_rate: int, count: int, seed: int) -> list[tuple[np.ndarray, str]]:

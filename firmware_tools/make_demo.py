@@ -184,7 +184,10 @@ def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phr
             used_files.append(extra.name)
         elif kind == "speech":
             clip = rms_normalise(extra(), -24 + rng.uniform(-4, 4))
-            non_target.append(("speech", cursor, cursor + len(clip) / RATE))
+            # Where it sounds: a synthesized phrase ends in up to 0.35 s of silence and a recorded prompt starts
+            # and ends in its room's quiet, which are no minutes of speech to count false alarms per.
+            first, end = dataset.sounding_span(clip)
+            non_target.append(("speech", cursor + first / RATE, cursor + end / RATE))
         else:
             clip = rms_normalise(noise_burst(rng, extra, name), -30)
             non_target.append(("noise", cursor, cursor + len(clip) / RATE))
@@ -334,6 +337,9 @@ def main(fsdd: Path, out_dir: Path, seed: int, speakers: str, repeats: int, phra
     info = soundfile.info(wav)
     rows = sum(1 for _ in csv_path.open()) - 1
     click.echo(f"wrote {wav} ({info.duration:.1f} s, {info.samplerate} Hz) and {csv_path} ({rows} digits)")
+    if speech_dir is not None and not speech_credit:
+        click.echo(f"warning: {out_dir / 'ATTRIBUTION.md'} names no author or licence for the recordings; give them "
+                   "with --speech-credit before sharing the stream", err=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import pytest
 import soundfile
 from click.testing import CliRunner
 
+from firmware_tools import dataset
 from firmware_tools.make_demo import DEFAULT_FSDD, SPEAKERS, espeak_version, festival, write_demo
 from firmware_tools.make_demo import main as make_demo_main
 from firmware_tools.recordings import read_recordings
@@ -73,11 +74,15 @@ def test_make_demo_sets_the_pauses_and_the_hiss(tmp_path):
     require(DEFAULT_FSDD.is_dir(), f"the FSDD recordings at {DEFAULT_FSDD}")
     require_program("espeak-ng")
     write_demo(DEFAULT_FSDD, tmp_path, speakers=("theo",), repeats=1, phrases=2, pauses=(0.2, 0.25), hiss_dbfs=-30)
-    items = sorted([(start, end) for _, start, end in truth_rows(tmp_path / "demo_truth.csv")] +
-                   [(s.start_s, s.end_s) for s in read_truth(tmp_path / "demo_non_target.csv",
-                                                              header=NON_TARGET_HEADER)])
-    gaps = [b[0] - a[1] for a, b in zip(items, items[1:])]
-    assert len(gaps) == 10 + 2 + 2 - 1 and all(0.199 <= gap <= 0.251 for gap in gaps)
+    items = sorted([(start, end, "digit") for _, start, end in truth_rows(tmp_path / "demo_truth.csv")] +
+                   [(s.start_s, s.end_s, s.label) for s in read_truth(tmp_path / "demo_non_target.csv",
+                                                                      header=NON_TARGET_HEADER)])
+    gaps = [(b[0] - a[1], "speech" in (a[2], b[2])) for a, b in zip(items, items[1:])]
+    assert len(gaps) == 10 + 2 + 2 - 1 and all(gap >= 0.199 for gap, _ in gaps)
+    # Between digits and bursts the pause is as drawn; next to speech longer, by the synthesized phrase's silent
+    # ends, which its row leaves out (they are no minutes of speech).
+    assert all(gap <= 0.251 for gap, next_to_speech in gaps if not next_to_speech)
+    assert any(gap > 0.3 for gap, next_to_speech in gaps if next_to_speech)
     audio, rate = soundfile.read(tmp_path / "demo.wav", dtype="float64")
     opening = audio[: int(0.9 * rate)]  # the stream opens with a second of hiss alone
     assert 20 * np.log10(np.sqrt(np.mean(opening**2))) == pytest.approx(-30, abs=0.3)
@@ -134,11 +139,16 @@ def test_make_demo_shares_the_phrases_among_festival_voices(tmp_path):
     assert "## Synthetic speech (festival, voice_ked_diphone, voice_pc_diphone), not digits" in attribution
     lines = re.findall(r'- "(.+)" \((voice_\w+), (\d+) words/min\)', attribution)
     assert len(lines) == 5 and {voice for _, voice, _ in lines} == set(voices)
-    # Each phrase in the stream is as long as that phrase spoken alone in its voice (the voices' lengths differ).
+    # Each phrase in the stream sounds as long as that phrase spoken alone in its voice (the voices' lengths differ;
+    # the rows leave out the silent ends).
+    def sounding_s(samples):
+        first, end = dataset.sounding_span(samples)
+        return (end - first) / 16000
+
     lengths = sorted(s.end_s - s.start_s for s in spoken)
-    alone = sorted(len(festival(text, "", int(speed), 0, voices=(voice,))) / 16000 for text, voice, speed in lines)
+    alone = sorted(sounding_s(festival(text, "", int(speed), 0, voices=(voice,))) for text, voice, speed in lines)
     assert np.allclose(lengths, alone, atol=0.002)  # the CSV keeps milliseconds
-    ked_only = sorted(len(festival(text, "", int(speed), 0)) / 16000 for text, _, speed in lines)
+    ked_only = sorted(sounding_s(festival(text, "", int(speed), 0)) for text, _, speed in lines)
     assert not np.allclose(lengths, ked_only, atol=0.002)
 
 
@@ -174,9 +184,13 @@ def test_make_demo_puts_recordings_of_people_between_the_digits(tmp_path):
         "--speakers", "theo", "--repeats", "1", "--out", str(tmp_path / "out"), "--speech-dir", str(speech),
         "--speech-list", str(listing), "--speech-credit", "Read by A. Person, CC BY-SA 3.0"])
     assert result.exit_code == 0, result.output
+    assert "warning" not in result.output
     spoken = [s for s in read_truth(tmp_path / "out" / "demo_non_target.csv", header=NON_TARGET_HEADER)
               if s.label == "speech"]
     assert sorted(round(s.end_s - s.start_s, 2) for s in spoken) == [0.6, 0.8]  # prompt-0 and prompt-2, once each
+    uncredited = CliRunner().invoke(make_demo_main, [
+        "--speakers", "theo", "--repeats", "1", "--out", str(tmp_path / "bare"), "--speech-dir", str(speech)])
+    assert uncredited.exit_code == 0 and "names no author or licence for the recordings" in uncredited.output
     attribution = (tmp_path / "out" / "ATTRIBUTION.md").read_text()
     assert "background hiss and recorded non-digit speech between them" in attribution
     assert ("## Recorded speech, not digits\nRead by A. Person, CC BY-SA 3.0\n\n- `prompt-2.wav`: \"Goodbye.\"\n"

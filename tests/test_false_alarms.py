@@ -80,7 +80,7 @@ def score(audio_path, stream_dir, **overrides):
     words = read_truth(stream_dir / "demo_truth.csv")
     speech = read_truth(stream_dir / "demo_non_target.csv", header=NON_TARGET_HEADER)
     result = score_stream(detections, words, seconds, non_target=speech).to_dict()
-    assert result["non_target_speech_s"] > 100  # the phrases are there: about two minutes of them
+    assert result["non_target_speech_s"] > 80  # the phrases are there: about 1.5 minutes of them, silent ends left out
     return result
 
 
@@ -117,6 +117,6 @@ def test_a_real_persons_speech_makes_fewer_false_alarms_than_the_target(real_spe
     words said alone: the shipped bundle makes 0.82 and 1.43 false alarms per minute there at its threshold, 0.92
     (0.49 and 1.24 at 0.95; recipe 7, without recorded speech in its background class: 3.1 and 4.4 at 0.95)."""
     result = score(real_speech_stream / "demo.wav", real_speech_stream)
-    assert result["non_target_speech_s"] > 600  # 284 and 262 prompts
+    assert result["non_target_speech_s"] > 550  # 284 and 262 prompts, their quiet ends left out
     assert result["hits"] >= 19 and result["words"] == 20
     assert result["false_alarms_per_speech_minute"] <= TARGET_PER_MINUTE
