@@ -123,23 +123,52 @@ def bundle_id(path) -> str:
     return file_sha256(manifest)
 
 
+class _Bounded(io.RawIOBase):
+    """A stream that refuses to give more than `limit` bytes: what tarfile reads of an archive, headers included
+    (a long-name or pax header declaring gigabytes is read whole into memory before any entry is seen)."""
+
+    def __init__(self, raw, limit: int, archive_path):
+        self.raw, self.left, self.archive_path = raw, limit, archive_path
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.raw.read(min(len(buffer), self.left + 1))
+        self.left -= len(data)
+        if self.left < 0:
+            raise BundleError(f"{self.archive_path} unpacks to more than {MAX_ARCHIVE_BYTES} bytes; refused")
+        buffer[:len(data)] = data
+        return len(data)
+
+
 def extract_archive(archive_path, dest_dir) -> Path:
-    """Unpack a bundle archive into dest_dir safely: regular files only, flat names, bounded size."""
+    """Unpack a bundle archive into dest_dir safely: regular files only, flat names, bounded size and count.
+
+    Read as a stream, entry by entry, each checked before its data is written and every limit applied as the
+    archive is read, so that a small hostile archive (a million empty entries, a header of gigabytes) costs no
+    more than a bundle may; what was written is in dest_dir, which the caller discards on an error."""
     archive_path, dest = Path(archive_path), Path(dest_dir)
     try:
-        tar = tarfile.open(archive_path, "r:gz")
+        raw = gzip.open(archive_path, "rb")
+        tar = tarfile.open(fileobj=_Bounded(raw, MAX_ARCHIVE_BYTES + (MAX_ARCHIVE_MEMBERS + 4) * 2048, archive_path),
+                           mode="r|")
     except _DAMAGED as exc:
         raise _unreadable(archive_path, exc) from None
-    with tar:
-        try:
-            members = tar.getmembers()
-        except _DAMAGED as exc:
-            raise _corrupt(archive_path, exc) from None
-        if len(members) > MAX_ARCHIVE_MEMBERS:
-            raise BundleError(f"{archive_path} holds {len(members)} entries; a bundle has at most "
-                              f"{MAX_ARCHIVE_MEMBERS}")
-        total = 0
-        for m in members:
+    with raw, tar:
+        dest.mkdir(parents=True, exist_ok=True)
+        count = total = 0
+        while True:
+            try:
+                m = tar.next()
+            except _DAMAGED as exc:
+                raise _corrupt(archive_path, exc) from None
+            if m is None:
+                break
+            count += 1
+            if count > MAX_ARCHIVE_MEMBERS:
+                raise BundleError(f"{archive_path} holds more than {MAX_ARCHIVE_MEMBERS} entries; a bundle has at "
+                                  f"most {MAX_ARCHIVE_MEMBERS}")
             if not m.isfile():
                 raise BundleError(f"{archive_path}: entry {m.name!r} is not a regular file (links, devices and "
                                   "folders are refused)")
@@ -149,8 +178,9 @@ def extract_archive(archive_path, dest_dir) -> Path:
             total += m.size
             if total > MAX_ARCHIVE_BYTES:
                 raise BundleError(f"{archive_path} unpacks to more than {MAX_ARCHIVE_BYTES} bytes; refused")
-        dest.mkdir(parents=True, exist_ok=True)
-        for m in members:
+            if (dest / m.name).exists():
+                raise BundleError(f"{archive_path}: entry {m.name!r} appears twice; re-create the archive with "
+                                  "`basilar bundle pack`")
             with tar.extractfile(m) as src, open(dest / m.name, "wb") as out:
                 while True:
                     try:

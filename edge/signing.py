@@ -124,9 +124,17 @@ def read_trusted_keys(trusted_keys_dir: str | Path | None) -> tuple[dict[str, by
     report, which shows both; a check goes through trusted_public_keys, which refuses on any broken file)."""
     keys, problems = {}, []
     folder = Path(trusted_keys_dir) if trusted_keys_dir is not None else None
-    if folder is None or not folder.is_dir():
+    if folder is None or not folder.exists():
         return keys, problems
-    for path in sorted(folder.glob("*.pub")):
+    # A folder that is there but cannot be read is a problem, never "no keys": glob would quietly find nothing,
+    # and the device would take unsigned bundles (say, a root-only folder and a service user).
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as exc:
+        problems.append(f"cannot read the trusted keys folder {folder} ({exc.strerror or exc}); every bundle is "
+                        "refused until it is a folder this user may read")
+        return keys, problems
+    for path in (folder / name for name in names if name.endswith(".pub")):
         try:
             raw = read_public_key(path)
         except SignatureError as exc:
@@ -149,7 +157,7 @@ def trusted_public_keys(trusted_keys_dir: str | Path | None, *, required: bool =
     (passing an unsigned bundle there would look like a successful check).
     """
     folder = Path(trusted_keys_dir) if trusted_keys_dir is not None else None
-    if folder is None or not folder.is_dir():
+    if folder is None or not folder.exists():
         if required:
             what = (f"the trusted keys folder {folder} does not exist" if folder is not None
                     else "no folder of trusted keys was given")

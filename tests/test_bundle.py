@@ -181,6 +181,26 @@ def test_archive_size_limit(tmp_path, monkeypatch):
         extract_archive(archive, tmp_path / "out")
 
 
+def test_a_hostile_archive_is_refused_as_it_is_read_not_after(tmp_path, monkeypatch):
+    """A header declaring more than a bundle may hold, or entries past the count, stop the reading there: a
+    small archive must not cost the device gigabytes or minutes before the limits apply."""
+    import edge.bundle
+
+    monkeypatch.setattr(edge.bundle, "MAX_ARCHIVE_BYTES", 100_000)
+    with tarfile.open(tmp_path / "long.tar.gz", "w:gz", format=tarfile.GNU_FORMAT) as tar:
+        _file(tar, "n" * 2_000_000)  # a GNU long-name header of 2 MB, read whole by tarfile
+    assert (tmp_path / "long.tar.gz").stat().st_size < 20_000
+    with pytest.raises(BundleError, match="unpacks to more than 100000 bytes"):
+        extract_archive(tmp_path / "long.tar.gz", tmp_path / "out1")
+    read = []
+    real_next = tarfile.TarFile.next
+    monkeypatch.setattr(tarfile.TarFile, "next", lambda self: read.append(1) or real_next(self))
+    many = _archive(tmp_path, lambda tar: [_file(tar, f"f{i}") for i in range(5000)])
+    with pytest.raises(BundleError, match="more than 64 entries"):
+        extract_archive(many, tmp_path / "out2")
+    assert len(read) <= 66  # the 65th refused (tarfile reads the first one when it opens), not the 5,000
+
+
 def test_truncated_archive(tiny_bundle, tmp_path):
     good = tmp_path / "good.tar.gz"
     pack_bundle(tiny_bundle, good)

@@ -236,6 +236,15 @@ def test_activate_and_rollback_refuse_releases_the_trust_policy_refuses(store, b
     assert (store.current(), store.previous()) == (ids[2], ids[1])
 
 
+def test_a_trusted_keys_path_that_cannot_be_read_refuses_every_bundle(store, bundles):
+    """Not a folder (or one this user may not list): never read as 'no keys', which would take unsigned bundles."""
+    store.root.mkdir(parents=True, exist_ok=True)
+    store.trusted_keys_dir.write_text("not a folder\n")
+    with pytest.raises(ReleaseError, match="cannot read the trusted keys folder"):
+        store.install(bundles[0][1])
+    assert store.releases() == []
+
+
 def test_status_shows_a_broken_key_file_as_such(store, bundles, tmp_path, capsys):
     require_module("nacl")
     from edge.signing import key_id, read_public_key
