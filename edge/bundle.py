@@ -149,11 +149,14 @@ def extract_archive(archive_path, dest_dir) -> Path:
     archive is read, so that a small hostile archive (a million empty entries, a header of gigabytes) costs no
     more than a bundle may; what was written is in dest_dir, which the caller discards on an error."""
     archive_path, dest = Path(archive_path), Path(dest_dir)
+    raw = None
     try:
         raw = gzip.open(archive_path, "rb")
         tar = tarfile.open(fileobj=_Bounded(raw, MAX_ARCHIVE_BYTES + (MAX_ARCHIVE_MEMBERS + 4) * 2048, archive_path),
-                           mode="r|")
-    except _DAMAGED as exc:
+                           mode="r|")  # reads the first entry's headers already
+    except (*_DAMAGED, RecursionError) as exc:  # RecursionError: thousands of chained long-name headers
+        if raw is not None:
+            raw.close()
         raise _unreadable(archive_path, exc) from None
     with raw, tar:
         dest.mkdir(parents=True, exist_ok=True)
@@ -161,7 +164,7 @@ def extract_archive(archive_path, dest_dir) -> Path:
         while True:
             try:
                 m = tar.next()
-            except _DAMAGED as exc:
+            except (*_DAMAGED, RecursionError) as exc:  # RecursionError: thousands of chained long-name headers
                 raise _corrupt(archive_path, exc) from None
             if m is None:
                 break

@@ -136,9 +136,9 @@ class DetectorSettings:
         if not 0 <= number("end_quiet_ms") < self.max_duration_ms:
             raise DetectorSettingsError(f"end_quiet_ms={self.end_quiet_ms}: must be 0 (off) or a pause shorter "
                                         f"than max_duration_ms={self.max_duration_ms}")
-        if 0 < self.end_quiet_ms < self.hop_ms:  # it would round to no hop: end-pointing silently off
+        if self.end_quiet_ms > 0 and self.frames(self.end_quiet_ms) == 0:  # end-pointing silently off
             raise DetectorSettingsError(f"end_quiet_ms={self.end_quiet_ms}: a pause of at least one hop "
-                                        f"({self.hop_ms:g} ms), or 0 (off)")
+                                        f"({self.hop_ms:g} ms; rounded to whole hops), or 0 (off)")
         if not 0 < number("end_quiet_db") <= 60:
             raise DetectorSettingsError(f"end_quiet_db={self.end_quiet_db}: must be in (0, 60] dB, how far below "
                                         "the word a pause must fall")

@@ -119,12 +119,20 @@ def sign_bundle_dir(bundle_dir: str | Path, private_key_path: str | Path) -> str
 KEY_ERROR_PREFIX = "error: "  # marks a broken key file among the key ids `status` reports
 
 
+def _exists(path: Path) -> bool:
+    """Whether it is there; a path this user may not even look at counts as there (and then fails to be read)."""
+    try:
+        return path.exists()
+    except PermissionError:
+        return True
+
+
 def read_trusted_keys(trusted_keys_dir: str | Path | None) -> tuple[dict[str, bytes], list[str]]:
     """The readable public keys in a folder, by key id, and why each other `*.pub` file is unusable (for a status
     report, which shows both; a check goes through trusted_public_keys, which refuses on any broken file)."""
     keys, problems = {}, []
     folder = Path(trusted_keys_dir) if trusted_keys_dir is not None else None
-    if folder is None or not folder.exists():
+    if folder is None or not _exists(folder):
         return keys, problems
     # A folder that is there but cannot be read is a problem, never "no keys": glob would quietly find nothing,
     # and the device would take unsigned bundles (say, a root-only folder and a service user).
@@ -157,7 +165,7 @@ def trusted_public_keys(trusted_keys_dir: str | Path | None, *, required: bool =
     (passing an unsigned bundle there would look like a successful check).
     """
     folder = Path(trusted_keys_dir) if trusted_keys_dir is not None else None
-    if folder is None or not folder.exists():
+    if folder is None or not _exists(folder):
         if required:
             what = (f"the trusted keys folder {folder} does not exist" if folder is not None
                     else "no folder of trusted keys was given")

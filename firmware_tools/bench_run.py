@@ -39,8 +39,8 @@ def load_audio(path: Path, sample_rate: int) -> np.ndarray:
 def looped(recording: np.ndarray, total: int, size: int):
     """`total` samples of the recording played round and round, as views of `size` samples (the last shorter):
     one copy of the recording in memory however long the benchmark runs."""
-    size = min(size, len(recording))
-    ring = np.concatenate([recording, recording[:size]])  # any `size` samples from any offset are contiguous
+    # Any `size` samples from any offset are contiguous in the ring (a recording shorter than `size` repeats).
+    ring = np.tile(recording, -(-size // len(recording)) + 1)
     for start in range(0, total, size):
         offset = start % len(recording)
         yield ring[offset:offset + min(size, total - start)]

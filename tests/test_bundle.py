@@ -201,6 +201,21 @@ def test_a_hostile_archive_is_refused_as_it_is_read_not_after(tmp_path, monkeypa
     assert len(read) <= 66  # the 65th refused (tarfile reads the first one when it opens), not the 5,000
 
 
+def test_thousands_of_chained_long_name_headers_are_a_clear_refusal(tmp_path):
+    import gzip
+
+    link = tarfile.TarInfo("././@LongLink")
+    link.type, link.size = tarfile.GNUTYPE_LONGNAME, 4
+    header = link._create_header(link.get_info(), tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+    last = tarfile.TarInfo("x")
+    last.size = 1
+    data = (header + b"abc\0".ljust(512, b"\0")) * 3000 + last.tobuf(format=tarfile.GNU_FORMAT) + \
+        b"x".ljust(512, b"\0") + b"\0" * 1024
+    (tmp_path / "chain.tar.gz").write_bytes(gzip.compress(data))
+    with pytest.raises(BundleError, match="not a readable .tar.gz bundle archive .maximum recursion"):  # one per header
+        extract_archive(tmp_path / "chain.tar.gz", tmp_path / "out")
+
+
 def test_truncated_archive(tiny_bundle, tmp_path):
     good = tmp_path / "good.tar.gz"
     pack_bundle(tiny_bundle, good)
