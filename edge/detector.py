@@ -223,7 +223,7 @@ class Detector:
             raise ValueError(f"posteriors must have shape (frames, {len(self.labels)}), got {posteriors.shape}")
         if len(posteriors) == 0:
             return []
-        if not np.isfinite(posteriors).all() or posteriors.min() < 0 or posteriors.max() > 1:
+        if not ((posteriors >= 0) & (posteriors <= 1)).all():  # one pass; NaN fails both comparisons
             # A broken model: NaN would hold events open, pass min_score and reach the sinks as invalid JSON.
             posteriors = np.clip(np.nan_to_num(posteriors, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
         if self._quiet_hops:

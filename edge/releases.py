@@ -58,6 +58,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _replace_file(source: Path, folder: Path) -> None:
+    """Put a copy of `source` in `folder` under its name, atomically and durably (a temporary name, fsync, rename)."""
+    tmp = folder / f".{source.name}.{os.getpid()}.tmp"
+    shutil.copyfile(source, tmp)
+    with open(tmp, "rb+") as out:
+        os.fsync(out.fileno())
+    os.replace(tmp, folder / source.name)
+    _fsync_dir(folder)
+
+
 def _fsync_tree(path: Path) -> None:
     """Flush every file and folder under path, so a rename that publishes them never outruns their contents."""
     for folder, _, files in os.walk(path):
@@ -201,12 +211,7 @@ class ReleaseStore:
         except bundles.BundleError as exc:
             log.warning("release %s is damaged (%s); mending it from the copy being installed", release.name, exc)
         for source in sorted(unpacked.iterdir()):
-            tmp = release / f".{source.name}.{os.getpid()}.tmp"
-            shutil.copyfile(source, tmp)
-            with open(tmp, "rb+") as out:
-                os.fsync(out.fileno())
-            os.replace(tmp, release / source.name)
-        _fsync_dir(release)
+            _replace_file(source, release)
 
     @staticmethod
     def _refresh_signature(unpacked: Path, release: Path) -> None:
@@ -214,15 +219,20 @@ class ReleaseStore:
         from edge.signing import SIGNATURE_FILE
 
         new, old = unpacked / SIGNATURE_FILE, release / SIGNATURE_FILE
-        if not new.is_file() or (old.is_file() and old.read_bytes() == new.read_bytes()):
-            return
-        tmp = release / f".{SIGNATURE_FILE}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as out:
-            out.write(new.read_bytes())
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, old)  # signature.json is not in the manifest: the release stays the same bundle
-        _fsync_dir(release)
+        if new.is_file() and not (old.is_file() and old.read_bytes() == new.read_bytes()):
+            _replace_file(new, release)  # signature.json is not in the manifest: the release stays the same bundle
+
+    def _refusal(self, release: Path, exc: ReleaseError) -> str:
+        """Why a release may not become active; for one installed before the keys, what to do about it (short
+        enough for a deploy's one-line summary, which keeps only the end of a long message)."""
+        from edge.signing import SIGNATURE_FILE
+
+        why = str(exc)
+        if (release / SIGNATURE_FILE).is_file() or "not signed" not in why:
+            return why
+        return (f"refused by the device's signature policy: it is not signed (installed before the device trusted "
+                f"the keys in {self.trusted_keys_dir}); install a signed copy on the device first: python3 -m "
+                f"edge.releases install {self.root} SIGNED.tar.gz")
 
     def _switch(self, link: Path, bundle_id: str | None) -> None:
         """Point link at a release, or remove it, atomically: a new symlink renamed over the old one."""
@@ -254,17 +264,11 @@ class ReleaseStore:
             # a moment ago, which the policy does not block, or a device could be left on a bundle that fails.
             # Checked before either link changes, so a refusal leaves current (and previous) as they were.
             release = self.releases_dir / bundle_id
-            try:
-                if previous is _KEEP:
+            if previous is _KEEP:
+                try:
                     self._check_signature(release)
-            except ReleaseError as exc:
-                why = str(exc)
-                if not (release / "signature.json").is_file() and "not signed" in why:
-                    # Short enough for a deploy's one-line summary, which keeps only the end of a long message.
-                    why = (f"refused by the device's signature policy: it is not signed (installed before the device "
-                           f"trusted the keys in {self.trusted_keys_dir}); install a signed copy on the device "
-                           f"first: python3 -m edge.releases install {self.root} SIGNED.tar.gz")
-                raise ReleaseError(f"cannot {doing} {bundle_id[:12]}: {why}") from None
+                except ReleaseError as exc:
+                    raise ReleaseError(f"cannot {doing} {bundle_id[:12]}: {self._refusal(release, exc)}") from None
             old = self.current()
             if previous is _KEEP:
                 if old is not None and old != bundle_id:

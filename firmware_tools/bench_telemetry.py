@@ -19,6 +19,7 @@ import tty
 
 import click
 
+from edge.telemetry import DEFAULT_BAUD
 from edge.telemetry.protocol import Detection, Health, StreamDecoder, decode_one, encode_frame
 from firmware_tools.bench import pin_to_one_cpu
 from firmware_tools.line_noise import Corruption, frames_in, touched
@@ -144,7 +145,7 @@ def bench_corruption(frames: int, rate: float, seed: int) -> dict:
               help="Frames in the decoder throughput test.")
 @click.option("--block", type=click.IntRange(1, 1 << 20), default=4096, show_default=True,
               help="Bytes per read in the throughput test.")
-@click.option("--baud", type=click.IntRange(300, 4_000_000), default=115200, show_default=True,
+@click.option("--baud", type=click.IntRange(300, 4_000_000), default=DEFAULT_BAUD, show_default=True,
               help="Line rate the paced device traffic fills.")
 @click.option("--seconds", type=click.FloatRange(0.5, 600), default=5.0, show_default=True,
               help="Duration of the paced line test.")

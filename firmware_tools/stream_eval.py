@@ -110,8 +110,8 @@ class StreamScore:
     def speech_s(self) -> float:
         return sum(s.end_s - s.start_s for s in self.speech)
 
-    @property
-    def false_alarms_in_speech(self) -> int:
+    @functools.cached_property
+    def false_alarms_in_speech(self) -> int:  # every false alarm against every stretch: counted once per score
         speech = self.speech
         return sum(any(_overlaps(d, s, self.tolerance_s) for s in speech) for d in self.false_alarms)
 

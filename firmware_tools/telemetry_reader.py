@@ -19,6 +19,7 @@ from typing import Callable, Iterable, TextIO
 
 import click
 
+from edge.telemetry import DEFAULT_BAUD
 from edge.telemetry.protocol import (DEVICE_MS_MODULO, SEQ_MODULO, Detection, Frame, Health, Hello, Labels, Log,
                                      LogLevel, MsgType, Releases, RequestHello, StreamDecoder, encode_frame)
 
@@ -343,7 +344,7 @@ def open_port(port: str, baud: int):
 class TelemetryReader:
     """Reads a port until stopped, reconnecting whenever it vanishes, and hands records to `emit`."""
 
-    def __init__(self, port: str, baud: int = 115200, *, emit: Callable[[Record], None],
+    def __init__(self, port: str, baud: int = DEFAULT_BAUD, *, emit: Callable[[Record], None],
                  session: TelemetrySession | None = None, capture: str | None = None, wait: bool = False,
                  request_hello: bool = True, retry_interval: float = 0.5, say: Callable[[str], None] | None = None):
         self.port, self.baud, self.emit = port, baud, emit

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import BinaryIO, Iterable
 
+from edge.telemetry import DEFAULT_BAUD
 from edge.telemetry.protocol import (MAX_PAYLOAD, Detection, Health, Hello, Labels, Log, LogLevel,
                                      Message, ProtocolError, encode_frame, truncate_utf8)
 
@@ -53,7 +54,7 @@ def _buffers_writes(stream) -> bool:
 class TelemetryEmitter:
     """Queue telemetry for a serial port. All sending methods return at once: True if queued, False if dropped."""
 
-    def __init__(self, port: str | None = None, baud: int = 115200, *, device_id: str, queue_size: int = 256,
+    def __init__(self, port: str | None = None, baud: int = DEFAULT_BAUD, *, device_id: str, queue_size: int = 256,
                  stream: BinaryIO | None = None, close_stream: bool | None = None):
         if stream is None:
             if port is None:
