@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_tools.model import ACTIVATION_MAX, ModelSpec, branch_prefix
+from firmware_tools.model import ACTIVATION_MAX, STATE_MAX, STEP_GAIN, ModelSpec, branch_prefix
 
 FORBIDDEN_OPS = ("WHILE", "FLEX", "CUSTOM")
 # The oldest TFLite runtime a bundle must run on. basilar needs Python 3.10 or newer, and the oldest tflite-runtime
@@ -203,11 +203,11 @@ def representative_samples(window_model, spec: ModelSpec, frame_sequences, count
                     if len(src):
                         past[n - len(src):, k * spec.width:(k + 1) * spec.width] = src
                 rows.append(past)
-            samples.append((frames[t].astype(np.float32), np.concatenate(rows)))
+            samples.append((frames[t].astype(np.float32), np.concatenate(rows) * STEP_GAIN))
     # Pin the ranges: frames span the whole int8 range, state the whole clipped ReLU range.
     extreme_frame = np.where(np.arange(spec.channels) % 2, 127.0, -128.0).astype(np.float32)
     extreme_state = np.zeros(spec.state_shape, np.float32)
-    extreme_state[::2] = ACTIVATION_MAX
+    extreme_state[::2] = STATE_MAX
     samples.append((extreme_frame, extreme_state))
     return samples
 

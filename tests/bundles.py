@@ -29,9 +29,9 @@ def build_tiny_bundle(out_dir: Path, seed: int, width: int = 8) -> Path:
 
 def requantized_bundle(base: Path, out_dir: Path, *, frame=None, new_state=None):
     """A bundle of `base`'s step model with its frame input or its new-state output quantised as (scale, zero point)
-    instead: what another converter might have made. The frame input is simply relabelled (the model then reads
-    each value as that many steps of the new scale); the new-state output gets a QUANTIZE op after the layer that
-    made it, as a converter would add one. Writing the bundle loads it, so this raises whatever loading raises."""
+    instead: what another converter might have made. Either gets a QUANTIZE op between it and the layers, as a
+    converter would add one: before the stem for the frame, after the last layer for the new state. Writing the
+    bundle loads it, so this raises whatever loading raises."""
     import copy
     import json
 
@@ -46,23 +46,32 @@ def requantized_bundle(base: Path, out_dir: Path, *, frame=None, new_state=None)
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(original.step_model_path.read_bytes(), 0))
     graph = model.subgraphs[0]
     rank = lambda index: len(graph.tensors[index].shape)
-    if frame is not None:
-        _set_quantization(graph.tensors[next(i for i in graph.inputs if rank(i) == 2)], frame)
-    if new_state is not None:
-        output = next(i for i in graph.outputs if rank(i) == 3)
-        graph.tensors.append(copy.deepcopy(graph.tensors[output]))
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.QUANTIZE
+    code.version = 1
+    model.operatorCodes.append(code)
+
+    def requantize(outer: int, quantization, is_input: bool) -> None:
+        """Model tensor `outer` keeps its index (the signature names it) and takes `quantization`; the layers use
+        a copy of it with the old one, and a QUANTIZE op converts between the two."""
+        graph.tensors.append(copy.deepcopy(graph.tensors[outer]))
         inner = len(graph.tensors) - 1
-        graph.tensors[inner].name = b"new_state_before_quantize"
+        graph.tensors[inner].name = graph.tensors[outer].name + b"_requantized"
         for op in graph.operators:
-            op.outputs = np.where(np.asarray(op.outputs) == output, inner, op.outputs)
-        code = schema.OperatorCodeT()
-        code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.QUANTIZE
-        code.version = 1
-        model.operatorCodes.append(code)
+            if is_input:
+                op.inputs = np.where(np.asarray(op.inputs) == outer, inner, op.inputs)
+            else:
+                op.outputs = np.where(np.asarray(op.outputs) == outer, inner, op.outputs)
         quantize = schema.OperatorT()
-        quantize.opcodeIndex, quantize.inputs, quantize.outputs = len(model.operatorCodes) - 1, [inner], [output]
-        graph.operators.append(quantize)
-        _set_quantization(graph.tensors[output], new_state)
+        quantize.opcodeIndex = len(model.operatorCodes) - 1
+        quantize.inputs, quantize.outputs = ([outer], [inner]) if is_input else ([inner], [outer])
+        graph.operators.insert(0 if is_input else len(graph.operators), quantize)
+        _set_quantization(graph.tensors[outer], quantization)
+
+    if frame is not None:
+        requantize(next(i for i in graph.inputs if rank(i) == 2), frame, is_input=True)
+    if new_state is not None:
+        requantize(next(i for i in graph.outputs if rank(i) == 3), new_state, is_input=False)
     builder = flatbuffers.Builder(0)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     model_path = out_dir.parent / f"{out_dir.name}.tflite"

@@ -104,14 +104,16 @@ def test_int8_step_model_tracks_float_window_model(tmp_path, branches):
     assert report["size_bytes"] < 100_000
     # Each layer slices its history out of the state and its new history out of the window, and applies its kernel
     # to the window in one convolution: no slices to pick the kernel's inputs. The branches run side by side, as the
-    # groups of those convolutions: the same operations however many branches.
+    # groups of those convolutions: the same operations however many branches. The input scaling is folded into
+    # the stem and every clipped ReLU into its convolution (as ReLU6): no MUL, MINIMUM or RELU operations.
     from edge.runner import make_interpreter
 
     interpreter, _ = make_interpreter(load_bundle(bundle.path).step_model_path, without_default_delegates=True)
     ops = [op["op_name"] for op in interpreter._get_ops_details()]
+    assert not {"MUL", "MINIMUM", "RELU", "RELU6"} & set(ops)
     assert ops.count("STRIDED_SLICE") == 2 * len(spec.dilations)
     assert ops.count("CONV_2D") == len(spec.dilations) + 2
-    assert ops.count("SOFTMAX") == 1 and len(ops) == 8 * len(spec.dilations) + 10  # 42 for one branch or two
+    assert ops.count("SOFTMAX") == 1 and len(ops) == 6 * len(spec.dilations) + 7  # 31 for one branch or two
     runner = StepRunner(load_bundle(bundle.path))
     for frames in clip_frames(3):
         expected = np.asarray(window(frames[None].astype(np.float32), training=False))[0, :, :10]

@@ -110,6 +110,6 @@ def test_a_frame_input_with_another_scale_gets_the_front_ends_frames_requantised
 def test_a_state_output_quantised_unlike_the_state_input_is_refused(tiny_bundle, tmp_path):
     with pytest.raises(BundleError, match=r"new-state output is quantised as .* but its state input as .*basilar "
                                           r"convert"):
-        requantized_bundle(tiny_bundle, tmp_path / "state-scale-2", new_state=(6 / 255, -128))
+        requantized_bundle(tiny_bundle, tmp_path / "state-scale-2", new_state=(12 / 255, -128))
     with pytest.raises(BundleError, match="new-state output is quantised"):
         load_bundle(tmp_path / "state-scale-2")
