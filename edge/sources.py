@@ -66,6 +66,16 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(samples * 32768.0), -32768, 32767).astype(np.int16)
 
 
+def check_finite(block: np.ndarray, name: str, seconds_before: float, rate: int) -> None:
+    """Float audio can hold NaN or infinities (a damaged file or a broken producer); cast to int16 they would
+    become silence or full scale without a word, so they are refused where they are."""
+    bad = ~np.isfinite(block)
+    if bad.any():
+        at = seconds_before + int(np.argmax(bad.any(axis=1) if bad.ndim > 1 else bad)) / rate
+        raise SourceError(f"{name} holds samples that are not numbers (NaN or infinite) at {at:.2f} s: the audio is "
+                          "damaged; the audio before that point was processed. Re-record or re-encode it")
+
+
 class MonoResampler:
     """Downmix float blocks (frames, channels) to mono and resample them, carrying filter state between blocks."""
 
@@ -150,6 +160,7 @@ class FileSource(AudioSource):
         self.file_rate = self._file.samplerate
         self.file_channels = self._file.channels
         self.file_format = f"{self._file.format}/{self._file.subtype}"
+        self._float = self._file.subtype in ("FLOAT", "DOUBLE")  # the encodings that can hold NaN
         self._block = max(1, round(self.file_rate * chunk_ms / 1000))
         self._pacer = Pacer(sample_rate, self.stop, clock) if realtime else None
 
@@ -167,6 +178,8 @@ class FileSource(AudioSource):
                 raise SourceError(f"{self.name} is corrupt: reading failed after about {seconds:.2f} s "
                                   f"({_libsndfile_reason(err)}); the audio before that point was processed. "
                                   "Re-record or re-encode the file") from err
+            if self._float:
+                check_finite(block, self.name, (self._file.tell() - len(block)) / self.file_rate, self.file_rate)
             last = len(block) < self._block
             chunk = resample(block, last=last)
             if len(chunk):
@@ -217,6 +230,7 @@ class PcmSource(AudioSource):
     def _set_layout(self, fmt: str, rate: int, channels: int) -> None:
         self.pcm_format, self.rate, self.channels = fmt, rate, channels
         self._dtype = np.dtype(PCM_FORMATS[fmt][0])
+        self._frames_read = 0
         self._scale = PCM_FORMATS[fmt][1]
         self._frame_bytes = self._dtype.itemsize * channels
         self._chunk_bytes = max(1, round(rate * self._chunk_ms / 1000)) * self._frame_bytes
@@ -280,6 +294,9 @@ class PcmSource(AudioSource):
                     continue  # a pipe hands over less than asked for; fill the chunk first
             whole = len(pending) - len(pending) % self._frame_bytes
             samples = np.frombuffer(pending[:whole], dtype=self._dtype).reshape(-1, self.channels)
+            if self._dtype.kind == "f":
+                check_finite(samples, self.name, self._frames_read / self.rate, self.rate)
+            self._frames_read += len(samples)
             chunk = resample(samples.astype(np.float32) / np.float32(self._scale), last=ended)
             pending = pending[whole:]
             if len(chunk):

@@ -31,6 +31,7 @@ from firmware_tools.bench import pin_to_one_cpu
 from edge.frontend import Frontend, FrontendConfig, reference
 from edge.frontend.design import INPUT_SHIFT, SIGNAL_LIMIT, impulse_response_l1
 from edge.frontend.state import FrontendState
+from firmware_tools.cli_types import FloatRange
 
 MACS_PER_CHANNEL_SAMPLE = 16
 SAMPLE_RATE = 16000
@@ -248,9 +249,10 @@ def run_accuracy(seconds: float, channel_counts: list[int]) -> list[dict]:
 
 def format_report(report: dict) -> str:
     m = report["machine"]
-    lines = [f"basilar bench frontend: {report['audio_seconds']:g} s of white noise at {SAMPLE_RATE} Hz, best of "
-             f"{report['repeats']}, CPU {report['pinned_cpu'] if report['pinned_cpu'] is not None else 'not pinned'}"
-             f" ({m['cpu_model']})"]
+    cpu = f"CPU {report['pinned_cpu'] if report['pinned_cpu'] is not None else 'not pinned'} ({m['cpu_model']})"
+    timed = (f"{report['audio_seconds']:g} s of white noise at {SAMPLE_RATE} Hz, best of {report['repeats']}, "
+             if report.get("results") else "")  # --no-speed: nothing timed
+    lines = [f"basilar bench frontend: {timed}{cpu}"]
     if report.get("results"):
         lines.append(f"  {'implementation':<52}{'ch':>4}{'x real time':>13}{'ns/ch-sample':>14}{'SNR dB':>8}")
         for r in report["results"]:
@@ -290,18 +292,20 @@ def parse_channels(ctx, param, value: str) -> list[int]:
             FrontendConfig(channels=c)
     except ValueError as err:
         raise click.BadParameter(f"{value!r}: give channel counts from 8 to 128, e.g. 32,64 ({err})") from None
+    if not counts:
+        raise click.BadParameter(f"{value!r} names no channel count; give one or more, e.g. 32,64")
     return counts
 
 
 @click.command()
-@click.option("--seconds", type=click.FloatRange(min=0.05), default=10.0, show_default=True,
+@click.option("--seconds", type=FloatRange(0.05, 600), default=10.0, show_default=True,
               help="Length of the noise each implementation processes.")
 @click.option("--repeats", type=click.IntRange(1), default=5, show_default=True, help="Best of this many runs.")
 @click.option("--channels", default="32,64", show_default=True, callback=parse_channels,
               help="Comma-separated channel counts.")
 @click.option("--cpu", type=int, default=None, help="CPU to pin to [default: the last one available].")
 @click.option("--accuracy", is_flag=True, help="Also report per-channel SNR against the float64 reference.")
-@click.option("--accuracy-seconds", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+@click.option("--accuracy-seconds", type=FloatRange(0.05, 600), default=1.0, show_default=True,
               help="Noise length per level for --accuracy (the float reference is slow pure NumPy).")
 @click.option("--no-speed", is_flag=True, help="Skip the timings (with --accuracy: the accuracy report only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")

@@ -21,6 +21,7 @@ import click
 import numpy as np
 
 from firmware_tools.bench import pin_to_one_cpu
+from firmware_tools.cli_types import FloatRange
 
 DEMO = Path(__file__).resolve().parent.parent / "edge" / "demo" / "demo.wav"
 TARGETS = {"speed_x": 200.0, "hop_p99_ms": 1.0, "peak_rss_mb": 150.0}
@@ -114,11 +115,11 @@ def measure(pipeline, recording: np.ndarray, seconds: float, chunk_ms: float, ho
 @click.option("--bundle", default="default", show_default=True, help="Bundle to run ('default': the shipped one).")
 @click.option("--audio", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=DEMO,
               show_default="the demo recording", help="Speech to stream (looped to --seconds).")
-@click.option("--seconds", type=click.FloatRange(1, 3600), default=300.0, show_default=True,
+@click.option("--seconds", type=FloatRange(1, 3600), default=300.0, show_default=True,
               help="Audio to stream for the speed figure.")
-@click.option("--hop-seconds", type=click.FloatRange(1, 3600), default=60.0, show_default=True,
+@click.option("--hop-seconds", type=FloatRange(1, 3600), default=60.0, show_default=True,
               help="Audio to feed one hop at a time for the per-hop figures.")
-@click.option("--chunk-ms", type=click.FloatRange(10, 1000), default=100.0, show_default=True)
+@click.option("--chunk-ms", type=FloatRange(10, 1000), default=100.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--check", is_flag=True, help="Exit non-zero when a target is missed.")
 def bench_run(bundle, audio, seconds, hop_seconds, chunk_ms, as_json, check):

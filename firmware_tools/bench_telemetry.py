@@ -22,6 +22,7 @@ import click
 from edge.telemetry import DEFAULT_BAUD
 from edge.telemetry.protocol import Detection, Health, StreamDecoder, decode_one, encode_frame
 from firmware_tools.bench import pin_to_one_cpu
+from firmware_tools.cli_types import FloatRange
 from firmware_tools.line_noise import Corruption, frames_in, touched
 from firmware_tools.telemetry_reader import SequenceTracker, TelemetryReader, TelemetrySession
 
@@ -129,8 +130,8 @@ def bench_corruption(frames: int, rate: float, seed: int) -> dict:
     intact = [f for f in sent if f.seq not in hit]
     recovered = sum(1 for f in intact if f.seq in received and received[f.seq].message == f.message)
     wrong = sum(1 for seq, f in received.items() if f.message != sent[seq].message)
-    # lost frames a reader can count: those between the first and the last frame it received
-    first, last = min(received), max(received)
+    # lost frames a reader can count: those between the first and the last frame it received (none received: none)
+    first, last = (min(received), max(received)) if received else (0, -1)
     countable = sum(1 for f in sent[first:last + 1] if f.seq not in received)
     stats = decoder.stats
     return {"frames": frames, "bytes": len(clean), "byte_error_rate": rate, "corruption_events":
@@ -147,11 +148,11 @@ def bench_corruption(frames: int, rate: float, seed: int) -> dict:
               help="Bytes per read in the throughput test.")
 @click.option("--baud", type=click.IntRange(300, 4_000_000), default=DEFAULT_BAUD, show_default=True,
               help="Line rate the paced device traffic fills.")
-@click.option("--seconds", type=click.FloatRange(0.5, 600), default=5.0, show_default=True,
+@click.option("--seconds", type=FloatRange(0.5, 600), default=5.0, show_default=True,
               help="Duration of the paced line test.")
-@click.option("--utilization", type=click.FloatRange(0.01, 1.0), default=0.9, show_default=True,
+@click.option("--utilization", type=FloatRange(0.01, 1.0), default=0.9, show_default=True,
               help="Fraction of the line's capacity the device sends.")
-@click.option("--corruption", "error_rate", type=click.FloatRange(0, 0.2), default=0.01, show_default=True,
+@click.option("--corruption", "error_rate", type=FloatRange(0, 0.2), default=0.01, show_default=True,
               help="Fraction of bytes corrupted in the noise test.")
 @click.option("--seed", default=1, show_default=True, help="Seed of the noise.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
@@ -173,7 +174,7 @@ def bench_telemetry(frames, block, baud, seconds, utilization, error_rate, seed,
         click.echo(f"decoder     {d['decoder']['mb_per_s']:.1f} MB/s, {d['decoder']['frames_per_s']:,.0f} frames/s "
                    f"(frames to messages); with records for output {d['session']['mb_per_s']:.1f} MB/s "
                    f"[{d['frames']} frames, {d['bytes']} bytes, {d['block']}-byte reads; target >= 1 MB/s]")
-        click.echo(f"line        {ln['baud']} baud, {ln['offered_bytes_per_s']:.0f} B/s for {ln['seconds']:.0f} s "
+        click.echo(f"line        {ln['baud']} baud, {ln['offered_bytes_per_s']:.0f} B/s for {ln['seconds']:g} s "
                    f"over a pty: {ln['frames_received']}/{ln['frames_sent']} frames received, {ln['lost_frames']} "
                    f"lost, {ln['dropped_on_device']} dropped on the device, "
                    f"{ln['crc_errors'] + ln['framing_errors']} bad; reader CPU {ln['reader_cpu_percent']:.1f}% "

@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from firmware_tools.cli_errors import fail_on
+from firmware_tools.cli_types import FloatRange
 
 
 @click.command()
@@ -17,9 +18,9 @@ from firmware_tools.cli_errors import fail_on
 @click.option("--labels", help="Comma-separated labels in model output order (default: from MODEL's "
               "sidecar written by `basilar train`, else the sorted labels of the calibration data).")
 @click.option("--name", default="model", show_default=True, help="Bundle name recorded in the manifest.")
-@click.option("--threshold", type=click.FloatRange(0, 1), help="The bundle's default detection threshold.")
-@click.option("--smoothing-ms", type=click.FloatRange(0, 2000), help="The bundle's default posterior smoothing.")
-@click.option("--refractory-ms", type=click.FloatRange(0, 10000), help="The bundle's default refractory time.")
+@click.option("--threshold", type=FloatRange(0, 1), help="The bundle's default detection threshold.")
+@click.option("--smoothing-ms", type=FloatRange(0, 2000), help="The bundle's default posterior smoothing.")
+@click.option("--refractory-ms", type=FloatRange(0, 10000), help="The bundle's default refractory time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def convert(model, calibration_dir, out_path, labels, name, threshold, smoothing_ms, refractory_ms, as_json):
     """Convert a Keras model of the basilar family into an int8 streaming bundle."""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from firmware_tools.cli_types import FloatRange
 from firmware_tools.targets import SerialTarget, collect_targets
 
 _SSH_DEFAULTS = dict(restart="systemctl restart basilar", service="systemctl is-active basilar")
@@ -34,7 +35,7 @@ def _ssh_options(command):
         click.option("--device-python", default="python3", show_default=True, metavar="CMD",
                      help="How to run the device's Python that has basilar installed, e.g. "
                           "/opt/basilar/venv/bin/python."),
-        click.option("--connect-timeout", type=click.FloatRange(min=1), default=20.0, show_default=True,
+        click.option("--connect-timeout", type=FloatRange(min=1), default=20.0, show_default=True,
                      metavar="SECONDS"),
     ]
     for option in reversed(options):
@@ -61,7 +62,7 @@ def _targets(target_urls, inventory):
 @click.option("--health-command", default=None, metavar="CMD",
               help="Shell command on the device that must succeed after the restart; {root} stands for the device "
                    "root [default: basilar bundle verify {root}/current].")
-@click.option("--command-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+@click.option("--command-timeout", type=FloatRange(min=1), default=300.0, show_default=True,
               metavar="SECONDS", help="How long each command on the device may take; a restart or health check "
                                       "that takes longer counts as failed, and the device is switched back.")
 @click.pass_context
@@ -144,7 +145,7 @@ def _progress_bars(targets, total):
               help="Shell command on the device that succeeds when the service runs; an empty string skips it. "
                    "{root} stands for the device root.")
 @click.option("--parallel", type=click.IntRange(min=1), default=8, show_default=True, metavar="N")
-@click.option("--command-timeout", type=click.FloatRange(min=1), default=30.0, show_default=True, metavar="SECONDS",
+@click.option("--command-timeout", type=FloatRange(min=1), default=30.0, show_default=True, metavar="SECONDS",
               help="How long each command on the device may take before the answer is given up on.")
 def status(targets, inventory, known_hosts, accept_new_host_keys, identity, device_python, connect_timeout,
            service_command, parallel, command_timeout):

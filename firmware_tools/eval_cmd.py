@@ -4,13 +4,14 @@ import json
 import click
 
 from firmware_tools.cli_errors import fail_on
+from firmware_tools.cli_types import FloatRange
 
 
 @click.command("eval")
 @click.argument("bundle_path", metavar="BUNDLE")
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (accuracy, clips, recall, confusion).")
-@click.option("--noise-floor", "noise_floor", type=click.FloatRange(-120, 0), metavar="DBFS",
+@click.option("--noise-floor", "noise_floor", type=FloatRange(-120, 0), metavar="DBFS",
               help="Play each clip over steady white noise at this RMS level (e.g. -60) instead of digital silence, "
                    "as a live microphone hears it.")
 def eval_clips(bundle_path, path, as_json, noise_floor):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from firmware_tools.cli_types import FloatRange
 from firmware_tools.run_cmd import detector_options, detector_overrides
 from firmware_tools.stream_eval import DEFAULT_TOLERANCE_S
 
@@ -18,7 +19,7 @@ from firmware_tools.stream_eval import DEFAULT_TOLERANCE_S
 @click.option("--non-target", type=click.Path(dir_okay=False, path_type=Path),
               help="CSV kind,start_s,end_s of the other sounds in AUDIO (kind 'speech' for non-target speech): "
                    "adds false alarms per minute of non-target speech. make_demo writes one.")
-@click.option("--tolerance-s", type=click.FloatRange(0, 10), default=DEFAULT_TOLERANCE_S, show_default=True,
+@click.option("--tolerance-s", type=FloatRange(0, 10), default=DEFAULT_TOLERANCE_S, show_default=True,
               help="A detection may start this long after its word ended and still count.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @detector_options

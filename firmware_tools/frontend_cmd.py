@@ -14,12 +14,18 @@ DEFAULTS = FrontendConfig()
 HIGHEST_F_HIGH = 7 / 16  # of the sample rate, when the default f_high would reach Nyquist (3500 Hz at 8 kHz)
 
 
-def read_audio(path: str, sample_rate: int) -> tuple[np.ndarray, FileSource]:
-    """The whole file as int16 mono at sample_rate (downmixed, resampled with soxr), and the opened source."""
+def read_audio(path: str, sample_rate: int) -> tuple[np.ndarray, FileSource, SourceError | None]:
+    """The whole file as int16 mono at sample_rate (downmixed, resampled with soxr), the opened source, and the
+    error that ended the reading early (a file cut short or damaged: the audio before it is returned)."""
+    chunks, error = [], None
     with FileSource(path, sample_rate, chunk_ms=1000) as source:
-        chunks = list(source.chunks())
+        try:
+            for chunk in source.chunks():
+                chunks.append(chunk)
+        except SourceError as err:
+            error = err
     samples = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
-    return samples, source
+    return samples, source, error
 
 
 def make_config(sample_rate: int, channels: int, f_low: float | None, f_high: float | None,
@@ -63,6 +69,22 @@ def run_stage(config: FrontendConfig, samples: np.ndarray, stage: str, use_refer
     else:
         out = frontend.filterbank(samples)
     return out, time.perf_counter() - start
+
+
+def check_memory_for_filters(samples: int, channels: int, use_reference: bool) -> None:
+    """The filter stage keeps every sample of every channel (int32, then float64; the reference more): refuse a
+    recording whose output would not fit in the memory there is, before the system's out-of-memory killer ends it."""
+    needed = samples * channels * (8 * 3 if use_reference else 4 + 8)
+    try:
+        with open("/proc/meminfo") as meminfo:
+            available = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return  # not Linux: no figure to check against
+    if needed > available:
+        raise click.ClickException(
+            f"--stage filters keeps every sample of every channel: {needed / 1e9:.1f} GB for this recording, and "
+            f"{available / 1e9:.1f} GB of memory is available. Give it a shorter excerpt (e.g. `sox IN.wav "
+            "part.wav trim 0 30`) or fewer --channels; the frames stage streams and needs little")
 
 
 def describe_output(out: np.ndarray, config: FrontendConfig, stage: str, use_reference: bool) -> str:
@@ -144,12 +166,17 @@ def frontend(ctx, audio, channels, sample_rate, f_low, f_high, spectral_norm_s, 
         raise click.UsageError("--reference applies to --stage filters (the frames stage is integer-only)")
     if out is not None and out.suffix != ".npy":
         raise click.BadParameter(f"{out}: name a .npy file, e.g. {out.with_suffix('.npy')}", param_hint="--out")
+    if plot_path is not None and not plot_path.suffix:  # matplotlib would add .png to the name given
+        raise click.BadParameter(f"{plot_path}: name the picture's type, e.g. {plot_path}.png (or .svg, .pdf)",
+                                 param_hint="--plot")
     config = bundle_config(ctx, bundle) if bundle else make_config(sample_rate, channels, f_low, f_high,
                                                                     spectral_norm_s)
     try:
-        samples, source = read_audio(audio, config.sample_rate)
+        samples, source, read_error = read_audio(audio, config.sample_rate)
     except SourceError as err:
         raise click.ClickException(str(err)) from None
+    if stage == "filters":
+        check_memory_for_filters(samples.size, config.channels, use_reference)
 
     result, seconds = run_stage(config, samples, stage, use_reference)
     duration = samples.size / config.sample_rate
@@ -170,3 +197,5 @@ def frontend(ctx, audio, channels, sample_rate, f_low, f_high, spectral_norm_s, 
     if plot_path is not None:
         plot(result, config, cf, stage, use_reference, Path(audio).name, plot_path)
         click.echo(f"plot       {plot_path}")
+    if read_error is not None:
+        raise click.ClickException(str(read_error))

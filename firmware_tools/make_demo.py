@@ -24,6 +24,7 @@ import soundfile
 
 from firmware_tools import dataset
 from firmware_tools.cli_errors import fail_on
+from firmware_tools.cli_types import FloatRange
 from firmware_tools.recordings import Recording, RecordingsError, read_recordings
 
 RATE = 16000
@@ -299,9 +300,9 @@ def recorded_section(recordings: list[Recording], credit: str) -> str:
 @click.option("--festival-voice", "festival_voices", multiple=True, default=[FESTIVAL_VOICE], show_default=True,
               help="festival voice for --speech-engine festival; repeat it to share the phrases among several "
                    "(each phrase's voice is picked by a checksum of its text).")
-@click.option("--pause-s", "pauses", type=(click.FloatRange(0, 10), click.FloatRange(0, 10)), default=PAUSES_S,
+@click.option("--pause-s", "pauses", type=(FloatRange(0, 10), FloatRange(0, 10)), default=PAUSES_S,
               show_default=True, metavar="LO HI", help="Pauses between items, drawn from LO to HI seconds.")
-@click.option("--hiss-dbfs", type=click.FloatRange(-90, -10), default=HISS_DBFS, show_default=True,
+@click.option("--hiss-dbfs", type=FloatRange(-90, -10), default=HISS_DBFS, show_default=True,
               help="Level of the steady background noise (white) under the whole stream.")
 @click.option("--speech-dir", type=click.Path(path_type=Path), default=None,
               help="Folder of recordings of people saying things that are not digits: they are the non-digit "

@@ -6,6 +6,7 @@ import sys
 import click
 
 from edge.telemetry import DEFAULT_BAUD
+from firmware_tools.cli_types import FloatRange
 from firmware_tools.stop_signals import stop_signals_routed_to
 from firmware_tools.telemetry_reader import (LinesTable, LiveTable, TelemetryReader, TelemetrySession,
                                              open_output_file, open_sink, replay, stdout_is_terminal)
@@ -26,7 +27,7 @@ from firmware_tools.telemetry_reader import (LinesTable, LiveTable, TelemetryRea
 @click.option("--passive", is_flag=True, help="Never write to the port (by default the reader asks the device "
               "for its HELLO on connecting).")
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many records.")
-@click.option("--duration", type=click.FloatRange(min=0), help="Stop after this many seconds.")
+@click.option("--duration", type=FloatRange(min=0), help="Stop after this many seconds.")
 def telemetry(port, baud, fmt, output, replay_path, capture, wait, passive, count, duration):
     """Show the telemetry a device sends over PORT (e.g. /dev/ttyUSB0): detections, health and logs.
 

@@ -86,8 +86,10 @@ def test_text_report_reads_as_a_table():
     assert done.returncode == 0, done.stderr
     assert "accuracy: fixed-point filter stage vs float64 reference" in done.stdout
     assert "8 ch at   -40 dBFS: min" in done.stdout and "no overflow" in done.stdout
+    assert "white noise at" not in done.stdout.splitlines()[0]  # nothing was timed: no timing run described
     done = bench("--seconds", "0.1", "--repeats", "1", "--channels", "8")
     assert done.returncode == 0, done.stderr
+    assert "0.1 s of white noise at 16000 Hz, best of 1" in done.stdout.splitlines()[0]
     for text in ("x real time", "ns/ch-sample", "basilar front end (int16 -> int8 frames)", "speed-up of ours",
                  "16 multiply-accumulates per channel-sample", "GMAC/s"):
         assert text in done.stdout
@@ -96,6 +98,9 @@ def test_text_report_reads_as_a_table():
 @pytest.mark.parametrize("args, message", [(["--channels", "4"], "give channel counts from 8 to 128"),
                                            (["--channels", "x"], "give channel counts"),
                                            (["--cpu", "100000"], "is not available to this process"),
+                                           (["--channels", ","], "names no channel count"),
+                                           (["--seconds", "nan"], "'nan' is not a finite number"),
+                                           (["--accuracy-seconds", "1e9"], "is not in the range 0.05<=x<=600"),
                                            (["--no-speed"], "--no-speed leaves nothing to measure")])
 def test_bad_options_are_clear_errors(args, message):
     if args[0] == "--cpu" and not hasattr(os, "sched_setaffinity"):

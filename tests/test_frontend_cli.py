@@ -171,6 +171,7 @@ def corrupt_wav(tmp_path):
     (lambda p: [p / "glide.wav", "--spectral-norm-s", 50], "spectral_norm_s.*--spectral-norm-s"),
     (lambda p: [p / "glide.wav", "--bundle", p / "nothing"], "no bundle at"),
     (lambda p: [p / "glide.wav", "--plot", p / "c.jpgx"], "cannot write the plot .*c.jpgx.*end the name in .png"),
+    (lambda p: [p / "glide.wav", "--plot", p / "c"], "c: name the picture's type, e.g. .*c.png"),
 ])
 def test_bad_input_is_a_clear_error_without_a_traceback(speechlike_16k, tmp_path, make_args, message):
     result = run(*make_args(tmp_path))
@@ -187,3 +188,26 @@ def test_too_short_to_plot(tmp_path):
     result = run(path, "--plot", tmp_path / "c.png")
     assert result.exit_code == 1 and "shorter than one 10 ms hop" in result.output
     assert "0 frames x 32 channels" in result.output
+
+
+def test_a_file_cut_short_still_gives_what_is_there_then_fails(speechlike_16k, tmp_path):
+    """The frames of the audio before the cut are saved; the exit code and the message say the file is short."""
+    path, samples = speechlike_16k
+    data = path.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[:data.index(b"data") + 8 + 16000 * 2])  # 1.0 of the header's 1.5 s
+    out = tmp_path / "frames.npy"
+    result = run(cut, "--out", out)
+    assert result.exit_code == 1 and "is cut short" in result.output and "1.00 s" in result.output
+    np.testing.assert_array_equal(np.load(out), Frontend(FrontendConfig()).process(samples[:16000]))
+
+
+def test_the_filter_stage_refuses_what_would_not_fit_in_memory():
+    import click
+
+    from firmware_tools.frontend_cmd import check_memory_for_filters
+
+    check_memory_for_filters(16000 * 60, 32, use_reference=True)  # a minute: fits anywhere this runs
+    with pytest.raises(click.ClickException, match=r"--stage filters keeps every sample of every channel: "
+                                                   r"3840.0 GB for this recording.*shorter excerpt"):
+        check_memory_for_filters(10**10, 32, use_reference=False)  # a week at 16 kHz

@@ -193,6 +193,24 @@ def test_a_wav_cut_short_yields_the_audio_that_is_there_then_fails(tmp_path, sub
         np.testing.assert_array_equal(received, whole[:len(received), 0])
 
 
+def test_not_a_number_in_float_audio_is_an_error_after_the_audio_before_it(tmp_path):
+    """A NaN cast to int16 would be silence (an infinity full scale) without a word."""
+    tone = sine(440, 2.0, RATE).astype(np.float32)
+    tone[int(1.5 * RATE) + 3] = np.nan
+    path = tmp_path / "nan.wav"
+    soundfile.write(path, tone, RATE, subtype="FLOAT")
+    got = []
+    with pytest.raises(SourceError, match=r"nan.wav holds samples that are not numbers \(NaN or infinite\) at "
+                                          r"1.50 s.*before that point was processed"):
+        for chunk in FileSource(path, RATE).chunks():
+            got.append(chunk)
+    assert len(np.concatenate(got)) == int(1.5 * RATE)  # the whole 100 ms chunks before the damaged one
+    raw = tone.copy()
+    raw[100] = np.inf
+    with pytest.raises(SourceError, match="standard input holds samples that are not numbers .* at 0.01 s"):
+        read_all(PcmSource(RATE, pcm_format="FLOAT_LE", stream=io.BytesIO(raw.astype("<f4").tobytes())))
+
+
 def test_whole_wavs_and_wavs_of_open_length_are_not_cut_short(tmp_path):
     path = tmp_path / "whole.wav"
     soundfile.write(path, sine(440, 1.0, RATE), RATE, subtype="PCM_16")

@@ -336,8 +336,18 @@ def test_bench_telemetry_runs_and_meets_its_correctness_targets():
     assert report["decoder"]["decoder"]["mb_per_s"] > 0
 
 
+def test_bench_corruption_that_leaves_no_frame_whole_is_reported_not_a_crash():
+    """At the highest corruption allowed a short run can lose every frame (seed 2 does): no frame a reader could
+    count as lost between two it received, and the untouched frames it failed to recover, if any, show."""
+    from firmware_tools.bench_telemetry import bench_corruption
+
+    noise = bench_corruption(1000, 0.2, seed=2)
+    assert noise["intact_recovered"] == 0 and noise["lost_frames"] == 0 and noise["wrong_frames_accepted"] == 0
+
+
 @pytest.mark.parametrize("option, value", [("--frames", "0"), ("--block", "0"), ("--baud", "0"),
-                                           ("--utilization", "0"), ("--corruption", "0.9")])
+                                           ("--utilization", "0"), ("--corruption", "0.9"),
+                                           ("--seconds", "nan"), ("--utilization", "nan")])
 def test_bench_telemetry_refuses_settings_it_cannot_measure(option, value):
     result = CliRunner().invoke(main, ["bench", "telemetry", option, value])
     assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output

@@ -1,0 +1,15 @@
+"""Option types shared by the commands."""
+import math
+
+import click
+
+
+class FloatRange(click.FloatRange):
+    """click's FloatRange, refusing NaN and infinities: every comparison with NaN is false, so click's own range
+    check lets "nan" through, and a bound on one side lets "inf" through the other."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
