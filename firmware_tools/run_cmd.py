@@ -95,11 +95,10 @@ class SerialLink:
         self.store = None
         if root is not None:
             from edge.releases import ReleaseStore
-            from edge.telemetry.upload import UploadReceiver, release_store_installer
+            from edge.telemetry.upload import release_store_receiver
 
             self.store = ReleaseStore(root)
-            receiver = UploadReceiver(self.store.incoming_dir / "serial",
-                                      release_store_installer(self.store, keep, on_new_bundle=on_new_bundle))
+            receiver = release_store_receiver(self.store, keep, on_new_bundle=on_new_bundle)
         try:
             self.link = DeviceLink(port, baud, device_id=device_id, receiver=receiver, store=self.store)
         except Exception as err:  # pyserial's errors name the port and the reason

@@ -114,6 +114,23 @@ def test_deploy_then_redeploy_uploads_nothing(device, archives):
     assert "already active" in again.message
 
 
+def test_the_agent_describes_the_store_as_it_is_when_asked(device, archives):
+    """Another deploy path (SSH, sharing the device root) switched `current` back after a serial deploy: the agent
+    names what is current now, and deploying the newer bundle again switches to it, instead of 'already active'
+    (from the agent's first HELLO) or 'already installed' (from the receiver's memory of its last upload)."""
+    (v1, id1), (v2, id2) = archives
+    dev = device()
+    deploy_serial(v1, dev.cable.host_path, BAUD)
+    deploy_serial(v2, dev.cable.host_path, BAUD)
+    ReleaseStore(dev.root).activate(id1)  # as the release tool run over SSH would
+    status = CliRunner().invoke(cli, ["status", f"serial://{dev.cable.host_path}?baud={BAUD}"])
+    [row] = [line for line in status.output.splitlines() if dev.cable.host_path in line]
+    assert status.exit_code == 0 and row.split()[1] == id1[:12], status.output  # the active bundle
+    again = deploy_serial(v2, dev.cable.host_path, BAUD)
+    assert again.bundle_id == id2 and "already active" not in again.message
+    assert dev.store.current() == id2 and dev.store.previous() == id1
+
+
 def test_pulled_cable_mid_upload_leaves_the_old_bundle_then_resumes(device, archives):
     (v1, id1), (v2, id2) = archives
     dev = device()

@@ -20,7 +20,7 @@ from edge import __version__
 from edge.telemetry import DEFAULT_BAUD
 from edge.telemetry.link import DeviceLink
 from edge.telemetry.protocol import LogLevel
-from edge.telemetry.upload import UploadReceiver, release_store_installer
+from edge.telemetry.upload import release_store_receiver
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,12 @@ class DeviceAgent:
 
         self.store = ReleaseStore(root)
         self.health_interval = health_interval
-        receiver = UploadReceiver(self.store.incoming_dir / "serial",
-                                  release_store_installer(self.store, keep, on_new_bundle=on_new_bundle,
-                                                          on_installed=self._bundle_changed))
+        receiver = release_store_receiver(self.store, keep, on_new_bundle=on_new_bundle,
+                                          on_installed=self._bundle_changed)
+        # Each REQUEST_HELLO is answered from the store as it is then: the agent runs no bundle of its own, and
+        # another deploy path (SSH, sharing the root) may have switched `current` since the last HELLO.
         self.link = DeviceLink(port, baud, device_id=device_id or socket.gethostname(), receiver=receiver,
-                               store=self.store, stream=stream)
+                               store=self.store, stream=stream, on_hello_request=self.announce)
         self._started = time.monotonic()
         self._stop = threading.Event()
         self.announce()

@@ -85,15 +85,18 @@ class DeviceLink:
 
     receiver: an UploadReceiver to accept bundle uploads (None: uploads are refused with a clear message).
     store: the ReleaseStore to describe in RELEASES after each answered REQUEST_HELLO (None: not sent).
+    on_hello_request: called to answer a REQUEST_HELLO instead of repeating the last HELLO and RELEASES (the
+    standalone agent describes the store as it is now: a deploy over SSH may have switched it).
     stream: an already open object with read(n)/write(b) to use instead of opening `port` (tests, pipes).
     Telemetry keeps flowing while an upload is installed: installing runs in the reader thread, not the writer.
     """
 
     def __init__(self, port: str | None = None, baud: int = DEFAULT_BAUD, *, device_id: str,
                  receiver: UploadReceiver | None = None, store=None, queue_size: int = 256,
-                 stream: BinaryIO | None = None):
+                 stream: BinaryIO | None = None, on_hello_request=None):
         self.receiver = receiver
         self.store = store
+        self._on_hello_request = on_hello_request
         if stream is None:
             self._port = _Port(port, baud)
             self._read = self._port.read
@@ -129,8 +132,11 @@ class DeviceLink:
 
     def _dispatch(self, message) -> None:
         if isinstance(message, RequestHello):
-            self.emitter.resend_hello()
-            self.send_releases()
+            if self._on_hello_request is not None:
+                self._on_hello_request()
+            else:
+                self.emitter.resend_hello()
+                self.send_releases()
         elif isinstance(message, (UploadBegin, UploadChunk, UploadEnd)):
             if self.receiver is None:
                 self.emitter.send(UploadResult(int(UploadStatus.INSTALL_FAILED), "",

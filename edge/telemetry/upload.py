@@ -69,15 +69,19 @@ class UploadReceiver:
     """Consumes UPLOAD_* messages and returns the replies to send.
 
     install(archive_path, sha256_hex) -> bundle_id puts the verified archive in place (in production: install
-    it in the release store and hand it to the running software, see `release_store_installer`); it may raise
+    it in the release store and hand it to the running software, see `release_store_receiver`); it may raise
     to refuse, and the message goes back to the host.
+    is_current(bundle_id): whether the last bundle installed is still the active one. The receiver answers a
+    repeated BEGIN or END of that archive "already installed" without a new transfer only while it is: once
+    something else switched `current` (a deploy over SSH), uploading the archive again installs it again.
     """
 
     def __init__(self, staging_dir: str | Path, install: Callable[[Path, str], str], *,
-                 max_size: int = DEFAULT_MAX_SIZE):
+                 max_size: int = DEFAULT_MAX_SIZE, is_current: Callable[[str], bool] | None = None):
         self.staging_dir = Path(staging_dir)
         self.install = install
         self.max_size = max_size
+        self._is_current = is_current
         self._transfer: _Transfer | None = None
         self._completed: dict[bytes, str] = {}  # sha256 -> bundle id, so a repeated END/BEGIN is answered again
 
@@ -96,9 +100,18 @@ class UploadReceiver:
                                  f"{exc.strerror or exc}; free some space and deploy again")]
         return []
 
+    def _already_installed(self, sha256: bytes) -> UploadResult | None:
+        bundle_id = self._completed.get(sha256)
+        if bundle_id is None:
+            return None
+        if self._is_current is not None and not self._is_current(bundle_id):
+            self._completed = {}
+            return None
+        return UploadResult(int(UploadStatus.OK), bundle_id, "already installed")
+
     def _begin(self, begin: UploadBegin) -> Message:
-        if begin.sha256 in self._completed:
-            return UploadResult(int(UploadStatus.OK), self._completed[begin.sha256], "already installed")
+        if (done := self._already_installed(begin.sha256)) is not None:
+            return done
         if begin.total_size > self.max_size:
             return UploadResult(int(UploadStatus.TOO_LARGE), "",
                                 f"the archive is {begin.total_size} bytes; this device accepts at most "
@@ -130,8 +143,8 @@ class UploadReceiver:
         return t.ack()
 
     def _end(self, end: UploadEnd) -> Message:
-        if end.sha256 in self._completed:
-            return UploadResult(int(UploadStatus.OK), self._completed[end.sha256], "already installed")
+        if (done := self._already_installed(end.sha256)) is not None:
+            return done
         t = self._transfer
         if t is None or t.sha256 != end.sha256:
             return UploadAck(int(UploadStatus.NO_TRANSFER), 0, 0)
@@ -169,6 +182,14 @@ class UploadReceiver:
 
     def close(self) -> None:
         self._drop_transfer()
+
+
+def release_store_receiver(store, keep: int = 3, on_new_bundle: Callable[[str], None] | None = None,
+                           on_installed: Callable[[str], None] | None = None) -> UploadReceiver:
+    """An UploadReceiver that installs into the device root's release store (staging in its incoming/serial)."""
+    return UploadReceiver(store.incoming_dir / "serial", release_store_installer(store, keep, on_new_bundle,
+                                                                                 on_installed),
+                          is_current=lambda bundle_id: store.current() == bundle_id)
 
 
 def release_store_installer(store, keep: int = 3, on_new_bundle: Callable[[str], None] | None = None,
