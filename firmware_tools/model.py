@@ -141,7 +141,9 @@ def _side_by_side(spec: ModelSpec, window_model: keras.Model, name: str, dilatio
     to the converter, the BatchNorm after a dilated convolution makes it fall back to float).
 
     Branch k's output channels come k-th. grouped: group k reads only branch k's channels (every layer but the
-    stem, which reads the frame, the same for every branch, and so is one plain convolution)."""
+    stem, which reads the frame, the same for every branch, and so is one plain convolution). input_gain scales
+    the kernel for an input that comes scaled (the raw frame, a doubled activation); output_gain scales kernel and
+    bias so that the output comes doubled for the fused ReLU6 (1.0 for the head, whose logits go to softmax)."""
     names = {layer.name for layer in window_model.layers}
     kernels, biases = [], []
     for k in range(spec.branches):
