@@ -158,6 +158,12 @@ class RunLoop:
         self._announce_bundle()
         try:
             for chunk in self.source.chunks():
+                if not len(chunk):  # a live source with nothing to hand over: health is still due on time
+                    if time.monotonic() - report.wall >= self.health_every_s > 0:
+                        report = self._report_health(report, start_wall)
+                    if self.stop.is_set():
+                        break
+                    continue
                 self._take_new_pipeline()
                 self._skip_lost_audio(self.source.take_gap())
                 began = time.perf_counter()

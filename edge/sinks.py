@@ -84,7 +84,7 @@ class JsonSink(TextSink):
     def detection(self, event: Detection) -> None:
         record = event.to_dict()
         if event.timestamp is not None:
-            record["time"] = iso_time(event.timestamp)
+            record["time"] = iso_time(record["timestamp"])  # the same millisecond as the rounded timestamp
         self._out.write(json.dumps(record) + "\n")
         self._out.flush()
 

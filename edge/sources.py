@@ -29,6 +29,7 @@ import soxr
 from edge.wav_header import parse_format, read_to_data, starts_wav, wav_cut_short
 
 DEFAULT_CHUNK_MS = 100
+IDLE_TICK_S = 1.0  # a live source that delivers nothing for this long yields an empty chunk
 PCM_FORMATS = {"S16_LE": ("<i2", 2.0**15), "S32_LE": ("<i4", 2.0**31), "FLOAT_LE": ("<f4", 1.0)}
 
 
@@ -125,6 +126,8 @@ class AudioSource:
         return None
 
     def chunks(self) -> Iterator[np.ndarray]:
+        """int16 mono chunks at `sample_rate`. A live source may yield an empty one while its producer is quiet
+        (standard input: every IDLE_TICK_S), so that whoever consumes them keeps its own clock."""
         raise NotImplementedError
 
     def take_gap(self) -> int:
@@ -245,10 +248,10 @@ class PcmSource(AudioSource):
             data += more
         return data
 
-    def _skip_wav_header(self) -> bytes:
-        """Read a WAV header if the stream starts with one and take its layout; returns the bytes read past it
-        that are audio (all of them when there is no header)."""
-        head = self._read_exactly(12)
+    def _skip_wav_header(self, first: bytes) -> bytes:
+        """Read a WAV header if the stream starts with one (its first bytes: `first`) and take its layout; returns
+        the bytes read past it that are audio (all of them when there is no header)."""
+        head = first + self._read_exactly(12 - len(first)) if first else first
         if not starts_wav(head):
             _refuse_other_containers(head)
             return head
@@ -269,25 +272,35 @@ class PcmSource(AudioSource):
             return b""
         raise SourceError("standard input ended inside its WAV header; check the program that writes it")
 
-    def _read(self, size: int) -> bytes:
-        """Up to `size` bytes; b"" at end of input. Waits in short slices so a stop request is seen."""
+    def _read(self, size: int, idle_s: float | None = None) -> bytes | None:
+        """Up to `size` bytes; b"" at end of input. Waits in short slices so a stop request is seen; None when
+        nothing came for `idle_s` seconds (so the caller can do its periodic work while the producer is quiet)."""
         try:
             fd = self._stream.fileno()
         except (AttributeError, OSError, ValueError):
             return self._stream.read(size)
+        waited = 0.0
         while not self.stop.is_set():
             ready, _, _ = select.select([fd], [], [], 0.1)
             if ready:
                 return os.read(fd, size)
+            waited += 0.1
+            if idle_s is not None and waited >= idle_s:
+                return None
         return b""
 
     def chunks(self) -> Iterator[np.ndarray]:
-        pending = self._skip_wav_header()  # without a header: its first bytes, audio
+        while (first := self._read(12, idle_s=IDLE_TICK_S)) is None:  # nothing yet: tick until the stream starts
+            yield np.zeros(0, np.int16)
+        pending = self._skip_wav_header(first)  # without a header: its first bytes, audio
         resample = MonoResampler(self.rate, self.sample_rate)
         ended = False
         while not self.stop.is_set():
             if len(pending) < self._chunk_bytes:
-                data = self._read(self._chunk_bytes - len(pending))
+                data = self._read(self._chunk_bytes - len(pending), idle_s=IDLE_TICK_S)
+                if data is None:  # the producer is quiet: an empty chunk lets the run loop report health
+                    yield np.zeros(0, np.int16)
+                    continue
                 pending += data
                 ended = not data
                 if not ended and len(pending) < self._chunk_bytes:

@@ -81,7 +81,9 @@ def resolve_bundle(ctx: click.Context, bundle: str, root: Path | None) -> str | 
     current = ReleaseStore(root).current_path()
     if current is None:
         raise click.ClickException(f"no bundle is active under {root} (no valid {root}/current link); deploy one "
-                                   "with `basilar deploy BUNDLE ssh://...` or run with --bundle")
+                                   "with `basilar deploy BUNDLE ssh://...` (over a serial line: run `python3 -m "
+                                   f"edge.telemetry.agent PORT --root {root}` here, then `basilar deploy BUNDLE "
+                                   "serial://PORT` on the host), or run with --bundle")
     return current
 
 
@@ -163,13 +165,16 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
                                "`arecord -f S16_LE -r 16000 -c 1 | basilar run -`, or give a file or 'mic'")
     overrides = detector_overrides(threshold, threshold_for, smoothing_ms, refractory_ms, release_ratio,
                                    min_duration_ms, trigger, end_quiet_ms, end_quiet_db, min_score)
+    # From here on a stop signal (a service stopped while it starts) ends the run cleanly once the loop can.
+    stop = StopFlag()
+    stopped_by, restore_handlers = _install_stop_handlers(stop)
+    ctx.call_on_close(restore_handlers)  # however the command ends
     bundle_ref = resolve_bundle(ctx, bundle, root)
     try:
         pipeline = Pipeline.from_bundle(bundle_ref, detector_overrides=overrides, num_threads=threads)
     except PipelineError as err:
         raise click.ClickException(str(err)) from err
 
-    stop = StopFlag()
     try:
         source = _open_source(audio, pipeline.sample_rate, realtime, pcm_format, rate, channels, stop)
     except SourceError as err:
@@ -196,7 +201,6 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
             raise
         loop.sinks.append(TelemetrySink(link.emitter, __version__))
 
-    stopped_by, restore_handlers = _install_stop_handlers(stop)
     try:
         stats = loop.run()
     except BrokenPipeError:
@@ -210,7 +214,6 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
                                    f"({type(err).__name__}: {err}); {loop.stats.detections} detections were "
                                    "written before it") from err
     finally:
-        restore_handlers()
         source.close()
         if link is not None:
             link.close()  # sends what is queued, then stops the link's threads
@@ -300,7 +303,7 @@ ProtectSystem=strict
 ProtectHome=read-only
 PrivateTmp=yes
 # Serial deploys install bundles under the device root.
-ReadWritePaths={root}
+ReadWritePaths={read_write}
 
 [Install]
 WantedBy=multi-user.target
@@ -315,7 +318,35 @@ def unit_text(*, executable: str, root: str, audio: str, user: str, serial: str 
     if serial:
         args += ["--serial", serial, "--baud", str(baud)]
     args.append(audio)
-    return UNIT_TEMPLATE.format(audio=audio, user=user, root=root, exec_start=shlex.join(args))
+    return UNIT_TEMPLATE.format(audio=audio, user=user, read_write=shlex.quote(root), exec_start=shlex.join(args))
+
+
+def unreachable_by(user: str, program: str) -> str | None:
+    """Why `user` cannot run `program` (a folder on the way or the program not open to it), or None. A virtual
+    environment in someone's home (mode 0700 on Debian) is the usual case: the unit would fail on every start."""
+    import grp
+    import pwd
+    import stat
+
+    try:
+        entry = pwd.getpwnam(user)
+        uid, gids = entry.pw_uid, {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    except KeyError:
+        uid, gids = None, set()  # not created yet: only what every user may do counts
+    if uid == 0:
+        return None
+    path = Path(program)
+    for place in [*reversed(path.parents), path]:
+        try:
+            info = place.stat()
+        except FileNotFoundError:
+            return f"{place} does not exist"
+        except OSError as err:
+            return f"{place} cannot be read ({err.strerror})"
+        bit = (stat.S_IXUSR if info.st_uid == uid else stat.S_IXGRP if info.st_gid in gids else stat.S_IXOTH)
+        if not info.st_mode & bit:
+            return f"{place} (mode {stat.S_IMODE(info.st_mode):04o}) is not open to it"
+    return None
 
 
 def running_program() -> str:
@@ -348,6 +379,16 @@ def service(output, executable, root, audio, user, serial, baud, as_json):
         raise click.BadParameter(f"{executable!r}: systemd needs an absolute path", param_hint="--exec")
     if not Path(root).is_absolute():  # systemd ignores a relative ReadWritePaths=, and run would resolve it from /
         raise click.BadParameter(f"{root!r}: systemd needs an absolute path", param_hint="--root")
+    if audio == "-":
+        raise click.BadParameter("systemd gives a service no standard input; listen to mic[:DEVICE] or a file",
+                                 param_hint="--input")
+    if audio != "demo" and not audio.startswith("mic"):  # a file: the service starts in /
+        audio = str(Path(audio).absolute())
+    problem = unreachable_by(user, executable)
+    if problem:
+        click.echo(f"warning: the service runs as {user}, who cannot run {executable}: {problem}. Install basilar "
+                   "where that user can run it, e.g. a virtual environment in /opt/basilar/venv "
+                   "(docs/running.md), and give its basilar with --exec", err=True)
     text = unit_text(executable=executable, root=root, audio=audio, user=user, serial=serial, baud=baud,
                      as_json=as_json)
     if output == "-":

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -100,6 +101,17 @@ def test_json_output_has_one_object_per_detection(demo_detections):
     assert [(r["label"], r["start_s"], r["end_s"]) for r in records] == \
         [(d.label, round(d.start_s, 3), round(d.end_s, 3)) for d in demo_detections]
     assert all(0 < r["score"] <= 1 and "timestamp" not in r for r in records)  # a file has no wall clock
+
+
+def test_a_json_detections_timestamp_and_time_name_the_same_millisecond():
+    import io
+
+    from edge.sinks import JsonSink
+
+    out = io.StringIO()
+    JsonSink(out).detection(Detection("3", 0.97, 1.0, 1.4, timestamp=1796464727.2796, detected_s=1.9))
+    record = json.loads(out.getvalue())
+    assert record["timestamp"] == 1796464727.28 and record["time"] == "2026-12-05T09:58:47.280Z"
 
 
 def test_min_score_on_the_command_line_keeps_the_detections_that_reach_it(demo_detections):
@@ -209,6 +221,49 @@ def test_sigterm_stops_a_realtime_run_cleanly_with_exit_code_0():
     seconds = float(re.search(r"stopped by SIGTERM: ([\d.]+) s of audio", stderr).group(1))
     assert 1.5 < seconds < DEMO_SECONDS / 2  # it stopped early, paced like a live source
     assert all(record["end_s"] <= seconds for record in parse_json(out))
+
+
+def test_health_is_reported_on_time_while_standard_input_is_quiet():
+    """A producer that stalls (a recorder waiting for its device) must not silence the health reports: the device
+    would look alive and say nothing. The pipe stays open and empty; SIGTERM then stops the run cleanly."""
+    process = subprocess.Popen([sys.executable, "-m", "firmware_tools.cli", "run", "-", "--rate", "8000",
+                                "--health-every", "0.5"], cwd=REPO, env=repo_env(), stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        err, deadline = b"", time.monotonic() + 20
+        while err.count(b"health: up") < 3 and time.monotonic() < deadline:
+            if select.select([process.stderr], [], [], 1)[0]:
+                err += os.read(process.stderr.fileno(), 4096)
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    stderr = (err + rest).decode()
+    assert stderr.count("health: up") >= 3, stderr
+    assert process.returncode == 0 and "stopped by SIGTERM: 0.0 s of audio" in stderr
+
+
+def test_a_stop_signal_while_the_bundle_loads_ends_the_run_cleanly(tmp_path):
+    """systemd may stop a service while it is still starting: the run ends with exit code 0, not killed."""
+    script = tmp_path / "stopped_while_loading.py"
+    script.write_text(textwrap.dedent("""
+        import os, signal, sys
+        from edge.runloop import Pipeline
+        from firmware_tools.cli import main
+
+        load = Pipeline.from_bundle.__func__
+
+        def load_and_get_stopped(cls, *args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while the bundle is being loaded
+            return load(cls, *args, **kwargs)
+
+        Pipeline.from_bundle = classmethod(load_and_get_stopped)
+        sys.exit(main(["run", "demo"]))
+    """))
+    done = subprocess.run([sys.executable, str(script)], cwd=REPO, env=repo_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert "stopped by SIGTERM: 0.0 s of audio" in done.stderr and done.stdout == ""
 
 
 def test_stopping_mid_word_flushes_the_open_event(demo_detections):
@@ -445,6 +500,38 @@ def test_service_writes_the_documented_systemd_unit(tmp_path):
     analyze = require_program("systemd-analyze")
     check = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
+
+
+def test_service_quotes_its_paths_and_refuses_inputs_a_service_cannot_use(tmp_path):
+    """A root with a space stays one path for systemd; a relative file is made absolute (a service starts in /);
+    standard input is refused (systemd gives a service none); a program the service user cannot reach is named."""
+    unit = tmp_path / "spaced.service"
+    result = basilar("service", "--exec", sys.executable, "--root", str(tmp_path / "my root"), "--input",
+                     "rec.wav", "-o", unit)
+    assert result.returncode == 0, result.stderr
+    text = unit.read_text()
+    assert f"ReadWritePaths='{tmp_path}/my root'" in text and f" {REPO}/rec.wav" in text
+    analyze = require_program("systemd-analyze")
+    check = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "ReadWritePaths" not in check.stderr, check.stderr
+    result = basilar("service", "--exec", sys.executable, "--input", "-")
+    assert result.returncode == 2 and "systemd gives a service no standard input" in result.stderr.decode()
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="basilar-home-"))  # under /tmp, which every user may enter (pytest's is 0700)
+    try:
+        (home / "venv" / "bin").mkdir(parents=True)
+        program = home / "venv" / "bin" / "basilar"
+        program.write_text("#!/bin/sh\n")
+        program.chmod(0o755)
+        home.chmod(0o700)  # as adduser makes a home on Debian
+        result = basilar("service", "--exec", program, "--user", "nobody")
+        assert result.returncode == 0 and f"ExecStart={program} run" in result.stdout.decode()
+        assert f"who cannot run {program}: {home} (mode 0700) is not open to it" in result.stderr.decode()
+        home.chmod(0o755)
+        assert "warning" not in basilar("service", "--exec", program, "--user", "nobody").stderr.decode()
+    finally:
+        shutil.rmtree(home)
 
 
 def test_service_needs_an_absolute_program_path():
