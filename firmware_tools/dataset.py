@@ -29,7 +29,12 @@ AFTER_WORD_GAP_S = 0.20  # then no loss for this long, then background
 EVAL_LEAD_S, EVAL_TAIL_S = 0.2, 0.6  # silence around a clip when a clip is classified (train and eval alike)
 ROOM_SHARE = 0.3  # of all examples, words and background alike: heard in a random reverberant room
 NOISE_FLOOR_SHARE = 0.5  # of the examples with quiet around the word: a steady noise floor, not digital silence
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+# The file names the scan takes for audio: the common extensions of the formats libsndfile (soundfile) reads here.
+FORMAT_SUFFIXES = {"WAV": (".wav", ".wave"), "FLAC": (".flac",), "OGG": (".ogg", ".oga", ".opus"), "MP3": (".mp3",),
+                   "AIFF": (".aiff", ".aif", ".aifc"), "AU": (".au", ".snd"), "CAF": (".caf",), "W64": (".w64",),
+                   "RF64": (".rf64",)}
+AUDIO_SUFFIXES = tuple(suffix for fmt, suffixes in FORMAT_SUFFIXES.items() if fmt in soundfile.available_formats()
+                       for suffix in suffixes)
 NOISE_COLOURS = ("white", "pink", "brown")  # what coloured_noise makes
 
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -64,10 +69,12 @@ UNKNOWN_SPEAKER = "unknown"  # a clip whose name does not say who speaks: always
 
 
 def scan_labelled(data_dir) -> list[Clip]:
-    """Audio files labelled by sub-folder name or by a leading `{label}_` in the file name.
+    """Audio files labelled by the sub-folder they are in (the first folder under data_dir: `yes/alice/1.wav` is
+    "yes") or, directly in data_dir, by a leading `{label}_` in the file name.
 
-    In either layout a name `{label}_{speaker}_{take}` (`7_jackson_12.wav`) names the speaker; any other is
-    UNKNOWN_SPEAKER (never the folder: that is the label, and holding it out would hold out a whole class).
+    A name `{label}_{speaker}_{take}` (`7_jackson_12.wav`, `glass_break/glass_break_alice_0.wav`) names the
+    speaker; any other is UNKNOWN_SPEAKER (never the folder: that is the label, and holding it out would hold out a
+    whole class).
     """
     root = Path(data_dir)
     if not root.is_dir():
@@ -76,18 +83,23 @@ def scan_labelled(data_dir) -> list[Clip]:
     for path in sorted(root.rglob("*")):
         if path.suffix.lower() not in AUDIO_SUFFIXES or not path.is_file():
             continue
-        parts = path.stem.split("_")
-        if path.parent != root:
-            label = path.parent.name
-        elif len(parts) >= 2 and parts[0]:
-            label = parts[0]
+        folders = path.relative_to(root).parts[:-1]
+        if folders:
+            label = folders[0]
+            rest = path.stem[len(label) + 1:] if path.stem.startswith(label + "_") else ""
         else:
-            continue
-        speaker = parts[1] if len(parts) >= 3 and parts[1] else UNKNOWN_SPEAKER
-        clips.append(Clip(path, label, speaker))
+            label, underscore, rest = path.stem.partition("_")
+            if not underscore or not label:
+                continue
+        if label == BACKGROUND:
+            raise ValueError(f"{path}: the label {BACKGROUND} is reserved for the background class that training "
+                             "makes itself; rename the folder to the word it holds, or move it out of "
+                             f"{root} (recordings of no target word go to --speech-dir)")
+        speaker, underscore, take = rest.partition("_")
+        clips.append(Clip(path, label, speaker if speaker and underscore and take else UNKNOWN_SPEAKER))
     if not clips:
         raise ValueError(f"no labelled audio in {root}: name files `{{label}}_....wav` or put them in one "
-                         "sub-folder per label")
+                         f"sub-folder per label ({', '.join(AUDIO_SUFFIXES)})")
     return clips
 
 
@@ -103,8 +115,15 @@ def read_clip(path, sample_rate: int) -> np.ndarray:
                          f"holds {cut.present_s:.2f} s; copy it again or leave it out")
     if not len(data):
         raise ValueError(f"{path} holds no audio; record it again or leave it out")
+    if not np.isfinite(data).all():
+        raise ValueError(f"{path} holds samples that are not numbers (NaN or infinity); re-record or re-encode it, "
+                         "or leave it out")
     mono = data.mean(axis=1)
-    return soxr.resample(mono, rate, sample_rate) if rate != sample_rate else mono
+    out = soxr.resample(mono, rate, sample_rate) if rate != sample_rate else mono
+    if not out.size:
+        raise ValueError(f"{path} is too short: its {len(data)} samples at {rate} Hz leave nothing at {sample_rate} "
+                         "Hz; record it again or leave it out")
+    return out
 
 
 def to_int16(x: np.ndarray) -> np.ndarray:

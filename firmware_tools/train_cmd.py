@@ -44,7 +44,7 @@ from firmware_tools.cli_errors import fail_on
 @click.option("--name", default="model", show_default=True, help="Bundle name recorded in the manifest.")
 def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth_digits, synth_speech, flite_digits,
           flite_speech, speech_dir, speech_list, speech_credit, copies, background_examples, cache_dir, name):
-    """Train a streaming model on labelled WAVs (sub-folder per label, or files named LABEL_...)."""
+    """Train a streaming model on labelled audio files (sub-folder per label, or files named LABEL_...)."""
     if (speech_list or speech_credit) and not speech_dir:
         raise click.UsageError("--speech-list and --speech-credit describe recordings in --speech-dir; "
                                "give --speech-dir too")

@@ -5,6 +5,7 @@ speaker-independent figures the README reports.
 """
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from edge.frontend import FrontendConfig
 from firmware_tools import dataset
 from firmware_tools.recordings import read_recordings
 
+DIGITS = [str(d) for d in range(10)]
 DEFAULT_FRONTEND = FrontendConfig(sample_rate=8000, channels=32, f_low=100.0, f_high=3800.0, spectral_norm_s=1.28)
 
 
@@ -53,7 +55,8 @@ def progress(iterable, desc: str, total: int | None = None):
 
 def label_order(clips) -> list[str]:
     labels = sorted({c.label for c in clips})
-    return sorted(labels, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+    number = lambda s: s.isascii() and s.isdigit()  # "2" and "10"; not "²", which str.isdigit takes too
+    return sorted(labels, key=lambda s: (not number(s), int(s) if number(s) else 0, s))
 
 
 def example_settings(settings: TrainSettings) -> tuple:
@@ -81,7 +84,14 @@ def recorded_speech(settings: TrainSettings) -> list[np.ndarray]:
     if settings.recorded_speech is None:
         return []
     rate = settings.frontend.sample_rate
-    return [dataset.trim_silence(dataset.read_clip(p, rate)) for p in recording_paths(settings)]
+    out = []
+    for path in recording_paths(settings):
+        speech = dataset.trim_silence(dataset.read_clip(path, rate))
+        if not speech.size:
+            raise ValueError(f"{path} is silent: a --speech-dir recording must hold speech; record it again or "
+                             "leave it out")
+        out.append(speech)
+    return out
 
 
 def synth_engines() -> tuple[bool, bool]:
@@ -91,7 +101,7 @@ def synth_engines() -> tuple[bool, bool]:
 def synthesized(labels, settings: TrainSettings):
     """Synthesized digits (when the labels are the digits) and non-target speech, from each installed engine."""
     rate, seed = settings.frontend.sample_rate, settings.seed
-    digits = labels == [str(d) for d in range(10)]
+    digits = labels == DIGITS
     espeak, flite = synth_engines()
     words, speech = [], []
     if espeak:
@@ -216,8 +226,7 @@ def leave_one_speaker_out(data_dir, settings: TrainSettings, cache_dir=None, log
                          f"{', '.join(speakers) or 'none'}")
     folds = {}
     for speaker in speakers:
-        train_clips = [c for c in clips if c.speaker != speaker]
-        test_clips = [c for c in clips if c.speaker == speaker]
+        test_clips, train_clips = split_holdout(clips, labels, [speaker])
         t0 = time.time()
         frames, targets, weights = build_examples(train_clips, labels, settings, cache_dir)
         model, _ = fit(frames, targets, weights, labels, settings, verbose=0)
@@ -265,6 +274,66 @@ def holdout_speakers(holdout: str, speakers: list[str]) -> list[str]:
     return sorted(set(names))
 
 
+def split_holdout(clips, labels, held_out: list[str]):
+    """(held-out clips, training clips); refused where a label would have no training clip left."""
+    held = [c for c in clips if c.speaker in held_out]
+    train = [c for c in clips if c.speaker not in held_out]
+    for label in labels:
+        if not any(c.label == label for c in train):
+            raise ValueError(f"holding out {', '.join(held_out)} leaves no clip of {label!r} to train on (every one "
+                             f"is by {' or '.join(held_out)}); hold out another speaker or none (--holdout NAME or "
+                             f"--holdout none), or name the files {label}_SPEAKER_TAKE.wav so that the speaker is "
+                             "read right")
+    return held, train
+
+
+FSDD_SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")  # the whole corpus's
+FSDD_NAME = re.compile(r"[0-9]_(" + "|".join(FSDD_SPEAKERS) + r")_[0-9]+\.wav")
+
+
+def is_fsdd(data_dir, clips) -> bool:
+    """Whether the clips are the Free Spoken Digit Dataset's recordings (or some of them): all directly in
+    data_dir, all named as FSDD names them, and the ten digits. A speaker's name alone says nothing of where a
+    clip comes from."""
+    return (all(c.path.parent == Path(data_dir) and FSDD_NAME.fullmatch(c.path.name) for c in clips)
+            and label_order(clips) == DIGITS)
+
+
+def synthetic_data(labels, settings: TrainSettings) -> str:
+    """What the training synthesized, for the bundle's attribution (what synthesized() makes)."""
+    digits = labels == DIGITS
+    made, engines = set(), []
+    for engine, available, digit_clips, speech in zip(
+            ("espeak-ng", "flite"), synth_engines(), (settings.synth_digits, settings.flite_digits),
+            (settings.synth_non_target, settings.flite_non_target)):
+        engine_made = {"digits"} if available and digits and digit_clips else set()
+        engine_made |= {"non-target speech"} if available and speech else set()
+        made |= engine_made
+        engines += [engine] if engine_made else []
+    if not made:
+        return "Noise synthesized with numpy."
+    what = " and ".join(m for m in ("digits", "non-target speech") if m in made)
+    return f"Extra {what} synthesized with {' and '.join(engines)}; noise synthesized with numpy."
+
+
+def provenance(data_dir, clips, labels, settings: TrainSettings) -> dict:
+    """The bundle's provenance: FSDD's license and attribution only when the clips are FSDD's."""
+    from firmware_tools import bundler
+
+    if is_fsdd(data_dir, clips):
+        out = dict(bundler.FSDD_PROVENANCE)
+        speakers = sorted({c.speaker for c in clips})
+        if speakers != ["jackson", "nicolas", "theo", "yweweler"]:  # not the copy the shipped bundle was trained on
+            out["training_data"] = ("Free Spoken Digit Dataset (Zohar Jackson and contributors), speakers "
+                                    + ", ".join(speakers))
+    else:
+        out = {"training_data": str(data_dir)}
+    out["synthetic_data"] = synthetic_data(labels, settings)
+    if settings.recorded_speech:
+        out["recorded_speech"] = settings.recorded_speech[2]
+    return out
+
+
 def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=None, name="model", log=print,
                  settings: TrainSettings | None = None) -> dict:
     """The whole `basilar train`: returns a summary and writes model.keras, bundle/ and report.{json,txt}."""
@@ -280,9 +349,8 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     speakers = sorted({c.speaker for c in clips})
     held_out = holdout_speakers(holdout, speakers)
     holdout = ",".join(held_out) or "none"
-    held = [c for c in clips if c.speaker in held_out]
-    train_clips = [c for c in clips if c.speaker not in held_out]
     log(f"{len(clips)} clips, labels {labels}, speakers {speakers}; holding out: {holdout}")
+    held, train_clips = split_holdout(clips, labels, held_out)
     for program, available in zip(("espeak-ng", "flite"), synth_engines()):
         if not available:
             log(f"warning: {program} is not installed, so the recipe's {program} voices are left out and the model "
@@ -296,18 +364,15 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     model, spec = fit(frames, targets, weights, labels, settings, verbose=2)
     model_path = out / "model.keras"
     model.save(model_path)
-    is_fsdd = any(c.speaker in ("jackson", "nicolas", "theo", "yweweler") for c in clips)
-    provenance = dict(bundler.FSDD_PROVENANCE) if is_fsdd else {"training_data": str(data_dir)}
-    if settings.recorded_speech:
-        provenance["recorded_speech"] = settings.recorded_speech[2]
-    pipeline.write_sidecar(model_path, labels, settings.frontend, provenance)
+    bundle_provenance = provenance(data_dir, clips, labels, settings)
+    pipeline.write_sidecar(model_path, labels, settings.frontend, bundle_provenance)
 
     calibration, rest = pipeline.split_calibration(train_clips, seed)
     # The agreement is measured on clips the int8 ranges were not calibrated on, when there are any (a folder of
     # 64 clips or fewer all goes to calibration: then it is measured on those, and says so).
     check_clips = held or rest[:300] or calibration
     bundle, conversion = pipeline.convert_into_bundle(model_path, calibration, out / "bundle", settings.frontend,
-                                                      labels, provenance=provenance, name=name)
+                                                      labels, provenance=bundle_provenance, name=name)
     agreement = evaluate.float_int8_agreement(model, bundle, check_clips)
     held_name = f"held-out speaker{'s' if len(held_out) > 1 else ''} {holdout}"
     on = held_name if held else "training clips" if rest else "the calibration clips (too few clips to keep any out)"

@@ -171,3 +171,120 @@ def test_a_clip_with_no_audio_is_named(tmp_path):
     soundfile.write(tmp_path / "5_jackson_99.wav", np.zeros(0), 8000)
     with pytest.raises(ValueError, match="5_jackson_99.wav holds no audio"):
         dataset.read_clip(tmp_path / "5_jackson_99.wav", 8000)
+
+
+def write_clip(path, n=800, rate=8000, value=0.1):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, np.full(n, value), rate)
+
+
+def test_in_a_sub_folder_the_speaker_follows_the_label_in_the_name(tmp_path):
+    """`glass_break/glass_break_alice_0.wav` is alice's, not "break"'s; a name that does not start with the label
+    names no speaker."""
+    for name in ("glass_break/glass_break_alice_0.wav", "glass_break/glass_break_00.wav", "no/no_bob_3.wav",
+                 "no/take_3.wav", "yes/alice_1.wav", "7_jackson_12.wav"):
+        write_clip(tmp_path / name)
+    found = {c.path.relative_to(tmp_path).as_posix(): (c.label, c.speaker) for c in dataset.scan_labelled(tmp_path)}
+    assert found == {"glass_break/glass_break_alice_0.wav": ("glass_break", "alice"),
+                     "glass_break/glass_break_00.wav": ("glass_break", "unknown"), "no/no_bob_3.wav": ("no", "bob"),
+                     "no/take_3.wav": ("no", "unknown"), "yes/alice_1.wav": ("yes", "unknown"),
+                     "7_jackson_12.wav": ("7", "jackson")}
+
+
+def test_a_holdout_that_leaves_a_label_without_training_clips_is_refused(tmp_path):
+    for name in ("yes/yes_alice_0.wav", "yes/yes_bob_0.wav", "no/no_bob_1.wav", "no/no_2.wav"):
+        write_clip(tmp_path / name)
+    clips = dataset.scan_labelled(tmp_path)
+    labels = training.label_order(clips)
+    held, train = training.split_holdout(clips, labels, ["bob"])  # no/no_2.wav is still there to train on
+    assert len(held) == 2 and len(train) == 2
+    (tmp_path / "no" / "no_2.wav").unlink()
+    clips = dataset.scan_labelled(tmp_path)
+    assert training.holdout_speakers("auto", sorted({c.speaker for c in clips})) == ["bob"]
+    with pytest.raises(ValueError, match="holding out bob leaves no clip of 'no' to train on .*--holdout none"):
+        training.split_holdout(clips, labels, ["bob"])
+
+
+def test_the_label_is_the_first_folder_under_the_data_folder(tmp_path):
+    for name in ("yes/alice/1.wav", "yes/bob/take/yes_bob_2.wav", "no/alice/1.wav"):
+        write_clip(tmp_path / name)
+    found = sorted((c.label, c.speaker) for c in dataset.scan_labelled(tmp_path))
+    assert found == [("no", "unknown"), ("yes", "bob"), ("yes", "unknown")]
+
+
+@pytest.mark.parametrize("suffix, fmt", [(".mp3", "MP3"), (".aiff", "AIFF"), (".aif", "AIFF"), (".au", "AU"),
+                                         (".flac", "FLAC")])
+def test_formats_libsndfile_reads_are_scanned_and_read(tmp_path, suffix, fmt):
+    if fmt not in soundfile.available_formats():
+        pytest.skip(f"this libsndfile reads no {fmt}")
+    path = tmp_path / "yes" / f"yes_ann_1{suffix}"
+    path.parent.mkdir()
+    soundfile.write(path, np.sin(np.arange(1600) * 0.3) * 0.3, 8000, format=fmt)
+    assert [(c.path, c.label, c.speaker) for c in dataset.scan_labelled(tmp_path)] == [(path, "yes", "ann")]
+    assert 1500 < dataset.read_clip(path, RATE).size < 2700  # MP3 adds some padding
+
+
+def test_a_background_label_folder_is_refused(tmp_path):
+    write_clip(tmp_path / "yes" / "yes_ann_1.wav")
+    write_clip(tmp_path / dataset.BACKGROUND / "door.wav")
+    with pytest.raises(ValueError, match="the label _background_ is reserved .* rename the folder"):
+        dataset.scan_labelled(tmp_path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_clip_with_samples_that_are_not_numbers_is_named(tmp_path, bad):
+    x = np.full(800, 0.1, np.float32)
+    x[400] = bad
+    soundfile.write(tmp_path / "yes_ann_1.wav", x, 8000, subtype="FLOAT")
+    with pytest.raises(ValueError, match="yes_ann_1.wav holds samples that are not numbers .*re-encode it"):
+        dataset.read_clip(tmp_path / "yes_ann_1.wav", RATE)
+
+
+def test_a_clip_too_short_to_resample_is_named(tmp_path):
+    write_clip(tmp_path / "yes_ann_1.wav", n=2, rate=44100)
+    with pytest.raises(ValueError, match=r"yes_ann_1.wav is too short: its 2 samples at 44100 Hz leave nothing"):
+        dataset.read_clip(tmp_path / "yes_ann_1.wav", RATE)
+
+
+def test_a_silent_recording_of_speech_is_named(tmp_path):
+    write_clip(tmp_path / "rec" / "p0.wav", value=0.2)
+    write_clip(tmp_path / "rec" / "p1.wav", value=0.0)
+    settings = training.TrainSettings(recorded_speech=(str(tmp_path / "rec"), None, "someone"))
+    with pytest.raises(ValueError, match="p1.wav is silent"):
+        training.recorded_speech(settings)
+
+
+def test_labels_sort_digits_by_value_and_other_characters_as_text():
+    clips = [dataset.Clip(None, label, "unknown") for label in ("²", "10", "yes", "2", "٣")]
+    assert training.label_order(clips) == ["2", "10", "yes", "²", "٣"]
+
+
+def test_fsdd_attribution_only_for_fsdd_clips_and_synthesis_only_when_on(tmp_path, monkeypatch):
+    from firmware_tools.bundler import FSDD_PROVENANCE
+    from tests.bundles import FSDD_CLIPS
+
+    monkeypatch.setattr(training, "synth_engines", lambda: (True, True))
+    settings = training.TrainSettings()
+    clips = dataset.scan_labelled(FSDD_CLIPS)
+    assert training.provenance(FSDD_CLIPS, clips, DIGITS, settings) == FSDD_PROVENANCE  # the shipped recipe's
+    # A user's own words by speakers who happen to share FSDD's speakers' names are not FSDD.
+    for name in ("yes/yes_jackson_0.wav", "no/no_theo_0.wav"):
+        write_clip(tmp_path / "own" / name)
+    own = dataset.scan_labelled(tmp_path / "own")
+    off = dataclasses.replace(settings, synth_digits=0, flite_digits=0, synth_non_target=0, flite_non_target=0)
+    assert training.provenance(tmp_path / "own", own, ["no", "yes"], off) == {
+        "training_data": str(tmp_path / "own"), "synthetic_data": "Noise synthesized with numpy."}
+    assert training.provenance(tmp_path / "own", own, ["no", "yes"], settings)["synthetic_data"] == (
+        "Extra non-target speech synthesized with espeak-ng and flite; noise synthesized with numpy.")
+    # FSDD's names on digit clips in sub-folders, or with one clip of another speaker, are not FSDD either.
+    for name in (f"{d}/{d}_jackson_0.wav" for d in range(10)):
+        write_clip(tmp_path / "nested" / name)
+    nested = dataset.scan_labelled(tmp_path / "nested")
+    assert "license" not in training.provenance(tmp_path / "nested", nested, DIGITS, settings)
+    mixed = clips + [dataset.Clip(FSDD_CLIPS / "3_alice_0.wav", "3", "alice")]
+    assert "license" not in training.provenance(FSDD_CLIPS, mixed, DIGITS, settings)
+    # The whole corpus (two more speakers) is FSDD's too, and its attribution names who is in it.
+    whole = clips + [dataset.Clip(FSDD_CLIPS / "3_lucas_0.wav", "3", "lucas")]
+    fuller = training.provenance(FSDD_CLIPS, whole, DIGITS, settings)
+    assert fuller["license"] == "CC BY-SA 4.0" and fuller["training_data"].endswith(
+        "speakers jackson, lucas, nicolas, theo, yweweler")

@@ -173,3 +173,22 @@ def test_eval_gives_no_recall_for_a_label_without_clips(tmp_path):
     assert recall["1"] is not None and recall["0"] is None and sum(v is None for v in recall.values()) == 9
     text = CliRunner().invoke(main, ["eval", "default", str(tmp_path)]).output
     assert "           0:   n/a (no clips)" in text and "n/a" not in text.split("           1:")[1].splitlines()[0]
+
+
+def test_train_refuses_a_holdout_that_takes_a_whole_label_away(tmp_path):
+    """`no/no_take_3.wav` names a speaker "take" who said every "no": held out, "no" would have nothing to train on
+    (and the report would show the held-out "no"s at 100%)."""
+    import soundfile
+
+    for name in ("glass_break/glass_break_alice_0.wav", "glass_break/glass_break_bob_0.wav", "no/no_take_1.wav",
+                 "no/no_take_2.wav"):
+        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(tmp_path / "data" / name, np.full(800, 0.1), 8000)
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "o"), "--epochs", "1",
+                                       "--width", "8", "--copies", "1", "--background-examples", "20",
+                                       "--synth-speech", "0", "--flite-speech", "0",
+                                       "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 1, result.output
+    assert "speakers ['alice', 'bob', 'take']; holding out: take" in result.output
+    assert "holding out take leaves no clip of 'no' to train on" in result.output
+    assert not (tmp_path / "o" / "model.keras").exists()
