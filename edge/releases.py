@@ -8,6 +8,9 @@ Layout under the device root:
     incoming/               uploads in progress (temporary names)
     .staging/               archives being extracted and checked
     trusted_keys/*.pub      when present, only bundles signed by one of these keys are installed
+    .unconfirmed            while a deploy has switched current and not yet seen its health check pass: the bundle
+                            it switched to and what to switch back to (a deploy cut off in between is finished by
+                            the next one: it restarts and checks that bundle, or switches back)
 
 Why it is safe to interrupt: a release appears under releases/ only by renaming a fully extracted, synced and
 checked directory, and `current` changes only by renaming a new symlink over the old one. A crash at any moment
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 _ID = re.compile(r"^[0-9a-f]{64}$")
 _KEEP = object()  # "leave the previous link as activate() would set it"
 INCOMING_MAX_AGE_S = 3600  # an upload untouched this long was abandoned
+UNCONFIRMED = ".unconfirmed"
 
 
 class ReleaseError(Exception):
@@ -89,6 +93,7 @@ class ReleaseStore:
         self.trusted_keys_dir = Path(trusted_keys_dir) if trusted_keys_dir else self.root / "trusted_keys"
         self._current_link = self.root / "current"
         self._previous_link = self.root / "previous"
+        self._unconfirmed_file = self.root / UNCONFIRMED
 
     # --- reading -------------------------------------------------------------------------------------------------
 
@@ -114,6 +119,17 @@ class ReleaseStore:
 
     def previous(self) -> str | None:
         return self._linked_id(self._previous_link)
+
+    def unconfirmed(self) -> dict | None:
+        """When the active bundle was switched to by a deploy that never saw its health check pass:
+        {"bundle": its id, "current": the id to switch back to, "previous": what previous was then}; else None."""
+        try:
+            note = json.loads(self._unconfirmed_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(note, dict) or note.get("bundle") is None or note.get("bundle") != self.current():
+            return None  # the note is about a bundle that is no longer active
+        return note
 
     def releases(self) -> list[str]:
         """Installed bundle ids, oldest first (by the time each was installed or last activated)."""
@@ -245,15 +261,42 @@ class ReleaseStore:
             os.replace(tmp, link)
         _fsync_dir(self.root)
 
-    def activate(self, bundle_id: str, *, previous=_KEEP) -> str | None:
+    def activate(self, bundle_id: str, *, previous=_KEEP, unconfirmed: bool = False) -> str | None:
         """Make an installed bundle the active one; return the id that was active before (None if none).
 
         `previous` defaults to the bundle active before; deploy tools restoring a failed switch pass the old
-        value so that a later rollback goes where the user expects.
+        value so that a later rollback goes where the user expects. `unconfirmed`: a deploy that will restart and
+        health-check the bundle next leaves a note of it (and of what ran before) until confirm(); any other
+        change of `current` drops the note.
         """
-        return self._activate(bundle_id, previous, "activate")
+        return self._activate(bundle_id, previous, "activate", unconfirmed)
 
-    def _activate(self, bundle_id: str, previous, doing: str) -> str | None:
+    def confirm(self, bundle_id: str) -> bool:
+        """The bundle a deploy switched to passed its health check: drop the note; False if there was none."""
+        with self._locked():
+            note = self.unconfirmed()
+            if note is None or note["bundle"] != bundle_id:
+                return False
+            self._unconfirmed_file.unlink()
+            _fsync_dir(self.root)
+            return True
+
+    def _note_unconfirmed(self, note: dict | None) -> None:
+        """Write (atomically and durably, before current changes) or drop the unconfirmed-switch note."""
+        if note is None:
+            with contextlib.suppress(FileNotFoundError):
+                self._unconfirmed_file.unlink()
+                _fsync_dir(self.root)
+            return
+        tmp = self.root / f"{UNCONFIRMED}.{os.getpid()}.tmp"
+        with open(tmp, "w") as out:
+            json.dump(note, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self._unconfirmed_file)
+        _fsync_dir(self.root)
+
+    def _activate(self, bundle_id: str, previous, doing: str, unconfirmed: bool = False) -> str | None:
         _check_id(bundle_id)
         with self._locked():
             if not self.has(bundle_id):
@@ -270,6 +313,9 @@ class ReleaseStore:
                 except ReleaseError as exc:
                     raise ReleaseError(f"cannot {doing} {bundle_id[:12]}: {self._refusal(release, exc)}") from None
             old = self.current()
+            # Written before current changes, so a deploy cut off at any point after the switch leaves the note.
+            self._note_unconfirmed({"bundle": bundle_id, "current": old, "previous": self.previous()}
+                                   if unconfirmed else None)
             if previous is _KEEP:
                 if old is not None and old != bundle_id:
                     self._switch(self._previous_link, old)
@@ -284,6 +330,7 @@ class ReleaseStore:
         """Remove `current` (used only to undo a failed first deployment); return the id that was active."""
         with self._locked():
             old = self.current()
+            self._note_unconfirmed(None)
             if previous is not _KEEP:
                 self._switch(self._previous_link, previous)
             self._switch(self._current_link, None)
@@ -350,6 +397,7 @@ class ReleaseStore:
             "previous": self.previous(),
             "releases": self.releases(),
             "trusted_keys": trusted,
+            "unconfirmed": self.unconfirmed(),
         }
 
 
@@ -374,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     activate.add_argument("root")
     activate.add_argument("bundle_id", type=_optional_id, help="'-' removes current")
     activate.add_argument("--previous", type=_optional_id, default=_KEEP, help="set previous to this id ('-': none)")
+    activate.add_argument("--unconfirmed", action="store_true",
+                          help="note that a health check is to follow (see confirm); status reports it meanwhile")
+    confirm = commands.add_parser("confirm", help="the bundle activated with --unconfirmed passed its health check")
+    confirm.add_argument("root")
+    confirm.add_argument("bundle_id", type=_check_id)
     commands.add_parser("rollback", help="switch back to the previous bundle").add_argument("root")
     prune = commands.add_parser("prune", help="remove old releases")
     prune.add_argument("root")
@@ -395,7 +448,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.bundle_id is None:
                 result = {"previous": store.deactivate(previous=args.previous)}
             else:
-                result = {"previous": store.activate(args.bundle_id, previous=args.previous)}
+                result = {"previous": store.activate(args.bundle_id, previous=args.previous,
+                                                     unconfirmed=args.unconfirmed)}
+        elif args.command == "confirm":
+            result = {"confirmed": store.confirm(args.bundle_id)}
         elif args.command == "rollback":
             result = {"current": store.rollback()}
         else:

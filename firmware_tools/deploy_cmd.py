@@ -36,7 +36,9 @@ def _ssh_options(command):
                      help="How to run the device's Python that has basilar installed, e.g. "
                           "/opt/basilar/venv/bin/python."),
         click.option("--connect-timeout", type=FloatRange(min=1), default=20.0, show_default=True,
-                     metavar="SECONDS"),
+                     metavar="SECONDS", help="How long connecting may take; also, a device that answers nothing "
+                                             "(not even SSH keepalives) for this long counts as lost, during an "
+                                             "upload too."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -61,7 +63,7 @@ def _targets(target_urls, inventory):
                    "{root} stands for the device root.")
 @click.option("--health-command", default=None, metavar="CMD",
               help="Shell command on the device that must succeed after the restart; {root} stands for the device "
-                   "root [default: basilar bundle verify {root}/current].")
+                   "root [default: DEVICE_PYTHON -m firmware_tools.cli bundle verify {root}/current].")
 @click.option("--command-timeout", type=FloatRange(min=1), default=300.0, show_default=True,
               metavar="SECONDS", help="How long each command on the device may take; a restart or health check "
                                       "that takes longer counts as failed, and the device is switched back.")

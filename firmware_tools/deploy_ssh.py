@@ -11,11 +11,13 @@ On the device the work is done by `python3 -m edge.releases` (the same release s
   2. upload to `<root>/incoming/<id>.<random>.part` over SFTP;
   3. install: the device checks the archive's SHA-256, extracts it safely, verifies the bundle and its signature
      (when the device trusts keys), and renames it into releases/ (the upload is deleted either way);
-  4. activate: `current` is switched by renaming a new symlink;
+  4. activate: `current` is switched by renaming a new symlink; the store keeps a note that the switch is
+     unconfirmed (and what ran before) until the health check passes;
   5. restart the service, then the health check; if either fails or hangs, switch back, restart the old bundle
-     and report;
-  6. prune old releases (never the current or the previous one); a failure here is only a warning, since the
-     new bundle is already active and healthy.
+     and report. If the connection is lost after the switch, connect again once to switch back; if that fails
+     too, the note makes the next deploy of the bundle restart and check it rather than call it unchanged;
+  6. confirm the switch and prune old releases (never the current or the previous one); a failure here is only
+     a warning, since the new bundle is already active and healthy.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from typing import Callable
 
 import asyncssh
 
+from edge.signing import split_key_entries
 from firmware_tools.targets import SshTarget
 
 Progress = Callable[[int, int], None]  # (bytes sent, total bytes)
@@ -42,11 +45,11 @@ class SshOptions:
     identity: Path | None = None  # None: ssh-agent and the default keys in ~/.ssh
     device_python: str = "python3"  # a shell command prefix that runs the device's Python with basilar
     restart_command: str = "systemctl restart basilar"  # "" skips the restart
-    health_command: str | None = None  # None: basilar bundle verify <root>/current
+    health_command: str | None = None  # None: <device_python> -m firmware_tools.cli bundle verify <root>/current
     # In these three commands, {root} stands for the device root (shell-quoted).
     service_command: str = "systemctl is-active basilar"
     keep: int = 3
-    connect_timeout: float = 20.0
+    connect_timeout: float = 20.0  # also: a link that answers nothing for this long counts as lost (keepalives)
     command_timeout: float = 300.0  # a restart or health check that takes longer counts as failed (rolled back)
     block_size: int = 64 * 1024  # SFTP write size
     upload_requests: int = 16  # SFTP writes in flight at once (pipelining hides the link's latency)
@@ -63,6 +66,7 @@ class LocalBundle:
     sha256: str
     size: int
     signed: bool = False  # carries signature.json
+    signer: str | None = None  # the id of the key in signature.json (None: unsigned, or the file is unreadable)
 
 
 @dataclass
@@ -95,6 +99,9 @@ class DeployError(Exception):
 
 # --- connecting ------------------------------------------------------------------------------------------------
 
+_KEEPALIVE_COUNT_MAX = 3  # keepalives unanswered before the link counts as lost
+
+
 class _HostKeyPolicy(asyncssh.SSHClient):
     """Decides on host keys that are not in known_hosts: accept them only for hosts known_hosts has never seen,
     and only when the user asked for it (ssh's accept-new). A changed key is always refused."""
@@ -104,8 +111,10 @@ class _HostKeyPolicy(asyncssh.SSHClient):
         self.accept_new = accept_new
         self.problem = ""
         self.accepted_key: asyncssh.SSHKey | None = None
+        self.host_port: tuple[str, int] | None = None  # as known_hosts names the device (after ~/.ssh/config)
 
     def validate_host_public_key(self, host, addr, port, key):
+        self.host_port = (host, port)
         host_keys, ca_keys, *_ = self.known.match(host, addr, port)
         if host_keys or ca_keys:
             self.problem = "changed"
@@ -117,14 +126,13 @@ class _HostKeyPolicy(asyncssh.SSHClient):
         return True
 
 
-def _host_pattern(target: SshTarget) -> str:
+def _host_pattern(host: str, port: int) -> str:
     """How known_hosts names a host (OpenSSH writes non-default ports as [host]:port)."""
-    return target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+    return host if port == 22 else f"[{host}]:{port}"
 
 
-def _remember_host_key(path: Path, target: SshTarget, key: asyncssh.SSHKey) -> None:
+def _remember_host_key(path: Path, pattern: str, key: asyncssh.SSHKey) -> None:
     """Append a newly accepted host key to known_hosts (no await inside: parallel deploys cannot interleave)."""
-    pattern = _host_pattern(target)
     key_text = " ".join(key.export_public_key("openssh").decode().split()[:2])
     line = f"{pattern} {key_text}\n"
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -149,18 +157,30 @@ async def connect(target: SshTarget, options: SshOptions) -> asyncssh.SSHClientC
         kwargs["username"] = target.user
     if options.identity:
         kwargs["client_keys"] = [str(Path(options.identity).expanduser())]
-    address = f"{target.host}:{target.port}"
+    if target.port is not None:  # else asyncssh takes the Port that ~/.ssh/config sets for the host, or 22
+        kwargs["port"] = target.port
+    address = target.host if target.port is None else f"{target.host}:{target.port}"
+    # Keepalives make a link that stops answering (Wi-Fi gone, a NAT that forgot the flow) fail after about
+    # --connect-timeout seconds, even in the middle of an upload, which no command timeout covers.
+    keepalive = options.connect_timeout / (_KEEPALIVE_COUNT_MAX + 1)
     try:
         conn, _ = await asyncssh.create_connection(
-            lambda: policy, target.host, target.port, known_hosts=known,
-            connect_timeout=options.connect_timeout, **kwargs)
+            lambda: policy, target.host, known_hosts=known, connect_timeout=options.connect_timeout,
+            keepalive_interval=keepalive, keepalive_count_max=_KEEPALIVE_COUNT_MAX, **kwargs)
+    except asyncssh.ConfigParseError as exc:
+        # A ValueError, not an asyncssh.Error: uncaught, it would end the whole fleet command with a traceback.
+        raise DeployError(f"cannot read the SSH configuration: {exc}; fix or remove that line (it is read with "
+                          "asyncssh, which is stricter than OpenSSH: for instance it takes times as plain seconds, "
+                          "ServerAliveInterval 30 rather than 30s)") from None
     except asyncssh.HostKeyNotVerifiable:
+        host, port = policy.host_port or (target.host, target.port or 22)
+        address = f"{host}:{port}"
         if policy.problem == "changed":
             raise DeployError(f"the host key of {address} differs from the one in {known_hosts_path}: the device "
                               "was reinstalled or someone is in between; check, then remove the old entry with "
-                              f"ssh-keygen -R '{_host_pattern(target)}' -f {known_hosts_path}") from None
+                              f"ssh-keygen -R '{_host_pattern(host, port)}' -f {known_hosts_path}") from None
         raise DeployError(f"the host key of {address} is not in {known_hosts_path}; check it and add it "
-                          f"(ssh-keyscan -p {target.port} {target.host} >> {known_hosts_path}), or pass "
+                          f"(ssh-keyscan -p {port} {host} >> {known_hosts_path}), or pass "
                           "--accept-new-host-keys to trust a device seen for the first time") from None
     except asyncssh.PermissionDenied:
         raise DeployError(f"authentication to {target.user + '@' if target.user else ''}{address} failed: put your "
@@ -172,13 +192,17 @@ async def connect(target: SshTarget, options: SshOptions) -> asyncssh.SSHClientC
     except (OSError, asyncio.TimeoutError, asyncssh.Error) as exc:
         raise DeployError(f"cannot connect to {address}: {_describe(exc)}") from None
     if policy.accepted_key is not None:
-        _remember_host_key(known_hosts_path, target, policy.accepted_key)
+        _remember_host_key(known_hosts_path, _host_pattern(*policy.host_port), policy.accepted_key)
     return conn
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, DeployError):
+        return str(exc)
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
+    if isinstance(exc, asyncssh.ConnectionLost) and "keepalive" in exc.reason:
+        return "the link went silent (SSH keepalives unanswered for about --connect-timeout seconds)"
     if isinstance(exc, asyncssh.Error):
         return exc.reason or type(exc).__name__
     if isinstance(exc, OSError) and exc.errno:
@@ -194,9 +218,15 @@ def _tail(text: str, limit: int = 300) -> str:
     return last if len(last) <= limit else "..." + last[-limit:]
 
 
+async def _run(conn, command: str, timeout: float) -> asyncssh.SSHCompletedProcess:
+    # errors="replace": asyncssh decodes output as UTF-8 and, strictly, drops the whole connection on a byte that
+    # is not (a Latin-1 message from a health check, say), which would cut a deploy off before its switch-back.
+    return await conn.run(command, check=False, timeout=timeout, errors="replace")
+
+
 async def _shell(conn, command: str, timeout: float) -> asyncssh.SSHCompletedProcess:
     try:
-        return await conn.run(command, check=False, timeout=timeout)
+        return await _run(conn, command, timeout)
     except asyncssh.TimeoutError:
         raise DeployError(f"`{command}` did not finish within {timeout:g} s") from None
 
@@ -224,7 +254,8 @@ def device_command(template: str, root: str) -> str:
 def health_command(options: SshOptions, root: str) -> str:
     if options.health_command is not None:
         return device_command(options.health_command, root)
-    return f"basilar bundle verify {shlex.quote(root + '/current')}"
+    # Through --device-python, since a `basilar` installed in a virtual environment is not on the login's PATH.
+    return f"{options.device_python} -m firmware_tools.cli bundle verify {shlex.quote(root + '/current')}"
 
 
 async def _check(conn, what: str, command: str, timeout: float) -> str | None:
@@ -232,7 +263,7 @@ async def _check(conn, what: str, command: str, timeout: float) -> str | None:
     if not command.strip():
         return None
     try:
-        result = await conn.run(command, check=False, timeout=timeout)
+        result = await _run(conn, command, timeout)
     except asyncssh.TimeoutError as exc:
         # A hung `systemctl restart` is the usual way a bad bundle fails to come up: a failure to roll back.
         detail = _tail(exc.stderr) or _tail(exc.stdout)
@@ -241,6 +272,8 @@ async def _check(conn, what: str, command: str, timeout: float) -> str | None:
     if result.exit_status == 0:
         return None
     detail = _tail(result.stderr) or _tail(result.stdout)
+    if result.exit_status is None:  # the channel closed without a status: the command took the link down with it
+        return f"{what} ended without an exit status (the connection dropped)" + (f": {detail}" if detail else "")
     if result.exit_status == 127:
         detail += " (not found on the device: install it there or pass --restart-command/--health-command)"
     return f"{what} failed (exit status {result.exit_status})" + (f": {detail}" if detail else "")
@@ -271,39 +304,50 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
                      progress: Progress | None = None, dry_run: bool = False) -> DeployResult:
     stage = "connecting"
     active = None
-    switched = False
+    uploaded = 0
+    undo = None  # once current points at the new bundle: (the bundle to switch back to, the previous to restore)
+    failure = None  # why the new bundle failed its restart or health check
     try:
         async with await connect(target, options) as conn:
             stage = "reading the device's releases"
             status = await _releases(conn, options, "status", target.root)
             active, previous = status.get("current"), status.get("previous")
             have = bundle.bundle_id in status.get("releases", [])
-            if active == bundle.bundle_id:
+            # An earlier deploy switched to the active bundle and was cut off before its health check.
+            unchecked = status.get("unconfirmed")
+            if active == bundle.bundle_id and not unchecked:
                 if progress:
                     progress(bundle.size, bundle.size)
                 return DeployResult(target, True, "unchanged", active, "already active")
             if dry_run:
-                if have:
-                    return DeployResult(target, True, "would switch", active, "installed already; no upload")
-                return DeployResult(target, True, "would install", active, f"would upload {bundle.size} bytes")
+                return _plan(target, bundle, status)
 
-            uploaded = 0
-            # A device that trusts keys may hold this release unsigned (installed before the keys): installing the
-            # signed copy is what brings its signature (same id), so it is uploaded although the device has it.
-            if not have or (bundle.signed and status.get("trusted_keys")):
-                stage = "uploading"
-                part = f"{target.root}/incoming/{bundle.bundle_id}.{secrets.token_hex(4)}.part"
-                await _upload(conn, bundle, part, progress, options)
-                uploaded = bundle.size
-                stage = "installing on the device"
-                await _releases(conn, options, "install", target.root, part, "--sha256", bundle.sha256,
-                                "--remove-archive")
-            elif progress:
-                progress(bundle.size, bundle.size)
+            detail = ""
+            if active == bundle.bundle_id:
+                # Never checked, so not "unchanged": restart and check it now, and if it fails switch back to what
+                # ran before that deploy.
+                undo = (unchecked.get("current"), unchecked.get("previous"))
+                detail = "was active but never checked (an earlier deploy was cut off); restarted and checked now"
+                if progress:
+                    progress(bundle.size, bundle.size)
+            else:
+                # A device that trusts keys may hold this release unsigned (installed before the keys): installing
+                # the signed copy is what brings its signature (same id), so it is uploaded although the device
+                # has it.
+                if not have or (bundle.signed and status.get("trusted_keys")):
+                    stage = "uploading"
+                    part = f"{target.root}/incoming/{bundle.bundle_id}.{secrets.token_hex(4)}.part"
+                    await _upload(conn, bundle, part, progress, options)
+                    uploaded = bundle.size
+                    stage = "installing on the device"
+                    await _releases(conn, options, "install", target.root, part, "--sha256", bundle.sha256,
+                                    "--remove-archive")
+                elif progress:
+                    progress(bundle.size, bundle.size)
+                stage = "switching current"
+                await _releases(conn, options, "activate", target.root, bundle.bundle_id, "--unconfirmed")
+                undo = (active, previous)
 
-            stage = "switching current"
-            await _releases(conn, options, "activate", target.root, bundle.bundle_id)
-            switched = True
             stage = "restarting and checking the service"
             restart = device_command(options.restart_command, target.root)
             failure = await _check(conn, "restart", restart, options.command_timeout)
@@ -312,30 +356,96 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
                                        options.command_timeout)
             if failure is not None:
                 stage = "switching back"
-                await _releases(conn, options, "activate", target.root, active or "-", "--previous", previous or "-")
-                switched = False
-                again = await _check(conn, "restart of the old bundle", restart, options.command_timeout)
-                back = f"switched back to {active[:12]}" if active else "removed current (there was no older bundle)"
-                reason = f"{failure}; {back}" + (f"; {again}" if again else "")
-                return DeployResult(target, False, "rolled back", active, reason, uploaded)
+                return await _switch_back(conn, target, bundle, options, undo, failure, uploaded)
 
-            done = DeployResult(target, True, "installed" if uploaded else "switched", bundle.bundle_id, "", uploaded)
-            # The new bundle is active and healthy now: failing to prune only leaves old releases taking space.
+            done = DeployResult(target, True, "installed" if uploaded else "switched", bundle.bundle_id, detail,
+                                uploaded)
+            # The new bundle is active and healthy now: failing to confirm or prune only leaves work for the next
+            # deploy (checking it again, removing old releases).
+            try:
+                await _releases(conn, options, "confirm", target.root, bundle.bundle_id)
+            except (DeployError, OSError, asyncssh.Error) as exc:
+                done.warning = (f"noting on the device that it passed its health check failed ({_describe(exc)}); "
+                                "the next deploy of it restarts and checks it again")
+                return done
             try:
                 await _releases(conn, options, "prune", target.root, "--keep", str(options.keep))
-            except DeployError as exc:
-                done.warning = _prune_warning(str(exc), target, options)
-            except (OSError, asyncssh.Error) as exc:
+            except (DeployError, OSError, asyncssh.Error) as exc:
                 done.warning = _prune_warning(_describe(exc), target, options)
             return done
     except DeployError as exc:
         reason = str(exc) if stage == "connecting" else f"{stage}: {exc}"
     except (OSError, asyncssh.Error) as exc:
         reason = f"{stage}: {_describe(exc)}"
-    if switched:
-        reason += f"; the device may now run {bundle.bundle_id[:12]} unchecked: see basilar status"
-        active = None
+    if undo is not None:
+        # Cut off after the switch (the link dropped during the restart, say): the new bundle is unchecked or
+        # failed, so connect once more to put back the old one.
+        reason = f"{failure}; {reason}" if failure else reason
+        try:
+            async with await connect(target, options) as conn:
+                return await _switch_back(conn, target, bundle, options, undo, f"{reason} (reconnected)", uploaded)
+        except (DeployError, OSError, asyncssh.Error) as exc:
+            return DeployResult(target, False, "failed", None, f"{reason}; connecting again to switch back failed: "
+                                                               f"{_describe(exc)}; {_unchecked(bundle)}")
     return DeployResult(target, False, "failed", active, reason)
+
+
+def _unchecked(bundle: LocalBundle) -> str:
+    return (f"the device may now run {bundle.bundle_id[:12]} unchecked: deploying it again restarts and checks it "
+            "(or switches back)")
+
+
+async def _switch_back(conn, target: SshTarget, bundle: LocalBundle, options: SshOptions, undo, failure: str,
+                       uploaded: int) -> DeployResult:
+    """Undo a switch whose restart or health check failed: put back the bundle (and previous) from before it, and
+    restart that. A refused switch-back is reported with the failure that called for it; a lost connection is
+    raised (the caller connects again)."""
+    back_to, back_previous = undo
+    restart = device_command(options.restart_command, target.root)
+    try:
+        await _releases(conn, options, "activate", target.root, back_to or "-", "--previous", back_previous or "-")
+    except DeployError as exc:
+        return DeployResult(target, False, "failed", None, f"{failure}; switching back failed: {exc}; "
+                                                           f"{_unchecked(bundle)}")
+    back = f"switched back to {back_to[:12]}" if back_to else "removed current (there was no older bundle)"
+    try:
+        again = await _check(conn, "restart of the old bundle", restart, options.command_timeout)
+    except (OSError, asyncssh.Error) as exc:
+        again = f"restart of the old bundle: {_describe(exc)}"
+    return DeployResult(target, False, "rolled back", back_to, f"{failure}; {back}" + (f"; {again}" if again else ""),
+                        uploaded)
+
+
+def _plan(target: SshTarget, bundle: LocalBundle, status: dict) -> DeployResult:
+    """A dry run: what the deploy would do, from the device's status; a bundle it would refuse fails here too."""
+    active = status.get("current")
+    if active == bundle.bundle_id:  # unconfirmed: the deploy would check it
+        return DeployResult(target, True, "would check", active, "active but never checked (an earlier deploy was "
+                                                                 "cut off); would restart and check it")
+    refusal = _refusal(bundle, status.get("trusted_keys", []))
+    if refusal:
+        return DeployResult(target, False, "would fail", active, f"the device would refuse the bundle: {refusal}")
+    if bundle.bundle_id in status.get("releases", []) and not (bundle.signed and status.get("trusted_keys")):
+        return DeployResult(target, True, "would switch", active, "installed already; no upload")
+    return DeployResult(target, True, "would install", active, f"would upload {bundle.size} bytes")
+
+
+def _refusal(bundle: LocalBundle, trusted_keys: list[str]) -> str | None:
+    """Why a device trusting these keys (as its status lists them) would refuse the bundle, or None."""
+    keys, broken = split_key_entries(trusted_keys)
+    if broken:
+        return f"a key file of its trusted_keys/ is broken ({broken[0]}), so it refuses every bundle; fix or remove it"
+    if not keys:
+        return None
+    if not bundle.signed:
+        return (f"the bundle is not signed and the device trusts {len(keys)} key(s); sign it with: "
+                "basilar bundle sign BUNDLE --key PRIVATE_KEY")
+    if bundle.signer is None:
+        return "the bundle's signature.json cannot be read; sign it again"
+    if bundle.signer not in keys:
+        return (f"the bundle is signed by key {bundle.signer}, which the device does not trust ({', '.join(keys)}); "
+                "sign it with a trusted key or add its .pub file to the device's trusted_keys/")
+    return None
 
 
 def _prune_warning(why: str, target: SshTarget, options: SshOptions) -> str:
@@ -362,5 +472,8 @@ async def status_ssh(target: SshTarget, options: SshOptions) -> DeviceStatus:
         return DeviceStatus(target, False, reason=str(exc))
     except (OSError, asyncssh.Error) as exc:
         return DeviceStatus(target, False, reason=_describe(exc))
+    note = ""
+    if status.get("unconfirmed"):
+        note = "never checked: a deploy switched to it and was cut off before its health check; deploy it again"
     return DeviceStatus(target, True, status.get("current"), status.get("previous"), status.get("releases", []),
-                        status.get("trusted_keys", []), service)
+                        status.get("trusted_keys", []), service, note=note)

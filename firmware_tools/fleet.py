@@ -3,7 +3,10 @@ concurrency limit, and formats the summary table. The click commands in deploy_c
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import importlib
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +38,18 @@ def prepare_bundle(spec: str, workdir: Path) -> LocalBundle:
         archive = Path(workdir) / f"{bundle.id}.tar.gz"
         pack_bundle(bundle.path, archive)
     return LocalBundle(archive=archive, bundle_id=bundle.id, sha256=file_sha256(archive),
-                       size=archive.stat().st_size, signed=(bundle.path / SIGNATURE).is_file())
+                       size=archive.stat().st_size, signed=(bundle.path / SIGNATURE).is_file(),
+                       signer=_signer(bundle.path / SIGNATURE))
+
+
+def _signer(signature: Path) -> str | None:
+    """The id of the key a signature.json names (a dry run compares it with the keys a device trusts), or None."""
+    from edge.signing import key_id
+
+    try:
+        return key_id(base64.b64decode(json.loads(signature.read_text(encoding="utf-8"))["public_key"]))
+    except (OSError, ValueError, KeyError, TypeError, binascii.Error):
+        return None
 
 
 _NO_SERIAL = "this installation has no serial deploy (firmware_tools.serial_deploy is missing)"
@@ -93,7 +107,14 @@ async def _deploy_all(bundle, targets, options, parallel, dry_run, progress_for)
                 return await deploy_ssh(target, bundle, options, progress=progress, dry_run=dry_run)
             return await asyncio.to_thread(_deploy_serial, target, bundle, progress, dry_run)
 
-    return await asyncio.gather(*(one(i, t) for i, t in enumerate(targets)))
+    results = await asyncio.gather(*(one(i, t) for i, t in enumerate(targets)), return_exceptions=True)
+    # One device's unexpected error is its own failed row; the others were left to finish (or switch back).
+    return [DeployResult(t, False, "failed", None, _unexpected(r)) if isinstance(r, Exception) else r
+            for t, r in zip(targets, results)]
+
+
+def _unexpected(exc: Exception) -> str:
+    return f"unexpected error: {type(exc).__name__}: {exc}"
 
 
 def deploy_fleet(bundle: LocalBundle, targets: list[Target], options: SshOptions, *, parallel: int = 4,
@@ -134,7 +155,9 @@ async def _status_all(targets, options, parallel):
                 return await status_ssh(target, options)
             return await asyncio.to_thread(_status_serial, target)
 
-    return await asyncio.gather(*(one(t) for t in targets))
+    results = await asyncio.gather(*(one(t) for t in targets), return_exceptions=True)
+    return [DeviceStatus(t, False, reason=_unexpected(r)) if isinstance(r, Exception) else r
+            for t, r in zip(targets, results)]
 
 
 def status_fleet(targets: list[Target], options: SshOptions, *, parallel: int = 8) -> list[DeviceStatus]:

@@ -23,8 +23,6 @@ import click
 
 from edge.telemetry import DEFAULT_BAUD  # the device end's default: both ends must agree
 
-DEFAULT_SSH_PORT = 22
-
 _EXAMPLES = "ssh://pi@10.0.0.21/opt/basilar or serial:///dev/ttyUSB0?baud=115200"
 
 
@@ -37,7 +35,7 @@ class SshTarget:
     host: str
     root: str  # absolute, or relative to the login's home directory
     user: str | None = None
-    port: int = DEFAULT_SSH_PORT
+    port: int | None = None  # None: as ~/.ssh/config says (Port), else 22
     name: str | None = None
 
     @property
@@ -48,7 +46,7 @@ class SshTarget:
     def url(self) -> str:
         user = f"{self.user}@" if self.user else ""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        port = f":{self.port}" if self.port != DEFAULT_SSH_PORT else ""
+        port = f":{self.port}" if self.port is not None else ""
         root = self.root if self.root.startswith("/") else f"/~/{self.root}"
         return f"ssh://{user}{host}{port}{root}"
 
@@ -94,9 +92,8 @@ def _parse_ssh(text, parts, name) -> SshTarget:
         port = parts.port
     except ValueError:
         port = 0
-    if port is None:
-        port = DEFAULT_SSH_PORT
-    elif not 1 <= port <= 65535:
+    # No port in the URL stays None, so that asyncssh takes the one ~/.ssh/config sets for the host (else 22).
+    if port is not None and not 1 <= port <= 65535:
         raise TargetError(f"target {text!r} has an invalid port; it must be a number from 1 to 65535")
     if parts.query or parts.fragment:
         raise TargetError(f"target {text!r}: ssh targets take no '?' or '#' part")
@@ -145,7 +142,7 @@ def read_inventory(path: str | Path) -> list[Target]:
         raise TargetError(f"cannot read the inventory {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise TargetError(f"the inventory {path} is not UTF-8 text; list one target per line") from None
-    targets = []
+    targets, named = [], {}
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.split("#", 1)[0].strip()
         if not line:
@@ -157,6 +154,13 @@ def read_inventory(path: str | Path) -> list[Target]:
             name, url = fields
         else:
             raise TargetError(f"{path}:{number}: expected '[name] target', found {len(fields)} words: {line!r}")
+        # The summary tells devices apart by name only: two lines with one name would make two rows that cannot be
+        # told apart.
+        if name in named:
+            raise TargetError(f"{path}:{number}: the name {name!r} is already used on line {named[name]}; give each "
+                              "device its own name")
+        if name is not None:
+            named[name] = number
         try:
             targets.append(parse_target(url, name))
         except TargetError as exc:

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 
 from edge.bundle import load_bundle, pack_bundle
 from edge.releases import ReleaseStore, file_sha256
-from firmware_tools import deploy_ssh
+from firmware_tools import deploy_ssh, fleet
 from firmware_tools.cli import main as cli
 from firmware_tools.deploy_ssh import LocalBundle, SshOptions
-from firmware_tools.fleet import deploy_fleet
+from firmware_tools.fleet import deploy_fleet, status_fleet
 from firmware_tools.targets import parse_target
 from tests.bundle_variants import variant
 from tests.conftest import REPO, require_module
@@ -380,3 +380,272 @@ def test_without_the_host_extra_deploy_and_status_say_what_to_install(command, m
     result = CliRunner().invoke(cli, [*command, "serial:///dev/ttyNOPE"])
     assert result.exit_code == 1 and "pip install 'basilar[host]'" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def _device_python_that_fails(tmp_path, when: str, message: str) -> str:
+    """A device Python that fails `python -m edge.releases` calls whose arguments contain `when`, as a device with
+    a storage fault would, and runs the others normally."""
+    python = tmp_path / "device-python"
+    python.write_text(f'#!/bin/sh\ncase " $* " in *" {when} "*) echo "error: {message}" >&2; exit 1;; esac\n'
+                      f'exec {DEVICE_PYTHON} "$@"\n')
+    python.chmod(0o755)
+    return str(python)
+
+
+def test_output_that_is_not_utf8_does_not_drop_the_connection_before_the_switch_back(device, bundles):
+    """asyncssh decodes strictly by default: one Latin-1 byte from a failing health check dropped the connection,
+    so the device stayed on the failing bundle."""
+    root, target, options = device
+    v1, v2 = bundles[0], bundles[1]
+    assert _deploy(v1, target, options).ok
+    failing = dataclasses.replace(options, health_command=r"printf 'mod\350le absent\n' >&2; exit 3")
+    result = _deploy(v2, target, failing)
+    assert (result.ok, result.outcome, result.active) == (False, "rolled back", v1.bundle_id), result.reason
+    assert "health check failed (exit status 3): mod\ufffdle absent" in result.reason
+    _assert_intact(root, v1.bundle_id)
+
+
+def test_a_connection_lost_after_the_switch_is_switched_back_over_a_new_one(device, bundles):
+    root, target, options = device
+    v1, v2 = bundles[0], bundles[1]
+    assert _deploy(v1, target, options).ok
+    # Restarting the new bundle takes the link down (it kills its own SSH session, as a restarted network would).
+    drops = dataclasses.replace(options, restart_command=options.restart_command + "; case \"$(readlink "
+                                f"{{root}}/current)\" in *{v2.bundle_id}) kill -9 $PPID;; esac")
+    result = _deploy(v2, target, drops)
+    assert (result.ok, result.outcome, result.active) == (False, "rolled back", v1.bundle_id), result.reason
+    assert "connection dropped" in result.reason and "(reconnected)" in result.reason
+    assert f"switched back to {v1.bundle_id[:12]}" in result.reason
+    _assert_intact(root, v1.bundle_id)
+    assert ReleaseStore(root).unconfirmed() is None
+    assert _restarts(root) == 3  # v1, the new one (cut off), v1 again
+
+
+def test_a_deploy_cut_off_after_the_switch_is_finished_by_the_next_one(device, bundles, monkeypatch):
+    """Cut off after the switch and unable to reconnect, a deploy leaves the new bundle active but unchecked; the
+    same deploy again must restart and health-check it (and switch back if it fails), not call it unchanged."""
+    root, target, options = device
+    v1, v2, v3 = bundles
+    assert _deploy(v1, target, options).ok
+    real_connect = deploy_ssh.connect
+    connects = []
+
+    async def connect_once(target, options):
+        connects.append(target)
+        if len(connects) > 1:
+            raise deploy_ssh.DeployError("cannot connect to the device: connection refused")
+        return await real_connect(target, options)
+
+    def cut_off(bundle):
+        connects.clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(deploy_ssh, "connect", connect_once)
+            drops = dataclasses.replace(options, restart_command="kill -9 $PPID")
+            result = _deploy(bundle, target, drops)
+        assert (result.ok, result.outcome, result.active) == (False, "failed", None), result.reason
+        assert "connecting again to switch back failed" in result.reason and "unchecked" in result.reason
+        assert ReleaseStore(root).current() == bundle.bundle_id
+        assert ReleaseStore(root).unconfirmed()["bundle"] == bundle.bundle_id
+
+    cut_off(v2)
+    restarts = _restarts(root)
+    resumed = _deploy(v2, target, options)
+    assert (resumed.ok, resumed.outcome, resumed.active) == (True, "switched", v2.bundle_id), resumed.reason
+    assert "never checked" in resumed.reason and _restarts(root) == restarts + 1
+    assert ReleaseStore(root).unconfirmed() is None
+    assert _deploy(v2, target, options).outcome == "unchanged"  # checked now: nothing more to do
+
+    cut_off(v3)
+    failing = dataclasses.replace(options, health_command="echo 'model did not load' >&2; exit 3")
+    resumed = _deploy(v3, target, failing)
+    assert (resumed.ok, resumed.outcome, resumed.active) == (False, "rolled back", v2.bundle_id), resumed.reason
+    assert "health check failed (exit status 3): model did not load" in resumed.reason
+    _assert_intact(root, v2.bundle_id)
+    assert ReleaseStore(root).previous() == v1.bundle_id  # as before the cut-off deploy
+    assert ReleaseStore(root).unconfirmed() is None
+
+
+def test_a_failed_switch_back_keeps_the_reason_it_was_needed(device, bundles, tmp_path):
+    root, target, options = device
+    v1, v2 = bundles[0], bundles[1]
+    assert _deploy(v1, target, options).ok
+    options = dataclasses.replace(options, health_command="echo 'model did not load' >&2; exit 3",
+                                  device_python=_device_python_that_fails(tmp_path, "--previous", "disk full"))
+    result = _deploy(v2, target, options)
+    assert (result.ok, result.outcome) == (False, "failed")
+    assert result.reason.startswith("health check failed (exit status 3): model did not load; "
+                                    "switching back failed: disk full; ")
+    assert f"may now run {v2.bundle_id[:12]} unchecked" in result.reason
+    assert ReleaseStore(root).unconfirmed()["bundle"] == v2.bundle_id  # the next deploy checks it
+
+
+class StallingProxy:
+    """A TCP proxy to the test sshd whose link can go silent: after stall(), nothing more is forwarded to the
+    server, and nothing is closed either (Wi-Fi gone, or a NAT that forgot the flow)."""
+
+    def __init__(self, port: int):
+        import socket
+        import threading
+
+        self.server_port = port
+        self.stalled = threading.Event()
+        self.done = threading.Event()
+        self.sockets = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.server_port))
+            self.sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source, sink, can_stall):
+        try:
+            while data := source.recv(4096):
+                if can_stall and self.stalled.is_set():
+                    self.done.wait()
+                    return
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def stall(self):
+        self.stalled.set()
+
+    def close(self):
+        self.done.set()
+        self.listener.close()
+        for s in self.sockets:
+            s.close()
+
+
+def test_a_link_that_stalls_mid_upload_fails_after_the_connect_timeout(device, bundles, sshd):
+    """No command timeout covers an upload: SSH keepalives make a silent link fail after --connect-timeout."""
+    import time
+
+    root, target, options = device
+    proxy = StallingProxy(sshd.port)
+    try:
+        options.known_hosts.write_text(f"[127.0.0.1]:{proxy.port} {sshd.host_public_key}\n")
+        target = dataclasses.replace(target, port=proxy.port)
+
+        def stall_when_sending(sent, total):
+            if 0 < sent < total:
+                proxy.stall()
+
+        slow = dataclasses.replace(options, block_size=512, upload_requests=1, connect_timeout=2)
+        started = time.monotonic()
+        result = _deploy(bundles[0], target, slow, progress_for=lambda _i, _t: stall_when_sending)
+        took = time.monotonic() - started
+    finally:
+        proxy.close()
+    assert proxy.stalled.is_set()
+    assert (result.ok, result.outcome) == (False, "failed")
+    assert result.reason.startswith("uploading: the link went silent"), result.reason
+    assert took < 10
+    assert not (root / "current").exists()
+
+
+def test_ssh_config_port_and_user_apply_to_a_url_without_them(device, bundles, sshd, tmp_path, monkeypatch):
+    """A URL without a port leaves it to ~/.ssh/config (as ssh does); a host key accepted on first sight is
+    recorded under the port really used."""
+    root, _, options = device
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(f"Host kitchen-pi\n    HostName 127.0.0.1\n    Port {sshd.port}\n"
+                                          f"    User {sshd.user}\n    IdentityFile {sshd.client_key}\n")
+    monkeypatch.setenv("HOME", str(home))
+    target = parse_target(f"ssh://kitchen-pi{root}")
+    options = dataclasses.replace(options, identity=None)
+    options.known_hosts.write_text("")
+    result = _deploy(bundles[0], target, dataclasses.replace(options, accept_new_host_keys=True))
+    assert (result.ok, result.outcome) == (True, "installed"), result.reason
+    assert options.known_hosts.read_text() == sshd.known_hosts_line()
+    [status] = status_fleet([target], options)
+    assert status.ok and status.current == bundles[0].bundle_id, status.reason
+
+
+def test_the_default_health_check_runs_with_the_device_python(device, bundles, tmp_path):
+    """Installed in a virtual environment, basilar is not on the login's PATH: the default health check must
+    run it the way --device-python says."""
+    root, target, options = device
+    python = tmp_path / "venv-python"
+    log = tmp_path / "venv-python.log"
+    python.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {DEVICE_PYTHON} "$@"\n')
+    python.chmod(0o755)
+    options = dataclasses.replace(options, device_python=str(python), health_command=None)
+    result = _deploy(bundles[0], target, options)
+    assert (result.ok, result.outcome) == (True, "installed"), result.reason
+    assert f"-m firmware_tools.cli bundle verify {root}/current" in log.read_text().splitlines()
+
+
+def test_a_dry_run_reports_a_bundle_the_device_would_refuse(device, bundles, sshd, tmp_path):
+    require_module("nacl")
+    from edge.signing import generate_keypair, sign_bundle_dir
+
+    root, target, options = device
+    _, trusted = generate_keypair(tmp_path / "release-key")
+    (root / "trusted_keys").mkdir(parents=True)
+    shutil.copy(trusted, root / "trusted_keys" / "release.pub")
+    unsigned = shutil.copytree(load_bundle(bundles[0].archive).path, tmp_path / "unsigned")
+    stranger = shutil.copytree(unsigned, tmp_path / "stranger")
+    sign_bundle_dir(stranger, generate_keypair(tmp_path / "other-key")[0])
+    signed = shutil.copytree(unsigned, tmp_path / "signed")
+    sign_bundle_dir(signed, tmp_path / "release-key")
+
+    def dry_run(bundle_dir):
+        return CliRunner().invoke(cli, ["deploy", str(bundle_dir), sshd.url(root), "--dry-run", "--known-hosts",
+                                        str(options.known_hosts), "-i", str(sshd.client_key), "--device-python",
+                                        DEVICE_PYTHON])
+
+    refused = dry_run(unsigned)
+    assert refused.exit_code == 1 and "would fail" in refused.stdout, refused.output
+    assert "the device would refuse the bundle: the bundle is not signed" in refused.stdout
+    refused = dry_run(stranger)
+    assert refused.exit_code == 1 and "which the device does not trust" in refused.stdout, refused.output
+    accepted = dry_run(signed)
+    assert accepted.exit_code == 0 and "would install" in accepted.stdout, accepted.output
+    assert ReleaseStore(root).releases() == []
+
+
+def test_a_broken_ssh_config_or_an_unexpected_error_fails_one_device_only(device, bundles, sshd, tmp_path,
+                                                                         monkeypatch):
+    """An ~/.ssh/config line asyncssh cannot parse, or any unexpected exception, is that device's failed row: the
+    others finish, and the summary is printed."""
+    root, _, options = device
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("Host beta\n    HostName 127.0.0.1\n    ServerAliveInterval 30s\n")
+    monkeypatch.setenv("HOME", str(home))
+    inventory = tmp_path / "fleet.txt"
+    inventory.write_text(f"alpha {sshd.url(root)}\nbeta ssh://pi@beta/opt/basilar\n")
+    common = ["--inventory", str(inventory), "--known-hosts", str(options.known_hosts), "-i", str(sshd.client_key),
+              "--device-python", DEVICE_PYTHON]
+    result = CliRunner().invoke(cli, ["deploy", str(bundles[0].archive), *common, "--restart-command", ""])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    table = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert table["alpha"].split()[1:3] == [bundles[0].bundle_id[:12], "installed"], result.output
+    assert "cannot read the SSH configuration" in table["beta"] and "config line 3" in table["beta"]
+    assert "ServerAliveInterval 30 rather than 30s" in table["beta"]
+    status = CliRunner().invoke(cli, ["status", *common])
+    assert status.exit_code == 1 and "cannot read the SSH configuration" in status.stdout, status.output
+
+    async def crashes(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(fleet, "status_ssh", crashes)
+    [alpha, beta] = status_fleet([parse_target(sshd.url(root)), parse_target("ssh://pi@beta/opt")], options)
+    assert not alpha.ok and alpha.reason == "unexpected error: RuntimeError: a bug"
+    monkeypatch.setattr(fleet, "deploy_ssh", crashes)
+    [failed] = deploy_fleet(bundles[1], [parse_target(sshd.url(root))], options)
+    assert (failed.ok, failed.outcome, failed.reason) == (False, "failed", "unexpected error: RuntimeError: a bug")

@@ -98,6 +98,30 @@ def test_restoring_after_a_failed_switch_keeps_previous_meaningful(store, bundle
     assert store.current() is None and store.previous() is None
 
 
+def test_an_unconfirmed_switch_is_noted_until_confirmed_or_replaced(store, bundles, capsys):
+    """A deploy activates with --unconfirmed and confirms after the health check; cut off in between, the note
+    tells the next deploy to check the bundle and what to switch back to. Any other switch drops the note."""
+    ids = [store.install(archive) for _, archive, _ in bundles[:3]]
+    store.activate(ids[0])
+    store.activate(ids[1])
+    assert store.status()["unconfirmed"] is None
+    assert main(["activate", str(store.root), ids[2], "--unconfirmed"]) == 0
+    capsys.readouterr()
+    note = {"bundle": ids[2], "current": ids[1], "previous": ids[0]}
+    assert store.unconfirmed() == note and ReleaseStore(store.root).status()["unconfirmed"] == note
+    assert not store.confirm(ids[1])  # only the noted bundle confirms it
+    assert main(["confirm", str(store.root), ids[2]]) == 0
+    assert json.loads(capsys.readouterr().out) == {"confirmed": True}
+    assert store.unconfirmed() is None and store.current() == ids[2]
+
+    for undo in (lambda: store.activate(ids[1], previous=ids[0]), store.rollback, store.deactivate):
+        store.activate(ids[2], unconfirmed=True)
+        assert store.unconfirmed()["bundle"] == ids[2]
+        undo()
+        assert store.unconfirmed() is None
+        assert not [p for p in store.root.iterdir() if p.name.startswith(".unconfirmed")]
+
+
 def test_activate_unknown_bundle_is_refused(store):
     with pytest.raises(ReleaseError, match="not installed"):
         store.activate("a" * 64)

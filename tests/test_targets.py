@@ -12,13 +12,14 @@ def test_ssh_target_with_user_port_and_root():
 
 def test_ssh_target_defaults_and_home_relative_root():
     target = parse_target("ssh://device.local/~/basilar/")
-    assert (target.user, target.port, target.root) == (None, 22, "basilar")
+    # No port: left for ~/.ssh/config (Port) to set, else 22; passing 22 would override the config.
+    assert (target.user, target.port, target.root) == (None, None, "basilar")
     assert target.url == "ssh://device.local/~/basilar"
 
 
 def test_ssh_target_ipv6():
     target = parse_target("ssh://pi@[fe80::1]:22/srv/b")
-    assert (target.host, target.port, target.url) == ("fe80::1", 22, "ssh://pi@[fe80::1]/srv/b")
+    assert (target.host, target.port, target.url) == ("fe80::1", 22, "ssh://pi@[fe80::1]:22/srv/b")
 
 
 def test_serial_target_with_and_without_baud():
@@ -75,6 +76,16 @@ def test_inventory_errors_name_the_line(tmp_path):
         read_inventory(inventory)
     with pytest.raises(TargetError, match="cannot read the inventory"):
         read_inventory(tmp_path / "missing.txt")
+
+
+def test_inventory_refuses_a_name_used_twice(tmp_path):
+    """The summary shows devices by name: two devices named alike would make rows that cannot be told apart."""
+    inventory = tmp_path / "devices.txt"
+    inventory.write_text("kitchen ssh://pi@10.0.0.21/opt/basilar\n"
+                         "hall    ssh://pi@10.0.0.22/opt/basilar\n"
+                         "kitchen ssh://pi@10.0.0.23/opt/basilar\n")
+    with pytest.raises(TargetError, match=r"devices.txt:3: the name 'kitchen' is already used on line 1"):
+        read_inventory(inventory)
 
 
 def test_no_targets_at_all():
