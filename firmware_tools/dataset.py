@@ -86,7 +86,11 @@ def scan_labelled(data_dir) -> list[Clip]:
         folders = path.relative_to(root).parts[:-1]
         if folders:
             label = folders[0]
-            rest = path.stem[len(label) + 1:] if path.stem.startswith(label + "_") else ""
+            if path.stem.startswith(label + "_"):
+                rest = path.stem[len(label) + 1:]
+            else:  # another name for the label (zero/0_jackson_0.wav): {word}_{speaker}_{take}, exactly
+                parts = path.stem.split("_")
+                rest = "_".join(parts[1:]) if len(parts) == 3 else ""
         else:
             label, underscore, rest = path.stem.partition("_")
             if not underscore or not label:

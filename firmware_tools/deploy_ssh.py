@@ -315,6 +315,9 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
             have = bundle.bundle_id in status.get("releases", [])
             # An earlier deploy switched to the active bundle and was cut off before its health check.
             unchecked = status.get("unconfirmed")
+            # A device with a basilar from before these notes has no such key, and its release tool knows neither
+            # `activate --unconfirmed` nor `confirm`: deploy to it as before.
+            notes = "unconfirmed" in status
             if active == bundle.bundle_id and not unchecked:
                 if progress:
                     progress(bundle.size, bundle.size)
@@ -345,8 +348,10 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
                 elif progress:
                     progress(bundle.size, bundle.size)
                 stage = "switching current"
-                await _releases(conn, options, "activate", target.root, bundle.bundle_id, "--unconfirmed")
-                undo = (active, previous)
+                await _releases(conn, options, "activate", target.root, bundle.bundle_id,
+                                *(["--unconfirmed"] if notes else []))
+                # Back to what last passed a check: not to a bundle an earlier, cut-off deploy left unchecked.
+                undo = (unchecked.get("current"), unchecked.get("previous")) if unchecked else (active, previous)
 
             stage = "restarting and checking the service"
             restart = device_command(options.restart_command, target.root)
@@ -363,7 +368,8 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
             # The new bundle is active and healthy now: failing to confirm or prune only leaves work for the next
             # deploy (checking it again, removing old releases).
             try:
-                await _releases(conn, options, "confirm", target.root, bundle.bundle_id)
+                if notes:
+                    await _releases(conn, options, "confirm", target.root, bundle.bundle_id)
             except (DeployError, OSError, asyncssh.Error) as exc:
                 done.warning = (f"noting on the device that it passed its health check failed ({_describe(exc)}); "
                                 "the next deploy of it restarts and checks it again")

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from edge.detector import TRIGGERS
-from edge.sources import PCM_FORMATS, SourceError, StopFlag
+from edge.sources import PCM_FORMATS, SourceError, StopFlag, parse_mic_spec
 from edge.telemetry import DEFAULT_BAUD
 from firmware_tools.stop_signals import route_stop_signals
 
@@ -340,7 +340,7 @@ def unreachable_by(user: str, program: str) -> str | None:
         try:
             info = place.stat()
         except FileNotFoundError:
-            return f"{place} does not exist"
+            return f"{place} does not exist here (if the unit is for another machine, check the path there)"
         except OSError as err:
             return f"{place} cannot be read ({err.strerror})"
         bit = (stat.S_IXUSR if info.st_uid == uid else stat.S_IXGRP if info.st_gid in gids else stat.S_IXOTH)
@@ -382,7 +382,7 @@ def service(output, executable, root, audio, user, serial, baud, as_json):
     if audio == "-":
         raise click.BadParameter("systemd gives a service no standard input; listen to mic[:DEVICE] or a file",
                                  param_hint="--input")
-    if audio != "demo" and not audio.startswith("mic"):  # a file: the service starts in /
+    if audio != "demo" and not parse_mic_spec(audio)[0]:  # a file: the service starts in /
         audio = str(Path(audio).absolute())
     problem = unreachable_by(user, executable)
     if problem:

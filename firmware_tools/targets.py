@@ -170,6 +170,14 @@ def read_inventory(path: str | Path) -> list[Target]:
     return targets
 
 
+def _device_key(target: Target):
+    """What makes two targets one device: an SSH URL with :22 and one without name the same one (22 is the default
+    when ~/.ssh/config sets no Port)."""
+    if isinstance(target, SshTarget):
+        return "ssh", target.user, target.host, target.port or 22, target.root
+    return target.url
+
+
 def collect_targets(urls: tuple[str, ...] | list[str], inventory: str | Path | None = None) -> list[Target]:
     """All targets from the command line and an inventory, without duplicates (first occurrence wins)."""
     targets = [parse_target(url) for url in urls]
@@ -179,7 +187,7 @@ def collect_targets(urls: tuple[str, ...] | list[str], inventory: str | Path | N
         raise TargetError(f"no targets given; name at least one ({_EXAMPLES}) or pass --inventory FILE")
     unique, seen = [], set()
     for target in targets:
-        key = target.url
+        key = _device_key(target)
         if key not in seen:
             seen.add(key)
             unique.append(target)

@@ -180,15 +180,17 @@ def write_clip(path, n=800, rate=8000, value=0.1):
 
 def test_in_a_sub_folder_the_speaker_follows_the_label_in_the_name(tmp_path):
     """`glass_break/glass_break_alice_0.wav` is alice's, not "break"'s; a name that does not start with the label
-    names no speaker."""
+    names a speaker only as exactly {word}_{speaker}_{take} (FSDD sorted into folders: `zero/0_theo_4.wav`)."""
     for name in ("glass_break/glass_break_alice_0.wav", "glass_break/glass_break_00.wav", "no/no_bob_3.wav",
-                 "no/take_3.wav", "yes/alice_1.wav", "7_jackson_12.wav"):
+                 "no/take_3.wav", "yes/alice_1.wav", "7_jackson_12.wav", "zero/0_theo_4.wav",
+                 "yes/a_b_c_d.wav"):
         write_clip(tmp_path / name)
     found = {c.path.relative_to(tmp_path).as_posix(): (c.label, c.speaker) for c in dataset.scan_labelled(tmp_path)}
     assert found == {"glass_break/glass_break_alice_0.wav": ("glass_break", "alice"),
                      "glass_break/glass_break_00.wav": ("glass_break", "unknown"), "no/no_bob_3.wav": ("no", "bob"),
                      "no/take_3.wav": ("no", "unknown"), "yes/alice_1.wav": ("yes", "unknown"),
-                     "7_jackson_12.wav": ("7", "jackson")}
+                     "7_jackson_12.wav": ("7", "jackson"), "zero/0_theo_4.wav": ("zero", "theo"),
+                     "yes/a_b_c_d.wav": ("yes", "unknown")}
 
 
 def test_a_holdout_that_leaves_a_label_without_training_clips_is_refused(tmp_path):

@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import sys
+import textwrap
 from pathlib import Path
 
 import asyncssh
@@ -463,6 +464,39 @@ def test_a_deploy_cut_off_after_the_switch_is_finished_by_the_next_one(device, b
     _assert_intact(root, v2.bundle_id)
     assert ReleaseStore(root).previous() == v1.bundle_id  # as before the cut-off deploy
     assert ReleaseStore(root).unconfirmed() is None
+
+
+def test_a_failed_deploy_goes_back_to_the_last_checked_bundle_not_to_an_unchecked_one(device, bundles):
+    """A deploy of v2 was cut off after its switch (v2 active, never checked); a deploy of v3 that fails its
+    health check goes back to v1, which last passed one, and does not leave v2 looking checked."""
+    root, target, options = device
+    v1, v2, v3 = bundles
+    assert _deploy(v1, target, options).ok and _deploy(v2, target, options).ok
+    store = ReleaseStore(root)
+    store.activate(v1.bundle_id)
+    store.activate(v2.bundle_id, unconfirmed=True)  # what the cut-off deploy of v2 left
+    result = _deploy(v3, target, dataclasses.replace(options, health_command="exit 3"))
+    assert (result.ok, result.outcome, result.active) == (False, "rolled back", v1.bundle_id), result.reason
+    assert store.current() == v1.bundle_id and store.unconfirmed() is None
+
+
+def test_a_device_with_the_release_tool_of_before_the_notes_is_deployed_to_as_before(device, bundles, tmp_path):
+    """Its status has no 'unconfirmed' and its release tool knows neither `activate --unconfirmed` nor `confirm`."""
+    root, target, options = device
+    v1, v2 = bundles[0], bundles[1]
+    python = tmp_path / "older-device-python"
+    python.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        case " $* " in *" --unconfirmed "*|*" confirm "*) echo "error: unrecognized arguments" >&2; exit 2;; esac
+        case " $* " in *" status "*) {DEVICE_PYTHON} "$@" | sed 's/, "unconfirmed": null//'; exit;; esac
+        exec {DEVICE_PYTHON} "$@"
+        """))
+    python.chmod(0o755)
+    older = dataclasses.replace(options, device_python=str(python))
+    for bundle in (v1, v2):
+        result = _deploy(bundle, target, older)
+        assert (result.ok, result.outcome) == (True, "installed") and not result.warning, result.reason
+    assert ReleaseStore(root).current() == v2.bundle_id and ReleaseStore(root).previous() == v1.bundle_id
 
 
 def test_a_failed_switch_back_keeps_the_reason_it_was_needed(device, bundles, tmp_path):

@@ -511,6 +511,8 @@ def test_service_quotes_its_paths_and_refuses_inputs_a_service_cannot_use(tmp_pa
     assert result.returncode == 0, result.stderr
     text = unit.read_text()
     assert f"ReadWritePaths='{tmp_path}/my root'" in text and f" {REPO}/rec.wav" in text
+    named_like_a_mic = basilar("service", "--exec", sys.executable, "--input", "mic_kitchen.wav")
+    assert f" {REPO}/mic_kitchen.wav" in named_like_a_mic.stdout.decode()  # a file, not mic[:DEVICE]
     analyze = require_program("systemd-analyze")
     check = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0 and "ReadWritePaths" not in check.stderr, check.stderr

@@ -61,6 +61,7 @@ def test_inventory_with_names_comments_and_duplicates(tmp_path):
     assert [t.label for t in targets] == ["kitchen", "ssh://pi@10.0.0.22:2222/opt/basilar", "bench"]
     both = collect_targets(["ssh://pi@10.0.0.21/opt/basilar"], inventory)
     assert len(both) == 3  # the command-line target and the inventory's kitchen are the same device
+    assert len(collect_targets(["ssh://pi@10.0.0.21:22/opt/basilar"], inventory)) == 3  # 22 is the default port
 
 
 def test_inventory_errors_name_the_line(tmp_path):
