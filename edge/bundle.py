@@ -222,6 +222,11 @@ def pack_bundle(bundle_dir, archive_path) -> str:
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))
     archive_path = Path(archive_path)
+    if not archive_path.name.endswith(ARCHIVE_SUFFIXES):
+        raise BundleError(f"{archive_path}: name the archive {archive_path.name}.tar.gz (bundle archives end in "
+                          f"{' or '.join(ARCHIVE_SUFFIXES)}; nothing else loads them)")
+    if archive_path.resolve().parent == src.resolve():  # it would overwrite, or be read as, a file of the bundle
+        raise BundleError(f"{archive_path}: write the archive outside the bundle folder {src}")
     with open(archive_path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
         gz.write(buffer.getvalue())
     return bundle_id(src)
@@ -280,7 +285,11 @@ def check_manifest(bundle_dir: Path, manifest: dict) -> None:
         path = bundle_dir / name
         if "/" in name or not path.is_file():
             raise BundleError(f"bundle file {name!r} listed in the manifest is missing from {bundle_dir}")
-        actual = file_sha256(path)
+        try:
+            actual = file_sha256(path)
+        except OSError as exc:  # a failing SD card, or a file the service user may not read
+            raise BundleError(f"cannot read bundle file {name!r} in {bundle_dir}: {exc.strerror or exc}; check its "
+                              "permissions, or copy or deploy the bundle again") from None
         if actual != expected:
             raise BundleError(f"bundle file {name!r} is corrupt: SHA-256 {actual[:16]}... does not match the "
                               f"manifest's {expected[:16]}...; copy or deploy the bundle again")

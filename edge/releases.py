@@ -62,6 +62,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _damage(release: Path) -> str | None:
+    """What is wrong with an installed release (its manifest no longer hashing to its id, the folder's name; a
+    file not matching the manifest's SHA-256 or not readable), or None when it is whole."""
+    from edge import bundle as bundles
+
+    try:
+        if file_sha256(release / bundles.MANIFEST) != release.name:
+            return "its manifest.json no longer hashes to its id"
+        bundles.check_manifest(release, bundles.read_manifest(release))
+    except bundles.BundleError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot read {exc.filename or release}: {exc.strerror or exc}"
+    return None
+
+
 def _replace_file(source: Path, folder: Path) -> None:
     """Put a copy of `source` in `folder` under its name, atomically and durably (a temporary name, fsync, rename)."""
     tmp = folder / f".{source.name}.{os.getpid()}.tmp"
@@ -147,6 +163,10 @@ class ReleaseStore:
     def path_of(self, bundle_id: str) -> Path:
         return self.releases_dir / _check_id(bundle_id)
 
+    def damage(self, bundle_id: str) -> str | None:
+        """What is wrong with an installed release (see _damage), or None when it is whole."""
+        return _damage(self.path_of(bundle_id))
+
     # --- changing ------------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -218,14 +238,13 @@ class ReleaseStore:
 
     @staticmethod
     def _repair(unpacked: Path, release: Path, bundles) -> None:
-        """A release damaged on the device's storage (a file that no longer matches its SHA-256) is mended from
-        the checked copy being installed: file by file, each an atomic replace by identical good bytes, so the
-        release (current, maybe) is never less complete than it was."""
-        try:
-            bundles.check_manifest(release, bundles.read_manifest(release))
+        """A release damaged on the device's storage (its manifest no longer hashes to its id, a file no longer
+        matches its SHA-256, or cannot be read) is mended from the checked copy being installed: file by file, each
+        an atomic replace by identical good bytes, so the release (current, maybe) is never less complete."""
+        problem = _damage(release)
+        if problem is None:
             return
-        except bundles.BundleError as exc:
-            log.warning("release %s is damaged (%s); mending it from the copy being installed", release.name, exc)
+        log.warning("release %s is damaged (%s); mending it from the copy being installed", release.name, problem)
         for source in sorted(unpacked.iterdir()):
             _replace_file(source, release)
 
@@ -258,7 +277,11 @@ class ReleaseStore:
         else:
             tmp = self.root / f".{link.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
             os.symlink(f"releases/{bundle_id}", tmp)
-            os.replace(tmp, link)
+            try:
+                os.replace(tmp, link)
+            except OSError:
+                tmp.unlink()  # (a folder where the link should be, say): no stray link left behind
+                raise
         _fsync_dir(self.root)
 
     def activate(self, bundle_id: str, *, previous=_KEEP, unconfirmed: bool = False) -> str | None:
@@ -299,32 +322,40 @@ class ReleaseStore:
     def _activate(self, bundle_id: str, previous, doing: str, unconfirmed: bool = False) -> str | None:
         _check_id(bundle_id)
         with self._locked():
-            if not self.has(bundle_id):
-                raise ReleaseError(f"bundle {bundle_id} is not installed under {self.releases_dir}; install it first")
-            # The trust policy decides what runs, not only what is installed: a release kept from before the
-            # device trusted keys must not become active again. An explicit `previous` marks the undo of a switch
-            # that just failed (a deploy's switch-back, a refused serial upload): it puts back the bundle that ran
-            # a moment ago, which the policy does not block, or a device could be left on a bundle that fails.
-            # Checked before either link changes, so a refusal leaves current (and previous) as they were.
-            release = self.releases_dir / bundle_id
-            if previous is _KEEP:
-                try:
-                    self._check_signature(release)
-                except ReleaseError as exc:
-                    raise ReleaseError(f"cannot {doing} {bundle_id[:12]}: {self._refusal(release, exc)}") from None
-            old = self.current()
-            # Written before current changes, so a deploy cut off at any point after the switch leaves the note.
-            self._note_unconfirmed({"bundle": bundle_id, "current": old, "previous": self.previous()}
-                                   if unconfirmed else None)
-            if previous is _KEEP:
-                if old is not None and old != bundle_id:
-                    self._switch(self._previous_link, old)
-            else:
-                self._switch(self._previous_link, previous and _check_id(previous))
-            if old != bundle_id:
-                self._switch(self._current_link, bundle_id)
-            os.utime(self.releases_dir / bundle_id)
-            return old
+            return self._activate_locked(bundle_id, previous, doing, unconfirmed)
+
+    def _activate_locked(self, bundle_id: str, previous, doing: str, unconfirmed: bool) -> str | None:
+        if not self.has(bundle_id):
+            raise ReleaseError(f"bundle {bundle_id} is not installed under {self.releases_dir}; install it first")
+        # The trust policy decides what runs, not only what is installed: a release kept from before the device
+        # trusted keys must not become active again; nor may a release damaged on the device's storage, which
+        # could not start. An explicit `previous` marks the undo of a switch that just failed (a deploy's
+        # switch-back, a refused serial upload): it puts back the bundle that ran a moment ago, which neither
+        # check blocks, or a device could be left on a bundle that fails. Checked before either link changes, so
+        # a refusal leaves current (and previous) as they were.
+        release = self.releases_dir / bundle_id
+        if previous is _KEEP:
+            try:
+                self._check_signature(release)
+            except ReleaseError as exc:
+                raise ReleaseError(f"cannot {doing} {bundle_id[:12]}: {self._refusal(release, exc)}") from None
+            problem = _damage(release)
+            if problem is not None:
+                raise ReleaseError(f"cannot {doing} {bundle_id[:12]}: the release is damaged ({problem}); install "
+                                   f"it again (python3 -m edge.releases install {self.root} ARCHIVE mends it)")
+        old = self.current()
+        # Written before current changes, so a deploy cut off at any point after the switch leaves the note.
+        self._note_unconfirmed({"bundle": bundle_id, "current": old, "previous": self.previous()}
+                               if unconfirmed else None)
+        if previous is _KEEP:
+            if old is not None and old != bundle_id:
+                self._switch(self._previous_link, old)
+        else:
+            self._switch(self._previous_link, previous and _check_id(previous))
+        if old != bundle_id:
+            self._switch(self._current_link, bundle_id)
+        os.utime(self.releases_dir / bundle_id)
+        return old
 
     def deactivate(self, *, previous=_KEEP) -> str | None:
         """Remove `current` (used only to undo a failed first deployment); return the id that was active."""
@@ -338,14 +369,15 @@ class ReleaseStore:
 
     def rollback(self) -> str:
         """Switch back to the previous bundle (the one it replaces becomes `previous`); return the new current id."""
-        target = self.previous()
-        if target is None:
-            raise ReleaseError(f"no previous release under {self.root} to roll back to")
-        # Refused like any activation when the previous release fails the trust policy (say, it was installed
-        # unsigned before keys were added): a rollback is the easiest way to run an old bundle, so it must not
-        # be a way around "only signed bundles run"; the device stays on its current bundle.
-        self._activate(target, _KEEP, "roll back to")
-        return target
+        with self._locked():  # `previous` read under the lock: an activation racing this one cannot change it between
+            target = self.previous()
+            if target is None:
+                raise ReleaseError(f"no previous release under {self.root} to roll back to")
+            # Refused like any activation when the previous release fails the trust policy (say, it was installed
+            # unsigned before keys were added) or is damaged: a rollback is the easiest way to run an old bundle,
+            # so it must not be a way around "only signed bundles run"; the device stays on its current bundle.
+            self._activate_locked(target, _KEEP, "roll back to", unconfirmed=False)
+            return target
 
     def prune(self, keep: int) -> list[str]:
         """Remove all but the `keep` most recent releases, never the current or the previous one; return removed ids.
@@ -458,6 +490,11 @@ def main(argv: list[str] | None = None) -> int:
             result = {"removed": store.prune(args.keep)}
     except ReleaseError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the device's storage: full, read-only, failing
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: the device's storage failed{where}: {exc.strerror or exc}; free some space or check the "
+              f"storage (dmesg), then try again", file=sys.stderr)
         return 1
     print(json.dumps(result))
     return 0

@@ -117,8 +117,10 @@ class StepRunner:
             raise ValueError(f"the step model takes frames of shape {tuple(frame['shape'])}, but the bundle's front "
                              f"end makes {features} values per frame: the model and the front-end config do not "
                              "belong together; rebuild the bundle")
-        if scores["shape"][-1] < len(self.labels):
-            raise ValueError(f"the step model has {scores['shape'][-1]} outputs for {len(self.labels)} labels")
+        if scores["shape"][-1] != len(self.labels) + 1:  # each label's posterior, then the background's
+            raise ValueError(f"the step model has {scores['shape'][-1]} outputs, but the bundle names "
+                             f"{len(self.labels)} labels (and the background): the manifest and the model do not "
+                             "belong together; rebuild the bundle")
         self._frame_index, self._state_index = frame["index"], state["index"]
         self._scores_index, self._new_state_index = scores["index"], new_state["index"]
         if not _same_quantization(_quant(state), _quant(new_state)):

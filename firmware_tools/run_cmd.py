@@ -78,12 +78,17 @@ def resolve_bundle(ctx: click.Context, bundle: str, root: Path | None) -> str | 
         raise click.UsageError("give either --bundle or --root, not both")
     from edge.releases import ReleaseStore
 
-    current = ReleaseStore(root).current_path()
+    store = ReleaseStore(root)
+    current = store.current_path()
     if current is None:
         raise click.ClickException(f"no bundle is active under {root} (no valid {root}/current link); deploy one "
                                    "with `basilar deploy BUNDLE ssh://...` (over a serial line: run `python3 -m "
                                    f"edge.telemetry.agent PORT --root {root}` here, then `basilar deploy BUNDLE "
                                    "serial://PORT` on the host), or run with --bundle")
+    problem = store.damage(current.name)  # what ran must be what was deployed: the manifest too, not only its files
+    if problem is not None:
+        raise click.ClickException(f"the active bundle {current.name[:12]} under {root} is damaged ({problem}); "
+                                   "deploy it again to mend it")
     return current
 
 

@@ -46,6 +46,9 @@ def sign(bundle, key):
             identity, signer = _sign_archive(bundle, key)
     except (BundleError, SignatureError) as exc:
         raise click.ClickException(f"cannot sign {bundle}: {exc}") from None
+    except OSError as exc:  # a read-only bundle or folder, a full disk
+        raise click.ClickException(f"cannot sign {bundle}: cannot write {exc.filename or 'its signature'} "
+                                   f"({exc.strerror or exc}); copy the bundle somewhere writable and sign it there") from None
     click.echo(f"signed bundle {identity} with key {signer}: {bundle}")
 
 

@@ -320,3 +320,37 @@ def test_verify_and_deploy_name_a_corrupt_archive(tmp_path):
             result = CliRunner().invoke(main, args)
             assert result.exit_code == 1 and "corrupt" in result.output and "copy it again" in result.output, \
                 (kind, args, result.output, result.exception)
+
+
+def test_a_bundle_file_that_cannot_be_read_is_a_bundle_error(bundle_copy, monkeypatch):
+    """A failing SD card (EIO) or a file the service user may not read: a clear refusal, not a traceback."""
+    import errno
+
+    import edge.bundle as bundle_module
+
+    readable = bundle_module.file_sha256
+
+    def unreadable(path):
+        if path.suffix == ".tflite":
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return readable(path)
+
+    monkeypatch.setattr(bundle_module, "file_sha256", unreadable)
+    with pytest.raises(BundleError, match=r"cannot read bundle file 'model_step.tflite' in .*Input/output error"):
+        load_bundle(bundle_copy)
+
+
+def test_labels_that_do_not_fit_the_model_are_refused(bundle_copy):
+    """Nine labels for a model of ten and the background: the last label's posterior would be dropped unread."""
+    rewrite_manifest(bundle_copy, lambda m: m.update(labels=m["labels"][:-1]))
+    with pytest.raises(BundleError, match="the step model has 11 outputs, but the bundle names 9 labels"):
+        load_bundle(bundle_copy)
+
+
+def test_pack_refuses_an_archive_inside_the_bundle_or_named_as_nothing_loads(bundle_copy, tmp_path):
+    before = (bundle_copy / "manifest.json").read_bytes()
+    with pytest.raises(BundleError, match="write the archive outside the bundle folder"):
+        pack_bundle(bundle_copy, bundle_copy / "manifest.json.tar.gz")
+    with pytest.raises(BundleError, match=r"name the archive out.bundle.tar.gz"):
+        pack_bundle(bundle_copy, tmp_path / "out.bundle")
+    assert (bundle_copy / "manifest.json").read_bytes() == before and not (tmp_path / "out.bundle").exists()

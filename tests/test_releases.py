@@ -307,3 +307,71 @@ def test_basilar_status_names_a_broken_key_file_and_counts_only_keys(monkeypatch
             assert "broken key file: /opt/basilar/trusted_keys/bad.pub" in result.output, result.output
             assert "refuses every bundle" in result.output
             assert ("signed only (1 key(s))" in result.output) == (case == "broken")
+
+
+def test_a_manifest_changed_on_the_device_is_mended_by_installing_again_and_never_run(store, bundles, capsys):
+    """The manifest itself is part of what was deployed: one bit of it changed on the device's storage (a
+    threshold, say) kept every file's hash right, so nothing noticed, and the bundle ran with it."""
+    from click.testing import CliRunner
+
+    from firmware_tools.cli import main as cli
+
+    _, archive, bundle_id = bundles[0]
+    store.activate(store.install(archive))
+    manifest = store.path_of(bundle_id) / "manifest.json"
+    good = manifest.read_bytes()
+    changed = json.loads(good)
+    changed["detector"]["threshold"] = 0.12  # every file it lists still matches its hash
+    manifest.write_text(json.dumps(changed, indent=2))
+    assert "no longer hashes to its id" in store.damage(bundle_id)
+    run = CliRunner().invoke(cli, ["run", "--root", str(store.root), "demo"])
+    assert run.exit_code == 1 and f"the active bundle {bundle_id[:12]}" in run.output and "damaged" in run.output
+    assert store.install(archive) == bundle_id and manifest.read_bytes() == good and store.damage(bundle_id) is None
+
+
+def test_a_damaged_release_is_not_made_current_by_activate_or_rollback(store, bundles):
+    (_, first, id1), (_, second, id2) = bundles[0], bundles[1]
+    for archive in (first, second):
+        store.activate(store.install(archive))
+    model = next(p for p in store.path_of(id1).iterdir() if p.suffix == ".tflite")
+    model.write_bytes(model.read_bytes()[:1000])
+    for change in (store.rollback, lambda: store.activate(id1)):
+        with pytest.raises(ReleaseError, match=f"{id1[:12]}: the release is damaged .*install it again"):
+            change()
+        assert store.current() == id2 and store.previous() == id1
+    store.activate(id1, previous=id2)  # the undo of a failed switch still puts back what ran
+
+
+def test_rollback_reads_previous_under_the_store_lock(store, bundles, monkeypatch):
+    """An activation racing a rollback must not change `previous` between the rollback reading it and using it."""
+    import fcntl
+
+    for _, archive, _ in bundles[:2]:
+        store.activate(store.install(archive))
+    read = store.previous
+    held = []
+
+    def previous_seen_locked():
+        fd = os.open(store.root / ".lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(False)
+        except BlockingIOError:
+            held.append(True)
+        finally:
+            os.close(fd)
+        return read()
+
+    monkeypatch.setattr(store, "previous", previous_seen_locked)
+    store.rollback()
+    assert held and held[0] is True
+
+
+def test_storage_errors_are_clear_and_leave_no_stray_link(store, bundles, capsys):
+    _, archive, bundle_id = bundles[0]
+    store.install(archive)
+    (store.root / "current").mkdir()  # something that is not a link where `current` goes
+    assert main(["activate", str(store.root), bundle_id]) == 1
+    err = capsys.readouterr().err
+    assert "error: the device's storage failed" in err and "Traceback" not in err
+    assert [p for p in store.root.iterdir() if p.name.endswith(".tmp")] == []

@@ -179,3 +179,18 @@ def test_trusted_keys_are_read_one_file_at_a_time(tmp_path, keys):
     assert len(found) == 1
     assert len(problems) == 1 and "bad.pub is not a basilar-ed25519 key file" in problems[0]
     assert read_trusted_keys(tmp_path / "absent") == ({}, [])
+
+
+def test_signing_where_the_signature_cannot_be_written_is_a_clear_error(tmp_path, keys, tiny_bundle):
+    """A read-only bundle folder or a full disk: `cannot sign`, exit 1, not a traceback."""
+    from click.testing import CliRunner
+
+    from firmware_tools.cli import main
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / ".signature.json.tmp").mkdir()  # where the signature is written first: it cannot be
+    result = CliRunner().invoke(main, ["bundle", "sign", str(bundle), "--key", str(keys[0])])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert f"cannot sign {bundle}: cannot write" in result.output and "copy the bundle somewhere writable" in \
+        result.output
