@@ -8,8 +8,8 @@ import click
 from edge.telemetry import DEFAULT_BAUD
 from firmware_tools.cli_types import FloatRange
 from firmware_tools.stop_signals import stop_signals_routed_to
-from firmware_tools.telemetry_reader import (LinesTable, LiveTable, TelemetryReader, TelemetrySession,
-                                             open_output_file, open_sink, replay, stdout_is_terminal)
+from firmware_tools.telemetry_reader import (STDOUT, LinesTable, LiveTable, TelemetryReader, TelemetrySession,
+                                             open_output_file, open_sink, replay, stdout_is_terminal, writing_to)
 
 
 @click.command()
@@ -40,11 +40,15 @@ def telemetry(port, baud, fmt, output, replay_path, capture, wait, passive, coun
         raise click.UsageError("give the serial PORT to read (e.g. /dev/ttyUSB0) or --replay FILE")
 
     session = TelemetrySession()
-    sinks = []
+    sinks = []  # (the name its write errors give, sink)
+    written = 0
 
     def emit(record):
-        for sink in sinks:
-            sink.write(record)
+        nonlocal written
+        for name, sink in sinks:
+            with writing_to(name):
+                sink.write(record)
+        written += 1
 
     reader = None
     if not replay_path:
@@ -54,12 +58,14 @@ def telemetry(port, baud, fmt, output, replay_path, capture, wait, passive, coun
     out_file = None
     if output:
         out_file, file_sink = open_output_file(output, "csv" if fmt == "csv" else "jsonl")
-        sinks.append(file_sink)
-    if fmt == "table":
-        live = stdout_is_terminal() and not replay_path
-        sinks.append(LiveTable(sys.stdout, session, port or replay_path) if live else LinesTable(sys.stdout))
-    else:
-        sinks.append(open_sink(fmt, sys.stdout))
+        sinks.append((output, file_sink))
+    with writing_to(STDOUT):  # a table or CSV header
+        if fmt == "table":
+            live = stdout_is_terminal() and not replay_path
+            sinks.append((STDOUT, LiveTable(sys.stdout, session, port or replay_path) if live
+                          else LinesTable(sys.stdout)))
+        else:
+            sinks.append((STDOUT, open_sink(fmt, sys.stdout)))
 
     try:
         if replay_path:
@@ -70,11 +76,19 @@ def telemetry(port, baud, fmt, output, replay_path, capture, wait, passive, coun
     except KeyboardInterrupt:
         pass  # stopping a live view is normal; everything received is already written
     finally:
-        for sink in sinks:
-            sink.close()
+        for _, sink in sinks:
+            _quietly(sink.close)  # the live table's last screen, before the summary
+        click.echo(f"telemetry: {written} record(s) written; {session.summary()}", err=True)
         if out_file:
-            out_file.close()
-        click.echo(f"telemetry: {session.summary()}", err=True)
+            _quietly(out_file.close)
+
+
+def _quietly(close):
+    """Close an output while ending: a write to it that failed has already said so (or ends the command now)."""
+    try:
+        close()
+    except OSError:
+        pass
 
 
 def _end_the_view(signum, frame):

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable, TextIO
@@ -33,6 +34,24 @@ CSV_FIELDS = ["host_time", "type", "seq", "device_ms", "label_id", "label", "sco
 
 class TelemetryError(click.ClickException):
     """A port that cannot be used or a file that cannot be read; the message says what to do."""
+
+
+STDOUT = "standard output"
+
+
+@contextmanager
+def writing_to(name: str):
+    """Turn a failed write (a full disk, a removed drive) into an error naming the output; a closed stdout pipe
+    (`basilar telemetry ... | head`) is passed on as it is, for click to end quietly."""
+    try:
+        yield
+    except BrokenPipeError:
+        if name == STDOUT:
+            raise
+        raise TelemetryError(f"cannot write to {name}: nothing reads it any more") from None
+    except OSError as exc:
+        raise TelemetryError(f"cannot write to {name}: {exc.strerror or exc}; free some space or write to "
+                             "another file") from None
 
 
 def host_time() -> str:
@@ -306,7 +325,8 @@ def open_output_file(path: str, fmt: str):
         stream = open(path, "a", encoding="utf-8", newline="")
     except OSError as exc:
         raise TelemetryError(f"cannot open the output file {path}: {exc.strerror or exc}") from None
-    return stream, open_sink(fmt, stream, header=stream.tell() == 0)
+    with writing_to(path):  # the CSV header
+        return stream, open_sink(fmt, stream, header=stream.tell() == 0)
 
 
 def open_capture_file(path: str):
@@ -362,8 +382,9 @@ class TelemetryReader:
     def stop(self) -> None:
         self.stop_event.set()
 
-    def _connect(self, first: bool):
-        """Open the port; on the first attempt without --wait, a missing port is an error."""
+    def _connect(self, first: bool, deadline: float | None = None):
+        """Open the port; on the first attempt without --wait, a missing port is an error. None if stopped or
+        the deadline (time.monotonic()) passed first."""
         announced = False
         while not self.stop_event.is_set():
             try:
@@ -374,7 +395,12 @@ class TelemetryReader:
                 if not announced:
                     self.say(f"waiting for {self.port} ({exc.message.split(':')[0]})")
                     announced = True
-            self.stop_event.wait(self.retry_interval)
+            pause = self.retry_interval
+            if deadline is not None:
+                pause = min(pause, deadline - time.monotonic())
+                if pause <= 0:
+                    return None
+            self.stop_event.wait(pause)
         return None
 
     HELLO_RETRIES = (1.0, 2.0, 4.0, 8.0)  # seconds after connecting to ask again while no HELLO has come
@@ -417,7 +443,7 @@ class TelemetryReader:
         import serial
 
         deadline = None if duration is None else time.monotonic() + duration
-        ser = self._connect(first=True)
+        ser = self._connect(first=True, deadline=deadline)
         if ser is not None:
             self._deliver([self.session.link_event("connected", f"reading {self.port} at {self.baud} baud")],
                           max_records)
@@ -433,7 +459,7 @@ class TelemetryReader:
                     reason = str(exc).split(":")[0] or type(exc).__name__
                     self.say(f"{self.port} lost ({reason}); waiting for it to come back")
                     self._deliver([self.session.link_event("lost", f"{self.port} lost: {reason}")], max_records)
-                    ser = self._connect(first=False)
+                    ser = self._connect(first=False, deadline=deadline)
                     if ser is not None:
                         self.say(f"reconnected to {self.port}")
                         self._deliver([self.session.link_event("reconnected", f"{self.port} is back")],
@@ -441,10 +467,11 @@ class TelemetryReader:
                         self._ask_hello(ser)
                     continue
                 if data:
+                    records = self.session.feed(data, host_time())  # counted even if the capture fails
                     if self.capture:
-                        self.capture.write(data)
-                        self.capture.flush()
-                    records = self.session.feed(data, host_time())
+                        with writing_to(self.capture.name):
+                            self.capture.write(data)
+                            self.capture.flush()
                     self._hello_seen = self._hello_seen or any(r["type"] == "hello" for r in records)
                     self._deliver(records, max_records)
                 self._maybe_ask_again(ser)
@@ -452,7 +479,10 @@ class TelemetryReader:
             if ser is not None:
                 ser.close()
             if self.capture:
-                self.capture.close()
+                try:
+                    self.capture.close()
+                except OSError:
+                    pass  # the write that failed before has said so
         return self.session
 
 
@@ -461,17 +491,22 @@ def replay(path: str, emit: Callable[[Record], None], session: TelemetrySession 
     """Decode a raw capture (the bytes as they came off the line) and emit its records, at most max_records."""
     session = session or TelemetrySession()
     emitted = 0
+    for data in _blocks(path, block):
+        for record in session.feed(data):
+            if max_records is not None and emitted >= max_records:
+                return session
+            emit(record)
+            emitted += 1
+    return session
+
+
+def _blocks(path: str, block: int):
+    """The capture's bytes, a block at a time; only reading it is blamed on the capture (not writing records)."""
     try:
         with open(path, "rb") as f:
-            for data in iter(lambda: f.read(block), b""):
-                for record in session.feed(data):
-                    if max_records is not None and emitted >= max_records:
-                        return session
-                    emit(record)
-                    emitted += 1
+            yield from iter(lambda: f.read(block), b"")
     except OSError as exc:
         raise TelemetryError(f"cannot read the capture {path}: {exc.strerror or exc}") from None
-    return session
 
 
 def stdout_is_terminal() -> bool:

@@ -236,6 +236,44 @@ def test_emitter_never_blocks_and_reports_drops_in_the_next_health():
     assert stats.bad_frames == 0
 
 
+class TimingOutPort:
+    """A port whose second write times out part way, as pyserial's write_timeout does: some bytes went out."""
+
+    def __init__(self):
+        self.buffer = io.BytesIO()
+        self.writes = 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes == 2:
+            self.buffer.write(data[:len(data) // 2])
+            raise TimeoutError("Write timeout")
+        return self.buffer.write(data)
+
+    def flush(self):
+        pass
+
+
+def test_a_failed_write_is_loss_on_the_line_counted_once_as_a_gap():
+    """Frames of a failed write have their numbers: the host counts the missing ones as a gap, and the device
+    does not count them (nor the ones that went out before the timeout) as dropped too."""
+    port = TimingOutPort()
+    emitter = TelemetryEmitter.from_stream(port, device_id="dev", queue_size=100)
+    emitter.detection(0, 0.5, 0, 1)
+    wait_for(lambda: port.writes == 1)
+    for i in range(1, 21):
+        emitter.detection(0, 0.5, i, i + 1)
+    wait_for(lambda: port.writes >= 2)
+    emitter.health(10, 0.2, 0.3, 0)
+    emitter.close(timeout=5)
+    session = TelemetrySession()
+    records = session.feed(port.buffer.getvalue())
+    received = sum(r["type"] == "detection" for r in records)
+    lost = session.counters()["lost_frames"]
+    assert 0 < lost and received + lost == 21  # every detection arrived or shows as a gap
+    assert emitter.dropped == 0 and records[-1]["dropped_telemetry"] == 0
+
+
 def test_emitter_close_flushes_everything_and_is_bounded_on_a_stuck_port():
     out = io.BytesIO()
     emitter = TelemetryEmitter.from_stream(out, device_id="dev", queue_size=1000)

@@ -3,7 +3,8 @@
 Each call packs one message, stamps it with the device clock and puts it on a bounded queue; a writer thread
 numbers the frames and writes them to the port. When the queue is full the message is dropped and counted;
 the running total goes out in every HEALTH message, so the host sees device-side loss separately from loss
-on the line (which shows as gaps in the sequence numbers).
+on the line (which shows as gaps in the sequence numbers). A frame whose write fails already has its number,
+so it is loss on the line: the host sees it as a gap, and it is not counted as dropped too.
 """
 from __future__ import annotations
 
@@ -111,7 +112,8 @@ class TelemetryEmitter:
 
     @property
     def dropped(self) -> int:
-        """Messages dropped so far: queue full, a failed write, or sent after close()."""
+        """Messages dropped before they got a sequence number: queue full, too big for a frame, or sent after
+        close(). Frames whose write failed are not counted: the host sees them as sequence gaps."""
         return self._dropped
 
     # ------------------------------------------------------------ plumbing
@@ -150,7 +152,6 @@ class TelemetryEmitter:
             if not batch:
                 continue
             wire = bytearray()
-            count = 0
             for stamp, messages in batch:
                 for message in messages:
                     try:
@@ -159,13 +160,13 @@ class TelemetryEmitter:
                         self._count_dropped(1)
                         continue
                     self._seq = (self._seq + 1) & 0xFFFF
-                    count += 1
             try:
                 self._stream.write(wire)
                 if self._flush:
                     self._stream.flush()
             except Exception:  # noqa: BLE001 - a vanished or stuck port must not kill the writer
-                self._count_dropped(count)
+                # Not counted as dropped: these frames have their numbers, so the host counts them as a gap
+                # (and a write that timed out may have sent some of them).
                 time.sleep(0.05)
 
     def close(self, timeout: float = 2.0) -> None:

@@ -3,7 +3,7 @@
 an UploadReceiver).
 
 The port is reopened by path if it fails (a USB gadget port that goes away while the host is unplugged);
-meanwhile telemetry is dropped and counted, never queued without bound.
+meanwhile telemetry is lost (the host sees the sequence gap), never queued without bound.
 """
 from __future__ import annotations
 
