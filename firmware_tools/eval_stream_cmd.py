@@ -28,7 +28,7 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
 
     A detection is a hit when it has a truth word's label, starts before the word's end + tolerance and ends
     after the word's start; detections matching no word are false alarms. Latency is the time from the word's
-    end to the detection's end, when it is reported.
+    end to when the detection is reported (its detected_s), which may be later than the detection's end.
     """
     from edge.runloop import Pipeline, PipelineError
     from edge.sources import SourceError

@@ -6,10 +6,11 @@ takes at most one detection and each detection serves at most one word; words ar
 the earliest detection that qualifies. Then:
 
 - hit: a word with a matching detection; miss: a word without one;
-- false alarm: a detection that matches no word. Those that overlap (by the same rule) a word of another label are
-  also counted as `wrong_label`;
-- heard as: what a missed word was taken for, the highest-scoring false alarm that overlaps it by the same rule
-  (none: nothing was detected there). It tells a word the model named wrong from one the detector never reported;
+- false alarm: a detection that matches no word. Those on a word of another label (their span overlaps the word's
+  own span: no tolerance here, as the next word may follow within it) are also counted as `wrong_label`;
+- heard as: what a missed word was taken for, the highest-scoring false alarm on it (span overlapping span, no
+  tolerance; none: nothing was detected there). Each false alarm is the heard-as of at most one miss, the one it
+  overlaps most (ties: the earlier). It tells a word the model named wrong from one the detector never reported;
   `confusions` counts them per word label;
 - latency: when the detection was reported (its `detected_s`; its end for detections without one) minus the
   word's end;
@@ -17,7 +18,9 @@ the earliest detection that qualifies. Then:
 
 Optionally, the stretches of other sound in the stream (rows `kind,start_s,end_s` in the same CSV format, kind
 `speech` for non-target speech, anything else for other sounds): false alarms that overlap a `speech` stretch by
-the same rule are counted per minute of non-target speech, the measure a keyword spotter is usually held to.
+the same rule (with the tolerance) are counted per minute of non-target speech, the measure a keyword spotter is
+usually held to. The minutes are those of the union of the `speech` stretches, clipped to the recording: overlapping
+or repeated rows count once, and a stretch running past the end counts only up to it.
 """
 from __future__ import annotations
 
@@ -76,6 +79,10 @@ def read_truth(path: str | Path, header: tuple[str, str, str] = TRUTH_HEADER) ->
     for line, row in enumerate(rows, start=2):
         if not row or not "".join(row).strip():
             continue
+        if len(row) > len(found):
+            raise TruthFileError(f"{path} line {line}: {len(row)} fields under a header of {len(found)} "
+                                 f"({','.join(found)}), got {','.join(row)!r}; write times with a decimal point "
+                                 "(7.360, not 7,360) and quote any field holding a comma")
         try:
             label, start, end = (row[at[0]].strip(), float(row[at[1]]), float(row[at[2]]))
         except (IndexError, ValueError):
@@ -92,6 +99,22 @@ def _overlaps(detection: Detection, word: TruthWord, tolerance_s: float) -> bool
     return detection.start_s < word.end_s + tolerance_s and detection.end_s > word.start_s
 
 
+def _on(detection: Detection, word: TruthWord) -> float:
+    """How long `detection`'s span overlaps `word`'s own span (no tolerance); 0 when they do not overlap."""
+    return max(0.0, min(detection.end_s, word.end_s) - max(detection.start_s, word.start_s))
+
+
+def _union_s(stretches: Sequence[TruthWord], duration_s: float) -> float:
+    """Seconds covered by `stretches` within [0, duration_s], each moment counted once."""
+    total, reach = 0.0, 0.0
+    for start, end in sorted((max(0.0, s.start_s), min(duration_s, s.end_s)) for s in stretches):
+        start = max(start, reach)
+        if end > start:
+            total += end - start
+            reach = end
+    return total
+
+
 @dataclasses.dataclass
 class StreamScore:
     duration_s: float
@@ -99,7 +122,7 @@ class StreamScore:
     hits: list[tuple[TruthWord, Detection]]
     misses: list[TruthWord]
     false_alarms: list[Detection]
-    wrong_label: int  # false alarms that overlap a word of another label
+    wrong_label: int  # false alarms on (span overlapping span, no tolerance) a word of another label
     non_target: Sequence[TruthWord] = ()  # stretches of other sound; kind "speech" is non-target speech
 
     @property
@@ -108,7 +131,8 @@ class StreamScore:
 
     @property
     def speech_s(self) -> float:
-        return sum(s.end_s - s.start_s for s in self.speech)
+        """Seconds of non-target speech: the union of the stretches, clipped to the recording."""
+        return _union_s(self.speech, self.duration_s)
 
     @functools.cached_property
     def false_alarms_in_speech(self) -> int:  # every false alarm against every stretch: counted once per score
@@ -145,17 +169,22 @@ class StreamScore:
                 "end_error_s": _spread(np.abs([d.end_s - w.end_s for w, d in self.hits]))}
 
     def heard_as(self, word: TruthWord) -> Detection | None:
-        """The highest-scoring false alarm overlapping `word` (a miss: a detection of its own label would be a hit)."""
-        return self._heard[word] if word in self._heard else self._best_false_alarm_on(word)
+        """What a missed word was taken for: the highest-scoring of the false alarms given to it (None for a word
+        that is not a miss)."""
+        return self._heard.get(word)
 
     @functools.cached_property
     def _heard(self) -> dict[TruthWord, Detection | None]:
-        """Each miss's `heard_as`, found once for the report, the confusions and the text lines."""
-        return {word: self._best_false_alarm_on(word) for word in self.misses}
-
-    def _best_false_alarm_on(self, word: TruthWord) -> Detection | None:
-        overlapping = [d for d in self.false_alarms if _overlaps(d, word, self.tolerance_s)]
-        return max(overlapping, key=lambda d: d.score) if overlapping else None
+        """Each miss's `heard_as`, found once for the report, the confusions and the text lines. Each false alarm
+        goes to the miss whose span it overlaps most (no tolerance; ties: the earlier miss), so one false alarm is
+        never the heard-as of two misses, nor of a word it only follows."""
+        given: dict[int, list[Detection]] = {}
+        for detection in self.false_alarms:
+            overlap, at = max(((_on(detection, w), -i) for i, w in enumerate(self.misses)), default=(0.0, 0))
+            if overlap > 0:
+                given.setdefault(-at, []).append(detection)
+        return {word: max(given[i], key=lambda d: d.score) if i in given else None
+                for i, word in enumerate(self.misses)}
 
     def confusions(self) -> dict[str, dict[str, int]]:
         """Per missed word's label, what those words were heard as (NOTHING: no detection)."""
@@ -227,7 +256,7 @@ def score_stream(detections: Sequence[Detection], truth: Sequence[TruthWord], du
         else:
             misses.append(word)
     false_alarms = [d for d, taken in zip(pending, used) if not taken]
-    wrong_label = sum(any(w.label != d.label and _overlaps(d, w, tolerance_s) for w in truth) for d in false_alarms)
+    wrong_label = sum(any(w.label != d.label and _on(d, w) > 0 for w in truth) for d in false_alarms)
     return StreamScore(duration_s, tolerance_s, hits, misses, false_alarms, wrong_label, list(non_target))
 
 

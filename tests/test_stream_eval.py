@@ -63,7 +63,8 @@ def test_a_miss_is_heard_as_the_highest_scoring_false_alarm_on_it_or_nothing():
     words = [TruthWord("3", 1.0, 1.5), TruthWord("7", 4.0, 4.4), TruthWord("9", 8.0, 8.6), TruthWord("9", 12.0, 12.5)]
     detections = [det("8", 1.1, 1.5, score=0.93), det("5", 1.2, 1.6, score=0.97),  # two on the "3"
                   det("7", 4.1, 4.4),  # a hit: not what any miss was heard as
-                  det("5", 9.5, 9.7, score=0.99),  # within the tolerance after the first "9"
+                  det("5", 8.5, 8.7, score=0.99),  # on the first "9"
+                  det("4", 9.5, 9.7, score=0.99),  # within the tolerance after it, but not on it
                   det("2", 30.0, 30.2)]  # on no word
     score = score_stream(detections, words, 40)
     assert [(w.label, getattr(score.heard_as(w), "label", None)) for w in score.misses] == \
@@ -71,10 +72,36 @@ def test_a_miss_is_heard_as_the_highest_scoring_false_alarm_on_it_or_nothing():
     assert score.confusions() == {"3": {"5": 1}, "9": {"5": 1, "nothing": 1}}
     report = score.to_dict()
     assert report["misses_heard_as_another_label"] == 2
+    assert report["wrong_label"] == 3  # the "8" and "5" on the "3", the "5" on the "9"; not the "4" after it
     assert report["missed"][0] == {"label": "3", "start_s": 1.0, "end_s": 1.5,
                                    "heard_as": {"label": "5", "score": 0.97, "start_s": 1.2, "end_s": 1.6}}
     assert report["missed"][2]["heard_as"] is None
     assert score_stream([det("3", 1.2, 1.5)], words[:1], 10).to_dict()["confusions"] == {}
+
+
+def test_a_false_alarm_is_heard_as_only_for_the_word_under_it_and_for_one_miss():
+    # make_demo leaves 0.9-1.4 s between items: a "7" said over the next word is not what the "3" before was heard as
+    score = score_stream([det("7", 2.0, 2.5)], [TruthWord("3", 1.0, 1.5), TruthWord("5", 2.45, 2.9)], 60)
+    report = score.to_dict()
+    assert report["misses_heard_as_another_label"] == 1
+    assert report["confusions"] == {"3": {"nothing": 1}, "5": {"7": 1}}
+    assert report["wrong_label"] == 1
+    # one false alarm over two missed words is what the one it overlaps most was heard as; ties go to the earlier
+    words = [TruthWord("3", 1.0, 1.5), TruthWord("5", 1.5, 2.5)]
+    assert score_stream([det("7", 1.25, 2.25)], words, 60).to_dict()["confusions"] == \
+        {"3": {"nothing": 1}, "5": {"7": 1}}
+    assert score_stream([det("7", 1.25, 1.75)], words, 60).to_dict()["confusions"] == \
+        {"3": {"7": 1}, "5": {"nothing": 1}}
+    # a false alarm that only follows a word, within the matching tolerance, is neither on it nor a wrong label
+    score = score_stream([det("7", 1.6, 1.9)], [TruthWord("3", 1.0, 1.5)], 60)
+    assert score.heard_as(score.misses[0]) is None and score.wrong_label == 0
+    # the tolerance still holds for the matching of hits
+    assert len(score_stream([det("3", 1.6, 1.9)], [TruthWord("3", 1.0, 1.5)], 60).hits) == 1
+
+
+def test_the_help_says_latency_runs_to_when_the_detection_is_reported():
+    text = " ".join(CliRunner().invoke(main, ["eval-stream", "--help"]).output.split())
+    assert "detected_s" in text and "to the detection's end" not in text
 
 
 def test_each_word_takes_one_detection_and_extras_are_false_alarms():
@@ -116,6 +143,17 @@ def test_false_alarms_are_counted_per_minute_of_non_target_speech():
     assert "false_alarms_in_speech" not in score_stream(detections, WORDS, 120).to_dict()
 
 
+def test_minutes_of_non_target_speech_are_the_union_of_the_stretches_within_the_recording():
+    others = [TruthWord("speech", 10.0, 40.0), TruthWord("speech", 10.0, 40.0),  # a row repeated
+              TruthWord("speech", 30.0, 50.0),  # overlapping the first by 10 s
+              TruthWord("noise", 45.0, 70.0),  # not speech
+              TruthWord("speech", 100.0, 150.0)]  # running 30 s past the end of a 120 s recording
+    report = score_stream([det("5", 20.0, 20.4), det("5", 110.0, 110.3)], WORDS, 120, non_target=others).to_dict()
+    assert report["non_target_speech_s"] == 60.0  # 10-50 s and 100-120 s
+    assert report["false_alarms_in_speech"] == 2 and report["false_alarms_per_speech_minute"] == 2.0
+    assert score_stream([], WORDS, 120, non_target=[TruthWord("speech", 0.0, 0.0)]).speech_s == 0.0
+
+
 def test_read_truth(tmp_path):
     path = tmp_path / "truth.csv"
     path.write_text("label,start_s,end_s\n7,4.0,4.4\n3, 1.0 ,1.5\n\n")
@@ -132,6 +170,9 @@ def test_read_truth(tmp_path):
     ("label,start_s,end_s\n3,1.0,1.5\n3,soon,2\n", "line 3: expected label,start_s,end_s"),
     ("label,start_s,end_s\n3,2.0,1.5\n", "line 2: need a label and 0 <= start_s <= end_s"),
     ("label,start_s,end_s\n,1.0,1.5\n", "line 2: need a label"),
+    # decimal commas: '3,7,360,7,554' is not ('3', 7.0, 360.0)
+    ("label,start_s,end_s\n3,1.0,1.5\n3,7,360,7,554\n", "line 3: 5 fields under a header of 3"),
+    ("label,start_s,end_s\n3,1.0,1.5,\n", "line 2: 4 fields under a header of 3"),
 ])
 def test_bad_truth_files_name_the_line(tmp_path, content, message):
     path = tmp_path / "bad.csv"
