@@ -469,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "status":
             result = store.status()
+            # For deploy tools: a damaged release is re-uploaded (installing it mends it), not taken as held.
+            result["damaged"] = [bundle_id for bundle_id in result["releases"] if store.damage(bundle_id)]
         elif args.command == "install":
             try:
                 result = {"bundle_id": store.install(args.archive, args.sha256)}

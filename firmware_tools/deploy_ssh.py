@@ -312,13 +312,15 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
             stage = "reading the device's releases"
             status = await _releases(conn, options, "status", target.root)
             active, previous = status.get("current"), status.get("previous")
-            have = bundle.bundle_id in status.get("releases", [])
+            # A release damaged on the device's storage is uploaded again: installing it mends it.
+            damaged = bundle.bundle_id in status.get("damaged", [])
+            have = bundle.bundle_id in status.get("releases", []) and not damaged
             # An earlier deploy switched to the active bundle and was cut off before its health check.
             unchecked = status.get("unconfirmed")
             # A device with a basilar from before these notes has no such key, and its release tool knows neither
             # `activate --unconfirmed` nor `confirm`: deploy to it as before.
             notes = "unconfirmed" in status
-            if active == bundle.bundle_id and not unchecked:
+            if active == bundle.bundle_id and not unchecked and not damaged:
                 if progress:
                     progress(bundle.size, bundle.size)
                 return DeployResult(target, True, "unchanged", active, "already active")
@@ -326,7 +328,7 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
                 return _plan(target, bundle, status)
 
             detail = ""
-            if active == bundle.bundle_id:
+            if active == bundle.bundle_id and unchecked and not damaged:
                 # Never checked, so not "unchanged": restart and check it now, and if it fails switch back to what
                 # ran before that deploy.
                 undo = (unchecked.get("current"), unchecked.get("previous"))
@@ -425,12 +427,16 @@ async def _switch_back(conn, target: SshTarget, bundle: LocalBundle, options: Ss
 def _plan(target: SshTarget, bundle: LocalBundle, status: dict) -> DeployResult:
     """A dry run: what the deploy would do, from the device's status; a bundle it would refuse fails here too."""
     active = status.get("current")
-    if active == bundle.bundle_id:  # unconfirmed: the deploy would check it
+    damaged = bundle.bundle_id in status.get("damaged", [])
+    if active == bundle.bundle_id and not damaged:  # unconfirmed: the deploy would check it
         return DeployResult(target, True, "would check", active, "active but never checked (an earlier deploy was "
                                                                  "cut off); would restart and check it")
     refusal = _refusal(bundle, status.get("trusted_keys", []))
     if refusal:
         return DeployResult(target, False, "would fail", active, f"the device would refuse the bundle: {refusal}")
+    if damaged:
+        return DeployResult(target, True, "would install", active, f"damaged on the device; would upload "
+                                                                   f"{bundle.size} bytes to mend it")
     if bundle.bundle_id in status.get("releases", []) and not (bundle.signed and status.get("trusted_keys")):
         return DeployResult(target, True, "would switch", active, "installed already; no upload")
     return DeployResult(target, True, "would install", active, f"would upload {bundle.size} bytes")

@@ -88,7 +88,9 @@ def resolve_bundle(ctx: click.Context, bundle: str, root: Path | None) -> str | 
     problem = store.damage(current.name)  # what ran must be what was deployed: the manifest too, not only its files
     if problem is not None:
         raise click.ClickException(f"the active bundle {current.name[:12]} under {root} is damaged ({problem}); "
-                                   "deploy it again to mend it")
+                                   "deploy it again (basilar deploy uploads a damaged release anew) or install its "
+                                   f"archive on the device (python3 -m edge.releases install {root} ARCHIVE) to "
+                                   "mend it")
     return current
 
 

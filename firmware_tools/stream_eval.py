@@ -79,6 +79,8 @@ def read_truth(path: str | Path, header: tuple[str, str, str] = TRUTH_HEADER) ->
     for line, row in enumerate(rows, start=2):
         if not row or not "".join(row).strip():
             continue
+        while len(row) > len(found) and not row[-1].strip():  # a spreadsheet's trailing empty columns
+            row = row[:-1]
         if len(row) > len(found):
             raise TruthFileError(f"{path} line {line}: {len(row)} fields under a header of {len(found)} "
                                  f"({','.join(found)}), got {','.join(row)!r}; write times with a decimal point "

@@ -480,6 +480,32 @@ def test_a_failed_deploy_goes_back_to_the_last_checked_bundle_not_to_an_unchecke
     assert store.current() == v1.bundle_id and store.unconfirmed() is None
 
 
+def test_a_release_damaged_on_the_device_is_uploaded_again_and_mended_active_or_not(device, bundles):
+    """The device's storage changed a byte of a release it holds: a deploy of that bundle uploads and installs it
+    again, which mends it, where it used to count it as held (and fail to activate it, or call it unchanged)."""
+    root, target, options = device
+    v1, v2 = bundles[0], bundles[1]
+    assert _deploy(v1, target, options).ok and _deploy(v2, target, options).ok
+    store = ReleaseStore(root)
+
+    def damage(bundle):
+        manifest = store.path_of(bundle.bundle_id) / "manifest.json"
+        manifest.write_bytes(manifest.read_bytes().replace(b"{", b"{ ", 1))
+        assert store.damage(bundle.bundle_id)
+
+    damage(v1)  # held, not active
+    planned = _deploy(v1, target, options, dry_run=True)
+    assert planned.outcome == "would install" and "damaged on the device" in planned.reason
+    result = _deploy(v1, target, options)
+    assert (result.ok, result.outcome) == (True, "installed"), result.reason
+    assert store.damage(v1.bundle_id) is None
+    _assert_intact(root, v1.bundle_id)
+    damage(v1)  # active
+    result = _deploy(v1, target, options)
+    assert (result.ok, result.outcome) == (True, "installed") and store.damage(v1.bundle_id) is None, result.reason
+    _assert_intact(root, v1.bundle_id)
+
+
 def test_a_device_with_the_release_tool_of_before_the_notes_is_deployed_to_as_before(device, bundles, tmp_path):
     """Its status has no 'unconfirmed' and its release tool knows neither `activate --unconfirmed` nor `confirm`."""
     root, target, options = device

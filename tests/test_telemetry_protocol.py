@@ -274,6 +274,49 @@ def test_a_failed_write_is_loss_on_the_line_counted_once_as_a_gap():
     assert emitter.dropped == 0 and records[-1]["dropped_telemetry"] == 0
 
 
+def test_a_long_outage_is_never_read_as_a_restart_and_each_lost_frame_is_counted_once(monkeypatch):
+    """A gap of 32768 or more would read as a device restart (65536 as no loss at all): past MAX_GAP frames
+    unwritten in a row, frames get no number and are counted as dropped instead."""
+    import edge.telemetry.emitter as emitter_module
+
+    import types
+
+    # No back-off after each failed write (the emitter's own clock only; the test's sleeps stay real).
+    monkeypatch.setattr(emitter_module, "time", types.SimpleNamespace(sleep=lambda s: None, monotonic=time.monotonic))
+
+    class Line(io.RawIOBase):
+        def __init__(self):
+            self.buffer, self.broken = bytearray(), False
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            if self.broken:
+                raise OSError("the port is gone")
+            self.buffer += data
+            return len(data)
+
+    line = Line()
+    emitter = TelemetryEmitter.from_stream(line, device_id="dev", queue_size=100_000)
+    emitter.health(1, 0.2, 0.1, 0)
+    wait_for(lambda: len(line.buffer) > 0)
+    line.broken = True
+    lost = 40_000
+    for i in range(lost):
+        while not emitter.health(i, 0.2, 0.1, 0):
+            time.sleep(0.01)
+    wait_for(lambda: emitter._unwritten + emitter.dropped == lost)  # the writer has tried every one of them
+    line.broken = False
+    emitter.health(2, 0.2, 0.1, 0)
+    emitter.close(timeout=5)
+    session = TelemetrySession()
+    records = session.feed(bytes(line.buffer))
+    assert session.counters()["device_restarts"] == 0
+    assert session.counters()["lost_frames"] == emitter_module.MAX_GAP
+    assert records[-1]["dropped_telemetry"] == emitter.dropped == lost - emitter_module.MAX_GAP
+
+
 def test_emitter_close_flushes_everything_and_is_bounded_on_a_stuck_port():
     out = io.BytesIO()
     emitter = TelemetryEmitter.from_stream(out, device_id="dev", queue_size=1000)

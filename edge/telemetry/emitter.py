@@ -20,6 +20,9 @@ from edge.telemetry.protocol import (MAX_PAYLOAD, Detection, Health, Hello, Labe
 
 _STOP = object()
 _BATCH = 64  # frames per write: one syscall for a burst instead of one per frame
+# The most frames that may go unwritten in a row with sequence numbers: the host reads a jump of 32768 or more
+# as a device restart (docs/telemetry-protocol.md), and a gap of k frames is a jump of k + 1.
+MAX_GAP = 32766
 
 
 def device_ms() -> int:
@@ -73,6 +76,7 @@ class TelemetryEmitter:
         self._dropped = 0
         self._dropped_lock = threading.Lock()
         self._seq = 0
+        self._unwritten = 0  # frames numbered but not written since the last write that went through
         self._hello: tuple[Message, ...] | None = None
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="telemetry-writer", daemon=True)
@@ -152,6 +156,7 @@ class TelemetryEmitter:
             if not batch:
                 continue
             wire = bytearray()
+            numbered = 0
             for stamp, messages in batch:
                 for message in messages:
                     try:
@@ -160,13 +165,23 @@ class TelemetryEmitter:
                         self._count_dropped(1)
                         continue
                     self._seq = (self._seq + 1) & 0xFFFF
+                    numbered += 1
             try:
                 self._stream.write(wire)
                 if self._flush:
                     self._stream.flush()
+                self._unwritten = 0
             except Exception:  # noqa: BLE001 - a vanished or stuck port must not kill the writer
                 # Not counted as dropped: these frames have their numbers, so the host counts them as a gap
-                # (and a write that timed out may have sent some of them).
+                # (and a write that timed out may have sent some of them). But a gap of MAX_GAP or more would
+                # read as a restart on the host (or, wrapped, as no loss): past that, frames get no number and
+                # are counted as dropped.
+                self._unwritten += numbered
+                if self._unwritten > MAX_GAP:
+                    excess = self._unwritten - MAX_GAP
+                    self._seq = (self._seq - excess) & 0xFFFF
+                    self._count_dropped(excess)
+                    self._unwritten = MAX_GAP
                 time.sleep(0.05)
 
     def close(self, timeout: float = 2.0) -> None:
