@@ -250,7 +250,7 @@ def read_manifest(bundle_dir: Path) -> dict:
     return manifest
 
 
-_JSON_NAMES = {dict: "object", list: "array", str: "string"}
+_JSON_NAMES = {dict: "object", list: "array", str: "string", int: "integer"}
 
 
 def _check_shape(bundle_dir: Path, manifest: dict) -> None:
@@ -262,8 +262,13 @@ def _check_shape(bundle_dir: Path, manifest: dict) -> None:
     shapes = [("files", manifest["files"], dict), ("frontend.config", part(manifest["frontend"], "config"), dict),
               ("models.step", step, dict), ("models.step.file", part(step, "file"), str),
               ("labels", manifest["labels"], list)]
+    spec = part(step, "spec")
+    # Optional sections, but of their type when present: inspect and the runner read them so.
+    shapes += [(where, value, kind) for where, value, kind in (
+        ("models.step.spec", spec, dict), ("models.step.spec.branches", part(spec, "branches"), int),
+        ("provenance", manifest.get("provenance"), dict)) if value is not None]
     for where, value, kind in shapes:
-        if not isinstance(value, kind):
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise BundleError(f"{bundle_dir / MANIFEST}: {where} must be a JSON {_JSON_NAMES[kind]}, not "
                               f"{json.dumps(value)[:40]}; the bundle is damaged: rebuild it")
     if not all(isinstance(v, str) for v in manifest["files"].values()) or \

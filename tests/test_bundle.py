@@ -354,3 +354,15 @@ def test_pack_refuses_an_archive_inside_the_bundle_or_named_as_nothing_loads(bun
     with pytest.raises(BundleError, match=r"name the archive out.bundle.tar.gz"):
         pack_bundle(bundle_copy, tmp_path / "out.bundle")
     assert (bundle_copy / "manifest.json").read_bytes() == before and not (tmp_path / "out.bundle").exists()
+
+
+@pytest.mark.parametrize("change, where", [
+    (lambda m: m.update(provenance="x"), "provenance must be a JSON object"),
+    (lambda m: m["models"]["step"].update(spec="x"), "models.step.spec must be a JSON object"),
+    (lambda m: m["models"]["step"]["spec"].update(branches="2"), "models.step.spec.branches must be a JSON integer"),
+])
+def test_optional_manifest_sections_of_the_wrong_type_are_refused_not_a_crash_later(bundle_copy, change, where):
+    """`bundle verify` passed these and `bundle inspect` then crashed on them."""
+    rewrite_manifest(bundle_copy, change)
+    with pytest.raises(BundleError, match=where):
+        load_bundle(bundle_copy)
