@@ -203,7 +203,12 @@ def pack_bundle(bundle_dir, archive_path) -> str:
     cover. Anything else in the folder (a .DS_Store, an editor's backup) is left out, not refused: it is no part of
     the bundle, and a device refuses dotfiles and would never check an unlisted file.
     """
-    src = Path(bundle_dir)
+    src, archive_path = Path(bundle_dir), Path(archive_path)
+    if not archive_path.name.endswith(ARCHIVE_SUFFIXES):
+        raise BundleError(f"{archive_path}: name the archive {archive_path.name}.tar.gz (bundle archives end in "
+                          f"{' or '.join(ARCHIVE_SUFFIXES)}; nothing else loads them)")
+    if archive_path.resolve().parent == src.resolve():  # it would overwrite, or be read as, a file of the bundle
+        raise BundleError(f"{archive_path}: write the archive outside the bundle folder {src}")
     if not (src / MANIFEST).is_file():
         raise BundleError(f"{src} has no {MANIFEST}: it is not a bundle directory")
     listed = read_manifest(src).get("files")
@@ -221,12 +226,6 @@ def pack_bundle(bundle_dir, archive_path) -> str:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))
-    archive_path = Path(archive_path)
-    if not archive_path.name.endswith(ARCHIVE_SUFFIXES):
-        raise BundleError(f"{archive_path}: name the archive {archive_path.name}.tar.gz (bundle archives end in "
-                          f"{' or '.join(ARCHIVE_SUFFIXES)}; nothing else loads them)")
-    if archive_path.resolve().parent == src.resolve():  # it would overwrite, or be read as, a file of the bundle
-        raise BundleError(f"{archive_path}: write the archive outside the bundle folder {src}")
     with open(archive_path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
         gz.write(buffer.getvalue())
     return bundle_id(src)

@@ -79,13 +79,19 @@ def _damage(release: Path) -> str | None:
 
 
 def _replace_file(source: Path, folder: Path) -> None:
-    """Put a copy of `source` in `folder` under its name, atomically and durably (a temporary name, fsync, rename)."""
-    tmp = folder / f".{source.name}.{os.getpid()}.tmp"
-    shutil.copyfile(source, tmp)
-    with open(tmp, "rb+") as out:
+    """Put a copy of `source` in `folder` under its name, atomically and durably."""
+    _write_durably(folder / source.name, source.read_bytes())
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically and durably: a temporary name, fsync, rename, fsync of the folder."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
         os.fsync(out.fileno())
-    os.replace(tmp, folder / source.name)
-    _fsync_dir(folder)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def _fsync_tree(path: Path) -> None:
@@ -217,7 +223,7 @@ class ReleaseStore:
                     # Same manifest, so the same bundle; but a signed copy of a release installed unsigned (before
                     # the device trusted keys) must bring its signature along, or activate() keeps refusing it.
                     self._refresh_signature(unpacked, release)
-                    self._repair(unpacked, release, bundles)
+                    self._repair(unpacked, release)
                     os.utime(release)
                     return bundle_id
                 _fsync_tree(unpacked)
@@ -237,7 +243,7 @@ class ReleaseStore:
             raise ReleaseError(f"refused by the device's signature policy: {exc}") from None
 
     @staticmethod
-    def _repair(unpacked: Path, release: Path, bundles) -> None:
+    def _repair(unpacked: Path, release: Path) -> None:
         """A release damaged on the device's storage (its manifest no longer hashes to its id, a file no longer
         matches its SHA-256, or cannot be read) is mended from the checked copy being installed: file by file, each
         an atomic replace by identical good bytes, so the release (current, maybe) is never less complete."""
@@ -292,7 +298,9 @@ class ReleaseStore:
         health-check the bundle next leaves a note of it (and of what ran before) until confirm(); any other
         change of `current` drops the note.
         """
-        return self._activate(bundle_id, previous, "activate", unconfirmed)
+        _check_id(bundle_id)
+        with self._locked():
+            return self._activate_locked(bundle_id, previous, "activate", unconfirmed)
 
     def confirm(self, bundle_id: str) -> bool:
         """The bundle a deploy switched to passed its health check: drop the note; False if there was none."""
@@ -311,18 +319,7 @@ class ReleaseStore:
                 self._unconfirmed_file.unlink()
                 _fsync_dir(self.root)
             return
-        tmp = self.root / f"{UNCONFIRMED}.{os.getpid()}.tmp"
-        with open(tmp, "w") as out:
-            json.dump(note, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self._unconfirmed_file)
-        _fsync_dir(self.root)
-
-    def _activate(self, bundle_id: str, previous, doing: str, unconfirmed: bool = False) -> str | None:
-        _check_id(bundle_id)
-        with self._locked():
-            return self._activate_locked(bundle_id, previous, doing, unconfirmed)
+        _write_durably(self._unconfirmed_file, json.dumps(note).encode())
 
     def _activate_locked(self, bundle_id: str, previous, doing: str, unconfirmed: bool) -> str | None:
         if not self.has(bundle_id):

@@ -158,22 +158,8 @@ class RunLoop:
         self._announce_bundle()
         try:
             for chunk in self.source.chunks():
-                if not len(chunk):  # a live source with nothing to hand over: health is still due on time
-                    if time.monotonic() - report.wall >= self.health_every_s > 0:
-                        report = self._report_health(report, start_wall)
-                    if self.stop.is_set():
-                        break
-                    continue
-                self._take_new_pipeline()
-                self._skip_lost_audio(self.source.take_gap())
-                began = time.perf_counter()
-                events = self.pipeline.process(chunk)
-                self.stats.busy_s += time.perf_counter() - began
-                self._samples += len(chunk)
-                self.stats.audio_s = self._samples / self.pipeline.sample_rate
-                self._emit(events)
-                if self._samples == len(chunk):  # the first chunk: a WAV stream's rate is known by now
-                    self._tell_low_rate()
+                if len(chunk):  # empty: a live source with nothing to hand over; health is still due on time
+                    self._process(chunk)
                 if time.monotonic() - report.wall >= self.health_every_s > 0:
                     report = self._report_health(report, start_wall)
                 if self.source.overruns > self._overruns_told:
@@ -192,6 +178,18 @@ class RunLoop:
             self.stats.overruns = self.source.overruns
         self._emit(self.pipeline.flush())
         return self.stats
+
+    def _process(self, chunk) -> None:
+        self._take_new_pipeline()
+        self._skip_lost_audio(self.source.take_gap())
+        began = time.perf_counter()
+        events = self.pipeline.process(chunk)
+        self.stats.busy_s += time.perf_counter() - began
+        self._samples += len(chunk)
+        self.stats.audio_s = self._samples / self.pipeline.sample_rate
+        self._emit(events)
+        if self._samples == len(chunk):  # the first chunk: a WAV stream's rate is known by now
+            self._tell_low_rate()
 
     def _take_new_pipeline(self) -> None:
         if self._next_pipeline is None:

@@ -181,6 +181,18 @@ def trusted_public_keys(trusted_keys_dir: str | Path | None, *, required: bool =
     return keys
 
 
+def read_signature(signature_path: Path) -> tuple[bytes, bytes]:
+    """(public key, signature) from a bundle's signature.json; SignatureError when it is malformed."""
+    try:
+        document = json.loads(signature_path.read_text(encoding="utf-8"))
+        if document.get("algorithm") != "ed25519" or document.get("signed_file") != SIGNED_FILE:
+            raise ValueError("unsupported algorithm or signed file")
+        return (base64.b64decode(document["public_key"], validate=True),
+                base64.b64decode(document["signature"], validate=True))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        raise SignatureError(f"{signature_path} is malformed ({exc}); sign the bundle again") from None
+
+
 def check_bundle_signature(bundle_dir: str | Path, trusted_keys_dir: str | Path | None, *,
                            required: bool = False) -> str | None:
     """Enforce the device's signature policy on a bundle directory.
@@ -198,14 +210,7 @@ def check_bundle_signature(bundle_dir: str | Path, trusted_keys_dir: str | Path 
     if not signature_path.is_file():
         raise SignatureError(f"the bundle is not signed and {where}; sign it with: "
                              "basilar bundle sign BUNDLE --key PRIVATE_KEY")
-    try:
-        document = json.loads(signature_path.read_text(encoding="utf-8"))
-        if document.get("algorithm") != "ed25519" or document.get("signed_file") != SIGNED_FILE:
-            raise ValueError("unsupported algorithm or signed file")
-        public = base64.b64decode(document["public_key"], validate=True)
-        signature = base64.b64decode(document["signature"], validate=True)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
-        raise SignatureError(f"{signature_path} is malformed ({exc}); sign the bundle again") from None
+    public, signature = read_signature(signature_path)
     signer = key_id(public)
     if trusted.get(signer) != public:
         raise SignatureError(f"the bundle is signed by key {signer}, which is not trusted: {where} "

@@ -312,9 +312,7 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
             stage = "reading the device's releases"
             status = await _releases(conn, options, "status", target.root)
             active, previous = status.get("current"), status.get("previous")
-            # A release damaged on the device's storage is uploaded again: installing it mends it.
             damaged = bundle.bundle_id in status.get("damaged", [])
-            have = bundle.bundle_id in status.get("releases", []) and not damaged
             # An earlier deploy switched to the active bundle and was cut off before its health check.
             unchecked = status.get("unconfirmed")
             # A device with a basilar from before these notes has no such key, and its release tool knows neither
@@ -336,10 +334,7 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
                 if progress:
                     progress(bundle.size, bundle.size)
             else:
-                # A device that trusts keys may hold this release unsigned (installed before the keys): installing
-                # the signed copy is what brings its signature (same id), so it is uploaded although the device
-                # has it.
-                if not have or (bundle.signed and status.get("trusted_keys")):
+                if _needs_upload(bundle, status):
                     stage = "uploading"
                     part = f"{target.root}/incoming/{bundle.bundle_id}.{secrets.token_hex(4)}.part"
                     await _upload(conn, bundle, part, progress, options)
@@ -437,9 +432,16 @@ def _plan(target: SshTarget, bundle: LocalBundle, status: dict) -> DeployResult:
     if damaged:
         return DeployResult(target, True, "would install", active, f"damaged on the device; would upload "
                                                                    f"{bundle.size} bytes to mend it")
-    if bundle.bundle_id in status.get("releases", []) and not (bundle.signed and status.get("trusted_keys")):
+    if not _needs_upload(bundle, status):
         return DeployResult(target, True, "would switch", active, "installed already; no upload")
     return DeployResult(target, True, "would install", active, f"would upload {bundle.size} bytes")
+
+
+def _needs_upload(bundle: LocalBundle, status: dict) -> bool:
+    """Whether the device needs the archive: it lacks the release, holds it damaged (installing mends it), or
+    trusts keys and may hold it unsigned (installed before the keys: the signed copy brings its signature)."""
+    return (bundle.bundle_id not in status.get("releases", []) or bundle.bundle_id in status.get("damaged", [])
+            or bool(bundle.signed and status.get("trusted_keys")))
 
 
 def _refusal(bundle: LocalBundle, trusted_keys: list[str]) -> str | None:

@@ -3,10 +3,7 @@ concurrency limit, and formats the summary table. The click commands in deploy_c
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import importlib
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -44,11 +41,11 @@ def prepare_bundle(spec: str, workdir: Path) -> LocalBundle:
 
 def _signer(signature: Path) -> str | None:
     """The id of the key a signature.json names (a dry run compares it with the keys a device trusts), or None."""
-    from edge.signing import key_id
+    from edge.signing import SignatureError, key_id, read_signature
 
     try:
-        return key_id(base64.b64decode(json.loads(signature.read_text(encoding="utf-8"))["public_key"]))
-    except (OSError, ValueError, KeyError, TypeError, binascii.Error):
+        return key_id(read_signature(signature)[0]) if signature.is_file() else None
+    except SignatureError:
         return None
 
 

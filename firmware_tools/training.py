@@ -291,12 +291,12 @@ FSDD_SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")  #
 FSDD_NAME = re.compile(r"[0-9]_(" + "|".join(FSDD_SPEAKERS) + r")_[0-9]+\.wav")
 
 
-def is_fsdd(data_dir, clips) -> bool:
+def is_fsdd(data_dir, clips, labels) -> bool:
     """Whether the clips are the Free Spoken Digit Dataset's recordings (or some of them): all directly in
     data_dir, all named as FSDD names them, and the ten digits. A speaker's name alone says nothing of where a
     clip comes from."""
     return (all(c.path.parent == Path(data_dir) and FSDD_NAME.fullmatch(c.path.name) for c in clips)
-            and label_order(clips) == DIGITS)
+            and labels == DIGITS)
 
 
 def synthetic_data(labels, settings: TrainSettings) -> str:
@@ -320,7 +320,7 @@ def provenance(data_dir, clips, labels, settings: TrainSettings) -> dict:
     """The bundle's provenance: FSDD's license and attribution only when the clips are FSDD's."""
     from firmware_tools import bundler
 
-    if is_fsdd(data_dir, clips):
+    if is_fsdd(data_dir, clips, labels):
         out = dict(bundler.FSDD_PROVENANCE)
         speakers = sorted({c.speaker for c in clips})
         if speakers != ["jackson", "nicolas", "theo", "yweweler"]:  # not the copy the shipped bundle was trained on
