@@ -36,6 +36,16 @@ FORMAT_SUFFIXES = {"WAV": (".wav", ".wave"), "FLAC": (".flac",), "OGG": (".ogg",
 AUDIO_SUFFIXES = tuple(suffix for fmt, suffixes in FORMAT_SUFFIXES.items() if fmt in soundfile.available_formats()
                        for suffix in suffixes)
 NOISE_COLOURS = ("white", "pink", "brown")  # what coloured_noise makes
+# What copying a folder from a Mac or unpacking its zip leaves beside the audio: AppleDouble `._name.wav` files
+# (metadata with an audio file's name), `__MACOSX/` trees of them, `.Trashes/`.
+SYSTEM_FOLDER_NAMES = ("__MACOSX",)
+
+
+def is_user_audio(path: Path, root: Path) -> bool:
+    """An audio file someone put under root, not a hidden file or a file in a hidden or system folder."""
+    parts = path.relative_to(root).parts
+    return (path.suffix.lower() in AUDIO_SUFFIXES and not any(p.startswith(".") or p in SYSTEM_FOLDER_NAMES
+                                                              for p in parts) and path.is_file())
 
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ESPEAK_VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029"]
@@ -81,7 +91,7 @@ def scan_labelled(data_dir) -> list[Clip]:
         raise FileNotFoundError(f"{root} is not a folder of labelled audio files")
     clips = []
     for path in sorted(root.rglob("*")):
-        if path.suffix.lower() not in AUDIO_SUFFIXES or not path.is_file():
+        if not is_user_audio(path, root):
             continue
         folders = path.relative_to(root).parts[:-1]
         if folders:

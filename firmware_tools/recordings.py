@@ -32,7 +32,7 @@ def read_recordings(speech_dir: Path, listing: Path | None = None) -> list[Recor
     if not speech_dir.is_dir():
         raise RecordingsError(f"--speech-dir {speech_dir} is not a folder of recordings")
     if listing is None:
-        found = sorted(p for p in speech_dir.iterdir() if p.suffix.lower() in dataset.AUDIO_SUFFIXES)
+        found = sorted(p for p in speech_dir.iterdir() if dataset.is_user_audio(p, speech_dir))
         if not found:
             raise RecordingsError(f"no audio files ({', '.join(dataset.AUDIO_SUFFIXES)}) in {speech_dir}")
         return [Recording(p) for p in found]

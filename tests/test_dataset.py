@@ -7,7 +7,7 @@ import pytest
 import soundfile
 
 from firmware_tools import dataset, training
-from firmware_tools.recordings import RecordingsError
+from firmware_tools.recordings import RecordingsError, read_recordings
 from tests.conftest import recorded_phrases, require_program
 
 RATE = 8000
@@ -212,6 +212,22 @@ def test_the_label_is_the_first_folder_under_the_data_folder(tmp_path):
         write_clip(tmp_path / name)
     found = sorted((c.label, c.speaker) for c in dataset.scan_labelled(tmp_path))
     assert found == [("no", "unknown"), ("yes", "bob"), ("yes", "unknown")]
+
+
+def test_what_a_mac_leaves_beside_the_audio_is_not_taken_for_clips(tmp_path):
+    """A folder copied from a Mac holds AppleDouble `._yes_ann_1.wav` files (metadata under an audio name) and its
+    zip a `__MACOSX/` tree of them: they are neither clips nor labels, and libsndfile cannot read them."""
+    write_clip(tmp_path / "yes" / "yes_ann_1.wav")
+    write_clip(tmp_path / "7_jackson_12.wav")
+    for name in ("yes/._yes_ann_1.wav", "._7_jackson_12.wav", "__MACOSX/yes/._yes_ann_1.wav", ".Trashes/no/1.wav"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"\x00\x05\x16\x07" + bytes(60))  # the AppleDouble magic
+    found = sorted((c.path.relative_to(tmp_path).as_posix(), c.label) for c in dataset.scan_labelled(tmp_path))
+    assert found == [("7_jackson_12.wav", "7"), ("yes/yes_ann_1.wav", "yes")]
+    speech = tmp_path / "speech"
+    write_clip(speech / "hello.wav")
+    (speech / "._hello.wav").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    assert [r.path.name for r in read_recordings(speech)] == ["hello.wav"]
 
 
 @pytest.mark.parametrize("suffix, fmt", [(".mp3", "MP3"), (".aiff", "AIFF"), (".aif", "AIFF"), (".au", "AU"),

@@ -448,3 +448,37 @@ def test_bench_corruption_that_leaves_no_frame_whole_is_reported_not_a_crash():
 def test_bench_telemetry_refuses_settings_it_cannot_measure(option, value):
     result = CliRunner().invoke(main, ["bench", "telemetry", option, value])
     assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
+
+
+def test_a_port_the_writer_found_broken_is_not_reported_again_by_the_reader(caplog):
+    """The writer closes a port whose write failed; the reader, waiting on that port, then fails too, with
+    pyserial's "'NoneType' object cannot be interpreted as an integer": one warning, from the write, says it."""
+    import logging
+
+    from edge.telemetry.link import _Port
+
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    port = _Port(os.ttyname(slave), 115200, retry_interval=0.05)
+
+    def vanished(data):
+        raise OSError(5, "Input/output error")  # what writing to an unplugged USB serial port raises
+
+    stop = threading.Event()
+    reader = threading.Thread(target=lambda: [port.read() for _ in iter(stop.is_set, True)])
+    with caplog.at_level(logging.WARNING, logger="edge.telemetry.link"):
+        reader.start()
+        for _ in range(5):
+            wait_for(lambda: port._serial is not None, what="the port to reopen")  # noqa: SLF001
+            time.sleep(0.05)  # the reader is inside a read of up to 0.1 s
+            port._serial.write = vanished  # noqa: SLF001
+            with pytest.raises(OSError):
+                port.write(b"x")
+        stop.set()
+        reader.join()
+    port.close()
+    os.close(master)
+    os.close(slave)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 5 and all("failed" in m for m in messages), messages
+    assert not any("NoneType" in m for m in messages), messages

@@ -49,7 +49,9 @@ class _Port:
             raise OSError(f"{self.path} is not open")
         try:
             return ser.write(data)
-        except Exception:
+        except Exception as exc:
+            if self._serial is ser:
+                log.warning("serial port %s failed (%s); reopening", self.path, exc)
             self._broken(ser)
             raise
 
@@ -72,7 +74,8 @@ class _Port:
         try:
             return ser.read(ser.in_waiting or 1)
         except Exception as exc:  # noqa: BLE001
-            log.warning("serial port %s failed (%s); reopening", self.path, exc)
+            if self._serial is ser:  # else the writer found it broken and closed it under this read: said there
+                log.warning("serial port %s failed (%s); reopening", self.path, exc)
             self._broken(ser)
             return b""
 
