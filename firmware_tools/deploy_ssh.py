@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import shlex
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -258,15 +259,41 @@ def health_command(options: SshOptions, root: str) -> str:
     return f"{options.device_python} -m firmware_tools.cli bundle verify {shlex.quote(root + '/current')}"
 
 
+# After the time is up the device's `timeout` sends SIGTERM, and SIGKILL this much later.
+KILL_GRACE_S = 5
+
+
+def _bounded(command: str, timeout: float) -> str:
+    """`command` under the device's own `timeout`, which ends it, and what it started, when the time is up.
+
+    Closing the SSH channel would not: sshd leaves a command without a terminal running (a hung `systemctl
+    restart` would outlive the deploy and race the restart of the old bundle), and it ignores signal requests.
+    A device without a `timeout` that takes -k runs the command as before.
+    """
+    shell = f'"${{SHELL:-/bin/sh}}" -c {shlex.quote(command)}'
+    return (f"if timeout -k 1 1 true 2>/dev/null; then exec timeout -k {KILL_GRACE_S} {timeout:g} {shell}; "
+            f"else exec {shell}; fi")
+
+
+async def _run_bounded(conn, command: str, timeout: float):
+    """(result, timed_out) of a restart, health or service command that may hang; the result holds its output."""
+    started = time.monotonic()
+    try:
+        result = await _run(conn, _bounded(command, timeout), timeout + KILL_GRACE_S + 5)
+    except asyncssh.TimeoutError as exc:  # the device has no usable `timeout`, or did not end the command
+        return exc, True
+    # 124: `timeout` ended it with SIGTERM; 137: with SIGKILL
+    return result, result.exit_status in (124, 137) and time.monotonic() - started >= timeout
+
+
 async def _check(conn, what: str, command: str, timeout: float) -> str | None:
     """Run a restart or health command; return why it failed, or None."""
     if not command.strip():
         return None
-    try:
-        result = await _run(conn, command, timeout)
-    except asyncssh.TimeoutError as exc:
+    result, timed_out = await _run_bounded(conn, command, timeout)
+    if timed_out:
         # A hung `systemctl restart` is the usual way a bad bundle fails to come up: a failure to roll back.
-        detail = _tail(exc.stderr) or _tail(exc.stdout)
+        detail = _tail(result.stderr) or _tail(result.stdout)
         return (f"{what} did not finish within {timeout:g} s (--command-timeout)"
                 + (f"; its last output: {detail}" if detail else ""))
     if result.exit_status == 0:
@@ -474,11 +501,10 @@ async def status_ssh(target: SshTarget, options: SshOptions) -> DeviceStatus:
             status = await _releases(conn, options, "status", target.root)
             service = "not checked"
             if options.service_command.strip():
-                try:
-                    result = await _shell(conn, device_command(options.service_command, target.root),
-                                          options.command_timeout)
-                except DeployError as exc:  # the releases were read: the device answers, its service check hangs
-                    service = f"unknown ({exc})"
+                command = device_command(options.service_command, target.root)
+                result, timed_out = await _run_bounded(conn, command, options.command_timeout)
+                if timed_out:  # the releases were read: the device answers, its service check hangs
+                    service = f"unknown (`{command}` did not finish within {options.command_timeout:g} s)"
                 else:
                     answer = _tail(result.stdout) or _tail(result.stderr)
                     service = answer if result.exit_status == 0 else f"not running ({answer or result.exit_status})"

@@ -140,6 +140,19 @@ def test_failed_first_deploy_leaves_no_current(device, bundles):
     assert not (root / "current").exists() and not (root / "current").is_symlink()
 
 
+def _running(command_line: str) -> list[str]:
+    """The processes whose command line contains command_line."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if command_line in text:
+            found.append(f"{cmdline.parent.name}: {text}")
+    return found
+
+
 @pytest.mark.parametrize("hangs", ["restart", "health check"])
 def test_a_hung_restart_or_health_check_is_rolled_back(device, bundles, sshd, hangs):
     """A `systemctl restart` that never returns is the usual way a bad bundle fails to come up: after
@@ -148,7 +161,7 @@ def test_a_hung_restart_or_health_check_is_rolled_back(device, bundles, sshd, ha
     v1, v2 = bundles[0], bundles[1]
     assert _deploy(v1, target, options).ok
     # Only the new bundle hangs; the old one restarts normally once switched back.
-    hang_on_new = f'case "$(readlink {{root}}/current)" in *{v2.bundle_id}) sleep 30;; esac'
+    hang_on_new = f'case "$(readlink {{root}}/current)" in *{v2.bundle_id}) sleep 30.{os.getpid()};; esac'
     restart, health = options.restart_command, options.health_command
     if hangs == "restart":
         restart += f"; {hang_on_new}"
@@ -164,6 +177,8 @@ def test_a_hung_restart_or_health_check_is_rolled_back(device, bundles, sshd, ha
     assert f"{hangs} did not finish within 2 s" in row and f"switched back to {v1.bundle_id[:12]}" in row
     _assert_intact(root, v1.bundle_id)
     assert _restarts(root) == 3  # v1, the hung one, and v1 again
+    # and the hung command was ended, not left running beside the old bundle's restart
+    assert not _running(f"sleep 30.{os.getpid()}")
 
 
 def test_failed_prune_after_a_healthy_switch_is_a_warning_not_a_failure(device, bundles, sshd, tmp_path):
@@ -406,13 +421,18 @@ def test_output_that_is_not_utf8_does_not_drop_the_connection_before_the_switch_
     _assert_intact(root, v1.bundle_id)
 
 
+# A restart that takes the link down (as a restarted network would): it kills the sshd process serving it.
+DROP_LINK = ('p=$$; while [ "${p:-1}" -gt 1 ] && [ "$(cat /proc/$p/comm)" != sshd ]; do '
+             'p=$(cut -d")" -f2 /proc/$p/stat | cut -d" " -f3); done; kill -9 $p')
+
+
 def test_a_connection_lost_after_the_switch_is_switched_back_over_a_new_one(device, bundles):
     root, target, options = device
     v1, v2 = bundles[0], bundles[1]
     assert _deploy(v1, target, options).ok
     # Restarting the new bundle takes the link down (it kills its own SSH session, as a restarted network would).
     drops = dataclasses.replace(options, restart_command=options.restart_command + "; case \"$(readlink "
-                                f"{{root}}/current)\" in *{v2.bundle_id}) kill -9 $PPID;; esac")
+                                f"{{root}}/current)\" in *{v2.bundle_id}) {DROP_LINK};; esac")
     result = _deploy(v2, target, drops)
     assert (result.ok, result.outcome, result.active) == (False, "rolled back", v1.bundle_id), result.reason
     assert "connection dropped" in result.reason and "(reconnected)" in result.reason
@@ -441,7 +461,7 @@ def test_a_deploy_cut_off_after_the_switch_is_finished_by_the_next_one(device, b
         connects.clear()
         with monkeypatch.context() as patch:
             patch.setattr(deploy_ssh, "connect", connect_once)
-            drops = dataclasses.replace(options, restart_command="kill -9 $PPID")
+            drops = dataclasses.replace(options, restart_command=DROP_LINK)
             result = _deploy(bundle, target, drops)
         assert (result.ok, result.outcome, result.active) == (False, "failed", None), result.reason
         assert "connecting again to switch back failed" in result.reason and "unchecked" in result.reason
