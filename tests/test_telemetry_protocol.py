@@ -387,6 +387,24 @@ def test_sequence_gaps_wrap_around_and_restarts_are_not_losses():
     assert (tracker.lost, tracker.restarts) == (3, 3)
 
 
+def test_a_restart_whose_hello_was_lost_is_a_restart_after_weeks_of_uptime():
+    """A device up for weeks: its seq in the upper half (a new session's numbers are a forward gap under 32768),
+    its clock since boot does not go back when basilar restarts, and past 24.8 days a reboot does not read as a
+    step back modulo 2^32. Numbering that starts again (seq under 256 after a long gap) is the restart."""
+    day_ms = 86_400_000
+    det = Detection(0, 0, 0, 0)
+    for last_seq, before_ms, after_ms in [(40_000, 10 * day_ms, 10 * day_ms + 4_000),  # basilar restarted
+                                          (40_000, 26 * day_ms, 30_000), (60_000, 40 * day_ms, 30_000)]:  # reboots
+        tracker = SequenceTracker()
+        assert tracker.observe(frame(det, last_seq, before_ms)) == (0, False)
+        # the new process's HELLO and LABELS (seq 0 and 1) were lost on the line
+        assert tracker.observe(frame(det, 2, after_ms)) == (0, True)
+        assert tracker.observe(frame(det, 3, after_ms + 10)) == (0, False)
+    tracker = SequenceTracker()  # a real loss of up to 256 frames across the wrap is still a loss
+    assert tracker.observe(frame(det, 65_400, 5_000)) == (0, False)
+    assert tracker.observe(frame(det, 120, 6_000)) == (255, False)
+
+
 def test_session_turns_gaps_into_records_and_counts_unknown_types():
     wire = (encode_frame(Detection(0, 65535, 0, 250), 0, 10) + encode_raw(0x77, 1, 11, b"future")
             + encode_frame(Detection(0, 0, 250, 500), 5, 12))
