@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import shlex
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +207,9 @@ def _describe(exc: BaseException) -> str:
         return "the link went silent (SSH keepalives unanswered for about --connect-timeout seconds)"
     if isinstance(exc, asyncssh.Error):
         return exc.reason or type(exc).__name__
+    if isinstance(exc, socket.gaierror):  # its errno is getaddrinfo's, which os.strerror calls "unknown error -2"
+        return (f"the name does not resolve ({exc.strerror}); check its spelling, the device's entry in DNS or "
+                "/etc/hosts, or use its IP address")
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno).lower()
     return str(exc) or type(exc).__name__

@@ -729,3 +729,11 @@ def test_a_broken_ssh_config_or_an_unexpected_error_fails_one_device_only(device
     monkeypatch.setattr(fleet, "deploy_ssh", crashes)
     [failed] = deploy_fleet(bundles[1], [parse_target(sshd.url(root))], options)
     assert (failed.ok, failed.outcome, failed.reason) == (False, "failed", "unexpected error: RuntimeError: a bug")
+
+
+def test_a_device_name_that_does_not_resolve_is_said_so():
+    """getaddrinfo's errors carry its own codes, which os.strerror reads as "unknown error -2"."""
+    result = CliRunner().invoke(cli, ["status", "ssh://pi@no-such-device.invalid/opt/basilar"])  # RFC 2606
+    assert result.exit_code == 1, result.output
+    assert "cannot connect to no-such-device.invalid: the name does not resolve" in result.stdout
+    assert "unknown error" not in result.stdout
