@@ -52,7 +52,7 @@ def make_interpreter(model_path, num_threads: int = 1, delegates=None, without_d
                     interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
                 interpreter.invoke()
             return interpreter, name
-        except (ValueError, RuntimeError, TypeError, AttributeError, ImportError) as exc:
+        except Exception as exc:  # noqa: BLE001 - e.g. tflite-runtime under numpy 2 fails here with SystemError
             failures.append(f"{name}: {type(exc).__name__}: {exc}")
     raise RuntimeUnavailable(
         "no working TFLite interpreter: " + "; ".join(failures)

@@ -104,3 +104,18 @@ def test_tflite_runtime_computes_exactly_what_the_builtin_kernels_compute(fallba
     np.testing.assert_array_equal(fallback["posteriors"], builtin)
     # XNNPACK (ai-edge-litert's default) rounds some frames differently; the builtin run above is not a copy of it.
     assert not np.array_equal(StepRunner(bundle).run(frames), builtin)
+
+
+def test_tflite_runtime_under_numpy_2_is_a_clear_error_not_a_crash(fallback_python, tmp_path):
+    """`pip install tflite-runtime .` without 'numpy<2' gets numpy 2, under which tflite-runtime imports and then
+    fails building an interpreter (SystemError): that runtime is passed over with its reason, not a crash.
+    Last in this module: it changes the fallback environment."""
+    upgrade = subprocess.run([str(fallback_python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                              "numpy>=2"], capture_output=True, text=True, timeout=900)
+    require(upgrade.returncode == 0, "PyPI for numpy 2, which failed:\n" + upgrade.stderr[-2000:])
+    result = run_in(fallback_python, "-m", "firmware_tools.cli", "run", "demo", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    # numpy prints its own warning (with the stack of the import) when tflite-runtime loads; basilar's word is last
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: no working TFLite interpreter") and "tflite-runtime: SystemError" in last, last
+    assert "numpy<2" in last  # and what to install
