@@ -2,7 +2,7 @@
 
 - `FileSource`: any file libsndfile reads (WAV, FLAC, OGG, ...), any rate, width and channel count; downmixed to
   mono and resampled with soxr. `realtime=True` paces it like a live source. A WAV file cut short (edge/wav_header.py)
-  is played to its end, then reported.
+  is played to its end, then reported; one whose header declares less audio than follows it is refused.
 - `PcmSource`: raw little-endian PCM on a byte stream (standard input), e.g. `arecord -f S16_LE -r 16000 -c 1`.
 - `MicSource`: a live input through PortAudio (the optional `sounddevice` package). PortAudio calls back on its
   own thread; a bounded queue hands the blocks to the processing thread. When the queue is full a block is
@@ -26,7 +26,8 @@ import numpy as np
 import soundfile
 import soxr
 
-from edge.wav_header import parse_format, read_to_data, starts_wav, wav_cut_short
+from edge.wav_header import (TrueSizeWav, inspect_wav, is_chunk_id, is_open_length, parse_format, read_to_data,
+                              starts_wav)
 
 DEFAULT_CHUNK_MS = 100
 IDLE_TICK_S = 1.0  # a live source that delivers nothing for this long yields an empty chunk
@@ -67,14 +68,15 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(samples * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def check_finite(block: np.ndarray, name: str, seconds_before: float, rate: int) -> None:
+def check_finite(block: np.ndarray, name: str, seconds_before: float, rate: int, fix: str | None = None) -> None:
     """Float audio can hold NaN or infinities (a damaged file or a broken producer); cast to int16 they would
     become silence or full scale without a word, so they are refused where they are."""
     bad = ~np.isfinite(block)
     if bad.any():
         at = seconds_before + int(np.argmax(bad.any(axis=1) if bad.ndim > 1 else bad)) / rate
-        raise SourceError(f"{name} holds samples that are not numbers (NaN or infinite) at {at:.2f} s: the audio is "
-                          "damaged; the audio before that point was processed. Re-record or re-encode it")
+        raise SourceError(f"{name} holds samples that are not numbers (NaN or infinite) at {at:.2f} s: "
+                          + (fix or "the audio is damaged; the audio before that point was processed. Re-record or "
+                                    "re-encode it"))
 
 
 class MonoResampler:
@@ -150,16 +152,35 @@ class FileSource(AudioSource):
                  clock: Callable[[], float] = time.monotonic):
         path = Path(path)
         super().__init__(str(path), sample_rate, stop)
-        if not path.exists():
-            raise SourceError(f"audio file not found: {path}; check the path")
-        if not path.is_file():
-            raise SourceError(f"{path} is not a file; give an audio file such as a WAV or FLAC")
         try:
-            self._file = soundfile.SoundFile(str(path))
+            if not path.exists():
+                raise SourceError(f"audio file not found: {path}; check the path")
+            if not path.is_file():
+                raise SourceError(f"{path} is not a file; give an audio file such as a WAV or FLAC")
+            wav = inspect_wav(path)
+        except PermissionError as err:  # libsndfile would call it a "System error"
+            raise SourceError(f"{path} cannot be read: permission denied; make it (and the folders above it) readable "
+                              "by the user running basilar (the systemd service runs as user basilar), e.g. "
+                              f"`chmod a+r {path}`") from err
+        if path.suffix.lower() == ".raw":  # libsndfile takes the name's word for it and wants the layout given
+            raise SourceError(f"{path} is headerless raw PCM; play it with `basilar run - --format S16_LE --rate "
+                              f"RATE --channels N < {path}`, or give it a header: `sox -t raw -e signed -b 16 -r RATE "
+                              f"-c N {path} OUT.wav`")
+        too_long = wav and wav.overlong()
+        if too_long:
+            raise SourceError(f"{path}'s WAV header declares {too_long.declared_s:.2f} s of audio but "
+                              f"{too_long.present_s:.2f} s follow it (its writer never went back to fix the header); "
+                              f"fix it with `sox --ignore-length {path} fixed.wav`")
+        # libsndfile plays an open length of 0 as no audio: it gets the file with the true size in the header
+        self._sized = TrueSizeWav(path, wav) if wav and wav.open_length else None
+        try:
+            self._file = soundfile.SoundFile(self._sized or str(path))
         except (soundfile.SoundFileError, RuntimeError, OSError) as err:
+            if self._sized:
+                self._sized.close()
             raise SourceError(f"cannot read {path} as audio ({_libsndfile_reason(err)}); use a WAV, FLAC or OGG "
                               f"file, or convert it first, e.g. `sox INPUT -r {sample_rate} -c 1 -b 16 OUT.wav`") from err
-        self._cut_short = wav_cut_short(path)
+        self._cut_short = wav and wav.cut_short()
         self.file_rate = self._file.samplerate
         self.file_channels = self._file.channels
         self.file_format = f"{self._file.format}/{self._file.subtype}"
@@ -200,13 +221,16 @@ class FileSource(AudioSource):
 
     def close(self) -> None:
         self._file.close()
+        if self._sized:
+            self._sized.close()
 
 
 class PcmSource(AudioSource):
     """Raw interleaved little-endian PCM from a byte stream (standard input by default).
 
     A stream that starts with a WAV header (arecord writes one unless told `-t raw`; so does `sox ... -t wav -`)
-    is read by its header: its format, rate and channels replace the options, and the header is not played."""
+    is read by its header: its format, rate and channels replace the options, and the header is not played. It ends
+    with the audio the header declares, unless more audio rather than a chunk (a tag) follows it."""
 
     live = True
 
@@ -223,6 +247,8 @@ class PcmSource(AudioSource):
         if self.rate < 1000:
             raise SourceError(f"--rate {self.rate}: must be the input's sample rate in Hz (e.g. 16000)")
         self._chunk_ms = chunk_ms
+        self._from_header = False
+        self._data_left: int | None = None  # audio bytes a WAV header declares, still to come; None: to the end
         self._set_layout(fmt, self.rate, channels)
         self._stream = stream if stream is not None else sys.stdin.buffer
 
@@ -256,16 +282,38 @@ class PcmSource(AudioSource):
             _refuse_other_containers(head)
             return head
         try:
-            fmt, _ = read_to_data(self._read_exactly)  # the declared length is ignored: a stream runs to its end
+            fmt, length = read_to_data(self._read_exactly)
         except EOFError:
             return self._header_ended()
         if fmt is None:
             raise SourceError("standard input's WAV header has no format chunk before its audio; send raw PCM "
                               "instead (arecord -t raw, sox ... -t raw -)")
         self._set_layout(*_wav_layout(fmt))
+        self._from_header = True
+        self._data_left = None if is_open_length(length) else length  # a chunk may follow the audio (id3, LIST)
         self.name = (f"standard input (WAV: {self.pcm_format}, {self.rate} Hz, {self.channels} "
                      f"channel{'s' if self.channels > 1 else ''})")
         return b""
+
+    def _after_declared_audio(self) -> bytes:
+        """Once a WAV header's declared audio has come: b"" (the end) when a chunk or nothing follows, else the
+        first bytes of more audio, which is played to the end (a writer that could not fix its header, such as
+        Python's wave module into a pipe)."""
+        more = self._read_exactly(8)
+        if len(more) < 8 or is_chunk_id(more[:4]):  # a few stray bytes (a pad byte too many) are no audio
+            return b""
+        self._data_left = None
+        return more
+
+    def _nan_fix(self) -> str | None:
+        """What to do about samples that are not numbers: raw PCM said to be float is most often not float at all."""
+        if self._from_header:
+            return None  # the header says float: the audio is damaged
+        if self._frames_read == 0:
+            return (f"is it really {self.pcm_format}? Check --format against what the program writing the stream "
+                    "sends (e.g. `arecord -f S16_LE` sends S16_LE)")
+        return (f"the stream is damaged, or not {self.pcm_format}; the audio before that point was processed. "
+                "Check --format against the program writing the stream")
 
     def _header_ended(self) -> bytes:
         if self.stop.is_set():  # stopped while the header was awaited: nothing to play, no error
@@ -297,10 +345,15 @@ class PcmSource(AudioSource):
         ended = False
         while not self.stop.is_set():
             if len(pending) < self._chunk_bytes:
-                data = self._read(self._chunk_bytes - len(pending), idle_s=IDLE_TICK_S)
+                want = self._chunk_bytes - len(pending)
+                if self._data_left is not None:
+                    want = min(want, self._data_left)
+                data = self._read(want, idle_s=IDLE_TICK_S) if want else self._after_declared_audio()
                 if data is None:  # the producer is quiet: an empty chunk lets the run loop report health
                     yield np.zeros(0, np.int16)
                     continue
+                if self._data_left:
+                    self._data_left -= len(data)
                 pending += data
                 ended = not data
                 if not ended and len(pending) < self._chunk_bytes:
@@ -308,7 +361,7 @@ class PcmSource(AudioSource):
             whole = len(pending) - len(pending) % self._frame_bytes
             samples = np.frombuffer(pending[:whole], dtype=self._dtype).reshape(-1, self.channels)
             if self._dtype.kind == "f":
-                check_finite(samples, self.name, self._frames_read / self.rate, self.rate)
+                check_finite(samples, self.name, self._frames_read / self.rate, self.rate, self._nan_fix())
             self._frames_read += len(samples)
             chunk = resample(samples.astype(np.float32) / np.float32(self._scale), last=ended)
             pending = pending[whole:]
@@ -322,18 +375,20 @@ class PcmSource(AudioSource):
                 return
 
 
-# Files that are not raw PCM, by their first four bytes (a raw stream starts so by chance once in 2^32): played as
-# samples they would be noise, or an AIFF's silence.
-_CONTAINERS = {b"fLaC": "FLAC", b"OggS": "Ogg", b"FORM": "AIFF", b"RIFX": "big-endian WAV", b"RF64": "RF64 WAV",
-               b".snd": "Sun/NeXT audio"}
+# Files that are not raw PCM, by their first bytes (a raw stream starts so by chance once in 2^24 or less): played as
+# samples they would be noise, or an AIFF's silence. An MP3 without an ID3 tag starts with a frame header, which a
+# live stream's first samples match about once in 16,000 starts: refusing that would fail a service's start at
+# random, so such an MP3 plays as noise.
+_CONTAINERS = {b"fLaC": "a FLAC", b"OggS": "an Ogg", b"FORM": "an AIFF", b"RIFX": "a big-endian WAV",
+               b"RF64": "an RF64 WAV", b".snd": "a Sun/NeXT audio", b"ID3": "an MP3"}
 
 
 def _refuse_other_containers(head: bytes) -> None:
-    for magic, kind in _CONTAINERS.items():
-        if head.startswith(magic):
-            raise SourceError(f"standard input is a {kind} file, not raw PCM or a WAV stream; give the file's path "
-                              "instead of piping it (`basilar run FILE`), or convert it on the way: "
-                              "`sox FILE -t wav - | basilar run -`")
+    kind = next((kind for magic, kind in _CONTAINERS.items() if head.startswith(magic)), None)
+    if kind:
+        raise SourceError(f"standard input is {kind} file, not raw PCM or a WAV stream; give the file's path "
+                          "instead of piping it (`basilar run FILE`), or convert it on the way: "
+                          "`sox FILE -t wav - | basilar run -`")
 
 
 # WAV format tags and sample widths that map onto a raw PCM format
@@ -518,7 +573,11 @@ def open_source(spec: str, sample_rate: int, *, chunk_ms: float = DEFAULT_CHUNK_
     is_mic, device = parse_mic_spec(spec)
     if is_mic:
         return MicSource(device, sample_rate, chunk_ms=chunk_ms, stop=stop)
-    if not Path(spec).exists():  # here, unlike where only files are read, the other kinds of AUDIO are an option
+    try:
+        missing = not Path(spec).exists()
+    except PermissionError:  # a folder on the way that may not be read: FileSource says so
+        missing = False
+    if missing:  # here, unlike where only files are read, the other kinds of AUDIO are an option
         raise SourceError(f"audio file not found: {spec}; check the path (use '-' for raw PCM on standard input or "
                           "'mic' for the microphone)")
     return FileSource(spec, sample_rate, chunk_ms=chunk_ms, realtime=realtime, stop=stop)

@@ -1,18 +1,33 @@
 """WAV (RIFF/WAVE) headers: walking to the audio, for a file and for a stream on standard input alike.
 
 Why a file needs it: a recording interrupted mid-write or an incomplete copy keeps a header that declares more
-audio than the file holds, and libsndfile then reads what is there without complaint (`wav_cut_short`).
+audio than the file holds, and libsndfile then reads what is there without complaint (`WavData.cut_short`); a
+writer that cannot go back to fix its header (Python's wave module into a pipe) leaves one that declares less, and
+libsndfile then plays only that (`WavData.overlong`).
 Why a stream needs it: arecord and `sox ... -t wav -` put a header before the samples (edge/sources.py).
 """
 from __future__ import annotations
 
+import io
 import os
 import struct
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
-# A data size a recorder writes when it does not know the length yet (streaming to a pipe, or never finished).
-_OPEN_LENGTHS = (0, 0xFFFFFFFF)
+# Data sizes a recorder writes when it does not know the length yet (streaming to a pipe, or never finished): 0, or
+# a huge one: sox writes 0x7FFFF000, arecord 0x80000000, others 0xFFFFFFFF. libsndfile reads the huge ones to the
+# end of the file, but 0 as no audio at all (`TrueSizeWav`).
+_OPEN_FROM = 0x7FFFF000
+
+
+def is_open_length(size: int) -> bool:
+    """Whether a data chunk's declared size stands for "to the end" rather than for a length."""
+    return size == 0 or size >= _OPEN_FROM
+
+
+def is_chunk_id(kind: bytes) -> bool:
+    """Whether 4 bytes can name a chunk (LIST, id3 , ...): printable ASCII, which audio samples seldom are."""
+    return len(kind) == 4 and all(0x20 <= c <= 0x7E for c in kind)
 
 
 def starts_wav(head: bytes) -> bool:
@@ -67,14 +82,40 @@ def parse_format(fmt: bytes) -> WavFormat | None:
     return WavFormat(tag, channels, rate, byte_rate, bits)
 
 
-class CutShort(NamedTuple):
+class Lengths(NamedTuple):
     declared_s: float  # audio the header declares
-    present_s: float  # audio the file holds
+    present_s: float  # audio the file holds after the header
 
 
-def wav_cut_short(path: str | os.PathLike) -> CutShort | None:
-    """The declared and present seconds when `path` is a WAV file whose data chunk runs past the end of the
-    file; None for a whole WAV file, one whose length was left open, or any other format."""
+class WavData(NamedTuple):
+    """Where a WAV file's audio is, and how long it is by its header and by the file's size."""
+    size_at: int  # where the data chunk's size field is in the file
+    declared: int  # bytes of audio the header declares
+    present: int  # bytes from the start of the audio to the end of the file
+    byte_rate: int  # 0 when the format chunk is missing or unreadable
+    chunks_follow: bool  # whether what follows the declared audio is whole chunks (LIST, id3 , ...)
+
+    @property
+    def open_length(self) -> bool:
+        return is_open_length(self.declared)
+
+    def cut_short(self) -> Lengths | None:
+        """When the audio runs past the end of the file (an interrupted recording or copy)."""
+        if self.byte_rate and not self.open_length and self.declared > self.present:
+            return Lengths(self.declared / self.byte_rate, self.present / self.byte_rate)
+        return None
+
+    def overlong(self) -> Lengths | None:
+        """When a second or more of something other than chunks follows the declared audio: audio the header does
+        not count (less is taken for padding, which some writers leave at the end)."""
+        if (self.byte_rate and not self.open_length and self.present - self.declared >= self.byte_rate
+                and not self.chunks_follow):
+            return Lengths(self.declared / self.byte_rate, self.present / self.byte_rate)
+        return None
+
+
+def inspect_wav(path: str | os.PathLike) -> WavData | None:
+    """The layout of `path` when it is a WAV file; None for any other format, or a WAV header cut off."""
     with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
         if not starts_wav(file.read(12)):
@@ -83,8 +124,43 @@ def wav_cut_short(path: str | os.PathLike) -> CutShort | None:
             fmt, length = read_to_data(file.read)
         except EOFError:
             return None
-        present = size - file.tell()
+        start = file.tell()
         layout = parse_format(fmt) if fmt else None
-        if layout is None or layout.byte_rate == 0 or length in _OPEN_LENGTHS or length <= present:
-            return None
-        return CutShort(length / layout.byte_rate, present / layout.byte_rate)
+        chunks = start + length < size and _chunks_to_end(file, start + length + (length & 1), size)
+        return WavData(start - 4, length, size - start, layout.byte_rate if layout else 0, chunks)
+
+
+def _chunks_to_end(file: BinaryIO, at: int, end: int) -> bool:
+    """Whether the bytes of `file` from `at` to `end` are whole chunks, not more audio."""
+    while end - at >= 8:
+        file.seek(at)
+        head = file.read(8)
+        length = int.from_bytes(head[4:], "little")
+        if not is_chunk_id(head[:4]) or at + 8 + length > end:
+            return False
+        at += 8 + length + (length & 1)
+    return True  # a few stray bytes (a pad byte too many) are no audio
+
+
+def wav_cut_short(path: str | os.PathLike) -> Lengths | None:
+    """The declared and present seconds when `path` is a WAV file whose data chunk runs past the end of the
+    file; None for a whole WAV file, one whose length was left open, or any other format."""
+    wav = inspect_wav(path)
+    return wav.cut_short() if wav else None
+
+
+class TrueSizeWav(io.FileIO):
+    """A WAV file whose length was left open, read with the bytes that follow its header as its data size: what
+    libsndfile needs to play it to its end."""
+
+    def __init__(self, path: str | os.PathLike, wav: WavData):
+        super().__init__(path, "rb")
+        self._at, self._size = wav.size_at, min(wav.present, 0xFFFFFFFF).to_bytes(4, "little")
+
+    def readinto(self, buffer) -> int:
+        start = self.tell()
+        count = super().readinto(buffer)
+        low, high = max(start, self._at), min(start + count, self._at + 4)
+        if low < high:  # this read covers the size field
+            memoryview(buffer).cast("B")[low - start:high - start] = self._size[low - self._at:high - self._at]
+        return count

@@ -245,6 +245,153 @@ def test_a_wav_cut_short_in_a_training_folder_is_refused(tmp_path):
         read_clip(path, 8000)
 
 
+def set_data_size(wav: bytes, size: int) -> bytes:
+    """A WAV file's bytes with its data chunk's declared size replaced."""
+    at = wav.index(b"data") + 4
+    return wav[:at] + size.to_bytes(4, "little") + wav[at + 4:]
+
+
+def with_chunk_after_audio(wav: bytes, kind: bytes, body: bytes) -> bytes:
+    """A WAV file's bytes with a chunk after its audio, as a tag editor appends one, and the RIFF size to match."""
+    chunk = kind + len(body).to_bytes(4, "little") + body + bytes(len(body) & 1)
+    return wav[:4] + (len(wav) - 8 + len(chunk)).to_bytes(4, "little") + wav[8:] + chunk
+
+
+# Python's wave module writing one second of 16 kHz S16 audio into a pipe: it cannot go back to fix its header, so
+# the header keeps the size of the first write, 0.1 s.
+PYTHON_WAVE_INTO_A_PIPE = """
+import sys, wave
+import numpy as np
+samples = (np.sin(np.arange(32000) * 2 * np.pi * 440 / 16000) * 20000).astype("<i2")
+out = wave.open(sys.stdout.buffer, "wb")
+out.setnchannels(1), out.setsampwidth(2), out.setframerate(16000)
+for start in range(0, len(samples), 1600):
+    out.writeframesraw(samples[start:start + 1600].tobytes())
+sys.stdout.buffer.flush()
+"""
+
+
+def test_a_headerless_raw_file_is_refused_with_how_to_play_it(tmp_path):
+    """libsndfile takes a `.raw` name for raw PCM and cannot open it without being told its layout."""
+    path = tmp_path / "speech.raw"
+    (sine(440, 0.5, 8000) * 20000).astype("<i2").tofile(path)
+    fix = (f"{path} is headerless raw PCM; play it with `basilar run - --format S16_LE --rate RATE --channels N < "
+           f"{path}`, or give it a header: `sox -t raw -e signed -b 16 -r RATE -c N {path} OUT.wav`")
+    for open_it in (FileSource, open_source):  # eval-stream and frontend; run
+        with pytest.raises(SourceError, match=re.escape(fix)):
+            open_it(str(path), RATE)
+
+
+@pytest.mark.parametrize("container", ["WAV", "WAVEX"])
+def test_a_wav_whose_length_was_left_open_as_0_plays_to_its_end(tmp_path, container):
+    """A writer that never came back to fill in the size leaves 0; libsndfile alone plays that as no audio."""
+    from firmware_tools.dataset import read_clip
+
+    samples = (sine(440, 1.0, RATE) * 20000).astype(np.int16)
+    path = tmp_path / "open.wav"
+    soundfile.write(path, samples, RATE, subtype="PCM_16", format=container)
+    path.write_bytes(set_data_size(path.read_bytes(), 0))
+    np.testing.assert_array_equal(read_all(FileSource(path, RATE)), samples)
+    np.testing.assert_allclose(read_clip(path, RATE), samples / 32768.0)
+    assert wav_cut_short(path) is None
+
+
+def test_a_wav_whose_header_declares_less_than_follows_it_is_refused(tmp_path):
+    """libsndfile would play the declared 0.1 s of a two-second recording and say nothing."""
+    from firmware_tools.dataset import read_clip
+
+    path = tmp_path / "pywave.wav"
+    path.write_bytes(subprocess.run([sys.executable, "-c", PYTHON_WAVE_INTO_A_PIPE], stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, check=True).stdout)
+    declares = f"{path}'s WAV header declares 0.10 s of audio but 2.00 s follow it"
+    fix = f"`sox --ignore-length {path} fixed.wav`"
+    with pytest.raises(SourceError, match=re.escape(declares) + ".*" + re.escape(fix)):
+        FileSource(path, RATE)
+    with pytest.raises(ValueError, match=re.escape(declares) + ".*sox --ignore-length"):
+        read_clip(path, RATE)
+    # Chunks after the audio (tags) are no such case: the audio is what the header declares
+    tagged = tmp_path / "tagged.wav"
+    soundfile.write(tagged, sine(440, 1.0, RATE), RATE, subtype="PCM_16")
+    data = with_chunk_after_audio(tagged.read_bytes(), b"LIST", b"INFOICMT\x05\0\0\0hello")
+    tagged.write_bytes(with_chunk_after_audio(data, b"id3 ", b"ID3\x04" + bytes(7)))  # odd: its pad byte follows
+    assert len(read_all(FileSource(tagged, RATE))) == RATE and len(read_clip(tagged, RATE)) == RATE
+    tagged.write_bytes(tagged.read_bytes()[:-1])  # and without the last pad byte, as some writers leave it
+    assert len(read_all(FileSource(tagged, RATE))) == RATE
+    # Nor is padding (under a second of it): some writers fill the file up to a block
+    padded = tmp_path / "padded.wav"
+    soundfile.write(padded, sine(440, 1.0, RATE), RATE, subtype="PCM_16")
+    padded.write_bytes(padded.read_bytes() + bytes(4096))
+    assert len(read_all(FileSource(padded, RATE))) == RATE and len(read_clip(padded, RATE)) == RATE
+
+
+def test_recordings_saved_from_sox_and_arecord_pipes_are_whole(tmp_path):
+    """Into a pipe sox writes the data size 0x7FFFF000 and arecord 0x80000000: "to the end", not lengths."""
+    from firmware_tools.dataset import read_clip
+
+    sox, arecord = require_program("sox"), require_program("arecord")
+    samples = (sine(440, 1.0, RATE) * 20000).astype(np.int16)
+    # sox from a pipe to a pipe (`arecord -t raw | sox -t raw ... - -t wav - | cat > saved.wav`) knows no length
+    from_sox = subprocess.run([sox, "-t", "raw", "-r", str(RATE), "-e", "signed", "-b", "16", "-c", "1", "-",
+                               "-t", "wav", "-"], input=samples.astype("<i2").tobytes(), stdout=subprocess.PIPE,
+                              check=True).stdout
+    recorder = subprocess.Popen([arecord, "-q", "-D", "basilar_test_mic", "-f", "S16_LE", "-r", str(RATE), "-c", "1"],
+                                stdout=subprocess.PIPE, env=alsa_file_device(tmp_path, samples))
+    try:  # arecord records until stopped (as with Ctrl-C): the saved file ends where it was stopped
+        from_arecord = recorder.stdout.read(44 + 2 * len(samples))
+    finally:
+        recorder.kill()
+        recorder.wait()
+    for name, data, size in (("sox.wav", from_sox, 0x7FFFF000), ("arecord.wav", from_arecord, 0x80000000)):
+        path = tmp_path / name
+        path.write_bytes(data)
+        assert data[data.index(b"data") + 4:][:4] == size.to_bytes(4, "little")
+        assert wav_cut_short(path) is None
+        np.testing.assert_array_equal(read_all(FileSource(path, RATE)), samples)  # no "cut short" at the end
+        np.testing.assert_allclose(read_clip(path, RATE), samples / 32768.0)  # eval and training
+
+
+READ_AS_ANOTHER = """
+import sys
+from edge.sources import SourceError, open_source
+from firmware_tools.dataset import read_clip
+for path in sys.argv[1:]:
+    for read, error in ((open_source, SourceError), (read_clip, ValueError)):
+        try:
+            read(path, 16000)
+        except error as err:
+            print(err)
+"""
+
+
+def test_a_file_basilar_may_not_read_is_reported_as_such_not_as_a_bad_format(tmp_path):
+    """libsndfile calls it a "System error", and the advice was to convert the file; the fix is permissions."""
+    private = tmp_path / "private.wav"
+    soundfile.write(private, sine(440, 0.2, RATE), RATE)
+    private.chmod(0)
+    folder = tmp_path / "closed"
+    folder.mkdir()
+    soundfile.write(folder / "in_it.wav", sine(440, 0.2, RATE), RATE)
+    folder.chmod(0)
+    # root may read anything: it gives up the capabilities that let it (setpriv is in util-linux, on every Debian)
+    caps = "-dac_override,-dac_read_search"
+    drop = [require_program("setpriv"), f"--inh-caps={caps}", f"--bounding-set={caps}", "--"] if os.geteuid() == 0 \
+        else []
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    try:
+        result = subprocess.run(drop + [sys.executable, "-c", READ_AS_ANOTHER, str(private), str(folder / "in_it.wav")],
+                                env={**os.environ, "PYTHONPATH": path}, cwd=REPO, capture_output=True, text=True,
+                                timeout=60)
+    finally:
+        folder.chmod(0o755)  # for pytest to clean up
+    assert result.returncode == 0, result.stderr
+    for file, (from_run, from_training) in zip((private, folder / "in_it.wav"),
+                                               zip(*[iter(result.stdout.splitlines())] * 2)):
+        assert from_run == (f"{file} cannot be read: permission denied; make it (and the folders above it) readable "
+                            "by the user running basilar (the systemd service runs as user basilar), e.g. "
+                            f"`chmod a+r {file}`")
+        assert from_training.startswith(f"{file} cannot be read: permission denied; make it readable by the user")
+
+
 def test_realtime_pacing_releases_each_chunk_when_its_audio_would_have_been_recorded(tmp_path):
     path = tmp_path / "two_seconds.wav"
     soundfile.write(path, sine(440, 2.0, RATE), RATE, subtype="PCM_16")
@@ -356,11 +503,64 @@ def test_a_broken_wav_header_on_standard_input_is_a_clear_error(tmp_path):
     np.testing.assert_array_equal(read_all(PcmSource(RATE, stream=io.BytesIO(raw.tobytes()))), raw)
 
 
-@pytest.mark.parametrize("suffix, kind", [(".flac", "FLAC"), (".ogg", "Ogg"), (".aiff", "AIFF")])
+@pytest.mark.parametrize("suffix, kind", [(".flac", "a FLAC"), (".ogg", "an Ogg"), (".aiff", "an AIFF")])
 def test_another_audio_file_on_standard_input_is_refused_not_played_as_noise(tmp_path, suffix, kind):
     path = tmp_path / f"speech{suffix}"
     soundfile.write(path, sine(440, 0.2, RATE), RATE)
-    with pytest.raises(SourceError, match=f"standard input is a {kind} file, not raw PCM.*basilar run FILE"):
+    with pytest.raises(SourceError, match=f"standard input is {kind} file, not raw PCM.*basilar run FILE"):
+        read_all(PcmSource(RATE, stream=io.BytesIO(path.read_bytes())))
+
+
+def test_an_mp3_with_an_id3_tag_is_refused_and_raw_pcm_starting_near_silence_is_not(tmp_path):
+    """Most MP3 files start with an ID3 tag; one without plays as noise (a frame header is too easily matched by a
+    live stream's first samples to refuse on)."""
+    path = tmp_path / "speech.mp3"
+    soundfile.write(path, sine(440, 0.2, RATE), RATE)
+    tag = b"ID3\x04\0\0\0\0\0\0"  # an ID3v2.4 tag's header (of an empty tag), as most MP3 files start
+    with pytest.raises(SourceError, match="standard input is an MP3 file"):
+        read_all(PcmSource(RATE, stream=io.BytesIO(tag + path.read_bytes())))
+    quiet = np.array([-1025, 16, -3, 2] * 400, dtype="<i2")  # FF FB 10 00: an MPEG layer III frame header
+    np.testing.assert_array_equal(read_all(PcmSource(RATE, stream=io.BytesIO(quiet.tobytes()))), quiet)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_a_chunk_after_the_audio_of_a_wav_stream_is_not_played(tmp_path, channels):
+    """A tag after the audio (here 18 bytes: half a stereo frame too many) is not samples."""
+    path = tmp_path / "tagged.wav"
+    soundfile.write(path, np.tile(sine(440, 1.0, RATE)[:, None], (1, channels)), RATE, subtype="PCM_16")
+    path.write_bytes(with_chunk_after_audio(path.read_bytes(), b"id3 ", b"ID3\x04" + bytes(6)))
+    got = read_all(PcmSource(RATE, stream=io.BytesIO(path.read_bytes())))
+    np.testing.assert_array_equal(got, read_all(FileSource(path, RATE)))
+
+
+def test_a_wav_stream_whose_header_declares_less_than_follows_is_played_to_its_end():
+    """Python's wave module into a pipe declares 0.1 s of two seconds: what follows is audio, not a chunk."""
+    producer = subprocess.Popen([sys.executable, "-c", PYTHON_WAVE_INTO_A_PIPE], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+    try:
+        got = read_all(PcmSource(RATE, stream=producer.stdout))
+    finally:
+        producer.kill()
+        producer.wait()
+    np.testing.assert_array_equal(got, (sine(440, 2.0, RATE, amplitude=1.0) * 20000).astype(np.int16))
+
+
+def test_raw_pcm_that_is_not_the_float_it_is_said_to_be_is_a_format_error_not_damage(tmp_path):
+    """S16 audio read as FLOAT_LE is full of NaN: the fix is --format, not a new recording."""
+    quiet = np.random.default_rng(2).integers(-300, 300, RATE, dtype=np.int16)  # a quiet room, as S16
+    with pytest.raises(SourceError, match=r"standard input holds samples that are not numbers \(NaN or infinite\) "
+                                          r"at 0\.00 s: is it really FLOAT_LE\? Check --format against what the "
+                                          r"program writing the stream sends") as err:
+        read_all(PcmSource(RATE, pcm_format="FLOAT_LE", stream=io.BytesIO(quiet.astype("<i2").tobytes())))
+    assert "Re-record" not in str(err.value)
+    tone = sine(440, 1.0, RATE).astype("<f4")
+    tone[int(0.5 * RATE)] = np.nan
+    with pytest.raises(SourceError, match=r"at 0\.50 s: the stream is damaged, or not FLOAT_LE; the audio before "
+                                          "that point was processed. Check --format"):
+        read_all(PcmSource(RATE, pcm_format="FLOAT_LE", stream=io.BytesIO(tone.tobytes())))
+    path = tmp_path / "nan.wav"  # whose header says float: damaged
+    soundfile.write(path, tone, RATE, subtype="FLOAT")
+    with pytest.raises(SourceError, match=r"at 0\.50 s: the audio is damaged.*Re-record"):
         read_all(PcmSource(RATE, stream=io.BytesIO(path.read_bytes())))
 
 
