@@ -28,6 +28,7 @@ import numpy as np
 
 from cython_kernels import gammatone
 from firmware_tools.bench import pin_to_one_cpu
+from firmware_tools.cli_errors import require_extra
 from edge.frontend import Frontend, FrontendConfig, reference
 from edge.frontend.design import INPUT_SHIFT, SIGNAL_LIMIT, impulse_response_l1
 from edge.frontend.state import FrontendState
@@ -313,6 +314,8 @@ def bench_frontend(seconds, repeats, channels, cpu, accuracy, accuracy_seconds, 
     """Time the front end on one core beside scipy, CMSIS-DSP and TFLite-Micro's front end."""
     if no_speed and not accuracy:
         raise click.UsageError("--no-speed leaves nothing to measure; add --accuracy")
+    if not no_speed:
+        require_extra("scipy", "host", "bench frontend")  # its yardstick; the accuracy report alone needs none
     pinned = pin_to_one_cpu(cpu)
     info = machine()
     report = {"machine": info, "pinned_cpu": pinned, "sample_rate": SAMPLE_RATE, "audio_seconds": seconds,

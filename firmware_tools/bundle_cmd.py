@@ -11,7 +11,8 @@ from firmware_tools.lazy_group import LazyGroup
 @click.group(cls=LazyGroup, lazy_commands={"sign": "firmware_tools.signing_cmd:sign",
                                            "keygen": "firmware_tools.signing_cmd:keygen"})
 def bundle():
-    """Inspect, verify, pack and sign bundles. BUNDLE is a directory, a .tar.gz archive, or 'default'."""
+    """Inspect, verify, pack and sign bundles. BUNDLE is a directory or a .tar.gz archive; inspect and verify also
+    take 'default', the shipped bundle."""
 
 
 @bundle.command()

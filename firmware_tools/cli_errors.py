@@ -1,7 +1,19 @@
 """Turn expected failures into one-line CLI errors (non-zero exit, no traceback)."""
 import contextlib
+import importlib.util
 
 import click
+
+
+def require_extra(module: str, extra: str, command: str) -> None:
+    """A one-line error when `command` needs a package a device install leaves out (tensorflow, scipy, ...)."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:  # a broken or blocked installation of it
+        found = False
+    if not found:
+        raise click.ClickException(f"`basilar {command}` runs on the host and needs {module}, from basilar's "
+                                   f"{extra} extra: pip install 'basilar[{extra}]'")
 
 
 def expected_errors() -> tuple:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from firmware_tools.cli_errors import fail_on
+from firmware_tools.cli_errors import fail_on, require_extra
 from firmware_tools.cli_types import FloatRange
 
 
@@ -26,6 +26,7 @@ def convert(model, calibration_dir, out_path, labels, name, threshold, smoothing
     """Convert a Keras model of the basilar family into an int8 streaming bundle."""
     detector = {k: v for k, v in (("threshold", threshold), ("smoothing_ms", smoothing_ms),
                                   ("refractory_ms", refractory_ms)) if v is not None}
+    require_extra("keras", "host", "convert")
     with fail_on():
         report = run_convert(model, calibration_dir, out_path, labels, name, detector)
     if as_json:

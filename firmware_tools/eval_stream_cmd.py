@@ -7,18 +7,18 @@ from pathlib import Path
 import click
 
 from firmware_tools.cli_types import FloatRange
-from firmware_tools.run_cmd import detector_options, detector_overrides
+from firmware_tools.run_cmd import DEMO_RECORDING, detector_options, detector_overrides
 from firmware_tools.stream_eval import DEFAULT_TOLERANCE_S
 
 
 @click.command()
 @click.argument("bundle")
 @click.argument("audio", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--truth", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="CSV with the header label,start_s,end_s: where each word really is.")
+@click.option("--truth", type=click.Path(dir_okay=False, path_type=Path),
+              help="CSV with the header label,start_s,end_s: where each word really is [AUDIO demo: its own].")
 @click.option("--non-target", type=click.Path(dir_okay=False, path_type=Path),
               help="CSV kind,start_s,end_s of the other sounds in AUDIO (kind 'speech' for non-target speech): "
-                   "adds false alarms per minute of non-target speech. make_demo writes one.")
+                   "adds false alarms per minute of non-target speech. make_demo writes one [AUDIO demo: its own].")
 @click.option("--tolerance-s", type=FloatRange(0, 10), default=DEFAULT_TOLERANCE_S, show_default=True,
               help="A detection may start this long after its word ended and still count.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -29,7 +29,14 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
     A detection is a hit when it has a truth word's label, starts before the word's end + tolerance and ends
     after the word's start; detections matching no word are false alarms. Latency is the time from the word's
     end to when the detection is reported (its detected_s), which may be later than the detection's end.
+    AUDIO `demo` is the shipped demo recording, scored against its own truth unless --truth is given.
     """
+    if str(audio) == "demo" and not audio.exists():  # installed from a wheel, its files are in site-packages
+        audio = DEMO_RECORDING
+        truth = truth or DEMO_RECORDING.with_name("demo_truth.csv")
+        non_target = non_target or DEMO_RECORDING.with_name("demo_non_target.csv")
+    if truth is None:
+        raise click.UsageError("Missing option '--truth': the CSV of where each word in AUDIO really is")
     from edge.runloop import Pipeline, PipelineError
     from edge.sources import SourceError
     from firmware_tools.stream_eval import NON_TARGET_HEADER, TruthFileError, detect_file, read_truth, score_stream

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from firmware_tools.cli_errors import fail_on
+from firmware_tools.cli_errors import fail_on, require_extra
 
 
 @click.command()
@@ -48,6 +48,7 @@ def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth
     if (speech_list or speech_credit) and not speech_dir:
         raise click.UsageError("--speech-list and --speech-credit describe recordings in --speech-dir; "
                                "give --speech-dir too")
+    require_extra("keras", "host", "train")
     with fail_on():
         from firmware_tools.training import TrainSettings, run_training
 

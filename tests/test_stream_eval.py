@@ -237,6 +237,18 @@ def test_both_triggers_run_from_the_command_line_and_differ_on_the_demo():
     assert bad.exit_code == 2 and "'label'" in bad.output
 
 
+def test_the_word_demo_scores_the_shipped_demo_against_its_own_files(tmp_path, monkeypatch):
+    """As `basilar run demo` plays it: an install from a wheel has the demo's files in site-packages only."""
+    monkeypatch.chdir(tmp_path)
+    explicit = ["eval-stream", "default", str(DEMO), "--truth", str(DEMO_TRUTH), "--non-target", str(DEMO_NON_TARGET),
+                "--json"]
+    short = CliRunner().invoke(main, ["eval-stream", "default", "demo", "--json"])
+    assert short.exit_code == 0, short.output
+    assert json.loads(short.output) == json.loads(CliRunner().invoke(main, explicit).output)
+    missing = CliRunner().invoke(main, ["eval-stream", "default", str(DEMO)])
+    assert missing.exit_code == 2 and "Missing option '--truth'" in missing.output
+
+
 def test_eval_stream_counts_false_alarms_in_the_demos_non_target_speech():
     args = ["eval-stream", "default", str(DEMO), "--truth", str(DEMO_TRUTH), "--non-target", str(DEMO_NON_TARGET)]
     report = json.loads(CliRunner().invoke(main, args + ["--json"]).output)
