@@ -1,5 +1,7 @@
 """The commands a device runs work with none of the host-only packages (`pip install '.[runtime]'` has none of
-them): each runs in a child Python in which importing any of them fails."""
+them): each runs in a child Python in which importing any of them fails; the host's commands say what to install
+there, and so does the build where the device lacks a compiler."""
+import os
 import subprocess
 import sys
 
@@ -33,3 +35,31 @@ def test_device_commands_need_no_host_package(args):
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "host-only package" not in result.stderr
+
+
+@pytest.mark.parametrize("args, needs", [
+    (["train", str(REPO / "tests" / "data" / "fsdd"), "--out", "{tmp}/model"], "keras"),
+    (["convert", "{tmp}/model.keras", "--calibration", str(REPO / "tests" / "data" / "fsdd"), "--out",
+      "{tmp}/bundle"], "keras"),
+    (["bench", "frontend", "--seconds", "0.05", "--repeats", "1"], "scipy"),
+])
+def test_host_commands_on_a_device_name_the_extra_to_install(args, needs, tmp_path):
+    """A device install has no tensorflow or scipy: the host's commands say what to install, no traceback."""
+    (tmp_path / "model.keras").write_bytes(b"")
+    args = [a.format(tmp=tmp_path) for a in args]
+    result = subprocess.run([sys.executable, "-c", WITHOUT_HOST_PACKAGES, *args], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert f"needs {needs}, from basilar's host extra: pip install 'basilar[host]'" in result.stderr
+    assert not (tmp_path / "model").exists() and not (tmp_path / "bundle").exists()
+
+
+def test_a_build_without_a_c_compiler_says_what_to_install(tmp_path):
+    """A fresh Pi has no compiler: setup.py says which packages to install, where its probe of the compiler's
+    flags crashed with FileNotFoundError."""
+    result = subprocess.run([sys.executable, "setup.py", "--name"], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "CC": str(tmp_path / "cc")}, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"a C compiler, and there is none here ({tmp_path / 'cc'} not found)" in result.stderr
+    assert "sudo apt install build-essential python3-dev" in result.stderr
