@@ -81,17 +81,29 @@ def resolve_bundle(ctx: click.Context, bundle: str, root: Path | None) -> str | 
     store = ReleaseStore(root)
     current = store.current_path()
     if current is None:
-        raise click.ClickException(f"no bundle is active under {root} (no valid {root}/current link); deploy one "
-                                   "with `basilar deploy BUNDLE ssh://...` (over a serial line: run `python3 -m "
-                                   f"edge.telemetry.agent PORT --root {root}` here, then `basilar deploy BUNDLE "
-                                   "serial://PORT` on the host), or run with --bundle")
+        link = root / "current"
+        why = (f"{link} points at {os.readlink(link)}, which is no installed release" if link.is_symlink()
+               else f"no valid {link} link")
+        raise click.ClickException(f"no bundle is active under {root} ({why}); deploy one with `basilar deploy "
+                                   "BUNDLE ssh://...` (over a serial line: run `python3 -m edge.telemetry.agent PORT "
+                                   f"--root {root}` here, then `basilar deploy BUNDLE serial://PORT` on the host), "
+                                   f"or run with --bundle{_rollback_hint(store, root)}")
     problem = store.damage(current.name)  # what ran must be what was deployed: the manifest too, not only its files
     if problem is not None:
         raise click.ClickException(f"the active bundle {current.name[:12]} under {root} is damaged ({problem}); "
                                    "deploy it again (basilar deploy uploads a damaged release anew) or install its "
                                    f"archive on the device (python3 -m edge.releases install {root} ARCHIVE) to "
-                                   "mend it")
+                                   f"mend it{_rollback_hint(store, root)}")
     return current
+
+
+def _rollback_hint(store, root: Path) -> str:
+    """How to bring a device whose active bundle cannot run back up at once, when its previous one is intact."""
+    previous = store.previous()
+    if previous is None or previous == store.current() or store.damage(previous) is not None:
+        return ""
+    return (f"; or go back to the previous bundle {previous[:12]}, which is intact: "
+            f"`python3 -m edge.releases rollback {root}`")
 
 
 class SerialLink:

@@ -378,6 +378,39 @@ def test_bad_input_is_a_clear_error_with_a_non_zero_exit(args, message):
     assert message in stderr and "Traceback" not in stderr
 
 
+@pytest.mark.parametrize("breakage", ["release removed", "model damaged"])
+def test_a_device_whose_active_bundle_cannot_run_is_told_its_previous_one_can(tmp_path, breakage):
+    """At boot an unattended device would restart on a broken `current` every 2 s: the message gives the rollback
+    that brings it back up at once, when `previous` is intact (and that rollback works)."""
+    from edge.bundle import DEFAULT_BUNDLE, pack_bundle
+    from edge.releases import ReleaseStore
+    from tests.bundle_variants import tamper_file, variant
+
+    root = tmp_path / "device"
+    store = ReleaseStore(root)
+    ids = []
+    for n in (1, 2):
+        archive = tmp_path / f"v{n}.tar.gz"
+        pack_bundle(variant(DEFAULT_BUNDLE, tmp_path / f"v{n}", n), archive)
+        ids.append(store.install(archive, None))
+        store.activate(ids[-1])
+    old, new = ids
+    if breakage == "release removed":
+        shutil.rmtree(root / "releases" / new)
+        expected = f"{root}/current points at releases/{new}, which is no installed release"
+    else:
+        tamper_file(root / "releases" / new)
+        expected = f"the active bundle {new[:12]} under {root} is damaged"
+    result = basilar("run", "--root", root, DEMO)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1 and expected in stderr, stderr
+    hint = f"go back to the previous bundle {old[:12]}, which is intact: `python3 -m edge.releases rollback {root}`"
+    assert hint in stderr
+    rollback = subprocess.run([sys.executable, "-m", "edge.releases", "rollback", str(root)], capture_output=True)
+    assert rollback.returncode == 0, rollback.stderr
+    assert basilar("run", "--root", root, DEMO).returncode == 0
+
+
 def test_run_from_a_device_root_uses_its_current_bundle(tmp_path, demo_detections):
     from edge.bundle import DEFAULT_BUNDLE, pack_bundle
     from edge.releases import ReleaseStore
