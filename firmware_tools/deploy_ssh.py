@@ -310,6 +310,21 @@ async def _check(conn, what: str, command: str, timeout: float) -> str | None:
     return f"{what} failed (exit status {result.exit_status})" + (f": {detail}" if detail else "")
 
 
+async def _free_bytes(sftp, path: str) -> int | None:
+    """Bytes an unprivileged user may still write under path, or None where the server cannot say."""
+    try:
+        vfs = await sftp.statvfs(path)
+    except (asyncssh.Error, OSError):  # no statvfs@openssh.com extension, or no such folder yet
+        return None
+    return vfs.bavail * vfs.frsize
+
+
+def _no_room(root: str, free: int, needed: int) -> str:
+    return (f"the device has {free / 1024:.0f} KB free under {root} and the upload needs {needed / 1024:.0f} KB; free "
+            f"some space there (`python3 -m edge.releases prune {shlex.quote(root)} --keep 1` keeps only the current "
+            "and previous releases) and deploy again")
+
+
 async def _upload(conn, bundle: LocalBundle, remote_path: str, progress: Progress | None,
                   options: SshOptions) -> None:
     def report(_src, _dst, sent, total):
@@ -317,16 +332,30 @@ async def _upload(conn, bundle: LocalBundle, remote_path: str, progress: Progres
             progress(sent, total)
 
     incoming = str(Path(remote_path).parent)
+    root = str(Path(incoming).parent)
     async with conn.start_sftp_client() as sftp:
-        await sftp.makedirs(incoming, exist_ok=True)
-        # Earlier attempts at this bundle that were cut off leave their partial uploads here: drop them.
-        for name in await sftp.listdir(incoming):
-            if name.startswith(bundle.bundle_id + ".") and name.endswith(".part"):
-                await sftp.remove(f"{incoming}/{name}")
-        # put() may return normally if the link drops after the last write was acknowledged; that is fine,
-        # because the device checks the SHA-256 of what it received before installing anything.
-        await sftp.put(str(bundle.archive), remote_path, block_size=options.block_size,
-                       max_requests=options.upload_requests, progress_handler=report)
+        free = await _free_bytes(sftp, root)
+        if free is not None and free < bundle.size:  # SFTP would only say "Failure" half-way, or "not a directory"
+            raise DeployError(_no_room(root, free, bundle.size))
+        try:
+            await sftp.makedirs(incoming, exist_ok=True)
+            # Earlier attempts at this bundle that were cut off leave their partial uploads here: drop them.
+            for name in await sftp.listdir(incoming):
+                if name.startswith(bundle.bundle_id + ".") and name.endswith(".part"):
+                    await sftp.remove(f"{incoming}/{name}")
+            # put() may return normally if the link drops after the last write was acknowledged; that is fine,
+            # because the device checks the SHA-256 of what it received before installing anything.
+            await sftp.put(str(bundle.archive), remote_path, block_size=options.block_size,
+                           max_requests=options.upload_requests, progress_handler=report)
+        except asyncssh.SFTPError as exc:
+            try:  # a partial upload would hold space a full device needs
+                await sftp.remove(remote_path)
+            except (asyncssh.Error, OSError):
+                pass
+            free = await _free_bytes(sftp, root)
+            if free is not None and free < bundle.size:
+                raise DeployError(_no_room(root, free, bundle.size)) from None
+            raise
 
 
 # --- one device ------------------------------------------------------------------------------------------------

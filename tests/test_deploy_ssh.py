@@ -6,6 +6,7 @@ import dataclasses
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -22,7 +23,7 @@ from firmware_tools.deploy_ssh import LocalBundle, SshOptions
 from firmware_tools.fleet import deploy_fleet, status_fleet
 from firmware_tools.targets import parse_target
 from tests.bundle_variants import variant
-from tests.conftest import REPO, require_module
+from tests.conftest import REPO, require, require_module
 from tests.sshd import start_sshd
 
 require_module("asyncssh")
@@ -737,3 +738,24 @@ def test_a_device_name_that_does_not_resolve_is_said_so():
     assert result.exit_code == 1, result.output
     assert "cannot connect to no-such-device.invalid: the name does not resolve" in result.stdout
     assert "unknown error" not in result.stdout
+
+
+def test_a_device_without_room_for_the_upload_is_told_how_much_to_free(device, bundles, tmp_path):
+    """SFTP says only "Failure" half-way through (leaving the partial upload on the full disk), or, with no space
+    at all, that incoming/ is not a directory: the free space is checked first and named."""
+    require(os.geteuid() == 0, "root, to mount a small tmpfs as a full device")
+    _, target, options = device
+    disk = tmp_path / "sd"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)], check=True)
+    try:
+        root = disk / "basilar"
+        root.mkdir()
+        (disk / "filler").write_bytes(bytes(16 * 1024 - 4096))  # 4 KB left, less than the bundle
+        result = _deploy(bundles[0], dataclasses.replace(target, root=str(root)), options)
+        assert (result.ok, result.outcome) == (False, "failed"), result.reason
+        assert f"the device has 4 KB free under {root} and the upload needs" in result.reason
+        assert f"python3 -m edge.releases prune {root} --keep 1" in result.reason
+        assert not list(root.rglob("*.part")) and not (root / "current").exists()
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
