@@ -223,10 +223,10 @@ def _tail(text: str, limit: int = 300) -> str:
     return last if len(last) <= limit else "..." + last[-limit:]
 
 
-async def _run(conn, command: str, timeout: float) -> asyncssh.SSHCompletedProcess:
+async def _run(conn, command: str, timeout: float, stdin: str | None = None) -> asyncssh.SSHCompletedProcess:
     # errors="replace": asyncssh decodes output as UTF-8 and, strictly, drops the whole connection on a byte that
     # is not (a Latin-1 message from a health check, say), which would cut a deploy off before its switch-back.
-    return await conn.run(command, check=False, timeout=timeout, errors="replace")
+    return await conn.run(command, input=stdin, check=False, timeout=timeout, errors="replace")
 
 
 async def _shell(conn, command: str, timeout: float) -> asyncssh.SSHCompletedProcess:
@@ -267,24 +267,36 @@ def health_command(options: SshOptions, root: str) -> str:
 KILL_GRACE_S = 5
 
 
-def _bounded(command: str, timeout: float) -> str:
-    """`command` under the device's own `timeout`, which ends it, and what it started, when the time is up.
+def bounded_shell(timeout: float) -> str:
+    """The device's login shell under its own `timeout`, which ends it, and what it started, when the time is up;
+    the command goes to its standard input. A simple command, so that every login shell parses it (sh, bash, fish,
+    tcsh: a wrapper in sh syntax made fish exit 0 without running anything).
 
-    Closing the SSH channel would not: sshd leaves a command without a terminal running (a hung `systemctl
-    restart` would outlive the deploy and race the restart of the old bundle), and it ignores signal requests.
-    A device without a `timeout` that takes -k runs the command as before.
+    Closing the SSH channel would not end a hung command: sshd leaves a command without a terminal running (a hung
+    `systemctl restart` would outlive the deploy and race the restart of the old bundle), and it ignores signal
+    requests.
     """
-    shell = f'"${{SHELL:-/bin/sh}}" -c {shlex.quote(command)}'
-    return (f"if timeout -k 1 1 true 2>/dev/null; then exec timeout -k {KILL_GRACE_S} {timeout:g} {shell}; "
-            f"else exec {shell}; fi")
+    return f"timeout -k {KILL_GRACE_S} {timeout:g} $SHELL"
+
+
+async def _device_has_timeout(conn) -> bool:
+    """Whether the device's `timeout` takes -k (coreutils; busybox's since 1.28; its SIGTERM reaches only the
+    shell, not what the shell started)."""
+    try:
+        return (await _run(conn, "timeout -k 1 1 true", 30)).exit_status == 0
+    except (asyncssh.Error, OSError):
+        return False
 
 
 async def _run_bounded(conn, command: str, timeout: float):
     """(result, timed_out) of a restart, health or service command that may hang; the result holds its output."""
     started = time.monotonic()
     try:
-        result = await _run(conn, _bounded(command, timeout), timeout + KILL_GRACE_S + 5)
-    except asyncssh.TimeoutError as exc:  # the device has no usable `timeout`, or did not end the command
+        if await _device_has_timeout(conn):
+            result = await _run(conn, bounded_shell(timeout), timeout + KILL_GRACE_S + 5, stdin=command + "\n")
+        else:  # as before: given up on, and left to finish
+            result = await _run(conn, command, timeout)
+    except asyncssh.TimeoutError as exc:
         return exc, True
     # 124: `timeout` ended it with SIGTERM; 137: with SIGKILL
     return result, result.exit_status in (124, 137) and time.monotonic() - started >= timeout

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import asyncssh
@@ -23,7 +24,7 @@ from firmware_tools.deploy_ssh import LocalBundle, SshOptions
 from firmware_tools.fleet import deploy_fleet, status_fleet
 from firmware_tools.targets import parse_target
 from tests.bundle_variants import variant
-from tests.conftest import REPO, require, require_module
+from tests.conftest import REPO, require, require_module, require_program
 from tests.sshd import start_sshd
 
 require_module("asyncssh")
@@ -180,6 +181,25 @@ def test_a_hung_restart_or_health_check_is_rolled_back(device, bundles, sshd, ha
     assert _restarts(root) == 3  # v1, the hung one, and v1 again
     # and the hung command was ended, not left running beside the old bundle's restart
     assert not _running(f"sleep 30.{os.getpid()}")
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash", "fish", "tcsh"])
+def test_the_bounded_command_works_in_every_login_shell(shell, tmp_path):
+    """sshd hands a command to the device user's login shell as `$SHELL -c COMMAND`: the time-bounded form must be
+    a simple command every shell parses, keep the exit status and output, and end a hang with what it started."""
+    path = require_program(shell)
+
+    def login(command, timeout=20):
+        return subprocess.run([path, "-c", deploy_ssh.bounded_shell(timeout)], input=command + "\n", text=True,
+                              capture_output=True, env={**os.environ, "SHELL": path}, timeout=60)
+
+    done = login("echo restarted; exit 3")
+    assert (done.returncode, done.stdout.strip()) == (3, "restarted"), done.stderr
+    hang = f"sleep 30.{os.getpid()}{len(shell)}"
+    started = time.monotonic()
+    hung = login(f"{hang}; echo not reached", timeout=1)
+    assert hung.returncode == 124 and "not reached" not in hung.stdout, hung.stderr
+    assert time.monotonic() - started < 10 and not _running(hang)
 
 
 def test_failed_prune_after_a_healthy_switch_is_a_warning_not_a_failure(device, bundles, sshd, tmp_path):
