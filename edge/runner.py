@@ -52,7 +52,9 @@ def make_interpreter(model_path, num_threads: int = 1, delegates=None, without_d
                     interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
                 interpreter.invoke()
             return interpreter, name
-        except Exception as exc:  # noqa: BLE001 - e.g. tflite-runtime under numpy 2 fails here with SystemError
+        # A runtime that cannot run: a bad model, an ABI mismatch (tflite-runtime under numpy 2: SystemError). Not
+        # MemoryError or OSError, which no other runtime would mend (a full disk is not a missing runtime).
+        except (ValueError, RuntimeError, TypeError, AttributeError, ImportError, SystemError) as exc:
             failures.append(f"{name}: {type(exc).__name__}: {exc}")
     raise RuntimeUnavailable(
         "no working TFLite interpreter: " + "; ".join(failures)
