@@ -26,10 +26,12 @@ from edge.telemetry.protocol import (DEVICE_MS_MODULO, SEQ_MODULO, Detection, Fr
 
 Record = dict
 RESTART_BACKSTEP_MS = 1000  # device clock going back more than this means the device restarted
-# A gap longer than this that ends among a session's first numbers is a restart whose HELLO was lost: a device up
-# for weeks is far from 0 (its seq in the upper half, its clock past the half of its range, which hide the other
-# signs) and its new process numbers from 0 again.
-NEW_SESSION_SEQ = 256
+# A session opens with HELLO, LABELS and RELEASES numbered from 0: one of them under this number after a gap is a
+# restart whose HELLO was lost. A device up for weeks needs it: its seq in the upper half and its clock past the
+# half of its range hide the other signs. Detections and HEALTH are never taken for it, so that a real loss that
+# ends just past the wrap of seq stays a loss (a REQUEST_HELLO answered there reads as a restart: 8 in 65536).
+SESSION_OPENING_SEQ = 8
+SESSION_OPENING = (MsgType.HELLO, MsgType.LABELS, MsgType.RELEASES)
 
 CSV_FIELDS = ["host_time", "type", "seq", "device_ms", "label_id", "label", "score", "start_s", "end_s",
               "uptime_s", "realtime_factor", "cpu_load", "audio_overruns", "dropped_telemetry", "device_id",
@@ -69,8 +71,8 @@ class SequenceTracker:
     """Counts frames lost on the line from gaps in the 16-bit sequence numbers.
 
     A HELLO with sequence 0 (the device opened its link), a device clock that went backwards, a sequence that
-    went backwards (a gap of half the sequence space or more), or a gap of more than NEW_SESSION_SEQ frames to a
-    sequence under NEW_SESSION_SEQ starts a new session instead of a gap.
+    went backwards (a gap of half the sequence space or more), or a gap to a session's opening frame numbered
+    under SESSION_OPENING_SEQ starts a new session instead of a gap.
     """
 
     def __init__(self):
@@ -87,9 +89,9 @@ class SequenceTracker:
             gap = (frame.seq - self.expected) % SEQ_MODULO
             backstep = (self.last_ms - frame.device_ms) % DEVICE_MS_MODULO
             clock_went_back = RESTART_BACKSTEP_MS < backstep < DEVICE_MS_MODULO // 2
-            numbered_anew = gap > NEW_SESSION_SEQ and frame.seq < NEW_SESSION_SEQ
+            opens_anew = gap and frame.type in SESSION_OPENING and frame.seq < SESSION_OPENING_SEQ
             if (frame.type == MsgType.HELLO and frame.seq == 0 and gap) or clock_went_back \
-                    or gap >= SEQ_MODULO // 2 or numbered_anew:
+                    or gap >= SEQ_MODULO // 2 or opens_anew:
                 restarted, gap = True, 0
                 self.restarts += 1
         self.expected = (frame.seq + 1) % SEQ_MODULO

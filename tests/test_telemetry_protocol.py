@@ -390,19 +390,24 @@ def test_sequence_gaps_wrap_around_and_restarts_are_not_losses():
 def test_a_restart_whose_hello_was_lost_is_a_restart_after_weeks_of_uptime():
     """A device up for weeks: its seq in the upper half (a new session's numbers are a forward gap under 32768),
     its clock since boot does not go back when basilar restarts, and past 24.8 days a reboot does not read as a
-    step back modulo 2^32. Numbering that starts again (seq under 256 after a long gap) is the restart."""
+    step back modulo 2^32. A session's opening frame (LABELS, or the HELLO answering the host's REQUEST_HELLO) under
+    seq 8 after a gap is the restart; a detection or HEALTH there is a loss across the wrap of seq."""
     day_ms = 86_400_000
     det = Detection(0, 0, 0, 0)
-    for last_seq, before_ms, after_ms in [(40_000, 10 * day_ms, 10 * day_ms + 4_000),  # basilar restarted
-                                          (40_000, 26 * day_ms, 30_000), (60_000, 40 * day_ms, 30_000)]:  # reboots
-        tracker = SequenceTracker()
-        assert tracker.observe(frame(det, last_seq, before_ms)) == (0, False)
-        # the new process's HELLO and LABELS (seq 0 and 1) were lost on the line
-        assert tracker.observe(frame(det, 2, after_ms)) == (0, True)
-        assert tracker.observe(frame(det, 3, after_ms + 10)) == (0, False)
-    tracker = SequenceTracker()  # a real loss of up to 256 frames across the wrap is still a loss
+    labels = Labels(0, ("yes", "no"))
+    hello = Hello("d", "v", "", 0, 0)
+    for opening, seq in [(labels, 1), (hello, 2)]:  # HELLO lost; or HELLO and LABELS, then the answer to REQUEST_HELLO
+        for last_seq, before_ms, after_ms in [(40_000, 10 * day_ms, 10 * day_ms + 4_000),  # basilar restarted
+                                              (40_000, 26 * day_ms, 30_000), (60_000, 40 * day_ms, 30_000)]:  # reboots
+            tracker = SequenceTracker()
+            assert tracker.observe(frame(det, last_seq, before_ms)) == (0, False)
+            assert tracker.observe(frame(opening, seq, after_ms)) == (0, True)
+            assert tracker.observe(frame(det, seq + 1, after_ms + 10)) == (0, False)
+    tracker = SequenceTracker()  # a real loss across the wrap, however long, is a loss
     assert tracker.observe(frame(det, 65_400, 5_000)) == (0, False)
-    assert tracker.observe(frame(det, 120, 6_000)) == (255, False)
+    assert tracker.observe(frame(det, 44, 9_000)) == (179, False)
+    assert tracker.observe(frame(hello, 45, 9_100)) == (0, False)  # an answer to REQUEST_HELLO past seq 8
+    assert (tracker.lost, tracker.restarts) == (179, 0)
 
 
 def test_session_turns_gaps_into_records_and_counts_unknown_types():
