@@ -29,9 +29,11 @@ def _check_build_tools() -> None:
     if not cc or shutil.which(cc[0]) is None:
         sys.exit(f"error: basilar compiles its integer kernels with a C compiler, and there is none here "
                  f"({' '.join(cc) or 'CC is empty'} not found): {BUILD_TOOLS}")
-    if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+    # where setuptools looks (INCLUDEPY), and where sysconfig says (they differ for a relocated Python)
+    places = {sysconfig.get_paths()["include"], sysconfig.get_config_var("INCLUDEPY") or ""} - {""}
+    if not any(os.path.exists(os.path.join(place, "Python.h")) for place in places):
         sys.exit(f"error: basilar compiles its integer kernels against Python's headers, and Python.h is not in "
-                 f"{sysconfig.get_paths()['include']}: {BUILD_TOOLS}")
+                 f"{' or '.join(sorted(places))}: {BUILD_TOOLS}")
 
 
 def _compiler_accepts(flag: str) -> bool:

@@ -315,7 +315,8 @@ def bench_frontend(seconds, repeats, channels, cpu, accuracy, accuracy_seconds, 
     if no_speed and not accuracy:
         raise click.UsageError("--no-speed leaves nothing to measure; add --accuracy")
     if not no_speed:
-        require_extra("scipy", "host", "bench frontend")  # its yardstick; the accuracy report alone needs none
+        # its yardstick (the accuracy report alone needs none); on a device scipy alone, not the host's tensorflow
+        require_extra("scipy", "host", "bench frontend", install="scipy")
     pinned = pin_to_one_cpu(cpu)
     info = machine()
     report = {"machine": info, "pinned_cpu": pinned, "sample_rate": SAMPLE_RATE, "audio_seconds": seconds,

@@ -5,15 +5,16 @@ import importlib.util
 import click
 
 
-def require_extra(module: str, extra: str, command: str) -> None:
-    """A one-line error when `command` needs a package a device install leaves out (tensorflow, scipy, ...)."""
+def require_extra(module: str, extra: str, command: str, install: str | None = None) -> None:
+    """A one-line error when `command` needs a package a device install leaves out (tensorflow, scipy, ...);
+    install: what to install instead of the whole extra."""
     try:
         found = importlib.util.find_spec(module) is not None
     except ImportError:  # a broken or blocked installation of it
         found = False
     if not found:
-        raise click.ClickException(f"`basilar {command}` runs on the host and needs {module}, from basilar's "
-                                   f"{extra} extra: pip install 'basilar[{extra}]'")
+        raise click.ClickException(f"`basilar {command}` needs {module}, from basilar's {extra} extra: "
+                                   f"pip install {install or repr(f'basilar[{extra}]')}")
 
 
 def expected_errors() -> tuple:

@@ -38,10 +38,12 @@ def test_device_commands_need_no_host_package(args):
 
 
 @pytest.mark.parametrize("args, needs", [
-    (["train", str(REPO / "tests" / "data" / "fsdd"), "--out", "{tmp}/model"], "keras"),
+    (["train", str(REPO / "tests" / "data" / "fsdd"), "--out", "{tmp}/model"], "keras, from basilar's host extra: "
+     "pip install 'basilar[host]'"),
     (["convert", "{tmp}/model.keras", "--calibration", str(REPO / "tests" / "data" / "fsdd"), "--out",
-      "{tmp}/bundle"], "keras"),
-    (["bench", "frontend", "--seconds", "0.05", "--repeats", "1"], "scipy"),
+      "{tmp}/bundle"], "keras, from basilar's host extra: pip install 'basilar[host]'"),
+    (["bench", "frontend", "--seconds", "0.05", "--repeats", "1"], "scipy, from basilar's host extra: pip install "
+     "scipy"),  # not tensorflow, which 32-bit Pi OS has no wheel of
 ])
 def test_host_commands_on_a_device_name_the_extra_to_install(args, needs, tmp_path):
     """A device install has no tensorflow or scipy: the host's commands say what to install, no traceback."""
@@ -51,7 +53,7 @@ def test_host_commands_on_a_device_name_the_extra_to_install(args, needs, tmp_pa
                             timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
-    assert f"needs {needs}, from basilar's host extra: pip install 'basilar[host]'" in result.stderr
+    assert f"needs {needs}" in result.stderr
     assert not (tmp_path / "model").exists() and not (tmp_path / "bundle").exists()
 
 
