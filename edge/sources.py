@@ -26,8 +26,8 @@ import numpy as np
 import soundfile
 import soxr
 
-from edge.wav_header import (TrueSizeWav, inspect_wav, is_chunk_id, is_open_length, parse_format, read_to_data,
-                              starts_wav)
+from edge.wav_header import (ID3V2_HEAD, KNOWN_CHUNKS, TrueSizeWav, is_open_length, length_problem, libsndfile_input,
+                              parse_format, read_to_data, starts_wav, tag_span)
 
 DEFAULT_CHUNK_MS = 100
 IDLE_TICK_S = 1.0  # a live source that delivers nothing for this long yields an empty chunk
@@ -157,30 +157,27 @@ class FileSource(AudioSource):
                 raise SourceError(f"audio file not found: {path}; check the path")
             if not path.is_file():
                 raise SourceError(f"{path} is not a file; give an audio file such as a WAV or FLAC")
-            wav = inspect_wav(path)
+            if path.suffix.lower() == ".raw":  # libsndfile takes the name's word for it and wants the layout given
+                raise SourceError(f"{path} is headerless raw PCM; play it with `basilar run - --format S16_LE --rate "
+                                  f"RATE --channels N < {path}`, or give it a header: `sox -t raw -e signed -b 16 -r "
+                                  f"RATE -c N {path} OUT.wav`")
+            audio, wav = libsndfile_input(path)
         except PermissionError as err:  # libsndfile would call it a "System error"
             raise SourceError(f"{path} cannot be read: permission denied; make it (and the folders above it) readable "
                               "by the user running basilar (the systemd service runs as user basilar), e.g. "
                               f"`chmod a+r {path}`") from err
-        if path.suffix.lower() == ".raw":  # libsndfile takes the name's word for it and wants the layout given
-            raise SourceError(f"{path} is headerless raw PCM; play it with `basilar run - --format S16_LE --rate "
-                              f"RATE --channels N < {path}`, or give it a header: `sox -t raw -e signed -b 16 -r RATE "
-                              f"-c N {path} OUT.wav`")
-        too_long = wav and wav.overlong()
-        if too_long:
-            raise SourceError(f"{path}'s WAV header declares {too_long.declared_s:.2f} s of audio but "
-                              f"{too_long.present_s:.2f} s follow it (its writer never went back to fix the header); "
-                              f"fix it with `sox --ignore-length {path} fixed.wav`")
-        # libsndfile plays an open length of 0 as no audio: it gets the file with the true size in the header
-        self._sized = TrueSizeWav(path, wav) if wav and wav.open_length else None
+        problem = length_problem(path, wav)
+        if wav and wav.overlong():  # never of open length: `audio` is the path, nothing to close
+            raise SourceError(problem)
+        self._cut_short = problem  # the only problem left: reported once the audio that is there has played
+        self._sized = audio if isinstance(audio, TrueSizeWav) else None
         try:
-            self._file = soundfile.SoundFile(self._sized or str(path))
+            self._file = soundfile.SoundFile(audio)
         except (soundfile.SoundFileError, RuntimeError, OSError) as err:
             if self._sized:
                 self._sized.close()
             raise SourceError(f"cannot read {path} as audio ({_libsndfile_reason(err)}); use a WAV, FLAC or OGG "
                               f"file, or convert it first, e.g. `sox INPUT -r {sample_rate} -c 1 -b 16 OUT.wav`") from err
-        self._cut_short = wav and wav.cut_short()
         self.file_rate = self._file.samplerate
         self.file_channels = self._file.channels
         self.file_format = f"{self._file.format}/{self._file.subtype}"
@@ -212,11 +209,7 @@ class FileSource(AudioSource):
                 yield chunk
             if last:
                 if self._cut_short:
-                    declared, present = self._cut_short
-                    raise SourceError(f"{self.name} is cut short: its header declares {declared:.2f} s of audio but "
-                                      f"the file holds {present:.2f} s (an interrupted recording or an incomplete "
-                                      "copy); the audio that is there was processed. Copy the file again, or give "
-                                      f"it a header that fits: `sox {self.name} fixed.wav`")
+                    raise SourceError(f"{self._cut_short}; the audio that is there was processed")
                 return
 
     def close(self) -> None:
@@ -229,8 +222,9 @@ class PcmSource(AudioSource):
     """Raw interleaved little-endian PCM from a byte stream (standard input by default).
 
     A stream that starts with a WAV header (arecord writes one unless told `-t raw`; so does `sox ... -t wav -`)
-    is read by its header: its format, rate and channels replace the options, and the header is not played. It ends
-    with the audio the header declares, unless more audio rather than a chunk (a tag) follows it."""
+    is read by its header: its format, rate and channels replace the options, and the header is not played. Tags
+    after the audio the header declares are not played either; the next file's audio follows when files were joined
+    (`cat a.wav b.wav`), and anything else is more audio the header did not count."""
 
     live = True
 
@@ -281,29 +275,74 @@ class PcmSource(AudioSource):
         if not starts_wav(head):
             _refuse_other_containers(head)
             return head
-        try:
-            fmt, length = read_to_data(self._read_exactly)
-        except EOFError:
-            return self._header_ended()
-        if fmt is None:
-            raise SourceError("standard input's WAV header has no format chunk before its audio; send raw PCM "
-                              "instead (arecord -t raw, sox ... -t raw -)")
-        self._set_layout(*_wav_layout(fmt))
+        header = self._read_header()
+        if header is None:
+            return b""
+        layout, length = header
+        self._set_layout(*layout)
         self._from_header = True
-        self._data_left = None if is_open_length(length) else length  # a chunk may follow the audio (id3, LIST)
+        self._data_left = None if is_open_length(length) else length  # then `_after_declared_audio`
         self.name = (f"standard input (WAV: {self.pcm_format}, {self.rate} Hz, {self.channels} "
                      f"channel{'s' if self.channels > 1 else ''})")
         return b""
 
+    def _read_header(self) -> tuple[tuple[str, int, int], int] | None:
+        """The rest of a WAV header, after the 12 bytes `starts_wav` checked: its audio's (format, rate, channels)
+        and declared size. None when a stop request came while it was awaited."""
+        try:
+            fmt, length = read_to_data(self._read_exactly)
+        except EOFError:
+            if self.stop.is_set():  # nothing to play, no error
+                return None
+            raise SourceError("standard input ended inside its WAV header; check the program that writes it") from None
+        if fmt is None:
+            raise SourceError("standard input's WAV header has no format chunk before its audio; send raw PCM "
+                              "instead (arecord -t raw, sox ... -t raw -)")
+        return _wav_layout(fmt), length
+
     def _after_declared_audio(self) -> bytes:
-        """Once a WAV header's declared audio has come: b"" (the end) when a chunk or nothing follows, else the
-        first bytes of more audio, which is played to the end (a writer that could not fix its header, such as
-        Python's wave module into a pipe)."""
-        more = self._read_exactly(8)
-        if len(more) < 8 or is_chunk_id(more[:4]):  # a few stray bytes (a pad byte too many) are no audio
+        """Once a WAV header's declared audio has come, what follows decides: tags (known chunks, ID3) are skipped;
+        a next WAV file (`cat a.wav b.wav | basilar run -`) carries on with its audio; anything else is more audio,
+        played to the end (a writer that could not fix its header, such as Python's wave module into a pipe).
+        Returns the first bytes of the audio that follows, b"" at the end of input."""
+        odd = False  # whether the last tag skipped was of odd length: a chunk's pad byte may follow
+        while True:
+            head = self._read_exactly(8)
+            if odd and head[:1] == b"\0":  # the pad byte (a chunk id never starts with 0)
+                head = head[1:] + self._read_exactly(1)
+            if head.startswith((b"ID3", b"RIFF")):  # their sizes and form come later than a chunk's
+                head += self._read_exactly(ID3V2_HEAD - 8 if head.startswith(b"ID3") else 4)
+            if len(head) < 8:  # the end; a few stray bytes (a pad byte too many) are no audio
+                return b""
+            if starts_wav(head):
+                return self._next_file()
+            span = tag_span(head, _STREAM_CHUNKS)
+            if span is None:
+                self._data_left = None
+                return head
+            self._skip(span - len(head))
+            odd = bool(span & 1)
+
+    def _next_file(self) -> bytes:
+        """The header of a WAV file that follows another's audio (files joined by `cat`) is read, and the first
+        bytes of its audio returned; the files must share one layout, which the first header set."""
+        header = self._read_header()
+        if header is None:
             return b""
-        self._data_left = None
-        return more
+        (fmt, rate, channels), length = header
+        if (fmt, rate, channels) != (self.pcm_format, self.rate, self.channels):  # its samples would be misread
+            raise SourceError(f"standard input holds WAV files one after another, and a later one is {fmt}, {rate} Hz, "
+                              f"{channels} channel(s) where the first is {self.pcm_format}, {self.rate} Hz, "
+                              f"{self.channels} channel(s); give them one at a time, or convert them to one layout "
+                              f"first, e.g. `sox IN.wav -e signed -b 16 -r {self.rate} -c {self.channels} OUT.wav`")
+        self._data_left = None if is_open_length(length) else length
+        first = self._frame_bytes if self._data_left is None else min(self._frame_bytes, self._data_left)
+        return self._read_exactly(first)  # the rest is read as the header declares
+
+    def _skip(self, size: int) -> None:
+        """Read past `size` bytes (a tag), a piece at a time; fewer at the end of input."""
+        while size > 0 and (piece := self._read_exactly(min(size, 1 << 16))):
+            size -= len(piece)
 
     def _nan_fix(self) -> str | None:
         """What to do about samples that are not numbers: raw PCM said to be float is most often not float at all."""
@@ -314,11 +353,6 @@ class PcmSource(AudioSource):
                     "sends (e.g. `arecord -f S16_LE` sends S16_LE)")
         return (f"the stream is damaged, or not {self.pcm_format}; the audio before that point was processed. "
                 "Check --format against the program writing the stream")
-
-    def _header_ended(self) -> bytes:
-        if self.stop.is_set():  # stopped while the header was awaited: nothing to play, no error
-            return b""
-        raise SourceError("standard input ended inside its WAV header; check the program that writes it")
 
     def _read(self, size: int, idle_s: float | None = None) -> bytes | None:
         """Up to `size` bytes; b"" at end of input. Waits in short slices so a stop request is seen; None when
@@ -390,6 +424,10 @@ def _refuse_other_containers(head: bytes) -> None:
                           "instead of piping it (`basilar run FILE`), or convert it on the way: "
                           "`sox FILE -t wav - | basilar run -`")
 
+
+# What a stream takes for a tag after a WAV file's audio: known chunks, and a whole RIFF file that is not WAVE (a WAVE
+# one is the next file). Anything else there is more audio.
+_STREAM_CHUNKS = KNOWN_CHUNKS | {b"RIFF"}
 
 # WAV format tags and sample widths that map onto a raw PCM format
 _WAV_FORMATS = {(1, 16): "S16_LE", (1, 32): "S32_LE", (3, 32): "FLOAT_LE"}

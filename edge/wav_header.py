@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import BinaryIO, NamedTuple
 
 # Data sizes a recorder writes when it does not know the length yet (streaming to a pipe, or never finished): 0, or
@@ -28,6 +28,30 @@ def is_open_length(size: int) -> bool:
 def is_chunk_id(kind: bytes) -> bool:
     """Whether 4 bytes can name a chunk (LIST, id3 , ...): printable ASCII, which audio samples seldom are."""
     return len(kind) == 4 and all(0x20 <= c <= 0x7E for c in kind)
+
+
+# Chunks that WAV writers put after the audio: tags, cue points, broadcast, sampler and loop metadata, padding. On a
+# stream, where a chunk cannot be checked against the end of the file, only these are taken for one: 4 printable
+# bytes are too often just audio (a 300 Hz tone at 0.8 full scale holds them).
+KNOWN_CHUNKS = frozenset({b"LIST", b"id3 ", b"ID3 ", b"JUNK", b"PAD ", b"bext", b"cue ", b"fact", b"smpl", b"inst",
+                          b"acid", b"iXML", b"axml", b"_PMX", b"DISP", b"plst", b"labl", b"note", b"ltxt", b"slnt",
+                          b"wavl"})
+ID3V2_HEAD = 10  # bytes of an ID3v2 tag's header, which ends with the tag's size
+
+
+def tag_span(head: bytes, ids: Container[bytes] | None = None) -> int | None:
+    """The bytes that a chunk or an ID3 tag starting with `head` spans (a chunk's pad byte not counted); None when
+    neither starts there. `head`: its first 8 bytes, ID3V2_HEAD for an ID3v2 tag; `ids`: the chunk ids taken, None
+    for any printable one. Some taggers append a bare ID3 tag (cover art and all) where a chunk could start."""
+    if len(head) >= ID3V2_HEAD and head[:3] == b"ID3" and head[3] in (2, 3, 4) and max(head[6:10]) < 0x80:
+        size = head[6] << 21 | head[7] << 14 | head[8] << 7 | head[9]  # ID3v2.2 to 2.4: 7 bits a byte ("syncsafe")
+        return ID3V2_HEAD + size + (ID3V2_HEAD if head[5] & 0x10 else 0)  # flag 0x10: a footer repeats the header
+    if head[:3] == b"TAG":
+        return 128  # ID3v1: a fixed size
+    kind = head[:4]
+    if len(head) >= 8 and (is_chunk_id(kind) if ids is None else kind in ids):
+        return 8 + int.from_bytes(head[4:8], "little")
+    return None
 
 
 def starts_wav(head: bytes) -> bool:
@@ -93,11 +117,12 @@ class WavData(NamedTuple):
     declared: int  # bytes of audio the header declares
     present: int  # bytes from the start of the audio to the end of the file
     byte_rate: int  # 0 when the format chunk is missing or unreadable
-    chunks_follow: bool  # whether what follows the declared audio is whole chunks (LIST, id3 , ...)
+    chunks_follow: bool  # whether what follows the declared audio is whole chunks (LIST, id3 , ...) or ID3 tags
 
     @property
     def open_length(self) -> bool:
-        return is_open_length(self.declared)
+        """Whether the header left the length open; a declared 0 followed by whole chunks is an empty recording."""
+        return is_open_length(self.declared) and not self.chunks_follow
 
     def cut_short(self) -> Lengths | None:
         """When the audio runs past the end of the file (an interrupted recording or copy)."""
@@ -126,19 +151,23 @@ def inspect_wav(path: str | os.PathLike) -> WavData | None:
             return None
         start = file.tell()
         layout = parse_format(fmt) if fmt else None
-        chunks = start + length < size and _chunks_to_end(file, start + length + (length & 1), size)
+        chunks = start + length < size and _chunks_to_end(file, start + length, size, pad=bool(length & 1))
         return WavData(start - 4, length, size - start, layout.byte_rate if layout else 0, chunks)
 
 
-def _chunks_to_end(file: BinaryIO, at: int, end: int) -> bool:
-    """Whether the bytes of `file` from `at` to `end` are whole chunks, not more audio."""
+def _chunks_to_end(file: BinaryIO, at: int, end: int, pad: bool = False) -> bool:
+    """Whether the bytes of `file` from `at` to `end` are whole chunks or ID3 tags, not more audio. `pad`: what came
+    before is of odd length, so a pad byte comes first, unless its writer left it out (both are tried)."""
+    if pad and _chunks_to_end(file, at + 1, end):
+        return True
     while end - at >= 8:
         file.seek(at)
-        head = file.read(8)
-        length = int.from_bytes(head[4:], "little")
-        if not is_chunk_id(head[:4]) or at + 8 + length > end:
+        span = tag_span(file.read(ID3V2_HEAD))
+        if span is None or at + span > end:
             return False
-        at += 8 + length + (length & 1)
+        at += span
+        if span & 1:
+            return _chunks_to_end(file, at, end, pad=True)
     return True  # a few stray bytes (a pad byte too many) are no audio
 
 
@@ -164,3 +193,28 @@ class TrueSizeWav(io.FileIO):
         if low < high:  # this read covers the size field
             memoryview(buffer).cast("B")[low - start:high - start] = self._size[low - self._at:high - self._at]
         return count
+
+
+def libsndfile_input(path: str | os.PathLike) -> tuple[str | TrueSizeWav, WavData | None]:
+    """What libsndfile should open for `path`, and the file's layout when it is a WAV file. That is the path, or
+    for a WAV file whose length was left open a `TrueSizeWav` (libsndfile plays an open length of 0 as no audio),
+    which the caller closes once done with it."""
+    wav = inspect_wav(path)
+    return (TrueSizeWav(path, wav) if wav and wav.open_length else str(path)), wav
+
+
+def length_problem(path: str | os.PathLike, wav: WavData | None) -> str | None:
+    """What is wrong, for an error message, when a WAV file's audio does not fit its header: the header declares
+    less than follows (`WavData.overlong`: to be refused before it is played) or more than the file holds
+    (`WavData.cut_short`: what is there can be played first). None when it fits, or for any other format."""
+    too_long = wav and wav.overlong()
+    if too_long:
+        return (f"{path}'s WAV header declares {too_long.declared_s:.2f} s of audio but {too_long.present_s:.2f} s "
+                "follow it (its writer never went back to fix the header); fix it with "
+                f"`sox --ignore-length {path} fixed.wav`")
+    cut = wav and wav.cut_short()
+    if cut:
+        return (f"{path} is cut short: its header declares {cut.declared_s:.2f} s of audio but the file holds "
+                f"{cut.present_s:.2f} s (an interrupted recording or an incomplete copy); copy the file again, or "
+                f"give it a header that fits: `sox {path} fixed.wav`")
+    return None

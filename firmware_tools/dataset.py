@@ -17,7 +17,7 @@ import soundfile
 import soxr
 
 from edge.frontend import Frontend, FrontendConfig
-from edge.wav_header import TrueSizeWav, inspect_wav
+from edge.wav_header import TrueSizeWav, length_problem, libsndfile_input
 
 BACKGROUND = "_background_"
 RECIPE = 7  # bump when example generation changes, so cached features are rebuilt
@@ -119,27 +119,21 @@ def scan_labelled(data_dir) -> list[Clip]:
 
 def read_clip(path, sample_rate: int) -> np.ndarray:
     """A whole audio file as float64 mono in [-1, 1) at sample_rate."""
+    audio = None
     try:
-        wav = inspect_wav(path)
-        if wav and wav.open_length:  # libsndfile reads an open length of 0 as no audio: give it the true size
-            with TrueSizeWav(path, wav) as file:
-                data, rate = soundfile.read(file, dtype="float64", always_2d=True)
-        else:
-            data, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
+        audio, wav = libsndfile_input(path)
+        data, rate = soundfile.read(audio, dtype="float64", always_2d=True)
     except PermissionError:  # libsndfile would call it a "System error"
         raise ValueError(f"{path} cannot be read: permission denied; make it readable by the user running basilar, "
                          f"e.g. `chmod a+r {path}`") from None
     except (soundfile.LibsndfileError, RuntimeError, OSError) as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
-    cut = wav and wav.cut_short()
-    if cut:
-        raise ValueError(f"{path} is cut short: its header declares {cut.declared_s:.2f} s of audio but the file "
-                         f"holds {cut.present_s:.2f} s; copy it again or leave it out")
-    too_long = wav and wav.overlong()
-    if too_long:
-        raise ValueError(f"{path}'s WAV header declares {too_long.declared_s:.2f} s of audio but "
-                         f"{too_long.present_s:.2f} s follow it; fix it with `sox --ignore-length {path} fixed.wav` "
-                         "or leave it out")
+    finally:
+        if isinstance(audio, TrueSizeWav):
+            audio.close()
+    problem = length_problem(path, wav)
+    if problem:
+        raise ValueError(f"{problem}; or leave it out")
     if not len(data):
         raise ValueError(f"{path} holds no audio; record it again or leave it out")
     if not np.isfinite(data).all():

@@ -3,6 +3,7 @@ import io
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import textwrap
@@ -324,6 +325,67 @@ def test_a_wav_whose_header_declares_less_than_follows_it_is_refused(tmp_path):
     assert len(read_all(FileSource(padded, RATE))) == RATE and len(read_clip(padded, RATE)) == RATE
 
 
+def handmade_wav(audio: bytes, rate: int, bits: int = 16, declared: int | None = None, after: bytes = b"") -> bytes:
+    """A mono PCM WAV file's bytes: `declared` (by default the audio's length) as its data size, then the audio and
+    `after` as they are (no pad byte added), as a writer that gets such details wrong leaves them."""
+    block = bits // 8
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * block, block, bits)
+    body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data"
+            + struct.pack("<I", len(audio) if declared is None else declared) + audio + after)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def chunk(kind: bytes, body: bytes) -> bytes:
+    return kind + len(body).to_bytes(4, "little") + body + bytes(len(body) & 1)
+
+
+def id3v2_tag(frames: bytes) -> bytes:
+    """A bare ID3v2.3 tag, as some taggers append one to a WAV file after its RIFF data (not in an "id3 " chunk)."""
+    size = len(frames)
+    return b"ID3\x03\x00\x00" + bytes((size >> shift) & 0x7F for shift in (21, 14, 7, 0)) + frames
+
+
+def test_a_wav_with_a_bare_id3_tag_after_its_riff_data_plays_its_declared_audio(tmp_path):
+    """Cover art (64 KB: 2 s of bytes) in an ID3 tag after the audio is no audio the header failed to count: the
+    `sox --ignore-length` mend would make it noise."""
+    from firmware_tools.dataset import read_clip
+
+    samples = (sine(440, 1.0, RATE) * 20000).astype("<i2")
+    picture = b"\xff\xd8\xff\xe0" + np.random.default_rng(3).bytes(64 * 1024)
+    cover = id3v2_tag(b"APIC" + len(picture).to_bytes(4, "big") + b"\0\0" + picture)
+    id3v1 = b"TAG" + b"take one".ljust(125, b"\0")  # a fixed 128 bytes at the very end
+    for name, tags in (("v2.wav", cover), ("v2_v1.wav", cover + id3v1), ("v1.wav", id3v1)):
+        path = tmp_path / name
+        path.write_bytes(handmade_wav(samples.tobytes(), RATE, after=tags))
+        np.testing.assert_array_equal(read_all(FileSource(path, RATE)), samples)
+        np.testing.assert_allclose(read_clip(path, RATE), samples / 32768.0)
+        # and piped in (`cat take.wav | basilar run -`): the tag is not played either
+        np.testing.assert_array_equal(read_all(PcmSource(RATE, stream=io.BytesIO(path.read_bytes()))), samples)
+
+
+def test_8_bit_audio_of_odd_length_without_its_pad_byte_is_followed_by_its_chunks(tmp_path):
+    """A writer that leaves out the pad byte after audio of odd length: the chunk starts right after the audio."""
+    from firmware_tools.dataset import read_clip
+
+    samples = np.rint(sine(440, 0.5, 8000)[:3999] * 100 + 128).astype(np.uint8)
+    comment = chunk(b"LIST", b"INFOICMT" + (10000).to_bytes(4, "little") + b"x" * 10000)  # over a second of bytes
+    path = tmp_path / "odd.wav"
+    path.write_bytes(handmade_wav(samples.tobytes(), 8000, bits=8, after=comment))
+    assert len(read_clip(path, 8000)) == 3999
+    assert len(read_all(FileSource(path, RATE))) == 2 * 3999
+
+
+def test_an_empty_recording_with_a_chunk_after_it_holds_no_audio(tmp_path):
+    """Its data size 0 is a length, not one left open: the chunk after it is not played as 20 samples of noise."""
+    from firmware_tools.dataset import read_clip
+
+    path = tmp_path / "empty.wav"
+    path.write_bytes(handmade_wav(b"", RATE, after=chunk(b"LIST", b"INFO" + chunk(b"INAM", b"my empty take\0"))))
+    assert len(read_all(FileSource(path, RATE))) == 0
+    with pytest.raises(ValueError, match="empty.wav holds no audio"):
+        read_clip(path, RATE)
+
+
 def test_recordings_saved_from_sox_and_arecord_pipes_are_whole(tmp_path):
     """Into a pipe sox writes the data size 0x7FFFF000 and arecord 0x80000000: "to the end", not lengths."""
     from firmware_tools.dataset import read_clip
@@ -543,6 +605,29 @@ def test_a_wav_stream_whose_header_declares_less_than_follows_is_played_to_its_e
         producer.kill()
         producer.wait()
     np.testing.assert_array_equal(got, (sine(440, 2.0, RATE, amplitude=1.0) * 20000).astype(np.int16))
+
+
+def test_wav_files_joined_on_standard_input_play_one_after_another(tmp_path):
+    """`cat take1.wav take2.wav take3.wav | basilar run -`: the next file's RIFF header is not a tag that ends the
+    stream, and is not played."""
+    takes = [(sine(freq, 2.0, RATE) * 20000).astype("<i2") for freq in (300, 440, 600)]
+    joined = (handmade_wav(takes[0].tobytes(), RATE, after=chunk(b"LIST", b"INFOISFT\x03\0\0\0sox"))  # odd: padded
+              + handmade_wav(takes[1].tobytes(), RATE) + handmade_wav(takes[2].tobytes(), RATE))
+    np.testing.assert_array_equal(read_all(PcmSource(RATE, stream=io.BytesIO(joined))), np.concatenate(takes))
+    # a later file in another layout would be misread: it is refused
+    other = handmade_wav(takes[1][::2].tobytes(), 8000)
+    with pytest.raises(SourceError, match=r"standard input holds WAV files one after another, and a later one is "
+                                          r"S16_LE, 8000 Hz, 1 channel\(s\) where the first is S16_LE, 16000 Hz"):
+        read_all(PcmSource(RATE, stream=io.BytesIO(handmade_wav(takes[0].tobytes(), RATE) + other)))
+
+
+def test_audio_after_a_wav_streams_declared_part_is_played_even_when_it_starts_with_printable_bytes():
+    """Python's wave module into a pipe declares only its first block; the audio after it starts with 4 printable
+    bytes at times (a 300 Hz tone at 0.8 full scale): only known chunk ids end the stream there."""
+    samples = (sine(300, 2.0, RATE, amplitude=0.8) * 32767).astype("<i2")
+    samples[1600:1602] = np.frombuffer(b"abcd", "<i2")  # not a chunk id a writer uses
+    stream = handmade_wav(samples.tobytes(), RATE, declared=3200)
+    np.testing.assert_array_equal(read_all(PcmSource(RATE, stream=io.BytesIO(stream))), samples)
 
 
 def test_raw_pcm_that_is_not_the_float_it_is_said_to_be_is_a_format_error_not_damage(tmp_path):
