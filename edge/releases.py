@@ -86,11 +86,18 @@ def _replace_file(source: Path, folder: Path) -> None:
 def _write_durably(path: Path, data: bytes) -> None:
     """Replace `path` with `data` atomically and durably: a temporary name, fsync, rename, fsync of the folder."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # a full or failing disk: leave no half-written stray behind
+            tmp.unlink()
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):  # name the file written, not its stand-in
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
     _fsync_dir(path.parent)
 
 
@@ -275,19 +282,31 @@ class ReleaseStore:
                 f"the keys in {self.trusted_keys_dir}); install a signed copy on the device first: python3 -m "
                 f"edge.releases install {self.root} SIGNED.tar.gz")
 
-    def _switch(self, link: Path, bundle_id: str | None) -> None:
-        """Point link at a release, or remove it, atomically: a new symlink renamed over the old one."""
-        if bundle_id is None:
-            with contextlib.suppress(FileNotFoundError):
-                link.unlink()
-        else:
-            tmp = self.root / f".{link.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-            os.symlink(f"releases/{bundle_id}", tmp)
-            try:
-                os.replace(tmp, link)
-            except OSError:
-                tmp.unlink()  # (a folder where the link should be, say): no stray link left behind
-                raise
+    def _switch(self, *changes: tuple[Path, str | None]) -> None:
+        """Point each link at a release, or remove it, in order, each atomically: a new symlink renamed over the
+        old one. All the new symlinks are made before any is renamed: making one needs space, renaming it does not,
+        so a full disk fails the switch before any link changed (not between two, leaving previous == current)."""
+        made = {}
+        try:
+            for link, bundle_id in changes:
+                if bundle_id is not None:
+                    tmp = self.root / f".{link.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+                    try:
+                        os.symlink(f"releases/{bundle_id}", tmp)
+                    except OSError as exc:  # it names the target (releases/<id>) as the file: name the link
+                        raise OSError(exc.errno, exc.strerror, str(link)) from None
+                    made[link] = tmp
+            for link, bundle_id in changes:
+                if bundle_id is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        link.unlink()
+                else:
+                    os.replace(made[link], link)
+                    del made[link]
+        finally:
+            for tmp in made.values():  # not renamed (a full disk, a folder where a link goes): no stray link left
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
         _fsync_dir(self.root)
 
     def activate(self, bundle_id: str, *, previous=_KEEP, unconfirmed: bool = False) -> str | None:
@@ -344,13 +363,16 @@ class ReleaseStore:
         # Written before current changes, so a deploy cut off at any point after the switch leaves the note.
         self._note_unconfirmed({"bundle": bundle_id, "current": old, "previous": self.previous()}
                                if unconfirmed else None)
+        changes = []
         if previous is _KEEP:
             if old is not None and old != bundle_id:
-                self._switch(self._previous_link, old)
+                changes.append((self._previous_link, old))
         else:
-            self._switch(self._previous_link, previous and _check_id(previous))
+            changes.append((self._previous_link, previous and _check_id(previous)))
         if old != bundle_id:
-            self._switch(self._current_link, bundle_id)
+            changes.append((self._current_link, bundle_id))
+        if changes:
+            self._switch(*changes)
         os.utime(self.releases_dir / bundle_id)
         return old
 
@@ -359,9 +381,8 @@ class ReleaseStore:
         with self._locked():
             old = self.current()
             self._note_unconfirmed(None)
-            if previous is not _KEEP:
-                self._switch(self._previous_link, previous)
-            self._switch(self._current_link, None)
+            changes = [] if previous is _KEEP else [(self._previous_link, previous)]
+            self._switch(*changes, (self._current_link, None))
             return old
 
     def rollback(self) -> str:
@@ -370,14 +391,19 @@ class ReleaseStore:
             target = self.previous()
             if target is None:
                 raise ReleaseError(f"no previous release under {self.root} to roll back to")
+            if target == self.current():  # a switch cut short (power, a full disk) between its two links
+                raise ReleaseError(f"previous and current both point at {target[:12]} under {self.root}: there is "
+                                   f"nothing to roll back to; activate the release you want instead (python3 -m "
+                                   f"edge.releases activate {self.root} ID)")
             # Refused like any activation when the previous release fails the trust policy (say, it was installed
             # unsigned before keys were added) or is damaged: a rollback is the easiest way to run an old bundle,
             # so it must not be a way around "only signed bundles run"; the device stays on its current bundle.
             self._activate_locked(target, _KEEP, "roll back to", unconfirmed=False)
             return target
 
-    def prune(self, keep: int) -> list[str]:
-        """Remove all but the `keep` most recent releases, never the current or the previous one; return removed ids.
+    def prune(self, keep: int, *, spare=()) -> list[str]:
+        """Remove all but the `keep` most recent releases, never the current or the previous one (nor those in
+        `spare`); return removed ids.
 
         Also sweeps abandoned uploads and extraction leftovers.
         """
@@ -385,17 +411,20 @@ class ReleaseStore:
             raise ReleaseError(f"keep must be at least 1, not {keep}")
         with self._locked():
             ordered = self.releases()
-            protected = {self.current(), self.previous()} | set(ordered[-keep:])
+            protected = {self.current(), self.previous(), *spare} | set(ordered[-keep:])
             removed = [bundle_id for bundle_id in ordered if bundle_id not in protected]
             if removed:
                 self.staging_dir.mkdir(parents=True, exist_ok=True)
             for bundle_id in removed:
-                # Rename first, so a half-deleted release is never visible under releases/.
-                doomed = Path(tempfile.mkdtemp(prefix="remove-", dir=self.staging_dir))
-                os.rename(self.releases_dir / bundle_id, doomed / bundle_id)
+                # Rename first, so a half-deleted release is never visible under releases/; to a plain name, as
+                # making a folder for it needs space, which a prune freeing a full disk may not have.
+                doomed = self.staging_dir / f"remove-{bundle_id}"
+                shutil.rmtree(doomed, ignore_errors=True)
+                os.rename(self.releases_dir / bundle_id, doomed)
                 shutil.rmtree(doomed, ignore_errors=True)
             self._sweep_staging()
             self._sweep_incoming()
+            self._sweep_temporaries()
             return removed
 
     def _sweep_staging(self) -> None:
@@ -403,6 +432,13 @@ class ReleaseStore:
         if self.staging_dir.is_dir():
             for entry in self.staging_dir.iterdir():
                 shutil.rmtree(entry, ignore_errors=True)
+
+    def _sweep_temporaries(self) -> None:
+        # Called with the lock held: the links and the note are only written under it, so a temporary name left in
+        # the root (.current.*.tmp, ..unconfirmed.*.tmp) is one that a crash or power cut stopped short.
+        for stray in self.root.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                stray.unlink()
 
     def _sweep_incoming(self) -> None:
         if not self.incoming_dir.is_dir():
@@ -428,6 +464,13 @@ class ReleaseStore:
             "trusted_keys": trusted,
             "unconfirmed": self.unconfirmed(),
         }
+
+
+def storage_failure(exc: OSError) -> str:
+    """What to tell a deploy whose step failed on the device's storage (full, read-only, failing)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return (f"the device's storage failed{where}: {exc.strerror or exc}; free some space or check the storage "
+            f"(dmesg), then try again")
 
 
 # --- command line (what deploy tools run on the device over SSH) -------------------------------------------------
@@ -491,9 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # the device's storage: full, read-only, failing
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: the device's storage failed{where}: {exc.strerror or exc}; free some space or check the "
-              f"storage (dmesg), then try again", file=sys.stderr)
+        print(f"error: {storage_failure(exc)}", file=sys.stderr)
         return 1
     print(json.dumps(result))
     return 0

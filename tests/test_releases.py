@@ -1,16 +1,19 @@
 """The device's release store (edge.releases): install, activate, rollback, prune, signature policy."""
+import contextlib
+import errno
 import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from edge.bundle import pack_bundle
 from edge.releases import ReleaseError, ReleaseStore, file_sha256, main
 from tests.bundle_variants import tamper_file, tamper_manifest, variant
-from tests.conftest import REPO, require_module
+from tests.conftest import REPO, require, require_module, require_program
 
 
 @pytest.fixture
@@ -156,6 +159,17 @@ def test_leftovers_of_an_interrupted_install_are_swept(store, bundles):
     store.prune(keep=3)
     assert list(store.staging_dir.iterdir()) == []
     assert not stale.exists() and fresh.exists()
+
+
+def test_temporary_files_a_crash_left_in_the_root_are_swept(store, bundles):
+    """A power cut while the note or a link was being written leaves its temporary name; no exception handler runs."""
+    _, archive, bundle_id = bundles[0]
+    store.activate(store.install(archive))
+    (store.root / f"..unconfirmed.{os.getpid() + 1}.tmp").write_text('{"bundle": "')
+    os.symlink(f"releases/{bundle_id}", store.root / f".current.{os.getpid() + 1}.123.tmp")
+    store.prune(keep=3)
+    assert [p.name for p in store.root.iterdir() if p.name.endswith(".tmp")] == []
+    assert store.current() == bundle_id
 
 
 def test_signature_policy(store, bundles, tmp_path):
@@ -375,3 +389,120 @@ def test_storage_errors_are_clear_and_leave_no_stray_link(store, bundles, capsys
     err = capsys.readouterr().err
     assert "error: the device's storage failed" in err and "Traceback" not in err
     assert [p for p in store.root.iterdir() if p.name.endswith(".tmp")] == []
+
+
+# ------------------------------------------------------------------------------ a real full disk
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, options: str):
+    """A real, small filesystem mounted at `where` (a tmpfs with `options`: size=256k, nr_inodes=64) for a test to
+    fill up. Mounting needs root, which CI is: there it always runs."""
+    require(os.geteuid() == 0, "root, to mount a small tmpfs that a test fills up")
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run([require_program("mount"), "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run([require_program("umount"), str(where)], check=True)
+
+
+def fill(disk: Path, leave: int = 0) -> None:
+    """Take the free space of `disk` but `leave` bytes (rounded up to whole blocks)."""
+    usage = os.statvfs(disk)
+    block = usage.f_frsize
+    size = usage.f_bavail * block - -(-leave // block) * block
+    with open(disk / "filler", "wb") as filler:
+        os.posix_fallocate(filler.fileno(), 0, size)
+    assert os.statvfs(disk).f_bavail * block == -(-leave // block) * block
+
+
+def fill_inodes(disk: Path, leave: int = 0) -> None:
+    """Take the free inodes of `disk` (what each new file, folder or symlink needs) but `leave`."""
+    folder = disk / "inodes"
+    folder.mkdir()
+    made = []
+    with contextlib.suppress(OSError):
+        while True:
+            made.append(folder / str(len(made)))
+            made[-1].touch()
+    made.pop()  # the one that did not fit
+    for path in made[:leave]:
+        path.unlink()
+    assert os.statvfs(disk).f_ffree == leave
+
+
+def _first_switch_on(tmp_path, bundles):
+    """A device on its first bundle (no previous yet) with a second one installed, on a disk of 64 inodes."""
+    store = ReleaseStore(tmp_path / "disk" / "device")
+    first, second = (store.install(archive) for _, archive, _ in bundles[:2])
+    store.activate(first)
+    return store, first, second
+
+
+def test_a_switch_the_disk_has_no_room_for_changes_no_link(tmp_path, bundles):
+    """Making a symlink needs an inode (or a block), renaming it over the old link does not: with room for one new
+    link only, the switch used to set previous and then fail on current, leaving previous == current."""
+    with small_disk(tmp_path / "disk", "nr_inodes=64"):
+        store, first, second = _first_switch_on(tmp_path, bundles)
+        fill_inodes(tmp_path / "disk", leave=1)
+        with pytest.raises(OSError) as failure:
+            store.activate(second)
+        assert failure.value.errno == errno.ENOSPC
+        assert (store.current(), store.previous()) == (first, None)  # nothing switched, not half of it
+        assert _leftovers(store) == []
+        with pytest.raises(ReleaseError, match="no previous release"):
+            store.rollback()
+
+
+def test_a_link_that_does_not_fit_is_named_not_its_target(tmp_path, bundles, capsys):
+    with small_disk(tmp_path / "disk", "nr_inodes=64"):
+        store, _, second = _first_switch_on(tmp_path, bundles)
+        fill_inodes(tmp_path / "disk", leave=1)
+        assert main(["activate", str(store.root), second]) == 1
+        err = capsys.readouterr().err
+        assert f"storage failed ({store.root / 'current'}): No space left on device" in err, err
+        assert "releases/" not in err
+
+
+def test_rollback_refuses_when_previous_is_current(store, bundles, capsys):
+    """A switch cut between its two renames (power lost) leaves previous pointing where current does: a rollback
+    then changed nothing and said it succeeded."""
+    first, second = (store.install(archive) for _, archive, _ in bundles[:2])
+    store.activate(first)
+    store.activate(second)
+    (store.root / "previous").unlink()  # the cut switch: previous renamed to the bundle current still names
+    os.symlink(f"releases/{second}", store.root / "previous")
+    with pytest.raises(ReleaseError, match=f"previous and current both point at {second[:12]} .* nothing to roll "
+                                           f"back to; activate the release you want instead"):
+        store.rollback()
+    assert main(["rollback", str(store.root)]) == 1
+    assert "nothing to roll back to" in capsys.readouterr().err
+    assert (store.current(), store.previous()) == (second, second)
+
+
+@pytest.mark.parametrize("full", ["size=256k", "nr_inodes=64"])
+def test_a_note_the_full_disk_cannot_take_leaves_no_temporary_file(tmp_path, bundles, capsys, full):
+    """Writing .unconfirmed on a full disk (no block, no inode left) fails: its temporary file must not stay behind,
+    and the error names the file that could not be written (not its temporary name)."""
+    with small_disk(tmp_path / "disk", full):
+        store, first, second = _first_switch_on(tmp_path, bundles)
+        (fill if full.startswith("size") else fill_inodes)(tmp_path / "disk")
+        assert main(["activate", str(store.root), second, "--unconfirmed"]) == 1
+        err = capsys.readouterr().err
+        assert f"storage failed ({store.root / '.unconfirmed'}): No space left on device" in err, err
+        assert [p.name for p in store.root.iterdir() if "unconfirmed" in p.name] == []
+        assert (store.current(), store.previous()) == (first, None)
+
+
+def test_prune_frees_a_disk_that_has_no_inode_left(tmp_path, bundles):
+    """Pruning is how a full disk is freed: it must not need a new folder (an inode, a block) to do it."""
+    with small_disk(tmp_path / "disk", "nr_inodes=64"):
+        store = ReleaseStore(tmp_path / "disk" / "device")
+        ids = [store.install(archive) for _, archive, _ in bundles[:3]]
+        store.activate(ids[1])
+        store.activate(ids[2])
+        fill_inodes(tmp_path / "disk")
+        assert store.prune(keep=1) == [ids[0]]
+        assert sorted(store.releases()) == sorted(ids[1:]) and _leftovers(store) == []
+        assert os.statvfs(tmp_path / "disk").f_ffree > 0

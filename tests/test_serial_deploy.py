@@ -27,6 +27,7 @@ from firmware_tools.serial_deploy import SerialDeployError, deploy_serial
 from tests.bundle_variants import variant
 from tests.conftest import REPO, require_module
 from tests.serial_pty import PtyCable
+from tests.test_releases import fill, small_disk
 
 BAUD = 115200
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -432,3 +433,77 @@ def test_a_release_damaged_on_the_device_is_mended_by_installing_it_again(tmp_pa
     assert described == "" and "cannot be loaded" in problem and "deploy it again" in problem  # HELLO names none
     assert store.install(archive) == bundle_id
     assert model.read_bytes() == good and bundle_description(store)[0] == bundle_id
+
+
+def _upload(receiver, archive: Path) -> UploadResult:
+    data = archive.read_bytes()
+    receiver.handle(begin(data))
+    assert receiver.handle(UploadChunk(0, data))[0].next_offset == len(data)  # the upload itself fits
+    return receiver.handle(UploadEnd(hashlib.sha256(data).digest()))[0]
+
+
+def _disk_use(folder: Path) -> int:
+    return sum(path.stat().st_blocks * 512 for path in folder.rglob("*") if path.is_file())
+
+
+def test_a_full_disk_is_made_room_on_by_pruning_what_the_deploy_would_prune(tmp_path, archives, tiny_bundle):
+    """A serial-only device keeping 3 releases on a full disk: nothing over the cable can free space, and pruning
+    came only after a successful install, so no bundle could ever be installed again. The oldest release (neither
+    current nor previous), which this deploy would prune anyway, makes the room."""
+    from edge.telemetry.upload import release_store_receiver
+
+    extra = []
+    for n in (3, 4):
+        extra.append(tmp_path / f"v{n}.tar.gz")
+        pack_bundle(variant(tiny_bundle, tmp_path / f"v{n}", n), extra[-1])
+    with small_disk(tmp_path / "disk", "size=256k"):
+        store = ReleaseStore(tmp_path / "disk" / "root")
+        receiver = release_store_receiver(store, keep=3)
+        ids = [_upload(receiver, archive).bundle_id for archive in (archives[0][0], archives[1][0], extra[0])]
+        assert store.releases() == ids and (store.current(), store.previous()) == (ids[2], ids[1])
+        # room for the upload and half of its extracted copy
+        fill(tmp_path / "disk", leave=extra[1].stat().st_size + _disk_use(store.path_of(ids[0])) // 2)
+        result = _upload(receiver, extra[1])
+        assert result.status == UploadStatus.OK, result.message
+        assert (store.current(), store.previous()) == (result.bundle_id, ids[2])
+        assert store.releases() == [ids[1], ids[2], result.bundle_id]  # the oldest one made the room
+        assert list((store.incoming_dir / "serial").iterdir()) == [] and list(store.staging_dir.iterdir()) == []
+
+
+def test_a_disk_too_full_even_after_pruning_is_reported_as_such(tmp_path, archives):
+    """Nothing to prune (one release): the host hears that the device's disk is full (not that the bundle was
+    refused), how much the bundle needs and the prune command, in the words an SSH deploy uses."""
+    from edge.telemetry.upload import release_store_receiver
+
+    (v1, id1), (v2, _) = archives
+    with small_disk(tmp_path / "disk", "size=256k"):
+        store = ReleaseStore(tmp_path / "disk" / "root")
+        receiver = release_store_receiver(store, keep=3)
+        assert _upload(receiver, v1).bundle_id == id1
+        fill(tmp_path / "disk", leave=v2.stat().st_size + 4096)
+        result = _upload(receiver, v2)
+        assert result.status == UploadStatus.IO_ERROR, result.message
+        assert result.message.startswith(f"the device's storage failed ({store.root}): No space left on device: the "
+                                         f"bundle needs about "), result.message
+        assert "KB are free and no old release can go" in result.message
+        assert f"python3 -m edge.releases prune {store.root} --keep 1" in result.message
+        assert result.message.endswith("free some space or check the storage (dmesg), then try again")
+        assert (store.current(), store.releases()) == (id1, [id1])
+        assert list((store.incoming_dir / "serial").iterdir()) == [] and list(store.staging_dir.iterdir()) == []
+
+
+def test_a_release_being_installed_again_is_not_pruned_to_make_room_for_itself(tmp_path, archives, tiny_bundle):
+    from edge.telemetry.upload import release_store_receiver
+
+    third = tmp_path / "v3.tar.gz"
+    pack_bundle(variant(tiny_bundle, tmp_path / "v3", 3), third)
+    with small_disk(tmp_path / "disk", "size=256k"):
+        store = ReleaseStore(tmp_path / "disk" / "root")
+        receiver = release_store_receiver(store, keep=3)
+        ids = [_upload(receiver, archive).bundle_id for archive in (archives[0][0], archives[1][0], third)]
+        held = store.path_of(ids[0]).stat().st_ino
+        fill(tmp_path / "disk", leave=archives[0][0].stat().st_size + 4096)
+        result = _upload(receiver, archives[0][0])  # the oldest, the one a prune would take first
+        assert result.status == UploadStatus.IO_ERROR and "no old release can go" in result.message
+        assert store.path_of(ids[0]).stat().st_ino == held  # the very same folder: never removed
+        assert (store.current(), store.previous(), store.releases()) == (ids[2], ids[1], ids)

@@ -9,13 +9,17 @@ At the end the device hashes the file, and only an exact SHA-256 match is handed
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
+import shutil
+import tarfile
 import zlib
 from pathlib import Path
 from typing import Callable
 
+from edge.releases import storage_failure
 from edge.telemetry.protocol import (FLAG_RESTART, Message, UploadAck, UploadBegin, UploadChunk, UploadEnd,
                                      UploadResult, UploadStatus)
 
@@ -166,6 +170,9 @@ class UploadReceiver:
         os.replace(t.path, archive)
         try:
             bundle_id = self.install(archive, expected)
+        except OSError as exc:  # the device's storage (full, failing), not the bundle: said as an SSH deploy says it
+            log.warning("serial upload %s not installed: %s", expected, exc)
+            return UploadResult(int(UploadStatus.IO_ERROR), "", storage_failure(exc))
         except Exception as exc:  # noqa: BLE001 - whatever the installer refuses, the host must hear why
             log.warning("serial upload %s refused: %s", expected, exc)
             return UploadResult(int(UploadStatus.INSTALL_FAILED), "", str(exc) or type(exc).__name__)
@@ -199,10 +206,16 @@ def release_store_installer(store, keep: int = 3, on_new_bundle: Callable[[str],
     the `keep` most recent releases, and then tell on_installed(bundle_id) (which announces the store as it is).
 
     A refusal puts `current` and `previous` back as they were and prunes nothing, as an SSH deploy's switch-back
-    does: the releases the device could roll back to are all still there."""
+    does: the releases the device could roll back to are all still there. (Only a disk too full to install the
+    archive has old releases pruned first, those this deploy would prune anyway: never current or previous.)"""
 
     def install(archive: Path, sha256: str) -> str:
-        bundle_id = store.install(archive, sha256)
+        try:
+            bundle_id = store.install(archive, sha256)
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            bundle_id = _install_after_pruning(store, archive, sha256, keep)
         before = store.current(), store.previous()
         store.activate(bundle_id)
         if on_new_bundle is not None:
@@ -220,6 +233,40 @@ def release_store_installer(store, keep: int = 3, on_new_bundle: Callable[[str],
         return bundle_id
 
     return install
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _install_after_pruning(store, archive: Path, sha256: str, keep: int) -> str:
+    """The disk is too full to install the archive. Nothing over the cable can free space, so remove now the old
+    releases a successful deploy would prune anyway (never the current, the previous or the one being installed)
+    and try once more; still too full, say how much is needed and what would free it."""
+    from edge import bundle as bundles
+
+    try:
+        installing = [bundles.bundle_id(archive)]
+    except bundles.BundleError:
+        installing = []
+    removed = store.prune(max(keep - 1, 1), spare=installing)  # the new release takes one of the `keep` places
+    if removed:
+        log.warning("the disk is full: removed %d old release(s) to make room for the upload", len(removed))
+        try:
+            return store.install(archive, sha256)
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+    pruned = f"even after removing {len(removed)} old release(s)" if removed else "and no old release can go"
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            needed = archive.stat().st_size + sum(member.size for member in tar)
+        free = shutil.disk_usage(store.root).free + archive.stat().st_blocks * 512  # the upload is deleted next
+        space = (f"the bundle needs about {needed // 1024} KB (the upload and its extracted copy), {free // 1024} KB "
+                 f"are free {pruned}")
+    except (OSError, tarfile.TarError, EOFError):
+        space = f"the bundle does not fit {pruned}"
+    raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {space}; python3 -m edge.releases prune "
+                  f"{store.root} --keep 1 keeps only the current, previous and newest releases", str(store.root))
 
 
 def _put_back(store, current: str | None, previous: str | None) -> None:
