@@ -436,9 +436,10 @@ class ReleaseStore:
     def _sweep_temporaries(self) -> None:
         # Called with the lock held: the links and the note are only written under it, so a temporary name left in
         # the root (.current.*.tmp, ..unconfirmed.*.tmp) is one that a crash or power cut stopped short.
-        for stray in self.root.glob(".*.tmp"):
-            with contextlib.suppress(OSError):
-                stray.unlink()
+        for name in (self._current_link.name, self._previous_link.name, UNCONFIRMED):  # only this store's own
+            for stray in self.root.glob(f".{name}.*.tmp"):
+                with contextlib.suppress(OSError):
+                    stray.unlink()
 
     def _sweep_incoming(self) -> None:
         if not self.incoming_dir.is_dir():

@@ -304,7 +304,10 @@ class PcmSource(AudioSource):
         """Once a WAV header's declared audio has come, what follows decides: tags (known chunks, ID3) are skipped;
         a next WAV file (`cat a.wav b.wav | basilar run -`) carries on with its audio; anything else is more audio,
         played to the end (a writer that could not fix its header, such as Python's wave module into a pipe).
-        Returns the first bytes of the audio that follows, b"" at the end of input."""
+        Returns the first bytes of the audio that follows, b"" at the end of input, None while the producer is quiet
+        (so the run loop can report health, as it does while audio is awaited)."""
+        if self._quiet_for(IDLE_TICK_S):
+            return None
         odd = False  # whether the last tag skipped was of odd length: a chunk's pad byte may follow
         while True:
             head = self._read_exactly(8)
@@ -353,6 +356,19 @@ class PcmSource(AudioSource):
                     "sends (e.g. `arecord -f S16_LE` sends S16_LE)")
         return (f"the stream is damaged, or not {self.pcm_format}; the audio before that point was processed. "
                 "Check --format against the program writing the stream")
+
+    def _quiet_for(self, seconds: float) -> bool:
+        """Whether nothing came for `seconds` (False at once on a stream that cannot be waited on, or a stop)."""
+        try:
+            fd = self._stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return False
+        waited = 0.0
+        while not self.stop.is_set() and waited < seconds:
+            if select.select([fd], [], [], 0.1)[0]:
+                return False
+            waited += 0.1
+        return not self.stop.is_set()
 
     def _read(self, size: int, idle_s: float | None = None) -> bytes | None:
         """Up to `size` bytes; b"" at end of input. Waits in short slices so a stop request is seen; None when

@@ -156,19 +156,34 @@ def inspect_wav(path: str | os.PathLike) -> WavData | None:
 
 
 def _chunks_to_end(file: BinaryIO, at: int, end: int, pad: bool = False) -> bool:
-    """Whether the bytes of `file` from `at` to `end` are whole chunks or ID3 tags, not more audio. `pad`: what came
-    before is of odd length, so a pad byte comes first, unless its writer left it out (both are tried)."""
-    if pad and _chunks_to_end(file, at + 1, end):
-        return True
-    while end - at >= 8:
+    """Whether the bytes of `file` from `at` to `end` are whole chunks or ID3 tags (then perhaps zeros: padding),
+    not more audio. `pad`: what came before is of odd length, so a pad byte comes first, unless its writer left it
+    out: both are tried, here and after each odd chunk (each place once, so many odd chunks cost no more)."""
+    todo, tried = [at, at + 1] if pad else [at], set()
+    while todo:
+        at = todo.pop()  # the place after a pad byte first
+        if at in tried:
+            continue
+        tried.add(at)
+        if end - at < 8 or _zeros_to_end(file, at, end):  # a few stray bytes (a pad byte too many), or padding
+            return True
         file.seek(at)
         span = tag_span(file.read(ID3V2_HEAD))
-        if span is None or at + span > end:
+        if span is not None and at + span <= end:
+            todo += [at + span, at + span + 1] if span & 1 else [at + span]
+    return False
+
+
+def _zeros_to_end(file: BinaryIO, at: int, end: int) -> bool:
+    """Whether the bytes from `at` to `end` are all zero (some writers fill a file up to a block); stops at the first
+    byte that is not, which in audio comes at once."""
+    file.seek(at)
+    while at < end:
+        block = file.read(min(end - at, 1 << 16))
+        if not block or block.count(0) != len(block):
             return False
-        at += span
-        if span & 1:
-            return _chunks_to_end(file, at, end, pad=True)
-    return True  # a few stray bytes (a pad byte too many) are no audio
+        at += len(block)
+    return True
 
 
 def wav_cut_short(path: str | os.PathLike) -> Lengths | None:

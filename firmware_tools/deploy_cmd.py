@@ -21,6 +21,14 @@ def _need_the_host_extra() -> None:
                                    "(asyncssh): pip install 'basilar[host]'") from None
 
 
+def one_line(ctx, param, value):
+    """Device commands reach the login shell on its standard input (under the device's `timeout`), where bash reads
+    one line at a time: a first line that reads its input would swallow the next ones, unrun."""
+    if value and "\n" in value.strip("\n"):
+        raise click.BadParameter("give one line; join commands with ; or &&")
+    return value.strip("\n") if value else value
+
+
 def _ssh_options(command):
     """Options shared by deploy and status: how to reach and trust devices over SSH."""
     options = [
@@ -59,9 +67,10 @@ def _targets(target_urls, inventory):
 @click.option("--keep", type=click.IntRange(min=1), default=3, show_default=True, metavar="N",
               help="Releases to keep on each device (the current and previous ones are always kept).")
 @click.option("--restart-command", default=_SSH_DEFAULTS["restart"], show_default=True, metavar="CMD",
+              callback=one_line,
               help="Shell command on the device that restarts the service; an empty string skips it. "
                    "{root} stands for the device root.")
-@click.option("--health-command", default=None, metavar="CMD",
+@click.option("--health-command", default=None, metavar="CMD", callback=one_line,
               help="Shell command on the device that must succeed after the restart; {root} stands for the device "
                    "root [default: DEVICE_PYTHON -m firmware_tools.cli bundle verify {root}/current].")
 @click.option("--command-timeout", type=FloatRange(min=1), default=300.0, show_default=True,
@@ -144,6 +153,7 @@ def _progress_bars(targets, total):
 @click.argument("targets", nargs=-1)
 @_ssh_options
 @click.option("--service-command", default=_SSH_DEFAULTS["service"], show_default=True, metavar="CMD",
+              callback=one_line,
               help="Shell command on the device that succeeds when the service runs; an empty string skips it. "
                    "{root} stands for the device root.")
 @click.option("--parallel", type=click.IntRange(min=1), default=8, show_default=True, metavar="N")

@@ -328,7 +328,7 @@ async def _free_bytes(sftp, path: str) -> int | None:
         vfs = await sftp.statvfs(path)
     except (asyncssh.Error, OSError):  # no statvfs@openssh.com extension, or no such folder yet
         return None
-    return vfs.bavail * vfs.frsize
+    return vfs.bavail * vfs.frsize if vfs.blocks and vfs.frsize else None  # all zeros: a server that cannot say
 
 
 def _no_room(root: str, free: int, needed: int) -> str:

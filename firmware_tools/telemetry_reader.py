@@ -89,7 +89,9 @@ class SequenceTracker:
             gap = (frame.seq - self.expected) % SEQ_MODULO
             backstep = (self.last_ms - frame.device_ms) % DEVICE_MS_MODULO
             clock_went_back = RESTART_BACKSTEP_MS < backstep < DEVICE_MS_MODULO // 2
-            opens_anew = gap and frame.type in SESSION_OPENING and frame.seq < SESSION_OPENING_SEQ
+            # and only when numbering started again, not where a session's first frames were lost on the line
+            opens_anew = (gap and frame.type in SESSION_OPENING and frame.seq < SESSION_OPENING_SEQ
+                          and frame.seq < self.expected)
             if (frame.type == MsgType.HELLO and frame.seq == 0 and gap) or clock_went_back \
                     or gap >= SEQ_MODULO // 2 or opens_anew:
                 restarted, gap = True, 0

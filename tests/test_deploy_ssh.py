@@ -779,3 +779,14 @@ def test_a_device_without_room_for_the_upload_is_told_how_much_to_free(device, b
         assert not list(root.rglob("*.part")) and not (root / "current").exists()
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("option", ["--restart-command", "--health-command", "--service-command"])
+def test_a_device_command_of_several_lines_is_refused(option):
+    """The command reaches the login shell on its standard input, where bash reads a line at a time: a first line
+    that reads its input would swallow the others, which never ran, and the check would pass."""
+    command = "deploy" if option != "--service-command" else "status"
+    args = [command, *(["bundle.tar.gz"] if command == "deploy" else []), "ssh://pi@device/opt/basilar",
+            option, "python3 -c 'import sys; sys.stdin.read()'\necho second"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "give one line; join commands with ; or &&" in result.output, result.output

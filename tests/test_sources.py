@@ -814,3 +814,40 @@ def test_an_unknown_microphone_lists_the_inputs(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
                             timeout=60)
     assert "no input device matches 'no such mic'; inputs are: 0: basilar_test_mic" in result.stdout
+
+
+def test_zeros_after_the_audio_are_padding_and_many_odd_chunks_are_still_chunks(tmp_path):
+    """Some writers fill a file up to a block with zeros (here 1.25 s of them); and a file with hundreds of odd
+    chunks after its audio (each tried with and without its pad byte) is walked without running out of stack."""
+    from firmware_tools.dataset import read_clip
+
+    audio = (sine(440, 1.0, RATE) * 20000).astype("<i2").tobytes()
+    padded = tmp_path / "padded.wav"
+    padded.write_bytes(handmade_wav(audio, RATE, after=bytes(40_000)))
+    many = tmp_path / "many.wav"
+    many.write_bytes(handmade_wav(audio, RATE, after=b"".join(chunk(b"note", b"odd") for _ in range(700))))
+    for path in (padded, many):
+        assert len(read_all(FileSource(path, RATE))) == RATE and len(read_clip(path, RATE)) == RATE
+
+
+def test_a_quiet_producer_after_a_wav_streams_declared_audio_still_gets_idle_ticks():
+    """The run loop reports health on the empty chunks a quiet stream yields; a producer that sent all the audio its
+    header declares and keeps the pipe open is such a stream."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, handmade_wav((sine(440, 0.5, RATE) * 20000).astype("<i2").tobytes(), RATE))
+    source = PcmSource(RATE, stream=os.fdopen(read_end, "rb"))
+    chunks = source.chunks()
+    got = []
+
+    def read_until_idle():
+        for block in chunks:
+            got.append(len(block))
+            if not len(block) and sum(got) >= RATE // 2:
+                return
+
+    reader = threading.Thread(target=read_until_idle, daemon=True)
+    reader.start()
+    reader.join(10)
+    os.close(write_end)
+    assert not reader.is_alive(), "no idle tick while the producer was quiet"
+    assert sum(got) == RATE // 2 and got[-1] == 0

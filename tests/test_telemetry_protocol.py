@@ -408,6 +408,9 @@ def test_a_restart_whose_hello_was_lost_is_a_restart_after_weeks_of_uptime():
     assert tracker.observe(frame(det, 44, 9_000)) == (579, False)
     assert tracker.observe(frame(hello, 45, 9_100)) == (0, False)  # an answer to REQUEST_HELLO past seq 8
     assert (tracker.lost, tracker.restarts) == (579, 0)
+    tracker = SequenceTracker()  # and so is a session's LABELS lost between its HELLO and RELEASES
+    assert tracker.observe(frame(hello, 0, 1_000)) == (0, False)
+    assert tracker.observe(frame(Releases("", 0, (), ()), 2, 1_000)) == (1, False)
 
 
 def test_session_turns_gaps_into_records_and_counts_unknown_types():
