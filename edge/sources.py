@@ -306,13 +306,12 @@ class PcmSource(AudioSource):
         played to the end (a writer that could not fix its header, such as Python's wave module into a pipe).
         Returns the first bytes of the audio that follows, b"" at the end of input, None while the producer is quiet
         (so the run loop can report health, as it does while audio is awaited)."""
-        if self._quiet_for(IDLE_TICK_S):
-            return None
-        odd = False  # whether the last tag skipped was of odd length: a chunk's pad byte may follow
+        carry = b""  # the first byte of what follows an odd tag, read to see whether it was the tag's pad byte
         while True:
-            head = self._read_exactly(8)
-            if odd and head[:1] == b"\0":  # the pad byte (a chunk id never starts with 0)
-                head = head[1:] + self._read_exactly(1)
+            if not carry and self._quiet_for(IDLE_TICK_S):
+                return None
+            head = carry + self._read_exactly(8 - len(carry))
+            carry = b""
             if head.startswith((b"ID3", b"RIFF")):  # their sizes and form come later than a chunk's
                 head += self._read_exactly(ID3V2_HEAD - 8 if head.startswith(b"ID3") else 4)
             if len(head) < 8:  # the end; a few stray bytes (a pad byte too many) are no audio
@@ -324,7 +323,8 @@ class PcmSource(AudioSource):
                 self._data_left = None
                 return head
             self._skip(span - len(head))
-            odd = bool(span & 1)
+            if span & 1:  # a pad byte comes with the tag, unless its writer left it out (a chunk id never starts with 0)
+                carry = self._read_exactly(1).lstrip(b"\0")
 
     def _next_file(self) -> bytes:
         """The header of a WAV file that follows another's audio (files joined by `cat`) is read, and the first

@@ -151,13 +151,15 @@ def inspect_wav(path: str | os.PathLike) -> WavData | None:
             return None
         start = file.tell()
         layout = parse_format(fmt) if fmt else None
-        chunks = start + length < size and _chunks_to_end(file, start + length, size, pad=bool(length & 1))
+        # zeros after audio of a given length are padding; after an open length (0) they are silence it holds
+        chunks = start + length < size and _chunks_to_end(file, start + length, size, pad=bool(length & 1),
+                                                          zeros=not is_open_length(length))
         return WavData(start - 4, length, size - start, layout.byte_rate if layout else 0, chunks)
 
 
-def _chunks_to_end(file: BinaryIO, at: int, end: int, pad: bool = False) -> bool:
-    """Whether the bytes of `file` from `at` to `end` are whole chunks or ID3 tags (then perhaps zeros: padding),
-    not more audio. `pad`: what came before is of odd length, so a pad byte comes first, unless its writer left it
+def _chunks_to_end(file: BinaryIO, at: int, end: int, pad: bool = False, zeros: bool = True) -> bool:
+    """Whether the bytes of `file` from `at` to `end` are whole chunks or ID3 tags (then, with `zeros`, perhaps zeros:
+    padding), not more audio. `pad`: what came before is of odd length, so a pad byte comes first, unless its writer left it
     out: both are tried, here and after each odd chunk (each place once, so many odd chunks cost no more)."""
     todo, tried = [at, at + 1] if pad else [at], set()
     while todo:
@@ -165,7 +167,7 @@ def _chunks_to_end(file: BinaryIO, at: int, end: int, pad: bool = False) -> bool
         if at in tried:
             continue
         tried.add(at)
-        if end - at < 8 or _zeros_to_end(file, at, end):  # a few stray bytes (a pad byte too many), or padding
+        if end - at < 8 or (zeros and _zeros_to_end(file, at, end)):  # stray bytes (a pad byte too many), padding
             return True
         file.seek(at)
         span = tag_span(file.read(ID3V2_HEAD))

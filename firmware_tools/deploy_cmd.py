@@ -24,9 +24,10 @@ def _need_the_host_extra() -> None:
 def one_line(ctx, param, value):
     """Device commands reach the login shell on its standard input (under the device's `timeout`), where bash reads
     one line at a time: a first line that reads its input would swallow the next ones, unrun."""
-    if value and "\n" in value.strip("\n"):
+    line = value.rstrip("\r\n") if value else value
+    if line and ("\n" in line or "\r" in line):
         raise click.BadParameter("give one line; join commands with ; or &&")
-    return value.strip("\n") if value else value
+    return line
 
 
 def _ssh_options(command):

@@ -790,3 +790,10 @@ def test_a_device_command_of_several_lines_is_refused(option):
             option, "python3 -c 'import sys; sys.stdin.read()'\necho second"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2 and "give one line; join commands with ; or &&" in result.output, result.output
+
+
+def test_a_device_command_loses_its_line_ending_and_an_empty_one_still_skips():
+    """A command pasted with its line ending (CRLF from a Windows editor) would reach bash as `true\\r`, not found."""
+    from firmware_tools.deploy_cmd import one_line
+
+    assert [one_line(None, None, v) for v in ("true\r\n", "true\n", "\n", "", None)] == ["true", "true", "", "", None]

@@ -828,13 +828,18 @@ def test_zeros_after_the_audio_are_padding_and_many_odd_chunks_are_still_chunks(
     many.write_bytes(handmade_wav(audio, RATE, after=b"".join(chunk(b"note", b"odd") for _ in range(700))))
     for path in (padded, many):
         assert len(read_all(FileSource(path, RATE))) == RATE and len(read_clip(path, RATE)) == RATE
+    # After a length left open (0) zeros are the recording's own silence (a muted microphone), not padding
+    silent = tmp_path / "silent.wav"
+    silent.write_bytes(handmade_wav(bytes(2 * RATE), RATE, declared=0))
+    assert len(read_all(FileSource(silent, RATE))) == RATE and len(read_clip(silent, RATE)) == RATE
 
 
-def test_a_quiet_producer_after_a_wav_streams_declared_audio_still_gets_idle_ticks():
+@pytest.mark.parametrize("tag", [b"", chunk(b"LIST", b"INFOodd")])
+def test_a_quiet_producer_after_a_wav_streams_declared_audio_still_gets_idle_ticks(tag):
     """The run loop reports health on the empty chunks a quiet stream yields; a producer that sent all the audio its
-    header declares and keeps the pipe open is such a stream."""
+    header declares (and a tag after it) and keeps the pipe open is such a stream."""
     read_end, write_end = os.pipe()
-    os.write(write_end, handmade_wav((sine(440, 0.5, RATE) * 20000).astype("<i2").tobytes(), RATE))
+    os.write(write_end, handmade_wav((sine(440, 0.5, RATE) * 20000).astype("<i2").tobytes(), RATE, after=tag))
     source = PcmSource(RATE, stream=os.fdopen(read_end, "rb"))
     chunks = source.chunks()
     got = []
