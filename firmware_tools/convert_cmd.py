@@ -8,6 +8,25 @@ from firmware_tools.cli_errors import fail_on, require_extra
 from firmware_tools.cli_types import FloatRange
 
 
+def bundle_detector_options(command):
+    """The detector defaults a new bundle's manifest records (`basilar convert`, `basilar train`)."""
+    for option in reversed([
+        click.option("--threshold", type=FloatRange(0, 1), help="The bundle's default detection threshold "
+                     "[default: 0.92, tuned on the spoken digits: for other words tune it with `basilar eval-stream "
+                     "BUNDLE AUDIO --truth T.csv --threshold T` on recordings of them, then convert again]."),
+        click.option("--smoothing-ms", type=FloatRange(0, 2000), help="The bundle's default posterior smoothing."),
+        click.option("--refractory-ms", type=FloatRange(0, 10000), help="The bundle's default refractory time."),
+    ]):
+        command = option(command)
+    return command
+
+
+def bundle_detector(threshold, smoothing_ms, refractory_ms) -> dict:
+    """The options given, as the manifest's detector overrides."""
+    return {k: v for k, v in (("threshold", threshold), ("smoothing_ms", smoothing_ms),
+                              ("refractory_ms", refractory_ms)) if v is not None}
+
+
 @click.command()
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
 @click.option("--calibration", "calibration_dir", required=True,
@@ -18,14 +37,11 @@ from firmware_tools.cli_types import FloatRange
 @click.option("--labels", help="Comma-separated labels in model output order (default: from MODEL's "
               "sidecar written by `basilar train`, else the sorted labels of the calibration data).")
 @click.option("--name", default="model", show_default=True, help="Bundle name recorded in the manifest.")
-@click.option("--threshold", type=FloatRange(0, 1), help="The bundle's default detection threshold.")
-@click.option("--smoothing-ms", type=FloatRange(0, 2000), help="The bundle's default posterior smoothing.")
-@click.option("--refractory-ms", type=FloatRange(0, 10000), help="The bundle's default refractory time.")
+@bundle_detector_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def convert(model, calibration_dir, out_path, labels, name, threshold, smoothing_ms, refractory_ms, as_json):
     """Convert a Keras model of the basilar family into an int8 streaming bundle."""
-    detector = {k: v for k, v in (("threshold", threshold), ("smoothing_ms", smoothing_ms),
-                                  ("refractory_ms", refractory_ms)) if v is not None}
+    detector = bundle_detector(threshold, smoothing_ms, refractory_ms)
     require_extra("keras", "host", "convert")
     with fail_on():
         report = run_convert(model, calibration_dir, out_path, labels, name, detector)

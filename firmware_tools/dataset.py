@@ -7,6 +7,7 @@ frame: the background class before a word, the word's label around its end, and 
 import dataclasses
 import hashlib
 import random
+import re
 import shutil
 import subprocess
 import tempfile
@@ -102,6 +103,10 @@ def scan_labelled(data_dir) -> list[Clip]:
                 parts = path.stem.split("_")
                 rest = "_".join(parts[1:]) if len(parts) == 3 else ""
         else:
+            if path.stem.count("_") > 2:  # `lights_on_erin_0`: the label "lights", spoken by "on"?
+                raise ValueError(f"{path}: a name directly in {root} is read as LABEL_SPEAKER_TAKE, and this one has "
+                                 "more parts, so its label is unclear; put the files in one sub-folder per label "
+                                 f"(e.g. {root}/lights_on/{path.name}), where the folder names the label")
             label, underscore, rest = path.stem.partition("_")
             if not underscore or not label:
                 continue
@@ -214,28 +219,49 @@ def synth_digits_flite(sample_rate: int, count: int, seed: int) -> list[tuple[np
     return out
 
 
-def synth_non_target_flite(sample_rate: int, count: int, seed: int) -> list[np.ndarray]:
-    """Non-target speech in flite's voices, so that those voices are no cue for a digit."""
+def synth_non_target_flite(sample_rate: int, count: int, seed: int, avoid=()) -> list[np.ndarray]:
+    """Non-target speech in flite's voices, so that those voices are no cue for a digit; `avoid`: as in
+    non_target_text."""
     rng = random.Random(seed)
-    return [flite(non_target_text(rng), rng.choice(FLITE_VOICES), rng.uniform(85, 250), rng.uniform(0.75, 1.35),
-                  sample_rate) for _ in range(count)]
+    return [flite(non_target_text(rng, avoid), rng.choice(FLITE_VOICES), rng.uniform(85, 250),
+                  rng.uniform(0.75, 1.35), sample_rate) for _ in range(count)]
 
 
-def non_target_text(rng: random.Random) -> str:
+def words_of(text: str) -> tuple[str, ...]:
+    """A label or a phrase as lower-case words (`lights_on` and "Lights on!" are both ("lights", "on"))."""
+    return tuple(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def says(text: str, phrase: tuple[str, ...]) -> bool:
+    """Whether text holds the words of phrase, one after another."""
+    words = words_of(text)
+    return any(words[i:i + len(phrase)] == phrase for i in range(len(words) - len(phrase) + 1))
+
+
+def non_target_text(rng: random.Random, avoid=()) -> str:
     """An everyday phrase, or a random string of common words (far more variety of syllables than any phrase
-    list)."""
-    if rng.random() < 0.5:
-        return rng.choice(NON_TARGET_TEXT)
-    return " ".join(rng.choice(NON_TARGET_WORDS) for _ in range(rng.randint(2, 8)))
+    list). `avoid`: phrases (as words_of gives them) it must not say: the labels, which as background would teach
+    the model that its own words are no target ("yes of course" for a label "yes"). The lists hold no number words,
+    so for digits nothing is drawn again and the draws are what they were."""
+    for _ in range(10_000):
+        if rng.random() < 0.5:
+            text = rng.choice(NON_TARGET_TEXT)
+        else:
+            text = " ".join(rng.choice(NON_TARGET_WORDS) for _ in range(rng.randint(2, 8)))
+        if not any(says(text, phrase) for phrase in avoid):
+            return text
+    raise ValueError(f"almost every non-target phrase says one of the labels {[' '.join(p) for p in avoid]}; "
+                     "give labels that are not among the commonest words, or --synth-speech 0 --flite-speech 0")
 
 
-def synth_non_target(sample_rate: int, count: int, seed: int) -> list[np.ndarray]:
-    """Non-target speech from many espeak-ng voices, for the background class."""
+def synth_non_target(sample_rate: int, count: int, seed: int, avoid=()) -> list[np.ndarray]:
+    """Non-target speech from many espeak-ng voices, for the background class; `avoid`: as in non_target_text."""
     rng = random.Random(seed)
     out = []
     for _ in range(count):
         voice = rng.choice(ESPEAK_VOICES) + rng.choice(ESPEAK_VARIANTS)
-        out.append(espeak(non_target_text(rng), voice, rng.randint(15, 85), rng.randint(110, 210), sample_rate))
+        out.append(espeak(non_target_text(rng, avoid), voice, rng.randint(15, 85), rng.randint(110, 210),
+                          sample_rate))
     return out
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from firmware_tools.cli_errors import fail_on, require_extra
+from firmware_tools.convert_cmd import bundle_detector, bundle_detector_options
 
 
 @click.command()
@@ -42,8 +43,10 @@ from firmware_tools.cli_errors import fail_on, require_extra
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "basilar",
               show_default=True, help="Where computed features are cached.")
 @click.option("--name", default="model", show_default=True, help="Bundle name recorded in the manifest.")
+@bundle_detector_options
 def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth_digits, synth_speech, flite_digits,
-          flite_speech, speech_dir, speech_list, speech_credit, copies, background_examples, cache_dir, name):
+          flite_speech, speech_dir, speech_list, speech_credit, copies, background_examples, cache_dir, name,
+          threshold, smoothing_ms, refractory_ms):
     """Train a streaming model on labelled audio files (sub-folder per label, or files named LABEL_...)."""
     if (speech_list or speech_credit) and not speech_dir:
         raise click.UsageError("--speech-list and --speech-credit describe recordings in --speech-dir; "
@@ -60,5 +63,6 @@ def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth
                                                   speech_credit or f"recordings from {speech_dir}")
                                  if speech_dir else None)
         summary = run_training(data_dir, out_dir, holdout=holdout, loso=loso, settings=settings,
-                               cache_dir=cache_dir, name=name, log=click.echo)
+                               cache_dir=cache_dir, name=name, log=click.echo,
+                               detector=bundle_detector(threshold, smoothing_ms, refractory_ms))
     click.echo(json.dumps(summary, indent=2))

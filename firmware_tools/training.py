@@ -104,10 +104,11 @@ def synthesized(labels, settings: TrainSettings):
     digits = labels == DIGITS
     espeak, flite = synth_engines()
     words, speech = [], []
+    avoid = [dataset.words_of(label) for label in labels if dataset.words_of(label)]  # never a label as background
     if espeak:
-        speech += dataset.synth_non_target(rate, settings.synth_non_target, seed)
+        speech += dataset.synth_non_target(rate, settings.synth_non_target, seed, avoid)
     if flite:
-        speech += dataset.synth_non_target_flite(rate, settings.flite_non_target, seed + 4)
+        speech += dataset.synth_non_target_flite(rate, settings.flite_non_target, seed + 4, avoid)
     if digits and espeak:
         words += dataset.synth_digits(rate, settings.synth_digits, seed + 1)
     if digits and flite:
@@ -335,8 +336,9 @@ def provenance(data_dir, clips, labels, settings: TrainSettings) -> dict:
 
 
 def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=None, name="model", log=print,
-                 settings: TrainSettings | None = None) -> dict:
-    """The whole `basilar train`: returns a summary and writes model.keras, bundle/ and report.{json,txt}."""
+                 settings: TrainSettings | None = None, detector: dict | None = None) -> dict:
+    """The whole `basilar train`: returns a summary and writes model.keras, bundle/ and report.{json,txt}.
+    detector: the bundle's detector defaults where they differ from bundler.DEFAULT_DETECTOR."""
     from firmware_tools import bundler, evaluate, pipeline
 
     out = Path(out_dir)
@@ -346,6 +348,8 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     seed = settings.seed
     clips = dataset.scan_labelled(data_dir)
     labels = label_order(clips)
+    if labels != DIGITS:  # synthesized words are digits only: the report must not claim any for other labels
+        settings = dataclasses.replace(settings, synth_digits=0, flite_digits=0)
     speakers = sorted({c.speaker for c in clips})
     held_out = holdout_speakers(holdout, speakers)
     holdout = ",".join(held_out) or "none"
@@ -372,7 +376,8 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     # 64 clips or fewer all goes to calibration: then it is measured on those, and says so).
     check_clips = held or rest[:300] or calibration
     bundle, conversion = pipeline.convert_into_bundle(model_path, calibration, out / "bundle", settings.frontend,
-                                                      labels, provenance=bundle_provenance, name=name)
+                                                      labels, provenance=bundle_provenance, name=name,
+                                                      detector=detector)
     agreement = evaluate.float_int8_agreement(model, bundle, check_clips)
     held_name = f"held-out speaker{'s' if len(held_out) > 1 else ''} {holdout}"
     on = held_name if held else "training clips" if rest else "the calibration clips (too few clips to keep any out)"

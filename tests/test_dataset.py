@@ -35,6 +35,23 @@ def test_flite_synthesis_is_repeatable_for_a_seed():
     assert not all(np.array_equal(a, b) for a, b in zip(first, other))
 
 
+def test_the_background_never_says_a_label_and_the_digits_background_is_what_it_was():
+    """A label among the common words ("yes": "yes of course" is an everyday phrase) would be taught as background,
+    no target. The phrase lists hold no number words, so digits draw exactly the phrases they drew before."""
+    import random
+
+    labels = [dataset.words_of(label) for label in ("yes", "lights_on", "Stop")]
+    assert labels == [("yes",), ("lights", "on"), ("stop",)]
+    drawn = [dataset.non_target_text(random.Random(seed), labels) for seed in range(3000)]
+    assert not any(dataset.says(text, label) for text in drawn for label in labels)
+    assert any(dataset.says(text, ("on",)) for text in drawn)  # "on" alone is no "lights on": a useful negative
+    assert dataset.says("Yes, of course.", ("yes",)) and not dataset.says("eyes", ("yes",))
+    before, after = random.Random(7), random.Random(7)
+    digits = [dataset.words_of(str(d)) for d in range(10)]
+    assert ([dataset.non_target_text(before) for _ in range(2000)]
+            == [dataset.non_target_text(after, digits) for _ in range(2000)])
+
+
 def test_synthesized_digits_only_for_digit_labels():
     require_program("espeak-ng")
     require_program("flite")
@@ -205,6 +222,19 @@ def test_a_holdout_that_leaves_a_label_without_training_clips_is_refused(tmp_pat
     assert training.holdout_speakers("auto", sorted({c.speaker for c in clips})) == ["bob"]
     with pytest.raises(ValueError, match="holding out bob leaves no clip of 'no' to train on .*--holdout none"):
         training.split_holdout(clips, labels, ["bob"])
+
+
+def test_a_flat_name_with_more_parts_than_label_speaker_take_is_refused(tmp_path):
+    """Directly in the data folder `lights_on_erin_0.wav` would train a label "lights" spoken by "on"."""
+    write_clip(tmp_path / "yes_erin_0.wav")
+    write_clip(tmp_path / "lights_on_erin_0.wav")
+    with pytest.raises(ValueError, match=r"lights_on_erin_0.wav: .* its label is unclear; put the files in one "
+                                         r"sub-folder per label \(e.g. .*/lights_on/lights_on_erin_0.wav\)"):
+        dataset.scan_labelled(tmp_path)
+    (tmp_path / "lights_on").mkdir()
+    (tmp_path / "lights_on_erin_0.wav").rename(tmp_path / "lights_on" / "lights_on_erin_0.wav")
+    assert sorted((c.label, c.speaker) for c in dataset.scan_labelled(tmp_path)) == [("lights_on", "erin"),
+                                                                                     ("yes", "erin")]
 
 
 def test_the_label_is_the_first_folder_under_the_data_folder(tmp_path):

@@ -22,7 +22,7 @@ def trained(tmp_path_factory):
     result = CliRunner().invoke(main, [
         "train", str(FSDD_CLIPS), "--out", str(out), "--epochs", "2", "--width", "8", "--copies", "1",
         "--background-examples", "40", "--synth-digits", "20", "--synth-speech", "10", "--flite-digits", "10",
-        "--flite-speech", "5", "--holdout", "theo,yweweler",
+        "--flite-speech", "5", "--holdout", "theo,yweweler", "--threshold", "0.7",
         "--ensemble", "2", "--cache-dir", str(out.parent / "cache"),
         "--speech-dir", str(out.parent / "speech"), "--speech-credit", "Two phrases recorded by espeak-ng, CC0"])
     assert result.exit_code == 0, result.output
@@ -48,6 +48,8 @@ def test_train_writes_model_bundle_and_report(trained):
     bundle = load_bundle(trained / "bundle")
     assert bundle.labels == [str(d) for d in range(10)]
     assert bundle.manifest["models"]["step"]["spec"]["branches"] == 2  # --ensemble 2: one network, two models
+    # --threshold: the detector default of a bundle for other words than the digits it was tuned on
+    assert bundle.manifest["detector"]["threshold"] == 0.7 and bundle.manifest["detector"]["smoothing_ms"] == 150
     attribution = (trained / "bundle" / "ATTRIBUTION.md").read_text()
     assert "CC BY-SA 4.0" in attribution
     assert "- recorded speech: Two phrases recorded by espeak-ng, CC0" in attribution  # --speech-dir's credit
@@ -192,3 +194,21 @@ def test_train_refuses_a_holdout_that_takes_a_whole_label_away(tmp_path):
     assert "speakers ['alice', 'bob', 'take']; holding out: take" in result.output
     assert "holding out take leaves no clip of 'no' to train on" in result.output
     assert not (tmp_path / "o" / "model.keras").exists()
+
+
+def test_train_on_other_words_than_digits_claims_no_synthesized_digits(tmp_path):
+    """The recipe synthesizes digits only for digit labels; report.json said 600 and 1,200 for any labels."""
+    require_module("tensorflow")
+    require_program("espeak-ng")
+    for digit, word in (("0", "no"), ("1", "yes")):
+        (tmp_path / "data" / word).mkdir(parents=True)
+        for clip in sorted(FSDD_CLIPS.glob(f"{digit}_*.wav")):
+            shutil.copy(clip, tmp_path / "data" / word / clip.name.replace(digit, word, 1))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "data"), "--out", str(out), "--epochs", "1", "--width",
+                                       "8", "--copies", "1", "--background-examples", "20", "--synth-speech", "5",
+                                       "--flite-speech", "0", "--holdout", "none", "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["labels"] == ["no", "yes"]
+    assert (report["settings"]["synth_digits"], report["settings"]["flite_digits"]) == (0, 0)
