@@ -498,9 +498,9 @@ def _plan(target: SshTarget, bundle: LocalBundle, status: dict) -> DeployResult:
     if active == bundle.bundle_id and not damaged:  # unconfirmed: the deploy would check it
         return DeployResult(target, True, "would check", active, "active but never checked (an earlier deploy was "
                                                                  "cut off); would restart and check it")
-    refusal = _refusal(bundle, status.get("trusted_keys", []))
-    if refusal:
-        return DeployResult(target, False, "would fail", active, f"the device would refuse the bundle: {refusal}")
+    refused = refusal(bundle, status.get("trusted_keys", []))
+    if refused:
+        return DeployResult(target, False, "would fail", active, f"the device would refuse the bundle: {refused}")
     if damaged:
         return DeployResult(target, True, "would install", active, f"damaged on the device; would upload "
                                                                    f"{bundle.size} bytes to mend it")
@@ -516,7 +516,7 @@ def _needs_upload(bundle: LocalBundle, status: dict) -> bool:
             or bool(bundle.signed and status.get("trusted_keys")))
 
 
-def _refusal(bundle: LocalBundle, trusted_keys: list[str]) -> str | None:
+def refusal(bundle: LocalBundle, trusted_keys: list[str]) -> str | None:
     """Why a device trusting these keys (as its status lists them) would refuse the bundle, or None."""
     keys, broken = split_key_entries(trusted_keys)
     if broken:

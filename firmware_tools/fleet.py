@@ -9,7 +9,7 @@ from typing import Callable
 
 from edge.releases import file_sha256
 from firmware_tools.deploy_ssh import (DeployResult, DeviceStatus, LocalBundle, Progress, SshOptions, deploy_ssh,
-                                       status_ssh)
+                                       refusal, status_ssh)
 from firmware_tools.targets import SerialTarget, SshTarget, Target
 
 
@@ -88,6 +88,9 @@ def _plan_serial(serial_deploy, target: SerialTarget, bundle: LocalBundle) -> De
     active = hello.bundle_id or None
     if active == bundle.bundle_id:
         return DeployResult(target, True, "unchanged", active, "already active")
+    refused = refusal(bundle, list(releases.trusted_keys)) if releases is not None else None
+    if refused:  # as the SSH dry run says it: the deploy would upload, and the device refuse
+        return DeployResult(target, False, "would fail", active, f"the device would refuse the bundle: {refused}")
     detail = f"would upload {bundle.size} bytes over serial to device {hello.device_id}"
     if releases is None:  # `basilar run --serial` without --root sends no RELEASES and takes no uploads
         detail += "; it keeps no release store (or its software predates RELEASES), so it may refuse the upload"

@@ -221,6 +221,15 @@ def test_dry_run_over_serial_asks_the_device_and_changes_nothing(device, archive
     gone = CliRunner().invoke(cli, ["deploy", str(v2), f"serial://{tmp_path}/ttyNOPE", "--dry-run"])
     assert gone.exit_code == 1 and "failed" in gone.stdout and "cannot open serial port" in gone.stdout
 
+    # A device that trusts keys would refuse an unsigned bundle: the dry run says so, as over SSH
+    generate_keypair(tmp_path / "release.key")
+    (dev.root / "trusted_keys").mkdir()
+    shutil.copy(tmp_path / "release.key.pub", dev.root / "trusted_keys" / "release.pub")
+    refused = CliRunner().invoke(cli, ["deploy", str(v2), target, "--dry-run"])
+    assert refused.exit_code == 1, refused.output
+    [row] = [line for line in refused.stdout.splitlines() if dev.cable.host_path in line]
+    assert row.split()[1:4] == [id1[:12], "would", "fail"] and "the bundle is not signed" in row
+
 
 def test_keep_is_refused_for_serial_targets(device, archives):
     """The serial upload cannot carry --keep (the device prunes with its own setting): an explicit --keep is a
