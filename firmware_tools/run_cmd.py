@@ -237,7 +237,8 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
         if link is not None:
             link.close()  # sends what is queued, then stops the link's threads
     how = f"stopped by {stopped_by[0]}" if stopped_by else "done"
-    sink.log(f"{how}: {stats.describe()}")
+    ran = loop.pipeline.bundle  # which model heard it: the shipped digits one unless told otherwise
+    sink.log(f"{how}: {stats.describe()}; bundle {ran.manifest.get('name') or '?'} {ran.id[:12]}")
 
 
 def _open_source(audio, sample_rate, realtime, pcm_format, rate, channels, stop):

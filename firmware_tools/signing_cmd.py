@@ -64,6 +64,7 @@ def keygen(private_key, comment):
     from edge.signing import SignatureError, generate_keypair, key_id, read_public_key
 
     try:
+        private_key.parent.mkdir(parents=True, exist_ok=True)  # `keys/release.key` in a fresh checkout
         private_path, public_path = generate_keypair(private_key, comment)
     except (SignatureError, OSError) as exc:
         raise click.ClickException(f"cannot make a key pair: {exc}") from None

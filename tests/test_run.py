@@ -90,6 +90,7 @@ def test_run_on_the_demo_prints_detections_that_match_the_truth(demo_detections)
         [(d.label, round(d.start_s, 2), round(d.end_s, 2)) for d in demo_detections]
     assert f"done: {DEMO_SECONDS:.1f} s of audio" in result.stderr.decode()
     assert re.search(r"\d+x real time on ai-edge-litert, 20 detections", result.stderr.decode())  # CI's runtime
+    assert re.search(r"0 overruns; bundle digits [0-9a-f]{12}\n", result.stderr.decode())  # which model heard it
     assert "Traceback" not in result.stderr.decode()
     assert "XNNPACK" not in result.stderr.decode()  # the runtime's notice is not the first line users see
 
@@ -513,7 +514,7 @@ def test_microphone_run_reports_overruns_and_stops_cleanly(tmp_path):
                                         lambda err: b"audio overruns" in err, signal.SIGINT)
     assert "audio overruns:" in stderr and "processing fell behind" in stderr
     assert returncode == 0 and "stopped by SIGINT" in stderr
-    overruns = int(re.search(r"(\d+) overruns$", stderr.strip()).group(1))
+    overruns = int(re.search(r"(\d+) overruns; bundle ", stderr.strip()).group(1))
     assert overruns > 0
 
 
