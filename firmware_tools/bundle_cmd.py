@@ -44,7 +44,8 @@ def inspect(bundle_path, as_json):
     click.echo(f"detector   {json.dumps(m.get('detector', {}))}")
     prov = m.get("provenance", {})
     if prov:
-        click.echo(f"data       {prov.get('training_data')}\nlicense    {prov.get('license')}")
+        click.echo(f"data       {prov.get('training_data') or 'not recorded'}\n"
+                   f"license    {prov.get('license') or 'not recorded'}")
 
 
 @bundle.command()
