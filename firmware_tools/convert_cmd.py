@@ -36,7 +36,8 @@ def bundle_detector(threshold, smoothing_ms, refractory_ms) -> dict:
               help="Bundle directory to write, or a .tar.gz to write a bundle archive.")
 @click.option("--labels", help="Comma-separated labels in model output order (default: from MODEL's "
               "sidecar written by `basilar train`, else the sorted labels of the calibration data).")
-@click.option("--name", default="model", show_default=True, help="Bundle name recorded in the manifest.")
+@click.option("--name", help="Bundle name recorded in the manifest [default: the one given to `basilar train`, "
+                             "from MODEL's sidecar, else 'model'].")
 @bundle_detector_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def convert(model, calibration_dir, out_path, labels, name, threshold, smoothing_ms, refractory_ms, as_json):
@@ -56,7 +57,7 @@ def convert(model, calibration_dir, out_path, labels, name, threshold, smoothing
                        f"float {fi['float_accuracy'] * 100:.1f}%, int8 {fi['int8_accuracy'] * 100:.1f}%")
 
 
-def run_convert(model, calibration_dir, out_path, labels=None, name="model", detector=None) -> dict:
+def run_convert(model, calibration_dir, out_path, labels=None, name=None, detector=None) -> dict:
     import tempfile
 
     import keras
@@ -71,6 +72,7 @@ def run_convert(model, calibration_dir, out_path, labels=None, name="model", det
         bundler.check_destination(out_path)  # before the conversion, which takes a while
     clips = dataset.scan_labelled(calibration_dir)
     sidecar = pipeline.read_sidecar(model) or {}
+    name = name or sidecar.get("name") or "model"
     if labels:
         labels = [s.strip() for s in labels.split(",") if s.strip()]
         recorded = sidecar.get("labels")

@@ -16,9 +16,11 @@ def sidecar_path(model_path) -> Path:
     return Path(str(model_path) + ".basilar.json")
 
 
-def write_sidecar(model_path, labels, config: FrontendConfig, provenance: dict) -> None:
-    sidecar_path(model_path).write_text(json.dumps(
-        {"labels": labels, "frontend": config.to_dict(), "provenance": provenance}, indent=2) + "\n")
+def write_sidecar(model_path, labels, config: FrontendConfig, provenance: dict, name: str | None = None) -> None:
+    sidecar = {"labels": labels, "frontend": config.to_dict(), "provenance": provenance}
+    if name is not None:  # the bundle name given at training, which `basilar convert` keeps
+        sidecar["name"] = name
+    sidecar_path(model_path).write_text(json.dumps(sidecar, indent=2) + "\n")
 
 
 def read_sidecar(model_path) -> dict | None:

@@ -369,7 +369,7 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     model_path = out / "model.keras"
     model.save(model_path)
     bundle_provenance = provenance(data_dir, clips, labels, settings)
-    pipeline.write_sidecar(model_path, labels, settings.frontend, bundle_provenance)
+    pipeline.write_sidecar(model_path, labels, settings.frontend, bundle_provenance, name)
 
     calibration, rest = pipeline.split_calibration(train_clips, seed)
     # The agreement is measured on clips the int8 ranges were not calibrated on, when there are any (a folder of

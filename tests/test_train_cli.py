@@ -22,7 +22,7 @@ def trained(tmp_path_factory):
     result = CliRunner().invoke(main, [
         "train", str(FSDD_CLIPS), "--out", str(out), "--epochs", "2", "--width", "8", "--copies", "1",
         "--background-examples", "40", "--synth-digits", "20", "--synth-speech", "10", "--flite-digits", "10",
-        "--flite-speech", "5", "--holdout", "theo,yweweler", "--threshold", "0.7",
+        "--flite-speech", "5", "--holdout", "theo,yweweler", "--threshold", "0.7", "--name", "my-digits",
         "--ensemble", "2", "--cache-dir", str(out.parent / "cache"),
         "--speech-dir", str(out.parent / "speech"), "--speech-credit", "Two phrases recorded by espeak-ng, CC0"])
     assert result.exit_code == 0, result.output
@@ -64,6 +64,7 @@ def test_convert_to_archive_and_eval(trained, tmp_path):
     report = json.loads(result.output[result.output.index("{"):])
     assert report["labels"] == [str(d) for d in range(10)]
     assert load_bundle(archive).id == report["bundle_id"]
+    assert load_bundle(archive).manifest["name"] == "my-digits"  # the name given to `basilar train`, kept
     # 40 clips all go to calibration: the agreement is measured on them, and is labelled so (not "held-out")
     assert report["float_vs_int8"]["on"].startswith("calibration clips") and report["float_vs_int8"]["clips"] == 40
     result = CliRunner().invoke(main, ["eval", str(archive), str(FSDD_CLIPS), "--json"])
