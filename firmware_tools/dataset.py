@@ -103,13 +103,13 @@ def scan_labelled(data_dir) -> list[Clip]:
                 parts = path.stem.split("_")
                 rest = "_".join(parts[1:]) if len(parts) == 3 else ""
         else:
-            if path.stem.count("_") > 2:  # `lights_on_erin_0`: the label "lights", spoken by "on"?
-                raise ValueError(f"{path}: a name directly in {root} is read as LABEL_SPEAKER_TAKE, and this one has "
-                                 "more parts, so its label is unclear; put the files in one sub-folder per label "
-                                 f"(e.g. {root}/lights_on/{path.name}), where the folder names the label")
             label, underscore, rest = path.stem.partition("_")
             if not underscore or not label:
                 continue
+            if path.stem.count("_") > 2:  # `lights_on_erin_0`: the label "lights", spoken by "on"?
+                raise ValueError(f"{path}: a name directly in {root} is read as LABEL_SPEAKER_TAKE, and this one has "
+                                 "more parts, so its label is unclear (a label or a take holding `_`); put the files "
+                                 f"in one sub-folder per label, which names it: {root}/LABEL/{path.name}")
         if label == BACKGROUND:
             raise ValueError(f"{path}: the label {BACKGROUND} is reserved for the background class that training "
                              "makes itself; rename the folder to the word it holds, or move it out of "

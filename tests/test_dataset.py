@@ -52,6 +52,22 @@ def test_the_background_never_says_a_label_and_the_digits_background_is_what_it_
             == [dataset.non_target_text(after, digits) for _ in range(2000)])
 
 
+def test_features_cached_before_the_background_avoided_labels_are_not_reused_for_other_words(tmp_path):
+    """The digits' key is what it was (their background is drawn as before, and the shipped recipe's cache stays
+    good); other labels' keys are new, so a background that said "yes of course" to a label "yes" is not reused."""
+    write_clip(tmp_path / "0_ann_1.wav")
+    [clip] = dataset.scan_labelled(tmp_path)
+    settings = training.TrainSettings()
+
+    def before(labels):
+        return dataset.cache_key(dataset.RECIPE, [(str(clip.path), clip.path.stat().st_mtime_ns)], labels,
+                                 settings.frontend.hash(), training.example_settings(settings),
+                                 training.synth_engines())
+
+    assert training.examples_key([clip], DIGITS, settings) == before(DIGITS)
+    assert training.examples_key([clip], ["no", "yes"], settings) != before(["no", "yes"])
+
+
 def test_synthesized_digits_only_for_digit_labels():
     require_program("espeak-ng")
     require_program("flite")
@@ -228,8 +244,9 @@ def test_a_flat_name_with_more_parts_than_label_speaker_take_is_refused(tmp_path
     """Directly in the data folder `lights_on_erin_0.wav` would train a label "lights" spoken by "on"."""
     write_clip(tmp_path / "yes_erin_0.wav")
     write_clip(tmp_path / "lights_on_erin_0.wav")
-    with pytest.raises(ValueError, match=r"lights_on_erin_0.wav: .* its label is unclear; put the files in one "
-                                         r"sub-folder per label \(e.g. .*/lights_on/lights_on_erin_0.wav\)"):
+    with pytest.raises(ValueError, match=r"lights_on_erin_0.wav: .* its label is unclear \(a label or a take holding "
+                                         r"`_`\); put the files in one sub-folder per label, which names it: "
+                                         r".*/LABEL/lights_on_erin_0.wav"):
         dataset.scan_labelled(tmp_path)
     (tmp_path / "lights_on").mkdir()
     (tmp_path / "lights_on_erin_0.wav").rename(tmp_path / "lights_on" / "lights_on_erin_0.wav")

@@ -124,7 +124,7 @@ def test_keygen_and_sign_commands_on_a_directory_and_an_archive(tmp_path, tiny_b
     shutil.copy(tmp_path / "release-key.pub", trusted / "release.pub")
     again = runner.invoke(keygen, [str(tmp_path / "release-key")])
     assert again.exit_code == 1 and "already exists" in again.output
-    into_a_new_folder = runner.invoke(keygen, [str(tmp_path / "keys" / "release-key")])  # made, as ssh-keygen does not
+    into_a_new_folder = runner.invoke(keygen, [str(tmp_path / "keys" / "release-key")])  # the folder is made
     assert into_a_new_folder.exit_code == 0 and (tmp_path / "keys" / "release-key.pub").is_file()
 
     directory = variant(tiny_bundle, tmp_path / "bundle", 1)
