@@ -457,9 +457,9 @@ class Augmenter:
         return Frontend(self.config).process(to_int16(audio))
 
 
-def clip_frames(config: FrontendConfig, word: np.ndarray, noise_floor_dbfs: float | None = None,
-                seed: int = 0) -> np.ndarray:
-    """The frames a clip is classified from: the word with silence around it, from a fresh front end.
+def clip_audio(config: FrontendConfig, word: np.ndarray, noise_floor_dbfs: float | None = None,
+               seed: int = 0) -> np.ndarray:
+    """A clip as it is classified: the word with silence around it, int16.
 
     noise_floor_dbfs: white noise at this RMS level (dB full scale) under the whole clip, seeded by `seed`, in
     place of digital silence: the steady hiss a live input always has.
@@ -469,7 +469,13 @@ def clip_frames(config: FrontendConfig, word: np.ndarray, noise_floor_dbfs: floa
     audio = np.concatenate([lead, word, tail])
     if noise_floor_dbfs is not None:
         audio = audio + np.random.default_rng(seed).standard_normal(audio.size) * 10 ** (noise_floor_dbfs / 20)
-    return Frontend(config).process(to_int16(audio))
+    return to_int16(audio)
+
+
+def clip_frames(config: FrontendConfig, word: np.ndarray, noise_floor_dbfs: float | None = None,
+                seed: int = 0) -> np.ndarray:
+    """The frames a clip is classified from (clip_audio), from a fresh front end."""
+    return Frontend(config).process(clip_audio(config, word, noise_floor_dbfs, seed))
 
 
 def cache_key(*parts) -> str:

@@ -28,19 +28,31 @@ def evaluate_bundle(bundle, clips, progress=None, noise_floor_dbfs: float | None
     if unknown:
         raise ValueError(f"clips carry labels the bundle does not know: {unknown}; the bundle's labels are "
                          f"{labels}")
+    from edge.frontend import Frontend
+    from edge.runloop import Pipeline
+
     config = bundle.frontend_config
     runner = StepRunner(bundle)
-    truth, predicted = [], []
+    # The same clips through the detector at the bundle's settings, as `basilar run` would report them: a clip
+    # named right whose word score stays under the threshold counts in accuracy, and is never detected.
+    pipeline = Pipeline.from_bundle(bundle.path)
+    truth, predicted, detected, as_other = [], [], 0, 0
     items = progress(clips) if progress else clips
     for index, clip in enumerate(items):
-        frames = dataset.clip_frames(config, dataset.read_clip(clip.path, config.sample_rate),
-                                     noise_floor_dbfs=noise_floor_dbfs, seed=index)
-        scores = stream_clip(runner, frames)
+        audio = dataset.clip_audio(config, dataset.read_clip(clip.path, config.sample_rate),
+                                   noise_floor_dbfs=noise_floor_dbfs, seed=index)
+        scores = stream_clip(runner, Frontend(config).process(audio))
         truth.append(labels.index(clip.label))
         predicted.append(clip_decision(scores))
+        pipeline.reset()
+        heard = {event.label for event in pipeline.process(audio) + pipeline.flush()}
+        detected += clip.label in heard
+        as_other += bool(heard) and clip.label not in heard
     report = clip_report(labels, truth, predicted)
     report["predicted"] = [labels[p] for p in predicted]
     report["noise_floor_dbfs"] = noise_floor_dbfs
+    report["detected"] = {"clips": detected, "only_as_another_label": as_other,
+                          "fraction": detected / len(clips) if clips else None}
     return report
 
 
@@ -64,7 +76,14 @@ def format_report(report: dict) -> str:
     labels = report["labels"]
     floor = report.get("noise_floor_dbfs")
     lines = [f"clips: {report['clips']}   accuracy: {report['accuracy'] * 100:.1f}%"
-             + (f"   (over a {floor:g} dBFS noise floor)" if floor is not None else ""), "", "recall per label:"]
+             + (f"   (over a {floor:g} dBFS noise floor)" if floor is not None else "")]
+    found = report.get("detected")
+    if found and report["clips"]:
+        missed = report["clips"] - found["clips"] - found["only_as_another_label"]
+        lines.append(f"detected at the bundle's detector settings (as `basilar run` reports words): {found['clips']} "
+                     f"of {report['clips']} ({found['fraction'] * 100:.1f}%); {found['only_as_another_label']} only "
+                     f"as another label, {missed} not at all")
+    lines += ["", "recall per label:"]
     lines += [f"  {lab:>12}: " + (f"{report['recall'][lab] * 100:5.1f}%" if report["recall"][lab] is not None
                                   else "  n/a (no clips)") for lab in labels]
     width = max(4, max(len(l) for l in labels) + 1)

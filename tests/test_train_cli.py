@@ -72,6 +72,17 @@ def test_convert_to_archive_and_eval(trained, tmp_path):
     evaluation = json.loads(result.output.strip().splitlines()[-1])
     assert evaluation["clips"] == 40 and 0 <= evaluation["accuracy"] <= 1
     assert evaluation["noise_floor_dbfs"] is None
+    found = evaluation["detected"]
+    assert 0 <= found["clips"] + found["only_as_another_label"] <= 40 and found["fraction"] == found["clips"] / 40
+    # A threshold no score reaches: the model still names the clips as before, the detector reports none of them
+    deaf = tmp_path / "deaf.tar.gz"
+    assert CliRunner().invoke(main, ["convert", str(trained / "model.keras"), "--calibration", str(FSDD_CLIPS),
+                                     "--out", str(deaf), "--threshold", "1"]).exit_code == 0
+    result = CliRunner().invoke(main, ["eval", str(deaf), str(FSDD_CLIPS)])
+    assert result.exit_code == 0, result.output
+    assert f"accuracy: {evaluation['accuracy'] * 100:.1f}%" in result.output
+    assert "detected at the bundle's detector settings (as `basilar run` reports words): 0 of 40 (0.0%)" \
+        in result.output
     result = CliRunner().invoke(main, ["eval", str(archive), str(FSDD_CLIPS), "--noise-floor", "-60"])
     assert result.exit_code == 0, result.output
     assert "clips: 40" in result.output and "(over a -60 dBFS noise floor)" in result.output
