@@ -413,16 +413,15 @@ class ReleaseStore:
             ordered = self.releases()
             protected = {self.current(), self.previous(), *spare} | set(ordered[-keep:])
             removed = [bundle_id for bundle_id in ordered if bundle_id not in protected]
+            self._sweep_staging()  # first: a crashed prune's `remove-<id>` would block the rename below
             if removed:
                 self.staging_dir.mkdir(parents=True, exist_ok=True)
             for bundle_id in removed:
                 # Rename first, so a half-deleted release is never visible under releases/; to a plain name, as
                 # making a folder for it needs space, which a prune freeing a full disk may not have.
                 doomed = self.staging_dir / f"remove-{bundle_id}"
-                shutil.rmtree(doomed, ignore_errors=True)
                 os.rename(self.releases_dir / bundle_id, doomed)
                 shutil.rmtree(doomed, ignore_errors=True)
-            self._sweep_staging()
             self._sweep_incoming()
             self._sweep_temporaries()
             return removed

@@ -47,14 +47,23 @@ class Pipeline:
         (a model trained on other features) or whose model input does not fit the front end.
         """
         from edge.bundle import BundleError, load_bundle
-        from edge.frontend import Frontend
-        from edge.runner import RuntimeUnavailable, StepRunner
 
         try:
-            # The model is checked below, by building the runner that will run it.
+            # The model is checked in for_bundle, by building the runner that will run it.
             bundle = load_bundle(bundle_ref, trusted_keys=trusted_keys, check_model=False)
         except BundleError as err:
             raise PipelineError(str(err)) from err
+        return cls.for_bundle(bundle, detector_overrides=detector_overrides, num_threads=num_threads,
+                              name=bundle_ref)
+
+    @classmethod
+    def for_bundle(cls, bundle: Any, *, detector_overrides: Mapping[str, Any] | None = None, num_threads: int = 1,
+                   name: Any = None) -> Pipeline:
+        """The pipeline of a bundle already loaded; `name`: how errors name it (its path by default)."""
+        from edge.frontend import Frontend
+        from edge.runner import RuntimeUnavailable, StepRunner
+
+        bundle_ref = bundle.path if name is None else name
         config = bundle.frontend_config
         try:
             settings = DetectorSettings.from_manifest(bundle.manifest.get("detector"), hop_ms=config.hop_ms,

@@ -68,14 +68,16 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(samples * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def check_finite(block: np.ndarray, name: str, seconds_before: float, rate: int, fix: str | None = None) -> None:
+def check_finite(block: np.ndarray, name: str, seconds_before: float, rate: int,
+                 fix: Callable[[], str | None] | None = None) -> None:
     """Float audio can hold NaN or infinities (a damaged file or a broken producer); cast to int16 they would
-    become silence or full scale without a word, so they are refused where they are."""
+    become silence or full scale without a word, so they are refused where they are. fix: what to advise, asked
+    only then."""
     bad = ~np.isfinite(block)
     if bad.any():
         at = seconds_before + int(np.argmax(bad.any(axis=1) if bad.ndim > 1 else bad)) / rate
         raise SourceError(f"{name} holds samples that are not numbers (NaN or infinite) at {at:.2f} s: "
-                          + (fix or "the audio is damaged; the audio before that point was processed. Re-record or "
+                          + ((fix and fix()) or "the audio is damaged; the audio before that point was processed. Re-record or "
                                     "re-encode it"))
 
 
@@ -308,9 +310,10 @@ class PcmSource(AudioSource):
         (so the run loop can report health, as it does while audio is awaited)."""
         carry = b""  # the first byte of what follows an odd tag, read to see whether it was the tag's pad byte
         while True:
-            if not carry and self._quiet_for(IDLE_TICK_S):
+            first = carry or self._read(8, idle_s=IDLE_TICK_S)
+            if first is None:
                 return None
-            head = carry + self._read_exactly(8 - len(carry))
+            head = first + self._read_exactly(8 - len(first))
             carry = b""
             if head.startswith((b"ID3", b"RIFF")):  # their sizes and form come later than a chunk's
                 head += self._read_exactly(ID3V2_HEAD - 8 if head.startswith(b"ID3") else 4)
@@ -357,19 +360,6 @@ class PcmSource(AudioSource):
         return (f"the stream is damaged, or not {self.pcm_format}; the audio before that point was processed. "
                 "Check --format against the program writing the stream")
 
-    def _quiet_for(self, seconds: float) -> bool:
-        """Whether nothing came for `seconds` (False at once on a stream that cannot be waited on, or a stop)."""
-        try:
-            fd = self._stream.fileno()
-        except (AttributeError, OSError, ValueError):
-            return False
-        waited = 0.0
-        while not self.stop.is_set() and waited < seconds:
-            if select.select([fd], [], [], 0.1)[0]:
-                return False
-            waited += 0.1
-        return not self.stop.is_set()
-
     def _read(self, size: int, idle_s: float | None = None) -> bytes | None:
         """Up to `size` bytes; b"" at end of input. Waits in short slices so a stop request is seen; None when
         nothing came for `idle_s` seconds (so the caller can do its periodic work while the producer is quiet)."""
@@ -411,7 +401,7 @@ class PcmSource(AudioSource):
             whole = len(pending) - len(pending) % self._frame_bytes
             samples = np.frombuffer(pending[:whole], dtype=self._dtype).reshape(-1, self.channels)
             if self._dtype.kind == "f":
-                check_finite(samples, self.name, self._frames_read / self.rate, self.rate, self._nan_fix())
+                check_finite(samples, self.name, self._frames_read / self.rate, self.rate, self._nan_fix)
             self._frames_read += len(samples)
             chunk = resample(samples.astype(np.float32) / np.float32(self._scale), last=ended)
             pending = pending[whole:]

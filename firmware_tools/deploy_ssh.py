@@ -28,6 +28,7 @@ import secrets
 import shlex
 import socket
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,7 +36,7 @@ from typing import Callable
 import asyncssh
 
 from edge.signing import split_key_entries
-from firmware_tools.targets import SshTarget
+from firmware_tools.targets import DEFAULT_SSH_PORT, SshTarget
 
 Progress = Callable[[int, int], None]  # (bytes sent, total bytes)
 
@@ -130,7 +131,7 @@ class _HostKeyPolicy(asyncssh.SSHClient):
 
 def _host_pattern(host: str, port: int) -> str:
     """How known_hosts names a host (OpenSSH writes non-default ports as [host]:port)."""
-    return host if port == 22 else f"[{host}]:{port}"
+    return host if port == DEFAULT_SSH_PORT else f"[{host}]:{port}"
 
 
 def _remember_host_key(path: Path, pattern: str, key: asyncssh.SSHKey) -> None:
@@ -175,7 +176,7 @@ async def connect(target: SshTarget, options: SshOptions) -> asyncssh.SSHClientC
                           "asyncssh, which is stricter than OpenSSH: for instance it takes times as plain seconds, "
                           "ServerAliveInterval 30 rather than 30s)") from None
     except asyncssh.HostKeyNotVerifiable:
-        host, port = policy.host_port or (target.host, target.port or 22)
+        host, port = policy.host_port or (target.host, target.port or DEFAULT_SSH_PORT)
         address = f"{host}:{port}"
         if policy.problem == "changed":
             raise DeployError(f"the host key of {address} differs from the one in {known_hosts_path}: the device "
@@ -279,13 +280,18 @@ def bounded_shell(timeout: float) -> str:
     return f"timeout -k {KILL_GRACE_S} {timeout:g} $SHELL"
 
 
+_HAS_TIMEOUT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per connection: asked once
+
+
 async def _device_has_timeout(conn) -> bool:
     """Whether the device's `timeout` takes -k (coreutils; busybox's since 1.28; its SIGTERM reaches only the
     shell, not what the shell started)."""
-    try:
-        return (await _run(conn, "timeout -k 1 1 true", 30)).exit_status == 0
-    except (asyncssh.Error, OSError):
-        return False
+    if conn not in _HAS_TIMEOUT:
+        try:
+            _HAS_TIMEOUT[conn] = (await _run(conn, "timeout -k 1 1 true", 30)).exit_status == 0
+        except (asyncssh.Error, OSError):
+            return False  # asked again next time: the link may have dropped
+    return _HAS_TIMEOUT[conn]
 
 
 async def _run_bounded(conn, command: str, timeout: float):

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from firmware_tools.cli_types import FloatRange
-from firmware_tools.run_cmd import DEMO_RECORDING, detector_options, detector_overrides
+from firmware_tools.run_cmd import demo_audio, detector_options, detector_overrides
 from firmware_tools.stream_eval import DEFAULT_TOLERANCE_S
 
 
@@ -31,10 +31,11 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
     end to when the detection is reported (its detected_s), which may be later than the detection's end.
     AUDIO `demo` is the shipped demo recording, scored against its own truth unless --truth is given.
     """
-    if str(audio) == "demo" and not audio.exists():  # installed from a wheel, its files are in site-packages
-        audio = DEMO_RECORDING
-        truth = truth or DEMO_RECORDING.with_name("demo_truth.csv")
-        non_target = non_target or DEMO_RECORDING.with_name("demo_non_target.csv")
+    demo = demo_audio(str(audio))  # installed from a wheel, its files are in site-packages
+    if demo:
+        audio = demo
+        truth = truth or demo.with_name("demo_truth.csv")
+        non_target = non_target or demo.with_name("demo_non_target.csv")
     if truth is None:
         raise click.UsageError("Missing option '--truth': the CSV of where each word in AUDIO really is")
     from edge.runloop import Pipeline, PipelineError

@@ -28,24 +28,23 @@ def evaluate_bundle(bundle, clips, progress=None, noise_floor_dbfs: float | None
     if unknown:
         raise ValueError(f"clips carry labels the bundle does not know: {unknown}; the bundle's labels are "
                          f"{labels}")
-    from edge.frontend import Frontend
     from edge.runloop import Pipeline
 
     config = bundle.frontend_config
-    runner = StepRunner(bundle)
-    # The same clips through the detector at the bundle's settings, as `basilar run` would report them: a clip
-    # named right whose word score stays under the threshold counts in accuracy, and is never detected.
-    pipeline = Pipeline.from_bundle(bundle.path)
+    pipeline = Pipeline.for_bundle(bundle)
     truth, predicted, detected, as_other = [], [], 0, 0
     items = progress(clips) if progress else clips
     for index, clip in enumerate(items):
         audio = dataset.clip_audio(config, dataset.read_clip(clip.path, config.sample_rate),
                                    noise_floor_dbfs=noise_floor_dbfs, seed=index)
-        scores = stream_clip(runner, Frontend(config).process(audio))
+        pipeline.reset()  # each clip from rest
+        scores = pipeline.runner.run(pipeline.frontend.process(audio))
         truth.append(labels.index(clip.label))
         predicted.append(clip_decision(scores))
-        pipeline.reset()
-        heard = {event.label for event in pipeline.process(audio) + pipeline.flush()}
+        # The same posteriors through the detector at the bundle's settings, as `basilar run` would report them: a
+        # clip named right whose word score stays under the threshold counts in accuracy, and is never detected.
+        events = pipeline.detector.update(scores, pipeline.input_levels(audio)) + pipeline.flush()
+        heard = {event.label for event in events}
         detected += clip.label in heard
         as_other += bool(heard) and clip.label not in heard
     report = clip_report(labels, truth, predicted)

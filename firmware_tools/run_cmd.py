@@ -24,6 +24,11 @@ DEFAULT_ROOT = "/opt/basilar"
 DEMO_RECORDING = Path(__file__).resolve().parent.parent / "edge" / "demo" / "demo.wav"
 
 
+def demo_audio(audio: str) -> Path | None:
+    """The shipped demo recording, when AUDIO is the word `demo` and no file of that name is here."""
+    return DEMO_RECORDING if audio == "demo" and not Path(audio).exists() else None
+
+
 def parse_label_thresholds(pairs: tuple[str, ...]) -> dict[str, float]:
     thresholds = {}
     for pair in pairs:
@@ -174,8 +179,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
     audio = audio or input_
     if not audio:
         raise click.UsageError("say what to listen to: a file, '-' for standard input, or mic[:DEVICE]")
-    if audio == "demo" and not Path(audio).exists():
-        audio = str(DEMO_RECORDING)
+    audio = str(demo_audio(audio) or audio)
     if audio == "-" and sys.stdin is None:  # started with standard input closed (`<&-`)
         raise click.UsageError("'-' reads audio from standard input, which is closed here; pipe audio in, or give "
                                "a file or 'mic'")
@@ -344,13 +348,12 @@ def unit_text(*, executable: str, root: str, audio: str, user: str, serial: str 
 def unreachable_by(user: str, program: str) -> str | None:
     """Why `user` cannot run `program` (a folder on the way or the program not open to it), or None. A virtual
     environment in someone's home (mode 0700 on Debian) is the usual case: the unit would fail on every start."""
-    import grp
     import pwd
     import stat
 
     try:
         entry = pwd.getpwnam(user)
-        uid, gids = entry.pw_uid, {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+        uid, gids = entry.pw_uid, set(os.getgrouplist(user, entry.pw_gid))
     except KeyError:
         uid, gids = None, set()  # not created yet: only what every user may do counts
     if uid == 0:

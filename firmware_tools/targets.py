@@ -24,6 +24,7 @@ import click
 from edge.telemetry import DEFAULT_BAUD  # the device end's default: both ends must agree
 
 _EXAMPLES = "ssh://pi@10.0.0.21/opt/basilar or serial:///dev/ttyUSB0?baud=115200"
+DEFAULT_SSH_PORT = 22  # where no port is given, in the target or in ~/.ssh/config
 
 
 class TargetError(click.ClickException):
@@ -174,7 +175,7 @@ def _device_key(target: Target):
     """What makes two targets one device: an SSH URL with :22 and one without name the same one (22 is the default
     when ~/.ssh/config sets no Port)."""
     if isinstance(target, SshTarget):
-        return "ssh", target.user, target.host, target.port or 22, target.root
+        return "ssh", target.user, target.host, target.port or DEFAULT_SSH_PORT, target.root
     return target.url
 
 

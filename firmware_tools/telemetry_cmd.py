@@ -1,6 +1,7 @@
 """`basilar telemetry`: read a device's serial telemetry (or replay a raw capture of it)."""
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
@@ -77,18 +78,12 @@ def telemetry(port, baud, fmt, output, replay_path, capture, wait, passive, coun
         pass  # stopping a live view is normal; everything received is already written
     finally:
         for _, sink in sinks:
-            _quietly(sink.close)  # the live table's last screen, before the summary
+            with contextlib.suppress(OSError):  # a write to it that failed has already said so
+                sink.close()  # the live table's last screen, before the summary
         click.echo(f"telemetry: {written} record(s) written; {session.summary()}", err=True)
         if out_file:
-            _quietly(out_file.close)
-
-
-def _quietly(close):
-    """Close an output while ending: a write to it that failed has already said so (or ends the command now)."""
-    try:
-        close()
-    except OSError:
-        pass
+            with contextlib.suppress(OSError):
+                out_file.close()
 
 
 def _end_the_view(signum, frame):

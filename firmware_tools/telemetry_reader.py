@@ -6,6 +6,7 @@ replay of a raw capture and the benchmarks; `TelemetryReader` adds the port: ope
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -70,9 +71,9 @@ def host_time() -> str:
 class SequenceTracker:
     """Counts frames lost on the line from gaps in the 16-bit sequence numbers.
 
-    A HELLO with sequence 0 (the device opened its link), a device clock that went backwards, a sequence that
-    went backwards (a gap of half the sequence space or more), or a gap to a session's opening frame numbered
-    under SESSION_OPENING_SEQ starts a new session instead of a gap.
+    A device clock that went backwards, a sequence that went backwards (a gap of half the sequence space or more),
+    or a session's opening frame (HELLO, LABELS, RELEASES) numbered under SESSION_OPENING_SEQ and under the number
+    expected (a HELLO with sequence 0: the device opened its link) starts a new session instead of a gap.
     """
 
     def __init__(self):
@@ -89,11 +90,10 @@ class SequenceTracker:
             gap = (frame.seq - self.expected) % SEQ_MODULO
             backstep = (self.last_ms - frame.device_ms) % DEVICE_MS_MODULO
             clock_went_back = RESTART_BACKSTEP_MS < backstep < DEVICE_MS_MODULO // 2
-            # and only when numbering started again, not where a session's first frames were lost on the line
-            opens_anew = (gap and frame.type in SESSION_OPENING and frame.seq < SESSION_OPENING_SEQ
+            # only when numbering started again, not where a session's first frames were lost on the line
+            opens_anew = (frame.type in SESSION_OPENING and frame.seq < SESSION_OPENING_SEQ
                           and frame.seq < self.expected)
-            if (frame.type == MsgType.HELLO and frame.seq == 0 and gap) or clock_went_back \
-                    or gap >= SEQ_MODULO // 2 or opens_anew:
+            if clock_went_back or gap >= SEQ_MODULO // 2 or opens_anew:
                 restarted, gap = True, 0
                 self.restarts += 1
         self.expected = (frame.seq + 1) % SEQ_MODULO
@@ -489,10 +489,8 @@ class TelemetryReader:
             if ser is not None:
                 ser.close()
             if self.capture:
-                try:
+                with contextlib.suppress(OSError):  # the write that failed before has said so
                     self.capture.close()
-                except OSError:
-                    pass  # the write that failed before has said so
         return self.session
 
 

@@ -104,7 +104,7 @@ def synthesized(labels, settings: TrainSettings):
     digits = labels == DIGITS
     espeak, flite = synth_engines()
     words, speech = [], []
-    avoid = [words for words in map(dataset.words_of, labels) if words]  # never a label as background
+    avoid = [phrase for phrase in map(dataset.words_of, labels) if phrase]  # never a label as background
     if espeak:
         speech += dataset.synth_non_target(rate, settings.synth_non_target, seed, avoid)
     if flite:

@@ -15,14 +15,14 @@ import time
 from typing import BinaryIO, Iterable
 
 from edge.telemetry import DEFAULT_BAUD
-from edge.telemetry.protocol import (MAX_PAYLOAD, Detection, Health, Hello, Labels, Log, LogLevel,
+from edge.telemetry.protocol import (MAX_PAYLOAD, SEQ_MODULO, Detection, Health, Hello, Labels, Log, LogLevel,
                                      Message, ProtocolError, encode_frame, truncate_utf8)
 
 _STOP = object()
 _BATCH = 64  # frames per write: one syscall for a burst instead of one per frame
-# The most frames that may go unwritten in a row with sequence numbers: the host reads a jump of 32768 or more
-# as a device restart (docs/telemetry-protocol.md), and a gap of k frames is a jump of k + 1.
-MAX_GAP = 32766
+# The most frames that may go unwritten in a row with sequence numbers: the host reads a jump of half the sequence
+# space (32768) or more as a device restart (docs/telemetry-protocol.md), and a gap of k frames is a jump of k + 1.
+MAX_GAP = SEQ_MODULO // 2 - 2
 
 
 def device_ms() -> int:
@@ -164,7 +164,7 @@ class TelemetryEmitter:
                     except (ProtocolError, struct.error):  # one that cannot be framed is dropped, the rest go on
                         self._count_dropped(1)
                         continue
-                    self._seq = (self._seq + 1) & 0xFFFF
+                    self._seq = (self._seq + 1) % SEQ_MODULO
                     numbered += 1
             try:
                 self._stream.write(wire)
@@ -179,7 +179,7 @@ class TelemetryEmitter:
                 self._unwritten += numbered
                 if self._unwritten > MAX_GAP:
                     excess = self._unwritten - MAX_GAP
-                    self._seq = (self._seq - excess) & 0xFFFF
+                    self._seq = (self._seq - excess) % SEQ_MODULO
                     self._count_dropped(excess)
                     self._unwritten = MAX_GAP
                 time.sleep(0.05)

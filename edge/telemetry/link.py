@@ -34,9 +34,13 @@ class _Port:
 
         return serial.Serial(self.path, self.baud, timeout=0.1, write_timeout=1.0)
 
-    def _broken(self, ser) -> None:
+    def _broken(self, ser, exc: BaseException | None = None) -> None:
+        """Close `ser` and forget it, saying why (exc) once: a failure the other thread met on a port already
+        closed under it is not said again."""
         with self._lock:
             if self._serial is ser and ser is not None:
+                if exc is not None:
+                    log.warning("serial port %s failed (%s); reopening", self.path, exc)
                 try:
                     ser.close()
                 except Exception:  # noqa: BLE001
@@ -50,9 +54,7 @@ class _Port:
         try:
             return ser.write(data)
         except Exception as exc:
-            if self._serial is ser:
-                log.warning("serial port %s failed (%s); reopening", self.path, exc)
-            self._broken(ser)
+            self._broken(ser, exc)
             raise
 
     def flush(self) -> None:
@@ -74,9 +76,7 @@ class _Port:
         try:
             return ser.read(ser.in_waiting or 1)
         except Exception as exc:  # noqa: BLE001
-            if self._serial is ser:  # else the writer found it broken and closed it under this read: said there
-                log.warning("serial port %s failed (%s); reopening", self.path, exc)
-            self._broken(ser)
+            self._broken(ser, exc)
             return b""
 
     def close(self) -> None:
