@@ -77,8 +77,8 @@ def check_finite(block: np.ndarray, name: str, seconds_before: float, rate: int,
     if bad.any():
         at = seconds_before + int(np.argmax(bad.any(axis=1) if bad.ndim > 1 else bad)) / rate
         raise SourceError(f"{name} holds samples that are not numbers (NaN or infinite) at {at:.2f} s: "
-                          + ((fix and fix()) or "the audio is damaged; the audio before that point was processed. Re-record or "
-                                    "re-encode it"))
+                          + ((fix and fix()) or "the audio is damaged; the audio before that point was processed. "
+                                                "Re-record or re-encode it"))
 
 
 class MonoResampler:
@@ -326,7 +326,7 @@ class PcmSource(AudioSource):
                 self._data_left = None
                 return head
             self._skip(span - len(head))
-            if span & 1:  # a pad byte comes with the tag, unless its writer left it out (a chunk id never starts with 0)
+            if span & 1:  # its pad byte comes with it, unless its writer left it out (no chunk id starts with 0)
                 carry = self._read_exactly(1).lstrip(b"\0")
 
     def _next_file(self) -> bytes:
