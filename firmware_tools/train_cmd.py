@@ -36,6 +36,8 @@ from firmware_tools.convert_cmd import bundle_detector, bundle_detector_options
               help="The recordings in --speech-dir to use: one a line, NAME or NAME: transcript.")
 @click.option("--speech-credit", help="Who recorded the --speech-dir recordings and under what license, for the "
                                      "bundle's ATTRIBUTION.md.")
+@click.option("--data-credit", help="Who recorded DATA_DIR's clips and under what license, for the bundle's "
+                                   "ATTRIBUTION.md (FSDD's own attribution is written without it).")
 @click.option("--copies", type=click.IntRange(1, 50), default=3, show_default=True,
               help="Augmented examples made from each clip.")
 @click.option("--background-examples", type=click.IntRange(0, 10**6), default=5000, show_default=True,
@@ -45,7 +47,7 @@ from firmware_tools.convert_cmd import bundle_detector, bundle_detector_options
 @click.option("--name", default="model", show_default=True, help="Bundle name recorded in the manifest.")
 @bundle_detector_options
 def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth_digits, synth_speech, flite_digits,
-          flite_speech, speech_dir, speech_list, speech_credit, copies, background_examples, cache_dir, name,
+          flite_speech, speech_dir, speech_list, speech_credit, data_credit, copies, background_examples, cache_dir, name,
           threshold, smoothing_ms, refractory_ms):
     """Train a streaming model on labelled audio files (sub-folder per label, or files named LABEL_...)."""
     if (speech_list or speech_credit) and not speech_dir:
@@ -58,7 +60,7 @@ def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth
         settings = TrainSettings(width=width, epochs=epochs, seed=seed, copies_per_clip=copies,
                                  background_examples=background_examples, synth_digits=synth_digits,
                                  synth_non_target=synth_speech, flite_digits=flite_digits,
-                                 flite_non_target=flite_speech, ensemble=ensemble,
+                                 flite_non_target=flite_speech, ensemble=ensemble, data_credit=data_credit,
                                  recorded_speech=(str(speech_dir), speech_list and str(speech_list),
                                                   speech_credit or f"recordings from {speech_dir}")
                                  if speech_dir else None)

@@ -38,6 +38,7 @@ class TrainSettings:
     # (folder, listing or None, credit for the bundle's attribution) as recordings.read_recordings reads
     # them; None for none.
     recorded_speech: tuple[str, str | None, str] | None = None
+    data_credit: str | None = None  # who recorded DATA_DIR's clips and their license, for the bundle's attribution
     previous_word_probability: float = 0.5  # how often another word precedes the labelled one, as in a stream
     # Models trained apart (seeds seed, seed+1, ...) and averaged in one network. The shipped bundle is two of
     # width 36 (docs/models.md); the default here stays one of width 48, which trains in half the time.
@@ -337,6 +338,8 @@ def provenance(data_dir, clips, labels, settings: TrainSettings) -> dict:
                                     + ", ".join(speakers))
     else:
         out = {"training_data": str(data_dir)}
+    if settings.data_credit:  # a license's attribution comes first; the user's credit follows it
+        out["attribution"] = " ".join(filter(None, (out.get("attribution"), settings.data_credit)))
     out["synthetic_data"] = synthetic_data(labels, settings)
     if settings.recorded_speech:
         out["recorded_speech"] = settings.recorded_speech[2]
@@ -362,6 +365,10 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     held_out = holdout_speakers(holdout, speakers)
     holdout = ",".join(held_out) or "none"
     log(f"{len(clips)} clips, labels {labels}, speakers {speakers}; holding out: {holdout}")
+    bundle_provenance = provenance(data_dir, clips, labels, settings)
+    if "attribution" not in bundle_provenance:  # said now, not after the training
+        log(f"warning: the bundle's ATTRIBUTION.md will name no author or license for {data_dir}; give them with "
+            "--data-credit before sharing the bundle")
     held, train_clips = split_holdout(clips, labels, held_out)
     for program, available in zip(("espeak-ng", "flite"), synth_engines()):
         if not available:
@@ -376,7 +383,6 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     model, spec = fit(frames, targets, weights, labels, settings, verbose=2)
     model_path = out / "model.keras"
     model.save(model_path)
-    bundle_provenance = provenance(data_dir, clips, labels, settings)
     pipeline.write_sidecar(model_path, labels, settings.frontend, bundle_provenance, name)
 
     calibration, rest = pipeline.split_calibration(train_clips, seed)

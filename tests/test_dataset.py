@@ -341,6 +341,12 @@ def test_fsdd_attribution_only_for_fsdd_clips_and_synthesis_only_when_on(tmp_pat
         "training_data": str(tmp_path / "own"), "synthetic_data": "Noise synthesized with numpy."}
     assert training.provenance(tmp_path / "own", own, ["no", "yes"], settings)["synthetic_data"] == (
         "Extra non-target speech synthesized with espeak-ng and flite; noise synthesized with numpy.")
+    # --data-credit: the user's own credit heads the attribution; under FSDD's, which it cannot replace
+    credit = "Recorded by Erin Doe, CC BY 4.0."
+    credited = dataclasses.replace(off, data_credit=credit)
+    assert training.provenance(tmp_path / "own", own, ["no", "yes"], credited)["attribution"] == credit
+    assert training.provenance(FSDD_CLIPS, clips, DIGITS, dataclasses.replace(settings, data_credit=credit))[
+        "attribution"] == FSDD_PROVENANCE["attribution"] + " " + credit
     # FSDD's names on digit clips in sub-folders, or with one clip of another speaker, are not FSDD either.
     for name in (f"{d}/{d}_jackson_0.wav" for d in range(10)):
         write_clip(tmp_path / "nested" / name)

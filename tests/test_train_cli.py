@@ -26,6 +26,7 @@ def trained(tmp_path_factory):
         "--ensemble", "2", "--cache-dir", str(out.parent / "cache"),
         "--speech-dir", str(out.parent / "speech"), "--speech-credit", "Two phrases recorded by espeak-ng, CC0"])
     assert result.exit_code == 0, result.output
+    assert "no author or license" not in result.output  # FSDD's clips come with their attribution
     return out
 
 
@@ -205,6 +206,7 @@ def test_train_refuses_a_holdout_that_takes_a_whole_label_away(tmp_path):
     assert result.exit_code == 1, result.output
     assert "speakers ['alice', 'bob', 'take']; holding out: take" in result.output
     assert "holding out take leaves no clip of 'no' to train on" in result.output
+    assert "ATTRIBUTION.md will name no author or license" in result.output  # own clips, no --data-credit
     assert not (tmp_path / "o" / "model.keras").exists()
 
 
@@ -219,8 +221,13 @@ def test_train_on_other_words_than_digits_claims_no_synthesized_digits(tmp_path)
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["train", str(tmp_path / "data"), "--out", str(out), "--epochs", "1", "--width",
                                        "8", "--copies", "1", "--background-examples", "20", "--synth-speech", "5",
-                                       "--flite-speech", "0", "--holdout", "none", "--cache-dir", str(tmp_path / "c")])
+                                       "--flite-speech", "0", "--holdout", "none", "--cache-dir", str(tmp_path / "c"),
+                                       "--data-credit", "Recorded by Erin Doe, CC BY 4.0."])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["labels"] == ["no", "yes"]
     assert (report["settings"]["synth_digits"], report["settings"]["flite_digits"]) == (0, 0)
+    # the user's credit heads the attribution shipped with their bundle, so no warning that it is missing
+    attribution = (out / "bundle" / "ATTRIBUTION.md").read_text()
+    assert attribution.startswith("# Attribution\n\nRecorded by Erin Doe, CC BY 4.0.\n")
+    assert "no author or license" not in result.output
