@@ -102,6 +102,30 @@ class SequenceTracker:
         return gap, restarted
 
 
+class AudioClock:
+    """A detection's word times in seconds of audio, counted on past the u32 milliseconds' wrap at 49.7 days.
+
+    Audio time only goes forward within a device session (a word's start may lie a little before the last
+    word's end), so an end that reads as more than a minute earlier than the last one has wrapped. A session
+    followed from before a wrap reads on past 4,294,967 s; one first seen after a wrap reads from its remainder
+    (the wire cannot say how many wraps came before). A device restart starts a new clock."""
+
+    BACKSTEP_MS = 60_000  # far longer than any word: an end this much earlier than the last is a wrap
+
+    def __init__(self):
+        self.last_end: int | None = None  # the last end, unwrapped, in milliseconds
+
+    def seconds(self, start_ms: int, end_ms: int) -> tuple[float, float]:
+        end = end_ms
+        if self.last_end is not None:
+            forward = (end_ms - self.last_end) % DEVICE_MS_MODULO
+            back = DEVICE_MS_MODULO - forward
+            end = self.last_end - back if 0 < back <= self.BACKSTEP_MS else self.last_end + forward
+        self.last_end = end
+        start = end - (end_ms - start_ms) % DEVICE_MS_MODULO
+        return start / 1000, end / 1000
+
+
 @dataclass
 class DeviceInfo:
     device_id: str = ""
@@ -117,6 +141,7 @@ class TelemetrySession:
     def __init__(self):
         self.decoder = StreamDecoder()
         self.sequence = SequenceTracker()
+        self.audio_clock = AudioClock()
         self.device = DeviceInfo()
         self.reconnects = 0
         self.last_health: Record | None = None
@@ -126,6 +151,7 @@ class TelemetrySession:
         for frame in self.decoder.feed(data):
             lost, restarted = self.sequence.observe(frame)
             if restarted:
+                self.audio_clock = AudioClock()
                 records.append({"host_time": when, "type": "link", "event": "device_restart",
                                 "text": "the device restarted its link (sequence and clock start over)"})
             if lost:
@@ -142,10 +168,10 @@ class TelemetrySession:
         if isinstance(message, Detection):
             labels = self.device.labels or []
             label = labels[message.label_id] if message.label_id < len(labels) else None
+            start_s, end_s = self.audio_clock.seconds(message.start_ms, message.end_ms)
             return {**base, "type": "detection", "label_id": message.label_id,
                     "label": label if label is not None else f"#{message.label_id}",
-                    "score": round(message.score, 4), "start_s": message.start_ms / 1000,
-                    "end_s": message.end_ms / 1000}
+                    "score": round(message.score, 4), "start_s": start_s, "end_s": end_s}
         if isinstance(message, Health):
             self.last_health = {**base, "type": "health", "uptime_s": message.uptime_s,
                                 "realtime_factor": message.realtime_factor, "cpu_load": message.cpu_load,

@@ -97,6 +97,22 @@ def test_word_times_wrap_after_49_7_days_like_the_device_clock():
     assert Detection.from_seconds(3, 0.98, -0.01, 0.2).start_ms == 0
 
 
+def test_the_reader_counts_word_times_on_past_the_wrap_and_anew_after_a_restart():
+    """A device up for weeks: `basilar telemetry` read 4,294,967 s of audio and then 2 s."""
+    wrap_s = 2**32 / 1000
+    times = [(wrap_s - 9.0, wrap_s - 8.5),  # just before the wrap
+             (wrap_s - 1.0, wrap_s + 0.5),  # a word across it
+             (wrap_s + 2.0, wrap_s + 2.5),
+             (wrap_s + 30 * 86400.0, wrap_s + 30 * 86400.0 + 0.5)]  # after 30 quiet days (< 49.7: no wrap)
+    wire = b"".join(encode_frame(Detection.from_seconds(1, 0.9, start, end), seq, 1000 * seq)
+                    for seq, (start, end) in enumerate(times, start=5))
+    wire += encode_frame(Hello("dev", "1.0", "", 8000, 2), 0, 0)  # the device restarted: its audio clock too
+    wire += encode_frame(Detection.from_seconds(1, 0.9, 3.0, 3.5), 1, 5)
+    records = [r for r in TelemetrySession().feed(wire) if r["type"] == "detection"]
+    assert [(r["start_s"], r["end_s"]) for r in records] == [
+        (pytest.approx(start, abs=1e-6), pytest.approx(end, abs=1e-6)) for start, end in times + [(3.0, 3.5)]]
+
+
 def test_encoding_refuses_what_does_not_fit():
     with pytest.raises(ProtocolError, match="at most 255"):
         Hello("x" * 300, "", "", 0, 0).pack()
