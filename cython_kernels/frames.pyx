@@ -42,6 +42,12 @@ def process(const int32_t[:, ::1] coef, Py_ssize_t hop_samples, Py_ssize_t windo
         raise ValueError("last_output must be (2 * channels,)")
     if ring.shape[0] != window_hops or ring.shape[1] != channels or hop_sum.shape[0] != channels:
         raise ValueError("ring must be (window_hops, channels) and hop_sum (channels,)")
+    # A state saved from another configuration can match every shape; its counters must still fit this one, or
+    # the hop's remainder goes negative and the kernel reads before x.
+    if counters.shape[0] != 4 or not 0 <= counters[HOP_FILL] < hop_samples \
+            or not 0 <= counters[RING_INDEX] < window_hops or counters[NORM_COUNT] < 0:
+        raise ValueError("counters do not fit this front end (samples into the hop, ring index, frames averaged): "
+                         "restore only a state saved from the same configuration")
     if n == 0:
         return 0
     cdef Py_ssize_t pos = 0, take, frames = 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cython_kernels import gammatone
-from edge.frontend import Frontend, FrontendConfig, reference
+from edge.frontend import Frontend, FrontendConfig, FrontendConfigError, reference
 from edge.frontend.design import INPUT_SHIFT, SIGNAL_LIMIT, design, impulse_response_l1
 from edge.frontend.state import FrontendState
 
@@ -56,6 +56,18 @@ def test_at_48_khz_the_lowest_channels_keep_80_db():
     config = FrontendConfig(sample_rate=48000, channels=32, f_high=20000.0)
     snr = snr_db(*fixed_and_reference(config, white_noise(-40.0, 24000)))
     assert snr.min() >= 80.0
+
+
+@pytest.mark.parametrize("sample_rate", [48000, 44100, 16000])
+def test_the_lowest_channel_a_rate_allows_keeps_80_db(sample_rate):
+    """A 20 Hz channel at 48 kHz measured 77 dB; the lowest f_low a rate allows (30 Hz at 48 kHz) keeps 80."""
+    lowest = max(20.0, sample_rate / 1600)
+    with pytest.raises(FrontendConfigError, match=f"f_low={lowest - 1} Hz: must be at least {lowest:g} Hz"):
+        FrontendConfig(sample_rate=sample_rate, hop_ms=20.0, window_ms=40.0, f_low=lowest - 1, f_high=7000.0)
+    config = FrontendConfig(sample_rate=sample_rate, hop_ms=20.0, window_ms=40.0, f_low=lowest, f_high=7000.0,
+                            channels=8)
+    for dbfs in (-40.0, -6.0):
+        assert snr_db(*fixed_and_reference(config, white_noise(dbfs, sample_rate // 2)))[0] >= 80.0
 
 
 def section_peaks(config: FrontendConfig, x: np.ndarray) -> np.ndarray:

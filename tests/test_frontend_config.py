@@ -60,6 +60,14 @@ def test_hash_depends_on_values_not_on_how_they_were_written():
     assert FrontendConfig(spectral_norm_s=-0.0) == off and FrontendConfig(spectral_norm_s=-0.0).hash() == off.hash()
 
 
+def test_numpy_numbers_configure_hash_and_serialise_as_plain_ones():
+    plain = FrontendConfig(sample_rate=8000, channels=32, f_high=3800.0, spectral_norm_s=1.28)
+    from_numpy = FrontendConfig(sample_rate=np.int32(8000), channels=np.int64(32), f_high=np.float32(3800.0),
+                                spectral_norm_s=np.float64(1.28))
+    assert from_numpy == plain and from_numpy.hash() == plain.hash()
+    assert json.loads(json.dumps(from_numpy.to_dict())) == plain.to_dict()  # what a manifest writes
+
+
 def test_config_is_immutable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         FrontendConfig().channels = 64
@@ -92,6 +100,11 @@ def test_derived_sizes():
     ({"hop_ms": 200.0, "window_ms": 200.0, "spectral_norm_s": 0.1}, "spectral_norm_s=0.1: shorter than one hop"),
     ({"hop_ms": 1000.0, "window_ms": 1000.0, "spectral_norm_s": 0.4}, "spectral_norm_s=0.4: shorter than one hop"),
     ({"floor_dbfs": 0.0}, "floor_dbfs"),
+    ({"hop_ms": 1e20}, "hop_ms=1e\\+20: use a hop above 0 and at most 1000 ms"),  # passed, then overflowed in process
+    ({"hop_ms": 0.0625000001}, r"got 1.0000000016\)"),  # was "(got 1)" for a hop refused as not whole
+    ({"hop_ms": 1.0, "window_ms": 2.0, "spectral_norm_s": 10.0},
+     "spectral_norm_s=10.0: 10000 hops of hop_ms=1.0; .* at most 1000 hops: use at most 1 s or a longer hop"),
+    ({"f_low": "100"}, "f_low='100': must be a number"),
 ])
 def test_bad_configs_name_the_field_and_the_fix(fields, names_the_fix):
     with pytest.raises(FrontendConfigError, match=names_the_fix):
@@ -126,7 +139,9 @@ def test_config_errors_are_value_errors_and_unknown_fields_are_named():
 
 @pytest.mark.parametrize("samples, names_the_fix", [
     (np.zeros(160, np.float32), "must be int16, got float32: convert with np.clip"),
-    (np.zeros(160, np.int32), "must be int16, got int32"),
+    (np.zeros(160, np.int32), r"must be int16, got int32: convert with \(x >> 16\).astype\(np.int16\) for 32-bit"),
+    (np.zeros(160, np.uint16), r"unsigned 16-bit audio \(silence at 32768\)"),
+    (np.zeros(160, ">i2"), r"got >i2: convert with x.astype\(np.int16\) for big-endian int16"),
     ([0, 1, 2], "must be int16, got int64"),
     (np.zeros((160, 2), np.int16), r"1-D mono audio, got shape \(160, 2\): downmix"),
     (np.array([0.0, np.nan, 0.1]), "NaN or infinity: clean the audio"),

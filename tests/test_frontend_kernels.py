@@ -228,3 +228,14 @@ def test_state_is_sized_by_channels_only():
     sizes = {f.name: getattr(frontend.state, f.name).nbytes for f in dataclasses.fields(frontend.state)}
     frontend.process(np.zeros(16000, np.int16))
     assert {f.name: getattr(frontend.state, f.name).nbytes for f in dataclasses.fields(frontend.state)} == sizes
+
+
+def test_a_state_from_another_configuration_is_refused_before_it_is_read():
+    """Shapes alike (32 channels, 2-hop window), hops not: 300 samples into a 320-sample hop made the kernel read
+    memory before the chunk it was given."""
+    longer_hop = Frontend(FrontendConfig(hop_ms=20.0, window_ms=40.0))
+    longer_hop.process(np.zeros(300, np.int16))
+    frontend = Frontend(FrontendConfig(hop_ms=10.0, window_ms=20.0))
+    frontend.state = longer_hop.state.copy()
+    with pytest.raises(ValueError, match="counters do not fit this front end.*same configuration"):
+        frontend.process(np.zeros(400, np.int16))

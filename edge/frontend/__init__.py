@@ -36,8 +36,17 @@ def as_int16_samples(samples) -> np.ndarray:
     if arr.dtype != np.int16:
         if arr.dtype.kind == "f" and arr.size and not np.all(np.isfinite(arr)):
             raise ValueError("samples contain NaN or infinity: clean the audio before the front end")
-        raise ValueError(f"samples must be int16, got {arr.dtype}: convert with "
-                         "np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16) for float audio in [-1, 1)")
+        if arr.dtype.kind == "f":
+            how = "np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16) for float audio in [-1, 1)"
+        elif arr.dtype.kind in "iu" and arr.dtype.itemsize == 2:  # big-endian int16, or unsigned
+            how = ("x.astype(np.int16) for big-endian int16" if arr.dtype.kind == "i"
+                   else "(x.astype(np.int32) - 32768).astype(np.int16) for unsigned 16-bit audio (silence at 32768)")
+        elif arr.dtype.kind in "iu":
+            how = (f"(x >> {8 * arr.dtype.itemsize - 16}).astype(np.int16) for {8 * arr.dtype.itemsize}-bit audio "
+                   "at its full scale, or x.astype(np.int16) for 16-bit values held in a wider type")
+        else:
+            how = "np.asarray(x, np.int16) for a list of 16-bit samples"
+        raise ValueError(f"samples must be int16, got {arr.dtype}: convert with {how}")
     return np.ascontiguousarray(arr)
 
 
