@@ -44,12 +44,22 @@ class SshTarget:
         return self.name or self.url
 
     @property
+    def address(self) -> str:
+        """host[:port] as messages name the device."""
+        return host_port(self.host, self.port)
+
+    @property
     def url(self) -> str:
         user = f"{self.user}@" if self.user else ""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        port = f":{self.port}" if self.port is not None else ""
         root = self.root if self.root.startswith("/") else f"/~/{self.root}"
-        return f"ssh://{user}{host}{port}{root}"
+        return f"ssh://{user}{self.address}{root}"
+
+
+def host_port(host: str, port: int | None = None) -> str:
+    """host:port as URLs and messages write it: an IPv6 address in brackets ([::1]:22), else its colons blur
+    into the port's."""
+    host = f"[{host}]" if ":" in host else host
+    return host if port is None else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,12 @@ def parse_target(text: str, name: str | None = None) -> Target:
     text = text.strip()
     if "://" not in text:
         raise TargetError(f"target {text!r} is not a URL; write it as {_EXAMPLES}")
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:  # e.g. an unclosed "[", or a name in brackets (urlsplit checks they hold an IP address)
+        hint = "; brackets hold an IPv6 address only, and must be closed: ssh://pi@[fe80::1]:22/opt/basilar" \
+            if "[" in text else ""
+        raise TargetError(f"target {text!r} is not a valid URL: {exc}{hint}") from None
     if parts.scheme == "ssh":
         return _parse_ssh(text, parts, name)
     if parts.scheme == "serial":
@@ -98,16 +113,18 @@ def _parse_ssh(text, parts, name) -> SshTarget:
         raise TargetError(f"target {text!r} has an invalid port; it must be a number from 1 to 65535")
     if parts.query or parts.fragment:
         raise TargetError(f"target {text!r}: ssh targets take no '?' or '#' part")
-    path = unquote(parts.path)
-    if not path.strip("/"):
+    # One spelling per folder ("/opt//b/" and "/opt/./b" are "/opt/b"), so that a device is recognised however its
+    # root is written. ".." stays: folding "a/.." away (as posixpath.normpath does) is wrong where a is a symlink.
+    path = "/" + "/".join(part for part in unquote(parts.path).split("/") if part not in ("", "."))
+    if path == "/":
         raise TargetError(f"target {text!r} names no device root; add the path that holds releases/ and current, "
                           "e.g. ssh://pi@host/opt/basilar")
     if path == "/~" or path.startswith("/~/"):
-        root = path[3:].strip("/")
+        root = path[3:]
         if not root:
             raise TargetError(f"target {text!r}: give a folder under the home directory, e.g. ssh://pi@host/~/basilar")
     else:
-        root = path.rstrip("/")
+        root = path
     if "\0" in root or "\n" in root:
         raise TargetError(f"target {text!r}: the device root contains a control character")
     user = unquote(parts.username) if parts.username else None
@@ -138,12 +155,12 @@ def read_inventory(path: str | Path) -> list[Target]:
     """Read an inventory file: one `[name] target` per line; '#' starts a comment."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: drops the byte-order mark that Windows editors write
     except OSError as exc:
         raise TargetError(f"cannot read the inventory {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise TargetError(f"the inventory {path} is not UTF-8 text; list one target per line") from None
-    targets, named = [], {}
+    targets, named, devices = [], {}, {}
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.split("#", 1)[0].strip()
         if not line:
@@ -163,9 +180,19 @@ def read_inventory(path: str | Path) -> list[Target]:
         if name is not None:
             named[name] = number
         try:
-            targets.append(parse_target(url, name))
+            target = parse_target(url, name)
         except TargetError as exc:
             raise TargetError(f"{path}:{number}: {exc.message}") from None
+        # A device on two lines is most often a line copied for another device and not edited: that device would
+        # silently be left out (and the second name with it).
+        key = _device_key(target)
+        if key in devices:
+            first, label = devices[key]
+            raise TargetError(f"{path}:{number}: {target.label} is the same device as {label} on line {first} (one "
+                              "host, port and device root); list each device once (was this line copied for another "
+                              "device?)")
+        devices[key] = number, target.label
+        targets.append(target)
     if not targets:
         raise TargetError(f"the inventory {path} lists no targets; write one per line, e.g. {_EXAMPLES}")
     return targets
@@ -175,8 +202,12 @@ def _device_key(target: Target):
     """What makes two targets one device: an SSH URL with :22 and one without name the same one (22 is the default
     when ~/.ssh/config sets no Port)."""
     if isinstance(target, SshTarget):
-        return "ssh", target.user, target.host, target.port or DEFAULT_SSH_PORT, target.root
-    return target.url
+        # An absolute root is the same folder whoever logs in, so the user is left out. A root under the home
+        # directory depends on the login; without a user it is ~/.ssh/config's User, else the local login name,
+        # which only asyncssh's reading of the config when it connects can tell: it stays apart from a given user.
+        user = None if target.root.startswith("/") else target.user
+        return "ssh", user, target.host, target.port or DEFAULT_SSH_PORT, target.root
+    return "serial", target.port  # one cable is one device, whatever baud rate each spelling asks for
 
 
 def collect_targets(urls: tuple[str, ...] | list[str], inventory: str | Path | None = None) -> list[Target]:
