@@ -270,6 +270,16 @@ class ReleaseStore:
         if new.is_file() and not (old.is_file() and old.read_bytes() == new.read_bytes()):
             _replace_file(new, release)  # signature.json is not in the manifest: the release stays the same bundle
 
+    def signer(self, bundle_id: str) -> str | None:
+        """The id of the key that signed a release, or None (unsigned, or a signature that cannot be read)."""
+        from edge.signing import SIGNATURE_FILE, SignatureError, key_id, read_signature
+
+        signature = self.path_of(bundle_id) / SIGNATURE_FILE
+        try:
+            return key_id(read_signature(signature)[0]) if signature.is_file() else None
+        except (SignatureError, OSError):
+            return None
+
     def _refusal(self, release: Path, exc: ReleaseError) -> str:
         """Why a release may not become active; for one installed before the keys, what to do about it (short
         enough for a deploy's one-line summary, which keeps only the end of a long message)."""
@@ -509,8 +519,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "status":
             result = store.status()
-            # For deploy tools: a damaged release is re-uploaded (installing it mends it), not taken as held.
+            # For deploy tools: a damaged release is re-uploaded (installing it mends it), not taken as held; an
+            # unsigned one, or one signed by another key, too where keys are trusted (the signed copy brings its
+            # signature); and a root with no
+            # store says nothing was deployed there, or that the root is mistyped.
             result["damaged"] = [bundle_id for bundle_id in result["releases"] if store.damage(bundle_id)]
+            result["signers"] = {bundle_id: store.signer(bundle_id) for bundle_id in result["releases"]}
+            result["store"] = store.releases_dir.is_dir()
+            result["current_broken"] = result["current"] is None and os.path.lexists(store._current_link)
         elif args.command == "install":
             try:
                 result = {"bundle_id": store.install(args.archive, args.sha256)}

@@ -88,7 +88,7 @@ def deploy(ctx, bundle, targets, inventory, known_hosts, accept_new_host_keys, i
     """
     _need_the_host_extra()
     from firmware_tools.deploy_ssh import SshOptions
-    from firmware_tools.fleet import BundleNotUsable, deploy_fleet, format_table, prepare_bundle, short_id
+    from firmware_tools.fleet import BundleNotUsable, Interrupted, deploy_fleet, format_table, prepare_bundle, short_id
 
     chosen = _targets(targets, inventory)
     # The serial upload protocol cannot carry --keep: the device prunes with its own setting, so refuse rather
@@ -111,9 +111,12 @@ def deploy(ctx, bundle, targets, inventory, known_hosts, accept_new_host_keys, i
         click.echo(f"bundle {local.bundle_id} ({local.size} bytes) to {len(chosen)} device(s)"
                    + (" [dry run]" if dry_run else ""), err=True)
         bars = _progress_bars(chosen, local.size)
+        interrupted = False
         try:
             results = deploy_fleet(local, chosen, options, parallel=parallel, dry_run=dry_run,
                                    progress_for=lambda index, _target: bars[index])
+        except Interrupted as stop:  # the table still says where each device was left
+            results, interrupted = stop.results, True
         finally:
             for bar in bars:
                 bar.close()
@@ -125,6 +128,9 @@ def deploy(ctx, bundle, targets, inventory, known_hosts, accept_new_host_keys, i
     if warned:
         click.echo(f"Warning: {warned} device(s) run the new bundle but need attention; see DETAIL above", err=True)
     failed = sum(not r.ok for r in results)
+    if interrupted:
+        click.echo(f"Interrupted: {failed} of {len(results)} device(s) did not finish; see DETAIL above", err=True)
+        ctx.exit(130)  # as a shell reports a command ended by Ctrl-C
     if failed:
         raise click.ClickException(f"{failed} of {len(results)} device(s) failed; see DETAIL above")
 
@@ -185,10 +191,14 @@ def status(targets, inventory, known_hosts, accept_new_host_keys, identity, devi
             if broken:
                 broken += "; the device refuses every bundle until it is fixed or removed"
             rows.append([s.target.label, short_id(s.current), kept, s.service,
-                         "; ".join(text for text in (signed, broken, s.note) if text)])
+                         "; ".join(text for text in (s.trouble, signed, broken, s.note) if text)])
         else:
             rows.append([s.target.label, "?", "?", "?", s.reason])
     click.echo(format_table(["DEVICE", "ACTIVE", "RELEASES (newest first)", "SERVICE", "DETAIL"], rows))
     unreachable = sum(not s.ok for s in results)
-    if unreachable:
-        raise click.ClickException(f"{unreachable} of {len(results)} device(s) could not be queried")
+    troubled = sum(bool(s.trouble) for s in results)
+    if unreachable or troubled:
+        raise click.ClickException("; ".join(text for text in (
+            unreachable and f"{unreachable} of {len(results)} device(s) could not be queried",
+            troubled and f"{troubled} of {len(results)} device(s) will not start their service") if text)
+            + "; see DETAIL above")

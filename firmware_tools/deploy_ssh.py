@@ -18,6 +18,9 @@ On the device the work is done by `python3 -m edge.releases` (the same release s
      too, the note makes the next deploy of the bundle restart and check it rather than call it unchanged;
   6. confirm the switch and prune old releases (never the current or the previous one); a failure here is only
      a warning, since the new bundle is already active and healthy.
+
+Interrupted (Ctrl-C cancels the task), a device is left as a failure at that step would leave it: before the switch
+it runs what it ran; after it and before the health check passed, it is switched back.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from typing import Callable
 import asyncssh
 
 from edge.signing import split_key_entries
-from firmware_tools.targets import DEFAULT_SSH_PORT, SshTarget
+from firmware_tools.targets import DEFAULT_SSH_PORT, SshTarget, host_port
 
 Progress = Callable[[int, int], None]  # (bytes sent, total bytes)
 
@@ -76,7 +79,7 @@ class LocalBundle:
 class DeployResult:
     target: object
     ok: bool
-    outcome: str  # installed, switched, unchanged, would install, would switch, rolled back, failed
+    outcome: str  # installed, switched, unchanged, would install, would switch, rolled back, failed, interrupted
     active: str | None = None  # the bundle id the device runs now, as far as we know
     reason: str = ""
     uploaded_bytes: int = 0
@@ -94,6 +97,7 @@ class DeviceStatus:
     service: str = ""
     reason: str = ""  # why the device could not be queried
     note: str = ""  # what else a queried device said
+    trouble: str = ""  # why a queried device will not start its service (a damaged or missing active bundle)
 
 
 class DeployError(Exception):
@@ -162,7 +166,7 @@ async def connect(target: SshTarget, options: SshOptions) -> asyncssh.SSHClientC
         kwargs["client_keys"] = [str(Path(options.identity).expanduser())]
     if target.port is not None:  # else asyncssh takes the Port that ~/.ssh/config sets for the host, or 22
         kwargs["port"] = target.port
-    address = target.host if target.port is None else f"{target.host}:{target.port}"
+    address = target.address
     # Keepalives make a link that stops answering (Wi-Fi gone, a NAT that forgot the flow) fail after about
     # --connect-timeout seconds, even in the middle of an upload, which no command timeout covers.
     keepalive = options.connect_timeout / (_KEEPALIVE_COUNT_MAX + 1)
@@ -177,7 +181,7 @@ async def connect(target: SshTarget, options: SshOptions) -> asyncssh.SSHClientC
                           "ServerAliveInterval 30 rather than 30s)") from None
     except asyncssh.HostKeyNotVerifiable:
         host, port = policy.host_port or (target.host, target.port or DEFAULT_SSH_PORT)
-        address = f"{host}:{port}"
+        address = host_port(host, port)
         if policy.problem == "changed":
             raise DeployError(f"the host key of {address} differs from the one in {known_hosts_path}: the device "
                               "was reinstalled or someone is in between; check, then remove the old entry with "
@@ -376,6 +380,12 @@ async def _upload(conn, bundle: LocalBundle, remote_path: str, progress: Progres
             raise
 
 
+def _unchanged(target: SshTarget, bundle: LocalBundle, progress: Progress | None, detail: str) -> DeployResult:
+    if progress:
+        progress(bundle.size, bundle.size)
+    return DeployResult(target, True, "unchanged", bundle.bundle_id, detail)
+
+
 # --- one device ------------------------------------------------------------------------------------------------
 
 async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions, *,
@@ -385,6 +395,16 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
     uploaded = 0
     undo = None  # once current points at the new bundle: (the bundle to switch back to, the previous to restore)
     failure = None  # why the new bundle failed its restart or health check
+    done = None  # the result, once the new bundle passed its health check
+
+    async def upload_and_install(conn) -> None:
+        nonlocal stage
+        stage = "uploading"
+        part = f"{target.root}/incoming/{bundle.bundle_id}.{secrets.token_hex(4)}.part"
+        await _upload(conn, bundle, part, progress, options)
+        stage = "installing on the device"
+        await _releases(conn, options, "install", target.root, part, "--sha256", bundle.sha256, "--remove-archive")
+
     try:
         async with await connect(target, options) as conn:
             stage = "reading the device's releases"
@@ -397,9 +417,15 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
             # `activate --unconfirmed` nor `confirm`: deploy to it as before.
             notes = "unconfirmed" in status
             if active == bundle.bundle_id and not unchecked and not damaged:
-                if progress:
-                    progress(bundle.size, bundle.size)
-                return DeployResult(target, True, "unchanged", active, "already active")
+                if dry_run or not _needs_upload(bundle, status):
+                    return (_plan(target, bundle, status) if dry_run
+                            else _unchanged(target, bundle, progress, "already active"))
+                # A signed copy of the active release, which the device holds unsigned or signed by another key:
+                # install it for its signature (or a later rollback to it is refused), with no switch or restart.
+                await upload_and_install(conn)
+                return DeployResult(target, True, "unchanged", active, "already active; its signature installed "
+                                                                       "(the device held it unsigned or signed by "
+                                                                       "another key)", bundle.size)
             if dry_run:
                 return _plan(target, bundle, status)
 
@@ -413,20 +439,22 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
                     progress(bundle.size, bundle.size)
             else:
                 if _needs_upload(bundle, status):
-                    stage = "uploading"
-                    part = f"{target.root}/incoming/{bundle.bundle_id}.{secrets.token_hex(4)}.part"
-                    await _upload(conn, bundle, part, progress, options)
+                    await upload_and_install(conn)
                     uploaded = bundle.size
-                    stage = "installing on the device"
-                    await _releases(conn, options, "install", target.root, part, "--sha256", bundle.sha256,
-                                    "--remove-archive")
                 elif progress:
                     progress(bundle.size, bundle.size)
+                if status.get("store") is False:  # a mistyped root would otherwise pass unnoticed
+                    detail = f"made a new release store in {target.root} (the first deploy there)"
                 stage = "switching current"
-                await _releases(conn, options, "activate", target.root, bundle.bundle_id,
-                                *(["--unconfirmed"] if notes else []))
                 # Back to what last passed a check: not to a bundle an earlier, cut-off deploy left unchecked.
-                undo = (unchecked.get("current"), unchecked.get("previous")) if unchecked else (active, previous)
+                back = (unchecked.get("current"), unchecked.get("previous")) if unchecked else (active, previous)
+                try:
+                    await _releases(conn, options, "activate", target.root, bundle.bundle_id,
+                                    *(["--unconfirmed"] if notes else []))
+                except asyncio.CancelledError:
+                    undo = back  # the device may have switched before the interruption: put back what ran
+                    raise
+                undo = back
 
             stage = "restarting and checking the service"
             restart = device_command(options.restart_command, target.root)
@@ -438,8 +466,10 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
                 stage = "switching back"
                 return await _switch_back(conn, target, bundle, options, undo, failure, uploaded)
 
+            undo = None  # healthy: nothing to switch back from, whatever happens next
             done = DeployResult(target, True, "installed" if uploaded else "switched", bundle.bundle_id, detail,
                                 uploaded)
+            stage = "noting the passed check"
             # The new bundle is active and healthy now: failing to confirm or prune only leaves work for the next
             # deploy (checking it again, removing old releases).
             try:
@@ -458,6 +488,16 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
         reason = str(exc) if stage == "connecting" else f"{stage}: {exc}"
     except (OSError, asyncssh.Error) as exc:
         reason = f"{stage}: {_describe(exc)}"
+    except asyncio.CancelledError:
+        _uncancel()  # handled here: the switch-back below still needs the event loop
+        reason = f"interrupted while {stage}"
+        if done is not None:
+            done.warning = (f"{reason}, after its health check passed; the next deploy of it checks it again and "
+                            "prunes old releases")
+            return done
+        if undo is None:
+            return DeployResult(target, False, "interrupted", active,
+                                f"{reason}; the device runs what it ran before ({(active or 'no bundle')[:12]})")
     if undo is not None:
         # Cut off after the switch (the link dropped during the restart, say): the new bundle is unchecked or
         # failed, so connect once more to put back the old one.
@@ -469,6 +509,13 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
             return DeployResult(target, False, "failed", None, f"{reason}; connecting again to switch back failed: "
                                                                f"{_describe(exc)}; {_unchecked(bundle)}")
     return DeployResult(target, False, "failed", active, reason)
+
+
+def _uncancel() -> None:
+    """Take back a cancellation that was handled (Python 3.11+), so that later awaits and timeouts work."""
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):
+        task.uncancel()
 
 
 def _unchecked(bundle: LocalBundle) -> str:
@@ -501,9 +548,11 @@ def _plan(target: SshTarget, bundle: LocalBundle, status: dict) -> DeployResult:
     """A dry run: what the deploy would do, from the device's status; a bundle it would refuse fails here too."""
     active = status.get("current")
     damaged = bundle.bundle_id in status.get("damaged", [])
-    if active == bundle.bundle_id and not damaged:  # unconfirmed: the deploy would check it
+    if active == bundle.bundle_id and not damaged and status.get("unconfirmed"):
         return DeployResult(target, True, "would check", active, "active but never checked (an earlier deploy was "
                                                                  "cut off); would restart and check it")
+    if active == bundle.bundle_id and not damaged and not _needs_upload(bundle, status):
+        return DeployResult(target, True, "unchanged", active, "already active")
     refused = refusal(bundle, status.get("trusted_keys", []))
     if refused:
         return DeployResult(target, False, "would fail", active, f"the device would refuse the bundle: {refused}")
@@ -512,14 +561,21 @@ def _plan(target: SshTarget, bundle: LocalBundle, status: dict) -> DeployResult:
                                                                    f"{bundle.size} bytes to mend it")
     if not _needs_upload(bundle, status):
         return DeployResult(target, True, "would switch", active, "installed already; no upload")
-    return DeployResult(target, True, "would install", active, f"would upload {bundle.size} bytes")
+    if active == bundle.bundle_id:
+        return DeployResult(target, True, "would sign", active, f"already active; would upload {bundle.size} bytes "
+                                                                "to install its signature, with no restart")
+    new_store = "; would make a new release store there (none yet)" if status.get("store") is False else ""
+    return DeployResult(target, True, "would install", active, f"would upload {bundle.size} bytes{new_store}")
 
 
 def _needs_upload(bundle: LocalBundle, status: dict) -> bool:
     """Whether the device needs the archive: it lacks the release, holds it damaged (installing mends it), or
-    trusts keys and may hold it unsigned (installed before the keys: the signed copy brings its signature)."""
+    trusts keys and holds it unsigned (installed before the keys) or signed by another key (before a key
+    rotation): the signed copy brings its signature. A device that does not list its releases' signers may."""
+    held_signer = status.get("signers", {}).get(bundle.bundle_id, "unknown") if "signers" in status else "unknown"
     return (bundle.bundle_id not in status.get("releases", []) or bundle.bundle_id in status.get("damaged", [])
-            or bool(bundle.signed and status.get("trusted_keys")))
+            or bool(bundle.signed and status.get("trusted_keys") and (bundle.signer is None
+                                                                       or held_signer != bundle.signer)))
 
 
 def refusal(bundle: LocalBundle, trusted_keys: list[str]) -> str | None:
@@ -563,8 +619,14 @@ async def status_ssh(target: SshTarget, options: SshOptions) -> DeviceStatus:
         return DeviceStatus(target, False, reason=str(exc))
     except (OSError, asyncssh.Error) as exc:
         return DeviceStatus(target, False, reason=_describe(exc))
-    note = ""
+    current, note, trouble = status.get("current"), "", ""
     if status.get("unconfirmed"):
         note = "never checked: a deploy switched to it and was cut off before its health check; deploy it again"
-    return DeviceStatus(target, True, status.get("current"), status.get("previous"), status.get("releases", []),
-                        status.get("trusted_keys", []), service, note=note)
+    if status.get("store") is False:
+        note = f"no release store in {target.root}: nothing deployed there yet, or the root is mistyped"
+    if current in status.get("damaged", []):  # the service refuses it at its next start
+        trouble = "the active bundle is damaged on the device, so its service will not start: deploy it again"
+    elif status.get("current_broken"):
+        trouble = "current points at no release the device holds, so its service will not start: deploy a bundle"
+    return DeviceStatus(target, True, current, status.get("previous"), status.get("releases", []),
+                        status.get("trusted_keys", []), service, note=note, trouble=trouble)

@@ -17,6 +17,14 @@ class BundleNotUsable(Exception):
     """The bundle to deploy is missing or invalid; nothing was sent anywhere."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a deploy: every device's result as it was left (switched back where it had switched)."""
+
+    def __init__(self, results: list[DeployResult]):
+        super().__init__("interrupted")
+        self.results = results
+
+
 def prepare_bundle(spec: str, workdir: Path) -> LocalBundle:
     """Check the bundle here first (a broken bundle never leaves this machine) and give an archive to upload.
 
@@ -97,20 +105,31 @@ def _plan_serial(serial_deploy, target: SerialTarget, bundle: LocalBundle) -> De
     return DeployResult(target, True, "would install", active, detail)
 
 
-async def _deploy_all(bundle, targets, options, parallel, dry_run, progress_for):
+async def _deploy_all(bundle, targets, options, parallel, dry_run, progress_for, finished: dict) -> None:
     limit = asyncio.Semaphore(max(1, parallel))
 
-    async def one(index: int, target: Target) -> DeployResult:
+    async def one(index: int, target: Target) -> None:
         async with limit:
             progress = progress_for(index, target) if progress_for else None
-            if isinstance(target, SshTarget):
-                return await deploy_ssh(target, bundle, options, progress=progress, dry_run=dry_run)
-            return await asyncio.to_thread(_deploy_serial, target, bundle, progress, dry_run)
+            try:
+                if isinstance(target, SshTarget):
+                    result = await deploy_ssh(target, bundle, options, progress=progress, dry_run=dry_run)
+                else:
+                    result = await asyncio.to_thread(_deploy_serial, target, bundle, progress, dry_run)
+            except asyncio.CancelledError:  # a serial transfer in its thread is let finish (asyncio waits for it)
+                result = DeployResult(target, False, "interrupted", None, "interrupted; a serial transfer under way "
+                                                                          "was let finish: see `basilar status`")
+            except Exception as exc:  # one device's unexpected error is its own failed row; the others finish
+                result = DeployResult(target, False, "failed", None, _unexpected(exc))
+        finished[index] = result
 
-    results = await asyncio.gather(*(one(i, t) for i, t in enumerate(targets)), return_exceptions=True)
-    # One device's unexpected error is its own failed row; the others were left to finish (or switch back).
-    return [DeployResult(t, False, "failed", None, _unexpected(r)) if isinstance(r, Exception) else r
-            for t, r in zip(targets, results)]
+    tasks = [asyncio.create_task(one(i, t)) for i, t in enumerate(targets)]
+    try:
+        await asyncio.gather(*tasks)
+    except asyncio.CancelledError:
+        # Ctrl-C: each device's task was cancelled too and is switching back where it had switched; let them.
+        await asyncio.wait(tasks)
+        finished["interrupted"] = True
 
 
 def _unexpected(exc: Exception) -> str:
@@ -120,8 +139,18 @@ def _unexpected(exc: Exception) -> str:
 def deploy_fleet(bundle: LocalBundle, targets: list[Target], options: SshOptions, *, parallel: int = 4,
                  dry_run: bool = False,
                  progress_for: Callable[[int, Target], Progress] | None = None) -> list[DeployResult]:
-    """Deploy one bundle to every target, at most `parallel` at a time; one result per target, in order."""
-    return asyncio.run(_deploy_all(bundle, targets, options, parallel, dry_run, progress_for))
+    """Deploy one bundle to every target, at most `parallel` at a time; one result per target, in order. Raises
+    Interrupted, with the results so far, on Ctrl-C."""
+    finished: dict = {}
+    try:
+        asyncio.run(_deploy_all(bundle, targets, options, parallel, dry_run, progress_for, finished))
+    except KeyboardInterrupt:  # Python 3.10 (3.11 cancels the tasks instead); asyncio.run let them finish first
+        finished["interrupted"] = True
+    results = [finished.get(i) or DeployResult(t, False, "interrupted", None, "not started: interrupted")
+               for i, t in enumerate(targets)]
+    if finished.get("interrupted"):
+        raise Interrupted(results)
+    return results
 
 
 def _status_serial(target: SerialTarget) -> DeviceStatus:

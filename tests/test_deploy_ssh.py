@@ -797,3 +797,87 @@ def test_a_device_command_loses_its_line_ending_and_an_empty_one_still_skips():
     from firmware_tools.deploy_cmd import one_line
 
     assert [one_line(None, None, v) for v in ("true\r\n", "true\n", "\n", "", None)] == ["true", "true", "", "", None]
+
+
+def test_ctrl_c_after_the_switch_switches_back_and_reports_every_device(device, bundles, sshd, tmp_path):
+    """Ctrl-C during the restart left the device on a bundle never checked, printed no table, and exited 1."""
+    root, target, options = device
+    v1, v2 = bundles[0], bundles[1]
+    assert _deploy(v1, target, options).ok
+    untouched = tmp_path / "untouched"
+    assert _deploy(v1, parse_target(sshd.url(untouched)), options).ok
+    started = tmp_path / "restart-started"
+    restart = f"{options.restart_command}; touch {started}; sleep 20.{os.getpid()}"
+    deploy = subprocess.Popen(
+        [sys.executable, "-m", "firmware_tools.cli", "deploy", str(v2.archive), sshd.url(root), sshd.url(untouched),
+         "--parallel", "1", "--known-hosts", str(options.known_hosts), "-i", str(sshd.client_key),
+         "--device-python", DEVICE_PYTHON, "--restart-command", restart, "--health-command", options.health_command],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": PYTHONPATH})
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline and deploy.poll() is None:
+        time.sleep(0.05)
+    assert started.exists(), deploy.communicate()
+    assert ReleaseStore(root).current() == v2.bundle_id  # switched, its check not yet passed
+    deploy.send_signal(subprocess.signal.SIGINT)
+    out, err = deploy.communicate(timeout=60)
+    assert deploy.returncode == 130, out + err
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert rows[sshd.url(root)].split()[1:4] == [v1.bundle_id[:12], "rolled", "back"]
+    assert "interrupted while restarting and checking the service" in rows[sshd.url(root)]
+    assert rows[sshd.url(untouched)].split()[2:5] == ["interrupted", "not", "started:"]  # --parallel 1: it waited
+    assert "Interrupted: 2 of 2 device(s) did not finish" in err
+    _assert_intact(root, v1.bundle_id)
+    assert ReleaseStore(root).unconfirmed() is None and ReleaseStore(untouched).current() == v1.bundle_id
+
+
+def test_status_says_when_the_active_bundle_cannot_start_or_the_root_holds_no_store(device, bundles, sshd):
+    root, target, options = device
+    common = ["--known-hosts", str(options.known_hosts), "-i", str(sshd.client_key), "--device-python", DEVICE_PYTHON,
+              "--service-command", "echo active"]
+    missing = root.parent / "mistyped-root"
+    fresh = CliRunner().invoke(cli, ["status", sshd.url(missing), *common])
+    assert fresh.exit_code == 0, fresh.output  # a device before its first deploy is not an error
+    assert f"no release store in {missing}: nothing deployed there yet, or the root is mistyped" in fresh.stdout
+    first = _deploy(bundles[0], parse_target(sshd.url(missing)), options)
+    assert first.ok and f"made a new release store in {missing}" in first.reason
+
+    assert _deploy(bundles[0], target, options).ok
+    model = next(p for p in (root / "current").iterdir() if p.suffix == ".tflite")
+    model.write_bytes(b"\0" + model.read_bytes()[1:])  # one byte changed: the manifest's hash no longer matches
+    damaged = CliRunner().invoke(cli, ["status", sshd.url(root), *common])
+    assert damaged.exit_code == 1, damaged.output
+    assert "the active bundle is damaged on the device, so its service will not start" in damaged.stdout
+    assert "1 of 1 device(s) will not start their service" in damaged.output
+    shutil.rmtree(ReleaseStore(root).path_of(bundles[0].bundle_id))
+    dangling = CliRunner().invoke(cli, ["status", sshd.url(root), *common])
+    assert dangling.exit_code == 1 and "current points at no release the device holds" in dangling.stdout, \
+        dangling.output
+
+
+def test_a_signed_copy_of_the_active_release_brings_its_signature_without_a_restart(device, bundles, tmp_path):
+    """The device ran v1, unsigned or signed by an old key, when it came to trust a new key: deploying v1 signed
+    by the new key said "unchanged" and left it as it was, so a later rollback to v1 was refused."""
+    require_module("nacl")
+    from edge.signing import generate_keypair, sign_bundle_dir
+
+    root, target, options = device
+    assert _deploy(bundles[0], target, options).ok
+    (root / "trusted_keys").mkdir()
+    for name in ("old", "new"):
+        private, public = generate_keypair(tmp_path / name)
+        shutil.copy(public, root / "trusted_keys" / f"{name}.pub")
+        signed_dir = shutil.copytree(load_bundle(bundles[0].archive).path, tmp_path / f"signed-{name}")
+        sign_bundle_dir(signed_dir, private)
+        archive = tmp_path / f"signed-{name}.tar.gz"
+        pack_bundle(signed_dir, archive)
+        signer = fleet._signer(signed_dir / "signature.json")
+        signed = LocalBundle(archive, bundles[0].bundle_id, file_sha256(archive), archive.stat().st_size,
+                             signed=True, signer=signer)
+        assert _deploy(signed, target, options, dry_run=True).outcome == "would sign"
+        result = _deploy(signed, target, options)
+        assert (result.ok, result.outcome, result.uploaded_bytes) == (True, "unchanged", signed.size), result.reason
+        assert "its signature installed" in result.reason
+        assert ReleaseStore(root).signer(bundles[0].bundle_id) == signer
+        again = _deploy(signed, target, options)  # now held with this signature: nothing to do
+        assert (again.outcome, again.uploaded_bytes, again.reason) == ("unchanged", 0, "already active")
+    assert _restarts(root) == 1  # only the first deploy restarted anything
