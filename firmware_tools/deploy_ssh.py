@@ -25,6 +25,7 @@ it runs what it ran; after it and before the health check passed, it is switched
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -347,6 +348,24 @@ def _no_room(root: str, free: int, needed: int) -> str:
             "and previous releases) and deploy again")
 
 
+STALE_PART_S = 60  # a partial upload untouched this long was cut off; a live one is written every moment
+
+
+async def _drop_stale_parts(sftp, incoming: str, own: str, bundle_id: str) -> None:
+    """Remove the partial uploads of this bundle that earlier, cut-off attempts left (they hold space a full device
+    needs), but not one that another deploy is writing right now. Ages are taken on the device's clock: this
+    upload's own file, made first, says what time it is there."""
+    async with sftp.open(own, "wb"):
+        pass
+    now = (await sftp.stat(own)).mtime
+    for name in await sftp.listdir(incoming):
+        path = f"{incoming}/{name}"
+        if name.startswith(bundle_id + ".") and name.endswith(".part") and path != own:
+            with contextlib.suppress(asyncssh.SFTPError):  # gone meanwhile: its deploy finished
+                if now is None or (await sftp.stat(path)).mtime < now - STALE_PART_S:
+                    await sftp.remove(path)
+
+
 async def _upload(conn, bundle: LocalBundle, remote_path: str, progress: Progress | None,
                   options: SshOptions) -> None:
     def report(_src, _dst, sent, total):
@@ -361,10 +380,7 @@ async def _upload(conn, bundle: LocalBundle, remote_path: str, progress: Progres
             raise DeployError(_no_room(root, free, bundle.size))
         try:
             await sftp.makedirs(incoming, exist_ok=True)
-            # Earlier attempts at this bundle that were cut off leave their partial uploads here: drop them.
-            for name in await sftp.listdir(incoming):
-                if name.startswith(bundle.bundle_id + ".") and name.endswith(".part"):
-                    await sftp.remove(f"{incoming}/{name}")
+            await _drop_stale_parts(sftp, incoming, remote_path, bundle.bundle_id)
             # put() may return normally if the link drops after the last write was acknowledged; that is fine,
             # because the device checks the SHA-256 of what it received before installing anything.
             await sftp.put(str(bundle.archive), remote_path, block_size=options.block_size,

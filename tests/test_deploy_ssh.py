@@ -299,10 +299,16 @@ def test_connection_killed_mid_upload_then_next_deploy_completes(device, bundles
     _assert_intact(root, v1.bundle_id)  # ... and none of it is reachable
     assert ReleaseStore(root).releases() == [v1.bundle_id]
 
+    # Another deploy of the same bundle to this device, writing its upload right now (two operators, or CI and
+    # one): its file must survive; the cut-off one, untouched for two minutes, is cleared.
+    live = root / "incoming" / f"{v2.bundle_id}.0a0b0c0d.part"
+    live.write_bytes(b"being written")
+    stale = time.time() - 120
+    os.utime(partial, (stale, stale))
     done = _deploy(v2, target, options)
     assert (done.ok, done.outcome) == (True, "installed")
     _assert_intact(root, v2.bundle_id)
-    assert list((root / "incoming").iterdir()) == []  # the cut-off partial upload was cleared too
+    assert list((root / "incoming").iterdir()) == [live]
 
 
 def test_signed_only_device(device, bundles, tmp_path):
