@@ -29,23 +29,24 @@ def read_audio(path: str, sample_rate: int) -> tuple[np.ndarray, FileSource, Sou
 
 
 def make_config(sample_rate: int, channels: int, f_low: float | None, f_high: float | None,
-                spectral_norm_s: float) -> FrontendConfig:
+                spectral_norm_s: float, hop_ms: float = DEFAULTS.hop_ms) -> FrontendConfig:
     if f_high is None:
         f_high = min(DEFAULTS.f_high, HIGHEST_F_HIGH * sample_rate)
-    try:
+    try:  # the window stays two hops, as by default
         return FrontendConfig(sample_rate=sample_rate, channels=channels, f_high=float(f_high),
                               f_low=float(DEFAULTS.f_low if f_low is None else f_low),
-                              spectral_norm_s=spectral_norm_s)
+                              spectral_norm_s=spectral_norm_s, hop_ms=hop_ms,
+                              window_ms=DEFAULTS.window_ms / DEFAULTS.hop_ms * hop_ms)
     except FrontendConfigError as err:
         raise click.ClickException(f"front-end settings: {err} (options --sample-rate, --channels, --f-low, "
-                                   "--f-high, --spectral-norm-s)") from None
+                                   "--f-high, --hop-ms, --spectral-norm-s)") from None
 
 
 def bundle_config(ctx: click.Context, bundle: str) -> FrontendConfig:
     """The front end of a bundle (what its model hears); the options that would shape another are refused."""
     from edge.bundle import BundleError, load_bundle
 
-    shaping = [name for name in ("channels", "sample_rate", "f_low", "f_high", "spectral_norm_s")
+    shaping = [name for name in ("channels", "sample_rate", "f_low", "f_high", "hop_ms", "spectral_norm_s")
                if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
     if shaping:
         raise click.UsageError(f"--bundle sets the front end; drop --{shaping[0].replace('_', '-')}")
@@ -140,6 +141,9 @@ def plot(out: np.ndarray, config: FrontendConfig, centre_freqs, stage: str, use_
 @click.option("--f-high", type=float, default=None,
               help=f"Upper end of the channel span in Hz  [default: {DEFAULTS.f_high:g}, or 7/16 of the sample "
                    "rate if that is lower]")
+@click.option("--hop-ms", type=float, default=DEFAULTS.hop_ms, show_default=True,
+              help="Frame hop in ms (the window is two hops); it must be a whole number of samples: 20 ms at "
+                   "22050 or 44100 Hz.")
 @click.option("--spectral-norm-s", type=float, default=DEFAULTS.spectral_norm_s, show_default=True,
               help="Add the spectral view (each channel less its running average over this many seconds of "
                    "sound; 0 for none).")
@@ -155,8 +159,8 @@ def plot(out: np.ndarray, config: FrontendConfig, centre_freqs, stage: str, use_
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Draw a cochleagram PNG (needs matplotlib).")
 @click.pass_context
-def frontend(ctx, audio, channels, sample_rate, f_low, f_high, spectral_norm_s, bundle, stage, use_reference, out,
-             plot_path):
+def frontend(ctx, audio, channels, sample_rate, f_low, f_high, hop_ms, spectral_norm_s, bundle, stage, use_reference,
+             out, plot_path):
     """Run the cochlea front end over IN.wav (any WAV/FLAC/OGG, any rate, width and channel count).
 
     Prints a summary; --out saves the frames (or the filter output with --stage filters); --plot draws a
@@ -170,7 +174,7 @@ def frontend(ctx, audio, channels, sample_rate, f_low, f_high, spectral_norm_s, 
         raise click.BadParameter(f"{plot_path}: name the picture's type, e.g. {plot_path}.png (or .svg, .pdf)",
                                  param_hint="--plot")
     config = bundle_config(ctx, bundle) if bundle else make_config(sample_rate, channels, f_low, f_high,
-                                                                    spectral_norm_s)
+                                                                    spectral_norm_s, hop_ms)
     try:
         samples, source, read_error = read_audio(audio, config.sample_rate)
     except SourceError as err:

@@ -97,6 +97,13 @@ def test_sample_rate_channels_and_band_options_shape_the_config(speechlike_16k, 
     config = FrontendConfig(sample_rate=8000, channels=16, f_low=150.0, f_high=3500.0)
     assert f"hash {config.hash()}" in result.output and "8000 Hz, 16 channels 150-" in result.output
     assert np.load(out).shape == (150, 16)
+    # 22050 Hz needs a hop of whole samples: 10 ms is 220.5 of them, 20 ms 441
+    refused = run(path, "--sample-rate", 22050)
+    assert refused.exit_code == 1 and "220.5" in refused.output and "--hop-ms" in refused.output
+    result = run(path, "--sample-rate", 22050, "--hop-ms", 20, "--out", out)
+    assert result.exit_code == 0, result.output
+    config = FrontendConfig(sample_rate=22050, hop_ms=20.0, window_ms=40.0)
+    assert f"hash {config.hash()}" in result.output and np.load(out).shape == (75, 32)
 
 
 def test_filter_stage_saves_the_fixed_point_filter_output(speechlike_16k, tmp_path):
