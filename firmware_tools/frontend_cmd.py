@@ -33,13 +33,17 @@ def make_config(sample_rate: int, channels: int, f_low: float | None, f_high: fl
     if f_high is None:
         f_high = min(DEFAULTS.f_high, HIGHEST_F_HIGH * sample_rate)
     try:  # the window stays two hops, as by default
-        return FrontendConfig(sample_rate=sample_rate, channels=channels, f_high=float(f_high),
-                              f_low=float(DEFAULTS.f_low if f_low is None else f_low),
-                              spectral_norm_s=spectral_norm_s, hop_ms=hop_ms,
-                              window_ms=DEFAULTS.window_ms / DEFAULTS.hop_ms * hop_ms)
+        config = FrontendConfig(sample_rate=sample_rate, channels=channels, f_high=float(f_high),
+                                f_low=float(DEFAULTS.f_low if f_low is None else f_low),
+                                spectral_norm_s=spectral_norm_s, hop_ms=hop_ms,
+                                window_ms=DEFAULTS.window_ms / DEFAULTS.hop_ms * hop_ms)
+        problems = config.design_problems()
+        if problems:
+            raise FrontendConfigError("; ".join(problems))
     except FrontendConfigError as err:
         raise click.ClickException(f"front-end settings: {err} (options --sample-rate, --channels, --f-low, "
                                    "--f-high, --hop-ms, --spectral-norm-s)") from None
+    return config
 
 
 def bundle_config(ctx: click.Context, bundle: str) -> FrontendConfig:

@@ -121,8 +121,10 @@ class AudioClock:
             forward = (end_ms - self.last_end) % DEVICE_MS_MODULO
             back = DEVICE_MS_MODULO - forward
             end = self.last_end - back if 0 < back <= self.BACKSTEP_MS else self.last_end + forward
-        self.last_end = end
         start = end - (end_ms - start_ms) % DEVICE_MS_MODULO
+        if start < 0:  # a word cannot start before the stream: it spans a wrap the reader did not see
+            start, end = start + DEVICE_MS_MODULO, end + DEVICE_MS_MODULO
+        self.last_end = end
         return start / 1000, end / 1000
 
 

@@ -338,8 +338,9 @@ def provenance(data_dir, clips, labels, settings: TrainSettings) -> dict:
                                     + ", ".join(speakers))
     else:
         out = {"training_data": str(data_dir)}
-    if settings.data_credit:  # a license's attribution comes first; the user's credit follows it
-        out["attribution"] = " ".join(filter(None, (out.get("attribution"), settings.data_credit)))
+    credit = (settings.data_credit or "").strip()
+    if credit:  # a license's attribution comes first; the user's credit follows it
+        out["attribution"] = " ".join(filter(None, (out.get("attribution"), credit)))
     out["synthetic_data"] = synthetic_data(labels, settings)
     if settings.recorded_speech:
         out["recorded_speech"] = settings.recorded_speech[2]
@@ -354,8 +355,11 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
 
     out = Path(out_dir)
     bundler.check_destination(out / "bundle")  # now, not after the training
-    out.mkdir(parents=True, exist_ok=True)
     settings = settings or TrainSettings()
+    problems = settings.frontend.design_problems()
+    if problems:
+        raise ValueError(f"front end: {'; '.join(problems)}")
+    out.mkdir(parents=True, exist_ok=True)
     seed = settings.seed
     clips = dataset.scan_labelled(data_dir)
     labels = label_order(clips)

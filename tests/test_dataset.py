@@ -345,6 +345,8 @@ def test_fsdd_attribution_only_for_fsdd_clips_and_synthesis_only_when_on(tmp_pat
     credit = "Recorded by Erin Doe, CC BY 4.0."
     credited = dataclasses.replace(off, data_credit=credit)
     assert training.provenance(tmp_path / "own", own, ["no", "yes"], credited)["attribution"] == credit
+    blank = dataclasses.replace(off, data_credit="   ")  # no credit at all: the training warns of it
+    assert "attribution" not in training.provenance(tmp_path / "own", own, ["no", "yes"], blank)
     assert training.provenance(FSDD_CLIPS, clips, DIGITS, dataclasses.replace(settings, data_credit=credit))[
         "attribution"] == FSDD_PROVENANCE["attribution"] + " " + credit
     # FSDD's names on digit clips in sub-folders, or with one clip of another speaker, are not FSDD either.

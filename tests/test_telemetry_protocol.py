@@ -111,6 +111,10 @@ def test_the_reader_counts_word_times_on_past_the_wrap_and_anew_after_a_restart(
     records = [r for r in TelemetrySession().feed(wire) if r["type"] == "detection"]
     assert [(r["start_s"], r["end_s"]) for r in records] == [
         (pytest.approx(start, abs=1e-6), pytest.approx(end, abs=1e-6)) for start, end in times + [(3.0, 3.5)]]
+    # A reader attached after the wrap whose first word spans it: not a start before the stream began
+    across = encode_frame(Detection.from_seconds(1, 0.9, wrap_s - 0.3, wrap_s + 0.2), 9, 9)
+    [late] = TelemetrySession().feed(across)
+    assert (late["start_s"], late["end_s"]) == (pytest.approx(wrap_s - 0.3), pytest.approx(wrap_s + 0.2))
 
 
 def test_encoding_refuses_what_does_not_fit():

@@ -36,18 +36,27 @@ def as_int16_samples(samples) -> np.ndarray:
     if arr.dtype != np.int16:
         if arr.dtype.kind == "f" and arr.size and not np.all(np.isfinite(arr)):
             raise ValueError("samples contain NaN or infinity: clean the audio before the front end")
-        if arr.dtype.kind == "f":
-            how = "np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16) for float audio in [-1, 1)"
-        elif arr.dtype.kind in "iu" and arr.dtype.itemsize == 2:  # big-endian int16, or unsigned
-            how = ("x.astype(np.int16) for big-endian int16" if arr.dtype.kind == "i"
-                   else "(x.astype(np.int32) - 32768).astype(np.int16) for unsigned 16-bit audio (silence at 32768)")
-        elif arr.dtype.kind in "iu":
-            how = (f"(x >> {8 * arr.dtype.itemsize - 16}).astype(np.int16) for {8 * arr.dtype.itemsize}-bit audio "
-                   "at its full scale, or x.astype(np.int16) for 16-bit values held in a wider type")
-        else:
-            how = "np.asarray(x, np.int16) for a list of 16-bit samples"
-        raise ValueError(f"samples must be int16, got {arr.dtype}: convert with {how}")
+        how = _int16_advice(arr.dtype)
+        raise ValueError(f"samples must be int16, got {arr.dtype}: {how}")
     return np.ascontiguousarray(arr)
+
+
+def _int16_advice(dtype: np.dtype) -> str:
+    """How to turn audio of this type into int16 at the same loudness (full scale to full scale)."""
+    bits = 8 * dtype.itemsize
+    if dtype.kind == "f":
+        return "convert with np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16) for float audio in [-1, 1)"
+    if dtype.kind == "i" and bits == 8:
+        return "convert with x.astype(np.int16) << 8 for signed 8-bit audio"
+    if dtype.kind == "i" and bits == 16:  # another byte order
+        return "convert with x.astype(np.int16) for big-endian int16"
+    if dtype.kind == "i":
+        return (f"convert with (x >> {bits - 16}).astype(np.int16) for {bits}-bit audio at its full scale, or "
+                "x.astype(np.int16) for 16-bit values held in a wider type")
+    if dtype.kind == "u" and bits <= 32:  # unsigned audio is offset: silence sits at half the range
+        return (f"convert with ((x.astype(np.int64) - {1 << (bits - 1)}) {'<<' if bits < 16 else '>>'} "
+                f"{abs(bits - 16)}).astype(np.int16) for unsigned {bits}-bit audio (silence at {1 << (bits - 1)})")
+    return "convert the audio to 16-bit signed samples (np.int16) first"
 
 
 class Frontend:

@@ -21,7 +21,7 @@ MIN_CHANNELS, MAX_CHANNELS = 8, 128
 MAX_RELEASE_DB_PER_S = 10000.0
 # Rounding noise grows as a channel's poles near z = 1: the tests hold every channel to 80 dB of accuracy against
 # the float filters, which a 20 Hz channel at 48 kHz misses (77 dB); at sample_rate / 1600 Hz (30 Hz) it keeps 82.
-MIN_F_LOW_PER_RATE = 1 / 1600
+F_LOW_RATE_DIVISOR = 1600
 MAX_HOP_MS = 1000.0  # a frame a second at least: longer hops hear nothing a detector can use
 # The spectral view's running average moves by floor((256 q - M) / n): the longer its memory n, the further the
 # flooring pulls it down (about +-0.5 dB of shape error at 1,000 frames, 1.4 dB at 10,000), so n stays at this.
@@ -49,8 +49,8 @@ class FrontendConfig:
     spectral_norm_s: float = 0.0
 
     def __post_init__(self):
-        # NumPy's numbers (a rate read with np.int64, a level in np.float32) as Python's, so that the configuration
-        # validates, hashes and writes to JSON as the same numbers written plainly do
+        # NumPy's numbers (a rate read with np.int64, a level in np.float32) as Python's of the same value, so that
+        # the configuration validates, hashes and writes to JSON (np.float32(1.28) is 1.2799999713897705)
         for name in INT_FIELDS + FLOAT_FIELDS:
             value = getattr(self, name)
             if isinstance(value, numbers.Integral) and not isinstance(value, bool) and name in INT_FIELDS:
@@ -74,10 +74,8 @@ class FrontendConfig:
             if not math.isfinite(getattr(self, name)):
                 fail(f"{name}={getattr(self, name)!r}: must be a finite number")
         nyquist = self.sample_rate / 2
-        lowest = max(20.0, self.sample_rate * MIN_F_LOW_PER_RATE)
-        if not lowest <= self.f_low < self.f_high:
-            fail(f"f_low={self.f_low} Hz: must be at least {lowest:g} Hz (at sample_rate={self.sample_rate}, lower "
-                 f"channels lose the integer filters' 80 dB of accuracy) and below f_high={self.f_high} Hz")
+        if not 20.0 <= self.f_low < self.f_high:
+            fail(f"f_low={self.f_low} Hz: must be at least 20 Hz and below f_high={self.f_high} Hz")
         if self.f_high >= nyquist:
             fail(f"f_high={self.f_high} Hz is at or above Nyquist ({nyquist:g} Hz for sample_rate="
                  f"{self.sample_rate}): lower f_high or raise sample_rate")
@@ -102,11 +100,21 @@ class FrontendConfig:
         if self.spectral_norm_s != 0 and self.spectral_norm_s * 1000 < self.hop_ms * (1 - 1e-9):
             fail(f"spectral_norm_s={self.spectral_norm_s}: shorter than one hop (hop_ms={self.hop_ms}); use at least "
                  f"{self.hop_ms / 1000:g} s or a shorter hop")
-        memory_frames = self.spectral_norm_s * 1000 / self.hop_ms
-        if round(memory_frames) > MAX_SPECTRAL_MEMORY_FRAMES:
-            fail(f"spectral_norm_s={self.spectral_norm_s}: {round(memory_frames)} hops of hop_ms={self.hop_ms}; its "
-                 f"integer average stays true over at most {MAX_SPECTRAL_MEMORY_FRAMES} hops: use at most "
-                 f"{MAX_SPECTRAL_MEMORY_FRAMES * self.hop_ms / 1000:g} s or a longer hop")
+
+    def design_problems(self) -> list[str]:
+        """What makes this configuration a poor one to design with, though it runs exactly: `basilar train` and
+        `basilar frontend` refuse it, while a bundle recorded with it still loads as before."""
+        problems = []
+        lowest = max(20.0, self.sample_rate / F_LOW_RATE_DIVISOR)
+        if self.f_low < lowest:
+            problems.append(f"f_low={self.f_low:g} Hz: at sample_rate={self.sample_rate} use at least {lowest:g} Hz; "
+                            "lower channels lose the integer filters' 80 dB of accuracy")
+        memory_frames = round(self.spectral_norm_s * 1000 / self.hop_ms)
+        if memory_frames > MAX_SPECTRAL_MEMORY_FRAMES:
+            problems.append(f"spectral_norm_s={self.spectral_norm_s:g}: {memory_frames} hops of hop_ms={self.hop_ms:g}; "
+                            f"its integer average stays true over at most {MAX_SPECTRAL_MEMORY_FRAMES} hops: use at "
+                            f"most {MAX_SPECTRAL_MEMORY_FRAMES * self.hop_ms / 1000:g} s or a longer hop")
+        return problems
 
     @property
     def features(self) -> int:
