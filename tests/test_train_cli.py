@@ -231,3 +231,13 @@ def test_train_on_other_words_than_digits_claims_no_synthesized_digits(tmp_path)
     attribution = (out / "bundle" / "ATTRIBUTION.md").read_text()
     assert attribution.startswith("# Attribution\n\nRecorded by Erin Doe, CC BY 4.0.\n")
     assert "no author or license" not in result.output
+
+
+def test_train_refuses_a_front_end_that_is_poor_to_design_with_before_it_trains(tmp_path):
+    from edge.frontend import FrontendConfig
+    from firmware_tools.training import TrainSettings, run_training
+
+    settings = TrainSettings(frontend=FrontendConfig(sample_rate=48000, f_low=20.0, f_high=20000.0))
+    with pytest.raises(ValueError, match="front end: f_low=20 Hz: at sample_rate=48000 use at least 30 Hz"):
+        run_training(FSDD_CLIPS, tmp_path / "out", settings=settings)
+    assert not (tmp_path / "out").exists()
