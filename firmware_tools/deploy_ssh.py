@@ -385,6 +385,11 @@ async def _upload(conn, bundle: LocalBundle, remote_path: str, progress: Progres
             # because the device checks the SHA-256 of what it received before installing anything.
             await sftp.put(str(bundle.archive), remote_path, block_size=options.block_size,
                            max_requests=options.upload_requests, progress_handler=report)
+        except asyncio.CancelledError:  # interrupted: take the partial upload away now, as a failure does
+            _uncancel()
+            with contextlib.suppress(asyncssh.Error, OSError):
+                await sftp.remove(remote_path)
+            raise
         except asyncssh.SFTPError as exc:
             try:  # a partial upload would hold space a full device needs
                 await sftp.remove(remote_path)
@@ -412,6 +417,7 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
     undo = None  # once current points at the new bundle: (the bundle to switch back to, the previous to restore)
     failure = None  # why the new bundle failed its restart or health check
     done = None  # the result, once the new bundle passed its health check
+    status = None  # what the device said it holds, once read
 
     async def upload_and_install(conn) -> None:
         nonlocal stage
@@ -433,7 +439,7 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
             # `activate --unconfirmed` nor `confirm`: deploy to it as before.
             notes = "unconfirmed" in status
             if active == bundle.bundle_id and not unchecked and not damaged:
-                if dry_run or not _needs_upload(bundle, status):
+                if dry_run or not _signature_missing(bundle, status):
                     return (_plan(target, bundle, status) if dry_run
                             else _unchanged(target, bundle, progress, "already active"))
                 # A signed copy of the active release, which the device holds unsigned or signed by another key:
@@ -464,11 +470,17 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
                 stage = "switching current"
                 # Back to what last passed a check: not to a bundle an earlier, cut-off deploy left unchecked.
                 back = (unchecked.get("current"), unchecked.get("previous")) if unchecked else (active, previous)
+                activation = asyncio.ensure_future(_releases(conn, options, "activate", target.root,
+                                                             bundle.bundle_id, *(["--unconfirmed"] if notes else [])))
                 try:
-                    await _releases(conn, options, "activate", target.root, bundle.bundle_id,
-                                    *(["--unconfirmed"] if notes else []))
+                    await asyncio.shield(activation)
                 except asyncio.CancelledError:
-                    undo = back  # the device may have switched before the interruption: put back what ran
+                    # The device's activate runs on whatever happens here: let it finish first, or it could switch
+                    # to the new bundle after the switch-back below (a second interruption stops waiting).
+                    undo = back
+                    _uncancel()
+                    with contextlib.suppress(DeployError, OSError, asyncssh.Error):
+                        await activation
                     raise
                 undo = back
 
@@ -495,6 +507,7 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
                 done.warning = (f"noting on the device that it passed its health check failed ({_describe(exc)}); "
                                 "the next deploy of it restarts and checks it again")
                 return done
+            stage = "pruning old releases"
             try:
                 await _releases(conn, options, "prune", target.root, "--keep", str(options.keep))
             except (DeployError, OSError, asyncssh.Error) as exc:
@@ -508,15 +521,17 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
         _uncancel()  # handled here: the switch-back below still needs the event loop
         reason = f"interrupted while {stage}"
         if done is not None:
-            done.warning = (f"{reason}, after its health check passed; the next deploy of it checks it again and "
-                            "prunes old releases")
+            done.warning = (f"{reason}, after its health check passed; " + (
+                "old releases stay until the next deploy prunes them" if stage == "pruning old releases"
+                else "the next deploy of it checks it again and prunes old releases"))
             return done
         if undo is None:
-            return DeployResult(target, False, "interrupted", active,
-                                f"{reason}; the device runs what it ran before ({(active or 'no bundle')[:12]})")
+            ran = (f"the device runs what it ran before ({(active or 'no bundle')[:12]})" if status is not None
+                   else "nothing on the device was changed")
+            return DeployResult(target, False, "interrupted", active, f"{reason}; {ran}")
     if undo is not None:
-        # Cut off after the switch (the link dropped during the restart, say): the new bundle is unchecked or
-        # failed, so connect once more to put back the old one.
+        # Cut off after the switch (the link dropped during the restart, or Ctrl-C): the new bundle is unchecked
+        # or failed, so connect once more to put back the old one.
         reason = f"{failure}; {reason}" if failure else reason
         try:
             async with await connect(target, options) as conn:
@@ -524,6 +539,9 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
         except (DeployError, OSError, asyncssh.Error) as exc:
             return DeployResult(target, False, "failed", None, f"{reason}; connecting again to switch back failed: "
                                                                f"{_describe(exc)}; {_unchecked(bundle)}")
+        except asyncio.CancelledError:  # interrupted again: stop, and say what the device may run
+            return DeployResult(target, False, "interrupted", None, f"{reason}; interrupted again while switching "
+                                                                    f"back; {_unchecked(bundle)}")
     return DeployResult(target, False, "failed", active, reason)
 
 
@@ -556,6 +574,9 @@ async def _switch_back(conn, target: SshTarget, bundle: LocalBundle, options: Ss
         again = await _check(conn, "restart of the old bundle", restart, options.command_timeout)
     except (OSError, asyncssh.Error) as exc:
         again = f"restart of the old bundle: {_describe(exc)}"
+    except asyncio.CancelledError:  # switched back already; only the restart was cut short
+        _uncancel()
+        again = "the restart of the old bundle was interrupted: restart the service on the device"
     return DeployResult(target, False, "rolled back", back_to, f"{failure}; {back}" + (f"; {again}" if again else ""),
                         uploaded)
 
@@ -567,7 +588,7 @@ def _plan(target: SshTarget, bundle: LocalBundle, status: dict) -> DeployResult:
     if active == bundle.bundle_id and not damaged and status.get("unconfirmed"):
         return DeployResult(target, True, "would check", active, "active but never checked (an earlier deploy was "
                                                                  "cut off); would restart and check it")
-    if active == bundle.bundle_id and not damaged and not _needs_upload(bundle, status):
+    if active == bundle.bundle_id and not damaged and not _signature_missing(bundle, status):
         return DeployResult(target, True, "unchanged", active, "already active")
     refused = refusal(bundle, status.get("trusted_keys", []))
     if refused:
@@ -584,14 +605,22 @@ def _plan(target: SshTarget, bundle: LocalBundle, status: dict) -> DeployResult:
     return DeployResult(target, True, "would install", active, f"would upload {bundle.size} bytes{new_store}")
 
 
+def _signature_missing(bundle: LocalBundle, status: dict) -> bool | None:
+    """Whether a device that trusts keys holds the release without this bundle's signature (unsigned: installed
+    before the keys; or signed by another key: before a key rotation); None where its software does not list its
+    releases' signers."""
+    if not (bundle.signed and status.get("trusted_keys")):
+        return False
+    if "signers" not in status:
+        return None
+    return bundle.signer is None or status["signers"].get(bundle.bundle_id) != bundle.signer
+
+
 def _needs_upload(bundle: LocalBundle, status: dict) -> bool:
     """Whether the device needs the archive: it lacks the release, holds it damaged (installing mends it), or
-    trusts keys and holds it unsigned (installed before the keys) or signed by another key (before a key
-    rotation): the signed copy brings its signature. A device that does not list its releases' signers may."""
-    held_signer = status.get("signers", {}).get(bundle.bundle_id, "unknown") if "signers" in status else "unknown"
+    may hold it without this signature (the signed copy brings it)."""
     return (bundle.bundle_id not in status.get("releases", []) or bundle.bundle_id in status.get("damaged", [])
-            or bool(bundle.signed and status.get("trusted_keys") and (bundle.signer is None
-                                                                       or held_signer != bundle.signer)))
+            or _signature_missing(bundle, status) is not False)
 
 
 def refusal(bundle: LocalBundle, trusted_keys: list[str]) -> str | None:

@@ -3,7 +3,9 @@ concurrency limit, and formats the summary table. The click commands in deploy_c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
+import signal
 from pathlib import Path
 from typing import Callable
 
@@ -105,31 +107,53 @@ def _plan_serial(serial_deploy, target: SerialTarget, bundle: LocalBundle) -> De
     return DeployResult(target, True, "would install", active, detail)
 
 
-async def _deploy_all(bundle, targets, options, parallel, dry_run, progress_for, finished: dict) -> None:
+async def _deploy_all(bundle, targets, options, parallel, dry_run, progress_for, finished: dict) -> bool:
+    """Fill `finished` with each target's result by index; True if Ctrl-C interrupted the deploy."""
     limit = asyncio.Semaphore(max(1, parallel))
+    interrupted = []
 
     async def one(index: int, target: Target) -> None:
         async with limit:
             progress = progress_for(index, target) if progress_for else None
             try:
-                if isinstance(target, SshTarget):
+                if isinstance(target, SshTarget):  # handles an interruption itself (switching back if need be)
                     result = await deploy_ssh(target, bundle, options, progress=progress, dry_run=dry_run)
                 else:
-                    result = await asyncio.to_thread(_deploy_serial, target, bundle, progress, dry_run)
-            except asyncio.CancelledError:  # a serial transfer in its thread is let finish (asyncio waits for it)
-                result = DeployResult(target, False, "interrupted", None, "interrupted; a serial transfer under way "
-                                                                          "was let finish: see `basilar status`")
+                    result = await _serial_to_the_end(target, bundle, progress, dry_run)
             except Exception as exc:  # one device's unexpected error is its own failed row; the others finish
                 result = DeployResult(target, False, "failed", None, _unexpected(exc))
         finished[index] = result
 
     tasks = [asyncio.create_task(one(i, t)) for i, t in enumerate(targets)]
+
+    def interrupt():  # each Ctrl-C tells every device's task; the first makes them switch back, a second stops that
+        interrupted.append(True)
+        for task in tasks:
+            task.cancel()
+
+    loop = asyncio.get_running_loop()
+    try:  # in the event loop, not as a KeyboardInterrupt raised wherever the code happens to be
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+    except (NotImplementedError, RuntimeError, ValueError):  # not Unix, or not the main thread: Python's own way
+        pass
     try:
-        await asyncio.gather(*tasks)
-    except asyncio.CancelledError:
-        # Ctrl-C: each device's task was cancelled too and is switching back where it had switched; let them.
-        await asyncio.wait(tasks)
-        finished["interrupted"] = True
+        await asyncio.gather(*tasks, return_exceptions=True)  # a task cancelled before it started: not started
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGINT)
+    return bool(interrupted)
+
+
+async def _serial_to_the_end(target: SerialTarget, bundle: LocalBundle, progress, dry_run: bool) -> DeployResult:
+    """A serial deploy runs in a thread, which an interruption cannot stop: wait for it, and report what it did."""
+    work = asyncio.ensure_future(asyncio.to_thread(_deploy_serial, target, bundle, progress, dry_run))
+    for _ in range(2):
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            continue
+    return DeployResult(target, False, "interrupted", None, "interrupted twice while a serial transfer went on "
+                                                            "(it ends on its own): see `basilar status`")
 
 
 def _unexpected(exc: Exception) -> str:
@@ -141,14 +165,14 @@ def deploy_fleet(bundle: LocalBundle, targets: list[Target], options: SshOptions
                  progress_for: Callable[[int, Target], Progress] | None = None) -> list[DeployResult]:
     """Deploy one bundle to every target, at most `parallel` at a time; one result per target, in order. Raises
     Interrupted, with the results so far, on Ctrl-C."""
-    finished: dict = {}
+    finished: dict[int, DeployResult] = {}
     try:
-        asyncio.run(_deploy_all(bundle, targets, options, parallel, dry_run, progress_for, finished))
-    except KeyboardInterrupt:  # Python 3.10 (3.11 cancels the tasks instead); asyncio.run let them finish first
-        finished["interrupted"] = True
+        interrupted = asyncio.run(_deploy_all(bundle, targets, options, parallel, dry_run, progress_for, finished))
+    except KeyboardInterrupt:  # where the signal handler could not be installed
+        interrupted = True
     results = [finished.get(i) or DeployResult(t, False, "interrupted", None, "not started: interrupted")
                for i, t in enumerate(targets)]
-    if finished.get("interrupted"):
+    if interrupted:
         raise Interrupted(results)
     return results
 

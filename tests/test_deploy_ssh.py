@@ -6,6 +6,7 @@ import dataclasses
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -887,3 +888,89 @@ def test_a_signed_copy_of_the_active_release_brings_its_signature_without_a_rest
         again = _deploy(signed, target, options)  # now held with this signature: nothing to do
         assert (again.outcome, again.uploaded_bytes, again.reason) == ("unchanged", 0, "already active")
     assert _restarts(root) == 1  # only the first deploy restarted anything
+
+
+def test_ctrl_c_during_the_upload_leaves_the_old_bundle_and_no_partial_upload(device, bundles):
+    """Ctrl-C comes as SIGINT to this process, handled in the event loop as `basilar deploy` handles it."""
+    root, target, options = device
+    v1, v2 = bundles[0], bundles[1]
+    assert _deploy(v1, target, options).ok
+    sent = []
+
+    def ctrl_c_half_way(done, total):
+        if not sent and 0 < done < total:
+            sent.append(done)
+            signal.raise_signal(signal.SIGINT)
+
+    slow = dataclasses.replace(options, block_size=512, upload_requests=1)
+    with pytest.raises(fleet.Interrupted) as stop:
+        deploy_fleet(v2, [target], slow, progress_for=lambda _i, _t: ctrl_c_half_way)
+    [result] = stop.value.results
+    assert sent and (result.ok, result.outcome) == (False, "interrupted")
+    assert result.reason == f"interrupted while uploading; the device runs what it ran before ({v1.bundle_id[:12]})"
+    _assert_intact(root, v1.bundle_id)
+    assert list((root / "incoming").iterdir()) == []  # the deploy took its partial upload away itself
+
+
+def test_a_second_ctrl_c_during_the_switch_back_says_what_the_device_may_run(device, bundles, sshd, tmp_path):
+    root, target, options = device
+    v1, v2 = bundles[0], bundles[1]
+    assert _deploy(v1, target, options).ok
+    # The new bundle's restart hangs (Ctrl-C comes then); the switch-back's own activate is slowed down on the
+    # device (a second Ctrl-C comes then), so the device may be left on either bundle.
+    entered = tmp_path / "entered"
+    slow_switch_back = tmp_path / "python"
+    slow_switch_back.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        case "$*" in *" activate "*" --previous "*) touch {entered}; sleep 20;; esac
+        exec {DEVICE_PYTHON} "$@"
+        """))
+    slow_switch_back.chmod(0o755)
+    started = tmp_path / "restart-started"
+    restart = f"{options.restart_command}; touch {started}; sleep 20.{os.getpid()}"
+    deploy = subprocess.Popen(
+        [sys.executable, "-m", "firmware_tools.cli", "deploy", str(v2.archive), sshd.url(root), "--known-hosts",
+         str(options.known_hosts), "-i", str(sshd.client_key), "--device-python", str(slow_switch_back),
+         "--restart-command", restart, "--health-command", options.health_command],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": PYTHONPATH})
+    for marker in (started, entered):
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline and deploy.poll() is None:
+            time.sleep(0.05)
+        assert marker.exists(), deploy.communicate()
+        deploy.send_signal(signal.SIGINT)
+    out, err = deploy.communicate(timeout=60)
+    assert deploy.returncode == 130, out + err
+    [row] = out.splitlines()[1:]
+    assert row.split()[1:3] == ["-", "interrupted"] and "interrupted again while switching back" in row
+    assert f"the device may now run {v2.bundle_id[:12]} unchecked" in row and "Traceback" not in err
+    assert load_bundle(root / "current").id in (v1.bundle_id, v2.bundle_id)  # complete, whichever it is
+
+
+def test_a_device_whose_status_lists_no_signers_gets_no_upload_of_its_active_signed_bundle(device, bundles, tmp_path,
+                                                                                       monkeypatch):
+    """Software from before `signers`: a signed bundle already active was uploaded again on every deploy."""
+    require_module("nacl")
+    from edge.signing import generate_keypair, sign_bundle_dir
+
+    root, target, options = device
+    private, public = generate_keypair(tmp_path / "key")
+    signed_dir = shutil.copytree(load_bundle(bundles[0].archive).path, tmp_path / "signed")
+    sign_bundle_dir(signed_dir, private)
+    archive = tmp_path / "signed.tar.gz"
+    pack_bundle(signed_dir, archive)
+    signed = LocalBundle(archive, bundles[0].bundle_id, file_sha256(archive), archive.stat().st_size, signed=True,
+                         signer=fleet._signer(signed_dir / "signature.json"))
+    (root / "trusted_keys").mkdir(parents=True)
+    shutil.copy(public, root / "trusted_keys" / "k.pub")
+    assert _deploy(signed, target, options).outcome == "installed"
+    releases = deploy_ssh._releases
+
+    async def old_status(conn, options, command, *args):
+        answer = await releases(conn, options, command, *args)
+        return {k: v for k, v in answer.items() if k not in ("signers", "store", "current_broken")}
+
+    monkeypatch.setattr(deploy_ssh, "_releases", old_status)
+    assert _deploy(signed, target, options, dry_run=True).outcome == "unchanged"
+    again = _deploy(signed, target, options)
+    assert (again.outcome, again.uploaded_bytes, again.reason) == ("unchanged", 0, "already active")
