@@ -386,7 +386,7 @@ async def _upload(conn, bundle: LocalBundle, remote_path: str, progress: Progres
             await sftp.put(str(bundle.archive), remote_path, block_size=options.block_size,
                            max_requests=options.upload_requests, progress_handler=report)
         except asyncio.CancelledError:  # interrupted: take the partial upload away now, as a failure does
-            _uncancel()
+            uncancel()
             with contextlib.suppress(asyncssh.Error, OSError):
                 await sftp.remove(remote_path)
             raise
@@ -476,11 +476,16 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
                     await asyncio.shield(activation)
                 except asyncio.CancelledError:
                     # The device's activate runs on whatever happens here: let it finish first, or it could switch
-                    # to the new bundle after the switch-back below (a second interruption stops waiting).
+                    # to the new bundle after the switch-back below. Interrupted again, switching back could race
+                    # it, so stop and say what the device may run.
                     undo = back
-                    _uncancel()
-                    with contextlib.suppress(DeployError, OSError, asyncssh.Error):
-                        await activation
+                    uncancel()
+                    try:
+                        with contextlib.suppress(DeployError, OSError, asyncssh.Error):
+                            await activation
+                    except asyncio.CancelledError:
+                        return DeployResult(target, False, "interrupted", None, "interrupted again while switching "
+                                                                                f"current; {_unchecked(bundle)}")
                     raise
                 undo = back
 
@@ -518,7 +523,7 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
     except (OSError, asyncssh.Error) as exc:
         reason = f"{stage}: {_describe(exc)}"
     except asyncio.CancelledError:
-        _uncancel()  # handled here: the switch-back below still needs the event loop
+        uncancel()  # handled here: the switch-back below still needs the event loop
         reason = f"interrupted while {stage}"
         if done is not None:
             done.warning = (f"{reason}, after its health check passed; " + (
@@ -545,7 +550,7 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
     return DeployResult(target, False, "failed", active, reason)
 
 
-def _uncancel() -> None:
+def uncancel() -> None:
     """Take back a cancellation that was handled (Python 3.11+), so that later awaits and timeouts work."""
     task = asyncio.current_task()
     if task is not None and hasattr(task, "uncancel"):
@@ -575,7 +580,7 @@ async def _switch_back(conn, target: SshTarget, bundle: LocalBundle, options: Ss
     except (OSError, asyncssh.Error) as exc:
         again = f"restart of the old bundle: {_describe(exc)}"
     except asyncio.CancelledError:  # switched back already; only the restart was cut short
-        _uncancel()
+        uncancel()
         again = "the restart of the old bundle was interrupted: restart the service on the device"
     return DeployResult(target, False, "rolled back", back_to, f"{failure}; {back}" + (f"; {again}" if again else ""),
                         uploaded)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Callable
 
 from edge.releases import file_sha256
-from firmware_tools.deploy_ssh import (DeployResult, DeviceStatus, LocalBundle, Progress, SshOptions, deploy_ssh,
-                                       refusal, status_ssh)
+from firmware_tools.deploy_ssh import (DeployResult, DeviceStatus, LocalBundle, Progress, SshOptions, uncancel,
+                                       deploy_ssh, refusal, status_ssh)
 from firmware_tools.targets import SerialTarget, SshTarget, Target
 
 
@@ -132,28 +132,30 @@ async def _deploy_all(bundle, targets, options, parallel, dry_run, progress_for,
             task.cancel()
 
     loop = asyncio.get_running_loop()
-    try:  # in the event loop, not as a KeyboardInterrupt raised wherever the code happens to be
-        loop.add_signal_handler(signal.SIGINT, interrupt)
-    except (NotImplementedError, RuntimeError, ValueError):  # not Unix, or not the main thread: Python's own way
-        pass
+    # In the event loop, not as a KeyboardInterrupt raised wherever the code happens to be; only where Ctrl-C has
+    # Python's own meaning (a caller's handler, or SIGINT ignored as in a shell's background job, stays as it is).
+    handled = False
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not Unix, or not the main thread
+            loop.add_signal_handler(signal.SIGINT, interrupt)
+            handled = True
     try:
         await asyncio.gather(*tasks, return_exceptions=True)  # a task cancelled before it started: not started
     finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.remove_signal_handler(signal.SIGINT)
+        if handled:
+            loop.remove_signal_handler(signal.SIGINT)  # back to Python's default_int_handler, as it was
     return bool(interrupted)
 
 
 async def _serial_to_the_end(target: SerialTarget, bundle: LocalBundle, progress, dry_run: bool) -> DeployResult:
-    """A serial deploy runs in a thread, which an interruption cannot stop: wait for it, and report what it did."""
+    """A serial deploy runs in a thread, which no interruption can stop (Python waits for it before it exits
+    anyway): wait for it, however often interrupted, and report what it did."""
     work = asyncio.ensure_future(asyncio.to_thread(_deploy_serial, target, bundle, progress, dry_run))
-    for _ in range(2):
+    while True:
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError:
-            continue
-    return DeployResult(target, False, "interrupted", None, "interrupted twice while a serial transfer went on "
-                                                            "(it ends on its own): see `basilar status`")
+            uncancel()
 
 
 def _unexpected(exc: Exception) -> str:

@@ -974,3 +974,53 @@ def test_a_device_whose_status_lists_no_signers_gets_no_upload_of_its_active_sig
     assert _deploy(signed, target, options, dry_run=True).outcome == "unchanged"
     again = _deploy(signed, target, options)
     assert (again.outcome, again.uploaded_bytes, again.reason) == ("unchanged", 0, "already active")
+
+
+def test_a_second_ctrl_c_while_the_switch_finishes_does_not_race_it_with_a_switch_back(device, bundles, sshd,
+                                                                                     tmp_path):
+    """The device's activate goes on after a Ctrl-C: switching back while it ran could leave the new bundle current
+    under a row that said "rolled back"."""
+    root, target, options = device
+    v1, v2 = bundles[0], bundles[1]
+    assert _deploy(v1, target, options).ok
+    entered = tmp_path / "entered"
+    slow_switch = tmp_path / "python"
+    slow_switch.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        case "$*" in *" activate "*"--unconfirmed"*) touch {entered}; sleep 3;; esac
+        exec {DEVICE_PYTHON} "$@"
+        """))
+    slow_switch.chmod(0o755)
+    deploy = subprocess.Popen(
+        [sys.executable, "-m", "firmware_tools.cli", "deploy", str(v2.archive), sshd.url(root), "--known-hosts",
+         str(options.known_hosts), "-i", str(sshd.client_key), "--device-python", str(slow_switch),
+         "--restart-command", options.restart_command, "--health-command", options.health_command],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": PYTHONPATH})
+    deadline = time.monotonic() + 60
+    while not entered.exists() and time.monotonic() < deadline and deploy.poll() is None:
+        time.sleep(0.05)
+    assert entered.exists(), deploy.communicate()
+    deploy.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    deploy.send_signal(signal.SIGINT)
+    out, err = deploy.communicate(timeout=60)
+    assert deploy.returncode == 130, out + err
+    [row] = out.splitlines()[1:]
+    assert "interrupted again while switching current" in row and f"may now run {v2.bundle_id[:12]} unchecked" in row
+    time.sleep(4)  # the device's activate finishes on its own
+    assert ReleaseStore(root).current() == v2.bundle_id and ReleaseStore(root).unconfirmed() is not None
+    assert _restarts(root) == 1  # nothing restarted the old bundle under the new one
+
+
+def test_a_deploy_where_ctrl_c_is_ignored_or_handled_by_the_caller_leaves_it_so(device, bundles):
+    """A shell's background job ignores SIGINT: a Ctrl-C meant for the script around it interrupted the deploy."""
+    root, target, options = device
+    for setting in (signal.SIG_IGN, lambda *_: None):
+        before = signal.signal(signal.SIGINT, setting)
+        try:
+            result = _deploy(bundles[0], target, options,
+                             progress_for=lambda _i, _t: lambda *_: signal.raise_signal(signal.SIGINT))
+            assert result.ok and signal.getsignal(signal.SIGINT) is setting
+        finally:
+            signal.signal(signal.SIGINT, before)
+    _assert_intact(root, bundles[0].bundle_id)

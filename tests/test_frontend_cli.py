@@ -176,7 +176,7 @@ def corrupt_wav(tmp_path):
     (lambda p: [p / "glide.wav", "--sample-rate", 96000], "integer rate from 8000 to 48000"),
     (lambda p: [p / "glide.wav", "--stage", "spectrum"], "Invalid value for '--stage'"),
     (lambda p: [p / "glide.wav", "--spectral-norm-s", 50], "spectral_norm_s.*--spectral-norm-s"),
-    (lambda p: [p / "glide.wav", "--sample-rate", 48000, "--f-low", 20], "f_low=20 Hz: at sample_rate=48000 use at "
+    (lambda p: [p / "glide.wav", "--sample-rate", 48000, "--f-low", 20], "f_low=20.0 Hz: at sample_rate=48000 use at "
                                                                           "least 30 Hz.*--f-low"),
     (lambda p: [p / "glide.wav", "--bundle", p / "nothing"], "no bundle at"),
     (lambda p: [p / "glide.wav", "--plot", p / "c.jpgx"], "cannot write the plot .*c.jpgx.*end the name in .png"),

@@ -72,11 +72,11 @@ def test_a_poor_design_is_named_but_a_bundle_recorded_with_it_still_loads():
     """A 20 Hz channel at 48 kHz (77 dB against the float filters) and a spectral memory of 10,000 hops (its
     integer average drifts) run exactly, so a recorded configuration with them loads; new designs name them."""
     low = FrontendConfig.from_dict({**FrontendConfig().to_dict(), "sample_rate": 48000, "f_low": 20.0})
-    assert low.design_problems() == ["f_low=20 Hz: at sample_rate=48000 use at least 30 Hz; lower channels lose "
+    assert low.design_problems() == ["f_low=20.0 Hz: at sample_rate=48000 use at least 30 Hz; lower channels lose "
                                      "the integer filters' 80 dB of accuracy"]
     long_memory = FrontendConfig(hop_ms=1.0, window_ms=2.0, spectral_norm_s=10.0)
     [problem] = long_memory.design_problems()
-    assert problem.startswith("spectral_norm_s=10: 10000 hops of hop_ms=1; ") and "use at most 1 s" in problem
+    assert problem.startswith("spectral_norm_s=10.0: 10000 hops of hop_ms=1.0; ") and "use at most 1 s" in problem
     exactly = FrontendConfig(sample_rate=32040, hop_ms=25.0, window_ms=50.0, f_low=32040 / 1600, f_high=15000.0)
     assert exactly.design_problems() == []  # sample_rate * (1 / 1600) came out a hair above 32040 / 1600
     assert FrontendConfig().design_problems() == [] and FrontendConfig(hop_ms=1.0, window_ms=2.0,
@@ -181,13 +181,13 @@ def test_non_contiguous_int16_is_accepted():
     np.testing.assert_array_equal(Frontend().process(x[::2]), Frontend().process(x[::2].copy()))
 
 
-@pytest.mark.parametrize("dtype", ["<f4", "<f8", "i1", "u1", ">i2", "<u2", "<i4", "<u4", "<i8"])
+@pytest.mark.parametrize("dtype", ["<f2", "<f4", "<f8", "i1", "u1", ">i2", "<u2", "<i4", "<u4", "<i8"])
 def test_the_advice_for_audio_that_is_not_int16_converts_it_at_the_same_loudness(dtype):
     """Following the message must give int16 audio at the same loudness: silence at 0 and full scale at the ends
     (the advice for 8-bit audio could not run, and unsigned 32-bit audio came out offset by half its range)."""
     info = np.finfo(dtype) if np.dtype(dtype).kind == "f" else np.iinfo(dtype)
     if np.dtype(dtype).kind == "f":
-        x, expected = np.array([-1.0, 0.0, 0.99999], dtype), [-32768, 0, 32767]
+        x, expected = np.array([-1.0, 0.0, 0.99999], dtype), [-32768, 0, 32767]  # float16: 0.99999 is 1.0
     else:
         middle = (int(info.min) + int(info.max) + 1) // 2  # silence: 0, or half the range for unsigned audio
         top = 32767 if info.bits >= 16 else 127 << 8  # 8-bit full scale is 127/128 of it, exactly as loud

@@ -238,6 +238,6 @@ def test_train_refuses_a_front_end_that_is_poor_to_design_with_before_it_trains(
     from firmware_tools.training import TrainSettings, run_training
 
     settings = TrainSettings(frontend=FrontendConfig(sample_rate=48000, f_low=20.0, f_high=20000.0))
-    with pytest.raises(ValueError, match="front end: f_low=20 Hz: at sample_rate=48000 use at least 30 Hz"):
+    with pytest.raises(ValueError, match="front end: f_low=20.0 Hz: at sample_rate=48000 use at least 30 Hz"):
         run_training(FSDD_CLIPS, tmp_path / "out", settings=settings)
     assert not (tmp_path / "out").exists()

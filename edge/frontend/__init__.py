@@ -45,7 +45,8 @@ def _int16_advice(dtype: np.dtype) -> str:
     """How to turn audio of this type into int16 at the same loudness (full scale to full scale)."""
     bits = 8 * dtype.itemsize
     if dtype.kind == "f":
-        return "convert with np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16) for float audio in [-1, 1)"
+        return ("convert with np.clip(np.round(x.astype(np.float64) * 32768), -32768, 32767).astype(np.int16) for "
+                "float audio in [-1, 1)")  # float64 first: float16 cannot hold 32767, and the cast would wrap 32768
     if dtype.kind == "i" and bits == 8:
         return "convert with x.astype(np.int16) << 8 for signed 8-bit audio"
     if dtype.kind == "i" and bits == 16:  # another byte order

@@ -107,11 +107,11 @@ class FrontendConfig:
         problems = []
         lowest = max(20.0, self.sample_rate / F_LOW_RATE_DIVISOR)
         if self.f_low < lowest:
-            problems.append(f"f_low={self.f_low:g} Hz: at sample_rate={self.sample_rate} use at least {lowest:g} Hz; "
+            problems.append(f"f_low={self.f_low} Hz: at sample_rate={self.sample_rate} use at least {lowest:g} Hz; "
                             "lower channels lose the integer filters' 80 dB of accuracy")
         memory_frames = round(self.spectral_norm_s * 1000 / self.hop_ms)
         if memory_frames > MAX_SPECTRAL_MEMORY_FRAMES:
-            problems.append(f"spectral_norm_s={self.spectral_norm_s:g}: {memory_frames} hops of hop_ms={self.hop_ms:g}; "
+            problems.append(f"spectral_norm_s={self.spectral_norm_s}: {memory_frames} hops of hop_ms={self.hop_ms}; "
                             f"its integer average stays true over at most {MAX_SPECTRAL_MEMORY_FRAMES} hops: use at "
                             f"most {MAX_SPECTRAL_MEMORY_FRAMES * self.hop_ms / 1000:g} s or a longer hop")
         return problems
