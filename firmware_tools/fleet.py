@@ -107,7 +107,8 @@ def _plan_serial(serial_deploy, target: SerialTarget, bundle: LocalBundle) -> De
     return DeployResult(target, True, "would install", active, detail)
 
 
-async def _deploy_all(bundle, targets, options, parallel, dry_run, progress_for, finished: dict) -> bool:
+async def _deploy_all(bundle, targets, options, parallel, dry_run, progress_for, finished: dict,
+                      handle_ctrl_c: bool) -> bool:
     """Fill `finished` with each target's result by index; True if Ctrl-C interrupted the deploy."""
     limit = asyncio.Semaphore(max(1, parallel))
     interrupted = []
@@ -132,10 +133,10 @@ async def _deploy_all(bundle, targets, options, parallel, dry_run, progress_for,
             task.cancel()
 
     loop = asyncio.get_running_loop()
-    # In the event loop, not as a KeyboardInterrupt raised wherever the code happens to be; only where Ctrl-C has
-    # Python's own meaning (a caller's handler, or SIGINT ignored as in a shell's background job, stays as it is).
+    # In the event loop, not as a KeyboardInterrupt raised wherever the code happens to be (nor as asyncio.run's
+    # own handler on Python 3.11, whose second Ctrl-C does that).
     handled = False
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    if handle_ctrl_c:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not Unix, or not the main thread
             loop.add_signal_handler(signal.SIGINT, interrupt)
             handled = True
@@ -168,8 +169,12 @@ def deploy_fleet(bundle: LocalBundle, targets: list[Target], options: SshOptions
     """Deploy one bundle to every target, at most `parallel` at a time; one result per target, in order. Raises
     Interrupted, with the results so far, on Ctrl-C."""
     finished: dict[int, DeployResult] = {}
+    # Only where Ctrl-C has Python's own meaning: a caller's handler, or SIGINT ignored as in a shell's background
+    # job, stays as it is (asked before asyncio.run, which puts in a handler of its own on Python 3.11).
+    handle_ctrl_c = signal.getsignal(signal.SIGINT) is signal.default_int_handler
     try:
-        interrupted = asyncio.run(_deploy_all(bundle, targets, options, parallel, dry_run, progress_for, finished))
+        interrupted = asyncio.run(_deploy_all(bundle, targets, options, parallel, dry_run, progress_for, finished,
+                                              handle_ctrl_c))
     except KeyboardInterrupt:  # where the signal handler could not be installed
         interrupted = True
     results = [finished.get(i) or DeployResult(t, False, "interrupted", None, "not started: interrupted")
