@@ -129,7 +129,8 @@ def deploy(ctx, bundle, targets, inventory, known_hosts, accept_new_host_keys, i
         click.echo(f"Warning: {warned} device(s) run the new bundle but need attention; see DETAIL above", err=True)
     failed = sum(not r.ok for r in results)
     if interrupted:
-        click.echo(f"Interrupted: {failed} of {len(results)} device(s) did not finish; see DETAIL above", err=True)
+        click.echo(f"Interrupted: {failed} of {len(results)} device(s) did not finish; see DETAIL above" if failed
+                   else "Interrupted, though every device finished; see DETAIL above", err=True)
         ctx.exit(130)  # as a shell reports a command ended by Ctrl-C
     if failed:
         raise click.ClickException(f"{failed} of {len(results)} device(s) failed; see DETAIL above")

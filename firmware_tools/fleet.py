@@ -156,6 +156,9 @@ async def _serial_to_the_end(target: SerialTarget, bundle: LocalBundle, progress
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError:
+            if work.done():  # cancelled itself (asyncio shutting down), so there is nothing left to wait for
+                return DeployResult(target, False, "interrupted", None, "interrupted before the serial transfer "
+                                                                        "was seen to end: see `basilar status`")
             uncancel()
 
 

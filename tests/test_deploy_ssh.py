@@ -2,6 +2,7 @@
 
 The "device" is a temporary root on this machine; its side runs `python -m edge.releases` from this repo.
 """
+import asyncio
 import dataclasses
 import os
 import shlex
@@ -1024,3 +1025,38 @@ def test_a_deploy_where_ctrl_c_is_ignored_or_handled_by_the_caller_leaves_it_so(
         finally:
             signal.signal(signal.SIGINT, before)
     _assert_intact(root, bundles[0].bundle_id)
+
+
+def test_waiting_for_a_serial_transfer_ends_when_asyncio_gives_up_on_it(tmp_path):
+    """Cancelled from outside (asyncio.run's shutdown, or a thread ending in CancelledError), the wait for a serial
+    transfer spun at full CPU for ever."""
+    script = tmp_path / "spin.py"
+    script.write_text(textwrap.dedent("""\
+        import asyncio
+        from firmware_tools import fleet
+        from firmware_tools.targets import parse_target
+
+        def cancelled(*_):
+            raise asyncio.CancelledError
+
+        fleet._deploy_serial = cancelled
+        print(asyncio.run(fleet._serial_to_the_end(parse_target("serial:///dev/ttyUSB0"), None, None, False)).reason)
+        """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": PYTHONPATH})
+    assert done.returncode == 0 and "interrupted before the serial transfer was seen to end" in done.stdout, done
+
+
+def test_ctrl_c_is_taken_by_the_event_loop_where_it_has_its_default_meaning(monkeypatch):
+    """On Python 3.11 asyncio.run puts in its own handler first, whose second Ctrl-C raises KeyboardInterrupt
+    wherever the code is: the deploy's must be there instead, and gone afterwards."""
+    probe = asyncio.new_event_loop()
+    loop_class = type(probe)
+    probe.close()
+    installed = []
+    add = loop_class.add_signal_handler
+    monkeypatch.setattr(loop_class, "add_signal_handler",
+                        lambda self, sig, *args: (installed.append(sig), add(self, sig, *args))[1])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert deploy_fleet(None, [], SshOptions()) == []
+    assert installed == [signal.SIGINT] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
