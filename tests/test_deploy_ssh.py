@@ -807,6 +807,36 @@ def test_a_device_command_loses_its_line_ending_and_an_empty_one_still_skips():
     assert [one_line(None, None, v) for v in ("true\r\n", "true\n", "\n", "", None)] == ["true", "true", "", "", None]
 
 
+def _deploy_in_background(bundle, urls, options, sshd, *extra, device_python=DEVICE_PYTHON, restart=None):
+    """`basilar deploy` as its own process, so that a test can Ctrl-C it (SIGINT) as a terminal does."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "firmware_tools.cli", "deploy", str(bundle.archive), *urls, "--known-hosts",
+         str(options.known_hosts), "-i", str(sshd.client_key), "--device-python", str(device_python),
+         "--restart-command", restart or options.restart_command, "--health-command", options.health_command,
+         *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": PYTHONPATH})
+
+
+def _wait_for(marker: Path, process: subprocess.Popen) -> None:
+    """Until the device side has made marker (the step the test interrupts has begun)."""
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert marker.exists(), process.communicate()
+
+
+def _device_python_that_waits(tmp_path, case: str, marker: Path, seconds: float) -> Path:
+    """A device Python whose `edge.releases` commands matching the shell pattern case make marker and wait."""
+    wrapper = tmp_path / "python"
+    wrapper.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        case "$*" in {case}) touch {marker}; sleep {seconds};; esac
+        exec {DEVICE_PYTHON} "$@"
+        """))
+    wrapper.chmod(0o755)
+    return wrapper
+
+
 def test_ctrl_c_after_the_switch_switches_back_and_reports_every_device(device, bundles, sshd, tmp_path):
     """Ctrl-C during the restart left the device on a bundle never checked, printed no table, and exited 1."""
     root, target, options = device
@@ -816,17 +846,11 @@ def test_ctrl_c_after_the_switch_switches_back_and_reports_every_device(device, 
     assert _deploy(v1, parse_target(sshd.url(untouched)), options).ok
     started = tmp_path / "restart-started"
     restart = f"{options.restart_command}; touch {started}; sleep 20.{os.getpid()}"
-    deploy = subprocess.Popen(
-        [sys.executable, "-m", "firmware_tools.cli", "deploy", str(v2.archive), sshd.url(root), sshd.url(untouched),
-         "--parallel", "1", "--known-hosts", str(options.known_hosts), "-i", str(sshd.client_key),
-         "--device-python", DEVICE_PYTHON, "--restart-command", restart, "--health-command", options.health_command],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": PYTHONPATH})
-    deadline = time.monotonic() + 60
-    while not started.exists() and time.monotonic() < deadline and deploy.poll() is None:
-        time.sleep(0.05)
-    assert started.exists(), deploy.communicate()
+    deploy = _deploy_in_background(v2, [sshd.url(root), sshd.url(untouched)], options, sshd, "--parallel", "1",
+                                   restart=restart)
+    _wait_for(started, deploy)
     assert ReleaseStore(root).current() == v2.bundle_id  # switched, its check not yet passed
-    deploy.send_signal(subprocess.signal.SIGINT)
+    deploy.send_signal(signal.SIGINT)
     out, err = deploy.communicate(timeout=60)
     assert deploy.returncode == 130, out + err
     rows = {line.split()[0]: line for line in out.splitlines()[1:]}
@@ -920,25 +944,13 @@ def test_a_second_ctrl_c_during_the_switch_back_says_what_the_device_may_run(dev
     # The new bundle's restart hangs (Ctrl-C comes then); the switch-back's own activate is slowed down on the
     # device (a second Ctrl-C comes then), so the device may be left on either bundle.
     entered = tmp_path / "entered"
-    slow_switch_back = tmp_path / "python"
-    slow_switch_back.write_text(textwrap.dedent(f"""\
-        #!/bin/sh
-        case "$*" in *" activate "*" --previous "*) touch {entered}; sleep 20;; esac
-        exec {DEVICE_PYTHON} "$@"
-        """))
-    slow_switch_back.chmod(0o755)
+    slow_switch_back = _device_python_that_waits(tmp_path, '*" activate "*" --previous "*', entered, 20)
     started = tmp_path / "restart-started"
     restart = f"{options.restart_command}; touch {started}; sleep 20.{os.getpid()}"
-    deploy = subprocess.Popen(
-        [sys.executable, "-m", "firmware_tools.cli", "deploy", str(v2.archive), sshd.url(root), "--known-hosts",
-         str(options.known_hosts), "-i", str(sshd.client_key), "--device-python", str(slow_switch_back),
-         "--restart-command", restart, "--health-command", options.health_command],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": PYTHONPATH})
+    deploy = _deploy_in_background(v2, [sshd.url(root)], options, sshd, device_python=slow_switch_back,
+                                   restart=restart)
     for marker in (started, entered):
-        deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline and deploy.poll() is None:
-            time.sleep(0.05)
-        assert marker.exists(), deploy.communicate()
+        _wait_for(marker, deploy)
         deploy.send_signal(signal.SIGINT)
     out, err = deploy.communicate(timeout=60)
     assert deploy.returncode == 130, out + err
@@ -985,22 +997,9 @@ def test_a_second_ctrl_c_while_the_switch_finishes_does_not_race_it_with_a_switc
     v1, v2 = bundles[0], bundles[1]
     assert _deploy(v1, target, options).ok
     entered = tmp_path / "entered"
-    slow_switch = tmp_path / "python"
-    slow_switch.write_text(textwrap.dedent(f"""\
-        #!/bin/sh
-        case "$*" in *" activate "*"--unconfirmed"*) touch {entered}; sleep 3;; esac
-        exec {DEVICE_PYTHON} "$@"
-        """))
-    slow_switch.chmod(0o755)
-    deploy = subprocess.Popen(
-        [sys.executable, "-m", "firmware_tools.cli", "deploy", str(v2.archive), sshd.url(root), "--known-hosts",
-         str(options.known_hosts), "-i", str(sshd.client_key), "--device-python", str(slow_switch),
-         "--restart-command", options.restart_command, "--health-command", options.health_command],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": PYTHONPATH})
-    deadline = time.monotonic() + 60
-    while not entered.exists() and time.monotonic() < deadline and deploy.poll() is None:
-        time.sleep(0.05)
-    assert entered.exists(), deploy.communicate()
+    slow_switch = _device_python_that_waits(tmp_path, '*" activate "*"--unconfirmed"*', entered, 3)
+    deploy = _deploy_in_background(v2, [sshd.url(root)], options, sshd, device_python=slow_switch)
+    _wait_for(entered, deploy)
     deploy.send_signal(signal.SIGINT)
     time.sleep(0.5)
     deploy.send_signal(signal.SIGINT)
