@@ -521,8 +521,7 @@ def main(argv: list[str] | None = None) -> int:
             result = store.status()
             # For deploy tools: a damaged release is re-uploaded (installing it mends it), not taken as held; an
             # unsigned one, or one signed by another key, too where keys are trusted (the signed copy brings its
-            # signature); and a root with no
-            # store says nothing was deployed there, or that the root is mistyped.
+            # signature); and a root with no store says nothing was deployed there, or that the root is mistyped.
             result["damaged"] = [bundle_id for bundle_id in result["releases"] if store.damage(bundle_id)]
             result["signers"] = {bundle_id: store.signer(bundle_id) for bundle_id in result["releases"]}
             result["store"] = store.releases_dir.is_dir()

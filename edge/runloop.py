@@ -81,12 +81,16 @@ class Pipeline:
 
     def process(self, samples: np.ndarray) -> list[Detection]:
         """Feed int16 samples; returns the detections that closed within them."""
+        return self.detector.update(self.posteriors(samples), self.input_levels(samples))
+
+    def posteriors(self, samples: np.ndarray) -> np.ndarray:
+        """The model's scores for the frames these samples complete (front end and model step, no detector)."""
         count = self.frontend.frames_for(len(samples))
         if count > len(self._frames):  # the buffer grows to the largest chunk seen, then stays
             self._frames = np.zeros((count, self._frames.shape[1]), dtype=np.int8)
         frames = self._frames[:count]
         self.frontend.process_into(samples, frames)
-        return self.detector.update(self.runner.run(frames), self.input_levels(samples))
+        return self.runner.run(frames)
 
     def input_levels(self, samples: np.ndarray) -> np.ndarray | None:
         """The samples' per-hop levels for the detector's end-pointing; None (nothing metered) when it is off."""

@@ -27,7 +27,7 @@ import soundfile
 import soxr
 
 from edge.wav_header import (ID3V2_HEAD, KNOWN_CHUNKS, TrueSizeWav, is_open_length, length_problem, libsndfile_input,
-                              parse_format, read_to_data, starts_wav, tag_span)
+                              parse_format, read_to_data, skip, starts_wav, tag_span)
 
 DEFAULT_CHUNK_MS = 100
 IDLE_TICK_S = 1.0  # a live source that delivers nothing for this long yields an empty chunk
@@ -280,17 +280,17 @@ class PcmSource(AudioSource):
         header = self._read_header()
         if header is None:
             return b""
-        layout, length = header
+        layout, self._data_left = header  # when that is counted down, `_after_declared_audio`
         self._set_layout(*layout)
         self._from_header = True
-        self._data_left = None if is_open_length(length) else length  # then `_after_declared_audio`
         self.name = (f"standard input (WAV: {self.pcm_format}, {self.rate} Hz, {self.channels} "
                      f"channel{'s' if self.channels > 1 else ''})")
         return b""
 
-    def _read_header(self) -> tuple[tuple[str, int, int], int] | None:
+    def _read_header(self) -> tuple[tuple[str, int, int], int | None] | None:
         """The rest of a WAV header, after the 12 bytes `starts_wav` checked: its audio's (format, rate, channels)
-        and declared size. None when a stop request came while it was awaited."""
+        and declared size (None for an open length: audio to the end). None when a stop request came while it was
+        awaited."""
         try:
             fmt, length = read_to_data(self._read_exactly)
         except EOFError:
@@ -300,7 +300,7 @@ class PcmSource(AudioSource):
         if fmt is None:
             raise SourceError("standard input's WAV header has no format chunk before its audio; send raw PCM "
                               "instead (arecord -t raw, sox ... -t raw -)")
-        return _wav_layout(fmt), length
+        return _wav_layout(fmt), None if is_open_length(length) else length
 
     def _after_declared_audio(self) -> bytes:
         """Once a WAV header's declared audio has come, what follows decides: tags (known chunks, ID3) are skipped;
@@ -325,7 +325,7 @@ class PcmSource(AudioSource):
             if span is None:
                 self._data_left = None
                 return head
-            self._skip(span - len(head))
+            skip(self._read_exactly, span - len(head))
             if span & 1:  # its pad byte comes with it, unless its writer left it out (no chunk id starts with 0)
                 carry = self._read_exactly(1).lstrip(b"\0")
 
@@ -335,20 +335,14 @@ class PcmSource(AudioSource):
         header = self._read_header()
         if header is None:
             return b""
-        (fmt, rate, channels), length = header
+        (fmt, rate, channels), self._data_left = header
         if (fmt, rate, channels) != (self.pcm_format, self.rate, self.channels):  # its samples would be misread
             raise SourceError(f"standard input holds WAV files one after another, and a later one is {fmt}, {rate} Hz, "
                               f"{channels} channel(s) where the first is {self.pcm_format}, {self.rate} Hz, "
                               f"{self.channels} channel(s); give them one at a time, or convert them to one layout "
                               f"first, e.g. `sox IN.wav -e signed -b 16 -r {self.rate} -c {self.channels} OUT.wav`")
-        self._data_left = None if is_open_length(length) else length
         first = self._frame_bytes if self._data_left is None else min(self._frame_bytes, self._data_left)
         return self._read_exactly(first)  # the rest is read as the header declares
-
-    def _skip(self, size: int) -> None:
-        """Read past `size` bytes (a tag), a piece at a time; fewer at the end of input."""
-        while size > 0 and (piece := self._read_exactly(min(size, 1 << 16))):
-            size -= len(piece)
 
     def _nan_fix(self) -> str | None:
         """What to do about samples that are not numbers: raw PCM said to be float is most often not float at all."""

@@ -78,11 +78,15 @@ def read_to_data(read: Callable[[int], bytes]) -> tuple[bytes | None, int]:
                 raise EOFError
             fmt = body[:length]
             continue
-        while padded > 0:  # another chunk (LIST, fact, ...): skipped a piece at a time
-            piece = read(min(padded, 1 << 16))
-            if not piece:
-                raise EOFError
-            padded -= len(piece)
+        if skip(read, padded):  # another chunk (LIST, fact, ...)
+            raise EOFError
+
+
+def skip(read: Callable[[int], bytes], size: int) -> int:
+    """Read past `size` bytes a piece at a time (a chunk may be large); returns how many the input ended short of."""
+    while size > 0 and (piece := read(min(size, 1 << 16))):
+        size -= len(piece)
+    return max(size, 0)
 
 
 class WavFormat(NamedTuple):
@@ -159,8 +163,8 @@ def inspect_wav(path: str | os.PathLike) -> WavData | None:
 
 def _chunks_to_end(file: BinaryIO, at: int, end: int, pad: bool = False, zeros: bool = True) -> bool:
     """Whether the bytes of `file` from `at` to `end` are whole chunks or ID3 tags (then, with `zeros`, perhaps zeros:
-    padding), not more audio. `pad`: what came before is of odd length, so a pad byte comes first, unless its writer left it
-    out: both are tried, here and after each odd chunk (each place once, so many odd chunks cost no more)."""
+    padding), not more audio. `pad`: what came before is of odd length, so a pad byte comes first, unless its writer
+    left it out: both are tried, here and after each odd chunk (each place once, so many odd chunks cost no more)."""
     todo, tried = [at, at + 1] if pad else [at], set()
     while todo:
         at = todo.pop()  # the place after a pad byte first

@@ -391,20 +391,12 @@ async def _upload(conn, bundle: LocalBundle, remote_path: str, progress: Progres
                 await sftp.remove(remote_path)
             raise
         except asyncssh.SFTPError as exc:
-            try:  # a partial upload would hold space a full device needs
+            with contextlib.suppress(asyncssh.Error, OSError):  # a partial upload holds space a full device needs
                 await sftp.remove(remote_path)
-            except (asyncssh.Error, OSError):
-                pass
             free = await _free_bytes(sftp, root)
             if free is not None and free < bundle.size:
                 raise DeployError(_no_room(root, free, bundle.size)) from None
             raise
-
-
-def _unchanged(target: SshTarget, bundle: LocalBundle, progress: Progress | None, detail: str) -> DeployResult:
-    if progress:
-        progress(bundle.size, bundle.size)
-    return DeployResult(target, True, "unchanged", bundle.bundle_id, detail)
 
 
 # --- one device ------------------------------------------------------------------------------------------------
@@ -438,18 +430,19 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
             # A device with a basilar from before these notes has no such key, and its release tool knows neither
             # `activate --unconfirmed` nor `confirm`: deploy to it as before.
             notes = "unconfirmed" in status
+            if dry_run:
+                return _plan(target, bundle, status)
             if active == bundle.bundle_id and not unchecked and not damaged:
-                if dry_run or not _signature_missing(bundle, status):
-                    return (_plan(target, bundle, status) if dry_run
-                            else _unchanged(target, bundle, progress, "already active"))
+                if not _signature_missing(bundle, status):
+                    if progress:
+                        progress(bundle.size, bundle.size)
+                    return DeployResult(target, True, "unchanged", active, "already active")
                 # A signed copy of the active release, which the device holds unsigned or signed by another key:
                 # install it for its signature (or a later rollback to it is refused), with no switch or restart.
                 await upload_and_install(conn)
                 return DeployResult(target, True, "unchanged", active, "already active; its signature installed "
                                                                        "(the device held it unsigned or signed by "
                                                                        "another key)", bundle.size)
-            if dry_run:
-                return _plan(target, bundle, status)
 
             detail = ""
             if active == bundle.bundle_id and unchecked and not damaged:

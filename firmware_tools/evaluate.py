@@ -38,7 +38,7 @@ def evaluate_bundle(bundle, clips, progress=None, noise_floor_dbfs: float | None
         audio = dataset.clip_audio(config, dataset.read_clip(clip.path, config.sample_rate),
                                    noise_floor_dbfs=noise_floor_dbfs, seed=index)
         pipeline.reset()  # each clip from rest
-        scores = pipeline.runner.run(pipeline.frontend.process(audio))
+        scores = pipeline.posteriors(audio)
         truth.append(labels.index(clip.label))
         predicted.append(clip_decision(scores))
         # The same posteriors through the detector at the bundle's settings, as `basilar run` would report them: a

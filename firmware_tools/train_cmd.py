@@ -47,8 +47,8 @@ from firmware_tools.convert_cmd import bundle_detector, bundle_detector_options
 @click.option("--name", default="model", show_default=True, help="Bundle name recorded in the manifest.")
 @bundle_detector_options
 def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth_digits, synth_speech, flite_digits,
-          flite_speech, speech_dir, speech_list, speech_credit, data_credit, copies, background_examples, cache_dir, name,
-          threshold, smoothing_ms, refractory_ms):
+          flite_speech, speech_dir, speech_list, speech_credit, data_credit, copies, background_examples, cache_dir,
+          name, threshold, smoothing_ms, refractory_ms):
     """Train a streaming model on labelled audio files (sub-folder per label, or files named LABEL_...)."""
     if (speech_list or speech_credit) and not speech_dir:
         raise click.UsageError("--speech-list and --speech-credit describe recordings in --speech-dir; "

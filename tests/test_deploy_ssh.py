@@ -814,7 +814,8 @@ def _deploy_in_background(bundle, urls, options, sshd, *extra, device_python=DEV
          str(options.known_hosts), "-i", str(sshd.client_key), "--device-python", str(device_python),
          "--restart-command", restart or options.restart_command, "--health-command", options.health_command,
          *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": PYTHONPATH})
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": PYTHONPATH})
 
 
 def _wait_for(marker: Path, process: subprocess.Popen) -> None:

@@ -252,10 +252,14 @@ def set_data_size(wav: bytes, size: int) -> bytes:
     return wav[:at] + size.to_bytes(4, "little") + wav[at + 4:]
 
 
+def chunk(kind: bytes, body: bytes) -> bytes:
+    return kind + len(body).to_bytes(4, "little") + body + bytes(len(body) & 1)
+
+
 def with_chunk_after_audio(wav: bytes, kind: bytes, body: bytes) -> bytes:
     """A WAV file's bytes with a chunk after its audio, as a tag editor appends one, and the RIFF size to match."""
-    chunk = kind + len(body).to_bytes(4, "little") + body + bytes(len(body) & 1)
-    return wav[:4] + (len(wav) - 8 + len(chunk)).to_bytes(4, "little") + wav[8:] + chunk
+    tag = chunk(kind, body)
+    return wav[:4] + (len(wav) - 8 + len(tag)).to_bytes(4, "little") + wav[8:] + tag
 
 
 # Python's wave module writing one second of 16 kHz S16 audio into a pipe: it cannot go back to fix its header, so
@@ -333,10 +337,6 @@ def handmade_wav(audio: bytes, rate: int, bits: int = 16, declared: int | None =
     body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data"
             + struct.pack("<I", len(audio) if declared is None else declared) + audio + after)
     return b"RIFF" + struct.pack("<I", len(body)) + body
-
-
-def chunk(kind: bytes, body: bytes) -> bytes:
-    return kind + len(body).to_bytes(4, "little") + body + bytes(len(body) & 1)
 
 
 def id3v2_tag(frames: bytes) -> bytes:

@@ -51,12 +51,11 @@ class FrontendConfig:
     def __post_init__(self):
         # NumPy's numbers (a rate read with np.int64, a level in np.float32) as Python's of the same value, so that
         # the configuration validates, hashes and writes to JSON (np.float32(1.28) is 1.2799999713897705)
-        for name in INT_FIELDS + FLOAT_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, numbers.Integral) and not isinstance(value, bool) and name in INT_FIELDS:
-                object.__setattr__(self, name, int(value))
-            elif isinstance(value, numbers.Real) and not isinstance(value, bool) and name in FLOAT_FIELDS:
-                object.__setattr__(self, name, float(value))
+        for names, kind, to in ((INT_FIELDS, numbers.Integral, int), (FLOAT_FIELDS, numbers.Real, float)):
+            for name in names:
+                value = getattr(self, name)
+                if isinstance(value, kind) and not isinstance(value, bool):
+                    object.__setattr__(self, name, to(value))
         self.validate()
 
     def validate(self) -> None:
