@@ -9,6 +9,7 @@ BENCHMARKS = {
     "frontend": "firmware_tools.bench_frontend:bench_frontend",
     "model": "firmware_tools.bench_model:bench_model",
     "run": "firmware_tools.bench_run:bench_run",
+    "soak": "firmware_tools.bench_soak:bench_soak",
     "telemetry": "firmware_tools.bench_telemetry:bench_telemetry",
 }
 

@@ -10,7 +10,7 @@ import soundfile
 from click.testing import CliRunner
 
 from edge.bundle import load_bundle
-from firmware_tools import bench_run
+from firmware_tools import bench_run, bench_soak
 from firmware_tools.cli import main
 from tests.conftest import REPO
 
@@ -112,3 +112,47 @@ def test_bench_run_on_an_empty_recording_is_a_clear_error(tmp_path):
     soundfile.write(empty, np.zeros(0, np.int16), 8000)
     result = bench("run", "--audio", empty, "--seconds", 1, "--hop-seconds", 1)
     assert result.returncode == 1 and f"{empty} holds no audio" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_soak_runs_basilar_run_pass_after_pass_and_hears_the_same_words(tmp_path, default_bundle):
+    # Ten seconds of the demo (its first three digits) round and round: 3 minutes of audio, 19 passes, the real
+    # `basilar run -` in its own process.
+    audio = tmp_path / "ten_s.wav"
+    demo, rate = soundfile.read(bench_run.DEMO, dtype="int16")
+    soundfile.write(audio, demo[:10 * rate], rate)
+    result = bench("soak", "--hours", 0.05, "--audio", audio, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["bundle"] == default_bundle.id and report["pass_s"] == 10.0 and report["passes"] == 18
+    assert report["detections_per_pass_min"] == report["detections_per_pass_max"] == 3
+    assert report["detections"] == 3 * report["passes"] and f"{report['detections']} detections" in report["summary"]
+    assert report["passes_differing"] == 0 and report["max_hop_shift"] <= 2 and report["first_difference"] is None
+    assert 0 <= report["max_score_change"] <= 0.01
+    assert report["rss_samples"] >= 1 and 0 < report["rss_settled_mb"] <= report["peak_rss_mb"] < 150
+    assert report["speed_x"] > 0 and report["targets_met"]
+
+
+def test_a_pass_that_hears_other_words_or_moves_them_is_reported():
+    hop_s, pass_hops = 0.01, 1000
+
+    def word(label, start_hop, k, score=0.99):
+        return {"label": label, "score": score, "start_s": (k * pass_hops + start_hop) * hop_s,
+                "end_s": (k * pass_hops + start_hop + 30) * hop_s}
+
+    same = [word("3", 100, k) for k in range(4)] + [word("7", 500, k) for k in range(4)]
+    assert bench_soak.compare_passes(same, pass_hops, hop_s, 4)["differing"] == []
+    moved = same[:-1] + [word("7", 503, 3, score=0.95)]
+    report = bench_soak.compare_passes(moved, pass_hops, hop_s, 4)
+    assert report["differing"] == [] and report["hop_shift"] == 3 and report["score_change"] == 0.04
+    renamed = same[:-1] + [word("1", 500, 3)]
+    report = bench_soak.compare_passes(renamed, pass_hops, hop_s, 4)
+    assert report["differing"] == [3] and report["first_difference"]["got"][-1][0] == "1"
+    lost = same[:-1]
+    assert bench_soak.compare_passes(lost, pass_hops, hop_s, 4)["per_pass_min"] == 1
+
+
+def test_memory_that_keeps_growing_is_reported():
+    growing = [(hour * 3600.0, 55.0 + 0.1 * hour) for hour in range(25)]
+    report = bench_soak.memory_figures(growing)
+    assert report["rss_settled_mb"] == 55.2 and report["rss_end_mb"] == 57.4
+    assert report["rss_growth_mb"] == 2.2 > bench_soak.TARGETS["rss_growth_mb"]

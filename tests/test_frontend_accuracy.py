@@ -170,3 +170,20 @@ def test_each_channel_peaks_at_its_centre_frequency_with_unity_gain(config_name)
     at_cf = np.exp(-2j * np.pi * np.outer(cf, np.arange(h.shape[1])) / fs)
     gain_db = 20 * np.log10(np.abs((h * at_cf).sum(axis=1)))
     np.testing.assert_allclose(gain_db, 0.0, atol=0.01)
+
+
+def test_a_recording_heard_again_and_again_gives_its_frames_again_within_one_step():
+    # Days of audio (docs/running.md): the filters feed their rounding residue forward, so the state where a
+    # pass of the same recording begins differs in its lowest bits from where the last one began. Those bits may
+    # move a frame by one step here and there; they must not build up from pass to pass.
+    from edge.bundle import load_bundle
+    from firmware_tools.bench_run import DEMO, load_audio
+
+    frontend = Frontend(load_bundle("default").frontend_config)  # the shipped model's front end
+    hop = frontend.config.hop_samples
+    recording = load_audio(DEMO, frontend.config.sample_rate)
+    recording = recording[:len(recording) // hop * hop]
+    passes = [frontend.process(recording).astype(int) for _ in range(12)]
+    differing = [np.abs(frames - passes[1]) for frames in passes[2:]]
+    assert max(d.max() for d in differing) == 1  # they do differ, by one step at most
+    assert max((d.max(axis=1) > 0).sum() for d in differing) <= len(recording) // hop // 100

@@ -1,0 +1,219 @@
+"""`basilar bench soak`: `basilar run` over hours or days of audio, as a device listens for days.
+
+The real command in its own process (`basilar run - --json`, pinned to one core), fed one recording round and
+round as raw PCM on its standard input, as fast as it takes it. Three things a device that runs for days needs:
+- memory: the process's resident memory (VmRSS), sampled as it runs. Its growth after the first tenth of the run,
+  when every buffer has reached its size, is what would fill a device in a week (target: <= 2 MB);
+- hearing: every pass of the recording after the first hears the same audio after the same audio, so the front
+  end, model and detector, all deterministic, must report the same words with the same scores at the same hops
+  of the pass. Each pass's detections are compared with the second pass's (the first starts from rest), their
+  hops counted from where that pass began: a pass that differs, or a time that drifts, is a state that builds up;
+- speed: audio seconds per second of the process's CPU time over the whole run.
+The recording is cut to whole hops at the bundle's rate and fed at that rate, so every pass is the same samples
+on the same hop grid.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from firmware_tools.bench_run import DEMO, load_audio
+from firmware_tools.cli_types import FloatRange
+
+TARGETS = {"rss_growth_mb": 2.0, "peak_rss_mb": 150.0, "passes_differing": 0, "max_hop_shift": 2,
+           "max_score_change": 0.01}
+RSS_EVERY_S = 0.1  # wall-clock seconds between memory samples
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a running process (decimal MB), or None once it has gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def one_cpu() -> int | None:
+    """The CPU the run is pinned to: the last this process may use (this process, feeding it and reading it, is
+    left on the others), or None where the OS cannot pin."""
+    return sorted(os.sched_getaffinity(0))[-1] if hasattr(os, "sched_getaffinity") else None
+
+
+def compare_passes(detections: list[dict], pass_hops: int, hop_s: float, passes: int) -> dict:
+    """Each whole pass's detections as (label, score, start hop, end hop) within the pass, against the second
+    pass's: the passes whose words differ (labels in order), and over the others the largest shift of a word's
+    hops and change of its score. The fixed-point filters carry their rounding residue from pass to pass, so a
+    pass's frames may differ from the last one's by one step here and there (docs/running.md, "Days of audio"):
+    a score moves in its last digits, a word may move by a hop; what must not happen is that it grows."""
+    by_pass: list[list[tuple]] = [[] for _ in range(passes)]
+    for d in detections:
+        start_hop, end_hop = round(d["start_s"] / hop_s), round(d["end_s"] / hop_s)
+        k = min(start_hop // pass_hops, passes - 1)
+        by_pass[k].append((d["label"], d["score"], start_hop - k * pass_hops, end_hop - k * pass_hops))
+    reference = by_pass[1] if passes > 1 else by_pass[0]
+    differing, hop_shift, score_change = [], 0, 0.0
+    for k in range(1, passes):
+        if [d[0] for d in by_pass[k]] != [d[0] for d in reference]:
+            differing.append(k)
+            continue
+        for (_, score, start, end), (_, ref_score, ref_start, ref_end) in zip(by_pass[k], reference):
+            hop_shift = max(hop_shift, abs(start - ref_start), abs(end - ref_end))
+            score_change = max(score_change, abs(score - ref_score))
+    first = None
+    if differing:
+        first = {"pass": differing[0], "expected": reference, "got": by_pass[differing[0]]}
+    counts = [len(p) for p in by_pass]
+    return {"per_pass_min": min(counts[1:] or counts), "per_pass_max": max(counts[1:] or counts),
+            "first_pass": counts[0], "differing": differing, "first_difference": first, "hop_shift": hop_shift,
+            "score_change": round(score_change, 4)}
+
+
+def memory_figures(samples: list[tuple[float, float]]) -> dict:
+    """(audio position in s, RSS MB) samples: peak, and the growth of the last tenth over the first tenth."""
+    if not samples:
+        raise click.ClickException("no memory sample was taken: the run ended within a tenth of a second; "
+                                   "give more --hours")
+    positions = np.array([p for p, _ in samples])
+    rss = np.array([r for _, r in samples])
+    end = positions[-1]
+    settled = rss[positions <= 0.1 * end].max(initial=rss[0])  # every buffer at its size by then
+    last = rss[positions >= 0.9 * end].max(initial=rss[-1])
+    return {"rss_settled_mb": round(float(settled), 2), "rss_end_mb": round(float(last), 2),
+            "rss_growth_mb": round(float(last - settled), 2), "peak_rss_mb": round(float(rss.max()), 2),
+            "rss_samples": len(samples)}
+
+
+def soak(bundle: str, recording: np.ndarray, rate: int, hop_samples: int, hours: float, cpu: int | None,
+         progress=None) -> dict:
+    """Run `basilar run -` over `hours` of the recording played round and round; see the module's text."""
+    pass_samples = len(recording) // hop_samples * hop_samples
+    if pass_samples < 2 * rate:
+        raise click.ClickException("the recording is shorter than two seconds; give a longer one with --audio")
+    pcm = recording[:pass_samples].astype("<i2").tobytes()
+    passes = max(2, int(np.ceil(hours * 3600 * rate / pass_samples)))
+    command = [sys.executable, "-m", "firmware_tools.cli", "run", "-", "--bundle", bundle, "--format", "s16_le",
+               "--rate", str(rate), "--json"]
+    fed = [0]  # passes written so far
+    with tempfile.TemporaryFile() as errors:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)  # children this process waited for before
+        pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+        child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+                                 preexec_fn=pin)
+
+        def feed():
+            try:
+                for k in range(passes):
+                    child.stdin.write(pcm)
+                    fed[0] = k + 1
+                child.stdin.close()
+            except (BrokenPipeError, ValueError):
+                pass  # the child ended early: its exit status and message say why
+
+        detections: list[dict] = []
+
+        def read():
+            for line in child.stdout:
+                detections.append(json.loads(line))
+
+        threads = [threading.Thread(target=feed, daemon=True), threading.Thread(target=read, daemon=True)]
+        for t in threads:
+            t.start()
+        samples: list[tuple[float, float]] = []
+        began = time.perf_counter()
+        reported = 0
+        try:
+            while child.poll() is None:
+                time.sleep(RSS_EVERY_S)
+                rss = rss_mb(child.pid)
+                if rss is not None:
+                    samples.append((fed[0] * pass_samples / rate, rss))
+                if progress and rss is not None and fed[0] * 10 // passes > reported:
+                    reported = fed[0] * 10 // passes
+                    progress(f"{fed[0] * pass_samples / rate / 3600:.1f} h of audio fed, RSS {rss:.1f} MB")
+        except KeyboardInterrupt:
+            child.kill()
+            child.wait()
+            raise click.Abort() from None
+        wall = time.perf_counter() - began
+        for t in threads:
+            t.join()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        errors.seek(0)
+        stderr = errors.read().decode(errors="replace").strip()
+    if child.returncode != 0:
+        raise click.ClickException(f"`basilar run` exited with status {child.returncode}: "
+                                   f"{stderr.splitlines()[-1] if stderr else 'no message'}")
+    audio_s = passes * pass_samples / rate
+    hearing = compare_passes(detections, pass_samples // hop_samples, hop_samples / rate, passes)
+    return {"audio_hours": round(audio_s / 3600, 2), "passes": passes, "pass_s": round(pass_samples / rate, 2),
+            "detections": len(detections), "detections_first_pass": hearing["first_pass"],
+            "detections_per_pass_min": hearing["per_pass_min"], "detections_per_pass_max": hearing["per_pass_max"],
+            "passes_differing": len(hearing["differing"]), "first_difference": hearing["first_difference"],
+            "max_hop_shift": hearing["hop_shift"], "max_score_change": hearing["score_change"],
+            "speed_x": round(audio_s / cpu_s, 1), "speed_wall_x": round(audio_s / wall, 1),
+            **memory_figures(samples), "summary": stderr.splitlines()[-1] if stderr else ""}
+
+
+@click.command("soak")
+@click.option("--bundle", default="default", show_default=True, help="Bundle to run ('default': the shipped one).")
+@click.option("--audio", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=DEMO,
+              show_default="the demo recording", help="Recording to play round and round.")
+@click.option("--hours", type=FloatRange(0.01, 1000), default=24.0, show_default=True,
+              help="Hours of audio to run (about 6 s of this host's time an hour).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--check", is_flag=True, help="Exit non-zero when a target is missed.")
+def bench_soak(bundle, audio, hours, as_json, check):
+    """`basilar run` over hours or days of audio: memory growth, the same hearing pass after pass, speed."""
+    from edge.runloop import Pipeline, PipelineError
+    from edge.sources import SourceError
+
+    try:
+        pipeline = Pipeline.from_bundle(bundle, num_threads=1)
+        recording = load_audio(audio, pipeline.sample_rate)
+    except (PipelineError, SourceError) as err:
+        raise click.ClickException(str(err)) from err
+    cpu = one_cpu()
+    say = None if as_json else (lambda text: click.echo(f"  ... {text}", err=True))
+    result = soak(bundle, recording, pipeline.sample_rate, pipeline.hop_samples, hours, cpu, say)
+    result = {"bundle": pipeline.bundle.id, "cpu": cpu, **result}
+    missed = [name for name, limit in TARGETS.items() if result[name] > limit]
+    result["targets_met"] = not missed
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        def mark(name):
+            return "ok" if name not in missed else "MISSED"
+
+        click.echo(f"basilar run -, bundle {pipeline.bundle.id[:12]}, one core (cpu {cpu}): {result['audio_hours']} h "
+                   f"of audio, {result['passes']} passes of {result['pass_s']} s")
+        click.echo(f"  memory   settled {result['rss_settled_mb']:.1f} MB, at the end {result['rss_end_mb']:.1f} MB: "
+                   f"growth {result['rss_growth_mb']:+.2f} MB (target <= {TARGETS['rss_growth_mb']:g} MB)  "
+                   f"{mark('rss_growth_mb')}; peak {result['peak_rss_mb']:.1f} MB (target <= "
+                   f"{TARGETS['peak_rss_mb']:g} MB)  {mark('peak_rss_mb')}")
+        click.echo(f"  hearing  {result['detections']} detections, {result['detections_per_pass_min']}-"
+                   f"{result['detections_per_pass_max']} a pass (the first, from rest: "
+                   f"{result['detections_first_pass']}); passes unlike the second: {result['passes_differing']} "
+                   f"(target 0)  {mark('passes_differing')}")
+        click.echo(f"           a word moved at most {result['max_hop_shift']} hops (target <= {TARGETS['max_hop_shift']})"
+                   f"  {mark('max_hop_shift')}, its score at most {result['max_score_change']:.4f} (target <= "
+                   f"{TARGETS['max_score_change']:g})  {mark('max_score_change')}")
+        if result["first_difference"]:
+            click.echo(f"           first difference: {json.dumps(result['first_difference'])}")
+        click.echo(f"  speed    {result['speed_x']:.1f}x real time (CPU), {result['speed_wall_x']:.1f}x (wall)")
+    if check and missed:
+        raise click.ClickException(f"target(s) missed: {', '.join(missed)}")
