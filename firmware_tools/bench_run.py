@@ -37,6 +37,18 @@ def load_audio(path: Path, sample_rate: int) -> np.ndarray:
     return np.concatenate(chunks)
 
 
+def pipeline_and_recording(bundle: str, audio: Path):
+    """The bundle's pipeline (one interpreter thread) and the recording at its rate; a clear error for either."""
+    from edge.runloop import Pipeline, PipelineError
+    from edge.sources import SourceError
+
+    try:
+        pipeline = Pipeline.from_bundle(bundle, num_threads=1)
+        return pipeline, load_audio(audio, pipeline.sample_rate)
+    except (PipelineError, SourceError) as err:
+        raise click.ClickException(str(err)) from err
+
+
 def looped(recording: np.ndarray, total: int, size: int):
     """`total` samples of the recording played round and round, as views of `size` samples (the last shorter):
     one copy of the recording in memory however long the benchmark runs."""
@@ -124,15 +136,8 @@ def measure(pipeline, recording: np.ndarray, seconds: float, chunk_ms: float, ho
 @click.option("--check", is_flag=True, help="Exit non-zero when a target is missed.")
 def bench_run(bundle, audio, seconds, hop_seconds, chunk_ms, as_json, check):
     """End-to-end speed, per-hop latency and memory of `basilar run` on one core."""
-    from edge.runloop import Pipeline, PipelineError
-    from edge.sources import SourceError
-
     cpu = pin_to_one_cpu()
-    try:
-        pipeline = Pipeline.from_bundle(bundle, num_threads=1)
-        recording = load_audio(audio, pipeline.sample_rate)
-    except (PipelineError, SourceError) as err:
-        raise click.ClickException(str(err)) from err
+    pipeline, recording = pipeline_and_recording(bundle, audio)
     result = measure(pipeline, recording, seconds, chunk_ms, hop_seconds)
     result = {"bundle": pipeline.bundle.id, "cpu": cpu, **result}
     missed = [name for name, limit in TARGETS.items()

@@ -2,8 +2,9 @@
 
 The real command in its own process (`basilar run - --json`, pinned to one core), fed one recording round and
 round as raw PCM on its standard input, as fast as it takes it. Three things a device that runs for days needs:
-- memory: the process's resident memory (VmRSS), sampled as it runs. Its growth after the first tenth of the run,
-  when every buffer has reached its size, is what would fill a device in a week (target: <= 2 MB);
+- memory: the process's resident memory (VmRSS), sampled as it runs from the recording's second pass on. Its
+  growth from the first tenth of the run, when every buffer has reached its size, to the last tenth is what would
+  fill a device in a week (target: <= 2 MB);
 - hearing: every pass of the recording after the first hears the same audio after the same audio, so the front
   end, model and detector, all deterministic, must report the same words with the same scores at the same hops
   of the pass. Each pass's detections are compared with the second pass's (the first starts from rest), their
@@ -27,7 +28,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from firmware_tools.bench_run import DEMO, load_audio
+from firmware_tools.bench_run import DEMO, pipeline_and_recording
 from firmware_tools.cli_types import FloatRange
 
 TARGETS = {"rss_growth_mb": 2.0, "peak_rss_mb": 150.0, "passes_differing": 0, "max_hop_shift": 2,
@@ -83,18 +84,25 @@ def compare_passes(detections: list[dict], pass_hops: int, hop_s: float, passes:
 
 
 def memory_figures(samples: list[tuple[float, float]]) -> dict:
-    """(audio position in s, RSS MB) samples: peak, and the growth of the last tenth over the first tenth."""
+    """(audio position in s, RSS MB) samples from the second pass on: peak, and the growth from the first
+    tenth of them to the last tenth."""
     if not samples:
-        raise click.ClickException("no memory sample was taken: the run ended within a tenth of a second; "
-                                   "give more --hours")
+        raise click.ClickException("no memory sample was taken: the run ended within a tenth of a second of its "
+                                   "second pass; give more --hours")
     positions = np.array([p for p, _ in samples])
     rss = np.array([r for _, r in samples])
-    end = positions[-1]
-    settled = rss[positions <= 0.1 * end].max(initial=rss[0])  # every buffer at its size by then
-    last = rss[positions >= 0.9 * end].max(initial=rss[-1])
+    first, span = positions[0], positions[-1] - positions[0]
+    settled = rss[positions <= first + 0.1 * span].max()  # every buffer at its size by then
+    last = rss[positions >= first + 0.9 * span].max()
     return {"rss_settled_mb": round(float(settled), 2), "rss_end_mb": round(float(last), 2),
             "rss_growth_mb": round(float(last - settled), 2), "peak_rss_mb": round(float(rss.max()), 2),
             "rss_samples": len(samples)}
+
+
+def run_command(bundle: str, rate: int) -> list[str]:
+    """`basilar run` reading raw PCM at the bundle's own rate from standard input, one JSON line a detection."""
+    return [sys.executable, "-m", "firmware_tools.cli", "run", "-", "--bundle", bundle, "--format", "s16_le",
+            "--rate", str(rate), "--json"]
 
 
 def soak(bundle: str, recording: np.ndarray, rate: int, hop_samples: int, hours: float, cpu: int | None,
@@ -105,8 +113,7 @@ def soak(bundle: str, recording: np.ndarray, rate: int, hop_samples: int, hours:
         raise click.ClickException("the recording is shorter than two seconds; give a longer one with --audio")
     pcm = recording[:pass_samples].astype("<i2").tobytes()
     passes = max(2, int(np.ceil(hours * 3600 * rate / pass_samples)))
-    command = [sys.executable, "-m", "firmware_tools.cli", "run", "-", "--bundle", bundle, "--format", "s16_le",
-               "--rate", str(rate), "--json"]
+    command = run_command(bundle, rate)
     fed = [0]  # passes written so far
     with tempfile.TemporaryFile() as errors:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)  # children this process waited for before
@@ -139,7 +146,7 @@ def soak(bundle: str, recording: np.ndarray, rate: int, hop_samples: int, hours:
             while child.poll() is None:
                 time.sleep(RSS_EVERY_S)
                 rss = rss_mb(child.pid)
-                if rss is not None:
+                if rss is not None and fed[0] >= 2:  # loaded, and through a pass: what it holds from now on
                     samples.append((fed[0] * pass_samples / rate, rss))
                 if progress and rss is not None and fed[0] * 10 // passes > reported:
                     reported = fed[0] * 10 // passes
@@ -179,14 +186,7 @@ def soak(bundle: str, recording: np.ndarray, rate: int, hop_samples: int, hours:
 @click.option("--check", is_flag=True, help="Exit non-zero when a target is missed.")
 def bench_soak(bundle, audio, hours, as_json, check):
     """`basilar run` over hours or days of audio: memory growth, the same hearing pass after pass, speed."""
-    from edge.runloop import Pipeline, PipelineError
-    from edge.sources import SourceError
-
-    try:
-        pipeline = Pipeline.from_bundle(bundle, num_threads=1)
-        recording = load_audio(audio, pipeline.sample_rate)
-    except (PipelineError, SourceError) as err:
-        raise click.ClickException(str(err)) from err
+    pipeline, recording = pipeline_and_recording(bundle, audio)
     cpu = one_cpu()
     say = None if as_json else (lambda text: click.echo(f"  ... {text}", err=True))
     result = soak(bundle, recording, pipeline.sample_rate, pipeline.hop_samples, hours, cpu, say)

@@ -156,3 +156,25 @@ def test_memory_that_keeps_growing_is_reported():
     report = bench_soak.memory_figures(growing)
     assert report["rss_settled_mb"] == 55.2 and report["rss_end_mb"] == 57.4
     assert report["rss_growth_mb"] == 2.2 > bench_soak.TARGETS["rss_growth_mb"]
+
+
+def test_bench_soak_check_fails_when_a_target_is_missed(monkeypatch):
+    monkeypatch.setattr(bench_soak, "TARGETS", {**bench_soak.TARGETS, "peak_rss_mb": 1.0})
+    missed = CliRunner().invoke(main, ["bench", "soak", "--hours", "0.1", "--check"])
+    assert missed.exit_code == 1 and "target(s) missed: peak_rss_mb" in missed.output
+    assert "peak" in missed.output and "MISSED" in missed.output
+
+
+def test_bench_soak_says_why_basilar_run_failed(monkeypatch):
+    failing = [sys.executable, "-c", "import sys; sys.stdin.read(1); sys.exit('Error: the input went away')"]
+    monkeypatch.setattr(bench_soak, "run_command", lambda bundle, rate: failing)
+    result = CliRunner().invoke(main, ["bench", "soak", "--hours", "0.02"])
+    assert result.exit_code == 1
+    assert "`basilar run` exited with status 1: Error: the input went away" in result.output
+
+
+def test_bench_soak_on_a_recording_under_two_seconds_is_a_clear_error(tmp_path):
+    short = tmp_path / "short.wav"
+    soundfile.write(short, np.zeros(8000, np.int16), 8000)
+    result = bench("soak", "--audio", short, "--hours", 0.02)
+    assert result.returncode == 1 and "shorter than two seconds" in result.stderr and "Traceback" not in result.stderr
