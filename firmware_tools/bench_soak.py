@@ -16,6 +16,7 @@ on the same hop grid.
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import subprocess
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import click
 import numpy as np
+import soxr
 
 from firmware_tools.bench_run import DEMO, pipeline_and_recording
 from firmware_tools.cli_types import FloatRange
@@ -100,20 +102,35 @@ def memory_figures(samples: list[tuple[float, float]]) -> dict:
 
 
 def run_command(bundle: str, rate: int) -> list[str]:
-    """`basilar run` reading raw PCM at the bundle's own rate from standard input, one JSON line a detection."""
+    """`basilar run` reading raw PCM at `rate` from standard input, one JSON line a detection."""
     return [sys.executable, "-m", "firmware_tools.cli", "run", "-", "--bundle", bundle, "--format", "s16_le",
             "--rate", str(rate), "--json"]
 
 
-def soak(bundle: str, recording: np.ndarray, rate: int, hop_samples: int, hours: float, cpu: int | None,
-         progress=None) -> dict:
-    """Run `basilar run -` over `hours` of the recording played round and round; see the module's text."""
-    pass_samples = len(recording) // hop_samples * hop_samples
+def one_pass(recording: np.ndarray, rate: int, hop_samples: int, input_rate: int) -> tuple[int, bytes]:
+    """(samples a pass at the bundle's rate, the pass as raw PCM at input_rate): the recording cut to whole hops
+    that are also whole samples at input_rate, so that every pass is resampled onto the same grid."""
+    step = math.lcm(hop_samples, rate // math.gcd(rate, input_rate))
+    pass_samples = len(recording) // step * step
     if pass_samples < 2 * rate:
         raise click.ClickException("the recording is shorter than two seconds; give a longer one with --audio")
-    pcm = recording[:pass_samples].astype("<i2").tobytes()
+    audio = recording[:pass_samples]
+    if input_rate != rate:
+        size = pass_samples * input_rate // rate
+        audio = np.resize(soxr.resample(audio.astype(np.float32) / 32768, rate, input_rate), size)
+        audio = np.clip(np.rint(audio * 32768), -32768, 32767)
+    return pass_samples, audio.astype("<i2").tobytes()
+
+
+def soak(bundle: str, recording: np.ndarray, rate: int, hop_samples: int, hours: float, cpu: int | None,
+         progress=None, input_rate: int | None = None) -> dict:
+    """Run `basilar run -` over `hours` of the recording played round and round, as raw PCM at input_rate
+    (default the bundle's rate), which `basilar run` resamples as it would a microphone's; see the module's
+    text."""
+    input_rate = input_rate or rate
+    pass_samples, pcm = one_pass(recording, rate, hop_samples, input_rate)
     passes = max(2, int(np.ceil(hours * 3600 * rate / pass_samples)))
-    command = run_command(bundle, rate)
+    command = run_command(bundle, input_rate)
     fed = [0]  # passes written so far
     with tempfile.TemporaryFile() as errors:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)  # children this process waited for before
@@ -182,15 +199,19 @@ def soak(bundle: str, recording: np.ndarray, rate: int, hop_samples: int, hours:
               show_default="the demo recording", help="Recording to play round and round.")
 @click.option("--hours", type=FloatRange(0.01, 1000), default=24.0, show_default=True,
               help="Hours of audio to run (about 6 s of this host's time an hour).")
+@click.option("--rate", "input_rate", type=click.IntRange(1000, 384000), default=None,
+              help="Feed raw PCM at this rate, which basilar run resamples as a microphone's  [default: the "
+                   "bundle's rate]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--check", is_flag=True, help="Exit non-zero when a target is missed.")
-def bench_soak(bundle, audio, hours, as_json, check):
+def bench_soak(bundle, audio, hours, input_rate, as_json, check):
     """`basilar run` over hours or days of audio: memory growth, the same hearing pass after pass, speed."""
     pipeline, recording = pipeline_and_recording(bundle, audio)
     cpu = one_cpu()
     say = None if as_json else (lambda text: click.echo(f"  ... {text}", err=True))
-    result = soak(bundle, recording, pipeline.sample_rate, pipeline.hop_samples, hours, cpu, say)
-    result = {"bundle": pipeline.bundle.id, "cpu": cpu, **result}
+    input_rate = input_rate or pipeline.sample_rate
+    result = soak(bundle, recording, pipeline.sample_rate, pipeline.hop_samples, hours, cpu, say, input_rate)
+    result = {"bundle": pipeline.bundle.id, "cpu": cpu, "input_rate": input_rate, **result}
     missed = [name for name, limit in TARGETS.items() if result[name] > limit]
     result["targets_met"] = not missed
     if as_json:
@@ -200,7 +221,7 @@ def bench_soak(bundle, audio, hours, as_json, check):
             return "ok" if name not in missed else "MISSED"
 
         click.echo(f"basilar run -, bundle {pipeline.bundle.id[:12]}, one core (cpu {cpu}): {result['audio_hours']} h "
-                   f"of audio, {result['passes']} passes of {result['pass_s']} s")
+                   f"of audio at {input_rate} Hz, {result['passes']} passes of {result['pass_s']} s")
         click.echo(f"  memory   settled {result['rss_settled_mb']:.1f} MB, at the end {result['rss_end_mb']:.1f} MB: "
                    f"growth {result['rss_growth_mb']:+.2f} MB (target <= {TARGETS['rss_growth_mb']:g} MB)  "
                    f"{mark('rss_growth_mb')}; peak {result['peak_rss_mb']:.1f} MB (target <= "

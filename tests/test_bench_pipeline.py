@@ -114,15 +114,17 @@ def test_bench_run_on_an_empty_recording_is_a_clear_error(tmp_path):
     assert result.returncode == 1 and f"{empty} holds no audio" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_bench_soak_runs_basilar_run_pass_after_pass_and_hears_the_same_words(tmp_path, default_bundle):
-    # Ten seconds of the demo (its first three digits) round and round: 3 minutes of audio, 19 passes, the real
-    # `basilar run -` in its own process.
+@pytest.mark.parametrize("rate", [None, 44100])
+def test_bench_soak_runs_basilar_run_pass_after_pass_and_hears_the_same_words(tmp_path, default_bundle, rate):
+    # Ten seconds of the demo (its first three digits) round and round: 3 minutes of audio, 18 passes, the real
+    # `basilar run -` in its own process; at 44.1 kHz it resamples them as it would a microphone's.
     audio = tmp_path / "ten_s.wav"
-    demo, rate = soundfile.read(bench_run.DEMO, dtype="int16")
-    soundfile.write(audio, demo[:10 * rate], rate)
-    result = bench("soak", "--hours", 0.05, "--audio", audio, "--json")
+    demo, demo_rate = soundfile.read(bench_run.DEMO, dtype="int16")
+    soundfile.write(audio, demo[:10 * demo_rate], demo_rate)
+    result = bench("soak", "--hours", 0.05, "--audio", audio, "--json", *(["--rate", rate] if rate else []))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
+    assert report["input_rate"] == (rate or default_bundle.frontend_config.sample_rate)
     assert report["bundle"] == default_bundle.id and report["pass_s"] == 10.0 and report["passes"] == 18
     assert report["detections_per_pass_min"] == report["detections_per_pass_max"] == 3
     assert report["detections"] == 3 * report["passes"] and f"{report['detections']} detections" in report["summary"]
