@@ -96,9 +96,13 @@ def memory_figures(samples: list[tuple[float, float]]) -> dict:
     first, span = positions[0], positions[-1] - positions[0]
     settled = rss[positions <= first + 0.1 * span].max()  # every buffer at its size by then
     last = rss[positions >= first + 0.9 * span].max()
+    tenth = np.minimum(((positions - first) / max(span, 1e-9) * 10).astype(int), 9)
     return {"rss_settled_mb": round(float(settled), 2), "rss_end_mb": round(float(last), 2),
             "rss_growth_mb": round(float(last - settled), 2), "peak_rss_mb": round(float(rss.max()), 2),
-            "rss_samples": len(samples)}
+            "rss_samples": len(samples),
+            # the largest sample in each tenth of the run: a step once, or a climb all along
+            "rss_by_tenth_mb": [round(float(rss[tenth == k].max()), 2) if (tenth == k).any() else None
+                                for k in range(10)]}
 
 
 def run_command(bundle: str, rate: int) -> list[str]:
@@ -226,6 +230,8 @@ def bench_soak(bundle, audio, hours, input_rate, as_json, check):
                    f"growth {result['rss_growth_mb']:+.2f} MB (target <= {TARGETS['rss_growth_mb']:g} MB)  "
                    f"{mark('rss_growth_mb')}; peak {result['peak_rss_mb']:.1f} MB (target <= "
                    f"{TARGETS['peak_rss_mb']:g} MB)  {mark('peak_rss_mb')}")
+        tenths = " ".join("-" if mb is None else f"{mb:.1f}" for mb in result["rss_by_tenth_mb"])
+        click.echo(f"           by tenth of the run: {tenths} MB")
         click.echo(f"  hearing  {result['detections']} detections, {result['detections_per_pass_min']}-"
                    f"{result['detections_per_pass_max']} a pass (the first, from rest: "
                    f"{result['detections_first_pass']}); passes unlike the second: {result['passes_differing']} "

@@ -158,6 +158,7 @@ def test_memory_that_keeps_growing_is_reported():
     report = bench_soak.memory_figures(growing)
     assert report["rss_settled_mb"] == 55.2 and report["rss_end_mb"] == 57.4
     assert report["rss_growth_mb"] == 2.2 > bench_soak.TARGETS["rss_growth_mb"]
+    assert report["rss_by_tenth_mb"] == [55.2, 55.4, 55.7, 55.9, 56.1, 56.4, 56.6, 56.9, 57.1, 57.4]
 
 
 def test_bench_soak_check_fails_when_a_target_is_missed(monkeypatch):
