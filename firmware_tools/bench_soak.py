@@ -238,8 +238,9 @@ def bench_soak(bundle, audio, hours, input_rate, as_json, check):
                    f"{result['detections_first_pass']}); passes unlike the second: {result['passes_differing']} "
                    f"(target 0)  {mark('passes_differing')}")
         click.echo(f"           a word moved at most {result['max_hop_shift']} hops (target <= "
-                   f"{TARGETS['max_hop_shift']})  {mark('max_hop_shift')}, its score at most {result['max_score_change']:.4f} (target <= "
-                   f"{TARGETS['max_score_change']:g})  {mark('max_score_change')}")
+                   f"{TARGETS['max_hop_shift']})  {mark('max_hop_shift')}, its score at most "
+                   f"{result['max_score_change']:.4f} (target <= {TARGETS['max_score_change']:g})  "
+                   f"{mark('max_score_change')}")
         if result["first_difference"]:
             click.echo(f"           first difference: {json.dumps(result['first_difference'])}")
         click.echo(f"  speed    {result['speed_x']:.1f}x real time (CPU), {result['speed_wall_x']:.1f}x (wall)")
