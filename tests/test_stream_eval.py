@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import soundfile
 import soxr
@@ -203,6 +204,19 @@ def test_eval_stream_on_the_demo_with_the_default_bundle():
     assert f"hits            {report['hits']:2d}" in text.output
     assert "false alarms" in text.output and "latency" in text.output and "word times" in text.output
     assert f"({report['misses_heard_as_another_label']} heard as another label" in text.output
+
+
+@pytest.mark.parametrize("gain_db", [-40, 12])
+def test_the_demo_is_heard_whatever_the_input_gain(tmp_path, gain_db):
+    # The level normaliser takes the microphone's gain: the demo 40 dB quieter (words near -64 dBFS) or 12 dB louder
+    # (its peaks clipped) gives every digit, as at its own level (README, "input level").
+    audio, rate = soundfile.read(DEMO, dtype="float64")
+    scaled = tmp_path / "scaled.wav"
+    soundfile.write(scaled, np.clip(audio * 10 ** (gain_db / 20), -1, 32767 / 32768), rate, subtype="PCM_16")
+    result = CliRunner().invoke(main, ["eval-stream", "default", str(scaled), "--truth", str(DEMO_TRUTH), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["hits"] == 20 and report["false_alarms"] == 0
 
 
 def test_eval_stream_says_what_each_missed_word_was_heard_as(tmp_path):
