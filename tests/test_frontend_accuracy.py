@@ -185,5 +185,5 @@ def test_a_recording_heard_again_and_again_gives_its_frames_again_within_one_ste
     recording = recording[:len(recording) // hop * hop]
     passes = [frontend.process(recording).astype(int) for _ in range(12)]
     differing = [np.abs(frames - passes[1]) for frames in passes[2:]]
-    assert max(d.max() for d in differing) == 1  # they do differ, by one step at most
+    assert max(d.max() for d in differing) <= 1
     assert max((d.max(axis=1) > 0).sum() for d in differing) <= len(recording) // hop // 100
