@@ -2,7 +2,7 @@
 
 The real command in its own process (`basilar run - --json`, pinned to one core), fed one recording round and
 round as raw PCM on its standard input, as fast as it takes it. Three things a device that runs for days needs:
-- memory: the process's resident memory (VmRSS), sampled as it runs from the recording's second pass on. Its
+- memory: the process's resident memory (VmRSS), sampled as it runs once it has read two passes. Its
   growth from the first tenth of the run, when every buffer has reached its size, to the last tenth is what would
   fill a device in a week (target: <= 2 MB);
 - hearing: every pass of the recording after the first hears the same audio after the same audio, so the front
@@ -227,10 +227,10 @@ def soak(bundle: str, recording: np.ndarray, rate: int, hop_samples: int, hours:
 @click.option("--audio", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=DEMO,
               show_default="the demo recording", help="Recording to play round and round.")
 @click.option("--hours", type=FloatRange(0.01, 1000), default=24.0, show_default=True,
-              help="Hours of audio to run (about 6 s of this host's time an hour).")
+              help="Hours of audio to run (6 to 9 s of this host's time an hour; four passes at least).")
 @click.option("--rate", "input_rate", type=click.IntRange(1000, 384000), default=None,
-              help="Feed raw PCM at this rate, which basilar run resamples as a microphone's  [default: the "
-                   "bundle's rate]")
+              show_default="the bundle's rate", help="Feed raw PCM at this rate, which basilar run resamples as a "
+                                                      "microphone's.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--check", is_flag=True, help="Exit non-zero when a target is missed.")
 def bench_soak(bundle, audio, hours, input_rate, as_json, check):
