@@ -228,3 +228,17 @@ def test_bench_soak_runs_unpinned_where_the_os_will_not_pin(monkeypatch):
     result = CliRunner().invoke(main, ["bench", "soak", "--hours", "0.1"])
     assert result.exit_code == 0, result.output
     assert "not pinned" in result.output
+
+
+def test_bench_soak_samples_memory_only_once_basilar_run_has_read_two_passes(tmp_path):
+    # Two passes of the shortest recording taken (2 s at 8 kHz: 32,000 bytes each) fit in the pipe before
+    # `basilar run` has even loaded: counting passes written would let its start-up (tens of MB less) into the
+    # memory figures as "growth".
+    audio = tmp_path / "short_pass.wav"
+    demo, demo_rate = soundfile.read(bench_run.DEMO, dtype="int16")
+    soundfile.write(audio, demo[:2 * demo_rate], demo_rate)
+    result = bench("soak", "--hours", 0.05, "--audio", audio, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["rss_growth_mb"] <= bench_soak.TARGETS["rss_growth_mb"]
+    assert report["rss_settled_mb"] >= 0.95 * report["peak_rss_mb"]
