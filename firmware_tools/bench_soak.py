@@ -2,9 +2,10 @@
 
 The real command in its own process (`basilar run - --json`, pinned to one core), fed one recording round and
 round as raw PCM on its standard input, as fast as it takes it. Three things a device that runs for days needs:
-- memory: the process's resident memory (VmRSS), sampled as it runs once it has read two passes. Its
-  growth from the first tenth of the run, when every buffer has reached its size, to the last tenth is what would
-  fill a device in a week (target: <= 2 MB);
+- memory: the process's resident memory (VmRSS), sampled as it runs from the end of the first pass to the last
+  byte fed (where it is in the audio: bytes written less what the pipe still holds). Its growth from the first
+  tenth of those samples, when every buffer has reached its size, to the last tenth is what would fill a device
+  in a week (target: <= 2 MB);
 - hearing: every pass of the recording after the first hears the same audio after the same audio, so the front
   end, model and detector, all deterministic, must report the same words with the same scores at the same hops
   of the pass. Each pass's detections are compared with the second pass's (the first starts from rest, the last
@@ -17,6 +18,7 @@ on the same hop grid; with --rate it is resampled once to that rate, cut to whol
 """
 from __future__ import annotations
 
+import array
 import fcntl
 import json
 import math
@@ -26,6 +28,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from pathlib import Path
@@ -42,6 +45,7 @@ TARGETS = {"rss_growth_mb": 2.0, "peak_rss_mb": 150.0, "passes_differing": 0, "m
 MIN_WORDS_A_PASS = 1  # a recording in which nothing is heard compares nothing: a target of its own
 MIN_PASSES = 4  # the first (from rest), the second (the reference), one compared, the last (closed by the stream's end)
 RSS_EVERY_S = 0.02  # wall-clock seconds between memory samples
+FEED_BYTES = 1 << 14  # written at a time, so that where the child is in the audio is known to a few ms
 SUMMARY = re.compile(r"basilar: done: ([0-9.]+) s of audio")
 
 
@@ -98,7 +102,7 @@ def memory_figures(samples: list[tuple[float, float]]) -> dict:
     """(audio position in s, RSS MB) samples from the second pass on: peak, and the growth from the first
     tenth of them to the last tenth."""
     if not samples:
-        raise click.ClickException("the run was over before its memory could be sampled from its second pass on; "
+        raise click.ClickException("the run was over before its memory could be sampled after its first pass; "
                                    "give more --hours")
     positions = np.array([p for p, _ in samples])
     rss = np.array([r for _, r in samples])
@@ -112,6 +116,18 @@ def memory_figures(samples: list[tuple[float, float]]) -> dict:
             # the largest sample in each tenth of the run: a step once, or a climb all along
             "rss_by_tenth_mb": [round(float(rss[tenth == k].max()), 2) if (tenth == k).any() else None
                                 for k in range(10)]}
+
+
+def waiting_in_pipe(pipe) -> int:
+    """Bytes written into a pipe that its reader has not read yet (0 once it is closed)."""
+    if pipe.closed:
+        return 0
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(pipe.fileno(), termios.FIONREAD, count)
+    except (OSError, ValueError):  # closed meanwhile
+        return 0
+    return count[0]
 
 
 def run_command(bundle: str, rate: int) -> list[str]:
@@ -143,7 +159,9 @@ def soak(bundle: str, recording: np.ndarray, rate: int, hop_samples: int, hours:
     input_rate = input_rate or rate
     pass_samples, pcm = one_pass(recording, rate, hop_samples, input_rate)
     passes = max(MIN_PASSES, int(np.ceil(hours * 3600 * rate / pass_samples)))
-    fed = [0]  # passes written so far
+    total_bytes = passes * len(pcm)
+    written = [0]  # bytes written to the child so far
+    fed_all = threading.Event()
     detections: list[dict] = []
     not_json: list[str] = []
     with tempfile.TemporaryFile() as errors:
@@ -155,17 +173,17 @@ def soak(bundle: str, recording: np.ndarray, rate: int, hop_samples: int, hours:
                 os.sched_setaffinity(child.pid, {cpu})
             except OSError:
                 cpu = None  # the OS would not pin it: it runs where the scheduler puts it (reported as cpu null)
-        # Passes written but maybe not yet read: what the pipe holds.
-        in_pipe = -(-fcntl.fcntl(child.stdin.fileno(), fcntl.F_GETPIPE_SZ) // len(pcm))
 
         def feed():
             try:
-                for k in range(passes):
-                    child.stdin.write(pcm)
-                    fed[0] = k + 1
+                for _ in range(passes):
+                    for start in range(0, len(pcm), FEED_BYTES):
+                        child.stdin.write(pcm[start:start + FEED_BYTES])
+                        written[0] += len(pcm[start:start + FEED_BYTES])
                 child.stdin.close()
             except (BrokenPipeError, ValueError):
                 pass  # the child ended early: said below
+            fed_all.set()
 
         def read():
             for line in child.stdout:  # read to the end whatever comes, so the child never blocks on its output
@@ -183,13 +201,15 @@ def soak(bundle: str, recording: np.ndarray, rate: int, hop_samples: int, hours:
         try:
             while child.poll() is None:
                 time.sleep(RSS_EVERY_S)
-                heard = fed[0] - in_pipe  # passes the child has surely read
+                read_bytes = written[0] - waiting_in_pipe(child.stdin)  # where the child is in the audio
                 rss = rss_mb(child.pid)
-                if rss is not None and heard >= 2:  # loaded, and through a pass: what it holds from now on
-                    samples.append((heard * pass_samples / rate, rss))
-                if progress and rss is not None and fed[0] * 10 // passes > reported:
-                    reported = fed[0] * 10 // passes
-                    progress(f"{fed[0] * pass_samples / rate / 3600:.1f} h of audio fed, RSS {rss:.1f} MB")
+                # From the end of the first pass (loaded, every buffer at its size) until the last byte is fed:
+                # after that the child finishes and exits, which is not what it holds while it listens.
+                if rss is not None and read_bytes >= len(pcm) and not fed_all.is_set():
+                    samples.append((read_bytes / 2 / input_rate, rss))
+                if progress and rss is not None and written[0] * 10 // total_bytes > reported:
+                    reported = written[0] * 10 // total_bytes
+                    progress(f"{written[0] / 2 / input_rate / 3600:.1f} h of audio fed, RSS {rss:.1f} MB")
         except KeyboardInterrupt:
             child.kill()
             child.wait()
@@ -206,9 +226,9 @@ def soak(bundle: str, recording: np.ndarray, rate: int, hop_samples: int, hours:
     if child.returncode != 0:
         raise click.ClickException(f"`basilar run` exited with status {child.returncode}: {summary}")
     done = SUMMARY.match(summary)
-    if fed[0] < passes or not done or abs(float(done.group(1)) - audio_s) > 1:
-        raise click.ClickException(f"`basilar run` ended before the audio did ({audio_s:.1f} s fed); it said: "
-                                   f"{summary}")
+    if written[0] < total_bytes or not done or abs(float(done.group(1)) - audio_s) > 1:
+        raise click.ClickException(f"`basilar run` did not end as a full run does ('basilar: done: {audio_s:.1f} s "
+                                   f"of audio ...'); it said: {summary}")
     if not_json:
         raise click.ClickException(f"`basilar run --json` printed a line that is not JSON: {not_json[0]!r}")
     hearing = compare_passes(detections, pass_samples // hop_samples, hop_samples / rate, passes)
