@@ -176,10 +176,11 @@ def soak(bundle: str, recording: np.ndarray, rate: int, hop_samples: int, hours:
 
         def feed():
             try:
+                chunks = [pcm[start:start + FEED_BYTES] for start in range(0, len(pcm), FEED_BYTES)]
                 for _ in range(passes):
-                    for start in range(0, len(pcm), FEED_BYTES):
-                        child.stdin.write(pcm[start:start + FEED_BYTES])
-                        written[0] += len(pcm[start:start + FEED_BYTES])
+                    for chunk in chunks:
+                        child.stdin.write(chunk)
+                        written[0] += len(chunk)
                 child.stdin.close()
             except (BrokenPipeError, ValueError):
                 pass  # the child ended early: said below
