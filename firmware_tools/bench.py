@@ -19,13 +19,18 @@ def bench():
     """Measure speed and memory on this machine (one core)."""
 
 
+def last_cpu() -> int | None:
+    """The last CPU this process may use, where a benchmark pins what it times; None where the OS cannot pin."""
+    return sorted(os.sched_getaffinity(0))[-1] if hasattr(os, "sched_setaffinity") else None
+
+
 def pin_to_one_cpu(cpu: int | None = None) -> int | None:
     """Pin this process to one CPU (default: the last one it may use), as on a busy device; returns it, or None
     where the OS cannot pin."""
     if not hasattr(os, "sched_setaffinity"):
         return None
     allowed = sorted(os.sched_getaffinity(0))
-    cpu = allowed[-1] if cpu is None else cpu
+    cpu = last_cpu() if cpu is None else cpu
     if cpu not in allowed:
         raise click.BadParameter(f"CPU {cpu} is not available to this process; choose one of {allowed}",
                                  param_hint="--cpu")

@@ -37,6 +37,7 @@ import click
 import numpy as np
 import soxr
 
+from firmware_tools.bench import last_cpu
 from firmware_tools.bench_run import DEMO, pipeline_and_recording
 from firmware_tools.cli_types import FloatRange
 
@@ -59,12 +60,6 @@ def rss_mb(pid: int) -> float | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return None
-
-
-def one_cpu() -> int | None:
-    """The CPU to pin `basilar run` to: the last this process may use (this process, which feeds and reads it, is
-    not pinned), or None where the OS cannot pin."""
-    return sorted(os.sched_getaffinity(0))[-1] if hasattr(os, "sched_getaffinity") else None
 
 
 def compare_passes(detections: list[dict], pass_hops: int, hop_s: float, passes: int) -> dict:
@@ -99,23 +94,21 @@ def compare_passes(detections: list[dict], pass_hops: int, hop_s: float, passes:
 
 
 def memory_figures(samples: list[tuple[float, float]]) -> dict:
-    """(audio position in s, RSS MB) samples from the second pass on: peak, and the growth from the first
-    tenth of them to the last tenth."""
+    """(audio position in s, RSS MB) samples from the end of the first pass on: the largest in each tenth of the
+    run (a step once, or a climb all along), the peak, and the growth from the first tenth to the last."""
     if not samples:
         raise click.ClickException("the run was over before its memory could be sampled after its first pass; "
                                    "give more --hours")
     positions = np.array([p for p, _ in samples])
     rss = np.array([r for _, r in samples])
     first, span = positions[0], positions[-1] - positions[0]
-    settled = rss[positions <= first + 0.1 * span].max()  # every buffer at its size by then
-    last = rss[positions >= first + 0.9 * span].max()
     tenth = np.minimum(((positions - first) / max(span, 1e-9) * 10).astype(int), 9)
+    by_tenth = [rss[tenth == k].max() if (tenth == k).any() else None for k in range(10)]
+    settled, last = by_tenth[0], by_tenth[9]  # never empty: they hold the first and the last sample
     return {"rss_settled_mb": round(float(settled), 2), "rss_end_mb": round(float(last), 2),
             "rss_growth_mb": round(float(last - settled), 2), "peak_rss_mb": round(float(rss.max()), 2),
             "rss_samples": len(samples),
-            # the largest sample in each tenth of the run: a step once, or a climb all along
-            "rss_by_tenth_mb": [round(float(rss[tenth == k].max()), 2) if (tenth == k).any() else None
-                                for k in range(10)]}
+            "rss_by_tenth_mb": [None if mb is None else round(float(mb), 2) for mb in by_tenth]}
 
 
 def waiting_in_pipe(pipe) -> int:
@@ -257,7 +250,7 @@ def soak(bundle: str, recording: np.ndarray, rate: int, hop_samples: int, hours:
 def bench_soak(bundle, audio, hours, input_rate, as_json, check):
     """`basilar run` over hours or days of audio: memory growth, the same hearing pass after pass, speed."""
     pipeline, recording = pipeline_and_recording(bundle, audio)
-    cpu = one_cpu()
+    cpu = last_cpu()  # for `basilar run`; this process, which feeds and reads it, is not pinned
     say = None if as_json else (lambda text: click.echo(f"  ... {text}", err=True))
     input_rate = input_rate or pipeline.sample_rate
     result = soak(bundle, recording, pipeline.sample_rate, pipeline.hop_samples, hours, cpu, say, input_rate)
