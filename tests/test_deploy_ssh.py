@@ -279,20 +279,31 @@ def test_corrupted_upload_is_rejected(device, bundles, monkeypatch, tmp_path):
     assert list((root / "incoming").iterdir()) == []  # the bad upload was deleted
 
 
+def _in_small_writes(options):
+    """One small write in flight at a time, so that the device has received only part of the archive when a test
+    interrupts the upload."""
+    return dataclasses.replace(options, block_size=512, upload_requests=1)
+
+
+def _once_half_way_through_the_upload(action):
+    """A progress callback that calls action() once, when part but not all of the archive is sent, and the list
+    that then holds what it returned."""
+    results = []
+
+    def progress(sent, total):
+        if not results and 0 < sent < total:
+            results.append(action())
+
+    return results, progress
+
+
 def test_connection_killed_mid_upload_then_next_deploy_completes(device, bundles, sshd):
     root, target, options = device
     v1, v2 = bundles[0], bundles[1]
     assert _deploy(v1, target, options).ok
 
-    cut = []
-
-    def pull_the_cable(sent, total):
-        if not cut and 0 < sent < total:
-            cut.append(sshd.kill_connections())
-
-    # One small write in flight at a time, so the device has received only part of the archive when the cut comes.
-    slow = dataclasses.replace(options, block_size=512, upload_requests=1)
-    result = _deploy(v2, target, slow, progress_for=lambda _i, _t: pull_the_cable)
+    cut, pull_the_cable = _once_half_way_through_the_upload(sshd.kill_connections)
+    result = _deploy(v2, target, _in_small_writes(options), progress_for=lambda _i, _t: pull_the_cable)
     assert cut and cut[0] > 0, "the upload finished before the connection could be cut"
     assert (result.ok, result.outcome) == (False, "failed")
     assert result.reason.startswith("uploading:")
@@ -648,11 +659,8 @@ def test_a_link_that_stalls_mid_upload_fails_after_the_connect_timeout(device, b
         options.known_hosts.write_text(f"[127.0.0.1]:{proxy.port} {sshd.host_public_key}\n")
         target = dataclasses.replace(target, port=proxy.port)
 
-        def stall_when_sending(sent, total):
-            if 0 < sent < total:
-                proxy.stall()
-
-        slow = dataclasses.replace(options, block_size=512, upload_requests=1, connect_timeout=2)
+        _, stall_when_sending = _once_half_way_through_the_upload(proxy.stall)
+        slow = dataclasses.replace(_in_small_writes(options), connect_timeout=2)
         started = time.monotonic()
         result = _deploy(bundles[0], target, slow, progress_for=lambda _i, _t: stall_when_sending)
         took = time.monotonic() - started
@@ -921,18 +929,11 @@ def test_ctrl_c_during_the_upload_leaves_the_old_bundle_and_no_partial_upload(de
     root, target, options = device
     v1, v2 = bundles[0], bundles[1]
     assert _deploy(v1, target, options).ok
-    sent = []
-
-    def ctrl_c_half_way(done, total):
-        if not sent and 0 < done < total:
-            sent.append(done)
-            signal.raise_signal(signal.SIGINT)
-
-    slow = dataclasses.replace(options, block_size=512, upload_requests=1)
+    interrupted, ctrl_c_half_way = _once_half_way_through_the_upload(lambda: signal.raise_signal(signal.SIGINT))
     with pytest.raises(fleet.Interrupted) as stop:
-        deploy_fleet(v2, [target], slow, progress_for=lambda _i, _t: ctrl_c_half_way)
+        deploy_fleet(v2, [target], _in_small_writes(options), progress_for=lambda _i, _t: ctrl_c_half_way)
     [result] = stop.value.results
-    assert sent and (result.ok, result.outcome) == (False, "interrupted")
+    assert interrupted and (result.ok, result.outcome) == (False, "interrupted")
     assert result.reason == f"interrupted while uploading; the device runs what it ran before ({v1.bundle_id[:12]})"
     _assert_intact(root, v1.bundle_id)
     assert list((root / "incoming").iterdir()) == []  # the deploy took its partial upload away itself
