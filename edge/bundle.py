@@ -35,6 +35,7 @@ class BundleError(Exception):
 # What a damaged .tar.gz raises while it is read: a flipped bit (zlib.error: invalid distances set, a bad tar
 # header), a cut file (EOFError, ReadError), a broken gzip header (BadGzipFile, an OSError).
 _DAMAGED = (tarfile.TarError, EOFError, zlib.error, OSError)
+MAX_FILE_NAME = 100  # characters; a bundle's files are a manifest, a model and a few texts
 
 
 def _unreadable(archive_path, exc) -> BundleError:
@@ -178,22 +179,33 @@ def extract_archive(archive_path, dest_dir) -> Path:
             if "/" in m.name or "\\" in m.name or m.name in ("", ".", "..") or m.name.startswith("."):
                 raise BundleError(f"{archive_path}: entry {m.name!r} is not a plain file name; bundle archives "
                                   "are flat")
+            if len(m.name) > MAX_FILE_NAME:
+                raise BundleError(f"{archive_path}: an entry's name is {len(m.name)} characters long; a bundle's "
+                                  f"file names have {MAX_FILE_NAME} at most")
             total += m.size
             if total > MAX_ARCHIVE_BYTES:
                 raise BundleError(f"{archive_path} unpacks to more than {MAX_ARCHIVE_BYTES} bytes; refused")
             if (dest / m.name).exists():
                 raise BundleError(f"{archive_path}: entry {m.name!r} appears twice; re-create the archive with "
                                   "`basilar bundle pack`")
-            with tar.extractfile(m) as src, open(dest / m.name, "wb") as out:
-                while True:
-                    try:
-                        block = src.read(1 << 16)
-                    except _DAMAGED as exc:  # only reading: a full disk while writing is no corrupt archive
-                        raise _corrupt(archive_path, exc) from None
-                    if not block:
-                        break
-                    out.write(block)
+            try:
+                with tar.extractfile(m) as src, open(dest / m.name, "wb") as out:
+                    while True:
+                        try:
+                            block = src.read(1 << 16)
+                        except _DAMAGED as exc:  # only reading: a full disk while writing is no corrupt archive
+                            raise _corrupt(archive_path, exc) from None
+                        if not block:
+                            break
+                        out.write(block)
+            except OSError as exc:  # writing: a full disk (a small device's /tmp), a folder we may not write
+                raise _cannot_unpack(archive_path, dest, exc) from None
     return dest
+
+
+def _cannot_unpack(archive_path, dest, exc: OSError) -> BundleError:
+    return BundleError(f"cannot unpack {archive_path} into {dest}: {exc.strerror or exc}; free space there (a "
+                       "bundle unpacks to its size), or set TMPDIR to a folder with room")
 
 
 def pack_bundle(bundle_dir, archive_path) -> str:
@@ -232,18 +244,41 @@ def pack_bundle(bundle_dir, archive_path) -> str:
 
 
 def _unpack_to_temp(archive: Path) -> Path:
-    tmp = Path(tempfile.mkdtemp(prefix="basilar-bundle-"))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix="basilar-bundle-"))
+    except OSError as exc:
+        raise _cannot_unpack(archive, tempfile.gettempdir(), exc) from None
     atexit.register(shutil.rmtree, tmp, True)
     return extract_archive(archive, tmp)
 
 
+class _NotJson(ValueError):
+    pass
+
+
+def _no_constant(name: str):
+    raise _NotJson(f"{name} is not a JSON value")
+
+
 def read_manifest(bundle_dir: Path) -> dict:
     try:
-        manifest = json.loads((bundle_dir / MANIFEST).read_text())
+        text = (bundle_dir / MANIFEST).read_text()
     except FileNotFoundError:
         raise BundleError(f"{bundle_dir} has no {MANIFEST}: it is not a basilar bundle") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise BundleError(f"{bundle_dir / MANIFEST} is not valid JSON ({exc}); the bundle is damaged") from None
+    except OSError as exc:  # a folder of that name, a file the service user may not read, a failing card
+        raise BundleError(f"cannot read {bundle_dir / MANIFEST}: {exc.strerror or exc}; copy or deploy the bundle "
+                          "again") from None
+    try:
+        # NaN and Infinity are not JSON: `bundle inspect --json` could not write them back out.
+        manifest = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, (json.JSONDecodeError, _NotJson)):
+            reason = str(exc)
+        else:  # Python's own limit on an integer's digits, or on nesting
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else "a number of thousands of digits"
+        raise BundleError(f"{bundle_dir / MANIFEST} is not valid JSON ({reason}); the bundle is damaged") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{bundle_dir / MANIFEST} must hold a JSON object")
     return manifest
@@ -274,11 +309,17 @@ def _check_shape(bundle_dir: Path, manifest: dict) -> None:
             not all(isinstance(label, str) for label in manifest["labels"]):
         raise BundleError(f"{bundle_dir / MANIFEST}: files must map names to SHA-256 strings and labels must be "
                           "strings; the bundle is damaged: rebuild it")
+    labels = manifest["labels"]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice or "" in labels:
+        raise BundleError(f"{bundle_dir / MANIFEST}: labels must be distinct names, not "
+                          f"{', '.join(map(repr, twice or ['']))} {'twice' if twice else ''}; a detection could not "
+                          "say which word it heard: rebuild the bundle")
 
 
 def check_manifest(bundle_dir: Path, manifest: dict) -> None:
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:  # noqa: E721 - True == 1, but is no version
         raise BundleError(f"bundle schema version {version!r} is not supported (this basilar reads version "
                           f"{SCHEMA_VERSION}); re-create the bundle with this basilar version or upgrade basilar")
     for key in ("frontend", "models", "files", "labels", "quantization"):
@@ -310,10 +351,10 @@ def check_manifest(bundle_dir: Path, manifest: dict) -> None:
         if role not in manifest["models"] or manifest["models"][role]["file"] not in manifest["files"]:
             raise BundleError(f"the manifest names no {role} model listed among its files")
     # Checked here, at install time too: a device must not make current a bundle it cannot start with.
-    from edge.detector import DetectorSettings, DetectorSettingsError
+    from edge.detector import Detector, DetectorSettings, DetectorSettingsError
 
     try:
-        DetectorSettings.from_manifest(manifest.get("detector"), hop_ms=config.hop_ms)
+        Detector(DetectorSettings.from_manifest(manifest.get("detector"), hop_ms=config.hop_ms), manifest["labels"])
     except DetectorSettingsError as exc:
         raise BundleError(f"the bundle's {exc.args[0].removeprefix('the ')}; the bundle is damaged: rebuild it "
                           "(`basilar convert` sets the detector defaults)") from None
@@ -330,6 +371,16 @@ def load_bundle(path, *, trusted_keys=None, check_model: bool = True) -> Bundle:
     bundle_dir = _unpack_to_temp(p) if is_archive(p) else p
     if not bundle_dir.is_dir():
         raise BundleError(f"{p} is neither a bundle directory nor a .tar.gz bundle archive")
+    try:
+        return _checked(bundle_dir, trusted_keys, check_model)
+    except BundleError as exc:
+        if bundle_dir == p:
+            raise
+        # Name the archive the user gave, not the temporary folder it was unpacked into (gone at exit).
+        raise BundleError(str(exc).replace(str(bundle_dir), str(p))) from None
+
+
+def _checked(bundle_dir: Path, trusted_keys, check_model: bool) -> Bundle:
     manifest = read_manifest(bundle_dir)
     check_manifest(bundle_dir, manifest)
     if trusted_keys is not None:

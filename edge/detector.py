@@ -51,6 +51,9 @@ DEFAULTS = {
     "min_score": 0.0,  # off: bundles from before it behave as they did
 }
 TRIGGERS = ("label", "word")
+# Upper bounds: the detector keeps this much history per label, so a mistyped value must not ask for gigabytes.
+MAX_SMOOTHING_MS = 2000.0
+MAX_EVENT_MS = 60000.0
 
 
 class DetectorSettingsError(ValueError):
@@ -133,6 +136,12 @@ class DetectorSettings:
         for name in ("smoothing_ms", "refractory_ms", "min_duration_ms"):
             if number(name) < 0:
                 raise DetectorSettingsError(f"{name}={getattr(self, name)}: must be 0 or more milliseconds")
+        if self.smoothing_ms > MAX_SMOOTHING_MS:
+            raise DetectorSettingsError(f"smoothing_ms={self.smoothing_ms}: must be at most {MAX_SMOOTHING_MS:g} "
+                                        "milliseconds (a word lasts well under a second)")
+        if number("max_duration_ms") > MAX_EVENT_MS:
+            raise DetectorSettingsError(f"max_duration_ms={self.max_duration_ms}: must be at most {MAX_EVENT_MS:g} "
+                                        "milliseconds")
         if not 0 <= number("end_quiet_ms") < self.max_duration_ms:
             raise DetectorSettingsError(f"end_quiet_ms={self.end_quiet_ms}: must be 0 (off) or a pause shorter "
                                         f"than max_duration_ms={self.max_duration_ms}")

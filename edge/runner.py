@@ -31,6 +31,7 @@ def make_interpreter(model_path, num_threads: int = 1, delegates=None, without_d
     """
     import importlib
 
+    check_tflite_file(model_path)
     failures = []
     for name, module_name in RUNTIMES:
         try:
@@ -59,6 +60,16 @@ def make_interpreter(model_path, num_threads: int = 1, delegates=None, without_d
     raise RuntimeUnavailable(
         "no working TFLite interpreter: " + "; ".join(failures)
         + ". Install one: pip install ai-edge-litert (64-bit) or tflite-runtime with numpy<2 (32-bit Pi OS)")
+
+
+def check_tflite_file(model_path) -> None:
+    """Raise ValueError unless the file starts as a TFLite model does (its flatbuffer's identifier, "TFL3", at
+    bytes 4-8): every runtime would refuse it, and the refusals would read like a broken runtime, not a bad file."""
+    with open(model_path, "rb") as f:
+        head = f.read(8)
+    if head[4:8] != b"TFL3":
+        raise ValueError(f"{model_path} is not a TFLite model (no TFL3 identifier at its start): the file is damaged "
+                         "or not a model; rebuild the bundle (`basilar convert`)")
 
 
 # The runtimes' C++ code prints this to file descriptor 2 whenever it builds an interpreter, and gives Python no

@@ -366,3 +366,88 @@ def test_optional_manifest_sections_of_the_wrong_type_are_refused_not_a_crash_la
     rewrite_manifest(bundle_copy, change)
     with pytest.raises(BundleError, match=where):
         load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["detector"].update(thresholds={"zz": 0.5}), "unknown label.*'zz'"),  # run refused it; install didn't
+    (lambda m: m["detector"].update(smoothing_ms=1e12), "smoothing_ms=.*at most 2000"),  # run asked for 7 TiB
+    (lambda m: m.update(labels=["0", "0", *m["labels"][2:]]), "labels must be distinct.*'0' twice"),
+    (lambda m: m.update(schema_version=True), "schema version True"),
+])
+def test_a_bundle_the_device_could_not_run_does_not_verify(bundle_copy, change, message):
+    """What `bundle verify` and a device's install pass, `basilar run` must start with."""
+    rewrite_manifest(bundle_copy, change)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 100000 + "]" * 100000, "nested too deeply"),
+    ('{"schema_version": ' + "9" * 5000 + "}", "a number of thousands of digits"),  # past Python's 4,300
+    ('{"schema_version": NaN}', "NaN is not a JSON value"),
+], ids=["deep", "long number", "NaN"])
+def test_a_manifest_python_reads_badly_is_not_valid_json(bundle_copy, text, message):
+    (bundle_copy / "manifest.json").write_text(text)
+    with pytest.raises(BundleError, match=f"manifest.json is not valid JSON.*{message}"):
+        load_bundle(bundle_copy)
+
+
+def test_a_manifest_that_cannot_be_read_is_named(bundle_copy):
+    (bundle_copy / "manifest.json").unlink()
+    (bundle_copy / "manifest.json").mkdir()
+    with pytest.raises(BundleError, match="cannot read .*manifest.json: Is a directory"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("left_out, message", [("ATTRIBUTION.md", "'ATTRIBUTION.md' listed in the manifest is "
+                                                                    "missing from {archive}"),
+                                               ("manifest.json", "{archive} has no manifest.json")])
+def test_an_archive_is_named_in_errors_not_the_folder_it_was_unpacked_into(bundle_copy, tmp_path, left_out, message):
+    archive = tmp_path / "b.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(bundle_copy.iterdir()):
+            if path.name != left_out:
+                tar.add(path, arcname=path.name)
+    with pytest.raises(BundleError) as err:
+        load_bundle(archive)
+    assert message.format(archive=archive) in str(err.value) and "basilar-bundle-" not in str(err.value), err.value
+
+
+def test_an_archive_that_does_not_fit_the_temporary_folder_says_so(tiny_bundle, tmp_path, monkeypatch):
+    """A small device's /tmp may be a few MB of RAM: a full disk is said as one, not as a traceback."""
+    import errno
+
+    archive = tmp_path / "b.tar.gz"
+    pack_bundle(tiny_bundle, archive)
+    real_open = open
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        if "w" in mode and "basilar-bundle-" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", full_disk)
+    with pytest.raises(BundleError, match=f"cannot unpack {archive} into .*No space left on device.*TMPDIR"):
+        load_bundle(archive, check_model=False)
+
+
+def test_an_entry_name_longer_than_any_bundle_file_is_refused(tmp_path):
+    archive = tmp_path / "long.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("x" * 300)
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(BundleError, match="300 characters long"):
+        extract_archive(archive, tmp_path / "out")
+
+
+def test_a_model_file_that_is_no_tflite_model_is_said_so_not_blamed_on_the_runtime(bundle_copy):
+    import hashlib
+
+    model = bundle_copy / "model_step.tflite"
+    model.write_bytes(b"garbage" * 100)
+    rewrite_manifest(bundle_copy, lambda m: m["files"].update(
+        {"model_step.tflite": hashlib.sha256(model.read_bytes()).hexdigest()}))
+    with pytest.raises(BundleError, match="not a TFLite model.*rebuild the bundle") as err:
+        load_bundle(bundle_copy)
+    assert "no working TFLite interpreter" not in str(err.value)

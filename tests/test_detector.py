@@ -195,6 +195,8 @@ def test_settings_from_manifest_with_overrides():
     ({"thresholds": {"a": 0}}, ["label 'a'", "(0, 1]"]),
     ({"release_ratio": 0}, ["release_ratio=0"]),
     ({"smoothing_ms": -5}, ["smoothing_ms=-5"]),
+    ({"smoothing_ms": 1e10}, ["smoothing_ms=10000000000.0", "at most 2000"]),  # not gigabytes of history
+    ({"max_duration_ms": 1e12}, ["max_duration_ms=1000000000000.0", "at most 60000"]),
     ({"refractory_ms": "soon"}, ["refractory_ms='soon'"]),
     ({"min_duration_ms": 500, "max_duration_ms": 400}, ["max_duration_ms=400", "min_duration_ms=500"]),
     ({"trigger": "loud"}, ["trigger='loud'", "'label'", "'word'"]),
