@@ -188,18 +188,15 @@ def extract_archive(archive_path, dest_dir) -> Path:
             if (dest / m.name).exists():
                 raise BundleError(f"{archive_path}: entry {m.name!r} appears twice; re-create the archive with "
                                   "`basilar bundle pack`")
-            try:
-                with tar.extractfile(m) as src, open(dest / m.name, "wb") as out:
-                    while True:
-                        try:
-                            block = src.read(1 << 16)
-                        except _DAMAGED as exc:  # only reading: a full disk while writing is no corrupt archive
-                            raise _corrupt(archive_path, exc) from None
-                        if not block:
-                            break
-                        out.write(block)
-            except OSError as exc:  # writing: a full disk (a small device's /tmp), a folder we may not write
-                raise _cannot_unpack(archive_path, dest, exc) from None
+            with tar.extractfile(m) as src, open(dest / m.name, "wb") as out:
+                while True:
+                    try:
+                        block = src.read(1 << 16)
+                    except _DAMAGED as exc:  # only reading: a full disk while writing is no corrupt archive
+                        raise _corrupt(archive_path, exc) from None
+                    if not block:
+                        break
+                    out.write(block)
     return dest
 
 
@@ -244,12 +241,17 @@ def pack_bundle(bundle_dir, archive_path) -> str:
 
 
 def _unpack_to_temp(archive: Path) -> Path:
+    """Unpack an archive to be loaded; a device's installer unpacks into its own store instead, and handles a full
+    disk there itself (extract_archive raises OSError for what it cannot write)."""
     try:
         tmp = Path(tempfile.mkdtemp(prefix="basilar-bundle-"))
     except OSError as exc:
         raise _cannot_unpack(archive, tempfile.gettempdir(), exc) from None
     atexit.register(shutil.rmtree, tmp, True)
-    return extract_archive(archive, tmp)
+    try:
+        return extract_archive(archive, tmp)
+    except OSError as exc:  # writing: a full disk (a small device's /tmp is often a few MB of RAM)
+        raise _cannot_unpack(archive, tmp, exc) from None
 
 
 class _NotJson(ValueError):
