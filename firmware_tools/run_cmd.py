@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
+import re
 import shutil
 import signal
 import socket
 import sys
+import unicodedata
 from pathlib import Path
 
 import click
@@ -22,6 +23,8 @@ from firmware_tools.stop_signals import route_stop_signals
 
 DEFAULT_ROOT = "/opt/basilar"
 DEMO_RECORDING = Path(__file__).resolve().parent.parent / "edge" / "demo" / "demo.wav"
+# B0 hangs a real tty up; 4000000 is the fastest rate Linux names (B4000000), pyserial's largest too.
+BAUD_RATES = click.IntRange(50, 4_000_000)
 
 
 def demo_audio(audio: str) -> Path | None:
@@ -111,6 +114,13 @@ def _rollback_hint(store, root: Path) -> str:
             f"`python3 -m edge.releases rollback {root}`")
 
 
+def serial_port(ctx, param, value):
+    """--serial: an empty port (`--serial "$PORT"` with PORT unset) would quietly run without telemetry."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("the port is empty (an unset variable?); name one, e.g. /dev/ttyAMA0")
+    return value
+
+
 class SerialLink:
     """`--serial`: telemetry out, and (with --root) bundle uploads in, swapped into the running loop."""
 
@@ -152,8 +162,9 @@ class SerialLink:
               help="Channels of raw PCM on standard input (downmixed).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line per detection.")
 @detector_options
-@click.option("--serial", metavar="PORT", help="Also send detections and health over this serial port.")
-@click.option("--baud", type=int, default=DEFAULT_BAUD, show_default=True)
+@click.option("--serial", metavar="PORT", callback=serial_port,
+              help="Also send detections and health over this serial port.")
+@click.option("--baud", type=BAUD_RATES, default=DEFAULT_BAUD, show_default=True)
 @click.option("--device-id", help="Name sent in the telemetry HELLO [default: the host name].")
 @click.option("--keep", type=click.IntRange(2, 100), default=3, show_default=True,
               help="With --root and --serial: releases kept after a bundle is uploaded over the serial link.")
@@ -334,15 +345,40 @@ WantedBy=multi-user.target
 """
 
 
+UNIT_PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
+
+
+def unit_word(value: str, *, env: bool = True) -> str:
+    """VALUE as one word of a unit file, quoted the way systemd reads it (systemd.syntax(7)), not a shell: `%`
+    starts a specifier and, in ExecStart=, `$` a variable; other words go in double quotes with C-style escapes."""
+    value = value.replace("%", "%%")
+    if env:
+        value = value.replace("$", "$$")
+    if UNIT_PLAIN_WORD.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def unit_text(*, executable: str, root: str, audio: str, user: str, serial: str | None, baud: int,
               as_json: bool) -> str:
-    args = [executable, "run", "--root", root]
+    args = ["run", "--root", root]
     if as_json:
         args.append("--json")
     if serial:
         args += ["--serial", serial, "--baud", str(baud)]
     args.append(audio)
-    return UNIT_TEMPLATE.format(audio=audio, user=user, read_write=shlex.quote(root), exec_start=shlex.join(args))
+    # The program's path is run as written, no variables expanded: service() refuses the `$` that would need $$.
+    exec_start = " ".join([unit_word(executable, env=False), *map(unit_word, args)])
+    return UNIT_TEMPLATE.format(audio=audio.replace("%", "%%"), user=user.replace("%", "%%"),
+                                read_write=unit_word(root, env=False), exec_start=exec_start)
+
+
+def refuse_what_a_unit_cannot_hold(values: dict[str, str | None]) -> None:
+    """A newline would end the unit's line (and could add settings); systemd refuses other control characters."""
+    for option, value in values.items():
+        if value is not None and any(unicodedata.category(ch) == "Cc" for ch in value):
+            raise click.BadParameter(f"{value!r}: a systemd unit cannot hold a newline or other control character",
+                                     param_hint=option)
 
 
 def unreachable_by(user: str, program: str) -> str | None:
@@ -391,15 +427,20 @@ def running_program() -> str:
 @click.option("--root", default=DEFAULT_ROOT, show_default=True, help="Device root that `basilar deploy` fills.")
 @click.option("--input", "audio", default="mic", show_default=True, help="What to listen to (as for `run`).")
 @click.option("--user", default="basilar", show_default=True, help="User the service runs as.")
-@click.option("--serial", metavar="PORT", help="Send telemetry over this serial port.")
-@click.option("--baud", type=int, default=DEFAULT_BAUD, show_default=True)
+@click.option("--serial", metavar="PORT", callback=serial_port, help="Send telemetry over this serial port.")
+@click.option("--baud", type=BAUD_RATES, default=DEFAULT_BAUD, show_default=True)
 @click.option("--json/--text", "as_json", default=True, show_default=True, help="Detections in the journal as "
               "JSON lines or text.")
 def service(output, executable, root, audio, user, serial, baud, as_json):
     """Write a systemd unit that runs `basilar run` on boot and restarts it on failure."""
     executable = executable or running_program()
+    refuse_what_a_unit_cannot_hold({"--exec": executable, "--root": root, "--input": audio, "--user": user,
+                                    "--serial": serial})
     if not Path(executable).is_absolute():
         raise click.BadParameter(f"{executable!r}: systemd needs an absolute path", param_hint="--exec")
+    if any(ch in executable for ch in "'\"\\$"):  # systemd refuses the first three; `$` it expands in argv[0] only
+        raise click.BadParameter(f"{executable!r}: systemd cannot run a program whose path holds a quote, a "
+                                 "backslash or a `$`; install basilar elsewhere", param_hint="--exec")
     if not Path(root).is_absolute():  # systemd ignores a relative ReadWritePaths=, and run would resolve it from /
         raise click.BadParameter(f"{root!r}: systemd needs an absolute path", param_hint="--root")
     if audio == "-":

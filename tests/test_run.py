@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -530,7 +531,7 @@ def test_service_writes_the_documented_systemd_unit(tmp_path):
     result = basilar("service", "--exec", sys.executable, "--user", "root", "--serial", "/dev/ttyAMA0",
                      "--input", "mic:USB Audio", "-o", path)
     assert result.returncode == 0
-    assert "--serial /dev/ttyAMA0 --baud 115200 'mic:USB Audio'" in path.read_text()
+    assert '--serial /dev/ttyAMA0 --baud 115200 "mic:USB Audio"' in path.read_text()
     analyze = require_program("systemd-analyze")
     check = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
@@ -544,7 +545,7 @@ def test_service_quotes_its_paths_and_refuses_inputs_a_service_cannot_use(tmp_pa
                      "rec.wav", "-o", unit)
     assert result.returncode == 0, result.stderr
     text = unit.read_text()
-    assert f"ReadWritePaths='{tmp_path}/my root'" in text and f" {REPO}/rec.wav" in text
+    assert f'ReadWritePaths="{tmp_path}/my root"' in text and f" {REPO}/rec.wav" in text
     named_like_a_mic = basilar("service", "--exec", sys.executable, "--input", "mic_kitchen.wav")
     assert f" {REPO}/mic_kitchen.wav" in named_like_a_mic.stdout.decode()  # a file, not mic[:DEVICE]
     analyze = require_program("systemd-analyze")
@@ -552,7 +553,6 @@ def test_service_quotes_its_paths_and_refuses_inputs_a_service_cannot_use(tmp_pa
     assert check.returncode == 0 and "ReadWritePaths" not in check.stderr, check.stderr
     result = basilar("service", "--exec", sys.executable, "--input", "-")
     assert result.returncode == 2 and "systemd gives a service no standard input" in result.stderr.decode()
-    import tempfile
 
     home = Path(tempfile.mkdtemp(prefix="basilar-home-"))  # under /tmp, which every user may enter (pytest's is 0700)
     try:
@@ -575,6 +575,106 @@ def test_service_needs_an_absolute_program_path():
     assert result.returncode == 2 and "absolute path" in result.stderr.decode()
     result = basilar("service", "--exec", "/usr/local/bin/basilar", "--root", "basilar")
     assert result.returncode == 2 and "'basilar': systemd needs an absolute path" in result.stderr.decode()
+
+
+def unit_line(unit: str, key: str) -> str:
+    return next(line for line in unit.splitlines() if line.startswith(f"{key}="))[len(key) + 1:]
+
+
+def systemd_reads(word: str) -> str:
+    """What systemd makes of one word of an ExecStart= line: it is written as the end of a program path that does
+    not exist, and systemd-analyze verify names the path it read (`$` is expanded later, when the command runs)."""
+    analyze = require_program("systemd-analyze")
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe.service"
+        probe.write_text(f"[Service]\nExecStart=/basilar-probe/word:{word}\n")  # `word:` keeps a `/` single
+        check = subprocess.run([analyze, "verify", str(probe)], capture_output=True, text=True, timeout=60)
+    read = re.search(r"(?:Command |special characters: )/basilar-probe/word:(.*?)(?: is not executable|\n)",
+                     check.stderr)
+    assert read, check.stderr
+    return read[1]
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--input", "/data/rec%20one.wav"),  # %2 would be a specifier, and an invalid one
+    ("--input", "mic:%h"),  # %h: systemd would put the home folder there
+    ("--input", "/data/it's \"a\" \\x $HOME ;.wav"),  # quotes, a backslash, a variable, a separator
+    ("--root", "/srv/my 100% basilar $X"),
+    ("--serial", "/dev/serial/by-id/usb-FTDI_%i"),
+])
+def test_service_writes_values_as_systemd_reads_them(tmp_path, option, value):
+    """systemd quotes and escapes its own way (systemd.syntax(7)), not a shell's: each value reaches `basilar run`
+    as given, and the unit passes systemd-analyze verify."""
+    path = tmp_path / "basilar.service"
+    result = basilar("service", "--exec", sys.executable, "--user", "root", option, value, "-o", path)
+    assert result.returncode == 0, result.stderr.decode()
+    unit = path.read_text()
+    analyze = require_program("systemd-analyze")
+    check = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "basilar.service" not in check.stderr, check.stderr
+    quoted = {"/data/rec%20one.wav": "/data/rec%%20one.wav", "mic:%h": "mic:%%h",
+              "/data/it's \"a\" \\x $HOME ;.wav": '"/data/it\'s \\"a\\" \\\\x $$HOME ;.wav"',
+              "/srv/my 100% basilar $X": '"/srv/my 100%% basilar $$X"',
+              "/dev/serial/by-id/usb-FTDI_%i": "/dev/serial/by-id/usb-FTDI_%%i"}[value]
+    words = {"--input": f"--root /opt/basilar --json {quoted}", "--root": f"--root {quoted} --json mic",
+             "--serial": f"--root /opt/basilar --json --serial {quoted} --baud 115200 mic"}[option]
+    assert unit_line(unit, "ExecStart") == f"{sys.executable} run {words}"
+    assert systemd_reads(quoted).replace("$$", "$") == value  # `$$` is a `$` when the command runs
+    if option == "--input":
+        assert unit_line(unit, "Description") == f"basilar machine hearing ({value.replace('%', '%%')})"
+    if option == "--root":
+        assert unit_line(unit, "ReadWritePaths") == '"/srv/my 100%% basilar $X"'  # no variables there
+
+
+def test_service_runs_a_program_whose_path_systemd_must_be_told_apart(tmp_path):
+    """A space and a `%` in the program's path: verify checks that the program it reads is there."""
+    program = tmp_path / "basilar 100%" / "basilar"
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    path = tmp_path / "basilar.service"
+    result = basilar("service", "--exec", program, "--user", "root", "-o", path)
+    assert result.returncode == 0, result.stderr.decode()
+    assert unit_line(path.read_text(), "ExecStart").startswith(f'"{tmp_path}/basilar 100%%/basilar" run ')
+    analyze = require_program("systemd-analyze")
+    check = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "basilar.service" not in check.stderr, check.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input", "mic\nX=1"], "Invalid value for --input: 'mic\\nX=1': a systemd unit cannot hold a newline"),
+    (["--root", "/opt/basilar\tx"], "Invalid value for --root: '/opt/basilar\\tx': a systemd unit cannot hold"),
+    (["--user", "basilar\nExecStartPre=/bin/sh"], "Invalid value for --user: "),
+    (["--exec", "/tmp/sv/it's/bin/basilar"], "systemd cannot run a program whose path holds a quote"),
+    (["--exec", "/opt/$HOME/basilar"], "Invalid value for --exec: '/opt/$HOME/basilar': systemd cannot run"),
+    (["--serial", ""], "Invalid value for '--serial': the port is empty"),
+    (["--serial", "/dev/ttyAMA0", "--baud", "-5"], "Invalid value for '--baud': -5 is not in the range 50<=x<="),
+    (["--serial", "/dev/ttyAMA0", "--baud", "0"], "Invalid value for '--baud': 0 is not in the range"),
+])
+def test_service_refuses_what_systemd_would_refuse_or_run_wrong(args, message):
+    """A newline would end the setting's line (the rest a new setting); systemd refuses a program path with quotes
+    or a backslash, and expands `$` in it only in argv[0]; an empty port or bad baud rate fails on every restart."""
+    result = basilar("service", "--exec", "/usr/local/bin/basilar", *args)
+    assert result.returncode == 2 and message in result.stderr.decode(), result.stderr.decode()
+    assert result.stdout == b""
+
+
+@pytest.mark.parametrize("baud", [50, 4_000_000])
+def test_service_accepts_the_slowest_and_fastest_baud_rates_linux_names(baud):
+    result = basilar("service", "--exec", "/usr/local/bin/basilar", "--serial", "/dev/ttyAMA0", "--baud", baud)
+    assert result.returncode == 0 and f" --serial /dev/ttyAMA0 --baud {baud} mic\n" in result.stdout.decode()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--serial", ""], "Invalid value for '--serial': the port is empty (an unset variable?)"),
+    (["--serial", "/dev/no-such-tty", "--baud", "0"], "Invalid value for '--baud': 0 is not in the range 50<=x<="),
+    (["--serial", "/dev/no-such-tty", "--baud", "4000001"], "4000001 is not in the range 50<=x<=4000000"),
+])
+def test_run_refuses_an_empty_serial_port_and_a_baud_rate_a_tty_cannot_take(args, message):
+    """`--serial "$PORT"` with PORT unset must not run without telemetry; B0 on a tty means hang up."""
+    result = basilar("run", *args, DEMO)
+    assert result.returncode == 2 and message in result.stderr.decode(), result.stderr.decode()
+    assert result.stdout == b""
 
 
 def test_service_runs_the_basilar_program_it_was_started_as():
