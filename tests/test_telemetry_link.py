@@ -482,3 +482,90 @@ def test_a_port_the_writer_found_broken_is_not_reported_again_by_the_reader(capl
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 5 and all("failed" in m for m in messages), messages
     assert not any("NoneType" in m for m in messages), messages
+
+
+def _raw_pty_path():
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    return master, slave, os.ttyname(slave)
+
+
+def _frames_waiting(master) -> list:
+    """Every frame the host side of a pty holds now."""
+    from edge.telemetry.protocol import StreamDecoder
+
+    decoder, frames = StreamDecoder(), []
+    while select.select([master], [], [], 0.2)[0]:
+        frames += decoder.feed(os.read(master, 65536))
+    return frames
+
+
+def test_a_host_that_stops_reading_keeps_the_port_and_gets_what_comes_after(caplog):
+    """A write that times out is a host not reading, not a broken port: reopening it threw away what the driver
+    held, and every frame sent while the host caught up."""
+    import logging
+
+    from edge.telemetry.link import DeviceLink
+    from edge.telemetry.protocol import Detection
+
+    master, slave, path = _raw_pty_path()
+    with caplog.at_level(logging.INFO, logger="edge.telemetry.link"):
+        link = DeviceLink(path, 115200, device_id="dev", queue_size=100000)
+        port = link._port._serial  # noqa: SLF001
+        for i in range(5000):  # far more than a pty holds: the writer's writes time out
+            link.emitter.detection(0, 0.5, i, i + 1)
+        wait_for(lambda: link.emitter._unwritten > 0, what="a write to time out")  # noqa: SLF001
+        held = _frames_waiting(master)  # the host reads again
+        link.emitter.log("after")
+        deadline = time.monotonic() + 20
+        later = []
+        while not any(getattr(f.message, "text", None) == "after" for f in later):
+            assert time.monotonic() < deadline, "the frame sent after the host caught up never came"
+            later += _frames_waiting(master)
+        assert link._port._serial is port  # noqa: SLF001 - the same port, never closed
+        link.close()
+    os.close(master)
+    os.close(slave)
+    assert held and all(isinstance(f.message, Detection) for f in held)
+    assert not [r for r in caplog.records if "reopen" in r.getMessage()], caplog.text
+
+
+def test_what_a_stalled_host_never_got_is_counted_and_said_at_exit(caplog):
+    """The frames at the end of a run reach the host as no gap (nothing comes after them): the device says how
+    many it could not send, so every message is received, counted dropped, or counted unsent."""
+    import logging
+
+    from edge.telemetry.link import DeviceLink
+    from edge.telemetry.protocol import Detection
+
+    master, slave, path = _raw_pty_path()
+    sent = 3000
+    with caplog.at_level(logging.WARNING, logger="edge.telemetry.link"):
+        link = DeviceLink(path, 115200, device_id="dev", queue_size=1000)
+        for i in range(sent):
+            link.emitter.detection(0, 0.5, i, i + 1)
+        link.close(timeout=1.0)
+    received = sum(isinstance(f.message, Detection) for f in _frames_waiting(master))
+    os.close(master)
+    os.close(slave)
+    unsent, dropped = link.emitter.unsent_at_close, link.emitter.dropped
+    assert received < sent and unsent > 0
+    assert received + unsent + dropped >= sent, (received, unsent, dropped)
+    assert f"{unsent} messages may not have reached the host" in caplog.text, caplog.text
+
+
+def test_a_port_another_program_holds_is_refused_by_name():
+    """Two programs on one port split the host's commands between them and interleave their frames."""
+    import serial
+
+    from edge.telemetry.link import DeviceLink
+
+    master, slave, path = _raw_pty_path()
+    first = DeviceLink(path, 115200, device_id="first")
+    try:
+        with pytest.raises(serial.SerialException, match=f"{path} is in use by another program"):
+            DeviceLink(path, 115200, device_id="second")
+    finally:
+        first.close()
+        os.close(master)
+        os.close(slave)

@@ -66,7 +66,7 @@ class TelemetryEmitter:
             import serial  # pyserial; imported here so tests and replays need no serial port
 
             # write_timeout: a port nobody drains (a pty without a reader) must not wedge the writer forever.
-            stream = serial.Serial(port, baud, write_timeout=1.0)
+            stream = serial.Serial(port, baud, write_timeout=1.0, exclusive=True)  # as edge.telemetry.link does
             close_stream = True if close_stream is None else close_stream
         self.device_id = device_id
         self._stream = stream
@@ -77,6 +77,8 @@ class TelemetryEmitter:
         self._dropped_lock = threading.Lock()
         self._seq = 0
         self._unwritten = 0  # frames numbered but not written since the last write that went through
+        self._in_flight = 0  # frames in the write under way
+        self.unsent_at_close = 0  # messages close() left behind: queued, or written nowhere the host could see
         self._hello: tuple[Message, ...] | None = None
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="telemetry-writer", daemon=True)
@@ -166,6 +168,7 @@ class TelemetryEmitter:
                         continue
                     self._seq = (self._seq + 1) % SEQ_MODULO
                     numbered += 1
+            self._in_flight = numbered
             try:
                 self._stream.write(wire)
                 if self._flush:
@@ -183,9 +186,15 @@ class TelemetryEmitter:
                     self._count_dropped(excess)
                     self._unwritten = MAX_GAP
                 time.sleep(0.05)
+            finally:
+                self._in_flight = 0
 
     def close(self, timeout: float = 2.0) -> None:
-        """Send what is queued (waiting at most `timeout` seconds), then stop the writer."""
+        """Send what is queued (waiting at most `timeout` seconds), then stop the writer.
+
+        What could not be sent by then is counted in `unsent_at_close`: the messages still queued or being written,
+        and the frames whose writes failed last. No later frame will reach the host to show those as a gap, so the
+        device has to say so itself."""
         if self._closed:
             return
         self._closed = True
@@ -195,11 +204,23 @@ class TelemetryEmitter:
         except queue.Full:
             pass  # the writer is stuck on the port; closing the stream below ends it
         self._writer.join(max(0.0, deadline - time.monotonic()))
+        self.unsent_at_close = self._unwritten
+        if self._writer.is_alive():  # stuck on the port: what it holds and what waits behind it stay unsent
+            self.unsent_at_close += self._in_flight + self._queued_messages()
         if self._close_stream:
             try:
                 self._stream.close()
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
+
+    def _queued_messages(self) -> int:
+        count = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return count
+            count += 0 if item is _STOP else len(item[1])
 
     def __enter__(self):
         return self

@@ -32,7 +32,15 @@ class _Port:
     def _open(self):
         import serial
 
-        return serial.Serial(self.path, self.baud, timeout=0.1, write_timeout=1.0)
+        # exclusive: a second program on the port (another `basilar run`, a terminal left open) would take part of
+        # the host's commands, and its frames would interleave with ours.
+        try:
+            return serial.Serial(self.path, self.baud, timeout=0.1, write_timeout=1.0, exclusive=True)
+        except serial.SerialException as exc:
+            if "exclusively lock" not in str(exc):
+                raise
+            raise serial.SerialException(f"{self.path} is in use by another program; stop it (`fuser {self.path}` "
+                                         "names it) or use another port") from None
 
     def _broken(self, ser, exc: BaseException | None = None) -> None:
         """Close `ser` and forget it, saying why (exc) once: a failure the other thread met on a port already
@@ -51,8 +59,14 @@ class _Port:
         ser = self._serial
         if ser is None:
             raise OSError(f"{self.path} is not open")
+        import serial
+
         try:
             return ser.write(data)
+        except serial.SerialTimeoutException:
+            # The host is not reading (a stalled reader, a USB gadget whose host sleeps): the port itself is fine,
+            # and reopening it would only throw away what the driver still holds for the host.
+            raise
         except Exception as exc:
             self._broken(ser, exc)
             raise
@@ -163,6 +177,13 @@ class DeviceLink:
         self._stop.set()
         self._reader.join(timeout)
         self.emitter.close(timeout)
+        if self.emitter.unsent_at_close:
+            log.warning("telemetry: %d messages may not have reached the host: the serial port took nothing for "
+                        "%g s before exit (is the host reading?)%s", self.emitter.unsent_at_close, timeout,
+                        f"; {self.emitter.dropped} more were dropped earlier" if self.emitter.dropped else "")
+        elif self.emitter.dropped:
+            log.warning("telemetry: %d messages were dropped while the serial link was slow or gone (HEALTH "
+                        "reports carry the count to the host)", self.emitter.dropped)
         if self.receiver is not None:
             self.receiver.close()
         self._port.close()
