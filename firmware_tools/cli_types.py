@@ -13,3 +13,8 @@ class FloatRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
+
+
+# A serial line's speed: B0 hangs a real tty up; 4000000 is the fastest rate Linux names (B4000000), pyserial's
+# largest too (and 2^31 or more overflows its termios call).
+BAUD_RATES = click.IntRange(50, 4_000_000)

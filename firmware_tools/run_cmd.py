@@ -19,12 +19,11 @@ import click
 from edge.detector import TRIGGERS
 from edge.sources import PCM_FORMATS, SourceError, StopFlag, parse_mic_spec
 from edge.telemetry import DEFAULT_BAUD
+from firmware_tools.cli_types import BAUD_RATES
 from firmware_tools.stop_signals import route_stop_signals
 
 DEFAULT_ROOT = "/opt/basilar"
 DEMO_RECORDING = Path(__file__).resolve().parent.parent / "edge" / "demo" / "demo.wav"
-# B0 hangs a real tty up; 4000000 is the fastest rate Linux names (B4000000), pyserial's largest too.
-BAUD_RATES = click.IntRange(50, 4_000_000)
 
 
 def demo_audio(audio: str) -> Path | None:

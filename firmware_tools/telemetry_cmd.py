@@ -7,7 +7,7 @@ import sys
 import click
 
 from edge.telemetry import DEFAULT_BAUD
-from firmware_tools.cli_types import FloatRange
+from firmware_tools.cli_types import BAUD_RATES, FloatRange
 from firmware_tools.stop_signals import stop_signals_routed_to
 from firmware_tools.telemetry_reader import (STDOUT, LinesTable, LiveTable, TelemetryReader, TelemetrySession,
                                              open_output_file, open_sink, replay, stdout_is_terminal, writing_to)
@@ -15,7 +15,7 @@ from firmware_tools.telemetry_reader import (STDOUT, LinesTable, LiveTable, Tele
 
 @click.command()
 @click.argument("port", required=False)
-@click.option("--baud", type=click.IntRange(min=1), default=DEFAULT_BAUD, show_default=True, help="Line speed.")
+@click.option("--baud", type=BAUD_RATES, default=DEFAULT_BAUD, show_default=True, help="Line speed.")
 @click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table", show_default=True,
               help="table: a live view for people; jsonl/csv: one record per line for machines.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Also append every record to FILE, flushed as it "
@@ -24,7 +24,8 @@ from firmware_tools.telemetry_reader import (STDOUT, LinesTable, LiveTable, Tele
               help="Decode a raw capture file instead of reading a port.")
 @click.option("--capture", type=click.Path(dir_okay=False), help="Append the raw bytes from the port to FILE "
               "(for --replay later).")
-@click.option("--wait", is_flag=True, help="If PORT does not exist yet, wait for it instead of failing.")
+@click.option("--wait", is_flag=True, help="If PORT does not exist yet, wait for it instead of failing (with "
+              "--duration, a port that never opened is still an error).")
 @click.option("--passive", is_flag=True, help="Never write to the port (by default the reader asks the device "
               "for its HELLO on connecting).")
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many records.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ from edge.telemetry.protocol import (DEVICE_MS_MODULO, SEQ_MODULO, Detection, Fr
 
 Record = dict
 RESTART_BACKSTEP_MS = 1000  # device clock going back more than this means the device restarted
+UPTIME_BACKSTEP_S = 1  # HEALTH uptime going back more than this (whole seconds, maybe reordered) too
 # A session opens with HELLO, LABELS and RELEASES numbered from 0: one of them under this number after a gap is a
 # restart whose HELLO was lost. A device up for weeks needs it: its seq in the upper half and its clock past the
 # half of its range hide the other signs. Detections and HEALTH are never taken for it, so that a real loss that
@@ -72,13 +74,17 @@ class SequenceTracker:
     """Counts frames lost on the line from gaps in the 16-bit sequence numbers.
 
     A device clock that went backwards, a sequence that went backwards (a gap of half the sequence space or more),
-    or a session's opening frame (HELLO, LABELS, RELEASES) numbered under SESSION_OPENING_SEQ and under the number
-    expected (a HELLO with sequence 0: the device opened its link) starts a new session instead of a gap.
+    a session's opening frame (HELLO, LABELS, RELEASES) numbered under SESSION_OPENING_SEQ and under the number
+    expected (a HELLO with sequence 0: the device opened its link), or a message that cannot belong to the session
+    followed so far (see _from_another_session) starts a new session instead of a gap.
     """
 
     def __init__(self):
         self.expected: int | None = None
         self.last_ms: int | None = None
+        self.last_end_ms: int | None = None  # the session's last detection end, as sent
+        self.last_uptime_s: int | None = None  # the session's last HEALTH uptime
+        self.identity: tuple | None = None  # device id and software version of the last HELLO
         self.lost = 0
         self.restarts = 0
 
@@ -93,31 +99,61 @@ class SequenceTracker:
             # only when numbering started again, not where a session's first frames were lost on the line
             opens_anew = (frame.type in SESSION_OPENING and frame.seq < SESSION_OPENING_SEQ
                           and frame.seq < self.expected)
-            if clock_went_back or gap >= SEQ_MODULO // 2 or opens_anew:
+            if clock_went_back or gap >= SEQ_MODULO // 2 or opens_anew or self._from_another_session(frame.message):
                 restarted, gap = True, 0
                 self.restarts += 1
+                self.last_end_ms = self.last_uptime_s = None  # the old session's, not to compare the new with
+        self._remember(frame.message)
         self.expected = (frame.seq + 1) % SEQ_MODULO
         self.last_ms = frame.device_ms
         self.lost += gap
         return gap, restarted
+
+    def _from_another_session(self, message) -> bool:
+        """A restart missed while the cable was out (a process restart keeps the clock since boot and may leave the
+        numbering mid-way): the software's uptime or the audio time went back, or another device or version said
+        HELLO. A new bundle alone is no restart: the device installs uploads while it runs."""
+        if isinstance(message, Health):
+            return self.last_uptime_s is not None and self.last_uptime_s - message.uptime_s > UPTIME_BACKSTEP_S
+        if isinstance(message, Detection):
+            return self.last_end_ms is not None and audio_clock_restarted(self.last_end_ms, message.end_ms)
+        if isinstance(message, Hello):
+            return self.identity is not None and self.identity != (message.device_id, message.basilar_version)
+        return False
+
+    def _remember(self, message) -> None:
+        if isinstance(message, Health):
+            self.last_uptime_s = message.uptime_s
+        elif isinstance(message, Detection):
+            self.last_end_ms = message.end_ms
+        elif isinstance(message, Hello):
+            self.identity = (message.device_id, message.basilar_version)
+
+
+def audio_clock_restarted(last_end_ms: int, end_ms: int) -> bool:
+    """Whether a detection ending at end_ms (u32, as sent) after one ending at last_end_ms shows a new audio clock:
+    earlier by more than a word can explain, yet by less than half the u32 range. Only a drop of half the range or
+    more (from past 24.8 days of audio to a forward step under 24.8 days) is taken for the wrap at 49.7 days."""
+    return AudioClock.BACKSTEP_MS < last_end_ms - end_ms < DEVICE_MS_MODULO // 2
 
 
 class AudioClock:
     """A detection's word times in seconds of audio, counted on past the u32 milliseconds' wrap at 49.7 days.
 
     Audio time only goes forward within a device session (a word's start may lie a little before the last
-    word's end), so an end that reads as more than a minute earlier than the last one has wrapped. A session
+    word's end), so an end that reads as more than a minute earlier than the last one has wrapped, if the drop is
+    that of a wrap (audio_clock_restarted); otherwise the audio clock started again. A session
     followed from before a wrap reads on past 4,294,967 s; one first seen after a wrap reads from its remainder
     (the wire cannot say how many wraps came before). A device restart starts a new clock."""
 
-    BACKSTEP_MS = 60_000  # far longer than any word: an end this much earlier than the last is a wrap
+    BACKSTEP_MS = 60_000  # far longer than any word: an end this much earlier than the last is a wrap or a restart
 
     def __init__(self):
         self.last_end: int | None = None  # the last end, unwrapped, in milliseconds
 
     def seconds(self, start_ms: int, end_ms: int) -> tuple[float, float]:
         end = end_ms
-        if self.last_end is not None:
+        if self.last_end is not None and not audio_clock_restarted(self.last_end % DEVICE_MS_MODULO, end_ms):
             forward = (end_ms - self.last_end) % DEVICE_MS_MODULO
             back = DEVICE_MS_MODULO - forward
             end = self.last_end - back if 0 < back <= self.BACKSTEP_MS else self.last_end + forward
@@ -147,6 +183,7 @@ class TelemetrySession:
         self.device = DeviceInfo()
         self.reconnects = 0
         self.last_health: Record | None = None
+        self.unfinished_bytes = 0  # bytes at the end of a capture that form no whole frame
 
     def feed(self, data: bytes, when: str | None = None) -> list[Record]:
         records = []
@@ -205,6 +242,12 @@ class TelemetrySession:
             return {**base, "type": "log", "level": level, "text": message.text}
         return None  # unknown types (counted by the decoder) and upload replies are not telemetry
 
+    def end_of_stream(self) -> None:
+        """No more bytes will come (the end of a capture): what the decoder holds is a frame cut short."""
+        if self.decoder.buffered:
+            self.unfinished_bytes = self.decoder.buffered
+            self.decoder.stats.framing_errors += 1
+
     def link_event(self, event: str, text: str) -> Record:
         if event == "reconnected":
             self.reconnects += 1
@@ -223,7 +266,9 @@ class TelemetrySession:
                 f"{c['crc_errors']} CRC errors, {c['framing_errors']} framing errors, "
                 f"{c['unknown_types']} of unknown type skipped, {c['malformed']} malformed, "
                 f"{c['bad_version']} of another protocol version, {c['device_restarts']} device restarts, "
-                f"{c['reconnects']} reconnects")
+                f"{c['reconnects']} reconnects"
+                + (f"; the last {self.unfinished_bytes} bytes form no whole frame (a framing error)"
+                   if self.unfinished_bytes else ""))
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -258,8 +303,18 @@ class CsvSink:
         pass
 
 
+def printable(text: str) -> str:
+    """Text from the device as a terminal should show it: control and other non-printable characters escaped
+    (\\x1b, \\n), so that no device can move the cursor, retitle the window or forge a line of the table."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def describe(record: Record) -> str:
-    """The interesting fields of one record, for people."""
+    """The interesting fields of one record, for people (a terminal: device text escaped)."""
+    return printable(_details(record))
+
+
+def _details(record: Record) -> str:
     kind = record["type"]
     if kind == "detection":
         return (f"{record['label']:<16} score {record['score']:.3f}  audio {record['start_s']:.2f}-"
@@ -328,8 +383,8 @@ class LiveTable:
         s, c = self.session, self.session.counters()
         lines = [f"basilar telemetry  {self.title}  [{self.status}]"]
         if s.device.device_id:
-            lines.append(f"device {s.device.device_id}  basilar {s.device.basilar_version}  bundle "
-                         f"{s.device.bundle_id[:16]}  {s.device.sample_rate} Hz")
+            lines.append(printable(f"device {s.device.device_id}  basilar {s.device.basilar_version}  bundle "
+                                   f"{s.device.bundle_id[:16]}  {s.device.sample_rate} Hz"))
         lines.append("health  " + (describe(s.last_health) if s.last_health else "(none yet)"))
         lines.append(f"link    frames {c['frames']}  lost {c['lost_frames']}  crc errors {c['crc_errors']}  "
                      f"framing errors {c['framing_errors']}  unknown {c['unknown_types']}  "
@@ -337,8 +392,8 @@ class LiveTable:
         lines.append("")
         lines.append(f"{'host time':<29} {'label':<16} {'score':>6} {'start s':>9} {'end s':>9}")
         for d in reversed(self.detections):
-            lines.append(f"{d['host_time'] or '-':<29} {d['label']:<16} {d['score']:>6.3f} {d['start_s']:>9.2f} "
-                         f"{d['end_s']:>9.2f}")
+            lines.append(f"{d['host_time'] or '-':<29} {printable(d['label']):<16} {d['score']:>6.3f} "
+                         f"{d['start_s']:>9.2f} {d['end_s']:>9.2f}")
         if self.events:
             lines.append("")
             lines += [f"{e['host_time'] or '-':<29} {e['type']:<5} {describe(e)}" for e in self.events]
@@ -384,15 +439,21 @@ def open_port(port: str, baud: int):
     import serial
 
     try:
-        return serial.Serial(port, baud, timeout=0.1)
-    except ValueError as exc:
+        # exclusive: a second reader (flock) is refused instead of silently taking half of the frames
+        return serial.Serial(port, baud, timeout=0.1, exclusive=True)
+    except (ValueError, OverflowError) as exc:  # OverflowError: a rate too large for termios
         raise TelemetryError(f"cannot use baud rate {baud} on {port}: {exc}; pick a standard rate such as "
                              "115200 or 921600") from None
     except serial.SerialException as exc:
-        cause = exc.args[0] if exc.args else exc
-        if isinstance(exc.__context__, PermissionError) or getattr(exc, "errno", None) == 13:
+        # pyserial's SerialException carries (errno, message): say what the errno means, not its number
+        cause = os.strerror(exc.errno) if isinstance(exc.errno, int) else exc.args[0] if exc.args else exc
+        if isinstance(exc.__context__, PermissionError) or exc.errno == errno.EACCES:
             raise TelemetryError(f"no permission to open {port}: add yourself to the 'dialout' group "
                                  "(sudo usermod -aG dialout $USER, then log in again)") from None
+        if "exclusively lock" in str(exc):
+            raise TelemetryError(f"port {port} is in use by another program: stop it (another basilar telemetry, "
+                                 f"a terminal program such as picocom; fuser -v {port} names it) and try "
+                                 "again") from None
         if not os.path.exists(port):
             raise TelemetryError(f"serial port {port} does not exist: check the name (ls /dev/serial/by-id/) or "
                                  "pass --wait to wait until the device is plugged in") from None
@@ -416,6 +477,7 @@ class TelemetryReader:
         self._asks: list[float] = []
         self._connected_at = 0.0
         self.records = 0
+        self.refusal = ""  # why the port last failed to open
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -430,8 +492,9 @@ class TelemetryReader:
             except TelemetryError as exc:
                 if first and not self.wait:
                     raise
+                self.refusal = exc.message.split(":")[0]
                 if not announced:
-                    self.say(f"waiting for {self.port} ({exc.message.split(':')[0]})")
+                    self.say(f"waiting for {self.port} ({self.refusal})")
                     announced = True
             pause = self.retry_interval
             if deadline is not None:
@@ -487,6 +550,9 @@ class TelemetryReader:
                           max_records)
             self._ask_hello(ser)
         try:
+            if ser is None and not self.stop_event.is_set():  # --wait, and the time ran out: nothing was read
+                raise TelemetryError(f"gave up waiting for {self.port} after {duration:g} s ({self.refusal}): "
+                                     "nothing was read")
             while ser is not None and not self.stop_event.is_set():
                 if deadline is not None and time.monotonic() >= deadline:
                     break
@@ -533,6 +599,7 @@ def replay(path: str, emit: Callable[[Record], None], session: TelemetrySession 
                 return session
             emit(record)
             emitted += 1
+    session.end_of_stream()
     return session
 
 

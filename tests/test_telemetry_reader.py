@@ -1,0 +1,174 @@
+"""The host reader's own judgement: a device restart it did not see happen, the port it holds, and what it lets
+device text do to a terminal. Captures are built from real encoded frames; ports are real pseudo-terminals."""
+import io
+import json
+import threading
+
+import pytest
+from click.testing import CliRunner
+
+from edge.telemetry.protocol import Detection, Health, Hello, Labels, Log, decode_one, encode_frame
+from firmware_tools.cli import main as cli
+from firmware_tools.telemetry_reader import (AudioClock, LinesTable, LiveTable, SequenceTracker, TelemetryError,
+                                             TelemetryReader, TelemetrySession, open_port)
+from tests.serial_pty import PtyCable
+
+BOOT_MS = 7_200_000  # the device clock (time since boot) when session 1 opens its link
+LABELS = ("speech", "dog", "doorbell")
+
+
+def session_one() -> bytes:
+    """`basilar run` on a 332-s file: HELLO, LABELS, a detection every 8 s of audio, HEALTH every 60 s."""
+    wire = [encode_frame(Hello("pi-kitchen", "0.1.0", "ab" * 32, 16000, 3), 0, BOOT_MS),
+            encode_frame(Labels(0, LABELS), 1, BOOT_MS)]
+    for i in range(40):
+        second = 8 * i + 10
+        message = (Health(second, 200, 300, 0, 0) if i % 8 == 7
+                   else Detection(i % 3, 50_000, second * 1000, second * 1000 + 400))
+        wire.append(encode_frame(message, 2 + i, BOOT_MS + second * 1000))
+    return b"".join(wire)
+
+
+def session_two(first: str) -> bytes:
+    """`basilar run --health-every 0.001` restarted on a new cable while the host's was out: the reader sees it
+    from seq 77 on (its HELLO and LABELS went nowhere), then the HELLO and LABELS that answer its REQUEST_HELLO."""
+    stamp = BOOT_MS + 352_000  # the clock since boot goes on: a process restart does not take it back
+    health, word = Health(16, 180, 250, 0, 0), Detection(2, 60_000, 14_700, 15_200)
+    wire = [encode_frame(message, seq, stamp + seq) for seq, message in
+            enumerate([health, word] if first == "health" else [word, health], start=77)]
+    wire += [encode_frame(Hello("pi-kitchen", "0.1.0", "ab" * 32, 16000, 3), 79, stamp + 5),
+             encode_frame(Labels(0, LABELS), 80, stamp + 5),
+             encode_frame(Detection(0, 40_000, 16_000, 16_300), 81, stamp + 1300)]
+    return b"".join(wire)
+
+
+@pytest.mark.parametrize("first", ["health", "detection"])
+def test_a_restart_missed_while_the_cable_was_out_is_a_restart_and_word_times_start_again(tmp_path, first):
+    """The cut of a capture where the cable came out during session 1 (its last frame half sent) and went back in
+    16 s into session 2: no lost frames, one restart, session 2's words at 14.7 s (not 4,294,981.996 s)."""
+    cut = session_one() + encode_frame(Detection(0, 1, 332_000, 332_400), 42, BOOT_MS + 332_000)[:9]
+    capture = tmp_path / "capture.bin"
+    capture.write_bytes(cut + session_two(first))
+    result = CliRunner().invoke(cli, ["telemetry", "--replay", str(capture), "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert "0 lost (sequence gaps)" in result.stderr and "1 device restarts" in result.stderr
+    assert not [r for r in records if r["type"] == "gap"]
+    assert [r.get("event") for r in records if r["type"] == "link"] == ["device_restart"]
+    words = [(r["seq"], r["label"], r["start_s"], r["end_s"]) for r in records if r["type"] == "detection"]
+    assert words[-2:] == [(78 if first == "health" else 77, "doorbell", 14.7, 15.2), (81, "speech", 16.0, 16.3)]
+    assert words[-3][2:] == (314.0, 314.4)  # session 1's last whole word
+
+
+def test_the_evidence_of_another_session_and_what_is_none():
+    det = Detection(0, 0, 300_000, 300_400)
+    hello = Hello("pi-kitchen", "0.1.0", "aa", 16000, 1)
+    tracker = SequenceTracker()
+    assert tracker.observe(decode_one(encode_frame(Health(300, 0, 0, 0, 0), 10, 1000))) == (0, False)
+    assert tracker.observe(decode_one(encode_frame(Health(299, 0, 0, 0, 0), 11, 1000))) == (0, False)  # 1 s: order
+    assert tracker.observe(decode_one(encode_frame(Health(5, 0, 0, 0, 0), 20, 1000))) == (0, True)  # uptime back
+    assert tracker.observe(decode_one(encode_frame(det, 21, 1000))) == (0, False)  # the old session's end forgotten
+    assert tracker.observe(decode_one(encode_frame(Detection(0, 0, 250_000, 250_400), 22, 1000))) == (0, False)
+    assert tracker.observe(decode_one(encode_frame(Detection(0, 0, 1_000, 1_400), 30, 1000))) == (0, True)
+    assert tracker.observe(decode_one(encode_frame(hello, 31, 1000))) == (0, False)
+    new_bundle = Hello("pi-kitchen", "0.1.0", "bb", 16000, 1)  # installed by an upload while it runs
+    assert tracker.observe(decode_one(encode_frame(new_bundle, 32, 1000))) == (0, False)
+    new_software = Hello("pi-kitchen", "0.2.0", "bb", 16000, 1)
+    assert tracker.observe(decode_one(encode_frame(new_software, 40, 1000))) == (0, True)
+    assert (tracker.lost, tracker.restarts) == (0, 3)  # the gaps before seq 20, 30 and 40 were restarts
+
+
+def test_the_audio_clock_wraps_only_where_a_wrap_is_plausible():
+    clock = AudioClock()
+    assert clock.seconds(331_600, 332_000) == (331.6, 332.0)
+    assert clock.seconds(14_700, 15_200) == (14.7, 15.2)  # 317 s back: a new clock, not 49.7 days on
+    late = AudioClock()
+    top = 2**32 - 5 * 86_400_000  # 5 quiet days before the wrap, 5 after it
+    late.seconds(top - 400, top)
+    assert late.seconds(5 * 86_400_000 - 400, 5 * 86_400_000) == (pytest.approx((2**32 + 5 * 86_400_000 - 400) / 1000),
+                                                               pytest.approx((2**32 + 5 * 86_400_000) / 1000))
+
+
+@pytest.fixture
+def cable(tmp_path):
+    cable = PtyCable(tmp_path)
+    yield cable
+    cable.close()
+
+
+def test_a_second_reader_on_the_same_port_is_refused(cable):
+    connected = threading.Event()
+    reader = TelemetryReader(cable.host_path, emit=lambda record: connected.set(), request_hello=False,
+                             say=lambda text: None)
+    thread = threading.Thread(target=reader.run, daemon=True)
+    thread.start()
+    try:
+        assert connected.wait(10)
+        result = CliRunner().invoke(cli, ["telemetry", cable.host_path, "--passive", "--duration", "0.2"])
+        assert result.exit_code == 1, result.output
+        assert "is in use by another program" in result.output and "Traceback" not in result.output
+    finally:
+        reader.stop()
+        thread.join(10)
+    result = CliRunner().invoke(cli, ["telemetry", cable.host_path, "--passive", "--duration", "0.2"])
+    assert result.exit_code == 0, result.output  # the first reader gone, the port is free again
+
+
+def test_a_baud_rate_out_of_range_is_refused_without_a_traceback(cable):
+    for option in ([], ["--wait"]):
+        result = CliRunner().invoke(cli, ["telemetry", cable.host_path, "--baud", "2147483648", *option])
+        assert result.exit_code == 2 and "4000000" in result.output, result.output
+    with pytest.raises(TelemetryError, match="cannot use baud rate 2147483648"):
+        open_port(cable.host_path, 2**31)
+
+
+def test_a_port_that_cannot_be_opened_says_why_in_words(tmp_path):
+    (tmp_path / "adir").mkdir()
+    result = CliRunner().invoke(cli, ["telemetry", str(tmp_path / "adir")])
+    assert result.exit_code == 1 and f"{tmp_path / 'adir'}: Is a directory\n" in result.output, result.output
+
+
+def test_a_port_that_never_appears_within_the_duration_is_an_error(tmp_path):
+    result = CliRunner().invoke(cli, ["telemetry", str(tmp_path / "ttyNOPE"), "--wait", "--duration", "0.3"])
+    assert result.exit_code == 1, result.output
+    assert f"gave up waiting for {tmp_path / 'ttyNOPE'} after 0.3 s" in result.output
+    assert "telemetry: 0 record(s) written" in result.stderr  # the summary still comes
+
+
+def test_a_capture_ending_inside_a_frame_counts_its_tail(tmp_path):
+    whole = encode_frame(Detection(1, 1, 0, 400), 0, 0)
+    capture = tmp_path / "cut.bin"
+    capture.write_bytes(whole + encode_frame(Detection(1, 1, 500, 900), 1, 0)[:11])  # no final delimiter
+    result = CliRunner().invoke(cli, ["telemetry", "--replay", str(capture), "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    assert "1 framing errors" in result.stderr and "the last 10 bytes form no whole frame" in result.stderr
+    capture.write_bytes(whole)  # a capture that ends on a delimiter has no such tail
+    result = CliRunner().invoke(cli, ["telemetry", "--replay", str(capture), "--format", "jsonl"])
+    assert "0 framing errors" in result.stderr and "no whole frame" not in result.stderr
+
+
+HOSTILE = "\x1b]0;owned\x07"  # an OSC sequence: retitles the terminal window
+FORGED = "\n2026-01-01T00:00:00.000+00:00 detection    99  doorbell         score 1.000"
+
+
+def test_device_text_cannot_drive_the_terminal_or_forge_table_lines():
+    wire = (encode_frame(Hello("dev" + HOSTILE, "1.0\x1b[2J", "cd" * 32, 16000, 2), 0, 0)
+            + encode_frame(Labels(0, ("yes" + FORGED, "no\x1b[31m")), 1, 0)
+            + encode_frame(Detection(0, 65535, 0, 400), 2, 10) + encode_frame(Detection(1, 65535, 500, 900), 3, 10)
+            + encode_frame(Log(2, "overrun" + FORGED + HOSTILE), 4, 20))
+    lines_out, live_out = io.StringIO(), io.StringIO()
+    session = TelemetrySession()
+    lines, live = LinesTable(lines_out), LiveTable(live_out, session, "/dev/ttyUSB0")
+    for record in session.feed(wire, "2026-01-01T00:00:00.000+00:00"):
+        lines.write(record)
+        live.write(record)
+    live.close()
+    screen = live_out.getvalue().rsplit("\x1b[H\x1b[2J", 1)[1]  # the live view's own escape, then its last screen
+    for out in (lines_out.getvalue(), screen):
+        assert "\x1b" not in out and "\x07" not in out, out
+        assert "\\x1b]0;owned\\x07" in out and "no\\x1b[31m" in out
+    table = lines_out.getvalue().splitlines()
+    assert len(table) == 1 + 4  # the header and one line per record: no forged line
+    assert not [line for line in table if line.startswith(FORGED.strip())]
+    assert "yes\\n2026-01-01" in table[2] and "[warning] overrun\\n2026" in table[4]
+    assert "device dev\\x1b]0;owned\\x07  basilar 1.0\\x1b[2J" in screen
