@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import select
 import sys
 import time
@@ -26,12 +27,17 @@ import numpy as np
 import soundfile
 import soxr
 
-from edge.wav_header import (ID3V2_HEAD, KNOWN_CHUNKS, TrueSizeWav, is_open_length, length_problem, libsndfile_input,
-                              parse_format, read_to_data, skip, starts_wav, tag_span)
+from edge.wav_header import (ID3V2_HEAD, KNOWN_CHUNKS, RIFF_LIMIT, TrueSizeWav, WavData, WavFormat, is_open_length,
+                              length_problem, libsndfile_input, parse_format, read_to_data, skip, starts_wav, tag_span,
+                              wav_header_broken)
 
 DEFAULT_CHUNK_MS = 100
 IDLE_TICK_S = 1.0  # a live source that delivers nothing for this long yields an empty chunk
-PCM_FORMATS = {"S16_LE": ("<i2", 2.0**15), "S32_LE": ("<i4", 2.0**31), "FLOAT_LE": ("<f4", 1.0)}
+RATES = (1000, 384000)  # the input sample rates read, Hz (as --rate takes): a header saying 1 Hz is damaged
+# Little-endian sample encodings: (numpy type, full scale, bytes a sample); S24_3LE is read into the top of an int32
+SAMPLES = {"S16_LE": ("<i2", 2.0**15, 2), "S32_LE": ("<i4", 2.0**31, 4), "FLOAT_LE": ("<f4", 1.0, 4),
+           "U8": ("u1", 2.0**7, 1), "S24_3LE": ("<i4", 2.0**31, 3), "FLOAT64_LE": ("<f8", 1.0, 8)}
+PCM_FORMATS = {name: SAMPLES[name] for name in ("S16_LE", "S32_LE", "FLOAT_LE")}  # what --format takes
 
 
 class SourceError(Exception):
@@ -61,6 +67,23 @@ class StopFlag:
             if left <= 0:
                 return
             time.sleep(min(left, 0.05))
+
+
+def decode(data: bytes, fmt: str, channels: int) -> np.ndarray:
+    """Whole frames of PCM in a `SAMPLES` encoding as float32 (frames, channels), full scale 1.0."""
+    dtype, scale, width = SAMPLES[fmt]
+    if width == 3:
+        wide = np.zeros((len(data) // 3, 4), np.uint8)
+        wide[:, 1:] = np.frombuffer(data, np.uint8).reshape(-1, 3)
+        samples = wide.view(dtype)[:, 0]
+    else:
+        samples = np.frombuffer(data, dtype)
+    floats = samples.astype(np.float32)
+    if fmt == "U8":
+        floats -= 128  # unsigned: silence is 128
+    if scale != 1.0:  # float samples stay as they are, NaN too (`check_finite` finds them)
+        floats /= np.float32(scale)
+    return floats.reshape(-1, channels)
 
 
 def to_int16(samples: np.ndarray) -> np.ndarray:
@@ -159,7 +182,9 @@ class FileSource(AudioSource):
                 raise SourceError(f"audio file not found: {path}; check the path")
             if not path.is_file():
                 raise SourceError(f"{path} is not a file; give an audio file such as a WAV or FLAC")
-            if path.suffix.lower() == ".raw":  # libsndfile takes the name's word for it and wants the layout given
+            # soundfile takes a `.raw` name's word for it and wants the layout given; a WAV so named is a WAV
+            named_raw = path.suffix.lower() == ".raw"
+            if named_raw and not _starts_riff(path):
                 raise SourceError(f"{path} is headerless raw PCM; play it with `basilar run - --format S16_LE --rate "
                                   f"RATE --channels N < {path}`, or give it a header: `sox -t raw -e signed -b 16 -r "
                                   f"RATE -c N {path} OUT.wav`")
@@ -172,20 +197,38 @@ class FileSource(AudioSource):
         if wav and wav.overlong():  # never of open length: `audio` is the path, nothing to close
             raise SourceError(problem)
         self._cut_short = problem  # the only problem left: reported once the audio that is there has played
-        self._sized = audio if isinstance(audio, TrueSizeWav) else None
+        self._opened = audio if isinstance(audio, TrueSizeWav) else None  # to close with the source
+        if named_raw and not self._opened:  # opened by descriptor, so that soundfile does not see the name
+            audio = self._opened = open(os.open(path, os.O_RDONLY), "rb")
         try:
-            self._file = soundfile.SoundFile(audio)
-        except (soundfile.SoundFileError, RuntimeError, OSError) as err:
-            if self._sized:
-                self._sized.close()
+            if wav and wav.open_length and wav.present > RIFF_LIMIT:  # libsndfile would stop at 4 GiB
+                self._file = _WavSamples(path, wav)
+            else:
+                self._file = soundfile.SoundFile(audio)
+        except (soundfile.SoundFileError, RuntimeError, OSError, SourceError) as err:
+            if self._opened:
+                self._opened.close()
+            if isinstance(err, SourceError):
+                raise
+            if wav_header_broken(path):
+                raise SourceError(f"cannot read {path} as audio: its WAV header is cut short or malformed "
+                                  f"({_libsndfile_reason(err)}); copy the file again, or re-record or re-export "
+                                  "it") from err
             raise SourceError(f"cannot read {path} as audio ({_libsndfile_reason(err)}); use a WAV, FLAC or OGG "
-                              f"file, or convert it first, e.g. `sox INPUT -r {sample_rate} -c 1 -b 16 OUT.wav`") from err
+                              f"file, or convert it first, e.g. `sox INPUT -r {sample_rate} -c 1 -b 16 OUT.wav`"
+                              ) from err
         self.file_rate = self._file.samplerate
+        if not RATES[0] <= self.file_rate <= RATES[1]:
+            self.close()
+            raise SourceError(f"{path}'s header gives a sample rate of {self.file_rate} Hz, outside the {RATES[0]} to "
+                              f"{RATES[1]} Hz basilar reads: a damaged header, or a file that is not audio; export or "
+                              "record it again")
         self.file_channels = self._file.channels
         self.file_format = f"{self._file.format}/{self._file.subtype}"
         self._float = self._file.subtype in ("FLOAT", "DOUBLE")  # the encodings that can hold NaN
         self._block = max(1, round(self.file_rate * chunk_ms / 1000))
         self._pacer = Pacer(sample_rate, self.stop, clock) if realtime else None
+        self._declared = _declared_frames(self._file)
 
     @property
     def input_rate(self) -> int:
@@ -193,6 +236,7 @@ class FileSource(AudioSource):
 
     def chunks(self) -> Iterator[np.ndarray]:
         resample = MonoResampler(self.file_rate, self.sample_rate)
+        frames = 0
         while not self.stop.is_set():
             try:
                 block = self._file.read(self._block, dtype="float32", always_2d=True)
@@ -203,6 +247,7 @@ class FileSource(AudioSource):
                                   "Re-record or re-encode the file") from err
             if self._float:
                 check_finite(block, self.name, (self._file.tell() - len(block)) / self.file_rate, self.file_rate)
+            frames += len(block)
             last = len(block) < self._block
             chunk = resample(block, last=last)
             if len(chunk):
@@ -212,12 +257,73 @@ class FileSource(AudioSource):
             if last:
                 if self._cut_short:
                     raise SourceError(f"{self._cut_short}; the audio that is there was processed")
+                if frames < self._declared:  # libsndfile ends a cut or damaged file without an error
+                    declared, read = self._declared / self.file_rate, frames / self.file_rate
+                    raise SourceError(f"{self.name} ends early: its header declares {declared:.2f} s of audio but "
+                                      f"{read:.2f} s could be read (cut short or "
+                                      "damaged; after damage the times of detections may be early); the audio that "
+                                      "could be read was processed. Copy the file again, or re-record or re-encode it")
                 return
 
     def close(self) -> None:
         self._file.close()
-        if self._sized:
-            self._sized.close()
+        if self._opened:
+            self._opened.close()
+
+
+def _starts_riff(path: Path) -> bool:
+    with open(path, "rb") as file:
+        return file.read(4) in (b"RIFF", b"RF64")
+
+
+# libsndfile counts an AIFF or RF64 file's frames from what the file holds, and notes the count its header declares
+_NOTED_FRAMES = re.compile(r"'COMM' chunk \((\d+)\) not equal|from 'ds64' chunk of (\d+)")
+_UNKNOWN_FRAMES = 1 << 28  # counts this large are placeholders (sox into a pipe writes 0x3F800000), not lengths
+
+
+def _declared_frames(file) -> int:
+    """The frames `file`'s header declares: libsndfile's count, or a larger one its log notes."""
+    noted = _NOTED_FRAMES.search(getattr(file, "extra_info", ""))
+    declared = int(noted.group(1) or noted.group(2)) if noted else 0
+    return max(file.frames, declared if declared < _UNKNOWN_FRAMES else 0)
+
+
+class _WavSamples:
+    """The samples of a WAV file past 4 GiB whose length was left open, read here since libsndfile stops at 4 GiB;
+    as much of soundfile.SoundFile as FileSource uses."""
+
+    format = "WAV"
+    _SUBTYPES = {"S16_LE": "PCM_16", "S32_LE": "PCM_32", "FLOAT_LE": "FLOAT", "U8": "PCM_U8", "S24_3LE": "PCM_24",
+                 "FLOAT64_LE": "DOUBLE"}
+
+    def __init__(self, path: Path, wav: WavData):
+        self._pcm = _pcm_format(wav.layout) if wav.layout else None
+        if self._pcm is None:
+            raise SourceError(f"{path} is a WAV file over 4 GiB whose header leaves its length open, in an encoding "
+                              "basilar reads only up to 4 GiB; convert it to FLAC or RF64 first: `sox --ignore-length "
+                              f"{path} OUT.flac`")
+        self.samplerate, self.channels = wav.layout.rate, wav.layout.channels
+        self.subtype = self._SUBTYPES[self._pcm]
+        self._frame_bytes = SAMPLES[self._pcm][2] * self.channels
+        self.frames = wav.present // self._frame_bytes
+        self._read = 0
+        self._file = open(path, "rb")
+        self._file.seek(wav.size_at + 4)
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def tell(self) -> int:
+        return self._read
+
+    def read(self, frames: int, dtype: str, always_2d: bool) -> np.ndarray:
+        count = min(frames, self.frames - self._read)
+        self._read += count
+        return decode(self._file.read(count * self._frame_bytes), self._pcm, self.channels)
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class PcmSource(AudioSource):
@@ -240,11 +346,12 @@ class PcmSource(AudioSource):
         if channels < 1:
             raise SourceError(f"--channels {channels}: must be 1 or more")
         self.rate = rate or sample_rate
-        if self.rate < 1000:
+        if not RATES[0] <= self.rate <= RATES[1]:
             raise SourceError(f"--rate {self.rate}: must be the input's sample rate in Hz (e.g. 16000)")
         self._chunk_ms = chunk_ms
         self._from_header = False
         self._data_left: int | None = None  # audio bytes a WAV header declares, still to come; None: to the end
+        self._declared = 0  # audio bytes the WAV header last read declares
         self._set_layout(fmt, self.rate, channels)
         self._stream = stream if stream is not None else sys.stdin.buffer
 
@@ -254,10 +361,8 @@ class PcmSource(AudioSource):
 
     def _set_layout(self, fmt: str, rate: int, channels: int) -> None:
         self.pcm_format, self.rate, self.channels = fmt, rate, channels
-        self._dtype = np.dtype(PCM_FORMATS[fmt][0])
         self._frames_read = 0
-        self._scale = PCM_FORMATS[fmt][1]
-        self._frame_bytes = self._dtype.itemsize * channels
+        self._frame_bytes = SAMPLES[fmt][2] * channels
         self._chunk_bytes = max(1, round(rate * self._chunk_ms / 1000)) * self._frame_bytes
 
     def _read_exactly(self, size: int) -> bytes:
@@ -281,6 +386,7 @@ class PcmSource(AudioSource):
         if header is None:
             return b""
         layout, self._data_left = header  # when that is counted down, `_after_declared_audio`
+        self._declared = self._data_left or 0
         self._set_layout(*layout)
         self._from_header = True
         self.name = (f"standard input (WAV: {self.pcm_format}, {self.rate} Hz, {self.channels} "
@@ -336,6 +442,7 @@ class PcmSource(AudioSource):
         if header is None:
             return b""
         (fmt, rate, channels), self._data_left = header
+        self._declared = self._data_left or 0
         if (fmt, rate, channels) != (self.pcm_format, self.rate, self.channels):  # its samples would be misread
             raise SourceError(f"standard input holds WAV files one after another, and a later one is {fmt}, {rate} Hz, "
                               f"{channels} channel(s) where the first is {self.pcm_format}, {self.rate} Hz, "
@@ -393,15 +500,21 @@ class PcmSource(AudioSource):
                 if not ended and len(pending) < self._chunk_bytes:
                     continue  # a pipe hands over less than asked for; fill the chunk first
             whole = len(pending) - len(pending) % self._frame_bytes
-            samples = np.frombuffer(pending[:whole], dtype=self._dtype).reshape(-1, self.channels)
-            if self._dtype.kind == "f":
+            samples = decode(pending[:whole], self.pcm_format, self.channels)
+            if self.pcm_format.startswith("FLOAT"):
                 check_finite(samples, self.name, self._frames_read / self.rate, self.rate, self._nan_fix)
             self._frames_read += len(samples)
-            chunk = resample(samples.astype(np.float32) / np.float32(self._scale), last=ended)
+            chunk = resample(samples, last=ended)
             pending = pending[whole:]
             if len(chunk):
                 yield chunk
             if ended:
+                if self._data_left and not self.stop.is_set():  # an open length is None: it ends where it ends
+                    rate = self.rate * self._frame_bytes
+                    declared, came = self._declared / rate, (self._declared - self._data_left) / rate
+                    raise SourceError(f"standard input ended early: its WAV header declares {declared:.2f} s of audio "
+                                      f"but {came:.2f} s came (the program writing it stopped or was "
+                                      "stopped); the audio that came was processed")
                 if pending and not self.stop.is_set():
                     raise SourceError(f"standard input ended in the middle of a sample frame ({len(pending)} "
                                       f"stray bytes; one frame is {self._frame_bytes} bytes); check --format "
@@ -414,7 +527,8 @@ class PcmSource(AudioSource):
 # live stream's first samples match about once in 16,000 starts: refusing that would fail a service's start at
 # random, so such an MP3 plays as noise.
 _CONTAINERS = {b"fLaC": "a FLAC", b"OggS": "an Ogg", b"FORM": "an AIFF", b"RIFX": "a big-endian WAV",
-               b"RF64": "an RF64 WAV", b".snd": "a Sun/NeXT audio", b"ID3": "an MP3"}
+               b"RF64": "an RF64 WAV", b".snd": "a Sun/NeXT audio", b"ID3": "an MP3", b"riff": "a Sony Wave64",
+               b"caff": "a Core Audio (CAF)", b"NIST_1A": "a NIST SPHERE"}
 
 
 def _refuse_other_containers(head: bytes) -> None:
@@ -429,8 +543,19 @@ def _refuse_other_containers(head: bytes) -> None:
 # one is the next file). Anything else there is more audio.
 _STREAM_CHUNKS = KNOWN_CHUNKS | {b"RIFF"}
 
-# WAV format tags and sample widths that map onto a raw PCM format
-_WAV_FORMATS = {(1, 16): "S16_LE", (1, 32): "S32_LE", (3, 32): "FLOAT_LE"}
+# WAV format tags and sample widths that map onto a `SAMPLES` encoding
+_WAV_FORMATS = {(1, 8): "U8", (1, 16): "S16_LE", (1, 24): "S24_3LE", (1, 32): "S32_LE", (3, 32): "FLOAT_LE",
+                (3, 64): "FLOAT64_LE"}
+
+
+def _pcm_format(layout: WavFormat) -> str | None:
+    """The `SAMPLES` encoding of a WAV format chunk's audio; None when it is not plain PCM or float that is read here,
+    or the layout makes no sense (no channels, a frame size that does not fit, a rate out of RATES)."""
+    pcm_format = _WAV_FORMATS.get((layout.tag, layout.bits))
+    frame_fits = layout.block_align in (0, layout.channels * layout.bits // 8)
+    if pcm_format and layout.channels >= 1 and frame_fits and RATES[0] <= layout.rate <= RATES[1]:
+        return pcm_format
+    return None
 
 
 def _wav_layout(fmt: bytes) -> tuple[str, int, int]:
@@ -438,14 +563,13 @@ def _wav_layout(fmt: bytes) -> tuple[str, int, int]:
     parsed = parse_format(fmt)
     if parsed is None:
         raise SourceError("standard input's WAV header has a format chunk too short to read; send raw PCM instead")
-    tag, channels, rate, _byte_rate, bits = parsed
-    pcm_format = _WAV_FORMATS.get((tag, bits))
-    if pcm_format is None or channels < 1 or rate < 1000:
-        raise SourceError(f"standard input is a WAV stream of {bits}-bit samples (format tag {tag}), {channels} "
-                          f"channel(s) at {rate} Hz, which basilar does not read from a pipe; send 16- or 32-bit "
-                          "PCM or 32-bit float, e.g. `arecord -f S16_LE -r 16000 -c 1` or `sox IN -t wav -e signed "
-                          "-b 16 -`")
-    return pcm_format, rate, channels
+    pcm_format = _pcm_format(parsed)
+    if pcm_format is None:
+        raise SourceError(f"standard input is a WAV stream of {parsed.bits}-bit samples (format tag {parsed.tag}), "
+                          f"{parsed.channels} channel(s) at {parsed.rate} Hz, which basilar does not read from a pipe; "
+                          "send 8-, 16-, 24- or 32-bit PCM or float, e.g. `arecord -f S16_LE -r 16000 -c 1` or `sox "
+                          "IN -t wav -e signed -b 16 -`")
+    return pcm_format, parsed.rate, parsed.channels
 
 
 class MicSource(AudioSource):

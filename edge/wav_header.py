@@ -18,6 +18,7 @@ from typing import BinaryIO, NamedTuple
 # a huge one: sox writes 0x7FFFF000, arecord 0x80000000, others 0xFFFFFFFF. libsndfile reads the huge ones to the
 # end of the file, but 0 as no audio at all (`TrueSizeWav`).
 _OPEN_FROM = 0x7FFFF000
+RIFF_LIMIT = 0xFFFFFFFF  # the most bytes a RIFF size field holds: libsndfile stops there (`TrueSizeWav`)
 
 
 def is_open_length(size: int) -> bool:
@@ -95,6 +96,7 @@ class WavFormat(NamedTuple):
     rate: int  # samples per second
     byte_rate: int  # bytes per second
     bits: int  # per sample
+    block_align: int  # bytes per frame
 
 
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
@@ -104,10 +106,10 @@ def parse_format(fmt: bytes) -> WavFormat | None:
     """The fields of a format chunk's body; None when it is too short to hold them."""
     if len(fmt) < 16:
         return None
-    tag, channels, rate, byte_rate, _block_align, bits = struct.unpack_from("<HHIIHH", fmt)
+    tag, channels, rate, byte_rate, block_align, bits = struct.unpack_from("<HHIIHH", fmt)
     if tag == _WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
         (tag,) = struct.unpack_from("<H", fmt, 24)  # the sub-format GUID starts with the plain tag
-    return WavFormat(tag, channels, rate, byte_rate, bits)
+    return WavFormat(tag, channels, rate, byte_rate, bits, block_align)
 
 
 class Lengths(NamedTuple):
@@ -122,6 +124,7 @@ class WavData(NamedTuple):
     present: int  # bytes from the start of the audio to the end of the file
     byte_rate: int  # 0 when the format chunk is missing or unreadable
     chunks_follow: bool  # whether what follows the declared audio is whole chunks (LIST, id3 , ...) or ID3 tags
+    layout: WavFormat | None = None  # None when the format chunk is missing or unreadable
 
     @property
     def open_length(self) -> bool:
@@ -135,10 +138,9 @@ class WavData(NamedTuple):
         return None
 
     def overlong(self) -> Lengths | None:
-        """When a second or more of something other than chunks follows the declared audio: audio the header does
-        not count (less is taken for padding, which some writers leave at the end)."""
-        if (self.byte_rate and not self.open_length and self.present - self.declared >= self.byte_rate
-                and not self.chunks_follow):
+        """When something other than chunks, ID3 tags or zeros (padding) follows the declared audio: audio the header
+        does not count, which libsndfile would leave out without a word."""
+        if self.byte_rate and not self.open_length and self.present > self.declared and not self.chunks_follow:
             return Lengths(self.declared / self.byte_rate, self.present / self.byte_rate)
         return None
 
@@ -158,7 +160,22 @@ def inspect_wav(path: str | os.PathLike) -> WavData | None:
         # zeros after audio of a given length are padding; after an open length (0) they are silence it holds
         chunks = start + length < size and _chunks_to_end(file, start + length, size, pad=bool(length & 1),
                                                           zeros=not is_open_length(length))
-        return WavData(start - 4, length, size - start, layout.byte_rate if layout else 0, chunks)
+        # some writers leave the byte rate 0; the rate and frame size give it too
+        byte_rate = (layout.byte_rate or layout.rate * layout.block_align) if layout else 0
+        return WavData(start - 4, length, size - start, byte_rate, chunks, layout)
+
+
+def wav_header_broken(path: str | os.PathLike) -> bool:
+    """Whether `path` starts as a WAV file but its header cannot be walked to a readable format chunk and then the
+    audio: cut off, or out of order (the audio before the format chunk, or no format chunk)."""
+    with open(path, "rb") as file:
+        if not starts_wav(file.read(12)):
+            return False
+        try:
+            fmt, _length = read_to_data(file.read)
+        except EOFError:
+            return True
+        return fmt is None or parse_format(fmt) is None
 
 
 def _chunks_to_end(file: BinaryIO, at: int, end: int, pad: bool = False, zeros: bool = True) -> bool:
@@ -201,11 +218,12 @@ def wav_cut_short(path: str | os.PathLike) -> Lengths | None:
 
 class TrueSizeWav(io.FileIO):
     """A WAV file whose length was left open, read with the bytes that follow its header as its data size: what
-    libsndfile needs to play it to its end."""
+    libsndfile needs to play it to its end. Opened by descriptor, so that soundfile does not go by the name (`.raw`)."""
 
     def __init__(self, path: str | os.PathLike, wav: WavData):
-        super().__init__(path, "rb")
-        self._at, self._size = wav.size_at, min(wav.present, 0xFFFFFFFF).to_bytes(4, "little")
+        super().__init__(os.open(path, os.O_RDONLY), "rb")
+        # past RIFF_LIMIT libsndfile would stop: edge/sources.py reads such a file's samples itself
+        self._at, self._size = wav.size_at, min(wav.present, RIFF_LIMIT).to_bytes(4, "little")
 
     def readinto(self, buffer) -> int:
         start = self.tell()

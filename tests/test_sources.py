@@ -103,7 +103,6 @@ def test_a_directory_is_refused(tmp_path):
 @pytest.mark.parametrize("name, content, reason", [
     ("empty.wav", b"", "Format not recognised"),
     ("text.wav", b"this is not audio at all\n" * 40, "Format not recognised"),
-    ("headless.wav", b"RIFF\x24\x00\x00\x00WAVEfmt ", ""),
     ("image.flac", b"\x89PNG\r\n\x1a\n" + bytes(200), "Format not recognised"),
 ])
 def test_unreadable_and_wrong_format_files_give_a_clear_error(tmp_path, name, content, reason):
@@ -540,7 +539,7 @@ def test_a_wav_stream_on_standard_input_is_read_by_its_header(tmp_path, subtype,
     assert (source.pcm_format, source.rate, source.channels) == (layout, rate, channels)
 
 
-@pytest.mark.parametrize("subtype, message", [("PCM_24", "a WAV stream of 24-bit samples (format tag 1)"),
+@pytest.mark.parametrize("subtype, message", [("IMA_ADPCM", "a WAV stream of 4-bit samples (format tag 17)"),
                                               ("ULAW", "a WAV stream of 8-bit samples (format tag 7)")])
 def test_a_wav_stream_in_an_encoding_not_read_from_a_pipe_is_a_clear_error(tmp_path, subtype, message):
     path = tmp_path / "stream.wav"
