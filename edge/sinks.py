@@ -5,6 +5,7 @@ already delivered everything detected before the interruption. Sinks never reach
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -39,6 +40,21 @@ def iso_time(timestamp: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class OutputError(OSError):
+    """Standard output cannot take a detection (a full disk, a closed file): said as such, not as a failure of the
+    processing. A reader that went away (BrokenPipeError) is not one: that ends the run quietly."""
+
+
+@contextlib.contextmanager
+def _writing(what: str):
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write {what} to standard output: {exc.strerror or exc}") from exc
+
+
 class Sink:
     def bundle(self, bundle_id: str, labels: list[str], sample_rate: int) -> None:
         """The bundle whose detections follow: at the start, and again when a new one is swapped in."""
@@ -65,9 +81,10 @@ class TextSink(Sink):
 
     def detection(self, event: Detection) -> None:
         when = f"  at {iso_time(event.timestamp)}" if event.timestamp is not None else ""
-        self._out.write(f"{event.start_s:8.2f} -{event.end_s:8.2f} s  {event.label}  (score {event.score:.2f})"
-                        f"{when}\n")
-        self._out.flush()
+        with _writing("a detection"):
+            self._out.write(f"{event.start_s:8.2f} -{event.end_s:8.2f} s  {event.label}  (score {event.score:.2f})"
+                            f"{when}\n")
+            self._out.flush()
 
     def health(self, health: Health) -> None:
         self.log(health.describe())
@@ -85,8 +102,9 @@ class JsonSink(TextSink):
         record = event.to_dict()
         if event.timestamp is not None:
             record["time"] = iso_time(record["timestamp"])  # the same millisecond as the rounded timestamp
-        self._out.write(json.dumps(record) + "\n")
-        self._out.flush()
+        with _writing("a detection"):
+            self._out.write(json.dumps(record) + "\n")
+            self._out.flush()
 
 
 class TelemetrySink(Sink):

@@ -17,9 +17,9 @@ from pathlib import Path
 import click
 
 from edge.detector import TRIGGERS
-from edge.sources import PCM_FORMATS, SourceError, StopFlag, parse_mic_spec
+from edge.sources import PCM_FORMATS, RATES, SourceError, StopFlag, parse_mic_spec
 from edge.telemetry import DEFAULT_BAUD
-from firmware_tools.cli_types import BAUD_RATES
+from firmware_tools.cli_types import BAUD_RATES, FloatRange
 from firmware_tools.stop_signals import route_stop_signals
 
 DEFAULT_ROOT = "/opt/basilar"
@@ -155,7 +155,7 @@ class SerialLink:
 @click.option("--realtime", is_flag=True, help="Pace a file like a live source instead of as fast as possible.")
 @click.option("--format", "pcm_format", type=click.Choice(list(PCM_FORMATS), case_sensitive=False),
               default="S16_LE", show_default=True, help="Sample format of raw PCM on standard input.")
-@click.option("--rate", type=click.IntRange(1000, 384000), default=16000, show_default=True,
+@click.option("--rate", type=click.IntRange(*RATES), default=16000, show_default=True,
               help="Sample rate of raw PCM on standard input (resampled to the bundle's).")
 @click.option("--channels", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Channels of raw PCM on standard input (downmixed).")
@@ -167,7 +167,7 @@ class SerialLink:
 @click.option("--device-id", help="Name sent in the telemetry HELLO [default: the host name].")
 @click.option("--keep", type=click.IntRange(2, 100), default=3, show_default=True,
               help="With --root and --serial: releases kept after a bundle is uploaded over the serial link.")
-@click.option("--health-every", type=float, default=60.0, show_default=True,
+@click.option("--health-every", type=FloatRange(min=0), default=60.0, show_default=True,
               help="Seconds between health reports (stderr, serial); 0 for none.")
 @click.option("--threads", type=click.IntRange(1, 16), default=1, show_default=True, help="Interpreter threads.")
 @click.pass_context
@@ -182,7 +182,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
     """
     from edge import __version__
     from edge.runloop import Pipeline, PipelineError, RunLoop
-    from edge.sinks import JsonSink, TelemetrySink, TextSink
+    from edge.sinks import JsonSink, OutputError, TelemetrySink, TextSink
 
     if audio and input_:
         raise click.UsageError("give the audio either as AUDIO or with --input, not both")
@@ -190,6 +190,9 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
     if not audio:
         raise click.UsageError("say what to listen to: a file, '-' for standard input, or mic[:DEVICE]")
     audio = str(demo_audio(audio) or audio)
+    if sys.stdout is None:  # started with standard output closed (`>&-`): nowhere to write what it hears
+        raise click.UsageError("standard output is closed: basilar run writes its detections there; redirect it "
+                               "(`> detections.txt`) or to /dev/null when --serial carries them")
     if audio == "-" and sys.stdin is None:  # started with standard input closed (`<&-`)
         raise click.UsageError("'-' reads audio from standard input, which is closed here; pipe audio in, or give "
                                "a file or 'mic'")
@@ -239,6 +242,9 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
     except BrokenPipeError:
         _silence_stdout()  # whoever read our output has gone (e.g. `| head`); nothing left to tell
         return
+    except OutputError as err:
+        raise click.ClickException(f"{err} (stopped after {loop.stats.audio_s:.1f} s of audio, "
+                                   f"{loop.stats.detections} detections made)") from err
     except (SourceError, PipelineError) as err:
         raise click.ClickException(f"{err} (stopped after {loop.stats.audio_s:.1f} s of audio; "
                                    f"{loop.stats.detections} detections were written)") from err

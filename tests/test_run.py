@@ -176,6 +176,20 @@ def test_standard_input_that_is_a_terminal_is_refused_at_once():
     assert "standard input, which is a terminal here; pipe it in" in result.stderr.decode()
 
 
+def test_standard_output_that_is_closed_or_full_is_said_to_be_so():
+    """Not "processing failed (AttributeError ...)": the audio was fine, the output was not."""
+    closed = subprocess.run(["sh", "-c", f'exec "{sys.executable}" -m firmware_tools.cli run demo >&-'], cwd=REPO,
+                            env=repo_env(), capture_output=True, text=True, timeout=60)
+    assert closed.returncode == 2 and "standard output is closed" in closed.stderr, closed.stderr
+    require(Path("/dev/full").exists(), "/dev/full")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "firmware_tools.cli", "run", "demo"], cwd=REPO,
+                                env=repo_env(), stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "cannot write a detection to standard output: No space left on device" in result.stderr, result.stderr
+    assert "processing failed" not in result.stderr
+
+
 def test_standard_input_that_is_closed_is_refused_at_once():
     result = subprocess.run(["sh", "-c", f'exec "{sys.executable}" -m firmware_tools.cli run - <&-'], cwd=REPO,
                             capture_output=True, timeout=60, env=repo_env())
@@ -669,6 +683,8 @@ def test_service_accepts_the_slowest_and_fastest_baud_rates_linux_names(baud):
     (["--serial", ""], "Invalid value for '--serial': the port is empty (an unset variable?)"),
     (["--serial", "/dev/no-such-tty", "--baud", "0"], "Invalid value for '--baud': 0 is not in the range 50<=x<="),
     (["--serial", "/dev/no-such-tty", "--baud", "4000001"], "4000001 is not in the range 50<=x<=4000000"),
+    (["--health-every", "nan"], "'nan' is not a finite number"),  # read as "never" before
+    (["--health-every", "-1"], "-1.0 is not in the range x>=0"),
 ])
 def test_run_refuses_an_empty_serial_port_and_a_baud_rate_a_tty_cannot_take(args, message):
     """`--serial "$PORT"` with PORT unset must not run without telemetry; B0 on a tty means hang up."""
