@@ -104,8 +104,10 @@ def scan_labelled(data_dir) -> list[Clip]:
                 rest = "_".join(parts[1:]) if len(parts) == 3 else ""
         else:
             label, underscore, rest = path.stem.partition("_")
-            if not underscore or not label:
-                continue
+            if not underscore or not label:  # skipped without a word, it would be missing from every figure
+                raise ValueError(f"{path}: a file directly in {root} is labelled by the start of its name, "
+                                 "`{label}_...`, and this one has none; rename it, put it in a sub-folder named "
+                                 "by its label, or move it out")
             if path.stem.count("_") > 2:  # `lights_on_erin_0`: the label "lights", spoken by "on"?
                 raise ValueError(f"{path}: a name directly in {root} is read as LABEL_SPEAKER_TAKE, and this one has "
                                  "more parts, so its label is unclear (a label or a take holding `_`); put the files "

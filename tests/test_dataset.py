@@ -361,3 +361,12 @@ def test_fsdd_attribution_only_for_fsdd_clips_and_synthesis_only_when_on(tmp_pat
     fuller = training.provenance(FSDD_CLIPS, whole, DIGITS, settings)
     assert fuller["license"] == "CC BY-SA 4.0" and fuller["training_data"].endswith(
         "speakers jackson, lucas, nicolas, theo, yweweler")
+
+
+@pytest.mark.parametrize("name", ["recording.wav", "_x.wav"])
+def test_a_file_directly_in_the_data_folder_without_a_label_is_named_not_skipped(tmp_path, name):
+    """Skipped without a word, it was missing from `basilar eval`'s clips and from training, and nobody knew."""
+    write_clip(tmp_path / "9_ann_0.wav")
+    write_clip(tmp_path / name)
+    with pytest.raises(ValueError, match=f"{name}: a file directly in .* has none; rename it"):
+        dataset.scan_labelled(tmp_path)
