@@ -61,7 +61,21 @@ def verify(bundle_path, trusted_keys):
         from edge.runner import StepRunner
 
         runtime = StepRunner(b).runtime
+    for key in unknown_detector_settings(b.manifest):
+        click.echo(f"warning: the detector setting {key!r} is not one this basilar knows (a newer basilar's, or a "
+                   "typo); it is ignored", err=True)
     click.echo(f"ok: bundle {b.id[:16]}... ({len(b.labels)} labels) verified; one inference ran on {runtime}")
+
+
+def unknown_detector_settings(manifest: dict) -> list[str]:
+    """Keys of the manifest's detector settings that the detector does not read (it ignores them, so that a newer
+    bundle still loads: a hand-edited "threshhold" would pass unseen)."""
+    import dataclasses
+
+    from edge.detector import DetectorSettings
+
+    known = {field.name for field in dataclasses.fields(DetectorSettings)} - {"hop_ms"}
+    return sorted(set(manifest.get("detector") or {}) - known)
 
 
 @bundle.command()

@@ -451,3 +451,16 @@ def test_a_model_file_that_is_no_tflite_model_is_said_so_not_blamed_on_the_runti
     with pytest.raises(BundleError, match="not a TFLite model.*rebuild the bundle") as err:
         load_bundle(bundle_copy)
     assert "no working TFLite interpreter" not in str(err.value)
+
+
+def test_verify_warns_of_a_detector_setting_it_does_not_know(bundle_copy):
+    """Unknown settings are ignored so that newer bundles load; a misspelt one must not pass unseen."""
+    from click.testing import CliRunner
+
+    from firmware_tools.cli import main
+
+    rewrite_manifest(bundle_copy, lambda m: m["detector"].update(threshhold=0.5))
+    result = CliRunner().invoke(main, ["bundle", "verify", str(bundle_copy)])
+    assert result.exit_code == 0 and result.output.startswith("warning: the detector setting 'threshhold' is not one "
+                                                              "this basilar knows"), result.output
+    assert "ok: bundle" in result.output
