@@ -58,10 +58,15 @@ class _HostLink:
 
         self.port, self.baud = port, baud
         try:
-            self.serial = serial.Serial(port, baud, timeout=0.05, write_timeout=5.0)
+            # exclusive: a `basilar telemetry` reading the port would take half of the device's replies
+            self.serial = serial.Serial(port, baud, timeout=0.05, write_timeout=5.0, exclusive=True)
         except ValueError as exc:
             raise SerialDeployError(f"cannot use baud rate {baud} on {port}: {exc}") from None
         except serial.SerialException as exc:
+            if "exclusively lock" in str(exc):
+                raise SerialDeployError(f"serial port {port} is in use by another program (a `basilar telemetry` "
+                                        f"reading it?); stop it (`fuser -v {port}` names it) and deploy "
+                                        "again") from None
             raise SerialDeployError(f"cannot open serial port {port}: {getattr(exc, 'strerror', None) or exc}; "
                                     "check the name (ls /dev/serial/by-id/) and that you are in the dialout "
                                     "group") from None

@@ -516,3 +516,19 @@ def test_a_release_being_installed_again_is_not_pruned_to_make_room_for_itself(t
         assert result.status == UploadStatus.IO_ERROR and "no old release can go" in result.message
         assert store.path_of(ids[0]).stat().st_ino == held  # the very same folder: never removed
         assert (store.current(), store.previous(), store.releases()) == (ids[2], ids[1], ids)
+
+
+def test_a_port_another_program_holds_is_refused_by_name(tmp_path):
+    """A `basilar telemetry` left reading the port would take half of the device's replies to the deploy."""
+    from firmware_tools.serial_deploy import SerialDeployError, _HostLink
+    from firmware_tools.telemetry_reader import open_port
+    from tests.serial_pty import PtyCable
+
+    cable = PtyCable(tmp_path)
+    reader = open_port(cable.host_path, 115200)
+    try:
+        with pytest.raises(SerialDeployError, match=f"serial port {cable.host_path} is in use by another program"):
+            _HostLink(cable.host_path, 115200, None)
+    finally:
+        reader.close()
+        cable.close()
