@@ -138,9 +138,11 @@ class WavData(NamedTuple):
         return None
 
     def overlong(self) -> Lengths | None:
-        """When something other than chunks, ID3 tags or zeros (padding) follows the declared audio: audio the header
-        does not count, which libsndfile would leave out without a word."""
-        if self.byte_rate and not self.open_length and self.present > self.declared and not self.chunks_follow:
+        """When 10 ms or more of something other than chunks, ID3 tags or zeros (padding) follows the declared audio:
+        audio the header does not count, which libsndfile would leave out without a word. Less is no word's worth,
+        and more likely a writer's stray metadata (a chunk cut off at the end) than audio."""
+        tail = self.present - self.declared
+        if self.byte_rate and not self.open_length and tail >= self.byte_rate / 100 and not self.chunks_follow:
             return Lengths(self.declared / self.byte_rate, self.present / self.byte_rate)
         return None
 
@@ -248,7 +250,7 @@ def length_problem(path: str | os.PathLike, wav: WavData | None) -> str | None:
     (`WavData.cut_short`: what is there can be played first). None when it fits, or for any other format."""
     too_long = wav and wav.overlong()
     if too_long:
-        return (f"{path}'s WAV header declares {too_long.declared_s:.2f} s of audio but {too_long.present_s:.2f} s "
+        return (f"{path}'s WAV header declares {too_long.declared_s:.3f} s of audio but {too_long.present_s:.3f} s "
                 "follow it (its writer never went back to fix the header); fix it with "
                 f"`sox --ignore-length {path} fixed.wav`")
     cut = wav and wav.cut_short()

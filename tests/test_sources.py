@@ -307,7 +307,7 @@ def test_a_wav_whose_header_declares_less_than_follows_it_is_refused(tmp_path):
     path = tmp_path / "pywave.wav"
     path.write_bytes(subprocess.run([sys.executable, "-c", PYTHON_WAVE_INTO_A_PIPE], stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL, check=True).stdout)
-    declares = f"{path}'s WAV header declares 0.10 s of audio but 2.00 s follow it"
+    declares = f"{path}'s WAV header declares 0.100 s of audio but 2.000 s follow it"
     fix = f"`sox --ignore-length {path} fixed.wav`"
     with pytest.raises(SourceError, match=re.escape(declares) + ".*" + re.escape(fix)):
         FileSource(path, RATE)
