@@ -137,8 +137,9 @@ class SerialLink:
         try:
             self.link = DeviceLink(port, baud, device_id=device_id, receiver=receiver, store=self.store)
         except Exception as err:  # pyserial's errors name the port and the reason
-            raise click.ClickException(f"cannot open serial port {port} at {baud} baud ({err}); check the name "
-                                       "(ls /dev/tty*) and that this user may use it (group dialout)") from err
+            hint = ("" if "in use by another program" in str(err) else  # the name and the rights are fine then
+                    "; check the name (ls /dev/tty*) and that this user may use it (group dialout)")
+            raise click.ClickException(f"cannot open serial port {port} at {baud} baud ({err}){hint}") from err
         self.emitter = self.link.emitter
 
     def close(self) -> None:
@@ -448,6 +449,9 @@ def service(output, executable, root, audio, user, serial, baud, as_json):
                                  "backslash or a `$`; install basilar elsewhere", param_hint="--exec")
     if not Path(root).is_absolute():  # systemd ignores a relative ReadWritePaths=, and run would resolve it from /
         raise click.BadParameter(f"{root!r}: systemd needs an absolute path", param_hint="--root")
+    if any(ch in root for ch in "\"\\"):  # ReadWritePaths= keeps them as written, where ExecStart= unescapes them
+        raise click.BadParameter(f"{root!r}: a device root holding a double quote or a backslash would reach the "
+                                 "unit's two settings differently; choose another folder", param_hint="--root")
     if audio == "-":
         raise click.BadParameter("systemd gives a service no standard input; listen to mic[:DEVICE] or a file",
                                  param_hint="--input")

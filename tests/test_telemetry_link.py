@@ -551,7 +551,9 @@ def test_what_a_stalled_host_never_got_is_counted_and_said_at_exit(caplog):
     os.close(slave)
     unsent, dropped = link.emitter.unsent_at_close, link.emitter.dropped
     assert received < sent and unsent > 0
-    assert received + unsent + dropped >= sent, (received, unsent, dropped)
+    # every message is received, dropped or unsent (a write that timed out part way counts its frames unsent, some
+    # of which went out; tests/test_telemetry_protocol.py counts a port held exactly), and none counted twice over
+    assert received + unsent + dropped >= sent and unsent + dropped <= sent, (received, unsent, dropped)
     assert f"{unsent} messages may not have reached the host" in caplog.text, caplog.text
 
 

@@ -214,13 +214,9 @@ class TelemetryEmitter:
                 pass
 
     def _queued_messages(self) -> int:
-        count = 0
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return count
-            count += 0 if item is _STOP else len(item[1])
+        """Counted where they wait, not taken out: the writer, once its write ends, still sends them and stops."""
+        with self._queue.mutex:
+            return sum(len(item[1]) for item in self._queue.queue if item is not _STOP)
 
     def __enter__(self):
         return self

@@ -93,6 +93,11 @@ class _Port:
             self._broken(ser, exc)
             return b""
 
+    @property
+    def gone(self) -> bool:
+        """Whether the port failed and has not been reopened (unplugged, or its device node removed)."""
+        return self._serial is None
+
     def close(self) -> None:
         self._broken(self._serial)
 
@@ -178,9 +183,11 @@ class DeviceLink:
         self._reader.join(timeout)
         self.emitter.close(timeout)
         if self.emitter.unsent_at_close:
-            log.warning("telemetry: %d messages may not have reached the host: the serial port took nothing for "
-                        "%g s before exit (is the host reading?)%s", self.emitter.unsent_at_close, timeout,
-                        f"; {self.emitter.dropped} more were dropped earlier" if self.emitter.dropped else "")
+            gone = isinstance(self._port, _Port) and self._port.gone
+            why = ("the serial port was gone (unplugged?) when the run ended" if gone else
+                   f"the serial port took nothing for {timeout:g} s before exit (is the host reading?)")
+            log.warning("telemetry: %d messages may not have reached the host: %s%s", self.emitter.unsent_at_close,
+                        why, f"; {self.emitter.dropped} more were dropped earlier" if self.emitter.dropped else "")
         elif self.emitter.dropped:
             log.warning("telemetry: %d messages were dropped while the serial link was slow or gone (HEALTH "
                         "reports carry the count to the host)", self.emitter.dropped)
