@@ -17,8 +17,9 @@ from firmware_tools.stream_eval import DEFAULT_TOLERANCE_S
 @click.option("--truth", type=click.Path(dir_okay=False, path_type=Path),
               help="CSV with the header label,start_s,end_s: where each word really is [AUDIO demo: its own].")
 @click.option("--non-target", type=click.Path(dir_okay=False, path_type=Path),
-              help="CSV kind,start_s,end_s of the other sounds in AUDIO (kind 'speech' for non-target speech): "
-                   "adds false alarms per minute of non-target speech. make_demo writes one [AUDIO demo: its own].")
+              help="CSV kind,start_s,end_s of the other sounds in AUDIO (kind 'speech' for non-target speech, "
+                   "'noise' for other sounds): adds false alarms per minute of non-target speech. make_demo writes "
+                   "one [AUDIO demo: its own].")
 @click.option("--tolerance-s", type=FloatRange(0, 10), default=DEFAULT_TOLERANCE_S, show_default=True,
               help="A detection may start this long after its word ended and still count.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -44,11 +45,8 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
 
     try:
         words = read_truth(truth)
-        others = read_truth(non_target, header=NON_TARGET_HEADER) if non_target else []
-        if non_target and not others:
-            raise click.ClickException(f"{non_target} lists no stretches of other sound (only its header), so "
-                                       "there is no non-target speech to count false alarms in; give the file "
-                                       "make_demo wrote with this recording, or leave out --non-target")
+        # A file with only its header says the stream has no other sound: 0 s of speech, no rate, as with no words
+        others = read_truth(non_target, header=NON_TARGET_HEADER) if non_target else None
         pipeline = Pipeline.from_bundle(bundle, detector_overrides=detector_overrides(**detector))
         unknown = sorted({w.label for w in words} - set(pipeline.labels))
         if unknown:
@@ -57,7 +55,7 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
         detections, duration = detect_file(pipeline, audio)
     except (TruthFileError, PipelineError, SourceError) as err:
         raise click.ClickException(str(err)) from err
-    for path, rows, what in ((truth, words, "word(s)"), (non_target, others, "stretch(es)")):
+    for path, rows, what in ((truth, words, "word(s)"), (non_target, others or [], "stretch(es)")):
         beyond = [w for w in rows if w.start_s >= duration]
         if beyond:
             raise click.ClickException(f"{path} has {len(beyond)} {what} starting at or after the end of {audio} "
@@ -74,15 +72,18 @@ def format_report(score, audio, bundle_id: str) -> str:
     """The text report. Rates come from the score itself: the JSON's rounded figures, rounded again for the
     text, could differ from it in the last digit (0.8153 -> 0.815 -> "0.81")."""
     report = score.to_dict()
+    # A rate of None had nothing to divide by (no words, no audio): "-", as per minute of no speech below
+    hit_rate = "-" if score.hit_rate is None else f"{100 * score.hit_rate:.1f}%"
+    per_hour = "-" if score.false_alarms_per_hour is None else f"{score.false_alarms_per_hour:.1f}"
     lines = [f"{audio}: {report['duration_s']:.1f} s, {report['words']} words, "
              f"{report['detections']} detections (bundle {bundle_id[:12]})",
-             f"  hits          {report['hits']:4d}  ({100 * score.hit_rate:.1f}%)"]
+             f"  hits          {report['hits']:4d}  ({hit_rate})"]
     named_wrong = report["misses_heard_as_another_label"]
     lines.append(f"  misses        {report['misses']:4d}  ({named_wrong} heard as another label, "
                  f"{report['misses'] - named_wrong} not detected)")
-    lines.append(f"  false alarms  {report['false_alarms']:4d}  ({score.false_alarms_per_hour:.1f} per hour; "
+    lines.append(f"  false alarms  {report['false_alarms']:4d}  ({per_hour} per hour; "
                  f"{report['wrong_label']} with the wrong label on a word)")
-    if score.non_target:
+    if score.non_target is not None:
         per_minute = score.false_alarms_per_speech_minute
         lines.append(f"  in speech     {score.false_alarms_in_speech:4d}  (in {score.speech_s:.1f} s of non-target "
                      f"speech: {'-' if per_minute is None else f'{per_minute:.2f}'} per minute)")

@@ -17,16 +17,22 @@ the earliest detection that qualifies. Then:
 - timing: how far the hits' start and end times are from the word's (absolute errors).
 
 Optionally, the stretches of other sound in the stream (rows `kind,start_s,end_s` in the same CSV format, kind
-`speech` for non-target speech, anything else for other sounds): false alarms that overlap a `speech` stretch by
-the same rule (with the tolerance) are counted per minute of non-target speech, the measure a keyword spotter is
-usually held to. The minutes are those of the union of the `speech` stretches, clipped to the recording: overlapping
-or repeated rows count once, and a stretch running past the end counts only up to it.
+`speech` for non-target speech or `noise` for other sounds, as make_demo writes them, in any case): false alarms
+that overlap a `speech` stretch by the same rule (with the tolerance) are counted per minute of non-target speech,
+the measure a keyword spotter is usually held to. The minutes are those of the union of the `speech` stretches,
+clipped to the recording: overlapping or repeated rows count once, and a stretch running past the end counts only up
+to it.
+
+A rate with nothing to divide by (the hit rate of a stream with no words, false alarms per hour of no audio, per
+minute of no non-target speech) is None, not 0: a stream with no words still measures false alarms.
 """
 from __future__ import annotations
 
+import bisect
 import csv
 import dataclasses
 import functools
+import heapq
 import math
 import sys
 from collections import Counter
@@ -40,6 +46,7 @@ from edge.sinks import Sink
 
 DEFAULT_TOLERANCE_S = 1.0
 SPEECH = "speech"  # the kind of a non-target stretch that is speech
+NON_TARGET_KINDS = (SPEECH, "noise")  # the kinds make_demo writes; another is a typo that would hide speech
 NOTHING = "nothing"  # in `confusions`: a missed word with no detection on it
 
 
@@ -93,6 +100,11 @@ def read_truth(path: str | Path, header: tuple[str, str, str] = TRUTH_HEADER) ->
         if not label or not (math.isfinite(start) and math.isfinite(end)) or not 0 <= start <= end:
             raise TruthFileError(f"{path} line {line}: need a {header[0]} and 0 <= start_s <= end_s, got "
                                  f"{','.join(row)!r}")
+        if header == NON_TARGET_HEADER:
+            if label.lower() not in NON_TARGET_KINDS:
+                raise TruthFileError(f"{path} line {line}: unknown kind {label!r}; the kinds are "
+                                     f"{', '.join(NON_TARGET_KINDS)} (in any case)")
+            label = label.lower()  # "Speech", as a spreadsheet may capitalise it, is speech
         words.append(TruthWord(label, start, end))
     return sorted(words, key=lambda w: (w.start_s, w.end_s))
 
@@ -119,17 +131,19 @@ def _union_s(stretches: Sequence[TruthWord], duration_s: float) -> float:
 
 @dataclasses.dataclass
 class StreamScore:
+    """As score_stream makes it: the misses and false alarms in start order, which the look-ups below rely on."""
+
     duration_s: float
     tolerance_s: float
     hits: list[tuple[TruthWord, Detection]]
     misses: list[TruthWord]
     false_alarms: list[Detection]
     wrong_label: int  # false alarms on (span overlapping span, no tolerance) a word of another label
-    non_target: Sequence[TruthWord] = ()  # stretches of other sound; kind "speech" is non-target speech
+    non_target: Sequence[TruthWord] | None = None  # stretches of other sound (None: not given; [] lists none)
 
     @property
     def speech(self) -> list[TruthWord]:
-        return [s for s in self.non_target if s.label == SPEECH]
+        return [s for s in self.non_target or () if s.label == SPEECH]
 
     @property
     def speech_s(self) -> float:
@@ -137,9 +151,10 @@ class StreamScore:
         return _union_s(self.speech, self.duration_s)
 
     @functools.cached_property
-    def false_alarms_in_speech(self) -> int:  # every false alarm against every stretch: counted once per score
-        speech = self.speech
-        return sum(any(_overlaps(d, s, self.tolerance_s) for s in speech) for d in self.false_alarms)
+    def false_alarms_in_speech(self) -> int:
+        speech = sorted(self.speech, key=lambda s: s.start_s)
+        return sum(any(_overlaps(d, speech[i], self.tolerance_s) for i in near)
+                   for d, near in zip(self.false_alarms, _near(self.false_alarms, speech, self.tolerance_s)))
 
     @property
     def false_alarms_per_speech_minute(self) -> float | None:
@@ -151,12 +166,12 @@ class StreamScore:
         return len(self.hits) + len(self.misses)
 
     @property
-    def hit_rate(self) -> float:
-        return len(self.hits) / self.words if self.words else 0.0
+    def hit_rate(self) -> float | None:
+        return len(self.hits) / self.words if self.words else None
 
     @property
-    def false_alarms_per_hour(self) -> float:
-        return len(self.false_alarms) * 3600.0 / self.duration_s if self.duration_s > 0 else 0.0
+    def false_alarms_per_hour(self) -> float | None:
+        return len(self.false_alarms) * 3600.0 / self.duration_s if self.duration_s > 0 else None
 
     @property
     def latencies_s(self) -> list[float]:
@@ -181,8 +196,8 @@ class StreamScore:
         goes to the miss whose span it overlaps most (no tolerance; ties: the earlier miss), so one false alarm is
         never the heard-as of two misses, nor of a word it only follows."""
         given: dict[int, list[Detection]] = {}
-        for detection in self.false_alarms:
-            overlap, at = max(((_on(detection, w), -i) for i, w in enumerate(self.misses)), default=(0.0, 0))
+        for detection, near in zip(self.false_alarms, _near(self.false_alarms, self.misses)):
+            overlap, at = max(((_on(detection, self.misses[i]), -i) for i in near), default=(0.0, 0))
             if overlap > 0:
                 given.setdefault(-at, []).append(detection)
         return {word: max(given[i], key=lambda d: d.score) if i in given else None
@@ -209,16 +224,17 @@ class StreamScore:
         latencies = self.latencies_s
         latency = ({"mean_s": round(float(np.mean(latencies)), 3), **_spread(latencies, suffix="_s")}
                    if latencies else None)
+        hit_rate, per_hour = self.hit_rate, self.false_alarms_per_hour
         return {
             "duration_s": round(self.duration_s, 3),
             "words": self.words,
             "detections": len(self.hits) + len(self.false_alarms),
             "hits": len(self.hits),
             "misses": len(self.misses),
-            "hit_rate": round(self.hit_rate, 4),
+            "hit_rate": None if hit_rate is None else round(hit_rate, 4),
             "false_alarms": len(self.false_alarms),
             "wrong_label": self.wrong_label,
-            "false_alarms_per_hour": round(self.false_alarms_per_hour, 2),
+            "false_alarms_per_hour": None if per_hour is None else round(per_hour, 2),
             "off_word_false_alarms": len(self.false_alarms) - self.wrong_label,
             "latency": latency,
             "timing": self.timing(),
@@ -236,7 +252,7 @@ class StreamScore:
         return {**dataclasses.asdict(word), "heard_as": None if heard is None else heard.to_dict()}
 
     def _speech_dict(self) -> dict:
-        if not self.non_target:
+        if self.non_target is None:
             return {}
         per_minute = self.false_alarms_per_speech_minute
         return {"non_target_speech_s": round(self.speech_s, 3), "false_alarms_in_speech": self.false_alarms_in_speech,
@@ -244,22 +260,51 @@ class StreamScore:
 
 
 def score_stream(detections: Sequence[Detection], truth: Sequence[TruthWord], duration_s: float,
-                 tolerance_s: float = DEFAULT_TOLERANCE_S, non_target: Sequence[TruthWord] = ()) -> StreamScore:
-    """Match detections to truth words by the rule in this module's docstring."""
+                 tolerance_s: float = DEFAULT_TOLERANCE_S,
+                 non_target: Sequence[TruthWord] | None = None) -> StreamScore:
+    """Match detections to truth words by the rule in this module's docstring. `non_target`: the stretches of other
+    sound (None: none given, so no figures for non-target speech)."""
     pending = sorted(detections, key=lambda d: (d.start_s, d.end_s))
+    words = sorted(truth, key=lambda w: (w.start_s, w.end_s))
+    by_label: dict[str, list[int]] = {}  # indices into `pending`, so each label's in start order
+    for i, detection in enumerate(pending):
+        by_label.setdefault(detection.label, []).append(i)
+    passed = dict.fromkeys(by_label, 0)  # per label, how many of its detections no later word can take
     used = [False] * len(pending)
     hits, misses = [], []
-    for word in sorted(truth, key=lambda w: (w.start_s, w.end_s)):
-        for i, detection in enumerate(pending):
-            if not used[i] and detection.label == word.label and _overlaps(detection, word, tolerance_s):
+    for word in words:
+        # Its earliest detection left that qualifies. Those passed over end before this word starts, so before
+        # every later word does too: each detection is looked at once, not once per word.
+        queue, at = by_label.get(word.label, []), passed.get(word.label, 0)
+        while at < len(queue) and pending[queue[at]].start_s < word.end_s + tolerance_s:
+            i, at = queue[at], at + 1
+            if pending[i].end_s > word.start_s:
                 used[i] = True
-                hits.append((word, detection))
+                hits.append((word, pending[i]))
                 break
         else:
             misses.append(word)
+        passed[word.label] = at
     false_alarms = [d for d, taken in zip(pending, used) if not taken]
-    wrong_label = sum(any(w.label != d.label and _on(d, w) > 0 for w in truth) for d in false_alarms)
-    return StreamScore(duration_s, tolerance_s, hits, misses, false_alarms, wrong_label, list(non_target))
+    wrong_label = sum(any(words[i].label != d.label and _on(d, words[i]) > 0 for i in near)
+                      for d, near in zip(false_alarms, _near(false_alarms, words)))
+    return StreamScore(duration_s, tolerance_s, hits, misses, false_alarms, wrong_label,
+                       None if non_target is None else list(non_target))
+
+
+def _near(events: Sequence[Detection], spans: Sequence[TruthWord], tolerance_s: float = 0.0):
+    """For each of `events` (sorted by start), the indices of the `spans` (sorted by start) it may overlap: every
+    span that starts before the event ends and ends (plus `tolerance_s`) after it starts, and maybe a few more, for
+    the caller's own rule to weed out. A sweep, so the cost is the pairs found, not events x spans."""
+    starts = [s.start_s for s in spans]
+    begun, ongoing = 0, []  # spans starting before the event; a heap of (end + tolerance, index) of those not over
+    for event in events:
+        while begun < len(spans) and spans[begun].start_s < event.start_s:
+            heapq.heappush(ongoing, (spans[begun].end_s + tolerance_s, begun))
+            begun += 1
+        while ongoing and ongoing[0][0] <= event.start_s:  # over before this event starts, so before later ones
+            heapq.heappop(ongoing)
+        yield [i for _, i in ongoing] + list(range(begun, bisect.bisect_left(starts, event.end_s)))
 
 
 class _Collect(Sink):

@@ -1,5 +1,7 @@
 """Stream evaluation: the matching rule, the truth file, and `basilar eval-stream` on the demo."""
 import json
+import math
+import random
 import subprocess
 import sys
 
@@ -339,16 +341,157 @@ def test_the_text_report_rounds_each_rate_once():
     assert "0.0%" in text and "(45.0 per hour;" in text
 
 
-def test_a_non_target_file_that_is_missing_or_empty_is_a_clear_error(tmp_path):
+def test_a_missing_non_target_file_is_a_clear_error(tmp_path):
     args = ["eval-stream", "default", str(DEMO), "--truth", str(DEMO_TRUTH), "--non-target"]
     result = CliRunner().invoke(main, args + [str(tmp_path / "none.csv")])
     assert result.exit_code == 1 and f"non-target file not found: {tmp_path / 'none.csv'}" in result.output
-    (tmp_path / "empty.csv").write_text("kind,start_s,end_s\n")
-    result = CliRunner().invoke(main, args + [str(tmp_path / "empty.csv")])
-    assert result.exit_code == 1 and "lists no stretches of other sound" in result.output
 
 
 def test_trailing_empty_fields_of_a_spreadsheet_are_read(tmp_path):
     path = tmp_path / "truth.csv"
     path.write_text("label,start_s,end_s\n3,1.0,1.5,\n4,2.0,2.5,,\n")
     assert [(w.label, w.start_s, w.end_s) for w in read_truth(path)] == [("3", 1.0, 1.5), ("4", 2.0, 2.5)]
+
+
+def test_a_non_target_kind_is_speech_or_noise_in_any_case(tmp_path):
+    path = tmp_path / "others.csv"
+    path.write_text("kind,start_s,end_s\nSpeech,1.0,2.0\n NOISE ,3.0,4.0\n")
+    assert read_truth(path, header=NON_TARGET_HEADER) == [TruthWord("speech", 1.0, 2.0), TruthWord("noise", 3.0, 4.0)]
+    path.write_text("kind,start_s,end_s\nspeech,1.0,2.0\nspeach,3.0,4.0\n")  # a typo would hide the speech
+    with pytest.raises(TruthFileError, match="line 3: unknown kind 'speach'; the kinds are speech, noise"):
+        read_truth(path, header=NON_TARGET_HEADER)
+    path.write_text("kind,start_s,end_s\nSpeech,0,50\n")
+    result = CliRunner().invoke(main, ["eval-stream", "default", str(DEMO), "--truth", str(DEMO_TRUTH),
+                                       "--non-target", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["non_target_speech_s"] == 50.0
+
+
+def test_a_rate_with_nothing_to_divide_by_is_none_not_zero():
+    from firmware_tools.eval_stream_cmd import format_report
+
+    score = score_stream([det("3", 1.0, 1.5)], [], 60.0, non_target=[])  # no words, and no other sound listed
+    report = score.to_dict()
+    assert report["words"] == 0 and report["hit_rate"] is None and report["false_alarms_per_hour"] == 60.0
+    assert report["latency"] is None and report["timing"] is None
+    assert (report["non_target_speech_s"], report["false_alarms_in_speech"],
+            report["false_alarms_per_speech_minute"]) == (0.0, 0, None)
+    text = format_report(score, "a.wav", "0" * 64)
+    assert "hits             0  (-)" in text and "(60.0 per hour;" in text
+    assert "(in 0.0 s of non-target speech: - per minute)" in text
+    nothing = score_stream([], [], 0.0)  # no audio
+    assert nothing.to_dict()["false_alarms_per_hour"] is None
+    assert "(- per hour;" in format_report(nothing, "a.wav", "0" * 64)
+    assert "non_target_speech_s" not in nothing.to_dict()  # no non-target file given: no such figures
+
+
+def test_header_only_truth_and_non_target_files_are_both_accepted(tmp_path):
+    """A stream with no words, or no other sound, still measures false alarms."""
+    (tmp_path / "words.csv").write_text("label,start_s,end_s\n")
+    (tmp_path / "others.csv").write_text("kind,start_s,end_s\n")
+    args = ["eval-stream", "default", str(DEMO), "--truth", str(tmp_path / "words.csv"),
+            "--non-target", str(tmp_path / "others.csv")]
+    result = CliRunner().invoke(main, args + ["--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["words"] == 0 and report["hit_rate"] is None and report["latency"] is None
+    assert report["false_alarms"] == report["detections"] > 0 and report["false_alarms_per_hour"] > 0
+    assert report["non_target_speech_s"] == 0.0 and report["false_alarms_per_speech_minute"] is None
+    text = CliRunner().invoke(main, args).output
+    assert "(-)" in text and "- per minute" in text
+    silent = tmp_path / "empty.wav"  # no audio at all: no hour to count false alarms per
+    soundfile.write(silent, np.zeros(0, dtype=np.int16), 16000)
+    args[2] = str(silent)
+    report = json.loads(CliRunner().invoke(main, args + ["--json"]).output)
+    assert report["duration_s"] == 0.0 and report["false_alarms_per_hour"] is None
+    assert "(- per hour;" in CliRunner().invoke(main, args).output
+
+
+def reference_score(detections, truth, tolerance_s, speech):
+    """The scorer as first written, every detection against every word: slow on long recordings, but plain enough to
+    be the golden model for the sweeps that replaced it. Returns what the score is built from."""
+    def overlaps(d, w):
+        return d.start_s < w.end_s + tolerance_s and d.end_s > w.start_s
+
+    def on(d, w):
+        return max(0.0, min(d.end_s, w.end_s) - max(d.start_s, w.start_s))
+
+    pending = sorted(detections, key=lambda d: (d.start_s, d.end_s))
+    used = [False] * len(pending)
+    hits, misses = [], []
+    for word in sorted(truth, key=lambda w: (w.start_s, w.end_s)):
+        for i, detection in enumerate(pending):
+            if not used[i] and detection.label == word.label and overlaps(detection, word):
+                used[i] = True
+                hits.append((word, detection))
+                break
+        else:
+            misses.append(word)
+    false_alarms = [d for d, taken in zip(pending, used) if not taken]
+    wrong_label = sum(any(w.label != d.label and on(d, w) > 0 for w in truth) for d in false_alarms)
+    given = {}
+    for detection in false_alarms:
+        overlap, at = max(((on(detection, w), -i) for i, w in enumerate(misses)), default=(0.0, 0))
+        if overlap > 0:
+            given.setdefault(-at, []).append(detection)
+    heard = {word: max(given[i], key=lambda d: d.score) if i in given else None for i, word in enumerate(misses)}
+    in_speech = sum(any(overlaps(d, s) for s in speech) for d in false_alarms)
+    return hits, misses, false_alarms, wrong_label, heard, in_speech
+
+
+def random_stream(rng):
+    """Words that may overlap or touch, detections anywhere and on the matching window's edges, few labels (so
+    wrong labels and ties), on a 0.25 s grid half the time (equal times) or at any float."""
+    grid = rng.random() < 0.5
+
+    def span(longest):
+        start, length = rng.uniform(0, 20), rng.uniform(0, longest)
+        if grid:
+            start, length = round(start * 4) / 4, round(length * 4) / 4
+        return start, start + length
+
+    tolerance = rng.choice([0.0, 0.5, 1.0])
+    labels = "123"[:rng.randint(1, 3)]
+    truth = [TruthWord(rng.choice(labels), *span(2.0)) for _ in range(rng.randint(0, 12))]
+    detections = [Detection(rng.choice(labels), rng.choice([0.9, 0.9, rng.random()]), *span(1.5))
+                  for _ in range(rng.randint(0, 12))]
+    for word in rng.sample(truth, min(len(truth), 3)):  # just inside or outside the window, or on its edge
+        start = rng.choice([word.end_s + tolerance, math.nextafter(word.end_s + tolerance, 0), word.start_s])
+        end = rng.choice([word.start_s, math.nextafter(word.start_s, 99), max(start, word.end_s)])
+        detections.append(Detection(rng.choice(labels), 0.9, min(start, end), max(start, end), detected_s=end + 0.1))
+    others = [TruthWord(rng.choice(["speech", "noise"]), *span(4.0)) for _ in range(rng.randint(0, 4))]
+    return detections, truth, tolerance, others
+
+
+def test_the_scorer_gives_what_the_plain_every_pair_scorer_gives():
+    rng = random.Random(7)
+    seen = [0] * 6
+    for case in range(200):
+        detections, truth, tolerance, others = random_stream(rng)
+        score = score_stream(detections, truth, 30.0, tolerance, others)
+        hits, misses, false_alarms, wrong_label, heard, in_speech = reference_score(
+            detections, truth, tolerance, [s for s in others if s.label == "speech"])
+        assert [(w, id(d)) for w, d in score.hits] == [(w, id(d)) for w, d in hits], case  # the very same detections
+        assert score.misses == misses, case
+        assert [id(d) for d in score.false_alarms] == [id(d) for d in false_alarms], case
+        assert score.wrong_label == wrong_label, case
+        assert {w: id(score.heard_as(w)) for w in score.misses} == {w: id(d) for w, d in heard.items()}, case
+        assert score.false_alarms_in_speech == in_speech, case
+        for i, count in enumerate([len(hits), len(misses), len(false_alarms), wrong_label,
+                                   sum(d is not None for d in heard.values()), in_speech]):
+            seen[i] += count
+    assert min(seen) > 50, seen  # the cases had hits, misses, false alarms, wrong labels, heard-as and speech
+
+
+def test_a_long_recording_is_scored_in_full():
+    """Eleven hours: 20,000 words 2 s apart, each detected with the wrong label, a stretch of speech after each.
+    (Every false alarm against every miss once took minutes here.)"""
+    n = 20_000
+    words = [TruthWord(str(i % 10), 2.0 * i, 2.0 * i + 0.5) for i in range(n)]
+    detections = [det(str((i + 1) % 10), 2.0 * i + 0.1, 2.0 * i + 0.6) for i in range(n)]
+    speech = [TruthWord("speech", 2.0 * i + 0.55, 2.0 * i + 1.0) for i in range(n)]
+    report = score_stream(detections, words, 2.0 * n, non_target=speech).to_dict()
+    assert report["hits"] == 0 and report["misses"] == report["false_alarms"] == report["wrong_label"] == n
+    assert report["misses_heard_as_another_label"] == report["false_alarms_in_speech"] == n
+    assert report["confusions"]["3"] == {"4": n // 10}
+    assert report["missed"][-1]["heard_as"]["start_s"] == 2.0 * (n - 1) + 0.1
