@@ -514,32 +514,14 @@ def test_live_table_shows_device_health_counters_and_recent_detections():
     assert [row.split()[1:3] for row in rows] == [["no", "1.000"], ["yes", "0.800"], ["no", "0.800"]]
 
 
-class HeldPort:
-    """A port whose first write does not return until released (a host that stopped reading, then reads again)."""
-
-    def __init__(self):
-        self.release = threading.Event()
-        self.buffer = io.BytesIO()
-        self.writes = 0
-
-    def write(self, data):
-        self.writes += 1
-        if self.writes == 1:
-            self.release.wait(30)
-        return self.buffer.write(data)
-
-    def flush(self):
-        pass
-
-
 def test_close_counts_what_a_stuck_port_holds_and_leaves_the_writer_to_send_it_and_end():
     """What is counted as unsent at close is the write under way and what waits behind it, exactly; and counting
     it must not take it (or the stop) from the queue: the writer, once the port takes its write, sends the rest and
     ends, where before it waited on an empty queue for good."""
-    port = HeldPort()
+    port = StuckPort()
     emitter = TelemetryEmitter.from_stream(port, device_id="dev", queue_size=100)
     emitter.detection(0, 0.5, 0, 1)
-    wait_for(lambda: port.writes == 1)
+    assert port.entered.wait(5)  # the writer now hangs in write()
     for i in range(1, 11):
         emitter.detection(0, 0.5, i, i + 1)
     emitter.close(timeout=0.3)
