@@ -6,11 +6,13 @@ frame: the background class before a word, the word's label around its end, and 
 """
 import dataclasses
 import hashlib
+import os
 import random
 import re
 import shutil
 import subprocess
 import tempfile
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +81,23 @@ class Clip:
 UNKNOWN_SPEAKER = "unknown"  # a clip whose name does not say who speaks: always trained on, never held out
 
 
+def files_under(root: Path) -> list[Path]:
+    """Every file under root, sorted, following links to folders (a label folder may be one; `Path.rglob` passes
+    them by without a word) but never a link back up into a folder it is already in."""
+    files, ancestors = [], {str(root): {os.path.realpath(root)}}
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        above = ancestors.pop(folder)
+        kept = []
+        for name in sorted(dirs):
+            real = os.path.realpath(os.path.join(folder, name))
+            if real not in above:  # a loop otherwise
+                ancestors[os.path.join(folder, name)] = above | {real}
+                kept.append(name)
+        dirs[:] = kept
+        files += [Path(folder) / name for name in names]
+    return sorted(files)
+
+
 def scan_labelled(data_dir) -> list[Clip]:
     """Audio files labelled by the sub-folder they are in (the first folder under data_dir: `yes/alice/1.wav` is
     "yes") or, directly in data_dir, by a leading `{label}_` in the file name.
@@ -91,7 +110,9 @@ def scan_labelled(data_dir) -> list[Clip]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder of labelled audio files")
     clips = []
-    for path in sorted(root.rglob("*")):
+    for path in files_under(root):
+        if path.is_symlink() and not path.exists() and path.suffix.lower() in AUDIO_SUFFIXES:
+            raise ValueError(f"{path} is a link to nothing (what it pointed at is gone); mend the link or remove it")
         if not is_user_audio(path, root):
             continue
         folders = path.relative_to(root).parts[:-1]
@@ -117,7 +138,9 @@ def scan_labelled(data_dir) -> list[Clip]:
                              "makes itself; rename the folder to the word it holds, or move it out of "
                              f"{root} (recordings of no target word go to --speech-dir)")
         speaker, underscore, take = rest.partition("_")
-        clips.append(Clip(path, label, speaker if speaker and underscore and take else UNKNOWN_SPEAKER))
+        speaker = speaker if speaker and underscore and take else UNKNOWN_SPEAKER
+        # One form of each name: a Mac writes "ü" as u and a combining mark, which would make another label
+        clips.append(Clip(path, unicodedata.normalize("NFC", label), unicodedata.normalize("NFC", speaker)))
     if not clips:
         raise ValueError(f"no labelled audio in {root}: name files `{{label}}_....wav` or put them in one "
                          f"sub-folder per label ({', '.join(AUDIO_SUFFIXES)})")
@@ -152,6 +175,16 @@ def read_clip(path, sample_rate: int) -> np.ndarray:
         raise ValueError(f"{path} is too short: its {len(data)} samples at {rate} Hz leave nothing at {sample_rate} "
                          "Hz; record it again or leave it out")
     return out
+
+
+def read_labelled_clip(clip: Clip, sample_rate: int) -> np.ndarray:
+    """A labelled clip's audio (read_clip); one of digital silence is refused by name: trained on, it would teach
+    silence as its label, and scored, it would say nothing of how the word is heard."""
+    audio = read_clip(clip.path, sample_rate)
+    if not np.any(audio):
+        raise ValueError(f"{clip.path} holds only digital silence (every sample 0), no {clip.label!r}; record it "
+                         "again or leave it out")
+    return audio
 
 
 def to_int16(x: np.ndarray) -> np.ndarray:

@@ -370,3 +370,35 @@ def test_a_file_directly_in_the_data_folder_without_a_label_is_named_not_skipped
     write_clip(tmp_path / name)
     with pytest.raises(ValueError, match=f"{name}: a file directly in .* has none; rename it"):
         dataset.scan_labelled(tmp_path)
+
+
+def test_a_label_folder_that_is_a_link_is_read_and_a_link_back_up_is_no_loop(tmp_path):
+    """`Path.rglob` passed a linked folder by: a whole label went missing from training without a word."""
+    write_clip(tmp_path / "store" / "7" / "7_ann_0.wav")
+    write_clip(tmp_path / "data" / "8" / "8_ann_0.wav")
+    (tmp_path / "data" / "7").symlink_to(tmp_path / "store" / "7")
+    (tmp_path / "store" / "7" / "up").symlink_to(tmp_path / "data")  # a loop, if followed
+    found = sorted((c.label, c.path.name) for c in dataset.scan_labelled(tmp_path / "data"))
+    assert found == [("7", "7_ann_0.wav"), ("8", "8_ann_0.wav")]
+
+
+def test_a_link_to_no_clip_is_named(tmp_path):
+    write_clip(tmp_path / "8_ann_0.wav")
+    (tmp_path / "7_ann_0.wav").symlink_to(tmp_path / "gone.wav")
+    with pytest.raises(ValueError, match="7_ann_0.wav is a link to nothing"):
+        dataset.scan_labelled(tmp_path)
+
+
+def test_a_label_is_one_label_however_its_unicode_is_written(tmp_path):
+    """A Mac writes "ü" as "u" and a combining diaeresis (NFD): the same word would be two labels."""
+    write_clip(tmp_path / "gr\u00fcn" / "a.wav")
+    write_clip(tmp_path / "gru\u0308n" / "b.wav")  # another folder to the file system
+    assert len(list(tmp_path.iterdir())) == 2
+    assert {c.label for c in dataset.scan_labelled(tmp_path)} == {"gr\u00fcn"}
+
+
+def test_a_silent_labelled_clip_is_refused_by_name(tmp_path):
+    write_clip(tmp_path / "2_ann_0.wav", value=0.0)
+    [clip] = dataset.scan_labelled(tmp_path)
+    with pytest.raises(ValueError, match="2_ann_0.wav holds only digital silence .* no '2'"):
+        dataset.read_labelled_clip(clip, 8000)
