@@ -301,7 +301,7 @@ def parse_channels(ctx, param, value: str) -> list[int]:
 @click.command()
 @click.option("--seconds", type=FloatRange(0.05, 600), default=10.0, show_default=True,
               help="Length of the noise each implementation processes.")
-@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True, help="Best of this many runs.")
+@click.option("--repeats", type=click.IntRange(1, 1000), default=5, show_default=True, help="Best of this many runs.")
 @click.option("--channels", default="32,64", show_default=True, callback=parse_channels,
               help="Comma-separated channel counts.")
 @click.option("--cpu", type=int, default=None, help="CPU to pin to [default: the last one available].")

@@ -32,8 +32,9 @@ def load_audio(path: Path, sample_rate: int) -> np.ndarray:
 
     with FileSource(path, sample_rate) as source:
         chunks = list(source.chunks())
-    if not chunks:
-        raise SourceError(f"{path} holds no audio; give a recording to stream with --audio")
+    if not chunks:  # a file of a few samples leaves none at the bundle's rate
+        raise SourceError(f"{path} holds no audio at {sample_rate} Hz (it is empty or too short); give a recording "
+                          "to stream with --audio")
     return np.concatenate(chunks)
 
 

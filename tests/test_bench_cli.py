@@ -101,6 +101,7 @@ def test_text_report_reads_as_a_table():
                                            (["--channels", ","], "names no channel count"),
                                            (["--seconds", "nan"], "'nan' is not a finite number"),
                                            (["--accuracy-seconds", "1e9"], "is not in the range 0.05<=x<=600"),
+                                           (["--repeats", "1000000000"], "is not in the range 1<=x<=1000"),  # hung
                                            (["--no-speed"], "--no-speed leaves nothing to measure")])
 def test_bad_options_are_clear_errors(args, message):
     if args[0] == "--cpu" and not hasattr(os, "sched_setaffinity"):

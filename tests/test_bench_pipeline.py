@@ -107,11 +107,13 @@ def test_bench_run_with_a_missing_bundle_is_a_clear_error():
     assert result.returncode == 1 and "no bundle at no/such/bundle" in result.stderr
 
 
-def test_bench_run_on_an_empty_recording_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("samples, rate", [(0, 8000), (1, 44100)])  # one sample at 44.1 kHz is none at 8 kHz
+def test_bench_run_on_an_empty_or_too_short_recording_is_a_clear_error(tmp_path, samples, rate):
     empty = tmp_path / "empty.wav"
-    soundfile.write(empty, np.zeros(0, np.int16), 8000)
+    soundfile.write(empty, np.zeros(samples, np.int16), rate)
     result = bench("run", "--audio", empty, "--seconds", 1, "--hop-seconds", 1)
-    assert result.returncode == 1 and f"{empty} holds no audio" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{empty} holds no audio at 8000 Hz (it is empty or too short)" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("rate", [None, 44100])
