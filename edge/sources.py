@@ -13,11 +13,13 @@ Every problem is a `SourceError` whose message names the input, what is wrong an
 """
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import re
 import select
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +35,7 @@ from edge.wav_header import (ID3V2_HEAD, KNOWN_CHUNKS, RIFF_LIMIT, TrueSizeWav, 
 
 DEFAULT_CHUNK_MS = 100
 IDLE_TICK_S = 1.0  # a live source that delivers nothing for this long yields an empty chunk
+CLOSE_WAIT_S = 2.0  # how long closing a microphone may wait for PortAudio
 RATES = (1000, 384000)  # the input sample rates read, Hz (as --rate takes): a header saying 1 Hz is damaged
 # Little-endian sample encodings: (numpy type, full scale, bytes a sample); S24_3LE is read into the top of an int32
 SAMPLES = {"S16_LE": ("<i2", 2.0**15, 2), "S32_LE": ("<i4", 2.0**31, 4), "FLOAT_LE": ("<f4", 1.0, 4),
@@ -652,11 +655,23 @@ class MicSource(AudioSource):
         return round(gap * self.sample_rate / self.rate)
 
     def close(self) -> None:
-        try:
-            self._stream.stop()
-            self._stream.close()
-        except Exception:  # the device may already be gone; nothing more to release
-            pass
+        """Stop the stream, waiting CLOSE_WAIT_S at most: a device stuck in a read holds PortAudio's stop until it
+        returns, perhaps never, and the run must still end and say why (a service is then restarted)."""
+        def shut():
+            try:
+                self._stream.abort()  # what is still buffered is not wanted: the run is ending
+                self._stream.close()
+            except Exception:  # the device may already be gone; nothing more to release
+                pass
+
+        closer = threading.Thread(target=shut, name="microphone-close", daemon=True)
+        closer.start()
+        closer.join(CLOSE_WAIT_S)
+        sd = sys.modules.get("sounddevice")
+        if closer.is_alive() and sd is not None:
+            # sounddevice terminates PortAudio at exit, which would wait on this stream for good as well; the
+            # system releases the device when the process ends
+            atexit.unregister(getattr(sd, "_exit_handler", lambda: None))
 
 
 def import_sounddevice():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -855,3 +856,38 @@ def test_a_quiet_producer_after_a_wav_streams_declared_audio_still_gets_idle_tic
     os.close(write_end)
     assert not reader.is_alive(), "no idle tick while the producer was quiet"
     assert sum(got) == RATE // 2 and got[-1] == 0
+
+
+def test_a_microphone_that_stalls_ends_the_run_with_its_reason_not_a_hang(tmp_path):
+    """A capture device whose read never returns held PortAudio's stop, so `basilar run` hung with nothing said
+    (and a stop signal could not end it): a service stayed deaf instead of being restarted."""
+    alsa_test_device(tmp_path, np.zeros(16, np.int16))  # skips where PortAudio is missing
+    fifo = tmp_path / "stalled.raw"
+    os.mkfifo(fifo)
+    env = alsa_file_device(tmp_path, np.zeros(0, np.int16))
+    (tmp_path / "device.conf").write_text(ALSA_FILE_DEVICE.format(infile=fifo))
+    run = subprocess.Popen([sys.executable, "-m", "firmware_tools.cli", "run", "mic:basilar_test_mic"], env=env,
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    audio = (sine(440, 1.0, RATE) * 20000).astype("<i2").tobytes()
+    deadline = time.monotonic() + 30
+    while True:  # 1 s of audio once the device reads the FIFO, then nothing, never closed
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1] if run.poll() else "no read"
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # fails until a reader has it open
+        except OSError:
+            time.sleep(0.05)
+            continue
+        os.set_blocking(writer, True)
+        try:
+            os.write(writer, audio)
+            break
+        except BrokenPipeError:  # PortAudio opened the device once to probe it, and closed it
+            os.close(writer)
+    try:
+        _, stderr = run.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        run.kill()
+        pytest.fail("basilar run hung on a stalled microphone")
+    finally:
+        os.close(writer)
+    assert run.returncode == 1 and "no audio from microphone 'basilar_test_mic' for 2 s" in stderr, stderr
