@@ -36,6 +36,7 @@ from edge.wav_header import (ID3V2_HEAD, KNOWN_CHUNKS, RIFF_LIMIT, TrueSizeWav, 
 DEFAULT_CHUNK_MS = 100
 IDLE_TICK_S = 1.0  # a live source that delivers nothing for this long yields an empty chunk
 CLOSE_WAIT_S = 2.0  # how long closing a microphone may wait for PortAudio
+MAX_MEASURED_GAP_S = 3600.0  # a longer jump of PortAudio's clock across an overrun is no measure of a gap
 RATES = (1000, 384000)  # the input sample rates read, Hz (as --rate takes): a header saying 1 Hz is damaged
 # Little-endian sample encodings: (numpy type, full scale, bytes a sample); S24_3LE is read into the top of an int32
 SAMPLES = {"S16_LE": ("<i2", 2.0**15, 2), "S32_LE": ("<i4", 2.0**31, 4), "FLOAT_LE": ("<f4", 1.0, 4),
@@ -588,6 +589,7 @@ class MicSource(AudioSource):
         self.overruns = 0
         self.dropped_samples = 0
         self._lost_since_put = 0  # input samples dropped since the last block that made it into the queue
+        self._next_adc = 0.0  # when the next block's first frame is due, on PortAudio's clock (0: unknown)
         self._gap = 0  # input samples lost before the block chunks() yielded last
         self._timeout = silence_timeout_s
         self._finished = False
@@ -611,8 +613,16 @@ class MicSource(AudioSource):
 
     def _on_audio(self, indata, frames, time_info, status) -> None:
         """PortAudio's thread: hand a copy of the block over; never block here."""
+        adc = getattr(time_info, "inputBufferAdcTime", 0.0) or 0.0  # when the block's first frame was sampled
         if status and getattr(status, "input_overflow", False):
-            self.overruns += 1  # PortAudio itself lost input
+            self.overruns += 1  # PortAudio itself lost input (the process was stopped or starved)
+            # As much as the ADC clock moved past where this block should have begun: the detections after the
+            # gap then keep their times (0 where the host API gives no times; the loss is counted, not measured)
+            missing = round((adc - self._next_adc) * self.rate) if self._next_adc and adc else 0
+            if 0 < missing <= MAX_MEASURED_GAP_S * self.rate:
+                self.dropped_samples += missing
+                self._lost_since_put += missing
+        self._next_adc = adc + frames / self.rate if adc else 0.0
         try:
             # Each block carries the audio lost just before it: the gap sits there in the stream, not where the
             # processing thread happens to be when the loss is counted.

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import types
 import time
 
 import numpy as np
@@ -699,8 +700,11 @@ class ScriptedStream:
     def close(self):
         pass
 
-    def deliver(self, block: np.ndarray):
-        self.callback(block.reshape(-1, 1), len(block), None, None)
+    def deliver(self, block: np.ndarray, adc_s: float = 0.0, overflow: bool = False):
+        """adc_s: when its first frame was sampled (PortAudio's inputBufferAdcTime; 0 where a host API gives none);
+        overflow: PortAudio lost input before it (an xrun)."""
+        time_info = types.SimpleNamespace(inputBufferAdcTime=adc_s)
+        self.callback(block.reshape(-1, 1), len(block), time_info, types.SimpleNamespace(input_overflow=overflow))
 
     def unplug(self):
         self.active = False
@@ -726,6 +730,25 @@ def test_microphone_blocks_pass_through_a_bounded_queue_and_overruns_are_counted
     assert source.take_gap() == 3200 and source.take_gap() == 0
     source.stop.set()
     assert list(chunks) == []
+
+
+def test_input_lost_in_an_xrun_is_measured_on_the_adc_clock_so_later_times_stay_right():
+    """The process stopped or starved: ALSA overran, 3 s of blocks never came, and the next one carries
+    input_overflow. Counted as one block, the detections after it were all 3 s early."""
+    streams = []
+    source = MicSource(None, RATE, stream_factory=lambda **kw: streams.append(ScriptedStream(**kw)) or streams[-1])
+    chunks = source.chunks()
+    block = np.ones(1600, dtype=np.int16)
+    for i in range(3):  # 0.1 s blocks, on time
+        streams[0].deliver(block, adc_s=100.0 + i * 0.1)
+        next(chunks)
+        assert source.take_gap() == 0
+    streams[0].deliver(block, adc_s=100.3 + 3.0, overflow=True)
+    next(chunks)
+    assert source.take_gap() == 3 * RATE and source.overruns == 1 and source.dropped_samples == 3 * RATE
+    streams[0].deliver(block, adc_s=0.0, overflow=True)  # a host API without times: counted, not measured
+    next(chunks)
+    assert source.take_gap() == 0 and source.overruns == 2
 
 
 def test_a_microphone_that_disappears_mid_stream_is_a_clear_error():
