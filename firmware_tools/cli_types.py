@@ -3,6 +3,8 @@ import math
 
 import click
 
+from edge.telemetry import BAUD_RANGE
+
 
 class FloatRange(click.FloatRange):
     """click's FloatRange, refusing NaN and infinities: every comparison with NaN is false, so click's own range
@@ -15,6 +17,4 @@ class FloatRange(click.FloatRange):
         return number
 
 
-# A serial line's speed: B0 hangs a real tty up; past the rates Linux names (B4000000) pyserial asks the driver for a
-# custom rate (USB adapters run at 6 or 12 Mbaud), up to the largest its termios call takes (2^31 - 1).
-BAUD_RATES = click.IntRange(50, 2**31 - 1)
+BAUD_RATES = click.IntRange(*BAUD_RANGE)  # a serial line's speed (edge.telemetry.BAUD_RANGE says why)

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from edge.bundle import pack_bundle
 from edge.releases import ReleaseStore
 from edge.signing import generate_keypair
-from edge.telemetry.protocol import (FLAG_RESTART, Health, UploadAck, UploadBegin, UploadChunk, UploadEnd,
-                                     UploadResult, UploadStatus)
+from edge.telemetry.protocol import (FLAG_RESTART, Health, StreamDecoder, UploadAck, UploadBegin, UploadChunk,
+                                     UploadEnd, UploadResult, UploadStatus)
 from edge.telemetry.upload import UploadReceiver
 from firmware_tools.cli import main as cli
 from firmware_tools.line_noise import Corruption
@@ -427,6 +427,48 @@ def test_the_agent_refuses_to_keep_fewer_than_two_releases(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         agent_main([str(tmp_path / "port"), "--root", str(tmp_path / "root"), "--keep", "1"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--health-interval", "-1"], "-1: seconds, 0 or more"),  # waited no time between reports: flooded the line
+    (["--health-interval", "nan"], "nan: seconds, 0 or more"),
+    (["--baud", "0"], "0: a line speed from 50 up"),  # B0 hangs a real tty up
+])
+def test_the_agent_refuses_settings_that_flood_or_hang_up_the_line(tmp_path, capsys, args, message):
+    from edge.telemetry.agent import main as agent_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        agent_main([str(tmp_path / "port"), "--root", str(tmp_path / "root"), *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_agent_refuses_a_root_that_is_a_file_at_once(tmp_path, capsys):
+    """Not at the first upload, as a storage failure."""
+    from edge.telemetry.agent import main as agent_main
+
+    (tmp_path / "root").write_text("not a folder")
+    assert agent_main([str(tmp_path / "port"), "--root", str(tmp_path / "root")]) == 2
+    assert "--root" in capsys.readouterr().err
+
+
+def test_an_agent_without_health_reports_waits_to_be_stopped(tmp_path):
+    """--health-interval 0: no HEALTH at all (a wait of 0 s between them would be a flood)."""
+    import io
+
+    from edge.telemetry.agent import DeviceAgent
+
+    line = io.BytesIO()
+    agent = DeviceAgent(None, tmp_path / "root", health_interval=0, stream=line)
+    runner = threading.Thread(target=agent.run)
+    runner.start()
+    time.sleep(0.3)
+    agent.stop()
+    runner.join(5)
+    assert not runner.is_alive()
+    sent = line.getvalue()  # closing the agent closes its stream
+    agent.close()
+    frames = StreamDecoder().feed(sent)
+    assert frames and not any(isinstance(f.message, Health) for f in frames)  # HELLO went out, no HEALTH
 
 
 def test_a_release_damaged_on_the_device_is_mended_by_installing_it_again(tmp_path, archives):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import socket
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 from edge import __version__
-from edge.telemetry import DEFAULT_BAUD
+from edge.telemetry import BAUD_RANGE, DEFAULT_BAUD
 from edge.telemetry.link import DeviceLink
 from edge.telemetry.protocol import LogLevel
 from edge.telemetry.upload import release_store_receiver
@@ -74,6 +75,8 @@ class DeviceAgent:
     def run(self) -> None:
         """Report health until stop() is called."""
         cpu_then, wall_then = time.process_time(), time.monotonic()
+        if not self.health_interval:  # no reports: only wait to be stopped
+            self._stop.wait()
         while not self._stop.wait(self.health_interval):
             cpu_now, wall_now = time.process_time(), time.monotonic()
             cpu_load = (cpu_now - cpu_then) / max(wall_now - wall_then, 1e-6)
@@ -95,13 +98,28 @@ def _at_least_two(text: str) -> int:
     return value
 
 
+def _baud(text: str) -> int:
+    value = int(text)
+    if not BAUD_RANGE[0] <= value <= BAUD_RANGE[1]:  # B0 would hang a real tty up
+        raise argparse.ArgumentTypeError(f"{value}: a line speed from {BAUD_RANGE[0]} up, e.g. {DEFAULT_BAUD}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:  # a negative wait is no wait: the loop would flood the line
+        raise argparse.ArgumentTypeError(f"{text}: seconds, 0 or more (0: no health reports)")
+    return value
+
+
 def command_line() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python3 -m edge.telemetry.agent", description=__doc__.split("\n\n")[0])
     parser.add_argument("port", help="the device's serial port, e.g. /dev/ttyGS0 or /dev/ttyAMA0")
     parser.add_argument("--root", required=True, help="the device root holding releases/ and current")
-    parser.add_argument("--baud", type=int, default=DEFAULT_BAUD)
+    parser.add_argument("--baud", type=_baud, default=DEFAULT_BAUD)
     parser.add_argument("--device-id", help="name sent in HELLO (default: the host name)")
-    parser.add_argument("--health-interval", type=float, default=5.0, help="seconds between HEALTH reports")
+    parser.add_argument("--health-interval", type=_seconds, default=5.0, help="seconds between HEALTH reports (0: "
+                        "none)")
     parser.add_argument("--keep", type=_at_least_two, default=3, help="releases kept after an upload (2 or more: "
                         "the current one and the previous one are always kept)")
     return parser
@@ -110,6 +128,10 @@ def command_line() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = command_line().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if os.path.exists(args.root) and not os.path.isdir(args.root):  # else only the first upload would say so
+        print(f"error: --root {args.root} is not a folder; give the device root (it is made on the first upload)",
+              file=sys.stderr)
+        return 2
     if not os.path.exists(args.port):
         print(f"error: serial port {args.port} does not exist; check the name (ls /dev/tty*)", file=sys.stderr)
         return 2
