@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 from edge import __version__
-from edge.bundle import MANIFEST, SCHEMA_VERSION, file_sha256, load_bundle
+from edge.bundle import MANIFEST, SCHEMA_VERSION, BundleError, bundle_id, file_sha256, load_bundle
 from edge.frontend import OUTPUT_SCALE_DB, OUTPUT_ZERO_POINT, FrontendConfig
 from firmware_tools.dataset import BACKGROUND
 
@@ -66,6 +66,22 @@ def check_destination(out_dir) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
         raise ValueError(f"{out} already exists and is not a basilar bundle (it has no {MANIFEST}); nothing was "
                          "written: write the bundle to a new folder")
+
+
+def check_archive_destination(archive) -> None:
+    """As check_destination, for a bundle archive: it may replace an earlier bundle archive (or an empty file),
+    never another file."""
+    out = Path(archive)
+    if not out.exists() or (out.is_file() and out.stat().st_size == 0):
+        return
+    try:
+        if out.is_file():
+            bundle_id(out)  # reads its manifest: a bundle archive, however damaged its other files
+            return
+    except BundleError:
+        pass
+    raise ValueError(f"{out} already exists and is not a basilar bundle archive (it has no {MANIFEST}); nothing was "
+                     "written: write the archive to a new file")
 
 
 def make_bundle(out_dir, step_model_path, config: FrontendConfig, labels: list[str], *, spec: dict,

@@ -60,42 +60,103 @@ def convert(model, calibration_dir, out_path, labels, name, threshold, smoothing
 def run_convert(model, calibration_dir, out_path, labels=None, name=None, detector=None) -> dict:
     import tempfile
 
-    import keras
-
     from edge.bundle import pack_bundle
-    from edge.frontend import FrontendConfig
     from firmware_tools import bundler, dataset, evaluate, pipeline
     from firmware_tools.training import DEFAULT_FRONTEND, label_order
 
+    # Everything that can be refused is refused before the conversion, which takes a while
     archive = str(out_path).endswith((".tar.gz", ".tgz"))
-    if not archive:
-        bundler.check_destination(out_path)  # before the conversion, which takes a while
+    parent = Path(out_path).parent
+    if not parent.is_dir():
+        raise ValueError(f"--out {out_path}: there is no folder {parent}; nothing was written: create it first "
+                         f"(mkdir -p {parent}) or choose another --out")
+    if archive:
+        bundler.check_archive_destination(out_path)
+    else:
+        bundler.check_destination(out_path)
     clips = dataset.scan_labelled(calibration_dir)
     sidecar = pipeline.read_sidecar(model) or {}
     name = name or sidecar.get("name") or "model"
     if labels:
-        labels = [s.strip() for s in labels.split(",") if s.strip()]
+        labels = parse_labels(labels)
         recorded = sidecar.get("labels")
         if recorded and labels != recorded:  # each name would be attached to another output of the model
             raise ValueError(f"--labels {','.join(labels)} differ from the labels {model} was trained with, in its "
                              f"output order: {','.join(recorded)}; leave out --labels")
     else:
         labels = sidecar.get("labels") or label_order(clips)
-    config = FrontendConfig.from_dict(sidecar["frontend"]) if "frontend" in sidecar else DEFAULT_FRONTEND
+    config = pipeline.sidecar_frontend(model, sidecar, DEFAULT_FRONTEND)
+    window = load_window_model(model)
+    if window:
+        check_features(model, window, config, "frontend" in sidecar)
     clips = [c for c in clips if c.label in labels]
     if not clips:
         raise ValueError(f"no calibration clips carry the model's labels {labels}")
     calibration, rest = pipeline.split_calibration(clips)
+    check_clips = rest[:300] or calibration
+    for clip in check_clips:  # a silent clip is refused now, not after the conversion (calibration's are read first)
+        dataset.read_labelled_clip(clip, config.sample_rate)
     with tempfile.TemporaryDirectory(prefix="basilar-bundle-") as tmp:
         bundle_dir = Path(tmp) / "bundle" if archive else Path(out_path)
         bundle, conversion = pipeline.convert_into_bundle(model, calibration, bundle_dir, config, labels,
                                                           provenance=sidecar.get("provenance", {}), name=name,
                                                           detector=detector)
-        window = keras.saving.load_model(model) if str(model).endswith(".keras") else None
         agreement = {}
         if window:  # on clips the int8 ranges were not calibrated on, when there are any (64 or fewer: none)
-            on = "held-out clips" if rest else "calibration clips (too few clips to keep any out)"
-            agreement = {"on": on, **evaluate.float_int8_agreement(window, bundle, rest[:300] or calibration)}
+            # They are kept out of calibration only: the model may well have trained on them
+            on = "clips not used for calibration (they may be training clips)" if rest \
+                else "calibration clips (too few clips to keep any out)"
+            agreement = {"on": on, **evaluate.float_int8_agreement(window, bundle, check_clips)}
         bundle_id = pack_bundle(bundle_dir, out_path) if archive else bundle.id
     return {"bundle": str(out_path), "bundle_id": bundle_id, "model_size_bytes": conversion["size_bytes"],
             "labels": labels, "float_vs_int8": agreement}
+
+
+def parse_labels(text: str) -> list[str]:
+    """--labels as a list: refused when it names no label, the background class or a label twice."""
+    from firmware_tools.dataset import BACKGROUND
+
+    labels = [s.strip() for s in text.split(",")]
+    if "" in labels:
+        raise ValueError(f"--labels {text!r} has an empty label; separate the labels by single commas")
+    if BACKGROUND in labels:
+        raise ValueError(f"--labels names {BACKGROUND}, the background class every bundle adds after its labels; "
+                         "leave it out")
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ValueError(f"--labels names {', '.join(twice)} more than once; name each of the model's outputs once")
+    return labels
+
+
+def load_window_model(model):
+    """The Keras model of a .keras file (None for a SavedModel folder), or a one-line error that says why not."""
+    import zipfile
+
+    import keras
+
+    if not str(model).endswith(".keras"):
+        return None
+    if not zipfile.is_zipfile(model):  # keras says "File not found" of a file that is there
+        raise ValueError(f"{model} is not a Keras model file (a .keras file is the zip archive keras.Model.save "
+                         "writes); pass the model.keras `basilar train` wrote")
+    try:
+        return keras.saving.load_model(model)
+    except Exception as exc:  # noqa: BLE001 - any load failure says the same
+        raise ValueError(f"cannot load {model} as a Keras model ({exc}); pass a .keras file saved by "
+                         "keras.Model.save") from None
+
+
+def check_features(model, window, config, from_sidecar: bool) -> None:
+    """The model must take as many features a frame as the front end gives (else a raw shape error later)."""
+    from firmware_tools.pipeline import sidecar_path
+
+    shape = window.input_shape
+    if not isinstance(shape, tuple) or shape[-1] in (None, config.features):
+        return
+    if from_sidecar:
+        where = f"the front end its sidecar {sidecar_path(model)} records"
+        fix = "restore the sidecar `basilar train` wrote beside the model"
+    else:
+        where = f"the default front end (there is no sidecar {sidecar_path(model)})"
+        fix = "put the sidecar `basilar train` wrote beside the model, which records the front end it was trained on"
+    raise ValueError(f"{model} takes {shape[-1]} features a frame but {where} gives {config.features}; {fix}")

@@ -1,7 +1,8 @@
 """Clip evaluation exactly as the device streams: integer front end, then the int8 step model frame by frame.
 
 A clip is played with EVAL_LEAD_S of silence before and EVAL_TAIL_S after it, through a fresh front end and
-model state; its label is the one with the most posterior mass while it plays (training.clip_decision).
+model state; its label is the one with the most posterior mass while it plays (training.clip_decision; with one
+label, none when the background outweighs it).
 """
 import numpy as np
 
@@ -21,7 +22,7 @@ def evaluate_bundle(bundle, clips, progress=None, noise_floor_dbfs: float | None
     noise_floor_dbfs: play each clip over steady white noise at this level instead of digital silence
     (dataset.clip_frames), seeded by the clip's index so that runs repeat.
     """
-    from firmware_tools.training import clip_decision, clip_report
+    from firmware_tools.training import MISSED, clip_decision, clip_report
 
     labels = bundle.labels
     unknown = sorted({c.label for c in clips} - set(labels))
@@ -35,7 +36,7 @@ def evaluate_bundle(bundle, clips, progress=None, noise_floor_dbfs: float | None
     truth, predicted, detected, as_other = [], [], 0, 0
     items = progress(clips) if progress else clips
     for index, clip in enumerate(items):
-        audio = dataset.clip_audio(config, dataset.read_clip(clip.path, config.sample_rate),
+        audio = dataset.clip_audio(config, dataset.read_labelled_clip(clip, config.sample_rate),
                                    noise_floor_dbfs=noise_floor_dbfs, seed=index)
         pipeline.reset()  # each clip from rest
         scores = pipeline.posteriors(audio)
@@ -48,7 +49,7 @@ def evaluate_bundle(bundle, clips, progress=None, noise_floor_dbfs: float | None
         detected += clip.label in heard
         as_other += bool(heard) and clip.label not in heard
     report = clip_report(labels, truth, predicted)
-    report["predicted"] = [labels[p] for p in predicted]
+    report["predicted"] = [None if p == MISSED else labels[p] for p in predicted]
     report["noise_floor_dbfs"] = noise_floor_dbfs
     report["detected"] = {"clips": detected, "only_as_another_label": as_other,
                           "fraction": detected / len(clips) if clips else None}
@@ -61,7 +62,7 @@ def float_int8_agreement(window_model, bundle, clips) -> dict:
 
     labels = bundle.labels
     config = bundle.frontend_config
-    frames = [dataset.clip_frames(config, dataset.read_clip(c.path, config.sample_rate)) for c in clips]
+    frames = [dataset.clip_frames(config, dataset.read_labelled_clip(c, config.sample_rate)) for c in clips]
     float_pred = classify_frames(window_model, frames)
     runner = StepRunner(bundle)
     int8_pred = np.array([clip_decision(stream_clip(runner, f)) for f in frames])
@@ -82,6 +83,9 @@ def format_report(report: dict) -> str:
         lines.append(f"detected at the bundle's detector settings (as `basilar run` reports words): {found['clips']} "
                      f"of {report['clips']} ({found['fraction'] * 100:.1f}%); {found['only_as_another_label']} only "
                      f"as another label, {missed} not at all")
+    if "missed" in report:  # one label: the clips the background outweighed it in count against it
+        lines.append(f"named {labels[0]!r}: {report['clips'] - report['missed']} of {report['clips']}; "
+                     f"{report['missed']} heard as background (missed)")
     lines += ["", "recall per label:"]
     lines += [f"  {lab:>12}: " + (f"{report['recall'][lab] * 100:5.1f}%" if report["recall"][lab] is not None
                                   else "  n/a (no clips)") for lab in labels]

@@ -1,6 +1,7 @@
 """Host-side pipeline pieces shared by `basilar train` and `basilar convert`: sidecar metadata, calibration,
 conversion into a bundle, and the float-vs-int8 report."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,29 @@ def write_sidecar(model_path, labels, config: FrontendConfig, provenance: dict, 
 
 def read_sidecar(model_path) -> dict | None:
     path = sidecar_path(model_path)
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    fix = (f"it is what `basilar train` wrote beside {model_path} (its labels and front end): restore it, or move it "
+           "away and give --labels (the default front end is then used)")
+    try:
+        sidecar = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(sidecar, dict):
+        raise ValueError(f"{path} holds no JSON object; {fix}")
+    return sidecar
+
+
+def sidecar_frontend(model_path, sidecar: dict, default: FrontendConfig) -> FrontendConfig:
+    """The front end the sidecar records, else `default`; a bad one is refused naming the sidecar."""
+    if "frontend" not in sidecar:
+        return default
+    try:
+        return FrontendConfig.from_dict(sidecar["frontend"])
+    except (TypeError, ValueError) as exc:  # FrontendConfigError is a ValueError; TypeError: not a dict of fields
+        raise ValueError(f"{sidecar_path(model_path)}: its frontend is not a valid front end ({exc}); restore the "
+                         f"sidecar `basilar train` wrote beside {model_path}, which records the front end the model "
+                         "was trained on") from None
 
 
 def split_calibration(clips, seed: int = 0):
@@ -38,7 +61,8 @@ def split_calibration(clips, seed: int = 0):
 
 def convert_into_bundle(model_path, calibration_clips, out_dir, config: FrontendConfig, labels, *,
                         provenance: dict, detector=None, evaluation=None, name="model", work_dir=None):
-    frames = [dataset.clip_frames(config, dataset.read_clip(c.path, config.sample_rate)) for c in calibration_clips]
+    frames = [dataset.clip_frames(config, dataset.read_labelled_clip(c, config.sample_rate))
+              for c in calibration_clips]
     work = Path(work_dir or out_dir).parent
     step_path = work / f".{Path(out_dir).name}.step.tflite"
     try:
@@ -49,8 +73,13 @@ def convert_into_bundle(model_path, calibration_clips, out_dir, config: Frontend
 
             raise ConversionError(f"the model has {spec['classes']} outputs but there are {len(labels)} labels "
                                   f"(+1 background): {labels}")
-        bundle = bundler.make_bundle(out_dir, step_path, config, labels, spec=spec, detector=detector,
-                                     provenance=provenance, evaluation=evaluation, name=name)
+        bundler.check_destination(out_dir)  # a folder it refuses is never removed below
+        try:
+            bundle = bundler.make_bundle(out_dir, step_path, config, labels, spec=spec, detector=detector,
+                                         provenance=provenance, evaluation=evaluation, name=name)
+        except Exception:
+            shutil.rmtree(out_dir, ignore_errors=True)  # no broken bundle left where the user expects one
+            raise
     finally:
         step_path.unlink(missing_ok=True)
     return bundle, report

@@ -5,6 +5,7 @@ speaker-independent figures the README reports.
 """
 import dataclasses
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -134,7 +135,7 @@ def build_examples(clips, labels, settings: TrainSettings, cache_dir: Path | Non
         with np.load(cache) as z:
             return z["frames"], z["targets"], z["weights"]
     cfg = settings.frontend
-    words = [(dataset.read_clip(c.path, cfg.sample_rate), c.label) for c in clips]
+    words = [(dataset.read_labelled_clip(c, cfg.sample_rate), c.label) for c in clips]
     synth_words, noise_speech = synthesized(labels, settings)
     noise_speech += recorded_speech(settings)
     words += synth_words
@@ -193,13 +194,21 @@ def fit_one(frames, targets, weights, spec, settings: TrainSettings, seed: int, 
     return model
 
 
+MISSED = -1  # clip_decision of a one-label model's clip whose background outweighs the label
+
+
 def clip_decision(posteriors: np.ndarray) -> int:
     """The label of a clip from per-frame posteriors (frames, labels): the one with the most posterior mass.
 
     The total over the clip, not the peak: int8 posteriors saturate at 255/256, so two labels that both peak
     near 1 tie in int8 where float still tells them apart; the total keeps float and int8 decisions together.
+    With one label the background (1 - its posterior) is weighed too, else every clip would be the label: MISSED
+    when the background's total is the larger.
     """
-    return int(posteriors.sum(axis=0).argmax())
+    totals = posteriors.sum(axis=0)
+    if len(totals) == 1:
+        return 0 if totals[0] > len(posteriors) - totals[0] else MISSED
+    return int(totals.argmax())
 
 
 def classify_frames(window_model, frames_list) -> np.ndarray:
@@ -215,16 +224,20 @@ def clip_report(labels, truth, predicted) -> dict:
     n = len(labels)
     confusion = np.zeros((n, n), int)
     for t, p in zip(truth, predicted):
-        confusion[t, p] += 1
+        if p != MISSED:
+            confusion[t, p] += 1
+    counts = np.bincount(np.asarray(truth, int), minlength=n)  # MISSED clips count here, not in the confusion
     # A label with no clips has no recall (None), not 0%.
-    recall = {lab: float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None
-              for i, lab in enumerate(labels)}
-    return {"accuracy": float(np.mean(np.asarray(truth) == np.asarray(predicted))), "clips": int(len(truth)),
-            "recall": recall, "confusion": confusion.tolist(), "labels": labels}
+    recall = {lab: float(confusion[i, i] / counts[i]) if counts[i] else None for i, lab in enumerate(labels)}
+    report = {"accuracy": float(np.mean(np.asarray(truth) == np.asarray(predicted))), "clips": int(len(truth)),
+              "recall": recall, "confusion": confusion.tolist(), "labels": labels}
+    if n == 1:  # the clips the background outweighed the label in (clip_decision)
+        report["missed"] = int(sum(p == MISSED for p in predicted))
+    return report
 
 
 def heldout_frames(clips, config: FrontendConfig):
-    return [dataset.clip_frames(config, dataset.read_clip(c.path, config.sample_rate)) for c in clips]
+    return [dataset.clip_frames(config, dataset.read_labelled_clip(c, config.sample_rate)) for c in clips]
 
 
 def leave_one_speaker_out(data_dir, settings: TrainSettings, cache_dir=None, log=print) -> dict:
@@ -234,9 +247,10 @@ def leave_one_speaker_out(data_dir, settings: TrainSettings, cache_dir=None, log
     if len(speakers) < 2:
         raise ValueError("--loso needs clips of two speakers or more, named LABEL_SPEAKER_TAKE.wav; found "
                          f"{', '.join(speakers) or 'none'}")
+    # Every fold is checked now, not hours later when its turn comes
+    splits = {speaker: split_holdout(clips, labels, [speaker], option="--loso") for speaker in speakers}
     folds = {}
-    for speaker in speakers:
-        test_clips, train_clips = split_holdout(clips, labels, [speaker])
+    for speaker, (test_clips, train_clips) in splits.items():
         t0 = time.time()
         frames, targets, weights = build_examples(train_clips, labels, settings, cache_dir)
         model, _ = fit(frames, targets, weights, labels, settings, verbose=0)
@@ -252,9 +266,10 @@ def reports_by_speaker(labels, clips, predicted: list[str]) -> dict:
     """One clip report per speaker, from pooled predictions: held-out speakers differ by several points, and the
     pooled figure hides which one is hard."""
     reports = {}
+    index = lambda label: labels.index(label) if label in labels else MISSED  # None: evaluate_bundle's MISSED
     for speaker in sorted({c.speaker for c in clips}):
         mine = [(c.label, p) for c, p in zip(clips, predicted) if c.speaker == speaker]
-        reports[speaker] = clip_report(labels, [labels.index(t) for t, _ in mine], [labels.index(p) for _, p in mine])
+        reports[speaker] = clip_report(labels, [labels.index(t) for t, _ in mine], [index(p) for _, p in mine])
     return reports
 
 
@@ -284,16 +299,20 @@ def holdout_speakers(holdout: str, speakers: list[str]) -> list[str]:
     return sorted(set(names))
 
 
-def split_holdout(clips, labels, held_out: list[str]):
-    """(held-out clips, training clips); refused where a label would have no training clip left."""
+def split_holdout(clips, labels, held_out: list[str], option: str = "--holdout"):
+    """(held-out clips, training clips); refused where a label would have no training clip left. option: what
+    held them out, for the advice."""
     held = [c for c in clips if c.speaker in held_out]
     train = [c for c in clips if c.speaker not in held_out]
     for label in labels:
         if not any(c.label == label for c in train):
-            raise ValueError(f"holding out {', '.join(held_out)} leaves no clip of {label!r} to train on (every one "
-                             f"is by {' or '.join(held_out)}); hold out another speaker or none (--holdout NAME or "
-                             f"--holdout none), or name the files {label}_SPEAKER_TAKE.wav so that the speaker is "
-                             "read right")
+            loso = option == "--loso"
+            fix = (f"leave out --loso or record {label!r} by another speaker too" if loso
+                   else "hold out another speaker or none (--holdout NAME or --holdout none)")
+            raise ValueError(f"{'--loso holds out each speaker in turn: ' if loso else ''}holding out "
+                             f"{', '.join(held_out)} leaves no clip of {label!r} to train on (every one is by "
+                             f"{' or '.join(held_out)}); {fix}, or name the files {label}_SPEAKER_TAKE.wav so that "
+                             "the speaker is read right")
     return held, train
 
 
@@ -347,6 +366,20 @@ def provenance(data_dir, clips, labels, settings: TrainSettings) -> dict:
     return out
 
 
+def make_folder(folder: Path, option: str) -> None:
+    """Create `option`'s folder (and its parents), or say which option to change and why."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {folder} is a file, not a folder; choose a folder for {option}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        writable = os.access(folder, os.W_OK)
+    except OSError as exc:
+        raise ValueError(f"{option} {folder}: cannot create the folder ({exc.strerror}); choose a folder you can "
+                         f"write to for {option}") from None
+    if not writable:
+        raise ValueError(f"{option} {folder}: cannot write to the folder; choose one you can write to for {option}")
+
+
 def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=None, name="model", log=print,
                  settings: TrainSettings | None = None, detector: dict | None = None) -> dict:
     """The whole `basilar train`: returns a summary and writes model.keras, bundle/ and report.{json,txt}.
@@ -359,7 +392,9 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     problems = settings.frontend.design_problems()
     if problems:
         raise ValueError(f"front end: {'; '.join(problems)}")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, "--out")  # now: a file or a folder it cannot write would fail after the training
+    if cache_dir:  # now, not when the features built are saved
+        make_folder(Path(cache_dir), "--cache-dir")
     seed = settings.seed
     clips = dataset.scan_labelled(data_dir)
     labels = label_order(clips)

@@ -241,3 +241,98 @@ def test_train_refuses_a_front_end_that_is_poor_to_design_with_before_it_trains(
     with pytest.raises(ValueError, match="front end: f_low=20.0 Hz: at sample_rate=48000 use at least 30 Hz"):
         run_training(FSDD_CLIPS, tmp_path / "out", settings=settings)
     assert not (tmp_path / "out").exists()
+
+
+TINY = ["--epochs", "1", "--width", "8", "--synth-digits", "0", "--synth-speech", "0", "--flite-digits", "0",
+        "--flite-speech", "0", "--copies", "1", "--background-examples", "20"]
+
+
+def write_clips(folder, names, silent=()):
+    """Short clips (a steady tone level, or digital silence for the names in `silent`) at folder/NAME."""
+    import soundfile
+
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(folder / name, np.zeros(800) if name in silent else np.full(800, 0.1), 8000)
+    return folder
+
+
+def test_train_refuses_a_clip_of_digital_silence(tmp_path):
+    """An all-zero clip would be trained on as its label, and scored as if it said it."""
+    require_module("tensorflow")
+    data = write_clips(tmp_path / "data", ["no/no_alice_0.wav", "no/no_bob_0.wav", "yes/yes_alice_0.wav",
+                                           "yes/yes_bob_0.wav"], silent=["yes/yes_bob_0.wav"])
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "o"), *TINY, "--holdout", "none",
+                                       "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 1, result.output
+    assert "yes_bob_0.wav holds only digital silence (every sample 0), no 'yes'" in result.output
+    assert not (tmp_path / "o" / "model.keras").exists()
+
+
+def test_eval_refuses_a_clip_of_digital_silence(tmp_path):
+    clips = write_clips(tmp_path / "eval", ["1_theo_9.wav"], silent=["1_theo_9.wav"])
+    shutil.copy(FSDD_CLIPS / "1_theo_0.wav", clips)
+    result = CliRunner().invoke(main, ["eval", "default", str(clips)])
+    assert result.exit_code == 1 and "1_theo_9.wav holds only digital silence" in result.output
+
+
+def test_loso_checks_every_fold_before_it_trains_one(tmp_path):
+    """Only bob said "no": the fold without bob cannot train, and that is said before the fold of alice trains (which
+    can take hours), advising what can fix it: not --holdout, which --loso does not use."""
+    require_module("tensorflow")
+    data = write_clips(tmp_path / "data", ["no/no_bob_0.wav", "no/no_bob_1.wav", "yes/yes_alice_0.wav",
+                                           "yes/yes_bob_0.wav", "yes/yes_carol_0.wav"])
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "o"), *TINY, "--holdout", "none",
+                                       "--loso", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 1, result.output
+    assert "--loso holds out each speaker in turn: holding out bob leaves no clip of 'no' to train on" in result.output
+    assert "leave out --loso" in result.output and "--holdout" not in result.output.split("Error:")[1]
+    assert "held out alice" not in result.output  # no fold trained first
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+@pytest.mark.parametrize("option", ["--out", "--cache-dir"])
+def test_train_refuses_a_file_for_a_folder_before_the_long_steps(tmp_path, option):
+    require_module("tensorflow")
+    data = write_clips(tmp_path / "data", ["no/no_alice_0.wav", "yes/yes_alice_0.wav"])
+    (tmp_path / "afile").write_text("mine\n")
+    folders = {"--out": str(tmp_path / "o"), "--cache-dir": str(tmp_path / "cache"), option: str(tmp_path / "afile")}
+    result = CliRunner().invoke(main, ["train", str(data), *TINY, "--holdout", "none",
+                                       *(arg for item in folders.items() for arg in item)])
+    assert result.exit_code == 1, result.output
+    assert f"{option} {tmp_path / 'afile'} is a file, not a folder; choose a folder for {option}" in result.output
+    assert "training on" not in result.output  # refused before the features were built
+    assert (tmp_path / "afile").read_text() == "mine\n"
+
+
+def test_train_refuses_an_out_folder_it_cannot_create(tmp_path):
+    require_module("tensorflow")
+    (tmp_path / "afile").write_text("mine\n")
+    data = write_clips(tmp_path / "data", ["no/no_alice_0.wav", "yes/yes_alice_0.wav"])
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "afile" / "o"), *TINY])
+    assert result.exit_code == 1, result.output
+    assert f"--out {tmp_path / 'afile' / 'o'}: cannot create the folder" in result.output
+    assert "choose a folder you can write to for --out" in result.output
+
+
+def test_a_one_label_clip_counts_only_where_the_label_outweighs_the_background():
+    from firmware_tools.evaluate import format_report
+    from firmware_tools.training import MISSED, clip_decision, clip_report, reports_by_speaker
+
+    heard, background = np.array([[0.9], [0.8], [0.1]]), np.array([[0.1], [0.3], [0.2]])
+    assert clip_decision(heard) == 0 and clip_decision(background) == MISSED
+    report = clip_report(["yes"], [0, 0, 0], [0, MISSED, MISSED])
+    assert report["accuracy"] == pytest.approx(1 / 3) and report["recall"] == {"yes": pytest.approx(1 / 3)}
+    assert report["missed"] == 2 and report["confusion"] == [[1]]
+    assert "named 'yes': 1 of 3; 2 heard as background (missed)" in format_report(report)
+
+    class Clip:
+        def __init__(self, speaker):
+            self.label, self.speaker = "yes", speaker
+
+    by_speaker = reports_by_speaker(["yes"], [Clip("a"), Clip("b")], ["yes", None])
+    assert by_speaker["a"]["accuracy"] == 1 and by_speaker["b"]["missed"] == 1
+    # Two labels or more: the argmax over the labels alone, as before (the background is not weighed)
+    assert clip_decision(np.array([[0.1, 0.2], [0.1, 0.1]])) == 1
+    two = clip_report(["a", "b"], [0, 1, 1], [0, 0, 1])
+    assert "missed" not in two and two["recall"] == {"a": 1.0, "b": 0.5} and two["confusion"] == [[1, 0], [1, 1]]

@@ -1,0 +1,192 @@
+"""`basilar convert` refuses what it cannot do before it converts, with errors that name the problem and the fix;
+untrained tiny models (as tests/bundles.py makes them), so that no test trains."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile
+from click.testing import CliRunner
+
+from edge.bundle import DEFAULT_BUNDLE, load_bundle, pack_bundle
+from firmware_tools.cli import main
+from tests.bundles import FSDD_CLIPS
+from tests.conftest import require_module
+
+DIGITS = [str(d) for d in range(10)]
+
+
+def save_model(path, channels=64, classes=11, background_bias=None):
+    """An untrained model of the family; background_bias: make the background outweigh every label."""
+    import keras
+
+    from firmware_tools.model import ModelSpec, build_window_model
+
+    keras.utils.set_random_seed(0)
+    model = build_window_model(ModelSpec(channels=channels, classes=classes, width=8, dilations=(1, 2)))
+    if background_bias:
+        head = model.get_layer("head")
+        kernel, bias = head.get_weights()
+        bias[-1] = background_bias
+        head.set_weights([kernel * 0, bias])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """model.keras with the sidecar `basilar train` writes (the digits, the default front end)."""
+    require_module("tensorflow")
+    from firmware_tools import pipeline
+    from firmware_tools.training import DEFAULT_FRONTEND
+
+    path = save_model(tmp_path_factory.mktemp("model") / "model.keras")
+    pipeline.write_sidecar(path, DIGITS, DEFAULT_FRONTEND, {}, "tiny")
+    return path
+
+
+@pytest.fixture(scope="module")
+def bare_model(model):
+    """The same model without its sidecar: labels from --labels or the data, the default front end."""
+    path = model.parent / "bare" / "model.keras"
+    path.parent.mkdir()
+    shutil.copy(model, path)
+    return path
+
+
+def convert(*args):
+    return CliRunner().invoke(main, ["convert", *map(str, args)])
+
+
+def test_convert_never_replaces_a_file_that_is_not_a_bundle_archive(model, tmp_path):
+    precious = tmp_path / "precious.tar.gz"
+    precious.write_text("keep me")
+    result = convert(model, "--calibration", FSDD_CLIPS, "--out", precious)
+    assert result.exit_code == 1 and "already exists and is not a basilar bundle archive" in result.output
+    assert "nothing was written" in result.output and precious.read_text() == "keep me"
+
+
+def test_convert_replaces_a_bundle_archive_and_says_what_its_agreement_clips_are(model, tmp_path):
+    """An earlier bundle archive is replaced, as an earlier bundle folder is. 80 clips: 16 are kept out of the
+    calibration, but not of the training, and the report says no more than that (not "held-out")."""
+    earlier = tmp_path / "earlier.tar.gz"
+    pack_bundle(DEFAULT_BUNDLE, earlier)
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for clip in FSDD_CLIPS.glob("*.wav"):
+        shutil.copy(clip, calibration / clip.name)
+        shutil.copy(clip, calibration / clip.name.replace(".wav", "9.wav"))
+    result = convert(model, "--calibration", calibration, "--out", earlier)
+    assert result.exit_code == 0, result.output
+    assert load_bundle(earlier).manifest["name"] == "tiny"
+    assert "float vs int8 on 16 clips not used for calibration (they may be training clips)" in result.output
+    assert "held-out" not in result.output
+
+
+@pytest.mark.parametrize("labels, message", [
+    ("0,1,2,3,4,5,6,7,8,_background_", "--labels names _background_, the background class"),
+    ("0,0,2,3,4,5,6,7,8,9", "--labels names 0 more than once"),
+    ("0,,1,2,3,4,5,6,7,8,9", "--labels '0,,1,2,3,4,5,6,7,8,9' has an empty label"),
+])
+def test_convert_refuses_bad_labels_before_converting(bare_model, tmp_path, labels, message):
+    """Ten labels for the ten outputs: the bundle's load refused a label twice only after the conversion, leaving
+    the broken bundle; the background's name and an empty label (left out) were taken."""
+    result = convert(bare_model, "--calibration", FSDD_CLIPS, "--labels", labels, "--out", tmp_path / "b")
+    assert result.exit_code == 1 and message in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_conversion_whose_bundle_fails_to_load_leaves_no_bundle(tmp_path, monkeypatch):
+    """The step model converts, the bundle is written, and loading it refuses it: nothing broken is left."""
+    require_module("tensorflow")
+    from edge.bundle import BundleError
+    from firmware_tools import dataset, pipeline
+    from firmware_tools.training import DEFAULT_FRONTEND
+
+    spec = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())["models"]["step"]["spec"]
+
+    def converted(model_path, frames, step_path):
+        shutil.copy(DEFAULT_BUNDLE / "model_step.tflite", step_path)
+        return {"spec": spec, "size_bytes": step_path.stat().st_size}
+
+    monkeypatch.setattr(pipeline, "convert_to_int8", converted)
+    clips = dataset.scan_labelled(FSDD_CLIPS)[:2]
+    with pytest.raises(BundleError):
+        pipeline.convert_into_bundle(tmp_path / "m.keras", clips, tmp_path / "b", DEFAULT_FRONTEND, ["0", *DIGITS[:9]],
+                                     provenance={})
+    assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []
+
+
+def corrupt_sidecar(tmp_path, model):
+    from firmware_tools.pipeline import sidecar_path
+
+    shutil.copy(model, tmp_path / "m.keras")
+    sidecar_path(tmp_path / "m.keras").write_text("{bad json")
+    return tmp_path / "m.keras", [f"{tmp_path}/m.keras.basilar.json is not valid JSON", "restore it"]
+
+
+def bad_frontend(tmp_path, model):
+    from firmware_tools.pipeline import sidecar_path
+
+    shutil.copy(model, tmp_path / "m.keras")
+    sidecar_path(tmp_path / "m.keras").write_text(json.dumps({"labels": DIGITS, "frontend": {"sample_rate": "x"}}))
+    return tmp_path / "m.keras", [f"{tmp_path}/m.keras.basilar.json: its frontend is not a valid front end",
+                                  "restore the sidecar"]
+
+
+def narrow_model(tmp_path, model):
+    return save_model(tmp_path / "m.keras", channels=32), [
+        "m.keras takes 32 features a frame but the default front end (there is no sidecar", "gives 64"]
+
+
+def missing_folder(tmp_path, model):
+    return model, [f"there is no folder {tmp_path}/deep/er", "mkdir -p"]
+
+
+def missing_archive_folder(tmp_path, model):
+    return model, [f"there is no folder {tmp_path}/nodir"]
+
+
+def text_file(tmp_path, model):
+    (tmp_path / "m.keras").write_text("garbage\n")
+    return tmp_path / "m.keras", [f"{tmp_path}/m.keras is not a Keras model file"]
+
+
+def silent_clip(tmp_path, model):
+    shutil.copytree(FSDD_CLIPS, tmp_path / "clips")
+    soundfile.write(tmp_path / "clips" / "3_theo_9.wav", np.zeros(4000), 8000)
+    return model, ["3_theo_9.wav holds only digital silence"]
+
+
+@pytest.mark.parametrize("case, out", [(corrupt_sidecar, "b"), (bad_frontend, "b"), (narrow_model, "b"),
+                                       (missing_folder, "deep/er/b"), (missing_archive_folder, "nodir/b.tar.gz"),
+                                       (text_file, "b"), (silent_clip, "b")])
+def test_convert_errors_name_the_problem_and_the_fix_before_converting(model, tmp_path, case, out):
+    model_path, messages = case(tmp_path, model)
+    calibration = tmp_path / "clips" if (tmp_path / "clips").is_dir() else FSDD_CLIPS
+    result = convert(model_path, "--calibration", calibration, "--out", tmp_path / out)
+    assert result.exit_code == 1, result.output
+    for message in messages:
+        assert message in result.output
+    assert not (tmp_path / out).exists()
+
+
+def test_eval_of_a_one_label_bundle_weighs_the_background(tmp_path):
+    """With one label, a clip is it only where its posterior outweighs the background's: a model that hears only
+    background misses every clip, where an argmax over the one label said 100%."""
+    require_module("tensorflow")
+    model = save_model(tmp_path / "deaf.keras", classes=2, background_bias=8.0)
+    words = tmp_path / "words" / "yes"
+    words.mkdir(parents=True)
+    for clip in sorted(FSDD_CLIPS.glob("1_*.wav")):
+        shutil.copy(clip, words / clip.name.replace("1_", "yes_", 1))
+    result = convert(model, "--calibration", words.parent, "--labels", "yes", "--out", tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["eval", str(tmp_path / "b"), str(words.parent), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["accuracy"] == 0 and report["recall"] == {"yes": 0.0} and report["missed"] == 4
+    assert report["predicted"] == [None] * 4
+    text = CliRunner().invoke(main, ["eval", str(tmp_path / "b"), str(words.parent)]).output
+    assert "accuracy: 0.0%" in text and "named 'yes': 0 of 4; 4 heard as background (missed)" in text
