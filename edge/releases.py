@@ -8,6 +8,7 @@ Layout under the device root:
     incoming/               uploads in progress (temporary names)
     .staging/               archives being extracted and checked
     trusted_keys/*.pub      when present, only bundles signed by one of these keys are installed
+    .abandoned              ids of switches whose deploy lost their answer: an activate with one of them refuses
     .unconfirmed            while a deploy has switched current and not yet seen its health check pass: the bundle
                             it switched to and what to switch back to (a deploy cut off in between is finished by
                             the next one: it restarts and checks that bundle, or switches back)
@@ -40,8 +41,10 @@ from edge.bundle import file_sha256
 log = logging.getLogger(__name__)
 _ID = re.compile(r"^[0-9a-f]{64}$")
 _KEEP = object()  # "leave the previous link as activate() would set it"
-INCOMING_MAX_AGE_S = 3600  # an upload untouched this long was abandoned
+INCOMING_MAX_AGE_S = 3600  # a serial upload untouched this long was abandoned (it resumes until then)
+PART_MAX_AGE_S = 60  # an SSH upload (incoming/*.part) is written every moment: untouched this long, it was cut off
 UNCONFIRMED = ".unconfirmed"
+ABANDONED = ".abandoned"  # ids of switches whose deploy lost their answer: they must not happen any more
 
 
 class ReleaseError(Exception):
@@ -123,6 +126,7 @@ class ReleaseStore:
         self._current_link = self.root / "current"
         self._previous_link = self.root / "previous"
         self._unconfirmed_file = self.root / UNCONFIRMED
+        self._abandoned_file = self.root / ABANDONED
 
     # --- reading -------------------------------------------------------------------------------------------------
 
@@ -187,7 +191,12 @@ class ReleaseStore:
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # said, so that a wait behind a stuck holder is not a silent hang
+                print(f"waiting for {self.root / '.lock'}: another basilar operation on this device root holds it",
+                      file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # closing releases the lock
@@ -296,6 +305,10 @@ class ReleaseStore:
         """Point each link at a release, or remove it, in order, each atomically: a new symlink renamed over the
         old one. All the new symlinks are made before any is renamed: making one needs space, renaming it does not,
         so a full disk fails the switch before any link changed (not between two, leaving previous == current)."""
+        for link, _ in changes:  # else the rename fails as a storage error naming a temporary file
+            if link.is_dir() and not link.is_symlink():
+                raise ReleaseError(f"{link} is a directory, not a link to a release (made by hand?): move it away "
+                                   "(it is no release this store manages), then try again")
         made = {}
         try:
             for link, bundle_id in changes:
@@ -319,17 +332,35 @@ class ReleaseStore:
                     tmp.unlink()
         _fsync_dir(self.root)
 
-    def activate(self, bundle_id: str, *, previous=_KEEP, unconfirmed: bool = False) -> str | None:
+    def activate(self, bundle_id: str, *, previous=_KEEP, unconfirmed: bool = False,
+                 switch_id: str | None = None) -> str | None:
         """Make an installed bundle the active one; return the id that was active before (None if none).
 
         `previous` defaults to the bundle active before; deploy tools restoring a failed switch pass the old
         value so that a later rollback goes where the user expects. `unconfirmed`: a deploy that will restart and
         health-check the bundle next leaves a note of it (and of what ran before) until confirm(); any other
-        change of `current` drops the note.
+        change of `current` drops the note. `switch_id`: refused once abandon() was told it.
         """
         _check_id(bundle_id)
         with self._locked():
+            if switch_id is not None and switch_id in self._abandoned():
+                raise ReleaseError(f"switch {switch_id} was abandoned by its deploy (which lost its answer); "
+                                   "nothing changed")
             return self._activate_locked(bundle_id, previous, "activate", unconfirmed)
+
+    def _abandoned(self) -> list[str]:
+        try:
+            return self._abandoned_file.read_text().split()
+        except FileNotFoundError:
+            return []
+
+    def abandon(self, switch_id: str) -> None:
+        """A deploy lost the answer of its switch (the link dropped, or it timed out): that activate, if it is still
+        starting or waiting for the lock, must not switch behind the deploy's back after it read the device's state.
+        Taking the lock here orders the two: it switched before, or it never will."""
+        with self._locked():
+            kept = self._abandoned()[-99:]  # a bounded list: a switch is abandoned within minutes
+            _write_durably(self._abandoned_file, "".join(f"{i}\n" for i in (*kept, switch_id)).encode())
 
     def confirm(self, bundle_id: str) -> bool:
         """The bundle a deploy switched to passed its health check: drop the note; False if there was none."""
@@ -370,8 +401,11 @@ class ReleaseStore:
                 raise ReleaseError(f"cannot {doing} {bundle_id[:12]}: the release is damaged ({problem}); install "
                                    f"it again (python3 -m edge.releases install {self.root} ARCHIVE mends it)")
         old = self.current()
+        # Going back must reach what last passed a check: switching away from a bundle that never did (a deploy
+        # of it was cut off) carries its note's bundles forward, not the unchecked one.
+        checked = self.unconfirmed() or {"current": old, "previous": self.previous()}
         # Written before current changes, so a deploy cut off at any point after the switch leaves the note.
-        self._note_unconfirmed({"bundle": bundle_id, "current": old, "previous": self.previous()}
+        self._note_unconfirmed({"bundle": bundle_id, "current": checked["current"], "previous": checked["previous"]}
                                if unconfirmed else None)
         changes = []
         if previous is _KEEP:
@@ -453,10 +487,12 @@ class ReleaseStore:
     def _sweep_incoming(self) -> None:
         if not self.incoming_dir.is_dir():
             return
-        cutoff = time.time() - INCOMING_MAX_AGE_S
+        now = time.time()
         for entry in self.incoming_dir.rglob("*"):  # serial uploads stage in incoming/serial/
+            ssh_upload = entry.parent == self.incoming_dir and entry.name.endswith(".part")
             with contextlib.suppress(OSError):
-                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                if entry.is_file() and entry.stat().st_mtime < now - (PART_MAX_AGE_S if ssh_upload
+                                                                      else INCOMING_MAX_AGE_S):
                     entry.unlink()
 
     def status(self) -> dict:
@@ -486,7 +522,21 @@ def storage_failure(exc: OSError) -> str:
 # --- command line (what deploy tools run on the device over SSH) -------------------------------------------------
 
 def _optional_id(text: str) -> str | None:
-    return None if text in ("", "-", "none") else _check_id(text)
+    return None if text in ("", "-", "none") else _id_argument(text)
+
+
+def _id_argument(text: str) -> str:
+    """_check_id for argparse, which turns only its own error types into a usage error (not a traceback)."""
+    try:
+        return _check_id(text)
+    except ReleaseError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _switch_id(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{1,64}", text):  # one word of .abandoned
+        raise argparse.ArgumentTypeError(f"{text!r} is not a switch id (hex digits, as `basilar deploy` makes)")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -506,14 +556,22 @@ def main(argv: list[str] | None = None) -> int:
     activate.add_argument("--previous", type=_optional_id, default=_KEEP, help="set previous to this id ('-': none)")
     activate.add_argument("--unconfirmed", action="store_true",
                           help="note that a health check is to follow (see confirm); status reports it meanwhile")
+    activate.add_argument("--switch-id", type=_switch_id, help="refuse to switch once `abandon ROOT SWITCH_ID` was "
+                          "run")
+    abandon = commands.add_parser("abandon", help="a deploy lost the answer of a switch: it must not happen later")
+    abandon.add_argument("root")
+    abandon.add_argument("switch_id", type=_switch_id)
     confirm = commands.add_parser("confirm", help="the bundle activated with --unconfirmed passed its health check")
     confirm.add_argument("root")
-    confirm.add_argument("bundle_id", type=_check_id)
+    confirm.add_argument("bundle_id", type=_id_argument)
     commands.add_parser("rollback", help="switch back to the previous bundle").add_argument("root")
     prune = commands.add_parser("prune", help="remove old releases")
     prune.add_argument("root")
     prune.add_argument("--keep", type=int, required=True)
     args = parser.parse_args(argv)
+    if os.path.exists(args.root) and not os.path.isdir(args.root):  # else a "storage failure" naming the wrong fix
+        print(f"error: {args.root} is not a folder; give the device root (a folder, made if missing)", file=sys.stderr)
+        return 2
 
     store = ReleaseStore(args.root)
     try:
@@ -526,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
             result["signers"] = {bundle_id: store.signer(bundle_id) for bundle_id in result["releases"]}
             result["store"] = store.releases_dir.is_dir()
             result["current_broken"] = result["current"] is None and os.path.lexists(store._current_link)
+            result["current_directory"] = store._current_link.is_dir() and not store._current_link.is_symlink()
+            result["abandon"] = True  # this tool takes `activate --switch-id` and `abandon`
         elif args.command == "install":
             try:
                 result = {"bundle_id": store.install(args.archive, args.sha256)}
@@ -538,9 +598,12 @@ def main(argv: list[str] | None = None) -> int:
                 result = {"previous": store.deactivate(previous=args.previous)}
             else:
                 result = {"previous": store.activate(args.bundle_id, previous=args.previous,
-                                                     unconfirmed=args.unconfirmed)}
+                                                     unconfirmed=args.unconfirmed, switch_id=args.switch_id)}
         elif args.command == "confirm":
             result = {"confirmed": store.confirm(args.bundle_id)}
+        elif args.command == "abandon":
+            store.abandon(args.switch_id)
+            result = {"abandoned": args.switch_id}
         elif args.command == "rollback":
             result = {"current": store.rollback()}
         else:

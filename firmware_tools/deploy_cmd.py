@@ -111,12 +111,12 @@ def deploy(ctx, bundle, targets, inventory, known_hosts, accept_new_host_keys, i
         click.echo(f"bundle {local.bundle_id} ({local.size} bytes) to {len(chosen)} device(s)"
                    + (" [dry run]" if dry_run else ""), err=True)
         bars = _progress_bars(chosen, local.size)
-        interrupted = False
+        interrupted = None  # the signal that interrupted the deploy
         try:
             results = deploy_fleet(local, chosen, options, parallel=parallel, dry_run=dry_run,
                                    progress_for=lambda index, _target: bars[index])
         except Interrupted as stop:  # the table still says where each device was left
-            results, interrupted = stop.results, True
+            results, interrupted = stop.results, stop.signum
         finally:
             for bar in bars:
                 bar.close()
@@ -131,7 +131,7 @@ def deploy(ctx, bundle, targets, inventory, known_hosts, accept_new_host_keys, i
     if interrupted:
         click.echo(f"Interrupted: {failed} of {len(results)} device(s) did not finish; see DETAIL above" if failed
                    else "Interrupted, though every device finished; see DETAIL above", err=True)
-        ctx.exit(130)  # as a shell reports a command ended by Ctrl-C
+        ctx.exit(128 + interrupted)  # as a shell reports a command ended by the signal: 130 Ctrl-C, 143 SIGTERM
     if failed:
         raise click.ClickException(f"{failed} of {len(results)} device(s) failed; see DETAIL above")
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import secrets
 import shlex
@@ -39,6 +40,7 @@ from typing import Callable
 
 import asyncssh
 
+from edge.releases import PART_MAX_AGE_S
 from edge.signing import split_key_entries
 from firmware_tools.targets import DEFAULT_SSH_PORT, SshTarget, host_port
 
@@ -103,6 +105,15 @@ class DeviceStatus:
 
 class DeployError(Exception):
     """One device's deployment step failed; the message is shown in the summary."""
+
+
+class OutcomeUnknown(DeployError):
+    """A command on the device whose answer was lost (the link dropped, or it timed out): it may have done its work,
+    and unless the device's `timeout` ended it, it may still be running."""
+
+    def __init__(self, message: str, may_run_on: bool = True):
+        super().__init__(message)
+        self.may_run_on = may_run_on
 
 
 # --- connecting ------------------------------------------------------------------------------------------------
@@ -221,6 +232,22 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def quiet_lost_links(loop, context) -> None:
+    """An event loop's exception handler: a dropped link fails all of an SFTP upload's parallel writes, and
+    asyncssh retrieves only the first failure (the device's row reports it); the rest are no news."""
+    if context.get("message") == "Task exception was never retrieved" and isinstance(
+            context.get("exception"), (asyncssh.Error, OSError)):
+        return
+    loop.default_exception_handler(context)
+
+
+class QuietSendWarnings(logging.Filter):
+    """For asyncio's logger: writes to a lost link log "socket.send() raised exception." by the dozen."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "socket.send() raised exception."
+
+
 # --- running things on the device ------------------------------------------------------------------------------
 
 def _tail(text: str, limit: int = 300) -> str:
@@ -235,16 +262,23 @@ async def _run(conn, command: str, timeout: float, stdin: str | None = None) -> 
     return await conn.run(command, input=stdin, check=False, timeout=timeout, errors="replace")
 
 
-async def _shell(conn, command: str, timeout: float) -> asyncssh.SSHCompletedProcess:
-    try:
-        return await _run(conn, command, timeout)
-    except asyncssh.TimeoutError:
-        raise DeployError(f"`{command}` did not finish within {timeout:g} s") from None
+def _root_arg(root: str) -> str:
+    """The device root as a command's argument: a root under the home folder that starts with `-` would read as
+    an option."""
+    return "./" + root if root.startswith("-") else root
 
 
-async def _releases(conn, options: SshOptions, *args: str) -> dict:
-    command = f"{options.device_python} -m edge.releases " + " ".join(shlex.quote(a) for a in args)
-    result = await _shell(conn, command, options.command_timeout)
+async def _releases(conn, options: SshOptions, command: str, root: str, *args: str) -> dict:
+    command = f"{options.device_python} -m edge.releases " + " ".join(
+        shlex.quote(a) for a in (command, _root_arg(root), *args))
+    # Bounded on the device too: a store command given up on (waiting on the store's lock, say) must not go on to
+    # switch `current` behind the deploy's back.
+    result, timed_out = await _run_bounded(conn, command, options.command_timeout)
+    if timed_out:  # an exit status says the device's `timeout` ended it; without one it was only given up on
+        raise OutcomeUnknown(f"the command timed out (--command-timeout {options.command_timeout:g} s)",
+                             may_run_on=result.exit_status is None)
+    if result.exit_status is None:
+        raise OutcomeUnknown("the connection was lost before the device answered")
     if result.exit_status != 0:
         why = _tail(result.stderr) or _tail(result.stdout) or f"exit status {result.exit_status}"
         if "No module named" in why or result.exit_status == 127:
@@ -259,14 +293,14 @@ async def _releases(conn, options: SshOptions, *args: str) -> dict:
 
 def device_command(template: str, root: str) -> str:
     """A restart, health or service command for one device: `{root}` stands for its root, shell-quoted."""
-    return template.replace("{root}", shlex.quote(root))
+    return template.replace("{root}", shlex.quote(_root_arg(root)))
 
 
 def health_command(options: SshOptions, root: str) -> str:
     if options.health_command is not None:
         return device_command(options.health_command, root)
     # Through --device-python, since a `basilar` installed in a virtual environment is not on the login's PATH.
-    return f"{options.device_python} -m firmware_tools.cli bundle verify {shlex.quote(root + '/current')}"
+    return f"{options.device_python} -m firmware_tools.cli bundle verify {shlex.quote(_root_arg(root) + '/current')}"
 
 
 # After the time is up the device's `timeout` sends SIGTERM, and SIGKILL this much later.
@@ -348,11 +382,11 @@ def _no_room(root: str, free: int, needed: int) -> str:
             "and previous releases) and deploy again")
 
 
-STALE_PART_S = 60  # a partial upload untouched this long was cut off; a live one is written every moment
+STALE_PART_S = PART_MAX_AGE_S  # a partial upload untouched this long was cut off; a live one is written every moment
 
 
-async def _drop_stale_parts(sftp, incoming: str, own: str, bundle_id: str) -> None:
-    """Remove the partial uploads of this bundle that earlier, cut-off attempts left (they hold space a full device
+async def _drop_stale_parts(sftp, incoming: str, own: str) -> None:
+    """Remove the partial uploads, of any bundle, that earlier cut-off attempts left (they hold space a full device
     needs), but not one that another deploy is writing right now. Ages are taken on the device's clock: this
     upload's own file, made first, says what time it is there."""
     async with sftp.open(own, "wb"):
@@ -360,7 +394,7 @@ async def _drop_stale_parts(sftp, incoming: str, own: str, bundle_id: str) -> No
     now = (await sftp.stat(own)).mtime
     for name in await sftp.listdir(incoming):
         path = f"{incoming}/{name}"
-        if name.startswith(bundle_id + ".") and name.endswith(".part") and path != own:
+        if name.endswith(".part") and path != own:
             with contextlib.suppress(asyncssh.SFTPError):  # gone meanwhile: its deploy finished
                 if now is None or (await sftp.stat(path)).mtime < now - STALE_PART_S:
                     await sftp.remove(path)
@@ -379,8 +413,12 @@ async def _upload(conn, bundle: LocalBundle, remote_path: str, progress: Progres
         if free is not None and free < bundle.size:  # SFTP would only say "Failure" half-way, or "not a directory"
             raise DeployError(_no_room(root, free, bundle.size))
         try:
-            await sftp.makedirs(incoming, exist_ok=True)
-            await _drop_stale_parts(sftp, incoming, remote_path, bundle.bundle_id)
+            try:
+                await sftp.makedirs(incoming, exist_ok=True)
+                await _drop_stale_parts(sftp, incoming, remote_path)
+            except asyncssh.SFTPError as exc:  # SFTP says only "Failure" for a read-only filesystem
+                raise DeployError(f"cannot write under {root} ({exc.reason}): the device root is not writable (a "
+                                  "read-only filesystem, or the SSH user may not write there)") from None
             # put() may return normally if the link drops after the last write was acknowledged; that is fine,
             # because the device checks the SHA-256 of what it received before installing anything.
             await sftp.put(str(bundle.archive), remote_path, block_size=options.block_size,
@@ -410,11 +448,14 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
     failure = None  # why the new bundle failed its restart or health check
     done = None  # the result, once the new bundle passed its health check
     status = None  # what the device said it holds, once read
+    unsure = False  # the switch's answer was lost: the device may or may not have switched
+    may_run_on = False  # ... and its activate may still be running there
+    switch_id = secrets.token_hex(8)  # names the switch, so that one whose answer was lost can be called off
 
     async def upload_and_install(conn) -> None:
         nonlocal stage
         stage = "uploading"
-        part = f"{target.root}/incoming/{bundle.bundle_id}.{secrets.token_hex(4)}.part"
+        part = f"{_root_arg(target.root)}/incoming/{bundle.bundle_id}.{secrets.token_hex(4)}.part"
         await _upload(conn, bundle, part, progress, options)
         stage = "installing on the device"
         await _releases(conn, options, "install", target.root, part, "--sha256", bundle.sha256, "--remove-archive")
@@ -463,10 +504,16 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
                 stage = "switching current"
                 # Back to what last passed a check: not to a bundle an earlier, cut-off deploy left unchecked.
                 back = (unchecked.get("current"), unchecked.get("previous")) if unchecked else (active, previous)
+                flags = (["--unconfirmed"] if notes else []) + (["--switch-id", switch_id] if status.get("abandon")
+                                                                else [])
                 activation = asyncio.ensure_future(_releases(conn, options, "activate", target.root,
-                                                             bundle.bundle_id, *(["--unconfirmed"] if notes else [])))
+                                                             bundle.bundle_id, *flags))
                 try:
                     await asyncio.shield(activation)
+                except (OutcomeUnknown, OSError, asyncssh.Error) as exc:
+                    undo, unsure = back, True  # it may have switched: find out over a new connection
+                    may_run_on = getattr(exc, "may_run_on", True)
+                    raise
                 except asyncio.CancelledError:
                     # The device's activate runs on whatever happens here: let it finish first, or it could switch
                     # to the new bundle after the switch-back below. Interrupted again, switching back could race
@@ -533,6 +580,13 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
         reason = f"{failure}; {reason}" if failure else reason
         try:
             async with await connect(target, options) as conn:
+                if unsure:
+                    if may_run_on and status.get("abandon"):  # one still starting or waiting must not switch later
+                        await _releases(conn, options, "abandon", target.root, switch_id)
+                    now = (await _releases(conn, options, "status", target.root)).get("current")
+                    if now != bundle.bundle_id:
+                        return DeployResult(target, False, "failed", now, f"{reason}; reconnected: the device did "
+                                                                          f"not switch (it runs {_short(now)})")
                 return await _switch_back(conn, target, bundle, options, undo, f"{reason} (reconnected)", uploaded)
         except (DeployError, OSError, asyncssh.Error) as exc:
             return DeployResult(target, False, "failed", None, f"{reason}; connecting again to switch back failed: "
@@ -548,6 +602,10 @@ def uncancel() -> None:
     task = asyncio.current_task()
     if task is not None and hasattr(task, "uncancel"):
         task.uncancel()
+
+
+def _short(bundle_id: str | None) -> str:
+    return bundle_id[:12] if bundle_id else "no bundle"
 
 
 def _unchecked(bundle: LocalBundle) -> str:
@@ -642,7 +700,7 @@ def refusal(bundle: LocalBundle, trusted_keys: list[str]) -> str | None:
 def _prune_warning(why: str, target: SshTarget, options: SshOptions) -> str:
     return (f"pruning old releases failed ({why}); they stay on the device until the next deploy prunes them: "
             f"fix the cause there, or run `{options.device_python} -m edge.releases prune "
-            f"{shlex.quote(target.root)} --keep {options.keep}` on it")
+            f"{shlex.quote(_root_arg(target.root))} --keep {options.keep}` on it")
 
 
 async def status_ssh(target: SshTarget, options: SshOptions) -> DeviceStatus:
@@ -669,6 +727,9 @@ async def status_ssh(target: SshTarget, options: SshOptions) -> DeviceStatus:
         note = f"no release store in {target.root}: nothing deployed there yet, or the root is mistyped"
     if current in status.get("damaged", []):  # the service refuses it at its next start
         trouble = "the active bundle is damaged on the device, so its service will not start: deploy it again"
+    elif status.get("current_directory"):  # a deploy cannot put a link in its place
+        trouble = ("current is a directory, not a link to a release (made by hand?), so its service will not start: "
+                   "move it away, then deploy a bundle")
     elif status.get("current_broken"):
         trouble = "current points at no release the device holds, so its service will not start: deploy a bundle"
     return DeviceStatus(target, True, current, status.get("previous"), status.get("releases", []),

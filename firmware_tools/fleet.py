@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import signal
 from pathlib import Path
 from typing import Callable
 
 from edge.releases import file_sha256
-from firmware_tools.deploy_ssh import (DeployResult, DeviceStatus, LocalBundle, Progress, SshOptions, uncancel,
-                                       deploy_ssh, refusal, status_ssh)
+from firmware_tools.deploy_ssh import (DeployResult, DeviceStatus, LocalBundle, Progress, QuietSendWarnings,
+                                       SshOptions, deploy_ssh, quiet_lost_links, refusal, status_ssh, uncancel)
 from firmware_tools.targets import SerialTarget, SshTarget, Target
 
 
@@ -20,11 +21,13 @@ class BundleNotUsable(Exception):
 
 
 class Interrupted(Exception):
-    """Ctrl-C during a deploy: every device's result as it was left (switched back where it had switched)."""
+    """Ctrl-C (or SIGTERM) during a deploy: every device's result as it was left (switched back where it had
+    switched); signum says which signal came."""
 
-    def __init__(self, results: list[DeployResult]):
+    def __init__(self, results: list[DeployResult], signum: int = signal.SIGINT):
         super().__init__("interrupted")
         self.results = results
+        self.signum = signum
 
 
 def prepare_bundle(spec: str, workdir: Path) -> LocalBundle:
@@ -108,8 +111,9 @@ def _plan_serial(serial_deploy, target: SerialTarget, bundle: LocalBundle) -> De
 
 
 async def _deploy_all(bundle, targets, options, parallel, dry_run, progress_for, finished: dict,
-                      handle_ctrl_c: bool) -> bool:
-    """Fill `finished` with each target's result by index; True if Ctrl-C interrupted the deploy."""
+                      signals: list[int]) -> int | None:
+    """Fill `finished` with each target's result by index; the first of `signals` (SIGINT, SIGTERM) that
+    interrupted the deploy, or None."""
     limit = asyncio.Semaphore(max(1, parallel))
     interrupted = []
 
@@ -127,25 +131,28 @@ async def _deploy_all(bundle, targets, options, parallel, dry_run, progress_for,
 
     tasks = [asyncio.create_task(one(i, t)) for i, t in enumerate(targets)]
 
-    def interrupt():  # each Ctrl-C tells every device's task; the first makes them switch back, a second stops that
-        interrupted.append(True)
+    def interrupt(signum):  # each signal tells every device's task: the first makes them switch back, a second
+        # stops that
+        interrupted.append(signum)
         for task in tasks:
             task.cancel()
 
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(quiet_lost_links)
     # In the event loop, not as a KeyboardInterrupt raised wherever the code happens to be (nor as asyncio.run's
-    # own handler on Python 3.11, whose second Ctrl-C does that).
-    handled = False
-    if handle_ctrl_c:
+    # own handler on Python 3.11, whose second Ctrl-C does that). SIGTERM (timeout, systemd, kill) likewise, or it
+    # would end the deploy with a device switched and unchecked.
+    handled = []
+    for signum in signals:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not Unix, or not the main thread
-            loop.add_signal_handler(signal.SIGINT, interrupt)
-            handled = True
+            loop.add_signal_handler(signum, interrupt, signum)
+            handled.append(signum)
     try:
         await asyncio.gather(*tasks, return_exceptions=True)  # a task cancelled before it started: not started
     finally:
-        if handled:
-            loop.remove_signal_handler(signal.SIGINT)  # back to Python's default_int_handler, as it was
-    return bool(interrupted)
+        for signum in handled:
+            loop.remove_signal_handler(signum)  # back to Python's own handler, as it was
+    return interrupted[0] if interrupted else None
 
 
 async def _serial_to_the_end(target: SerialTarget, bundle: LocalBundle, progress, dry_run: bool) -> DeployResult:
@@ -170,20 +177,26 @@ def deploy_fleet(bundle: LocalBundle, targets: list[Target], options: SshOptions
                  dry_run: bool = False,
                  progress_for: Callable[[int, Target], Progress] | None = None) -> list[DeployResult]:
     """Deploy one bundle to every target, at most `parallel` at a time; one result per target, in order. Raises
-    Interrupted, with the results so far, on Ctrl-C."""
+    Interrupted, with the results so far, on Ctrl-C or SIGTERM."""
     finished: dict[int, DeployResult] = {}
-    # Only where Ctrl-C has Python's own meaning: a caller's handler, or SIGINT ignored as in a shell's background
+    # Only where a signal has Python's own meaning: a caller's handler, or SIGINT ignored as in a shell's background
     # job, stays as it is (asked before asyncio.run, which puts in a handler of its own on Python 3.11).
-    handle_ctrl_c = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signals = [signum for signum, default in ((signal.SIGINT, signal.default_int_handler),
+                                              (signal.SIGTERM, signal.SIG_DFL)) if signal.getsignal(signum) is default]
+    asyncio_log = logging.getLogger("asyncio")
+    quiet = QuietSendWarnings()
+    asyncio_log.addFilter(quiet)
     try:
         interrupted = asyncio.run(_deploy_all(bundle, targets, options, parallel, dry_run, progress_for, finished,
-                                              handle_ctrl_c))
+                                              signals))
     except KeyboardInterrupt:  # where the signal handler could not be installed
-        interrupted = True
+        interrupted = signal.SIGINT
+    finally:
+        asyncio_log.removeFilter(quiet)
     results = [finished.get(i) or DeployResult(t, False, "interrupted", None, "not started: interrupted")
                for i, t in enumerate(targets)]
     if interrupted:
-        raise Interrupted(results)
+        raise Interrupted(results, interrupted)
     return results
 
 

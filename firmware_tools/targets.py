@@ -103,7 +103,10 @@ def _parse_ssh(text, parts, name) -> SshTarget:
         raise TargetError(f"target {text!r} holds a password; passwords are not accepted on the command line: "
                           "use an SSH key (ssh-copy-id) or an ssh-agent")
     if not parts.hostname:
-        raise TargetError(f"target {text!r} names no host; write ssh://user@host/path/to/root")
+        # urlsplit finds no host in an IPv6 address without brackets (ssh://root@::1/x)
+        hint = "; an IPv6 address goes in brackets: ssh://pi@[fe80::1]:22/opt/basilar" \
+            if parts.netloc.rpartition("@")[2].count(":") > 1 else ""
+        raise TargetError(f"target {text!r} names no host; write ssh://user@host/path/to/root{hint}")
     try:
         port = parts.port
     except ValueError:

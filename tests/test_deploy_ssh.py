@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import logging
 import textwrap
 import time
 from pathlib import Path
@@ -815,7 +816,7 @@ def test_a_device_command_loses_its_line_ending_and_an_empty_one_still_skips():
     assert [one_line(None, None, v) for v in ("true\r\n", "true\n", "\n", "", None)] == ["true", "true", "", "", None]
 
 
-def _deploy_in_background(bundle, urls, options, sshd, *extra, device_python=DEVICE_PYTHON, restart=None):
+def _deploy_in_background(bundle, urls, options, sshd, *extra, device_python=DEVICE_PYTHON, restart=None, env=()):
     """`basilar deploy` as its own process, so that a test can Ctrl-C it (SIGINT) as a terminal does."""
     return subprocess.Popen(
         [sys.executable, "-m", "firmware_tools.cli", "deploy", str(bundle.archive), *urls, "--known-hosts",
@@ -823,7 +824,7 @@ def _deploy_in_background(bundle, urls, options, sshd, *extra, device_python=DEV
          "--restart-command", restart or options.restart_command, "--health-command", options.health_command,
          *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-        env={**os.environ, "PYTHONPATH": PYTHONPATH})
+        env={**os.environ, "PYTHONPATH": PYTHONPATH, **dict(env)})
 
 
 def _wait_for(marker: Path, process: subprocess.Popen) -> None:
@@ -1060,4 +1061,207 @@ def test_ctrl_c_is_taken_by_the_event_loop_where_it_has_its_default_meaning(monk
                         lambda self, sig, *args: (installed.append(sig), add(self, sig, *args))[1])
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert deploy_fleet(None, [], SshOptions()) == []
-    assert installed == [signal.SIGINT] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert installed == [signal.SIGINT, signal.SIGTERM]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_two_deploys_cut_off_in_a_row_then_a_failing_one_go_back_to_the_last_checked_bundle(device, bundles,
+                                                                                           monkeypatch):
+    """v1 checked; deploys of v2 and then v3 each cut off after their switch: the note of v3's switch named v2
+    (never checked) as what to go back to, so a failing deploy switched back to v2 and deleted the note."""
+    root, target, options = device
+    v1, v2, v3 = bundles
+    assert _deploy(v1, target, options).ok
+    real_connect = deploy_ssh.connect
+    connects = []
+
+    async def connect_once(target, options):
+        connects.append(target)
+        if len(connects) > 1:
+            raise deploy_ssh.DeployError("cannot connect to the device: connection refused")
+        return await real_connect(target, options)
+
+    for bundle in (v2, v3):
+        connects.clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(deploy_ssh, "connect", connect_once)
+            cut = _deploy(bundle, target, dataclasses.replace(options, restart_command=DROP_LINK))
+        assert (cut.ok, cut.outcome) == (False, "failed") and "unchecked" in cut.reason, cut.reason
+    result = _deploy(v3, target, dataclasses.replace(options, health_command="exit 3"))
+    assert (result.ok, result.outcome, result.active) == (False, "rolled back", v1.bundle_id), result.reason
+    assert f"switched back to {v1.bundle_id[:12]}" in result.reason
+    _assert_intact(root, v1.bundle_id)
+
+
+def _device_python_that_drops_the_link_at_the_switch(tmp_path, when: str) -> str:
+    """A device Python whose `activate --unconfirmed` takes the SSH link down: after switching, before, or before
+    an activate left running on the device switches a moment later."""
+    python = tmp_path / "device-python"
+    drop = {"after": f'{DEVICE_PYTHON} "$@" >/dev/null; {DROP_LINK}; exit 1',
+            "before": f"{DROP_LINK}; exit 1",
+            "later": f"{DROP_LINK}; sleep 2"}[when]
+    python.write_text(f'#!/bin/sh\ncase "$*" in *" activate "*"--unconfirmed"*) {drop};; esac\n'
+                      f'exec {DEVICE_PYTHON} "$@"\n')
+    python.chmod(0o755)
+    return str(python)
+
+
+@pytest.mark.parametrize("when", ["after", "before", "later"])
+def test_a_link_lost_during_the_switch_is_found_out_over_a_new_one(device, bundles, tmp_path, when):
+    """The link dropped while the device's activate ran: the deploy said "switching current: exit status None",
+    still on the old bundle, while the device had switched, unchecked."""
+    root, target, options = device
+    v1, v2 = bundles[0], bundles[1]
+    assert _deploy(v1, target, options).ok
+    drops = dataclasses.replace(options, device_python=_device_python_that_drops_the_link_at_the_switch(
+        tmp_path, when))
+    result = _deploy(v2, target, drops)
+    assert "switching current: the connection was lost before the device answered" in result.reason, result.reason
+    assert "exit status None" not in result.reason and result.active == v1.bundle_id
+    if when == "after":
+        assert (result.ok, result.outcome) == (False, "rolled back"), result.reason
+        assert f"(reconnected); switched back to {v1.bundle_id[:12]}" in result.reason
+    else:
+        assert (result.ok, result.outcome) == (False, "failed"), result.reason
+        assert f"reconnected: the device did not switch (it runs {v1.bundle_id[:12]})" in result.reason
+    time.sleep(3 if when == "later" else 0)  # the activate left running gets there, and must not switch
+    _assert_intact(root, v1.bundle_id)
+    assert ReleaseStore(root).unconfirmed() is None
+
+
+def test_a_switch_that_waits_past_the_command_timeout_does_not_switch_later(device, bundles):
+    """activate waited on the store's lock longer than --command-timeout: the deploy gave up and reported failure,
+    and the device's activate, still running, switched `current` to the new bundle some seconds later, unchecked."""
+    import fcntl
+
+    root, target, options = device
+    v1, v2 = bundles[0], bundles[1]
+    assert _deploy(v2, target, options).ok and _deploy(v1, target, options).ok  # v2 held: no install to wait
+    quick = dataclasses.replace(options, command_timeout=2)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another store operation, taking its time
+        result = _deploy(v2, target, quick)
+    assert (result.ok, result.outcome, result.active) == (False, "failed", v1.bundle_id), result.reason
+    assert "switching current: the command timed out (--command-timeout 2 s)" in result.reason
+    assert f"the device did not switch (it runs {v1.bundle_id[:12]})" in result.reason
+    time.sleep(2)  # time for a switch still running on the device to happen
+    _assert_intact(root, v1.bundle_id)
+
+
+def test_sigterm_during_a_deploy_switches_back_and_reports_like_ctrl_c(device, bundles, sshd, tmp_path):
+    """SIGTERM (timeout, systemd, kill) ended the deploy at once: the device stayed on the new bundle, unchecked,
+    no table was printed and the temporary folder was left behind."""
+    root, target, options = device
+    v1, v2 = bundles[0], bundles[1]
+    assert _deploy(v1, target, options).ok
+    started = tmp_path / "restart-started"
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    restart = f"{options.restart_command}; touch {started}; sleep 20.{os.getpid()}"
+    deploy = _deploy_in_background(v2, [sshd.url(root)], options, sshd, restart=restart, env={"TMPDIR": str(temp)})
+    _wait_for(started, deploy)
+    deploy.send_signal(signal.SIGTERM)
+    out, err = deploy.communicate(timeout=60)
+    assert deploy.returncode == 143, out + err
+    [row] = out.splitlines()[1:]
+    assert row.split()[1:4] == [v1.bundle_id[:12], "rolled", "back"], row
+    assert "Interrupted: 1 of 1 device(s) did not finish" in err
+    _assert_intact(root, v1.bundle_id)
+    assert ReleaseStore(root).unconfirmed() is None and list(temp.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["stalled", "dropped"])
+def test_a_link_lost_mid_upload_leaves_only_the_summary_on_stderr(device, bundles, sshd, caplog, how):
+    """The parallel SFTP writes each failed with ConnectionLost and asyncssh retrieved only the first: stderr got
+    "Task exception was never retrieved" tracebacks by the dozen, and "socket.send() raised exception."."""
+    import gc
+
+    root, target, options = device
+    assert _deploy(bundles[0], target, options).ok
+    proxy = StallingProxy(sshd.port)
+    try:
+        options.known_hosts.write_text(f"[127.0.0.1]:{proxy.port} {sshd.host_public_key}\n")
+        target = dataclasses.replace(target, port=proxy.port)
+        cut, lose_the_link = _once_half_way_through_the_upload(proxy.stall if how == "stalled" else proxy.close)
+        many = dataclasses.replace(options, block_size=64, upload_requests=16, connect_timeout=2)  # many in flight
+        caplog.set_level("DEBUG", logger="asyncio")
+        result = _deploy(bundles[1], target, many, progress_for=lambda _i, _t: lose_the_link)
+        gc.collect()  # unretrieved task exceptions are reported when the tasks are collected
+    finally:
+        proxy.close()
+    noise = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noise == []
+    assert cut and (result.ok, result.outcome) == (False, "failed") and result.reason.startswith("uploading:"), \
+        result.reason
+    _assert_intact(root, bundles[0].bundle_id)
+
+
+def test_a_deploy_clears_any_bundle_s_cut_off_upload_and_keeps_a_live_one(device, bundles):
+    """Only a deploy of the same bundle removed its cut-off `.part`; prune waited an hour. On a small device that
+    blocked deploys of every other bundle."""
+    root, target, options = device
+    v1, v2, v3 = bundles
+    assert _deploy(v1, target, options).ok and _deploy(v2, target, options).ok
+    incoming = root / "incoming"
+    minutes_ago = time.time() - 120
+    parts = {}
+    for name in ("stale-upload", "stale-switch", "live"):
+        parts[name] = incoming / f"{v3.bundle_id}.{name}.part"
+        parts[name].write_bytes(b"half an upload")
+    os.utime(parts["stale-upload"], (minutes_ago, minutes_ago))
+    assert _deploy(v3, target, options).outcome == "installed"  # v3's own upload clears the stale one
+    assert not parts["stale-upload"].exists() and parts["live"].exists()
+    os.utime(parts["stale-switch"], (minutes_ago, minutes_ago))
+    assert _deploy(v2, target, options).outcome == "switched"  # held already: no upload, but its prune clears it
+    assert sorted(incoming.iterdir()) == [parts["live"]]
+
+
+def test_a_read_only_device_root_is_said_so(device, bundles, tmp_path):
+    """A read-only filesystem: SFTP says only "Failure", and the row said `uploading: Failure`."""
+    root, target, options = device
+    root.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(root)], capture_output=True).returncode:
+        pytest.skip("cannot mount a filesystem here (needs root)")
+    try:
+        assert _deploy(bundles[0], target, options).ok
+        subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True)
+        result = _deploy(bundles[1], target, options)
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=True)
+    assert (result.ok, result.outcome, result.active) == (False, "failed", bundles[0].bundle_id), result.reason
+    assert result.reason.startswith(f"uploading: cannot write under {root} (Failure): the device root is not "
+                                    "writable"), result.reason
+
+
+def test_a_root_under_the_home_folder_that_starts_with_a_dash_is_no_option(sshd, bundles, tmp_path):
+    """`ssh://host/~/-x` passed `-x` to `python3 -m edge.releases` as an option."""
+    import pwd
+
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    root = home / f"-basilar-test-{os.getpid()}"
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(sshd.known_hosts_line())
+    options = SshOptions(known_hosts=known_hosts, identity=sshd.client_key, device_python=DEVICE_PYTHON,
+                         restart_command="echo restarted >> {root}/restarts.log", health_command=None,
+                         service_command="ls {root}/current >/dev/null && echo active")
+    target = parse_target(f"ssh://{sshd.user}@{sshd.host}:{sshd.port}/~/{root.name}")
+    try:
+        result = _deploy(bundles[0], target, options)
+        assert (result.ok, result.outcome) == (True, "installed"), result.reason
+        [status] = status_fleet([target], options)
+        assert (status.ok, status.current, status.service) == (True, bundles[0].bundle_id, "active"), status
+        assert _restarts(root) == 1
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_current_that_is_a_directory_is_named_in_deploy_and_status(device, bundles, sshd):
+    root, target, options = device
+    (root / "current").mkdir(parents=True)
+    result = _deploy(bundles[0], target, options)
+    assert (result.ok, result.outcome) == (False, "failed"), result.reason
+    assert f"{root / 'current'} is a directory, not a link to a release" in result.reason, result.reason
+    assert "storage failed" not in result.reason
+    [status] = status_fleet([target], options)
+    assert status.trouble.startswith("current is a directory, not a link to a release"), status

@@ -1,11 +1,14 @@
 """The device's release store (edge.releases): install, activate, rollback, prune, signature policy."""
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -125,6 +128,30 @@ def test_an_unconfirmed_switch_is_noted_until_confirmed_or_replaced(store, bundl
         assert not [p for p in store.root.iterdir() if p.name.startswith(".unconfirmed")]
 
 
+def test_switching_away_from_an_unchecked_bundle_keeps_the_note_on_the_last_checked_one(store, bundles):
+    """Two deploys in a row cut off after their switch: the second's note named the first (never checked) as the
+    bundle to go back to, so a failing third deploy switched back to it and called the device clean."""
+    ids = [store.install(archive) for _, archive, _ in bundles[:4]]
+    store.activate(ids[0])
+    store.activate(ids[1])  # checked: the note of the next switch goes back here
+    store.activate(ids[2], unconfirmed=True)
+    store.activate(ids[3], unconfirmed=True)
+    assert store.unconfirmed() == {"bundle": ids[3], "current": ids[1], "previous": ids[0]}
+
+
+def test_an_abandoned_switch_never_happens(store, bundles, capsys):
+    """A deploy that lost the answer of its switch abandons it before it reads which bundle is current: an activate
+    still starting or waiting for the lock then must not switch behind its back."""
+    ids = [store.install(archive) for _, archive, _ in bundles[:2]]
+    store.activate(ids[0])
+    assert main(["abandon", str(store.root), "0123abcd"]) == 0
+    assert main(["activate", str(store.root), ids[1], "--unconfirmed", "--switch-id", "0123abcd"]) == 1
+    assert "switch 0123abcd was abandoned by its deploy" in capsys.readouterr().err
+    assert store.current() == ids[0] and store.unconfirmed() is None
+    assert main(["activate", str(store.root), ids[1], "--switch-id", "4567ef01"]) == 0  # another switch: goes on
+    assert store.current() == ids[1]
+
+
 def test_activate_unknown_bundle_is_refused(store):
     with pytest.raises(ReleaseError, match="not installed"):
         store.activate("a" * 64)
@@ -159,6 +186,39 @@ def test_leftovers_of_an_interrupted_install_are_swept(store, bundles):
     store.prune(keep=3)
     assert list(store.staging_dir.iterdir()) == []
     assert not stale.exists() and fresh.exists()
+
+
+def test_prune_clears_a_cut_off_ssh_upload_after_a_minute_and_a_serial_one_after_an_hour(store, bundles):
+    """docs/deploy.md: a cut-off upload is removed by a later deploy once untouched for a minute; prune waited an
+    hour, so a deploy of a bundle the device held left another bundle's half upload taking a small device's space.
+    A serial upload resumes where it stopped, so it keeps the hour."""
+    store.install(bundles[0][1])
+    (store.incoming_dir / "serial").mkdir(parents=True)
+    minutes_ago = os.path.getmtime(store.root) - 120
+    cut_off = store.incoming_dir / f"{'a' * 64}.0a0b0c0d.part"
+    serial = store.incoming_dir / "serial" / "upload.bin"
+    for path in (cut_off, serial):
+        path.write_bytes(b"half an upload")
+        os.utime(path, (minutes_ago, minutes_ago))
+    live = store.incoming_dir / f"{'b' * 64}.01020304.part"
+    live.write_bytes(b"being written")
+    store.prune(keep=3)
+    assert not cut_off.exists() and serial.exists() and live.exists()
+
+
+def test_a_current_that_is_a_directory_is_named_as_such(store, bundles, capsys):
+    """A hand-made device whose `current` is a real folder: the switch failed as "the device's storage failed
+    (.../.current.<pid>.<ns>.tmp): Is a directory; free some space", and status said nothing of it."""
+    bundle_id = store.install(bundles[0][1])
+    (store.root / "current").mkdir()
+    for argv in (["activate", str(store.root), bundle_id], ["activate", str(store.root), "-"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"{store.root / 'current'} is a directory, not a link to a release" in err and "move it away" in err
+        assert "storage failed" not in err
+    assert main(["status", str(store.root)]) == 0
+    assert json.loads(capsys.readouterr().out)["current_directory"] is True
+    assert (store.root / "current").is_dir() and _leftovers(store) == []
 
 
 def test_temporary_files_a_crash_left_in_the_root_are_swept(store, bundles):
@@ -382,10 +442,14 @@ def test_rollback_reads_previous_under_the_store_lock(store, bundles, monkeypatc
     assert held and held[0] is True
 
 
-def test_storage_errors_are_clear_and_leave_no_stray_link(store, bundles, capsys):
+def test_storage_errors_are_clear_and_leave_no_stray_link(store, bundles, capsys, monkeypatch):
     _, archive, bundle_id = bundles[0]
     store.install(archive)
-    (store.root / "current").mkdir()  # something that is not a link where `current` goes
+
+    def failing_rename(source, _destination):  # a failing disk (a folder where `current` goes has its own message)
+        raise OSError(errno.EIO, "Input/output error", str(source))
+
+    monkeypatch.setattr(os, "replace", failing_rename)
     assert main(["activate", str(store.root), bundle_id]) == 1
     err = capsys.readouterr().err
     assert "error: the device's storage failed" in err and "Traceback" not in err
@@ -507,3 +571,38 @@ def test_prune_frees_a_disk_that_has_no_inode_left(tmp_path, bundles):
         assert store.prune(keep=1) == [ids[0]]
         assert sorted(store.releases()) == sorted(ids[1:]) and _leftovers(store) == []
         assert os.statvfs(tmp_path / "disk").f_ffree > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["activate", "{root}", "cab208"], "argument bundle_id: 'cab208' is not a bundle id"),  # a 12-digit display id
+    (["activate", "{root}", "-", "--previous", "abc"], "argument --previous: 'abc' is not a bundle id"),
+    (["confirm", "{root}", "abc"], "argument bundle_id: 'abc' is not a bundle id"),
+    (["abandon", "{root}", "no such id"], "'no such id' is not a switch id"),
+])
+def test_the_command_line_refuses_a_bad_id_as_a_usage_error_not_a_traceback(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.format(root=tmp_path) for a in args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_root_that_is_a_file_is_said_to_be_one_not_a_storage_failure(tmp_path, capsys):
+    (tmp_path / "root").write_text("")
+    assert main(["install", str(tmp_path / "root"), str(tmp_path / "b.tar.gz")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_a_store_operation_that_waits_for_the_lock_says_so(tmp_path, capfd):
+    """Behind a holder that hangs (an agent stuck on its port), every install or switch over SSH waited without a
+    word."""
+    store = ReleaseStore(tmp_path / "root")
+    store.root.mkdir()
+    holder = os.open(store.root / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    waiter = threading.Thread(target=store.prune, kwargs={"keep": 3})
+    waiter.start()
+    time.sleep(0.5)
+    assert waiter.is_alive()  # it waits: the holder may be busy, not stuck
+    os.close(holder)
+    waiter.join(10)
+    assert not waiter.is_alive() and "waiting for" in capfd.readouterr().err

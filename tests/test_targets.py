@@ -171,3 +171,11 @@ def test_every_end_of_a_serial_line_has_the_same_default_baud():
 
     assert {default("run"), default("service"), default("telemetry"), command_line().get_default("baud"),
             parse_target("serial:///dev/ttyUSB0").baud} == {115200}
+
+
+def test_an_ipv6_address_without_brackets_gets_the_bracket_hint():
+    with pytest.raises(TargetError, match=r"names no host; .*an IPv6 address goes in brackets: ssh://pi@\[fe80::1\]"):
+        parse_target("ssh://root@::1/x")
+    with pytest.raises(TargetError) as plain:
+        parse_target("ssh://root@/x")
+    assert "brackets" not in str(plain.value)
