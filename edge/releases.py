@@ -45,6 +45,7 @@ INCOMING_MAX_AGE_S = 3600  # a serial upload untouched this long was abandoned (
 PART_MAX_AGE_S = 60  # an SSH upload (incoming/*.part) is written every moment: untouched this long, it was cut off
 UNCONFIRMED = ".unconfirmed"
 ABANDONED = ".abandoned"  # ids of switches whose deploy lost their answer: they must not happen any more
+ABANDON_WAIT_S = 0.5  # how long calling a switch off waits for the lock (a switch holds it for milliseconds)
 
 
 class ReleaseError(Exception):
@@ -354,13 +355,33 @@ class ReleaseStore:
         except FileNotFoundError:
             return []
 
-    def abandon(self, switch_id: str) -> None:
+    def abandon(self, switch_id: str, wait_s: float = ABANDON_WAIT_S) -> None:
         """A deploy lost the answer of its switch (the link dropped, or it timed out): that activate, if it is still
         starting or waiting for the lock, must not switch behind the deploy's back after it read the device's state.
-        Taking the lock here orders the two: it switched before, or it never will."""
-        with self._locked():
+        Under the lock where it comes within wait_s, which orders the two (it switched before, or it never will);
+        else without it: a holder that long is no activate mid-switch (that takes milliseconds) but one stuck, and
+        an activate waiting behind it reads the note once it has the lock."""
+        with contextlib.ExitStack() as held:
+            if self._try_lock(wait_s):
+                held.callback(os.close, self._lock_fd)
             kept = self._abandoned()[-99:]  # a bounded list: a switch is abandoned within minutes
             _write_durably(self._abandoned_file, "".join(f"{i}\n" for i in (*kept, switch_id)).encode())
+
+    def _try_lock(self, wait_s: float) -> bool:
+        """Take the store's lock if it comes within wait_s (kept in self._lock_fd; closing that releases it)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._lock_fd = fd
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.05)
 
     def confirm(self, bundle_id: str) -> bool:
         """The bundle a deploy switched to passed its health check: drop the note; False if there was none."""
@@ -479,7 +500,7 @@ class ReleaseStore:
     def _sweep_temporaries(self) -> None:
         # Called with the lock held: the links and the note are only written under it, so a temporary name left in
         # the root (.current.*.tmp, ..unconfirmed.*.tmp) is one that a crash or power cut stopped short.
-        for name in (self._current_link.name, self._previous_link.name, UNCONFIRMED):  # only this store's own
+        for name in (self._current_link.name, self._previous_link.name, UNCONFIRMED, ABANDONED):  # this store's
             for stray in self.root.glob(f".{name}.*.tmp"):
                 with contextlib.suppress(OSError):
                     stray.unlink()
@@ -523,6 +544,18 @@ def storage_failure(exc: OSError) -> str:
 
 def _optional_id(text: str) -> str | None:
     return None if text in ("", "-", "none") else _id_argument(text)
+
+
+def claimed_upload(path: str) -> str:
+    """An upload about to be installed, renamed from `.part` before the install waits for the store's lock: another
+    deploy clears a `.part` untouched for PART_MAX_AGE_S, and the wait may be longer."""
+    if not path.endswith(".part"):
+        return path
+    claimed = path.removesuffix(".part") + ".installing"
+    with contextlib.suppress(FileNotFoundError):  # gone: install says it cannot read it
+        os.rename(path, claimed)
+        return claimed
+    return path
 
 
 def _id_argument(text: str) -> str:
@@ -587,12 +620,13 @@ def main(argv: list[str] | None = None) -> int:
             result["current_directory"] = store._current_link.is_dir() and not store._current_link.is_symlink()
             result["abandon"] = True  # this tool takes `activate --switch-id` and `abandon`
         elif args.command == "install":
+            archive = claimed_upload(args.archive) if args.remove_archive else args.archive
             try:
-                result = {"bundle_id": store.install(args.archive, args.sha256)}
+                result = {"bundle_id": store.install(archive, args.sha256)}
             finally:
                 if args.remove_archive:
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(args.archive)
+                        os.unlink(archive)
         elif args.command == "activate":
             if args.bundle_id is None:
                 result = {"previous": store.deactivate(previous=args.previous)}

@@ -108,12 +108,8 @@ class DeployError(Exception):
 
 
 class OutcomeUnknown(DeployError):
-    """A command on the device whose answer was lost (the link dropped, or it timed out): it may have done its work,
-    and unless the device's `timeout` ended it, it may still be running."""
-
-    def __init__(self, message: str, may_run_on: bool = True):
-        super().__init__(message)
-        self.may_run_on = may_run_on
+    """A command on the device whose answer was lost (the link dropped, it timed out, a signal ended it): it may
+    have done its work, and it may still be running."""
 
 
 # --- connecting ------------------------------------------------------------------------------------------------
@@ -262,6 +258,11 @@ async def _run(conn, command: str, timeout: float, stdin: str | None = None) -> 
     return await conn.run(command, input=stdin, check=False, timeout=timeout, errors="replace")
 
 
+# How `python3 -m edge.releases` ends when it ran to an answer: done, refused (its error), a usage error, or no
+# such program. Anything else (a signal, the link gone) leaves its outcome unknown.
+KNOWN_ENDS = (0, 1, 2, 127)
+
+
 def _root_arg(root: str) -> str:
     """The device root as a command's argument: a root under the home folder that starts with `-` would read as
     an option."""
@@ -272,13 +273,13 @@ async def _releases(conn, options: SshOptions, command: str, root: str, *args: s
     command = f"{options.device_python} -m edge.releases " + " ".join(
         shlex.quote(a) for a in (command, _root_arg(root), *args))
     # Bounded on the device too: a store command given up on (waiting on the store's lock, say) must not go on to
-    # switch `current` behind the deploy's back.
-    result, timed_out = await _run_bounded(conn, command, options.command_timeout)
-    if timed_out:  # an exit status says the device's `timeout` ended it; without one it was only given up on
-        raise OutcomeUnknown(f"the command timed out (--command-timeout {options.command_timeout:g} s)",
-                             may_run_on=result.exit_status is None)
-    if result.exit_status is None:
-        raise OutcomeUnknown("the connection was lost before the device answered")
+    # switch `current` behind the deploy's back. `exec`: busybox's and toybox's `timeout` signal only the shell.
+    result, timed_out = await _run_bounded(conn, "exec " + command, options.command_timeout)
+    if timed_out or result.exit_status in (124, 137, 143):  # 143: busybox's `timeout` ends it with SIGTERM
+        raise OutcomeUnknown(f"the command timed out (--command-timeout {options.command_timeout:g} s)")
+    if result.exit_status is None or result.exit_status not in KNOWN_ENDS:
+        raise OutcomeUnknown("the connection was lost before the device answered" if result.exit_status is None
+                             else f"the command ended with exit status {result.exit_status}, not an answer")
     if result.exit_status != 0:
         why = _tail(result.stderr) or _tail(result.stdout) or f"exit status {result.exit_status}"
         if "No module named" in why or result.exit_status == 127:
@@ -448,8 +449,7 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
     failure = None  # why the new bundle failed its restart or health check
     done = None  # the result, once the new bundle passed its health check
     status = None  # what the device said it holds, once read
-    unsure = False  # the switch's answer was lost: the device may or may not have switched
-    may_run_on = False  # ... and its activate may still be running there
+    unsure = False  # the switch's answer was lost: the device may or may not have switched, or still switch
     switch_id = secrets.token_hex(8)  # names the switch, so that one whose answer was lost can be called off
 
     async def upload_and_install(conn) -> None:
@@ -510,9 +510,8 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
                                                              bundle.bundle_id, *flags))
                 try:
                     await asyncio.shield(activation)
-                except (OutcomeUnknown, OSError, asyncssh.Error) as exc:
+                except (OutcomeUnknown, OSError, asyncssh.Error):
                     undo, unsure = back, True  # it may have switched: find out over a new connection
-                    may_run_on = getattr(exc, "may_run_on", True)
                     raise
                 except asyncio.CancelledError:
                     # The device's activate runs on whatever happens here: let it finish first, or it could switch
@@ -521,8 +520,11 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
                     undo = back
                     uncancel()
                     try:
-                        with contextlib.suppress(DeployError, OSError, asyncssh.Error):
-                            await activation
+                        await activation
+                    except (OutcomeUnknown, OSError, asyncssh.Error):
+                        unsure = True  # its answer lost as well: call it off and look, not switch back blind
+                    except DeployError:
+                        pass  # refused: nothing switched
                     except asyncio.CancelledError:
                         return DeployResult(target, False, "interrupted", None, "interrupted again while switching "
                                                                                 f"current; {_unchecked(bundle)}")
@@ -578,19 +580,27 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
         # Cut off after the switch (the link dropped during the restart, or Ctrl-C): the new bundle is unchecked
         # or failed, so connect once more to put back the old one.
         reason = f"{failure}; {reason}" if failure else reason
+        step = "connecting again to switch back"
         try:
             async with await connect(target, options) as conn:
                 if unsure:
-                    if may_run_on and status.get("abandon"):  # one still starting or waiting must not switch later
+                    if status.get("abandon"):  # an activate still starting or waiting must not switch later
+                        step = "calling off the switch"
                         await _releases(conn, options, "abandon", target.root, switch_id)
+                    step = "reading which bundle the device runs"
                     now = (await _releases(conn, options, "status", target.root)).get("current")
                     if now != bundle.bundle_id:
+                        if not status.get("abandon"):  # its release tool cannot call a switch off
+                            return DeployResult(target, False, "failed", now, f"{reason}; reconnected: the device "
+                                                f"had not switched (it runs {_short(now)}), but its switch may still "
+                                                f"come; {_unchecked(bundle)}")
                         return DeployResult(target, False, "failed", now, f"{reason}; reconnected: the device did "
                                                                           f"not switch (it runs {_short(now)})")
+                step = "switching back"
                 return await _switch_back(conn, target, bundle, options, undo, f"{reason} (reconnected)", uploaded)
         except (DeployError, OSError, asyncssh.Error) as exc:
-            return DeployResult(target, False, "failed", None, f"{reason}; connecting again to switch back failed: "
-                                                               f"{_describe(exc)}; {_unchecked(bundle)}")
+            return DeployResult(target, False, "failed", None, f"{reason}; {step} failed: {_describe(exc)}; "
+                                                               f"{_unchecked(bundle)}")
         except asyncio.CancelledError:  # interrupted again: stop, and say what the device may run
             return DeployResult(target, False, "interrupted", None, f"{reason}; interrupted again while switching "
                                                                     f"back; {_unchecked(bundle)}")

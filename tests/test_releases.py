@@ -606,3 +606,45 @@ def test_a_store_operation_that_waits_for_the_lock_says_so(tmp_path, capfd):
     os.close(holder)
     waiter.join(10)
     assert not waiter.is_alive() and "waiting for" in capfd.readouterr().err
+
+
+def test_an_upload_being_installed_is_claimed_before_the_wait_for_the_lock(tmp_path, bundles):
+    """Another deploy clears a `.part` untouched for a minute; an install may wait longer than that for the lock,
+    and its upload must still be there when it gets it."""
+    from edge.releases import PART_MAX_AGE_S
+
+    archive = bundles[0][1]
+    store = ReleaseStore(tmp_path / "root")
+    store.incoming_dir.mkdir(parents=True)
+    part = store.incoming_dir / "upload.0a0b.part"
+    shutil.copy(archive, part)
+    holder = os.open(store.root / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    done = []
+    installer = threading.Thread(target=lambda: done.append(main(["install", str(store.root), str(part),
+                                                                 "--remove-archive"])))
+    installer.start()
+    time.sleep(0.5)
+    stale = time.time() - PART_MAX_AGE_S - 60
+    for entry in store.incoming_dir.iterdir():  # as old as a cut-off upload: another deploy would clear a .part
+        os.utime(entry, (stale, stale))
+    assert not part.exists() and [p.name for p in store.incoming_dir.iterdir()] == ["upload.0a0b.installing"]
+    os.close(holder)
+    installer.join(30)
+    assert done == [0] and list(store.incoming_dir.iterdir()) == [] and len(store.releases()) == 1
+
+
+def test_calling_a_switch_off_behind_a_stuck_lock_holder_does_not_wait_for_it(tmp_path, bundles):
+    """The holder may be what made the switch time out: calling it off must not wait behind it too, and the
+    activate waiting there must still refuse once it gets the lock."""
+    store = ReleaseStore(tmp_path / "root")
+    bundle_id = store.install(bundles[0][1])
+    holder = os.open(store.root / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    started = time.monotonic()
+    store.abandon("0a0b0c")
+    assert time.monotonic() - started < 3
+    os.close(holder)
+    with pytest.raises(ReleaseError, match="switch 0a0b0c was abandoned"):
+        store.activate(bundle_id, switch_id="0a0b0c")
+    assert store.current() is None

@@ -690,11 +690,17 @@ class ScriptedStream:
         self.samplerate, self.blocksize = samplerate, blocksize
         self.callback, self.finished_callback = callback, finished_callback
         self.active = False
+        self.aborted = threading.Event()  # set: abort() returns at once
+        self.aborted.set()
 
     def start(self):
         self.active = True
 
     def stop(self):
+        self.active = False
+
+    def abort(self):
+        self.aborted.wait()  # a driver stuck in a read holds PortAudio's abort until it returns
         self.active = False
 
     def close(self):
@@ -760,6 +766,24 @@ def test_a_microphone_that_disappears_mid_stream_is_a_clear_error():
     streams[0].unplug()
     with pytest.raises(SourceError, match="microphone 'USB' stopped delivering audio.*basilar devices"):
         next(chunks)
+
+
+def test_closing_a_microphone_whose_driver_is_stuck_returns_within_its_bound(monkeypatch):
+    """The stream's abort waits on a read that never returns: close() must still return, so that the run ends."""
+    import edge.sources as sources
+
+    monkeypatch.setattr(sources, "CLOSE_WAIT_S", 0.3)
+    streams = []
+    source = MicSource(None, RATE, stream_factory=lambda **kw: streams.append(ScriptedStream(**kw)) or streams[-1])
+    streams[0].aborted.clear()
+    closing = threading.Thread(target=source.close)
+    started = time.monotonic()
+    closing.start()
+    closing.join(5)
+    took = time.monotonic() - started
+    streams[0].aborted.set()  # the driver lets go, whatever happened
+    assert not closing.is_alive(), "close() waited on the stuck driver"
+    assert 0.25 <= took < 2  # it waited its bound for the abort, no longer
 
 
 def test_a_microphone_that_goes_silent_is_a_clear_error():
