@@ -80,8 +80,9 @@ def check_archive_destination(archive) -> None:
             return
     except BundleError:
         pass
-    raise ValueError(f"{out} already exists and is not a basilar bundle archive (it has no {MANIFEST}); nothing was "
-                     "written: write the archive to a new file")
+    raise ValueError(f"{out} already exists and is not a basilar bundle archive whose {MANIFEST} can be read (another "
+                     "file, or an archive cut off while it was written); nothing was written: write the archive to a "
+                     "new file, or remove that one first")
 
 
 def make_bundle(out_dir, step_model_path, config: FrontendConfig, labels: list[str], *, spec: dict,
