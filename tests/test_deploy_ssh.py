@@ -483,12 +483,9 @@ def test_a_connection_lost_after_the_switch_is_switched_back_over_a_new_one(devi
     assert _restarts(root) == 3  # v1, the new one (cut off), v1 again
 
 
-def test_a_deploy_cut_off_after_the_switch_is_finished_by_the_next_one(device, bundles, monkeypatch):
-    """Cut off after the switch and unable to reconnect, a deploy leaves the new bundle active but unchecked; the
-    same deploy again must restart and health-check it (and switch back if it fails), not call it unchanged."""
-    root, target, options = device
-    v1, v2, v3 = bundles
-    assert _deploy(v1, target, options).ok
+def _connecting_once():
+    """A stand-in for deploy_ssh.connect that connects once and then finds the device unreachable, and the list of
+    the connections asked for (clear it to allow one more)."""
     real_connect = deploy_ssh.connect
     connects = []
 
@@ -497,6 +494,17 @@ def test_a_deploy_cut_off_after_the_switch_is_finished_by_the_next_one(device, b
         if len(connects) > 1:
             raise deploy_ssh.DeployError("cannot connect to the device: connection refused")
         return await real_connect(target, options)
+
+    return connects, connect_once
+
+
+def test_a_deploy_cut_off_after_the_switch_is_finished_by_the_next_one(device, bundles, monkeypatch):
+    """Cut off after the switch and unable to reconnect, a deploy leaves the new bundle active but unchecked; the
+    same deploy again must restart and health-check it (and switch back if it fails), not call it unchanged."""
+    root, target, options = device
+    v1, v2, v3 = bundles
+    assert _deploy(v1, target, options).ok
+    connects, connect_once = _connecting_once()
 
     def cut_off(bundle):
         connects.clear()
@@ -1073,14 +1081,7 @@ def test_two_deploys_cut_off_in_a_row_then_a_failing_one_go_back_to_the_last_che
     root, target, options = device
     v1, v2, v3 = bundles
     assert _deploy(v1, target, options).ok
-    real_connect = deploy_ssh.connect
-    connects = []
-
-    async def connect_once(target, options):
-        connects.append(target)
-        if len(connects) > 1:
-            raise deploy_ssh.DeployError("cannot connect to the device: connection refused")
-        return await real_connect(target, options)
+    connects, connect_once = _connecting_once()
 
     for bundle in (v2, v3):
         connects.clear()
