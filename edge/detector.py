@@ -108,7 +108,7 @@ class DetectorSettings:
         """
         if detector is not None and not isinstance(detector, Mapping):
             raise DetectorSettingsError(f"the detector settings must be a JSON object, not {type(detector).__name__}")
-        fields = {f.name for f in dataclasses.fields(cls)} - {"hop_ms"}
+        fields = cls.manifest_keys()
         values = {k: v for k, v in (detector or {}).items() if k in fields}
         changes = {k: v for k, v in overrides.items() if v is not None}
         try:
@@ -117,6 +117,11 @@ class DetectorSettings:
             return cls(hop_ms=hop_ms, **{**values, **changes})
         except (TypeError, ValueError) as err:
             raise DetectorSettingsError(f"the detector settings are invalid: {err}") from err
+
+    @classmethod
+    def manifest_keys(cls) -> set[str]:
+        """The settings a manifest's "detector" object may hold (the hop comes from the front end)."""
+        return {f.name for f in dataclasses.fields(cls)} - {"hop_ms"}
 
     def with_overrides(self, **overrides: Any) -> DetectorSettings:
         changes = {k: v for k, v in overrides.items() if v is not None}

@@ -188,19 +188,33 @@ class ReleaseStore:
     # --- changing ------------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self):
+    def _locked(self, give_up_after: float | None = None):
+        """Hold the store's lock; given give_up_after (seconds), go on without it once they pass (yields whether
+        it is held)."""
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # said, so that a wait behind a stuck holder is not a silent hang
-                print(f"waiting for {self.root / '.lock'}: another basilar operation on this device root holds it",
-                      file=sys.stderr, flush=True)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            yield self._take_lock(fd, give_up_after)
         finally:
             os.close(fd)  # closing releases the lock
+
+    def _take_lock(self, fd: int, give_up_after: float | None) -> bool:
+        """Whether the lock was taken: always, after saying so if it must wait (a wait behind a stuck holder is no
+        silent hang), unless give_up_after seconds pass first."""
+        deadline = None if give_up_after is None else time.monotonic() + give_up_after
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if deadline is None:
+                    print(f"waiting for {self.root / '.lock'}: another basilar operation on this device root holds "
+                          "it", file=sys.stderr, flush=True)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
 
     def install(self, archive_path: str | Path, expected_sha256: str | None = None) -> str:
         """Verify, extract and check a bundle archive, and add it under releases/; return its bundle id.
@@ -361,27 +375,9 @@ class ReleaseStore:
         Under the lock where it comes within wait_s, which orders the two (it switched before, or it never will);
         else without it: a holder that long is no activate mid-switch (that takes milliseconds) but one stuck, and
         an activate waiting behind it reads the note once it has the lock."""
-        with contextlib.ExitStack() as held:
-            if self._try_lock(wait_s):
-                held.callback(os.close, self._lock_fd)
+        with self._locked(give_up_after=wait_s):
             kept = self._abandoned()[-99:]  # a bounded list: a switch is abandoned within minutes
             _write_durably(self._abandoned_file, "".join(f"{i}\n" for i in (*kept, switch_id)).encode())
-
-    def _try_lock(self, wait_s: float) -> bool:
-        """Take the store's lock if it comes within wait_s (kept in self._lock_fd; closing that releases it)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._lock_fd = fd
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    return False
-                time.sleep(0.05)
 
     def confirm(self, bundle_id: str) -> bool:
         """The bundle a deploy switched to passed its health check: drop the note; False if there was none."""

@@ -214,7 +214,7 @@ class FileSource(AudioSource):
                 self._opened.close()
             if isinstance(err, SourceError):
                 raise
-            if wav_header_broken(path):
+            if wav_header_broken(path, wav):
                 raise SourceError(f"cannot read {path} as audio: its WAV header is cut short or malformed "
                                   f"({_libsndfile_reason(err)}); copy the file again, or re-record or re-export "
                                   "it") from err

@@ -167,17 +167,14 @@ def inspect_wav(path: str | os.PathLike) -> WavData | None:
         return WavData(start - 4, length, size - start, byte_rate, chunks, layout)
 
 
-def wav_header_broken(path: str | os.PathLike) -> bool:
+def wav_header_broken(path: str | os.PathLike, wav: WavData | None) -> bool:
     """Whether `path` starts as a WAV file but its header cannot be walked to a readable format chunk and then the
-    audio: cut off, or out of order (the audio before the format chunk, or no format chunk)."""
+    audio: cut off, or out of order (the audio before the format chunk, or no format chunk). `wav`: what
+    inspect_wav found in it (None for a header cut off, or for another format)."""
+    if wav is not None:
+        return wav.layout is None
     with open(path, "rb") as file:
-        if not starts_wav(file.read(12)):
-            return False
-        try:
-            fmt, _length = read_to_data(file.read)
-        except EOFError:
-            return True
-        return fmt is None or parse_format(fmt) is None
+        return starts_wav(file.read(12))
 
 
 def _chunks_to_end(file: BinaryIO, at: int, end: int, pad: bool = False, zeros: bool = True) -> bool:

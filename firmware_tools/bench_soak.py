@@ -37,6 +37,7 @@ import click
 import numpy as np
 import soxr
 
+from edge.sources import RATES
 from firmware_tools.bench import last_cpu
 from firmware_tools.bench_run import DEMO, pipeline_and_recording
 from firmware_tools.cli_types import FloatRange
@@ -242,7 +243,7 @@ def soak(bundle: str, recording: np.ndarray, rate: int, hop_samples: int, hours:
               show_default="the demo recording", help="Recording to play round and round.")
 @click.option("--hours", type=FloatRange(0.01, 1000), default=24.0, show_default=True,
               help="Hours of audio to run (6 to 9 s of this host's time an hour; four passes at least).")
-@click.option("--rate", "input_rate", type=click.IntRange(1000, 384000), default=None,
+@click.option("--rate", "input_rate", type=click.IntRange(*RATES), default=None,
               show_default="the bundle's rate", help="Feed raw PCM at this rate, which basilar run resamples as a "
                                                       "microphone's.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

@@ -70,12 +70,9 @@ def verify(bundle_path, trusted_keys):
 def unknown_detector_settings(manifest: dict) -> list[str]:
     """Keys of the manifest's detector settings that the detector does not read (it ignores them, so that a newer
     bundle still loads: a hand-edited "threshhold" would pass unseen)."""
-    import dataclasses
-
     from edge.detector import DetectorSettings
 
-    known = {field.name for field in dataclasses.fields(DetectorSettings)} - {"hop_ms"}
-    return sorted(set(manifest.get("detector") or {}) - known)
+    return sorted(set(manifest.get("detector") or {}) - DetectorSettings.manifest_keys())
 
 
 @bundle.command()

@@ -383,9 +383,6 @@ def _no_room(root: str, free: int, needed: int) -> str:
             "and previous releases) and deploy again")
 
 
-STALE_PART_S = PART_MAX_AGE_S  # a partial upload untouched this long was cut off; a live one is written every moment
-
-
 async def _drop_stale_parts(sftp, incoming: str, own: str) -> None:
     """Remove the partial uploads, of any bundle, that earlier cut-off attempts left (they hold space a full device
     needs), but not one that another deploy is writing right now. Ages are taken on the device's clock: this
@@ -397,7 +394,7 @@ async def _drop_stale_parts(sftp, incoming: str, own: str) -> None:
         path = f"{incoming}/{name}"
         if name.endswith(".part") and path != own:
             with contextlib.suppress(asyncssh.SFTPError):  # gone meanwhile: its deploy finished
-                if now is None or (await sftp.stat(path)).mtime < now - STALE_PART_S:
+                if now is None or (await sftp.stat(path)).mtime < now - PART_MAX_AGE_S:
                     await sftp.remove(path)
 
 
