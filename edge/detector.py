@@ -217,6 +217,9 @@ class Detector:
         self._levels = np.zeros(0, dtype=np.float64)  # recent input levels (dBFS), for end-pointing
         self._levels_from = at_frame  # the hop of self._levels[0]
         self._last_word_end = at_frame  # a word's start is looked for after the last reported word's end
+        self._lingering: int | None = None  # the label of a word that a pause ended, while its score lingers on
+        self._after_word = False  # the open event began while it did ...
+        self._heard_own = False  # ... and its other labels have since reached the trigger by themselves
 
     @property
     def frames_seen(self) -> int:
@@ -247,26 +250,42 @@ class Detector:
                                  f"{'none' if levels is None else len(levels)}; or set end_quiet_ms to 0")
             self._levels = np.concatenate([self._levels, np.asarray(levels, dtype=np.float64)])
         smoothed = self._smooth(posteriors)
-        if self.settings.trigger == "word":
-            best = (smoothed.sum(axis=1) / self.settings.threshold).tolist()  # some word, whichever, / threshold
-        else:
-            best = (smoothed / self._thresholds).max(axis=1).tolist()  # each hop's best score / its threshold
+        best = self._ratios(smoothed).tolist()
 
         release = self.settings.release_ratio
         events: list[Detection] = []
         for i, ratio in enumerate(best):
             hop = self._frame + i
             if self._open and (ratio < release or hop - self._onset >= self._max_frames):
+                after_word = self._after_word
                 event = self._close(hop)
                 if event:
                     events.append(event)
+                elif after_word:  # it held only the last word's lingering score: no refractory time after that
+                    self._quiet_from = hop
+            elif self._open and self._quiet_hops and self._next_word_begins(hop):
+                event = self._close(hop)  # the pause ended the word
+                if event:
+                    events.append(event)
+                    self._lingering = self.labels.index(event.label)
+                self._quiet_from = hop  # the next word may follow at once
+            scores = smoothed[i]
+            if self._lingering is not None:  # the model stays sure of a word for a while after it, into the next
+                if scores[self._lingering] < release * self._thresholds[self._lingering]:
+                    self._lingering = None
+                else:
+                    scores = scores.copy()
+                    scores[self._lingering] = 0.0
             if not self._open and ratio >= 1.0 and hop >= self._quiet_from:
                 self._open, self._onset = True, hop
+                self._after_word, self._heard_own = self._lingering is not None, False
                 self._peaks[:] = 0.0
                 self._mass[:] = 0.0
             if self._open:  # hop by hop, so neither depends on the chunking
-                np.maximum(self._peaks, smoothed[i], out=self._peaks)
-                self._mass += smoothed[i]
+                np.maximum(self._peaks, scores, out=self._peaks)
+                self._mass += scores
+                if self._after_word and not self._heard_own:
+                    self._heard_own = self._ratios(scores[None])[0] >= 1.0
         self._frame += len(posteriors)
         if len(self._levels) > self._keep_levels:  # enough for the longest event and the background before it
             self._levels_from += len(self._levels) - self._keep_levels
@@ -279,6 +298,12 @@ class Detector:
             return []
         event = self._close(self._frame, at_end=True)
         return [event] if event else []
+
+    def _ratios(self, smoothed: np.ndarray) -> np.ndarray:
+        """Each hop's measure for opening and holding an event, relative to its threshold (1: at it)."""
+        if self.settings.trigger == "word":
+            return smoothed.sum(axis=1) / self.settings.threshold  # some word, whichever
+        return (smoothed / self._thresholds).max(axis=1)  # the best label, each relative to its own threshold
 
     def _smooth(self, posteriors: np.ndarray) -> np.ndarray:
         n = self._smooth_frames
@@ -310,28 +335,52 @@ class Detector:
         best = int(np.argmax(evidence / self._thresholds))
         if self._peaks[best] < self.settings.min_score:
             return None  # sure of a word, not of which: on words that only resemble one
+        if self._after_word and not self._heard_own:
+            return None  # the last word's lingering score opened it, and no other word reached the trigger in it
         # Reported once hop `end_hop` was processed, i.e. after the audio up to its end (at the end of the stream,
         # end_hop is already the number of hops).
         detected_hop = end_hop if at_end else end_hop + 1
         return Detection(label=self.labels[best], score=float(self._peaks[best]), start_s=start_hop * self._hop_s,
                          end_s=word_end_hop * self._hop_s, detected_s=detected_hop * self._hop_s)
 
+    def _next_word_begins(self, hop: int) -> bool:
+        """Whether, at `hop`, the input rises out of a pause that the open event already holds: the pause ended
+        the word, and the next one begins (the event, ended here, finds that pause in `_word_bounds`)."""
+        at = hop - self._levels_from
+        if at < 1 or self._levels[at] <= self._levels[at - 1]:
+            return False  # not rising: the cheap test first, since this runs on every hop of an open event
+        quiet = self._quiet_level(hop)
+        if not self._levels[at - 1] <= quiet + endpoint.NEW_WORD_RISE_DB < self._levels[at]:
+            return False
+        return endpoint.pause_start(self._kept_levels(self._onset, hop), quiet, self._pause_hops()) is not None
+
+    def _kept_levels(self, first: int, last: int) -> np.ndarray:
+        """The input levels of hops [first, last) that are still kept."""
+        return self._levels[max(0, first - self._levels_from):max(0, last - self._levels_from)]
+
+    def _quiet_level(self, end_hop: int) -> float:
+        """The level under which a hop of the open event, ending at `end_hop`, is quiet (edge/endpoint.py)."""
+        word = self._kept_levels(self._onset - self._before_hops, end_hop)
+        background = self._kept_levels(end_hop - self._floor_hops, end_hop)
+        return endpoint.quiet_level(word, background, self.settings.end_quiet_db)
+
+    def _pause_hops(self) -> int:
+        """How many quiet hops in a row make a pause after the open event's word."""
+        return self._sure_quiet_hops if self._peaks.max() >= endpoint.SURE_SCORE else self._quiet_hops
+
     def _word_bounds(self, end_hop: int) -> tuple[int, int | None]:
         """From the input's levels: the hop where the word began, and the hop where the pause after it began (None
         if the event holds no pause: the word ran on into other sound)."""
-        def levels(first: int, last: int) -> np.ndarray:  # hops [first, last) that are still kept
-            return self._levels[max(0, first - self._levels_from):max(0, last - self._levels_from)]
-
-        word = levels(self._onset - self._before_hops, end_hop)
-        quiet = endpoint.quiet_level(word, levels(end_hop - self._floor_hops, end_hop), self.settings.end_quiet_db)
+        levels = self._kept_levels
+        quiet = self._quiet_level(end_hop)
         before = levels(max(self._onset - self._before_hops, self._last_word_end), self._onset)
         start = self._onset - len(before) + endpoint.sound_start(before, quiet)
         event = levels(self._onset, end_hop)
-        hops = self._sure_quiet_hops if self._peaks.max() >= endpoint.SURE_SCORE else self._quiet_hops
+        hops = self._pause_hops()
         pause = endpoint.pause_start(event, quiet, hops)
         if pause is None:  # no quiet: perhaps a room still ringing with the word
             tail = endpoint.smoothed(levels(self._onset - endpoint.TAIL_SMOOTH_HOPS + 1, end_hop))
             tail = tail[len(tail) - len(event):]  # the event's hops, smoothed over the hops before them too
-            tail_top = float(word.max()) - endpoint.TAIL_DROP_DB
+            tail_top = float(levels(self._onset - self._before_hops, end_hop).max()) - endpoint.TAIL_DROP_DB
             pause = endpoint.pause_start(event, quiet, hops, tail, tail_top)
         return start, None if pause is None else self._onset + pause

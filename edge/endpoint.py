@@ -32,6 +32,9 @@ FLOOR_S = 3.0  # the background: the quietest hop of the last three seconds
 FLOOR_MARGIN_DB = 6.0  # a hop this close to the background counts as quiet
 SURE_SCORE = 0.99  # a word the model is this sure of (its peak smoothed score) ...
 SURE_PAUSE_SHARE = 2 / 3  # ... needs only this share of the pause (100 of 150 ms): words follow closely in speech
+# After a pause, a rise this far over the quiet level is the next word, not a stop's release after its closure
+# (the "t" of "eight"), which stays near the quiet level.
+NEW_WORD_RISE_DB = 6.0
 TAIL_DROP_DB = 18.0  # a room's tail: at least this far under the word ...
 TAIL_RISE_DB = 2.0  # ... and never rising more than this above its lowest level so far
 TAIL_SMOOTH_HOPS = 3  # the tail's level: the mean energy of a hop and the two before it

@@ -163,6 +163,66 @@ def test_a_detection_carries_the_words_own_times_and_when_it_was_reported():
     assert event.detected_s == pytest.approx(1.40)
 
 
+def two_words(pause_hops: int, rise_db: float, b_score: float = 0.9, sound_hops: int = 40):
+    """Posteriors and levels of word 'a' (sound hops 60-120; the model sure of it from hop 100, and still for 40
+    hops after its sound ended, as the model's certainty lingers), a pause of `pause_hops`, then a sound of
+    `sound_hops` `rise_db` over the pause's quiet level (25 dB under the word), which the model names 'b' at
+    `b_score` near its end, after 30 hops of 0.5."""
+    posteriors = np.full((400, 2), 0.02, dtype=np.float32)
+    posteriors[100:160, 0] = 0.9
+    second = 120 + pause_hops
+    posteriors[second + 30:second + 60, 1] = b_score
+    posteriors[second:second + 30, 1] = 0.5  # the sum stays over the release all the way: one event, before
+    levels = np.full(400, -58.0)
+    levels[60:120] = -24.0
+    levels[second:second + sound_hops] = -24.0 - 25.0 + rise_db
+    return posteriors, levels
+
+
+def test_a_pause_inside_an_event_ends_the_word_and_the_next_one_is_heard():
+    """Digits said one after another with short pauses ("4 5 7"): the model is still sure of one word while the
+    next begins, so both fell into one event, named by one of them, or none when no pause followed the second."""
+    for pause_hops in (15, 30):
+        posteriors, levels = two_words(pause_hops, rise_db=25.0)
+        detector = make()
+        events = detector.update(posteriors, levels) + detector.flush()
+        assert [e.label for e in events] == ["a", "b"]
+        first, second = events
+        assert first.end_s == pytest.approx(1.20) and second.start_s == pytest.approx(1.20 + pause_hops / 100)
+        # The second event opened at once, while 'a' still lingered (its mass there would name it 'a' again): no
+        # refractory time after a word that a pause ended.
+        with_refractory = make(refractory_ms=400)
+        assert with_refractory.update(posteriors, levels) + with_refractory.flush() == events
+    posteriors, levels = two_words(5, rise_db=25.0)  # 50 ms of quiet is no pause: one event, as before
+    detector = make()
+    assert [e.label for e in detector.update(posteriors, levels) + detector.flush()] == ["a"]
+
+
+def test_a_stops_release_after_its_closure_does_not_end_the_word():
+    """The "t" of "eight" comes after a closure as long as a pause, and rises only a little over the quiet. The
+    model here leans to 'a' before it and settles on 'b' after it: one word, named 'b' by the larger sum; were the
+    release taken for the next word, the one word would be reported twice."""
+    posteriors = np.full((300, 2), 0.02, dtype=np.float32)
+    posteriors[100:130, 0] = 0.7
+    posteriors[130:165, 1] = 0.95
+    levels = np.full(300, -58.0)
+    levels[60:120] = -24.0  # the word; then the closure (15 hops), then the release 5 dB over the quiet level
+    for rise_db, expected in ((5.0, ["b"]), (25.0, ["a", "b"])):  # (25 dB: a new word after a pause)
+        levels[135:140] = -24.0 - 25.0 + rise_db
+        detector = make(trigger="word")  # named by the sum, as the shipped bundle names its words
+        assert [e.label for e in detector.update(posteriors, levels) + detector.flush()] == expected
+    assert 5.0 < endpoint.NEW_WORD_RISE_DB < 25.0  # what the two cases rely on
+
+
+def test_after_a_word_a_pause_ended_its_lingering_score_alone_reports_nothing():
+    """A short loud sound after the pause ends the word; the event that the word's own lingering score then holds
+    open, where no other word rises, is not reported (it would be named by the rest: 'b' at 0.02)."""
+    posteriors, levels = two_words(15, rise_db=25.0, b_score=0.02, sound_hops=5)
+    posteriors[135:165, 1] = 0.02
+    detector = make()
+    assert [e.label for e in detector.update(posteriors, levels) + detector.flush()] == ["a"]
+
+
 def test_the_shipped_bundle_times_the_demo_words():
     """On the real demo recording, each detection's start and end are within 0.15 s of where the word really is,
     and it is reported about half a second after the word's end."""
@@ -271,6 +331,17 @@ def test_a_digit_said_on_its_own_is_reported_and_one_run_into_speech_is_not(name
     assert [d[0] for d in detect(alone)] == [label]  # the shipped bundle end-points by default
     assert label not in [d[0] for d in detect(run_on)]
     assert label in [d[0] for d in detect(run_on, end_quiet_ms=0)]  # what end-pointing removed
+
+
+@pytest.mark.parametrize("speaker, digits", [("jackson", "2457"), ("nicolas", "2340"), ("theo", "6078"),
+                                              ("yweweler", "0573")])
+def test_digits_said_one_after_another_with_short_pauses_are_each_reported(speaker, digits):
+    """A PIN read out: 0.25 s between the words. The model is still sure of a digit when the next begins; the pause
+    between them ends the one, and the next is heard (all four; before, 1 to 3 of them)."""
+    parts = [hiss(1.5, -58)]
+    for k, name in enumerate(digits):
+        parts += [digit(f"{name}_{speaker}_0"), hiss(0.25, -58, k + 1)]
+    assert [d[0] for d in detect(np.concatenate(parts + [hiss(1, -58, 9)]))] == list(digits)
 
 
 @pytest.mark.parametrize("name", ["3_jackson_0", "4_nicolas_0", "8_theo_0"])
