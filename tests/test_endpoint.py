@@ -189,8 +189,8 @@ def test_a_pause_inside_an_event_ends_the_word_and_the_next_one_is_heard():
         assert [e.label for e in events] == ["a", "b"]
         first, second = events
         assert first.end_s == pytest.approx(1.20) and second.start_s == pytest.approx(1.20 + pause_hops / 100)
-        # The second event opened at once, while 'a' still lingered (its mass there would name it 'a' again): no
-        # refractory time after a word that a pause ended.
+        # The second event opened at once, while 'a' still lingered (its peak there, as high as b's, would name it
+        # 'a' again): no refractory time after a word that a pause ended.
         with_refractory = make(refractory_ms=400)
         assert with_refractory.update(posteriors, levels) + with_refractory.flush() == events
     posteriors, levels = two_words(5, rise_db=25.0)  # 50 ms of quiet is no pause: one event, as before
