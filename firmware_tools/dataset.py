@@ -26,6 +26,7 @@ BACKGROUND = "_background_"
 RECIPE = 7  # bump when example generation changes, so cached features are rebuilt
 SEQ_FRAMES = 192  # frames per training example (1.92 s at 10 ms)
 CONTEXT_FRAMES = 64  # the first frames of an example only give the model its past: no loss there
+EARLIEST_WORD_END = CONTEXT_FRAMES + 40  # a word in a stream of sound ends this many frames or more into its example
 LABEL_BEFORE_END_S = 0.10  # a word's label is the target from this long before its end ...
 LABEL_AFTER_END_S = 0.30  # ... until this long after it
 AFTER_WORD_GAP_S = 0.20  # then no loss for this long, then background
@@ -175,6 +176,26 @@ def read_clip(path, sample_rate: int) -> np.ndarray:
         raise ValueError(f"{path} is too short: its {len(data)} samples at {rate} Hz leave nothing at {sample_rate} "
                          "Hz; record it again or leave it out")
     return out
+
+
+def whole_word_s(config: FrontendConfig) -> float:
+    """The longest clip that every training example holds whole: a word heard amid other sound ends
+    EARLIEST_WORD_END frames or more into its example, and what would come before the example's start is cut."""
+    return EARLIEST_WORD_END * config.hop_ms / 1000
+
+
+def clips_longer_than(clips: list[Clip], seconds: float) -> list[tuple[Clip, float]]:
+    """The clips whose headers say they last longer than `seconds`, with their lengths. A header that cannot be
+    read is passed over: reading the clip itself says what is wrong with it."""
+    longer = []
+    for clip in clips:
+        try:
+            length = soundfile.info(str(clip.path)).duration
+        except (soundfile.LibsndfileError, RuntimeError, OSError):
+            continue
+        if length > seconds:
+            longer.append((clip, length))
+    return longer
 
 
 def read_labelled_clip(clip: Clip, sample_rate: int) -> np.ndarray:
@@ -432,7 +453,7 @@ class Augmenter:
         if from_rest:
             end_frame = lead_frames + word_frames
         else:
-            end_frame = int(rng.integers(CONTEXT_FRAMES + 40, SEQ_FRAMES - 35))
+            end_frame = int(rng.integers(EARLIEST_WORD_END, SEQ_FRAMES - 35))
         start_frame = end_frame - word_frames
         warmup = 0 if clean else int(rng.uniform(0, 1.0) * self.rate)
         total = warmup + SEQ_FRAMES * self.hop

@@ -408,6 +408,7 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     if "attribution" not in bundle_provenance:  # said now, not after the training
         log(f"warning: the bundle's ATTRIBUTION.md will name no author or license for {data_dir}; give them with "
             "--data-credit before sharing the bundle")
+    warn_of_long_clips(clips, settings.frontend, log)
     held, train_clips = split_holdout(clips, labels, held_out)
     for program, available in zip(("espeak-ng", "flite"), synth_engines()):
         if not available:
@@ -444,6 +445,20 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     (out / "report.txt").write_text(format_summary(summary) + "\n")
     log(format_summary(summary))
     return {k: summary[k] for k in ("bundle", "holdout", "model_size_bytes", "float_vs_int8")}
+
+
+def warn_of_long_clips(clips, config, log) -> None:
+    """A word is learnt as ending where its clip ends: a longer clip loses its start in training, and silence
+    after the word is learnt as part of it. Said before the long steps."""
+    room_s = dataset.whole_word_s(config)
+    longer = dataset.clips_longer_than(clips, room_s)
+    if longer:
+        clip, seconds = max(longer, key=lambda found: found[1])
+        log(f"warning: {len(longer)} of {len(clips)} labelled clips last longer than {room_s:.2f} s (the longest: "
+            f"{clip.path}, {seconds:.2f} s). Training hears each clip as one word that ends where the clip ends, "
+            f"and in some examples cuts off what lies more than {room_s:.2f} s before that end: silence after a word "
+            "is learnt as part of it, and the start of a long sound is lost. Trim each clip to its sound (e.g. `sox "
+            "IN OUT silence 1 0.02 1% reverse silence 1 0.02 1% reverse`)")
 
 
 def format_summary(summary: dict) -> str:

@@ -210,6 +210,28 @@ def test_train_refuses_a_holdout_that_takes_a_whole_label_away(tmp_path):
     assert not (tmp_path / "o" / "model.keras").exists()
 
 
+def test_train_warns_of_clips_longer_than_a_training_example_holds_whole(tmp_path):
+    """A clip is learnt as a word ending where the clip ends: a 2 s recording of a short word is mostly silence
+    learnt as the word, and one of a long sound loses its start. Said before the long steps (here the holdout is
+    refused right after)."""
+    import soundfile
+
+    lengths = {"yes/yes_alice_0.wav": 0.5, "yes/yes_bob_0.wav": 2.0, "yes/yes_bob_1.wav": 1.5,
+               "no/no_take_1.wav": 0.5}
+    for name, seconds in lengths.items():
+        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(tmp_path / "data" / name, np.full(int(seconds * 8000), 0.1), 8000)
+    (tmp_path / "data" / "no" / "no_take_2.wav").write_bytes(b"not audio")  # its own error comes when it is read
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1, result.output
+    data = tmp_path / "data"
+    assert (f"warning: 2 of 5 labelled clips last longer than 1.04 s (the longest: {data / 'yes' / 'yes_bob_0.wav'}, "
+            "2.00 s)") in result.output
+    assert "Trim each clip to its sound" in result.output and "holding out take leaves no clip" in result.output
+    short = CliRunner().invoke(main, ["train", str(FSDD_CLIPS), "--out", str(tmp_path / "o"), "--holdout", "george"])
+    assert short.exit_code == 1 and "longer than" not in short.output  # the FSDD clips in the repo are all shorter
+
+
 def test_train_on_other_words_than_digits_claims_no_synthesized_digits(tmp_path):
     """The recipe synthesizes digits only for digit labels; report.json said 600 and 1,200 for any labels."""
     require_module("tensorflow")
