@@ -7,10 +7,10 @@ classes (one word at a time), so the detector runs a single event state machine 
 2. Onset: with `trigger="label"`, an event opens on the first hop where some label's smoothed score reaches that
    label's threshold; with `trigger="word"`, where the smoothed scores of all labels together (how sure the model
    is that some word is there, whichever) reach `threshold`. Not while the previous event ended less than
-   `refractory_ms` ago.
+   `refractory_ms` ago (unless a pause ended it: step 5).
 3. Hysteresis: the event stays open while that score stays at or above `threshold * release_ratio`, so a dip
    mid-word does not split it. An event longer than `max_duration_ms` is closed anyway, so a sustained sound still
-   gets reported.
+   gets reported; with end-pointing, so is one whose word a pause ended (step 5).
 4. Decision: when the event closes, it is reported with the label whose peak smoothed score rose furthest above its
    own threshold ("label"), or whose smoothed score summed over the event is largest relative to its threshold
    ("word": a word the model hesitates between two labels on is still found, and named by where most of the
