@@ -200,6 +200,7 @@ class Detector:
         self._quiet_hops = settings.frames(settings.end_quiet_ms)
         self._sure_quiet_hops = max(1, round(self._quiet_hops * endpoint.SURE_PAUSE_SHARE)) if self._quiet_hops else 0
         self._before_hops = settings.frames(endpoint.BEFORE_S * 1000)
+        self._word_gap_hops = max(1, settings.frames(endpoint.WORD_GAP_S * 1000))
         self._floor_hops = settings.frames(endpoint.FLOOR_S * 1000)
         self._keep_levels = max(self._floor_hops, self._before_hops + self._max_frames) + 1
         self.reset()
@@ -374,7 +375,7 @@ class Detector:
         levels = self._kept_levels
         quiet = self._quiet_level(end_hop)
         before = levels(max(self._onset - self._before_hops, self._last_word_end), self._onset)
-        start = self._onset - len(before) + endpoint.sound_start(before, quiet)
+        start = self._onset - len(before) + endpoint.sound_start(before, quiet, self._word_gap_hops)
         event = levels(self._onset, end_hop)
         hops = self._pause_hops()
         pause = endpoint.pause_start(event, quiet, hops)

@@ -17,8 +17,8 @@ because it marks the word's end more closely (a tail starts under the word's own
 A word the model is all but certain of (SURE_SCORE) needs only SURE_PAUSE_SHARE of that pause: a digit-like
 syllable in running speech seldom scores so high, and a real digit may be followed closely by the next word.
 The same levels say where the word is: it ends where that pause begins, and begins where the loud stretch before
-the event's onset rose out of the quiet before it (`sound_start`), so a detection carries the word's own times
-rather than those of the model's certainty, which comes near the word's end.
+the event's onset rose out of WORD_GAP_S of quiet or more (`sound_start`), so a detection carries the word's own
+times rather than those of the model's certainty, which comes near the word's end.
 
 Levels are measured on the input samples, one per hop (the same hops as the front end's frames), in dBFS: the
 sum of squares is exact in int64, so the levels, like the frames, do not depend on how the audio is chunked.
@@ -35,6 +35,7 @@ SURE_PAUSE_SHARE = 2 / 3  # ... needs only this share of the pause (100 of 150 m
 # After a pause, a rise this far over the quiet level is the next word, not a stop's release after its closure
 # (the "t" of "eight"), which stays near the quiet level.
 NEW_WORD_RISE_DB = 6.0
+WORD_GAP_S = 0.08  # a word begins after this much quiet or more; a shorter dip is inside it
 TAIL_DROP_DB = 18.0  # a room's tail: at least this far under the word ...
 TAIL_RISE_DB = 2.0  # ... and never rising more than this above its lowest level so far
 TAIL_SMOOTH_HOPS = 3  # the tail's level: the mean energy of a hop and the two before it
@@ -101,12 +102,14 @@ def pause_start(event: np.ndarray, quiet: float, quiet_hops: int, tail: np.ndarr
     return None
 
 
-def sound_start(before: np.ndarray, quiet: float) -> int:
+def sound_start(before: np.ndarray, quiet: float, gap_hops: int = 1) -> int:
     """Where the word that the model fired on began: the index in `before` (the levels of the hops up to the event's
-    onset) of the first hop of its last loud stretch. The model fires near a word's end, and may fire only once the
-    pause after it has begun, so the quiet hops just before the onset are passed over. len(before) if none is loud."""
+    onset) of the first hop of its last loud stretch, loud stretches being apart by `gap_hops` quiet hops or more
+    (a shorter dip, a stop's closure or the fading end of a vowel, is part of the word). The model fires near a
+    word's end, and may fire only once the pause after it has begun, so the quiet hops just before the onset are
+    passed over. len(before) if none is loud."""
     loud = np.flatnonzero(before > quiet)
     if len(loud) == 0:
         return len(before)
-    quiet_before = np.flatnonzero(before[:loud[-1]] <= quiet)
-    return int(quiet_before[-1]) + 1 if len(quiet_before) else 0
+    apart = np.flatnonzero(np.diff(loud) > gap_hops)  # more than gap_hops - 1 quiet hops between two loud ones
+    return int(loud[apart[-1] + 1]) if len(apart) else int(loud[0])
