@@ -111,5 +111,5 @@ def sound_start(before: np.ndarray, quiet: float, gap_hops: int = 1) -> int:
     loud = np.flatnonzero(before > quiet)
     if len(loud) == 0:
         return len(before)
-    apart = np.flatnonzero(np.diff(loud) > gap_hops)  # more than gap_hops - 1 quiet hops between two loud ones
+    apart = np.flatnonzero(np.diff(loud) > gap_hops)  # at least gap_hops quiet hops between two loud ones
     return int(loud[apart[-1] + 1]) if len(apart) else int(loud[0])
