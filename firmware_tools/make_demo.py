@@ -4,10 +4,10 @@
 
 A stream like a device hears it: spoken digits from all four FSDD speakers (8 kHz, resampled to 16 kHz), with
 quiet stretches, noise bursts and ordinary speech that is not a digit (synthesized with espeak-ng, or with
-festival's ked voice or others, or recordings of people: `--speech-dir`) between them, over a low background
-hiss. Writes demo.wav (16 kHz mono int16), demo_truth.csv (label,start_s,end_s: where each digit was placed),
+festival's ked voice or others, or recordings of people: `--speech-dir`) between them, and recorded sounds that
+are not speech if asked (`--sound-dir`), over a low background hiss. Writes demo.wav (16 kHz mono int16), demo_truth.csv (label,start_s,end_s: where each digit was placed),
 demo_non_target.csv (kind,start_s,end_s: where the non-digit speech and the noise bursts are, for false alarms per
-minute of non-target speech) and ATTRIBUTION.md. Seeded, so a rebuild gives the same layout.
+minute of non-target speech; the recorded sounds are `noise` too) and ATTRIBUTION.md. Seeded, so a rebuild gives the same layout.
 """
 from __future__ import annotations
 
@@ -139,15 +139,16 @@ def speech_phrases(count: int) -> list[tuple[str, str, int, int]]:
 
 def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phrases: int | None = None,
           speech_engine: str = "espeak-ng", festival_voices=(FESTIVAL_VOICE,), pauses=PAUSES_S,
-          hiss_dbfs: float = HISS_DBFS, recordings: list[Recording] | None = None):
+          hiss_dbfs: float = HISS_DBFS, recordings: list[Recording] | None = None, sounds: list[Path] = ()):
     """The demo as (float samples, truth rows, non-target rows, digit files used, phrases used).
 
     Every digit `repeats` times, the speakers taking turns, at takes chosen at random; the non-digit phrases
     and noise bursts `repeats // 2` times each (at least once), or `phrases` phrases from a longer list, spoken by
     `speech_engine` (SPEECH_ENGINES; festival in `festival_voices`), with pauses drawn from `pauses` (seconds)
     between them, over a steady hiss at `hiss_dbfs`. Given `recordings`, those are the non-digit speech instead
-    of synthesized phrases: each once, or the first `phrases` of them (round again when there are fewer). With
-    one held-out speaker this makes a speaker-independent test stream for `basilar eval-stream`.
+    of synthesized phrases: each once, or the first `phrases` of them (round again when there are fewer). Each of
+    `sounds` (recordings of things that are not speech) goes in once, as `noise`. With one held-out speaker this
+    makes a speaker-independent test stream for `basilar eval-stream`.
     """
     speak = SPEECH_ENGINES[speech_engine]
     if speak is festival:
@@ -173,6 +174,7 @@ def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phr
         items += [("speech", text, functools.partial(speak, text, voice, speed, pitch))
                   for text, voice, speed, pitch in spoken]
     items += [("noise", "white", 0.8), ("noise", "brown", 1.2)] * rounds
+    items += [("sound", path.name, path) for path in sounds]
     order = rng.permutation(len(items))
 
     pieces, truth, non_target, used_files = [], [], [], []
@@ -189,6 +191,10 @@ def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phr
             # and ends in its room's quiet, which are no minutes of speech to count false alarms per.
             first, end = dataset.sounding_span(clip)
             non_target.append(("speech", cursor + first / RATE, cursor + end / RATE))
+        elif kind == "sound":
+            clip = rms_normalise(read_clip(extra), -24 + rng.uniform(-6, 6))
+            first, end = dataset.sounding_span(clip)
+            non_target.append(("noise", cursor + first / RATE, cursor + end / RATE))
         else:
             clip = rms_normalise(noise_burst(rng, extra, name), -30)
             non_target.append(("noise", cursor, cursor + len(clip) / RATE))
@@ -223,7 +229,7 @@ Built by `python3 -m firmware_tools.make_demo` (seed {seed}).
 {files}
 
 {speech_section}
-"""
+{sound_section}"""
 
 
 def espeak_version() -> str:
@@ -252,9 +258,9 @@ def write_rows(path: Path, header, rows) -> None:
 def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2,
                phrases: int | None = None, speech_engine: str = "espeak-ng", festival_voices=(FESTIVAL_VOICE,),
                pauses=PAUSES_S, hiss_dbfs: float = HISS_DBFS, recordings: list[Recording] | None = None,
-               speech_credit: str = ""):
+               speech_credit: str = "", sounds: list[Path] = (), sound_credit: str = ""):
     audio, truth, non_target, used, phrases = build(fsdd, seed, speakers, repeats, phrases, speech_engine,
-                                                    festival_voices, pauses, hiss_dbfs, recordings)
+                                                    festival_voices, pauses, hiss_dbfs, recordings, sounds)
     out_dir.mkdir(parents=True, exist_ok=True)
     wav, csv_path = out_dir / "demo.wav", out_dir / "demo_truth.csv"
     soundfile.write(wav, np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16), RATE,
@@ -267,7 +273,7 @@ def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024, speakers=SPEAKERS, r
         kind, section = "synthetic", synthetic_section(speech_engine, festival_voices, phrases)
     (out_dir / "ATTRIBUTION.md").write_text(ATTRIBUTION.format(
         seed=seed, count=len(used), speakers=", ".join(sorted(set(speakers))), files="\n".join(f"- `{name}`" for name in used),
-        speech_kind=kind, speech_section=section))
+        speech_kind=kind, speech_section=section, sound_section=sound_section(sounds, sound_credit)))
     return wav, csv_path
 
 
@@ -278,9 +284,25 @@ def synthetic_section(speech_engine: str, festival_voices, phrases) -> str:
     return "\n".join([f"## Synthetic speech ({engine}), not digits", *lines])
 
 
+def sound_section(sounds: list[Path], credit: str) -> str:
+    if not sounds:
+        return ""
+    lines = [f"- `{path}`" for path in sounds]
+    return "\n".join(["", "## Recorded sounds, not speech", *([credit, ""] if credit else []), *lines, ""])
+
+
 def recorded_section(recordings: list[Recording], credit: str) -> str:
     lines = [f"- `{r.path.name}`" + (f": \"{r.transcript}\"" if r.transcript else "") for r in recordings]
     return "\n".join(["## Recorded speech, not digits", *([credit, ""] if credit else []), *lines])
+
+
+def sounds_under(folder: Path) -> list[Path]:
+    """The audio files under folder (by their extensions, as training reads a folder), sorted."""
+    sounds = [p for p in dataset.files_under(folder) if p.suffix.lower() in dataset.AUDIO_SUFFIXES and p.is_file()]
+    if not sounds:
+        raise click.ClickException(f"--sound-dir {folder} holds no audio file (by extension: "
+                                   f"{', '.join(dataset.AUDIO_SUFFIXES)})")
+    return sounds
 
 
 @click.command()
@@ -312,14 +334,22 @@ def recorded_section(recordings: list[Recording], credit: str) -> str:
               help="With --speech-dir: which recordings, one a line, NAME or 'NAME: transcript' [default: all].")
 @click.option("--speech-credit", default="",
               help="With --speech-dir: who recorded the speech and under what license, for ATTRIBUTION.md.")
+@click.option("--sound-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of recordings of sounds that are not speech (chimes, music, knocks): each audio file "
+                   "under it goes in once, between the digits (false alarms on everyday sounds).")
+@click.option("--sound-credit", default="",
+              help="With --sound-dir: who made the sounds and under what license, for ATTRIBUTION.md.")
 def main(fsdd: Path, out_dir: Path, seed: int, speakers: str, repeats: int, phrases: int | None,
          speech_engine: str, festival_voices: tuple[str, ...], pauses: tuple[float, float], hiss_dbfs: float,
-         speech_dir: Path | None, speech_list: Path | None, speech_credit: str):
+         speech_dir: Path | None, speech_list: Path | None, speech_credit: str, sound_dir: Path | None,
+         sound_credit: str):
     """Build the demo recording and its expected detections."""
     if pauses[0] > pauses[1]:
         raise click.BadParameter(f"{pauses[0]} {pauses[1]}: LO must not exceed HI", param_hint="--pause-s")
     if speech_dir is None and (speech_list or speech_credit):
         raise click.UsageError("--speech-list and --speech-credit need --speech-dir")
+    if sound_dir is None and sound_credit:
+        raise click.UsageError("--sound-credit needs --sound-dir")
     if speech_dir is not None and click.get_current_context().get_parameter_source("speech_engine") \
             is click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError("--speech-dir brings its own speech; leave out --speech-engine")
@@ -331,10 +361,11 @@ def main(fsdd: Path, out_dir: Path, seed: int, speakers: str, repeats: int, phra
         raise click.BadParameter("names no speaker; e.g. --speakers nicolas", param_hint="--speakers")
     with fail_on(RecordingsError):
         recordings = read_recordings(speech_dir, speech_list) if speech_dir is not None else None
+    sounds = sounds_under(sound_dir) if sound_dir is not None else []
     if not fsdd.is_dir():
         raise click.ClickException(f"FSDD folder {fsdd} not found; pass --fsdd")
     wav, csv_path = write_demo(fsdd, out_dir, seed, names, repeats, phrases, speech_engine, festival_voices,
-                               pauses, hiss_dbfs, recordings, speech_credit)
+                               pauses, hiss_dbfs, recordings, speech_credit, sounds, sound_credit)
     info = soundfile.info(wav)
     rows = sum(1 for _ in csv_path.open()) - 1
     click.echo(f"wrote {wav} ({info.duration:.1f} s, {info.samplerate} Hz) and {csv_path} ({rows} digits)")

@@ -231,3 +231,36 @@ def test_make_demo_needs_a_folder_for_a_speech_list(tmp_path):
     empty.mkdir()
     result = CliRunner().invoke(make_demo_main, ["--out", str(tmp_path), "--speech-dir", str(empty)])
     assert result.exit_code == 1 and "no audio files" in result.output
+
+
+def test_make_demo_puts_recorded_sounds_between_the_digits(tmp_path):
+    """--sound-dir: every audio file under the folder goes in once, as a `noise` stretch where it sounds, never on a
+    digit, and the attribution lists them with their credit; other files in the folder are not read."""
+    require(DEFAULT_FSDD.is_dir(), f"the FSDD recordings at {DEFAULT_FSDD}")
+    sounds = recorded_speech(tmp_path / "sounds", seconds=(0.5, 0.9))
+    (sounds / "deeper").mkdir()
+    soundfile.write(sounds / "deeper" / "chime.flac", 0.2 * np.sin(np.arange(5600) / 3), 8000)  # 0.7 s
+    (sounds / "README.txt").write_text("where the sounds came from")
+    result = CliRunner().invoke(make_demo_main, [
+        "--speakers", "theo", "--repeats", "2", "--phrases", "0", "--out", str(tmp_path / "out"),
+        "--sound-dir", str(sounds), "--sound-credit", "Made by B. Person, CC0"])
+    assert result.exit_code == 0, result.output
+    rows = truth_rows(tmp_path / "out" / "demo_truth.csv")
+    others = read_truth(tmp_path / "out" / "demo_non_target.csv", header=NON_TARGET_HEADER)
+    assert {s.label for s in others} == {"noise"}
+    lengths = sorted(round(s.end_s - s.start_s, 2) for s in others)
+    assert [x for x in lengths if x not in (0.8, 1.2)] == [0.5, 0.7, 0.9]  # the sounds, beside two noise bursts
+    for s in others:
+        assert not any(s.start_s < w_end and s.end_s > w_start for _, w_start, w_end in rows)
+    attribution = (tmp_path / "out" / "ATTRIBUTION.md").read_text()
+    assert "## Recorded sounds, not speech\nMade by B. Person, CC0\n\n" in attribution
+    assert f"- `{sounds / 'deeper' / 'chime.flac'}`" in attribution and "README.txt" not in attribution
+
+
+def test_make_demo_refuses_a_sound_folder_without_audio_and_a_credit_without_a_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(make_demo_main, ["--out", str(tmp_path / "out"), "--sound-dir", str(tmp_path / "empty")])
+    assert result.exit_code == 1 and "holds no audio file" in result.output, result.output
+    result = CliRunner().invoke(make_demo_main, ["--out", str(tmp_path / "out"), "--sound-credit", "someone"])
+    assert result.exit_code == 2 and "--sound-credit needs --sound-dir" in result.output
+    assert not (tmp_path / "out" / "demo.wav").exists()
