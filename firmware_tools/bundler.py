@@ -37,8 +37,8 @@ FSDD_PROVENANCE = {
     "attribution": "Trained on recordings from the Free Spoken Digit Dataset by Zohar Jackson and contributors, "
                    "licensed CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/). This model is a "
                    "derivative work and is shared under the same license.",
-    "synthetic_data": "Extra digits and non-target speech synthesized with espeak-ng and flite; noise synthesized "
-                      "with numpy.",
+    "synthetic_data": "Extra digits and non-target speech synthesized with espeak-ng and flite; noise and other "
+                      "sounds (notes, chords, bells, sweeps, knocks) synthesized with numpy.",
 }
 
 

@@ -21,6 +21,7 @@ import soxr
 
 from edge.frontend import Frontend, FrontendConfig
 from edge.wav_header import TrueSizeWav, length_problem, libsndfile_input
+from firmware_tools.sound_events import sound_event
 
 BACKGROUND = "_background_"
 RECIPE = 7  # bump when example generation changes, so cached features are rebuilt
@@ -374,8 +375,9 @@ def set_peak(x: np.ndarray, peak_dbfs: float) -> np.ndarray:
 class Augmenter:
     """Builds labelled example sequences around words, and background-only sequences."""
 
-    def __init__(self, config: FrontendConfig, noise_speech: list[np.ndarray], seed: int):
+    def __init__(self, config: FrontendConfig, noise_speech: list[np.ndarray], seed: int, sound_events: bool = True):
         self.config = config
+        self.sound_events = sound_events  # off: the backgrounds of recipe 8 and before, draw for draw
         self.rate = config.sample_rate
         self.hop = config.hop_samples
         self.noise_speech = noise_speech
@@ -384,9 +386,13 @@ class Augmenter:
     def background(self, n: int) -> np.ndarray:
         """n samples of a random background: digital silence or steady noise, with non-target speech and/or
         noise bursts (sudden broadband sounds are what a level-normalised front end most easily mistakes for
-        fricatives)."""
+        fricatives) or other sounds that are not speech (notes, chimes, sweeps, knocks: `sound_events`)."""
         rng = self.rng
-        kind = rng.choice(["silence", "noise", "speech", "bursts", "speech+bursts"], p=[0.1, 0.2, 0.4, 0.15, 0.15])
+        if self.sound_events:
+            kind = rng.choice(["silence", "noise", "speech", "bursts", "speech+bursts", "events", "speech+events"],
+                              p=[0.1, 0.15, 0.35, 0.1, 0.1, 0.1, 0.1])
+        else:
+            kind = rng.choice(["silence", "noise", "speech", "bursts", "speech+bursts"], p=[0.1, 0.2, 0.4, 0.15, 0.15])
         if kind == "silence":
             return np.zeros(n)
         level = 10 ** (rng.uniform(-75, -35) / 20)
@@ -396,6 +402,8 @@ class Augmenter:
                 random_speed(rng, self.noise_speech[rng.integers(len(self.noise_speech))]), rng.uniform(-40, -3)))
         if "bursts" in kind:
             self._scatter(x, self.noise_burst)
+        if "events" in kind:
+            self._scatter(x, lambda: sound_event(rng, self.rate) * 10 ** (rng.uniform(-45, -3) / 20))
         return x
 
     def noise_floor(self, n: int, word_peak: float) -> np.ndarray:

@@ -42,13 +42,16 @@ from firmware_tools.convert_cmd import bundle_detector, bundle_detector_options
               help="Augmented examples made from each clip.")
 @click.option("--background-examples", type=click.IntRange(0, 10**6), default=5000, show_default=True,
               help="Examples of background only (noise, silence, non-target speech).")
+@click.option("--sound-events/--no-sound-events", default=True, show_default=True,
+              help="Synthesized sounds that are not speech (notes, chords, bells, sweeps, knocks) in the background "
+                   "class; --no-sound-events trains recipe 8, the shipped bundle's.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "basilar",
               show_default=True, help="Where computed features are cached.")
 @click.option("--name", default="model", show_default=True, help="Bundle name recorded in the manifest.")
 @bundle_detector_options
 def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth_digits, synth_speech, flite_digits,
-          flite_speech, speech_dir, speech_list, speech_credit, data_credit, copies, background_examples, cache_dir,
-          name, threshold, smoothing_ms, refractory_ms):
+          flite_speech, speech_dir, speech_list, speech_credit, data_credit, copies, background_examples, sound_events,
+          cache_dir, name, threshold, smoothing_ms, refractory_ms):
     """Train a streaming model on labelled audio files (sub-folder per label, or files named LABEL_...)."""
     if (speech_list or speech_credit) and not speech_dir:
         raise click.UsageError("--speech-list and --speech-credit describe recordings in --speech-dir; "
@@ -61,6 +64,7 @@ def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth
                                  background_examples=background_examples, synth_digits=synth_digits,
                                  synth_non_target=synth_speech, flite_digits=flite_digits,
                                  flite_non_target=flite_speech, ensemble=ensemble, data_credit=data_credit,
+                                 sound_events=sound_events,
                                  recorded_speech=(str(speech_dir), speech_list and str(speech_list),
                                                   speech_credit or f"recordings from {speech_dir}")
                                  if speech_dir else None)

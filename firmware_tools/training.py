@@ -17,6 +17,8 @@ from firmware_tools import dataset
 from firmware_tools.recordings import read_recordings
 
 DIGITS = [str(d) for d in range(10)]
+# What the background class's sounds are made of with TrainSettings.sound_events, for the attribution.
+SYNTH_SOUNDS = "Noise and other sounds (notes, chords, bells, sweeps, knocks)"
 DEFAULT_FRONTEND = FrontendConfig(sample_rate=8000, channels=32, f_low=100.0, f_high=3800.0, spectral_norm_s=1.28)
 
 
@@ -41,6 +43,9 @@ class TrainSettings:
     recorded_speech: tuple[str, str | None, str] | None = None
     data_credit: str | None = None  # who recorded DATA_DIR's clips and their license, for the bundle's attribution
     previous_word_probability: float = 0.5  # how often another word precedes the labelled one, as in a stream
+    # Synthesized sounds that are not speech (notes, chords, bells, sweeps, knocks) in a fifth of the backgrounds
+    # (recipe 9); off gives recipe 8's examples, draw for draw (docs/models.md, "Sounds that are not speech").
+    sound_events: bool = True
     # Models trained apart (seeds seed, seed+1, ...) and averaged in one network. The shipped bundle is two of
     # width 36 (docs/models.md); the default here stays one of width 48, which trains in half the time.
     ensemble: int = 1
@@ -65,7 +70,7 @@ def example_settings(settings: TrainSettings) -> tuple:
     """The settings that shape the examples (and so key their cache); the rest only shape the fit."""
     return (settings.copies_per_clip, settings.synth_digits, settings.flite_digits, settings.synth_non_target,
             settings.flite_non_target, settings.background_examples, settings.previous_word_probability, settings.seed,
-            *recordings_key(settings))
+            *recordings_key(settings), *(("sound events",) if settings.sound_events else ()))
 
 
 def recordings_key(settings: TrainSettings) -> tuple:
@@ -139,7 +144,7 @@ def build_examples(clips, labels, settings: TrainSettings, cache_dir: Path | Non
     synth_words, noise_speech = synthesized(labels, settings)
     noise_speech += recorded_speech(settings)
     words += synth_words
-    aug = dataset.Augmenter(cfg, noise_speech, settings.seed)
+    aug = dataset.Augmenter(cfg, noise_speech, settings.seed, settings.sound_events)
     background = len(labels)
     jobs = [(w, labels.index(lab)) for w, lab in words for _ in range(settings.copies_per_clip)]
     jobs += [(None, background)] * settings.background_examples
@@ -339,10 +344,11 @@ def synthetic_data(labels, settings: TrainSettings) -> str:
         engine_made |= {"non-target speech"} if available and speech else set()
         made |= engine_made
         engines += [engine] if engine_made else []
+    sounds = SYNTH_SOUNDS if settings.sound_events else "Noise"
     if not made:
-        return "Noise synthesized with numpy."
+        return f"{sounds} synthesized with numpy."
     what = " and ".join(m for m in ("digits", "non-target speech") if m in made)
-    return f"Extra {what} synthesized with {' and '.join(engines)}; noise synthesized with numpy."
+    return f"Extra {what} synthesized with {' and '.join(engines)}; {sounds.lower()} synthesized with numpy."
 
 
 def provenance(data_dir, clips, labels, settings: TrainSettings) -> dict:

@@ -1,6 +1,7 @@
 """Training and evaluation audio: real espeak-ng and flite voices, the rooms around training examples, and the noise
 floor under quiet training examples and under clips played by `basilar eval --noise-floor`."""
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import soundfile
 
 from firmware_tools import dataset, training
 from firmware_tools.recordings import RecordingsError, read_recordings
-from tests.conftest import recorded_phrases, require_program
+from tests.conftest import REPO, recorded_phrases, require_program
 
 RATE = 8000
 DIGITS = [str(d) for d in range(10)]
@@ -331,16 +332,22 @@ def test_fsdd_attribution_only_for_fsdd_clips_and_synthesis_only_when_on(tmp_pat
     monkeypatch.setattr(training, "synth_engines", lambda: (True, True))
     settings = training.TrainSettings()
     clips = dataset.scan_labelled(FSDD_CLIPS)
-    assert training.provenance(FSDD_CLIPS, clips, DIGITS, settings) == FSDD_PROVENANCE  # the shipped recipe's
+    assert training.provenance(FSDD_CLIPS, clips, DIGITS, settings) == FSDD_PROVENANCE  # the default recipe's
+    # The shipped bundle is recipe 8's, without the synthesized sounds (--no-sound-events), and says so.
+    shipped = json.loads((REPO / "edge" / "default_bundle" / "manifest.json").read_text())["provenance"]
+    recipe_8 = dataclasses.replace(settings, sound_events=False)
+    assert training.provenance(FSDD_CLIPS, clips, DIGITS, recipe_8)["synthetic_data"] == shipped["synthetic_data"]
     # A user's own words by speakers who happen to share FSDD's speakers' names are not FSDD.
     for name in ("yes/yes_jackson_0.wav", "no/no_theo_0.wav"):
         write_clip(tmp_path / "own" / name)
     own = dataset.scan_labelled(tmp_path / "own")
     off = dataclasses.replace(settings, synth_digits=0, flite_digits=0, synth_non_target=0, flite_non_target=0)
     assert training.provenance(tmp_path / "own", own, ["no", "yes"], off) == {
-        "training_data": str(tmp_path / "own"), "synthetic_data": "Noise synthesized with numpy."}
+        "training_data": str(tmp_path / "own"),
+        "synthetic_data": "Noise and other sounds (notes, chords, bells, sweeps, knocks) synthesized with numpy."}
     assert training.provenance(tmp_path / "own", own, ["no", "yes"], settings)["synthetic_data"] == (
-        "Extra non-target speech synthesized with espeak-ng and flite; noise synthesized with numpy.")
+        "Extra non-target speech synthesized with espeak-ng and flite; noise and other sounds (notes, chords, bells, "
+        "sweeps, knocks) synthesized with numpy.")
     # --data-credit: the user's own credit heads the attribution; under FSDD's, which it cannot replace
     credit = "Recorded by Erin Doe, CC BY 4.0."
     credited = dataclasses.replace(off, data_credit=credit)

@@ -35,6 +35,7 @@ def test_train_writes_model_bundle_and_report(trained):
     report = json.loads((trained / "report.json").read_text())
     assert report["holdout"] == "theo,yweweler"
     assert (report["settings"]["flite_digits"], report["settings"]["flite_non_target"]) == (10, 5)
+    assert report["settings"]["sound_events"] is True  # the default recipe (9) hears synthesized sounds
     held = report["heldout_int8"]
     assert held["clips"] == 20
     assert set(held["recall"]) == {str(d) for d in range(10)}
@@ -244,11 +245,13 @@ def test_train_on_other_words_than_digits_claims_no_synthesized_digits(tmp_path)
     result = CliRunner().invoke(main, ["train", str(tmp_path / "data"), "--out", str(out), "--epochs", "1", "--width",
                                        "8", "--copies", "1", "--background-examples", "20", "--synth-speech", "5",
                                        "--flite-speech", "0", "--holdout", "none", "--cache-dir", str(tmp_path / "c"),
-                                       "--data-credit", "Recorded by Erin Doe, CC BY 4.0."])
+                                       "--data-credit", "Recorded by Erin Doe, CC BY 4.0.", "--no-sound-events"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["labels"] == ["no", "yes"]
     assert (report["settings"]["synth_digits"], report["settings"]["flite_digits"]) == (0, 0)
+    assert report["settings"]["sound_events"] is False  # recipe 8's backgrounds, and its attribution says so:
+    assert "; noise synthesized with numpy." in (out / "bundle" / "ATTRIBUTION.md").read_text()
     # the user's credit heads the attribution shipped with their bundle, so no warning that it is missing
     attribution = (out / "bundle" / "ATTRIBUTION.md").read_text()
     assert attribution.startswith("# Attribution\n\nRecorded by Erin Doe, CC BY 4.0.\n")
