@@ -5,9 +5,10 @@
 A stream like a device hears it: spoken digits from all four FSDD speakers (8 kHz, resampled to 16 kHz), with
 quiet stretches, noise bursts and ordinary speech that is not a digit (synthesized with espeak-ng, or with
 festival's ked voice or others, or recordings of people: `--speech-dir`) between them, and recorded sounds that
-are not speech if asked (`--sound-dir`), over a low background hiss. Writes demo.wav (16 kHz mono int16), demo_truth.csv (label,start_s,end_s: where each digit was placed),
-demo_non_target.csv (kind,start_s,end_s: where the non-digit speech and the noise bursts are, for false alarms per
-minute of non-target speech; the recorded sounds are `noise` too) and ATTRIBUTION.md. Seeded, so a rebuild gives the same layout.
+are not speech if asked (`--sound-dir`), over a low background hiss. Writes demo.wav (16 kHz mono int16),
+demo_truth.csv (label,start_s,end_s: where each digit was placed), demo_non_target.csv (kind,start_s,end_s: where
+the non-digit speech and the noise bursts are, for false alarms per minute of non-target speech; the recorded
+sounds are `noise` too) and ATTRIBUTION.md. Seeded, so a rebuild gives the same layout.
 """
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 A device hears beeps, ringtones, music, door knocks and dishes between the words. Noise alone does not teach a
 model that a harmonic sound with a pitch and a vowel-like spectrum is not a word: trained without such sounds, the
-shipped network of 2026-12-05 reported a digit on about one real sound effect in five (docs/models.md, "Sounds that
-are not speech"). Each maker returns float64 samples with their peak at 1; the caller sets the level.
+shipped network (recipe 8) takes about one recorded chime, instrument or game sound in four for a digit
+(docs/models.md, "Sounds that are not speech"). Each maker returns `seconds` of float64 samples at `rate`;
+sound_event picks one and sets its peak to 1, and the caller sets the level.
 """
 import numpy as np
 
@@ -17,7 +18,7 @@ def _times(n: int, rate: int) -> np.ndarray:
 def _attack_decay(rng: np.random.Generator, n: int, rate: int) -> np.ndarray:
     """Struck or plucked (a fast attack and an exponential decay) or held (a plateau with a short release)."""
     t = _times(n, rate)
-    attack = max(1, int(rng.uniform(0.001, 0.03) * rate))
+    attack = min(n, max(1, int(rng.uniform(0.001, 0.03) * rate)))
     envelope = np.ones(n)
     envelope[:attack] = np.linspace(0, 1, attack)
     if rng.random() < 0.6:
@@ -81,8 +82,9 @@ def bell(rng: np.random.Generator, rate: int, seconds: float) -> np.ndarray:
     x = np.zeros(n)
     for _ in range(int(rng.integers(2, 9))):
         f = np.exp(rng.uniform(np.log(150), np.log(0.45 * rate)))
-        x += rng.uniform(0.2, 1) * np.exp(-t / rng.uniform(0.05, 1.5)) * np.sin(2 * np.pi * f * t + rng.uniform(0, 6.3))
-    attack = max(1, int(0.002 * rate))
+        gain, decay = rng.uniform(0.2, 1), np.exp(-t / rng.uniform(0.05, 1.5))
+        x += gain * decay * np.sin(2 * np.pi * f * t + rng.uniform(0, 6.3))
+    attack = min(n, max(1, int(0.002 * rate)))
     x[:attack] *= np.linspace(0, 1, attack)
     return x
 
@@ -113,7 +115,8 @@ def knocks(rng: np.random.Generator, rate: int, seconds: float) -> np.ndarray:
     m = min(n, int(0.4 * rate))
     t = _times(m, rate)
     hit = sum(np.exp(-t / tau) * np.sin(2 * np.pi * f * t) for f, tau in zip(modes, taus))
-    hit[:max(1, int(0.002 * rate))] += rng.standard_normal(max(1, int(0.002 * rate)))  # the contact's click
+    click = min(m, max(1, int(0.002 * rate)))
+    hit[:click] += rng.standard_normal(click)  # the contact's click
     pos = 0
     for _ in range(int(rng.integers(1, 7))):
         end = min(n, pos + m)
@@ -125,7 +128,8 @@ def knocks(rng: np.random.Generator, rate: int, seconds: float) -> np.ndarray:
 
 
 def melody(rng: np.random.Generator, rate: int, seconds: float) -> np.ndarray:
-    """Two to six notes one after another, overlapping or not: jingles, ringtones, chimes, a bar of music."""
+    """Notes of 0.08-0.6 s one after another, overlapping or not, until the sound's end: jingles, ringtones, chimes,
+    a bar of music."""
     n = max(1, int(seconds * rate))
     x = np.zeros(n)
     pos = 0

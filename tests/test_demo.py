@@ -259,7 +259,8 @@ def test_make_demo_puts_recorded_sounds_between_the_digits(tmp_path):
 
 def test_make_demo_refuses_a_sound_folder_without_audio_and_a_credit_without_a_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    result = CliRunner().invoke(make_demo_main, ["--out", str(tmp_path / "out"), "--sound-dir", str(tmp_path / "empty")])
+    result = CliRunner().invoke(make_demo_main, ["--out", str(tmp_path / "out"),
+                                                 "--sound-dir", str(tmp_path / "empty")])
     assert result.exit_code == 1 and "holds no audio file" in result.output, result.output
     result = CliRunner().invoke(make_demo_main, ["--out", str(tmp_path / "out"), "--sound-credit", "someone"])
     assert result.exit_code == 2 and "--sound-credit needs --sound-dir" in result.output
