@@ -41,6 +41,13 @@ FORMAT_SUFFIXES = {"WAV": (".wav", ".wave"), "FLAC": (".flac",), "OGG": (".ogg",
 AUDIO_SUFFIXES = tuple(suffix for fmt, suffixes in FORMAT_SUFFIXES.items() if fmt in soundfile.available_formats()
                        for suffix in suffixes)
 NOISE_COLOURS = ("white", "pink", "brown")  # what coloured_noise makes
+# The kinds of background and their shares, without and with sound events (recipe 8 and recipe 9, whose events take
+# their share from steady noise, speech and bursts).
+BACKGROUND_KINDS = {
+    False: (["silence", "noise", "speech", "bursts", "speech+bursts"], [0.1, 0.2, 0.4, 0.15, 0.15]),
+    True: (["silence", "noise", "speech", "bursts", "speech+bursts", "events", "speech+events"],
+           [0.1, 0.15, 0.35, 0.1, 0.1, 0.1, 0.1]),
+}
 # What copying a folder from a Mac or unpacking its zip leaves beside the audio: AppleDouble `._name.wav` files
 # (metadata with an audio file's name), `__MACOSX/` trees of them, `.Trashes/`.
 SYSTEM_FOLDER_NAMES = ("__MACOSX",)
@@ -388,11 +395,8 @@ class Augmenter:
         noise bursts (sudden broadband sounds are what a level-normalised front end most easily mistakes for
         fricatives) or other sounds that are not speech (notes, chimes, sweeps, knocks: `sound_events`)."""
         rng = self.rng
-        if self.sound_events:
-            kind = rng.choice(["silence", "noise", "speech", "bursts", "speech+bursts", "events", "speech+events"],
-                              p=[0.1, 0.15, 0.35, 0.1, 0.1, 0.1, 0.1])
-        else:
-            kind = rng.choice(["silence", "noise", "speech", "bursts", "speech+bursts"], p=[0.1, 0.2, 0.4, 0.15, 0.15])
+        kinds, shares = BACKGROUND_KINDS[self.sound_events]
+        kind = rng.choice(kinds, p=shares)
         if kind == "silence":
             return np.zeros(n)
         level = 10 ** (rng.uniform(-75, -35) / 20)

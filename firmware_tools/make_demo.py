@@ -298,8 +298,9 @@ def recorded_section(recordings: list[Recording], credit: str) -> str:
 
 
 def sounds_under(folder: Path) -> list[Path]:
-    """The audio files under folder (by their extensions, as training reads a folder), sorted."""
-    sounds = [p for p in dataset.files_under(folder) if p.suffix.lower() in dataset.AUDIO_SUFFIXES and p.is_file()]
+    """The audio files under folder (by their extensions, hidden and system files left out, as training reads a
+    folder), sorted."""
+    sounds = [p for p in dataset.files_under(folder) if dataset.is_user_audio(p, folder)]
     if not sounds:
         raise click.ClickException(f"--sound-dir {folder} holds no audio file (by extension: "
                                    f"{', '.join(dataset.AUDIO_SUFFIXES)})")
