@@ -14,6 +14,8 @@ import struct
 from collections.abc import Callable, Container
 from typing import BinaryIO, NamedTuple
 
+from edge.ogg_end import ogg_cut_short
+
 # Data sizes a recorder writes when it does not know the length yet (streaming to a pipe, or never finished): 0, or
 # a huge one: sox writes 0x7FFFF000, arecord 0x80000000, others 0xFFFFFFFF. libsndfile reads the huge ones to the
 # end of the file, but 0 as no audio at all (`TrueSizeWav`).
@@ -244,7 +246,10 @@ def libsndfile_input(path: str | os.PathLike) -> tuple[str | TrueSizeWav, WavDat
 def length_problem(path: str | os.PathLike, wav: WavData | None) -> str | None:
     """What is wrong, for an error message, when a WAV file's audio does not fit its header: the header declares
     less than follows (`WavData.overlong`: to be refused before it is played) or more than the file holds
-    (`WavData.cut_short`: what is there can be played first). None when it fits, or for any other format."""
+    (`WavData.cut_short`: what is there can be played first); or when an Ogg file is cut short (edge.ogg_end: what
+    is there can be played first). None when it fits, or for any other format."""
+    if wav is None:
+        return ogg_cut_short(path)
     too_long = wav and wav.overlong()
     if too_long:
         return (f"{path}'s WAV header declares {too_long.declared_s:.3f} s of audio but {too_long.present_s:.3f} s "
