@@ -232,7 +232,7 @@ class FileSource(AudioSource):
         self._float = self._file.subtype in ("FLOAT", "DOUBLE")  # the encodings that can hold NaN
         self._block = max(1, round(self.file_rate * chunk_ms / 1000))
         self._pacer = Pacer(sample_rate, self.stop, clock) if realtime else None
-        self._declared = _declared_frames(self._file)
+        self._declared = declared_frames(self._file)
 
     @property
     def input_rate(self) -> int:
@@ -280,15 +280,37 @@ def _starts_riff(path: Path) -> bool:
         return file.read(4) in (b"RIFF", b"RF64")
 
 
-# libsndfile counts an AIFF or RF64 file's frames from what the file holds, and notes the count its header declares
-_NOTED_FRAMES = re.compile(r"'COMM' chunk \((\d+)\) not equal|from 'ds64' chunk of (\d+)")
+# libsndfile counts a cut file's frames from what it holds, and its log notes what the header declared: frames, or
+# for some formats a size in bytes beside the size the file holds. By format, as libsndfile names them.
+_NOTED_LENGTH = {name: re.compile(pattern) for name, pattern in {
+    "AIFF": r"'COMM' chunk \((?P<frames>\d+)\) not equal",
+    "RF64": r"from 'ds64' chunk of (?P<frames>\d+)",
+    "AVR": r"Frames\s*: (?P<frames>\d+)",
+    "MPC2K": r"Frames\s*: (?P<frames>\d+)",
+    "AU": r"Data Size\s*: (?P<bytes>\d+) \(should be (?P<held>\d+)\)",
+    "W64": r"riff : (?P<bytes>\d+) \(should be (?P<held>\d+)\)",
+    "SVX": r"BODY : (?P<bytes>\d+) \(should be (?P<held>\d+)\)",
+    "WVE": r"Data length (?P<bytes>\d+) should be (?P<held>\d+)",
+    "MAT4": r"truncated\. (?P<held>\d+) <--> (?P<bytes>\d+)",
+}.items()}
+_SAMPLE_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "ALAW": 1, "ULAW": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4,
+                 "DOUBLE": 8}
 _UNKNOWN_FRAMES = 1 << 28  # counts this large are placeholders (sox into a pipe writes 0x3F800000), not lengths
 
 
-def _declared_frames(file) -> int:
+def declared_frames(file) -> int:
     """The frames `file`'s header declares: libsndfile's count, or a larger one its log notes."""
-    noted = _NOTED_FRAMES.search(getattr(file, "extra_info", ""))
-    declared = int(noted.group(1) or noted.group(2)) if noted else 0
+    pattern = _NOTED_LENGTH.get(file.format)
+    noted = pattern.search(getattr(file, "extra_info", "")) if pattern else None
+    if not noted:
+        return file.frames
+    if "frames" in pattern.groupindex:
+        declared = int(noted["frames"])
+    elif file.subtype in _SAMPLE_BYTES:  # the bytes the file lacks, in whole frames
+        frame_bytes = _SAMPLE_BYTES[file.subtype] * file.channels
+        declared = file.frames + (int(noted["bytes"]) - int(noted["held"])) // frame_bytes
+    else:  # a compressed encoding, whose bytes do not count frames
+        return file.frames
     return max(file.frames, declared if declared < _UNKNOWN_FRAMES else 0)
 
 

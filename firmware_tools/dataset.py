@@ -20,6 +20,7 @@ import soundfile
 import soxr
 
 from edge.frontend import Frontend, FrontendConfig
+from edge.sources import declared_frames
 from edge.wav_header import TrueSizeWav, length_problem, libsndfile_input
 from firmware_tools.sound_events import sound_event
 
@@ -161,7 +162,9 @@ def read_clip(path, sample_rate: int) -> np.ndarray:
     audio = None
     try:
         audio, wav = libsndfile_input(path)
-        data, rate = soundfile.read(audio, dtype="float64", always_2d=True)
+        with soundfile.SoundFile(audio) as file:
+            declared, rate = declared_frames(file), file.samplerate
+            data = file.read(dtype="float64", always_2d=True)
     except PermissionError:  # libsndfile would call it a "System error"
         raise ValueError(f"{path} cannot be read: permission denied; make it readable by the user running basilar, "
                          f"e.g. `chmod a+r {path}`") from None
@@ -173,6 +176,10 @@ def read_clip(path, sample_rate: int) -> np.ndarray:
     problem = length_problem(path, wav)
     if problem:
         raise ValueError(f"{problem}; or leave it out")
+    if len(data) < declared:  # libsndfile ends a cut or damaged file without an error
+        raise ValueError(f"{path} ends early: its header declares {declared / rate:.2f} s of audio but "
+                         f"{len(data) / rate:.2f} s could be read (cut short or damaged); copy the file again, or "
+                         "re-record or re-encode it, or leave it out")
     if not len(data):
         raise ValueError(f"{path} holds no audio; record it again or leave it out")
     if not np.isfinite(data).all():

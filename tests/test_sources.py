@@ -247,6 +247,19 @@ def test_a_wav_cut_short_in_a_training_folder_is_refused(tmp_path):
         read_clip(path, 8000)
 
 
+def test_a_cut_file_of_another_format_in_a_training_folder_is_refused(tmp_path):
+    """libsndfile read the first half of a cut Wave64 clip as the whole clip."""
+    from firmware_tools.dataset import read_clip
+
+    path = tmp_path / "7_erin_0.w64"
+    soundfile.write(path, sine(440, 1.0, RATE), RATE, subtype="PCM_16")
+    assert len(read_clip(path, RATE)) == RATE
+    path.write_bytes(path.read_bytes()[:-RATE])
+    with pytest.raises(ValueError, match=f"{path} ends early: its header declares 1.00 s of audio but 0.50 s could be "
+                                         r"read \(cut short or damaged\); .* or leave it out"):
+        read_clip(path, RATE)
+
+
 def set_data_size(wav: bytes, size: int) -> bytes:
     """A WAV file's bytes with its data chunk's declared size replaced."""
     at = wav.index(b"data") + 4

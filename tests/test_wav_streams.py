@@ -90,7 +90,7 @@ def test_a_file_whose_header_gives_an_absurd_rate_is_refused(tmp_path, rate):
         FileSource(path, RATE)
 
 
-def test_a_damaged_ogg_and_cut_aiff_and_rf64_files_are_reported_after_their_audio(tmp_path):
+def test_a_damaged_ogg_and_cut_files_of_other_formats_are_reported_after_their_audio(tmp_path):
     """libsndfile ends them early without an error: the run said done, and after the damage times were early."""
     ogg = tmp_path / "damaged.ogg"
     soundfile.write(ogg, np.random.default_rng(0).normal(0, 0.1, 10 * RATE), RATE)  # noise: many pages
@@ -100,11 +100,15 @@ def test_a_damaged_ogg_and_cut_aiff_and_rf64_files_are_reported_after_their_audi
     got, message = read_until_error(FileSource(ogg, RATE))
     assert "damaged.ogg ends early: its header declares 10.00 s of audio but " in message
     assert "the audio that could be read was processed" in message and len(got) < 10 * RATE
-    tone = sine(440, 4.0, RATE, 0.5)
-    for name in ("cut.aiff", "cut.rf64"):
+    for name, fmt, subtype in (("cut.aiff", "AIFF", "PCM_16"), ("cut.rf64", "RF64", "PCM_16"),
+                               ("cut.au", "AU", "PCM_16"), ("cut.w64", "W64", "PCM_16"), ("cut.8svx", "SVX", "PCM_16"),
+                               ("cut.wve", "WVE", "ALAW"), ("cut.mat", "MAT4", "PCM_16"), ("cut.avr", "AVR", "PCM_16"),
+                               ("cut.mpc", "MPC2K", "PCM_16")):
+        rate = 8000 if fmt == "WVE" else RATE  # Psion's A-law files are 8 kHz only
         path = tmp_path / name
-        soundfile.write(path, tone, RATE, subtype="PCM_16")
-        path.write_bytes(path.read_bytes()[:-2 * RATE])  # the last second gone
+        soundfile.write(path, sine(440, 4.0, rate, 0.5), rate, format=fmt, subtype=subtype)
+        assert len(read_all(FileSource(path, RATE))) == 4 * RATE  # whole, it is not taken for cut
+        path.write_bytes(path.read_bytes()[:-rate * {"PCM_16": 2, "ALAW": 1}[subtype]])  # the last second gone
         got, message = read_until_error(FileSource(path, RATE))
         assert f"{name} ends early: its header declares 4.00 s of audio but 3.00 s could be read" in message
         assert len(got) == 3 * RATE
@@ -113,7 +117,9 @@ def test_a_damaged_ogg_and_cut_aiff_and_rf64_files_are_reported_after_their_audi
 @pytest.mark.parametrize("fmt, subtype", [("WAV", "PCM_16"), ("FLAC", "PCM_16"), ("OGG", "VORBIS"), ("OGG", "OPUS"),
                                           ("MP3", "MPEG_LAYER_III"), ("AIFF", "PCM_24"), ("AU", "PCM_16"),
                                           ("CAF", "ALAC_16"), ("W64", "FLOAT"), ("RF64", "PCM_16"), ("WAVEX", "DOUBLE"),
-                                          ("NIST", "PCM_16"), ("IRCAM", "PCM_16"), ("VOC", "PCM_16")])
+                                          ("NIST", "PCM_16"), ("IRCAM", "PCM_16"), ("VOC", "PCM_16"),
+                                          ("SVX", "PCM_16"), ("MAT4", "PCM_16"), ("MAT5", "DOUBLE"),
+                                          ("AVR", "PCM_16"), ("MPC2K", "PCM_16"), ("PAF", "PCM_24"), ("AU", "ULAW")])
 def test_whole_files_of_every_format_are_not_taken_for_cut(tmp_path, fmt, subtype):
     path = tmp_path / f"whole.{fmt.lower()}"
     soundfile.write(path, sine(440, 2.0, RATE, 0.5), RATE, format=fmt, subtype=subtype)
