@@ -299,7 +299,9 @@ _UNKNOWN_FRAMES = 1 << 28  # counts this large are placeholders (sox into a pipe
 
 
 def declared_frames(file) -> int:
-    """The frames `file`'s header declares: libsndfile's count, or a larger one its log notes."""
+    """The frames `file`'s header declares: libsndfile's count, or a larger one its log (or a NIST header) notes."""
+    if file.format == "NIST":
+        return max(file.frames, _nist_sample_count(file.name))
     pattern = _NOTED_LENGTH.get(file.format)
     noted = pattern.search(getattr(file, "extra_info", "")) if pattern else None
     if not noted:
@@ -312,6 +314,18 @@ def declared_frames(file) -> int:
     else:  # a compressed encoding, whose bytes do not count frames
         return file.frames
     return max(file.frames, declared if declared < _UNKNOWN_FRAMES else 0)
+
+
+def _nist_sample_count(path) -> int:
+    """The frames a NIST SPHERE file's text header declares (`sample_count -i N`), which libsndfile does not log."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(4096).split(b"end_head")[0]
+    except (OSError, TypeError):  # not opened by its name
+        return 0
+    found = re.search(rb"\nsample_count -i (\d+)", header)
+    count = int(found[1]) if found else 0
+    return count if count < _UNKNOWN_FRAMES else 0
 
 
 class _WavSamples:

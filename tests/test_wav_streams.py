@@ -103,7 +103,7 @@ def test_a_damaged_ogg_and_cut_files_of_other_formats_are_reported_after_their_a
     for name, fmt, subtype in (("cut.aiff", "AIFF", "PCM_16"), ("cut.rf64", "RF64", "PCM_16"),
                                ("cut.au", "AU", "PCM_16"), ("cut.w64", "W64", "PCM_16"), ("cut.8svx", "SVX", "PCM_16"),
                                ("cut.wve", "WVE", "ALAW"), ("cut.mat", "MAT4", "PCM_16"), ("cut.avr", "AVR", "PCM_16"),
-                               ("cut.mpc", "MPC2K", "PCM_16")):
+                               ("cut.mpc", "MPC2K", "PCM_16"), ("cut.nist", "NIST", "PCM_16")):
         rate = 8000 if fmt == "WVE" else RATE  # Psion's A-law files are 8 kHz only
         path = tmp_path / name
         soundfile.write(path, sine(440, 4.0, rate, 0.5), rate, format=fmt, subtype=subtype)
