@@ -38,9 +38,9 @@ def _last_page_problem(tail: bytes) -> str | None:
         at = tail.rfind(CAPTURE, 0, at)
     if at < 0:
         return "its end holds no Ogg page"
-    segments = tail[at + HEADER - 1] if len(tail) - at >= HEADER else None
-    table = tail[at + HEADER:at + HEADER + segments] if segments is not None else b""
-    if segments is None or len(table) < segments or at + HEADER + segments + sum(table) > len(tail):
+    segments = tail[at + HEADER - 1] if len(tail) - at >= HEADER else 0
+    table = tail[at + HEADER:at + HEADER + segments]
+    if len(tail) - at < HEADER or len(table) < segments or at + HEADER + segments + sum(table) > len(tail):
         return "it ends inside an Ogg page"
     if not tail[at + 5] & END_OF_STREAM:
         return "its last Ogg page is not the end of its stream"

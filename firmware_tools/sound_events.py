@@ -15,6 +15,11 @@ def _times(n: int, rate: int) -> np.ndarray:
     return np.arange(n) / rate
 
 
+def _unit_peak(x: np.ndarray) -> np.ndarray:
+    """x scaled to a peak of 1 (silence stays silence)."""
+    return x / (np.abs(x).max() or 1)
+
+
 def _attack_decay(rng: np.random.Generator, n: int, rate: int) -> np.ndarray:
     """Struck or plucked (a fast attack and an exponential decay) or held (a plateau with a short release)."""
     t = _times(n, rate)
@@ -70,8 +75,7 @@ def chord(rng: np.random.Generator, rate: int, seconds: float) -> np.ndarray:
     steps = np.cumsum(rng.integers(2, 8, size=int(rng.integers(1, 4))))  # semitones above the root
     x = note(rng, rate, seconds, root)
     for step in steps:
-        tone = note(rng, rate, seconds, root * 2 ** (step / 12))
-        x += tone / (np.abs(tone).max() or 1) * rng.uniform(0.4, 1)
+        x += _unit_peak(note(rng, rate, seconds, root * 2 ** (step / 12))) * rng.uniform(0.4, 1)
     return x
 
 
@@ -137,7 +141,7 @@ def melody(rng: np.random.Generator, rate: int, seconds: float) -> np.ndarray:
         length = int(rng.uniform(0.08, 0.6) * rate)
         tone = note(rng, rate, length / rate)
         end = min(n, pos + tone.size)
-        x[pos:end] += tone[:end - pos] / (np.abs(tone).max() or 1)
+        x[pos:end] += _unit_peak(tone)[:end - pos]
         pos += int(length * rng.uniform(0.5, 1.2))
     return x
 
@@ -148,6 +152,4 @@ MAKERS = (note, chord, bell, sweep, knocks, melody)
 def sound_event(rng: np.random.Generator, rate: int) -> np.ndarray:
     """A random non-speech sound of 0.1-2 s, its peak at 1."""
     make = MAKERS[int(rng.integers(len(MAKERS)))]
-    x = make(rng, rate, rng.uniform(0.1, 2.0))
-    peak = np.abs(x).max()
-    return x / peak if peak > 0 else x
+    return _unit_peak(make(rng, rate, rng.uniform(0.1, 2.0)))
