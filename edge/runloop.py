@@ -21,6 +21,9 @@ from edge.endpoint import HopLevels
 from edge.sinks import Health, Sink
 from edge.sources import AudioSource, StopFlag
 
+# A room is never digitally silent: a live input that gives nothing but zeros this long is muted or mis-wired
+SILENCE_WARN_S = 10.0
+
 
 class PipelineError(Exception):
     """The bundle cannot run here; the message says what does not match and how to fix it."""
@@ -148,6 +151,8 @@ class RunLoop:
         self._lost = 0  # audio samples a live input lost (overruns): stream time runs on over them
         self._overruns_told = 0
         self._overruns_told_at = -1e9
+        self._silent_samples = 0  # live input samples in a row that were all exactly zero
+        self._silence_told = False
 
     def swap_pipeline(self, pipeline: Pipeline) -> None:
         """Replace the pipeline (a newly deployed bundle) between two chunks, without reopening the audio input.
@@ -203,6 +208,8 @@ class RunLoop:
         self._emit(events)
         if self._samples == len(chunk):  # the first chunk: a WAV stream's rate is known by now
             self._tell_low_rate()
+        if self.source.live:
+            self._watch_silence(chunk)
 
     def _take_new_pipeline(self) -> None:
         if self._next_pipeline is None:
@@ -215,8 +222,7 @@ class RunLoop:
         new.detector.reset(at_frame=round((self._samples + self._lost) / new.hop_samples))
         self.pipeline = new
         self._announce_bundle()
-        for sink in self.sinks:
-            sink.log(f"switched to bundle {new.bundle.id[:12]} without stopping the audio input")
+        self._log(f"switched to bundle {new.bundle.id[:12]} without stopping the audio input")
 
     def _skip_lost_audio(self, samples: int) -> None:
         """After an overrun: a word open across the gap ends there; what follows starts from rest, as a stream
@@ -238,18 +244,39 @@ class RunLoop:
         if now - self._overruns_told_at < 5.0:
             return
         self._overruns_told, self._overruns_told_at = self.source.overruns, now
-        for sink in self.sinks:
-            sink.log(f"audio overruns: {self._overruns_told} blocks lost so far (processing fell behind the "
-                     "input; lower the load on this device or use a lighter bundle)")
+        self._log(f"audio overruns: {self._overruns_told} blocks lost so far (processing fell behind the input; "
+                  "lower the load on this device or use a lighter bundle)")
 
     def _tell_low_rate(self) -> None:
         """Upsampling cannot put back the band the input never had, which the model was trained to hear."""
         rate, needed = self.source.input_rate, self.pipeline.sample_rate
         if rate and rate < needed:
-            for sink in self.sinks:
-                sink.log(f"warning: {self.source.name} is sampled at {rate} Hz, below the bundle's {needed} Hz: it "
-                         f"is resampled, but holds nothing above {rate // 2} Hz, where the model was trained to "
-                         "hear; expect fewer detections. Record at the bundle's rate if you can")
+            self._log(f"warning: {self.source.name} is sampled at {rate} Hz, below the bundle's {needed} Hz: it is "
+                      f"resampled, but holds nothing above {rate // 2} Hz, where the model was trained to hear; "
+                      "expect fewer detections. Record at the bundle's rate if you can")
+
+    def _watch_silence(self, chunk) -> None:
+        """Say when a live input has given only exact zeros for SILENCE_WARN_S, and when sound comes back: a muted
+        capture or a microphone on the other channel runs without an error, and would be deaf without a word."""
+        rate = self.pipeline.sample_rate
+        if chunk.any():
+            if self._silence_told:
+                self._log(f"{self.source.name} gives sound again, after {self._silent_samples / rate:.0f} s of "
+                          "digital silence")
+            self._silent_samples, self._silence_told = 0, False
+            return
+        self._silent_samples += len(chunk)
+        if not self._silence_told and self._silent_samples >= SILENCE_WARN_S * rate:
+            self._silence_told = True
+            self._log(f"warning: {self.source.name} has given only digital silence (every sample 0) for "
+                      f"{SILENCE_WARN_S:g} s, so nothing can be heard: is its capture muted or its gain at 0 "
+                      "(`alsamixer`, F4: capture controls), or is the microphone on the other channel of a stereo "
+                      "input (record both with `arecord -D DEVICE -c 2 -f S16_LE -d 3 both.wav` and look)? A "
+                      "microphone with a noise gate gives this in a quiet room too")
+
+    def _log(self, text: str) -> None:
+        for sink in self.sinks:
+            sink.log(text)
 
     def _emit(self, events: list[Detection]) -> None:
         for event in events:

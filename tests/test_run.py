@@ -210,6 +210,36 @@ def test_audio_sampled_below_the_bundles_rate_is_run_with_a_warning(tmp_path):
     assert "warning" not in basilar("run", DEMO).stderr.decode()  # 16 kHz for an 8 kHz bundle: nothing missing
 
 
+def test_a_live_input_of_digital_silence_is_said_to_be_muted_and_its_return_is_said_too(tmp_path):
+    """A muted capture, or a microphone on the other channel of a stereo input, gives exact zeros without an
+    error: through arecord's pipe 12 s of them, then sound with two digits, then zeros again."""
+    arecord = require_program("arecord")
+    demo, rate = soundfile.read(DEMO, dtype="int16")
+    samples = np.concatenate([np.zeros(12 * rate, np.int16), demo[:3 * rate], np.zeros(3 * rate, np.int16)])
+    env = alsa_file_device(tmp_path, samples)
+    recorder = subprocess.Popen([arecord, "-q", "-D", "basilar_test_mic", "-f", "S16_LE", "-r", str(rate), "-c", "1",
+                                 "-s", str(len(samples))], stdout=subprocess.PIPE, env=env)
+    try:
+        result = subprocess.run([sys.executable, "-m", "firmware_tools.cli", "run", "-"], cwd=REPO,
+                                stdin=recorder.stdout, capture_output=True, timeout=120, env=env)
+    finally:
+        recorder.kill()
+        recorder.wait()
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr
+    source = "standard input (WAV: S16_LE, 16000 Hz, 1 channel)"
+    warning = f"basilar: warning: {source} has given only digital silence (every sample 0) for 10 s, so nothing can"
+    assert stderr.count(warning) == 1 and "is its capture muted" in stderr, stderr
+    assert stderr.count(f"basilar: {source} gives sound again, after 12 s of digital silence") == 1, stderr
+    assert stderr.index(warning) < stderr.index("gives sound again")
+    assert [(d.label, round(d.start_s)) for d in parse_text(result.stdout)] == [("9", 13), ("1", 14)]
+    # 3 s of zeros at the end are not 10; and a file is no live input: its silence is the recording's
+    silent_file = tmp_path / "silent.wav"
+    soundfile.write(silent_file, samples, rate, subtype="PCM_16")
+    played = basilar("run", silent_file)
+    assert played.returncode == 0 and "digital silence" not in played.stderr.decode()
+
+
 def signal_once(args, env, ready, sig):
     """Start `basilar ARGS`, send it `sig` once its stderr so far satisfies `ready` (or after 60 s), and return
     its exit code, stdout (bytes) and all of its stderr (text)."""
