@@ -18,11 +18,9 @@ import numpy as np
 
 from edge.detector import Detection, Detector, DetectorSettings, DetectorSettingsError
 from edge.endpoint import HopLevels
+from edge.input_watch import InputWatch
 from edge.sinks import Health, Sink
 from edge.sources import AudioSource, StopFlag
-
-# A room is never digitally silent: a live input that gives nothing but zeros this long is muted or mis-wired
-SILENCE_WARN_S = 10.0
 
 
 class PipelineError(Exception):
@@ -151,8 +149,7 @@ class RunLoop:
         self._lost = 0  # audio samples a live input lost (overruns): stream time runs on over them
         self._overruns_told = 0
         self._overruns_told_at = -1e9
-        self._silent_samples = 0  # live input samples in a row that were all exactly zero
-        self._silence_told = False
+        self._input_watch = InputWatch(source, pipeline.sample_rate)
 
     def swap_pipeline(self, pipeline: Pipeline) -> None:
         """Replace the pipeline (a newly deployed bundle) between two chunks, without reopening the audio input.
@@ -208,8 +205,8 @@ class RunLoop:
         self._emit(events)
         if self._samples == len(chunk):  # the first chunk: a WAV stream's rate is known by now
             self._tell_low_rate()
-        if self.source.live:
-            self._watch_silence(chunk)
+        for message in self._input_watch.check(chunk):
+            self._log(message)
 
     def _take_new_pipeline(self) -> None:
         if self._next_pipeline is None:
@@ -254,25 +251,6 @@ class RunLoop:
             self._log(f"warning: {self.source.name} is sampled at {rate} Hz, below the bundle's {needed} Hz: it is "
                       f"resampled, but holds nothing above {rate // 2} Hz, where the model was trained to hear; "
                       "expect fewer detections. Record at the bundle's rate if you can")
-
-    def _watch_silence(self, chunk) -> None:
-        """Say when a live input has given only exact zeros for SILENCE_WARN_S, and when sound comes back: a muted
-        capture or a microphone on the other channel runs without an error, and would be deaf without a word."""
-        rate = self.pipeline.sample_rate
-        if chunk.any():
-            if self._silence_told:
-                self._log(f"{self.source.name} gives sound again, after {self._silent_samples / rate:.0f} s of "
-                          "digital silence")
-            self._silent_samples, self._silence_told = 0, False
-            return
-        self._silent_samples += len(chunk)
-        if not self._silence_told and self._silent_samples >= SILENCE_WARN_S * rate:
-            self._silence_told = True
-            self._log(f"warning: {self.source.name} has given only digital silence (every sample 0) for "
-                      f"{SILENCE_WARN_S:g} s, so nothing can be heard: is its capture muted or its gain at 0 "
-                      "(`alsamixer`, F4: capture controls), or is the microphone on the other channel of a stereo "
-                      "input (record both with `arecord -D DEVICE -c 2 -f S16_LE -d 3 both.wav` and look)? A "
-                      "microphone with a noise gate gives this in a quiet room too")
 
     def _log(self, text: str) -> None:
         for sink in self.sinks:

@@ -240,6 +240,21 @@ def test_a_live_input_of_digital_silence_is_said_to_be_muted_and_its_return_is_s
     assert played.returncode == 0 and "digital silence" not in played.stderr.decode()
 
 
+def test_a_recording_that_clips_is_run_with_a_warning_and_one_at_a_sound_level_is_not(tmp_path):
+    audio, rate = soundfile.read(DEMO, dtype="float32")
+    loud = tmp_path / "loud.wav"
+    soundfile.write(loud, np.clip(audio * 10, -1, 1), rate, subtype="PCM_16")  # 20 dB of gain too many
+    result = basilar("run", loud)
+    stderr = result.stderr.decode()
+    assert result.returncode == 0 and stderr.count("warning:") == 1, stderr
+    assert re.search(rf"warning: {loud} reached full scale in \d\.\d% of its samples over 10 s: it clips, which "
+                     r"flattens the words and costs detections; record it again with less gain", stderr), stderr
+    assert len(parse_text(result.stdout)) >= 15  # run to its end all the same
+    quieter = tmp_path / "quieter.wav"
+    soundfile.write(quieter, np.clip(audio * 3, -1, 1), rate, subtype="PCM_16")  # 10 dB louder: a few peaks touch
+    assert "warning" not in basilar("run", quieter).stderr.decode()
+
+
 def signal_once(args, env, ready, sig):
     """Start `basilar ARGS`, send it `sig` once its stderr so far satisfies `ready` (or after 60 s), and return
     its exit code, stdout (bytes) and all of its stderr (text)."""

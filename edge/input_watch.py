@@ -1,0 +1,69 @@
+"""What the input's samples tell of how it is captured, for the run loop to pass on: a live input that gives only
+exact zeros (a muted capture, or a microphone on a channel that is not read) and an input that reaches full scale
+(its gain is too high). Neither stops a run; both would otherwise cost detections without a word."""
+from __future__ import annotations
+
+import numpy as np
+
+# A room is never digitally silent: a live input that gives nothing but zeros this long is muted or mis-wired
+SILENCE_WARN_S = 10.0
+# Clipping is judged over windows of input, as the bundle hears it. The demo made louder (`sox demo.wav loud.wav
+# gain G`; its 10-s windows at 8 kHz): 15 dB, at most 0.97% of a window at full scale, all 20 digits found; 17 dB,
+# 0.84-1.35%, 20 and a false alarm; 20 dB, 1.6-2.2%, 18 and 3 false alarms; 30 dB, 5-7%, 12 digits.
+CLIP_WINDOW_S = 10.0
+CLIP_WARN_SHARE = 0.01
+CLIP_TELL_EVERY_S = 600.0  # a gain set too high clips every loud word: say so once in this much audio
+FULL_SCALE = 32767  # int16 samples at or beyond this magnitude (either sign) are at full scale
+
+
+class InputWatch:
+    """Feed it every chunk (int16 at `rate`) as it is processed; `check` returns the messages to tell, if any."""
+
+    def __init__(self, source, rate: int):
+        self._source = source  # its name may change as it learns its input (a WAV stream's header)
+        self._rate = rate
+        self._silent = 0  # samples in a row that were all exactly zero
+        self._silence_told = False
+        self._window = self._clipped = 0  # samples in the current clipping window, and how many were at full scale
+        self._since_clip_told = None  # samples since clipping was last told (None: never)
+
+    def check(self, chunk: np.ndarray) -> list[str]:
+        messages = []
+        if self._source.live:
+            messages += self._silence(chunk)
+        messages += self._clipping(chunk)
+        return messages
+
+    def _silence(self, chunk: np.ndarray) -> list[str]:
+        name = self._source.name
+        if chunk.any():
+            told, seconds = self._silence_told, self._silent / self._rate
+            self._silent, self._silence_told = 0, False
+            return [f"{name} gives sound again, after {seconds:.0f} s of digital silence"] if told else []
+        self._silent += len(chunk)
+        if self._silence_told or self._silent < SILENCE_WARN_S * self._rate:
+            return []
+        self._silence_told = True
+        return [f"warning: {name} has given only digital silence (every sample 0) for {SILENCE_WARN_S:g} s, so "
+                "nothing can be heard: is its capture muted or its gain at 0 (`alsamixer`, F4: capture controls), or "
+                "is the microphone on the other channel of a stereo input (record both with `arecord -D DEVICE -c 2 "
+                "-f S16_LE -d 3 both.wav` and look)? A microphone with a noise gate gives this in a quiet room too"]
+
+    def _clipping(self, chunk: np.ndarray) -> list[str]:
+        self._window += len(chunk)
+        self._clipped += int(np.count_nonzero(np.abs(chunk.astype(np.int32)) >= FULL_SCALE))
+        if self._since_clip_told is not None:
+            self._since_clip_told += len(chunk)
+        if self._window < CLIP_WINDOW_S * self._rate:
+            return []
+        share, seconds = self._clipped / self._window, self._window / self._rate
+        self._window = self._clipped = 0
+        quiet_since = self._since_clip_told is None or self._since_clip_told >= CLIP_TELL_EVERY_S * self._rate
+        if share < CLIP_WARN_SHARE or not quiet_since:
+            return []
+        self._since_clip_told = 0
+        fix = ("lower the capture gain (`alsamixer`, F4: capture controls) or move the microphone further from what "
+               "it hears" if self._source.live else "record it again with less gain")
+        return [f"warning: {self._source.name} reached full scale in {share:.1%} of its samples over "
+                f"{seconds:.0f} s: it clips, which flattens the words and costs detections; {fix} (said at most "
+                f"once in {CLIP_TELL_EVERY_S / 60:g} min of audio)"]

@@ -1,0 +1,78 @@
+"""What a run tells of its input's capture (edge/input_watch.py): digital silence on a live input, and clipping."""
+import types
+
+import numpy as np
+import pytest
+
+from edge.input_watch import CLIP_TELL_EVERY_S, CLIP_WARN_SHARE, CLIP_WINDOW_S, SILENCE_WARN_S, InputWatch
+
+RATE = 8000
+CHUNK = RATE // 10  # 100 ms, as the sources give them
+
+
+def source(live: bool, name: str = "mic"):
+    return types.SimpleNamespace(live=live, name=name)
+
+
+def feed(watch: InputWatch, samples: np.ndarray) -> list[str]:
+    return [m for i in range(0, len(samples), CHUNK) for m in watch.check(samples[i:i + CHUNK])]
+
+
+def tone(seconds: float, peak: int = 8000) -> np.ndarray:
+    t = np.arange(round(seconds * RATE)) / RATE
+    return np.round(peak * np.sin(2 * np.pi * 437 * t)).astype(np.int16)
+
+
+def zeros(seconds: float) -> np.ndarray:
+    return np.zeros(round(seconds * RATE), np.int16)
+
+
+def test_a_live_input_of_zeros_is_told_once_when_it_reaches_the_limit_and_again_when_sound_returns():
+    watch = InputWatch(source(True), RATE)
+    assert feed(watch, zeros(SILENCE_WARN_S - 0.1)) == []
+    told = feed(watch, zeros(0.1))
+    assert len(told) == 1 and told[0].startswith(f"warning: mic has given only digital silence (every sample 0) for "
+                                                 f"{SILENCE_WARN_S:g} s")
+    assert feed(watch, zeros(60)) == []  # once a stretch
+    assert feed(watch, tone(0.1)) == ["mic gives sound again, after 70 s of digital silence"]
+    assert feed(watch, tone(1)) == []
+    # A short stretch of zeros between sounds is no stretch to tell of, and the count starts again after sound
+    assert feed(watch, np.concatenate([zeros(SILENCE_WARN_S - 1), tone(0.1), zeros(SILENCE_WARN_S - 1)])) == []
+    assert len(feed(watch, zeros(1))) == 1
+
+
+def test_one_sample_that_is_not_zero_is_sound_and_a_file_of_zeros_is_the_recordings_own_silence():
+    watch = InputWatch(source(True), RATE)
+    almost = zeros(2 * SILENCE_WARN_S)
+    almost[::RATE] = 1  # one LSB a second: a live input's faintest hiss
+    assert feed(watch, almost) == []
+    assert feed(InputWatch(source(False, "quiet.wav"), RATE), zeros(3 * SILENCE_WARN_S)) == []
+
+
+LIVE_FIX = ("lower the capture gain (`alsamixer`, F4: capture controls) or move the microphone further from what it "
+            "hears")
+
+
+@pytest.mark.parametrize("live, fix", [(True, LIVE_FIX), (False, "record it again with less gain")])
+def test_clipping_over_a_share_of_a_window_is_told_at_most_once_in_ten_minutes(live, fix):
+    window = round(CLIP_WINDOW_S * RATE)
+    clipped = tone(CLIP_WINDOW_S)
+    clipped[:window // 100] = 32767  # 1.0% of the window at full scale, half of it at the negative end
+    clipped[window // 200:window // 100] = -32768
+    just_under = clipped.copy()
+    just_under[0] = 0  # one sample short of 1%
+    watch = InputWatch(source(live, "in"), RATE)
+    assert feed(watch, just_under) == []
+    told = feed(watch, clipped)
+    assert told == [f"warning: in reached full scale in 1.0% of its samples over 10 s: it clips, which flattens the "
+                    f"words and costs detections; {fix} (said at most once in 10 min of audio)"]
+    windows_before_again = round(CLIP_TELL_EVERY_S / CLIP_WINDOW_S)
+    assert all(feed(watch, clipped) == [] for _ in range(windows_before_again - 1))
+    assert len(feed(watch, clipped)) == 1
+
+
+def test_a_wave_that_only_touches_full_scale_at_its_peaks_is_no_clipping():
+    watch = InputWatch(source(True), RATE)
+    touching = tone(3 * CLIP_WINDOW_S, peak=32767)
+    assert 0 < np.count_nonzero(touching == 32767) < CLIP_WARN_SHARE * len(touching) / 2
+    assert feed(watch, touching) == []
