@@ -3,6 +3,8 @@ exact zeros (a muted capture, or a microphone on a channel that is not read) and
 (its gain is too high). Neither stops a run; both would otherwise cost detections without a word."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 # A room is never digitally silent: a live input that gives nothing but zeros this long is muted or mis-wired
@@ -16,8 +18,13 @@ CLIP_TELL_EVERY_S = 600.0  # a gain set too high clips every loud word: say so o
 FULL_SCALE = 32767  # int16 samples at or beyond this magnitude (either sign) are at full scale
 
 
+class Notice(NamedTuple):
+    text: str
+    warning: bool  # a problem to fix (told as a warning), or news that one is over
+
+
 class InputWatch:
-    """Feed it every chunk (int16 at `rate`) as it is processed; `check` returns the messages to tell, if any."""
+    """Feed it every chunk (int16 at `rate`) as it is processed; `check` returns what to tell, if anything."""
 
     def __init__(self, source, rate: int):
         self._source = source  # its name may change as it learns its input (a WAV stream's header)
@@ -27,29 +34,31 @@ class InputWatch:
         self._window = self._clipped = 0  # samples in the current clipping window, and how many were at full scale
         self._since_clip_told = None  # samples since clipping was last told (None: never)
 
-    def check(self, chunk: np.ndarray) -> list[str]:
+    def check(self, chunk: np.ndarray) -> list[Notice]:
         messages = []
         if self._source.live:
             messages += self._silence(chunk)
         messages += self._clipping(chunk)
         return messages
 
-    def _silence(self, chunk: np.ndarray) -> list[str]:
+    def _silence(self, chunk: np.ndarray) -> list[Notice]:
         name = self._source.name
         if chunk.any():
             told, seconds = self._silence_told, self._silent / self._rate
             self._silent, self._silence_told = 0, False
-            return [f"{name} gives sound again, after {seconds:.0f} s of digital silence"] if told else []
+            news = f"{name} gives sound again, after {seconds:.0f} s of digital silence"
+            return [Notice(news, False)] if told else []
         self._silent += len(chunk)
         if self._silence_told or self._silent < SILENCE_WARN_S * self._rate:
             return []
         self._silence_told = True
-        return [f"warning: {name} has given only digital silence (every sample 0) for {SILENCE_WARN_S:g} s, so "
-                "nothing can be heard: is its capture muted or its gain at 0 (`alsamixer`, F4: capture controls), or "
-                "is the microphone on the other channel of a stereo input (record both with `arecord -D DEVICE -c 2 "
-                "-f S16_LE -d 3 both.wav` and look)? A microphone with a noise gate gives this in a quiet room too"]
+        return [Notice(f"{name} has given only digital silence (every sample 0) for {SILENCE_WARN_S:g} s, so nothing "
+                       "can be heard: is its capture muted or its gain at 0 (`alsamixer`, F4: capture controls), or is "
+                       "the microphone on the other channel of a stereo input (record both with `arecord -D DEVICE -c "
+                       "2 -f S16_LE -d 3 both.wav` and look)? A microphone with a noise gate gives this in a quiet "
+                       "room too", True)]
 
-    def _clipping(self, chunk: np.ndarray) -> list[str]:
+    def _clipping(self, chunk: np.ndarray) -> list[Notice]:
         self._window += len(chunk)
         self._clipped += int(np.count_nonzero(np.abs(chunk.astype(np.int32)) >= FULL_SCALE))
         if self._since_clip_told is not None:
@@ -64,6 +73,6 @@ class InputWatch:
         self._since_clip_told = 0
         fix = ("lower the capture gain (`alsamixer`, F4: capture controls) or move the microphone further from what "
                "it hears" if self._source.live else "record it again with less gain")
-        return [f"warning: {self._source.name} reached full scale in {share:.1%} of its samples over "
-                f"{seconds:.0f} s: it clips, which flattens the words and costs detections; {fix} (said at most "
-                f"once in {CLIP_TELL_EVERY_S / 60:g} min of audio)"]
+        return [Notice(f"{self._source.name} reached full scale in {share:.1%} of its samples over {seconds:.0f} s: "
+                       f"it clips, which flattens the words and costs detections; {fix} (said at most once in "
+                       f"{CLIP_TELL_EVERY_S / 60:g} min of audio)", True)]

@@ -205,8 +205,8 @@ class RunLoop:
         self._emit(events)
         if self._samples == len(chunk):  # the first chunk: a WAV stream's rate is known by now
             self._tell_low_rate()
-        for message in self._input_watch.check(chunk):
-            self._log(message)
+        for notice in self._input_watch.check(chunk):
+            (self._warn if notice.warning else self._log)(notice.text)
 
     def _take_new_pipeline(self) -> None:
         if self._next_pipeline is None:
@@ -241,20 +241,24 @@ class RunLoop:
         if now - self._overruns_told_at < 5.0:
             return
         self._overruns_told, self._overruns_told_at = self.source.overruns, now
-        self._log(f"audio overruns: {self._overruns_told} blocks lost so far (processing fell behind the input; "
-                  "lower the load on this device or use a lighter bundle)")
+        self._warn(f"audio overruns: {self._overruns_told} blocks lost so far (processing fell behind the input; "
+                   "lower the load on this device or use a lighter bundle)")
 
     def _tell_low_rate(self) -> None:
         """Upsampling cannot put back the band the input never had, which the model was trained to hear."""
         rate, needed = self.source.input_rate, self.pipeline.sample_rate
         if rate and rate < needed:
-            self._log(f"warning: {self.source.name} is sampled at {rate} Hz, below the bundle's {needed} Hz: it is "
-                      f"resampled, but holds nothing above {rate // 2} Hz, where the model was trained to hear; "
-                      "expect fewer detections. Record at the bundle's rate if you can")
+            self._warn(f"{self.source.name} is sampled at {rate} Hz, below the bundle's {needed} Hz: it is "
+                       f"resampled, but holds nothing above {rate // 2} Hz, where the model was trained to hear; "
+                       "expect fewer detections. Record at the bundle's rate if you can")
 
     def _log(self, text: str) -> None:
         for sink in self.sinks:
             sink.log(text)
+
+    def _warn(self, text: str) -> None:
+        for sink in self.sinks:
+            sink.warn(text)
 
     def _emit(self, events: list[Detection]) -> None:
         for event in events:

@@ -13,6 +13,7 @@ import sys
 from typing import TextIO
 
 from edge.detector import Detection
+from edge.telemetry.protocol import LogLevel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,10 @@ class Sink:
 
     def log(self, text: str) -> None:
         pass
+
+    def warn(self, text: str) -> None:
+        """A problem the run goes on with, and that someone should fix (a muted microphone, lost audio)."""
+        self.log(f"warning: {text}")
 
     def close(self) -> None:
         pass
@@ -128,6 +133,9 @@ class TelemetrySink(Sink):
 
     def log(self, text: str) -> None:
         self._emitter.log(text)
+
+    def warn(self, text: str) -> None:
+        self._emitter.log(text, LogLevel.WARNING)  # the host sees it as one by its level, `[warning] ...`
 
     def close(self) -> None:
         self._emitter.close()

@@ -4,7 +4,7 @@ import types
 import numpy as np
 import pytest
 
-from edge.input_watch import CLIP_TELL_EVERY_S, CLIP_WARN_SHARE, CLIP_WINDOW_S, SILENCE_WARN_S, InputWatch
+from edge.input_watch import CLIP_TELL_EVERY_S, CLIP_WARN_SHARE, CLIP_WINDOW_S, SILENCE_WARN_S, InputWatch, Notice
 
 RATE = 8000
 CHUNK = RATE // 10  # 100 ms, as the sources give them
@@ -14,7 +14,7 @@ def source(live: bool, name: str = "mic"):
     return types.SimpleNamespace(live=live, name=name)
 
 
-def feed(watch: InputWatch, samples: np.ndarray) -> list[str]:
+def feed(watch: InputWatch, samples: np.ndarray) -> list[Notice]:
     return [m for i in range(0, len(samples), CHUNK) for m in watch.check(samples[i:i + CHUNK])]
 
 
@@ -31,10 +31,10 @@ def test_a_live_input_of_zeros_is_told_once_when_it_reaches_the_limit_and_again_
     watch = InputWatch(source(True), RATE)
     assert feed(watch, zeros(SILENCE_WARN_S - 0.1)) == []
     told = feed(watch, zeros(0.1))
-    assert len(told) == 1 and told[0].startswith(f"warning: mic has given only digital silence (every sample 0) for "
-                                                 f"{SILENCE_WARN_S:g} s")
+    assert len(told) == 1 and told[0].warning
+    assert told[0].text.startswith(f"mic has given only digital silence (every sample 0) for {SILENCE_WARN_S:g} s")
     assert feed(watch, zeros(60)) == []  # once a stretch
-    assert feed(watch, tone(0.1)) == ["mic gives sound again, after 70 s of digital silence"]
+    assert feed(watch, tone(0.1)) == [Notice("mic gives sound again, after 70 s of digital silence", False)]
     assert feed(watch, tone(1)) == []
     # A short stretch of zeros between sounds is no stretch to tell of, and the count starts again after sound
     assert feed(watch, np.concatenate([zeros(SILENCE_WARN_S - 1), tone(0.1), zeros(SILENCE_WARN_S - 1)])) == []
@@ -64,8 +64,8 @@ def test_clipping_over_a_share_of_a_window_is_told_at_most_once_in_ten_minutes(l
     watch = InputWatch(source(live, "in"), RATE)
     assert feed(watch, just_under) == []
     told = feed(watch, clipped)
-    assert told == [f"warning: in reached full scale in 1.0% of its samples over 10 s: it clips, which flattens the "
-                    f"words and costs detections; {fix} (said at most once in 10 min of audio)"]
+    assert told == [Notice(f"in reached full scale in 1.0% of its samples over 10 s: it clips, which flattens the "
+                           f"words and costs detections; {fix} (said at most once in 10 min of audio)", True)]
     windows_before_again = round(CLIP_TELL_EVERY_S / CLIP_WINDOW_S)
     assert all(feed(watch, clipped) == [] for _ in range(windows_before_again - 1))
     assert len(feed(watch, clipped)) == 1

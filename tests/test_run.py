@@ -24,6 +24,7 @@ from edge.detector import Detection
 from edge.runloop import Pipeline, PipelineError, RunLoop
 from edge.sinks import Sink
 from edge.sources import FileSource, StopFlag
+from edge.telemetry.protocol import Log, LogLevel, StreamDecoder
 from firmware_tools.stream_eval import read_truth, score_stream
 from tests.conftest import REPO, require, require_program
 from tests.test_sources import alsa_file_device, alsa_test_device
@@ -489,10 +490,8 @@ def test_run_from_a_device_root_uses_its_current_bundle(tmp_path, demo_detection
     assert len(parse_json(result.stdout)) == len(demo_detections)
 
 
-def test_serial_telemetry_carries_hello_and_every_detection(tmp_path, demo_detections):
-    from edge.telemetry.protocol import Detection as WireDetection
-    from edge.telemetry.protocol import Hello, StreamDecoder
-
+def run_over_serial(*args):
+    """`basilar run --serial PTY ARGS` on a real pseudo-terminal: its result and the messages the host end read."""
     master, slave = os.openpty()
     received = bytearray()
     done = threading.Event()
@@ -510,7 +509,7 @@ def test_serial_telemetry_carries_hello_and_every_detection(tmp_path, demo_detec
     reader = threading.Thread(target=drain)
     reader.start()
     try:
-        result = basilar("run", "--serial", os.ttyname(slave), "--baud", 115200, "--device-id", "test-pi", DEMO)
+        result = basilar("run", "--serial", os.ttyname(slave), *args)
         while time.monotonic() - last_read[0] < 1.0:  # the pty may still hold frames: read until it is quiet
             time.sleep(0.05)
     finally:
@@ -518,14 +517,34 @@ def test_serial_telemetry_carries_hello_and_every_detection(tmp_path, demo_detec
         reader.join()
         os.close(master)
         os.close(slave)
+    return result, [frame.message for frame in StreamDecoder().feed(bytes(received))]
+
+
+def test_serial_telemetry_carries_hello_and_every_detection(demo_detections):
+    from edge.telemetry.protocol import Detection as WireDetection
+    from edge.telemetry.protocol import Hello
+
+    result, messages = run_over_serial("--baud", 115200, "--device-id", "test-pi", DEMO)
     assert result.returncode == 0, result.stderr.decode()
-    messages = [frame.message for frame in StreamDecoder().feed(bytes(received))]
     hello = [m for m in messages if isinstance(m, Hello)]
     assert hello and hello[0].device_id == "test-pi"
     assert hello[0].sample_rate == Pipeline.from_bundle("default").sample_rate
     wire = [m for m in messages if isinstance(m, WireDetection)]
     assert [(m.label_id, m.start_ms) for m in wire] == \
         [(int(d.label), round(d.start_s * 1000)) for d in demo_detections]
+    assert not [m for m in messages if isinstance(m, Log) and m.level == LogLevel.WARNING]
+
+
+def test_a_warning_reaches_the_host_as_a_warning(tmp_path):
+    """A recording that clips: the host reads the warning at its level, as stderr gives it with its prefix."""
+    audio, rate = soundfile.read(DEMO, dtype="float32")
+    loud = tmp_path / "loud.wav"
+    soundfile.write(loud, np.clip(audio * 10, -1, 1), rate, subtype="PCM_16")
+    result, messages = run_over_serial(loud)
+    assert result.returncode == 0, result.stderr.decode()
+    warnings = [m.text for m in messages if isinstance(m, Log) and m.level == LogLevel.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{loud} reached full scale in "), warnings
+    assert f"basilar: warning: {warnings[0]}\n" in result.stderr.decode()
 
 
 class LosingSource(FileSource):
@@ -810,7 +829,7 @@ def test_swapping_the_pipeline_keeps_the_stream_clock(tiny_bundle, tiny_bundle_v
     first, second = Pipeline.from_bundle(tiny_bundle), Pipeline.from_bundle(tiny_bundle_v2)
     logs = []
 
-    class Log(Sink):
+    class Said(Sink):
         def __init__(self):
             self.bundles = []
 
@@ -827,7 +846,7 @@ def test_swapping_the_pipeline_keeps_the_stream_clock(tiny_bundle, tiny_bundle_v
                     loop.swap_pipeline(second)
                 yield chunk
 
-    sink = Log()
+    sink = Said()
     with SwapAfterOneSecond(DEMO, first.sample_rate) as source:
         loop = RunLoop(first, source, [sink], health_every_s=0)
         stats = loop.run()
