@@ -54,9 +54,9 @@ class InputWatch:
         self._silence_told = True
         return [Notice(f"{name} has given only digital silence (every sample 0) for {SILENCE_WARN_S:g} s, so nothing "
                        "can be heard: is its capture muted or its gain at 0 (`alsamixer`, F4: capture controls), or is "
-                       "the microphone on the other channel of a stereo input (record both with `arecord -D DEVICE -c "
-                       "2 -f S16_LE -d 3 both.wav` and look)? A microphone with a noise gate gives this in a quiet "
-                       "room too", True)]
+                       "the microphone on a channel that is not read (open both of a stereo input: `basilar run "
+                       "mic:DEVICE --channels 2`)? A microphone with a noise gate gives this in a quiet room too",
+                       True)]
 
     def _clipping(self, chunk: np.ndarray) -> list[Notice]:
         self._window += len(chunk)

@@ -613,13 +613,14 @@ def _wav_layout(fmt: bytes) -> tuple[str, int, int]:
 
 
 class MicSource(AudioSource):
-    """A live input through PortAudio. `device` is an index, a (part of a) name, or None for the default."""
+    """A live input through PortAudio. `device` is an index, a (part of a) name, or None for the default; it is
+    opened with `channels` channels, which are averaged (a stereo-only input, or a microphone on its second)."""
 
     live = True
 
-    def __init__(self, device: str | int | None, sample_rate: int, *, chunk_ms: float = DEFAULT_CHUNK_MS,
-                 queue_ms: float = 5000, stop: StopFlag | None = None, silence_timeout_s: float = 2.0,
-                 stream_factory: Callable | None = None):
+    def __init__(self, device: str | int | None, sample_rate: int, *, channels: int = 1,
+                 chunk_ms: float = DEFAULT_CHUNK_MS, queue_ms: float = 5000, stop: StopFlag | None = None,
+                 silence_timeout_s: float = 2.0, stream_factory: Callable | None = None):
         super().__init__(f"microphone {device!r}" if device is not None else "the default microphone",
                          sample_rate, stop)
         self.overruns = 0
@@ -633,19 +634,20 @@ class MicSource(AudioSource):
         if sd is not None:
             info = _find_input(sd, device)
             self.name = f"microphone {info['name']!r}"
-            device, self.rate = info["index"], _pick_rate(sd, info["index"], sample_rate, info)
+            device, self.rate = info["index"], _pick_rate(sd, info["index"], sample_rate, info, channels)
             stream_factory = sd.InputStream
         else:
             self.rate = sample_rate
         self._block = max(1, round(self.rate * chunk_ms / 1000))
         self._queue: queue.Queue = queue.Queue(maxsize=max(2, round(queue_ms / chunk_ms)))
         try:
-            self._stream = stream_factory(device=device, samplerate=self.rate, channels=1, dtype="int16",
+            self._stream = stream_factory(device=device, samplerate=self.rate, channels=channels, dtype="int16",
                                           blocksize=self._block, callback=self._on_audio,
                                           finished_callback=self._on_finished)
         except Exception as err:  # PortAudio reports every failure as its own error type
-            raise SourceError(f"cannot open {self.name} at {self.rate} Hz ({err}); list inputs with "
-                              "`basilar devices`") from err
+            layout = f"{channels} channels at " if channels > 1 else ""
+            raise SourceError(f"cannot open {self.name} with {layout}{self.rate} Hz ({err}); list inputs and their "
+                              "channels with `basilar devices`") from err
 
     def _on_audio(self, indata, frames, time_info, status) -> None:
         """PortAudio's thread: hand a copy of the block over; never block here."""
@@ -763,10 +765,10 @@ def _find_input(sd, device: str | int | None) -> dict:
     return matches[0]
 
 
-def _pick_rate(sd, index: int, wanted: int, info: dict) -> int:
+def _pick_rate(sd, index: int, wanted: int, info: dict, channels: int) -> int:
     """The bundle's rate when the device supports it, else the device's own rate (we resample)."""
     try:
-        sd.check_input_settings(device=index, samplerate=wanted, channels=1, dtype="int16")
+        sd.check_input_settings(device=index, samplerate=wanted, channels=channels, dtype="int16")
         return wanted
     except Exception:
         return int(info["default_samplerate"])
@@ -787,15 +789,16 @@ def parse_mic_spec(spec: str) -> tuple[bool, str | int | None]:
 
 
 def open_source(spec: str, sample_rate: int, *, chunk_ms: float = DEFAULT_CHUNK_MS, realtime: bool = False,
-                pcm_format: str = "S16_LE", pcm_rate: int | None = None, pcm_channels: int = 1,
+                pcm_format: str = "S16_LE", pcm_rate: int | None = None, channels: int = 1,
                 stop: StopFlag | None = None) -> AudioSource:
-    """The source named by the AUDIO argument: a file path, `-` (raw PCM on stdin) or `mic[:DEVICE]`."""
+    """The source named by the AUDIO argument: a file path, `-` (raw PCM on stdin) or `mic[:DEVICE]`. `channels`
+    is the raw PCM's channel count, or how many a microphone is opened with; a file's own count is used."""
     if spec == "-":
-        return PcmSource(sample_rate, pcm_format=pcm_format, rate=pcm_rate, channels=pcm_channels,
-                         chunk_ms=chunk_ms, stop=stop)
+        return PcmSource(sample_rate, pcm_format=pcm_format, rate=pcm_rate, channels=channels, chunk_ms=chunk_ms,
+                         stop=stop)
     is_mic, device = parse_mic_spec(spec)
     if is_mic:
-        return MicSource(device, sample_rate, chunk_ms=chunk_ms, stop=stop)
+        return MicSource(device, sample_rate, channels=channels, chunk_ms=chunk_ms, stop=stop)
     try:
         missing = not Path(spec).exists()
     except PermissionError:  # a folder on the way that may not be read: FileSource says so

@@ -159,7 +159,7 @@ class SerialLink:
 @click.option("--rate", type=click.IntRange(*RATES), default=16000, show_default=True,
               help="Sample rate of raw PCM on standard input (resampled to the bundle's).")
 @click.option("--channels", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Channels of raw PCM on standard input (downmixed).")
+              help="Channels of raw PCM on standard input, or to open a microphone with; they are averaged.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line per detection.")
 @detector_options
 @click.option("--serial", metavar="PORT", callback=serial_port,
@@ -266,7 +266,7 @@ def _open_source(audio, sample_rate, realtime, pcm_format, rate, channels, stop)
     from edge.sources import open_source
 
     return open_source(audio, sample_rate, realtime=realtime, pcm_format=pcm_format, pcm_rate=rate,
-                       pcm_channels=channels, stop=stop)
+                       channels=channels, stop=stop)
 
 
 def _install_stop_handlers(stop: StopFlag):
@@ -366,12 +366,14 @@ def unit_word(value: str, *, env: bool = True) -> str:
 
 
 def unit_text(*, executable: str, root: str, audio: str, user: str, serial: str | None, baud: int,
-              as_json: bool) -> str:
+              as_json: bool, channels: int = 1) -> str:
     args = ["run", "--root", root]
     if as_json:
         args.append("--json")
     if serial:
         args += ["--serial", serial, "--baud", str(baud)]
+    if channels > 1:
+        args += ["--channels", str(channels)]
     args.append(audio)
     # The program's path is run as written, no variables expanded: service() refuses the `$` that would need $$.
     exec_start = " ".join([unit_word(executable, env=False), *map(unit_word, args)])
@@ -432,12 +434,14 @@ def running_program() -> str:
                                           ".")
 @click.option("--root", default=DEFAULT_ROOT, show_default=True, help="Device root that `basilar deploy` fills.")
 @click.option("--input", "audio", default="mic", show_default=True, help="What to listen to (as for `run`).")
+@click.option("--channels", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Channels to open the microphone with, averaged (as for `run`).")
 @click.option("--user", default="basilar", show_default=True, help="User the service runs as.")
 @click.option("--serial", metavar="PORT", callback=serial_port, help="Send telemetry over this serial port.")
 @click.option("--baud", type=BAUD_RATES, default=DEFAULT_BAUD, show_default=True)
 @click.option("--json/--text", "as_json", default=True, show_default=True, help="Detections in the journal as "
               "JSON lines or text.")
-def service(output, executable, root, audio, user, serial, baud, as_json):
+def service(output, executable, root, audio, user, serial, baud, as_json, channels):
     """Write a systemd unit that runs `basilar run` on boot and restarts it on failure."""
     executable = executable or running_program()
     refuse_what_a_unit_cannot_hold({"--exec": executable, "--root": root, "--input": audio, "--user": user,
@@ -463,7 +467,7 @@ def service(output, executable, root, audio, user, serial, baud, as_json):
                    "where that user can run it, e.g. a virtual environment in /opt/basilar/venv "
                    "(docs/running.md), and give its basilar with --exec", err=True)
     text = unit_text(executable=executable, root=root, audio=audio, user=user, serial=serial, baud=baud,
-                     as_json=as_json)
+                     as_json=as_json, channels=channels)
     if output == "-":
         click.echo(text, nl=False)
         return

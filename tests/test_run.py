@@ -607,9 +607,9 @@ def test_service_writes_the_documented_systemd_unit(tmp_path):
 
     path = tmp_path / "basilar.service"
     result = basilar("service", "--exec", sys.executable, "--user", "root", "--serial", "/dev/ttyAMA0",
-                     "--input", "mic:USB Audio", "-o", path)
+                     "--input", "mic:USB Audio", "--channels", 2, "-o", path)
     assert result.returncode == 0
-    assert '--serial /dev/ttyAMA0 --baud 115200 "mic:USB Audio"' in path.read_text()
+    assert '--serial /dev/ttyAMA0 --baud 115200 --channels 2 "mic:USB Audio"' in path.read_text()
     analyze = require_program("systemd-analyze")
     check = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr

@@ -867,6 +867,26 @@ def test_a_real_portaudio_input_delivers_its_audio_and_reports_overruns(tmp_path
     assert report["overruns"] > 0
 
 
+def test_a_microphone_on_the_second_channel_is_heard_when_both_are_opened(tmp_path):
+    """`basilar run mic:DEVICE --channels 2`: a real PortAudio input of two channels, the first silent (a stereo
+    input whose microphone is wired to its second channel), averaged into the mono the bundle hears."""
+    heard = (sine(440, 1.0, RATE) * 20000).astype(np.int16)
+    stereo = np.stack([np.zeros_like(heard), heard], axis=1)
+    env = alsa_test_device(tmp_path, stereo.reshape(-1))
+    script = textwrap.dedent("""
+        import json
+        from edge.sources import open_source
+        source = open_source("mic:basilar_test_mic", 16000, channels=2)
+        print(json.dumps({"first": next(source.chunks())[:1600].tolist()}))
+        source.close()
+    """)
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    first = json.loads(result.stdout.strip().splitlines()[-1])["first"]
+    np.testing.assert_array_equal(first, np.rint(heard[:1600] / 2))
+
+
 def test_an_unknown_microphone_lists_the_inputs(tmp_path):
     env = alsa_test_device(tmp_path, np.zeros(1600, np.int16))
     script = ("from edge.sources import MicSource\n"
