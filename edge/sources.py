@@ -634,6 +634,9 @@ class MicSource(AudioSource):
         if sd is not None:
             info = _find_input(sd, device)
             self.name = f"microphone {info['name']!r}"
+            if channels > info["channels"]:
+                raise SourceError(f"{self.name} has {info['channels']} input channel(s); --channels {channels} asks "
+                                  f"for more: give --channels {info['channels']} or fewer")
             device, self.rate = info["index"], _pick_rate(sd, info["index"], sample_rate, info, channels)
             stream_factory = sd.InputStream
         else:
@@ -645,8 +648,8 @@ class MicSource(AudioSource):
                                           blocksize=self._block, callback=self._on_audio,
                                           finished_callback=self._on_finished)
         except Exception as err:  # PortAudio reports every failure as its own error type
-            layout = f"{channels} channels at " if channels > 1 else ""
-            raise SourceError(f"cannot open {self.name} with {layout}{self.rate} Hz ({err}); list inputs and their "
+            layout = f" with {channels} channels" if channels > 1 else ""
+            raise SourceError(f"cannot open {self.name}{layout} at {self.rate} Hz ({err}); list inputs and their "
                               "channels with `basilar devices`") from err
 
     def _on_audio(self, indata, frames, time_info, status) -> None:

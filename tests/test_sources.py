@@ -818,6 +818,17 @@ pcm.basilar_test_mic {{
 """
 
 
+ALSA_TWO_CHANNELS = """\
+pcm.basilar_two_channels {
+    type multi
+    slaves.a.pcm "null"
+    slaves.a.channels 2
+    bindings.0 { slave a; channel 0; }
+    bindings.1 { slave a; channel 1; }
+}
+"""
+
+
 def alsa_test_device(tmp_path, samples: np.ndarray) -> dict:
     """An ALSA capture device that plays `samples` (raw S16_LE): a real PortAudio input without sound hardware.
 
@@ -885,6 +896,18 @@ def test_a_microphone_on_the_second_channel_is_heard_when_both_are_opened(tmp_pa
     assert result.returncode == 0, result.stderr
     first = json.loads(result.stdout.strip().splitlines()[-1])["first"]
     np.testing.assert_array_equal(first, np.rint(heard[:1600] / 2))
+
+
+def test_more_channels_than_a_microphone_has_are_refused_with_how_many_it_has(tmp_path):
+    env = alsa_test_device(tmp_path, np.zeros(1600, np.int16))
+    (tmp_path / "device.conf").write_text(ALSA_TWO_CHANNELS)  # a real input of two channels and no more
+    script = ("from edge.sources import MicSource\n"
+              "try:\n    MicSource('basilar_two_channels', 16000, channels=3)\nexcept Exception as err:\n"
+              "    print(err)\n")
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert ("microphone 'basilar_two_channels' has 2 input channel(s); --channels 3 asks for more: give --channels "
+            "2 or fewer") in result.stdout, result.stdout + result.stderr
 
 
 def test_an_unknown_microphone_lists_the_inputs(tmp_path):
