@@ -241,18 +241,22 @@ def test_a_live_input_of_digital_silence_is_said_to_be_muted_and_its_return_is_s
     assert played.returncode == 0 and "digital silence" not in played.stderr.decode()
 
 
-def test_a_recording_that_clips_is_run_with_a_warning_and_one_at_a_sound_level_is_not(tmp_path):
+def louder_demo(path: Path, gain: float) -> Path:
+    """The demo recorded with `gain` times the gain, clipped at full scale as an ADC does."""
     audio, rate = soundfile.read(DEMO, dtype="float32")
-    loud = tmp_path / "loud.wav"
-    soundfile.write(loud, np.clip(audio * 10, -1, 1), rate, subtype="PCM_16")  # 20 dB of gain too many
+    soundfile.write(path, np.clip(audio * gain, -1, 1), rate, subtype="PCM_16")
+    return path
+
+
+def test_a_recording_that_clips_is_run_with_a_warning_and_one_at_a_sound_level_is_not(tmp_path):
+    loud = louder_demo(tmp_path / "loud.wav", 10)  # 20 dB of gain too many
     result = basilar("run", loud)
     stderr = result.stderr.decode()
     assert result.returncode == 0 and stderr.count("warning:") == 1, stderr
     assert re.search(rf"warning: {loud} reached full scale in \d\.\d% of its samples over 10 s: it clips, which "
                      r"flattens the words and costs detections; record it again with less gain", stderr), stderr
     assert len(parse_text(result.stdout)) >= 15  # run to its end all the same
-    quieter = tmp_path / "quieter.wav"
-    soundfile.write(quieter, np.clip(audio * 3, -1, 1), rate, subtype="PCM_16")  # 10 dB louder: a few peaks touch
+    quieter = louder_demo(tmp_path / "quieter.wav", 3)  # about 10 dB louder: a few peaks reach full scale
     assert "warning" not in basilar("run", quieter).stderr.decode()
 
 
@@ -537,9 +541,7 @@ def test_serial_telemetry_carries_hello_and_every_detection(demo_detections):
 
 def test_a_warning_reaches_the_host_as_a_warning(tmp_path):
     """A recording that clips: the host reads the warning at its level, as stderr gives it with its prefix."""
-    audio, rate = soundfile.read(DEMO, dtype="float32")
-    loud = tmp_path / "loud.wav"
-    soundfile.write(loud, np.clip(audio * 10, -1, 1), rate, subtype="PCM_16")
+    loud = louder_demo(tmp_path / "loud.wav", 10)
     result, messages = run_over_serial(loud)
     assert result.returncode == 0, result.stderr.decode()
     warnings = [m.text for m in messages if isinstance(m, Log) and m.level == LogLevel.WARNING]
