@@ -32,7 +32,7 @@ class InputWatch:
         self._silent = 0  # samples in a row that were all exactly zero
         self._silence_told = False
         self._window = self._clipped = 0  # samples in the current clipping window, and how many were at full scale
-        self._since_clip_told = None  # samples since clipping was last told (None: never)
+        self._since_clip_told = float("inf")  # samples since clipping was last told
 
     def check(self, chunk: np.ndarray) -> list[Notice]:
         messages = []
@@ -60,15 +60,13 @@ class InputWatch:
 
     def _clipping(self, chunk: np.ndarray) -> list[Notice]:
         self._window += len(chunk)
-        self._clipped += int(np.count_nonzero(np.abs(chunk.astype(np.int32)) >= FULL_SCALE))
-        if self._since_clip_told is not None:
-            self._since_clip_told += len(chunk)
+        self._clipped += int(np.count_nonzero(chunk >= FULL_SCALE) + np.count_nonzero(chunk <= -FULL_SCALE))
+        self._since_clip_told += len(chunk)
         if self._window < CLIP_WINDOW_S * self._rate:
             return []
         share, seconds = self._clipped / self._window, self._window / self._rate
         self._window = self._clipped = 0
-        quiet_since = self._since_clip_told is None or self._since_clip_told >= CLIP_TELL_EVERY_S * self._rate
-        if share < CLIP_WARN_SHARE or not quiet_since:
+        if share < CLIP_WARN_SHARE or self._since_clip_told < CLIP_TELL_EVERY_S * self._rate:
             return []
         self._since_clip_told = 0
         fix = ("lower the capture gain (`alsamixer`, F4: capture controls) or move the microphone further from what "

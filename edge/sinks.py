@@ -13,7 +13,6 @@ import sys
 from typing import TextIO
 
 from edge.detector import Detection
-from edge.telemetry.protocol import LogLevel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +134,8 @@ class TelemetrySink(Sink):
         self._emitter.log(text)
 
     def warn(self, text: str) -> None:
+        from edge.telemetry.protocol import LogLevel  # loaded with the emitter: a run without --serial never needs it
+
         self._emitter.log(text, LogLevel.WARNING)  # the host sees it as one by its level, `[warning] ...`
 
     def close(self) -> None:
