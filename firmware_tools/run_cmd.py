@@ -31,6 +31,42 @@ def demo_audio(audio: str) -> Path | None:
     return DEMO_RECORDING if audio == "demo" and not Path(audio).exists() else None
 
 
+def input_kind(audio: str) -> str:
+    """What AUDIO names: "stdin" (`-`), "mic" (mic[:DEVICE]) or "file"."""
+    return "stdin" if audio == "-" else "mic" if parse_mic_spec(audio)[0] else "file"
+
+
+# The options that describe the input, and the inputs they describe. Given for another input they are refused, not
+# ignored: a stereo WAV's `--channels 2` or a file's `--rate 48000` would otherwise change nothing without a word.
+INPUT_OPTIONS = {"pcm_format": ("stdin",), "rate": ("stdin",), "channels": ("stdin", "mic"), "realtime": ("file",)}
+WHY_NOT = {
+    ("file", "pcm_format"): "a file is read by its own header",
+    ("file", "rate"): "a file is read by its own header",
+    ("file", "channels"): "a file is read by its own header (its channels are averaged)",
+    ("mic", "pcm_format"): "a microphone is opened at a rate and format it supports, and resampled",
+    ("mic", "rate"): "a microphone is opened at a rate and format it supports, and resampled",
+    ("mic", "realtime"): "a microphone is live already",
+    ("stdin", "realtime"): "standard input comes at the pace of what writes it (to pace a file, give the file)",
+}
+
+
+def refuse_input_options_that_do_not_apply(ctx: click.Context, audio: str) -> None:
+    """A usage error for an input option given on the command line that does not describe AUDIO's kind."""
+    from click.core import ParameterSource
+
+    kind = input_kind(audio)
+    for name, kinds in INPUT_OPTIONS.items():
+        if kind in kinds or ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT):
+            continue
+        option = next(p.opts[0] for p in ctx.command.params if p.name == name)
+        what = {"stdin": "standard input", "mic": "a microphone", "file": "a file"}[kind]
+        describes = " or ".join({"stdin": "raw PCM on standard input ('-')", "mic": "a microphone (mic[:DEVICE])",
+                                 "file": "a file"}[k] for k in kinds)
+        raise click.UsageError(f"{option} is for {describes}, not {what}: {WHY_NOT[kind, name]}; leave {option} "
+                               "out" + (" (headerless PCM in a file: `basilar run - --format F --rate R "
+                                        "--channels N < FILE`)" if kind == "file" else ""))
+
+
 def parse_label_thresholds(pairs: tuple[str, ...]) -> dict[str, float]:
     thresholds = {}
     for pair in pairs:
@@ -191,6 +227,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
     if not audio:
         raise click.UsageError("say what to listen to: a file, '-' for standard input, or mic[:DEVICE]")
     audio = str(demo_audio(audio) or audio)
+    refuse_input_options_that_do_not_apply(ctx, audio)
     if sys.stdout is None:  # started with standard output closed (`>&-`): nowhere to write what it hears
         raise click.UsageError("standard output is closed: basilar run writes its detections there; redirect it "
                                "(`> detections.txt`) or to /dev/null when --serial carries them")
@@ -459,6 +496,9 @@ def service(output, executable, root, audio, user, serial, baud, as_json, channe
     if audio == "-":
         raise click.BadParameter("systemd gives a service no standard input; listen to mic[:DEVICE] or a file",
                                  param_hint="--input")
+    if channels > 1 and input_kind(audio) != "mic":  # `run` would refuse it on every start
+        raise click.BadParameter(f"{WHY_NOT['file', 'channels']}; --channels is for a microphone (mic[:DEVICE])",
+                                 param_hint="--channels")
     if audio != "demo" and not parse_mic_spec(audio)[0]:  # a file: the service starts in /
         audio = str(Path(audio).absolute())
     problem = unreachable_by(user, executable)

@@ -144,6 +144,24 @@ def test_raw_pcm_on_stdin_in_other_formats_rates_and_channels(demo_detections):
     assert_matches_truth(parse_text(result.stdout))
 
 
+@pytest.mark.parametrize("args, message", [
+    ([DEMO, "--channels", 2], "--channels is for raw PCM on standard input ('-') or a microphone (mic[:DEVICE]), "
+                              "not a file: a file is read by its own header"),
+    (["demo", "--rate", 48000], "--rate is for raw PCM on standard input ('-'), not a file"),
+    ([DEMO, "--format", "S32_LE"], "`basilar run - --format F --rate R --channels N < FILE`"),
+    (["mic", "--rate", 16000], "--rate is for raw PCM on standard input ('-'), not a microphone"),
+    (["mic:2", "--format", "FLOAT_LE"], "a microphone is opened at a rate and format it supports"),
+    (["mic", "--realtime"], "--realtime is for a file, not a microphone: a microphone is live already"),
+    (["-", "--realtime"], "--realtime is for a file, not standard input"),
+])
+def test_run_refuses_input_options_that_do_not_describe_its_input(args, message):
+    """A stereo file's `--channels 2` or a file's `--rate` changed nothing without a word; now they are refused
+    before anything is opened (no microphone is needed to refuse `mic --rate`)."""
+    result = basilar("run", *args, input=b"")
+    assert result.returncode == 2 and message in result.stderr.decode(), result.stderr.decode()
+    assert result.stdout == b""
+
+
 def test_arecord_piped_into_run_as_the_readme_shows_hears_what_the_file_holds(tmp_path, demo_detections):
     """`arecord -f S16_LE -r 16000 -c 1 | basilar run -` with an ALSA device that plays the demo: arecord's WAV
     header is read, not played, so the detections are the file's, to the score."""
@@ -728,6 +746,7 @@ def test_service_runs_a_program_whose_path_systemd_must_be_told_apart(tmp_path):
     (["--user", "basilar\nExecStartPre=/bin/sh"], "Invalid value for --user: "),
     (["--exec", "/tmp/sv/it's/bin/basilar"], "systemd cannot run a program whose path holds a quote"),
     (["--exec", "/opt/$HOME/basilar"], "Invalid value for --exec: '/opt/$HOME/basilar': systemd cannot run"),
+    (["--input", "rec.wav", "--channels", "2"], "Invalid value for --channels: a file is read by its own header"),
     (["--serial", ""], "Invalid value for '--serial': the port is empty"),
     (["--serial", "/dev/ttyAMA0", "--baud", "-5"], "Invalid value for '--baud': -5 is not in the range 50<=x<="),
     (["--serial", "/dev/ttyAMA0", "--baud", "0"], "Invalid value for '--baud': 0 is not in the range"),
