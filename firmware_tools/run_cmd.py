@@ -48,6 +48,8 @@ WHY_NOT = {
     ("mic", "realtime"): "a microphone is live already",
     ("stdin", "realtime"): "standard input comes at the pace of what writes it (to pace a file, give the file)",
 }
+INPUT_NAMES = {"stdin": "standard input", "mic": "a microphone", "file": "a file"}
+INPUTS_DESCRIBED = {"stdin": "raw PCM on standard input ('-')", "mic": "a microphone (mic[:DEVICE])", "file": "a file"}
 
 
 def refuse_input_options_that_do_not_apply(ctx: click.Context, audio: str) -> None:
@@ -59,12 +61,10 @@ def refuse_input_options_that_do_not_apply(ctx: click.Context, audio: str) -> No
         if kind in kinds or ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT):
             continue
         option = next(p.opts[0] for p in ctx.command.params if p.name == name)
-        what = {"stdin": "standard input", "mic": "a microphone", "file": "a file"}[kind]
-        describes = " or ".join({"stdin": "raw PCM on standard input ('-')", "mic": "a microphone (mic[:DEVICE])",
-                                 "file": "a file"}[k] for k in kinds)
-        raise click.UsageError(f"{option} is for {describes}, not {what}: {WHY_NOT[kind, name]}; leave {option} "
-                               "out" + (" (headerless PCM in a file: `basilar run - --format F --rate R "
-                                        "--channels N < FILE`)" if kind == "file" else ""))
+        described = " or ".join(INPUTS_DESCRIBED[k] for k in kinds)
+        raise click.UsageError(f"{option} is for {described}, not {INPUT_NAMES[kind]}: {WHY_NOT[kind, name]}; leave "
+                               f"{option} out" + (" (headerless PCM in a file: `basilar run - --format F --rate R "
+                                                  "--channels N < FILE`)" if kind == "file" else ""))
 
 
 def parse_label_thresholds(pairs: tuple[str, ...]) -> dict[str, float]:
@@ -499,7 +499,7 @@ def service(output, executable, root, audio, user, serial, baud, as_json, channe
     if channels > 1 and input_kind(audio) != "mic":  # `run` would refuse it on every start
         raise click.BadParameter(f"{WHY_NOT['file', 'channels']}; --channels is for a microphone (mic[:DEVICE])",
                                  param_hint="--channels")
-    if audio != "demo" and not parse_mic_spec(audio)[0]:  # a file: the service starts in /
+    if audio != "demo" and input_kind(audio) == "file":  # the service starts in /
         audio = str(Path(audio).absolute())
     problem = unreachable_by(user, executable)
     if problem:
