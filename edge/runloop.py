@@ -205,6 +205,8 @@ class RunLoop:
         self._emit(events)
         if self._samples == len(chunk):  # the first chunk: a WAV stream's rate is known by now
             self._tell_low_rate()
+            if self.source.layout_note:
+                self._warn(self.source.layout_note)
         for notice in self._input_watch.check(chunk):
             (self._warn if notice.warning else self._log)(notice.text)
 

@@ -145,6 +145,7 @@ class AudioSource:
 
     live = False  # live sources get wall-clock timestamps on their detections
     overruns = 0  # audio blocks lost because processing fell behind (live sources)
+    layout_note: str | None = None  # what the input's own layout overrode of the options given (a WAV stream's)
 
     def __init__(self, name: str, sample_rate: int, stop: StopFlag | None):
         self.name = name
@@ -378,8 +379,10 @@ class PcmSource(AudioSource):
 
     def __init__(self, sample_rate: int, *, pcm_format: str = "S16_LE", rate: int | None = None,
                  channels: int = 1, stream: BinaryIO | None = None, chunk_ms: float = DEFAULT_CHUNK_MS,
-                 stop: StopFlag | None = None):
+                 stop: StopFlag | None = None, stated: tuple[str, ...] = ()):
+        """`stated`: which of "format", "rate" and "channels" the user gave, to be told if a WAV header differs."""
         super().__init__("standard input", sample_rate, stop)
+        self._stated = stated
         fmt = pcm_format.upper()
         if fmt not in PCM_FORMATS:
             raise SourceError(f"PCM format {pcm_format!r} is not supported; use one of {', '.join(PCM_FORMATS)}")
@@ -427,11 +430,24 @@ class PcmSource(AudioSource):
             return b""
         layout, self._data_left = header  # when that is counted down, `_after_declared_audio`
         self._declared = self._data_left or 0
+        self._note_overridden_options(layout)
         self._set_layout(*layout)
         self._from_header = True
         self.name = (f"standard input (WAV: {self.pcm_format}, {self.rate} Hz, {self.channels} "
                      f"channel{'s' if self.channels > 1 else ''})")
         return b""
+
+    def _note_overridden_options(self, layout: tuple[str, int, int]) -> None:
+        """The options given that the header's layout replaces, named in `layout_note` (the header is right: it is
+        what the program writing the stream sends)."""
+        names = ("format", "rate", "channels")
+        given, header = dict(zip(names, (self.pcm_format, self.rate, self.channels))), dict(zip(names, layout))
+        differ = [name for name in names if name in self._stated and given[name] != header[name]]
+        if differ:
+            self.layout_note = (f"standard input starts with a WAV header, and its layout is used: "
+                                f"{', '.join(f'{name} {header[name]}' for name in differ)}, not "
+                                f"{' '.join(f'--{name} {given[name]}' for name in differ)} as given; leave those "
+                                "options out for a WAV stream")
 
     def _read_header(self) -> tuple[tuple[str, int, int], int | None] | None:
         """The rest of a WAV header, after the 12 bytes `starts_wav` checked: its audio's (format, rate, channels)
@@ -793,12 +809,13 @@ def parse_mic_spec(spec: str) -> tuple[bool, str | int | None]:
 
 def open_source(spec: str, sample_rate: int, *, chunk_ms: float = DEFAULT_CHUNK_MS, realtime: bool = False,
                 pcm_format: str = "S16_LE", pcm_rate: int | None = None, channels: int = 1,
-                stop: StopFlag | None = None) -> AudioSource:
+                stop: StopFlag | None = None, stated: tuple[str, ...] = ()) -> AudioSource:
     """The source named by the AUDIO argument: a file path, `-` (raw PCM on stdin) or `mic[:DEVICE]`. `channels`
-    is the raw PCM's channel count, or how many a microphone is opened with; a file's own count is used."""
+    is the raw PCM's channel count, or how many a microphone is opened with; a file's own count is used.
+    `stated`: which raw PCM options the user gave (PcmSource)."""
     if spec == "-":
         return PcmSource(sample_rate, pcm_format=pcm_format, rate=pcm_rate, channels=channels, chunk_ms=chunk_ms,
-                         stop=stop)
+                         stop=stop, stated=stated)
     is_mic, device = parse_mic_spec(spec)
     if is_mic:
         return MicSource(device, sample_rate, channels=channels, chunk_ms=chunk_ms, stop=stop)

@@ -52,13 +52,19 @@ INPUT_NAMES = {"stdin": "standard input", "mic": "a microphone", "file": "a file
 INPUTS_DESCRIBED = {"stdin": "raw PCM on standard input ('-')", "mic": "a microphone (mic[:DEVICE])", "file": "a file"}
 
 
-def refuse_input_options_that_do_not_apply(ctx: click.Context, audio: str) -> None:
-    """A usage error for an input option given on the command line that does not describe AUDIO's kind."""
+def given_options(ctx: click.Context, names) -> tuple[str, ...]:
+    """Which of these options were given on the command line ("pcm_format" as "format": the layout's name)."""
     from click.core import ParameterSource
 
+    given = [name for name in names if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
+    return tuple("format" if name == "pcm_format" else name for name in given)
+
+
+def refuse_input_options_that_do_not_apply(ctx: click.Context, audio: str) -> None:
+    """A usage error for an input option given on the command line that does not describe AUDIO's kind."""
     kind = input_kind(audio)
     for name, kinds in INPUT_OPTIONS.items():
-        if kind in kinds or ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT):
+        if kind in kinds or not given_options(ctx, [name]):
             continue
         option = next(p.opts[0] for p in ctx.command.params if p.name == name)
         described = " or ".join(INPUTS_DESCRIBED[k] for k in kinds)
@@ -250,7 +256,8 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
         raise click.ClickException(str(err)) from err
 
     try:
-        source = _open_source(audio, pipeline.sample_rate, realtime, pcm_format, rate, channels, stop)
+        source = _open_source(audio, pipeline.sample_rate, realtime, pcm_format, rate, channels, stop,
+                              stated=given_options(ctx, ("pcm_format", "rate", "channels")))
     except SourceError as err:
         raise click.ClickException(str(err)) from err
 
@@ -299,11 +306,11 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
     sink.log(f"{how}: {stats.describe()}; bundle {ran.manifest.get('name') or '?'} {ran.id[:12]}")
 
 
-def _open_source(audio, sample_rate, realtime, pcm_format, rate, channels, stop):
+def _open_source(audio, sample_rate, realtime, pcm_format, rate, channels, stop, stated=()):
     from edge.sources import open_source
 
     return open_source(audio, sample_rate, realtime=realtime, pcm_format=pcm_format, pcm_rate=rate,
-                       channels=channels, stop=stop)
+                       channels=channels, stop=stop, stated=stated)
 
 
 def _install_stop_handlers(stop: StopFlag):

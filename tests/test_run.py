@@ -162,6 +162,22 @@ def test_run_refuses_input_options_that_do_not_describe_its_input(args, message)
     assert result.stdout == b""
 
 
+def test_a_wav_stream_whose_header_differs_from_the_options_given_is_read_by_its_header_and_said_so(
+        demo_detections):
+    """`sox IN -t wav - | basilar run - --rate 48000` plays the header's 16 kHz (the options would misread the
+    samples), and says that the options given were not used; options that agree, and none, get no word."""
+    wav = DEMO.read_bytes()
+    result = basilar("run", "--json", "-", "--rate", 48000, "--channels", 2, input=wav)
+    assert result.returncode == 0, result.stderr.decode()
+    assert [(r["label"], round(r["start_s"], 3)) for r in parse_json(result.stdout)] == [
+        (d.label, round(d.start_s, 3)) for d in demo_detections]
+    assert ("warning: standard input starts with a WAV header, and its layout is used: rate 16000, channels 1, not "
+            "--rate 48000 --channels 2 as given") in result.stderr.decode()
+    for agreeing in (["--rate", 16000, "--format", "S16_LE"], []):
+        result = basilar("run", "-", *agreeing, input=wav)
+        assert result.returncode == 0 and "WAV header" not in result.stderr.decode(), result.stderr.decode()
+
+
 def test_arecord_piped_into_run_as_the_readme_shows_hears_what_the_file_holds(tmp_path, demo_detections):
     """`arecord -f S16_LE -r 16000 -c 1 | basilar run -` with an ALSA device that plays the demo: arecord's WAV
     header is read, not played, so the detections are the file's, to the score."""
