@@ -1,9 +1,14 @@
-"""Option types shared by the commands."""
+"""Option types, and what the commands ask of their options, shared by the commands."""
 import math
 
 import click
 
 from edge.telemetry import BAUD_RANGE
+
+
+def given_options(ctx: click.Context, names) -> list[str]:
+    """The options among `names` (parameter names) given on the command line rather than left at their defaults."""
+    return [name for name in names if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
 
 
 class FloatRange(click.FloatRange):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from firmware_tools.cli_types import FloatRange
+from firmware_tools.cli_types import FloatRange, given_options
 from firmware_tools.targets import SerialTarget, collect_targets
 
 _SSH_DEFAULTS = dict(restart="systemctl restart basilar", service="systemctl is-active basilar")
@@ -94,7 +94,7 @@ def deploy(ctx, bundle, targets, inventory, known_hosts, accept_new_host_keys, i
     # The serial upload protocol cannot carry --keep: the device prunes with its own setting, so refuse rather
     # than pretend it applies.
     serial = [t.label for t in chosen if isinstance(t, SerialTarget)]
-    if serial and ctx.get_parameter_source("keep") is not click.core.ParameterSource.DEFAULT:
+    if serial and given_options(ctx, ["keep"]):
         raise click.UsageError(f"--keep applies to SSH targets only, and {serial[0]} is a serial one: a serial "
                                "device prunes its releases itself and keeps 3 unless told otherwise on the "
                                "device (`basilar run --keep N`, or the agent's `python3 -m edge.telemetry.agent "

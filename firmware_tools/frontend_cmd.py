@@ -9,6 +9,7 @@ import numpy as np
 
 from edge.frontend import OUTPUT_SCALE_DB, OUTPUT_ZERO_POINT, Frontend, FrontendConfig, FrontendConfigError
 from edge.sources import FileSource, SourceError
+from firmware_tools.cli_types import given_options
 
 DEFAULTS = FrontendConfig()
 HIGHEST_F_HIGH = 7 / 16  # of the sample rate, when the default f_high would reach Nyquist (3500 Hz at 8 kHz)
@@ -50,8 +51,7 @@ def bundle_config(ctx: click.Context, bundle: str) -> FrontendConfig:
     """The front end of a bundle (what its model hears); the options that would shape another are refused."""
     from edge.bundle import BundleError, load_bundle
 
-    shaping = [name for name in ("channels", "sample_rate", "f_low", "f_high", "hop_ms", "spectral_norm_s")
-               if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    shaping = given_options(ctx, ("channels", "sample_rate", "f_low", "f_high", "hop_ms", "spectral_norm_s"))
     if shaping:
         raise click.UsageError(f"--bundle sets the front end; drop --{shaping[0].replace('_', '-')}")
     try:

@@ -19,7 +19,7 @@ import click
 from edge.detector import TRIGGERS
 from edge.sources import PCM_FORMATS, RATES, SourceError, StopFlag, parse_mic_spec
 from edge.telemetry import DEFAULT_BAUD
-from firmware_tools.cli_types import BAUD_RATES, FloatRange
+from firmware_tools.cli_types import BAUD_RATES, FloatRange, given_options
 from firmware_tools.stop_signals import route_stop_signals
 
 DEFAULT_ROOT = "/opt/basilar"
@@ -52,19 +52,12 @@ INPUT_NAMES = {"stdin": "standard input", "mic": "a microphone", "file": "a file
 INPUTS_DESCRIBED = {"stdin": "raw PCM on standard input ('-')", "mic": "a microphone (mic[:DEVICE])", "file": "a file"}
 
 
-def given_options(ctx: click.Context, names) -> tuple[str, ...]:
-    """Which of these options were given on the command line ("pcm_format" as "format": the layout's name)."""
-    from click.core import ParameterSource
-
-    given = [name for name in names if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
-    return tuple("format" if name == "pcm_format" else name for name in given)
-
-
 def refuse_input_options_that_do_not_apply(ctx: click.Context, audio: str) -> None:
     """A usage error for an input option given on the command line that does not describe AUDIO's kind."""
     kind = input_kind(audio)
-    for name, kinds in INPUT_OPTIONS.items():
-        if kind in kinds or not given_options(ctx, [name]):
+    for name in given_options(ctx, INPUT_OPTIONS):
+        kinds = INPUT_OPTIONS[name]
+        if kind in kinds:
             continue
         option = next(p.opts[0] for p in ctx.command.params if p.name == name)
         described = " or ".join(INPUTS_DESCRIBED[k] for k in kinds)
@@ -257,7 +250,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
 
     try:
         source = _open_source(audio, pipeline.sample_rate, realtime, pcm_format, rate, channels, stop,
-                              stated=given_options(ctx, ("pcm_format", "rate", "channels")))
+                              stated=stated_layout(ctx))
     except SourceError as err:
         raise click.ClickException(str(err)) from err
 
@@ -304,6 +297,12 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
     how = f"stopped by {stopped_by[0]}" if stopped_by else "done"
     ran = loop.pipeline.bundle  # which model heard it: the shipped digits one unless told otherwise
     sink.log(f"{how}: {stats.describe()}; bundle {ran.manifest.get('name') or '?'} {ran.id[:12]}")
+
+
+def stated_layout(ctx: click.Context) -> tuple[str, ...]:
+    """Which of the raw PCM layout's format, rate and channels were given (a WAV stream's header may differ)."""
+    given = given_options(ctx, ("pcm_format", "rate", "channels"))
+    return tuple("format" if name == "pcm_format" else name for name in given)
 
 
 def _open_source(audio, sample_rate, realtime, pcm_format, rate, channels, stop, stated=()):
