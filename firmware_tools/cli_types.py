@@ -8,7 +8,11 @@ from edge.telemetry import BAUD_RANGE
 
 def given_options(ctx: click.Context, names) -> list[str]:
     """The options among `names` (parameter names) given on the command line rather than left at their defaults."""
-    return [name for name in names if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    sources = {name: ctx.get_parameter_source(name) for name in names}
+    unknown = [name for name, source in sources.items() if source is None]  # click's answer for a name it lacks
+    if unknown:  # a misspelt name would otherwise count as given (or, tested the other way, never)
+        raise ValueError(f"{ctx.command.name} has no option {', '.join(unknown)}")
+    return [name for name, source in sources.items() if source is not click.core.ParameterSource.DEFAULT]
 
 
 class FloatRange(click.FloatRange):
