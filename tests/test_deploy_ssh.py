@@ -50,6 +50,16 @@ def no_agent(monkeypatch):
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)  # only the throwaway key may log in
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_from_a_terminal():
+    """SIGINT with Python's own meaning in this process and so in the deploys it starts, as in a terminal. A suite
+    started as a background job of a non-interactive shell (`cmd &`, nohup) inherits SIGINT ignored, which
+    `basilar deploy` rightly leaves alone, and every Ctrl-C test would then see a deploy that never stops."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory, tiny_bundle):
     """Three distinct valid bundles, as LocalBundle archives ready to upload."""
