@@ -50,9 +50,19 @@ def read_recordings(speech_dir: Path, listing: Path | None = None) -> list[Recor
         if not path.suffix:
             path = next((path.with_suffix(s) for s in dataset.AUDIO_SUFFIXES if path.with_suffix(s).exists()), path)
         if not path.is_file():
-            raise RecordingsError(f"{listing} line {number}: no recording {path}; is --speech-dir the folder "
-                                  "the listing was made for?")
+            raise RecordingsError(f"{listing} line {number}: no recording {path}; {_where_to_look(speech_dir, path)}")
         recordings.append(Recording(path, transcript.strip()))
     if not recordings:
         raise RecordingsError(f"{listing} names no recordings")
     return recordings
+
+
+def _where_to_look(speech_dir: Path, path: Path) -> str:
+    """What a missing recording most likely means: a whole voice not installed, or the wrong --speech-dir."""
+    folder = path.parent
+    if folder != speech_dir and folder.is_relative_to(speech_dir) and not folder.is_dir():
+        # A listing of several voices (firmware_tools/recorded_non_target_speech.txt) names each voice's folder.
+        return (f"there is no folder {folder.relative_to(speech_dir)} in --speech-dir {speech_dir}: install the "
+                "recordings the listing names (its comment lines say where they come from), or pass the --speech-dir "
+                "they are in")
+    return "is --speech-dir the folder the listing was made for?"

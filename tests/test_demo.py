@@ -204,7 +204,10 @@ def test_make_demo_puts_recordings_of_people_between_the_digits(tmp_path):
 
 
 @pytest.mark.parametrize("listing, args, message", [
-    ("prompt-7: Not there.\n", [], "line 1: no recording .*prompt-7"),
+    ("prompt-7: Not there.\n", [], "line 1: no recording .*prompt-7; is --speech-dir the folder"),
+    # A voice the listing names whose folder is not there at all: not installed, most likely.
+    ("prompt-0\nit_IT_m_Carlo/activated: Attivato.\n", [],
+     "line 2: no recording .*activated; there is no folder it_IT_m_Carlo in --speech-dir .*: install the recordings"),
     ("; only a comment\n", [], "names no recordings"),
     (None, ["--speech-engine", "festival"], "leave out --speech-engine"),
     ("not-audio.wav\n", [], "cannot read .*not-audio.wav"),
