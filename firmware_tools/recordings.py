@@ -63,6 +63,6 @@ def _where_to_look(speech_dir: Path, path: Path) -> str:
     if folder != speech_dir and folder.is_relative_to(speech_dir) and not folder.is_dir():
         # A listing of several voices (firmware_tools/recorded_non_target_speech.txt) names each voice's folder.
         return (f"there is no folder {folder.relative_to(speech_dir)} in --speech-dir {speech_dir}: install the "
-                "recordings the listing names (its comment lines say where they come from), or pass the --speech-dir "
-                "they are in")
+                "recordings the listing names (firmware_tools/recorded_non_target_speech.txt names their Debian "
+                "packages in its first lines), or pass the --speech-dir they are in")
     return "is --speech-dir the folder the listing was made for?"
