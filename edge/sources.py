@@ -246,7 +246,8 @@ class FileSource(AudioSource):
             try:
                 block = self._file.read(self._block, dtype="float32", always_2d=True)
             except (soundfile.SoundFileError, RuntimeError) as err:
-                seconds = self._file.tell() / self.file_rate if not self._file.closed else 0.0
+                # what was read, not tell(): after some failures libsndfile's position is -1
+                seconds = frames / self.file_rate
                 raise SourceError(f"{self.name} is corrupt: reading failed after about {seconds:.2f} s "
                                   f"({_libsndfile_reason(err)}); the audio before that point was processed. "
                                   "Re-record or re-encode the file") from err

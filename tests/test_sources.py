@@ -145,6 +145,22 @@ def test_a_file_corrupt_mid_way_yields_the_audio_before_the_damage_then_fails(tm
     np.testing.assert_array_equal(received[:RATE], samples[:RATE])
 
 
+def test_a_corrupt_file_says_how_far_it_was_read(tmp_path):
+    # a stretch of the file repeated: libsndfile's seek fails mid-way and its position reads -1 afterwards
+    samples = (sine(440, 4.0, RATE) * 0.8 * 32767).astype(np.int16)
+    path = tmp_path / "repeated.flac"
+    soundfile.write(path, samples, RATE)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) * 2 // 5] + data[len(data) // 20:])
+    got = []
+    with pytest.raises(SourceError) as err:
+        for chunk in FileSource(path, RATE).chunks():
+            got.append(chunk)
+    read_s = sum(map(len, got)) / RATE
+    assert read_s > 1.0
+    assert f"reading failed after about {read_s:.2f} s" in str(err.value)
+
+
 class FakeClock:
     """Time that moves only when the pacer sleeps: deterministic pacing checks."""
 
