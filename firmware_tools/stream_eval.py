@@ -105,8 +105,26 @@ def read_truth(path: str | Path, header: tuple[str, str, str] = TRUTH_HEADER) ->
                 raise TruthFileError(f"{path} line {line}: unknown kind {label!r}; the kinds are "
                                      f"{', '.join(NON_TARGET_KINDS)} (in any case)")
             label = label.lower()  # "Speech", as a spreadsheet may capitalise it, is speech
-        words.append(TruthWord(label, start, end))
-    return sorted(words, key=lambda w: (w.start_s, w.end_s))
+        words.append((TruthWord(label, start, end), line))
+    words.sort(key=lambda pair: (pair[0].start_s, pair[0].end_s))
+    if header == TRUTH_HEADER:
+        _refuse_overlapping_words(path, words)
+    return [word for word, _ in words]
+
+
+def _refuse_overlapping_words(path: Path, words: list[tuple[TruthWord, int]]) -> None:
+    """Two words of one label that overlap (a row pasted twice, say) cannot both be hit: the detector reports a
+    label once at a time, so one of them would always count as a miss."""
+    last: dict[str, tuple[TruthWord, int]] = {}
+    for word, line in words:  # in start order
+        before = last.get(word.label)
+        if before and word.start_s < before[0].end_s:
+            raise TruthFileError(
+                f"{path} lines {min(line, before[1])} and {max(line, before[1])}: two {word.label!r} words overlap "
+                f"({before[0].start_s:g}-{before[0].end_s:g} s and {word.start_s:g}-{word.end_s:g} s), and one "
+                "detection can be only one of them; remove the repeated row, or make them one word")
+        if not before or word.end_s > before[0].end_s:
+            last[word.label] = (word, line)
 
 
 def _overlaps(detection: Detection, word: TruthWord, tolerance_s: float) -> bool:

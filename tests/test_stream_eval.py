@@ -165,6 +165,12 @@ def test_read_truth(tmp_path):
     # As a spreadsheet may save it: a byte-order mark, the columns in another order, and one more
     path.write_bytes("\ufeffspeaker,end_s,label,start_s\r\nann,4.4,7,4.0\r\nbob,1.5,3,1.0\r\n".encode("utf-8"))
     assert read_truth(path) == [TruthWord("3", 1.0, 1.5), TruthWord("7", 4.0, 4.4)]
+    # words of different labels may overlap (sound events), and one may start where the last of its label ended
+    path.write_text("label,start_s,end_s\n7,1.0,2.0\n3,1.5,2.5\n7,2.0,2.4\n")
+    assert read_truth(path) == [TruthWord("7", 1.0, 2.0), TruthWord("3", 1.5, 2.5), TruthWord("7", 2.0, 2.4)]
+    # non-target stretches may overlap: their minutes are the union
+    path.write_text("kind,start_s,end_s\nspeech,1.0,3.0\nspeech,2.0,4.0\n")
+    assert len(read_truth(path, header=NON_TARGET_HEADER)) == 2
 
 
 @pytest.mark.parametrize("content, message", [
@@ -175,6 +181,9 @@ def test_read_truth(tmp_path):
     ("label,start_s,end_s\n,1.0,1.5\n", "line 2: need a label"),
     # decimal commas: '3,7,360,7,554' is not ('3', 7.0, 360.0)
     ("label,start_s,end_s\n3,1.0,1.5\n3,7,360,7,554\n", "line 3: 5 fields under a header of 3"),
+    # a row pasted twice, or two words of one label that overlap: one detection can be only one of them
+    ("label,start_s,end_s\n3,1.0,1.5\n4,2.0,2.5\n3,1.0,1.5\n", r"lines 2 and 4: two '3' words overlap \(1-1.5 s"),
+    ("label,start_s,end_s\n5,2.0,3.0\n5,0.5,2.5\n", r"lines 2 and 3: two '5' words overlap \(0.5-2.5 s and 2-3 s\)"),
 ])
 def test_bad_truth_files_name_the_line(tmp_path, content, message):
     path = tmp_path / "bad.csv"
