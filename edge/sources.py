@@ -185,8 +185,15 @@ class FileSource(AudioSource):
         try:
             if not path.exists():
                 raise SourceError(f"audio file not found: {path}; check the path")
+            if path.is_fifo() or path.is_char_device():  # a recorder's pipe: read as a stream, header and all
+                raise SourceError(f"{path} is a pipe or a device, not a file; stream it through standard input: "
+                                  f"`basilar run - < {path}` (a WAV stream, or raw PCM with --format, --rate and "
+                                  "--channels)")
             if not path.is_file():
                 raise SourceError(f"{path} is not a file; give an audio file such as a WAV or FLAC")
+            if path.stat().st_size == 0:
+                raise SourceError(f"{path} is empty (0 bytes): an interrupted recording or copy; record or copy it "
+                                  "again")
             # soundfile takes a `.raw` name's word for it and wants the layout given; a WAV so named is a WAV
             named_raw = path.suffix.lower() == ".raw"
             if named_raw and not _starts_riff(path):

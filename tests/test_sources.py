@@ -102,8 +102,21 @@ def test_a_directory_is_refused(tmp_path):
         FileSource(tmp_path, RATE)
 
 
+def test_a_named_pipe_is_sent_to_standard_input(tmp_path):
+    pipe = tmp_path / "recorder.wav"
+    os.mkfifo(pipe)
+    with pytest.raises(SourceError, match=r"is a pipe or a device, not a file; .*`basilar run - < .*recorder\.wav`"):
+        FileSource(pipe, RATE)  # without opening it: a pipe no one writes to would block
+
+
+def test_an_empty_file_is_called_empty(tmp_path):
+    path = tmp_path / "empty.wav"
+    path.write_bytes(b"")
+    with pytest.raises(SourceError, match=r"empty\.wav is empty \(0 bytes\): an interrupted recording or copy"):
+        FileSource(path, RATE)
+
+
 @pytest.mark.parametrize("name, content, reason", [
-    ("empty.wav", b"", "Format not recognised"),
     ("text.wav", b"this is not audio at all\n" * 40, "Format not recognised"),
     ("image.flac", b"\x89PNG\r\n\x1a\n" + bytes(200), "Format not recognised"),
 ])
