@@ -161,6 +161,9 @@ def read_clip(path, sample_rate: int) -> np.ndarray:
     """A whole audio file as float64 mono in [-1, 1) at sample_rate."""
     audio = None
     try:
+        if os.stat(path).st_size == 0:
+            raise ValueError(f"{path} is empty (0 bytes): an interrupted recording or copy; record or copy it again, "
+                             "or leave it out")
         audio, wav = libsndfile_input(path)
         with soundfile.SoundFile(audio) as file:
             declared, rate = declared_frames(file), file.samplerate
@@ -169,7 +172,8 @@ def read_clip(path, sample_rate: int) -> np.ndarray:
         raise ValueError(f"{path} cannot be read: permission denied; make it readable by the user running basilar, "
                          f"e.g. `chmod a+r {path}`") from None
     except (soundfile.LibsndfileError, RuntimeError, OSError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from None
+        raise ValueError(f"cannot read {path}: {exc}; convert it to WAV (e.g. `sox INPUT OUT.wav`), or leave it "
+                         "out") from None
     finally:
         if isinstance(audio, TrueSizeWav):
             audio.close()

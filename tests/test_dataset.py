@@ -207,6 +207,17 @@ def test_a_clip_with_no_audio_is_named(tmp_path):
         dataset.read_clip(tmp_path / "5_jackson_99.wav", 8000)
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"", r"5_jackson_98\.wav is empty \(0 bytes\): an interrupted recording or copy; .*or leave it out"),
+    (b"not audio\n" * 50, r"cannot read .*5_jackson_98\.wav: .*Format not recognised.*; convert it to WAV .*or leave "
+                          "it out"),
+])
+def test_a_clip_that_is_not_audio_says_how_to_go_on(tmp_path, content, message):
+    (tmp_path / "5_jackson_98.wav").write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        dataset.read_clip(tmp_path / "5_jackson_98.wav", 8000)
+
+
 def write_clip(path, n=800, rate=8000, value=0.1):
     path.parent.mkdir(parents=True, exist_ok=True)
     soundfile.write(path, np.full(n, value), rate)
