@@ -85,27 +85,32 @@ def decode(data: bytes, fmt: str, channels: int) -> np.ndarray:
     floats = samples.astype(np.float32)
     if fmt == "U8":
         floats -= 128  # unsigned: silence is 128
-    if scale != 1.0:  # float samples stay as they are, NaN too (`check_finite` finds them)
+    if scale != 1.0:  # float samples stay as they are, NaN too (`finite_frames` finds them)
         floats /= np.float32(scale)
     return floats.reshape(-1, channels)
 
 
 def to_int16(samples: np.ndarray) -> np.ndarray:
-    """Float samples (full scale 1.0) to int16, rounded and clipped."""
-    return np.clip(np.rint(samples * 32768.0), -32768, 32767).astype(np.int16)
+    """Float samples (full scale 1.0) to int16, rounded and clipped (first to +-1: a float32 of 1e35, say from
+    integer audio read as float, would overflow when scaled)."""
+    return np.clip(np.rint(np.clip(samples, -1.0, 1.0) * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def check_finite(block: np.ndarray, name: str, seconds_before: float, rate: int,
-                 fix: Callable[[], str | None] | None = None) -> None:
-    """Float audio can hold NaN or infinities (a damaged file or a broken producer); cast to int16 they would
-    become silence or full scale without a word, so they are refused where they are. fix: what to advise, asked
-    only then."""
+def finite_frames(block: np.ndarray) -> int:
+    """How many frames of float audio come before the first that is not a number (all of them: len(block))."""
     bad = ~np.isfinite(block)
-    if bad.any():
-        at = seconds_before + int(np.argmax(bad.any(axis=1) if bad.ndim > 1 else bad)) / rate
-        raise SourceError(f"{name} holds samples that are not numbers (NaN or infinite) at {at:.2f} s: "
-                          + ((fix and fix()) or "the audio is damaged; the audio before that point was processed. "
-                                                "Re-record or re-encode it"))
+    if not bad.any():
+        return len(block)
+    return int(np.argmax(bad.any(axis=1) if bad.ndim > 1 else bad))
+
+
+def not_finite_error(name: str, at_s: float, fix: Callable[[], str | None] | None = None) -> SourceError:
+    """Float audio can hold NaN or infinities (a damaged file or a broken producer); cast to int16 they would
+    become silence or full scale without a word, so they are refused where they are, once the audio before them
+    has been yielded. fix: what to advise, asked only then."""
+    return SourceError(f"{name} holds samples that are not numbers (NaN or infinite) at {at_s:.2f} s: "
+                       + ((fix and fix()) or "the audio is damaged; the audio before that point was processed. "
+                                             "Re-record or re-encode it"))
 
 
 class MonoResampler:
@@ -253,20 +258,25 @@ class FileSource(AudioSource):
             try:
                 block = self._file.read(self._block, dtype="float32", always_2d=True)
             except (soundfile.SoundFileError, RuntimeError) as err:
+                tail = resample(np.zeros((0, self.file_channels), np.float32), last=True)  # what the filter holds
+                if len(tail):
+                    yield tail
                 # what was read, not tell(): after some failures libsndfile's position is -1
                 seconds = frames / self.file_rate
                 raise SourceError(f"{self.name} is corrupt: reading failed after about {seconds:.2f} s "
                                   f"({_libsndfile_reason(err)}); the audio before that point was processed. "
                                   "Re-record or re-encode the file") from err
-            if self._float:
-                check_finite(block, self.name, (self._file.tell() - len(block)) / self.file_rate, self.file_rate)
-            frames += len(block)
-            last = len(block) < self._block
-            chunk = resample(block, last=last)
+            good = finite_frames(block) if self._float else len(block)
+            damaged = good < len(block)
+            frames += good
+            last = damaged or len(block) < self._block
+            chunk = resample(block[:good], last=last)
             if len(chunk):
                 if self._pacer:
                     self._pacer.wait_for(len(chunk))
                 yield chunk
+            if damaged:
+                raise not_finite_error(self.name, frames / self.file_rate)
             if last:
                 if self._cut_short:
                     raise SourceError(f"{self._cut_short}; the audio that is there was processed")
@@ -565,13 +575,16 @@ class PcmSource(AudioSource):
                     continue  # a pipe hands over less than asked for; fill the chunk first
             whole = len(pending) - len(pending) % self._frame_bytes
             samples = decode(pending[:whole], self.pcm_format, self.channels)
-            if self.pcm_format.startswith("FLOAT"):
-                check_finite(samples, self.name, self._frames_read / self.rate, self.rate, self._nan_fix)
-            self._frames_read += len(samples)
-            chunk = resample(samples, last=ended)
+            good = finite_frames(samples) if self.pcm_format.startswith("FLOAT") else len(samples)
+            damaged = good < len(samples)
+            fix = self._nan_fix() if damaged else None  # asked before the count moves: none read yet, or some
+            self._frames_read += good
+            chunk = resample(samples[:good], last=ended or damaged)
             pending = pending[whole:]
             if len(chunk):
                 yield chunk
+            if damaged:
+                raise not_finite_error(self.name, self._frames_read / self.rate, lambda: fix)
             if ended:
                 if self._data_left and not self.stop.is_set():  # an open length is None: it ends where it ends
                     rate = self.rate * self._frame_bytes

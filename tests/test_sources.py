@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from edge.sources import FileSource, MicSource, PcmSource, SourceError, StopFlag, open_source, parse_mic_spec
+from edge.sources import (FileSource, MicSource, PcmSource, SourceError, StopFlag, open_source, parse_mic_spec,
+                          to_int16)
 from edge.wav_header import wav_cut_short
 from tests.conftest import REPO, require, require_program
 
@@ -235,11 +236,24 @@ def test_not_a_number_in_float_audio_is_an_error_after_the_audio_before_it(tmp_p
                                           r"1.50 s.*before that point was processed"):
         for chunk in FileSource(path, RATE).chunks():
             got.append(chunk)
-    assert len(np.concatenate(got)) == int(1.5 * RATE)  # the whole 100 ms chunks before the damaged one
+    # every sample before the damaged one, not only the whole chunks before it
+    np.testing.assert_array_equal(np.concatenate(got), to_int16(tone[:int(1.5 * RATE) + 3]))
     raw = tone.copy()
     raw[100] = np.inf
+    got = []
     with pytest.raises(SourceError, match="standard input holds samples that are not numbers .* at 0.01 s"):
-        read_all(PcmSource(RATE, pcm_format="FLOAT_LE", stream=io.BytesIO(raw.astype("<f4").tobytes())))
+        for chunk in PcmSource(RATE, pcm_format="FLOAT_LE", stream=io.BytesIO(raw.astype("<f4").tobytes())).chunks():
+            got.append(chunk)
+    np.testing.assert_array_equal(np.concatenate(got), to_int16(tone[:100]))
+    # at another rate, the resampler gives what it holds: the samples up to the damaged one, resampled
+    path = tmp_path / "nan_8k.wav"
+    soundfile.write(path, np.concatenate([sine(440, 1.0, 8000), [np.nan]]).astype(np.float32), 8000,
+                    subtype="FLOAT")
+    got = []
+    with pytest.raises(SourceError, match="at 1.00 s"):
+        for chunk in FileSource(path, RATE).chunks():
+            got.append(chunk)
+    assert abs(len(np.concatenate(got)) - RATE) <= 1
 
 
 def test_whole_wavs_and_wavs_of_open_length_are_not_cut_short(tmp_path):
