@@ -159,11 +159,13 @@ def test_a_file_corrupt_mid_way_yields_the_audio_before_the_damage_then_fails(tm
     np.testing.assert_array_equal(received[:RATE], samples[:RATE])
 
 
-def test_a_corrupt_file_says_how_far_it_was_read(tmp_path):
-    # a stretch of the file repeated: libsndfile's seek fails mid-way and its position reads -1 afterwards
-    samples = (sine(440, 4.0, RATE) * 0.8 * 32767).astype(np.int16)
+@pytest.mark.parametrize("file_rate", [RATE, 8000])
+def test_a_corrupt_file_says_how_far_it_was_read(tmp_path, file_rate):
+    """A stretch of the file repeated: reading fails mid-way (at 8 kHz libsndfile's seek fails, and its position
+    reads -1 afterwards). Resampled, what the filter holds is given too: all that was read comes out."""
+    samples = (sine(440, 4.0, file_rate) * 0.8 * 32767).astype(np.int16)
     path = tmp_path / "repeated.flac"
-    soundfile.write(path, samples, RATE)
+    soundfile.write(path, samples, file_rate)
     data = path.read_bytes()
     path.write_bytes(data[:len(data) * 2 // 5] + data[len(data) // 20:])
     got = []
