@@ -10,6 +10,7 @@ import textwrap
 import threading
 import types
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -256,6 +257,14 @@ def test_not_a_number_in_float_audio_is_an_error_after_the_audio_before_it(tmp_p
         for chunk in FileSource(path, RATE).chunks():
             got.append(chunk)
     assert abs(len(np.concatenate(got)) - RATE) <= 1
+
+
+def test_float_samples_far_out_of_range_are_clipped_without_an_overflow_warning():
+    """Integer audio read as float holds values up to 1e38; scaled to int16 first, they overflowed float32."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        samples = np.array([1e38, -1e38, 0.5, -0.25, 1.0], np.float32)
+        assert to_int16(samples).tolist() == [32767, -32768, 16384, -8192, 32767]
 
 
 def test_whole_wavs_and_wavs_of_open_length_are_not_cut_short(tmp_path):
