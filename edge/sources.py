@@ -29,9 +29,9 @@ import numpy as np
 import soundfile
 import soxr
 
-from edge.wav_header import (ID3V2_HEAD, KNOWN_CHUNKS, RIFF_LIMIT, TrueSizeWav, WavData, WavFormat, is_open_length,
-                              length_problem, libsndfile_input, parse_format, read_to_data, skip, starts_wav, tag_span,
-                              wav_header_broken)
+from edge.wav_header import (ID3V2_HEAD, KNOWN_CHUNKS, RIFF_LIMIT, TrueSizeWav, WavData, WavFormat, empty_problem,
+                             is_open_length, length_problem, libsndfile_input, parse_format, read_to_data, skip,
+                             starts_wav, tag_span, wav_header_broken)
 
 DEFAULT_CHUNK_MS = 100
 IDLE_TICK_S = 1.0  # a live source that delivers nothing for this long yields an empty chunk
@@ -104,13 +104,13 @@ def finite_frames(block: np.ndarray) -> int:
     return int(np.argmax(bad.any(axis=1) if bad.ndim > 1 else bad))
 
 
-def not_finite_error(name: str, at_s: float, fix: Callable[[], str | None] | None = None) -> SourceError:
+def not_finite_error(name: str, at_s: float, advice: str | None = None) -> SourceError:
     """Float audio can hold NaN or infinities (a damaged file or a broken producer); cast to int16 they would
     become silence or full scale without a word, so they are refused where they are, once the audio before them
-    has been yielded. fix: what to advise, asked only then."""
+    has been yielded. advice: what to do, when not the usual."""
     return SourceError(f"{name} holds samples that are not numbers (NaN or infinite) at {at_s:.2f} s: "
-                       + ((fix and fix()) or "the audio is damaged; the audio before that point was processed. "
-                                             "Re-record or re-encode it"))
+                       + (advice or "the audio is damaged; the audio before that point was processed. "
+                                    "Re-record or re-encode it"))
 
 
 class MonoResampler:
@@ -196,9 +196,8 @@ class FileSource(AudioSource):
                                   "--channels)")
             if not path.is_file():
                 raise SourceError(f"{path} is not a file; give an audio file such as a WAV or FLAC")
-            if path.stat().st_size == 0:
-                raise SourceError(f"{path} is empty (0 bytes): an interrupted recording or copy; record or copy it "
-                                  "again")
+            if empty := empty_problem(path):
+                raise SourceError(empty)
             # soundfile takes a `.raw` name's word for it and wants the layout given; a WAV so named is a WAV
             named_raw = path.suffix.lower() == ".raw"
             if named_raw and not _starts_riff(path):
@@ -577,14 +576,14 @@ class PcmSource(AudioSource):
             samples = decode(pending[:whole], self.pcm_format, self.channels)
             good = finite_frames(samples) if self.pcm_format.startswith("FLOAT") else len(samples)
             damaged = good < len(samples)
-            fix = self._nan_fix() if damaged else None  # asked before the count moves: none read yet, or some
+            advice = self._nan_fix() if damaged else None  # asked before the count moves: none read yet, or some
             self._frames_read += good
             chunk = resample(samples[:good], last=ended or damaged)
             pending = pending[whole:]
             if len(chunk):
                 yield chunk
             if damaged:
-                raise not_finite_error(self.name, self._frames_read / self.rate, lambda: fix)
+                raise not_finite_error(self.name, self._frames_read / self.rate, advice)
             if ended:
                 if self._data_left and not self.stop.is_set():  # an open length is None: it ends where it ends
                     rate = self.rate * self._frame_bytes

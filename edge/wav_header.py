@@ -243,6 +243,13 @@ def libsndfile_input(path: str | os.PathLike) -> tuple[str | TrueSizeWav, WavDat
     return (TrueSizeWav(path, wav) if wav and wav.open_length else str(path)), wav
 
 
+def empty_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong, for an error message, with a file of no bytes at all (libsndfile: "Format not recognised")."""
+    if os.stat(path).st_size:
+        return None
+    return f"{path} is empty (0 bytes): an interrupted recording or copy; record or copy it again"
+
+
 def length_problem(path: str | os.PathLike, wav: WavData | None) -> str | None:
     """What is wrong, for an error message, when a WAV file's audio does not fit its header: the header declares
     less than follows (`WavData.overlong`: to be refused before it is played) or more than the file holds

@@ -21,7 +21,7 @@ import soxr
 
 from edge.frontend import Frontend, FrontendConfig
 from edge.sources import declared_frames
-from edge.wav_header import TrueSizeWav, length_problem, libsndfile_input
+from edge.wav_header import TrueSizeWav, empty_problem, length_problem, libsndfile_input
 from firmware_tools.sound_events import sound_event
 
 BACKGROUND = "_background_"
@@ -161,9 +161,8 @@ def read_clip(path, sample_rate: int) -> np.ndarray:
     """A whole audio file as float64 mono in [-1, 1) at sample_rate."""
     audio = None
     try:
-        if os.stat(path).st_size == 0:
-            raise ValueError(f"{path} is empty (0 bytes): an interrupted recording or copy; record or copy it again, "
-                             "or leave it out")
+        if empty := empty_problem(path):
+            raise ValueError(f"{empty}, or leave it out")
         audio, wav = libsndfile_input(path)
         with soundfile.SoundFile(audio) as file:
             declared, rate = declared_frames(file), file.samplerate

@@ -123,8 +123,7 @@ def _refuse_overlapping_words(path: Path, words: list[tuple[TruthWord, int]]) ->
                 f"{path} lines {min(line, before[1])} and {max(line, before[1])}: two {word.label!r} words overlap "
                 f"({before[0].start_s:g}-{before[0].end_s:g} s and {word.start_s:g}-{word.end_s:g} s), and one "
                 "detection can be only one of them; remove the repeated row, or make them one word")
-        if not before or word.end_s > before[0].end_s:
-            last[word.label] = (word, line)
+        last[word.label] = (word, line)
 
 
 def _overlaps(detection: Detection, word: TruthWord, tolerance_s: float) -> bool:
