@@ -245,6 +245,7 @@ class FileSource(AudioSource):
         self._block = max(1, round(self.file_rate * chunk_ms / 1000))
         self._pacer = Pacer(sample_rate, self.stop, clock) if realtime else None
         self._declared = declared_frames(self._file)
+        self._end = frames_to_play(self._file)
 
     @property
     def input_rate(self) -> int:
@@ -254,8 +255,9 @@ class FileSource(AudioSource):
         resample = MonoResampler(self.file_rate, self.sample_rate)
         frames = 0
         while not self.stop.is_set():
+            want = self._block if self._end is None else min(self._block, self._end - frames)
             try:
-                block = self._file.read(self._block, dtype="float32", always_2d=True)
+                block = self._file.read(want, dtype="float32", always_2d=True)
             except (soundfile.SoundFileError, RuntimeError) as err:
                 tail = resample(np.zeros((0, self.file_channels), np.float32), last=True)  # what the filter holds
                 if len(tail):
@@ -307,7 +309,7 @@ _NOTED_LENGTH = {name: re.compile(pattern) for name, pattern in {
     "MPC2K": r"Frames\s*: (?P<frames>\d+)",
     "AU": r"Data Size\s*: (?P<bytes>\d+) \(should be (?P<held>\d+)\)",
     "W64": r"riff : (?P<bytes>\d+) \(should be (?P<held>\d+)\)",
-    "SVX": r"BODY : (?P<bytes>\d+) \(should be (?P<held>\d+)\)",
+    "SVX": r"(?:FORM|BODY) : (?P<bytes>\d+) \(should be (?P<held>\d+)\)",
     "WVE": r"Data length (?P<bytes>\d+) should be (?P<held>\d+)",
     "MAT4": r"truncated\. (?P<held>\d+) <--> (?P<bytes>\d+)",
 }.items()}
@@ -317,21 +319,31 @@ _UNKNOWN_FRAMES = 1 << 28  # counts this large are placeholders (sox into a pipe
 
 
 def declared_frames(file) -> int:
-    """The frames `file`'s header declares: libsndfile's count, or a larger one its log (or a NIST header) notes."""
+    """The frames `file`'s header declares: libsndfile's count, or another its log (or a NIST header) notes.
+
+    More than libsndfile's count: the file was cut short. Fewer: bytes follow the audio, which libsndfile would play
+    as more of it (W64, 8SVX, AVR, MPC2000 and NIST files; for the others it stops where the header says).
+    """
     if file.format == "NIST":
-        return max(file.frames, _nist_sample_count(file.name))
-    pattern = _NOTED_LENGTH.get(file.format)
-    noted = pattern.search(getattr(file, "extra_info", "")) if pattern else None
-    if not noted:
+        declared = _nist_sample_count(file.name)
+    elif not (pattern := _NOTED_LENGTH.get(file.format)):
         return file.frames
-    if "frames" in pattern.groupindex:
+    elif not (noted := pattern.search(getattr(file, "extra_info", ""))):
+        return file.frames
+    elif "frames" in pattern.groupindex:
         declared = int(noted["frames"])
-    elif file.subtype in _SAMPLE_BYTES:  # the bytes the file lacks, in whole frames
-        frame_bytes = _SAMPLE_BYTES[file.subtype] * file.channels
-        declared = file.frames + (int(noted["bytes"]) - int(noted["held"])) // frame_bytes
+    elif file.subtype in _SAMPLE_BYTES:  # the bytes the file lacks (or holds past the audio), in whole frames
+        lacks = int(noted["bytes"]) - int(noted["held"])
+        declared = file.frames + int(lacks / (_SAMPLE_BYTES[file.subtype] * file.channels))  # toward 0, as libsndfile
     else:  # a compressed encoding, whose bytes do not count frames
         return file.frames
-    return max(file.frames, declared if declared < _UNKNOWN_FRAMES else 0)
+    return declared if 0 < declared < _UNKNOWN_FRAMES else file.frames  # 0 or a placeholder: the length is open
+
+
+def frames_to_play(file) -> int | None:
+    """How many frames of `file` to read: its header's length where bytes follow that, None for all."""
+    declared = declared_frames(file)
+    return declared if declared < file.frames else None
 
 
 def _nist_sample_count(path) -> int:

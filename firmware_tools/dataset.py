@@ -20,7 +20,7 @@ import soundfile
 import soxr
 
 from edge.frontend import Frontend, FrontendConfig
-from edge.sources import declared_frames
+from edge.sources import declared_frames, frames_to_play
 from edge.wav_header import TrueSizeWav, empty_problem, length_problem, libsndfile_input
 from firmware_tools.sound_events import sound_event
 
@@ -166,7 +166,7 @@ def read_clip(path, sample_rate: int) -> np.ndarray:
         audio, wav = libsndfile_input(path)
         with soundfile.SoundFile(audio) as file:
             declared, rate = declared_frames(file), file.samplerate
-            data = file.read(dtype="float64", always_2d=True)
+            data = file.read(frames_to_play(file) or -1, dtype="float64", always_2d=True)
     except PermissionError:  # libsndfile would call it a "System error"
         raise ValueError(f"{path} cannot be read: permission denied; make it readable by the user running basilar, "
                          f"e.g. `chmod a+r {path}`") from None

@@ -9,6 +9,7 @@ import pytest
 import soundfile
 
 from edge.sources import FileSource, PcmSource, SourceError
+from firmware_tools import dataset
 from tests.test_sources import RATE, handmade_wav, read_all, sine
 
 
@@ -112,6 +113,20 @@ def test_a_damaged_ogg_and_cut_files_of_other_formats_are_reported_after_their_a
         got, message = read_until_error(FileSource(path, RATE))
         assert f"{name} ends early: its header declares 4.00 s of audio but 3.00 s could be read" in message
         assert len(got) == 3 * RATE
+
+
+@pytest.mark.parametrize("fmt, subtype, channels", [("W64", "PCM_16", 2), ("W64", "FLOAT", 1), ("SVX", "PCM_16", 1),
+                                                    ("AVR", "PCM_16", 1), ("MPC2K", "PCM_16", 1), ("NIST", "PCM_24", 1)])
+def test_bytes_after_the_audio_a_header_declares_are_not_played(tmp_path, fmt, subtype, channels):
+    # In these formats libsndfile plays whatever follows the audio (a copy's stray bytes) as more of it
+    whole, path = tmp_path / f"whole.{fmt.lower()}", tmp_path / f"tail.{fmt.lower()}"
+    soundfile.write(whole, np.tile(sine(440, 2.0, RATE)[:, None], (1, channels)), RATE, format=fmt, subtype=subtype)
+    path.write_bytes(whole.read_bytes() + np.random.default_rng(0).integers(0, 256, 3001, np.uint8).tobytes())
+    assert soundfile.info(path).frames > 2 * RATE
+    played = read_all(FileSource(path, RATE))
+    assert len(played) == 2 * RATE
+    np.testing.assert_array_equal(played, read_all(FileSource(whole, RATE)))
+    np.testing.assert_array_equal(dataset.read_clip(path, RATE), dataset.read_clip(whole, RATE))
 
 
 @pytest.mark.parametrize("fmt, subtype", [("WAV", "PCM_16"), ("FLAC", "PCM_16"), ("OGG", "VORBIS"), ("OGG", "OPUS"),
