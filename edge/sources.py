@@ -245,7 +245,7 @@ class FileSource(AudioSource):
         self._block = max(1, round(self.file_rate * chunk_ms / 1000))
         self._pacer = Pacer(sample_rate, self.stop, clock) if realtime else None
         self._declared = declared_frames(self._file)
-        self._end = frames_to_play(self._file)
+        self._end = frames_to_play(self._file, self._declared)
 
     @property
     def input_rate(self) -> int:
@@ -340,9 +340,8 @@ def declared_frames(file) -> int:
     return declared if 0 < declared < _UNKNOWN_FRAMES else file.frames  # 0 or a placeholder: the length is open
 
 
-def frames_to_play(file) -> int | None:
-    """How many frames of `file` to read: its header's length where bytes follow that, None for all."""
-    declared = declared_frames(file)
+def frames_to_play(file, declared: int) -> int | None:
+    """How many frames of `file` to read, given `declared_frames(file)`: that where bytes follow it, None for all."""
     return declared if declared < file.frames else None
 
 

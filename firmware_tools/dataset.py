@@ -166,7 +166,7 @@ def read_clip(path, sample_rate: int) -> np.ndarray:
         audio, wav = libsndfile_input(path)
         with soundfile.SoundFile(audio) as file:
             declared, rate = declared_frames(file), file.samplerate
-            data = file.read(frames_to_play(file) or -1, dtype="float64", always_2d=True)
+            data = file.read(frames_to_play(file, declared) or -1, dtype="float64", always_2d=True)
     except PermissionError:  # libsndfile would call it a "System error"
         raise ValueError(f"{path} cannot be read: permission denied; make it readable by the user running basilar, "
                          f"e.g. `chmod a+r {path}`") from None
