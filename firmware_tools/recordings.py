@@ -50,19 +50,27 @@ def read_recordings(speech_dir: Path, listing: Path | None = None) -> list[Recor
         if not path.suffix:
             path = next((path.with_suffix(s) for s in dataset.AUDIO_SUFFIXES if path.with_suffix(s).exists()), path)
         if not path.is_file():
-            raise RecordingsError(f"{listing} line {number}: no recording {path}; {_where_to_look(speech_dir, path)}")
+            raise RecordingsError(f"{listing} line {number}: no recording {path}; "
+                                  f"{_where_to_look(speech_dir, path, listing)}")
         recordings.append(Recording(path, transcript.strip()))
     if not recordings:
         raise RecordingsError(f"{listing} names no recordings")
     return recordings
 
 
-def _where_to_look(speech_dir: Path, path: Path) -> str:
+SHIPPED_LISTING = Path(__file__).with_name("recorded_non_target_speech.txt")
+
+
+def _where_to_look(speech_dir: Path, path: Path, listing: Path) -> str:
     """What a missing recording most likely means: a whole voice not installed, or the wrong --speech-dir."""
     folder = path.parent
     if folder != speech_dir and folder.is_relative_to(speech_dir) and not folder.is_dir():
-        # A listing of several voices (firmware_tools/recorded_non_target_speech.txt) names each voice's folder.
-        return (f"there is no folder {folder.relative_to(speech_dir)} in --speech-dir {speech_dir}: install the "
-                "recordings the listing names (firmware_tools/recorded_non_target_speech.txt names their Debian "
-                "packages in its first lines), or pass the --speech-dir they are in")
+        # A listing of several voices names each voice's folder; only the shipped one says where its voices come from.
+        if listing.resolve() == SHIPPED_LISTING.resolve():
+            source = ("the voices it names (`sudo apt install asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav "
+                      "asterisk-prompt-it-menardi-wav`)")
+        else:
+            source = f"the voices {listing} names"
+        return (f"there is no folder {folder.relative_to(speech_dir)} in --speech-dir {speech_dir}: install "
+                f"{source}, or pass the --speech-dir they are in")
     return "is --speech-dir the folder the listing was made for?"

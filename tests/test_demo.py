@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from firmware_tools import dataset
 from firmware_tools.make_demo import DEFAULT_FSDD, SPEAKERS, espeak_version, festival, write_demo
 from firmware_tools.make_demo import main as make_demo_main
-from firmware_tools.recordings import read_recordings
+from firmware_tools.recordings import SHIPPED_LISTING, RecordingsError, read_recordings
 from firmware_tools.stream_eval import NON_TARGET_HEADER, read_truth
 from tests.conftest import REPO, require, require_program
 
@@ -203,11 +203,19 @@ def test_make_demo_puts_recordings_of_people_between_the_digits(tmp_path):
     assert sorted(round(s.end_s - s.start_s, 2) for s in spoken) == [0.6, 0.6, 0.8, 1.1]
 
 
+def test_a_missing_voice_of_the_shipped_listing_names_its_debian_packages(tmp_path):
+    # The shipped listing's voices come from three Debian packages; a user's own listing's voices, from anywhere.
+    packages = "asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav asterisk-prompt-it-menardi-wav"
+    with pytest.raises(RecordingsError, match=rf"no folder it_IT_m_Carlo .*`sudo apt install {packages}`"):
+        read_recordings(tmp_path, SHIPPED_LISTING)
+
+
 @pytest.mark.parametrize("listing, args, message", [
     ("prompt-7: Not there.\n", [], "line 1: no recording .*prompt-7; is --speech-dir the folder"),
     # A voice the listing names whose folder is not there at all: not installed, most likely.
     ("prompt-0\nit_IT_m_Carlo/activated: Attivato.\n", [],
-     "line 2: no recording .*activated; there is no folder it_IT_m_Carlo in --speech-dir .*: install the recordings"),
+     "line 2: no recording .*activated; there is no folder it_IT_m_Carlo in --speech-dir .*: install the voices "
+     ".*list.txt names, or pass"),
     ("; only a comment\n", [], "names no recordings"),
     (None, ["--speech-engine", "festival"], "leave out --speech-engine"),
     ("not-audio.wav\n", [], "cannot read .*not-audio.wav"),
