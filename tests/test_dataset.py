@@ -8,7 +8,7 @@ import pytest
 import soundfile
 
 from firmware_tools import dataset, training
-from firmware_tools.recordings import RecordingsError, read_recordings
+from firmware_tools.recordings import SHIPPED_LISTING, RecordingsError, read_recordings
 from tests.conftest import REPO, recorded_phrases, require_program
 
 RATE = 8000
@@ -172,9 +172,7 @@ def test_a_listing_that_names_a_missing_recording_is_a_clear_error(tmp_path):
 
 
 def test_the_recorded_speech_listing_names_three_voices_and_no_numbers():
-    from pathlib import Path
-
-    listing = Path(training.__file__).with_name("recorded_non_target_speech.txt").read_text(encoding="utf-8")
+    listing = SHIPPED_LISTING.read_text(encoding="utf-8")
     entries = [line.split(":", 1) for line in listing.splitlines() if line and not line.startswith(";")]
     assert len(entries) == 750
     assert {name.split("/")[0] for name, _ in entries} == {"it_IT_m_Carlo", "it_IT_f_Menardi", "ru_RU_f_IvrvoiceRU"}
