@@ -10,6 +10,9 @@ from pathlib import Path
 
 from firmware_tools import dataset
 
+# The listing of the shipped recipe's recorded speech (its voices come from three Debian packages).
+SHIPPED_LISTING = Path(__file__).with_name("recorded_non_target_speech.txt")
+
 
 class RecordingsError(ValueError):
     """A folder or listing of recordings that cannot be used; the message names the file and the line."""
@@ -56,9 +59,6 @@ def read_recordings(speech_dir: Path, listing: Path | None = None) -> list[Recor
     if not recordings:
         raise RecordingsError(f"{listing} names no recordings")
     return recordings
-
-
-SHIPPED_LISTING = Path(__file__).with_name("recorded_non_target_speech.txt")
 
 
 def _where_to_look(speech_dir: Path, path: Path, listing: Path) -> str:
