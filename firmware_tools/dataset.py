@@ -230,7 +230,7 @@ def to_int16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16)
 
 
-# ---- synthesized speech (espeak-ng, flite and voice banks) ----
+# ---- synthesized speech (espeak-ng and flite) ----
 
 def espeak_available() -> bool:
     return shutil.which("espeak-ng") is not None
@@ -299,65 +299,6 @@ def synth_non_target_flite(sample_rate: int, count: int, seed: int, avoid=()) ->
     rng = random.Random(seed)
     return [flite(non_target_text(rng, avoid), rng.choice(FLITE_VOICES), rng.uniform(85, 250),
                   rng.uniform(0.75, 1.35), sample_rate) for _ in range(count)]
-
-
-# Voices built from recordings of real speakers (docs/models.md, "Voice banks"): MBROLA's diphone databases, spoken
-# through espeak-ng (Debian: mbrola, mbrola-us1, -us2, -us3, -en1), and RHVoice's statistical English voices
-# (rhvoice, rhvoice-english). RHVoice's evgeniy-eng and lyubov are left out: their license (CC BY-NC-ND) forbids
-# commercial use, and a model trained on them is meant to ship in products.
-MBROLA_DIR = Path("/usr/share/mbrola")
-MBROLA_VOICES = ("us1", "us2", "us3", "en1")
-RHVOICE_DIR = Path("/usr/share/RHVoice/voices")
-RHVOICE_VOICES = ("alan", "bdl", "clb", "slt")
-VOICEBANK_PACKAGES = "mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 rhvoice rhvoice-english"
-
-
-def voicebank_voices() -> list[str]:
-    """The voice-bank voices installed here: "mb-us1" (MBROLA, through espeak-ng), "rh-alan" (RHVoice)."""
-    out = []
-    if espeak_available() and shutil.which("mbrola"):
-        out += [f"mb-{v}" for v in MBROLA_VOICES if (MBROLA_DIR / v / v).is_file()]
-    if shutil.which("RHVoice-test"):
-        out += [f"rh-{v}" for v in RHVOICE_VOICES if (RHVOICE_DIR / v / "voice.info").is_file()]
-    return out
-
-
-def voicebank_credit(voices) -> str:
-    """Whose voices these are, for a bundle's attribution."""
-    mbrola = [v[3:] for v in voices if v.startswith("mb-")]
-    rh = [v[3:] for v in voices if v.startswith("rh-")]
-    parts = [f"MBROLA's voices {', '.join(mbrola)} (Faculté Polytechnique de Mons, MBROLA project)"] if mbrola else []
-    parts += [f"RHVoice's voices {', '.join(rh)} (Olga Yakovleva, RHVoice project; LGPL-2.1+)"] if rh else []
-    return " and ".join(parts)
-
-
-def rhvoice(text: str, voice: str, pitch_percent: int, rate_percent: int, sample_rate: int) -> np.ndarray:
-    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
-        subprocess.run(["RHVoice-test", "-p", voice, "-t", str(pitch_percent), "-r", str(rate_percent), "-o", tmp.name],
-                       input=text.encode(), check=True, capture_output=True)
-        x = read_clip(tmp.name, sample_rate)
-    return trim_silence(x)
-
-
-def voicebank(text: str, voice: str, rng: random.Random, sample_rate: int) -> np.ndarray:
-    """`text` in a voice of voicebank_voices(), at a random pitch and rate (each engine's own scale)."""
-    engine, name = voice.split("-", 1)
-    if engine == "mb":
-        return espeak(text, voice, rng.randint(15, 85), rng.randint(110, 210), sample_rate)
-    return rhvoice(text, name, rng.randint(60, 150), rng.randint(75, 135), sample_rate)
-
-
-def synth_digits_voicebank(sample_rate: int, count: int, seed: int, voices) -> list[tuple[np.ndarray, str]]:
-    """Spoken digits from voice banks: recordings of real people, cut and joined (MBROLA) or modelled (RHVoice)."""
-    rng = random.Random(seed)
-    return [(voicebank(DIGIT_WORDS[i % 10], rng.choice(voices), rng, sample_rate), str(i % 10))
-            for i in range(count)]
-
-
-def synth_non_target_voicebank(sample_rate: int, count: int, seed: int, voices, avoid=()) -> list[np.ndarray]:
-    """Non-target speech from the same voice banks, so that their voices are no cue for a digit."""
-    rng = random.Random(seed)
-    return [voicebank(non_target_text(rng, avoid), rng.choice(voices), rng, sample_rate) for _ in range(count)]
 
 
 def words_of(text: str) -> tuple[str, ...]:

@@ -29,11 +29,6 @@ from firmware_tools.convert_cmd import bundle_detector, bundle_detector_options
               help="Digit clips spoken by flite's voices (only when the labels are 0-9).")
 @click.option("--flite-speech", type=click.IntRange(0, 100_000), default=800, show_default=True,
               help="Non-target phrases spoken by flite's voices, for the background class.")
-@click.option("--voicebank-digits", type=click.IntRange(0, 100_000), default=0, show_default=True,
-              help="Digit clips spoken by voice banks built from real speakers' recordings: MBROLA's us1, us2, us3, "
-                   "en1 and RHVoice's alan, bdl, clb, slt, those installed (only when the labels are 0-9).")
-@click.option("--voicebank-speech", type=click.IntRange(0, 100_000), default=0, show_default=True,
-              help="Non-target phrases spoken by the voice banks, for the background class.")
 @click.option("--speech-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Recordings of people saying no target word, for the background class (with --speech-list: "
                    "those it names).")
@@ -55,7 +50,7 @@ from firmware_tools.convert_cmd import bundle_detector, bundle_detector_options
 @click.option("--name", default="model", show_default=True, help="Bundle name recorded in the manifest.")
 @bundle_detector_options
 def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth_digits, synth_speech, flite_digits,
-          flite_speech, voicebank_digits, voicebank_speech, speech_dir, speech_list, speech_credit, data_credit, copies, background_examples, sound_events,
+          flite_speech, speech_dir, speech_list, speech_credit, data_credit, copies, background_examples, sound_events,
           cache_dir, name, threshold, smoothing_ms, refractory_ms):
     """Train a streaming model on labelled audio files (sub-folder per label, or files named LABEL_...)."""
     if (speech_list or speech_credit) and not speech_dir:
@@ -68,8 +63,7 @@ def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth
         settings = TrainSettings(width=width, epochs=epochs, seed=seed, copies_per_clip=copies,
                                  background_examples=background_examples, synth_digits=synth_digits,
                                  synth_non_target=synth_speech, flite_digits=flite_digits,
-                                 flite_non_target=flite_speech, voicebank_digits=voicebank_digits,
-                                 voicebank_non_target=voicebank_speech, ensemble=ensemble, data_credit=data_credit,
+                                 flite_non_target=flite_speech, ensemble=ensemble, data_credit=data_credit,
                                  sound_events=sound_events,
                                  recorded_speech=(str(speech_dir), speech_list and str(speech_list),
                                                   speech_credit or f"recordings from {speech_dir}")

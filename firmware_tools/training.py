@@ -36,9 +36,6 @@ class TrainSettings:
     flite_digits: int = 1200  # flite digit clips
     synth_non_target: int = 1600  # espeak-ng non-target speech
     flite_non_target: int = 800  # flite non-target speech
-    # Voice banks (MBROLA and RHVoice, dataset.voicebank_voices): off unless asked for (docs/models.md, "Voice banks").
-    voicebank_digits: int = 0
-    voicebank_non_target: int = 0
     background_examples: int = 5000
     # Recordings of people saying no target word, for the background class beside the synthesized speech:
     # (folder, listing or None, credit for the bundle's attribution) as recordings.read_recordings reads
@@ -73,15 +70,7 @@ def example_settings(settings: TrainSettings) -> tuple:
     """The settings that shape the examples (and so key their cache); the rest only shape the fit."""
     return (settings.copies_per_clip, settings.synth_digits, settings.flite_digits, settings.synth_non_target,
             settings.flite_non_target, settings.background_examples, settings.previous_word_probability, settings.seed,
-            *recordings_key(settings), *(("sound events",) if settings.sound_events else ()),
-            *voicebank_key(settings))
-
-
-def voicebank_key(settings: TrainSettings) -> tuple:
-    """The voice banks' share of the cache key: nothing when they are off, so that other recipes keep their keys."""
-    if not (settings.voicebank_digits or settings.voicebank_non_target):
-        return ()
-    return ("voice banks", settings.voicebank_digits, settings.voicebank_non_target, *dataset.voicebank_voices())
+            *recordings_key(settings), *(("sound events",) if settings.sound_events else ()))
 
 
 def recordings_key(settings: TrainSettings) -> tuple:
@@ -131,11 +120,6 @@ def synthesized(labels, settings: TrainSettings):
         words += dataset.synth_digits(rate, settings.synth_digits, seed + 1)
     if digits and flite:
         words += dataset.synth_digits_flite(rate, settings.flite_digits, seed + 3)
-    voices = dataset.voicebank_voices()
-    if voices:
-        speech += dataset.synth_non_target_voicebank(rate, settings.voicebank_non_target, seed + 6, voices, avoid)
-    if digits and voices:
-        words += dataset.synth_digits_voicebank(rate, settings.voicebank_digits, seed + 5, voices)
     return words, speech
 
 
@@ -360,17 +344,11 @@ def synthetic_data(labels, settings: TrainSettings) -> str:
         engine_made |= {"non-target speech"} if available and speech else set()
         made |= engine_made
         engines += [engine] if engine_made else []
-    voices = dataset.voicebank_voices()
-    voicebank_made = {"digits"} if voices and digits and settings.voicebank_digits else set()
-    voicebank_made |= {"non-target speech"} if voices and settings.voicebank_non_target else set()
-    made |= voicebank_made
-    engines += [dataset.voicebank_credit(voices)] if voicebank_made else []
     sounds = SYNTH_SOUNDS if settings.sound_events else "Noise"
     if not made:
         return f"{sounds} synthesized with numpy."
     what = " and ".join(m for m in ("digits", "non-target speech") if m in made)
-    engines = ", ".join(engines[:-1]) + " and " + engines[-1] if len(engines) > 1 else engines[0]
-    return f"Extra {what} synthesized with {engines}; {sounds.lower()} synthesized with numpy."
+    return f"Extra {what} synthesized with {' and '.join(engines)}; {sounds.lower()} synthesized with numpy."
 
 
 def provenance(data_dir, clips, labels, settings: TrainSettings) -> dict:
@@ -392,23 +370,6 @@ def provenance(data_dir, clips, labels, settings: TrainSettings) -> dict:
     if settings.recorded_speech:
         out["recorded_speech"] = settings.recorded_speech[2]
     return out
-
-
-def check_voicebanks(settings: TrainSettings, log) -> None:
-    """Voice banks asked for: none installed is an error (they are what was asked for), some missing a warning."""
-    if not (settings.voicebank_digits or settings.voicebank_non_target):
-        return
-    voices = dataset.voicebank_voices()
-    wanted = [f"mb-{v}" for v in dataset.MBROLA_VOICES] + [f"rh-{v}" for v in dataset.RHVOICE_VOICES]
-    install = (f"install them with `sudo apt install {dataset.VOICEBANK_PACKAGES}` (Debian's contrib and non-free "
-               "sections)")
-    if not voices:
-        raise ValueError(f"--voicebank-digits/--voicebank-speech: no MBROLA or RHVoice voice is installed; {install}, "
-                         "or leave both at 0")
-    missing = [v for v in wanted if v not in voices]
-    if missing:
-        log(f"warning: voice banks {', '.join(missing)} are not installed, so the examples use only "
-            f"{', '.join(voices)}; {install}")
 
 
 def make_folder(folder: Path, option: str) -> None:
@@ -444,7 +405,7 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     clips = dataset.scan_labelled(data_dir)
     labels = label_order(clips)
     if labels != DIGITS:  # synthesized words are digits only: the report must not claim any for other labels
-        settings = dataclasses.replace(settings, synth_digits=0, flite_digits=0, voicebank_digits=0)
+        settings = dataclasses.replace(settings, synth_digits=0, flite_digits=0)
     speakers = sorted({c.speaker for c in clips})
     held_out = holdout_speakers(holdout, speakers)
     holdout = ",".join(held_out) or "none"
@@ -459,7 +420,6 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
         if not available:
             log(f"warning: {program} is not installed, so the recipe's {program} voices are left out and the model "
                 f"will differ from the shipped one; install it with `sudo apt install {program}`")
-    check_voicebanks(settings, log)
     summary = {"labels": labels, "speakers": speakers, "holdout": holdout, "settings": _settings_dict(settings)}
     if loso:
         summary["leave_one_speaker_out"] = leave_one_speaker_out(data_dir, settings, cache_dir, log=log)

@@ -1,4 +1,4 @@
-"""Training and evaluation audio: real espeak-ng, flite, MBROLA and RHVoice voices, the rooms around training examples, and the noise
+"""Training and evaluation audio: real espeak-ng and flite voices, the rooms around training examples, and the noise
 floor under quiet training examples and under clips played by `basilar eval --noise-floor`."""
 import dataclasses
 import json
@@ -9,7 +9,7 @@ import soundfile
 
 from firmware_tools import dataset, training
 from firmware_tools.recordings import SHIPPED_LISTING, RecordingsError, read_recordings
-from tests.conftest import REPO, recorded_phrases, require, require_program
+from tests.conftest import REPO, recorded_phrases, require_program
 
 RATE = 8000
 DIGITS = [str(d) for d in range(10)]
@@ -67,76 +67,6 @@ def test_features_cached_before_the_background_avoided_labels_are_not_reused_for
 
     assert training.examples_key([clip], DIGITS, settings) == before(DIGITS)
     assert training.examples_key([clip], ["no", "yes"], settings) != before(["no", "yes"])
-
-
-def require_voicebanks():
-    """Every voice bank the recipe names: CI installs them all (.ci/run)."""
-    require_program("espeak-ng")
-    require_program("mbrola")
-    require_program("RHVoice-test")
-    wanted = [f"mb-{v}" for v in dataset.MBROLA_VOICES] + [f"rh-{v}" for v in dataset.RHVOICE_VOICES]
-    require(dataset.voicebank_voices() == wanted, f"the voice banks ({dataset.VOICEBANK_PACKAGES})")
-    return wanted
-
-
-def test_every_voice_bank_speaks_labelled_trimmed_digits():
-    voices = require_voicebanks()
-    for voice in voices:
-        [(audio, label)] = dataset.synth_digits_voicebank(RATE, 1, seed=2, voices=[voice])
-        assert label == "0"
-        assert 0.15 * RATE < audio.size < 2.0 * RATE, voice
-        peak = np.abs(audio).max()
-        assert 0.05 < peak <= 1.0, voice
-        assert min(abs(audio[0]), abs(audio[-1])) > peak * 10 ** (-40 / 20), voice  # trimmed to its sound
-        # speech, not a click or a tone: a voiced stretch with energy spread over the speech band
-        spectrum = np.abs(np.fft.rfft(audio))
-        band = np.fft.rfftfreq(audio.size, 1 / RATE)
-        assert spectrum[(band > 100) & (band < 1000)].sum() > 0.2 * spectrum.sum(), voice
-        assert spectrum[(band > 1000) & (band < 3800)].sum() > 0.02 * spectrum.sum(), voice
-
-
-def test_voice_banks_draw_voices_pitches_and_rates_repeatably_for_a_seed():
-    voices = require_voicebanks()
-    first = dataset.synth_non_target_voicebank(RATE, 3, seed=7, voices=voices)
-    again = dataset.synth_non_target_voicebank(RATE, 3, seed=7, voices=voices)
-    assert all(np.array_equal(a, b) for a, b in zip(first, again))
-    other = dataset.synth_non_target_voicebank(RATE, 3, seed=8, voices=voices)
-    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
-    # pitch and rate are drawn: one digit twice in one voice comes out different
-    two = dataset.synth_digits_voicebank(RATE, 11, seed=3, voices=["rh-slt"])
-    assert two[0][1] == two[10][1] == "0" and not np.array_equal(two[0][0], two[10][0])
-
-
-def test_voice_banks_join_the_synthesized_words_only_when_asked_for():
-    voices = require_voicebanks()
-    off = dataclasses.replace(training.TrainSettings(), synth_digits=0, flite_digits=0, synth_non_target=0,
-                              flite_non_target=0)
-    assert training.synthesized(DIGITS, off) == ([], [])
-    on = dataclasses.replace(off, voicebank_digits=3, voicebank_non_target=2)
-    words, speech = training.synthesized(DIGITS, on)
-    assert [label for _, label in words] == ["0", "1", "2"] and len(speech) == 2
-    words, speech = training.synthesized(["no", "yes"], on)
-    assert words == [] and len(speech) == 2
-    # They key the feature cache, with the voices installed; off, the key is what it was before them.
-    assert training.example_settings(on)[-len(voices) - 3:] == ("voice banks", 3, 2, *voices)
-    assert "voice banks" not in training.example_settings(off)
-    assert "MBROLA's voices us1, us2, us3, en1" in training.synthetic_data(DIGITS, on)
-    assert "RHVoice's voices alan, bdl, clb, slt" in training.synthetic_data(DIGITS, on)
-
-
-def test_voice_banks_asked_for_but_not_installed_is_a_clear_error(monkeypatch):
-    settings = dataclasses.replace(training.TrainSettings(), voicebank_digits=10)
-    logged = []
-    monkeypatch.setattr(dataset, "voicebank_voices", lambda: [])
-    with pytest.raises(ValueError, match=r"no MBROLA or RHVoice voice is installed.*sudo apt install mbrola "):
-        training.check_voicebanks(settings, logged.append)
-    training.check_voicebanks(training.TrainSettings(), logged.append)  # not asked for: nothing to say
-    assert logged == []
-    monkeypatch.setattr(dataset, "voicebank_voices", lambda: ["mb-us1", "rh-slt"])
-    training.check_voicebanks(settings, logged.append)
-    [warning] = logged
-    assert "mb-us2, mb-us3, mb-en1, rh-alan, rh-bdl, rh-clb are not installed" in warning
-    assert "only mb-us1, rh-slt" in warning and "rhvoice-english" in warning
 
 
 def test_synthesized_digits_only_for_digit_labels():

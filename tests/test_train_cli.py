@@ -258,38 +258,6 @@ def test_train_on_other_words_than_digits_claims_no_synthesized_digits(tmp_path)
     assert "no author or license" not in result.output
 
 
-def test_train_with_voice_banks_credits_them_in_the_bundle(tmp_path):
-    require_module("tensorflow")
-    from tests.test_dataset import require_voicebanks
-
-    require_voicebanks()
-    out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["train", str(FSDD_CLIPS), "--out", str(out), "--epochs", "1", "--width", "8",
-                                       "--copies", "1", "--background-examples", "20", "--synth-digits", "0",
-                                       "--synth-speech", "0", "--flite-digits", "0", "--flite-speech", "0",
-                                       "--voicebank-digits", "10", "--voicebank-speech", "4", "--holdout", "none",
-                                       "--cache-dir", str(tmp_path / "c"), "--no-sound-events"])
-    assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text())
-    assert (report["settings"]["voicebank_digits"], report["settings"]["voicebank_non_target"]) == (10, 4)
-    assert "training on 70 examples" in result.output  # 40 clips, 10 voice-bank digits, 20 backgrounds
-    attribution = (out / "bundle" / "ATTRIBUTION.md").read_text()
-    assert ("Extra digits and non-target speech synthesized with MBROLA's voices us1, us2, us3, en1 (Faculté "
-            "Polytechnique de Mons, MBROLA project) and RHVoice's voices alan, bdl, clb, slt") in attribution
-
-
-def test_train_asking_for_voice_banks_that_are_not_installed_is_a_clear_error(tmp_path, monkeypatch):
-    require_module("tensorflow")
-    from firmware_tools import dataset
-
-    monkeypatch.setattr(dataset, "voicebank_voices", lambda: [])
-    result = CliRunner().invoke(main, ["train", str(FSDD_CLIPS), "--out", str(tmp_path / "o"),
-                                       "--voicebank-digits", "100", "--cache-dir", str(tmp_path / "c")])
-    assert result.exit_code == 1
-    assert "no MBROLA or RHVoice voice is installed; install them with `sudo apt install mbrola" in result.output
-    assert not (tmp_path / "o" / "model.keras").exists() and not list((tmp_path / "c").glob("examples-*"))
-
-
 def test_train_refuses_a_front_end_that_is_poor_to_design_with_before_it_trains(tmp_path):
     from edge.frontend import FrontendConfig
     from firmware_tools.training import TrainSettings, run_training
