@@ -299,10 +299,13 @@ def _check_shape(bundle_dir: Path, manifest: dict) -> None:
               ("models.step", step, dict), ("models.step.file", part(step, "file"), str),
               ("labels", manifest["labels"], list)]
     spec = part(step, "spec")
-    # Optional sections, but of their type when present: inspect and the runner read them so.
+    # Optional sections, but of their type when present: inspect and the runner read them so, and print the
+    # descriptive strings (a name of 5 or a version of {...} is a hand-edit gone wrong, not a bundle).
     shapes += [(where, value, kind) for where, value, kind in (
         ("models.step.spec", spec, dict), ("models.step.spec.branches", part(spec, "branches"), int),
-        ("provenance", manifest.get("provenance"), dict)) if value is not None]
+        ("provenance", manifest.get("provenance"), dict), ("name", manifest.get("name"), str),
+        ("basilar_version", manifest.get("basilar_version"), str), ("created", manifest.get("created"), str))
+        if value is not None]
     for where, value, kind in shapes:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise BundleError(f"{bundle_dir / MANIFEST}: {where} must be a JSON {_JSON_NAMES[kind]}, not "

@@ -360,6 +360,9 @@ def test_pack_refuses_an_archive_inside_the_bundle_or_named_as_nothing_loads(bun
     (lambda m: m.update(provenance="x"), "provenance must be a JSON object"),
     (lambda m: m["models"]["step"].update(spec="x"), "models.step.spec must be a JSON object"),
     (lambda m: m["models"]["step"]["spec"].update(branches="2"), "models.step.spec.branches must be a JSON integer"),
+    (lambda m: m.update(name=5), "name must be a JSON string, not 5"),
+    (lambda m: m.update(basilar_version={"major": 0}), "basilar_version must be a JSON string"),
+    (lambda m: m.update(created=20261205), "created must be a JSON string"),
 ])
 def test_optional_manifest_sections_of_the_wrong_type_are_refused_not_a_crash_later(bundle_copy, change, where):
     """`bundle verify` passed these and `bundle inspect` then crashed on them."""
