@@ -59,6 +59,7 @@ MORE_VOICES = (("en-us", 150, 50), ("en-gb+m2", 165, 40), ("en-gb-scotland+f2", 
                ("en-us+f4", 185, 70), ("en-gb-x-rp+m7", 130, 45), ("en-gb-x-gbclan", 160, 55))
 PAUSES_S = (0.9, 1.4)  # seconds between items
 HISS_DBFS = -58.0  # a quiet room through a microphone
+BURST_DBFS = -30.0  # noise bursts, RMS: about 6 dB under the words
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
 
@@ -140,7 +141,8 @@ def speech_phrases(count: int) -> list[tuple[str, str, int, int]]:
 
 def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phrases: int | None = None,
           speech_engine: str = "espeak-ng", festival_voices=(FESTIVAL_VOICE,), pauses=PAUSES_S,
-          hiss_dbfs: float = HISS_DBFS, recordings: list[Recording] | None = None, sounds: list[Path] = ()):
+          hiss_dbfs: float = HISS_DBFS, recordings: list[Recording] | None = None, sounds: list[Path] = (),
+          bursts: int | None = None, burst_dbfs: float = BURST_DBFS):
     """The demo as (float samples, truth rows, non-target rows, digit files used, phrases used).
 
     Every digit `repeats` times, the speakers taking turns, at takes chosen at random; the non-digit phrases
@@ -148,8 +150,9 @@ def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phr
     `speech_engine` (SPEECH_ENGINES; festival in `festival_voices`), with pauses drawn from `pauses` (seconds)
     between them, over a steady hiss at `hiss_dbfs`. Given `recordings`, those are the non-digit speech instead
     of synthesized phrases: each once, or the first `phrases` of them (round again when there are fewer). Each of
-    `sounds` (recordings of things that are not speech) goes in once, as `noise`. With one held-out speaker this
-    makes a speaker-independent test stream for `basilar eval-stream`.
+    `sounds` (recordings of things that are not speech) goes in once, as `noise`. `bursts`: that many noise bursts
+    instead (white and brown by turns), each at `burst_dbfs` RMS. With one held-out speaker this makes a
+    speaker-independent test stream for `basilar eval-stream`.
     """
     speak = SPEECH_ENGINES[speech_engine]
     if speak is festival:
@@ -174,7 +177,10 @@ def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phr
         spoken = speech_phrases(len(PHRASES) * rounds if phrases is None else phrases)
         items += [("speech", text, functools.partial(speak, text, voice, speed, pitch))
                   for text, voice, speed, pitch in spoken]
-    items += [("noise", "white", 0.8), ("noise", "brown", 1.2)] * rounds
+    if bursts is None:
+        items += [("noise", "white", 0.8), ("noise", "brown", 1.2)] * rounds
+    else:
+        items += [("noise", *(("white", 0.8), ("brown", 1.2))[i % 2]) for i in range(bursts)]
     items += [("sound", path.name, path) for path in sounds]
     order = rng.permutation(len(items))
 
@@ -197,7 +203,7 @@ def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phr
             first, end = dataset.sounding_span(clip)
             non_target.append(("noise", cursor + first / RATE, cursor + end / RATE))
         else:
-            clip = rms_normalise(noise_burst(rng, extra, name), -30)
+            clip = rms_normalise(noise_burst(rng, extra, name), burst_dbfs)
             non_target.append(("noise", cursor, cursor + len(clip) / RATE))
         pieces.append((cursor, clip))
         cursor += len(clip) / RATE + rng.uniform(*pauses)
@@ -259,9 +265,11 @@ def write_rows(path: Path, header, rows) -> None:
 def write_demo(fsdd: Path, out_dir: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2,
                phrases: int | None = None, speech_engine: str = "espeak-ng", festival_voices=(FESTIVAL_VOICE,),
                pauses=PAUSES_S, hiss_dbfs: float = HISS_DBFS, recordings: list[Recording] | None = None,
-               speech_credit: str = "", sounds: list[Path] = (), sound_credit: str = ""):
+               speech_credit: str = "", sounds: list[Path] = (), sound_credit: str = "", bursts: int | None = None,
+               burst_dbfs: float = BURST_DBFS):
     audio, truth, non_target, used, phrases = build(fsdd, seed, speakers, repeats, phrases, speech_engine,
-                                                    festival_voices, pauses, hiss_dbfs, recordings, sounds)
+                                                    festival_voices, pauses, hiss_dbfs, recordings, sounds, bursts,
+                                                    burst_dbfs)
     out_dir.mkdir(parents=True, exist_ok=True)
     wav, csv_path = out_dir / "demo.wav", out_dir / "demo_truth.csv"
     soundfile.write(wav, np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16), RATE,
@@ -328,6 +336,11 @@ def sounds_under(folder: Path) -> list[Path]:
               show_default=True, metavar="LO HI", help="Pauses between items, drawn from LO to HI seconds.")
 @click.option("--hiss-dbfs", type=FloatRange(-90, -10), default=HISS_DBFS, show_default=True,
               help="Level of the steady background noise (white) under the whole stream.")
+@click.option("--bursts", type=click.IntRange(0, 500), default=None,
+              help="Noise bursts between the words, white (0.8 s) and brown (1.2 s) by turns [default: one of each "
+                   "per two repeats].")
+@click.option("--burst-dbfs", type=FloatRange(-90, -3), default=BURST_DBFS, show_default=True,
+              help="RMS level of each noise burst (the words are at -24 +- 4 dBFS RMS).")
 @click.option("--speech-dir", type=click.Path(path_type=Path), default=None,
               help="Folder of recordings of people saying things that are not digits: they are the non-digit "
                    "speech instead of synthesized phrases (false alarms on real voices). Each once, or the first "
@@ -344,7 +357,7 @@ def sounds_under(folder: Path) -> list[Path]:
 def main(fsdd: Path, out_dir: Path, seed: int, speakers: str, repeats: int, phrases: int | None,
          speech_engine: str, festival_voices: tuple[str, ...], pauses: tuple[float, float], hiss_dbfs: float,
          speech_dir: Path | None, speech_list: Path | None, speech_credit: str, sound_dir: Path | None,
-         sound_credit: str):
+         sound_credit: str, bursts: int | None, burst_dbfs: float):
     """Build the demo recording and its expected detections."""
     if pauses[0] > pauses[1]:
         raise click.BadParameter(f"{pauses[0]} {pauses[1]}: LO must not exceed HI", param_hint="--pause-s")
@@ -367,7 +380,7 @@ def main(fsdd: Path, out_dir: Path, seed: int, speakers: str, repeats: int, phra
     if not fsdd.is_dir():
         raise click.ClickException(f"FSDD folder {fsdd} not found; pass --fsdd")
     wav, csv_path = write_demo(fsdd, out_dir, seed, names, repeats, phrases, speech_engine, festival_voices,
-                               pauses, hiss_dbfs, recordings, speech_credit, sounds, sound_credit)
+                               pauses, hiss_dbfs, recordings, speech_credit, sounds, sound_credit, bursts, burst_dbfs)
     info = soundfile.info(wav)
     rows = sum(1 for _ in csv_path.open()) - 1
     click.echo(f"wrote {wav} ({info.duration:.1f} s, {info.samplerate} Hz) and {csv_path} ({rows} digits)")

@@ -88,6 +88,25 @@ def test_make_demo_sets_the_pauses_and_the_hiss(tmp_path):
     assert 20 * np.log10(np.sqrt(np.mean(opening**2))) == pytest.approx(-30, abs=0.3)
 
 
+def test_make_demo_sets_the_noise_bursts(tmp_path):
+    """--bursts and --burst-dbfs: test streams with noise as loud as the words, or louder, between them."""
+    require(DEFAULT_FSDD.is_dir(), f"the FSDD recordings at {DEFAULT_FSDD}")
+    require_program("espeak-ng")
+    result = CliRunner().invoke(make_demo_main, ["--speakers", "theo", "--repeats", "1", "--phrases", "0",
+                                                 "--bursts", "5", "--burst-dbfs", "-18", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    bursts = read_truth(tmp_path / "demo_non_target.csv", header=NON_TARGET_HEADER)
+    assert [b.label for b in bursts] == ["noise"] * 5
+    assert sorted(round(b.end_s - b.start_s, 3) for b in bursts) == [0.8, 0.8, 0.8, 1.2, 1.2]  # white, brown
+    audio, rate = soundfile.read(tmp_path / "demo.wav", dtype="float64")
+    for burst in bursts:
+        noise = audio[int(burst.start_s * rate) + 1:int(burst.end_s * rate) - 1]
+        assert 20 * np.log10(np.sqrt(np.mean(noise**2))) == pytest.approx(-18, abs=0.1)
+    words = truth_rows(tmp_path / "demo_truth.csv")
+    assert len(words) == 10 and all(not (b.start_s < end and b.end_s > start) for b in bursts
+                                    for _, start, end in words)
+
+
 def test_make_demo_refuses_pauses_given_high_before_low(tmp_path):
     result = CliRunner().invoke(make_demo_main, ["--pause-s", "1.0", "0.5", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "LO must not exceed HI" in result.output
