@@ -365,7 +365,7 @@ def test_pack_refuses_an_archive_inside_the_bundle_or_named_as_nothing_loads(bun
     (lambda m: m.update(created=20261205), "created must be a JSON string"),
 ])
 def test_optional_manifest_sections_of_the_wrong_type_are_refused_not_a_crash_later(bundle_copy, change, where):
-    """`bundle verify` passed these and `bundle inspect` then crashed on them."""
+    """`bundle verify` passed these and `bundle inspect` then crashed on them, or printed them as they were."""
     rewrite_manifest(bundle_copy, change)
     with pytest.raises(BundleError, match=where):
         load_bundle(bundle_copy)
