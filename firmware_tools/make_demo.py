@@ -177,10 +177,8 @@ def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phr
         spoken = speech_phrases(len(PHRASES) * rounds if phrases is None else phrases)
         items += [("speech", text, functools.partial(speak, text, voice, speed, pitch))
                   for text, voice, speed, pitch in spoken]
-    if bursts is None:
-        items += [("noise", "white", 0.8), ("noise", "brown", 1.2)] * rounds
-    else:
-        items += [("noise", *(("white", 0.8), ("brown", 1.2))[i % 2]) for i in range(bursts)]
+    burst_kinds = (("noise", "white", 0.8), ("noise", "brown", 1.2))  # taking turns
+    items += [burst_kinds[i % 2] for i in range(2 * rounds if bursts is None else bursts)]
     items += [("sound", path.name, path) for path in sounds]
     order = rng.permutation(len(items))
 
