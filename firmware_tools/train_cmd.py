@@ -45,18 +45,26 @@ from firmware_tools.convert_cmd import bundle_detector, bundle_detector_options
 @click.option("--sound-events/--no-sound-events", default=True, show_default=True,
               help="Synthesized sounds that are not speech (notes, chords, bells, sweeps, knocks) in the background "
                    "class; --no-sound-events trains recipe 8, the shipped bundle's.")
+@click.option("--morphs", type=click.IntRange(0, 10_000), default=0, show_default=True,
+              help="Words of each label in in-between voices, morphed with the WORLD vocoder from two training "
+                   "speakers' takes (needs clips named LABEL_SPEAKER_TAKE; written to OUT/morphs).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "basilar",
               show_default=True, help="Where computed features are cached.")
 @click.option("--name", default="model", show_default=True, help="Bundle name recorded in the manifest.")
 @bundle_detector_options
 def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth_digits, synth_speech, flite_digits,
           flite_speech, speech_dir, speech_list, speech_credit, data_credit, copies, background_examples, sound_events,
-          cache_dir, name, threshold, smoothing_ms, refractory_ms):
+          morphs, cache_dir, name, threshold, smoothing_ms, refractory_ms):
     """Train a streaming model on labelled audio files (sub-folder per label, or files named LABEL_...)."""
     if (speech_list or speech_credit) and not speech_dir:
         raise click.UsageError("--speech-list and --speech-credit describe recordings in --speech-dir; "
                                "give --speech-dir too")
+    if morphs and loso:
+        raise click.UsageError("--loso trains one model per speaker without --morphs; for morphed folds run "
+                               "`basilar train --holdout NAME --morphs N` once per speaker")
     require_extra("keras", "host", "train")
+    if morphs:
+        require_extra("pyworld", "host", "train --morphs")
     with fail_on():
         from firmware_tools.training import TrainSettings, run_training
 
@@ -64,7 +72,7 @@ def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth
                                  background_examples=background_examples, synth_digits=synth_digits,
                                  synth_non_target=synth_speech, flite_digits=flite_digits,
                                  flite_non_target=flite_speech, ensemble=ensemble, data_credit=data_credit,
-                                 sound_events=sound_events,
+                                 sound_events=sound_events, morphs_per_label=morphs,
                                  recorded_speech=(str(speech_dir), speech_list and str(speech_list),
                                                   speech_credit or f"recordings from {speech_dir}")
                                  if speech_dir else None)

@@ -46,6 +46,9 @@ class TrainSettings:
     # Synthesized sounds that are not speech (notes, chords, bells, sweeps, knocks) in a fifth of the backgrounds
     # (recipe 9); off gives recipe 8's examples, draw for draw (docs/models.md, "Sounds that are not speech").
     sound_events: bool = True
+    # In-between voices of each label, morphed with the WORLD vocoder from two training speakers' takes
+    # (firmware_tools/voice_morph.py); 0 for none, as the shipped bundle's recipe 8.
+    morphs_per_label: int = 0
     # Models trained apart (seeds seed, seed+1, ...) and averaged in one network. The shipped bundle is two of
     # width 36 (docs/models.md); the default here stays one of width 48, which trains in half the time.
     ensemble: int = 1
@@ -345,10 +348,12 @@ def synthetic_data(labels, settings: TrainSettings) -> str:
         made |= engine_made
         engines += [engine] if engine_made else []
     sounds = SYNTH_SOUNDS if settings.sound_events else "Noise"
+    morphs = (f" {settings.morphs_per_label} words of each label in voices between two training speakers', "
+              "morphed from their recordings with the WORLD vocoder (pyworld).") if settings.morphs_per_label else ""
     if not made:
-        return f"{sounds} synthesized with numpy."
+        return f"{sounds} synthesized with numpy.{morphs}"
     what = " and ".join(m for m in ("digits", "non-target speech") if m in made)
-    return f"Extra {what} synthesized with {' and '.join(engines)}; {sounds.lower()} synthesized with numpy."
+    return f"Extra {what} synthesized with {' and '.join(engines)}; {sounds.lower()} synthesized with numpy.{morphs}"
 
 
 def provenance(data_dir, clips, labels, settings: TrainSettings) -> dict:
@@ -416,6 +421,8 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
             "--data-credit before sharing the bundle")
     warn_of_long_clips(clips, settings.frontend, log)
     held, train_clips = split_holdout(clips, labels, held_out)
+    if settings.morphs_per_label:
+        train_clips = with_morphs(train_clips, labels, settings, out / "morphs", log)
     for program, available in zip(("espeak-ng", "flite"), synth_engines()):
         if not available:
             log(f"warning: {program} is not installed, so the recipe's {program} voices are left out and the model "
@@ -451,6 +458,23 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     (out / "report.txt").write_text(format_summary(summary) + "\n")
     log(format_summary(summary))
     return {k: summary[k] for k in ("bundle", "holdout", "model_size_bytes", "float_vs_int8")}
+
+
+def with_morphs(train_clips, labels, settings: TrainSettings, folder: Path, log) -> list:
+    """The training clips and settings.morphs_per_label in-between voices of each label, written to folder (to
+    listen to), in one order by file name: a copy of the data folder with the morphs in it trains the same."""
+    from firmware_tools import voice_morph
+
+    morphs = voice_morph.draw_morphs(train_clips, labels, settings.morphs_per_label, settings.seed + 5)
+    if not morphs:
+        raise ValueError("--morphs mixes two speakers saying the same word, and no label has clips of two known "
+                         "speakers among the training clips; name files LABEL_SPEAKER_TAKE.wav (7_erin_0.wav), or "
+                         "leave --morphs out")
+    said = sorted({m.label for m in morphs}, key=labels.index)
+    log(f"morphing {len(morphs)} in-between voices ({settings.morphs_per_label} each of {', '.join(said)}) into "
+        f"{folder}")
+    made = voice_morph.make_morphs(morphs, folder, settings.frontend.sample_rate, progress)
+    return sorted(train_clips + made, key=lambda c: (c.path.name, str(c.path)))
 
 
 def warn_of_long_clips(clips, config, log) -> None:
