@@ -19,7 +19,7 @@ from firmware_tools import dataset
 FRAME_MS = 5.0
 # WORLD's aperiodicity (D4C) needs 12 kHz or more: below, it has no band to measure and its voicing check reads
 # memory it never wrote, so the same clip analyses differently from run to run (mmorise/World issues 49 and 154).
-# Slower clips are analysed and resynthesised at 16 kHz.
+# Clips at lower rates are analysed and resynthesised at 16 kHz.
 ANALYSIS_RATE = 16000
 ENVELOPE_BANDS = 24  # log-spaced bands of the envelope the alignment compares
 WEIGHTS = (0.3, 0.7)  # how far between the two voices a morph lies; never nearly one of them
