@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import REPO
 
-HOST_ONLY = ("tensorflow", "keras", "scipy", "asyncssh", "nacl", "tqdm", "matplotlib")
+HOST_ONLY = ("tensorflow", "keras", "scipy", "asyncssh", "nacl", "tqdm", "matplotlib", "pyworld")
 WITHOUT_HOST_PACKAGES = f"""
 import sys
 class HostOnly:
