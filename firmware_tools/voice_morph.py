@@ -170,6 +170,8 @@ def make_morphs(morphs: list[Morph], folder: Path, rate: int, progress=lambda it
         before = {}
     analyse, made, clips = Analyser(rate), {}, []
     for morph in progress(morphs, "morphs", len(morphs)):
+        if analyse.done and morph.label != clips[-1].label:  # a label's analyses are done with (about 1 MB a clip)
+            analyse = Analyser(rate)
         path = folder / morph.name
         if before.get(morph.name) != {**morph.record(), "rate": rate} or not path.is_file():
             path.unlink(missing_ok=True)
