@@ -50,7 +50,7 @@ def take_order(clip: dataset.Clip) -> list:
 
 def initials(speakers: list[str]) -> dict[str, str]:
     """The shortest equally long prefixes that tell the speakers apart."""
-    for length in range(1, max(map(len, speakers)) + 1):
+    for length in range(1, max(map(len, speakers), default=0) + 1):
         prefixes = {s: s[:length] for s in speakers}
         if len(set(prefixes.values())) == len(speakers):
             return prefixes
@@ -66,7 +66,7 @@ def draw_morphs(clips: list[dataset.Clip], labels: list[str], per_label: int, se
             takes.setdefault((clip.label, clip.speaker), []).append(clip)
     for group in takes.values():
         group.sort(key=take_order)
-    names = initials(sorted({speaker for _, speaker in takes}) or [""])
+    names = initials(sorted({speaker for _, speaker in takes}))
     rng = np.random.default_rng(seed)
     morphs = []
     for label in labels:
@@ -147,9 +147,10 @@ def morph_audio(a: tuple, b: tuple, weight: float, rate: int) -> np.ndarray:
     f0 = f0_a.copy()
     voiced = (f0_a > 0) & (f0_b[match] > 0)  # elsewhere a's voicing, unvoiced frames included
     f0[voiced] = np.exp((1 - weight) * np.log(f0_a[voiced]) + weight * np.log(f0_b[match][voiced]))
-    out = pyworld.synthesize(f0, envelope, aperiodicity, analysis_rate(rate), FRAME_MS)
-    if analysis_rate(rate) != rate:
-        out = soxr.resample(out, analysis_rate(rate), rate)
+    wide_rate = analysis_rate(rate)
+    out = pyworld.synthesize(f0, envelope, aperiodicity, wide_rate, FRAME_MS)
+    if wide_rate != rate:
+        out = soxr.resample(out, wide_rate, rate)
     out = np.pad(out, (0, max(0, len(audio_a) - len(out))))[:len(audio_a)]
     out *= np.sqrt(np.mean(audio_a ** 2) / max(np.mean(out ** 2), 1e-12))
     out *= min(1.0, 0.99 / max(np.abs(out).max(), 1e-9))
@@ -172,12 +173,12 @@ def make_morphs(morphs: list[Morph], folder: Path, rate: int, progress=lambda it
     for morph in progress(morphs, "morphs", len(morphs)):
         if analyse.done and morph.label != clips[-1].label:  # a label's analyses are done with (about 1 MB a clip)
             analyse = Analyser(rate)
-        path = folder / morph.name
-        if before.get(morph.name) != {**morph.record(), "rate": rate} or not path.is_file():
+        path, record = folder / morph.name, {**morph.record(), "rate": rate}
+        if before.get(morph.name) != record or not path.is_file():
             path.unlink(missing_ok=True)
             audio = morph_audio(analyse(morph.timing), analyse(morph.other), morph.weight, rate)
             soundfile.write(path, audio, rate, subtype="PCM_16")
-        made[morph.name] = {**morph.record(), "rate": rate}
+        made[morph.name] = record
         clips.append(dataset.Clip(path, morph.label, morph.speaker))
     for stale in set(before) - set(made):
         (folder / stale).unlink(missing_ok=True)
