@@ -215,6 +215,26 @@ def check_bundle_signature(bundle_dir: str | Path, trusted_keys_dir: str | Path 
     if trusted.get(signer) != public:
         raise SignatureError(f"the bundle is signed by key {signer}, which is not trusted: {where} "
                              f"({', '.join(sorted(trusted))}); sign it with a trusted key or add its .pub file there")
+    _verify_manifest(bundle_dir, public, signature)
+    return signer
+
+
+def check_signature_intact(bundle_dir: str | Path) -> str | None:
+    """The id of the key that signed a bundle, when its signature matches its manifest by the public key the
+    signature carries; None when the bundle is not signed. Whether that key is trusted is each device's question;
+    this catches a bundle changed after signing on the host, before it is sent anywhere. SignatureError: malformed,
+    or changed after signing."""
+    signature_path = Path(bundle_dir) / SIGNATURE_FILE
+    if not signature_path.is_file():
+        return None
+    public, signature = read_signature(signature_path)
+    _verify_manifest(Path(bundle_dir), public, signature)
+    return key_id(public)
+
+
+def _verify_manifest(bundle_dir: Path, public: bytes, signature: bytes) -> None:
+    """SignatureError unless `signature` by `public` is over the bundle's manifest.json as it is now."""
+    signer = key_id(public)
     signing, exceptions = _nacl_signing()
     manifest = bundle_dir / SIGNED_FILE
     try:
@@ -226,4 +246,3 @@ def check_bundle_signature(bundle_dir: str | Path, trusted_keys_dir: str | Path 
     except (exceptions.BadSignatureError, ValueError):
         raise SignatureError(f"the signature does not match {SIGNED_FILE}: the bundle was changed after it was "
                              f"signed by key {signer} (tampered); rebuild and sign it again") from None
-    return signer

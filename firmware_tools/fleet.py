@@ -36,10 +36,12 @@ def prepare_bundle(spec: str, workdir: Path) -> LocalBundle:
     spec: a bundle directory, a `.tar.gz` archive of one, or `default`.
     """
     from edge.bundle import SIGNATURE, BundleError, load_bundle, pack_bundle
+    from edge.signing import SignatureError, check_signature_intact
 
     try:
         bundle = load_bundle(spec)
-    except BundleError as exc:
+        signer = check_signature_intact(bundle.path)  # tampered: refused here, not after an upload
+    except (BundleError, SignatureError) as exc:
         raise BundleNotUsable(f"{spec}: {exc}") from None
     source = Path(spec)
     if spec != "default" and source.is_file():
@@ -48,18 +50,7 @@ def prepare_bundle(spec: str, workdir: Path) -> LocalBundle:
         archive = Path(workdir) / f"{bundle.id}.tar.gz"
         pack_bundle(bundle.path, archive)
     return LocalBundle(archive=archive, bundle_id=bundle.id, sha256=file_sha256(archive),
-                       size=archive.stat().st_size, signed=(bundle.path / SIGNATURE).is_file(),
-                       signer=_signer(bundle.path / SIGNATURE))
-
-
-def _signer(signature: Path) -> str | None:
-    """The id of the key a signature.json names (a dry run compares it with the keys a device trusts), or None."""
-    from edge.signing import SignatureError, key_id, read_signature
-
-    try:
-        return key_id(read_signature(signature)[0]) if signature.is_file() else None
-    except SignatureError:
-        return None
+                       size=archive.stat().st_size, signed=(bundle.path / SIGNATURE).is_file(), signer=signer)
 
 
 _NO_SERIAL = "this installation has no serial deploy (firmware_tools.serial_deploy is missing)"

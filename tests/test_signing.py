@@ -9,8 +9,8 @@ from tests.conftest import require_module
 
 require_module("nacl")
 
-from edge.signing import (SignatureError, check_bundle_signature, generate_keypair, key_id,  # noqa: E402
-                          read_public_key, sign_bundle_dir, trusted_public_keys)
+from edge.signing import (SignatureError, check_bundle_signature, check_signature_intact,  # noqa: E402
+                          generate_keypair, key_id, read_public_key, sign_bundle_dir, trusted_public_keys)
 
 
 def _bundle_dir(path, threshold=0.5):
@@ -92,6 +92,43 @@ def test_signature_copied_from_another_bundle_is_refused(tmp_path, keys):
     shutil.copy(good / "signature.json", evil / "signature.json")
     with pytest.raises(SignatureError, match="changed after it was signed"):
         check_bundle_signature(evil, trusted)
+
+
+def test_a_signature_is_checked_against_its_own_key_without_trusted_keys(tmp_path, keys):
+    """The host's check before a deploy: no trusted keys there, only whether the signature still fits."""
+    private, _, _ = keys
+    good = _bundle_dir(tmp_path / "good")
+    assert check_signature_intact(good) is None  # unsigned
+    signer = sign_bundle_dir(good, private)
+    assert check_signature_intact(good) == signer
+    evil = _bundle_dir(tmp_path / "evil", threshold=0.01)
+    shutil.copy(good / "signature.json", evil / "signature.json")
+    with pytest.raises(SignatureError, match="changed after it was signed"):
+        check_signature_intact(evil)
+    (evil / "signature.json").write_text("{not json")
+    with pytest.raises(SignatureError, match="malformed"):
+        check_signature_intact(evil)
+
+
+def test_a_tampered_bundle_is_refused_before_a_deploy_sends_anything(tmp_path, keys, tiny_bundle):
+    """Its signature carried another bundle's manifest: a dry run said "would install" and a deploy uploaded it
+    (minutes over a serial line) for the device to refuse it."""
+    from click.testing import CliRunner
+
+    from firmware_tools.cli import main
+    from tests.bundle_variants import variant
+
+    private = keys[0]
+    signed = variant(tiny_bundle, tmp_path / "signed", 1)
+    sign_bundle_dir(signed, private)
+    tampered = variant(tiny_bundle, tmp_path / "tampered", 2)
+    shutil.copy(signed / "signature.json", tampered / "signature.json")
+    for extra in ([], ["--dry-run"]):  # no device on that port: the bundle is refused before it is looked for
+        result = CliRunner().invoke(main, ["deploy", str(tampered), "serial:///dev/ttyNOPE", *extra])
+        assert result.exit_code == 1 and "cannot deploy" in result.output, result.output
+        assert "changed after it was signed" in result.output and "ttyNOPE" not in result.output
+    sent = CliRunner().invoke(main, ["deploy", str(signed), "serial:///dev/ttyNOPE", "--dry-run"])
+    assert "cannot deploy" not in sent.output and "ttyNOPE" in sent.output, sent.output
 
 
 def test_malformed_signature_and_key_files(tmp_path, keys):
