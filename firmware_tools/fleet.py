@@ -76,7 +76,8 @@ def _deploy_serial(target: SerialTarget, bundle: LocalBundle, progress: Progress
     try:
         done = serial_deploy.deploy_serial(bundle.archive, target.port, target.baud, progress=progress)
     except Exception as exc:  # the serial transport's errors are reported per device, never abort the fleet
-        return DeployResult(target, False, "failed", None, str(exc) or type(exc).__name__)
+        active = getattr(exc, "active", None)  # a refused bundle: the device said what it still runs
+        return DeployResult(target, False, "failed", active, str(exc) or type(exc).__name__)
     if not done.uploaded:
         return DeployResult(target, True, "unchanged", done.bundle_id, done.message)
     detail = f"resumed at byte {done.resumed_from}" if done.resumed_from else ""
@@ -86,7 +87,7 @@ def _deploy_serial(target: SerialTarget, bundle: LocalBundle, progress: Progress
 def _plan_serial(serial_deploy, target: SerialTarget, bundle: LocalBundle) -> DeployResult:
     """A dry run: ask the device what it runs (HELLO, RELEASES), as a deploy does first, and change nothing."""
     try:
-        hello, releases = serial_deploy.query_device(target.port, target.baud)
+        hello, releases, _ = serial_deploy.query_device(target.port, target.baud)
     except Exception as exc:  # an unreachable device fails a dry run as it would fail the deploy
         return DeployResult(target, False, "failed", None, str(exc) or type(exc).__name__)
     active = hello.bundle_id or None
@@ -198,11 +199,12 @@ def _status_serial(target: SerialTarget) -> DeviceStatus:
     if serial_deploy is None:
         return DeviceStatus(target, False, reason=_NO_SERIAL)
     try:
-        hello, releases = serial_deploy.query_device(target.port, target.baud)
+        hello, releases, problems = serial_deploy.query_device(target.port, target.baud)
     except Exception as exc:  # reported per device, like a deploy's errors
         return DeviceStatus(target, False, reason=str(exc) or type(exc).__name__)
     status = DeviceStatus(target, True, current=hello.bundle_id or None, releases=None, service="answering",
-                          note=f"device {hello.device_id}, basilar {hello.basilar_version}")
+                          note=f"device {hello.device_id}, basilar {hello.basilar_version}",
+                          trouble="; ".join(problems))  # its active bundle cannot be loaded, say
     if releases is None:
         status.note += "; it keeps no release store (or its software predates RELEASES)"
         return status

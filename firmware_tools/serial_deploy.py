@@ -16,14 +16,14 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import click
 
 from edge.telemetry import DEFAULT_BAUD
-from edge.telemetry.protocol import (FLAG_RESTART, MAX_CHUNK, Frame, Hello, Releases, RequestHello,
-                                     StreamDecoder, UploadAck, UploadBegin, UploadChunk, UploadEnd, UploadResult,
-                                     UploadStatus, encode_frame)
+from edge.telemetry.protocol import (FLAG_RESTART, MAX_CHUNK, MAX_ENCODED, Frame, Hello, Log, LogLevel, Releases,
+                                     RequestHello, StreamDecoder, UploadAck, UploadBegin, UploadChunk, UploadEnd,
+                                     UploadResult, UploadStatus, encode_frame)
 
 DEFAULT_CHUNK = 512
 DEFAULT_WINDOW = 8
@@ -35,6 +35,18 @@ RELEASES_WAIT_S = 1.0  # RELEASES follows HELLO's labels at once; a device witho
 
 class SerialDeployError(click.ClickException):
     """The upload did not complete; the message says why and what to do. What the device received is kept."""
+
+
+class UploadRefused(SerialDeployError):
+    """The device answered that it will not install the bundle; it runs what it ran before (`active`)."""
+
+    active: str | None = None
+
+
+class DeviceReply(NamedTuple):
+    hello: Hello  # who the device is and what it runs
+    releases: Releases | None  # None: a device without a release store (or whose software predates RELEASES)
+    problems: list[str]  # errors it logged on being asked (its active bundle cannot be loaded, say)
 
 
 @dataclass
@@ -119,15 +131,30 @@ def _ask_hello(link: _HostLink, timeout: float) -> Hello:
                             "`basilar run --serial PORT` or `python3 -m edge.telemetry.agent`")
 
 
-def query_device(port: str, baud: int = DEFAULT_BAUD, timeout: float = 5.0) -> tuple[Hello, Releases | None]:
-    """Ask the device on `port` who it is, which bundle it runs (HELLO) and which it keeps (RELEASES, None from a
-    device without a release store); nothing on it changes."""
+def releases_wait_s(baud: int) -> float:
+    """How long RELEASES may take to follow HELLO: a second, and the time the line needs for LABELS, RELEASES and
+    a report sent between them, each as long as a frame can be (at 4800 baud that is 6.5 s: a fixed second took a
+    store of eight releases for none)."""
+    return RELEASES_WAIT_S + 3 * MAX_ENCODED * 10 / baud  # 10 bits a byte on the wire (8N1)
+
+
+def query_device(port: str, baud: int = DEFAULT_BAUD, timeout: float = 5.0) -> DeviceReply:
+    """Ask the device on `port` who it is, which bundle it runs (HELLO), which it keeps (RELEASES, None from a
+    device without a release store) and what is wrong with it (the errors it logs between the two); nothing on it
+    changes."""
     import serial
 
-    link = _HostLink(port, baud, None)
+    problems = []
+
+    def note_errors(frame: Frame) -> None:
+        if isinstance(frame.message, Log) and frame.message.level == LogLevel.ERROR:
+            problems.append(frame.message.text)
+
+    link = _HostLink(port, baud, note_errors)
     try:
         hello = _ask_hello(link, timeout)
-        return hello, link.receive((Releases,), RELEASES_WAIT_S)
+        problems.clear()  # only what it says on being asked this time
+        return DeviceReply(hello, link.receive((Releases,), releases_wait_s(baud)), problems)
     except (serial.SerialException, OSError) as exc:
         raise SerialDeployError(f"the serial link to {port} failed ({exc})") from None
     finally:
@@ -171,7 +198,11 @@ def deploy_serial(archive_path: str | Path, port: str, baud: int = DEFAULT_BAUD,
         result = SerialDeployResult(port, hello.bundle_id, hello.bundle_id, False, len(data), 0, 0,
                                     "already active; nothing uploaded")
         if local_id is None or hello.bundle_id != local_id:
-            outcome = upload.run()
+            try:
+                outcome = upload.run()
+            except UploadRefused as refused:  # the device stays on what it ran
+                refused.active = hello.bundle_id or None
+                raise
             result = SerialDeployResult(port, outcome.bundle_id, hello.bundle_id, True, len(data),
                                         upload.bytes_sent, upload.resumed_from, outcome.message)
         result.telemetry_frames = link.telemetry_frames
@@ -317,8 +348,7 @@ class _Upload:
                 reason = UploadStatus(result.status).name.lower().replace("_", " ")
             except ValueError:
                 reason = f"status {result.status}"
-            raise SerialDeployError(f"the device on {self.link.port} refused the bundle ({reason}): "
-                                    f"{result.message}")
+            raise UploadRefused(f"the device on {self.link.port} refused the bundle ({reason}): {result.message}")
         self.acked = len(self.data)
         self._report()
         return result

@@ -23,7 +23,7 @@ from edge.telemetry.protocol import (FLAG_RESTART, Health, StreamDecoder, Upload
 from edge.telemetry.upload import UploadReceiver
 from firmware_tools.cli import main as cli
 from firmware_tools.line_noise import Corruption
-from firmware_tools.serial_deploy import SerialDeployError, deploy_serial
+from firmware_tools.serial_deploy import SerialDeployError, deploy_serial, query_device
 from tests.bundle_variants import variant
 from tests.conftest import REPO, require_module
 from tests.serial_pty import PtyCable
@@ -58,12 +58,12 @@ def wait_until_stable(value, quiet=0.3, timeout=10.0):
 class Device:
     """The standalone device agent in its own process, behind a pty cable."""
 
-    def __init__(self, directory: Path, **cable_options):
+    def __init__(self, directory: Path, baud: int = BAUD, health_interval: float = 0.05, **cable_options):
         self.root = directory / "device-root"
-        self.cable = PtyCable(directory, baud=BAUD, **cable_options)
+        self.cable = PtyCable(directory, baud=baud, **cable_options)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edge.telemetry.agent", self.cable.device_path, "--root", str(self.root),
-             "--baud", str(BAUD), "--device-id", "bench-pi", "--health-interval", "0.05"],
+             "--baud", str(baud), "--device-id", "bench-pi", "--health-interval", str(health_interval)],
             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.store = ReleaseStore(self.root)
 
@@ -270,6 +270,43 @@ def test_basilar_status_over_a_serial_target(device, archives, tmp_path):
     assert "signed only (1 key(s))" in row(after)
     assert "cannot open serial port" in after.output and "No such file or directory" in after.output
     assert "1 of 2 device(s) could not be queried" in after.output
+
+
+def test_status_and_a_refused_deploy_over_serial_say_what_the_device_runs(device, archives, tmp_path):
+    """A refused upload's row named no active bundle though the device had said which it runs, and a device whose
+    active bundle cannot be loaded was reported as answering and well (over SSH: "will not start", exit 1)."""
+    (v1, id1), (v2, id2) = archives
+    dev = device()
+    target = f"serial://{dev.cable.host_path}?baud={BAUD}"
+    assert CliRunner().invoke(cli, ["deploy", str(v1), target]).exit_code == 0
+    generate_keypair(tmp_path / "release.key")
+    (dev.root / "trusted_keys").mkdir()
+    shutil.copy(tmp_path / "release.key.pub", dev.root / "trusted_keys" / "release.pub")
+    refused = CliRunner().invoke(cli, ["deploy", str(v2), target])
+    assert refused.exit_code == 1 and "refused the bundle" in refused.output, refused.output
+    [row] = [line for line in refused.stdout.splitlines() if dev.cable.host_path in line]
+    assert row.split()[1:3] == [id1[:12], "failed"], row
+
+    model = next(p for p in dev.store.path_of(id1).iterdir() if p.suffix == ".tflite")
+    model.write_bytes(model.read_bytes()[:-1] + b"x")  # its hash no longer matches the manifest
+    status = CliRunner().invoke(cli, ["status", target])
+    assert status.exit_code == 1 and f"the active bundle {id1[:12]} cannot be loaded" in status.output
+    assert "will not start their service" in status.output, status.output
+
+
+def test_a_slow_line_has_time_to_bring_the_releases(device, tiny_bundle, tmp_path):
+    """At 2400 baud the RELEASES frame of six releases takes 2 s after HELLO: a fixed second's wait reported a
+    device with a release store as keeping none, and a dry run said "would install" where the deploy would fail."""
+    dev = device(baud=2400, health_interval=0.5)
+    kept = []
+    for n in range(6):
+        archive = tmp_path / f"v{n}.tar.gz"
+        pack_bundle(variant(tiny_bundle, tmp_path / f"v{n}", n + 1), archive)
+        kept.append(dev.store.install(archive))
+    dev.store.activate(kept[-1])
+    hello, releases, _ = query_device(dev.cable.host_path, 2400)
+    assert hello.bundle_id == kept[-1]
+    assert releases is not None and set(releases.releases) == set(kept), releases
 
 
 # ------------------------------------------------------------------------------ the device's rules alone

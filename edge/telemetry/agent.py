@@ -64,9 +64,9 @@ class DeviceAgent:
     def announce(self) -> None:
         bundle_id, labels, sample_rate, problem = bundle_description(self.store)
         self.link.emitter.hello(__version__, bundle_id, labels, sample_rate)
-        self.link.send_releases()
-        if problem:
+        if problem:  # before RELEASES, which a host asking (`basilar status`) reads up to
             self.link.emitter.log(problem, LogLevel.ERROR)
+        self.link.send_releases()
 
     def _bundle_changed(self, bundle_id: str) -> None:
         self.link.emitter.log(f"bundle {bundle_id} installed and active")
