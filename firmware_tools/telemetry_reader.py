@@ -38,7 +38,8 @@ SESSION_OPENING = (MsgType.HELLO, MsgType.LABELS, MsgType.RELEASES)
 
 CSV_FIELDS = ["host_time", "type", "seq", "device_ms", "label_id", "label", "score", "start_s", "end_s",
               "uptime_s", "realtime_factor", "cpu_load", "audio_overruns", "dropped_telemetry", "device_id",
-              "basilar_version", "bundle_id", "sample_rate", "label_count", "level", "text", "lost", "event"]
+              "basilar_version", "bundle_id", "sample_rate", "label_count", "level", "text", "lost", "event",
+              "previous", "total", "releases", "trusted_keys"]
 
 
 class TelemetryError(click.ClickException):
@@ -296,7 +297,8 @@ class CsvSink:
             stream.flush()
 
     def write(self, record: Record) -> None:
-        self.writer.writerow(record)
+        # a list (RELEASES' bundle and key ids) as one field of space-separated ids
+        self.writer.writerow({k: " ".join(v) if isinstance(v, list) else v for k, v in record.items()})
         self.stream.flush()
 
     def close(self) -> None:
@@ -413,11 +415,20 @@ def open_sink(fmt: str, stream: TextIO, header: bool = True):
 
 
 def open_output_file(path: str, fmt: str):
-    """Append records to a file (JSONL unless fmt is csv); a CSV header is written only into an empty file."""
+    """Append records to a file (JSONL unless fmt is csv); a CSV header is written only into an empty file, and a
+    CSV file whose header has other columns (an older basilar's) is refused: its rows would not line up."""
     try:
-        stream = open(path, "a", encoding="utf-8", newline="")
-    except OSError as exc:
-        raise TelemetryError(f"cannot open the output file {path}: {exc.strerror or exc}") from None
+        stream = open(path, "a+", encoding="utf-8", newline="")
+        if fmt == "csv" and stream.tell():
+            stream.seek(0)
+            header = stream.readline().rstrip("\r\n")
+            stream.seek(0, 2)
+            if header != ",".join(CSV_FIELDS):
+                stream.close()
+                raise TelemetryError(f"{path} holds CSV with other columns (written by another version of basilar, "
+                                     "or not by basilar); write to a new file")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TelemetryError(f"cannot open the output file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     with writing_to(path):  # the CSV header
         return stream, open_sink(fmt, stream, header=stream.tell() == 0)
 

@@ -1,5 +1,6 @@
 """The telemetry protocol without a port: the document's test vectors, the decoder's robustness (hypothesis),
 the emitter's never-blocking queue, the host session's bookkeeping and the replay command."""
+import csv
 import io
 import json
 import re
@@ -479,6 +480,26 @@ def test_replay_jsonl_and_csv(tmp_path):
     rows = out.read_text().splitlines()
     assert rows[0].startswith("host_time,type,seq") and rows.count(rows[0]) == 1
     assert sum(",detection," in row for row in rows) == 18
+
+
+def test_csv_carries_the_releases_and_refuses_a_file_of_other_columns(tmp_path):
+    """RELEASES' fields were left out of the CSV (only JSONL had them); appending rows of these columns to a CSV
+    with another header would put every value under the wrong name."""
+    capture = tmp_path / "capture.bin"
+    capture.write_bytes(encode_frame(Hello("dev", "1.0", "d" * 64, 16000, 0), 0, 0)
+                        + encode_frame(Releases("b" * 64, 2, ("b" * 64, "d" * 64), ("a1b2c3d4e5f60718",)), 1, 0))
+    out = tmp_path / "out.csv"
+    result = CliRunner().invoke(cli, ["telemetry", "--replay", str(capture), "--format", "csv", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    [row] = [r for r in csv.DictReader(out.open()) if r["type"] == "releases"]
+    assert row["previous"] == "b" * 64 and row["total"] == "2" and row["trusted_keys"] == "a1b2c3d4e5f60718"
+    assert row["releases"] == f"{'b' * 64} {'d' * 64}"
+
+    old = tmp_path / "old.csv"
+    old.write_text("host_time,type,seq\n1,hello,0\n")
+    result = CliRunner().invoke(cli, ["telemetry", "--replay", str(capture), "--format", "csv", "--output", str(old)])
+    assert result.exit_code == 1 and "other columns" in result.output and "new file" in result.output
+    assert old.read_text() == "host_time,type,seq\n1,hello,0\n"
 
 
 def test_replay_table_for_people(tmp_path):
