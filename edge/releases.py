@@ -188,10 +188,15 @@ class ReleaseStore:
     # --- changing ------------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self, give_up_after: float | None = None):
+    def _locked(self, give_up_after: float | None = None, create: bool = False):
         """Hold the store's lock; given give_up_after (seconds), go on without it once they pass (yields whether
-        it is held)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        it is held). Only an install (`create`) makes the root: a rollback on a mistyped one made it, then said
+        there was nothing to roll back to."""
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        elif not self.root.is_dir():
+            raise ReleaseError(f"there is no device root at {self.root} (no such folder); check the path (the first "
+                               "install makes it)")
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             yield self._take_lock(fd, give_up_after)
@@ -224,7 +229,7 @@ class ReleaseStore:
         from edge import bundle as bundles  # imported here: reading the store must not need the bundle loader
 
         archive_path = Path(archive_path)
-        with self._locked():
+        with self._locked(create=True):
             try:
                 actual = file_sha256(archive_path)
             except OSError as exc:

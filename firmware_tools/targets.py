@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import click
 
-from edge.telemetry import DEFAULT_BAUD  # the device end's default: both ends must agree
+from edge.telemetry import BAUD_RANGE, DEFAULT_BAUD  # the device end's default: both ends must agree
 
 _EXAMPLES = "ssh://pi@10.0.0.21/opt/basilar or serial:///dev/ttyUSB0?baud=115200"
 DEFAULT_SSH_PORT = 22  # where no port is given, in the target or in ~/.ssh/config
@@ -141,6 +141,8 @@ def _parse_serial(text, parts, name) -> SerialTarget:
     port = unquote(parts.path)
     if not port or port == "/":
         raise TargetError(f"target {text!r} names no serial device; e.g. serial:///dev/ttyUSB0")
+    if "\0" in port:  # %00: no device path holds it
+        raise TargetError(f"target {text!r}: the device path holds a NUL byte (%00); e.g. serial:///dev/ttyUSB0")
     query = parse_qs(parts.query, keep_blank_values=True)
     unknown = sorted(set(query) - {"baud"})
     if unknown:
@@ -148,8 +150,10 @@ def _parse_serial(text, parts, name) -> SerialTarget:
     baud = DEFAULT_BAUD
     if "baud" in query:
         value = query["baud"][-1]
-        if not value.isdigit() or int(value) <= 0:
-            raise TargetError(f"target {text!r}: baud must be a positive whole number, e.g. ?baud=115200")
+        # isascii: str.isdigit takes "²" too, which int() refuses
+        if not (value.isascii() and value.isdigit()) or not BAUD_RANGE[0] <= int(value) <= BAUD_RANGE[1]:
+            raise TargetError(f"target {text!r}: baud must be a whole number from {BAUD_RANGE[0]} to "
+                              f"{BAUD_RANGE[1]}, e.g. ?baud=115200")
         baud = int(value)
     return SerialTarget(port=port, baud=baud, name=name)
 

@@ -153,6 +153,11 @@ def test_an_abandoned_switch_never_happens(store, bundles, capsys):
 
 
 def test_activate_unknown_bundle_is_refused(store):
+    for change in (store.rollback, lambda: store.activate("a" * 64), lambda: store.prune(2)):
+        with pytest.raises(ReleaseError, match="no device root at .* check the path"):  # a mistyped root
+            change()
+    assert not store.root.exists()  # nor is it made
+    store.root.mkdir()
     with pytest.raises(ReleaseError, match="not installed"):
         store.activate("a" * 64)
     with pytest.raises(ReleaseError, match="not a bundle id"):

@@ -46,7 +46,11 @@ def test_serial_target_with_and_without_baud():
     ("ssh://root@[::1/opt/b", r"not a valid URL: Invalid IPv6 URL; brackets hold an IPv6 address only"),
     ("ssh://root@[pi-kitchen]:22/x", r"not a valid URL: .*pi-kitchen.*; brackets hold an IPv6 address only"),
     ("serial://dev/ttyUSB0", "three slashes"),
-    ("serial:///dev/ttyUSB0?baud=fast", "positive whole number"),
+    ("serial:///dev/ttyUSB0?baud=fast", "whole number from 50 to 2147483647"),
+    ("serial:///dev/ttyUSB0?baud=\u00b2", "whole number from 50"),  # a digit to str.isdigit, not to int()
+    ("serial:///dev/ttyUSB0?baud=10", "whole number from 50"),  # --baud 10 is refused as well
+    ("serial:///dev/ttyUSB0?baud=99999999999", "whole number from 50"),
+    ("serial:///dev/tty%00S0", "NUL byte"),
     ("serial:///dev/ttyUSB0?speed=9600", "unknown option"),
     ("serial://", "names no serial device"),
 ])
