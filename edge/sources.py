@@ -18,6 +18,7 @@ import os
 import queue
 import re
 import select
+import shlex
 import sys
 import threading
 import time
@@ -29,9 +30,9 @@ import numpy as np
 import soundfile
 import soxr
 
-from edge.wav_header import (ID3V2_HEAD, KNOWN_CHUNKS, RIFF_LIMIT, TrueSizeWav, WavData, WavFormat, empty_problem,
-                             is_open_length, length_problem, libsndfile_input, parse_format, read_to_data, skip,
-                             starts_wav, tag_span, wav_header_broken)
+from edge.wav_header import (ID3V2_HEAD, KNOWN_CHUNKS, RIFF_LIMIT, MalformedWavHeader, TrueSizeWav, WavData, WavFormat,
+                             empty_problem, is_open_length, length_problem, libsndfile_input, parse_format,
+                             read_to_data, skip, starts_wav, tag_span, wav_header_broken)
 
 DEFAULT_CHUNK_MS = 100
 IDLE_TICK_S = 1.0  # a live source that delivers nothing for this long yields an empty chunk
@@ -150,7 +151,9 @@ class AudioSource:
 
     live = False  # live sources get wall-clock timestamps on their detections
     overruns = 0  # audio blocks lost because processing fell behind (live sources)
-    layout_note: str | None = None  # what the input's own layout overrode of the options given (a WAV stream's)
+    # a warning about the input, given once it plays: the options a WAV stream's header overrode, a file's metadata
+    # cut off
+    layout_note: str | None = None
 
     def __init__(self, name: str, sample_rate: int, stop: StopFlag | None):
         self.name = name
@@ -192,8 +195,8 @@ class FileSource(AudioSource):
                 raise SourceError(f"audio file not found: {path}; check the path")
             if path.is_fifo() or path.is_char_device():  # a recorder's pipe: read as a stream, header and all
                 raise SourceError(f"{path} is a pipe or a device, not a file; stream it through standard input: "
-                                  f"`basilar run - < {path}` (a WAV stream, or raw PCM with --format, --rate and "
-                                  "--channels)")
+                                  f"`basilar run - < {shlex.quote(str(path))}` (a WAV stream, or raw PCM with "
+                                  "--format, --rate and --channels)")
             if not path.is_file():
                 raise SourceError(f"{path} is not a file; give an audio file such as a WAV or FLAC")
             if empty := empty_problem(path):
@@ -201,19 +204,30 @@ class FileSource(AudioSource):
             # soundfile takes a `.raw` name's word for it and wants the layout given; a WAV so named is a WAV
             named_raw = path.suffix.lower() == ".raw"
             if named_raw and not _starts_riff(path):
+                quoted = shlex.quote(str(path))
                 raise SourceError(f"{path} is headerless raw PCM; play it with `basilar run - --format S16_LE --rate "
-                                  f"RATE --channels N < {path}`, or give it a header: `sox -t raw -e signed -b 16 -r "
-                                  f"RATE -c N {path} OUT.wav`")
+                                  f"RATE --channels N < {quoted}`, or give it a header: `sox -t raw -e signed -b 16 -r "
+                                  f"RATE -c N {quoted} OUT.wav`")
             audio, wav = libsndfile_input(path)
         except PermissionError as err:  # libsndfile would call it a "System error"
             raise SourceError(f"{path} cannot be read: permission denied; make it (and the folders above it) readable "
                               "by the user running basilar (the systemd service runs as user basilar), e.g. "
-                              f"`chmod a+r {path}`") from err
+                              f"`chmod a+r {shlex.quote(str(path))}`") from err
+        except OSError as err:  # a name too long, an I/O error
+            raise SourceError(f"{path} cannot be read: {err.strerror or err}; check the path") from err
         problem = length_problem(path, wav)
         if wav and wav.overlong():  # never of open length: `audio` is the path, nothing to close
             raise SourceError(problem)
         self._cut_short = problem  # the only problem left: reported once the audio that is there has played
         self._opened = audio if isinstance(audio, TrueSizeWav) else None  # to close with the source
+        # libsndfile refuses such a header as "SF_INFO struct incomplete", which says nothing of what is wrong
+        if wav and wav.layout and (damaged := layout_problem(path, wav.layout.rate, wav.layout.channels)):
+            if self._opened:
+                self._opened.close()
+            raise SourceError(damaged)
+        if wav and wav.cut_tag:
+            self.layout_note = (f"{path} ends inside the '{wav.cut_tag.decode('ascii')}' chunk after its audio "
+                                "(metadata, cut off: an interrupted copy?); its audio is whole and is played")
         if named_raw and not self._opened:  # opened by descriptor, so that soundfile does not see the name
             audio = self._opened = open(os.open(path, os.O_RDONLY), "rb")
         try:
@@ -234,11 +248,9 @@ class FileSource(AudioSource):
                               f"file, or convert it first, e.g. `sox INPUT -r {sample_rate} -c 1 -b 16 OUT.wav`"
                               ) from err
         self.file_rate = self._file.samplerate
-        if not RATES[0] <= self.file_rate <= RATES[1]:
+        if damaged := layout_problem(path, self.file_rate, self._file.channels):
             self.close()
-            raise SourceError(f"{path}'s header gives a sample rate of {self.file_rate} Hz, outside the {RATES[0]} to "
-                              f"{RATES[1]} Hz basilar reads: a damaged header, or a file that is not audio; export or "
-                              "record it again")
+            raise SourceError(damaged)
         self.file_channels = self._file.channels
         self.file_format = f"{self._file.format}/{self._file.subtype}"
         self._float = self._file.subtype in ("FLOAT", "DOUBLE")  # the encodings that can hold NaN
@@ -246,6 +258,8 @@ class FileSource(AudioSource):
         self._pacer = Pacer(sample_rate, self.stop, clock) if realtime else None
         self._declared = declared_frames(self._file)
         self._end = frames_to_play(self._file, self._declared)
+        # a FLAC written into a pipe (_UNKNOWN_FRAMES would take a long recording, 93 min at 48 kHz, for one)
+        self._unknown_length = self._file.frames == _COUNT_UNKNOWN
 
     @property
     def input_rate(self) -> int:
@@ -256,21 +270,20 @@ class FileSource(AudioSource):
         frames = 0
         while not self.stop.is_set():
             want = self._block if self._end is None else min(self._block, self._end - frames)
+            # NaN where nothing is read: when reading fails part-way, the frames it read are the finite ones
+            block = np.full((want, self.file_channels), np.nan, np.float32)
+            failed = None
             try:
-                block = self._file.read(want, dtype="float32", always_2d=True)
+                block = self._file.read(want, out=block)
             except (soundfile.SoundFileError, RuntimeError) as err:
-                tail = resample(np.zeros((0, self.file_channels), np.float32), last=True)  # what the filter holds
-                if len(tail):
-                    yield tail
-                # what was read, not tell(): after some failures libsndfile's position is -1
-                seconds = frames / self.file_rate
-                raise SourceError(f"{self.name} is corrupt: reading failed after about {seconds:.2f} s "
-                                  f"({_libsndfile_reason(err)}); the audio before that point was processed. "
-                                  "Re-record or re-encode the file") from err
+                block, failed = block[:finite_frames(block)], err
+            # The last block of a FLAC of unknown length (written into a pipe) is read whole, then soundfile's
+            # seek past it fails: that is its end, not damage
+            ended = failed is not None and self._unknown_length and "psf_fseek" in str(failed)
             good = finite_frames(block) if self._float else len(block)
             damaged = good < len(block)
             frames += good
-            last = damaged or len(block) < self._block
+            last = damaged or failed is not None or len(block) < self._block
             chunk = resample(block[:good], last=last)
             if len(chunk):
                 if self._pacer:
@@ -278,10 +291,16 @@ class FileSource(AudioSource):
                 yield chunk
             if damaged:
                 raise not_finite_error(self.name, frames / self.file_rate)
+            if failed is not None and not ended:
+                # what was read, not tell(): after some failures libsndfile's position is -1
+                raise SourceError(f"{self.name} is corrupt: reading failed after about {frames / self.file_rate:.2f} "
+                                  f"s ({_libsndfile_reason(failed)}); the audio before that point was processed. "
+                                  "Re-record or re-encode the file") from failed
             if last:
                 if self._cut_short:
                     raise SourceError(f"{self._cut_short}; the audio that is there was processed")
-                if frames < self._declared:  # libsndfile ends a cut or damaged file without an error
+                # libsndfile ends a cut or damaged file without an error (an unknown length declares nothing)
+                if frames < self._declared and not self._unknown_length:
                     declared, read = self._declared / self.file_rate, frames / self.file_rate
                     raise SourceError(f"{self.name} ends early: its header declares {declared:.2f} s of audio but "
                                       f"{read:.2f} s could be read (cut short or "
@@ -293,6 +312,17 @@ class FileSource(AudioSource):
         self._file.close()
         if self._opened:
             self._opened.close()
+
+
+def layout_problem(path, rate: int, channels: int) -> str | None:
+    """What is wrong, for an error message, with a header that gives a rate outside RATES or no channels."""
+    if channels < 1:
+        what = f"{channels} channels"
+    elif not RATES[0] <= rate <= RATES[1]:
+        what = f"a sample rate of {rate} Hz, outside the {RATES[0]} to {RATES[1]} Hz basilar reads"
+    else:
+        return None
+    return f"{path}'s header gives {what}: a damaged header, or a file that is not audio; export or record it again"
 
 
 def _starts_riff(path: Path) -> bool:
@@ -316,6 +346,7 @@ _NOTED_LENGTH = {name: re.compile(pattern) for name, pattern in {
 _SAMPLE_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "ALAW": 1, "ULAW": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4,
                  "DOUBLE": 8}
 _UNKNOWN_FRAMES = 1 << 28  # counts this large are placeholders (sox into a pipe writes 0x3F800000), not lengths
+_COUNT_UNKNOWN = 2**63 - 1  # libsndfile's frame count for a FLAC whose header gives none (SF_COUNT_MAX)
 
 
 def declared_frames(file) -> int:
@@ -370,7 +401,7 @@ class _WavSamples:
         if self._pcm is None:
             raise SourceError(f"{path} is a WAV file over 4 GiB whose header leaves its length open, in an encoding "
                               "basilar reads only up to 4 GiB; convert it to FLAC or RF64 first: `sox --ignore-length "
-                              f"{path} OUT.flac`")
+                              f"{shlex.quote(str(path))} OUT.flac`")
         self.samplerate, self.channels = wav.layout.rate, wav.layout.channels
         self.subtype = self._SUBTYPES[self._pcm]
         self._frame_bytes = SAMPLES[self._pcm][2] * self.channels
@@ -386,10 +417,12 @@ class _WavSamples:
     def tell(self) -> int:
         return self._read
 
-    def read(self, frames: int, dtype: str, always_2d: bool) -> np.ndarray:
+    def read(self, frames: int, out: np.ndarray) -> np.ndarray:
         count = min(frames, self.frames - self._read)
-        self._read += count
-        return decode(self._file.read(count * self._frame_bytes), self._pcm, self.channels)
+        samples = decode(self._file.read(count * self._frame_bytes), self._pcm, self.channels)
+        self._read += len(samples)
+        out[:len(samples)] = samples
+        return out[:len(samples)]
 
     def close(self) -> None:
         self._file.close()
@@ -487,6 +520,9 @@ class PcmSource(AudioSource):
             if self.stop.is_set():  # nothing to play, no error
                 return None
             raise SourceError("standard input ended inside its WAV header; check the program that writes it") from None
+        except MalformedWavHeader as err:
+            raise SourceError(f"standard input's WAV header is malformed ({err}); check the program that writes it, "
+                              "or send raw PCM instead (arecord -t raw, sox ... -t raw -)") from None
         if fmt is None:
             raise SourceError("standard input's WAV header has no format chunk before its audio; send raw PCM "
                               "instead (arecord -t raw, sox ... -t raw -)")
@@ -596,13 +632,17 @@ class PcmSource(AudioSource):
             if damaged:
                 raise not_finite_error(self.name, self._frames_read / self.rate, advice)
             if ended:
-                if self._data_left and not self.stop.is_set():  # an open length is None: it ends where it ends
+                came = self._declared - (self._data_left or 0)  # an open length is None: it ends where it ends
+                # only whole frames missing count: a size a byte too large (a writer's slip) leaves every frame there
+                if came // self._frame_bytes < self._declared // self._frame_bytes and not self.stop.is_set():
                     rate = self.rate * self._frame_bytes
-                    declared, came = self._declared / rate, (self._declared - self._data_left) / rate
+                    declared, came_s = self._declared / rate, came / rate
                     raise SourceError(f"standard input ended early: its WAV header declares {declared:.2f} s of audio "
-                                      f"but {came:.2f} s came (the program writing it stopped or was "
+                                      f"but {came_s:.2f} s came (the program writing it stopped or was "
                                       "stopped); the audio that came was processed")
-                if pending and not self.stop.is_set():
+                # a WAV stream's layout is its header's: a part of a frame at its end is where its writer was
+                # stopped (arecord, killed), dropped as libsndfile drops a file's
+                if pending and not self.stop.is_set() and not self._from_header:
                     raise SourceError(f"standard input ended in the middle of a sample frame ({len(pending)} "
                                       f"stray bytes; one frame is {self._frame_bytes} bytes); check --format "
                                       "and --channels against the producer")
@@ -852,7 +892,7 @@ def open_source(spec: str, sample_rate: int, *, chunk_ms: float = DEFAULT_CHUNK_
         return MicSource(device, sample_rate, channels=channels, chunk_ms=chunk_ms, stop=stop)
     try:
         missing = not Path(spec).exists()
-    except PermissionError:  # a folder on the way that may not be read: FileSource says so
+    except OSError:  # a folder on the way that may not be read, a name too long: FileSource says so
         missing = False
     if missing:  # here, unlike where only files are read, the other kinds of AUDIO are an option
         raise SourceError(f"audio file not found: {spec}; check the path (use '-' for raw PCM on standard input or "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 import struct
 from collections.abc import Callable, Container
 from typing import BinaryIO, NamedTuple
@@ -40,6 +41,11 @@ KNOWN_CHUNKS = frozenset({b"LIST", b"id3 ", b"ID3 ", b"JUNK", b"PAD ", b"bext", 
                           b"acid", b"iXML", b"axml", b"_PMX", b"DISP", b"plst", b"labl", b"note", b"ltxt", b"slnt",
                           b"wavl"})
 ID3V2_HEAD = 10  # bytes of an ID3v2 tag's header, which ends with the tag's size
+MAX_FORMAT = 1024  # bytes a format chunk may declare: the largest real one (WAVE_FORMAT_EXTENSIBLE) holds 40
+
+
+class MalformedWavHeader(ValueError):
+    """A WAV header that no writer makes (a damaged size): reading it as it says could take gigabytes."""
 
 
 def tag_span(head: bytes, ids: Container[bytes] | None = None) -> int | None:
@@ -65,7 +71,8 @@ def starts_wav(head: bytes) -> bool:
 def read_to_data(read: Callable[[int], bytes]) -> tuple[bytes | None, int]:
     """After the 12 bytes `starts_wav` checked, read chunks up to the start of the audio; returns the format
     chunk's body (None when none came first) and the data chunk's declared size. `read(n)` returns n bytes, fewer
-    only at the end of input; EOFError when the input ends inside the header."""
+    only at the end of input; EOFError when the input ends inside the header, MalformedWavHeader when the format
+    chunk's size is damaged."""
     fmt = None
     while True:
         chunk = read(8)
@@ -76,6 +83,8 @@ def read_to_data(read: Callable[[int], bytes]) -> tuple[bytes | None, int]:
             return fmt, length
         padded = length + (length & 1)  # chunks are padded to an even length
         if kind == b"fmt ":
+            if length > MAX_FORMAT:  # read as it says, it would take up to 4 GiB of memory
+                raise MalformedWavHeader(f"its format chunk declares {length} bytes, where a real one holds 16 to 40")
             body = read(padded)
             if len(body) < length:
                 raise EOFError
@@ -125,17 +134,27 @@ class WavData(NamedTuple):
     declared: int  # bytes of audio the header declares
     present: int  # bytes from the start of the audio to the end of the file
     byte_rate: int  # 0 when the format chunk is missing or unreadable
-    chunks_follow: bool  # whether what follows the declared audio is whole chunks (LIST, id3 , ...) or ID3 tags
+    chunks_follow: bool  # whether what follows the declared audio is chunks (LIST, id3 , ...) or ID3 tags
     layout: WavFormat | None = None  # None when the format chunk is missing or unreadable
+    cut_tag: bytes | None = None  # the id of a chunk after the audio that the end of the file cuts off (LIST, ...)
 
     @property
     def open_length(self) -> bool:
         """Whether the header left the length open; a declared 0 followed by whole chunks is an empty recording."""
         return is_open_length(self.declared) and not self.chunks_follow
 
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes a frame of audio takes, by the format chunk (1 when it is missing or gives none)."""
+        if not self.layout:
+            return 1
+        return self.layout.block_align or max(1, self.layout.channels * self.layout.bits // 8)
+
     def cut_short(self) -> Lengths | None:
-        """When the audio runs past the end of the file (an interrupted recording or copy)."""
-        if self.byte_rate and not self.open_length and self.declared > self.present:
+        """When the audio runs past the end of the file (an interrupted recording or copy) by a frame or more: a
+        size a byte or two too large (a writer's slip) leaves every frame there."""
+        frame = self.frame_bytes
+        if self.byte_rate and not self.open_length and self.declared // frame > self.present // frame:
             return Lengths(self.declared / self.byte_rate, self.present / self.byte_rate)
         return None
 
@@ -157,16 +176,16 @@ def inspect_wav(path: str | os.PathLike) -> WavData | None:
             return None
         try:
             fmt, length = read_to_data(file.read)
-        except EOFError:
+        except (EOFError, MalformedWavHeader):
             return None
         start = file.tell()
         layout = parse_format(fmt) if fmt else None
         # zeros after audio of a given length are padding; after an open length (0) they are silence it holds
-        chunks = start + length < size and _chunks_to_end(file, start + length, size, pad=bool(length & 1),
-                                                          zeros=not is_open_length(length))
+        chunks, cut_tag = (_chunks_to_end(file, start + length, size, pad=bool(length & 1),
+                                          zeros=not is_open_length(length)) if start + length < size else (False, None))
         # some writers leave the byte rate 0; the rate and frame size give it too
         byte_rate = (layout.byte_rate or layout.rate * layout.block_align) if layout else 0
-        return WavData(start - 4, length, size - start, byte_rate, chunks, layout)
+        return WavData(start - 4, length, size - start, byte_rate, chunks, layout, cut_tag)
 
 
 def wav_header_broken(path: str | os.PathLike, wav: WavData | None) -> bool:
@@ -179,23 +198,29 @@ def wav_header_broken(path: str | os.PathLike, wav: WavData | None) -> bool:
         return starts_wav(file.read(12))
 
 
-def _chunks_to_end(file: BinaryIO, at: int, end: int, pad: bool = False, zeros: bool = True) -> bool:
+def _chunks_to_end(file: BinaryIO, at: int, end: int, pad: bool = False,
+                   zeros: bool = True) -> tuple[bool, bytes | None]:
     """Whether the bytes of `file` from `at` to `end` are whole chunks or ID3 tags (then, with `zeros`, perhaps zeros:
-    padding), not more audio. `pad`: what came before is of odd length, so a pad byte comes first, unless its writer
-    left it out: both are tried, here and after each odd chunk (each place once, so many odd chunks cost no more)."""
-    todo, tried = [at, at + 1] if pad else [at], set()
+    padding), not more audio; and the id of a known chunk (KNOWN_CHUNKS) that the end cuts off, which counts as
+    chunks too: a tag an interrupted copy cut, not audio (`sox --ignore-length` would play it as noise). `pad`: what
+    came before is of odd length, so a pad byte comes first, unless its writer left it out: both are tried, here and
+    after each odd chunk (each place once, so many odd chunks cost no more)."""
+    todo, tried, cut = [at, at + 1] if pad else [at], set(), None
     while todo:
         at = todo.pop()  # the place after a pad byte first
         if at in tried:
             continue
         tried.add(at)
         if end - at < 8 or (zeros and _zeros_to_end(file, at, end)):  # stray bytes (a pad byte too many), padding
-            return True
+            return True, None
         file.seek(at)
-        span = tag_span(file.read(ID3V2_HEAD))
+        head = file.read(ID3V2_HEAD)
+        span = tag_span(head)
         if span is not None and at + span <= end:
             todo += [at + span, at + span + 1] if span & 1 else [at + span]
-    return False
+        elif span is not None and head[:4] in KNOWN_CHUNKS:
+            cut = head[:4]  # taken only if no way through to the end is found
+    return cut is not None, cut
 
 
 def _zeros_to_end(file: BinaryIO, at: int, end: int) -> bool:
@@ -261,10 +286,10 @@ def length_problem(path: str | os.PathLike, wav: WavData | None) -> str | None:
     if too_long:
         return (f"{path}'s WAV header declares {too_long.declared_s:.3f} s of audio but {too_long.present_s:.3f} s "
                 "follow it (its writer never went back to fix the header); fix it with "
-                f"`sox --ignore-length {path} fixed.wav`")
+                f"`sox --ignore-length {shlex.quote(str(path))} fixed.wav`")
     cut = wav and wav.cut_short()
     if cut:
         return (f"{path} is cut short: its header declares {cut.declared_s:.2f} s of audio but the file holds "
                 f"{cut.present_s:.2f} s (an interrupted recording or an incomplete copy); copy the file again, or "
-                f"give it a header that fits: `sox {path} fixed.wav`")
+                f"give it a header that fits: `sox {shlex.quote(str(path))} fixed.wav`")
     return None

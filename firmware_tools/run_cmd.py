@@ -27,8 +27,9 @@ DEMO_RECORDING = Path(__file__).resolve().parent.parent / "edge" / "demo" / "dem
 
 
 def demo_audio(audio: str) -> Path | None:
-    """The shipped demo recording, when AUDIO is the word `demo` and no file of that name is here."""
-    return DEMO_RECORDING if audio == "demo" and not Path(audio).exists() else None
+    """The shipped demo recording, when AUDIO is the word `demo` and no file of that name is here (a folder of that
+    name, as in edge/, is no recording)."""
+    return DEMO_RECORDING if audio == "demo" and not Path(audio).is_file() else None
 
 
 def input_kind(audio: str) -> str:
@@ -247,6 +248,10 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
         pipeline = Pipeline.from_bundle(bundle_ref, detector_overrides=overrides, num_threads=threads)
     except PipelineError as err:
         raise click.ClickException(str(err)) from err
+    except OSError as err:  # a path the system refuses (a name too long), which load_bundle does not catch
+        if err.filename is None:
+            raise
+        raise click.ClickException(f"cannot read the bundle {err.filename}: {err.strerror}; check the path") from err
 
     try:
         source = _open_source(audio, pipeline.sample_rate, realtime, pcm_format, rate, channels, stop,
@@ -432,6 +437,21 @@ def refuse_what_a_unit_cannot_hold(values: dict[str, str | None]) -> None:
                                      param_hint=option)
 
 
+# What systemd takes for a user (systemd.exec(5), User=): a name as useradd makes them, or a numeric uid. An empty
+# User= it reads as root.
+USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\$?|[0-9]+")
+
+
+def refuse_a_bad_user(user: str) -> None:
+    """A usage error for a --user that systemd would refuse, or read as root."""
+    if not USER_NAME.fullmatch(user) or len(user) > 32:
+        why = "empty (an unset variable?): systemd would run the service as root" if not user else \
+            "not a user name"
+        raise click.BadParameter(f"{user!r} is {why}; give a user name (letters, digits, '_' and '-', not starting "
+                                 "with a digit or '-', at most 32 characters), e.g. basilar, or a numeric uid",
+                                 param_hint="--user")
+
+
 def unreachable_by(user: str, program: str) -> str | None:
     """Why `user` cannot run `program` (a folder on the way or the program not open to it), or None. A virtual
     environment in someone's home (mode 0700 on Debian) is the usual case: the unit would fail on every start."""
@@ -489,6 +509,7 @@ def service(output, executable, root, audio, user, serial, baud, as_json, channe
     executable = executable or running_program()
     refuse_what_a_unit_cannot_hold({"--exec": executable, "--root": root, "--input": audio, "--user": user,
                                     "--serial": serial})
+    refuse_a_bad_user(user)
     if not Path(executable).is_absolute():
         raise click.BadParameter(f"{executable!r}: systemd needs an absolute path", param_hint="--exec")
     if any(ch in executable for ch in "'\"\\$"):  # systemd refuses the first three; `$` it expands in argv[0] only

@@ -760,6 +760,11 @@ def test_service_runs_a_program_whose_path_systemd_must_be_told_apart(tmp_path):
     (["--root", "/opt/basilar\tx"], "Invalid value for --root: '/opt/basilar\\tx': a systemd unit cannot hold"),
     (["--root", '/opt/"basilar"'], "would reach the unit's two settings differently"),  # ReadWritePaths= and --root
     (["--user", "basilar\nExecStartPre=/bin/sh"], "Invalid value for --user: "),
+    (["--user", ""], "Invalid value for --user: '' is empty (an unset variable?): systemd would run the service as "
+                     "root; give a user name"),  # systemd reads `User=` as root
+    (["--user", "a b"], "Invalid value for --user: 'a b' is not a user name; give a user name (letters, digits"),
+    (["--user", "0day"], "'0day' is not a user name"),  # systemd refuses it, or took it for a uid
+    (["--user", "a" * 33], "at most 32 characters"),
     (["--exec", "/tmp/sv/it's/bin/basilar"], "systemd cannot run a program whose path holds a quote"),
     (["--exec", "/opt/$HOME/basilar"], "Invalid value for --exec: '/opt/$HOME/basilar': systemd cannot run"),
     (["--input", "rec.wav", "--channels", "2"], "Invalid value for --channels: a file is read by its own header"),
@@ -773,6 +778,12 @@ def test_service_refuses_what_systemd_would_refuse_or_run_wrong(args, message):
     result = basilar("service", "--exec", "/usr/local/bin/basilar", *args)
     assert result.returncode == 2 and message in result.stderr.decode(), result.stderr.decode()
     assert result.stdout == b""
+
+
+@pytest.mark.parametrize("user", ["basilar", "_basilar-svc2", "Basilar", "1000"])
+def test_service_runs_as_a_user_name_or_a_numeric_uid(user):
+    result = basilar("service", "--exec", "/usr/local/bin/basilar", "--user", user)
+    assert result.returncode == 0 and f"\nUser={user}\n" in result.stdout.decode(), result.stderr.decode()
 
 
 @pytest.mark.parametrize("baud", [50, 12_000_000])  # 12 Mbaud: a fast USB adapter's custom rate
