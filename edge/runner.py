@@ -33,6 +33,7 @@ def make_interpreter(model_path, num_threads: int = 1, delegates=None, without_d
 
     check_tflite_file(model_path)
     failures = []
+    refusals = []  # runtimes that loaded and refused this model: then it is the model that is wrong
     for name, module_name in RUNTIMES:
         try:
             module = importlib.import_module(module_name)
@@ -57,6 +58,12 @@ def make_interpreter(model_path, num_threads: int = 1, delegates=None, without_d
         # MemoryError or OSError, which no other runtime would mend (a full disk is not a missing runtime).
         except (ValueError, RuntimeError, TypeError, AttributeError, ImportError, SystemError) as exc:
             failures.append(f"{name}: {type(exc).__name__}: {exc}")
+            if isinstance(exc, ValueError):
+                refusals.append(f"{name}: {exc}")
+    if refusals:
+        raise ValueError(f"{model_path} cannot be loaded ({'; '.join(refusals)}): the file is damaged, or needs a "
+                         "newer runtime; rebuild or deploy the bundle again, or update the runtime (pip install -U "
+                         "ai-edge-litert)")
     raise RuntimeUnavailable(
         "no working TFLite interpreter: " + "; ".join(failures)
         + ". Install one: pip install ai-edge-litert (64-bit) or tflite-runtime with numpy<2 (32-bit Pi OS)")
@@ -126,12 +133,13 @@ class StepRunner:
                                                           without_default_delegates=builtin_kernels)
         frame, state, scores, new_state = _find_tensors(self.interpreter)
         features = bundle.frontend_config.features
-        if tuple(frame["shape"]) != (1, features):
-            raise ValueError(f"the step model takes frames of shape {tuple(frame['shape'])}, but the bundle's front "
+        shape = tuple(int(n) for n in frame["shape"])  # numpy's ints would print as np.int32(1)
+        if shape != (1, features):
+            raise ValueError(f"the step model takes frames of shape {shape}, but the bundle's front "
                              f"end makes {features} values per frame: the model and the front-end config do not "
                              "belong together; rebuild the bundle")
         if scores["shape"][-1] != len(self.labels) + 1:  # each label's posterior, then the background's
-            raise ValueError(f"the step model has {scores['shape'][-1]} outputs, but the bundle names "
+            raise ValueError(f"the step model has {int(scores['shape'][-1])} outputs, but the bundle names "
                              f"{len(self.labels)} labels (and the background): the manifest and the model do not "
                              "belong together; rebuild the bundle")
         self._frame_index, self._state_index = frame["index"], state["index"]

@@ -58,6 +58,16 @@ def test_no_runtime_is_a_clear_error(tiny_bundle, monkeypatch):
         make_interpreter(load_bundle(tiny_bundle).step_model_path)
 
 
+def test_a_damaged_model_is_named_not_the_runtime(tiny_bundle, tmp_path):
+    """Cut in half after its TFL3 identifier, a model every runtime refuses: the advice was to install a runtime."""
+    whole = load_bundle(tiny_bundle).step_model_path.read_bytes()
+    cut = tmp_path / "step.tflite"
+    cut.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(ValueError, match="step.tflite cannot be loaded .*the file is damaged") as refused:
+        make_interpreter(cut)
+    assert "Install one" not in str(refused.value)
+
+
 def _runner_and_frames(bundle_path, digit: str):
     """A step runner for the bundle, and the front end's frames of a real recording of `digit`."""
     from firmware_tools import dataset
