@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from firmware_tools.cli_types import FloatRange
-from firmware_tools.run_cmd import demo_audio, detector_options, detector_overrides
+from firmware_tools.run_cmd import INPUTS_DESCRIBED, demo_audio, detector_options, detector_overrides, input_kind
 from firmware_tools.stream_eval import DEFAULT_TOLERANCE_S
 
 
@@ -21,15 +21,17 @@ from firmware_tools.stream_eval import DEFAULT_TOLERANCE_S
                    "'noise' for other sounds): adds false alarms per minute of non-target speech. make_demo writes "
                    "one [AUDIO demo: its own].")
 @click.option("--tolerance-s", type=FloatRange(0, 10), default=DEFAULT_TOLERANCE_S, show_default=True,
-              help="A detection may start this long after its word ended and still count.")
+              help="A detection on no word of its label may start this long after a word ended and still count "
+                   "for it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @detector_options
 def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detector):
     """Stream AUDIO through BUNDLE ('default': the shipped one) as `basilar run` does and score the detections.
 
-    A detection is a hit when it has a truth word's label, starts before the word's end + tolerance and ends
-    after the word's start; detections matching no word are false alarms. Latency is the time from the word's
-    end to when the detection is reported (its detected_s), which may be later than the detection's end.
+    A detection is a hit when it has a truth word's label and overlaps the word, or, overlapping no word of its
+    label, starts before the word's end + tolerance and ends after the word's start; detections matching no word
+    are false alarms. Latency is the time from the word's end to when the detection is reported (its detected_s),
+    which may be later than the detection's end.
     AUDIO `demo` is the shipped demo recording, scored against its own truth unless --truth is given.
     """
     demo = demo_audio(str(audio))  # installed from a wheel, its files are in site-packages
@@ -37,6 +39,11 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
         audio = demo
         truth = truth or demo.with_name("demo_truth.csv")
         non_target = non_target or demo.with_name("demo_non_target.csv")
+    kind = input_kind(str(audio))
+    if kind != "file" and not audio.exists():  # `basilar run` listens to these; a score needs the whole recording
+        raise click.BadParameter(f"{audio}: eval-stream scores a recorded file, not {INPUTS_DESCRIBED[kind]}; record "
+                                 "the words to a file first (e.g. `arecord -f S16_LE -r 16000 -c 1 -d 60 words.wav`) "
+                                 "and give that file", param_hint="AUDIO")
     if truth is None:
         raise click.UsageError("Missing option '--truth': the CSV of where each word in AUDIO really is")
     from edge.runloop import Pipeline, PipelineError
@@ -55,6 +62,8 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
         detections, duration = detect_file(pipeline, audio)
     except (TruthFileError, PipelineError, SourceError) as err:
         raise click.ClickException(str(err)) from err
+    if not duration:  # no hour to count false alarms per, no word to find: a score of nothing
+        raise click.ClickException(f"{audio} holds no audio (0 samples); give the recording that {truth} describes")
     for path, rows, what in ((truth, words, "word(s)"), (non_target, others or [], "stretch(es)")):
         beyond = [w for w in rows if w.start_s >= duration]
         if beyond:

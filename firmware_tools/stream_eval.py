@@ -2,8 +2,11 @@
 
 Matching rule: a detection matches a truth word when it has the word's label, starts before the word's end plus
 `tolerance_s` (1 s: the model may only be sure once the word is over), and ends after the word's start. Each word
-takes at most one detection and each detection serves at most one word; words are matched in time order, each to
-the earliest detection that qualifies. Then:
+takes at most one detection and each detection serves at most one word. A detection goes first to a word it overlaps
+(span on span, no tolerance): words in time order, each to the earliest such detection. Only then does the tolerance
+count, for the words left and the detections that overlap no word of their label, again words in time order, each to
+the earliest detection that qualifies; so a word's own detection is never taken by an earlier word that was missed.
+Then:
 
 - hit: a word with a matching detection; miss: a word without one;
 - false alarm: a detection that matches no word. Those on a word of another label (their span overlaps the word's
@@ -29,6 +32,7 @@ minute of no non-target speech) is None, not 0: a stream with no words still mea
 from __future__ import annotations
 
 import bisect
+import codecs
 import csv
 import dataclasses
 import functools
@@ -74,8 +78,15 @@ def read_truth(path: str | Path, header: tuple[str, str, str] = TRUTH_HEADER) ->
         text = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's byte-order mark is not a column name
     except FileNotFoundError:
         raise TruthFileError(f"{what} not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:  # a spreadsheet's "Unicode text" is UTF-16
+        byte, at = err.object[err.start], err.start
+        utf16 = err.object[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+        found = "UTF-16 text" if utf16 else f"not UTF-8 text (byte 0x{byte:02x} at position {at})"
+        raise TruthFileError(f"{what} {path} is {found}; save it as UTF-8 (or plain CSV)") from None
+    except OSError as err:
         raise TruthFileError(f"cannot read {what} {path}: {err}") from None
+    if "\0" in text:  # UTF-16 without its byte-order mark reads as UTF-8 with a NUL after each letter
+        raise TruthFileError(f"{what} {path} holds NUL bytes (UTF-16 text?); save it as UTF-8 (or plain CSV)")
     rows = csv.reader(text.splitlines())
     found = [h.strip() for h in next(rows, [])]
     names = ",".join(header)
@@ -283,30 +294,48 @@ def score_stream(detections: Sequence[Detection], truth: Sequence[TruthWord], du
     sound (None: none given, so no figures for non-target speech)."""
     pending = sorted(detections, key=lambda d: (d.start_s, d.end_s))
     words = sorted(truth, key=lambda w: (w.start_s, w.end_s))
-    by_label: dict[str, list[int]] = {}  # indices into `pending`, so each label's in start order
-    for i, detection in enumerate(pending):
-        by_label.setdefault(detection.label, []).append(i)
-    passed = dict.fromkeys(by_label, 0)  # per label, how many of its detections no later word can take
-    used = [False] * len(pending)
-    hits, misses = [], []
-    for word in words:
-        # Its earliest detection left that qualifies. Those passed over end before this word starts, so before
-        # every later word does too: each detection is looked at once, not once per word.
-        queue, at = by_label.get(word.label, []), passed.get(word.label, 0)
-        while at < len(queue) and pending[queue[at]].start_s < word.end_s + tolerance_s:
-            i, at = queue[at], at + 1
-            if pending[i].end_s > word.start_s:
-                used[i] = True
-                hits.append((word, pending[i]))
-                break
-        else:
-            misses.append(word)
-        passed[word.label] = at
-    false_alarms = [d for d, taken in zip(pending, used) if not taken]
+    # First each word takes a detection on it: within the tolerance after a missed word the next word of its label
+    # may have started, and the detection on that word is that word's own.
+    matched = _match(words, range(len(words)), pending, range(len(pending)), 0.0)
+    taken = set(matched.values())
+    free = [i for i in range(len(pending)) if i not in taken]
+    # Then the tolerance, for the words left and the detections on no word of their label (one on a word is that
+    # word's, or one too many for it: a false alarm)
+    off_words = [i for i, near in zip(free, _near([pending[i] for i in free], words))
+                 if not any(words[w].label == pending[i].label and _overlaps(pending[i], words[w], 0.0) for w in near)]
+    matched.update(_match(words, [w for w in range(len(words)) if w not in matched], pending, off_words, tolerance_s))
+    hits = [(words[w], pending[i]) for w, i in sorted(matched.items())]
+    misses = [word for w, word in enumerate(words) if w not in matched]
+    used = set(matched.values())
+    false_alarms = [d for i, d in enumerate(pending) if i not in used]
     wrong_label = sum(any(words[i].label != d.label and _on(d, words[i]) > 0 for i in near)
                       for d, near in zip(false_alarms, _near(false_alarms, words)))
     return StreamScore(duration_s, tolerance_s, hits, misses, false_alarms, wrong_label,
                        None if non_target is None else list(non_target))
+
+
+def _match(words: Sequence[TruthWord], word_ids, detections: Sequence[Detection], detection_ids,
+           tolerance_s: float) -> dict[int, int]:
+    """Words `word_ids` (indices into `words`, in time order), each to the earliest of the detections
+    `detection_ids` (indices into `detections`, in start order) of its label that starts before the word's end plus
+    `tolerance_s` and ends after its start; returns {word index: detection index}."""
+    by_label: dict[str, list[int]] = {}  # each label's detections, in start order
+    for i in detection_ids:
+        by_label.setdefault(detections[i].label, []).append(i)
+    passed = dict.fromkeys(by_label, 0)  # per label, how many of its detections no later word can take
+    matched = {}
+    for w in word_ids:
+        # Those passed over end before this word starts, so before every later word does too: each detection is
+        # looked at once, not once per word.
+        word = words[w]
+        queue, at = by_label.get(word.label, []), passed.get(word.label, 0)
+        while at < len(queue) and detections[queue[at]].start_s < word.end_s + tolerance_s:
+            i, at = queue[at], at + 1
+            if detections[i].end_s > word.start_s:
+                matched[w] = i
+                break
+        passed[word.label] = at
+    return matched
 
 
 def _near(events: Sequence[Detection], spans: Sequence[TruthWord], tolerance_s: float = 0.0):

@@ -2,6 +2,7 @@
 import json
 import math
 import random
+import re
 import subprocess
 import sys
 
@@ -115,6 +116,22 @@ def test_each_word_takes_one_detection_and_extras_are_false_alarms():
     assert score.false_alarms_per_hour == pytest.approx(1.0)
 
 
+def test_a_detection_on_a_word_is_that_words_not_an_earlier_missed_ones():
+    """Two "3"s 0.6 s apart, the first missed: the detection on the second lies within the tolerance after the first
+    too, and once went to it, making the second the miss (with a latency of 1.3 s)."""
+    words = [TruthWord("3", 1.0, 1.4), TruthWord("3", 2.0, 2.4)]
+    score = score_stream([Detection("3", 0.9, 2.05, 2.38, detected_s=2.9)], words, 10)
+    assert [w for w, _ in score.hits] == words[1:] and score.misses == words[:1]
+    assert score.latencies_s == pytest.approx([0.5]) and score.false_alarms == []
+    # The tolerance still gives a word a detection just after it that lies on no word of its label
+    score = score_stream([det("3", 1.5, 1.9), det("3", 2.05, 2.38)], words, 10)
+    assert [d.start_s for _, d in score.hits] == [1.5, 2.05] and score.misses == []
+    # ... but not one on a word of its label that already has its detection: that one is a false alarm
+    score = score_stream([det("3", 2.05, 2.2), det("3", 2.25, 2.38)], words, 10)
+    assert [(w, d.start_s) for w, d in score.hits] == [(words[1], 2.05)] and score.misses == words[:1]
+    assert [d.start_s for d in score.false_alarms] == [2.25] and score.wrong_label == 0
+
+
 def test_false_alarms_in_silence_and_per_hour():
     score = score_stream([det("1", 20.0, 20.3), det("2", 40.0, 40.2)], WORDS, duration_s=60)
     assert len(score.misses) == 3 and len(score.false_alarms) == 2
@@ -215,6 +232,22 @@ def test_eval_stream_on_the_demo_with_the_default_bundle():
     assert f"hits            {report['hits']:2d}" in text.output
     assert "false alarms" in text.output and "latency" in text.output and "word times" in text.output
     assert f"({report['misses_heard_as_another_label']} heard as another label" in text.output
+
+
+def test_a_word_the_truth_invents_takes_no_detection_from_the_real_word_after_it(tmp_path):
+    """The demo's truth with a '9' added 0.6 s before its first word, a real '9': the invented word is the miss, and
+    the real one keeps its detection and its latency."""
+    rows = DEMO_TRUTH.read_text().splitlines()
+    assert rows[1].startswith("9,1.000,")
+    truth = tmp_path / "invented.csv"
+    truth.write_text("\n".join([rows[0], "9,0.200,0.400", *rows[1:]]) + "\n")
+    reports = [json.loads(CliRunner().invoke(main, ["eval-stream", "default", str(DEMO), "--truth", str(path),
+                                                    "--json"]).output) for path in (DEMO_TRUTH, truth)]
+    assert (reports[1]["hits"], reports[1]["misses"], reports[1]["false_alarms"]) == (reports[0]["hits"], 1, 0)
+    assert reports[1]["missed"] == [{"label": "9", "start_s": 0.2, "end_s": 0.4, "heard_as": None}]
+    assert reports[1]["latency"] == reports[0]["latency"] and reports[1]["timing"] == reports[0]["timing"]
+    text = CliRunner().invoke(main, ["eval-stream", "default", str(DEMO), "--truth", str(truth)]).output
+    assert "missed        '9' at 0.20-0.40 s: not detected" in text and "1.00-1.35" not in text
 
 
 @pytest.mark.parametrize("gain_db", [-40, 12])
@@ -408,34 +441,62 @@ def test_header_only_truth_and_non_target_files_are_both_accepted(tmp_path):
     assert report["non_target_speech_s"] == 0.0 and report["false_alarms_per_speech_minute"] is None
     text = CliRunner().invoke(main, args).output
     assert "(-)" in text and "- per minute" in text
-    silent = tmp_path / "empty.wav"  # no audio at all: no hour to count false alarms per
-    soundfile.write(silent, np.zeros(0, dtype=np.int16), 16000)
-    args[2] = str(silent)
-    report = json.loads(CliRunner().invoke(main, args + ["--json"]).output)
-    assert report["duration_s"] == 0.0 and report["false_alarms_per_hour"] is None
-    assert "(- per hour;" in CliRunner().invoke(main, args).output
+
+
+def test_eval_stream_refuses_an_empty_recording_and_live_input(tmp_path):
+    """A recording of no samples has nothing to score (it once gave a report of nothing, exit 0); standard input and
+    a microphone, which `basilar run` listens to, were looked for as files."""
+    (tmp_path / "words.csv").write_text("label,start_s,end_s\n")
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(0, dtype=np.int16), 16000)
+    result = CliRunner().invoke(main, ["eval-stream", "default", str(empty), "--truth", str(tmp_path / "words.csv")])
+    assert result.exit_code == 1 and f"{empty} holds no audio (0 samples); give the recording that" in result.output
+    for audio, what in (("-", "raw PCM on standard input"), ("mic", "a microphone"), ("mic:2", "a microphone")):
+        result = CliRunner().invoke(main, ["eval-stream", "default", audio, "--truth", str(DEMO_TRUTH)])
+        assert result.exit_code == 2 and f"eval-stream scores a recorded file, not {what}" in result.output
+        assert "record the words to a file first" in result.output and "not found" not in result.output
+
+
+@pytest.mark.parametrize("data, found", [
+    ("label,start_s,end_s\n3,1.0,1.5\n".encode("utf-16"), "is UTF-16 text"),  # as a spreadsheet saves "Unicode"
+    ("label,start_s,end_s\n3,1.0,1.5\n".encode("utf-16-le"), "holds NUL bytes (UTF-16 text?)"),  # no byte-order mark
+    ("label,start_s,end_s\n\u00e9,1.0,1.5\n".encode("latin-1"), "is not UTF-8 text (byte 0xe9 at position 20)"),
+])
+def test_a_truth_file_that_is_not_utf8_says_to_save_it_as_utf8(tmp_path, data, found):
+    path = tmp_path / "truth.csv"
+    path.write_bytes(data)
+    with pytest.raises(TruthFileError, match=re.escape(f"truth file {path} {found}; save it as UTF-8 (or plain CSV)")):
+        read_truth(path)
+    result = CliRunner().invoke(main, ["eval-stream", "default", str(DEMO), "--truth", str(path)])
+    assert result.exit_code == 1 and "save it as UTF-8 (or plain CSV)" in result.output
 
 
 def reference_score(detections, truth, tolerance_s, speech):
     """The scorer as first written, every detection against every word: slow on long recordings, but plain enough to
     be the golden model for the sweeps that replaced it. Returns what the score is built from."""
-    def overlaps(d, w):
-        return d.start_s < w.end_s + tolerance_s and d.end_s > w.start_s
+    def overlaps(d, w, tolerance=tolerance_s):
+        return d.start_s < w.end_s + tolerance and d.end_s > w.start_s
 
     def on(d, w):
         return max(0.0, min(d.end_s, w.end_s) - max(d.start_s, w.start_s))
 
+    def on_its_label(d):
+        return any(w.label == d.label and overlaps(d, w, 0.0) for w in truth)
+
     pending = sorted(detections, key=lambda d: (d.start_s, d.end_s))
+    words = sorted(truth, key=lambda w: (w.start_s, w.end_s))
     used = [False] * len(pending)
-    hits, misses = [], []
-    for word in sorted(truth, key=lambda w: (w.start_s, w.end_s)):
-        for i, detection in enumerate(pending):
-            if not used[i] and detection.label == word.label and overlaps(detection, word):
-                used[i] = True
-                hits.append((word, detection))
-                break
-        else:
-            misses.append(word)
+    matched = {}
+    # A detection on a word first; then, with the tolerance, those on no word of their label
+    for tolerance, may_take in ((0.0, lambda d: True), (tolerance_s, lambda d: not on_its_label(d))):
+        for at, word in enumerate(words):
+            for i, detection in enumerate(pending):
+                if at not in matched and not used[i] and detection.label == word.label and may_take(detection) \
+                        and overlaps(detection, word, tolerance):
+                    used[i] = True
+                    matched[at] = detection
+    hits = [(words[at], detection) for at, detection in sorted(matched.items())]
+    misses = [word for at, word in enumerate(words) if at not in matched]
     false_alarms = [d for d, taken in zip(pending, used) if not taken]
     wrong_label = sum(any(w.label != d.label and on(d, w) > 0 for w in truth) for d in false_alarms)
     given = {}
