@@ -216,6 +216,9 @@ def pack_bundle(bundle_dir, archive_path) -> str:
     if not archive_path.name.endswith(ARCHIVE_SUFFIXES):
         raise BundleError(f"{archive_path}: name the archive {archive_path.name}.tar.gz (bundle archives end in "
                           f"{' or '.join(ARCHIVE_SUFFIXES)}; nothing else loads them)")
+    if not archive_path.parent.is_dir():  # said before the bundle is read, not as a bare "No such file"
+        raise BundleError(f"{archive_path}: there is no folder {archive_path.parent}; nothing was written: create it "
+                          f"first (mkdir -p {archive_path.parent}) or write the archive to another folder")
     if archive_path.resolve().parent == src.resolve():  # it would overwrite, or be read as, a file of the bundle
         raise BundleError(f"{archive_path}: write the archive outside the bundle folder {src}")
     if not (src / MANIFEST).is_file():

@@ -61,10 +61,28 @@ def verify(bundle_path, trusted_keys):
         from edge.runner import StepRunner
 
         runtime = StepRunner(b).runtime
+    signed = "" if trusted_keys else _signature_fits(b.path)
     for key in unknown_detector_settings(b.manifest):
         click.echo(f"warning: the detector setting {key!r} is not one this basilar knows (a newer basilar's, or a "
                    "typo); it is ignored", err=True)
-    click.echo(f"ok: bundle {b.id[:16]}... ({len(b.labels)} labels) verified; one inference ran on {runtime}")
+    click.echo(f"ok: bundle {b.id[:16]}... ({len(b.labels)} labels) verified; one inference ran on {runtime}"
+               f"{signed}")
+
+
+def _signature_fits(bundle_dir: Path) -> str:
+    """Without --trusted-keys: whether a signature the bundle carries still fits its manifest (a bundle changed
+    after signing, or given another's signature, is refused), for the verdict's line; "" when unsigned."""
+    from edge.signing import SignatureError, check_signature_intact
+
+    try:
+        import nacl  # noqa: F401 - the signing extra; a device may lack it
+    except ImportError:
+        return "; its signature was not checked (pip install 'basilar[signing]')"
+    try:
+        signer = check_signature_intact(bundle_dir)
+    except SignatureError as exc:
+        raise click.ClickException(str(exc)) from None
+    return f"; signed by key {signer} (whether a device trusts it: --trusted-keys DIR)" if signer else ""
 
 
 def unknown_detector_settings(manifest: dict) -> list[str]:
@@ -79,10 +97,13 @@ def unknown_detector_settings(manifest: dict) -> list[str]:
 @click.argument("bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
 def pack(bundle_dir, archive):
-    """Write a bundle directory as a single .tar.gz archive (deterministic)."""
+    """Write a bundle directory as a single .tar.gz archive (deterministic). It may replace an earlier bundle
+    archive, never another file."""
     from edge.bundle import load_bundle, pack_bundle
+    from firmware_tools.bundler import check_archive_destination
 
     with fail_on():
+        check_archive_destination(archive)  # as `basilar convert --out X.tar.gz` does: a backup is not overwritten
         load_bundle(bundle_dir)
         bundle_id = pack_bundle(bundle_dir, archive)
     click.echo(f"{archive}: bundle {bundle_id}")

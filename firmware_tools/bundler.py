@@ -1,7 +1,9 @@
 """Make bundles: the int8 step model, the manifest that ties it to its front end, and the attribution."""
+import dataclasses
 import datetime
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from edge import __version__
@@ -61,7 +63,8 @@ def attribution_text(provenance: dict) -> str:
 
 
 def check_destination(out_dir) -> None:
-    """A bundle may replace an earlier bundle, never a folder of other things (it is deleted first)."""
+    """A bundle may replace an earlier bundle (once the new one loads: make_bundle), never a folder of other
+    things."""
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
         raise ValueError(f"{out} already exists and is not a basilar bundle (it has no {MANIFEST}); nothing was "
@@ -88,12 +91,46 @@ def check_archive_destination(archive) -> None:
 def make_bundle(out_dir, step_model_path, config: FrontendConfig, labels: list[str], *, spec: dict,
                 detector: dict | None = None, provenance: dict | None = None, evaluation: dict | None = None,
                 name: str = "model"):
-    """Write a bundle directory and check it loads; returns the loaded Bundle."""
+    """Write a bundle directory and check it loads; returns the loaded Bundle. It is written and checked beside
+    `out_dir`, and replaces an earlier bundle there only once it loads: a failure never costs the earlier bundle. One
+    that fails its check is left at `out_dir` only where there was no bundle (for the caller to look at or remove)."""
     out = Path(out_dir)
     check_destination(out)
+    earlier = (out / MANIFEST).is_file()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # beside it, so that renames are moves
+    new = work / "bundle"
+    try:
+        _write_bundle(new, step_model_path, config, labels, spec=spec, detector=detector, provenance=provenance,
+                      evaluation=evaluation, name=name)
+        try:
+            checked = load_bundle(new)
+        except BundleError as exc:
+            if not earlier:
+                _move_into_place(new, out, work)
+            kept = f"; the new bundle was not written, and the earlier bundle at {out} is as it was" if earlier else ""
+            raise BundleError(str(exc).replace(str(new), str(out)) + kept) from None
+        _move_into_place(new, out, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return dataclasses.replace(checked, path=out)
+
+
+def _move_into_place(new: Path, out: Path, work: Path) -> None:
+    """Rename `new` to `out`; what was at `out` goes into `work` (to be deleted with it), and back if that fails."""
     if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+        out.rename(work / "old")
+    try:
+        new.rename(out)
+    except OSError:
+        if (work / "old").exists():
+            (work / "old").rename(out)
+        raise
+
+
+def _write_bundle(out: Path, step_model_path, config: FrontendConfig, labels: list[str], *, spec: dict,
+                  detector: dict | None, provenance: dict | None, evaluation: dict | None, name: str) -> None:
+    out.mkdir()
     shutil.copyfile(step_model_path, out / STEP_MODEL)
     provenance = dict(provenance or {})
     (out / ATTRIBUTION).write_text(attribution_text(provenance))
@@ -120,4 +157,3 @@ def make_bundle(out_dir, step_model_path, config: FrontendConfig, labels: list[s
     if evaluation:
         manifest["evaluation"] = evaluation
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return load_bundle(out)

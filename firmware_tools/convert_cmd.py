@@ -11,9 +11,11 @@ from firmware_tools.cli_types import FloatRange
 def bundle_detector_options(command):
     """The detector defaults a new bundle's manifest records (`basilar convert`, `basilar train`)."""
     for option in reversed([
-        click.option("--threshold", type=FloatRange(0, 1), help="The bundle's default detection threshold "
-                     "[default: 0.92, tuned on the spoken digits: for other words tune it with `basilar eval-stream "
-                     "BUNDLE AUDIO --truth T.csv --threshold T` on recordings of them, then convert again]."),
+        # Not 0, which the bundle's detector refuses: said now, not after the conversion (or the training)
+        click.option("--threshold", type=FloatRange(0, 1, min_open=True), help="The bundle's default detection "
+                     "threshold [default: 0.92, tuned on the spoken digits: for other words tune it with `basilar "
+                     "eval-stream BUNDLE AUDIO --truth T.csv --threshold T` on recordings of them, then convert "
+                     "again]."),
         click.option("--smoothing-ms", type=FloatRange(0, 2000), help="The bundle's default posterior smoothing."),
         click.option("--refractory-ms", type=FloatRange(0, 10000), help="The bundle's default refractory time."),
     ]):

@@ -77,6 +77,17 @@ def read_clip(path: Path) -> np.ndarray:
         raise click.ClickException(str(err)) from None
 
 
+def read_recorded_speech(path: Path) -> np.ndarray:
+    """A --speech-dir recording (read_clip); a silent one is refused, as training refuses it: it would be a stretch
+    of no length in demo_non_target.csv, and no speech in the stream."""
+    from firmware_tools.training import silent_recording
+
+    clip = read_clip(path)
+    if not np.any(clip):
+        raise click.ClickException(str(silent_recording(path)))
+    return clip
+
+
 def espeak(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "speech.wav"
@@ -172,7 +183,7 @@ def build(fsdd: Path, seed: int = 2024, speakers=SPEAKERS, repeats: int = 2, phr
     if recordings:
         count = len(recordings) if phrases is None else phrases
         spoken = [recordings[i % len(recordings)] for i in range(count)]
-        items += [("speech", r.transcript, functools.partial(read_clip, r.path)) for r in spoken]
+        items += [("speech", r.transcript, functools.partial(read_recorded_speech, r.path)) for r in spoken]
     else:
         spoken = speech_phrases(len(PHRASES) * rounds if phrases is None else phrases)
         items += [("speech", text, functools.partial(speak, text, voice, speed, pitch))

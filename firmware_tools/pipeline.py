@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.bundle import MANIFEST
 from edge.frontend import FrontendConfig
 from firmware_tools import bundler, dataset
 from firmware_tools.convert import convert_to_int8
@@ -74,11 +75,13 @@ def convert_into_bundle(model_path, calibration_clips, out_dir, config: Frontend
             raise ConversionError(f"the model has {spec['classes']} outputs but there are {len(labels)} labels "
                                   f"(+1 background): {labels}")
         bundler.check_destination(out_dir)  # a folder it refuses is never removed below
+        earlier = (Path(out_dir) / MANIFEST).is_file()
         try:
             bundle = bundler.make_bundle(out_dir, step_path, config, labels, spec=spec, detector=detector,
                                          provenance=provenance, evaluation=evaluation, name=name)
         except Exception:
-            shutil.rmtree(out_dir, ignore_errors=True)  # no broken bundle left where the user expects one
+            if not earlier:  # no broken bundle left where the user expects one (an earlier one make_bundle keeps)
+                shutil.rmtree(out_dir, ignore_errors=True)
             raise
     finally:
         step_path.unlink(missing_ok=True)

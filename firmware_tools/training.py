@@ -98,10 +98,14 @@ def recorded_speech(settings: TrainSettings) -> list[np.ndarray]:
     for path in recording_paths(settings):
         speech = dataset.trim_silence(dataset.read_clip(path, rate))
         if not speech.size:
-            raise ValueError(f"{path} is silent: a --speech-dir recording must hold speech; record it again or "
-                             "leave it out")
+            raise silent_recording(path)
         out.append(speech)
     return out
+
+
+def silent_recording(path) -> ValueError:
+    """The refusal of a --speech-dir recording with no sound in it (training's, and make_demo's)."""
+    return ValueError(f"{path} is silent: a --speech-dir recording must hold speech; record it again or leave it out")
 
 
 def synth_engines() -> tuple[bool, bool]:

@@ -62,6 +62,41 @@ def test_bundle_pack_command_writes_the_archive_and_refuses_a_damaged_directory(
     assert not (tmp_path / "bad.tar.gz").exists()
 
 
+def test_bundle_pack_never_replaces_a_file_that_is_not_a_bundle_archive(bundle_copy, tmp_path):
+    """As `basilar convert --out X.tar.gz`: an earlier bundle archive may be replaced, a backup of other things never
+    (pack once wrote over any file, exit 0)."""
+    from click.testing import CliRunner
+
+    from edge.bundle import DEFAULT_BUNDLE
+    from firmware_tools.cli import main
+
+    backup = tmp_path / "backup.tar.gz"
+    with tarfile.open(backup, "w:gz") as tar:
+        tar.add(bundle_copy / "ATTRIBUTION.md", arcname="stuff/important")
+    before = backup.read_bytes()
+    result = CliRunner().invoke(main, ["bundle", "pack", str(bundle_copy), str(backup)])
+    assert result.exit_code == 1 and f"{backup} already exists and is not a basilar bundle archive" in result.output
+    assert "nothing was written" in result.output and backup.read_bytes() == before
+    earlier = tmp_path / "earlier.tar.gz"
+    pack_bundle(DEFAULT_BUNDLE, earlier)
+    result = CliRunner().invoke(main, ["bundle", "pack", str(bundle_copy), str(earlier)])
+    assert result.exit_code == 0, result.output
+    assert load_bundle(earlier).id == load_bundle(bundle_copy).id
+
+
+def test_bundle_pack_into_a_missing_folder_says_to_create_it(bundle_copy, tmp_path):
+    from click.testing import CliRunner
+
+    from firmware_tools.cli import main
+
+    archive = tmp_path / "no" / "such" / "b.tar.gz"
+    result = CliRunner().invoke(main, ["bundle", "pack", str(bundle_copy), str(archive)])
+    assert result.exit_code == 1, result.output
+    assert (f"{archive}: there is no folder {archive.parent}; nothing was written: create it first "
+            f"(mkdir -p {archive.parent})") in result.output and "Errno" not in result.output
+    assert not (tmp_path / "no").exists()
+
+
 def test_corrupt_model_file_is_named(bundle_copy):
     model = bundle_copy / "model_step.tflite"
     data = bytearray(model.read_bytes())
@@ -126,7 +161,8 @@ def test_model_input_must_match_frontend_channels(bundle_copy):
         m["frontend"]["config"], m["frontend"]["hash"] = cfg.to_dict(), cfg.hash()
 
     rewrite_manifest(bundle_copy, more_channels)
-    with pytest.raises(BundleError, match="makes 80 values per frame"):  # 40 channels and their spectral view
+    # 40 channels and their spectral view; shapes as plain numbers, not np.int32(64)
+    with pytest.raises(BundleError, match=r"frames of shape \(1, 64\), but .* makes 80 values per frame"):
         load_bundle(bundle_copy)
 
 

@@ -118,6 +118,40 @@ def test_a_conversion_whose_bundle_fails_to_load_leaves_no_bundle(tmp_path, monk
     assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []
 
 
+def test_a_threshold_of_0_is_refused_before_converting(model, tmp_path):
+    """The detector refuses a threshold of 0 (every hop a word): the option once took it, and the conversion failed
+    only at its end, deleting the bundle it was to replace."""
+    shutil.copytree(DEFAULT_BUNDLE, tmp_path / "good")
+    result = convert(model, "--calibration", FSDD_CLIPS, "--out", tmp_path / "good", "--threshold", "0")
+    assert result.exit_code == 2 and "'--threshold': 0.0 is not in the range 0<x<=1" in result.output
+    assert load_bundle(tmp_path / "good").id == load_bundle(DEFAULT_BUNDLE).id
+    assert "[0<x<=1]" in CliRunner().invoke(main, ["convert", "--help"]).output
+
+
+def test_a_bundle_that_fails_its_check_leaves_the_earlier_bundle_in_place(model, tmp_path):
+    """The new bundle is written and checked beside the earlier one, which it replaces only once it loads: a late
+    failure (here a detector setting the bundle's check refuses) once left no bundle at all."""
+    from edge.bundle import BundleError
+    from firmware_tools.bundler import make_bundle
+    from firmware_tools.convert_cmd import run_convert
+
+    earlier = tmp_path / "good"
+    shutil.copytree(DEFAULT_BUNDLE, earlier)
+    files = {path.name: path.read_bytes() for path in earlier.iterdir()}
+    with pytest.raises(BundleError, match=rf"threshold=0.0: must be a number in \(0, 1\].*the new bundle was not "
+                                          rf"written, and the earlier bundle at {earlier} is as it was"):
+        run_convert(model, FSDD_CLIPS, earlier, detector={"threshold": 0.0})
+    assert {path.name: path.read_bytes() for path in earlier.iterdir()} == files
+    assert [path.name for path in tmp_path.iterdir()] == ["good"]  # nothing left beside it
+    # A bundle that loads replaces it, and what the earlier one held besides goes with it
+    (earlier / "notes.txt").write_text("an editor's backup")
+    shipped = load_bundle(DEFAULT_BUNDLE)
+    made = make_bundle(earlier, DEFAULT_BUNDLE / "model_step.tflite", shipped.frontend_config, shipped.labels,
+                       spec=shipped.manifest["models"]["step"]["spec"], name="again")
+    assert made.path == earlier and load_bundle(earlier).id == made.id and made.manifest["name"] == "again"
+    assert not (earlier / "notes.txt").exists() and [path.name for path in tmp_path.iterdir()] == ["good"]
+
+
 def corrupt_sidecar(tmp_path, model):
     from firmware_tools.pipeline import sidecar_path
 

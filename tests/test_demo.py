@@ -239,11 +239,14 @@ def test_a_missing_voice_of_the_shipped_listing_names_its_debian_packages(tmp_pa
     (None, ["--speech-engine", "festival"], "leave out --speech-engine"),
     ("not-audio.wav\n", [], "cannot read .*not-audio.wav"),
     ("prompt-0: Caf\u00e9 ferm\u00e9.\n", [], "list.txt is not UTF-8 text .*iconv"),  # a Latin-1 listing
+    # as training refuses it; it was once a stretch of speech of no length (`speech,26.573,26.573`)
+    ("prompt-0\nsilent.wav\n", [], r"silent.wav is silent: a --speech-dir recording must hold speech; record it again"),
 ])
 def test_make_demo_says_what_is_wrong_with_recorded_speech(tmp_path, listing, args, message):
     require(DEFAULT_FSDD.is_dir(), f"the FSDD recordings at {DEFAULT_FSDD}")
     speech = recorded_speech(tmp_path / "speech")
     (speech / "not-audio.wav").write_text("a text file, not a recording")
+    soundfile.write(speech / "silent.wav", np.zeros(8000), 8000)  # digital silence
     options = ["--out", str(tmp_path / "out"), "--speech-dir", str(speech), *args]
     if listing is not None:
         (tmp_path / "list.txt").write_bytes(listing.encode("latin-1"))

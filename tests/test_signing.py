@@ -130,6 +130,12 @@ def test_a_tampered_bundle_is_refused_before_a_deploy_sends_anything(tmp_path, k
     sent = CliRunner().invoke(main, ["deploy", str(signed), "serial:///dev/ttyNOPE", "--dry-run"])
     assert "cannot deploy" not in sent.output and "ttyNOPE" in sent.output, sent.output
 
+    verified = CliRunner().invoke(main, ["bundle", "verify", str(signed)])  # no trusted keys: does it still fit?
+    assert verified.exit_code == 0 and f"signed by key {key_id(read_public_key(keys[0].with_suffix('.pub')))}" \
+        in verified.output, verified.output
+    refused = CliRunner().invoke(main, ["bundle", "verify", str(tampered)])
+    assert refused.exit_code == 1 and "changed after it was signed" in refused.output, refused.output
+
 
 def test_malformed_signature_and_key_files(tmp_path, keys):
     private, _, trusted = keys

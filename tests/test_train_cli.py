@@ -127,6 +127,19 @@ def test_bundle_inspect_and_verify(trained, tmp_path):
     assert result.exit_code == 1 and "corrupt" in result.output
 
 
+def test_train_refuses_a_threshold_of_0_before_it_trains(tmp_path):
+    """A threshold of 0, which the bundle's detector refuses, was taken and failed only after the whole training,
+    deleting the bundle of an earlier run in OUT."""
+    from edge.bundle import DEFAULT_BUNDLE
+
+    shutil.copytree(DEFAULT_BUNDLE, tmp_path / "o" / "bundle")
+    result = CliRunner().invoke(main, ["train", str(FSDD_CLIPS), "--out", str(tmp_path / "o"), *TINY, "--holdout",
+                                       "none", "--cache-dir", str(tmp_path / "cache"), "--threshold", "0"])
+    assert result.exit_code == 2 and "'--threshold': 0.0 is not in the range 0<x<=1" in result.output
+    assert load_bundle(tmp_path / "o" / "bundle").id == load_bundle(DEFAULT_BUNDLE).id
+    assert sorted(path.name for path in (tmp_path / "o").iterdir()) == ["bundle"]
+
+
 def test_train_on_a_missing_folder_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["train", str(tmp_path / "nope")])
     assert result.exit_code != 0 and "does not exist" in result.output
