@@ -918,7 +918,7 @@ def test_a_signed_copy_of_the_active_release_brings_its_signature_without_a_rest
     """The device ran v1, unsigned or signed by an old key, when it came to trust a new key: deploying v1 signed
     by the new key said "unchanged" and left it as it was, so a later rollback to v1 was refused."""
     require_module("nacl")
-    from edge.signing import generate_keypair, sign_bundle_dir
+    from edge.signing import check_signature_intact, generate_keypair, sign_bundle_dir
 
     root, target, options = device
     assert _deploy(bundles[0], target, options).ok
@@ -930,7 +930,7 @@ def test_a_signed_copy_of_the_active_release_brings_its_signature_without_a_rest
         sign_bundle_dir(signed_dir, private)
         archive = tmp_path / f"signed-{name}.tar.gz"
         pack_bundle(signed_dir, archive)
-        signer = fleet._signer(signed_dir / "signature.json")
+        signer = check_signature_intact(signed_dir)
         signed = LocalBundle(archive, bundles[0].bundle_id, file_sha256(archive), archive.stat().st_size,
                              signed=True, signer=signer)
         assert _deploy(signed, target, options, dry_run=True).outcome == "would sign"
@@ -985,7 +985,7 @@ def test_a_device_whose_status_lists_no_signers_gets_no_upload_of_its_active_sig
                                                                                        monkeypatch):
     """Software from before `signers`: a signed bundle already active was uploaded again on every deploy."""
     require_module("nacl")
-    from edge.signing import generate_keypair, sign_bundle_dir
+    from edge.signing import check_signature_intact, generate_keypair, sign_bundle_dir
 
     root, target, options = device
     private, public = generate_keypair(tmp_path / "key")
@@ -994,7 +994,7 @@ def test_a_device_whose_status_lists_no_signers_gets_no_upload_of_its_active_sig
     archive = tmp_path / "signed.tar.gz"
     pack_bundle(signed_dir, archive)
     signed = LocalBundle(archive, bundles[0].bundle_id, file_sha256(archive), archive.stat().st_size, signed=True,
-                         signer=fleet._signer(signed_dir / "signature.json"))
+                         signer=check_signature_intact(signed_dir))
     (root / "trusted_keys").mkdir(parents=True)
     shutil.copy(public, root / "trusted_keys" / "k.pub")
     assert _deploy(signed, target, options).outcome == "installed"
