@@ -41,6 +41,11 @@ FORMAT_SUFFIXES = {"WAV": (".wav", ".wave"), "FLAC": (".flac",), "OGG": (".ogg",
                    "RF64": (".rf64",)}
 AUDIO_SUFFIXES = tuple(suffix for fmt, suffixes in FORMAT_SUFFIXES.items() if fmt in soundfile.available_formats()
                        for suffix in suffixes)
+# Audio that libsndfile does not read here (what phones and music players record, and the formats above this
+# libsndfile lacks): not clips, but named, so that nobody thinks they were trained on.
+OTHER_AUDIO_SUFFIXES = (".m4a", ".aac", ".wma", ".amr", ".3gp") + tuple(
+    suffix for suffixes in FORMAT_SUFFIXES.values() for suffix in suffixes if suffix not in AUDIO_SUFFIXES)
+CONVERT_ADVICE = "convert them to WAV, e.g. `ffmpeg -i IN.m4a OUT.wav` (sox reads .m4a only with a plugin)"
 NOISE_COLOURS = ("white", "pink", "brown")  # what coloured_noise makes
 # The kinds of background and their shares, without and with sound events (recipe 8 and recipe 9, whose events take
 # their share from steady noise, speech and bursts).
@@ -54,11 +59,14 @@ BACKGROUND_KINDS = {
 SYSTEM_FOLDER_NAMES = ("__MACOSX",)
 
 
+def is_hidden(path: Path, root: Path) -> bool:
+    """A hidden file, or a file in a hidden or system folder under root: nothing someone put there."""
+    return any(p.startswith(".") or p in SYSTEM_FOLDER_NAMES for p in path.relative_to(root).parts)
+
+
 def is_user_audio(path: Path, root: Path) -> bool:
     """An audio file someone put under root, not a hidden file or a file in a hidden or system folder."""
-    parts = path.relative_to(root).parts
-    return (path.suffix.lower() in AUDIO_SUFFIXES and not any(p.startswith(".") or p in SYSTEM_FOLDER_NAMES
-                                                              for p in parts) and path.is_file())
+    return path.suffix.lower() in AUDIO_SUFFIXES and not is_hidden(path, root) and path.is_file()
 
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ESPEAK_VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029"]
@@ -91,16 +99,18 @@ class Clip:
 UNKNOWN_SPEAKER = "unknown"  # a clip whose name does not say who speaks: always trained on, never held out
 
 
-def files_under(root: Path) -> list[Path]:
+def files_under(root: Path, skip=()) -> list[Path]:
     """Every file under root, sorted, following links to folders (a label folder may be one; `Path.rglob` passes
-    them by without a word) but never a link back up into a folder it is already in."""
+    them by without a word) but never a link back up into a folder it is already in, nor into a folder of `skip`.
+    A link to nothing is listed as a file."""
     files, ancestors = [], {str(root): {os.path.realpath(root)}}
+    skipped = {os.path.realpath(folder) for folder in skip}
     for folder, dirs, names in os.walk(root, followlinks=True):
         above = ancestors.pop(folder)
         kept = []
         for name in sorted(dirs):
             real = os.path.realpath(os.path.join(folder, name))
-            if real not in above:  # a loop otherwise
+            if real not in above and real not in skipped:  # a loop otherwise
                 ancestors[os.path.join(folder, name)] = above | {real}
                 kept.append(name)
         dirs[:] = kept
@@ -108,38 +118,49 @@ def files_under(root: Path) -> list[Path]:
     return sorted(files)
 
 
-def scan_labelled(data_dir) -> list[Clip]:
+def scan_labelled(data_dir, skip=(), warn=None) -> list[Clip]:
     """Audio files labelled by the sub-folder they are in (the first folder under data_dir: `yes/alice/1.wav` is
     "yes") or, directly in data_dir, by a leading `{label}_` in the file name.
 
     A name `{label}_{speaker}_{take}` (`7_jackson_12.wav`, `glass_break/glass_break_alice_0.wav`) names the
     speaker; any other is UNKNOWN_SPEAKER (never the folder: that is the label, and holding it out would hold out a
-    whole class).
+    whole class). skip: folders under data_dir not to read (what a training writes there); warn: a function told
+    of audio files left out for their format.
     """
     root = Path(data_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder of labelled audio files")
-    clips = []
-    for path in files_under(root):
-        if path.is_symlink() and not path.exists() and path.suffix.lower() in AUDIO_SUFFIXES:
+    clips, not_audio, other_audio = [], {}, []
+    for path in files_under(root, skip):
+        hidden = is_hidden(path, root)
+        # A link to nothing where a clip or a whole label folder would be (os.walk lists a folder's as a file)
+        if path.is_symlink() and not path.exists() and (path.suffix.lower() in AUDIO_SUFFIXES or not hidden):
             raise ValueError(f"{path} is a link to nothing (what it pointed at is gone); mend the link or remove it")
-        if not is_user_audio(path, root):
+        if hidden:
             continue
-        folders = path.relative_to(root).parts[:-1]
+        # One form of each name: a Mac writes "ü" as u and a combining mark, which would make another label (and
+        # a folder in one form holding a file named in the other would lose its speaker)
+        *folders, name = (unicodedata.normalize("NFC", part) for part in path.relative_to(root).parts)
+        if not is_user_audio(path, root):
+            if folders:  # by the label folder it is in
+                not_audio.setdefault(path.relative_to(root).parts[0], []).append(path)
+            other_audio += [path] if path.suffix.lower() in OTHER_AUDIO_SUFFIXES else []
+            continue
+        stem = Path(name).stem
         if folders:
             label = folders[0]
-            if path.stem.startswith(label + "_"):
-                rest = path.stem[len(label) + 1:]
+            if stem.startswith(label + "_"):
+                rest = stem[len(label) + 1:]
             else:  # another name for the label (zero/0_jackson_0.wav): {word}_{speaker}_{take}, exactly
-                parts = path.stem.split("_")
+                parts = stem.split("_")
                 rest = "_".join(parts[1:]) if len(parts) == 3 else ""
         else:
-            label, underscore, rest = path.stem.partition("_")
+            label, underscore, rest = stem.partition("_")
             if not underscore or not label:  # skipped without a word, it would be missing from every figure
                 raise ValueError(f"{path}: a file directly in {root} is labelled by the start of its name, "
                                  "`{label}_...`, and this one has none; rename it, put it in a sub-folder named "
                                  "by its label, or move it out")
-            if path.stem.count("_") > 2:  # `lights_on_erin_0`: the label "lights", spoken by "on"?
+            if stem.count("_") > 2:  # `lights_on_erin_0`: the label "lights", spoken by "on"?
                 raise ValueError(f"{path}: a name directly in {root} is read as LABEL_SPEAKER_TAKE, and this one has "
                                  "more parts, so its label is unclear (a label or a take holding `_`); put the files "
                                  f"in one sub-folder per label, which names it: {root}/LABEL/{path.name}")
@@ -149,12 +170,28 @@ def scan_labelled(data_dir) -> list[Clip]:
                              f"{root} (recordings of no target word go to --speech-dir)")
         speaker, underscore, take = rest.partition("_")
         speaker = speaker if speaker and underscore and take else UNKNOWN_SPEAKER
-        # One form of each name: a Mac writes "ü" as u and a combining mark, which would make another label
-        clips.append(Clip(path, unicodedata.normalize("NFC", label), unicodedata.normalize("NFC", speaker)))
+        clips.append(Clip(path, label, speaker))
+    refuse_folders_without_audio(root, not_audio, {c.path.relative_to(root).parts[0] for c in clips})
+    if other_audio and warn:
+        warn(f"warning: {len(other_audio)} audio file(s) under {root} in a format not read here are left out "
+             f"({other_audio[0]}{', ...' if len(other_audio) > 1 else ''}); {CONVERT_ADVICE}")
     if not clips:
         raise ValueError(f"no labelled audio in {root}: name files `{{label}}_....wav` or put them in one "
                          f"sub-folder per label ({', '.join(AUDIO_SUFFIXES)})")
     return clips
+
+
+def refuse_folders_without_audio(root: Path, not_audio: dict, clip_folders: set) -> None:
+    """A label folder holding files but no audio that can be read here (`no/*.m4a`) is refused: left out, its
+    label would be missing from training and from every figure without a word. not_audio: the files that are not
+    audio, by the folder under root (the label folder) they are in; clip_folders: those that hold clips."""
+    for folder in sorted(set(not_audio) - clip_folders):
+        files = not_audio[folder]
+        kinds = ", ".join(sorted({path.suffix.lower() or "no extension" for path in files}))
+        raise ValueError(f"{root / folder} holds no audio file that can be read here (only {kinds}: "
+                         f"{files[0].name}{', ...' if len(files) > 1 else ''}), so its label would be left out; "
+                         f"{CONVERT_ADVICE}, or move the folder out of {root} (audio: "
+                         f"{', '.join(AUDIO_SUFFIXES)})")
 
 
 def read_clip(path, sample_rate: int) -> np.ndarray:
@@ -189,6 +226,10 @@ def read_clip(path, sample_rate: int) -> np.ndarray:
         raise ValueError(f"{path} holds samples that are not numbers (NaN or infinity); re-record or re-encode it, "
                          "or leave it out")
     mono = data.mean(axis=1)
+    if data.shape[1] > 1 and np.any(data) and not np.any(mono):  # read_labelled_clip would call it all zero
+        raise ValueError(f"{path}: its {data.shape[1]} channels cancel when averaged to mono (one is the other "
+                         f"inverted), leaving silence; keep one channel (e.g. `sox {path} OUT.wav remix 1`), or leave "
+                         "it out")
     out = soxr.resample(mono, rate, sample_rate) if rate != sample_rate else mono
     if not out.size:
         raise ValueError(f"{path} is too short: its {len(data)} samples at {rate} Hz leave nothing at {sample_rate} "

@@ -21,7 +21,7 @@ def eval_clips(bundle_path, path, as_json, noise_floor):
 
     with fail_on():
         bundle = load_bundle(bundle_path)
-        clips = dataset.scan_labelled(path)
+        clips = dataset.scan_labelled(path, warn=lambda text: click.echo(text, err=True))  # not into --json
         report = evaluate.evaluate_bundle(bundle, clips, noise_floor_dbfs=noise_floor)
     if as_json:
         click.echo(json.dumps(report))

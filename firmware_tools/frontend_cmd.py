@@ -183,6 +183,9 @@ def frontend(ctx, audio, channels, sample_rate, f_low, f_high, hop_ms, spectral_
         samples, source, read_error = read_audio(audio, config.sample_rate)
     except SourceError as err:
         raise click.ClickException(str(err)) from None
+    if not samples.size:  # "0 frames" and exit 0 said nothing was wrong
+        raise click.ClickException(str(read_error) if read_error else f"{audio} holds no audio (0 samples); give a "
+                                   "recording with sound in it")
     if stage == "filters":
         check_memory_for_filters(samples.size, config.channels, use_reference)
 

@@ -40,18 +40,18 @@ def read_recordings(speech_dir: Path, listing: Path | None = None) -> list[Recor
             raise RecordingsError(f"no audio files ({', '.join(dataset.AUDIO_SUFFIXES)}) in {speech_dir}")
         return [Recording(p) for p in found]
     try:
-        lines = listing.read_text(encoding="utf-8").splitlines()
+        lines = listing.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is no part of a name
     except UnicodeDecodeError as err:
         raise RecordingsError(f"{listing} is not UTF-8 text (byte {err.start}); save it as UTF-8, e.g. "
                               f"`iconv -f latin1 -t utf-8 {listing} > listing.txt`") from err
-    recordings = []
+    recordings, folders = [], {}
     for number, line in enumerate(lines, start=1):
         if not line.strip() or line.lstrip().startswith((";", "#")):
             continue
         name, _, transcript = line.partition(":")
         path = speech_dir / name.strip()
-        if not path.suffix:
-            path = next((path.with_suffix(s) for s in dataset.AUDIO_SUFFIXES if path.with_suffix(s).exists()), path)
+        if path.suffix.lower() not in dataset.AUDIO_SUFFIXES:  # NAME without its suffix (`take.one` too)
+            path = _with_audio_suffix(path, folders) or path
         if not path.is_file():
             raise RecordingsError(f"{listing} line {number}: no recording {path}; "
                                   f"{_where_to_look(speech_dir, path, listing)}")
@@ -59,6 +59,21 @@ def read_recordings(speech_dir: Path, listing: Path | None = None) -> list[Recor
     if not recordings:
         raise RecordingsError(f"{listing} names no recordings")
     return recordings
+
+
+def _with_audio_suffix(path: Path, folders: dict) -> Path | None:
+    """The audio file named path's name and an audio suffix in any case (`hello` is `hello.WAV`), `.wav` first.
+    folders: each folder's files, listed once (a listing names hundreds of files in one folder)."""
+    if path.parent not in folders:
+        try:
+            names = sorted(p.name for p in path.parent.iterdir())
+        except OSError:  # no such folder: said when the recording is not found
+            names = []
+        # by (name, suffix in lower case); the lower-case file wins where both `a.WAV` and `a.wav` are there
+        folders[path.parent] = {(n[:-len(s)], s): n for n in names for s in dataset.AUDIO_SUFFIXES
+                                if n.lower().endswith(s)}
+    found = (folders[path.parent].get((path.name, s)) for s in dataset.AUDIO_SUFFIXES)
+    return next((path.parent / n for n in found if n), None)
 
 
 def _where_to_look(speech_dir: Path, path: Path, listing: Path) -> str:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -139,15 +140,23 @@ def examples_key(clips, labels, settings: TrainSettings) -> str:
                              settings.frontend.hash(), example_settings(settings), synth_engines(), *since)
 
 
-def build_examples(clips, labels, settings: TrainSettings, cache_dir: Path | None):
-    """(frames int8 (N, T, C), targets int32 (N, T), weights float32 (N, T)), cached on disk."""
+def read_clips(clips, config: FrontendConfig) -> dict:
+    """Every clip's audio by clip, each read and checked (dataset.read_labelled_clip) before anything trains: a clip
+    that cannot be used stops the run with its name then, not after the training (held-out ones too)."""
+    return {clip: dataset.read_labelled_clip(clip, config.sample_rate) for clip in clips}
+
+
+def build_examples(clips, labels, settings: TrainSettings, cache_dir: Path | None, audio: dict | None = None):
+    """(frames int8 (N, T, C), targets int32 (N, T), weights float32 (N, T)), cached on disk. audio: clips already
+    read (read_clips), not read again."""
     key = examples_key(clips, labels, settings)
     cache = cache_dir / f"examples-{key}.npz" if cache_dir else None
     if cache and cache.exists():
         with np.load(cache) as z:
             return z["frames"], z["targets"], z["weights"]
     cfg = settings.frontend
-    words = [(dataset.read_labelled_clip(c, cfg.sample_rate), c.label) for c in clips]
+    audio = audio or {}
+    words = [(audio[c] if c in audio else dataset.read_labelled_clip(c, cfg.sample_rate), c.label) for c in clips]
     synth_words, noise_speech = synthesized(labels, settings)
     noise_speech += recorded_speech(settings)
     words += synth_words
@@ -248,12 +257,14 @@ def clip_report(labels, truth, predicted) -> dict:
     return report
 
 
-def heldout_frames(clips, config: FrontendConfig):
-    return [dataset.clip_frames(config, dataset.read_labelled_clip(c, config.sample_rate)) for c in clips]
+def heldout_frames(clips, config: FrontendConfig, audio: dict):
+    return [dataset.clip_frames(config, audio[c]) for c in clips]
 
 
-def leave_one_speaker_out(data_dir, settings: TrainSettings, cache_dir=None, log=print) -> dict:
-    clips = dataset.scan_labelled(data_dir)
+def leave_one_speaker_out(data_dir, settings: TrainSettings, cache_dir=None, log=print, audio=None) -> dict:
+    """One model per speaker, trained without that speaker's clips and scored on them. audio: data_dir's clips
+    already read (read_clips), as run_training has them; else they are scanned and read here."""
+    clips = list(audio) if audio is not None else dataset.scan_labelled(data_dir)
     labels = label_order(clips)
     speakers = sorted({c.speaker for c in clips} - {dataset.UNKNOWN_SPEAKER})
     if len(speakers) < 2:
@@ -261,13 +272,14 @@ def leave_one_speaker_out(data_dir, settings: TrainSettings, cache_dir=None, log
                          f"{', '.join(speakers) or 'none'}")
     # Every fold is checked now, not hours later when its turn comes
     splits = {speaker: split_holdout(clips, labels, [speaker], option="--loso") for speaker in speakers}
+    audio = audio if audio is not None else read_clips(clips, settings.frontend)  # so is every clip
     folds = {}
     for speaker, (test_clips, train_clips) in splits.items():
         t0 = time.time()
-        frames, targets, weights = build_examples(train_clips, labels, settings, cache_dir)
+        frames, targets, weights = build_examples(train_clips, labels, settings, cache_dir, audio)
         model, _ = fit(frames, targets, weights, labels, settings, verbose=0)
         truth = [labels.index(c.label) for c in test_clips]
-        predicted = classify_frames(model, heldout_frames(test_clips, settings.frontend))
+        predicted = classify_frames(model, heldout_frames(test_clips, settings.frontend, audio))
         folds[speaker] = clip_report(labels, truth, predicted)
         log(f"held out {speaker}: accuracy {folds[speaker]['accuracy']:.3f} ({time.time() - t0:.0f} s)")
     accuracies = [f["accuracy"] for f in folds.values()]
@@ -295,6 +307,7 @@ def holdout_speakers(holdout: str, speakers: list[str]) -> list[str]:
     """The speakers `--holdout` keeps out of training: 'auto' (the last one), 'none', or names separated by commas
     (holding out two of four speakers shows what a third training speaker is worth, docs/models.md)."""
     named = [s for s in speakers if s != dataset.UNKNOWN_SPEAKER]
+    holdout = unicodedata.normalize("NFC", holdout)  # as the speakers are (a Mac's "ü" typed is u and a mark)
     if holdout == "auto":
         return named[-1:] if len(named) > 1 else []
     if holdout == "none":
@@ -381,18 +394,22 @@ def provenance(data_dir, clips, labels, settings: TrainSettings) -> dict:
     return out
 
 
-def make_folder(folder: Path, option: str) -> None:
-    """Create `option`'s folder (and its parents), or say which option to change and why."""
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{option} {folder} is a file, not a folder; choose a folder for {option}")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        writable = os.access(folder, os.W_OK)
-    except OSError as exc:
-        raise ValueError(f"{option} {folder}: cannot create the folder ({exc.strerror}); choose a folder you can "
-                         f"write to for {option}") from None
-    if not writable:
-        raise ValueError(f"{option} {folder}: cannot write to the folder; choose one you can write to for {option}")
+def make_folders(folders: dict) -> None:
+    """Create each option's folder (and its parents), or say which option to change and why. folders: {option:
+    folder}; a file given for any of them is refused before a folder is made (an empty OUT was left behind)."""
+    for option, folder in folders.items():
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{option} {folder} is a file, not a folder; choose a folder for {option}")
+    for option, folder in folders.items():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            writable = os.access(folder, os.W_OK)
+        except OSError as exc:
+            raise ValueError(f"{option} {folder}: cannot create the folder ({exc.strerror}); choose a folder you can "
+                             f"write to for {option}") from None
+        if not writable:
+            raise ValueError(f"{option} {folder}: cannot write to the folder; choose one you can write to for "
+                             f"{option}")
 
 
 def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=None, name="model", log=print,
@@ -407,11 +424,13 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     problems = settings.frontend.design_problems()
     if problems:
         raise ValueError(f"front end: {'; '.join(problems)}")
-    make_folder(out, "--out")  # now: a file or a folder it cannot write would fail after the training
-    if cache_dir:  # now, not when the features built are saved
-        make_folder(Path(cache_dir), "--cache-dir")
+    # Now: a file or a folder it cannot write would fail after the training (the cache when the features are saved)
+    make_folders({"--cache-dir": Path(cache_dir), "--out": out} if cache_dir else {"--out": out})
     seed = settings.seed
-    clips = dataset.scan_labelled(data_dir)
+    # What the run writes is no data, should --out or --cache-dir be in DATA_DIR: a second run would read OUT as a
+    # label (and OUT/morphs, which are not recordings, as clips); OUT/bundle and OUT/morphs when OUT is DATA_DIR
+    written = [out, out / "bundle", out / "morphs", *([Path(cache_dir)] if cache_dir else [])]
+    clips = dataset.scan_labelled(data_dir, skip=written, warn=log)
     labels = label_order(clips)
     if labels != DIGITS:  # synthesized words are digits only: the report must not claim any for other labels
         settings = dataclasses.replace(settings, synth_digits=0, flite_digits=0)
@@ -425,6 +444,7 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
             "--data-credit before sharing the bundle")
     warn_of_long_clips(clips, settings.frontend, log)
     held, train_clips = split_holdout(clips, labels, held_out)
+    audio = read_clips(clips, settings.frontend)
     if settings.morphs_per_label:
         train_clips = with_morphs(train_clips, labels, settings, out / "morphs", log)
     for program, available in zip(("espeak-ng", "flite"), synth_engines()):
@@ -433,9 +453,10 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
                 f"will differ from the shipped one; install it with `sudo apt install {program}`")
     summary = {"labels": labels, "speakers": speakers, "holdout": holdout, "settings": _settings_dict(settings)}
     if loso:
-        summary["leave_one_speaker_out"] = leave_one_speaker_out(data_dir, settings, cache_dir, log=log)
+        summary["leave_one_speaker_out"] = leave_one_speaker_out(data_dir, settings, cache_dir, log=log, audio=audio)
 
-    frames, targets, weights = build_examples(train_clips, labels, settings, cache_dir)
+    frames, targets, weights = build_examples(train_clips, labels, settings, cache_dir, audio)
+    del audio  # the clips' samples: the fit has no use for them
     log(f"training on {len(frames)} examples of {frames.shape[1]} frames")
     model, spec = fit(frames, targets, weights, labels, settings, verbose=2)
     model_path = out / "model.keras"

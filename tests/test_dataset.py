@@ -418,3 +418,67 @@ def test_a_silent_labelled_clip_is_refused_by_name(tmp_path):
     [clip] = dataset.scan_labelled(tmp_path)
     with pytest.raises(ValueError, match="2_ann_0.wav holds only digital silence .* no '2'"):
         dataset.read_labelled_clip(clip, 8000)
+
+
+def test_a_label_folder_that_is_a_link_to_nothing_is_named(tmp_path):
+    """Only a link with an audio name was named: a label folder moved away was left out without a word."""
+    write_clip(tmp_path / "yes" / "yes_ann_0.wav")
+    (tmp_path / "no").symlink_to(tmp_path / "moved-away")
+    with pytest.raises(ValueError, match=r"/no is a link to nothing \(what it pointed at is gone\); mend the link"):
+        dataset.scan_labelled(tmp_path)
+
+
+def test_a_folder_and_its_files_named_in_two_unicode_forms_keep_the_speaker(tmp_path):
+    """A folder `lights_ön` in NFD holding `lights_ön_erin_0.wav` in NFC made erin "unknown": --holdout erin then
+    trained on her clip."""
+    import unicodedata
+
+    nfc = "lights_\u00f6n"
+    nfd = unicodedata.normalize("NFD", nfc)
+    write_clip(tmp_path / nfd / f"{nfc}_erin_0.wav")
+    write_clip(tmp_path / nfc / f"{nfd}_sam_0.wav")  # and the other way round (another folder to the file system)
+    clips = dataset.scan_labelled(tmp_path)
+    assert sorted((c.label, c.speaker) for c in clips) == [(nfc, "erin"), (nfc, "sam")]
+    held, train = training.split_holdout(clips, [nfc], ["erin"])
+    assert [c.speaker for c in held] == ["erin"] and "erin" not in {c.speaker for c in train}
+
+
+def test_a_listing_saved_with_a_byte_order_mark_names_its_first_recording(tmp_path):
+    write_clip(tmp_path / "rec" / "plain.wav")
+    (tmp_path / "list.txt").write_text("plain: a phrase\n", encoding="utf-8-sig")  # as Windows' Notepad saves it
+    assert read_recordings(tmp_path / "rec", tmp_path / "list.txt")[0].path == tmp_path / "rec" / "plain.wav"
+
+
+def test_a_listing_name_without_its_suffix_finds_it_in_any_case_and_after_a_dot(tmp_path):
+    """`hello` was not found as `hello.WAV` (which the folder scan reads), nor `take.one` as `take.one.wav` (its
+    `.one` was replaced as if it were the suffix)."""
+    rec = tmp_path / "rec"
+    for name in ("hello.WAV", "take.one.wav", "plain.flac", "plain.wav"):
+        write_clip(rec / name)
+    (tmp_path / "list.txt").write_text("hello: hello there\ntake.one: a name with a dot\nplain\n")
+    found = [r.path.name for r in read_recordings(rec, tmp_path / "list.txt")]
+    assert found == ["hello.WAV", "take.one.wav", "plain.wav"]  # .wav first, as before
+    (tmp_path / "list.txt").write_text("take.two\n")
+    with pytest.raises(RecordingsError, match=r"line 1: no recording .*/rec/take.two;"):
+        read_recordings(rec, tmp_path / "list.txt")
+
+
+def test_a_label_folder_of_files_that_are_not_audio_here_is_refused(tmp_path):
+    """`no/*.m4a` was left out without a word: the training went on with the labels ['yes']."""
+    write_clip(tmp_path / "yes" / "yes_ann_0.wav")
+    (tmp_path / "yes" / "notes.txt").write_text("beside clips: not read, as before\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".DS_Store").write_bytes(b"\x00")  # a folder of hidden files holds nothing
+    (tmp_path / "no").mkdir()
+    (tmp_path / "no" / "no_ann_0.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A ")
+    with pytest.raises(ValueError, match=r"/no holds no audio file that can be read here \(only \.m4a: no_ann_0\.m4a"
+                                         r"\), so its label would be left out; convert them to WAV, e.g. `ffmpeg -i "
+                                         r"IN.m4a OUT.wav`.* or move the folder out of"):
+        dataset.scan_labelled(tmp_path)
+    (tmp_path / "no" / "no_ann_0.m4a").rename(tmp_path / "recording.m4a")
+    (tmp_path / "no").rmdir()
+    warnings = []
+    assert [c.label for c in dataset.scan_labelled(tmp_path, warn=warnings.append)] == ["yes"]
+    [warning] = warnings  # directly in the data folder: left out, and said (a .wav there without a label is refused)
+    assert warning.startswith(f"warning: 1 audio file(s) under {tmp_path} in a format not read here are left out "
+                              f"({tmp_path / 'recording.m4a'}); convert them to WAV")

@@ -199,6 +199,15 @@ def test_too_short_to_plot(tmp_path):
     assert "0 frames x 32 channels" in result.output
 
 
+def test_a_recording_of_no_samples_is_refused(tmp_path):
+    """It printed "0 frames" and exited 0."""
+    path = tmp_path / "empty.wav"
+    soundfile.write(path, np.zeros(0, np.int16), 8000, subtype="PCM_16")
+    result = run(path, "--out", tmp_path / "frames.npy")
+    assert result.exit_code == 1 and f"{path} holds no audio (0 samples)" in result.output
+    assert "frames" not in result.output.replace("frames.npy", "") and not (tmp_path / "frames.npy").exists()
+
+
 def test_a_file_cut_short_still_gives_what_is_there_then_fails(speechlike_16k, tmp_path):
     """The frames of the audio before the cut are saved; the exit code and the message say the file is short."""
     path, samples = speechlike_16k

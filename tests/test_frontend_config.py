@@ -98,6 +98,7 @@ def test_derived_sizes():
     ({"sample_rate": 8000, "f_high": 4100.0}, "at or above Nyquist"),
     ({"channels": 4}, "channels=4: use 8 to 128"),
     ({"channels": 200}, "use 8 to 128"),
+    ({"channels": 32.0}, r"channels=32.0: must be a whole number \(an int\), 8 to 128"),  # not "use 8 to 128"
     ({"sample_rate": 22050}, "hop_ms=10.0: must give a whole number of samples.*220.5"),
     ({"hop_ms": 0.0}, "hop_ms"),
     ({"window_ms": 15.0}, "window_ms=15.0: must be 1 to 16 whole hops"),

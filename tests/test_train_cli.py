@@ -341,6 +341,7 @@ def test_train_refuses_a_file_for_a_folder_before_the_long_steps(tmp_path, optio
     assert f"{option} {tmp_path / 'afile'} is a file, not a folder; choose a folder for {option}" in result.output
     assert "training on" not in result.output  # refused before the features were built
     assert (tmp_path / "afile").read_text() == "mine\n"
+    assert not (tmp_path / "o").exists() and not (tmp_path / "cache").exists()  # both checked before either is made
 
 
 def test_train_refuses_an_out_folder_it_cannot_create(tmp_path):

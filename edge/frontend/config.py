@@ -65,7 +65,9 @@ class FrontendConfig:
         if not isinstance(self.sample_rate, int) or not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:
             fail(f"sample_rate={self.sample_rate!r}: use an integer rate from {MIN_SAMPLE_RATE} to "
                  f"{MAX_SAMPLE_RATE} Hz (resample the audio to it first)")
-        if not isinstance(self.channels, int) or not MIN_CHANNELS <= self.channels <= MAX_CHANNELS:
+        if not isinstance(self.channels, int):  # 32.0 too: a count of filters
+            fail(f"channels={self.channels!r}: must be a whole number (an int), {MIN_CHANNELS} to {MAX_CHANNELS}")
+        if not MIN_CHANNELS <= self.channels <= MAX_CHANNELS:
             fail(f"channels={self.channels!r}: use {MIN_CHANNELS} to {MAX_CHANNELS} channels")
         for name in FLOAT_FIELDS:
             if not isinstance(getattr(self, name), float):
