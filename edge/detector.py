@@ -331,6 +331,8 @@ class Detector:
             if pause_hop is None and not at_end:
                 return None  # inside running speech
             word_end_hop = end_hop if pause_hop is None else pause_hop
+            if word_end_hop <= start_hop:  # every hop "quiet" (loud steady noise): the levels give no span
+                start_hop, word_end_hop = self._onset, end_hop
             self._last_word_end = word_end_hop
         evidence = self._mass if self.settings.trigger == "word" else self._peaks
         best = int(np.argmax(evidence / self._thresholds))

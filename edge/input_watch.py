@@ -64,6 +64,13 @@ class InputWatch:
         self._since_clip_told += len(chunk)
         if self._window < CLIP_WINDOW_S * self._rate:
             return []
+        return self._judge_clipping()
+
+    def finish(self) -> list[Notice]:
+        """At the end of the stream: the last part-window (all of an input shorter than a window) is judged too."""
+        return self._judge_clipping() if self._window else []
+
+    def _judge_clipping(self) -> list[Notice]:
         share, seconds = self._clipped / self._window, self._window / self._rate
         self._window = self._clipped = 0
         if share < CLIP_WARN_SHARE or self._since_clip_told < CLIP_TELL_EVERY_S * self._rate:
@@ -71,6 +78,7 @@ class InputWatch:
         self._since_clip_told = 0
         fix = ("lower the capture gain (`alsamixer`, F4: capture controls) or move the microphone further from what "
                "it hears" if self._source.live else "record it again with less gain")
-        return [Notice(f"{self._source.name} reached full scale in {share:.1%} of its samples over {seconds:.0f} s: "
+        span = f"{seconds:.0f} s" if seconds >= 1 else f"{seconds:.1f} s"  # a short input's: not "0 s"
+        return [Notice(f"{self._source.name} reached full scale in {share:.1%} of its samples over {span}: "
                        f"it clips, which flattens the words and costs detections; {fix} (said at most once in "
                        f"{CLIP_TELL_EVERY_S / 60:g} min of audio)", True)]

@@ -27,6 +27,10 @@ class PipelineError(Exception):
     """The bundle cannot run here; the message says what does not match and how to fix it."""
 
 
+class DetectorOptionError(PipelineError):
+    """The detector values given to override the bundle's are invalid (the bundle's own are fine): a usage error."""
+
+
 class Pipeline:
     """Front end + streaming step model + detector for one bundle, with state carried across chunks."""
 
@@ -71,7 +75,7 @@ class Pipeline:
                                                       **dict(detector_overrides or {}))
             detector = Detector(settings, bundle.labels)
         except DetectorSettingsError as err:
-            raise PipelineError(str(err)) from err
+            raise _blame(err, bundle, config.hop_ms, detector_overrides) from err
         try:
             runner = StepRunner(bundle, num_threads=num_threads)
         except RuntimeUnavailable as err:
@@ -106,6 +110,18 @@ class Pipeline:
         self.runner.reset()
         self.levels.reset()
         self.detector.reset(at_frame)
+
+
+def _blame(err: DetectorSettingsError, bundle: Any, hop_ms: float,
+           overrides: Mapping[str, Any] | None) -> PipelineError:
+    """A DetectorOptionError if the overrides made the settings invalid, else (the bundle's own) a PipelineError."""
+    if any(value is not None for value in (overrides or {}).values()):
+        try:
+            Detector(DetectorSettings.from_manifest(bundle.manifest.get("detector"), hop_ms=hop_ms), bundle.labels)
+        except DetectorSettingsError:
+            return PipelineError(str(err))
+        return DetectorOptionError(str(err))
+    return PipelineError(str(err))
 
 
 @dataclasses.dataclass
@@ -149,6 +165,8 @@ class RunLoop:
         self._lost = 0  # audio samples a live input lost (overruns): stream time runs on over them
         self._overruns_told = 0
         self._overruns_told_at = -1e9
+        self._start_wall = time.monotonic()
+        self._last_report = _Report(self._start_wall, _cpu_seconds())
         self._input_watch = InputWatch(source, pipeline.sample_rate)
 
     def swap_pipeline(self, pipeline: Pipeline) -> None:
@@ -168,15 +186,15 @@ class RunLoop:
     def run(self) -> RunStats:
         """Process the stream; exceptions propagate after every detection made so far has been written."""
         start_wall, start_cpu = time.monotonic(), _cpu_seconds()
-        report = _Report(start_wall, start_cpu)
+        self._start_wall, self._last_report = start_wall, _Report(start_wall, start_cpu)
         self._samples = 0
         self._announce_bundle()
         try:
             for chunk in self.source.chunks():
                 if len(chunk):  # empty: a live source with nothing to hand over; health is still due on time
                     self._process(chunk)
-                if time.monotonic() - report.wall >= self.health_every_s > 0:
-                    report = self._report_health(report, start_wall)
+                if time.monotonic() - self._last_report.wall >= self.health_every_s > 0:
+                    self._last_report = self._report_health(self._last_report, start_wall)
                 if self.source.overruns > self._overruns_told:
                     self._tell_overruns()
                 if self.stop.is_set():
@@ -192,6 +210,8 @@ class RunLoop:
             self.stats.cpu_s = _cpu_seconds() - start_cpu
             self.stats.overruns = self.source.overruns
         self._emit(self.pipeline.flush())
+        for notice in self._input_watch.finish():  # the last part-window, too short to be judged before
+            (self._warn if notice.warning else self._log)(notice.text)
         return self.stats
 
     def _process(self, chunk) -> None:
@@ -270,16 +290,24 @@ class RunLoop:
                 sink.detection(event)
             self.stats.detections += 1  # counted once written: an error message quotes it
 
+    def final_health(self) -> Health:
+        """Health since the last report, for a last one as the run ends (a serial host has no summary line)."""
+        return self._health(self._last_report, self._start_wall)[0]
+
     def _report_health(self, last: _Report, start_wall: float) -> _Report:
+        health, now = self._health(last, start_wall)
+        for sink in self.sinks:
+            sink.health(health)
+        return now
+
+    def _health(self, last: _Report, start_wall: float) -> tuple[Health, _Report]:
         now = _Report(time.monotonic(), _cpu_seconds(), self.stats.audio_s, self.stats.busy_s)
         audio = now.audio_s - last.audio_s
         health = Health(uptime_s=now.wall - start_wall, audio_s=self.stats.audio_s,
                         realtime_factor=(now.busy_s - last.busy_s) / audio if audio > 0 else 0.0,
                         cpu_load=(now.cpu - last.cpu) / max(now.wall - last.wall, 1e-9),
                         overruns=self.source.overruns, detections=self.stats.detections)
-        for sink in self.sinks:
-            sink.health(health)
-        return now
+        return health, now
 
 
 @dataclasses.dataclass

@@ -94,8 +94,11 @@ class TextSink(Sink):
         self.log(health.describe())
 
     def log(self, text: str) -> None:
-        self._err.write(f"basilar: {text}\n")
-        self._err.flush()
+        try:
+            self._err.write(f"basilar: {text}\n")
+            self._err.flush()
+        except (OSError, ValueError):  # stderr's reader gone, a full disk, closed: the note is lost, not the run
+            pass
 
 
 class JsonSink(TextSink):

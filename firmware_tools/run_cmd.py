@@ -5,6 +5,7 @@ The click layer only parses options and turns errors into messages; the work is 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -74,10 +75,14 @@ def parse_label_thresholds(pairs: tuple[str, ...]) -> dict[str, float]:
         try:
             if not sep or not label:
                 raise ValueError
-            thresholds[label] = float(value)
+            value = float(value)
         except ValueError:
             raise click.BadParameter(f"{pair!r}: write LABEL=VALUE, e.g. --threshold-for 7=0.8",
                                      param_hint="--threshold-for") from None
+        if label in thresholds:  # which one was meant cannot be told
+            raise click.BadParameter(f"label {label!r} is given twice ({label}={thresholds[label]:g} and {pair}); "
+                                     "give each label once", param_hint="--threshold-for")
+        thresholds[label] = value
     return thresholds
 
 
@@ -156,6 +161,14 @@ def serial_port(ctx, param, value):
     return value
 
 
+def device_id_option(ctx, param, value):
+    """--device-id: HELLO carries it in a str8, so a longer one would mean no HELLO ever reached the host."""
+    if value is not None and len(value.encode("utf-8", "surrogateescape")) > 255:
+        raise click.BadParameter(f"{len(value.encode('utf-8', 'surrogateescape'))} bytes in UTF-8; the telemetry "
+                                 "HELLO holds at most 255: give a shorter name")
+    return value
+
+
 class SerialLink:
     """`--serial`: telemetry out, and (with --root) bundle uploads in, swapped into the running loop."""
 
@@ -201,7 +214,8 @@ class SerialLink:
 @click.option("--serial", metavar="PORT", callback=serial_port,
               help="Also send detections and health over this serial port.")
 @click.option("--baud", type=BAUD_RATES, default=DEFAULT_BAUD, show_default=True)
-@click.option("--device-id", help="Name sent in the telemetry HELLO [default: the host name].")
+@click.option("--device-id", callback=device_id_option,
+              help="Name sent in the telemetry HELLO (at most 255 bytes in UTF-8) [default: the host name].")
 @click.option("--keep", type=click.IntRange(2, 100), default=3, show_default=True,
               help="With --root and --serial: releases kept after a bundle is uploaded over the serial link.")
 @click.option("--health-every", type=FloatRange(min=0), default=60.0, show_default=True,
@@ -218,7 +232,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
     `basilar devices`). The word `demo` plays the shipped demo recording. Stops cleanly on Ctrl-C or SIGTERM.
     """
     from edge import __version__
-    from edge.runloop import Pipeline, PipelineError, RunLoop
+    from edge.runloop import DetectorOptionError, Pipeline, PipelineError, RunLoop
     from edge.sinks import JsonSink, OutputError, TelemetrySink, TextSink
 
     if audio and input_:
@@ -246,6 +260,8 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
     bundle_ref = resolve_bundle(ctx, bundle, root)
     try:
         pipeline = Pipeline.from_bundle(bundle_ref, detector_overrides=overrides, num_threads=threads)
+    except DetectorOptionError as err:  # the values given, not the bundle: exit 2 like any other bad option
+        raise click.UsageError(f"{err}; change the detector option that sets it") from err
     except PipelineError as err:
         raise click.ClickException(str(err)) from err
     except OSError as err:  # a path the system refuses (a name too long), which load_bundle does not catch
@@ -260,6 +276,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
         raise click.ClickException(str(err)) from err
 
     sink = JsonSink() if as_json else TextSink()
+    _warn_through(sink, ctx)
     loop = RunLoop(pipeline, source, [sink], health_every_s=health_every, stop=stop)
     link = None
     if serial:
@@ -278,26 +295,29 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
         except click.ClickException:
             source.close()
             raise
-        loop.sinks.append(TelemetrySink(link.emitter, __version__))
+        telemetry = TelemetrySink(link.emitter, __version__)
+        loop.sinks.append(telemetry)
 
     try:
         stats = loop.run()
-    except BrokenPipeError:
+    except BrokenPipeError:  # from standard output only: a failed line on standard error is dropped
         _silence_stdout()  # whoever read our output has gone (e.g. `| head`); nothing left to tell
         return
     except OutputError as err:
         raise click.ClickException(f"{err} (stopped after {loop.stats.audio_s:.1f} s of audio, "
-                                   f"{loop.stats.detections} detections made)") from err
+                                   f"{loop.stats.detections} detections made{_overruns(loop)})") from err
     except (SourceError, PipelineError) as err:
         raise click.ClickException(f"{err} (stopped after {loop.stats.audio_s:.1f} s of audio; "
-                                   f"{loop.stats.detections} detections were written)") from err
+                                   f"{loop.stats.detections} detections were written{_overruns(loop)})") from err
     except Exception as err:  # an interpreter or front-end failure mid-stream
         raise click.ClickException(f"processing failed after {loop.stats.audio_s:.1f} s of audio "
                                    f"({type(err).__name__}: {err}); {loop.stats.detections} detections were "
-                                   "written before it") from err
+                                   f"written before it{_overruns(loop)}") from err
     finally:
         source.close()
         if link is not None:
+            if health_every > 0:  # the host's last word on the run (overruns since the last report too)
+                telemetry.health(loop.final_health())
             link.close()  # sends what is queued, then stops the link's threads
     how = f"stopped by {stopped_by[0]}" if stopped_by else "done"
     ran = loop.pipeline.bundle  # which model heard it: the shipped digits one unless told otherwise
@@ -331,6 +351,31 @@ def _install_stop_handlers(stop: StopFlag):
         stopped_by.append(signal.Signals(signum).name)
 
     return stopped_by, route_stop_signals(handle)
+
+
+class _SinkWarnings(logging.Handler):
+    """The serial link's own warnings (a port that failed, telemetry left unsent), as the run's other warnings:
+    `basilar: warning: ...` on standard error, and dropped if that cannot take them."""
+
+    def __init__(self, sink):
+        super().__init__(logging.WARNING)
+        self._sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._sink.warn(record.getMessage())
+
+
+def _warn_through(sink, ctx: click.Context) -> None:
+    logger = logging.getLogger("edge.telemetry")
+    handler = _SinkWarnings(sink)
+    logger.addHandler(handler)
+    ctx.call_on_close(lambda: logger.removeHandler(handler))
+
+
+def _overruns(loop) -> str:
+    """For an error message: the audio a live input lost, which the final summary would have given."""
+    count = loop.source.overruns
+    return f"; {count} audio overruns (blocks lost: processing fell behind the input)" if count else ""
 
 
 def _silence_stdout() -> None:

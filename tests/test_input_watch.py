@@ -76,3 +76,25 @@ def test_a_wave_that_only_touches_full_scale_at_its_peaks_is_no_clipping():
     touching = tone(3 * CLIP_WINDOW_S, peak=32767)
     assert 0 < np.count_nonzero(touching == 32767) < CLIP_WARN_SHARE * len(touching) / 2
     assert feed(watch, touching) == []
+
+
+def test_the_part_window_at_the_end_of_the_input_is_judged_by_the_same_rule():
+    """An input shorter than a window, or the part after its last whole window, would otherwise never be judged."""
+    short = tone(3)
+    short[:len(short) // 50] = 32767  # 2% at full scale
+    watch = InputWatch(source(False, "short.wav"), RATE)
+    assert feed(watch, short) == []
+    told = watch.finish()
+    assert len(told) == 1 and told[0].warning
+    assert told[0].text.startswith("short.wav reached full scale in 2.0% of its samples over 3 s: it clips")
+    assert watch.finish() == []  # judged once
+    tail = InputWatch(source(False, "tail.wav"), RATE)
+    assert feed(tail, np.concatenate([tone(CLIP_WINDOW_S), short])) == []
+    assert len(tail.finish()) == 1
+    quiet = InputWatch(source(False, "quiet.wav"), RATE)
+    almost = tone(3)
+    almost[:len(almost) // 100 - 1] = 32767  # one sample short of 1%
+    assert feed(quiet, almost) == [] and quiet.finish() == []
+    told_lately = InputWatch(source(False, "loud.wav"), RATE)
+    feed(told_lately, np.tile(short, 4))  # a whole window that clips is told ...
+    assert told_lately.finish() == []  # ... and its tail not again within 10 min

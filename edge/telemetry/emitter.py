@@ -4,7 +4,8 @@ Each call packs one message, stamps it with the device clock and puts it on a bo
 numbers the frames and writes them to the port. When the queue is full the message is dropped and counted;
 the running total goes out in every HEALTH message, so the host sees device-side loss separately from loss
 on the line (which shows as gaps in the sequence numbers). A frame whose write fails already has its number,
-so it is loss on the line: the host sees it as a gap, and it is not counted as dropped too.
+so it is loss on the line: the host sees it as a gap, and it is not counted as dropped too. Frames are written
+one at a time, so a write that times out part way loses only the frame it was writing; the ones behind it wait.
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ import time
 from typing import BinaryIO, Iterable
 
 from edge.telemetry import DEFAULT_BAUD
-from edge.telemetry.protocol import (MAX_PAYLOAD, SEQ_MODULO, Detection, Health, Hello, Labels, Log, LogLevel,
-                                     Message, ProtocolError, encode_frame, truncate_utf8)
+from edge.telemetry.protocol import (DELIMITER, MAX_PAYLOAD, SEQ_MODULO, Detection, Health, Hello, Labels, Log,
+                                     LogLevel, Message, ProtocolError, encode_frame, truncate_utf8)
 
 _STOP = object()
-_BATCH = 64  # frames per write: one syscall for a burst instead of one per frame
+_BATCH = 64  # messages the writer takes from the queue at a time
 # The most frames that may go unwritten in a row with sequence numbers: the host reads a jump of half the sequence
 # space (32768) or more as a device restart (docs/telemetry-protocol.md), and a gap of k frames is a jump of k + 1.
 MAX_GAP = SEQ_MODULO // 2 - 2
@@ -76,8 +77,8 @@ class TelemetryEmitter:
         self._dropped = 0
         self._dropped_lock = threading.Lock()
         self._seq = 0
-        self._unwritten = 0  # frames numbered but not written since the last write that went through
-        self._in_flight = 0  # frames in the write under way
+        self._unwritten = 0  # frames numbered but not wholly written since the last frame that went through
+        self._in_flight = 0  # messages the writer holds: the write under way and those behind it
         self.unsent_at_close = 0  # messages close() left behind: queued, or written nowhere the host could see
         self._hello: tuple[Message, ...] | None = None
         self._closed = False
@@ -140,54 +141,74 @@ class TelemetryEmitter:
             return False
 
     def _write_loop(self) -> None:
+        # Messages taken from the queue but not yet tried: a failed write loses only the frame it was writing
+        # (its bytes reached the line only in part), and the ones behind it wait for the next try.
+        pending: list[tuple[int, Message]] = []
         stopping = False
-        while not stopping:
-            item = self._queue.get()
-            batch = []
-            while True:
+        while True:
+            if not pending and not stopping:
+                item = self._queue.get()
+            else:
+                item = None
+            while len(pending) < _BATCH and not stopping:
+                if item is None:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
                 if item is _STOP:
                     stopping = True
-                    break
-                batch.append(item)
-                if len(batch) >= _BATCH:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if not batch:
+                else:
+                    pending.extend((item[0], message) for message in item[1])
+                item = None
+            self._in_flight = len(pending)
+            if not pending:
+                if stopping:
+                    return
                 continue
-            wire = bytearray()
-            numbered = 0
-            for stamp, messages in batch:
-                for message in messages:
-                    try:
-                        wire += encode_frame(message, self._seq, stamp)
-                    except (ProtocolError, struct.error):  # one that cannot be framed is dropped, the rest go on
-                        self._count_dropped(1)
-                        continue
-                    self._seq = (self._seq + 1) % SEQ_MODULO
-                    numbered += 1
-            self._in_flight = numbered
+            if not self._send(pending):
+                time.sleep(0.05)  # stopping too: close() counts what is left when it stops waiting
+
+    def _send(self, pending: list) -> bool:
+        """Write the pending messages one frame each, taking out each one written, dropped or lost; False at the
+        first failed write (what follows stays pending)."""
+        if self._unwritten >= MAX_GAP and not self._write(DELIMITER):
+            # A longer gap would read as a restart on the host (or, wrapped, as no loss): until the port takes
+            # bytes again, frames get no number and are counted as dropped.
+            self._count_dropped(len(pending))
+            pending.clear()
+            return False
+        while pending:
+            stamp, message = pending[0]
             try:
-                self._stream.write(wire)
-                if self._flush:
-                    self._stream.flush()
+                frame = encode_frame(message, self._seq, stamp)
+            except (ProtocolError, struct.error):  # one that cannot be framed is dropped, the rest go on
+                self._count_dropped(1)
+                frame = None
+            if frame is not None:
+                # The number is used once any byte may have gone out: it is never given again.
+                self._seq = (self._seq + 1) % SEQ_MODULO
+                if not self._write(frame):
+                    # Lost on the line, not dropped: the host counts it in the gap. Each frame starts with a
+                    # delimiter, so the host discards the part that went out when the next frame comes.
+                    self._unwritten += 1
+                    pending.pop(0)
+                    self._in_flight = len(pending)
+                    return False
                 self._unwritten = 0
-            except Exception:  # noqa: BLE001 - a vanished or stuck port must not kill the writer
-                # Not counted as dropped: these frames have their numbers, so the host counts them as a gap
-                # (and a write that timed out may have sent some of them). But a gap of MAX_GAP or more would
-                # read as a restart on the host (or, wrapped, as no loss): past that, frames get no number and
-                # are counted as dropped.
-                self._unwritten += numbered
-                if self._unwritten > MAX_GAP:
-                    excess = self._unwritten - MAX_GAP
-                    self._seq = (self._seq - excess) % SEQ_MODULO
-                    self._count_dropped(excess)
-                    self._unwritten = MAX_GAP
-                time.sleep(0.05)
-            finally:
-                self._in_flight = 0
+            pending.pop(0)
+            self._in_flight = len(pending)
+        return True
+
+    def _write(self, data: bytes) -> bool:
+        """Whether all of `data` went to the port."""
+        try:
+            written = self._stream.write(data)
+            if self._flush:
+                self._stream.flush()
+        except Exception:  # noqa: BLE001 - a vanished or stuck port must not kill the writer
+            return False  # a timed-out write may have sent part of it
+        return not isinstance(written, int) or written >= len(data)  # a stream that gives no count took it all
 
     def close(self, timeout: float = 2.0) -> None:
         """Send what is queued (waiting at most `timeout` seconds), then stop the writer.
@@ -204,9 +225,10 @@ class TelemetryEmitter:
         except queue.Full:
             pass  # the writer is stuck on the port; closing the stream below ends it
         self._writer.join(max(0.0, deadline - time.monotonic()))
-        self.unsent_at_close = self._unwritten
-        if self._writer.is_alive():  # stuck on the port: what it holds and what waits behind it stay unsent
-            self.unsent_at_close += self._in_flight + self._queued_messages()
+        # The frames of the last gap (no later frame shows it to the host) and those the writer still holds
+        self.unsent_at_close = self._unwritten + self._in_flight
+        if self._writer.is_alive():  # stuck on the port: what waits behind its write stays unsent too
+            self.unsent_at_close += self._queued_messages()
         if self._close_stream:
             try:
                 self._stream.close()
