@@ -573,6 +573,10 @@ def service(output, executable, root, audio, user, serial, baud, as_json, channe
                                  param_hint="--channels")
     if audio != "demo" and input_kind(audio) == "file":  # the service starts in /
         audio = str(Path(audio).absolute())
+        if Path(audio).parts[1:2] == ("tmp",) or Path(audio).parts[1:3] == ("var", "tmp"):
+            raise click.BadParameter(f"{audio}: the unit gives the service its own empty /tmp and /var/tmp "
+                                     "(PrivateTmp=yes), where this file is not; move the recording elsewhere, e.g. "
+                                     "/opt/basilar/", param_hint="--input")
     problem = unreachable_by(user, executable)
     if problem:
         click.echo(f"warning: the service runs as {user}, who cannot run {executable}: {problem}. Install basilar "

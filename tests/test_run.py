@@ -665,6 +665,8 @@ def test_service_quotes_its_paths_and_refuses_inputs_a_service_cannot_use(tmp_pa
     analyze = require_program("systemd-analyze")
     check = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0 and "ReadWritePaths" not in check.stderr, check.stderr
+    in_tmp = basilar("service", "--exec", sys.executable, "--input", str(tmp_path / "rec.wav"))
+    assert in_tmp.returncode == 2 and "PrivateTmp=yes" in in_tmp.stderr.decode()  # the service's /tmp is its own
     result = basilar("service", "--exec", sys.executable, "--input", "-")
     assert result.returncode == 2 and "systemd gives a service no standard input" in result.stderr.decode()
 

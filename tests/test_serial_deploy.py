@@ -467,9 +467,12 @@ def test_the_agent_refuses_to_keep_fewer_than_two_releases(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--health-interval", "-1"], "-1: seconds, 0 or more"),  # waited no time between reports: flooded the line
-    (["--health-interval", "nan"], "nan: seconds, 0 or more"),
+    (["--health-interval", "-1"], "-1: seconds, 0 (no health reports) or 0.05 or more"),  # no wait: a flood
+    (["--health-interval", "1e-9"], "1e-9: seconds, 0 (no health reports) or 0.05 or more"),  # 285 KB/s
+    (["--health-interval", "nan"], "nan: seconds, 0 (no health reports) or 0.05 or more"),
     (["--baud", "0"], "0: a line speed from 50 up"),  # B0 hangs a real tty up
+    (["--baud", "abc"], "'abc' is not a line speed in baud"),  # argparse said "invalid _baud value"
+    (["--keep", "two"], "'two' is not a whole number"),
 ])
 def test_the_agent_refuses_settings_that_flood_or_hang_up_the_line(tmp_path, capsys, args, message):
     from edge.telemetry.agent import main as agent_main

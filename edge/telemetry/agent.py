@@ -91,24 +91,37 @@ class DeviceAgent:
         self.link.close()
 
 
+def _number(kind, text: str, what: str):
+    """`text` as a number of `kind`; argparse would otherwise name the converting function ("invalid _baud value")."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
 def _at_least_two(text: str) -> int:
-    value = int(text)
+    value = _number(int, text, "a whole number")
     if value < 2:
         raise argparse.ArgumentTypeError(f"{value}: keep at least 2 releases (the current and the previous one)")
     return value
 
 
 def _baud(text: str) -> int:
-    value = int(text)
+    value = _number(int, text, f"a line speed in baud, e.g. {DEFAULT_BAUD}")
     if not BAUD_RANGE[0] <= value <= BAUD_RANGE[1]:  # B0 would hang a real tty up
         raise argparse.ArgumentTypeError(f"{value}: a line speed from {BAUD_RANGE[0]} up, e.g. {DEFAULT_BAUD}")
     return value
 
 
+MIN_HEALTH_INTERVAL_S = 0.05  # 20 reports a second, ~600 B/s: a shorter wait floods the line (1e-9: 285 KB/s)
+
+
 def _seconds(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value < 0:  # a negative wait is no wait: the loop would flood the line
-        raise argparse.ArgumentTypeError(f"{text}: seconds, 0 or more (0: no health reports)")
+    value = _number(float, text, "a number of seconds")
+    # a negative or tiny wait is no wait: the loop would flood the line
+    if not math.isfinite(value) or (value != 0 and value < MIN_HEALTH_INTERVAL_S):
+        raise argparse.ArgumentTypeError(f"{text}: seconds, 0 (no health reports) or {MIN_HEALTH_INTERVAL_S:g} or "
+                                         "more")
     return value
 
 
