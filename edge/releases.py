@@ -238,6 +238,9 @@ class ReleaseStore:
                 raise ReleaseError(f"the archive's SHA-256 is {actual}, expected {expected_sha256.lower()}: the "
                                    "upload is corrupted or incomplete; deploy again")
             self._sweep_staging()
+            if self.releases_dir.exists() and not self.releases_dir.is_dir():  # else "storage failed: File exists"
+                raise ReleaseError(f"{self.releases_dir} is not a folder (made by hand?): move it away (the store "
+                                   "keeps its releases in that folder), then try again")
             self.staging_dir.mkdir(parents=True, exist_ok=True)
             self.releases_dir.mkdir(parents=True, exist_ok=True)
             stage = Path(tempfile.mkdtemp(prefix="install-", dir=self.staging_dir))
@@ -363,10 +366,13 @@ class ReleaseStore:
         """
         _check_id(bundle_id)
         with self._locked():
-            if switch_id is not None and switch_id in self._abandoned():
-                raise ReleaseError(f"switch {switch_id} was abandoned by its deploy (which lost its answer); "
-                                   "nothing changed")
+            self._check_not_abandoned(switch_id)
             return self._activate_locked(bundle_id, previous, "activate", unconfirmed)
+
+    def _check_not_abandoned(self, switch_id: str | None) -> None:
+        if switch_id is not None and switch_id in self._abandoned():
+            raise ReleaseError(f"switch {switch_id} was abandoned by its deploy (which lost its answer); "
+                               "nothing changed")
 
     def _abandoned(self) -> list[str]:
         try:
@@ -403,9 +409,19 @@ class ReleaseStore:
             return
         _write_durably(self._unconfirmed_file, json.dumps(note).encode())
 
+    def _check_previous(self, previous) -> None:
+        """Refuse an explicit `previous` that is not installed: the link would point at nothing. (One equal to the
+        bundle made current is let through: undoing a switch that a power cut left half done may need it.)"""
+        if previous is _KEEP or previous is None:
+            return
+        if not self.has(_check_id(previous)):
+            raise ReleaseError(f"the previous bundle {previous} is not installed under {self.releases_dir}; install "
+                               "it first, or give --previous - (none); nothing changed")
+
     def _activate_locked(self, bundle_id: str, previous, doing: str, unconfirmed: bool) -> str | None:
         if not self.has(bundle_id):
             raise ReleaseError(f"bundle {bundle_id} is not installed under {self.releases_dir}; install it first")
+        self._check_previous(previous)
         # The trust policy decides what runs, not only what is installed: a release kept from before the device
         # trusted keys must not become active again; nor may a release damaged on the device's storage, which
         # could not start. An explicit `previous` marks the undo of a switch that just failed (a deploy's
@@ -442,9 +458,12 @@ class ReleaseStore:
         os.utime(self.releases_dir / bundle_id)
         return old
 
-    def deactivate(self, *, previous=_KEEP) -> str | None:
-        """Remove `current` (used only to undo a failed first deployment); return the id that was active."""
+    def deactivate(self, *, previous=_KEEP, switch_id: str | None = None) -> str | None:
+        """Remove `current` (used only to undo a failed first deployment); return the id that was active.
+        `switch_id`: refused once abandon() was told it, as activate() is."""
         with self._locked():
+            self._check_not_abandoned(switch_id)
+            self._check_previous(previous)
             old = self.current()
             self._note_unconfirmed(None)
             changes = [] if previous is _KEEP else [(self._previous_link, previous)]
@@ -468,8 +487,8 @@ class ReleaseStore:
             return target
 
     def prune(self, keep: int, *, spare=()) -> list[str]:
-        """Remove all but the `keep` most recent releases, never the current or the previous one (nor those in
-        `spare`); return removed ids.
+        """Remove all but the `keep` most recent releases, never the current or the previous one, nor those an
+        unconfirmed switch's note would switch back to (nor those in `spare`); return removed ids.
 
         Also sweeps abandoned uploads and extraction leftovers.
         """
@@ -477,7 +496,10 @@ class ReleaseStore:
             raise ReleaseError(f"keep must be at least 1, not {keep}")
         with self._locked():
             ordered = self.releases()
-            protected = {self.current(), self.previous(), *spare} | set(ordered[-keep:])
+            # A deploy cut off before its health check switches back to what its note names: keep those too.
+            note = self.unconfirmed() or {}
+            noted = {value for value in note.values() if isinstance(value, str)}
+            protected = {self.current(), self.previous(), *noted, *spare} | set(ordered[-keep:])
             removed = [bundle_id for bundle_id in ordered if bundle_id not in protected]
             self._sweep_staging()  # first: a crashed prune's `remove-<id>` would block the rename below
             if removed:
@@ -603,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     prune.add_argument("root")
     prune.add_argument("--keep", type=int, required=True)
     args = parser.parse_args(argv)
+    if args.command == "activate" and args.bundle_id is None and args.unconfirmed:  # no bundle to health-check
+        activate.error("--unconfirmed needs a bundle to check: '-' removes current; drop --unconfirmed")
     if os.path.exists(args.root) and not os.path.isdir(args.root):  # else a "storage failure" naming the wrong fix
         print(f"error: {args.root} is not a folder; give the device root (a folder, made if missing)", file=sys.stderr)
         return 2
@@ -630,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
                         os.unlink(archive)
         elif args.command == "activate":
             if args.bundle_id is None:
-                result = {"previous": store.deactivate(previous=args.previous)}
+                result = {"previous": store.deactivate(previous=args.previous, switch_id=args.switch_id)}
             else:
                 result = {"previous": store.activate(args.bundle_id, previous=args.previous,
                                                      unconfirmed=args.unconfirmed, switch_id=args.switch_id)}

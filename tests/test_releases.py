@@ -653,3 +653,58 @@ def test_calling_a_switch_off_behind_a_stuck_lock_holder_does_not_wait_for_it(tm
     with pytest.raises(ReleaseError, match="switch 0a0b0c was abandoned"):
         store.activate(bundle_id, switch_id="0a0b0c")
     assert store.current() is None
+
+
+def test_prune_spares_what_an_unconfirmed_note_switches_back_to(store, bundles, capsys):
+    """Two deploys cut off before their health checks: the note says to switch back to the last checked bundle (and
+    its previous); `prune --keep 1`, suggested for a full disk, removed both, and the switch-back then failed."""
+    ids = [store.install(archive) for _, archive, _ in bundles]
+    store.activate(ids[0])
+    store.activate(ids[1])
+    store.activate(ids[2], unconfirmed=True)
+    store.activate(ids[3], unconfirmed=True)
+    assert main(["prune", str(store.root), "--keep", "1"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"removed": []}
+    assert sorted(store.releases()) == sorted(ids)
+    assert store.unconfirmed() == {"bundle": ids[3], "current": ids[1], "previous": ids[0]}
+    store.activate(ids[1], previous=ids[0])  # the deploy's switch back still works
+    assert sorted(store.prune(keep=1)) == sorted(ids[2:])  # no note now: current and previous stay
+
+
+def test_activate_refuses_a_previous_that_is_not_installed(store, bundles, capsys):
+    first, second = (store.install(archive) for _, archive, _ in bundles[:2])
+    store.activate(first)
+    store.activate(second)
+    missing = "b" * 64
+    for args in (["activate", str(store.root), first, "--previous", missing],
+                 ["activate", str(store.root), "-", "--previous", missing]):
+        assert main(args) == 1
+        assert f"the previous bundle {missing} is not installed" in capsys.readouterr().err
+    assert (store.current(), store.previous()) == (second, first)  # nothing changed
+    assert os.readlink(store.root / "previous") == f"releases/{first}"
+    assert main(["activate", str(store.root), first, "--previous", "-"]) == 0  # none is fine
+    assert (store.current(), store.previous()) == (first, None)
+
+
+def test_removing_current_honours_the_switch_id_and_refuses_unconfirmed(store, bundles, capsys):
+    bundle_id = store.install(bundles[0][1])
+    store.activate(bundle_id)
+    assert main(["abandon", str(store.root), "abc"]) == 0
+    assert main(["activate", str(store.root), "-", "--switch-id", "abc"]) == 1
+    assert "switch abc was abandoned" in capsys.readouterr().err
+    assert store.current() == bundle_id
+    with pytest.raises(SystemExit) as exit_info:
+        main(["activate", str(store.root), "-", "--unconfirmed"])
+    assert exit_info.value.code == 2 and "--unconfirmed needs a bundle" in capsys.readouterr().err
+    assert store.current() == bundle_id
+    assert main(["activate", str(store.root), "-", "--switch-id", "def"]) == 0  # another switch: goes on
+    assert store.current() is None
+
+
+def test_a_releases_path_that_is_a_file_is_said_to_be_one(store, bundles, capsys):
+    store.root.mkdir()
+    store.releases_dir.write_text("")
+    assert main(["install", str(store.root), str(bundles[0][1])]) == 1
+    err = capsys.readouterr().err
+    assert f"{store.releases_dir} is not a folder" in err and "move it away" in err and "storage failed" not in err
+    assert store.releases_dir.is_file()
