@@ -46,7 +46,7 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
                                  "and give that file", param_hint="AUDIO")
     if truth is None:
         raise click.UsageError("Missing option '--truth': the CSV of where each word in AUDIO really is")
-    from edge.runloop import Pipeline, PipelineError
+    from edge.runloop import DetectorOptionError, Pipeline, PipelineError
     from edge.sources import SourceError
     from firmware_tools.stream_eval import NON_TARGET_HEADER, TruthFileError, detect_file, read_truth, score_stream
 
@@ -60,6 +60,8 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
             raise click.ClickException(f"{truth} has label(s) {', '.join(map(repr, unknown))} that the bundle "
                                        f"does not know; its labels are {', '.join(map(repr, pipeline.labels))}")
         detections, duration = detect_file(pipeline, audio)
+    except DetectorOptionError as err:  # the values given, not the bundle: exit 2, as `basilar run` says it
+        raise click.UsageError(f"{err}; change the detector option that sets it") from err
     except (TruthFileError, PipelineError, SourceError) as err:
         raise click.ClickException(str(err)) from err
     if not duration:  # no hour to count false alarms per, no word to find: a score of nothing

@@ -565,3 +565,9 @@ def test_a_long_recording_is_scored_in_full():
     assert report["misses_heard_as_another_label"] == report["false_alarms_in_speech"] == n
     assert report["confusions"]["3"] == {"4": n // 10}
     assert report["missed"][-1]["heard_as"]["start_s"] == 2.0 * (n - 1) + 0.1
+
+
+def test_a_detector_value_out_of_range_is_a_usage_error_as_in_basilar_run():
+    """The bundle's own settings are fine, the value given is not: exit 2 (it was 1, as for a damaged bundle)."""
+    result = CliRunner().invoke(main, ["eval-stream", "default", "demo", "--threshold-for", "7=1.5"])
+    assert result.exit_code == 2 and "threshold for label '7'=1.5: must be a number in (0, 1]" in result.output
