@@ -120,7 +120,7 @@ def _blame(err: DetectorSettingsError, bundle: Any, hop_ms: float,
             Detector(DetectorSettings.from_manifest(bundle.manifest.get("detector"), hop_ms=hop_ms), bundle.labels)
         except DetectorSettingsError:
             return PipelineError(str(err))
-        return DetectorOptionError(str(err))
+        return DetectorOptionError(f"{err}; change the detector option that sets it")
     return PipelineError(str(err))
 
 

@@ -144,7 +144,8 @@ def scan_labelled(data_dir, skip=(), warn=None) -> list[Clip]:
         if not is_user_audio(path, root):
             if folders:  # by the label folder it is in
                 not_audio.setdefault(path.relative_to(root).parts[0], []).append(path)
-            other_audio += [path] if path.suffix.lower() in OTHER_AUDIO_SUFFIXES else []
+            if path.suffix.lower() in OTHER_AUDIO_SUFFIXES:
+                other_audio.append(path)
             continue
         stem = Path(name).stem
         if folders:

@@ -61,7 +61,7 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
                                        f"does not know; its labels are {', '.join(map(repr, pipeline.labels))}")
         detections, duration = detect_file(pipeline, audio)
     except DetectorOptionError as err:  # the values given, not the bundle: exit 2, as `basilar run` says it
-        raise click.UsageError(f"{err}; change the detector option that sets it") from err
+        raise click.UsageError(str(err)) from err
     except (TruthFileError, PipelineError, SourceError) as err:
         raise click.ClickException(str(err)) from err
     if not duration:  # no hour to count false alarms per, no word to find: a score of nothing

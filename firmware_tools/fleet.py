@@ -35,7 +35,7 @@ def prepare_bundle(spec: str, workdir: Path) -> LocalBundle:
 
     spec: a bundle directory, a `.tar.gz` archive of one, or `default`.
     """
-    from edge.bundle import SIGNATURE, BundleError, load_bundle, pack_bundle
+    from edge.bundle import BundleError, load_bundle, pack_bundle
     from edge.signing import SignatureError, check_signature_intact
 
     try:
@@ -50,7 +50,7 @@ def prepare_bundle(spec: str, workdir: Path) -> LocalBundle:
         archive = Path(workdir) / f"{bundle.id}.tar.gz"
         pack_bundle(bundle.path, archive)
     return LocalBundle(archive=archive, bundle_id=bundle.id, sha256=file_sha256(archive),
-                       size=archive.stat().st_size, signed=(bundle.path / SIGNATURE).is_file(), signer=signer)
+                       size=archive.stat().st_size, signed=signer is not None, signer=signer)
 
 
 _NO_SERIAL = "this installation has no serial deploy (firmware_tools.serial_deploy is missing)"

@@ -261,7 +261,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
     try:
         pipeline = Pipeline.from_bundle(bundle_ref, detector_overrides=overrides, num_threads=threads)
     except DetectorOptionError as err:  # the values given, not the bundle: exit 2 like any other bad option
-        raise click.UsageError(f"{err}; change the detector option that sets it") from err
+        raise click.UsageError(str(err)) from err
     except PipelineError as err:
         raise click.ClickException(str(err)) from err
     except OSError as err:  # a path the system refuses (a name too long), which load_bundle does not catch
