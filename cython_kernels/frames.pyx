@@ -30,6 +30,12 @@ def process(const int32_t[:, ::1] coef, Py_ssize_t hop_samples, Py_ssize_t windo
     cdef Py_ssize_t channels = coef.shape[1]
     cdef Py_ssize_t features = channels * (2 if norm_memory > 0 else 1)
     cdef Py_ssize_t n = x.shape[0]
+    if hop_samples < 1 or window_hops < 1:
+        raise ValueError("hop_samples and window_hops must be at least 1")
+    if log_table.shape[0] != 65:
+        raise ValueError("log_table must hold 65 values (log2(1 + i/64) for i = 0..64)")
+    if counters.shape[0] != 4:
+        raise ValueError("counters must be (4,)")
     cdef Py_ssize_t expected = (counters[HOP_FILL] + n) // hop_samples
     if out.shape[0] < expected or out.shape[1] != features:
         raise ValueError(f"out must be at least ({expected}, {features})")
@@ -44,10 +50,13 @@ def process(const int32_t[:, ::1] coef, Py_ssize_t hop_samples, Py_ssize_t windo
         raise ValueError("ring must be (window_hops, channels) and hop_sum (channels,)")
     # A state saved from another configuration can match every shape; its counters must still fit this one, or
     # the hop's remainder goes negative and the kernel reads before x.
-    if counters.shape[0] != 4 or not 0 <= counters[HOP_FILL] < hop_samples \
-            or not 0 <= counters[RING_INDEX] < window_hops or counters[NORM_COUNT] < 0:
+    if not 0 <= counters[HOP_FILL] < hop_samples or not 0 <= counters[RING_INDEX] < window_hops \
+            or counters[NORM_COUNT] < 0:
         raise ValueError("counters do not fit this front end (samples into the hop, ring index, frames averaged): "
                          "restore only a state saved from the same configuration")
+    # The parity picks which half of filter_state is the newest row: anything but 0 or 1 points outside it.
+    if filter_io[1] != 0 and filter_io[1] != 1:
+        raise ValueError("filter_io's parity must be 0 or 1: restore only a state saved by this front end")
     if n == 0:
         return 0
     cdef Py_ssize_t pos = 0, take, frames = 0

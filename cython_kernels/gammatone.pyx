@@ -160,6 +160,9 @@ def cascade(const int32_t[:, ::1] coef, int32_t[:, ::1] state, int32_t[::1] io, 
     cdef Py_ssize_t channels = coef.shape[1]
     if coef.shape[0] != 10 or state.shape[0] != 12 or state.shape[1] != channels or io.shape[0] != 2:
         raise ValueError("coef must be (10, channels), state (12, channels) and io (2,)")
+    # The parity picks which half of state is the newest row: anything but 0 or 1 points outside it.
+    if io[1] != 0 and io[1] != 1:
+        raise ValueError("io's parity must be 0 or 1: restore only a state saved by this filter")
     if out.shape[0] != x.shape[0] or out.shape[1] != channels:
         raise ValueError(f"out must be ({x.shape[0]}, {channels})")
     if x.shape[0] == 0:

@@ -260,6 +260,7 @@ class FileSource(AudioSource):
         self._end = frames_to_play(self._file, self._declared)
         # a FLAC written into a pipe (_UNKNOWN_FRAMES would take a long recording, 93 min at 48 kHz, for one)
         self._unknown_length = self._file.frames == _COUNT_UNKNOWN
+        self.frames_read = 0  # at the file's own rate
 
     @property
     def input_rate(self) -> int:
@@ -283,6 +284,7 @@ class FileSource(AudioSource):
             good = finite_frames(block) if self._float else len(block)
             damaged = good < len(block)
             frames += good
+            self.frames_read = frames
             last = damaged or failed is not None or len(block) < self._block
             chunk = resample(block[:good], last=last)
             if len(chunk):

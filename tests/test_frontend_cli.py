@@ -190,13 +190,26 @@ def test_bad_input_is_a_clear_error_without_a_traceback(speechlike_16k, tmp_path
     assert re.search(message, result.output), result.output
 
 
-def test_too_short_to_plot(tmp_path):
-    require_module("matplotlib")
+@pytest.mark.parametrize("plot", [False, True])
+def test_a_recording_shorter_than_one_hop_is_refused(tmp_path, plot):
+    """Without --plot it printed "0 frames", saved an empty array and exited 0."""
+    if plot:
+        require_module("matplotlib")
     path = tmp_path / "blip.wav"
-    soundfile.write(path, np.zeros(50, np.int16), 16000, subtype="PCM_16")
-    result = run(path, "--plot", tmp_path / "c.png")
-    assert result.exit_code == 1 and "shorter than one 10 ms hop" in result.output
-    assert "0 frames x 32 channels" in result.output
+    soundfile.write(path, np.full(159, 3000, np.int16), 16000, subtype="PCM_16")
+    result = run(path, "--out", tmp_path / "frames.npy", *(["--plot", tmp_path / "c.png"] if plot else []))
+    assert result.exit_code == 1, result.output
+    assert f"{path} is shorter than one 10 ms hop (159 samples at 16000 Hz)" in result.output
+    assert not (tmp_path / "frames.npy").exists() and not (tmp_path / "c.png").exists()
+
+
+def test_a_recording_that_resampling_leaves_empty_is_named_so(tmp_path):
+    """It said the file "holds no audio (0 samples)", though it holds two."""
+    path = tmp_path / "two.wav"
+    soundfile.write(path, np.full(2, 3000, np.int16), 48000, subtype="PCM_16")
+    result = run(path, "--sample-rate", "8000")
+    assert result.exit_code == 1
+    assert f"{path}'s 2 samples at 48000 Hz leave none at 8000 Hz" in result.output
 
 
 def test_a_recording_of_no_samples_is_refused(tmp_path):

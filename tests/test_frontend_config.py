@@ -77,6 +77,10 @@ def test_a_poor_design_is_named_but_a_bundle_recorded_with_it_still_loads():
     long_memory = FrontendConfig(hop_ms=1.0, window_ms=2.0, spectral_norm_s=10.0)
     [problem] = long_memory.design_problems()
     assert problem.startswith("spectral_norm_s=10.0: 10000 hops of hop_ms=1.0; ") and "use at most 1 s" in problem
+    # At hops under 0.1 ms no memory fits 1,000 hops and the shortest allowed memory, 0.1 s: it said "use at
+    # most 0.0625 s", which is then refused.
+    [problem] = FrontendConfig(hop_ms=0.0625, window_ms=0.125, spectral_norm_s=0.1).design_problems()
+    assert problem.endswith("use a hop of at least 0.1 ms")
     exactly = FrontendConfig(sample_rate=32040, hop_ms=25.0, window_ms=50.0, f_low=32040 / 1600, f_high=15000.0)
     assert exactly.design_problems() == []  # sample_rate * (1 / 1600) came out a hair above 32040 / 1600
     assert FrontendConfig().design_problems() == [] and FrontendConfig(hop_ms=1.0, window_ms=2.0,

@@ -11,7 +11,7 @@ import random
 import numpy as np
 import pytest
 
-from cython_kernels import frames_golden, gammatone, gammatone_golden, intlog, intlog_golden
+from cython_kernels import frames, frames_golden, gammatone, gammatone_golden, intlog, intlog_golden
 from edge.frontend import Frontend, FrontendConfig
 from edge.frontend.design import design
 from edge.frontend.state import FrontendState
@@ -239,3 +239,49 @@ def test_a_state_from_another_configuration_is_refused_before_it_is_read():
     frontend.state = longer_hop.state.copy()
     with pytest.raises(ValueError, match="counters do not fit this front end.*same configuration"):
         frontend.process(np.zeros(400, np.int16))
+
+
+@pytest.mark.parametrize("parity", [2, -1, 100_000_000])
+def test_a_filter_state_whose_parity_is_not_0_or_1_is_refused(parity):
+    """The parity picks the newest half of the filter state: any other value made the kernels write outside it
+    (a segmentation fault, or a heap abort) where the golden model raised IndexError."""
+    frontend = Frontend()
+    frontend.state.filter_io[1] = parity
+    with pytest.raises(ValueError, match="filter_io's parity must be 0 or 1"):
+        frontend.process(np.ones(160, np.int16))
+    coef = frontend.coeffs.filterbank.coef
+    with pytest.raises(ValueError, match="io's parity must be 0 or 1"):
+        gammatone.cascade(coef, frontend.state.filter, frontend.state.filter_io, np.ones(4, np.int16),
+                          np.empty((4, coef.shape[1]), np.int32))
+
+
+def frames_kernel_call(frontend, hop_samples, log_table):
+    fb, fr, s = frontend.coeffs.filterbank, frontend.coeffs.frames, frontend.state
+    out = np.empty((4, frontend.config.channels), np.int8)
+    return frames.process(fb.coef, hop_samples, fr.window_hops, fr.full_scale_log, fr.release_per_frame,
+                          fr.floor_log, log_table, fr.norm_memory_frames, fr.norm_active_q, s.filter, s.filter_io,
+                          s.last_output, s.hop_sum, s.ring, s.counters, s.shape_mean, np.ones(320, np.int16), out)
+
+
+def test_the_kernels_refuse_a_zero_hop_and_a_short_log_table():
+    """A hop of 0 killed the process (division by zero, SIGFPE); a short table was read past its end (garbage)."""
+    frontend = Frontend()
+    table = frontend.coeffs.frames.log_table
+    with pytest.raises(ValueError, match="hop_samples and window_hops must be at least 1"):
+        frames_kernel_call(frontend, 0, table)
+    with pytest.raises(ValueError, match="log_table must hold 65 values"):
+        frames_kernel_call(frontend, frontend.coeffs.frames.hop_samples, table[:2].copy())
+    for short in (table[:2].copy(), table[:0].copy()):
+        with pytest.raises(ValueError, match="table must hold 65 values"):
+            intlog.log2_q16_array(np.array([3, 5], np.uint64), short, np.empty(2, np.int32))
+    assert frames_kernel_call(frontend, frontend.coeffs.frames.hop_samples, table) == 2
+
+
+def test_designed_coefficients_are_read_only():
+    """design() is cached: a caller that changed its coefficients in place changed every front end of that
+    configuration made afterwards, under the same configuration hash."""
+    coeffs = Frontend().coeffs
+    fb = coeffs.filterbank
+    for array in (fb.coef, fb.a0, fb.a1, fb.b1, fb.b2, fb.centre_freqs, coeffs.frames.log_table):
+        with pytest.raises(ValueError, match="read-only"):
+            array[0] += 1

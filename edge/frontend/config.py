@@ -26,6 +26,7 @@ MAX_HOP_MS = 1000.0  # a frame a second at least: longer hops hear nothing a det
 # The spectral view's running average moves by floor((256 q - M) / n): the longer its memory n, the further the
 # flooring pulls it down (about +-0.5 dB of shape error at 1,000 frames, 1.4 dB at 10,000), so n stays at this.
 MAX_SPECTRAL_MEMORY_FRAMES = 1000
+MIN_SPECTRAL_NORM_S, MAX_SPECTRAL_NORM_S = 0.1, 10.0
 INT_FIELDS = ("sample_rate", "channels")
 FLOAT_FIELDS = ("f_low", "f_high", "hop_ms", "window_ms", "release_db_per_s", "floor_dbfs", "spectral_norm_s")
 
@@ -94,8 +95,9 @@ class FrontendConfig:
                  f"{MAX_RELEASE_DB_PER_S:g} dB/s (that already drops the reference 100 dB per 10 ms hop)")
         if not -120 <= self.floor_dbfs <= -10:
             fail(f"floor_dbfs={self.floor_dbfs}: use a level from -120 to -10 dBFS")
-        if self.spectral_norm_s != 0 and not 0.1 <= self.spectral_norm_s <= 10:
-            fail(f"spectral_norm_s={self.spectral_norm_s}: use 0 (off) or 0.1 to 10 seconds")
+        if self.spectral_norm_s != 0 and not MIN_SPECTRAL_NORM_S <= self.spectral_norm_s <= MAX_SPECTRAL_NORM_S:
+            fail(f"spectral_norm_s={self.spectral_norm_s}: use 0 (off) or {MIN_SPECTRAL_NORM_S:g} to "
+                 f"{MAX_SPECTRAL_NORM_S:g} seconds")
         # The average's memory is spectral_norm_s in whole hops; under one hop it would round to 0 frames and the
         # view would silently be off while config.features still counted it.
         if self.spectral_norm_s != 0 and self.spectral_norm_s * 1000 < self.hop_ms * (1 - 1e-9):
@@ -111,10 +113,13 @@ class FrontendConfig:
             problems.append(f"f_low={self.f_low} Hz: at sample_rate={self.sample_rate} use at least {lowest:g} Hz; "
                             "lower channels lose the integer filters' 80 dB of accuracy")
         memory_frames = round(self.spectral_norm_s * 1000 / self.hop_ms)
+        longest = MAX_SPECTRAL_MEMORY_FRAMES * self.hop_ms / 1000
         if memory_frames > MAX_SPECTRAL_MEMORY_FRAMES:
             problems.append(f"spectral_norm_s={self.spectral_norm_s}: {memory_frames} hops of hop_ms={self.hop_ms}; "
-                            f"its integer average stays true over at most {MAX_SPECTRAL_MEMORY_FRAMES} hops: use at "
-                            f"most {MAX_SPECTRAL_MEMORY_FRAMES * self.hop_ms / 1000:g} s or a longer hop")
+                            f"its integer average stays true over at most {MAX_SPECTRAL_MEMORY_FRAMES} hops: "
+                            + (f"use at most {longest:g} s or a longer hop" if longest >= MIN_SPECTRAL_NORM_S
+                               else f"use a hop of at least {MIN_SPECTRAL_NORM_S * 1000 / MAX_SPECTRAL_MEMORY_FRAMES:g}"
+                                    " ms"))
         return problems
 
     @property

@@ -67,6 +67,7 @@ class FilterbankCoeffs:
     def __post_init__(self):
         packed = np.vstack([self.a0, self.a1, self.b1[None], self.b2[None]]).astype(np.int32)
         object.__setattr__(self, "_packed", np.ascontiguousarray(packed))
+        _freeze(self.centre_freqs, self.a0, self.a1, self.b1, self.b2, self._packed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +80,16 @@ class FrameCoeffs:
     log_table: np.ndarray  # int32 (2**LOG_TABLE_BITS + 1,), Q16 log2(1 + i / 2**LOG_TABLE_BITS)
     norm_memory_frames: int = 0  # spectral view: frames in the average shape's memory; 0 = no spectral view
     norm_active_q: int = 0  # spectral view: an output q the loudest channel must reach for the frame to count
+
+    def __post_init__(self):
+        _freeze(self.log_table)
+
+
+def _freeze(*arrays: np.ndarray) -> None:
+    """design() is cached and its coefficients shared by every front end of a configuration: read-only, so that
+    no caller can change another's."""
+    for array in arrays:
+        array.setflags(write=False)
 
 
 @dataclasses.dataclass(frozen=True)
