@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import click
@@ -15,7 +16,11 @@ _SSH_DEFAULTS = dict(restart="systemctl restart basilar", service="systemctl is-
 def _need_the_host_extra() -> None:
     """deploy and status run every transport through one fleet runner, which needs asyncssh (a host extra)."""
     try:
-        import asyncssh  # noqa: F401
+        with warnings.catch_warnings():
+            # asyncssh names DSA keys in its type hints, which recent cryptography (51 here) warns of on import:
+            # ten lines on every deploy and status that no user can act on (basilar neither makes nor asks for DSA)
+            warnings.filterwarnings("ignore", message="DSA is deprecated")
+            import asyncssh  # noqa: F401
     except ImportError:
         raise click.ClickException("`basilar deploy` and `basilar status` run on the host and need its extra "
                                    "(asyncssh): pip install 'basilar[host]'") from None

@@ -441,6 +441,16 @@ class socket_closed_port:
         return False
 
 
+def test_status_writes_nothing_to_standard_error_but_its_own_message():
+    """Importing asyncssh under cryptography 51 printed ten lines of DSA deprecation warnings before every deploy's
+    and status's own output, where a deploy promises nothing on standard error but its summary."""
+    done = subprocess.run([sys.executable, "-c", "from firmware_tools.cli import main; main()", "status",
+                           "ssh://root@127.0.0.1:1/opt/basilar"], capture_output=True, text=True, timeout=60,
+                          cwd=REPO)
+    assert done.returncode == 1 and "cannot connect to 127.0.0.1:1" in done.stdout
+    assert done.stderr == "Error: 1 of 1 device(s) could not be queried; see DETAIL above\n"
+
+
 @pytest.mark.parametrize("command", [["deploy", "default"], ["status"]])
 def test_without_the_host_extra_deploy_and_status_say_what_to_install(command, monkeypatch):
     monkeypatch.setitem(sys.modules, "asyncssh", None)  # as on a device installed with the runtime extra only
