@@ -16,8 +16,8 @@ def bundle_detector_options(command):
                      "threshold [default: 0.92, tuned on the spoken digits: for other words tune it with `basilar "
                      "eval-stream BUNDLE AUDIO --truth T.csv --threshold T` on recordings of them, then convert "
                      "again]."),
-        click.option("--smoothing-ms", type=FloatRange(0, 2000), help="The bundle's default posterior smoothing."),
-        click.option("--refractory-ms", type=FloatRange(0, 10000), help="The bundle's default refractory time."),
+        click.option("--smoothing-ms", type=FloatRange(0, 2000), help="The bundle's default posterior smoothing [default: 150]."),
+        click.option("--refractory-ms", type=FloatRange(0, 10000), help="The bundle's default refractory time [default: 400]."),
     ]):
         command = option(command)
     return command

@@ -169,7 +169,8 @@ def _progress_bars(targets, total):
               callback=one_line,
               help="Shell command on the device that succeeds when the service runs; an empty string skips it. "
                    "{root} stands for the device root.")
-@click.option("--parallel", type=click.IntRange(min=1), default=8, show_default=True, metavar="N")
+@click.option("--parallel", type=click.IntRange(min=1), default=8, show_default=True, metavar="N",
+              help="How many devices to query at once.")
 @click.option("--command-timeout", type=FloatRange(min=1), default=30.0, show_default=True, metavar="SECONDS",
               help="How long each command on the device may take before the answer is given up on.")
 def status(targets, inventory, known_hosts, accept_new_host_keys, identity, device_python, connect_timeout,

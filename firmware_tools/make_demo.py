@@ -328,7 +328,7 @@ def sounds_under(folder: Path) -> list[Path]:
 @click.option("--fsdd", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_FSDD, show_default=True,
               help="Folder of FSDD recordings {digit}_{speaker}_{take}.wav.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=REPO / "edge" / "demo",
-              show_default=True, help="Where to write demo.wav, demo_truth.csv and ATTRIBUTION.md.")
+              show_default=True, help="Where to write demo.wav, demo_truth.csv, demo_non_target.csv and ATTRIBUTION.md.")
 @click.option("--seed", type=int, default=2024, show_default=True)
 @click.option("--speakers", default=",".join(SPEAKERS), show_default=True,
               help="Comma-separated FSDD speakers whose digits go in (one held-out speaker makes a test stream).")

@@ -16,9 +16,12 @@ from firmware_tools.convert_cmd import bundle_detector, bundle_detector_options
               help="Speakers to hold out for validation (names separated by commas); 'auto' picks the last "
                    "speaker, 'none' trains on all.")
 @click.option("--loso", is_flag=True, help="Also report leave-one-speaker-out accuracy (one model per speaker).")
-@click.option("--epochs", type=click.IntRange(1, 500), default=30, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 500), default=30, show_default=True,
+              help="Passes over the training examples.")
 @click.option("--width", type=click.IntRange(8, 256), default=48, show_default=True, help="Channels per layer.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds every random draw: synthesized voices, augmentation, initial weights (TensorFlow's "
+                   "training is not bit-reproducible on every host).")
 @click.option("--ensemble", type=click.IntRange(1, 4), default=1, show_default=True,
               help="Models trained with different seeds and averaged in one network (each step runs them all).")
 @click.option("--synth-digits", type=click.IntRange(0, 100_000), default=600, show_default=True,
