@@ -183,7 +183,6 @@ def frontend(ctx, audio, channels, sample_rate, f_low, f_high, hop_ms, spectral_
         samples, source, read_error = read_audio(audio, config.sample_rate)
     except SourceError as err:
         raise click.ClickException(str(err)) from None
-    resampled = source.file_rate != config.sample_rate
     if not samples.size:  # "0 frames" and exit 0 said nothing was wrong
         raise click.ClickException(
             str(read_error) if read_error
@@ -200,10 +199,10 @@ def frontend(ctx, audio, channels, sample_rate, f_low, f_high, hop_ms, spectral_
     result, seconds = run_stage(config, samples, stage, use_reference)
     duration = samples.size / config.sample_rate
     speed = f"{duration / seconds:,.0f}x real time" if seconds > 0 and duration > 0 else "n/a"
-    resampled_note = f", resampled to {config.sample_rate} Hz (soxr)" if resampled else ""
+    resampled = f", resampled to {config.sample_rate} Hz (soxr)" if source.file_rate != config.sample_rate else ""
     cf = Frontend(config).centre_freqs  # the design is cached: no second filter design
     click.echo(f"input      {audio}: {duration:.2f} s, {source.file_rate} Hz, {source.file_channels} channel(s), "
-               f"{source.file_format}{resampled_note}")
+               f"{source.file_format}{resampled}")
     click.echo(f"front end  {config.sample_rate} Hz, {config.channels} channels {cf[0]:.0f}-{cf[-1]:.0f} Hz "
                f"(ERB-spaced), hop {config.hop_ms:g} ms, window {config.window_ms:g} ms"
                + (f", spectral view over {config.spectral_norm_s:g} s" if config.spectral_norm_s else ""))
