@@ -26,7 +26,7 @@ def last_cpu() -> int | None:
 
 def pin_to_one_cpu(cpu: int | None = None) -> int | None:
     """Pin this process to one CPU (default: the last one it may use), as on a busy device; returns it, or None
-    where the OS cannot pin."""
+    where the OS cannot or will not pin (the benchmark then runs where the scheduler puts it)."""
     if not hasattr(os, "sched_setaffinity"):
         return None
     allowed = sorted(os.sched_getaffinity(0))
@@ -34,5 +34,21 @@ def pin_to_one_cpu(cpu: int | None = None) -> int | None:
     if cpu not in allowed:
         raise click.BadParameter(f"CPU {cpu} is not available to this process; choose one of {allowed}",
                                  param_hint="--cpu")
-    os.sched_setaffinity(0, {cpu})
+    return pin(0, cpu)
+
+
+def pin(pid: int, cpu: int | None) -> int | None:
+    """Pin process pid (0: this one) to cpu; returns it, or None where the OS refuses (a cpuset or seccomp policy
+    that forbids it: EPERM, EINVAL), so that a benchmark runs unpinned and says so instead of failing."""
+    if cpu is None:
+        return None
+    try:
+        os.sched_setaffinity(pid, {cpu})
+    except OSError:
+        return None
     return cpu
+
+
+def pinning(cpu: int | None) -> str:
+    """How a report names where the timed code ran."""
+    return "not pinned" if cpu is None else f"one core (cpu {cpu})"

@@ -319,9 +319,9 @@ def bench_frontend(seconds, repeats, channels, cpu, accuracy, accuracy_seconds, 
         require_extra("scipy", "host", "bench frontend", install="scipy")
     pinned = pin_to_one_cpu(cpu)
     info = machine()
-    report = {"machine": info, "pinned_cpu": pinned, "sample_rate": SAMPLE_RATE, "audio_seconds": seconds,
-              "repeats": repeats, "timing_signal_dbfs": TIMING_LEVEL_DBFS}
-    if not no_speed:
+    report = {"machine": info, "pinned_cpu": pinned, "sample_rate": SAMPLE_RATE}
+    if not no_speed:  # the timing's settings only where a timing ran
+        report.update({"audio_seconds": seconds, "repeats": repeats, "timing_signal_dbfs": TIMING_LEVEL_DBFS})
         report.update(run_speed(seconds, repeats, channels))
         report["arithmetic"] = arithmetic(report["results"], info["cpu_mhz"])
     if accuracy:

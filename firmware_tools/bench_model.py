@@ -8,7 +8,7 @@ import time
 import click
 import numpy as np
 
-from firmware_tools.bench import pin_to_one_cpu
+from firmware_tools.bench import pin_to_one_cpu, pinning
 from firmware_tools.cli_errors import fail_on
 
 
@@ -68,7 +68,7 @@ def bench_model(bundle_arg, bundle_opt, steps, as_json, check):
     if as_json:
         click.echo(json.dumps(result))
     else:
-        click.echo(f"step model {result['model_bytes']} bytes on {runner.runtime}, one core (cpu {cpu}): "
+        click.echo(f"step model {result['model_bytes']} bytes on {runner.runtime}, {pinning(cpu)}: "
                    f"mean {result['step_us_mean']:.1f} us of CPU time per step; wall clock mean "
                    f"{result['step_us_wall_mean']:.1f} us, p50 {result['step_us_p50']:.1f} us, p99 "
                    f"{result['step_us_p99']:.1f} us ({steps} steps)")

@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from firmware_tools.bench import pin_to_one_cpu
+from firmware_tools.bench import pin_to_one_cpu, pinning
 from firmware_tools.cli_types import FloatRange
 
 DEMO = Path(__file__).resolve().parent.parent / "edge" / "demo" / "demo.wav"
@@ -150,7 +150,7 @@ def bench_run(bundle, audio, seconds, hop_seconds, chunk_ms, as_json, check):
         def mark(name):
             return "ok" if name not in missed else "MISSED"
 
-        click.echo(f"basilar run pipeline, bundle {pipeline.bundle.id[:12]}, one core (cpu {cpu}), "
+        click.echo(f"basilar run pipeline, bundle {pipeline.bundle.id[:12]}, {pinning(cpu)}, "
                    f"{result['audio_s']:.0f} s of audio in {chunk_ms:g} ms chunks")
         click.echo(f"  speed (CPU)    {result['speed_x']:8.1f}x real time   (target >= "
                    f"{TARGETS['speed_x']:.0f}x)  {mark('speed_x')}")

@@ -38,7 +38,7 @@ import numpy as np
 import soxr
 
 from edge.sources import RATES
-from firmware_tools.bench import last_cpu
+from firmware_tools.bench import last_cpu, pin, pinning
 from firmware_tools.bench_run import DEMO, pipeline_and_recording
 from firmware_tools.cli_types import FloatRange
 
@@ -162,11 +162,7 @@ def soak(bundle: str, recording: np.ndarray, rate: int, hop_samples: int, hours:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)  # children this process waited for before
         child = subprocess.Popen(run_command(bundle, input_rate), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=errors)
-        if cpu is not None:
-            try:
-                os.sched_setaffinity(child.pid, {cpu})
-            except OSError:
-                cpu = None  # the OS would not pin it: it runs where the scheduler puts it (reported as cpu null)
+        cpu = pin(child.pid, cpu)  # None where the OS would not pin it: reported as cpu null
 
         def feed():
             try:
@@ -267,9 +263,9 @@ def bench_soak(bundle, audio, hours, input_rate, as_json, check):
 
         for warning in result["warnings"]:
             click.echo(warning, err=True)
-        pinned = "not pinned" if result["cpu"] is None else f"one core (cpu {result['cpu']})"
-        click.echo(f"basilar run -, bundle {pipeline.bundle.id[:12]}, {pinned}: {result['audio_hours']} h "
-                   f"of audio at {input_rate} Hz, {result['passes']} passes of {result['pass_s']} s")
+        click.echo(f"basilar run -, bundle {pipeline.bundle.id[:12]}, {pinning(result['cpu'])}: "
+                   f"{result['audio_hours']} h of audio at {input_rate} Hz, {result['passes']} passes of "
+                   f"{result['pass_s']} s")
         click.echo(f"  memory   settled {result['rss_settled_mb']:.1f} MB, at the end {result['rss_end_mb']:.1f} MB: "
                    f"growth {result['rss_growth_mb']:+.2f} MB (target <= {TARGETS['rss_growth_mb']:g} MB)  "
                    f"{mark('rss_growth_mb')}; peak {result['peak_rss_mb']:.1f} MB (target <= "

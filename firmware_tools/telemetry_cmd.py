@@ -5,6 +5,7 @@ import contextlib
 import sys
 
 import click
+from click.core import ParameterSource
 
 from edge.telemetry import DEFAULT_BAUD
 from firmware_tools.cli_types import BAUD_RATES, FloatRange
@@ -28,7 +29,8 @@ from firmware_tools.telemetry_reader import (STDOUT, LinesTable, LiveTable, Tele
               "--duration, a port that never opened is still an error).")
 @click.option("--passive", is_flag=True, help="Never write to the port (by default the reader asks the device "
               "for its HELLO on connecting).")
-@click.option("--count", type=click.IntRange(min=1), help="Stop after this many records.")
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many records from the device "
+              "(detections, health, logs, HELLO, RELEASES; not the reader's own link and gap records).")
 @click.option("--duration", type=FloatRange(min=0), help="Stop after this many seconds.")
 def telemetry(port, baud, fmt, output, replay_path, capture, wait, passive, count, duration):
     """Show the telemetry a device sends over PORT (e.g. /dev/ttyUSB0): detections, health and logs.
@@ -40,6 +42,8 @@ def telemetry(port, baud, fmt, output, replay_path, capture, wait, passive, coun
         raise click.UsageError("give either PORT or --replay FILE, not both")
     if not replay_path and not port:
         raise click.UsageError("give the serial PORT to read (e.g. /dev/ttyUSB0) or --replay FILE")
+    if replay_path:
+        refuse_port_options(click.get_current_context())
 
     session = TelemetrySession()
     sinks = []  # (the name its write errors give, sink)
@@ -85,6 +89,18 @@ def telemetry(port, baud, fmt, output, replay_path, capture, wait, passive, coun
         if out_file:
             with contextlib.suppress(OSError):
                 out_file.close()
+
+
+PORT_ONLY = ("baud", "capture", "wait", "passive", "duration")  # options that mean nothing to a replay
+
+
+def refuse_port_options(ctx: click.Context) -> None:
+    """A replay decodes a whole file at once and opens no port: an option for reading a port would be silently
+    ignored, so it is refused (a --duration meant to cut the replay short would not)."""
+    for param in ctx.command.params:
+        if param.name in PORT_ONLY and ctx.get_parameter_source(param.name) != ParameterSource.DEFAULT:
+            raise click.UsageError(f"{param.opts[0]} is for reading a port and does nothing with --replay; leave it "
+                                   "out (--count stops a replay early)")
 
 
 def _end_the_view(signum, frame):

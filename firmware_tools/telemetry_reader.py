@@ -64,6 +64,12 @@ def writing_to(name: str):
                              "another file") from None
 
 
+def from_device(record: Record) -> bool:
+    """Whether a record is a message the device sent (what --count counts), not the reader's own note of the link
+    (connected, lost, a restart) or of a gap in the sequence."""
+    return record["type"] not in ("link", "gap")
+
+
 def host_time() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -138,6 +144,14 @@ def audio_clock_restarted(last_end_ms: int, end_ms: int) -> bool:
     return AudioClock.BACKSTEP_MS < last_end_ms - end_ms < DEVICE_MS_MODULO // 2
 
 
+MAX_WORD_MS = DEVICE_MS_MODULO // 2  # a DETECTION lasting this long or longer ends before it starts: malformed
+
+
+def word_duration_ms(start_ms: int, end_ms: int) -> int:
+    """How long a word lasts from its u32 times (as sent); one that spans the clock's wrap reads right."""
+    return (end_ms - start_ms) % DEVICE_MS_MODULO
+
+
 class AudioClock:
     """A detection's word times in seconds of audio, counted on past the u32 milliseconds' wrap at 49.7 days.
 
@@ -158,7 +172,7 @@ class AudioClock:
             forward = (end_ms - self.last_end) % DEVICE_MS_MODULO
             back = DEVICE_MS_MODULO - forward
             end = self.last_end - back if 0 < back <= self.BACKSTEP_MS else self.last_end + forward
-        start = end - (end_ms - start_ms) % DEVICE_MS_MODULO
+        start = end - word_duration_ms(start_ms, end_ms)
         if start < 0:  # a word cannot start before the stream: it spans a wrap the reader did not see
             start, end = start + DEVICE_MS_MODULO, end + DEVICE_MS_MODULO
         self.last_end = end
@@ -188,7 +202,7 @@ class TelemetrySession:
 
     def feed(self, data: bytes, when: str | None = None) -> list[Record]:
         records = []
-        for frame in self.decoder.feed(data):
+        for frame in map(self._checked, self.decoder.feed(data)):
             lost, restarted = self.sequence.observe(frame)
             if restarted:
                 self.audio_clock = AudioClock()
@@ -201,6 +215,16 @@ class TelemetrySession:
             if record is not None:
                 records.append(record)
         return records
+
+    def _checked(self, frame: Frame) -> Frame:
+        """A DETECTION ending before it starts (a sender bug) is malformed: read modulo 2^32 it would last over
+        24.8 days and move every later word's times by 49.7 days. Its seq still arrived; its times are dropped."""
+        message = frame.message
+        if isinstance(message, Detection) and word_duration_ms(message.start_ms, message.end_ms) >= MAX_WORD_MS:
+            self.decoder.stats.frames -= 1
+            self.decoder.stats.malformed += 1
+            return Frame(frame.type, frame.seq, frame.device_ms, None, frame.payload)
+        return frame
 
     def _record(self, frame: Frame, when: str | None) -> Record | None:
         message = frame.message
@@ -415,22 +439,46 @@ def open_sink(fmt: str, stream: TextIO, header: bool = True):
 
 
 def open_output_file(path: str, fmt: str):
-    """Append records to a file (JSONL unless fmt is csv); a CSV header is written only into an empty file, and a
-    CSV file whose header has other columns (an older basilar's) is refused: its rows would not line up."""
+    """Append records to a file (JSONL unless fmt is csv); a CSV header is written only into an empty file. A file
+    that holds another format (CSV for JSONL, JSONL for CSV, or CSV whose header has other columns: an older
+    basilar's) is refused: its lines would not read as one format."""
     try:
         stream = open(path, "a+", encoding="utf-8", newline="")
-        if fmt == "csv" and stream.tell():
+        if stream.tell():
             stream.seek(0)
-            header = stream.readline().rstrip("\r\n")
+            first = stream.readline().rstrip("\r\n")
             stream.seek(0, 2)
-            if header != ",".join(CSV_FIELDS):
+            refusal = other_format(path, fmt, first)
+            if refusal:
                 stream.close()
-                raise TelemetryError(f"{path} holds CSV with other columns (written by another version of basilar, "
-                                     "or not by basilar); write to a new file")
+                raise TelemetryError(refusal)
     except (OSError, UnicodeDecodeError) as exc:
         raise TelemetryError(f"cannot open the output file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     with writing_to(path):  # the CSV header
         return stream, open_sink(fmt, stream, header=stream.tell() == 0)
+
+
+def other_format(path: str, fmt: str, first_line: str) -> str:
+    """Why records in fmt ("csv" or "jsonl") must not be appended to a file whose first line is first_line; ""
+    if they may."""
+    found = "csv" if first_line == ",".join(CSV_FIELDS) else "jsonl" if is_json_object(first_line) else None
+    if found == fmt:
+        return ""
+    if found == "jsonl":
+        return f"{path} holds JSON lines, not CSV; write to a new file, or pass --format jsonl"
+    if found == "csv":
+        return f"{path} holds basilar's CSV, not JSON lines; write to a new file, or pass --format csv"
+    if fmt == "csv":
+        return (f"{path} holds CSV with other columns (written by another version of basilar, or not by basilar); "
+                "write to a new file")
+    return f"{path} holds something other than JSON lines (its first line is no JSON object); write to a new file"
+
+
+def is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def open_capture_file(path: str):
@@ -487,7 +535,7 @@ class TelemetryReader:
         self._hello_seen = False
         self._asks: list[float] = []
         self._connected_at = 0.0
-        self.records = 0
+        self.records = 0  # records from the device emitted
         self.refusal = ""  # why the port last failed to open
 
     def stop(self) -> None:
@@ -542,14 +590,21 @@ class TelemetryReader:
             pass
 
     def _deliver(self, records: Iterable[Record], max_records: int | None) -> None:
+        """Emit records; after max_records of them from the device (see from_device), stop."""
         for record in records:
             if max_records is not None and self.records >= max_records:
                 self.stop_event.set()
                 return
             self.emit(record)
-            self.records += 1
+            self.records += from_device(record)
         if max_records is not None and self.records >= max_records:
             self.stop_event.set()
+
+    def _capture(self, data: bytes) -> None:
+        if self.capture:
+            with writing_to(self.capture.name):
+                self.capture.write(data)
+                self.capture.flush()
 
     def run(self, *, max_records: int | None = None, duration: float | None = None) -> TelemetrySession:
         import serial
@@ -583,12 +638,11 @@ class TelemetryReader:
                     continue
                 if data:
                     records = self.session.feed(data, host_time())  # counted even if the capture fails
-                    if self.capture:
-                        with writing_to(self.capture.name):
-                            self.capture.write(data)
-                            self.capture.flush()
                     self._hello_seen = self._hello_seen or any(r["type"] == "hello" for r in records)
-                    self._deliver(records, max_records)
+                    try:
+                        self._capture(data)
+                    finally:  # what these bytes held is written out before a failed capture ends the reader
+                        self._deliver(records, max_records)
                 self._maybe_ask_again(ser)
         finally:
             if ser is not None:
@@ -601,15 +655,16 @@ class TelemetryReader:
 
 def replay(path: str, emit: Callable[[Record], None], session: TelemetrySession | None = None,
            block: int = 65536, max_records: int | None = None) -> TelemetrySession:
-    """Decode a raw capture (the bytes as they came off the line) and emit its records, at most max_records."""
+    """Decode a raw capture (the bytes as they came off the line) and emit its records, up to the max_records-th
+    from the device (see from_device)."""
     session = session or TelemetrySession()
-    emitted = 0
+    emitted = 0  # records from the device
     for data in _blocks(path, block):
         for record in session.feed(data):
             if max_records is not None and emitted >= max_records:
                 return session
             emit(record)
-            emitted += 1
+            emitted += from_device(record)
     session.end_of_stream()
     return session
 

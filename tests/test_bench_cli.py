@@ -95,6 +95,15 @@ def test_text_report_reads_as_a_table():
         assert text in done.stdout
 
 
+def test_an_accuracy_report_alone_claims_no_timing():
+    """--no-speed ran no timing: no audio length, repeats or timing level of one in the JSON either."""
+    done = bench("--channels", "8", "--no-speed", "--accuracy", "--accuracy-seconds", "0.05", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [row["channels"] for row in report["accuracy"]] == [8] and "results" not in report
+    assert not {"audio_seconds", "repeats", "timing_signal_dbfs"} & set(report)
+
+
 @pytest.mark.parametrize("args, message", [(["--channels", "4"], "give channel counts from 8 to 128"),
                                            (["--channels", "x"], "give channel counts"),
                                            (["--cpu", "100000"], "is not available to this process"),

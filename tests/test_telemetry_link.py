@@ -197,6 +197,28 @@ def test_replay_stops_after_count_records(tmp_path):
     assert "telemetry: 3 record(s) written; 12 frames" in summary
 
 
+def test_count_counts_what_the_device_sent_not_the_readers_link_records(tmp_path):
+    """`--count 1` on a port stopped at the reader's own "connected" record, before reading a byte."""
+    from edge.telemetry.protocol import Detection, Hello, Labels, encode_frame
+
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    cli = telemetry_cli(os.ttyname(slave), "--format", "jsonl", "--passive", "--count", "2", "--duration", "20")
+    try:
+        assert json.loads(cli.stdout.readline())["event"] == "connected"
+        os.write(master, encode_frame(Hello("test-device", "test", "ab" * 32, 16000, 1), 0, 1000)
+                 + encode_frame(Labels(0, ("speech",)), 1, 1000) + encode_frame(Detection(0, 65535, 500, 900), 3, 1100)
+                 + encode_frame(Detection(0, 65535, 1500, 1900), 4, 1200))
+        stdout, stderr = cli.communicate(timeout=30)
+    finally:
+        cli.kill()
+        os.close(master)
+        os.close(slave)
+    assert cli.returncode == 0, stderr
+    # the gap before seq 3 is written, as it comes before the second record from the device
+    assert [json.loads(line)["type"] for line in stdout.splitlines()] == ["hello", "gap", "detection"]
+
+
 def telemetry_cli(*args, **popen):
     return subprocess.Popen([sys.executable, "-m", "firmware_tools.cli", "telemetry", *args], env=ENV, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
@@ -254,8 +276,46 @@ def test_live_reader_on_a_full_disk_names_the_file_and_prints_the_summary(cable_
     assert cli.returncode == 1 and "Traceback" not in stderr, stderr
     assert "Error: cannot write to /dev/full: No space left on device" in stderr
     summary = next(line for line in stderr.splitlines() if line.startswith("telemetry: "))
-    if option == "--capture":  # the record before the capture failed is written, the bytes read are counted
-        assert "1 record(s) written" in summary and "(0 bytes)" not in summary
+    if option == "--capture":  # the records before the capture failed are written, the bytes read are counted
+        written = stdout.splitlines()  # "connected", and what the device sent where it came in the read that failed
+        assert json.loads(written[0])["event"] == "connected"
+        assert f"{len(written)} record(s) written" in summary and "(0 bytes)" not in summary
+
+
+def capture_limited_to_one_byte():
+    """In the reader's process: files may not grow past one byte (EFBIG instead of SIGXFSZ), so the capture fails
+    on the first read that carries more than its first byte."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+def test_a_capture_that_fails_still_writes_every_record_its_bytes_held(tmp_path):
+    """The read whose capture fails decodes a HELLO and a detection: both are written out before the error."""
+    from edge.telemetry.protocol import Detection, Hello, Labels, encode_frame
+
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    wire = (encode_frame(Hello("test-device", "test", "ab" * 32, 16000, 2), 0, 1000)
+            + encode_frame(Labels(0, ("speech", "dog")), 1, 1000)
+            + encode_frame(Detection(1, 65535, 500, 900), 2, 1100))
+    cli = telemetry_cli(os.ttyname(slave), "--format", "jsonl", "--passive", "--capture", str(tmp_path / "raw.bin"),
+                        "--duration", "20", preexec_fn=capture_limited_to_one_byte)
+    try:
+        assert json.loads(cli.stdout.readline())["event"] == "connected"
+        os.write(master, wire)  # one write: the reader takes its first byte, then the rest in one read
+        stdout, stderr = cli.communicate(timeout=30)
+    finally:
+        cli.kill()
+        os.close(master)
+        os.close(slave)
+    assert cli.returncode == 1 and "Traceback" not in stderr, stderr
+    assert "cannot write to" in stderr and "File too large" in stderr
+    records = [json.loads(line) for line in stdout.splitlines()]
+    assert [r["type"] for r in records] == ["hello", "detection"]
+    assert records[1]["label"] == "dog" and records[1]["end_s"] == 0.9
+    assert "3 record(s) written" in stderr
 
 
 def test_duration_ends_the_wait_for_a_missing_port(tmp_path):
@@ -355,7 +415,7 @@ def test_reader_waits_for_a_port_that_appears_later(tmp_path, cable_factory):
     port = str(tmp_path / "ttyHOST")
     reader = TelemetryReader(port, 115200, emit=records.append, wait=True, retry_interval=0.05,
                              say=lambda text: None)
-    thread = threading.Thread(target=reader.run, kwargs={"max_records": 2}, daemon=True)
+    thread = threading.Thread(target=reader.run, kwargs={"max_records": 1}, daemon=True)  # the device's HELLO
     thread.start()
     time.sleep(0.3)
     assert not records  # still waiting, not failed
@@ -441,6 +501,17 @@ def test_bench_corruption_that_leaves_no_frame_whole_is_reported_not_a_crash():
 
     noise = bench_corruption(1000, 0.2, seed=2)
     assert noise["intact_recovered"] == 0 and noise["lost_frames"] == 0 and noise["wrong_frames_accepted"] == 0
+
+
+def test_bench_telemetry_misses_its_target_when_a_lost_frame_goes_uncounted():
+    """The README's "every lost frame counted" is a target: a tracker that counted one fewer would miss it."""
+    from firmware_tools.bench_telemetry import bench_corruption, bench_decoder, targets_met
+
+    decoder, noise = bench_decoder(1000, 4096, repeats=1), bench_corruption(3000, 0.01, seed=1)
+    line = {"lost_frames": 0, "frames_received": 100, "frames_sent": 100}
+    decoder["decoder"]["mb_per_s"] = 1.0  # speed is not what is tested here
+    assert noise["lost_frames"] > 0 and targets_met(decoder, line, noise)
+    assert not targets_met(decoder, line, {**noise, "lost_frames_counted": noise["lost_frames"] - 1})
 
 
 @pytest.mark.parametrize("option, value", [("--frames", "0"), ("--block", "0"), ("--baud", "0"),

@@ -502,6 +502,44 @@ def test_csv_carries_the_releases_and_refuses_a_file_of_other_columns(tmp_path):
     assert old.read_text() == "host_time,type,seq\n1,hello,0\n"
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "table"])
+def test_json_lines_are_not_appended_to_a_csv_file_nor_to_any_other(tmp_path, fmt):
+    """The reverse of the CSV refusal above: JSON lines after a CSV header would make the file neither."""
+    capture = tmp_path / "capture.bin"
+    capture.write_bytes(encode_frame(Hello("dev", "1.0", "d" * 64, 16000, 0), 0, 0))
+    out = tmp_path / "out.csv"
+    assert CliRunner().invoke(cli, ["telemetry", "--replay", str(capture), "--format", "csv", "--output",
+                                    str(out)]).exit_code == 0
+    written = out.read_text()
+    result = CliRunner().invoke(cli, ["telemetry", "--replay", str(capture), "--format", fmt, "--output", str(out)])
+    assert result.exit_code == 1 and "holds basilar's CSV, not JSON lines" in result.output
+    assert "--format csv" in result.output and out.read_text() == written
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list\n")
+    result = CliRunner().invoke(cli, ["telemetry", "--replay", str(capture), "--format", fmt, "--output", str(notes)])
+    assert result.exit_code == 1 and "something other than JSON lines" in result.output
+    assert notes.read_text() == "shopping list\n"
+    jsonl = tmp_path / "out.jsonl"
+    for _ in range(2):  # JSON lines go on appending to JSON lines; CSV is refused there
+        assert CliRunner().invoke(cli, ["telemetry", "--replay", str(capture), "--format", fmt, "--output",
+                                        str(jsonl)]).exit_code == 0
+    assert [json.loads(line)["type"] for line in jsonl.read_text().splitlines()] == ["hello", "hello"]
+    result = CliRunner().invoke(cli, ["telemetry", "--replay", str(capture), "--format", "csv", "--output", str(jsonl)])
+    assert result.exit_code == 1 and "holds JSON lines, not CSV" in result.output
+
+
+@pytest.mark.parametrize("option", [["--capture", "raw.bin"], ["--passive"], ["--wait"], ["--duration", "5"],
+                                    ["--baud", "9600"]])
+def test_a_replay_refuses_options_that_only_mean_something_on_a_port(tmp_path, option):
+    """They were silently ignored: a capture never written, a --duration that did not cut the replay short."""
+    capture = tmp_path / "capture.bin"
+    capture.write_bytes(encode_frame(Hello("dev", "1.0", "d" * 64, 16000, 0), 0, 0))
+    option = [str(tmp_path / value) if value == "raw.bin" else value for value in option]
+    result = CliRunner().invoke(cli, ["telemetry", "--replay", str(capture), "--format", "jsonl", *option])
+    assert result.exit_code == 2 and f"{option[0]} is for reading a port" in result.output
+    assert "hello" not in result.output and not (tmp_path / "raw.bin").exists()
+
+
 def test_replay_table_for_people(tmp_path):
     result = CliRunner().invoke(cli, ["telemetry", "--replay", str(capture_with_damage(tmp_path))])
     assert result.exit_code == 0

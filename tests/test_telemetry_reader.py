@@ -89,6 +89,23 @@ def test_the_audio_clock_wraps_only_where_a_wrap_is_plausible():
                                                                pytest.approx((2**32 + 5 * 86_400_000) / 1000))
 
 
+def test_a_detection_ending_before_it_starts_is_malformed_and_leaves_the_clock_alone():
+    """Read modulo 2^32, end < start would be a word of 49.7 days less a little: it and every later word would
+    move 49.7 days on. It is skipped and counted as malformed; its seq arrived (no gap); the next word reads right."""
+    wire = (encode_frame(Detection(0, 50_000, 10_000, 10_400), 0, 11_000)
+            + encode_frame(Detection(1, 50_000, 20_400, 20_000), 1, 21_000)  # a sender bug
+            + encode_frame(Detection(2, 50_000, 30_000, 30_500), 2, 31_000)
+            + encode_frame(Detection(0, 50_000, 2**32 - 200, 100), 3, 32_000))  # a real word across the wrap
+    session = TelemetrySession()
+    records = session.feed(wire)
+    assert [(r["type"], r["start_s"], r["end_s"]) for r in records] == [
+        ("detection", 10.0, 10.4), ("detection", 30.0, 30.5),
+        ("detection", pytest.approx((2**32 - 200) / 1000), pytest.approx((2**32 + 100) / 1000))]
+    counters = session.counters()
+    assert (counters["malformed"], counters["frames"], counters["lost_frames"]) == (1, 4, 0)
+    assert "1 malformed" in session.summary()
+
+
 @pytest.fixture
 def cable(tmp_path):
     cable = PtyCable(tmp_path)
