@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -120,8 +121,38 @@ def _blame(err: DetectorSettingsError, bundle: Any, hop_ms: float,
             Detector(DetectorSettings.from_manifest(bundle.manifest.get("detector"), hop_ms=hop_ms), bundle.labels)
         except DetectorSettingsError:
             return PipelineError(str(err))
-        return DetectorOptionError(f"{err}; change the detector option that sets it")
+        return DetectorOptionError(_in_options(str(err), overrides, bundle.manifest.get("detector") or {}))
     return PipelineError(str(err))
+
+
+# The command-line option that sets each detector setting; the others (max_duration_ms) only a manifest sets
+OPTION_OF = {name: "--" + name.replace("_", "-") for name in (
+    "threshold", "smoothing_ms", "refractory_ms", "release_ratio", "min_duration_ms", "trigger", "end_quiet_ms",
+    "end_quiet_db", "min_score")} | {"thresholds": "--threshold-for"}
+_SETTING = re.compile(r"\b(?P<name>[a-z]+(?:_[a-z]+)*)=(?P<value>'[^']*'|[^\s:;,]+)")
+
+
+def _in_options(message: str, overrides: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
+    """A detector settings error in the terms of the command line: a setting the user gave is named by its option
+    (`--min-duration-ms 3000`, not min_duration_ms=3000.0), one they did not by where it came from."""
+    given = {name for name, value in overrides.items() if value is not None}
+    named: list[str] = []
+
+    def say(found: re.Match) -> str:
+        name = found["name"]
+        if name in given and name in OPTION_OF:
+            value = overrides[name]
+            named.append(OPTION_OF[name])
+            return f"{OPTION_OF[name]} {value:g}" if isinstance(value, float) else f"{OPTION_OF[name]} {value}"
+        if name not in DetectorSettings.manifest_keys():
+            return found[0]
+        where = "the bundle's manifest's" if name in manifest else "the default"
+        settable = "" if name in OPTION_OF else ", which no option changes"
+        return f"{found[0]} ({where}{settable})"
+
+    told = _SETTING.sub(say, message)
+    change = named or sorted(OPTION_OF[name] for name in given if name in OPTION_OF)
+    return f"{told}; change {' or '.join(dict.fromkeys(change))}"
 
 
 @dataclasses.dataclass
@@ -283,12 +314,23 @@ class RunLoop:
             sink.warn(text)
 
     def _emit(self, events: list[Detection]) -> None:
+        """Every sink gets every event even when another fails (standard output on a full disk must not keep a
+        detection off the serial line); the first failure is raised once they all have had it."""
+        failed: list[tuple[Sink, Exception]] = []
         for event in events:
             if self.source.live:
                 event = dataclasses.replace(event, timestamp=time.time())
             for sink in self.sinks:
-                sink.detection(event)
-            self.stats.detections += 1  # counted once written: an error message quotes it
+                if any(sink is broken for broken, _ in failed):
+                    continue  # one failure a sink is enough: its next write would fail the same way
+                try:
+                    sink.detection(event)
+                except Exception as err:
+                    failed.append((sink, err))
+            if not failed:
+                self.stats.detections += 1  # counted once written: an error message quotes it
+        if failed:
+            raise failed[0][1]
 
     def final_health(self) -> Health:
         """Health since the last report, for a last one as the run ends (a serial host has no summary line)."""

@@ -22,7 +22,7 @@ import shlex
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,9 +39,11 @@ IDLE_TICK_S = 1.0  # a live source that delivers nothing for this long yields an
 CLOSE_WAIT_S = 2.0  # how long closing a microphone may wait for PortAudio
 MAX_MEASURED_GAP_S = 3600.0  # a longer jump of PortAudio's clock across an overrun is no measure of a gap
 RATES = (1000, 384000)  # the input sample rates read, Hz (as --rate takes): a header saying 1 Hz is damaged
-# Little-endian sample encodings: (numpy type, full scale, bytes a sample); S24_3LE is read into the top of an int32
+# Little-endian sample encodings: (numpy type, full scale, bytes a sample); S24_3LE is read into the top of an int32,
+# S24_LE (24 bits in the low three bytes of four) into its low three
 SAMPLES = {"S16_LE": ("<i2", 2.0**15, 2), "S32_LE": ("<i4", 2.0**31, 4), "FLOAT_LE": ("<f4", 1.0, 4),
-           "U8": ("u1", 2.0**7, 1), "S24_3LE": ("<i4", 2.0**31, 3), "FLOAT64_LE": ("<f8", 1.0, 8)}
+           "U8": ("u1", 2.0**7, 1), "S24_3LE": ("<i4", 2.0**31, 3), "FLOAT64_LE": ("<f8", 1.0, 8),
+           "S24_LE": ("<i4", 2.0**23, 4)}
 PCM_FORMATS = {name: SAMPLES[name] for name in ("S16_LE", "S32_LE", "FLOAT_LE")}  # what --format takes
 
 
@@ -81,6 +83,8 @@ def decode(data: bytes, fmt: str, channels: int) -> np.ndarray:
         wide = np.zeros((len(data) // 3, 4), np.uint8)
         wide[:, 1:] = np.frombuffer(data, np.uint8).reshape(-1, 3)
         samples = wide.view(dtype)[:, 0]
+    elif fmt == "S24_LE":  # ALSA's: the top byte is no part of the sample; the low three are sign-extended
+        samples = (np.frombuffer(data, dtype) << 8) >> 8
     else:
         samples = np.frombuffer(data, dtype)
     floats = samples.astype(np.float32)
@@ -231,7 +235,9 @@ class FileSource(AudioSource):
         if named_raw and not self._opened:  # opened by descriptor, so that soundfile does not see the name
             audio = self._opened = open(os.open(path, os.O_RDONLY), "rb")
         try:
-            if wav and wav.open_length and wav.present > RIFF_LIMIT:  # libsndfile would stop at 4 GiB
+            # libsndfile would stop at 4 GiB; and it guesses at arecord's 24-in-32 from the samples (reading them
+            # 48 dB low as 32-bit, or as 3-byte ones), where standard input reads them as ALSA does
+            if wav and (wav.open_length and wav.present > RIFF_LIMIT or _alsa_s24(wav.layout)):
                 self._file = _WavSamples(path, wav)
             else:
                 self._file = soundfile.SoundFile(audio)
@@ -391,12 +397,13 @@ def _nist_sample_count(path) -> int:
 
 
 class _WavSamples:
-    """The samples of a WAV file past 4 GiB whose length was left open, read here since libsndfile stops at 4 GiB;
-    as much of soundfile.SoundFile as FileSource uses."""
+    """The samples of a WAV file past 4 GiB whose length was left open, read here since libsndfile stops at 4 GiB,
+    or of arecord's 24-in-32 (`_alsa_s24`), which libsndfile guesses at; as much of soundfile.SoundFile as FileSource
+    uses."""
 
     format = "WAV"
     _SUBTYPES = {"S16_LE": "PCM_16", "S32_LE": "PCM_32", "FLOAT_LE": "FLOAT", "U8": "PCM_U8", "S24_3LE": "PCM_24",
-                 "FLOAT64_LE": "DOUBLE"}
+                 "FLOAT64_LE": "DOUBLE", "S24_LE": "PCM_24"}
 
     def __init__(self, path: Path, wav: WavData):
         self._pcm = _pcm_format(wav.layout) if wav.layout else None
@@ -407,7 +414,7 @@ class _WavSamples:
         self.samplerate, self.channels = wav.layout.rate, wav.layout.channels
         self.subtype = self._SUBTYPES[self._pcm]
         self._frame_bytes = SAMPLES[self._pcm][2] * self.channels
-        self.frames = wav.present // self._frame_bytes
+        self.frames = (wav.present if wav.open_length else min(wav.declared, wav.present)) // self._frame_bytes
         self._read = 0
         self._file = open(path, "rb")
         self._file.seek(wav.size_at + 4)
@@ -600,27 +607,59 @@ class PcmSource(AudioSource):
                 return None
         return b""
 
+    def _waiting(self, read: Callable[[], object]) -> Generator[np.ndarray, None, object]:
+        """read()'s result, yielding an empty chunk every IDLE_TICK_S until it comes, so that health stays on time
+        while a WAV header (or what follows a file's audio) trickles in: the header parser waits inside for each
+        piece, so it reads on a helper thread, the stream's only reader meanwhile (a stop request ends its wait)."""
+        outcome: list = []
+
+        def work() -> None:
+            try:
+                outcome.append((True, read()))
+            except BaseException as err:  # raised again by the caller's thread
+                outcome.append((False, err))
+
+        helper = threading.Thread(target=work, name="basilar-stdin-header", daemon=True)
+        helper.start()
+        while True:
+            helper.join(IDLE_TICK_S)
+            if not helper.is_alive():
+                break
+            yield np.zeros(0, np.int16)
+        done, value = outcome[0]
+        if not done:
+            raise value
+        return value
+
     def chunks(self) -> Iterator[np.ndarray]:
         while (first := self._read(12, idle_s=IDLE_TICK_S)) is None:  # nothing yet: tick until the stream starts
             yield np.zeros(0, np.int16)
-        pending = self._skip_wav_header(first)  # without a header: its first bytes, audio
+        pending = yield from self._waiting(lambda: self._skip_wav_header(first))  # without a header: audio
         resample = MonoResampler(self.rate, self.sample_rate)
         ended = False
+        tick_at = time.monotonic() + IDLE_TICK_S  # when an empty chunk is due, if no chunk came before
         while not self.stop.is_set():
             if len(pending) < self._chunk_bytes:
                 want = self._chunk_bytes - len(pending)
                 if self._data_left is not None:
                     want = min(want, self._data_left)
-                data = self._read(want, idle_s=IDLE_TICK_S) if want else self._after_declared_audio()
+                if want:
+                    data = self._read(want, idle_s=max(0.0, tick_at - time.monotonic()))
+                else:
+                    data = yield from self._waiting(self._after_declared_audio)
                 if data is None:  # the producer is quiet: an empty chunk lets the run loop report health
                     yield np.zeros(0, np.int16)
+                    tick_at = time.monotonic() + IDLE_TICK_S
                     continue
                 if self._data_left:
                     self._data_left -= len(data)
                 pending += data
                 ended = not data
-                if not ended and len(pending) < self._chunk_bytes:
-                    continue  # a pipe hands over less than asked for; fill the chunk first
+                if not ended and len(pending) < self._chunk_bytes:  # a pipe hands over less than asked for
+                    if time.monotonic() >= tick_at:  # trickling in: the chunk is long in filling, health is not
+                        yield np.zeros(0, np.int16)
+                        tick_at = time.monotonic() + IDLE_TICK_S
+                    continue
             whole = len(pending) - len(pending) % self._frame_bytes
             samples = decode(pending[:whole], self.pcm_format, self.channels)
             good = finite_frames(samples) if self.pcm_format.startswith("FLOAT") else len(samples)
@@ -631,6 +670,7 @@ class PcmSource(AudioSource):
             pending = pending[whole:]
             if len(chunk):
                 yield chunk
+                tick_at = time.monotonic() + IDLE_TICK_S
             if damaged:
                 raise not_finite_error(self.name, self._frames_read / self.rate, advice)
             if ended:
@@ -677,12 +717,31 @@ _WAV_FORMATS = {(1, 8): "U8", (1, 16): "S16_LE", (1, 24): "S24_3LE", (1, 32): "S
                 (3, 64): "FLOAT64_LE"}
 
 
+def _encoding(layout: WavFormat) -> str | None:
+    """The `SAMPLES` encoding a WAV format chunk's tag, sample width and frame size name; None for one not read here.
+    24-bit samples in 4-byte slots are what `arecord -f S24_LE` writes: ALSA's S24_LE, "Signed 24 bit Little Endian
+    using low three bytes in 32-bit word" (alsa-lib, pcm.h), as aplay reads such a file back. (A container that puts
+    them in the top three says 32 bits, WAVE_FORMAT_EXTENSIBLE's 24 valid of 32, and is read as S32_LE.)"""
+    pcm_format = _WAV_FORMATS.get((layout.tag, layout.bits))
+    if pcm_format == "S24_3LE" and layout.channels and layout.block_align == 4 * layout.channels:
+        return "S24_LE"
+    return pcm_format
+
+
+def _alsa_s24(layout: WavFormat | None) -> bool:
+    """Whether a WAV file holds arecord's 24-bit samples in 4-byte slots (S24_LE), in a layout read here."""
+    return layout is not None and _pcm_format(layout) == "S24_LE"
+
+
+def _frame_fits(layout: WavFormat, pcm_format: str) -> bool:
+    return layout.block_align in (0, layout.channels * SAMPLES[pcm_format][2])
+
+
 def _pcm_format(layout: WavFormat) -> str | None:
     """The `SAMPLES` encoding of a WAV format chunk's audio; None when it is not plain PCM or float that is read here,
     or the layout makes no sense (no channels, a frame size that does not fit, a rate out of RATES)."""
-    pcm_format = _WAV_FORMATS.get((layout.tag, layout.bits))
-    frame_fits = layout.block_align in (0, layout.channels * layout.bits // 8)
-    if pcm_format and layout.channels >= 1 and frame_fits and RATES[0] <= layout.rate <= RATES[1]:
+    pcm_format = _encoding(layout)
+    if pcm_format and layout.channels >= 1 and _frame_fits(layout, pcm_format) and RATES[0] <= layout.rate <= RATES[1]:
         return pcm_format
     return None
 
@@ -692,12 +751,18 @@ def _wav_layout(fmt: bytes) -> tuple[str, int, int]:
     parsed = parse_format(fmt)
     if parsed is None:
         raise SourceError("standard input's WAV header has a format chunk too short to read; send raw PCM instead")
-    pcm_format = _pcm_format(parsed)
+    if damaged := layout_problem("standard input", parsed.rate, parsed.channels):  # worded as a file's is
+        raise SourceError(damaged)
+    pcm_format = _encoding(parsed)
     if pcm_format is None:
         raise SourceError(f"standard input is a WAV stream of {parsed.bits}-bit samples (format tag {parsed.tag}), "
                           f"{parsed.channels} channel(s) at {parsed.rate} Hz, which basilar does not read from a pipe; "
-                          "send 8-, 16-, 24- or 32-bit PCM or float, e.g. `arecord -f S16_LE -r 16000 -c 1` or `sox "
-                          "IN -t wav -e signed -b 16 -`")
+                          "send 8-, 16-, 24- or 32-bit integer PCM or 32- or 64-bit float, e.g. `arecord -f S16_LE -r "
+                          "16000 -c 1` or `sox IN -t wav -e signed -b 16 -`")
+    if not _frame_fits(parsed, pcm_format):
+        raise SourceError(f"standard input's WAV header gives {parsed.block_align} bytes a frame for {parsed.channels} "
+                          f"channel(s) of {parsed.bits}-bit samples: a damaged header; check the program that writes "
+                          "it, or send raw PCM instead (arecord -t raw, sox ... -t raw -)")
     return pcm_format, parsed.rate, parsed.channels
 
 

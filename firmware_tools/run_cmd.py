@@ -68,6 +68,25 @@ def refuse_input_options_that_do_not_apply(ctx: click.Context, audio: str) -> No
                                                   "--channels N < FILE`)" if kind == "file" else ""))
 
 
+# The serial link's options, and what each needs to do anything: given without it they are refused, not ignored
+LINK_OPTIONS = {"baud": ("serial",), "device_id": ("serial",), "keep": ("serial", "root")}
+LINK_OPTION_DOES = {"baud": "sets the speed of the --serial link",
+                    "device_id": "names this device in the --serial link's HELLO",
+                    "keep": "is how many releases stay under --root after a bundle is uploaded over --serial"}
+
+
+def refuse_link_options_without_a_link(ctx: click.Context, serial: str | None, root: Path | None) -> None:
+    """A usage error for --baud, --device-id or --keep given without the --serial (and --root) they act through."""
+    have = {"serial": serial is not None, "root": root is not None}
+    for name in given_options(ctx, LINK_OPTIONS):
+        missing = [f"--{need}" for need in LINK_OPTIONS[name] if not have[need]]
+        if missing:
+            option = next(p.opts[0] for p in ctx.command.params if p.name == name)
+            raise click.UsageError(f"{option} {LINK_OPTION_DOES[name]}, and {' and '.join(missing)} "
+                                   f"{'is' if len(missing) == 1 else 'are'} not given: it would change nothing; "
+                                   f"add {' and '.join(missing)}, or leave {option} out")
+
+
 def parse_label_thresholds(pairs: tuple[str, ...]) -> dict[str, float]:
     thresholds = {}
     for pair in pairs:
@@ -242,6 +261,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
         raise click.UsageError("say what to listen to: a file, '-' for standard input, or mic[:DEVICE]")
     audio = str(demo_audio(audio) or audio)
     refuse_input_options_that_do_not_apply(ctx, audio)
+    refuse_link_options_without_a_link(ctx, serial, root)
     if sys.stdout is None:  # started with standard output closed (`>&-`): nowhere to write what it hears
         raise click.UsageError("standard output is closed: basilar run writes its detections there; redirect it "
                                "(`> detections.txt`) or to /dev/null when --serial carries them")

@@ -203,7 +203,7 @@ def test_a_label_given_twice_and_invalid_detector_values_are_usage_errors():
     twice = basilar("run", "--threshold-for", "7=0.8", "--threshold-for", "7=0.9", DEMO)
     assert twice.returncode == 2 and "label '7' is given twice (7=0.8 and 7=0.9)" in twice.stderr.decode()
     bad = basilar("run", "--threshold", "1.5", DEMO)
-    assert bad.returncode == 2 and "threshold=1.5: must be a number in (0, 1]" in bad.stderr.decode()
+    assert bad.returncode == 2 and "--threshold 1.5: must be a number in (0, 1]" in bad.stderr.decode()
     unknown = basilar("run", "--threshold-for", "cat=0.5", DEMO)
     assert unknown.returncode == 2 and "threshold given for unknown label(s) 'cat'" in unknown.stderr.decode()
 
@@ -248,3 +248,91 @@ def test_a_recording_shorter_than_the_clipping_window_that_clips_gets_the_warnin
         RunLoop(pipeline, source, [collect], health_every_s=0).run()
     assert len(collect.warnings) == 1 and "reached full scale in " in collect.warnings[0], collect.warnings
     assert " of its samples over 6 s: it clips" in collect.warnings[0]
+
+
+def test_a_detection_standard_output_cannot_take_still_goes_over_the_serial_link():
+    """`basilar run demo --serial PORT > /dev/full`: the text sink failed first, and the serial line got nothing;
+    now it gets the detection the run stopped on, and the event still open as the run ends, exit code as before."""
+    import select
+    import threading
+
+    require(os.path.exists("/dev/full"), "/dev/full")
+    master, slave = os.openpty()
+    received, done = bytearray(), threading.Event()
+
+    def drain():
+        while not done.is_set():
+            if select.select([master], [], [], 0.1)[0]:
+                received.extend(os.read(master, 65536))
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        with open("/dev/full", "w") as full:
+            result = subprocess.run([sys.executable, "-m", "firmware_tools.cli", "run", "--serial", os.ttyname(slave),
+                                     DEMO], cwd=REPO, env=repo_env(), stdout=full, stderr=subprocess.PIPE, text=True,
+                                    timeout=120)
+        time.sleep(1.0)  # the pty may still hold frames
+    finally:
+        done.set()
+        reader.join()
+        os.close(master)
+        os.close(slave)
+    assert result.returncode == 1 and "cannot write a detection to standard output" in result.stderr, result.stderr
+    wire = [f.message for f in StreamDecoder().feed(bytes(received)) if isinstance(f.message, WireDetection)]
+    assert len(wire) >= 1
+
+
+class _Failing(Sink):
+    def detection(self, event):
+        raise BrokenPipeError
+
+
+class _Keeping(Sink):
+    def __init__(self):
+        self.events = []
+
+    def detection(self, event):
+        self.events.append(event)
+
+
+def test_every_sink_gets_every_detection_even_the_flushed_one_when_an_earlier_sink_fails():
+    pipeline = Pipeline.from_bundle("default")
+    kept = _Keeping()
+    loop = RunLoop(pipeline, FileSource(DEMO, pipeline.sample_rate), [_Failing(), kept])
+    flushed = Detection("7", 0.9, 1.0, 1.2)
+    loop.pipeline.flush = lambda: [flushed]  # the event still open when the run ends on the failure
+    with pytest.raises(BrokenPipeError):
+        loop.run()
+    assert len(kept.events) >= 2 and kept.events[-1] == flushed
+    assert loop.stats.detections == 0  # counted once written everywhere: the error message quotes it
+
+
+@pytest.mark.parametrize("options, needs", [(["--keep", "5"], "--serial and --root"), (["--baud", "9600"], "--serial"),
+                                            (["--device-id", "x"], "--serial"),
+                                            (["--keep", "5", "--serial", "/dev/null"], "--root")])
+def test_serial_options_without_the_link_they_act_through_are_refused(options, needs):
+    result = basilar("run", *options, DEMO)
+    assert result.returncode == 2, result.stderr.decode()
+    assert f"{options[0]} " in result.stderr.decode() and f"add {needs}, or leave {options[0]} out" in \
+        result.stderr.decode()
+
+
+def test_the_service_never_writes_a_serial_option_without_its_link():
+    from firmware_tools.run_cmd import unit_text
+
+    plain = unit_text(executable="/usr/bin/basilar", root="/opt/basilar", audio="mic", user="basilar", serial=None,
+                      baud=9600, as_json=False)
+    assert "--baud" not in plain and "--keep" not in plain and "--device-id" not in plain
+
+
+def test_a_detector_option_error_names_the_option_given_and_where_the_other_setting_came_from():
+    """It said "max_duration_ms=3000.0: must exceed min_duration_ms=3000.0", settings no one can type."""
+    result = basilar("run", "--min-duration-ms", "3000", DEMO)
+    assert result.returncode == 2
+    said = " ".join(result.stderr.decode().split())
+    assert ("max_duration_ms=3000.0 (the default, which no option changes): must exceed --min-duration-ms 3000; "
+            "change --min-duration-ms") in said, said
+    assert "min_duration_ms=" not in said
+    quiet = " ".join(basilar("run", "--end-quiet-ms", "5000", DEMO).stderr.decode().split())
+    assert "--end-quiet-ms 5000: must be 0 (off) or a pause shorter than max_duration_ms=3000.0" in quiet, quiet

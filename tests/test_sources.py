@@ -1048,3 +1048,92 @@ def test_a_microphone_that_stalls_ends_the_run_with_its_reason_not_a_hang(tmp_pa
     finally:
         os.close(writer)
     assert run.returncode == 1 and "no audio from microphone 'basilar_test_mic' for 2 s" in stderr, stderr
+
+
+def test_arecords_24_bit_samples_in_4_byte_slots_are_read_as_alsa_means_from_a_pipe_and_a_file(tmp_path):
+    """`arecord -f S24_LE ... | basilar run -` was refused (24 bits, block align 4); ALSA's S24_LE holds the sample in
+    the low three bytes of each 4-byte slot, and the same bytes as a file give the same samples."""
+    arecord = require_program("arecord")
+    samples = (sine(440, 1.0, RATE) * 20000).astype(np.int16)
+    samples[:4] = [-32768, -1, 1, 32767]  # the sign of the low three bytes' top bit
+    env = alsa_file_device(tmp_path, samples)
+    # the device hands arecord its file's bytes in the format asked for: ALSA's S24_LE, sign-extended into the top
+    (samples.astype("<i4") << 8).tofile(tmp_path / "mic.raw")
+    recorder = subprocess.run([arecord, "-q", "-D", "basilar_test_mic", "-f", "S24_LE", "-r", str(RATE), "-c", "1",
+                               "-s", str(len(samples))], capture_output=True, env=env)
+    assert recorder.returncode == 0, recorder.stderr
+    fmt = recorder.stdout[recorder.stdout.index(b"fmt ") + 8:]
+    assert struct.unpack_from("<HHIIHH", fmt)[4:] == (4, 24)  # block align 4, 24 bits: the layout at issue
+    source = PcmSource(RATE, stream=io.BytesIO(recorder.stdout))
+    np.testing.assert_array_equal(read_all(source), samples)
+    assert source.name == "standard input (WAV: S24_LE, 16000 Hz, 1 channel)"
+    path = tmp_path / "arecord.wav"
+    path.write_bytes(recorder.stdout)
+    np.testing.assert_array_equal(read_all(FileSource(path, RATE)), samples)
+
+
+@pytest.mark.parametrize("top", [0x00, 0x5A])
+def test_24_bit_samples_in_4_byte_slots_ignore_the_top_byte_and_extend_the_sign(top):
+    slots = np.array([0x7FFFFF, 0x800000, 0xFFFFFF, 0x000100], "<u4") | np.uint32(top << 24)
+    wav = handmade_wav(slots.tobytes(), RATE, bits=32)
+    wav = wav.replace(struct.pack("<HH", 4, 32), struct.pack("<HH", 4, 24), 1)  # 24 valid bits in each slot
+    got = read_all(PcmSource(RATE, stream=io.BytesIO(wav), chunk_ms=0.125))  # a frame or two a chunk
+    np.testing.assert_array_equal(got[:4], [32767, -32768, 0, 1])
+
+
+@pytest.mark.parametrize("field, value, said", [("channels", 0, "0 channels"), ("rate", 0, "a sample rate of 0 Hz"),
+                                                 ("block_align", 6, "6 bytes a frame for 1 channel(s) of 16-bit")])
+def test_a_damaged_wav_header_on_standard_input_is_called_damaged_as_a_files_is(tmp_path, field, value, said):
+    """It was told "basilar does not read [it] from a pipe; send 8-, 16-, 24- or 32-bit PCM", of 16-bit PCM."""
+    fields = dict(tag=1, channels=1, rate=RATE, byte_rate=2 * RATE, block_align=2, bits=16) | {field: value}
+    fmt = struct.pack("<HHIIHH", *fields.values())
+    wav = handmade_wav(bytes(3200), RATE)
+    wav = wav.replace(wav[20:36], fmt, 1)
+    path = tmp_path / "damaged.wav"
+    path.write_bytes(wav)
+    with pytest.raises(SourceError, match=re.escape(said)) as err:
+        read_all(PcmSource(RATE, stream=io.BytesIO(wav)))
+    assert "a damaged header" in str(err.value) and "from a pipe" not in str(err.value)
+    if field != "block_align":  # worded as the same file's by its path
+        with pytest.raises(SourceError) as by_path:
+            FileSource(path, RATE)
+        assert str(err.value) == str(by_path.value).replace(str(path), "standard input")
+
+
+def trickle(data: bytes, pieces: list[tuple[int, float]]) -> tuple[int, threading.Thread]:
+    """A real pipe's read end, and the thread that writes `data` into it: for each (size, pause), that many bytes
+    then a pause; the rest at once, then the pipe closes."""
+    read_end, write_end = os.pipe()
+
+    def producer():
+        at = 0
+        with os.fdopen(write_end, "wb", buffering=0) as pipe:
+            for size, pause in pieces:
+                pipe.write(data[at:at + size])
+                at += size
+                time.sleep(pause)
+            pipe.write(data[at:])
+
+    writer = threading.Thread(target=producer, daemon=True)
+    writer.start()
+    return read_end, writer
+
+
+@pytest.mark.parametrize("in_header", [False, True])
+def test_a_producer_that_trickles_still_gets_idle_ticks_and_the_same_samples(monkeypatch, in_header):
+    """Bytes coming every 0.15 s never left the pipe quiet for a whole tick, and a chunk (or a WAV header) took
+    long to fill: nothing was yielded, so health stopped. Now an empty chunk comes every tick meanwhile."""
+    monkeypatch.setattr("edge.sources.IDLE_TICK_S", 0.3)
+    samples = (sine(440, 0.5, RATE) * 20000).astype("<i2")
+    wav = handmade_wav(samples.tobytes(), RATE)
+    pieces = [(4, 0.15)] * 12 if in_header else [(44, 0.0)] + [(100, 0.15)] * 12  # a chunk is 3200 bytes
+    read_end, writer = trickle(wav, pieces)
+    got, ticks, began = [], [], time.monotonic()
+    with os.fdopen(read_end, "rb") as stream:
+        for block in PcmSource(RATE, stream=stream).chunks():
+            got.append(block)
+            if not len(block):
+                ticks.append(time.monotonic() - began)
+    writer.join()
+    np.testing.assert_array_equal(np.concatenate(got), samples)
+    assert len(ticks) >= 3 and ticks[0] < 0.8, ticks  # about every 0.3 s while 1.8 s trickled in
