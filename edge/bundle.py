@@ -7,10 +7,12 @@ files, with no directory prefix.
 """
 import atexit
 import dataclasses
+import errno
 import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 import tempfile
@@ -26,6 +28,9 @@ DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default_bundle"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 MAX_ARCHIVE_MEMBERS = 64
 MAX_ARCHIVE_BYTES = 64 * 1024 * 1024  # unpacked; the default bundle is well under 1 MB
+# What every basilar manifest carries: what tells an earlier bundle (which a new one may replace) from another
+# program's manifest.json (a web app's, an extension's), and what a bundle cannot load without.
+MANIFEST_KEYS = ("schema_version", "frontend", "models", "files", "labels", "quantization")
 
 
 class BundleError(Exception):
@@ -36,6 +41,40 @@ class BundleError(Exception):
 # header), a cut file (EOFError, ReadError), a broken gzip header (BadGzipFile, an OSError).
 _DAMAGED = (tarfile.TarError, EOFError, zlib.error, OSError)
 MAX_FILE_NAME = 100  # characters; a bundle's files are a manifest, a model and a few texts
+
+
+def name_problem(name: str) -> str | None:
+    """Why no bundle may hold a file of this name (an archive's entry, a manifest's file); None when one may."""
+    if "/" in name or "\\" in name or name in ("", ".", "..") or name.startswith("."):
+        return f"{name!r} is not a plain file name; bundle archives are flat"
+    if len(name) > MAX_FILE_NAME:  # the start only: a hostile archive's name may be megabytes
+        return f"the name {name[:24]!r}... is {len(name)} characters long; a bundle's file names have " \
+               f"{MAX_FILE_NAME} at most"
+    return None
+
+
+def archive_names(bundle_dir: Path, files) -> list[str]:
+    """What an archive of a bundle directory holds: manifest.json, the files it lists and signature.json, which are
+    what the id and the signature cover."""
+    return sorted({MANIFEST, *files} | ({SIGNATURE} if (bundle_dir / SIGNATURE).is_file() else set()))
+
+
+def check_limits(bundle_dir: Path, names: list[str]) -> None:
+    """A bundle directory within the limits every archive loader applies (extract_archive): else it would pack, and
+    every device would refuse the archive."""
+    fix = "rebuild the bundle (`basilar convert`)"
+    if len(names) > MAX_ARCHIVE_MEMBERS:
+        raise BundleError(f"{bundle_dir / MANIFEST} lists {len(names) - 1 - (SIGNATURE in names)} files, {len(names)} "
+                          f"with the manifest itself{' and the signature' if SIGNATURE in names else ''}; a bundle "
+                          f"has at most {MAX_ARCHIVE_MEMBERS}, so no archive of it would load: {fix}")
+    for name in names:
+        problem = name_problem(name)
+        if problem:
+            raise BundleError(f"{bundle_dir / MANIFEST}: {problem}, so no archive of it would load: {fix}")
+    total = sum((bundle_dir / name).stat().st_size for name in names if (bundle_dir / name).is_file())
+    if total > MAX_ARCHIVE_BYTES:
+        raise BundleError(f"the files of {bundle_dir} come to {total} bytes; a bundle has at most {MAX_ARCHIVE_BYTES}, "
+                          f"so no archive of it would load: {fix}")
 
 
 def _unreadable(archive_path, exc) -> BundleError:
@@ -99,25 +138,30 @@ def resolve(path) -> Path:
     return p
 
 
+def archive_manifest(archive_path) -> bytes:
+    """The bytes of a bundle archive's manifest.json, read without unpacking the rest."""
+    p = Path(archive_path)
+    try:
+        tar = tarfile.open(p, "r:gz")
+    except _DAMAGED as exc:
+        raise _unreadable(p, exc) from None
+    with tar:
+        try:
+            member = tar.extractfile(MANIFEST)
+            if member is None:
+                raise KeyError(MANIFEST)
+            return member.read()
+        except KeyError:
+            raise BundleError(f"{p} has no {MANIFEST}: it is not a basilar bundle archive") from None
+        except _DAMAGED as exc:
+            raise _corrupt(p, exc) from None
+
+
 def bundle_id(path) -> str:
     """The bundle's id: the hex SHA-256 of its manifest.json (works on directories and archives)."""
     p = resolve(path)
     if is_archive(p):
-        try:
-            tar = tarfile.open(p, "r:gz")
-        except _DAMAGED as exc:
-            raise _unreadable(p, exc) from None
-        with tar:
-            try:
-                member = tar.extractfile(MANIFEST)
-                if member is None:
-                    raise KeyError(MANIFEST)
-                data = member.read()
-            except KeyError:
-                raise BundleError(f"{p} has no {MANIFEST}: it is not a basilar bundle archive") from None
-            except _DAMAGED as exc:
-                raise _corrupt(p, exc) from None
-        return hashlib.sha256(data).hexdigest()
+        return hashlib.sha256(archive_manifest(p)).hexdigest()
     manifest = p / MANIFEST
     if not manifest.is_file():
         raise BundleError(f"{p} has no {MANIFEST}: it is not a basilar bundle directory")
@@ -176,12 +220,9 @@ def extract_archive(archive_path, dest_dir) -> Path:
             if not m.isfile():
                 raise BundleError(f"{archive_path}: entry {m.name!r} is not a regular file (links, devices and "
                                   "folders are refused)")
-            if "/" in m.name or "\\" in m.name or m.name in ("", ".", "..") or m.name.startswith("."):
-                raise BundleError(f"{archive_path}: entry {m.name!r} is not a plain file name; bundle archives "
-                                  "are flat")
-            if len(m.name) > MAX_FILE_NAME:
-                raise BundleError(f"{archive_path}: an entry's name is {len(m.name)} characters long; a bundle's "
-                                  f"file names have {MAX_FILE_NAME} at most")
+            problem = name_problem(m.name)
+            if problem:
+                raise BundleError(f"{archive_path}: entry {problem}")
             total += m.size
             if total > MAX_ARCHIVE_BYTES:
                 raise BundleError(f"{archive_path} unpacks to more than {MAX_ARCHIVE_BYTES} bytes; refused")
@@ -226,11 +267,12 @@ def pack_bundle(bundle_dir, archive_path) -> str:
     listed = read_manifest(src).get("files")
     if not isinstance(listed, dict):
         raise BundleError(f"{src / MANIFEST} lacks 'files'; the bundle is damaged or not a basilar bundle")
-    names = sorted({MANIFEST, *listed} | ({SIGNATURE} if (src / SIGNATURE).is_file() else set()))
+    names = archive_names(src, listed)
+    check_limits(src, names)  # as extract_archive: never an archive that no loader takes
     for name in names:
-        if "/" in name or "\\" in name or name.startswith(".") or not (src / name).is_file():
-            raise BundleError(f"bundle file {name!r} listed in the manifest is missing from {src} or is not a "
-                              "plain file name; re-create the bundle")
+        if not (src / name).is_file():
+            raise BundleError(f"bundle file {name!r} listed in the manifest is missing from {src}; re-create the "
+                              "bundle")
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in names:
@@ -238,9 +280,31 @@ def pack_bundle(bundle_dir, archive_path) -> str:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))
-    with open(archive_path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-        gz.write(buffer.getvalue())
+    _write_atomically(archive_path, buffer.getvalue())
     return bundle_id(src)
+
+
+def _write_atomically(archive_path: Path, tar_bytes: bytes) -> None:
+    """Gzip `tar_bytes` into a temporary file beside the archive and rename it into place once complete: a write
+    that fails (a full disk) leaves an earlier archive there as it was, never a truncated one."""
+    tmp = archive_path.with_name(f".{archive_path.name}.{os.urandom(4).hex()}.tmp")
+    try:
+        # O_EXCL: never through a link planted under that name; mode 0o666 less the umask, as open() gives
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as raw:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+                gz.write(tar_bytes)
+            raw.flush()
+            os.fsync(raw.fileno())  # a full disk is said now, not lost when a delayed write fails after the rename
+        os.replace(tmp, archive_path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # a full disk, or Ctrl-C: no half-written stray left beside the archive
+        if not isinstance(exc, OSError):
+            raise
+        earlier = f"; {archive_path} is as it was" if archive_path.exists() else ""
+        fix = f"free space in {archive_path.parent}" if exc.errno in (errno.ENOSPC, errno.EDQUOT) \
+            else f"check that this user may write in {archive_path.parent}"
+        raise BundleError(f"cannot write the archive {archive_path}: {exc.strerror or exc}{earlier}; {fix}, or write "
+                          "the archive to another folder") from None
 
 
 def _unpack_to_temp(archive: Path) -> Path:
@@ -292,13 +356,18 @@ def read_manifest(bundle_dir: Path) -> dict:
 _JSON_NAMES = {dict: "object", list: "array", str: "string", int: "integer"}
 
 
+_ABSENT = object()  # a key the manifest leaves out, told apart from one it sets to null
+
+
 def _check_shape(bundle_dir: Path, manifest: dict) -> None:
     """The manifest's sections have the types the rest of basilar reads them as (a hand-edited manifest may not)."""
     def part(section, key):
-        return section.get(key) if isinstance(section, dict) else None
+        return section.get(key, _ABSENT) if isinstance(section, dict) else _ABSENT
 
     step = part(manifest["models"], "step")
-    shapes = [("files", manifest["files"], dict), ("frontend.config", part(manifest["frontend"], "config"), dict),
+    # Each section before its parts: `"frontend": "x"` is named as it is written, not as a config of null
+    shapes = [("files", manifest["files"], dict), ("frontend", manifest["frontend"], dict),
+              ("frontend.config", part(manifest["frontend"], "config"), dict), ("models", manifest["models"], dict),
               ("models.step", step, dict), ("models.step.file", part(step, "file"), str),
               ("labels", manifest["labels"], list)]
     spec = part(step, "spec")
@@ -308,8 +377,10 @@ def _check_shape(bundle_dir: Path, manifest: dict) -> None:
         ("models.step.spec", spec, dict), ("models.step.spec.branches", part(spec, "branches"), int),
         ("provenance", manifest.get("provenance"), dict), ("name", manifest.get("name"), str),
         ("basilar_version", manifest.get("basilar_version"), str), ("created", manifest.get("created"), str))
-        if value is not None]
+        if value is not None and value is not _ABSENT]
     for where, value, kind in shapes:
+        if value is _ABSENT:  # its section, checked before it, is an object that leaves it out
+            raise BundleError(f"{bundle_dir / MANIFEST}: {where} is missing; the bundle is damaged: rebuild it")
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise BundleError(f"{bundle_dir / MANIFEST}: {where} must be a JSON {_JSON_NAMES[kind]}, not "
                               f"{json.dumps(value)[:40]}; the bundle is damaged: rebuild it")
@@ -325,15 +396,25 @@ def _check_shape(bundle_dir: Path, manifest: dict) -> None:
                           "say which word it heard: rebuild the bundle")
 
 
+def _left_out(config: dict, exc: Exception) -> str:
+    """When a front-end field the manifest leaves out is what is refused, say so: the error names its default, a
+    value the manifest never states."""
+    named = [f.name for f in dataclasses.fields(FrontendConfig) if f.name not in config and f"{f.name}=" in str(exc)]
+    if not named:
+        return ""
+    return f"frontend.config has no {' and no '.join(named)}, and the default does not fit the rest: "
+
+
 def check_manifest(bundle_dir: Path, manifest: dict) -> None:
     version = manifest.get("schema_version")
     if type(version) is not int or version != SCHEMA_VERSION:  # noqa: E721 - True == 1, but is no version
         raise BundleError(f"bundle schema version {version!r} is not supported (this basilar reads version "
                           f"{SCHEMA_VERSION}); re-create the bundle with this basilar version or upgrade basilar")
-    for key in ("frontend", "models", "files", "labels", "quantization"):
+    for key in MANIFEST_KEYS:
         if key not in manifest:
             raise BundleError(f"{bundle_dir / MANIFEST} lacks {key!r}; the bundle is damaged or not a basilar bundle")
     _check_shape(bundle_dir, manifest)
+    check_limits(bundle_dir, archive_names(bundle_dir, manifest["files"]))
     for name, expected in manifest["files"].items():
         path = bundle_dir / name
         if "/" in name or not path.is_file():
@@ -349,7 +430,8 @@ def check_manifest(bundle_dir: Path, manifest: dict) -> None:
     try:
         config = FrontendConfig.from_dict(manifest["frontend"]["config"])
     except (FrontendConfigError, TypeError, KeyError) as exc:
-        raise BundleError(f"the bundle's front-end config is invalid: {exc}") from None
+        raise BundleError(f"the bundle's front-end config is invalid: {_left_out(manifest['frontend']['config'], exc)}"
+                          f"{exc}") from None
     if config.hash() != manifest["frontend"].get("hash"):
         raise BundleError("the bundle's front-end hash does not match its front-end config under this basilar "
                           f"version (expected {config.hash()[:16]}..., manifest says "

@@ -60,6 +60,15 @@ class DetectorSettingsError(ValueError):
     """Detector settings that cannot work; the message names the setting and the valid range."""
 
 
+def _per_label(thresholds) -> dict:
+    """A copy of the per-label thresholds, refused by name when they are no label: threshold object (dict() of a
+    list says "cannot convert dictionary update sequence element #0")."""
+    if not isinstance(thresholds, Mapping):
+        raise DetectorSettingsError(f"thresholds={thresholds!r}: must be an object of per-label thresholds, as "
+                                    '{"yes": 0.8}')
+    return dict(thresholds)
+
+
 @dataclasses.dataclass(frozen=True)
 class Detection:
     label: str
@@ -95,7 +104,7 @@ class DetectorSettings:
     min_score: float = DEFAULTS["min_score"]
 
     def __post_init__(self):
-        object.__setattr__(self, "thresholds", dict(self.thresholds))
+        object.__setattr__(self, "thresholds", _per_label(self.thresholds))
         self.validate()
 
     @classmethod
@@ -113,7 +122,7 @@ class DetectorSettings:
         changes = {k: v for k, v in overrides.items() if v is not None}
         try:
             if "thresholds" in changes:
-                changes["thresholds"] = {**dict(values.get("thresholds") or {}), **changes["thresholds"]}
+                changes["thresholds"] = {**_per_label(values.get("thresholds") or {}), **changes["thresholds"]}
             return cls(hop_ms=hop_ms, **{**values, **changes})
         except (TypeError, ValueError) as err:
             raise DetectorSettingsError(f"the detector settings are invalid: {err}") from err

@@ -49,7 +49,7 @@ def key_id(public_key: bytes) -> str:
 
 def _decode_key_line(path: Path, tag: str) -> tuple[bytes, str]:
     try:
-        text = path.read_text(encoding="ascii").strip()
+        text = path.read_text(encoding="utf-8").strip()  # the comment is free text, written as UTF-8
     except (OSError, UnicodeDecodeError) as exc:
         raise SignatureError(f"cannot read the key file {path}: {exc}") from None
     fields = text.split(None, 2)
@@ -74,9 +74,22 @@ def read_private_key(path: str | Path) -> bytes:
     return _decode_key_line(Path(path), PRIVATE_TAG)[0]
 
 
+def _check_comment(comment: str) -> None:
+    """Refused before any file is written: a key file is one line of UTF-8 text."""
+    if "\n" in comment or "\r" in comment:
+        raise SignatureError("the comment must be one line (a key file is one line of text); leave out the line "
+                             "breaks")
+    try:
+        comment.encode("utf-8")
+    except UnicodeEncodeError:  # bytes a non-UTF-8 terminal passed through as they came
+        raise SignatureError(f"the comment {comment!r} is not valid text (UTF-8); type it again in a UTF-8 "
+                             "terminal, or leave out the characters it cannot show") from None
+
+
 def generate_keypair(private_path: str | Path, comment: str = "") -> tuple[Path, Path]:
     """Write a new private key (mode 0600) and `<private_path>.pub`; refuse to overwrite either."""
     signing, _ = _nacl_signing()
+    _check_comment(comment)
     private_path = Path(private_path)
     public_path = private_path.with_name(private_path.name + ".pub")
     for path in (private_path, public_path):
@@ -88,7 +101,7 @@ def generate_keypair(private_path: str | Path, comment: str = "") -> tuple[Path,
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(f"{PRIVATE_TAG} {seed}\n")
-    public_path.write_text(f"{PUBLIC_TAG} {public} {comment}".rstrip() + "\n")
+    public_path.write_text(f"{PUBLIC_TAG} {public} {comment}".rstrip() + "\n", encoding="utf-8")  # as it is read
     return private_path, public_path
 
 

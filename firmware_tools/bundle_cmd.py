@@ -105,5 +105,27 @@ def pack(bundle_dir, archive):
     with fail_on():
         check_archive_destination(archive)  # as `basilar convert --out X.tar.gz` does: a backup is not overwritten
         load_bundle(bundle_dir)
+        _refuse_a_broken_signature(bundle_dir)
         bundle_id = pack_bundle(bundle_dir, archive)
     click.echo(f"{archive}: bundle {bundle_id}")
+
+
+def _refuse_a_broken_signature(bundle_dir: Path) -> None:
+    """A signature.json that no longer fits the manifest (the bundle changed after signing) would travel in the
+    archive to be refused by every device that trusts the key: said before anything is written."""
+    from edge.bundle import SIGNATURE
+    from edge.signing import SignatureError, check_signature_intact
+
+    if not (bundle_dir / SIGNATURE).is_file():
+        return
+    try:
+        import nacl  # noqa: F401 - the signing extra
+    except ImportError:
+        click.echo(f"warning: the signature of {bundle_dir} was not checked (pip install 'basilar[signing]')",
+                   err=True)
+        return
+    try:
+        check_signature_intact(bundle_dir)
+    except SignatureError as exc:
+        raise click.ClickException(f"cannot pack {bundle_dir}: {exc}; or remove its {SIGNATURE} to pack it "
+                                   "unsigned") from None

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from edge import __version__
-from edge.bundle import MANIFEST, SCHEMA_VERSION, BundleError, bundle_id, file_sha256, load_bundle
+from edge.bundle import MANIFEST, MANIFEST_KEYS, SCHEMA_VERSION, BundleError, archive_manifest, file_sha256, load_bundle
 from edge.frontend import OUTPUT_SCALE_DB, OUTPUT_ZERO_POINT, FrontendConfig
 from firmware_tools.dataset import BACKGROUND
 
@@ -62,30 +62,52 @@ def attribution_text(provenance: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def foreign_manifest(data: bytes) -> str | None:
+    """Why a manifest.json is not basilar's (a web app's, an extension's); None when it reads as a bundle manifest.
+    Only its keys are asked for: an earlier bundle, however damaged its files, may be replaced."""
+    try:
+        manifest = json.loads(data)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return f"its {MANIFEST} is not JSON"
+    missing = [key for key in MANIFEST_KEYS if key not in manifest] if isinstance(manifest, dict) else MANIFEST_KEYS
+    if missing:
+        return f"its {MANIFEST} is another program's: it lacks {', '.join(map(repr, missing))}"
+    return None
+
+
 def check_destination(out_dir) -> None:
     """A bundle may replace an earlier bundle (once the new one loads: make_bundle), never a folder of other
-    things."""
+    things, even one with a manifest.json of its own."""
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
-        raise ValueError(f"{out} already exists and is not a basilar bundle (it has no {MANIFEST}); nothing was "
-                         "written: write the bundle to a new folder")
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not out.is_dir() or not (out / MANIFEST).is_file():
+        why = f"it has no {MANIFEST}"
+    else:
+        try:
+            why = foreign_manifest((out / MANIFEST).read_bytes())
+        except OSError as exc:
+            why = f"its {MANIFEST} cannot be read: {exc.strerror or exc}"
+    if why:
+        raise ValueError(f"{out} already exists and is not a basilar bundle ({why}); nothing was written: write the "
+                         "bundle to a new folder")
 
 
 def check_archive_destination(archive) -> None:
     """As check_destination, for a bundle archive: it may replace an earlier bundle archive (or an empty file),
-    never another file."""
+    never another file, even an archive with a manifest.json of its own."""
     out = Path(archive)
     if not out.exists() or (out.is_file() and out.stat().st_size == 0):
         return
-    try:
-        if out.is_file():
-            bundle_id(out)  # reads its manifest: a bundle archive, however damaged its other files
-            return
-    except BundleError:
-        pass
-    raise ValueError(f"{out} already exists and is not a basilar bundle archive whose {MANIFEST} can be read (another "
-                     "file, or an archive cut off while it was written); nothing was written: write the archive to a "
-                     "new file, or remove that one first")
+    why = "it is not a file"
+    if out.is_file():
+        try:
+            why = foreign_manifest(archive_manifest(out))  # its manifest only: a bundle archive, however damaged
+        except BundleError:
+            why = f"no {MANIFEST} can be read from it: another file, or an archive cut off while it was written"
+    if why:
+        raise ValueError(f"{out} already exists and is not a basilar bundle archive ({why}); nothing was written: "
+                         "write the archive to a new file, or remove that one first")
 
 
 def make_bundle(out_dir, step_model_path, config: FrontendConfig, labels: list[str], *, spec: dict,

@@ -28,6 +28,15 @@ class ConversionError(ValueError):
     """The model cannot become a streaming int8 model; the message says why and what to change."""
 
 
+def require_keras_file(model_path) -> None:
+    """Only a .keras file loads as the Keras model a conversion reads (an .h5 file, a SavedModel folder: no layers to
+    map onto the family); refused by its name, before anything is read."""
+    if not str(model_path).endswith(".keras"):
+        raise ConversionError(f"{model_path} is not a .keras file: convert takes the model.keras `basilar train` "
+                              "writes, or a Keras model saved by keras.Model.save as .keras (load an .h5 file or a "
+                              "SavedModel in Keras and save it so)")
+
+
 # ---- mapping an arbitrary Keras model onto the family ----
 
 def spec_from_model(model) -> tuple[ModelSpec, dict]:

@@ -16,8 +16,10 @@ def bundle_detector_options(command):
                      "threshold [default: 0.92, tuned on the spoken digits: for other words tune it with `basilar "
                      "eval-stream BUNDLE AUDIO --truth T.csv --threshold T` on recordings of them, then convert "
                      "again]."),
-        click.option("--smoothing-ms", type=FloatRange(0, 2000), help="The bundle's default posterior smoothing [default: 150]."),
-        click.option("--refractory-ms", type=FloatRange(0, 10000), help="The bundle's default refractory time [default: 400]."),
+        click.option("--smoothing-ms", type=FloatRange(0, 2000),
+                     help="The bundle's default posterior smoothing [default: 150]."),
+        click.option("--refractory-ms", type=FloatRange(0, 10000),
+                     help="The bundle's default refractory time [default: 400]."),
     ]):
         command = option(command)
     return command
@@ -85,12 +87,18 @@ def run_convert(model, calibration_dir, out_path, labels=None, name=None, detect
         if recorded and labels != recorded:  # each name would be attached to another output of the model
             raise ValueError(f"--labels {','.join(labels)} differ from the labels {model} was trained with, in its "
                              f"output order: {','.join(recorded)}; leave out --labels")
+        fix = "give --labels the model's labels, in its output order"
+    elif sidecar.get("labels"):
+        labels = sidecar["labels"]
+        fix = f"restore the sidecar {pipeline.sidecar_path(model)} `basilar train` wrote beside the model"
     else:
-        labels = sidecar.get("labels") or label_order(clips)
+        labels = label_order(clips)
+        fix = (f"those are the labels of the calibration data (there is no sidecar {pipeline.sidecar_path(model)}); "
+               "give --labels the model's labels, in its output order")
     config = pipeline.sidecar_frontend(model, sidecar, DEFAULT_FRONTEND)
     window = load_window_model(model)
-    if window:
-        check_features(model, window, config, "frontend" in sidecar)
+    check_features(model, window, config, "frontend" in sidecar)
+    check_outputs(model, window, labels, fix)
     clips = [c for c in clips if c.label in labels]
     if not clips:
         raise ValueError(f"no calibration clips carry the model's labels {labels}")
@@ -103,12 +111,11 @@ def run_convert(model, calibration_dir, out_path, labels=None, name=None, detect
         bundle, conversion = pipeline.convert_into_bundle(model, calibration, bundle_dir, config, labels,
                                                           provenance=sidecar.get("provenance", {}), name=name,
                                                           detector=detector)
-        agreement = {}
-        if window:  # on clips the int8 ranges were not calibrated on, when there are any (64 or fewer: none)
-            # They are kept out of calibration only: the model may well have trained on them
-            on = "clips not used for calibration (they may be training clips)" if rest \
-                else "calibration clips (too few clips to keep any out)"
-            agreement = {"on": on, **evaluate.float_int8_agreement(window, bundle, check_clips)}
+        # On clips the int8 ranges were not calibrated on, when there are any (64 or fewer: none). They are kept out
+        # of calibration only: the model may well have trained on them
+        on = "clips not used for calibration (they may be training clips)" if rest \
+            else "calibration clips (too few clips to keep any out)"
+        agreement = {"on": on, **evaluate.float_int8_agreement(window, bundle, check_clips)}
         bundle_id = pack_bundle(bundle_dir, out_path) if archive else bundle.id
     return {"bundle": str(out_path), "bundle_id": bundle_id, "model_size_bytes": conversion["size_bytes"],
             "labels": labels, "float_vs_int8": agreement}
@@ -131,13 +138,14 @@ def parse_labels(text: str) -> list[str]:
 
 
 def load_window_model(model):
-    """The Keras model of a .keras file (None for a SavedModel folder), or a one-line error that says why not."""
+    """The Keras model of a .keras file, or a one-line error that says why not."""
     import zipfile
 
     import keras
 
-    if not str(model).endswith(".keras"):
-        return None
+    from firmware_tools.convert import require_keras_file
+
+    require_keras_file(model)  # an .h5 file or a SavedModel folder: refused here, not by the conversion's worker
     if not zipfile.is_zipfile(model):  # keras says "File not found" of a file that is there
         raise ValueError(f"{model} is not a Keras model file (a .keras file is the zip archive keras.Model.save "
                          "writes); pass the model.keras `basilar train` wrote")
@@ -146,6 +154,16 @@ def load_window_model(model):
     except Exception as exc:  # noqa: BLE001 - any load failure says the same
         raise ValueError(f"cannot load {model} as a Keras model ({exc}); pass a .keras file saved by "
                          "keras.Model.save") from None
+
+
+def check_outputs(model, window, labels, fix: str) -> None:
+    """The model's outputs are its labels and then the background: another count is refused now, not after the
+    conversion."""
+    from firmware_tools.pipeline import outputs_mismatch
+
+    shape = window.output_shape
+    if isinstance(shape, tuple) and shape[-1] not in (None, len(labels) + 1):
+        raise ValueError(f"{outputs_mismatch(model, shape[-1], labels)}; {fix}")
 
 
 def check_features(model, window, config, from_sidecar: bool) -> None:

@@ -17,14 +17,14 @@ def main(model_path, calibration_path, out_path, report_path) -> int:
         from firmware_tools import convert
         from firmware_tools.model import build_step_model
 
+        convert.require_keras_file(model_path)
         try:
-            model = keras.saving.load_model(model_path) if str(model_path).endswith(".keras") \
-                else keras.layers.TFSMLayer(model_path)
+            model = keras.saving.load_model(model_path)
         except Exception as exc:  # noqa: BLE001 - any load failure is reported the same way
             raise convert.ConversionError(f"cannot load {model_path} as a Keras model ({exc}); pass a .keras "
                                           "file saved by keras.Model.save") from None
         if not isinstance(model, keras.Model):
-            raise convert.ConversionError(f"{model_path} is a SavedModel without Keras layers; save the Keras "
+            raise convert.ConversionError(f"{model_path} holds a single Keras layer, not a model; save the Keras "
                                           "model as .keras instead")
         window, spec = convert.canonical_window_model(model)
         with np.load(calibration_path) as z:
@@ -41,7 +41,9 @@ def main(model_path, calibration_path, out_path, report_path) -> int:
         report_file.write_text(json.dumps(report))
         return 0
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which shows it
-        report_file.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        # A ConversionError's message says what to change; any other's type tells what went wrong
+        expected = type(exc).__name__ == "ConversionError"
+        report_file.write_text(json.dumps({"error": str(exc) if expected else f"{type(exc).__name__}: {exc}"}))
         return 1
 
 

@@ -22,7 +22,7 @@ def evaluate_bundle(bundle, clips, progress=None, noise_floor_dbfs: float | None
     noise_floor_dbfs: play each clip over steady white noise at this level instead of digital silence
     (dataset.clip_frames), seeded by the clip's index so that runs repeat.
     """
-    from firmware_tools.training import MISSED, clip_decision, clip_report
+    from firmware_tools.training import MISSED, clip_decision, clip_report, read_clips
 
     labels = bundle.labels
     unknown = sorted({c.label for c in clips} - set(labels))
@@ -32,12 +32,12 @@ def evaluate_bundle(bundle, clips, progress=None, noise_floor_dbfs: float | None
     from edge.runloop import Pipeline
 
     config = bundle.frontend_config
+    words = read_clips(clips, config)  # a clip that cannot be read stops the run now, not after scoring the others
     pipeline = Pipeline.for_bundle(bundle)
     truth, predicted, detected, as_other = [], [], 0, 0
     items = progress(clips) if progress else clips
     for index, clip in enumerate(items):
-        audio = dataset.clip_audio(config, dataset.read_labelled_clip(clip, config.sample_rate),
-                                   noise_floor_dbfs=noise_floor_dbfs, seed=index)
+        audio = dataset.clip_audio(config, words[clip], noise_floor_dbfs=noise_floor_dbfs, seed=index)
         pipeline.reset()  # each clip from rest
         scores = pipeline.posteriors(audio)
         truth.append(labels.index(clip.label))

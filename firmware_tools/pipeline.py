@@ -52,6 +52,12 @@ def sidecar_frontend(model_path, sidecar: dict, default: FrontendConfig) -> Fron
                          "was trained on") from None
 
 
+def outputs_mismatch(model_path, outputs: int, labels) -> str:
+    """What is wrong when a model's outputs are not its labels and the background, in that order."""
+    return (f"{model_path} has {outputs} outputs, so it takes {outputs - 1} labels (its last output is the "
+            f"background), but {len(labels)} labels were given: {','.join(labels)}")
+
+
 def split_calibration(clips, seed: int = 0):
     """A few clips of every label to calibrate with; the rest are held out for the agreement report."""
     rng = np.random.default_rng(seed)
@@ -69,11 +75,10 @@ def convert_into_bundle(model_path, calibration_clips, out_dir, config: Frontend
     try:
         report = convert_to_int8(model_path, frames, step_path)
         spec = report["spec"]
-        if spec["classes"] != len(labels) + 1:
+        if spec["classes"] != len(labels) + 1:  # `basilar convert` says so before converting; other callers here
             from firmware_tools.convert import ConversionError
 
-            raise ConversionError(f"the model has {spec['classes']} outputs but there are {len(labels)} labels "
-                                  f"(+1 background): {labels}")
+            raise ConversionError(outputs_mismatch(model_path, spec["classes"], labels))
         bundler.check_destination(out_dir)  # a folder it refuses is never removed below
         earlier = (Path(out_dir) / MANIFEST).is_file()
         try:

@@ -66,7 +66,8 @@ def keygen(private_key, comment):
     try:
         private_key.parent.mkdir(parents=True, exist_ok=True)  # `keys/release.key` in a fresh checkout
         private_path, public_path = generate_keypair(private_key, comment)
+        identity = key_id(read_public_key(public_path))  # read back as a device reads it: a key it refuses fails here
     except (SignatureError, OSError) as exc:
         raise click.ClickException(f"cannot make a key pair: {exc}") from None
     click.echo(f"private key: {private_path} (keep it secret)\npublic key:  {public_path} "
-               f"(id {key_id(read_public_key(public_path))}; copy it to <root>/trusted_keys/ on devices)")
+               f"(id {identity}; copy it to <root>/trusted_keys/ on devices)")

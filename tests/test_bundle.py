@@ -84,6 +84,116 @@ def test_bundle_pack_never_replaces_a_file_that_is_not_a_bundle_archive(bundle_c
     assert load_bundle(earlier).id == load_bundle(bundle_copy).id
 
 
+def test_bundle_pack_never_replaces_an_archive_whose_manifest_json_is_another_programs(bundle_copy, tmp_path):
+    """A browser extension's archive holds a manifest.json too: pack took any manifest.json for a bundle's."""
+    from click.testing import CliRunner
+
+    from firmware_tools.cli import main
+
+    extension = tmp_path / "extension.tar.gz"
+    (tmp_path / "manifest.json").write_text(json.dumps({"manifest_version": 3, "name": "An extension"}))
+    with tarfile.open(extension, "w:gz") as tar:
+        tar.add(tmp_path / "manifest.json", arcname="manifest.json")
+        tar.add(bundle_copy / "ATTRIBUTION.md", arcname="background.js")
+    before = extension.read_bytes()
+    result = CliRunner().invoke(main, ["bundle", "pack", str(bundle_copy), str(extension)])
+    assert result.exit_code == 1, result.output
+    assert f"{extension} already exists and is not a basilar bundle archive (its manifest.json is another " \
+           "program's: it lacks 'schema_version'" in result.output
+    assert "nothing was written" in result.output and extension.read_bytes() == before
+
+
+def test_a_pack_that_runs_out_of_space_leaves_the_earlier_archive_as_it_was(bundle_copy, tmp_path):
+    """The archive was written in place: a full disk left a truncated archive where a good one had been, and the
+    error was a bare "[Errno 28] No space left on device" naming no file."""
+    import os
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from firmware_tools.cli import main
+    from tests.conftest import require
+
+    require(os.geteuid() == 0, "root, to mount a small tmpfs as a full disk")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], check=True)
+    try:
+        archive = disk / "b.tar.gz"
+        pack_bundle(bundle_copy, archive)
+        before = archive.read_bytes()
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        (disk / "filler").write_bytes(bytes(free - len(before) // 2))  # room for half an archive
+        result = CliRunner().invoke(main, ["bundle", "pack", str(bundle_copy), str(archive)])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        assert f"cannot write the archive {archive}: No space left on device; {archive} is as it was; free space " \
+               f"in {disk}" in result.output
+        assert archive.read_bytes() == before and sorted(p.name for p in disk.iterdir()) == ["b.tar.gz", "filler"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def _lengthen_model_name(bundle_dir, length):
+    """The step model under a name of `length` characters, the manifest saying so (every hash still right)."""
+    name = "m" * (length - len(".tflite")) + ".tflite"
+    (bundle_dir / "model_step.tflite").rename(bundle_dir / name)
+
+    def rename(manifest):
+        manifest["files"][name] = manifest["files"].pop("model_step.tflite")
+        manifest["models"]["step"]["file"] = name
+
+    rewrite_manifest(bundle_dir, rename)
+
+
+def _list_many_files(bundle_dir, count):
+    import hashlib
+
+    def add(manifest):
+        for k in range(count):
+            (bundle_dir / f"note{k}.txt").write_text("x")
+            manifest["files"][f"note{k}.txt"] = hashlib.sha256(b"x").hexdigest()
+
+    rewrite_manifest(bundle_dir, add)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda b: _lengthen_model_name(b, 124), "the name 'mmmmmmmmmmmmmmmmmmmmmmmm'... is 124 characters long; a "
+                                             "bundle's file names have 100 at most"),
+    (lambda b: _list_many_files(b, 62), "manifest.json lists 64 files, 65 with the manifest itself; a bundle has at "
+                                        "most 64"),
+])
+def test_a_bundle_no_archive_loader_takes_neither_verifies_nor_packs(bundle_copy, tmp_path, change, message):
+    """pack wrote an archive that every loader refused (a 124-character file name, 65 entries), and verify of the
+    folder passed it."""
+    from click.testing import CliRunner
+
+    from firmware_tools.cli import main
+
+    change(bundle_copy)
+    verified = CliRunner().invoke(main, ["bundle", "verify", str(bundle_copy)])
+    assert verified.exit_code == 1 and message in verified.output, verified.output
+    assert "so no archive of it would load" in verified.output
+    archive = tmp_path / "b.tar.gz"
+    packed = CliRunner().invoke(main, ["bundle", "pack", str(bundle_copy), str(archive)])
+    assert packed.exit_code == 1 and message in packed.output and not archive.exists(), packed.output
+    with pytest.raises(BundleError, match="so no archive of it would load"):
+        pack_bundle(bundle_copy, archive)  # the archive's own limits, not only the load before it
+    assert not archive.exists()
+
+
+def test_a_bundle_folder_larger_than_an_archive_may_unpack_to_is_refused(bundle_copy, tmp_path, monkeypatch):
+    import edge.bundle
+
+    size = sum(path.stat().st_size for path in bundle_copy.iterdir())
+    monkeypatch.setattr(edge.bundle, "MAX_ARCHIVE_BYTES", size - 1)
+    with pytest.raises(BundleError, match=f"the files of {bundle_copy} come to {size} bytes; a bundle has at most "
+                                          f"{size - 1}"):
+        load_bundle(bundle_copy)
+    with pytest.raises(BundleError, match="so no archive of it would load"):
+        pack_bundle(bundle_copy, tmp_path / "b.tar.gz")
+    assert not (tmp_path / "b.tar.gz").exists()
+
+
 def test_bundle_pack_into_a_missing_folder_says_to_create_it(bundle_copy, tmp_path):
     from click.testing import CliRunner
 
@@ -115,13 +225,38 @@ def test_missing_file_is_named(bundle_copy):
 @pytest.mark.parametrize("change, message", [
     (lambda m: m.update(files=[]), "files must be a JSON object, not \\[\\]"),
     (lambda m: m.update(labels="0123456789"), "labels must be a JSON array"),
-    (lambda m: m.update(frontend=[]), "frontend.config must be a JSON object"),
+    (lambda m: m.update(frontend=[]), "frontend must be a JSON object, not \\[\\]"),
+    # Each named as written: these said "frontend.config ... not null", "models.step ... not null"
+    (lambda m: m.update(frontend="x"), 'frontend must be a JSON object, not "x"'),
+    (lambda m: m.update(models=[]), "models must be a JSON object, not \\[\\]"),
+    (lambda m: m["models"]["step"].pop("file"), "models.step.file is missing"),
     (lambda m: m["models"].update(step="model_step.tflite"), "models.step must be a JSON object"),
     (lambda m: m["files"].update({"model_step.tflite": 7}), "files must map names to SHA-256 strings"),
 ])
 def test_a_manifest_of_the_wrong_shape_is_named_not_a_traceback(bundle_copy, change, message):
     rewrite_manifest(bundle_copy, change)
     with pytest.raises(BundleError, match=f"manifest.json: {message}.*rebuild it"):
+        load_bundle(bundle_copy)
+
+
+def test_detector_thresholds_that_are_no_object_are_named_as_written(bundle_copy):
+    """They said "cannot convert dictionary update sequence element #0 to a sequence"."""
+    from edge.detector import DetectorSettings, DetectorSettingsError
+
+    rewrite_manifest(bundle_copy, lambda m: m["detector"].update(thresholds=[0.5]))
+    with pytest.raises(BundleError, match=r"detector settings are invalid: thresholds=\[0.5\]: must be an object of "
+                                          r"per-label thresholds, as \{\"yes\": 0.8\}"):
+        load_bundle(bundle_copy)
+    with pytest.raises(DetectorSettingsError, match=r"thresholds=\[0.5\]: must be an object"):  # run --threshold-for
+        DetectorSettings.from_manifest({"thresholds": [0.5]}, hop_ms=10, thresholds={"0": 0.5})
+
+
+def test_a_front_end_field_the_manifest_leaves_out_is_named_not_its_default(bundle_copy):
+    """An 8 kHz bundle without f_high was refused as "f_high=7000.0 Hz is at or above Nyquist", a value the manifest
+    never states."""
+    rewrite_manifest(bundle_copy, lambda m: m["frontend"]["config"].pop("f_high"))
+    with pytest.raises(BundleError, match="front-end config is invalid: frontend.config has no f_high, and the default "
+                                          "does not fit the rest: f_high=7000.0 Hz is at or above Nyquist"):
         load_bundle(bundle_copy)
 
 
@@ -272,16 +407,11 @@ def test_the_shipped_bundle_carries_the_detector_that_train_writes():
 def test_pack_leaves_out_files_the_manifest_does_not_list(bundle_copy, tmp_path):
     """A .DS_Store (or any stray file) is no part of the bundle: the archive holds the manifest, the files it lists
     and the signature, so the device accepts it (it refuses dotfiles) and nothing unverified reaches it."""
-    from click.testing import CliRunner
-
-    from firmware_tools.cli import main
-
     (bundle_copy / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (bundle_copy / "notes.txt").write_text("not listed in the manifest")
-    (bundle_copy / "signature.json").write_text("{}")
+    (bundle_copy / "signature.json").write_text("{}")  # `bundle pack` refuses it (test_signing); pack_bundle packs it
     archive = tmp_path / "out.tar.gz"
-    packed = CliRunner().invoke(main, ["bundle", "pack", str(bundle_copy), str(archive)])
-    assert packed.exit_code == 0, packed.output
+    pack_bundle(bundle_copy, archive)
     with tarfile.open(archive) as tar:
         names = tar.getnames()
     listed = json.loads((bundle_copy / "manifest.json").read_text())["files"]

@@ -67,6 +67,22 @@ def test_convert_never_replaces_a_file_that_is_not_a_bundle_archive(model, tmp_p
     assert "nothing was written" in result.output and precious.read_text() == "keep me"
 
 
+def test_convert_never_replaces_a_folder_whose_manifest_json_is_another_programs(model, tmp_path):
+    """A web app's folder has a manifest.json too: convert took any manifest.json for a bundle's and deleted the
+    folder to put the bundle there."""
+    webapp = tmp_path / "webapp"
+    webapp.mkdir()
+    (webapp / "manifest.json").write_text(json.dumps({"name": "My App", "start_url": "/", "files": {}}))
+    (webapp / "index.html").write_text("<html></html>")
+    before = {path.name: path.read_bytes() for path in webapp.iterdir()}
+    result = convert(model, "--calibration", FSDD_CLIPS, "--out", webapp)
+    assert result.exit_code == 1, result.output
+    assert f"{webapp} already exists and is not a basilar bundle (its manifest.json is another program's: it lacks " \
+           "'schema_version', 'frontend', 'models', 'labels', 'quantization')" in result.output
+    assert "nothing was written: write the bundle to a new folder" in result.output
+    assert {path.name: path.read_bytes() for path in webapp.iterdir()} == before
+
+
 def test_convert_replaces_a_bundle_archive_and_says_what_its_agreement_clips_are(model, tmp_path):
     """An earlier bundle archive is replaced, as an earlier bundle folder is. 80 clips: 16 are kept out of the
     calibration, but not of the training, and the report says no more than that (not "held-out")."""
@@ -94,6 +110,20 @@ def test_convert_refuses_bad_labels_before_converting(bare_model, tmp_path, labe
     the broken bundle; the background's name and an empty label (left out) were taken."""
     result = convert(bare_model, "--calibration", FSDD_CLIPS, "--labels", labels, "--out", tmp_path / "b")
     assert result.exit_code == 1 and message in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_convert_refuses_labels_that_are_not_the_models_outputs_before_converting(bare_model, tmp_path, monkeypatch):
+    from firmware_tools import pipeline
+
+    def never(*args):
+        raise AssertionError("converted")
+
+    monkeypatch.setattr(pipeline, "convert_to_int8", never)
+    result = convert(bare_model, "--calibration", FSDD_CLIPS, "--labels", "yes,no", "--out", tmp_path / "b")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"{bare_model} has 11 outputs, so it takes 10 labels (its last output is the background), but 2 labels " \
+           "were given: yes,no; give --labels the model's labels, in its output order" in result.output
     assert not (tmp_path / "b").exists()
 
 
@@ -193,9 +223,44 @@ def silent_clip(tmp_path, model):
     return model, ["3_theo_9.wav holds only digital silence"]
 
 
+def h5_file(tmp_path, model):
+    """Refused only by the conversion's worker, after the calibration was read, as "ConversionError: ..."."""
+    (tmp_path / "m.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    return tmp_path / "m.h5", [f"Error: {tmp_path}/m.h5 is not a .keras file", "save it so"]
+
+
+def saved_model_folder(tmp_path, model):
+    (tmp_path / "saved" / "variables").mkdir(parents=True)
+    (tmp_path / "saved" / "saved_model.pb").write_bytes(b"")
+    return tmp_path / "saved", [f"Error: {tmp_path}/saved is not a .keras file"]
+
+
+def fewer_labels_in_the_data(tmp_path, model):
+    """No sidecar, and calibration data of 3 labels for a model of 10: refused only after the conversion, as "the
+    model has 11 outputs but there are 3 labels (+1 background)"."""
+    shutil.copy(model, tmp_path / "m.keras")
+    (tmp_path / "clips").mkdir()
+    for clip in FSDD_CLIPS.glob("[012]_*.wav"):
+        shutil.copy(clip, tmp_path / "clips" / clip.name)
+    return tmp_path / "m.keras", [f"{tmp_path}/m.keras has 11 outputs, so it takes 10 labels (its last output is the "
+                                  "background), but 3 labels were given: 0,1,2; those are the labels of the "
+                                  "calibration data", "give --labels the model's labels"]
+
+
+def fewer_labels_in_the_sidecar(tmp_path, model):
+    from firmware_tools import pipeline
+    from firmware_tools.training import DEFAULT_FRONTEND
+
+    pipeline.write_sidecar(save_model(tmp_path / "m.keras", classes=4), DIGITS, DEFAULT_FRONTEND, {})
+    return tmp_path / "m.keras", ["m.keras has 4 outputs, so it takes 3 labels", "but 10 labels were given",
+                                  f"restore the sidecar {tmp_path}/m.keras.basilar.json"]
+
+
 @pytest.mark.parametrize("case, out", [(corrupt_sidecar, "b"), (bad_frontend, "b"), (narrow_model, "b"),
                                        (missing_folder, "deep/er/b"), (missing_archive_folder, "nodir/b.tar.gz"),
-                                       (text_file, "b"), (silent_clip, "b")])
+                                       (text_file, "b"), (silent_clip, "b"), (h5_file, "b"),
+                                       (saved_model_folder, "b"), (fewer_labels_in_the_data, "b"),
+                                       (fewer_labels_in_the_sidecar, "b")])
 def test_convert_errors_name_the_problem_and_the_fix_before_converting(model, tmp_path, case, out):
     model_path, messages = case(tmp_path, model)
     calibration = tmp_path / "clips" if (tmp_path / "clips").is_dir() else FSDD_CLIPS

@@ -239,3 +239,58 @@ def test_signing_where_the_signature_cannot_be_written_is_a_clear_error(tmp_path
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     assert f"cannot sign {bundle}: cannot write" in result.output and "copy the bundle somewhere writable" in \
         result.output
+
+
+def test_a_key_with_a_non_ascii_comment_signs_bundles_a_device_trusts(tmp_path, tiny_bundle):
+    """keygen wrote the .pub as UTF-8 and the reader took only ASCII: keygen crashed reading it back, and a device
+    trusting the key refused every bundle. keygen -> sign -> verify --trusted-keys, through the CLI."""
+    from click.testing import CliRunner
+
+    from firmware_tools.cli import main
+
+    runner = CliRunner()
+    made = runner.invoke(main, ["bundle", "keygen", str(tmp_path / "k" / "jk"), "--comment", "Jürgen's release key"])
+    assert made.exit_code == 0 and made.exception is None, made.output
+    public = tmp_path / "k" / "jk.pub"
+    assert public.read_text(encoding="utf-8").rstrip().endswith(" Jürgen's release key")
+    trusted = tmp_path / "trusted_keys"
+    trusted.mkdir()
+    shutil.copy(public, trusted / "jk.pub")
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    signed = runner.invoke(main, ["bundle", "sign", str(bundle), "--key", str(tmp_path / "k" / "jk")])
+    assert signed.exit_code == 0, signed.output
+    verified = runner.invoke(main, ["bundle", "verify", str(bundle), "--trusted-keys", str(trusted)])
+    assert verified.exit_code == 0 and verified.output.startswith("ok: "), verified.output
+
+
+@pytest.mark.parametrize("comment, message", [("two\nlines", "the comment must be one line"),
+                                              ("bad \udcff byte", "is not valid text (UTF-8)")])
+def test_keygen_refuses_a_comment_no_key_file_can_hold_before_writing_anything(tmp_path, comment, message):
+    from click.testing import CliRunner
+
+    from firmware_tools.signing_cmd import keygen
+
+    result = CliRunner().invoke(keygen, [str(tmp_path / "k"), "--comment", comment])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert message in result.output and list(tmp_path.iterdir()) == []
+
+
+def test_pack_refuses_a_bundle_changed_after_it_was_signed(tmp_path, keys, tiny_bundle):
+    """pack packed it without a word, for every device that trusts the key to refuse the archive."""
+    from click.testing import CliRunner
+
+    from firmware_tools.cli import main
+    from tests.bundle_variants import variant
+
+    bundle = variant(tiny_bundle, tmp_path / "bundle", 1)
+    sign_bundle_dir(bundle, keys[0])
+    packed = CliRunner().invoke(main, ["bundle", "pack", str(bundle), str(tmp_path / "signed.tar.gz")])
+    assert packed.exit_code == 0, packed.output
+    manifest = bundle / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes() + b" ")  # still a bundle that loads, with another id
+    archive = tmp_path / "changed.tar.gz"
+    refused = CliRunner().invoke(main, ["bundle", "pack", str(bundle), str(archive)])
+    assert refused.exit_code == 1 and isinstance(refused.exception, SystemExit), refused.output
+    assert f"cannot pack {bundle}: the signature does not match manifest.json" in refused.output
+    assert "remove its signature.json to pack it unsigned" in refused.output and not archive.exists()
