@@ -238,6 +238,7 @@ class ReleaseStore:
                 raise ReleaseError(f"the archive's SHA-256 is {actual}, expected {expected_sha256.lower()}: the "
                                    "upload is corrupted or incomplete; deploy again")
             self._sweep_staging()
+            self._sweep_abandoned_claims()  # an install killed before now: on a full device, room for this one
             if self.releases_dir.exists() and not self.releases_dir.is_dir():  # else "storage failed: File exists"
                 raise ReleaseError(f"{self.releases_dir} is not a folder (made by hand?): move it away (the store "
                                    "keeps its releases in that folder), then try again")
@@ -532,11 +533,22 @@ class ReleaseStore:
         if not self.incoming_dir.is_dir():
             return
         now = time.time()
+        self._sweep_abandoned_claims()  # a live one is left however long it waits: its install reads it yet
         for entry in self.incoming_dir.rglob("*"):  # serial uploads stage in incoming/serial/
             ssh_upload = entry.parent == self.incoming_dir and entry.name.endswith(".part")
+            if entry.parent == self.incoming_dir and entry.name.endswith(CLAIMED):
+                continue
             with contextlib.suppress(OSError):
                 if entry.is_file() and entry.stat().st_mtime < now - (PART_MAX_AGE_S if ssh_upload
                                                                       else INCOMING_MAX_AGE_S):
+                    entry.unlink()
+
+    def _sweep_abandoned_claims(self) -> None:
+        if not self.incoming_dir.is_dir():
+            return
+        for entry in self.incoming_dir.glob(f"*{CLAIMED}"):
+            with contextlib.suppress(OSError):
+                if abandoned_claim(entry):
                     entry.unlink()
 
     def status(self) -> dict:
@@ -569,16 +581,49 @@ def _optional_id(text: str) -> str | None:
     return None if text in ("", "-", "none") else _id_argument(text)
 
 
+CLAIMED = ".installing"
+_claims: list[int] = []  # descriptors holding this process's claims locked until it exits
+
+
 def claimed_upload(path: str) -> str:
     """An upload about to be installed, renamed from `.part` before the install waits for the store's lock: another
-    deploy clears a `.part` untouched for PART_MAX_AGE_S, and the wait may be longer."""
+    deploy clears a `.part` untouched for PART_MAX_AGE_S, and the wait may be longer. The claim is locked for as
+    long as this process lives (taken before the rename, so never seen unlocked), so a claim whose install was
+    killed or lost its power is told from one still waiting, and cleared (`abandoned_claim`)."""
     if not path.endswith(".part"):
         return path
-    claimed = path.removesuffix(".part") + ".installing"
-    with contextlib.suppress(FileNotFoundError):  # gone: install says it cannot read it
+    claimed = path.removesuffix(".part") + CLAIMED
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # gone: install says it cannot read it
+        return path
+    fcntl.flock(fd, fcntl.LOCK_EX)  # an upload's .part is locked by no one else: this does not wait
+    _claims.append(fd)
+    with contextlib.suppress(FileNotFoundError):
         os.rename(path, claimed)
         return claimed
     return path
+
+
+def release_claims() -> None:
+    while _claims:
+        os.close(_claims.pop())
+
+
+def abandoned_claim(path: Path) -> bool:
+    """Whether a claimed upload's install is gone (its lock is free): it never finishes, and its file holds space
+    that a full device's next install needs."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _id_argument(text: str) -> str:
@@ -652,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.remove_archive:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(archive)
+                release_claims()
         elif args.command == "activate":
             if args.bundle_id is None:
                 result = {"previous": store.deactivate(previous=args.previous, switch_id=args.switch_id)}

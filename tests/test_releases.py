@@ -708,3 +708,31 @@ def test_a_releases_path_that_is_a_file_is_said_to_be_one(store, bundles, capsys
     err = capsys.readouterr().err
     assert f"{store.releases_dir} is not a folder" in err and "move it away" in err and "storage failed" not in err
     assert store.releases_dir.is_file()
+
+
+def test_an_upload_claimed_by_an_install_that_was_killed_is_cleared_and_a_waiting_ones_is_not(tmp_path, bundles):
+    """An install killed (or its power cut) after claiming its upload left `.installing` for an hour: on a nearly
+    full device every retried deploy's install then failed for want of the space it held."""
+    store = ReleaseStore(tmp_path / "root")
+    store.install(bundles[0][1])
+    holder = os.open(store.root / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # the installs claim their uploads, then wait here
+    installs, claims = [], []
+    store.incoming_dir.mkdir()
+    for name in ("killed", "waiting"):
+        part = store.incoming_dir / f"{name}.part"
+        shutil.copy(bundles[1][1], part)
+        installs.append(subprocess.Popen([sys.executable, "-m", "edge.releases", "install", str(store.root), str(part),
+                                          "--remove-archive"], cwd=REPO, stderr=subprocess.PIPE, text=True))
+        claims.append(part.with_suffix(".installing"))
+    deadline = time.monotonic() + 30
+    while not all(claim.exists() for claim in claims) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    installs[0].kill()
+    installs[0].wait(10)
+    os.close(holder)  # the waiting install takes the lock, and clears the killed one's claim before it installs
+    assert installs[1].wait(30) == 0, installs[1].stderr.read()
+    assert list(store.incoming_dir.iterdir()) == [] and len(store.releases()) == 2
+    # A claim left with no install alive, as after a power cut: prune clears it at once, not after an hour
+    shutil.copy(bundles[1][1], claims[0])
+    assert store.prune(keep=3) == [] and not claims[0].exists()
