@@ -76,6 +76,12 @@ class LocalBundle:
     size: int
     signed: bool = False  # carries signature.json
     signer: str | None = None  # the id of the key in signature.json (None: unsigned, or the file is unreadable)
+    unpacked_size: int = 0  # its files' bytes: the device extracts them while the upload is still there
+
+    @property
+    def room_needed(self) -> int:
+        """Bytes the device's install needs free: the upload and its extracted copy."""
+        return self.size + self.unpacked_size
 
 
 @dataclass
@@ -378,9 +384,9 @@ async def _free_bytes(sftp, path: str) -> int | None:
 
 
 def _no_room(root: str, free: int, needed: int) -> str:
-    return (f"the device has {free / 1024:.0f} KB free under {root} and the upload needs {needed / 1024:.0f} KB; free "
-            f"some space there (`python3 -m edge.releases prune {shlex.quote(root)} --keep 1` keeps only the current "
-            "and previous releases) and deploy again")
+    return (f"the device has {free / 1024:.0f} KB free under {root} and the bundle needs {needed / 1024:.0f} KB (the "
+            "upload and its extracted copy); free some space there (`python3 -m edge.releases prune "
+            f"{shlex.quote(root)} --keep 1` keeps only the current and previous releases) and deploy again")
 
 
 async def _drop_stale_parts(sftp, incoming: str, own: str) -> None:
@@ -408,8 +414,9 @@ async def _upload(conn, bundle: LocalBundle, remote_path: str, progress: Progres
     root = str(Path(incoming).parent)
     async with conn.start_sftp_client() as sftp:
         free = await _free_bytes(sftp, root)
-        if free is not None and free < bundle.size:  # SFTP would only say "Failure" half-way, or "not a directory"
-            raise DeployError(_no_room(root, free, bundle.size))
+        # SFTP would only say "Failure" half-way, or "not a directory"; the install, "No space left" with no numbers
+        if free is not None and free < bundle.room_needed:
+            raise DeployError(_no_room(root, free, bundle.room_needed))
         try:
             try:
                 await sftp.makedirs(incoming, exist_ok=True)
@@ -430,8 +437,8 @@ async def _upload(conn, bundle: LocalBundle, remote_path: str, progress: Progres
             with contextlib.suppress(asyncssh.Error, OSError):  # a partial upload holds space a full device needs
                 await sftp.remove(remote_path)
             free = await _free_bytes(sftp, root)
-            if free is not None and free < bundle.size:
-                raise DeployError(_no_room(root, free, bundle.size)) from None
+            if free is not None and free < bundle.room_needed:
+                raise DeployError(_no_room(root, free, bundle.room_needed)) from None
             raise
 
 

@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import logging
 import signal
+import tarfile
 from pathlib import Path
 from typing import Callable
 
@@ -49,8 +50,10 @@ def prepare_bundle(spec: str, workdir: Path) -> LocalBundle:
     else:
         archive = Path(workdir) / f"{bundle.id}.tar.gz"
         pack_bundle(bundle.path, archive)
+    with tarfile.open(archive, "r:gz") as tar:  # loaded above: readable
+        unpacked = sum(member.size for member in tar)
     return LocalBundle(archive=archive, bundle_id=bundle.id, sha256=file_sha256(archive),
-                       size=archive.stat().st_size, signed=signer is not None, signer=signer)
+                       size=archive.stat().st_size, signed=signer is not None, signer=signer, unpacked_size=unpacked)
 
 
 _NO_SERIAL = "this installation has no serial deploy (firmware_tools.serial_deploy is missing)"

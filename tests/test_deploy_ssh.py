@@ -24,7 +24,7 @@ from edge.releases import ReleaseStore, file_sha256
 from firmware_tools import deploy_ssh, fleet
 from firmware_tools.cli import main as cli
 from firmware_tools.deploy_ssh import LocalBundle, SshOptions
-from firmware_tools.fleet import deploy_fleet, status_fleet
+from firmware_tools.fleet import deploy_fleet, prepare_bundle, status_fleet
 from firmware_tools.targets import parse_target
 from tests.bundle_variants import variant
 from tests.conftest import REPO, require, require_module, require_program
@@ -819,8 +819,34 @@ def test_a_device_without_room_for_the_upload_is_told_how_much_to_free(device, b
         (disk / "filler").write_bytes(bytes(16 * 1024 - 4096))  # 4 KB left, less than the bundle
         result = _deploy(bundles[0], dataclasses.replace(target, root=str(root)), options)
         assert (result.ok, result.outcome) == (False, "failed"), result.reason
-        assert f"the device has 4 KB free under {root} and the upload needs" in result.reason
+        assert f"the device has 4 KB free under {root} and the bundle needs" in result.reason
         assert f"python3 -m edge.releases prune {root} --keep 1" in result.reason
+        assert not list(root.rglob("*.part")) and not (root / "current").exists()
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_device_with_room_for_the_upload_but_not_its_extracted_copy_is_told_how_much_to_free(device, tmp_path):
+    """The free space was checked against the upload only: the upload went through, and the install then failed
+    with "No space left on device" and no numbers to act on."""
+    require(os.geteuid() == 0, "root, to mount a small tmpfs as a full device")
+    _, target, options = device
+    bundle = prepare_bundle("default", tmp_path)
+    assert bundle.unpacked_size > 0 and bundle.room_needed == bundle.size + bundle.unpacked_size
+    disk = tmp_path / "sd"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], check=True)
+    try:
+        root = disk / "basilar"
+        root.mkdir()
+        free = shutil.disk_usage(disk).free
+        room = (bundle.size + bundle.room_needed) // 2 // 4096 * 4096  # more than the upload, less than both
+        (disk / "filler").write_bytes(bytes(free - room))
+        assert bundle.size < shutil.disk_usage(disk).free < bundle.room_needed
+        result = _deploy(bundle, dataclasses.replace(target, root=str(root)), options)
+        assert (result.ok, result.outcome, result.uploaded_bytes) == (False, "failed", 0), result.reason
+        assert (f"the device has {room // 1024} KB free under {root} and the bundle needs "
+                f"{bundle.room_needed / 1024:.0f} KB (the upload and its extracted copy)") in result.reason
         assert not list(root.rglob("*.part")) and not (root / "current").exists()
     finally:
         subprocess.run(["umount", str(disk)], check=True)
