@@ -3,6 +3,7 @@
 The "device" is a temporary root on this machine; its side runs `python -m edge.releases` from this repo.
 """
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shlex
@@ -808,37 +809,25 @@ def test_a_device_name_that_does_not_resolve_is_said_so():
 def test_a_device_without_room_for_the_upload_is_told_how_much_to_free(device, bundles, tmp_path):
     """SFTP says only "Failure" half-way through (leaving the partial upload on the full disk), or, with no space
     at all, that incoming/ is not a directory: the free space is checked first and named."""
-    require(os.geteuid() == 0, "root, to mount a small tmpfs as a full device")
     _, target, options = device
-    disk = tmp_path / "sd"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)], check=True)
-    try:
+    with _small_disk(tmp_path, "16k") as disk:
         root = disk / "basilar"
-        root.mkdir()
         (disk / "filler").write_bytes(bytes(16 * 1024 - 4096))  # 4 KB left, less than the bundle
         result = _deploy(bundles[0], dataclasses.replace(target, root=str(root)), options)
         assert (result.ok, result.outcome) == (False, "failed"), result.reason
         assert f"the device has 4 KB free under {root} and the bundle needs" in result.reason
         assert f"python3 -m edge.releases prune {root} --keep 1" in result.reason
         assert not list(root.rglob("*.part")) and not (root / "current").exists()
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_a_device_with_room_for_the_upload_but_not_its_extracted_copy_is_told_how_much_to_free(device, tmp_path):
     """The free space was checked against the upload only: the upload went through, and the install then failed
     with "No space left on device" and no numbers to act on."""
-    require(os.geteuid() == 0, "root, to mount a small tmpfs as a full device")
     _, target, options = device
     bundle = prepare_bundle("default", tmp_path)
     assert bundle.unpacked_size > 0 and bundle.room_needed == bundle.size + bundle.unpacked_size
-    disk = tmp_path / "sd"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], check=True)
-    try:
+    with _small_disk(tmp_path, "512k") as disk:
         root = disk / "basilar"
-        root.mkdir()
         free = shutil.disk_usage(disk).free
         room = (bundle.size + bundle.room_needed) // 2 // 4096 * 4096  # more than the upload, less than both
         (disk / "filler").write_bytes(bytes(free - room))
@@ -848,6 +837,18 @@ def test_a_device_with_room_for_the_upload_but_not_its_extracted_copy_is_told_ho
         assert (f"the device has {room // 1024} KB free under {root} and the bundle needs "
                 f"{bundle.room_needed / 1024:.0f} KB (the upload and its extracted copy)") in result.reason
         assert not list(root.rglob("*.part")) and not (root / "current").exists()
+
+
+@contextlib.contextmanager
+def _small_disk(tmp_path, size: str):
+    """A tmpfs of `size` as a device's nearly full storage, with an empty device root `basilar/` on it."""
+    require(os.geteuid() == 0, "root, to mount a small tmpfs as a full device")
+    disk = tmp_path / "sd"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], check=True)
+    try:
+        (disk / "basilar").mkdir()
+        yield disk
     finally:
         subprocess.run(["umount", str(disk)], check=True)
 
