@@ -1,7 +1,7 @@
 """The model runner: one int8 streaming step per front-end frame, with the model's state carried here.
 
 Interpreters, in order of preference: ai-edge-litert (maintained, numpy 2, aarch64 wheels), tflite-runtime (the
-only choice on 32-bit Pi OS; needs numpy<2), tensorflow.lite. A candidate counts as working only once it has
+only choice on 32-bit Pi OS; needs numpy<2), TensorFlow's tf.lite. A candidate counts as working only once it has
 run an inference on the model: an import alone hides numpy ABI mismatches.
 """
 import contextlib
@@ -9,14 +9,22 @@ import os
 import sys
 import tempfile
 import threading
+import warnings
 
 import numpy as np
 
+# (name, module, attribute holding Interpreter): TensorFlow's public tf.lite is an attribute of the package, not the
+# module tensorflow.lite (the source tree's, with no Interpreter)
 RUNTIMES = (
-    ("ai-edge-litert", "ai_edge_litert.interpreter"),
-    ("tflite-runtime", "tflite_runtime.interpreter"),
-    ("tensorflow", "tensorflow.lite"),
+    ("ai-edge-litert", "ai_edge_litert.interpreter", ""),
+    ("tflite-runtime", "tflite_runtime.interpreter", ""),
+    ("tensorflow", "tensorflow", "lite"),
 )
+
+
+# tf.lite's deprecation notice, ten lines on every run through the last fallback: the run's summary names the
+# runtime used, and the install advice says which to prefer
+warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated", category=UserWarning)
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -33,10 +41,10 @@ def make_interpreter(model_path, num_threads: int = 1, delegates=None, without_d
 
     check_tflite_file(model_path)
     failures = []
-    refusals = []  # runtimes that loaded and refused this model: then it is the model that is wrong
-    for name, module_name in RUNTIMES:
+    for name, module_name, attribute in RUNTIMES:
         try:
             module = importlib.import_module(module_name)
+            module = getattr(module, attribute) if attribute else module
             cls = module.Interpreter
         except Exception as exc:  # ImportError, or a numpy ABI error raised while importing
             failures.append(f"{name}: {type(exc).__name__}: {exc}")
@@ -46,7 +54,8 @@ def make_interpreter(model_path, num_threads: int = 1, delegates=None, without_d
             if delegates:
                 kwargs["experimental_delegates"] = delegates
             if without_default_delegates:
-                kwargs["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+                resolvers = getattr(module, "OpResolverType", None) or module.experimental.OpResolverType  # tf.lite's
+                kwargs["experimental_op_resolver_type"] = resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES
             with _without_delegate_notice():
                 interpreter = cls(**kwargs)
                 interpreter.allocate_tensors()
@@ -57,13 +66,12 @@ def make_interpreter(model_path, num_threads: int = 1, delegates=None, without_d
         # A runtime that cannot run: a bad model, an ABI mismatch (tflite-runtime under numpy 2: SystemError). Not
         # MemoryError or OSError, which no other runtime would mend (a full disk is not a missing runtime).
         except (ValueError, RuntimeError, TypeError, AttributeError, ImportError, SystemError) as exc:
+            if isinstance(exc, ValueError):  # it read the model and refused it: the model is what is wrong, and a
+                # later runtime may not refuse as well (TensorFlow's crashes on a model cut short)
+                raise ValueError(f"{model_path} cannot be loaded ({name}: {exc}): the file is damaged, or needs a "
+                                 "newer runtime; rebuild or deploy the bundle again, or update the runtime (pip "
+                                 "install -U ai-edge-litert)") from None
             failures.append(f"{name}: {type(exc).__name__}: {exc}")
-            if isinstance(exc, ValueError):
-                refusals.append(f"{name}: {exc}")
-    if refusals:
-        raise ValueError(f"{model_path} cannot be loaded ({'; '.join(refusals)}): the file is damaged, or needs a "
-                         "newer runtime; rebuild or deploy the bundle again, or update the runtime (pip install -U "
-                         "ai-edge-litert)")
     raise RuntimeUnavailable(
         "no working TFLite interpreter: " + "; ".join(failures)
         + ". Install one: pip install ai-edge-litert (64-bit) or tflite-runtime with numpy<2 (32-bit Pi OS)")

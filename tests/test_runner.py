@@ -1,5 +1,7 @@
 """The interpreter shim and the step runner, with a real TFLite interpreter running a real model."""
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -10,6 +12,7 @@ from edge.bundle import BundleError, load_bundle
 from edge.frontend import Frontend
 from edge.runner import RuntimeUnavailable, StepRunner, make_interpreter
 from tests.bundles import FSDD_CLIPS, requantized_bundle
+from tests.conftest import REPO, require_module
 
 
 def test_a_real_runtime_runs_an_inference(tiny_bundle):
@@ -47,13 +50,13 @@ def test_interpreters_built_in_several_threads_at_once_leave_stderr_working(tiny
 
 def test_falls_back_past_a_broken_runtime(tiny_bundle, monkeypatch):
     monkeypatch.setattr(runner_module, "RUNTIMES",
-                        (("broken", "basilar_no_such_runtime.interpreter"),) + runner_module.RUNTIMES)
+                        (("broken", "basilar_no_such_runtime.interpreter", ""),) + runner_module.RUNTIMES)
     _, name = make_interpreter(load_bundle(tiny_bundle).step_model_path)
     assert name != "broken"
 
 
 def test_no_runtime_is_a_clear_error(tiny_bundle, monkeypatch):
-    monkeypatch.setattr(runner_module, "RUNTIMES", (("broken", "basilar_no_such_runtime.interpreter"),))
+    monkeypatch.setattr(runner_module, "RUNTIMES", (("broken", "basilar_no_such_runtime.interpreter", ""),))
     with pytest.raises(RuntimeUnavailable, match="pip install ai-edge-litert"):
         make_interpreter(load_bundle(tiny_bundle).step_model_path)
 
@@ -123,3 +126,25 @@ def test_a_state_output_quantised_unlike_the_state_input_is_refused(tiny_bundle,
         requantized_bundle(tiny_bundle, tmp_path / "state-scale-2", new_state=(12 / 255, -128))
     with pytest.raises(BundleError, match="new-state output is quantised"):
         load_bundle(tmp_path / "state-scale-2")
+
+
+def test_tensorflow_is_a_working_last_fallback():
+    """The third runtime imported the module tensorflow.lite, which has no Interpreter (the public tf.lite is an
+    attribute of the package), so where the first two were missing basilar said to install a runtime though
+    TensorFlow was there; and its built-in-kernels resolver lives under tf.lite.experimental."""
+    require_module("tensorflow")
+    others_missing = ("import sys\n"
+                      "class Missing:\n"
+                      "    def find_spec(self, name, path=None, target=None):\n"
+                      "        if name.split('.')[0] in ('ai_edge_litert', 'tflite_runtime'):\n"
+                      "            raise ImportError('not installed here')\n"
+                      "sys.meta_path.insert(0, Missing())\n"
+                      "from edge.bundle import load_bundle\n"
+                      "from edge.runner import make_interpreter\n"
+                      "model = load_bundle('default').step_model_path\n"
+                      "print(make_interpreter(model)[1], make_interpreter(model, without_default_delegates=True)[1])\n")
+    done = subprocess.run([sys.executable, "-c", others_missing], capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["tensorflow", "tensorflow"]
+    assert "tf.lite.Interpreter is deprecated" not in done.stderr
