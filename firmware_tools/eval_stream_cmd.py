@@ -48,7 +48,7 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
         raise click.UsageError("Missing option '--truth': the CSV of where each word in AUDIO really is")
     from edge.runloop import DetectorOptionError, Pipeline, PipelineError
     from edge.sources import SourceError
-    from firmware_tools.stream_eval import NON_TARGET_HEADER, TruthFileError, detect_file, read_truth, score_stream
+    from firmware_tools.stream_eval import NON_TARGET_HEADER, TruthFileError, detect_heard, read_truth, score_stream
 
     try:
         words = read_truth(truth)
@@ -59,13 +59,19 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
         if unknown:
             raise click.ClickException(f"{truth} has label(s) {', '.join(map(repr, unknown))} that the bundle "
                                        f"does not know; its labels are {', '.join(map(repr, pipeline.labels))}")
-        detections, duration = detect_file(pipeline, audio)
+        detections, duration, cut = detect_heard(pipeline, audio)
     except DetectorOptionError as err:  # the values given, not the bundle: exit 2, as `basilar run` says it
         raise click.UsageError(str(err)) from err
     except (TruthFileError, PipelineError, SourceError) as err:
         raise click.ClickException(str(err)) from err
     if not duration:  # no hour to count false alarms per, no word to find: a score of nothing
-        raise click.ClickException(f"{audio} holds no audio (0 samples); give the recording that {truth} describes")
+        raise click.ClickException(str(cut) if cut else f"{audio} holds no audio (0 samples); give the recording "
+                                   f"that {truth} describes")
+    unheard = []
+    if cut:  # a file that ends early: the words it holds are scored, those after the cut were never heard
+        unheard = [w for w in words if w.end_s > duration]
+        words = [w for w in words if w.end_s <= duration]
+        others = None if others is None else [w for w in others if w.start_s < duration]
     for path, rows, what in ((truth, words, "word(s)"), (non_target, others or [], "stretch(es)")):
         beyond = [w for w in rows if w.start_s >= duration]
         if beyond:
@@ -74,9 +80,14 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
                                        "the file does not belong to this recording")
     score = score_stream(detections, words, duration, tolerance_s, others)
     if as_json:
-        click.echo(json.dumps({"bundle": pipeline.bundle.id, "audio": str(audio), **score.to_dict()}))
-        return
-    click.echo(format_report(score, audio, pipeline.bundle.id))
+        click.echo(json.dumps({"bundle": pipeline.bundle.id, "audio": str(audio), **score.to_dict(),
+                               **({"cut_short": {"heard_s": round(duration, 3), "words_not_heard": len(unheard)}}
+                                  if cut else {})}))
+    else:
+        click.echo(format_report(score, audio, pipeline.bundle.id))
+    if cut:  # the score above covers what was heard; the exit code says the recording was not whole
+        raise click.ClickException(f"{cut}; the score covers its first {duration:.2f} s, and {len(unheard)} word(s) "
+                                   f"of {truth} after that were not heard")
 
 
 def format_report(score, audio, bundle_id: str) -> str:

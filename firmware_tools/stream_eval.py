@@ -369,13 +369,27 @@ class _Collect(Sink):
 
 def detect_file(pipeline, audio_path: str | Path) -> tuple[list[Detection], float]:
     """Stream a file through a pipeline exactly as `basilar run` does; returns (detections, audio seconds)."""
+    detections, seconds, error = detect_heard(pipeline, audio_path)
+    if error is not None:
+        raise error
+    return detections, seconds
+
+
+def detect_heard(pipeline, audio_path: str | Path):
+    """As detect_file, for a file that may end early (cut short, damaged): (detections, seconds of audio heard, the
+    SourceError that ended the reading, or None), the detections those seconds gave."""
     from edge.runloop import RunLoop
-    from edge.sources import FileSource
+    from edge.sources import FileSource, SourceError
 
     collect = _Collect()
     with FileSource(audio_path, pipeline.sample_rate) as source:
-        stats = RunLoop(pipeline, source, [collect], health_every_s=0).run()
-    return collect.detections, stats.audio_s
+        loop = RunLoop(pipeline, source, [collect], health_every_s=0)
+        try:
+            loop.run()
+            error = None
+        except SourceError as err:  # the run loop wrote out every detection before raising
+            error = err
+    return collect.detections, loop.stats.audio_s, error
 
 
 def _spread(values, suffix: str = "") -> dict[str, float]:

@@ -571,3 +571,22 @@ def test_a_detector_value_out_of_range_is_a_usage_error_as_in_basilar_run():
     """The bundle's own settings are fine, the value given is not: exit 2 (it was 1, as for a damaged bundle)."""
     result = CliRunner().invoke(main, ["eval-stream", "default", "demo", "--threshold-for", "7=1.5"])
     assert result.exit_code == 2 and "threshold for label '7'=1.5: must be a number in (0, 1]" in result.output
+
+
+def test_a_recording_cut_short_is_scored_on_what_was_heard_then_fails(tmp_path):
+    """It printed only the read error, every detection lost, while saying the audio "was processed"."""
+    cut = tmp_path / "cut.wav"
+    data = DEMO.read_bytes()
+    cut.write_bytes(data[:len(data) // 2])  # the header still declares the whole demo
+    heard_s = soundfile.info(cut).frames / soundfile.info(cut).samplerate
+    words = read_truth(DEMO_TRUTH)
+    whole = [w for w in words if w.end_s <= heard_s]
+    assert 0 < len(whole) < len(words)
+    result = CliRunner().invoke(main, ["eval-stream", "default", str(cut), "--truth", str(DEMO_TRUTH), "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout.splitlines()[0])
+    assert (report["words"], report["hits"]) == (len(whole), len(whole))  # the demo's words are all found
+    assert report["cut_short"]["words_not_heard"] == len(words) - len(whole)
+    assert f"{len(words) - len(whole)} word(s) of {DEMO_TRUTH} after that were not heard" in result.output
+    text = CliRunner().invoke(main, ["eval-stream", "default", str(cut), "--truth", str(DEMO_TRUTH)])
+    assert text.exit_code == 1 and f"{len(whole)} words, {len(whole)} detections" in text.output
