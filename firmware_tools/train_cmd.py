@@ -79,6 +79,9 @@ def train(data_dir, out_dir, holdout, loso, epochs, width, seed, ensemble, synth
                                  recorded_speech=(str(speech_dir), speech_list and str(speech_list),
                                                   speech_credit or f"recordings from {speech_dir}")
                                  if speech_dir else None)
+        if speech_dir and not (speech_credit or "").strip():  # said now, not after the training
+            click.echo(f"warning: the bundle's ATTRIBUTION.md will name no author or license for the recordings in "
+                       f"{speech_dir}; give them with --speech-credit before sharing the bundle", err=True)
         summary = run_training(data_dir, out_dir, holdout=holdout, loso=loso, settings=settings,
                                cache_dir=cache_dir, name=name, log=click.echo,
                                detector=bundle_detector(threshold, smoothing_ms, refractory_ms))

@@ -7,8 +7,10 @@ import dataclasses
 import json
 import os
 import re
+import sys
 import time
 import unicodedata
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -151,9 +153,9 @@ def build_examples(clips, labels, settings: TrainSettings, cache_dir: Path | Non
     read (read_clips), not read again."""
     key = examples_key(clips, labels, settings)
     cache = cache_dir / f"examples-{key}.npz" if cache_dir else None
-    if cache and cache.exists():
-        with np.load(cache) as z:
-            return z["frames"], z["targets"], z["weights"]
+    cached = read_cached_examples(cache) if cache and cache.exists() else None
+    if cached is not None:
+        return cached
     cfg = settings.frontend
     audio = audio or {}
     words = [(audio[c] if c in audio else dataset.read_labelled_clip(c, cfg.sample_rate), c.label) for c in clips]
@@ -182,9 +184,32 @@ def build_examples(clips, labels, settings: TrainSettings, cache_dir: Path | Non
         weights.append(w)
     out = np.stack(frames), np.stack(targets).astype(np.int32), np.stack(weights)
     if cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, frames=out[0], targets=out[1], weights=out[2])
+        write_cached_examples(cache, out)
     return out
+
+
+def read_cached_examples(cache: Path):
+    """The cached (frames, targets, weights), or None where the file cannot be read (a run stopped while an older
+    version wrote it straight to its name, a disk that was full): then it is built again and replaced."""
+    try:
+        with np.load(cache) as z:
+            return z["frames"], z["targets"], z["weights"]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        print(f"basilar: warning: the feature cache {cache} is damaged ({e}); rebuilding it", file=sys.stderr)
+        return None
+
+
+def write_cached_examples(cache: Path, examples) -> None:
+    """Written to a file beside the cache and renamed into place, so a Ctrl-C or a full disk leaves no half-written
+    cache under the name the next run reads."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_name(f".{cache.name}.{os.getpid()}.partial")
+    try:
+        with open(partial, "wb") as f:
+            np.savez(f, frames=examples[0], targets=examples[1], weights=examples[2])
+        os.replace(partial, cache)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def fit(frames, targets, weights, labels, settings: TrainSettings, verbose: int = 2):
@@ -345,12 +370,17 @@ FSDD_SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")  #
 FSDD_NAME = re.compile(r"[0-9]_(" + "|".join(FSDD_SPEAKERS) + r")_[0-9]+\.wav")
 
 
-def is_fsdd(data_dir, clips, labels) -> bool:
-    """Whether the clips are the Free Spoken Digit Dataset's recordings (or some of them): all directly in
-    data_dir, all named as FSDD names them, and the ten digits. A speaker's name alone says nothing of where a
-    clip comes from."""
-    return (all(c.path.parent == Path(data_dir) and FSDD_NAME.fullmatch(c.path.name) for c in clips)
-            and labels == DIGITS)
+def fsdd_clips(clips) -> list:
+    """The clips named as the Free Spoken Digit Dataset names its recordings ({digit}_{speaker}_{take}.wav, with
+    one of its speakers), wherever they are and whatever their label: a bundle trained on any of them is a derivative
+    of FSDD and carries its attribution. A speaker's name alone (yes_theo_0.wav) says nothing of where a clip comes
+    from."""
+    return [c for c in clips if FSDD_NAME.fullmatch(c.path.name)]
+
+
+def needs_credit(clips, settings: TrainSettings) -> bool:
+    """Whether the bundle would name no author of some of the clips: no --data-credit, and clips not FSDD's."""
+    return not (settings.data_credit or "").strip() and len(fsdd_clips(clips)) < len(clips)
 
 
 def synthetic_data(labels, settings: TrainSettings) -> str:
@@ -374,13 +404,18 @@ def synthetic_data(labels, settings: TrainSettings) -> str:
 
 
 def provenance(data_dir, clips, labels, settings: TrainSettings) -> dict:
-    """The bundle's provenance: FSDD's license and attribution only when the clips are FSDD's."""
+    """The bundle's provenance: FSDD's license and attribution whenever any clip is FSDD's (fsdd_clips), the user's
+    credit after it."""
     from firmware_tools import bundler
 
-    if is_fsdd(data_dir, clips, labels):
+    fsdd = fsdd_clips(clips)
+    if fsdd:
         out = dict(bundler.FSDD_PROVENANCE)
-        speakers = sorted({c.speaker for c in clips})
-        if speakers != ["jackson", "nicolas", "theo", "yweweler"]:  # not the copy the shipped bundle was trained on
+        speakers = sorted({FSDD_NAME.fullmatch(c.path.name)[1] for c in fsdd})  # FSDD's name, whatever the label
+        if len(fsdd) < len(clips):  # the user's own clips beside FSDD's
+            out["training_data"] = (f"{data_dir}, with {len(fsdd)} recordings from the Free Spoken Digit Dataset "
+                                    f"(Zohar Jackson and contributors), speakers {', '.join(speakers)}")
+        elif speakers != ["jackson", "nicolas", "theo", "yweweler"]:  # not the copy the shipped bundle trained on
             out["training_data"] = ("Free Spoken Digit Dataset (Zohar Jackson and contributors), speakers "
                                     + ", ".join(speakers))
     else:
@@ -439,8 +474,10 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     holdout = ",".join(held_out) or "none"
     log(f"{len(clips)} clips, labels {labels}, speakers {speakers}; holding out: {holdout}")
     bundle_provenance = provenance(data_dir, clips, labels, settings)
-    if "attribution" not in bundle_provenance:  # said now, not after the training
-        log(f"warning: the bundle's ATTRIBUTION.md will name no author or license for {data_dir}; give them with "
+    if needs_credit(clips, settings):  # said now, not after the training
+        own = len(clips) - len(fsdd_clips(clips))
+        whose = f"the {own} clips of {data_dir} not FSDD's" if own < len(clips) else str(data_dir)
+        log(f"warning: the bundle's ATTRIBUTION.md will name no author or license for {whose}; give them with "
             "--data-credit before sharing the bundle")
     warn_of_long_clips(clips, settings.frontend, log)
     held, train_clips = split_holdout(clips, labels, held_out)
@@ -460,6 +497,10 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     log(f"training on {len(frames)} examples of {frames.shape[1]} frames")
     model, spec = fit(frames, targets, weights, labels, settings, verbose=2)
     model_path = out / "model.keras"
+    # An earlier run's reports describe its model: gone before this one replaces it, so that a run stopped or failed
+    # from here on leaves no report beside a model it does not describe (the new ones are written at the end).
+    for report in ("report.json", "report.txt"):
+        (out / report).unlink(missing_ok=True)
     model.save(model_path)
     pipeline.write_sidecar(model_path, labels, settings.frontend, bundle_provenance, name)
 

@@ -38,8 +38,17 @@ class Morph:
     name: str  # the file name: {label}_{speaker}_{k}.wav
 
     def record(self) -> dict:
+        """What the morph is made of; its sources' size and modification time too, so that a clip replaced under
+        the same name makes the morph again."""
         return {"label": self.label, "timing": str(self.timing.path), "other": str(self.other.path),
-                "weight": self.weight}
+                "weight": self.weight, "sources": [source_identity(self.timing.path),
+                                                   source_identity(self.other.path)]}
+
+
+def source_identity(path: Path) -> list[int]:
+    """A source clip's size and modification time in ns (what the feature cache keys a clip by, and its size)."""
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def take_order(clip: dataset.Clip) -> list:

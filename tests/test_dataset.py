@@ -365,13 +365,21 @@ def test_fsdd_attribution_only_for_fsdd_clips_and_synthesis_only_when_on(tmp_pat
     assert "attribution" not in training.provenance(tmp_path / "own", own, ["no", "yes"], blank)
     assert training.provenance(FSDD_CLIPS, clips, DIGITS, dataclasses.replace(settings, data_credit=credit))[
         "attribution"] == FSDD_PROVENANCE["attribution"] + " " + credit
-    # FSDD's names on digit clips in sub-folders, or with one clip of another speaker, are not FSDD either.
-    for name in (f"{d}/{d}_jackson_0.wav" for d in range(10)):
+    # FSDD's recordings sorted into label folders (under other labels), or beside the user's own, are FSDD's still:
+    # a bundle trained on them is a derivative and carries FSDD's attribution, the user's credit after it.
+    for name in (f"{word}/{d}_jackson_0.wav" for d, word in enumerate(("zero", "one"))):
         write_clip(tmp_path / "nested" / name)
     nested = dataset.scan_labelled(tmp_path / "nested")
-    assert "license" not in training.provenance(tmp_path / "nested", nested, DIGITS, settings)
+    assert training.provenance(tmp_path / "nested", nested, ["zero", "one"], settings)["training_data"] == (
+        "Free Spoken Digit Dataset (Zohar Jackson and contributors), speakers jackson")
     mixed = clips + [dataset.Clip(FSDD_CLIPS / "3_alice_0.wav", "3", "alice")]
-    assert "license" not in training.provenance(FSDD_CLIPS, mixed, DIGITS, settings)
+    assert not training.needs_credit(clips, settings) and training.needs_credit(mixed, settings)
+    mixed_credited = training.provenance(FSDD_CLIPS, mixed, DIGITS, dataclasses.replace(settings, data_credit=credit))
+    assert mixed_credited["license"] == "CC BY-SA 4.0"
+    assert mixed_credited["attribution"] == FSDD_PROVENANCE["attribution"] + " " + credit
+    assert mixed_credited["training_data"] == (f"{FSDD_CLIPS}, with 40 recordings from the Free Spoken Digit Dataset "
+                                               "(Zohar Jackson and contributors), speakers jackson, nicolas, theo, "
+                                               "yweweler")
     # The whole corpus (two more speakers) is FSDD's too, and its attribution names who is in it.
     whole = clips + [dataset.Clip(FSDD_CLIPS / "3_lucas_0.wav", "3", "lucas")]
     fuller = training.provenance(FSDD_CLIPS, whole, DIGITS, settings)

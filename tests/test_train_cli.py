@@ -1,6 +1,7 @@
 """`basilar train`, `convert`, `eval` and `bundle` end to end on real clips (tiny settings, so it stays fast)."""
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -375,3 +376,94 @@ def test_a_one_label_clip_counts_only_where_the_label_outweighs_the_background()
     assert clip_decision(np.array([[0.1, 0.2], [0.1, 0.1]])) == 1
     two = clip_report(["a", "b"], [0, 1, 1], [0, 0, 1])
     assert "missed" not in two and two["recall"] == {"a": 1.0, "b": 0.5} and two["confusion"] == [[1, 0], [1, 1]]
+
+
+def test_train_rebuilds_a_feature_cache_left_half_written(tmp_path, monkeypatch):
+    """A Ctrl-C or a full disk while the cache was saved left a truncated examples-*.npz under its name, and every
+    later run with those settings failed reading it ("EOF: reading array data", BadZipFile)."""
+    from firmware_tools import training
+
+    require_module("tensorflow")
+    data = write_clips(tmp_path / "data", ["no/no_alice_0.wav", "yes/yes_alice_0.wav"])
+
+    def disk_full(*args, **kwargs):  # stops each run after its features, before the (slow) fit
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(training, "fit", disk_full)
+    train = ["train", str(data), "--out", str(tmp_path / "o"), *TINY, "--holdout", "none", "--cache-dir",
+             str(tmp_path / "cache")]
+    assert "No space left on device" in CliRunner().invoke(main, train).output
+    [cache] = (tmp_path / "cache").iterdir()  # only the finished file: nothing of the writing is left beside it
+    assert cache.name.startswith("examples-") and cache.suffix == ".npz"
+    whole = cache.read_bytes()
+    cache.write_bytes(whole[:len(whole) // 2])
+    result = CliRunner().invoke(main, train)
+    assert "No space left on device" in result.output and "Traceback" not in result.output
+    assert f"basilar: warning: the feature cache {cache} is damaged" in result.output
+    assert "rebuilding it" in result.output
+    with np.load(cache) as rebuilt:  # and written whole again
+        assert rebuilt["frames"].shape[0] == 2 + 20
+
+
+def test_a_failed_retrain_leaves_no_report_of_the_earlier_model(tmp_path, monkeypatch):
+    """The earlier run's report.json and report.txt stayed beside the new model.keras while the conversion and the
+    held-out evaluation ran (minutes), and for good where either failed or was stopped."""
+    from firmware_tools import pipeline
+
+    require_module("tensorflow")
+    data = write_clips(tmp_path / "data", ["no/no_alice_0.wav", "yes/yes_alice_0.wav"])
+    out = tmp_path / "o"
+    out.mkdir()
+    for report in ("report.json", "report.txt"):
+        (out / report).write_text("the earlier model's report\n")
+
+    def conversion_fails(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pipeline, "convert_into_bundle", conversion_fails)
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(out), *TINY, "--holdout", "none",
+                                       "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 1 and "No space left on device" in result.output, result.output
+    assert (out / "model.keras").is_file()
+    assert not (out / "report.json").exists() and not (out / "report.txt").exists()
+
+
+def test_a_bundle_trained_on_fsdd_recordings_among_the_users_own_credits_both(tmp_path, monkeypatch):
+    """FSDD's CC BY-SA attribution was dropped as soon as its clips were sorted into label folders or joined by one
+    clip of the user's: the bundle, a derivative of FSDD's recordings, named neither FSDD nor its license."""
+    require_module("tensorflow")
+    data = write_clips(tmp_path / "data", ["one/one_erin_0.wav", "zero/zero_erin_0.wav"])
+    for digit, word in enumerate(("zero", "one")):
+        shutil.copy(FSDD_CLIPS / f"{digit}_theo_0.wav", data / word)
+    train = ["train", str(data), "--out", str(tmp_path / "o"), *TINY, "--cache-dir", str(tmp_path / "cache")]
+    from firmware_tools import training
+
+    monkeypatch.setattr(training, "fit", lambda *args, **kwargs: sys.exit(1))  # no need to train for the warning
+    uncredited = CliRunner().invoke(main, [*train, "--holdout", "none"])
+    monkeypatch.undo()
+    assert (f"warning: the bundle's ATTRIBUTION.md will name no author or license for the 2 clips of {data} not "
+            "FSDD's") in uncredited.output
+    result = CliRunner().invoke(main, [*train, "--holdout", "none", "--data-credit", "Recorded by Erin Doe, CC0."])
+    assert result.exit_code == 0, result.output
+    assert "no author or license" not in result.output
+    attribution = (tmp_path / "o" / "bundle" / "ATTRIBUTION.md").read_text()
+    assert "Free Spoken Digit Dataset by Zohar Jackson and contributors" in attribution
+    assert "CC BY-SA 4.0" in attribution
+    assert "shared under the same license. Recorded by Erin Doe, CC0." in attribution
+    assert f"{data}, with 2 recordings from the Free Spoken Digit Dataset" in attribution
+
+
+def test_train_warns_of_speech_recordings_without_their_credit(tmp_path, monkeypatch):
+    """--speech-dir without --speech-credit put "recordings from DIR" in ATTRIBUTION.md without a word; make_demo
+    warned of the same. (With the credit, no warning: the `trained` fixture.)"""
+    from firmware_tools import training
+
+    require_module("tensorflow")
+    data = write_clips(tmp_path / "data", ["no/no_alice_0.wav", "yes/yes_alice_0.wav"])
+    speech = write_clips(tmp_path / "speech", ["hello.wav"])
+    monkeypatch.setattr(training, "fit", lambda *args, **kwargs: sys.exit(1))  # no need to train for the warning
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "o"), *TINY, "--holdout", "none",
+                                       "--cache-dir", str(tmp_path / "cache"), "--speech-dir", str(speech),
+                                       "--data-credit", "Recorded by Erin Doe, CC0."])
+    assert (f"warning: the bundle's ATTRIBUTION.md will name no author or license for the recordings in {speech}; "
+            "give them with --speech-credit before sharing the bundle") in result.output

@@ -101,6 +101,22 @@ def test_morph_files_are_kept_while_their_draw_is_the_same(tmp_path):
     assert sorted(p.name for p in folder.glob("*.wav")) == sorted(m.name for m in fewer)  # stale ones gone
 
 
+def test_a_morph_is_made_again_when_a_clip_it_was_made_from_is_replaced(tmp_path):
+    """Only the sources' names were recorded: a morph of a take the user had since re-recorded under the same
+    name was reused, and trained on, as if nothing had changed."""
+    import shutil
+
+    require_module("pyworld")
+    for name in ("1_jackson_0.wav", "1_theo_0.wav"):
+        shutil.copy(FSDD_CLIPS / name, tmp_path / name)
+    morphs = draw_morphs(dataset.scan_labelled(tmp_path), ["1"], 1, seed=0)
+    [made] = make_morphs(morphs, tmp_path / "morphs", RATE)
+    before = made.path.read_bytes()
+    shutil.copy(FSDD_CLIPS / "1_nicolas_0.wav", tmp_path / "1_jackson_0.wav")  # re-recorded: another voice
+    [again] = make_morphs(morphs, tmp_path / "morphs", RATE)
+    assert again.path == made.path and again.path.read_bytes() != before
+
+
 def test_train_with_morphs_trains_on_them_and_says_so_in_the_attribution(tmp_path):
     require_module("tensorflow")
     require_module("pyworld")
