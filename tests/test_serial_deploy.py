@@ -297,13 +297,15 @@ def test_status_and_a_refused_deploy_over_serial_say_what_the_device_runs(device
 def test_a_slow_line_has_time_to_bring_the_releases(device, tiny_bundle, tmp_path):
     """At 2400 baud the RELEASES frame of six releases takes 2 s after HELLO: a fixed second's wait reported a
     device with a release store as keeping none, and a dry run said "would install" where the deploy would fail."""
-    dev = device(baud=2400, health_interval=0.5)
-    kept = []
+    store = ReleaseStore(tmp_path / "device-root")  # filled before the device starts: the HELLO it sends on
+    kept = []  # starting, still on the slow line when the host asks, then says what the answer says
     for n in range(6):
         archive = tmp_path / f"v{n}.tar.gz"
         pack_bundle(variant(tiny_bundle, tmp_path / f"v{n}", n + 1), archive)
-        kept.append(dev.store.install(archive))
-    dev.store.activate(kept[-1])
+        kept.append(store.install(archive))
+    store.activate(kept[-1])
+    dev = device(baud=2400, health_interval=0.5)
+    assert dev.root == store.root
     hello, releases, _ = query_device(dev.cable.host_path, 2400)
     assert hello.bundle_id == kept[-1]
     assert releases is not None and set(releases.releases) == set(kept), releases
