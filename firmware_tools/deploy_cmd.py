@@ -125,7 +125,7 @@ def deploy(ctx, bundle, targets, inventory, known_hosts, accept_new_host_keys, i
         finally:
             for bar in bars:
                 bar.close()
-    rows = [[r.target.label, short_id(r.active), r.outcome,
+    rows = [[r.target.label, short_id(r.active) if r.active_known else "?", r.outcome,
              "; ".join(text for text in (r.reason, r.warning and f"warning: {r.warning}") if text)] for r in results]
     click.echo(format_table(["DEVICE", "ACTIVE", "RESULT", "DETAIL"], rows))
     # A warning (old releases not pruned) does not fail the deploy: the device runs the new bundle, healthy.

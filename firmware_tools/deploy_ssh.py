@@ -89,10 +89,11 @@ class DeployResult:
     target: object
     ok: bool
     outcome: str  # installed, switched, unchanged, would install, would switch, rolled back, failed, interrupted
-    active: str | None = None  # the bundle id the device runs now, as far as we know
+    active: str | None = None  # the bundle id the device runs now, as far as we know (None: no bundle)
     reason: str = ""
     uploaded_bytes: int = 0
     warning: str = ""  # a succeeded deploy that still needs attention (e.g. old releases not pruned)
+    active_known: bool = True  # False: the deploy never learned what the device runs (active says nothing)
 
 
 @dataclass
@@ -531,7 +532,7 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
                         pass  # refused: nothing switched
                     except asyncio.CancelledError:
                         return DeployResult(target, False, "interrupted", None, "interrupted again while switching "
-                                                                                f"current; {_unchecked(bundle)}")
+                                            f"current; {_unchecked(bundle)}", active_known=False)
                     raise
                 undo = back
 
@@ -579,7 +580,8 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
         if undo is None:
             ran = (f"the device runs what it ran before ({(active or 'no bundle')[:12]})" if status is not None
                    else "nothing on the device was changed")
-            return DeployResult(target, False, "interrupted", active, f"{reason}; {ran}")
+            return DeployResult(target, False, "interrupted", active, f"{reason}; {ran}",
+                                active_known=status is not None)
     if undo is not None:
         # Cut off after the switch (the link dropped during the restart, or Ctrl-C): the new bundle is unchecked
         # or failed, so connect once more to put back the old one.
@@ -604,11 +606,11 @@ async def deploy_ssh(target: SshTarget, bundle: LocalBundle, options: SshOptions
                 return await _switch_back(conn, target, bundle, options, undo, f"{reason} (reconnected)", uploaded)
         except (DeployError, OSError, asyncssh.Error) as exc:
             return DeployResult(target, False, "failed", None, f"{reason}; {step} failed: {_describe(exc)}; "
-                                                               f"{_unchecked(bundle)}")
+                                                               f"{_unchecked(bundle)}", active_known=False)
         except asyncio.CancelledError:  # interrupted again: stop, and say what the device may run
             return DeployResult(target, False, "interrupted", None, f"{reason}; interrupted again while switching "
-                                                                    f"back; {_unchecked(bundle)}")
-    return DeployResult(target, False, "failed", active, reason)
+                                                                    f"back; {_unchecked(bundle)}", active_known=False)
+    return DeployResult(target, False, "failed", active, reason, active_known=status is not None)
 
 
 def uncancel() -> None:
@@ -638,7 +640,7 @@ async def _switch_back(conn, target: SshTarget, bundle: LocalBundle, options: Ss
         await _releases(conn, options, "activate", target.root, back_to or "-", "--previous", back_previous or "-")
     except DeployError as exc:
         return DeployResult(target, False, "failed", None, f"{failure}; switching back failed: {exc}; "
-                                                           f"{_unchecked(bundle)}")
+                                                           f"{_unchecked(bundle)}", active_known=False)
     back = f"switched back to {back_to[:12]}" if back_to else "removed current (there was no older bundle)"
     try:
         again = await _check(conn, "restart of the old bundle", restart, options.command_timeout)

@@ -73,14 +73,15 @@ def _deploy_serial(target: SerialTarget, bundle: LocalBundle, progress: Progress
                    dry_run: bool) -> DeployResult:
     serial_deploy = _serial_deploy_module()
     if serial_deploy is None:
-        return DeployResult(target, False, "failed", None, _NO_SERIAL)
+        return DeployResult(target, False, "failed", None, _NO_SERIAL, active_known=False)
     if dry_run:
         return _plan_serial(serial_deploy, target, bundle)
     try:
         done = serial_deploy.deploy_serial(bundle.archive, target.port, target.baud, progress=progress)
     except Exception as exc:  # the serial transport's errors are reported per device, never abort the fleet
         active = getattr(exc, "active", None)  # a refused bundle: the device said what it still runs
-        return DeployResult(target, False, "failed", active, str(exc) or type(exc).__name__)
+        return DeployResult(target, False, "failed", active, str(exc) or type(exc).__name__,
+                            active_known=hasattr(exc, "active"))
     if not done.uploaded:
         return DeployResult(target, True, "unchanged", done.bundle_id, done.message)
     detail = f"resumed at byte {done.resumed_from}" if done.resumed_from else ""
@@ -92,7 +93,7 @@ def _plan_serial(serial_deploy, target: SerialTarget, bundle: LocalBundle) -> De
     try:
         hello, releases, _ = serial_deploy.query_device(target.port, target.baud)
     except Exception as exc:  # an unreachable device fails a dry run as it would fail the deploy
-        return DeployResult(target, False, "failed", None, str(exc) or type(exc).__name__)
+        return DeployResult(target, False, "failed", None, str(exc) or type(exc).__name__, active_known=False)
     active = hello.bundle_id or None
     if active == bundle.bundle_id:
         return DeployResult(target, True, "unchanged", active, "already active")
@@ -121,7 +122,7 @@ async def _deploy_all(bundle, targets, options, parallel, dry_run, progress_for,
                 else:
                     result = await _serial_to_the_end(target, bundle, progress, dry_run)
             except Exception as exc:  # one device's unexpected error is its own failed row; the others finish
-                result = DeployResult(target, False, "failed", None, _unexpected(exc))
+                result = DeployResult(target, False, "failed", None, _unexpected(exc), active_known=False)
         finished[index] = result
 
     tasks = [asyncio.create_task(one(i, t)) for i, t in enumerate(targets)]
@@ -160,7 +161,8 @@ async def _serial_to_the_end(target: SerialTarget, bundle: LocalBundle, progress
         except asyncio.CancelledError:
             if work.done():  # cancelled itself (asyncio shutting down), so there is nothing left to wait for
                 return DeployResult(target, False, "interrupted", None, "interrupted before the serial transfer "
-                                                                        "was seen to end: see `basilar status`")
+                                                                        "was seen to end: see `basilar status`",
+                                    active_known=False)
             uncancel()
 
 
@@ -188,7 +190,8 @@ def deploy_fleet(bundle: LocalBundle, targets: list[Target], options: SshOptions
         interrupted = signal.SIGINT
     finally:
         asyncio_log.removeFilter(quiet)
-    results = [finished.get(i) or DeployResult(t, False, "interrupted", None, "not started: interrupted")
+    results = [finished.get(i) or DeployResult(t, False, "interrupted", None, "not started: interrupted",
+                                               active_known=False)
                for i, t in enumerate(targets)]
     if interrupted:
         raise Interrupted(results, interrupted)
