@@ -316,21 +316,21 @@ class RunLoop:
     def _emit(self, events: list[Detection]) -> None:
         """Every sink gets every event even when another fails (standard output on a full disk must not keep a
         detection off the serial line); the first failure is raised once they all have had it."""
-        failed: list[tuple[Sink, Exception]] = []
+        failed: dict[Sink, Exception] = {}  # in the order they failed
         for event in events:
             if self.source.live:
                 event = dataclasses.replace(event, timestamp=time.time())
             for sink in self.sinks:
-                if any(sink is broken for broken, _ in failed):
+                if sink in failed:
                     continue  # one failure a sink is enough: its next write would fail the same way
                 try:
                     sink.detection(event)
                 except Exception as err:
-                    failed.append((sink, err))
+                    failed[sink] = err
             if not failed:
                 self.stats.detections += 1  # counted once written: an error message quotes it
         if failed:
-            raise failed[0][1]
+            raise next(iter(failed.values()))
 
     def final_health(self) -> Health:
         """Health since the last report, for a last one as the run ends (a serial host has no summary line)."""

@@ -69,19 +69,32 @@ def verify(bundle_path, trusted_keys):
                f"{signed}")
 
 
+NOT_CHECKED = object()  # no signing extra here: a signature cannot be checked
+
+
+def _intact_signer(bundle_dir: Path):
+    """edge.signing.check_signature_intact's answer (the signer, None when unsigned; SignatureError when the
+    signature no longer fits), or NOT_CHECKED without the signing extra (a device may lack it)."""
+    from edge.signing import check_signature_intact
+
+    try:
+        import nacl  # noqa: F401 - the signing extra
+    except ImportError:
+        return NOT_CHECKED
+    return check_signature_intact(bundle_dir)
+
+
 def _signature_fits(bundle_dir: Path) -> str:
     """Without --trusted-keys: whether a signature the bundle carries still fits its manifest (a bundle changed
     after signing, or given another's signature, is refused), for the verdict's line; "" when unsigned."""
-    from edge.signing import SignatureError, check_signature_intact
+    from edge.signing import SignatureError
 
     try:
-        import nacl  # noqa: F401 - the signing extra; a device may lack it
-    except ImportError:
-        return "; its signature was not checked (pip install 'basilar[signing]')"
-    try:
-        signer = check_signature_intact(bundle_dir)
+        signer = _intact_signer(bundle_dir)
     except SignatureError as exc:
         raise click.ClickException(str(exc)) from None
+    if signer is NOT_CHECKED:
+        return "; its signature was not checked (pip install 'basilar[signing]')"
     return f"; signed by key {signer} (whether a device trusts it: --trusted-keys DIR)" if signer else ""
 
 
@@ -114,18 +127,15 @@ def _refuse_a_broken_signature(bundle_dir: Path) -> None:
     """A signature.json that no longer fits the manifest (the bundle changed after signing) would travel in the
     archive to be refused by every device that trusts the key: said before anything is written."""
     from edge.bundle import SIGNATURE
-    from edge.signing import SignatureError, check_signature_intact
+    from edge.signing import SignatureError
 
     if not (bundle_dir / SIGNATURE).is_file():
         return
     try:
-        import nacl  # noqa: F401 - the signing extra
-    except ImportError:
-        click.echo(f"warning: the signature of {bundle_dir} was not checked (pip install 'basilar[signing]')",
-                   err=True)
-        return
-    try:
-        check_signature_intact(bundle_dir)
+        signer = _intact_signer(bundle_dir)
     except SignatureError as exc:
         raise click.ClickException(f"cannot pack {bundle_dir}: {exc}; or remove its {SIGNATURE} to pack it "
                                    "unsigned") from None
+    if signer is NOT_CHECKED:
+        click.echo(f"warning: the signature of {bundle_dir} was not checked (pip install 'basilar[signing]')",
+                   err=True)

@@ -15,6 +15,11 @@ def given_options(ctx: click.Context, names) -> list[str]:
     return [name for name, source in sources.items() if source is not click.core.ParameterSource.DEFAULT]
 
 
+def option_flag(ctx: click.Context, name: str) -> str:
+    """How the command line spells the option of parameter `name` (`--device-id` for device_id)."""
+    return next(param.opts[0] for param in ctx.command.params if param.name == name)
+
+
 class FloatRange(click.FloatRange):
     """click's FloatRange, refusing NaN and infinities: every comparison with NaN is false, so click's own range
     check lets "nan" through, and a bound on one side lets "inf" through the other."""

@@ -20,7 +20,7 @@ import click
 from edge.detector import TRIGGERS
 from edge.sources import PCM_FORMATS, RATES, SourceError, StopFlag, parse_mic_spec
 from edge.telemetry import DEFAULT_BAUD
-from firmware_tools.cli_types import BAUD_RATES, FloatRange, given_options
+from firmware_tools.cli_types import BAUD_RATES, FloatRange, given_options, option_flag
 from firmware_tools.stop_signals import route_stop_signals
 
 DEFAULT_ROOT = "/opt/basilar"
@@ -61,28 +61,30 @@ def refuse_input_options_that_do_not_apply(ctx: click.Context, audio: str) -> No
         kinds = INPUT_OPTIONS[name]
         if kind in kinds:
             continue
-        option = next(p.opts[0] for p in ctx.command.params if p.name == name)
+        option = option_flag(ctx, name)
         described = " or ".join(INPUTS_DESCRIBED[k] for k in kinds)
         raise click.UsageError(f"{option} is for {described}, not {INPUT_NAMES[kind]}: {WHY_NOT[kind, name]}; leave "
                                f"{option} out" + (" (headerless PCM in a file: `basilar run - --format F --rate R "
                                                   "--channels N < FILE`)" if kind == "file" else ""))
 
 
-# The serial link's options, and what each needs to do anything: given without it they are refused, not ignored
-LINK_OPTIONS = {"baud": ("serial",), "device_id": ("serial",), "keep": ("serial", "root")}
-LINK_OPTION_DOES = {"baud": "sets the speed of the --serial link",
-                    "device_id": "names this device in the --serial link's HELLO",
-                    "keep": "is how many releases stay under --root after a bundle is uploaded over --serial"}
+# The serial link's options: what each needs to do anything (given without it they are refused, not ignored), and
+# what it does
+LINK_OPTIONS = {"baud": (("serial",), "sets the speed of the --serial link"),
+                "device_id": (("serial",), "names this device in the --serial link's HELLO"),
+                "keep": (("serial", "root"), "is how many releases stay under --root after a bundle is uploaded over "
+                                             "--serial")}
 
 
 def refuse_link_options_without_a_link(ctx: click.Context, serial: str | None, root: Path | None) -> None:
     """A usage error for --baud, --device-id or --keep given without the --serial (and --root) they act through."""
     have = {"serial": serial is not None, "root": root is not None}
     for name in given_options(ctx, LINK_OPTIONS):
-        missing = [f"--{need}" for need in LINK_OPTIONS[name] if not have[need]]
+        needs, does = LINK_OPTIONS[name]
+        missing = [f"--{need}" for need in needs if not have[need]]
         if missing:
-            option = next(p.opts[0] for p in ctx.command.params if p.name == name)
-            raise click.UsageError(f"{option} {LINK_OPTION_DOES[name]}, and {' and '.join(missing)} "
+            option = option_flag(ctx, name)
+            raise click.UsageError(f"{option} {does}, and {' and '.join(missing)} "
                                    f"{'is' if len(missing) == 1 else 'are'} not given: it would change nothing; "
                                    f"add {' and '.join(missing)}, or leave {option} out")
 

@@ -5,10 +5,9 @@ import contextlib
 import sys
 
 import click
-from click.core import ParameterSource
 
 from edge.telemetry import DEFAULT_BAUD
-from firmware_tools.cli_types import BAUD_RATES, FloatRange
+from firmware_tools.cli_types import BAUD_RATES, FloatRange, given_options, option_flag
 from firmware_tools.stop_signals import stop_signals_routed_to
 from firmware_tools.telemetry_reader import (STDOUT, LinesTable, LiveTable, TelemetryReader, TelemetrySession,
                                              open_output_file, open_sink, replay, stdout_is_terminal, writing_to)
@@ -97,10 +96,10 @@ PORT_ONLY = ("baud", "capture", "wait", "passive", "duration")  # options that m
 def refuse_port_options(ctx: click.Context) -> None:
     """A replay decodes a whole file at once and opens no port: an option for reading a port would be silently
     ignored, so it is refused (a --duration meant to cut the replay short would not)."""
-    for param in ctx.command.params:
-        if param.name in PORT_ONLY and ctx.get_parameter_source(param.name) != ParameterSource.DEFAULT:
-            raise click.UsageError(f"{param.opts[0]} is for reading a port and does nothing with --replay; leave it "
-                                   "out (--count stops a replay early)")
+    given = given_options(ctx, PORT_ONLY)
+    if given:
+        raise click.UsageError(f"{option_flag(ctx, given[0])} is for reading a port and does nothing with --replay; "
+                               "leave it out (--count stops a replay early)")
 
 
 def _end_the_view(signum, frame):

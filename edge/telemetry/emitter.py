@@ -146,21 +146,8 @@ class TelemetryEmitter:
         pending: list[tuple[int, Message]] = []
         stopping = False
         while True:
-            if not pending and not stopping:
-                item = self._queue.get()
-            else:
-                item = None
-            while len(pending) < _BATCH and not stopping:
-                if item is None:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                if item is _STOP:
-                    stopping = True
-                else:
-                    pending.extend((item[0], message) for message in item[1])
-                item = None
+            if not stopping:
+                stopping = self._take(pending, wait=not pending)
             self._in_flight = len(pending)
             if not pending:
                 if stopping:
@@ -168,6 +155,20 @@ class TelemetryEmitter:
                 continue
             if not self._send(pending):
                 time.sleep(0.05)  # stopping too: close() counts what is left when it stops waiting
+
+    def _take(self, pending: list, wait: bool) -> bool:
+        """Move queued messages onto pending, up to _BATCH (waiting for the first if `wait`); True once the stop
+        request has been taken."""
+        while len(pending) < _BATCH:
+            try:
+                item = self._queue.get(block=wait)
+            except queue.Empty:
+                return False
+            if item is _STOP:
+                return True
+            pending.extend((item[0], message) for message in item[1])
+            wait = False
+        return False
 
     def _send(self, pending: list) -> bool:
         """Write the pending messages one frame each, taking out each one written, dropped or lost; False at the
