@@ -93,15 +93,26 @@ def generate_keypair(private_path: str | Path, comment: str = "") -> tuple[Path,
     private_path = Path(private_path)
     public_path = private_path.with_name(private_path.name + ".pub")
     for path in (private_path, public_path):
-        if path.exists():
+        if os.path.lexists(path):  # a link to nowhere too: the key would be written wherever it points
             raise SignatureError(f"{path} already exists; choose another name or remove it first")
     key = signing.SigningKey.generate()
     seed = base64.b64encode(bytes(key)).decode()
     public = base64.b64encode(bytes(key.verify_key)).decode()
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{PRIVATE_TAG} {seed}\n")
-    public_path.write_text(f"{PUBLIC_TAG} {public} {comment}".rstrip() + "\n", encoding="utf-8")  # as it is read
+    written = []
+    try:  # both or neither: a private key without its .pub would be refused as "already exists" on the next try
+        for path, text, mode in ((private_path, f"{PRIVATE_TAG} {seed}\n", 0o600),
+                                 (public_path, f"{PUBLIC_TAG} {public} {comment}".rstrip() + "\n", 0o666)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # never through a link left there
+            written.append(path)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:  # UTF-8: as it is read
+                f.write(text)
+    except OSError as exc:  # a full disk, a name too long for the .pub, a link put there meanwhile
+        failed = exc.filename or path
+        for made in written:
+            made.unlink(missing_ok=True)
+        raise SignatureError(f"cannot write {failed} ({exc.strerror or exc}); no key file was kept: free some "
+                             "space, or choose a shorter name or a folder you may write to, and run keygen again") \
+            from None
     return private_path, public_path
 
 

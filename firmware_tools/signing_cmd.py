@@ -1,6 +1,7 @@
 """`basilar bundle sign` and `basilar bundle keygen`: Ed25519 signatures for bundles (key format: edge/signing.py)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -63,11 +64,21 @@ def keygen(private_key, comment):
     """
     from edge.signing import SignatureError, generate_keypair, key_id, read_public_key
 
+    new_folders = [folder for folder in (private_key.parent, *private_key.parent.parents)
+                   if not os.path.exists(folder)]
     try:
         private_key.parent.mkdir(parents=True, exist_ok=True)  # `keys/release.key` in a fresh checkout
-        private_path, public_path = generate_keypair(private_key, comment)
-        identity = key_id(read_public_key(public_path))  # read back as a device reads it: a key it refuses fails here
+        private_path, public_path = generate_keypair(private_key, comment)  # both files or neither
+        try:
+            identity = key_id(read_public_key(public_path))  # read back as a device reads it: one it refuses fails
+        except SignatureError:
+            private_path.unlink(missing_ok=True)
+            public_path.unlink(missing_ok=True)
+            raise
     except (SignatureError, OSError) as exc:
+        for folder in new_folders:  # deepest first; all or nothing, folders too
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise click.ClickException(f"cannot make a key pair: {exc}") from None
     click.echo(f"private key: {private_path} (keep it secret)\npublic key:  {public_path} "
                f"(id {identity}; copy it to <root>/trusted_keys/ on devices)")

@@ -276,6 +276,51 @@ def test_keygen_refuses_a_comment_no_key_file_can_hold_before_writing_anything(t
     assert message in result.output and list(tmp_path.iterdir()) == []
 
 
+# keygen with the files it may write limited to 100 bytes: the private key (69 bytes) fits, its .pub does not
+KEYGEN_ON_A_FULL_DISK = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))  # Python ignores SIGXFSZ: the write fails (EFBIG)
+sys.argv[0] = "basilar"
+from firmware_tools.cli import main
+main()
+"""
+
+
+def test_keygen_keeps_no_private_key_when_its_public_half_cannot_be_written(tmp_path):
+    """The private key stayed when the .pub failed (a full disk): the user held a key no device could trust, and
+    the next try was refused ("already exists")."""
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from firmware_tools.signing_cmd import keygen
+    from tests.conftest import REPO
+
+    full = subprocess.run([sys.executable, "-c", KEYGEN_ON_A_FULL_DISK, "bundle", "keygen", str(tmp_path / "k"),
+                           "--comment", "x" * 100], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr
+    said = " ".join(full.stderr.split())
+    assert f"cannot write {tmp_path / 'k.pub'} (File too large); no key file was kept: free some space" in said, said
+    assert list(tmp_path.iterdir()) == []  # neither the key nor the part of the .pub written
+    runner = CliRunner()
+    assert runner.invoke(keygen, [str(tmp_path / "k")]).exit_code == 0  # so the next try makes the pair
+    assert read_public_key(tmp_path / "k.pub") and (tmp_path / "k").stat().st_mode & 0o777 == 0o600
+
+    long_name = tmp_path / "new" / ("k" * 252)  # a name a folder takes, whose .pub (256 characters) none does
+    too_long = runner.invoke(keygen, [str(long_name)])
+    assert too_long.exit_code == 1 and isinstance(too_long.exception, SystemExit), too_long.exception
+    assert "choose a shorter name" in too_long.output
+    assert not (tmp_path / "new").exists()  # nor the folder keygen made for it
+    (tmp_path / "l.pub").symlink_to(tmp_path / "gone" / "l.pub")  # followed, it failed after the private key
+    linked = runner.invoke(keygen, [str(tmp_path / "l")])
+    assert linked.exit_code == 1 and f"{tmp_path / 'l.pub'} already exists" in linked.output
+    (tmp_path / "m.pub").mkdir()  # a folder in the way is refused before anything is written
+    in_the_way = runner.invoke(keygen, [str(tmp_path / "m")])
+    assert in_the_way.exit_code == 1 and "already exists" in in_the_way.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k", "k.pub", "l.pub", "m.pub"]
+
+
 def test_pack_refuses_a_bundle_changed_after_it_was_signed(tmp_path, keys, tiny_bundle):
     """pack packed it without a word, for every device that trusts the key to refuse the archive."""
     from click.testing import CliRunner
