@@ -147,7 +147,12 @@ def archive_manifest(archive_path) -> bytes:
         raise _unreadable(p, exc) from None
     with tar:
         try:
-            member = tar.extractfile(MANIFEST)
+            info = tar.getmember(MANIFEST)
+            if info.size > MAX_ARCHIVE_BYTES:  # it is read whole, into memory; gigabytes of zeros pack into MBs
+                raise BundleError(f"{p}: its {MANIFEST} is {info.size} bytes, more than a bundle may hold "
+                                  f"({MAX_ARCHIVE_BYTES}; a manifest is a few KB); the archive is damaged or not a "
+                                  "basilar bundle: re-create it with `basilar bundle pack`")
+            member = tar.extractfile(info)
             if member is None:
                 raise KeyError(MANIFEST)
             return member.read()

@@ -372,6 +372,24 @@ def test_a_hostile_archive_is_refused_as_it_is_read_not_after(tmp_path, monkeypa
     assert len(read) <= 66  # the 65th refused (tarfile reads the first one when it opens), not the 5,000
 
 
+def test_an_archive_whose_manifest_is_larger_than_a_bundle_is_refused_before_it_is_read(tmp_path):
+    """archive_manifest (bundle_id: the device's install of an upload, a serial deploy; `bundle pack` over an
+    archive) read manifest.json whole, with no limit: a small archive had it hold gigabytes in memory."""
+    from edge.bundle import MAX_ARCHIVE_BYTES
+
+    def add(tar):
+        info = tarfile.TarInfo("manifest.json")
+        info.size = MAX_ARCHIVE_BYTES + 1
+        with open("/dev/zero", "rb") as zeros:
+            tar.addfile(info, zeros)
+
+    archive = _archive(tmp_path, add)
+    assert archive.stat().st_size < 1_000_000  # zeros pack small
+    with pytest.raises(BundleError, match=f"manifest.json is {MAX_ARCHIVE_BYTES + 1} bytes, more than a bundle may "
+                                          r"hold \(67108864; a manifest is a few KB\)"):
+        bundle_id(archive)
+
+
 def test_thousands_of_chained_long_name_headers_are_a_clear_refusal(tmp_path):
     import gzip
 
