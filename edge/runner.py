@@ -31,6 +31,16 @@ class RuntimeUnavailable(RuntimeError):
     pass
 
 
+def _quiet_tensorflow_start() -> None:
+    """TensorFlow's start-up notices (absl, oneDNN, CPU features, CUDA) on every run through the last fallback say
+    nothing about the run; TF reads these as it is imported. A user's own settings are kept; its errors still show,
+    and oneDNN does not take part in tf.lite's kernels."""
+    if "tensorflow" in sys.modules:  # imported already (a host command that converts and runs): too late
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
 def make_interpreter(model_path, num_threads: int = 1, delegates=None, without_default_delegates=False):
     """An allocated interpreter that has run one inference; returns (interpreter, runtime name).
 
@@ -43,6 +53,8 @@ def make_interpreter(model_path, num_threads: int = 1, delegates=None, without_d
     failures = []
     for name, module_name, attribute in RUNTIMES:
         try:
+            if module_name == "tensorflow":
+                _quiet_tensorflow_start()
             module = importlib.import_module(module_name)
             module = getattr(module, attribute) if attribute else module
             cls = module.Interpreter

@@ -6,7 +6,9 @@ wheel runs int8 models on TFLite's built-in kernels (its XNNPACK takes no int8 o
 must equal, bit for bit, those of ai-edge-litert told to use its built-in kernels (`StepRunner(builtin_kernels=
 True)`); the front end, compiled again there against numpy 1, must give the same frames.
 """
+import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -119,3 +121,29 @@ def test_tflite_runtime_under_numpy_2_is_a_clear_error_not_a_crash(fallback_pyth
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: no working TFLite interpreter") and "tflite-runtime: SystemError" in last, last
     assert "numpy<2" in last  # and what to install
+
+
+# The last fallback: TensorFlow's tf.lite, in a child Python in which the other two runtimes cannot be imported.
+ONLY_TENSORFLOW = """
+import sys
+class OtherRuntimes:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("ai_edge_litert", "tflite_runtime"):
+            raise ImportError("hidden to leave only tensorflow: " + name)
+sys.meta_path.insert(0, OtherRuntimes())
+sys.argv[0] = "basilar"
+from firmware_tools.cli import main
+main()
+"""
+
+
+def test_the_demo_on_tensorflow_prints_none_of_tensorflows_start_up_notices():
+    """Through tf.lite, `basilar run` began with TensorFlow's absl, oneDNN and CPU-feature log lines on standard
+    error, before basilar's own: noise on every start of a service."""
+    require(importlib.util.find_spec("tensorflow") is not None, "the Python package 'tensorflow'")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+    result = subprocess.run([sys.executable, "-c", ONLY_TENSORFLOW, "run", "demo"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "x real time on tensorflow, 20 detections" in result.stderr
+    assert all(line.startswith("basilar: ") for line in result.stderr.splitlines()), result.stderr
