@@ -151,6 +151,12 @@ def _in_options(message: str, overrides: Mapping[str, Any], manifest: Mapping[st
         return f"{found[0]} ({where}{settable})"
 
     told = _SETTING.sub(say, message)
+    for label, value in (overrides.get("thresholds") or {}).items():  # said by label by DetectorSettings
+        said = f"threshold for label {label!r}={value!r}"
+        if said in told:
+            told = told.replace(said, f"{OPTION_OF['thresholds']} {label}={value:g}" if isinstance(value, float)
+                                else f"{OPTION_OF['thresholds']} {label}={value}")  # as typed: --threshold-for 7=1.5
+            named.append(OPTION_OF["thresholds"])
     change = named or sorted(OPTION_OF[name] for name in given if name in OPTION_OF)
     return f"{told}; change {' or '.join(dict.fromkeys(change))}"
 

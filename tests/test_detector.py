@@ -278,6 +278,20 @@ def test_a_threshold_for_a_label_the_bundle_lacks_is_refused():
         Detector(DetectorSettings(hop_ms=10.0, thresholds={"z": 0.5}), LABELS)
 
 
+def test_a_per_label_threshold_out_of_range_is_named_as_the_option_was_typed():
+    """`run --threshold-for 7=1.5` said "threshold for label '7'=1.5", the setting's name, where the other options
+    are named as given (`--threshold 1.5`)."""
+    from click.testing import CliRunner
+
+    from firmware_tools.cli import main
+
+    result = CliRunner().invoke(main, ["run", "demo", "--threshold-for", "3=0.4", "--threshold-for", "7=1.5"])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "invalid: --threshold-for 7=1.5: must be a number in (0, 1]; change --threshold-for" in said, said
+    assert "label '7'" not in said and "3=" not in said  # only the value that is wrong
+
+
 def test_detection_as_dict():
     event = Detection("7", 0.912345, 1.2345, 1.5, timestamp=1700000000.25)
     assert event.to_dict() == {"label": "7", "score": 0.9123, "start_s": 1.234, "end_s": 1.5,

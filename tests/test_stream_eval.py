@@ -570,7 +570,7 @@ def test_a_long_recording_is_scored_in_full():
 def test_a_detector_value_out_of_range_is_a_usage_error_as_in_basilar_run():
     """The bundle's own settings are fine, the value given is not: exit 2 (it was 1, as for a damaged bundle)."""
     result = CliRunner().invoke(main, ["eval-stream", "default", "demo", "--threshold-for", "7=1.5"])
-    assert result.exit_code == 2 and "threshold for label '7'=1.5: must be a number in (0, 1]" in result.output
+    assert result.exit_code == 2 and "--threshold-for 7=1.5: must be a number in (0, 1]" in result.output
 
 
 def test_a_recording_cut_short_is_scored_on_what_was_heard_then_fails(tmp_path):
