@@ -95,12 +95,17 @@ class _HostLink:
 
     def receive(self, kinds: tuple[type, ...], timeout: float):
         """The next message of one of `kinds`, or None after `timeout` seconds."""
+        frame = self.receive_frame(kinds, timeout)
+        return None if frame is None else frame.message
+
+    def receive_frame(self, kinds: tuple[type, ...], timeout: float) -> Frame | None:
+        """The next frame whose message is one of `kinds`, or None after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             while self._pending:
                 frame = self._pending.pop(0)
                 if isinstance(frame.message, kinds):
-                    return frame.message
+                    return frame
                 if not isinstance(frame.message, (UploadAck, UploadResult, Hello)) and frame.message is not None:
                     self.telemetry_frames += 1
                     if self.on_telemetry is not None:
@@ -120,12 +125,22 @@ class _HostLink:
 
 
 def _ask_hello(link: _HostLink, timeout: float) -> Hello:
+    """The device's answer to REQUEST_HELLO. A HELLO numbered 0 is the one a device sends when it opens its link:
+    it may have been on the line before the request and describe a store changed since, so the host asks again and
+    takes the answer (numbered after it), or that HELLO if no answer comes in the time the line needs for one."""
     deadline = time.monotonic() + timeout
+    on_opening = None
     while time.monotonic() < deadline:
         link.send(RequestHello())
-        hello = link.receive((Hello,), min(1.0, max(0.0, deadline - time.monotonic())))
-        if hello is not None:
-            return hello
+        wait = releases_wait_s(link.baud) if on_opening else 1.0
+        frame = link.receive_frame((Hello,), min(wait, max(0.0, deadline - time.monotonic())))
+        if frame is not None and frame.seq != 0:
+            return frame.message
+        if frame is None and on_opening is not None:
+            return on_opening
+        on_opening = frame.message if frame is not None else on_opening
+    if on_opening is not None:
+        return on_opening
     raise SerialDeployError(f"no basilar device answered on {link.port} at {link.baud} baud within "
                             f"{timeout:.0f} s: check the cable and the baud rate, and that the device runs "
                             "`basilar run --serial PORT` or `python3 -m edge.telemetry.agent`")

@@ -78,6 +78,11 @@ class PtyCable:
     def plug(self) -> None:
         self._call("plug")
 
+    def device_has_written(self, timeout: float = 10.0) -> bool:
+        """Wait until the device has written bytes that the cable holds back until the host speaks."""
+        readable, _, _ = select.select([self._dev_master], [], [], timeout)
+        return bool(readable)
+
     def _relay(self) -> None:
         while not self._stop:
             while not self._commands.empty():

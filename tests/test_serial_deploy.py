@@ -311,6 +311,21 @@ def test_a_slow_line_has_time_to_bring_the_releases(device, tiny_bundle, tmp_pat
     assert releases is not None and set(releases.releases) == set(kept), releases
 
 
+def test_the_answer_is_taken_over_the_hello_the_device_sent_on_starting(device, archives, tmp_path):
+    """The agent's start-up HELLO (numbered 0) is on the line before the host asks, and the store changed since
+    (a deploy over SSH): the host takes the answer to its request, not the start-up HELLO that arrives first."""
+    (v1, id1), (v2, id2) = archives
+    store = ReleaseStore(tmp_path / "device-root")  # the device fixture's root
+    store.install(v2)
+    store.activate(store.install(v1))
+    dev = device(health_interval=60)
+    assert dev.cable.device_has_written()  # its start-up HELLO, naming v1, waits for the host to speak
+    time.sleep(0.3)  # and the LABELS and RELEASES after it
+    store.activate(id2)
+    hello, releases, _ = query_device(dev.cable.host_path, BAUD)
+    assert hello.bundle_id == id2 and releases is not None and releases.previous == id1, (hello, releases)
+
+
 # ------------------------------------------------------------------------------ the device's rules alone
 
 
