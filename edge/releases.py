@@ -9,6 +9,7 @@ Layout under the device root:
     .staging/               archives being extracted and checked
     trusted_keys/*.pub      when present, only bundles signed by one of these keys are installed
     .abandoned              ids of switches whose deploy lost their answer: an activate with one of them refuses
+    .order                  the release ids, oldest first, in the order they were installed or last activated
     .unconfirmed            while a deploy has switched current and not yet seen its health check pass: the bundle
                             it switched to and what to switch back to (a deploy cut off in between is finished by
                             the next one: it restarts and checks that bundle, or switches back)
@@ -45,6 +46,7 @@ INCOMING_MAX_AGE_S = 3600  # a serial upload untouched this long was abandoned (
 PART_MAX_AGE_S = 60  # an SSH upload (incoming/*.part) is written every moment: untouched this long, it was cut off
 UNCONFIRMED = ".unconfirmed"
 ABANDONED = ".abandoned"  # ids of switches whose deploy lost their answer: they must not happen any more
+ORDER = ".order"  # the releases' order: not their folders' mtimes, which a Pi without a clock (or a copy) gets wrong
 ABANDON_WAIT_S = 0.5  # how long calling a switch off waits for the lock (a switch holds it for milliseconds)
 
 
@@ -128,6 +130,7 @@ class ReleaseStore:
         self._previous_link = self.root / "previous"
         self._unconfirmed_file = self.root / UNCONFIRMED
         self._abandoned_file = self.root / ABANDONED
+        self._order_file = self.root / ORDER
 
     # --- reading -------------------------------------------------------------------------------------------------
 
@@ -166,14 +169,29 @@ class ReleaseStore:
         return note
 
     def releases(self) -> list[str]:
-        """Installed bundle ids, oldest first (by the time each was installed or last activated)."""
+        """Installed bundle ids, oldest first (by the time each was installed or last activated): as .order lists
+        them, after those it does not list (installed before it existed), which go by their folders' mtimes."""
         if not self.releases_dir.is_dir():
             return []
-        found = []
+        found = {}
         for entry in os.scandir(self.releases_dir):
             if _ID.match(entry.name) and entry.is_dir(follow_symlinks=False):
-                found.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name))
-        return [name for _, name in sorted(found)]
+                found[entry.name] = entry.stat(follow_symlinks=False).st_mtime_ns
+        recorded = [bundle_id for bundle_id in self._recorded_order() if bundle_id in found]
+        for bundle_id in recorded:
+            del found[bundle_id]
+        unlisted = sorted(found, key=lambda bundle_id: (found[bundle_id], bundle_id))
+        return unlisted + recorded
+
+    def _recorded_order(self) -> list[str]:
+        """The ids .order lists, oldest first; none where it is missing (a store from before it) or damaged."""
+        try:
+            ids = self._order_file.read_text(encoding="ascii").split()
+        except (OSError, ValueError):
+            return []
+        if len(set(ids)) != len(ids) or not all(_ID.match(bundle_id) for bundle_id in ids):
+            return []  # not what _mark_recent writes: trust none of it
+        return ids
 
     def has(self, bundle_id: str) -> bool:
         return bool(_ID.match(bundle_id or "")) and (self.releases_dir / bundle_id).is_dir()
@@ -264,15 +282,30 @@ class ReleaseStore:
                     # the device trusted keys) must bring its signature along, or activate() keeps refusing it.
                     self._refresh_signature(unpacked, release)
                     self._repair(unpacked, release)
-                    os.utime(release)
+                    self._mark_recent(bundle_id)
                     return bundle_id
                 _fsync_tree(unpacked)
                 os.rename(unpacked, release)
                 _fsync_dir(self.releases_dir)
-                os.utime(release)
+                self._mark_recent(bundle_id)
                 return bundle_id
             finally:
                 shutil.rmtree(stage, ignore_errors=True)
+
+    def _mark_recent(self, bundle_id: str) -> None:
+        """Make a release the most recent one (called with the lock held): last in .order, and its folder's mtime
+        now, which the order falls back on where .order is missing or damaged."""
+        os.utime(self.releases_dir / bundle_id)
+        order = [other for other in self.releases() if other != bundle_id] + [bundle_id]
+        try:
+            _write_durably(self._order_file, "".join(f"{i}\n" for i in order).encode())
+        except OSError as exc:
+            # The release is installed or active already, which a record that cannot be written (a full disk) must
+            # not undo or fail; without it the order goes by the mtimes just set, until the next change writes it.
+            log.warning("cannot record the order of the releases in %s (%s); they are ordered by their folders' "
+                        "times until the next install or activation", self._order_file, exc.strerror or exc)
+            with contextlib.suppress(OSError):
+                self._order_file.unlink()
 
     def _check_signature(self, bundle_dir: Path) -> None:
         from edge.signing import SignatureError, check_bundle_signature
@@ -456,7 +489,7 @@ class ReleaseStore:
             changes.append((self._current_link, bundle_id))
         if changes:
             self._switch(*changes)
-        os.utime(self.releases_dir / bundle_id)
+        self._mark_recent(bundle_id)
         return old
 
     def deactivate(self, *, previous=_KEEP, switch_id: str | None = None) -> str | None:
@@ -522,9 +555,9 @@ class ReleaseStore:
                 shutil.rmtree(entry, ignore_errors=True)
 
     def _sweep_temporaries(self) -> None:
-        # Called with the lock held: the links and the note are only written under it, so a temporary name left in
-        # the root (.current.*.tmp, ..unconfirmed.*.tmp) is one that a crash or power cut stopped short.
-        for name in (self._current_link.name, self._previous_link.name, UNCONFIRMED, ABANDONED):  # this store's
+        # Called with the lock held: the links, the note and the order are only written under it, so a temporary
+        # name left in the root (.current.*.tmp, ..unconfirmed.*.tmp) is one that a crash or power cut stopped short.
+        for name in (self._current_link.name, self._previous_link.name, UNCONFIRMED, ABANDONED, ORDER):  # the store's
             for stray in self.root.glob(f".{name}.*.tmp"):
                 with contextlib.suppress(OSError):
                     stray.unlink()

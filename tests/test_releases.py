@@ -170,12 +170,92 @@ def test_prune_keeps_current_previous_and_newest(store, bundles):
     ids = [store.install(archive) for _, archive, _ in bundles]
     store.activate(ids[0])
     store.activate(ids[1])
-    # oldest to newest after the activations: 2, 3, 0, 1; make 3 the newest
-    os.utime(store.path_of(ids[3]), (4e9, 4e9))
+    # oldest to newest after the activations: 2, 3, 0, 1; installing 3 again makes it the newest
+    store.install(bundles[3][1])
     assert store.prune(keep=1) == [ids[2]]
-    assert sorted(store.releases()) == sorted([ids[0], ids[1], ids[3]])
+    assert store.releases() == [ids[0], ids[1], ids[3]]
     with pytest.raises(ReleaseError, match="at least 1"):
         store.prune(keep=0)
+
+
+def _set_clock(store, oldest_to_newest, start=1e9):
+    """Give the release folders mtimes in this order (a second apart), as a clock that was set wrong leaves them."""
+    for n, bundle_id in enumerate(oldest_to_newest):
+        os.utime(store.path_of(bundle_id), (start + n, start + n))
+
+
+def test_a_clock_set_back_or_forward_changes_neither_the_order_nor_what_prune_keeps(store, bundles, capsys):
+    """A Pi has no real-time clock: it boots at the time fake-hwclock saved and NTP moves it later, and a copy or a
+    backup touches a release's folder. Ordered by the folders' mtimes, status listed the releases out of order and
+    prune removed those a user meant to roll back to, keeping stale ones."""
+    ids = [store.install(archive) for _, archive, _ in bundles]
+    store.activate(ids[0])
+    installed = [ids[1], ids[2], ids[3], ids[0]]  # oldest to newest
+    _set_clock(store, installed[::-1])  # the clock stepped back before each
+    os.utime(store.path_of(ids[1]), (4e9, 4e9))  # and a copy touched the oldest on a clock set far ahead
+    assert store.releases() == installed
+    assert main(["status", str(store.root)]) == 0
+    assert json.loads(capsys.readouterr().out)["releases"] == installed
+    assert store.prune(keep=2) == [ids[1], ids[2]]
+    # Every change that makes a release recent orders it so: an install (again), an activation, a rollback.
+    store.install(bundles[2][1])
+    store.install(bundles[1][1])  # 3, 0, 2, 1
+    store.activate(ids[1])  # current 1, previous 0: 3, 0, 2, 1
+    assert store.rollback() == ids[0]  # current 0, previous 1: 3, 2, 1, 0
+    _set_clock(store, [ids[0], ids[1], ids[2], ids[3]])
+    assert store.releases() == [ids[3], ids[2], ids[1], ids[0]]
+    assert store.prune(keep=3) == [ids[3]]
+    shutil.rmtree(store.path_of(ids[2]))  # removed by hand: simply not listed
+    assert store.releases() == [ids[1], ids[0]]
+    assert _leftovers(store) == []
+
+
+def test_a_store_from_before_the_order_record_is_read_by_mtime_and_upgraded(store, bundles):
+    """A store the old code wrote has no .order: its releases go by their folders' mtimes, before (older than) any
+    .order lists, and the next install or activation records them all."""
+    ids = [store.install(archive) for _, archive, _ in bundles]
+    shutil.rmtree(store.path_of(ids[3]))
+    (store.root / ".order").unlink(missing_ok=True)
+    _set_clock(store, [ids[2], ids[0], ids[1]])
+    assert store.releases() == [ids[2], ids[0], ids[1]]
+    store.activate(ids[0])  # the first change records them all: 2, 1, 0
+    _set_clock(store, [ids[0], ids[1], ids[2]])
+    assert store.releases() == [ids[2], ids[1], ids[0]]
+    # Releases it does not list (the old code installed them after a downgrade) are older than those it does.
+    store.install(bundles[3][1])
+    (store.root / ".order").write_text(f"{ids[1]}\n{ids[0]}\n")
+    _set_clock(store, [ids[0], ids[1], ids[2], ids[3]])
+    assert store.releases() == [ids[2], ids[3], ids[1], ids[0]]
+    assert store.prune(keep=2) == [ids[2], ids[3]]
+
+
+@pytest.mark.parametrize("damage", ["not text", "cut short", "a folder"])
+def test_a_damaged_order_record_falls_back_to_mtime_and_stops_nothing(store, bundles, capsys, caplog, damage):
+    ids = [store.install(archive) for _, archive, _ in bundles]
+    shutil.rmtree(store.path_of(ids[3]))
+    store.activate(ids[0])
+    store.activate(ids[1])
+    record = store.root / ".order"
+    record.unlink(missing_ok=True)
+    if damage == "a folder":
+        record.mkdir()
+    elif damage == "not text":
+        record.write_bytes(b"\xff\xfe\x00 not a list of ids")
+    else:
+        record.write_text(f"{ids[2]}\n{ids[0][:20]}")
+    _set_clock(store, [ids[1], ids[2], ids[0]])
+    assert store.releases() == [ids[1], ids[2], ids[0]]  # the folders' times
+    assert main(["status", str(store.root)]) == 0
+    assert json.loads(capsys.readouterr().out)["releases"] == [ids[1], ids[2], ids[0]]
+    assert store.rollback() == ids[0]
+    assert store.install(bundles[3][1]) == ids[3]
+    assert store.prune(keep=2) == [ids[2]]
+    assert (store.current(), store.previous()) == (ids[0], ids[1]) and _leftovers(store) == []
+    if damage == "a folder":  # it cannot be replaced: said, and the order goes by the folders' times
+        assert "cannot record the order of the releases" in caplog.text
+    else:  # rewritten at the first change: the clock no longer matters
+        _set_clock(store, [ids[3], ids[0], ids[1]])
+        assert store.releases() == [ids[1], ids[0], ids[3]]
 
 
 def test_leftovers_of_an_interrupted_install_are_swept(store, bundles):
@@ -231,6 +311,7 @@ def test_temporary_files_a_crash_left_in_the_root_are_swept(store, bundles):
     _, archive, bundle_id = bundles[0]
     store.activate(store.install(archive))
     (store.root / f"..unconfirmed.{os.getpid() + 1}.tmp").write_text('{"bundle": "')
+    (store.root / f"..order.{os.getpid() + 1}.tmp").write_text(bundle_id[:10])
     os.symlink(f"releases/{bundle_id}", store.root / f".current.{os.getpid() + 1}.123.tmp")
     (store.root / ".notes.tmp").write_text("someone else's")  # not the store's: left alone
     store.prune(keep=3)
