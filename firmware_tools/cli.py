@@ -1,5 +1,15 @@
 """The `basilar` command. Each subcommand lives in its own module and is imported only when used."""
-import click
+import sys
+
+from firmware_tools.stop_signals import hold_stop_signals
+
+# `basilar run` and `basilar telemetry` end cleanly on SIGINT/SIGTERM. A stop that comes while they start (the imports
+# below and their own, the bundle, the input) is held for them from here; other commands keep Python's defaults. The
+# command's name is the first argument: the group's only options, --help and --version, end the program.
+if sys.argv[1:2] in (["run"], ["telemetry"]):
+    hold_stop_signals()
+
+import click  # after the hold: loading it is part of the start
 
 from edge import __version__
 from firmware_tools.lazy_group import LazyGroup

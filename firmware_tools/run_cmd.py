@@ -275,7 +275,8 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
                                "`arecord -f S16_LE -r 16000 -c 1 | basilar run -`, or give a file or 'mic'")
     overrides = detector_overrides(threshold, threshold_for, smoothing_ms, refractory_ms, release_ratio,
                                    min_duration_ms, trigger, end_quiet_ms, end_quiet_db, min_score)
-    # From here on a stop signal (a service stopped while it starts) ends the run cleanly once the loop can.
+    # From here on a stop signal (a service stopped while it starts; one held since the program started, too) ends
+    # the run cleanly once the loop can.
     stop = StopFlag()
     stopped_by, restore_handlers = _install_stop_handlers(stop)
     ctx.call_on_close(restore_handlers)  # however the command ends

@@ -73,10 +73,10 @@ def telemetry(port, baud, fmt, output, replay_path, capture, wait, passive, coun
             sinks.append((STDOUT, open_sink(fmt, sys.stdout)))
 
     try:
-        if replay_path:
-            replay(replay_path, emit, session, max_records=count)
-        else:
-            with stop_signals_routed_to(_end_the_view):
+        with stop_signals_routed_to(_end_the_view):  # a stop held while the command started ends it here
+            if replay_path:
+                replay(replay_path, emit, session, max_records=count)
+            else:
                 reader.run(max_records=count, duration=duration)
     except KeyboardInterrupt:
         pass  # stopping a live view is normal; everything received is already written
