@@ -118,6 +118,21 @@ def files_under(root: Path, skip=()) -> list[Path]:
     return sorted(files)
 
 
+def label_folder_around(root, folder, written=()) -> Path | None:
+    """The label folder under root that folder is or is inside (`data/zero` for `data/zero/model`), following links
+    as files_under does; None when it is in none (root itself, beside root, a folder of root holding no clips).
+    written: folders of audio the run writes itself (OUT/morphs), which make no label folder."""
+    root, real = Path(root), os.path.realpath(folder)
+    if not root.is_dir():
+        return None
+    for candidate in sorted(path for path in root.iterdir() if path.is_dir() and not is_hidden(path, root)):
+        inside = os.path.realpath(candidate)
+        if (real == inside or real.startswith(inside + os.sep)) and any(
+                is_user_audio(path, root) for path in files_under(candidate, written)):
+            return candidate
+    return None
+
+
 def scan_labelled(data_dir, skip=(), warn=None) -> list[Clip]:
     """Audio files labelled by the sub-folder they are in (the first folder under data_dir: `yes/alice/1.wav` is
     "yes") or, directly in data_dir, by a leading `{label}_` in the file name.

@@ -447,6 +447,19 @@ def make_folders(folders: dict) -> None:
                              f"{option}")
 
 
+def refuse_folders_in_labels(data_dir, folders: dict, written=()) -> None:
+    """--out or --cache-dir in a label folder (`--out data/zero`, `data/zero/model`) is refused: the scan passes it
+    by, and the label's clips there with it (a model without 'zero', or with fewer of its clips, without a word).
+    folders: {option: folder}; written: folders of audio the run writes itself (dataset.label_folder_around)."""
+    for option, folder in folders.items():
+        label_folder = dataset.label_folder_around(data_dir, folder, written)
+        if label_folder is not None:
+            where = "is" if os.path.realpath(folder) == os.path.realpath(label_folder) else "is inside"
+            raise ValueError(f"{option} {folder} {where} the label folder {label_folder}: the scan passes {option} "
+                             f"by, so the '{label_folder.name}' clips in it would be left out of training; choose a "
+                             f"folder for {option} outside the label folders: beside {data_dir}, or a new one in it")
+
+
 def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=None, name="model", log=print,
                  settings: TrainSettings | None = None, detector: dict | None = None) -> dict:
     """The whole `basilar train`: returns a summary and writes model.keras, bundle/ and report.{json,txt}.
@@ -459,8 +472,10 @@ def run_training(data_dir, out_dir, *, holdout="auto", loso=False, cache_dir=Non
     problems = settings.frontend.design_problems()
     if problems:
         raise ValueError(f"front end: {'; '.join(problems)}")
+    folders = {"--cache-dir": Path(cache_dir), "--out": out} if cache_dir else {"--out": out}
+    refuse_folders_in_labels(data_dir, folders, written=[out / "bundle", out / "morphs"])
     # Now: a file or a folder it cannot write would fail after the training (the cache when the features are saved)
-    make_folders({"--cache-dir": Path(cache_dir), "--out": out} if cache_dir else {"--out": out})
+    make_folders(folders)
     seed = settings.seed
     # What the run writes is no data, should --out or --cache-dir be in DATA_DIR: a second run would read OUT as a
     # label (and OUT/morphs, which are not recordings, as clips); OUT/bundle and OUT/morphs when OUT is DATA_DIR

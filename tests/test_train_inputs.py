@@ -75,6 +75,27 @@ def test_an_out_folder_in_the_data_folder_is_not_read_as_data(tmp_path, out):
     assert "holding out alice leaves no clip of 'no'" in result.output
 
 
+@pytest.mark.parametrize("option, folder", [("--out", "no"), ("--out", "no/model"), ("--cache-dir", "no"),
+                                            ("--out", "linked/model")])
+def test_an_out_or_cache_folder_in_a_label_folder_is_refused_before_anything_trains(tmp_path, option, folder):
+    """The scan passed it by, and the label's clips in it with it: `--out data/no` trained a model without 'no'."""
+    data = write_clips(tmp_path / "data", ["no/no_alice_0.wav", "yes/yes_alice_0.wav", "yes/yes_bob_0.wav"])
+    write_clips(tmp_path / "elsewhere", ["linked_alice_0.wav"])
+    (data / "linked").symlink_to(tmp_path / "elsewhere")  # a label folder that is a link: where it leads counts
+    given = tmp_path / "elsewhere" / "model" if folder.startswith("linked") else data / folder
+    label = folder.split("/")[0]
+    others = {"--out": ["--cache-dir", str(tmp_path / "cache")], "--cache-dir": ["--cache-dir", str(given)]}
+    result = train(data, tmp_path / "o" if option == "--cache-dir" else given, *others[option])
+    assert result.exit_code == 1, result.output
+    where = "is the label folder" if folder == label else "is inside the label folder"
+    assert f"{option} {given} {where} {data / label}: the scan passes {option} by, so the '{label}' clips in it " \
+           "would be left out of training" in result.output
+    assert f"outside the label folders: beside {data}, or a new one in it" in result.output
+    assert "clips, labels" not in result.output and "Traceback" not in result.output
+    assert not (data / "no" / "model").exists() and not (tmp_path / "elsewhere" / "model").exists()
+    assert nothing_in(tmp_path / "cache") and not (tmp_path / "o").exists()
+
+
 def test_holdout_names_a_speaker_in_either_unicode_form(tmp_path):
     """Speakers are compared in NFC; `--holdout müller` typed on a Mac (u and a combining mark) was not among them."""
     nfc, nfd = "m\u00fcller", "mu\u0308ller"
