@@ -32,7 +32,7 @@ import soxr
 
 from edge.wav_header import (ID3V2_HEAD, KNOWN_CHUNKS, RIFF_LIMIT, MalformedWavHeader, TrueSizeWav, WavData, WavFormat,
                              empty_problem, is_open_length, length_problem, libsndfile_input, parse_format,
-                             read_to_data, skip, starts_wav, tag_span, wav_header_broken)
+                             read_to_data, shortfall, skip, starts_wav, tag_span, wav_header_broken)
 
 DEFAULT_CHUNK_MS = 100
 IDLE_TICK_S = 1.0  # a live source that delivers nothing for this long yields an empty chunk
@@ -309,9 +309,9 @@ class FileSource(AudioSource):
                     raise SourceError(f"{self._cut_short}; the audio that is there was processed")
                 # libsndfile ends a cut or damaged file without an error (an unknown length declares nothing)
                 if frames < self._declared and not self._unknown_length:
-                    declared, read = self._declared / self.file_rate, frames / self.file_rate
-                    raise SourceError(f"{self.name} ends early: its header declares {declared:.2f} s of audio but "
-                                      f"{read:.2f} s could be read (cut short or "
+                    declared, read, missing = shortfall(self._declared, frames, self.file_rate)
+                    raise SourceError(f"{self.name} ends early: its header declares {declared} s of audio but "
+                                      f"{read} s could be read ({missing}: cut short or "
                                       "damaged; after damage the times of detections may be early); the audio that "
                                       "could be read was processed. Copy the file again, or re-record or re-encode it")
                 return
@@ -677,10 +677,10 @@ class PcmSource(AudioSource):
                 came = self._declared - (self._data_left or 0)  # an open length is None: it ends where it ends
                 # only whole frames missing count: a size a byte too large (a writer's slip) leaves every frame there
                 if came // self._frame_bytes < self._declared // self._frame_bytes and not self.stop.is_set():
-                    rate = self.rate * self._frame_bytes
-                    declared, came_s = self._declared / rate, came / rate
-                    raise SourceError(f"standard input ended early: its WAV header declares {declared:.2f} s of audio "
-                                      f"but {came_s:.2f} s came (the program writing it stopped or was "
+                    declared, came_s, missing = shortfall(self._declared // self._frame_bytes,
+                                                          came // self._frame_bytes, self.rate)
+                    raise SourceError(f"standard input ended early: its WAV header declares {declared} s of audio "
+                                      f"but {came_s} s came, {missing} (the program writing it stopped or was "
                                       "stopped); the audio that came was processed")
                 # a WAV stream's layout is its header's: a part of a frame at its end is where its writer was
                 # stopped (arecord, killed), dropped as libsndfile drops a file's

@@ -275,6 +275,17 @@ def empty_problem(path: str | os.PathLike) -> str | None:
     return f"{path} is empty (0 bytes): an interrupted recording or copy; record or copy it again"
 
 
+def shortfall(declared: int, got: int, rate: float) -> tuple[str, str, str]:
+    """Declared and got frames at rate as seconds with two decimals, or as many more as tell them apart (a file a
+    frame short said it declares 10.00 s of audio but 10.00 s could be read), and the frames missing, in words."""
+    for places in range(2, 10):
+        declared_s, got_s = f"{declared / rate:.{places}f}", f"{got / rate:.{places}f}"
+        if declared_s != got_s:
+            break
+    missing = declared - got
+    return declared_s, got_s, f"{missing} sample frame{'' if missing == 1 else 's'} missing"
+
+
 def length_problem(path: str | os.PathLike, wav: WavData | None) -> str | None:
     """What is wrong, for an error message, when a WAV file's audio does not fit its header: the header declares
     less than follows (`WavData.overlong`: to be refused before it is played) or more than the file holds
@@ -289,7 +300,9 @@ def length_problem(path: str | os.PathLike, wav: WavData | None) -> str | None:
                 f"`sox --ignore-length {shlex.quote(str(path))} fixed.wav`")
     cut = wav and wav.cut_short()
     if cut:
-        return (f"{path} is cut short: its header declares {cut.declared_s:.2f} s of audio but the file holds "
-                f"{cut.present_s:.2f} s (an interrupted recording or an incomplete copy); copy the file again, or "
+        frame = wav.frame_bytes
+        declared, held, missing = shortfall(wav.declared // frame, wav.present // frame, wav.byte_rate / frame)
+        return (f"{path} is cut short: its header declares {declared} s of audio but the file holds {held} s "
+                f"({missing}: an interrupted recording or an incomplete copy); copy the file again, or "
                 f"give it a header that fits: `sox {shlex.quote(str(path))} fixed.wav`")
     return None

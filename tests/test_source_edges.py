@@ -171,6 +171,40 @@ def test_a_data_size_off_by_less_than_a_frame_is_not_cut_short(tmp_path, bits, e
     np.testing.assert_array_equal(read_all(PcmSource(RATE, stream=io.BytesIO(path.read_bytes()))), from_file)
 
 
+@pytest.mark.parametrize("fmt, channels, frames, read", [("W64", 1, 1, "9.9999 s"), ("AIFF", 2, 3, "9.9998 s")])
+def test_a_file_a_few_frames_short_says_what_is_missing(tmp_path, fmt, channels, frames, read):
+    """It said "its header declares 10.00 s of audio but 10.00 s could be read": no difference to be seen."""
+    path = tmp_path / f"cut.{fmt.lower()}"
+    soundfile.write(path, np.stack([sine(440, 10.0, RATE)] * channels, axis=1), RATE, format=fmt, subtype="PCM_16")
+    path.write_bytes(path.read_bytes()[:-2 * channels * frames])
+    got, message = read_until_error(FileSource(path, RATE))
+    missing = "1 sample frame" if frames == 1 else f"{frames} sample frames"
+    assert (f"cut.{fmt.lower()} ends early: its header declares 10.0000 s of audio but {read} could be read "
+            f"({missing} missing: cut short or damaged;") in message
+    assert len(got) == 10 * RATE - frames
+
+
+def test_a_wav_file_one_frame_short_says_what_is_missing(tmp_path):
+    """It said "its header declares 10.00 s of audio but the file holds 10.00 s"."""
+    path = tmp_path / "cut.wav"
+    soundfile.write(path, sine(440, 10.0, RATE), RATE, subtype="PCM_16")
+    path.write_bytes(path.read_bytes()[:-2])
+    got, message = read_until_error(FileSource(path, RATE))
+    assert (f"cut.wav is cut short: its header declares 10.0000 s of audio but the file holds 9.9999 s (1 sample "
+            "frame missing: an interrupted recording or an incomplete copy)") in message, message
+    assert len(got) == 10 * RATE - 1
+
+
+def test_a_wav_stream_one_frame_short_says_what_is_missing():
+    """It said "its WAV header declares 2.00 s of audio but 2.00 s came"."""
+    samples = (sine(440, 2.0, RATE) * 20000).astype("<i2")
+    stream = io.BytesIO(handmade_wav(samples.tobytes(), RATE)[:-2])
+    got, message = read_until_error(PcmSource(RATE, stream=stream))
+    assert message.startswith("standard input ended early: its WAV header declares 2.0000 s of audio but 1.9999 s "
+                              "came, 1 sample frame missing (the program writing it stopped or was stopped)")
+    np.testing.assert_array_equal(got, samples[:-1])
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("rate", 0, "gives a sample rate of 0 Hz, outside the 1000 to 384000 Hz basilar reads"),
     ("rate", 2**31, "gives a sample rate of 2147483648 Hz, outside the 1000 to 384000 Hz basilar reads"),

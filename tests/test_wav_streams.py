@@ -72,8 +72,9 @@ def test_a_wav_stream_that_ends_before_its_declared_length_is_reported(tmp_path)
     samples = (sine(440, 2.0, RATE) * 20000).astype("<i2")
     whole = handmade_wav(samples.tobytes(), RATE)
     got, message = read_until_error(PcmSource(RATE, stream=io.BytesIO(whole[:44 + RATE * 2])))
-    assert message == ("standard input ended early: its WAV header declares 2.00 s of audio but 1.00 s came (the "
-                       "program writing it stopped or was stopped); the audio that came was processed")
+    assert message == ("standard input ended early: its WAV header declares 2.00 s of audio but 1.00 s came, 16000 "
+                       "sample frames missing (the program writing it stopped or was stopped); the audio that came "
+                       "was processed")
     np.testing.assert_array_equal(got, samples[:RATE])
     # An open length (arecord into a pipe: 0x80000000; sox: 0x7FFFF000, 0xFFFFFFFF or 0) ends where the stream does
     for size in (0x80000000, 0x7FFFFFFF, 0x7FFFF000, 0xFFFFFFFF, 0):
