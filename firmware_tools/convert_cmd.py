@@ -49,7 +49,8 @@ def convert(model, calibration_dir, out_path, labels, name, threshold, smoothing
     detector = bundle_detector(threshold, smoothing_ms, refractory_ms)
     require_extra("keras", "host", "convert")
     with fail_on():
-        report = run_convert(model, calibration_dir, out_path, labels, name, detector)
+        report = run_convert(model, calibration_dir, out_path, labels, name, detector,
+                             warn=lambda text: click.echo(text, err=True))  # not into --json
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -61,7 +62,9 @@ def convert(model, calibration_dir, out_path, labels, name, threshold, smoothing
                        f"float {fi['float_accuracy'] * 100:.1f}%, int8 {fi['int8_accuracy'] * 100:.1f}%")
 
 
-def run_convert(model, calibration_dir, out_path, labels=None, name=None, detector=None) -> dict:
+def run_convert(model, calibration_dir, out_path, labels=None, name=None, detector=None, warn=None) -> dict:
+    """The whole `basilar convert`: writes the bundle and returns its report. warn: a function told of calibration
+    audio left out for its format (dataset.scan_labelled)."""
     import tempfile
 
     from edge.bundle import pack_bundle
@@ -78,7 +81,7 @@ def run_convert(model, calibration_dir, out_path, labels=None, name=None, detect
         bundler.check_archive_destination(out_path)
     else:
         bundler.check_destination(out_path)
-    clips = dataset.scan_labelled(calibration_dir)
+    clips = dataset.scan_labelled(calibration_dir, warn=warn)
     sidecar = pipeline.read_sidecar(model) or {}
     name = name or sidecar.get("name") or "model"
     if labels:

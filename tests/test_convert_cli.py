@@ -100,6 +100,17 @@ def test_convert_replaces_a_bundle_archive_and_says_what_its_agreement_clips_are
     assert "held-out" not in result.output
 
 
+def test_convert_warns_of_calibration_audio_it_cannot_read_and_keeps_it_out_of_the_json(model, tmp_path):
+    """An .m4a beside the calibration WAVs was left out without a word (`basilar train` and `basilar eval` warn)."""
+    calibration = shutil.copytree(FSDD_CLIPS, tmp_path / "calibration")
+    (calibration / "3_ann_0.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A ")
+    result = convert(model, "--calibration", calibration, "--out", tmp_path / "b", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["bundle"] == str(tmp_path / "b")
+    assert f"warning: 1 audio file(s) under {calibration} in a format not read here are left out " \
+           f"({calibration / '3_ann_0.m4a'}); convert them to WAV, e.g. `ffmpeg -i IN.m4a OUT.wav`" in result.stderr
+
+
 @pytest.mark.parametrize("labels, message", [
     ("0,1,2,3,4,5,6,7,8,_background_", "--labels names _background_, the background class"),
     ("0,0,2,3,4,5,6,7,8,9", "--labels names 0 more than once"),
