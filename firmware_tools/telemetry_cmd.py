@@ -55,36 +55,39 @@ def telemetry(port, baud, fmt, output, replay_path, capture, wait, passive, coun
                 sink.write(record)
         written += 1
 
-    reader = None
-    if not replay_path:
-        # Made first: a capture file that cannot be opened stops the command before the port or any output.
-        reader = TelemetryReader(port, baud, emit=emit, session=session, capture=capture, wait=wait,
-                                 request_hello=not passive)
-    out_file = None
-    if output:
-        out_file, file_sink = open_output_file(output, "csv" if fmt == "csv" else "jsonl")
-        sinks.append((output, file_sink))
-    with writing_to(STDOUT):  # a table or CSV header
-        if fmt == "table":
-            live = stdout_is_terminal() and not replay_path
-            sinks.append((STDOUT, LiveTable(sys.stdout, session, port or replay_path) if live
-                          else LinesTable(sys.stdout)))
-        else:
-            sinks.append((STDOUT, open_sink(fmt, sys.stdout)))
-
+    reader = out_file = None
+    opened = stopped = False
     try:
-        with stop_signals_routed_to(_end_the_view):  # a stop held while the command started ends it here
+        # Routed before the capture and output files open: either may be a FIFO whose open waits for a reader, and
+        # a stop held while the command started ends it here too.
+        with stop_signals_routed_to(_end_the_view):
+            if not replay_path:
+                # Made first: a capture file that cannot be opened stops the command before the port or any output.
+                reader = TelemetryReader(port, baud, emit=emit, session=session, capture=capture, wait=wait,
+                                         request_hello=not passive)
+            if output:
+                out_file, file_sink = open_output_file(output, "csv" if fmt == "csv" else "jsonl")
+                sinks.append((output, file_sink))
+            with writing_to(STDOUT):  # a table or CSV header
+                if fmt == "table":
+                    live = stdout_is_terminal() and not replay_path
+                    sinks.append((STDOUT, LiveTable(sys.stdout, session, port or replay_path) if live
+                                  else LinesTable(sys.stdout)))
+                else:
+                    sinks.append((STDOUT, open_sink(fmt, sys.stdout)))
+            opened = True
             if replay_path:
                 replay(replay_path, emit, session, max_records=count)
             else:
                 reader.run(max_records=count, duration=duration)
     except KeyboardInterrupt:
-        pass  # stopping a live view is normal; everything received is already written
+        stopped = True  # stopping a live view is normal; everything received is already written
     finally:
-        for _, sink in sinks:
-            with contextlib.suppress(OSError):  # a write to it that failed has already said so
-                sink.close()  # the live table's last screen, before the summary
-        click.echo(f"telemetry: {written} record(s) written; {session.summary()}", err=True)
+        if opened or stopped:  # a file that could not be opened has said so, and nothing was read
+            for _, sink in sinks:
+                with contextlib.suppress(OSError):  # a write to it that failed has already said so
+                    sink.close()  # the live table's last screen, before the summary
+            click.echo(f"telemetry: {written} record(s) written; {session.summary()}", err=True)
         if out_file:
             with contextlib.suppress(OSError):
                 out_file.close()

@@ -93,6 +93,17 @@ def test_a_stop_while_a_telemetry_replay_starts_ends_it_cleanly(tmp_path):
     assert "Traceback" not in err + out
 
 
+def test_a_stop_while_telemetry_waits_to_open_its_capture_fifo_ends_it_cleanly(tmp_path):
+    """A capture FIFO with no reader: its open waits. The signals were routed only after it, so a SIGTERM held from
+    the start was never acted on and the command hung until killed."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    returncode, out, err = signal_when_loaded(["telemetry", tmp_path / "ttyNOPE", "--wait", "--capture", fifo],
+                                              CLICK_LOADING, signal.SIGTERM, delay=1.5)
+    assert returncode == 0 and re.search(TELEMETRY_SUMMARY, err), (returncode, err)
+    assert "Traceback" not in err + out
+
+
 def test_other_commands_keep_the_default_stop_signals(tmp_path):
     """Only the two long-running commands hold a stop: SIGTERM still kills `basilar train` (importing TensorFlow
     for seconds here), and Ctrl-C still aborts it the click way."""
