@@ -148,6 +148,9 @@ def archive_manifest(archive_path) -> bytes:
     with tar:
         try:
             info = tar.getmember(MANIFEST)
+            if not info.isfile():  # a link's size is 0: read through it, a member of any size would be
+                raise BundleError(f"{p}: its {MANIFEST} is not a plain file (a link or a folder); the archive is "
+                                  "damaged or not a basilar bundle: re-create it with `basilar bundle pack`")
             if info.size > MAX_ARCHIVE_BYTES:  # it is read whole, into memory; gigabytes of zeros pack into MBs
                 raise BundleError(f"{p}: its {MANIFEST} is {info.size} bytes, more than a bundle may hold "
                                   f"({MAX_ARCHIVE_BYTES}; a manifest is a few KB); the archive is damaged or not a "

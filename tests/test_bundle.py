@@ -390,6 +390,23 @@ def test_an_archive_whose_manifest_is_larger_than_a_bundle_is_refused_before_it_
         bundle_id(archive)
 
 
+@pytest.mark.parametrize("link", [tarfile.LNKTYPE, tarfile.SYMTYPE])
+def test_an_archive_whose_manifest_is_a_link_is_refused_before_it_is_read(tmp_path, link):
+    """A link's size is 0, so the size check passed it, and the member it names was read whole, whatever its size."""
+    def add(tar):
+        big = tarfile.TarInfo("model.tflite")
+        big.size = 8_000_000
+        with open("/dev/zero", "rb") as zeros:
+            tar.addfile(big, zeros)
+        info = tarfile.TarInfo("manifest.json")
+        info.type, info.linkname = link, "model.tflite"
+        tar.addfile(info)
+
+    archive = _archive(tmp_path, add)
+    with pytest.raises(BundleError, match="its manifest.json is not a plain file"):
+        bundle_id(archive)
+
+
 def test_thousands_of_chained_long_name_headers_are_a_clear_refusal(tmp_path):
     import gzip
 
