@@ -98,24 +98,37 @@ class _HostLink:
         frame = self.receive_frame(kinds, timeout)
         return None if frame is None else frame.message
 
-    def receive_frame(self, kinds: tuple[type, ...], timeout: float) -> Frame | None:
-        """The next frame whose message is one of `kinds`, or None after `timeout` seconds."""
+    def receive_frame(self, kinds: tuple[type, ...], timeout: float, aside: list | None = None) -> Frame | None:
+        """The next frame whose message is one of `kinds`, or None after `timeout` seconds. The frames before it
+        are passed on as telemetry, or kept in `aside` (for put_back or pass_on later)."""
         deadline = time.monotonic() + timeout
         while True:
             while self._pending:
                 frame = self._pending.pop(0)
                 if isinstance(frame.message, kinds):
                     return frame
-                if not isinstance(frame.message, (UploadAck, UploadResult, Hello)) and frame.message is not None:
-                    self.telemetry_frames += 1
-                    if self.on_telemetry is not None:
-                        self.on_telemetry(frame)
+                if aside is not None:
+                    aside.append(frame)
+                else:
+                    self.pass_on([frame])
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             data = self.serial.read(self.serial.in_waiting or 1)
             if data:
                 self._pending.extend(self.decoder.feed(data))
+
+    def pass_on(self, frames: list[Frame]) -> None:
+        """Hand the device's telemetry among `frames` to on_telemetry (answers and HELLOs are not telemetry)."""
+        for frame in frames:
+            if not isinstance(frame.message, (UploadAck, UploadResult, Hello)) and frame.message is not None:
+                self.telemetry_frames += 1
+                if self.on_telemetry is not None:
+                    self.on_telemetry(frame)
+
+    def put_back(self, frames: list[Frame]) -> None:
+        """Make `frames` the next ones received again."""
+        self._pending[:0] = frames
 
     def close(self) -> None:
         try:
@@ -127,19 +140,25 @@ class _HostLink:
 def _ask_hello(link: _HostLink, timeout: float) -> Hello:
     """The device's answer to REQUEST_HELLO. A HELLO numbered 0 is the one a device sends when it opens its link:
     it may have been on the line before the request and describe a store changed since, so the host asks again and
-    takes the answer (numbered after it), or that HELLO if no answer comes in the time the line needs for one."""
+    takes the answer (numbered after it), or that HELLO if no answer comes in the time the line needs for one, with
+    the frames that followed it (its RELEASES) left to be read next."""
     deadline = time.monotonic() + timeout
-    on_opening = None
+    on_opening, after_it = None, []
     while time.monotonic() < deadline:
         link.send(RequestHello())
         wait = releases_wait_s(link.baud) if on_opening else 1.0
-        frame = link.receive_frame((Hello,), min(wait, max(0.0, deadline - time.monotonic())))
+        frame = link.receive_frame((Hello,), min(wait, max(0.0, deadline - time.monotonic())),
+                                   aside=after_it if on_opening else None)
         if frame is not None and frame.seq != 0:
+            link.pass_on(after_it)
             return frame.message
         if frame is None and on_opening is not None:
-            return on_opening
-        on_opening = frame.message if frame is not None else on_opening
+            break
+        if frame is not None:  # an opening HELLO (the first, or the device started again): what followed is old
+            link.pass_on(after_it)
+            on_opening, after_it = frame.message, []
     if on_opening is not None:
+        link.put_back(after_it)
         return on_opening
     raise SerialDeployError(f"no basilar device answered on {link.port} at {link.baud} baud within "
                             f"{timeout:.0f} s: check the cable and the baud rate, and that the device runs "

@@ -326,6 +326,19 @@ def test_the_answer_is_taken_over_the_hello_the_device_sent_on_starting(device, 
     assert hello.bundle_id == id2 and releases is not None and releases.previous == id1, (hello, releases)
 
 
+def test_a_start_up_hello_with_no_answer_after_it_keeps_its_releases(device, archives, tmp_path):
+    """A device that cannot hear the host (its receive wire broken) sends only its start-up HELLO, LABELS and
+    RELEASES: the host, waiting for an answer, passed them by, then said the device keeps no release store."""
+    (v1, id1), (v2, id2) = archives
+    store = ReleaseStore(tmp_path / "device-root")  # the device fixture's root
+    store.install(v2)
+    store.activate(store.install(v1))
+    dev = device(health_interval=60, corruption_to_device=Corruption(1.0))  # every byte to the device damaged
+    assert dev.cable.device_has_written()
+    hello, releases, _ = query_device(dev.cable.host_path, BAUD)
+    assert hello.bundle_id == id1 and releases is not None and set(releases.releases) == {id1, id2}, releases
+
+
 # ------------------------------------------------------------------------------ the device's rules alone
 
 
