@@ -884,7 +884,10 @@ def import_sounddevice():
     try:
         import sounddevice
     except ImportError as err:
-        raise SourceError("microphone input needs the sounddevice package: pip install 'basilar[mic]'") from err
+        raise SourceError("microphone input needs the sounddevice package, which this Python lacks: install it "
+                          f"with `{shlex.quote(sys.executable)} -m pip install sounddevice` (or `pip install '.[mic]'` "
+                          "in basilar's checkout), and the PortAudio library: `sudo apt install libportaudio2`") \
+            from err
     except OSError as err:
         raise SourceError(f"microphone input needs the PortAudio library ({err}): "
                           "sudo apt install libportaudio2") from err
@@ -942,7 +945,7 @@ def parse_mic_spec(spec: str) -> tuple[bool, str | int | None]:
     if spec != "mic" and not spec.startswith("mic:"):
         return False, None
     device = spec[4:] or None
-    return True, int(device) if device and device.isdigit() else device
+    return True, int(device) if device and device.isascii() and device.isdigit() else device  # "²" is a name
 
 
 def open_source(spec: str, sample_rate: int, *, chunk_ms: float = DEFAULT_CHUNK_MS, realtime: bool = False,

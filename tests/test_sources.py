@@ -748,6 +748,37 @@ def test_open_source_picks_by_argument(tmp_path):
     assert parse_mic_spec("mic:2") == (True, 2)
     assert parse_mic_spec("mic:USB Audio") == (True, "USB Audio")
     assert parse_mic_spec("microphone.wav") == (False, None)
+    # digits Python's int() refuses or reads otherwise are part of a name (`mic:²` ended in a traceback)
+    assert parse_mic_spec("mic:\u00b2") == (True, "\u00b2") and parse_mic_spec("mic:\u0663") == (True, "\u0663")
+
+
+WITHOUT_SOUNDDEVICE = """
+import sys
+class NoSounddevice:
+    def find_spec(self, name, path=None, target=None):
+        if name == "sounddevice":
+            raise ImportError("hidden: no sounddevice here")
+sys.meta_path.insert(0, NoSounddevice())
+sys.argv[0] = "basilar"
+from firmware_tools.cli import main
+main()
+"""
+
+
+def test_a_microphone_without_sounddevice_says_how_to_install_it_into_this_python():
+    """It said `pip install 'basilar[mic]'`: basilar is no package on PyPI, and a service's virtual environment is
+    not the one a bare `pip` installs into."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    result = subprocess.run([sys.executable, "-c", WITHOUT_SOUNDDEVICE, "run", "mic"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 1 and "Traceback" not in said, said
+    assert f"install it with `{sys.executable} -m pip install sounddevice`" in said, said
+    assert "`sudo apt install libportaudio2`" in said
 
 
 class ScriptedStream:
