@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -154,16 +155,23 @@ def resolve_bundle(ctx: click.Context, bundle: str, root: Path | None) -> str | 
         why = (f"{link} points at {os.readlink(link)}, which is no installed release" if link.is_symlink()
                else f"no valid {link} link")
         raise click.ClickException(f"no bundle is active under {root} ({why}); deploy one with `basilar deploy "
-                                   "BUNDLE ssh://...` (over a serial line: run `python3 -m edge.telemetry.agent PORT "
-                                   f"--root {root}` here, then `basilar deploy BUNDLE serial://PORT` on the host), "
+                                   "BUNDLE ssh://...` (over a serial line: run `"
+                                   f"{device_tool('edge.telemetry.agent PORT --root', root)}` here, then `basilar "
+                                   "deploy BUNDLE serial://PORT` on the host), "
                                    f"or run with --bundle{_rollback_hint(store, root)}")
     problem = store.damage(current.name)  # what ran must be what was deployed: the manifest too, not only its files
     if problem is not None:
         raise click.ClickException(f"the active bundle {current.name[:12]} under {root} is damaged ({problem}); "
                                    "deploy it again (basilar deploy uploads a damaged release anew) or install its "
-                                   f"archive on the device (python3 -m edge.releases install {root} ARCHIVE) to "
-                                   f"mend it{_rollback_hint(store, root)}")
+                                   f"archive on the device ({device_tool('edge.releases install', root)} ARCHIVE) "
+                                   f"to mend it{_rollback_hint(store, root)}")
     return current
+
+
+def device_tool(module_and_command: str, root: Path) -> str:
+    """A command line for one of basilar's device tools (`python -m ...`) on ROOT, run by this very Python (a
+    bare python3 may be one without basilar) from / (in a checkout, `python -m` takes its unbuilt sources first)."""
+    return f"cd / && {shlex.quote(sys.executable)} -m {module_and_command} {shlex.quote(str(root))}"
 
 
 def _rollback_hint(store, root: Path) -> str:
@@ -172,7 +180,7 @@ def _rollback_hint(store, root: Path) -> str:
     if previous is None or previous == store.current() or store.damage(previous) is not None:
         return ""
     return (f"; or go back to the previous bundle {previous[:12]}, which is intact: "
-            f"`python3 -m edge.releases rollback {root}`")
+            f"`{device_tool('edge.releases rollback', root)}`")
 
 
 def serial_port(ctx, param, value):

@@ -504,7 +504,8 @@ def test_a_device_whose_active_bundle_cannot_run_is_told_its_previous_one_can(tm
     result = basilar("run", "--root", root, DEMO)
     stderr = result.stderr.decode()
     assert result.returncode == 1 and expected in stderr, stderr
-    hint = f"go back to the previous bundle {old[:12]}, which is intact: `python3 -m edge.releases rollback {root}`"
+    hint = (f"go back to the previous bundle {old[:12]}, which is intact: `cd / && {sys.executable} -m edge.releases "
+            f"rollback {root}`")
     assert hint in stderr
     rollback = subprocess.run([sys.executable, "-m", "edge.releases", "rollback", str(root)], capture_output=True)
     assert rollback.returncode == 0, rollback.stderr
@@ -518,6 +519,8 @@ def test_run_from_a_device_root_uses_its_current_bundle(tmp_path, demo_detection
     root = tmp_path / "device"
     result = basilar("run", "--root", root, DEMO)
     assert result.returncode == 1 and "no bundle is active under" in result.stderr.decode()
+    # the device tool as this Python runs it (a bare python3 may lack basilar), from / (not a checkout's sources)
+    assert f"`cd / && {sys.executable} -m edge.telemetry.agent PORT --root {root}` here" in result.stderr.decode()
 
     store = ReleaseStore(root)
     bundle_id = pack_bundle(DEFAULT_BUNDLE, tmp_path / "default.tar.gz")
