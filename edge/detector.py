@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -60,13 +61,19 @@ class DetectorSettingsError(ValueError):
     """Detector settings that cannot work; the message names the setting and the valid range."""
 
 
+def same_label(name: str) -> str:
+    """A label as labels are compared: in one Unicode form (NFC), so that a Mac's "é" (e and a combining mark,
+    typed or in a file name) names the label "é" a bundle trained elsewhere has."""
+    return unicodedata.normalize("NFC", name) if isinstance(name, str) else name
+
+
 def _per_label(thresholds) -> dict:
     """A copy of the per-label thresholds, refused by name when they are no label: threshold object (dict() of a
     list says "cannot convert dictionary update sequence element #0")."""
     if not isinstance(thresholds, Mapping):
         raise DetectorSettingsError(f"thresholds={thresholds!r}: must be an object of per-label thresholds, as "
                                     '{"yes": 0.8}')
-    return dict(thresholds)
+    return {same_label(label): value for label, value in thresholds.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +190,7 @@ class DetectorSettings:
                 raise DetectorSettingsError(f"{what}={value!r}: must be a number in (0, 1]")
 
     def threshold_for(self, label: str) -> float:
-        return float(self.thresholds.get(label, self.threshold))
+        return float(self.thresholds.get(same_label(label), self.threshold))
 
     def frames(self, ms: float) -> int:
         """A duration in whole hops (rounded)."""
@@ -194,7 +201,7 @@ class Detector:
     """Streaming detector: feed posteriors in chunks of any size; the detections do not depend on the chunking."""
 
     def __init__(self, settings: DetectorSettings, labels: Sequence[str]):
-        unknown = sorted(set(settings.thresholds) - set(labels))
+        unknown = sorted(set(settings.thresholds) - {same_label(label) for label in labels})
         if unknown:
             raise DetectorSettingsError(f"threshold given for unknown label(s) {', '.join(map(repr, unknown))}; "
                                         f"this bundle's labels are {', '.join(map(repr, labels))}")

@@ -1,6 +1,7 @@
 """`basilar eval-stream BUNDLE AUDIO --truth TRUTH.csv`: how well a bundle detects words in a continuous stream."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
                                  "and give that file", param_hint="AUDIO")
     if truth is None:
         raise click.UsageError("Missing option '--truth': the CSV of where each word in AUDIO really is")
+    from edge.detector import same_label
     from edge.runloop import DetectorOptionError, Pipeline, PipelineError
     from edge.sources import SourceError
     from firmware_tools.stream_eval import NON_TARGET_HEADER, TruthFileError, detect_heard, read_truth, score_stream
@@ -55,6 +57,8 @@ def eval_stream(bundle, audio, truth, non_target, tolerance_s, as_json, **detect
         # A file with only its header says the stream has no other sound: 0 s of speech, no rate, as with no words
         others = read_truth(non_target, header=NON_TARGET_HEADER) if non_target else None
         pipeline = Pipeline.from_bundle(bundle, detector_overrides=detector_overrides(**detector))
+        spelled = {same_label(label): label for label in pipeline.labels}  # a truth file's "é" may be e and a mark
+        words = [dataclasses.replace(w, label=spelled.get(same_label(w.label), w.label)) for w in words]
         unknown = sorted({w.label for w in words} - set(pipeline.labels))
         if unknown:
             raise click.ClickException(f"{truth} has label(s) {', '.join(map(repr, unknown))} that the bundle "

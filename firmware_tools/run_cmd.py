@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from edge.detector import TRIGGERS
+from edge.detector import TRIGGERS, same_label
 from edge.sources import PCM_FORMATS, RATES, SourceError, StopFlag, parse_mic_spec
 from edge.telemetry import DEFAULT_BAUD
 from firmware_tools.cli_types import BAUD_RATES, FloatRange, given_options, option_flag
@@ -94,6 +94,7 @@ def parse_label_thresholds(pairs: tuple[str, ...]) -> dict[str, float]:
     thresholds = {}
     for pair in pairs:
         label, sep, value = pair.rpartition("=")
+        label = same_label(label)  # as the bundle's labels are compared
         try:
             if not sep or not label:
                 raise ValueError

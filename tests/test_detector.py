@@ -278,6 +278,17 @@ def test_a_threshold_for_a_label_the_bundle_lacks_is_refused():
         Detector(DetectorSettings(hop_ms=10.0, thresholds={"z": 0.5}), LABELS)
 
 
+def test_a_threshold_names_its_label_in_either_unicode_form():
+    """A bundle whose label is spelled decomposed (convert --labels typed on a Mac) and a threshold given composed,
+    or the other way round: the same label, not an unknown one."""
+    import unicodedata
+
+    composed, decomposed = "caf\u00e9", unicodedata.normalize("NFD", "caf\u00e9")
+    for label, given in ((composed, decomposed), (decomposed, composed)):
+        detector = Detector(DetectorSettings(hop_ms=10.0, threshold=0.9, thresholds={given: 0.4}), ["a", label])
+        assert list(detector._thresholds) == [0.9, 0.4]
+
+
 def test_a_per_label_threshold_out_of_range_is_named_as_the_option_was_typed():
     """`run --threshold-for 7=1.5` said "threshold for label '7'=1.5", the setting's name, where the other options
     are named as given (`--threshold 1.5`)."""

@@ -567,6 +567,30 @@ def test_a_long_recording_is_scored_in_full():
     assert report["missed"][-1]["heard_as"]["start_s"] == 2.0 * (n - 1) + 0.1
 
 
+def test_labels_typed_in_another_unicode_form_name_the_bundles_label(tmp_path):
+    """A truth file or --threshold-for written on a Mac spells "sept" with an e and a combining mark: it was refused
+    as a label 'sépt' the bundle does not know, 'sépt' among the bundle's labels."""
+    import shutil
+    import unicodedata
+
+    bundle = shutil.copytree(REPO / "edge" / "default_bundle", tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["labels"][7] = "s\u00e9pt"  # composed: as basilar train names a label
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    decomposed = unicodedata.normalize("NFD", "s\u00e9pt")
+    truth = tmp_path / "truth.csv"
+    truth.write_text(re.sub(r"(?m)^7,", decomposed + ",", DEMO_TRUTH.read_text()), encoding="utf-8")
+    result = CliRunner().invoke(main, ["eval-stream", str(bundle), str(DEMO), "--truth", str(truth),
+                                       "--non-target", str(DEMO_NON_TARGET), "--threshold-for", f"{decomposed}=0.9",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["hits"], report["misses"]) == (20, 0), report
+    twice = CliRunner().invoke(main, ["run", "--bundle", str(bundle), "demo", "--threshold-for",
+                                      f"{decomposed}=0.9", "--threshold-for", "s\u00e9pt=0.8"])
+    assert twice.exit_code == 2 and "is given twice" in twice.output, twice.output
+
+
 def test_a_detector_value_out_of_range_is_a_usage_error_as_in_basilar_run():
     """The bundle's own settings are fine, the value given is not: exit 2 (it was 1, as for a damaged bundle)."""
     result = CliRunner().invoke(main, ["eval-stream", "default", "demo", "--threshold-for", "7=1.5"])
