@@ -403,6 +403,12 @@ def synthetic_data(labels, settings: TrainSettings) -> str:
     return f"Extra {what} synthesized with {' and '.join(engines)}; {sounds.lower()} synthesized with numpy.{morphs}"
 
 
+def folder_name(data_dir) -> str:
+    """DATA_DIR as a shared bundle names it: the folder's own name (`.` typed in it, or a path through the user's
+    home, says nothing of the data and what it should not)."""
+    return Path(data_dir).resolve().name or str(Path(data_dir).resolve())
+
+
 def provenance(data_dir, clips, labels, settings: TrainSettings) -> dict:
     """The bundle's provenance: FSDD's license and attribution whenever any clip is FSDD's (fsdd_clips), the user's
     credit after it."""
@@ -413,13 +419,14 @@ def provenance(data_dir, clips, labels, settings: TrainSettings) -> dict:
         out = dict(bundler.FSDD_PROVENANCE)
         speakers = sorted({FSDD_NAME.fullmatch(c.path.name)[1] for c in fsdd})  # FSDD's name, whatever the label
         if len(fsdd) < len(clips):  # the user's own clips beside FSDD's
-            out["training_data"] = (f"{data_dir}, with {len(fsdd)} recordings from the Free Spoken Digit Dataset "
+            out["training_data"] = (f"{folder_name(data_dir)}, with {len(fsdd)} recordings from the Free Spoken "
+                                    "Digit Dataset "
                                     f"(Zohar Jackson and contributors), speakers {', '.join(speakers)}")
         elif speakers != ["jackson", "nicolas", "theo", "yweweler"]:  # not the copy the shipped bundle trained on
             out["training_data"] = ("Free Spoken Digit Dataset (Zohar Jackson and contributors), speakers "
                                     + ", ".join(speakers))
     else:
-        out = {"training_data": str(data_dir)}
+        out = {"training_data": folder_name(data_dir)}
     credit = (settings.data_credit or "").strip()
     if credit:  # a license's attribution comes first; the user's credit follows it
         out["attribution"] = " ".join(filter(None, (out.get("attribution"), credit)))

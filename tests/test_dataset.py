@@ -2,6 +2,7 @@
 floor under quiet training examples and under clips played by `basilar eval --noise-floor`."""
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -352,7 +353,7 @@ def test_fsdd_attribution_only_for_fsdd_clips_and_synthesis_only_when_on(tmp_pat
     own = dataset.scan_labelled(tmp_path / "own")
     off = dataclasses.replace(settings, synth_digits=0, flite_digits=0, synth_non_target=0, flite_non_target=0)
     assert training.provenance(tmp_path / "own", own, ["no", "yes"], off) == {
-        "training_data": str(tmp_path / "own"),
+        "training_data": "own",  # the folder's name: not the path to it (the user's home), nor "." typed in it
         "synthetic_data": "Noise and other sounds (notes, chords, bells, sweeps, knocks) synthesized with numpy."}
     assert training.provenance(tmp_path / "own", own, ["no", "yes"], settings)["synthetic_data"] == (
         "Extra non-target speech synthesized with espeak-ng and flite; noise and other sounds (notes, chords, bells, "
@@ -361,6 +362,7 @@ def test_fsdd_attribution_only_for_fsdd_clips_and_synthesis_only_when_on(tmp_pat
     credit = "Recorded by Erin Doe, CC BY 4.0."
     credited = dataclasses.replace(off, data_credit=credit)
     assert training.provenance(tmp_path / "own", own, ["no", "yes"], credited)["attribution"] == credit
+    assert training.provenance(Path("."), own, ["no", "yes"], off)["training_data"] == Path.cwd().name
     blank = dataclasses.replace(off, data_credit="   ")  # no credit at all: the training warns of it
     assert "attribution" not in training.provenance(tmp_path / "own", own, ["no", "yes"], blank)
     assert training.provenance(FSDD_CLIPS, clips, DIGITS, dataclasses.replace(settings, data_credit=credit))[
@@ -377,7 +379,8 @@ def test_fsdd_attribution_only_for_fsdd_clips_and_synthesis_only_when_on(tmp_pat
     mixed_credited = training.provenance(FSDD_CLIPS, mixed, DIGITS, dataclasses.replace(settings, data_credit=credit))
     assert mixed_credited["license"] == "CC BY-SA 4.0"
     assert mixed_credited["attribution"] == FSDD_PROVENANCE["attribution"] + " " + credit
-    assert mixed_credited["training_data"] == (f"{FSDD_CLIPS}, with 40 recordings from the Free Spoken Digit Dataset "
+    assert mixed_credited["training_data"] == (f"{FSDD_CLIPS.name}, with 40 recordings from the Free Spoken Digit "
+                                               "Dataset "
                                                "(Zohar Jackson and contributors), speakers jackson, nicolas, theo, "
                                                "yweweler")
     # The whole corpus (two more speakers) is FSDD's too, and its attribution names who is in it.
