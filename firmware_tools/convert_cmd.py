@@ -137,6 +137,10 @@ def parse_labels(text: str) -> list[str]:
     twice = sorted({label for label in labels if labels.count(label) > 1})
     if twice:
         raise ValueError(f"--labels names {', '.join(twice)} more than once; name each of the model's outputs once")
+    for label in labels:  # the serial link's LABELS frame holds 255 bytes a name: a longer one reached hosts cut
+        if len(label.encode("utf-8")) > 255:
+            raise ValueError(f"--labels names {label[:20]}... of {len(label.encode('utf-8'))} bytes in UTF-8; a "
+                             "label may have 255 at most (as a folder name may): shorten it")
     return labels
 
 

@@ -115,6 +115,8 @@ def test_convert_warns_of_calibration_audio_it_cannot_read_and_keeps_it_out_of_t
     ("0,1,2,3,4,5,6,7,8,_background_", "--labels names _background_, the background class"),
     ("0,0,2,3,4,5,6,7,8,9", "--labels names 0 more than once"),
     ("0,,1,2,3,4,5,6,7,8,9", "--labels '0,,1,2,3,4,5,6,7,8,9' has an empty label"),
+    ("0,1,2,3,4,5,6,7,8," + "\u4e5d" * 86, "--labels names " + "\u4e5d" * 20 + "... of 258 bytes in UTF-8; a label may "
+     "have 255 at most"),  # it reached a host over the serial line cut to 85 characters
 ])
 def test_convert_refuses_bad_labels_before_converting(bare_model, tmp_path, labels, message):
     """Ten labels for the ten outputs: the bundle's load refused a label twice only after the conversion, leaving
