@@ -146,6 +146,7 @@ def scan_labelled(data_dir, skip=(), warn=None) -> list[Clip]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder of labelled audio files")
     clips, not_audio, other_audio = [], {}, []
+    flat_by_parts = {}  # a name directly in root for each count of `_` in names there
     for path in files_under(root, skip):
         hidden = is_hidden(path, root)
         # A link to nothing where a clip or a whole label folder would be (os.walk lists a folder's as a file)
@@ -180,6 +181,7 @@ def scan_labelled(data_dir, skip=(), warn=None) -> list[Clip]:
                 raise ValueError(f"{path}: a name directly in {root} is read as LABEL_SPEAKER_TAKE, and this one has "
                                  "more parts, so its label is unclear (a label or a take holding `_`); put the files "
                                  f"in one sub-folder per label, which names it: {root}/LABEL/{path.name}")
+            flat_by_parts.setdefault(stem.count("_"), path)
         if label == BACKGROUND:
             raise ValueError(f"{path}: the label {BACKGROUND} is reserved for the background class that training "
                              "makes itself; rename the folder to the word it holds, or move it out of "
@@ -188,6 +190,12 @@ def scan_labelled(data_dir, skip=(), warn=None) -> list[Clip]:
         speaker = speaker if speaker and underscore and take else UNKNOWN_SPEAKER
         clips.append(Clip(path, label, speaker))
     refuse_folders_without_audio(root, not_audio, {c.path.relative_to(root).parts[0] for c in clips})
+    if 1 in flat_by_parts and 2 in flat_by_parts:  # `stop_1.wav` beside `lights_on_1.wav`: "lights" said by "on"?
+        two, three = flat_by_parts[1].name, flat_by_parts[2].name
+        raise ValueError(f"the names directly in {root} mix LABEL_TAKE ({two}) and LABEL_SPEAKER_TAKE ({three}), so "
+                         f"a label holding `_` cannot be told from a speaker ({three}: the label "
+                         f"{three.split('_')[0]!r} said by {three.split('_')[1]!r}?); name every file one way, or put "
+                         f"the files in one sub-folder per label, which names it: {root}/LABEL/{three}")
     if other_audio and warn:
         warn(f"warning: {len(other_audio)} audio file(s) under {root} in a format not read here are left out "
              f"({other_audio[0]}{', ...' if len(other_audio) > 1 else ''}); {CONVERT_ADVICE}")

@@ -265,6 +265,25 @@ def test_a_flat_name_with_more_parts_than_label_speaker_take_is_refused(tmp_path
                                                                                      ("yes", "erin")]
 
 
+def test_flat_names_with_and_without_a_speaker_mixed_are_refused(tmp_path):
+    """`stop_1.wav` beside `lights_on_1.wav`: the second was read as the label "lights" said by "on", so
+    `lights_off_1.wav` and `lights_on_1.wav` trained one label "lights" without a word."""
+    for name in ("stop_1.wav", "lights_on_1.wav", "lights_off_1.wav"):
+        write_clip(tmp_path / name)
+    with pytest.raises(ValueError, match=r"the names directly in .* mix LABEL_TAKE \(stop_1.wav\) and "
+                                         r"LABEL_SPEAKER_TAKE \(lights_\w+_1.wav\), so a label holding `_` cannot be "
+                                         r"told from a speaker \(lights_\w+_1.wav: the label 'lights' said by "):
+        dataset.scan_labelled(tmp_path)
+    for name in ("lights_on_1.wav", "lights_off_1.wav"):
+        (tmp_path / name[:-6]).mkdir()
+        (tmp_path / name).rename(tmp_path / name[:-6] / name)
+    assert sorted(c.label for c in dataset.scan_labelled(tmp_path)) == ["lights_off", "lights_on", "stop"]
+    for name in ("yes_alice_0.wav", "no_bob_1.wav"):  # every name one way: as before
+        write_clip(tmp_path / "fsdd_like" / name)
+    assert sorted((c.label, c.speaker) for c in dataset.scan_labelled(tmp_path / "fsdd_like")) == [
+        ("no", "bob"), ("yes", "alice")]
+
+
 def test_the_label_is_the_first_folder_under_the_data_folder(tmp_path):
     for name in ("yes/alice/1.wav", "yes/bob/take/yes_bob_2.wav", "no/alice/1.wav"):
         write_clip(tmp_path / name)
