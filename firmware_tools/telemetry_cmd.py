@@ -10,7 +10,8 @@ from edge.telemetry import DEFAULT_BAUD
 from firmware_tools.cli_types import BAUD_RATES, FloatRange, given_options, option_flag
 from firmware_tools.stop_signals import stop_signals_routed_to
 from firmware_tools.telemetry_reader import (STDOUT, LinesTable, LiveTable, TelemetryReader, TelemetrySession,
-                                             open_output_file, open_sink, replay, stdout_is_terminal, writing_to)
+                                             escape_what_cannot_be_encoded, open_output_file, open_sink, replay,
+                                             stdout_is_terminal, writing_to)
 
 
 @click.command()
@@ -23,7 +24,7 @@ from firmware_tools.telemetry_reader import (STDOUT, LinesTable, LiveTable, Tele
 @click.option("--replay", "replay_path", type=click.Path(dir_okay=False),
               help="Decode a raw capture file instead of reading a port.")
 @click.option("--capture", type=click.Path(dir_okay=False), help="Append the raw bytes from the port to FILE "
-              "(for --replay later).")
+              "(for --replay later; runs appended to one FILE replay as runs of their own).")
 @click.option("--wait", is_flag=True, help="If PORT does not exist yet, wait for it instead of failing (with "
               "--duration, a port that never opened is still an error).")
 @click.option("--passive", is_flag=True, help="Never write to the port (by default the reader asks the device "
@@ -44,6 +45,7 @@ def telemetry(port, baud, fmt, output, replay_path, capture, wait, passive, coun
     if replay_path:
         refuse_port_options(click.get_current_context())
 
+    escape_what_cannot_be_encoded(sys.stdout)
     session = TelemetrySession()
     sinks = []  # (the name its write errors give, sink)
     written = 0

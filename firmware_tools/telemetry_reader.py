@@ -11,6 +11,7 @@ import csv
 import errno
 import json
 import os
+import stat
 import sys
 import threading
 import time
@@ -35,6 +36,13 @@ UPTIME_BACKSTEP_S = 1  # HEALTH uptime going back more than this (whole seconds,
 # ends just past the wrap of seq stays a loss (a REQUEST_HELLO answered there reads as a restart: 8 in 65536).
 SESSION_OPENING_SEQ = 8
 SESSION_OPENING = (MsgType.HELLO, MsgType.LABELS, MsgType.RELEASES)
+
+# What a reader writes into a capture that already holds bytes where it opens the port (a new run: the replay
+# starts a new session there) or opens it again after losing it (the session goes on, as it did live). 0xFF is
+# the COBS code for 254 bytes before the next 0x00; far fewer follow, so no frame has this form and an older
+# reader counts one framing error. The leading 0x00 ends a frame the last run left cut short.
+CAPTURE_OPENED = b"\x00\xffbasilar telemetry: port opened\x00"
+CAPTURE_REOPENED = b"\x00\xffbasilar telemetry: port reopened\x00"
 
 CSV_FIELDS = ["host_time", "type", "seq", "device_ms", "label_id", "label", "score", "start_s", "end_s",
               "uptime_s", "realtime_factor", "cpu_load", "audio_overruns", "dropped_telemetry", "device_id",
@@ -62,6 +70,24 @@ def writing_to(name: str):
     except OSError as exc:
         raise TelemetryError(f"cannot write to {name}: {exc.strerror or exc}; free some space or write to "
                              "another file") from None
+    except UnicodeEncodeError as exc:  # a stream that escape_what_cannot_be_encoded could not reconfigure
+        raise TelemetryError(f"cannot write to {name}: its encoding ({exc.encoding}) has no "
+                             f"{exc.object[exc.start:exc.end]!r}; set PYTHONIOENCODING=utf-8") from None
+
+
+def escape_what_cannot_be_encoded(stream: TextIO) -> None:
+    """Device text (a label, a LOG line) that the stream's encoding lacks (cp1252, a Latin-1 locale) is written
+    with backslash escapes rather than ending the reader."""
+    with contextlib.suppress(AttributeError, ValueError):  # not a TextIOWrapper, or closed
+        stream.reconfigure(errors="backslashreplace")
+
+
+def encodes(stream: TextIO, text: str) -> bool:
+    try:
+        text.encode(getattr(stream, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
 
 
 def from_device(record: Record) -> bool:
@@ -199,6 +225,7 @@ class TelemetrySession:
         self.reconnects = 0
         self.last_health: Record | None = None
         self.unfinished_bytes = 0  # bytes at the end of a capture that form no whole frame
+        self.hello_wanted = False  # a restart seen from anything but its HELLO: that HELLO and its LABELS were lost
 
     def feed(self, data: bytes, when: str | None = None) -> list[Record]:
         records = []
@@ -206,6 +233,9 @@ class TelemetrySession:
             lost, restarted = self.sequence.observe(frame)
             if restarted:
                 self.audio_clock = AudioClock()
+                # the new session may run another bundle: its words go unnamed (#ID) until its own LABELS come
+                self.device = DeviceInfo()
+                self.hello_wanted = not isinstance(frame.message, Hello)
                 records.append({"host_time": when, "type": "link", "event": "device_restart",
                                 "text": "the device restarted its link (sequence and clock start over)"})
             if lost:
@@ -243,6 +273,7 @@ class TelemetrySession:
                                 "dropped_telemetry": message.dropped_telemetry}
             return self.last_health
         if isinstance(message, Hello):
+            self.hello_wanted = False
             self.device = DeviceInfo(message.device_id, message.basilar_version, message.bundle_id,
                                      message.sample_rate, [None] * message.label_count)
             return {**base, "type": "hello", "device_id": message.device_id,
@@ -266,6 +297,14 @@ class TelemetrySession:
                 level = str(message.level)
             return {**base, "type": "log", "level": level, "text": message.text}
         return None  # unknown types (counted by the decoder) and upload replies are not telemetry
+
+    def start_over(self) -> None:
+        """Another reader run begins (a capture several runs appended to): nothing the last run knew of the device
+        (sequence, clocks, labels) is carried on; counters are summed."""
+        lost, restarts = self.sequence.lost, self.sequence.restarts
+        self.sequence = SequenceTracker()
+        self.sequence.lost, self.sequence.restarts = lost, restarts
+        self.audio_clock, self.device, self.hello_wanted, self.last_health = AudioClock(), DeviceInfo(), False, None
 
     def end_of_stream(self) -> None:
         """No more bytes will come (the end of a capture): what the decoder holds is a frame cut short."""
@@ -304,7 +343,11 @@ class JsonlSink:
         self.stream = stream
 
     def write(self, record: Record) -> None:
-        self.stream.write(json.dumps({k: v for k, v in record.items() if v is not None}, ensure_ascii=False))
+        fields = {k: v for k, v in record.items() if v is not None}
+        line = json.dumps(fields, ensure_ascii=False)
+        if not encodes(self.stream, line):  # JSON's own \u escapes, where a backslash escape would not parse
+            line = json.dumps(fields)
+        self.stream.write(line)
         self.stream.write("\n")
         self.stream.flush()  # a crash or Ctrl-C loses nothing already received
 
@@ -482,9 +525,12 @@ def is_json_object(line: str) -> bool:
 
 
 def open_capture_file(path: str):
-    """Append raw bytes to a capture file; opened before the port, so a bad path stops the reader at once."""
+    """Append raw bytes to a capture file; opened before the port, so a bad path stops the reader at once. Returns
+    the file and whether it already holds bytes (a FIFO or a device holds none to be told apart from)."""
     try:
-        return open(path, "ab")
+        capture = open(path, "ab")
+        held = os.fstat(capture.fileno())
+        return capture, stat.S_ISREG(held.st_mode) and held.st_size > 0
     except OSError as exc:
         raise TelemetryError(f"cannot open the capture file {path}: {exc.strerror or exc}; check that its folder "
                              "exists and is writable") from None
@@ -527,14 +573,16 @@ class TelemetryReader:
                  request_hello: bool = True, retry_interval: float = 0.5, say: Callable[[str], None] | None = None):
         self.port, self.baud, self.emit = port, baud, emit
         self.session = session or TelemetrySession()
-        self.capture = open_capture_file(capture) if capture else None
+        self.capture, self._captured = open_capture_file(capture) if capture else (None, False)
+        self._boundary = b""  # the marker due in the capture before the next bytes read (see CAPTURE_OPENED)
         self.wait, self.request_hello, self.retry_interval = wait, request_hello, retry_interval
         self.say = say or (lambda text: click.echo(f"telemetry: {text}", err=True))
         self.stop_event = threading.Event()
         self._host_seq = 0
         self._hello_seen = False
         self._asks: list[float] = []
-        self._connected_at = 0.0
+        self._connected_at = float("-inf")  # when the reader last began asking for a HELLO
+        self._restart_asked = 0  # the last restart (its number) the reader asked a HELLO for
         self.records = 0  # records from the device emitted
         self.refusal = ""  # why the port last failed to open
 
@@ -575,6 +623,19 @@ class TelemetryReader:
         self._connected_at = time.monotonic()
         self._send_request(ser)
 
+    RESTART_ASK_INTERVAL = 2.0  # s: restarts coming faster than this (a device gone wrong) are asked about no faster
+
+    def _ask_after_restart(self, ser) -> None:
+        """A restart seen from anything but its HELLO: that HELLO and its LABELS went nowhere (the cable was out),
+        so ask for them at once, once per restart; within RESTART_ASK_INTERVAL of the last asking, once it is over
+        (a HELLO that comes meanwhile answers it)."""
+        restarts = self.session.sequence.restarts
+        if (not self.request_hello or not self.session.hello_wanted or self._restart_asked == restarts
+                or time.monotonic() - self._connected_at < self.RESTART_ASK_INTERVAL):
+            return
+        self._restart_asked = restarts
+        self._ask_hello(ser)
+
     def _maybe_ask_again(self, ser) -> None:
         if not self.request_hello or self._hello_seen or not self._asks:
             return
@@ -602,9 +663,11 @@ class TelemetryReader:
 
     def _capture(self, data: bytes) -> None:
         if self.capture:
+            marker, self._boundary = self._boundary if self._captured else b"", b""
             with writing_to(self.capture.name):
-                self.capture.write(data)
+                self.capture.write(marker + data)
                 self.capture.flush()
+            self._captured = True
 
     def run(self, *, max_records: int | None = None, duration: float | None = None) -> TelemetrySession:
         import serial
@@ -612,6 +675,7 @@ class TelemetryReader:
         deadline = None if duration is None else time.monotonic() + duration
         ser = self._connect(first=True, deadline=deadline)
         if ser is not None:
+            self._boundary = CAPTURE_OPENED
             self._deliver([self.session.link_event("connected", f"reading {self.port} at {self.baud} baud")],
                           max_records)
             self._ask_hello(ser)
@@ -632,6 +696,7 @@ class TelemetryReader:
                     ser = self._connect(first=False, deadline=deadline)
                     if ser is not None:
                         self.say(f"reconnected to {self.port}")
+                        self._boundary = self._boundary or CAPTURE_REOPENED
                         self._deliver([self.session.link_event("reconnected", f"{self.port} is back")],
                                       max_records)
                         self._ask_hello(ser)
@@ -643,6 +708,7 @@ class TelemetryReader:
                         self._capture(data)
                     finally:  # what these bytes held is written out before a failed capture ends the reader
                         self._deliver(records, max_records)
+                self._ask_after_restart(ser)
                 self._maybe_ask_again(ser)
         finally:
             if ser is not None:
@@ -656,10 +722,17 @@ class TelemetryReader:
 def replay(path: str, emit: Callable[[Record], None], session: TelemetrySession | None = None,
            block: int = 65536, max_records: int | None = None) -> TelemetrySession:
     """Decode a raw capture (the bytes as they came off the line) and emit its records, up to the max_records-th
-    from the device (see from_device)."""
+    from the device (see from_device). Each reader run appended to it reads as a session of its own."""
     session = session or TelemetrySession()
     emitted = 0  # records from the device
-    for data in _blocks(path, block):
+    for data in _runs(_blocks(path, block)):
+        if data in (CAPTURE_OPENED, CAPTURE_REOPENED):
+            session.decoder.stats.bytes -= 1  # the marker's leading 0x00 was the reader's, not the line's
+            if data == CAPTURE_OPENED:
+                session.start_over()
+            else:
+                session.reconnects += 1
+            continue
         for record in session.feed(data):
             if max_records is not None and emitted >= max_records:
                 return session
@@ -667,6 +740,43 @@ def replay(path: str, emit: Callable[[Record], None], session: TelemetrySession 
             emitted += from_device(record)
     session.end_of_stream()
     return session
+
+
+def _runs(blocks: Iterable[bytes]):
+    """The bytes of blocks with each marker a reader wrote (CAPTURE_OPENED, CAPTURE_REOPENED) given on its own,
+    wherever the blocks were cut. A marker's leading 0x00 goes with the bytes before it: that delimiter ends a frame
+    cut short there (for the decoder, as for an older reader). A piece between markers holds none, so equals none."""
+    bodies = {CAPTURE_OPENED[1:]: CAPTURE_OPENED, CAPTURE_REOPENED[1:]: CAPTURE_REOPENED}
+    longest = max(map(len, bodies))
+    held, before = b"", None  # before: the last byte given out
+    for data in blocks:
+        held += data
+        while (found := _first_marker(held, before, bodies)) is not None:
+            at, body = found
+            if at:
+                yield held[:at]
+            yield bodies[body]
+            held, before = held[at + len(body):], 0
+        # what may be the start of a marker that a later block ends stays held
+        keep = next((n for n in range(min(len(held), longest - 1), 0, -1)
+                     if any(body.startswith(held[-n:]) for body in bodies)), 0)
+        if len(held) > keep:
+            yield held[:len(held) - keep]
+            held, before = held[len(held) - keep:], held[len(held) - keep - 1]
+    if held:
+        yield held
+
+
+def _first_marker(held: bytes, before: int | None, bodies) -> tuple[int, bytes] | None:
+    """Where the first marker body (a marker less its leading 0x00) begins in held right after a 0x00."""
+    first = None
+    for body in bodies:
+        at = held.find(body)
+        while at >= 0 and (held[at - 1] if at else before) != 0:
+            at = held.find(body, at + 1)
+        if at >= 0 and (first is None or at < first[0]):
+            first = (at, body)
+    return first
 
 
 def _blocks(path: str, block: int):

@@ -2,15 +2,23 @@
 device text do to a terminal. Captures are built from real encoded frames; ports are real pseudo-terminals."""
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
+import time
+from contextlib import contextmanager
 
 import pytest
 from click.testing import CliRunner
 
-from edge.telemetry.protocol import Detection, Health, Hello, Labels, Log, decode_one, encode_frame
+from edge.telemetry.link import DeviceLink
+from edge.telemetry.protocol import (Detection, Health, Hello, Labels, Log, MsgType, StreamDecoder, decode_one,
+                                     encode_frame)
 from firmware_tools.cli import main as cli
 from firmware_tools.telemetry_reader import (AudioClock, LinesTable, LiveTable, SequenceTracker, TelemetryError,
-                                             TelemetryReader, TelemetrySession, open_port)
+                                             TelemetryReader, TelemetrySession, open_port, replay)
+from tests.conftest import REPO
 from tests.serial_pty import PtyCable
 
 BOOT_MS = 7_200_000  # the device clock (time since boot) when session 1 opens its link
@@ -45,7 +53,8 @@ def session_two(first: str) -> bytes:
 @pytest.mark.parametrize("first", ["health", "detection"])
 def test_a_restart_missed_while_the_cable_was_out_is_a_restart_and_word_times_start_again(tmp_path, first):
     """The cut of a capture where the cable came out during session 1 (its last frame half sent) and went back in
-    16 s into session 2: no lost frames, one restart, session 2's words at 14.7 s (not 4,294,981.996 s)."""
+    16 s into session 2: no lost frames, one restart, session 2's words at 14.7 s (not 4,294,981.996 s), and named
+    by label id until session 2's own LABELS come (it may run another bundle than session 1's)."""
     cut = session_one() + encode_frame(Detection(0, 1, 332_000, 332_400), 42, BOOT_MS + 332_000)[:9]
     capture = tmp_path / "capture.bin"
     capture.write_bytes(cut + session_two(first))
@@ -56,7 +65,7 @@ def test_a_restart_missed_while_the_cable_was_out_is_a_restart_and_word_times_st
     assert not [r for r in records if r["type"] == "gap"]
     assert [r.get("event") for r in records if r["type"] == "link"] == ["device_restart"]
     words = [(r["seq"], r["label"], r["start_s"], r["end_s"]) for r in records if r["type"] == "detection"]
-    assert words[-2:] == [(78 if first == "health" else 77, "doorbell", 14.7, 15.2), (81, "speech", 16.0, 16.3)]
+    assert words[-2:] == [(78 if first == "health" else 77, "#2", 14.7, 15.2), (81, "speech", 16.0, 16.3)]
     assert words[-3][2:] == (314.0, 314.4)  # session 1's last whole word
 
 
@@ -192,3 +201,181 @@ def test_device_text_cannot_drive_the_terminal_or_forge_table_lines():
     assert not [line for line in table if line.startswith(FORGED.strip())]
     assert "yes\\n2026-01-01" in table[2] and "[warning] overrun\\n2026" in table[4]
     assert "device dev\\x1b]0;owned\\x07  basilar 1.0\\x1b[2J" in screen
+
+
+# ------------------------------------------------------------------------------ a device's end of the cable out
+
+
+class DeviceEndOut:
+    """The cable's device end (the host's adapter stays plugged in, its port open): while `out`, what the device
+    sends goes nowhere; `lost` holds the frames that did."""
+
+    def __init__(self):
+        self.out = False
+        self.lost = []
+        self._decoder = StreamDecoder()
+
+    def apply(self, data: bytes) -> bytes:
+        if not self.out:
+            return data
+        self.lost += self._decoder.feed(data)
+        return b""
+
+
+def wait_for(condition, what, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@contextmanager
+def reading(port, **options):
+    """A live reader in a thread for as long as the block runs; yields the records it emits."""
+    records = []
+    reader = TelemetryReader(port, emit=records.append, say=lambda text: None, **options)
+    thread = threading.Thread(target=reader.run, daemon=True)
+    thread.start()
+    try:
+        yield records
+    finally:
+        reader.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def detections(records):
+    return [r for r in records if r["type"] == "detection"]
+
+
+def test_a_restart_into_another_bundle_seen_without_its_hello_is_asked_about_and_named_only_by_its_own_labels(
+        tmp_path):
+    """The device's end of the cable is out while it restarts into a bundle with other labels: its HELLO and LABELS
+    go nowhere, the reader sees the restart from the numbering going back. Its words are named by label id, never
+    from the old bundle, until the HELLO the reader asks for at once brings the new names."""
+    cable_end = DeviceEndOut()
+    cable = PtyCable(tmp_path, corruption=cable_end)
+    link = DeviceLink(cable.device_path, 115200, device_id="pi-kitchen")
+    try:
+        link.emitter.hello("0.1.0", "aa" * 32, ["yes", "no"], 16000)
+        with reading(cable.host_path) as records:
+            link.emitter.detection(0, 0.9, 1.0, 1.4)
+            link.emitter.detection(1, 0.9, 2.0, 2.4)
+            wait_for(lambda: len(detections(records)) == 2, "session 1's words")
+            cable_end.out = True
+            link.close()
+            link = DeviceLink(cable.device_path, 115200, device_id="pi-kitchen")  # the same software, restarted
+            link.emitter.hello("0.1.0", "bb" * 32, ["up", "down"], 16000)
+            wait_for(lambda: [f.type for f in cable_end.lost] == [MsgType.HELLO, MsgType.LABELS], "the lost HELLO")
+            cable_end.out = False
+            link.emitter.detection(0, 0.8, 0.5, 0.9)  # seq 2, after session 1's 5 or more
+            wait_for(lambda: [r["bundle_id"] for r in records if r["type"] == "hello"][-1] == "bb" * 32,
+                     "the HELLO the reader asks for")
+            link.emitter.detection(1, 0.8, 1.5, 1.9)
+            wait_for(lambda: len(detections(records)) == 4, "session 2's second word")
+    finally:
+        link.close()
+        cable.close()
+    assert [r["label"] for r in detections(records)] == ["yes", "no", "#0", "down"]
+    restart = next(i for i, r in enumerate(records) if r.get("event") == "device_restart")
+    assert [r["type"] for r in records[restart:]] == ["link", "detection", "hello", "detection"]
+
+
+def test_reader_runs_appended_to_one_capture_replay_as_the_runs_read_them(tmp_path):
+    """docs/deploy.md: stop the reader, deploy, start it again with the same --capture. What the device sent while
+    no reader ran (a word, the new bundle's HELLO and LABELS) was no loss live and named nothing there (the second
+    run is --passive); the replay gives the runs' records, and an older reader reads the capture with one framing
+    error (the marker)."""
+    cable_end = DeviceEndOut()
+    cable = PtyCable(tmp_path, corruption=cable_end)
+    capture = tmp_path / "raw.bin"
+    link = DeviceLink(cable.device_path, 115200, device_id="pi-kitchen")
+    try:
+        link.emitter.hello("0.1.0", "aa" * 32, ["yes", "no"], 16000)
+        with reading(cable.host_path, capture=str(capture)) as first:
+            link.emitter.detection(0, 0.9, 1.0, 1.4)
+            link.emitter.detection(1, 0.9, 2.0, 2.4)
+            wait_for(lambda: len(detections(first)) == 2, "the first run's words")
+        cable_end.out = True  # no reader: what the device sends goes nowhere
+        link.emitter.detection(1, 0.9, 3.0, 3.4)
+        link.emitter.hello("0.1.0", "bb" * 32, ["up", "down"], 16000)  # the deploy installed another bundle
+        wait_for(lambda: len(cable_end.lost) == 3, "what no reader got")
+        cable_end.out = False
+        with reading(cable.host_path, capture=str(capture), request_hello=False) as second:
+            link.emitter.detection(0, 0.8, 4.0, 4.4)
+            link.emitter.detection(1, 0.8, 5.0, 5.4)
+            wait_for(lambda: len(detections(second)) == 2, "the second run's words")
+    finally:
+        link.close()
+        cable.close()
+    assert [r["label"] for r in detections(first + second)] == ["yes", "no", "#0", "#1"]
+    live = [{k: v for k, v in r.items() if k != "host_time"} for r in first + second if r["type"] != "link"]
+    result = CliRunner().invoke(cli, ["telemetry", "--replay", str(capture), "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line) for line in result.stdout.splitlines()] == live
+    assert "0 lost (sequence gaps), 0 CRC errors, 0 framing errors" in result.stderr
+    for block in (1, 7):  # a marker cut between the blocks read
+        records = []
+        session = replay(str(capture), lambda r: records.append({k: v for k, v in r.items() if v is not None}),
+                         block=block)
+        assert records == live
+    older = StreamDecoder()
+    assert len(older.feed(capture.read_bytes())) == session.counters()["frames"] and older.stats.framing_errors == 1
+
+
+@pytest.mark.parametrize("fmt", ["table", "jsonl", "csv"])
+def test_device_text_that_standard_output_cannot_encode_is_written_escaped(tmp_path, fmt):
+    """PYTHONIOENCODING=cp1252 (or a Latin-1 locale): a label or LOG text outside it is escaped, no traceback."""
+    capture = tmp_path / "raw.bin"
+    capture.write_bytes(encode_frame(Hello("pi-kitchen", "0.1.0", "ab" * 32, 16000, 2), 0, 0)
+                        + encode_frame(Labels(0, ("犬", "café")), 1, 0)
+                        + encode_frame(Detection(0, 65535, 0, 400), 2, 10)
+                        + encode_frame(Detection(1, 65535, 500, 900), 3, 10)
+                        + encode_frame(Log(2, "mic → gone"), 4, 20))
+    done = subprocess.run([sys.executable, "-m", "firmware_tools.cli", "telemetry", "--replay", str(capture),
+                           "--format", fmt], env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "cp1252"},
+                          cwd=REPO, capture_output=True, timeout=60)
+    stderr = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 0 and "Traceback" not in stderr, stderr
+    out = done.stdout.decode("cp1252")
+    if fmt == "jsonl":  # JSON's own escapes: the lines still parse
+        records = [json.loads(line) for line in out.splitlines()]
+        assert [r["label"] for r in records if r["type"] == "detection"] == ["犬", "café"]
+        assert records[-1]["text"] == "mic → gone"
+    else:
+        assert "\\u72ac" in out and "café" in out and "mic \\u2192 gone" in out
+
+
+def test_restarts_coming_fast_are_asked_about_no_faster_than_the_interval(tmp_path):
+    """A device gone wrong whose numbering goes back twenty times within half a second: the reader asks for its
+    HELLO (it never comes), but not once per restart."""
+    import pty
+    import select
+    import tty
+
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    requests = StreamDecoder()
+
+    def asked(for_s):
+        deadline, frames = time.monotonic() + for_s, []
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.05)[0]:
+                frames += requests.feed(os.read(master, 4096))
+        return [f.type for f in frames]
+
+    try:
+        with reading(os.ttyname(slave)):
+            assert asked(0.5) == [MsgType.REQUEST_HELLO]  # on connecting
+            os.write(master, encode_frame(Hello("pi-kitchen", "0.1.0", "ab" * 32, 16000, 1), 0, 1000)
+                     + encode_frame(Labels(0, ("speech",)), 1, 1000))
+            assert asked(2.0) == []  # the HELLO came: no more asking (and RESTART_ASK_INTERVAL is over)
+            for i in range(20):
+                os.write(master, encode_frame(Detection(0, 1, 500, 900), 40_000 if i % 2 else 2, 2000 + i))
+                time.sleep(0.025)
+            sent = asked(2.5)
+    finally:
+        os.close(master)
+        os.close(slave)
+    # at once, then after the interval for the restarts since (each ask repeated after 1 s while no HELLO comes)
+    assert 1 <= len(sent) <= 4 and set(sent) == {MsgType.REQUEST_HELLO}, sent
