@@ -34,12 +34,18 @@ def repo_env() -> dict:
     return {**os.environ, "PYTHONPATH": path}
 
 
+def as_from_a_terminal():
+    """SIGINT as a command typed at a terminal gets it: a test run in the background (nohup, `&` in a script) hands
+    its children SIGINT ignored, and Python then leaves Ctrl-C ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def signal_when_loaded(args, marker: bytes, sig, delay=0.0):
     """Start `basilar ARGS`, send it `sig` `delay` seconds after its import log matches `marker`, and return its exit
     code, stdout and stderr (text, the import log left out)."""
     process = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "firmware_tools.cli", *map(str, args)],
                                cwd=REPO, env=repo_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
+                               stderr=subprocess.PIPE, preexec_fn=as_from_a_terminal)
     try:
         err, deadline = b"", time.monotonic() + 60
         while not re.search(marker, err):
@@ -105,10 +111,21 @@ def test_a_stop_while_telemetry_waits_to_open_its_capture_fifo_ends_it_cleanly(t
 
 
 def test_other_commands_keep_the_default_stop_signals(tmp_path):
-    """Only the two long-running commands hold a stop: SIGTERM still kills `basilar train` (importing TensorFlow
-    for seconds here), and Ctrl-C still aborts it the click way."""
-    returncode, _, _ = signal_when_loaded(["train", tmp_path], CLICK_LOADING, signal.SIGTERM)
+    """Only the two long-running commands hold a stop: SIGTERM still kills `basilar train`, and Ctrl-C still aborts
+    it the click way, whenever it comes (here while TensorFlow loads, or while the training works: a data folder of
+    real clips keeps it busy; an empty one would fail at once, before a late signal came)."""
+    import shutil
+
+    from tests.bundles import FSDD_CLIPS
+
+    data = tmp_path / "data"
+    for digit, word in enumerate(("zero", "one")):
+        (data / word).mkdir(parents=True)
+        for speaker in ("jackson", "theo"):
+            shutil.copy(FSDD_CLIPS / f"{digit}_{speaker}_0.wav", data / word)
+    train = ["train", data, "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache"]
+    returncode, _, _ = signal_when_loaded(train, CLICK_LOADING, signal.SIGTERM)
     assert returncode == -signal.SIGTERM
-    returncode, _, err = signal_when_loaded(["train", tmp_path], rb"\| +firmware_tools\.convert_cmd\n",
+    returncode, _, err = signal_when_loaded(train, rb"\| +firmware_tools\.convert_cmd\n",
                                             signal.SIGINT)  # train's command loading, TensorFlow next
     assert returncode == 1 and "Aborted!" in err, (returncode, err)

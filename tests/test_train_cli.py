@@ -450,7 +450,7 @@ def test_a_bundle_trained_on_fsdd_recordings_among_the_users_own_credits_both(tm
     assert "Free Spoken Digit Dataset by Zohar Jackson and contributors" in attribution
     assert "CC BY-SA 4.0" in attribution
     assert "shared under the same license. Recorded by Erin Doe, CC0." in attribution
-    assert f"{data}, with 2 recordings from the Free Spoken Digit Dataset" in attribution
+    assert "- training data: data, with 2 recordings from the Free Spoken Digit Dataset" in attribution  # its name
 
 
 def test_train_warns_of_speech_recordings_without_their_credit(tmp_path, monkeypatch):
