@@ -146,13 +146,14 @@ def _ask_hello(link: _HostLink, timeout: float) -> Hello:
     on_opening, after_it = None, []
     while time.monotonic() < deadline:
         link.send(RequestHello())
-        wait = releases_wait_s(link.baud) if on_opening else 1.0
+        heard_opening = on_opening is not None
+        wait = releases_wait_s(link.baud) if heard_opening else 1.0
         frame = link.receive_frame((Hello,), min(wait, max(0.0, deadline - time.monotonic())),
-                                   aside=after_it if on_opening else None)
+                                   aside=after_it if heard_opening else None)
         if frame is not None and frame.seq != 0:
             link.pass_on(after_it)
             return frame.message
-        if frame is None and on_opening is not None:
+        if frame is None and heard_opening:
             break
         if frame is not None:  # an opening HELLO (the first, or the device started again): what followed is old
             link.pass_on(after_it)
