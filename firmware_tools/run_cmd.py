@@ -4,6 +4,7 @@ The click layer only parses options and turns errors into messages; the work is 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -289,6 +290,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
     stop = StopFlag()
     stopped_by, restore_handlers = _install_stop_handlers(stop)
     ctx.call_on_close(restore_handlers)  # however the command ends
+    ctx.call_on_close(_drop_what_cannot_be_written)
     bundle_ref = resolve_bundle(ctx, bundle, root)
     try:
         pipeline = Pipeline.from_bundle(bundle_ref, detector_overrides=overrides, num_threads=threads)
@@ -411,10 +413,20 @@ def _overruns(loop) -> str:
 
 
 def _silence_stdout() -> None:
-    import os
-
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
+
+
+def _drop_what_cannot_be_written() -> None:
+    """Python flushes standard output and error once more as it exits, and some builds (Debian's and Raspberry Pi
+    OS's 3.11.2) still hold a write that failed then: that flush fails again and the exit status becomes 120. What a
+    full disk or a reader gone refused has been said (or was a note to lose), so it is dropped here."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 @click.command()
