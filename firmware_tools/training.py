@@ -420,8 +420,7 @@ def provenance(data_dir, clips, labels, settings: TrainSettings) -> dict:
         speakers = sorted({FSDD_NAME.fullmatch(c.path.name)[1] for c in fsdd})  # FSDD's name, whatever the label
         if len(fsdd) < len(clips):  # the user's own clips beside FSDD's
             out["training_data"] = (f"{folder_name(data_dir)}, with {len(fsdd)} recordings from the Free Spoken "
-                                    "Digit Dataset "
-                                    f"(Zohar Jackson and contributors), speakers {', '.join(speakers)}")
+                                    f"Digit Dataset (Zohar Jackson and contributors), speakers {', '.join(speakers)}")
         elif speakers != ["jackson", "nicolas", "theo", "yweweler"]:  # not the copy the shipped bundle trained on
             out["training_data"] = ("Free Spoken Digit Dataset (Zohar Jackson and contributors), speakers "
                                     + ", ".join(speakers))
