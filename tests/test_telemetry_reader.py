@@ -231,12 +231,14 @@ def wait_for(condition, what, timeout=10.0):
 
 @contextmanager
 def reading(port, **options):
-    """A live reader in a thread for as long as the block runs; yields the records it emits."""
+    """A live reader in a thread for as long as the block runs, from when it has the port open (opening it drops
+    what the port held: pyserial flushes its input); yields the records it emits."""
     records = []
     reader = TelemetryReader(port, emit=records.append, say=lambda text: None, **options)
     thread = threading.Thread(target=reader.run, daemon=True)
     thread.start()
     try:
+        wait_for(lambda: any(r.get("event") == "connected" for r in records), f"the reader to open {port}")
         yield records
     finally:
         reader.stop()
