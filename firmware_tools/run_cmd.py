@@ -335,8 +335,7 @@ def run(ctx, audio, input_, bundle, root, realtime, pcm_format, rate, channels, 
     try:
         stats = loop.run()
     except BrokenPipeError:  # from standard output only: a failed line on standard error is dropped
-        _silence_stdout()  # whoever read our output has gone (e.g. `| head`); nothing left to tell
-        return
+        return  # whoever read our output has gone (`| head`): _drop_what_cannot_be_written mutes standard output
     except OutputError as err:
         raise click.ClickException(f"{err} (stopped after {loop.stats.audio_s:.1f} s of audio, "
                                    f"{loop.stats.detections} detections made{_overruns(loop)})") from err
@@ -410,11 +409,6 @@ def _overruns(loop) -> str:
     """For an error message: the audio a live input lost, which the final summary would have given."""
     count = loop.source.overruns
     return f"; {count} audio overruns (blocks lost: processing fell behind the input)" if count else ""
-
-
-def _silence_stdout() -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _drop_what_cannot_be_written() -> None:
